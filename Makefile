@@ -1,0 +1,47 @@
+# bmsgw: `make run` and `make test` set up everything they need on a Debian 12 machine (run as root).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# System tools the tests talk to as real peers; installed once, on demand.
+APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
+	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv
+APT_STAMP := $(VENV)/.apt-installed
+
+.PHONY: install system-deps run test bench regmap deb clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# Install the peers only when one is missing, so repeated runs cost nothing.
+$(APT_STAMP): Makefile
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	touch $@
+
+system-deps: $(APT_STAMP)
+
+run: $(STAMP)
+	$(BIN)/bmsgw run --config config.yaml
+
+test: $(STAMP) $(APT_STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+regmap: $(STAMP)
+	$(BIN)/bmsgw regmap --config config.yaml --format md
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,174 @@
+"""The gateway assembled: plugins, profiles, config, catalog, point map, store, engine, simulator, faces."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from .config import Config, load_config, read_raw
+from .engine import CommEvent, Engine
+from .errors import ConfigError
+from .hookspecs import Service
+from .plugins import make_plugin_manager
+from .pointmap import Catalog, CatalogError, PointMap
+from .points import PointStore
+from .profiles import PROFILES_DIR, load_catalog_file, load_profiles
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATHS = ("config.yaml", "/etc/bmsgw/config.yaml")
+
+
+def default_config_path() -> str:
+    env = os.environ.get("BMSGW_CONFIG")
+    if env:
+        return env
+    for p in DEFAULT_CONFIG_PATHS:
+        if Path(p).exists():
+            return p
+    return DEFAULT_CONFIG_PATHS[0]
+
+
+class Gateway:
+    def __init__(self, config_path: str | Path, *, simulator: bool | None = None,
+                 port_overrides: dict[str, str] | None = None, entry_points: bool = True) -> None:
+        config_path = Path(config_path)
+        raw = read_raw(config_path)
+        plugin_cfg = raw.get("plugins") if isinstance(raw.get("plugins"), dict) else {}
+        base = config_path.resolve().parent
+
+        def rel(p: str) -> Path:
+            return Path(p) if Path(p).is_absolute() else base / p
+
+        self.pm = make_plugin_manager([rel(d) for d in plugin_cfg.get("dirs", []) or []],
+                                      plugin_cfg.get("disable", []) or [], entry_points=entry_points)
+        dirs = [PROFILES_DIR]
+        for result in self.pm.hook.bmsgw_profile_dirs():
+            dirs.extend(result or [])
+        dirs.extend(rel(d) for d in plugin_cfg.get("profile_dirs", []) or [])
+        self.profiles = load_profiles(dirs)
+        sections: dict[str, dict] = {}
+        for result in self.pm.hook.bmsgw_config_schema():
+            for name, schema in (result or {}).items():
+                if name in sections:
+                    raise ConfigError(str(config_path), name, "config section claimed by two plugins")
+                sections[name] = schema
+        self.config: Config = load_config(config_path, self.profiles, sections)
+        self.catalog = self._build_catalog()
+        self.topology = self.config.topology
+        self.store = PointStore()
+        self.pointmap = PointMap(self.catalog, self.topology, self.profiles)
+        self.started_at = time.time()
+        self.simulator = None
+        sim_cfg = self.config.section("simulator")
+        use_sim = sim_cfg.get("enabled", False) if simulator is None else simulator
+        ports = dict(port_overrides or {})
+        sim_buses = [b.name for b in self.topology.buses if b.port == "sim" and b.name not in ports]
+        if sim_buses and not use_sim:
+            idx = next(i for i, b in enumerate(self.topology.buses) if b.name == sim_buses[0])
+            raise ConfigError(str(config_path), f"buses[{idx}].port",
+                              "port 'sim' needs the built-in simulator (simulator.enabled: true)")
+        if sim_buses:
+            from .sim import simulator_from_config
+
+            self.simulator = simulator_from_config(self.config, buses=sim_buses)
+            ports.update(self.simulator.ports())
+        decode_impls = self.pm.hook.bmsgw_decode_register.get_hookimpls()
+        self.engine = Engine(self.topology, self.profiles, self.store, self.config.data["gateway"]["poll"],
+                             ports=ports,
+                             decode_hook=self._decode if decode_impls else None,
+                             comm_callback=self._on_comm_event)
+        self.services: list[Service] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- construction helpers --------------------------------------------------------------------------------
+    def _build_catalog(self) -> Catalog:
+        catalog = Catalog()
+        try:
+            for spec in load_catalog_file():
+                catalog.add(spec, "profiles/points.yaml")
+            for prof in self.profiles.values():
+                for spec in prof.points:
+                    catalog.add(spec, prof.source)
+            for result in self.pm.hook.bmsgw_point_families():
+                for spec in result or []:
+                    catalog.add(spec, "a plugin's bmsgw_point_families")
+        except CatalogError as exc:
+            raise ConfigError("point catalog", "", str(exc)) from None
+        for prof in self.profiles.values():
+            for i, reg in enumerate(prof.registers):
+                if reg.point not in catalog:
+                    raise ConfigError(prof.source, f"registers[{i}].point",
+                                      f"unknown point family {reg.point!r}; declare it under `points:` in the profile")
+                spec = catalog[reg.point]
+                if spec.scope != ("cell" if reg.per_cell_stride else prof.scope):
+                    raise ConfigError(prof.source, f"registers[{i}].point",
+                                      f"{reg.point} is a {spec.scope} point; this device measures a {prof.scope}")
+        return catalog
+
+    def _decode(self, profile, register, words):
+        return self.pm.hook.bmsgw_decode_register(profile=profile, register=register, words=words)
+
+    def _on_comm_event(self, event: CommEvent) -> None:
+        self.pm.hook.bmsgw_comm_event(gateway=self, event=event)
+
+    # -- running ---------------------------------------------------------------------------------------------
+    async def start(self, services: bool = True) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self.simulator is not None:
+            self.simulator.start()
+        self.pm.hook.bmsgw_gateway_ready(gateway=self)
+        if services:
+            for result in self.pm.hook.bmsgw_services(gateway=self):
+                for svc in result or []:
+                    await svc.start()
+                    self.services.append(svc)
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        for svc in reversed(self.services):
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("stopping %s failed", getattr(svc, "name", svc))
+        self.services.clear()
+        if self.simulator is not None:
+            self.simulator.stop()
+
+    def endpoints(self) -> list[str]:
+        out = []
+        for svc in self.services:
+            out.extend(f"{svc.name}: {e}" for e in svc.endpoints())
+        return out
+
+    def status(self) -> dict:
+        out = {"site": self.config.section("site"), "uptime_s": round(time.time() - self.started_at, 1),
+               "points": len(self.pointmap), "readings": len(self.store), "buses": self.engine.counters()}
+        for result in self.pm.hook.bmsgw_status(gateway=self):
+            out.update(result or {})
+        return out
+
+    async def serve_forever(self) -> None:
+        """``bmsgw run``: start everything, say where each face listens, run until SIGTERM/SIGINT."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        sc = self.config.section("site")
+        log.info("bmsgw started for %s: %d strings, %d batteries, %d devices on %d buses, %d points",
+                 sc.get("name"), len(self.topology.strings), self.topology.cell_count,
+                 len(self.topology.devices), len(self.topology.buses), len(self.pointmap))
+        for name, bs in self.engine.buses.items():
+            log.info("bus %s: %s at %d baud, %d devices", name, bs.port, bs.bus.baud, len(bs.devices))
+        for line in self.endpoints():
+            log.info("listening: %s", line)
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping")
+            await self.stop()

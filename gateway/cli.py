@@ -1,0 +1,283 @@
+"""``bmsgw``: run the gateway, poll once, simulate a bank, scan a bus, print the register map, check a config."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from . import __version__
+from .errors import GatewayError
+
+log = logging.getLogger("gateway")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    from .app import default_config_path
+
+    p.add_argument("--config", "-c", default=None,
+                   help=f"configuration file (default: $BMSGW_CONFIG, ./config.yaml or /etc/bmsgw/config.yaml; "
+                        f"now {default_config_path()})")
+
+
+def _config_path(args) -> str:
+    from .app import default_config_path
+
+    return args.config or default_config_path()
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from .app import Gateway
+
+    gw = Gateway(_config_path(args))
+    logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
+    asyncio.run(gw.serve_forever())
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    from .app import Gateway
+
+    path = _config_path(args)
+    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    topo = gw.topology
+    print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
+          f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")
+    return 0
+
+
+def _all_ports_dummy(path: str) -> dict[str, str]:
+    """check-config must not open or create ports: give every bus a placeholder."""
+    from .config import read_raw
+
+    raw = read_raw(path)
+    buses = raw.get("buses") if isinstance(raw.get("buses"), list) else []
+    return {b["name"]: "(not opened)" for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)}
+
+
+def cmd_poll(args) -> int:
+    from .app import Gateway
+
+    gw = Gateway(_config_path(args))
+
+    async def once():
+        if gw.simulator is not None:
+            gw.simulator.start()
+        try:
+            await gw.engine.poll_once(slow=True)
+        finally:
+            await gw.engine.stop()
+            if gw.simulator is not None:
+                gw.simulator.stop()
+
+    asyncio.run(once())
+    out = []
+    for ref, reading in sorted(gw.store.snapshot().items(), key=lambda kv: _sort_key(gw, kv[0])):
+        spec = gw.catalog[ref.point]
+        item = {"point": ref.point, **ref.keys(), "value": reading.value, "unit": spec.unit,
+                "quality": reading.quality.value, "ts": round(reading.ts, 3)}
+        out.append(item)
+    if args.json:
+        json.dump(out, sys.stdout, indent=None if args.compact else 1)
+        sys.stdout.write("\n")
+    else:
+        for item in out:
+            keys = " ".join(f"{k}={item[k]}" for k in ("string", "cell", "channel") if k in item)
+            value = "n/a" if item["value"] is None else f"{item['value']:.6g}"
+            print(f"{item['point']:<32} {keys:<20} {value:>12} {item['unit']:<4} {item['quality']}")
+    return 0
+
+
+def _sort_key(gw, ref):
+    entry = gw.pointmap.by_ref.get(ref)
+    return (entry.address if entry else 1 << 20, str(ref))
+
+
+def cmd_simulate(args) -> int:
+    from .app import Gateway
+    from .sim import simulator_from_config
+
+    gw = Gateway(_config_path(args), simulator=False, port_overrides=_all_ports_dummy(_config_path(args)))
+    overrides = {}
+    if args.no_wire_time:
+        overrides["wire_time"] = False
+    if args.time_scale:
+        overrides["time_scale"] = args.time_scale
+    sim = simulator_from_config(gw.config, buses=[b.name for b in gw.topology.buses], **overrides)
+    for spec in args.fault or []:
+        bus, addr, kind = _parse_fault(spec)
+        sim.set_fault(bus, addr, kind)
+    sim.start()
+    for name, path in sim.ports().items():
+        n = len(sim.buses[name].devices)
+        print(f"{name}: {path}  ({n} devices)", flush=True)
+    print("simulating; Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+def _parse_fault(spec: str) -> tuple[str, int | None, str]:
+    try:
+        where, kind = spec.split("=", 1)
+        bus, _, addr = where.partition(":")
+        return bus, int(addr) if addr else None, kind
+    except ValueError:
+        raise GatewayError(f"bad --fault {spec!r}: expected BUS[:ADDRESS]=KIND") from None
+
+
+def cmd_scan(args) -> int:
+    from .app import Gateway, default_config_path
+    from .modbus.transport import RtuTransport
+    from .profiles import PROFILES_DIR, load_profiles
+    from .scan import config_fragment, parse_ids, scan_bus
+    from .topology import BusConfig
+
+    try:
+        ids = parse_ids(args.ids)
+    except ValueError as exc:
+        raise GatewayError(str(exc)) from None
+    cfg = args.config or default_config_path()
+    try:
+        profiles = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).profiles
+    except (GatewayError, OSError):
+        from .plugins import make_plugin_manager
+
+        pm = make_plugin_manager()
+        dirs = [PROFILES_DIR] + [d for r in pm.hook.bmsgw_profile_dirs() for d in (r or [])]
+        profiles = load_profiles(dirs)
+    bus = BusConfig(name=args.bus_name, port=args.port, baud=args.baud, parity=args.parity,
+                    timeout_ms=args.timeout_ms, retries=0)
+    tty = sys.stderr.isatty()
+
+    def progress(n: int, total: int, found: int) -> None:
+        if tty:
+            print(f"\rscanning id {ids[n - 1]:>3} ({n}/{total}), found {found}", end="", file=sys.stderr, flush=True)
+        elif n == total or n % max(1, total // 10) == 0:
+            print(f"scanned {n}/{total} ids, found {found}", file=sys.stderr, flush=True)
+
+    async def go():
+        transport = RtuTransport(bus)
+        try:
+            transport.open()
+        except Exception as exc:
+            raise GatewayError(f"cannot open {args.port}: {exc}") from None
+        try:
+            return await scan_bus(transport, profiles, ids, progress)
+        finally:
+            transport.close()
+
+    found = asyncio.run(go())
+    if tty:
+        print(file=sys.stderr)
+    sys.stdout.write(config_fragment(found, bus))
+    return 0 if found else 1
+
+
+def cmd_regmap(args) -> int:
+    from .app import Gateway
+    from .regmap import render
+
+    path = _config_path(args)
+    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    sys.stdout.write(render(gw.pointmap, args.format))
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def build_parser(pm=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bmsgw",
+        description="Battery monitoring gateway: polls RS485 battery sensors and serves the bank over "
+                    "Modbus TCP, SNMP, Prometheus, REST and MQTT.")
+    p.add_argument("--version", action="version", version=f"bmsgw {__version__}")
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the gateway (polling and every configured face) until stopped")
+    _config_arg(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("poll", help="poll every sensor once and print the readings")
+    _config_arg(s)
+    s.add_argument("--once", action="store_true", default=True, help="one full scan (the only mode; kept for clarity)")
+    s.add_argument("--json", action="store_true", help="print a JSON array, one object per reading")
+    s.add_argument("--compact", action="store_true", help="with --json: on one line")
+    s.set_defaults(func=cmd_poll)
+
+    s = sub.add_parser("simulate", help="run the simulated bank on pseudo-terminals and print their paths",
+                       description="Start the built-in simulator for every bus of the config (whatever its port) "
+                                   "and print one line per bus: NAME: /dev/pts/N. Point any Modbus RTU tool at them.")
+    _config_arg(s)
+    s.add_argument("--no-wire-time", action="store_true", help="answer at once instead of at the baud rate's pace")
+    s.add_argument("--time-scale", type=float, default=None, help="simulated seconds per real second")
+    s.add_argument("--fault", action="append", metavar="BUS[:ADDR]=KIND",
+                   help="inject a fault: no_answer, crc_error, garbage, slow; BUS=unplugged for a whole bus")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("scan", help="find and identify the sensors on a bus; prints a config fragment",
+                       description="Ask every id for its identity registers and print a YAML fragment ready to "
+                                   "paste into the config. Progress goes to stderr.")
+    s.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyS1")
+    s.add_argument("--baud", type=int, default=9600,
+                   choices=[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200])
+    s.add_argument("--parity", default="N", choices=["N", "E", "O"])
+    s.add_argument("--ids", default="1-247", help="ids to try, e.g. 1-247 or 1-10,200 (default 1-247)")
+    s.add_argument("--timeout-ms", type=int, default=100, help="wait this long for each answer (default 100)")
+    s.add_argument("--bus-name", default="bus1", help="name to give the bus in the fragment")
+    s.add_argument("--config", "-c", default=None, help="config whose profile folders to use (optional)")
+    s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("regmap", help="print the Modbus register map (with OIDs, metric names, JSON paths)")
+    _config_arg(s)
+    s.add_argument("--format", default="md", choices=["csv", "json", "md"])
+    s.set_defaults(func=cmd_regmap)
+
+    s = sub.add_parser("check-config", help="validate a configuration; exit 0 when valid, 2 with the reason when not")
+    _config_arg(s)
+    s.set_defaults(func=cmd_check_config)
+
+    if pm is not None:
+        pm.hook.bmsgw_cli_commands(subparsers=sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .plugins import make_plugin_manager
+
+    _setup_logging()
+    try:
+        pm = make_plugin_manager()
+    except GatewayError:
+        pm = None
+    parser = build_parser(pm)
+    args = parser.parse_args(argv)
+    if args.log_level:
+        logging.getLogger().setLevel(args.log_level)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GatewayError as exc:
+        print(f"bmsgw: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

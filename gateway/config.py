@@ -1,0 +1,273 @@
+"""The configuration file: validated against a JSON Schema (core sections here, face sections from plugins).
+
+Errors name the file, the key path and what was expected, so `bmsgw check-config` can be acted on.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .errors import ConfigError, key_path
+from .profiles import DeviceProfile, load_yaml, schema_error
+from .topology import (MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig,
+                       Topology)
+
+_device_item = {
+    "type": "object",
+    "required": ["profile", "bus", "address"],
+    "additionalProperties": False,
+    "properties": {
+        "profile": {"type": "string", "minLength": 1},
+        "bus": {"type": "string", "minLength": 1},
+        "address": {"type": "integer", "minimum": 1, "maximum": 247},
+        "count": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS,
+                  "description": "cell sensors at consecutive addresses, one per cell"},
+        "first_cell": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS, "default": 1},
+        "name": {"type": "string", "maxLength": 64},
+    },
+}
+
+CORE_SCHEMA: dict[str, Any] = {
+    "site": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "properties": {
+            "name": {"type": "string", "maxLength": 100, "default": "Battery room"},
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$", "default": "site"},
+        },
+    },
+    "gateway": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "properties": {
+            "state_dir": {"type": "string", "default": "var", "description": "writable data directory (relative to the config file)"},
+            "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
+            "poll": {
+                "type": "object", "additionalProperties": False, "default": {},
+                "properties": {
+                    "fast_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 5},
+                    "slow_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 300},
+                    "stale_after_cycles": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
+                    "lost_retry_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 10,
+                                     "description": "how often a device that stopped answering is tried again"},
+                },
+            },
+            "discovery": {
+                "type": "object", "additionalProperties": False, "default": {},
+                "properties": {
+                    "on_start": {"type": "boolean", "default": False},
+                    "ids": {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", "default": "1-247"},
+                },
+            },
+        },
+    },
+    "plugins": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "properties": {
+            "dirs": {"type": "array", "items": {"type": "string"}, "default": [],
+                     "description": "folders holding third-party plugin folders"},
+            "profile_dirs": {"type": "array", "items": {"type": "string"}, "default": [],
+                             "description": "extra folders of YAML profiles; later ones override earlier ones"},
+            "disable": {"type": "array", "items": {"type": "string"}, "default": []},
+        },
+    },
+    "simulator": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "properties": {
+            "enabled": {"type": "boolean", "default": False,
+                        "description": "run the built-in simulated bank on pseudo-terminals for buses whose port is 'sim'"},
+            "seed": {"type": "integer", "default": 1},
+            "wire_time": {"type": "boolean", "default": True, "description": "answer no faster than the baud rate allows"},
+            "time_scale": {"type": "number", "minimum": 0.01, "maximum": 100000, "default": 1.0},
+            "weak_cells": {"type": "integer", "minimum": 0, "maximum": 50, "default": 3},
+            "discharge_every_s": {"type": "number", "minimum": 0, "default": 0,
+                                  "description": "start a discharge event this often (simulated seconds); 0 = never"},
+            "discharge_duration_s": {"type": "number", "minimum": 0, "default": 1800},
+        },
+    },
+    "buses": {
+        "type": "array", "minItems": 1, "maxItems": MAX_BUSES,
+        "items": {
+            "type": "object", "required": ["name", "port"], "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+                "port": {"type": "string", "minLength": 1},
+                "baud": {"enum": [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200], "default": 9600},
+                "parity": {"enum": ["N", "E", "O"], "default": "N"},
+                "stopbits": {"enum": [1, 2], "default": 1},
+                "timeout_ms": {"type": "integer", "minimum": 10, "maximum": 10000, "default": 200},
+                "retries": {"type": "integer", "minimum": 0, "maximum": 5, "default": 1},
+                "rs485": {"type": "boolean", "default": False},
+                "silence_ms": {"type": "number", "minimum": 0, "maximum": 100},
+            },
+        },
+    },
+    "strings": {
+        "type": "array", "minItems": 0, "maxItems": MAX_STRINGS, "default": [],
+        "items": {
+            "type": "object", "required": ["id", "cells"], "additionalProperties": False,
+            "properties": {
+                "id": {"type": "integer", "minimum": 1, "maximum": MAX_STRINGS},
+                "name": {"type": "string", "maxLength": 64},
+                "cells": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS},
+                "battery": {
+                    "type": "object", "additionalProperties": False, "default": {},
+                    "properties": {
+                        "model": {"type": "string", "maxLength": 64, "default": "12V VRLA"},
+                        "nominal_voltage": {"enum": [2, 6, 12], "default": 12},
+                        "capacity_ah": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000, "default": 100},
+                        "chemistry": {"enum": ["vrla", "vented"], "default": "vrla"},
+                    },
+                },
+                "devices": {"type": "array", "items": _device_item, "default": []},
+            },
+        },
+    },
+    "bank": {
+        "type": "object", "additionalProperties": False, "default": {},
+        "properties": {"devices": {"type": "array", "items": _device_item, "default": []}},
+    },
+}
+
+
+def fill_defaults(schema: dict, data: Any) -> Any:
+    """Fill ``default`` values of object properties, recursively (arrays of objects too)."""
+    if isinstance(data, dict) and schema.get("type") == "object":
+        for key, sub in schema.get("properties", {}).items():
+            if key not in data and "default" in sub:
+                data[key] = copy.deepcopy(sub["default"])
+            if key in data:
+                data[key] = fill_defaults(sub, data[key])
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        data = [fill_defaults(schema["items"], item) for item in data]
+    return data
+
+
+def full_schema(extra_sections: dict[str, dict]) -> dict:
+    props = dict(CORE_SCHEMA)
+    for name, sub in extra_sections.items():
+        if name in props:
+            raise ValueError(f"config section {name} is defined twice")
+        props[name] = {**sub, "default": sub.get("default", {})} if sub.get("type") == "object" else sub
+    return {"type": "object", "required": ["buses"], "additionalProperties": False, "properties": props}
+
+
+@dataclass
+class Config:
+    path: Path
+    data: dict
+    topology: Topology
+    profiles: dict[str, DeviceProfile] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict:
+        return self.data.get(name) or {}
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.resolve().parent
+
+    def resolve(self, p: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(p)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.data["gateway"]["state_dir"])
+
+
+def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(src, "", "expected a mapping of sections (buses, strings, bank, ...)")
+    schema = full_schema(extra_sections)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties" and not err.absolute_path:
+            known = ", ".join(sorted(schema["properties"]))
+            raise ConfigError(src, "", f"{err.message}; known sections: {known}")
+        raise schema_error(src, err)
+    return fill_defaults(schema, copy.deepcopy(data))
+
+
+def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> Topology:
+    buses = []
+    for i, b in enumerate(data["buses"]):
+        if any(x.name == b["name"] for x in buses):
+            raise ConfigError(src, f"buses[{i}].name", f"bus name {b['name']!r} is used twice")
+        buses.append(BusConfig(name=b["name"], port=b["port"], baud=b["baud"], parity=b["parity"],
+                               stopbits=b["stopbits"], timeout_ms=b["timeout_ms"], retries=b["retries"],
+                               rs485=b["rs485"], silence_ms=b.get("silence_ms"), index=i + 1))
+    bus_names = {b.name for b in buses}
+    strings, devices, used = [], [], {}
+
+    def add_device(path: str, d: dict, scope_ok: tuple[str, ...], string: int | None, cells: int | None):
+        prof = profiles.get(d["profile"])
+        if prof is None:
+            raise ConfigError(src, f"{path}.profile",
+                              f"unknown profile {d['profile']!r}; known: {', '.join(sorted(profiles)) or 'none'}")
+        if prof.scope not in scope_ok:
+            raise ConfigError(src, f"{path}.profile",
+                              f"profile {prof.name} measures a {prof.scope}; it cannot be placed here (expected a "
+                              f"{' or '.join(scope_ok)} device)")
+        if d["bus"] not in bus_names:
+            raise ConfigError(src, f"{path}.bus", f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
+        if prof.scope == "cell":
+            first = d.get("first_cell", 1)
+            count = d.get("count", cells - first + 1)
+            if first + count - 1 > cells:
+                raise ConfigError(src, f"{path}.count", f"cells {first}..{first + count - 1} exceed the string's {cells} cells")
+            if d["address"] + count - 1 > 247:
+                raise ConfigError(src, f"{path}.count", f"addresses {d['address']}..{d['address'] + count - 1} exceed 247")
+            items = [(d["address"] + k, first + k) for k in range(count)]
+        else:
+            if "count" in d:
+                raise ConfigError(src, f"{path}.count", "only cell sensors take a count")
+            items = [(d["address"], None)]
+        for addr, cell in items:
+            key = (d["bus"], addr)
+            if key in used:
+                raise ConfigError(src, f"{path}.address", f"address {addr} on {d['bus']} is already used by {used[key]}")
+            used[key] = path
+            devices.append(DeviceConfig(profile=prof.name, bus=d["bus"], address=addr, string=string, cell=cell,
+                                        name=d.get("name", "")))
+
+    seen_ids = set()
+    for i, s in enumerate(data["strings"]):
+        if s["id"] in seen_ids:
+            raise ConfigError(src, f"strings[{i}].id", f"string id {s['id']} is used twice")
+        seen_ids.add(s["id"])
+        bat = s["battery"]
+        nominal = bat["nominal_voltage"]
+        strings.append(StringConfig(id=s["id"], cells=s["cells"], name=s.get("name") or f"String {s['id']}",
+                                    battery=BatteryConfig(model=bat["model"], nominal_voltage=float(nominal),
+                                                          cells_per_unit=int(nominal // 2),
+                                                          capacity_ah=float(bat["capacity_ah"]),
+                                                          chemistry=bat["chemistry"])))
+        for j, d in enumerate(s["devices"]):
+            add_device(f"strings[{i}].devices[{j}]", d, ("cell", "string"), s["id"], s["cells"])
+    for j, d in enumerate(data["bank"]["devices"]):
+        add_device(f"bank.devices[{j}]", d, ("bank",), None, None)
+    return Topology(buses=tuple(buses), strings=tuple(strings), devices=tuple(devices))
+
+
+def load_config(path: str | Path, profiles: dict[str, DeviceProfile],
+                extra_sections: dict[str, dict] | None = None) -> Config:
+    path = Path(path)
+    data = validate(load_yaml(path), str(path), extra_sections or {})
+    topology = build_topology(data, str(path), profiles)
+    return Config(path=path, data=data, topology=topology, profiles=profiles)
+
+
+def read_raw(path: str | Path) -> dict:
+    """The file's data before validation (used to find plugin folders before the schema is complete)."""
+    data = load_yaml(Path(path))
+    return data if isinstance(data, dict) else {}
+
+
+__all__ = ["Config", "load_config", "read_raw", "validate", "key_path"]

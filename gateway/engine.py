@@ -1,0 +1,342 @@
+"""The polling engine: one asyncio task per RS485 bus, block reads planned per device, stale marking.
+
+Drivers (profiles and plugins) never do I/O; the engine owns every byte on the wire.  A device that stops
+answering first gets its points marked STALE, then after ``stale_after_cycles`` failed cycles COMM_FAIL with
+a communication-loss event; it is then tried only every ``lost_retry_s`` so it cannot slow its healthy
+neighbours, and it recovers by itself when it answers again.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .modbus import codecs
+from .modbus.planner import Block, plan
+from .modbus.rtu import (ExceptionResponse, ModbusError, read_request, write_multiple_request,
+                         write_single_request)
+from .modbus.transport import RtuTransport
+from .pointmap import device_refs
+from .points import PointRef, PointStore, Quality, Reading
+from .profiles import DeviceProfile, RegisterSpec
+from .topology import BusConfig, DeviceConfig, Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CommEvent:
+    device: DeviceConfig
+    lost: bool  # True: stopped answering; False: answers again
+    ts: float
+    reason: str
+    refs: tuple[PointRef, ...]
+
+
+@dataclass(slots=True)
+class DeviceState:
+    device: DeviceConfig
+    profile: DeviceProfile
+    blocks: list[Block]
+    requests: list[bytes]
+    refs: tuple[PointRef, ...]
+    comm_ref: PointRef | None
+    failures: int = 0
+    lost: bool = False
+    next_try: float = 0.0
+    last_ok: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class BusState:
+    bus: BusConfig
+    port: str
+    devices: list[DeviceState]
+    transport: RtuTransport | None = None
+    cycles: int = 0
+    last_duration: float = 0.0
+    next_slow: float = 0.0
+    task: asyncio.Task | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class WriteError(Exception):
+    pass
+
+
+class Engine:
+    def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], store: PointStore,
+                 poll: dict, ports: dict[str, str] | None = None,
+                 decode_hook: Callable | None = None,
+                 comm_callback: Callable[[CommEvent], None] | None = None) -> None:
+        self.topology = topology
+        self.profiles = profiles
+        self.store = store
+        self.fast_s = float(poll.get("fast_s", 5))
+        self.slow_s = float(poll.get("slow_s", 300))
+        self.stale_after = int(poll.get("stale_after_cycles", 3))
+        self.lost_retry_s = float(poll.get("lost_retry_s", 10))
+        self.decode_hook = decode_hook
+        self.comm_callback = comm_callback
+        self.started = time.time()
+        self.poll_cycles = 0
+        self._stopping = asyncio.Event() if _loop_running() else None
+        ports = ports or {}
+        self.buses: dict[str, BusState] = {}
+        for bus in topology.buses:
+            devs = [self._device_state(d) for d in topology.devices if d.bus == bus.name]
+            self.buses[bus.name] = BusState(bus, ports.get(bus.name, bus.port), devs)
+
+    # -- planning --------------------------------------------------------------------------------------------
+    def _device_state(self, dev: DeviceConfig) -> DeviceState:
+        prof = self.profiles[dev.profile]
+        entries, refs = [], []
+        for reg in prof.registers:
+            for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
+                address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
+                entries.append((reg.table, address, reg.count, reg.poll, reg, ref))
+                refs.append(ref)
+        blocks = plan(entries, prof.max_block, prof.max_gap)
+        requests = [read_request(dev.address, b.function, b.start, b.count) for b in blocks]
+        comm_ref = None
+        if prof.scope == "cell":
+            comm_ref = PointRef("cell.comm_status", dev.string, dev.cell)
+        elif prof.scope == "string":
+            comm_ref = PointRef("string.comm_status", dev.string)
+        return DeviceState(dev, prof, blocks, requests, tuple(dict.fromkeys(refs)), comm_ref)
+
+    def plan_summary(self) -> dict[str, dict]:
+        out = {}
+        for name, bs in self.buses.items():
+            out[name] = {"devices": len(bs.devices), "blocks": sum(len(d.blocks) for d in bs.devices),
+                         "registers": sum(b.count for d in bs.devices for b in d.blocks)}
+        return out
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        for bs in self.buses.values():
+            if bs.transport is None:
+                bs.transport = RtuTransport(bs.bus, bs.port)
+            if not bs.transport.is_open:
+                try:
+                    bs.transport.open()
+                except Exception as exc:  # a missing adapter is reported and retried, not fatal
+                    msg = f"bus {bs.bus.name}: cannot open {bs.port}: {exc}"
+                    bs.errors.append(msg)
+                    log.error("%s", msg)
+
+    async def start(self) -> None:
+        self._stopping = asyncio.Event()
+        await self.open()
+        for bs in self.buses.values():
+            bs.task = asyncio.create_task(self._bus_loop(bs), name=f"bus-{bs.bus.name}")
+
+    async def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        tasks = [bs.task for bs in self.buses.values() if bs.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for bs in self.buses.values():
+            bs.task = None
+            if bs.transport:
+                bs.transport.close()
+
+    async def poll_once(self, slow: bool = True) -> None:
+        """One full scan of every bus, in parallel (fast and, by default, slow registers)."""
+        await self.open()
+        await asyncio.gather(*(self._poll_bus(bs, slow, force=True) for bs in self.buses.values()))
+
+    async def _bus_loop(self, bs: BusState) -> None:
+        while True:
+            start = time.monotonic()
+            if bs.transport is None or not bs.transport.is_open:
+                await self._reopen(bs)
+            slow_due = start >= bs.next_slow
+            if slow_due:
+                bs.next_slow = start + self.slow_s
+            try:
+                await self._poll_bus(bs, slow_due)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bus %s: poll cycle failed", bs.bus.name)
+            delay = self.fast_s - (time.monotonic() - start)
+            await asyncio.sleep(max(delay, 0.0))
+
+    async def _reopen(self, bs: BusState) -> None:
+        try:
+            if bs.transport is None:
+                bs.transport = RtuTransport(bs.bus, bs.port)
+            bs.transport.open()
+            log.info("bus %s: %s is open again", bs.bus.name, bs.port)
+        except Exception:
+            pass
+
+    # -- polling ---------------------------------------------------------------------------------------------
+    async def _poll_bus(self, bs: BusState, slow: bool, force: bool = False) -> None:
+        start = time.monotonic()
+        transport = bs.transport
+        for ds in bs.devices:
+            now = time.monotonic()
+            if ds.lost and now < ds.next_try and not force:
+                continue
+            await self._poll_device(transport, ds, slow, bs.bus.retries if not ds.lost else 0)
+        bs.cycles += 1
+        self.poll_cycles += 1
+        bs.last_duration = time.monotonic() - start
+        self._publish_bus(bs)
+
+    async def _poll_device(self, transport: RtuTransport | None, ds: DeviceState, slow: bool, retries: int) -> None:
+        ts = time.time()
+        batch: list[tuple[PointRef, Reading]] = []
+        failed_refs: list[PointRef] = []
+        ok = True
+        error = ""
+        for block, request in zip(ds.blocks, ds.requests):
+            if block.poll == "slow" and not slow:
+                continue
+            words = None
+            for attempt in range(retries + 1):
+                try:
+                    if transport is None:
+                        raise ModbusError("bus is not open")
+                    words = await transport.transact(request)
+                    break
+                except ExceptionResponse as exc:
+                    error = f"exception {exc.code} reading {block.table} {block.start}+{block.count}"
+                    break
+                except ModbusError as exc:
+                    error = str(exc) or exc.kind
+            if words is None:
+                ok = False
+                failed_refs.extend(item.ref for item in block.items)
+                continue
+            self._decode_block(ds, block, words, ts, batch)
+        if batch:
+            self.store.put_many(batch)
+        self._account(ds, ok, error, failed_refs, ts)
+
+    def _decode_block(self, ds: DeviceState, block: Block, words: list[int], ts: float, batch: list) -> None:
+        hook = self.decode_hook
+        good, bad = Quality.GOOD, Quality.OUT_OF_RANGE
+        for item in block.items:
+            reg: RegisterSpec = item.reg
+            chunk = words[item.offset: item.offset + reg.count]
+            value = hook(ds.profile, reg, chunk) if hook is not None else None
+            if value is None:
+                value = codecs.decode(chunk, reg)
+            if value is None:
+                batch.append((item.ref, Reading(None, bad, ts)))
+                continue
+            rng = reg.valid_range
+            quality = bad if rng is not None and not (rng[0] <= value <= rng[1]) else good
+            batch.append((item.ref, Reading(value, quality, ts)))
+
+    def _account(self, ds: DeviceState, ok: bool, error: str, failed_refs: list[PointRef], ts: float) -> None:
+        if ok:
+            ds.failures = 0
+            ds.last_ok = ts
+            if ds.lost:
+                ds.lost = False
+                log.info("%s answers again", ds.device.label)
+                self._comm_event(ds, False, "answers again", ts)
+            elif ds.comm_ref is not None and self.store.get(ds.comm_ref) is None:
+                self.store.put(ds.comm_ref, 0.0, Quality.GOOD, ts)
+            return
+        ds.failures += 1
+        ds.last_error = error
+        if ds.failures >= self.stale_after:
+            self.store.mark(ds.refs, Quality.COMM_FAIL)
+            if not ds.lost:
+                ds.lost = True
+                log.warning("%s stopped answering: %s", ds.device.label, error)
+                self._comm_event(ds, True, error, ts)
+            ds.next_try = time.monotonic() + self.lost_retry_s
+        else:
+            self.store.mark(failed_refs or ds.refs, Quality.STALE)
+
+    def _comm_event(self, ds: DeviceState, lost: bool, reason: str, ts: float) -> None:
+        if ds.comm_ref is not None:
+            self.store.put(ds.comm_ref, 1.0 if lost else 0.0, Quality.GOOD, ts)
+        if self.comm_callback is not None:
+            try:
+                self.comm_callback(CommEvent(ds.device, lost, ts, reason, ds.refs))
+            except Exception:
+                log.exception("communication event handler failed")
+
+    def _publish_bus(self, bs: BusState) -> None:
+        ts = time.time()
+        ch = bs.bus.index
+        c = bs.transport.counters if bs.transport else None
+        items = [
+            ("gateway.bus_poll_duration", bs.last_duration),
+            ("gateway.bus_devices", float(len(bs.devices))),
+            ("gateway.bus_devices_online", float(sum(1 for d in bs.devices if not d.lost and d.last_ok))),
+        ]
+        if c is not None:
+            items += [("gateway.bus_requests", float(c.requests)), ("gateway.bus_timeouts", float(c.timeouts)),
+                      ("gateway.bus_crc_errors", float(c.crc_errors)), ("gateway.bus_exceptions", float(c.exceptions))]
+        batch = [(PointRef(pid, channel=ch), Reading(v, Quality.GOOD, ts)) for pid, v in items]
+        batch.append((PointRef("gateway.uptime"), Reading(ts - self.started, Quality.GOOD, ts)))
+        batch.append((PointRef("gateway.poll_cycles"), Reading(float(self.poll_cycles), Quality.GOOD, ts)))
+        self.store.put_many(batch)
+
+    # -- status and writes -----------------------------------------------------------------------------------
+    def device_states(self) -> list[DeviceState]:
+        return [d for bs in self.buses.values() for d in bs.devices]
+
+    def counters(self) -> dict[str, dict]:
+        out = {}
+        for name, bs in self.buses.items():
+            c = bs.transport.counters if bs.transport else None
+            out[name] = {
+                "port": bs.port, "baud": bs.bus.baud, "cycles": bs.cycles,
+                "last_cycle_s": round(bs.last_duration, 4),
+                "requests": c.requests if c else 0, "timeouts": c.timeouts if c else 0,
+                "crc_errors": c.crc_errors if c else 0, "exceptions": c.exceptions if c else 0,
+                "devices": len(bs.devices), "devices_lost": sum(1 for d in bs.devices if d.lost),
+                "errors": list(bs.errors[-5:]),
+            }
+        return out
+
+    def writable(self, ref: PointRef) -> tuple[BusState, DeviceState, RegisterSpec] | None:
+        for bs in self.buses.values():
+            for ds in bs.devices:
+                if ref not in ds.refs:
+                    continue
+                for reg in ds.profile.registers:
+                    if reg.point == ref.point and reg.writable and (reg.channel is None or reg.channel == ref.channel):
+                        return bs, ds, reg
+        return None
+
+    async def write_point(self, ref: PointRef, value: float) -> None:
+        """Write a writable point to its device (e.g. the alarm relay) and publish the new value."""
+        target = self.writable(ref)
+        if target is None:
+            raise WriteError(f"{ref} is not writable")
+        bs, ds, reg = target
+        if bs.transport is None or not bs.transport.is_open:
+            raise WriteError(f"bus {bs.bus.name} is not open")
+        words = codecs.encode(value, reg)
+        if len(words) == 1:
+            request = write_single_request(ds.device.address, reg.address, words[0])
+        else:
+            request = write_multiple_request(ds.device.address, reg.address, words)
+        try:
+            await bs.transport.transact(request)
+        except ModbusError as exc:
+            raise WriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
+        self.store.put(ref, float(value), Quality.GOOD)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False

@@ -1,0 +1,52 @@
+"""Block-read planner: merge a device's registers into as few reads as the protocol allows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .rtu import FUNCTION_FOR_TABLE, MAX_READ
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One value inside a block: where it starts in the block, how to decode it, what point it fills."""
+
+    offset: int
+    reg: object  # profiles.RegisterSpec
+    ref: object  # points.PointRef
+
+
+@dataclass(slots=True)
+class Block:
+    table: str
+    start: int
+    count: int
+    poll: str
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def function(self) -> int:
+        return FUNCTION_FOR_TABLE[self.table]
+
+
+def plan(entries, max_block: int = MAX_READ, max_gap: int = 4) -> list[Block]:
+    """``entries``: (table, address, count, poll, reg, ref).  Contiguous or nearly contiguous registers of the
+    same table and poll class become one read of at most ``max_block`` registers; a gap of up to ``max_gap``
+    unused registers is read through rather than costing another request."""
+    max_block = min(max_block, MAX_READ)
+    groups: dict[tuple[str, str], list] = {}
+    for e in entries:
+        groups.setdefault((e[0], e[3]), []).append(e)
+    blocks: list[Block] = []
+    for (table, poll), items in sorted(groups.items()):
+        items.sort(key=lambda e: (e[1], e[2]))
+        current: Block | None = None
+        for _, address, count, _, reg, ref in items:
+            end = address + count
+            if current is not None and address <= current.start + current.count + max_gap \
+                    and max(end, current.start + current.count) - current.start <= max_block:
+                current.count = max(current.count, end - current.start)
+            else:
+                current = Block(table, address, count, poll)
+                blocks.append(current)
+            current.items.append(Item(address - current.start, reg, ref))
+    return blocks

@@ -1,0 +1,169 @@
+"""Asynchronous Modbus RTU master over a serial port (pyserial opens and configures it; asyncio reads it).
+
+One transport per bus, one transaction at a time.  Before each request it keeps the inter-frame silence the
+RTU spec requires; replies are framed by the length the request implies, so no inter-character timer is
+needed; anything left over from a late or garbled reply is discarded before the next request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import serial
+import serial.rs485
+
+from ..topology import BusConfig
+from .rtu import ExceptionResponse, FrameError, ModbusError, TimeoutError_, parse_reply, reply_length
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BusCounters:
+    requests: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    wire_time: float = 0.0  # physical minimum of the transactions sent (for the scan-efficiency figure)
+
+    def count(self, error: ModbusError) -> None:
+        if error.kind == "timeout":
+            self.timeouts += 1
+        elif error.kind == "exception":
+            self.exceptions += 1
+        else:
+            self.crc_errors += 1
+
+
+class RtuTransport:
+    def __init__(self, bus: BusConfig, port: str | None = None, turnaround: float = 0.002) -> None:
+        self.bus = bus
+        self.port = port or bus.port
+        self.counters = BusCounters()
+        self.turnaround = turnaround
+        self._serial: serial.Serial | None = None
+        self._fd = -1
+        self._buf = bytearray()
+        self._waiter: asyncio.Future | None = None
+        self._need = 0
+        self._request = b""
+        self._idle_since = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = asyncio.Lock()
+
+    # -- port ------------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        bus = self.bus
+        ser = serial.Serial()
+        ser.port = self.port
+        ser.baudrate = bus.baud
+        ser.parity = bus.parity
+        ser.stopbits = bus.stopbits
+        ser.bytesize = bus.bytesize
+        ser.timeout = 0
+        ser.write_timeout = 0
+        ser.open()
+        if bus.rs485:
+            # The kernel drives the transceiver's direction pin (TIOCSRS485): exact timing, no user-space RTS.
+            ser.rs485_mode = serial.rs485.RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
+        self._serial = ser
+        self._fd = ser.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._idle_since = time.monotonic()
+        log.debug("opened %s for bus %s at %s baud", self.port, bus.name, bus.baud)
+
+    def close(self) -> None:
+        if self._serial is not None:
+            try:
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_reader(self._fd)
+            finally:
+                self._serial.close()
+                self._serial = None
+                self._fd = -1
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    # -- I/O -------------------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # the adapter was unplugged: fail the waiting request, keep the loop alive
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_exception(TimeoutError_(f"port error: {exc}"))
+            return
+        if not data:
+            return
+        self._buf += data
+        self._idle_since = time.monotonic()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if len(self._buf) >= 2:
+                self._need = reply_length(self._request, self._buf)
+            if len(self._buf) >= self._need:
+                waiter.set_result(None)
+
+    async def transact(self, request: bytes) -> list[int]:
+        """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
+        async with self._lock:
+            return await self._transact(request)
+
+    async def _transact(self, request: bytes) -> list[int]:
+        if self._serial is None:
+            raise TimeoutError_("port is not open")
+        bus = self.bus
+        wait = self._idle_since + bus.silence - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._buf.clear()  # whatever arrived since the last reply belongs to nobody
+        self._request = request
+        self._need = reply_length(request, b"")
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        counters = self.counters
+        counters.requests += 1
+        counters.bytes_out += len(request)
+        counters.wire_time += (len(request) + self._need) * bus.char_time + 2 * bus.silence + self.turnaround
+        try:
+            os.write(self._fd, request)
+        except OSError as exc:
+            self._waiter = None
+            err = TimeoutError_(f"write failed: {exc}")
+            counters.count(err)
+            raise err from None
+        timeout = bus.timeout_ms / 1000.0 + len(request) * bus.char_time
+        handle = self._loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        except ModbusError as err:
+            if self._buf:  # something came back, but not a whole reply: a framing fault, not silence
+                err = FrameError(f"incomplete reply ({len(self._buf)} of {self._need} bytes)")
+            counters.count(err)
+            raise err from None
+        finally:
+            handle.cancel()
+            self._waiter = None
+            self._idle_since = time.monotonic()
+        reply = bytes(self._buf[: self._need])
+        counters.bytes_in += len(self._buf)
+        del self._buf[: self._need]
+        try:
+            return parse_reply(request, reply)
+        except (FrameError, ExceptionResponse) as err:
+            counters.count(err)
+            raise
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError_("no reply"))

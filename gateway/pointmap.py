@@ -1,0 +1,217 @@
+"""The point map: one stable address, OID, metric name and JSON path for every point.
+
+Every northbound face reads the point store through this map.  Addresses come from a formula over the
+family's catalog slot and the point's place in the topology (see profiles/points.yaml and the README), so
+adding a string, a cell or a new sensor type never moves a point that exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .errors import GatewayError
+from .points import PointRef, PointSpec
+from .profiles import DeviceProfile
+from .topology import MAX_CELLS, Topology
+
+CELL_BASE, STRING_BASE, BANK_BASE, GATEWAY_BASE = 10000, 3000, 1000, 0
+CELL_SLOT_SIZE, STRING_SIZE, CHANNEL_SLOT_SIZE = 1024, 500, 16
+SLOT_LIMIT = {"cell": 54, "string": 250, "bank": 125, "gateway": 62}
+# OID suffixes below the MIB's objects node: (table, entry, column, index...) or (group, column, 0).
+OID_GATEWAY, OID_BUS_TABLE, OID_BANK, OID_BANK_CHANNEL_TABLE, OID_STRING_TABLE, OID_CELL_TABLE = 1, 2, 3, 4, 5, 6
+
+_UNIT_SUFFIX = {"V": ("volts", 1.0), "A": ("amperes", 1.0), "C": ("celsius", 1.0), "ohm": ("ohms", 1.0),
+                "%": ("ratio", 0.01), "s": ("seconds", 1.0), "Ah": ("ampere_hours", 1.0),
+                "unix_s": ("timestamp_seconds", 1.0)}
+
+
+class CatalogError(GatewayError):
+    pass
+
+
+class Catalog:
+    """All known point families; refuses two families that would share an address."""
+
+    def __init__(self, specs: Iterable[PointSpec] = ()) -> None:
+        self._specs: dict[str, PointSpec] = {}
+        self._origin: dict[str, str] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: PointSpec, origin: str = "catalog") -> None:
+        old = self._specs.get(spec.id)
+        if old is not None:
+            if old == spec:
+                return
+            raise CatalogError(f"{origin}: point family {spec.id} is already defined differently by {self._origin[spec.id]}")
+        limit = SLOT_LIMIT[spec.scope]
+        span = range(spec.slot, spec.slot + (spec.width if spec.scope == "cell" else 1))
+        if span.stop > limit:
+            raise CatalogError(f"{origin}: {spec.id}: slot {spec.slot} is outside 0..{limit - 1} for scope {spec.scope}")
+        for other in self._specs.values():
+            if other.scope != spec.scope:
+                continue
+            other_span = range(other.slot, other.slot + (other.width if other.scope == "cell" else 1))
+            if set(span) & set(other_span):
+                raise CatalogError(f"{origin}: {spec.id} slot {spec.slot} overlaps {other.id} (slot {other.slot}, "
+                                   f"from {self._origin[other.id]})")
+            if other.id.startswith(spec.id + ".") or spec.id.startswith(other.id + "."):
+                raise CatalogError(f"{origin}: {spec.id} and {other.id}: one id may not be a prefix of another")
+        self._specs[spec.id] = spec
+        self._origin[spec.id] = origin
+
+    def __getitem__(self, pid: str) -> PointSpec:
+        return self._specs[pid]
+
+    def get(self, pid: str) -> PointSpec | None:
+        return self._specs.get(pid)
+
+    def __contains__(self, pid: str) -> bool:
+        return pid in self._specs
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+
+def register_address(spec: PointSpec, ref: PointRef) -> int:
+    """The 0-based Modbus register address of a point: the formula in profiles/points.yaml."""
+    if spec.scope == "cell":
+        index = (ref.string - 1) * MAX_CELLS + (ref.cell - 1)
+        return CELL_BASE + spec.slot * CELL_SLOT_SIZE + index * spec.width
+    if spec.scope == "string":
+        return STRING_BASE + (ref.string - 1) * STRING_SIZE + spec.slot * 2
+    base = BANK_BASE if spec.scope == "bank" else GATEWAY_BASE
+    return base + spec.slot * CHANNEL_SLOT_SIZE + ((ref.channel or 1) - 1) * 2
+
+
+def oid_suffix(spec: PointSpec, ref: PointRef) -> tuple[int, ...]:
+    """OID below the MIB's objects node; table columns start at 2 (cell table: 3) after the index columns."""
+    if spec.scope == "cell":
+        return (OID_CELL_TABLE, 1, spec.slot + 3, ref.string, ref.cell)
+    if spec.scope == "string":
+        return (OID_STRING_TABLE, 1, spec.slot + 2, ref.string)
+    if spec.scope == "bank":
+        if spec.channels:
+            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, ref.channel)
+        return (OID_BANK, spec.slot + 1, 0)
+    if spec.channels:
+        return (OID_BUS_TABLE, 1, spec.slot + 2, ref.channel)
+    return (OID_GATEWAY, spec.slot + 1, 0)
+
+
+def metric_name(spec: PointSpec) -> tuple[str, float]:
+    """Prometheus name and the factor from the stored value to the metric's base unit."""
+    suffix, factor = _UNIT_SUFFIX.get(spec.unit, ("", 1.0))
+    if spec.metric:
+        return spec.metric, factor
+    name = "bms_" + spec.id.replace(".", "_")
+    if suffix and not name.endswith("_" + suffix):
+        name += "_" + suffix
+    if spec.kind == "counter":
+        name += "_total"
+    return name, factor
+
+
+def json_path(spec: PointSpec, ref: PointRef) -> str:
+    name = spec.name.replace(".", "/")
+    if spec.scope == "cell":
+        return f"/strings/{ref.string}/cells/{ref.cell}/{name}"
+    if spec.scope == "string":
+        return f"/strings/{ref.string}/{name}"
+    head = f"/{spec.scope}/{name}"
+    return head + (f"/{ref.channel}" if ref.channel is not None else "")
+
+
+def metric_labels(spec: PointSpec, ref: PointRef) -> tuple[tuple[str, str], ...]:
+    labels = []
+    if ref.string is not None:
+        labels.append(("string", str(ref.string)))
+    if ref.cell is not None:
+        labels.append(("cell", str(ref.cell)))
+    if ref.channel is not None:
+        labels.append(("bus" if spec.scope == "gateway" else "channel", str(ref.channel)))
+    return tuple(labels)
+
+
+@dataclass(frozen=True, slots=True)
+class MappedPoint:
+    ref: PointRef
+    spec: PointSpec
+    address: int
+    oid: tuple[int, ...]
+    metric: str
+    metric_factor: float
+    labels: tuple[tuple[str, str], ...]
+    json_path: str
+
+
+class PointMap:
+    """Every point the configured bank has, with its northbound names; sorted by register address."""
+
+    def __init__(self, catalog: Catalog, topology: Topology, profiles: dict[str, DeviceProfile],
+                 buses: int | None = None) -> None:
+        self.catalog = catalog
+        self.topology = topology
+        refs = set(self._measured_refs(topology, profiles))
+        refs.update(self._derived_refs(catalog, topology, buses if buses is not None else len(topology.buses)))
+        entries = []
+        for ref in refs:
+            spec = catalog[ref.point]
+            metric, factor = metric_name(spec)
+            entries.append(MappedPoint(ref, spec, register_address(spec, ref), oid_suffix(spec, ref), metric,
+                                       factor, metric_labels(spec, ref), json_path(spec, ref)))
+        entries.sort(key=lambda e: e.address)
+        self.entries: tuple[MappedPoint, ...] = tuple(entries)
+        self.by_ref: dict[PointRef, MappedPoint] = {e.ref: e for e in entries}
+        self.by_address: dict[int, MappedPoint] = {e.address: e for e in entries}
+        self.by_oid: dict[tuple[int, ...], MappedPoint] = {e.oid: e for e in entries}
+
+    def _measured_refs(self, topology: Topology, profiles: dict[str, DeviceProfile]):
+        for dev in topology.devices:
+            prof = profiles[dev.profile]
+            for reg in prof.registers:
+                yield from device_refs(prof, reg, dev, topology)
+
+    @staticmethod
+    def _derived_refs(catalog: Catalog, topology: Topology, buses: int):
+        for spec in catalog:
+            if spec.source != "derived":
+                continue
+            if spec.scope == "cell":
+                for s in topology.strings:
+                    for c in range(1, s.cells + 1):
+                        yield PointRef(spec.id, s.id, c)
+            elif spec.scope == "string":
+                for s in topology.strings:
+                    yield PointRef(spec.id, s.id)
+            else:
+                count = buses if spec.channels == -1 else spec.channels
+                if count:
+                    for ch in range(1, count + 1):
+                        yield PointRef(spec.id, channel=ch)
+                else:
+                    yield PointRef(spec.id)
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def refs(self, point: str | None = None, string: int | None = None) -> list[PointRef]:
+        return [e.ref for e in self.entries
+                if (point is None or e.ref.point == point) and (string is None or e.ref.string == string)]
+
+
+def device_refs(prof: DeviceProfile, reg, dev, topology: Topology):
+    """The points one register of one device fills (a concentrator register fills one per cell)."""
+    if reg.per_cell_stride:
+        for c in range(1, topology.string(dev.string).cells + 1):
+            yield PointRef(reg.point, dev.string, c)
+    elif prof.scope == "cell":
+        yield PointRef(reg.point, dev.string, dev.cell)
+    elif prof.scope == "string":
+        yield PointRef(reg.point, dev.string)
+    else:
+        yield PointRef(reg.point, channel=reg.channel)
+

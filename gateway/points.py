@@ -1,0 +1,170 @@
+"""The point model: what a measured value is, and the live snapshot of the whole bank.
+
+A *point family* (``PointSpec``) is a kind of value, e.g. ``cell.voltage``; a *point* (``PointRef``) is one
+instance of it in the topology, e.g. string 2, cell 37.  Readings are immutable records; the store swaps
+whole records, so readers on other threads never see a half-written value.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("gateway", "bank", "string", "cell")
+
+
+class Quality(enum.Enum):
+    GOOD = "GOOD"
+    STALE = "STALE"  # last good value is older than the staleness limit
+    COMM_FAIL = "COMM_FAIL"  # the device did not answer its last poll
+    OUT_OF_RANGE = "OUT_OF_RANGE"  # decoded, but outside the sensor's measuring range
+
+    @property
+    def usable(self) -> bool:
+        return self is Quality.GOOD
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """A point family as the northbound faces see it.
+
+    ``unit`` is the SI unit of ``value`` in the store.  ``dtype``/``scale`` say how the value is encoded
+    in Modbus registers (register = round(value / scale)); ``slot`` fixes its place in the point map.
+    """
+
+    id: str
+    scope: str
+    unit: str
+    description: str
+    slot: int
+    dtype: str = "uint16"  # northbound encoding: int16 uint16 int32 uint32
+    scale: float = 1.0
+    valid_range: tuple[float, float] | None = None
+    poll: str = "fast"
+    kind: str = "gauge"  # gauge | counter | state
+    source: str = "measured"  # measured (by a device profile) | derived (computed by the gateway)
+    channels: int = 0  # bank/gateway scope: number of channels (0 = a single value)
+    metric: str | None = None  # Prometheus name override
+    states: tuple[tuple[int, str], ...] = ()  # for kind=state: value -> label
+    writable: bool = False
+
+    @property
+    def width(self) -> int:
+        return 2 if self.dtype in ("int32", "uint32") else 1
+
+    @property
+    def name(self) -> str:
+        """The id without its scope prefix: ``cell.voltage`` -> ``voltage``."""
+        head, _, rest = self.id.partition(".")
+        return rest if head == self.scope and rest else self.id
+
+
+@dataclass(frozen=True, slots=True)
+class PointRef:
+    """One point in the topology.  ``string``/``cell``/``channel`` are 1-based or None."""
+
+    point: str
+    string: int | None = None
+    cell: int | None = None
+    channel: int | None = None
+
+    def keys(self) -> dict[str, int]:
+        out = {}
+        if self.string is not None:
+            out["string"] = self.string
+        if self.cell is not None:
+            out["cell"] = self.cell
+        if self.channel is not None:
+            out["channel"] = self.channel
+        return out
+
+    def __str__(self) -> str:
+        parts = [self.point]
+        for key, val in self.keys().items():
+            parts.append(f"{key}={val}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    value: float | None
+    quality: Quality
+    ts: float  # wall-clock seconds (time.time())
+
+
+Listener = Callable[[list[tuple[PointRef, Reading]]], None]
+
+
+class PointStore:
+    """The live snapshot of the bank.
+
+    Writers (the engine, analytics) call ``put_many`` from the event loop; readers on any thread call
+    ``get``/``snapshot``.  Listeners are called after each batch in the writer's context and must be quick
+    (queue the work, do not do I/O).
+    """
+
+    def __init__(self) -> None:
+        self._readings: dict[PointRef, Reading] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self.generation = 0  # bumped on every batch; lets readers cache renderings per generation
+
+    def put(self, ref: PointRef, value: float | None, quality: Quality = Quality.GOOD, ts: float | None = None) -> None:
+        self.put_many([(ref, Reading(value, quality, time.time() if ts is None else ts))])
+
+    def put_many(self, items: Iterable[tuple[PointRef, Reading]]) -> None:
+        batch = list(items)
+        if not batch:
+            return
+        with self._lock:
+            self._readings.update(batch)
+            self.generation += 1
+        for listener in self._listeners:
+            try:
+                listener(batch)
+            except Exception:  # a faulty consumer must not stop polling
+                log.exception("point store listener %r failed", listener)
+
+    def mark(self, refs: Iterable[PointRef], quality: Quality) -> list[PointRef]:
+        """Set the quality of existing readings, keeping their last value; returns the refs changed."""
+        batch = []
+        with self._lock:
+            for ref in refs:
+                old = self._readings.get(ref)
+                if old is not None and old.quality is not quality:
+                    batch.append((ref, Reading(old.value, quality, old.ts)))
+        if batch:
+            self.put_many(batch)
+        return [ref for ref, _ in batch]
+
+    def get(self, ref: PointRef) -> Reading | None:
+        return self._readings.get(ref)
+
+    def value(self, ref: PointRef) -> float | None:
+        """The value when it is usable (GOOD), else None."""
+        reading = self._readings.get(ref)
+        if reading is None or reading.quality is not Quality.GOOD:
+            return None
+        return reading.value
+
+    def snapshot(self) -> dict[PointRef, Reading]:
+        with self._lock:
+            return dict(self._readings)
+
+    def __iter__(self) -> Iterator[tuple[PointRef, Reading]]:
+        return iter(self.snapshot().items())
+
+    def __len__(self) -> int:
+        return len(self._readings)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)

@@ -1,0 +1,321 @@
+"""Modbus RTU slaves on pseudo-terminals: the simulated bank behind the real serial path.
+
+One thread per bus reads request frames from the pty's master side and answers for every device the
+config puts on that bus, encoding the model's values with each device's own profile (so any profile can be
+simulated).  With ``wire_time`` on, a reply leaves no earlier than the physical bus would allow.  Faults
+can be injected per bus or per device at any time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+
+from ..modbus import codecs
+from ..modbus.rtu import (ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT, WRITE_MULTIPLE,
+                          WRITE_SINGLE, crc_ok, with_crc)
+from ..pointmap import device_refs
+from ..profiles import DeviceProfile
+from ..topology import BusConfig, DeviceConfig, Topology
+from .model import BankModel
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("none", "no_answer", "crc_error", "garbage", "slow")
+
+
+@dataclass(slots=True)
+class SimDevice:
+    config: DeviceConfig
+    profile: DeviceProfile
+    address: int
+    # (table, register address) -> (RegisterSpec, PointRef, word index within the value)
+    registers: dict[tuple[str, int], tuple] = field(default_factory=dict)
+    span: dict[str, tuple[int, int]] = field(default_factory=dict)  # table -> (lowest, highest) mapped address
+    fault: str = "none"
+    slow_ms: float = 0.0
+    serial: int = 0
+
+
+class SimBus(threading.Thread):
+    def __init__(self, sim: "Simulator", bus: BusConfig, devices: list[SimDevice]) -> None:
+        super().__init__(name=f"sim-{bus.name}", daemon=True)
+        self.sim = sim
+        self.bus = bus
+        self.devices = {d.address: d for d in devices}
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        tty.setraw(self.master)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        self.unplugged = False
+        self.stop_flag = threading.Event()
+        self.requests = 0
+        self.turnaround = 0.002
+
+    def run(self) -> None:
+        buf = bytearray()
+        while not self.stop_flag.is_set():
+            try:
+                ready, _, _ = select.select([self.master], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if not ready:
+                buf.clear()  # a silence ends any partial frame
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            buf += data
+            while True:
+                need = _request_length(buf)
+                if need is None or len(buf) < need:
+                    break
+                frame = bytes(buf[:need])
+                del buf[:need]
+                if not crc_ok(frame):
+                    buf.clear()
+                    break
+                self._answer(frame)
+
+    def _answer(self, frame: bytes) -> None:
+        self.requests += 1
+        if self.unplugged:
+            return
+        dev = self.devices.get(frame[0])
+        if dev is None or dev.fault == "no_answer":
+            return
+        reply = self.sim.reply(dev, frame)
+        if reply is None:
+            return
+        if dev.fault == "crc_error":
+            reply = reply[:-1] + bytes([reply[-1] ^ 0xFF])
+        elif dev.fault == "garbage":
+            reply = bytes(self.sim.garbage_rng.randrange(256) for _ in range(len(reply)))
+        delay = 0.0
+        if self.sim.wire_time:
+            ct = self.bus.char_time
+            delay = (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
+        if dev.fault == "slow":
+            delay += dev.slow_ms / 1000.0
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            os.write(self.master, reply)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop_flag.set()
+        self.join(timeout=2)
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _request_length(buf: bytearray) -> int | None:
+    if len(buf) < 2:
+        return None
+    function = buf[1]
+    if function in (READ_HOLDING, READ_INPUT, WRITE_SINGLE):
+        return 8
+    if function == WRITE_MULTIPLE:
+        return 9 + buf[6] if len(buf) >= 7 else None
+    return 4  # unknown function: address, function, CRC (answered with an exception)
+
+
+class Simulator:
+    """The simulated bank for every bus of ``topology`` whose port is ``sim`` (or all buses)."""
+
+    def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], seed: int = 1,
+                 wire_time: bool = True, time_scale: float = 1.0, weak_cells: int = 3,
+                 discharge_every_s: float = 0.0, discharge_duration_s: float = 1800.0,
+                 buses: list[str] | None = None, model: BankModel | None = None) -> None:
+        import random
+
+        self.topology = topology
+        self.profiles = profiles
+        self.wire_time = wire_time
+        self.time_scale = time_scale
+        self.garbage_rng = random.Random(seed + 7)
+        self.model = model or BankModel(
+            [(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit) for s in topology.strings],
+            seed=seed, weak_cells=weak_cells, discharge_every_s=discharge_every_s,
+            discharge_duration_s=discharge_duration_s)
+        self._wall0 = time.time()
+        self._sim0 = self.model.t
+        names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
+        self.buses: dict[str, SimBus] = {}
+        for bus in topology.buses:
+            if bus.name not in names:
+                continue
+            devs = [self._sim_device(d, i) for i, d in enumerate(topology.devices) if d.bus == bus.name]
+            self.buses[bus.name] = SimBus(self, bus, devs)
+
+    def _sim_device(self, dev: DeviceConfig, serial: int) -> SimDevice:
+        prof = self.profiles[dev.profile]
+        sd = SimDevice(dev, prof, dev.address, serial=100000 + serial)
+        for reg in prof.registers:
+            for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
+                address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
+                for w in range(reg.count):
+                    key = (reg.table, address + w)
+                    # several bit fields may share a register: keep them all
+                    prev = sd.registers.get(key)
+                    entry = (reg, ref, w)
+                    sd.registers[key] = (prev + (entry,)) if prev else (entry,)
+        ident = prof.identity
+        if ident is not None:
+            for w in range(ident.count):
+                sd.registers[(ident.table, ident.address + w)] = (("identity", w),)
+        for table in ("input", "holding"):
+            addrs = [a for (t, a) in sd.registers if t == table]
+            if addrs:
+                sd.span[table] = (min(addrs), max(addrs))
+        return sd
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    def start(self) -> "Simulator":
+        for b in self.buses.values():
+            b.start()
+        return self
+
+    def stop(self) -> None:
+        for b in self.buses.values():
+            b.close()
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def ports(self) -> dict[str, str]:
+        return {name: b.path for name, b in self.buses.items()}
+
+    def now(self) -> float:
+        return self._sim0 + (time.time() - self._wall0) * self.time_scale
+
+    # -- faults ----------------------------------------------------------------------------------------------
+    def set_fault(self, bus: str, address: int | None, fault: str, slow_ms: float = 0.0) -> None:
+        """``address`` None: the whole bus (``unplugged`` or ``none``); else one device."""
+        if fault not in FAULTS + ("unplugged",):
+            raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)} or unplugged")
+        sb = self.buses[bus]
+        if address is None:
+            sb.unplugged = fault == "unplugged"
+            if fault in ("none", "unplugged"):
+                return
+            for d in sb.devices.values():
+                d.fault, d.slow_ms = fault, slow_ms
+            return
+        dev = sb.devices[address]
+        dev.fault, dev.slow_ms = fault, slow_ms
+
+    def readdress(self, bus: str, old: int, new: int) -> None:
+        """A sensor replaced by one set to another address."""
+        sb = self.buses[bus]
+        dev = sb.devices.pop(old)
+        dev.address = new
+        sb.devices[new] = dev
+
+    # -- answering -------------------------------------------------------------------------------------------
+    def reply(self, dev: SimDevice, frame: bytes) -> bytes | None:
+        unit, function = frame[0], frame[1]
+        if function in (READ_HOLDING, READ_INPUT):
+            address, count = struct.unpack_from(">HH", frame, 2)
+            if not 1 <= count <= 125:
+                return _exception(unit, function, ILLEGAL_VALUE)
+            table = "holding" if function == READ_HOLDING else "input"
+            words = self.read(dev, table, address, count)
+            if words is None:
+                return _exception(unit, function, ILLEGAL_ADDRESS)
+            return with_crc(struct.pack(">BBB", unit, function, 2 * count) + struct.pack(f">{count}H", *words))
+        if function == WRITE_SINGLE:
+            address, value = struct.unpack_from(">HH", frame, 2)
+            if not self.write(dev, address, [value]):
+                return _exception(unit, function, ILLEGAL_ADDRESS)
+            return frame
+        if function == WRITE_MULTIPLE:
+            address, count = struct.unpack_from(">HH", frame, 2)
+            values = list(struct.unpack_from(f">{count}H", frame, 7))
+            if not self.write(dev, address, values):
+                return _exception(unit, function, ILLEGAL_ADDRESS)
+            return with_crc(frame[:6])
+        return _exception(unit, function, ILLEGAL_FUNCTION)
+
+    def read(self, dev: SimDevice, table: str, address: int, count: int) -> list[int] | None:
+        span = dev.span.get(table)
+        if span is None or address < span[0] or address + count - 1 > span[1]:
+            return None
+        model = self.model
+        model.advance_to(self.now())
+        values: dict = {}
+        words = []
+        with model.lock:
+            for a in range(address, address + count):
+                entries = dev.registers.get((table, a))
+                if not entries:
+                    words.append(0)
+                    continue
+                word = 0
+                for entry in entries:
+                    if entry[0] == "identity":
+                        word |= self._identity_word(dev, entry[1])
+                        continue
+                    reg, ref, w = entry
+                    key = (reg, ref)
+                    if key not in values:
+                        v = model.measure(ref.point, ref.string, ref.cell, ref.channel)
+                        values[key] = codecs.encode(v, reg)
+                    word |= values[key][w]
+                words.append(word)
+        return words
+
+    def _identity_word(self, dev: SimDevice, w: int) -> int:
+        ident = dev.profile.identity
+        if w == ident.model_offset:
+            return ident.model_code
+        if ident.vendor_offset is not None and w == ident.vendor_offset:
+            return ident.vendor_code
+        if ident.firmware_offset is not None and w == ident.firmware_offset:
+            return 0x0103
+        if ident.serial_offset is not None and w in (ident.serial_offset, ident.serial_offset + 1):
+            return (dev.serial >> 16) & 0xFFFF if w == ident.serial_offset else dev.serial & 0xFFFF
+        return 0
+
+    def write(self, dev: SimDevice, address: int, values: list[int]) -> bool:
+        for k, raw in enumerate(values):
+            entries = dev.registers.get(("holding", address + k))
+            if not entries:
+                return False
+            for entry in entries:
+                if entry[0] == "identity" or not entry[0].writable:
+                    return False
+                reg, ref, _ = entry
+                self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
+        return True
+
+
+def _exception(unit: int, function: int, code: int) -> bytes:
+    return with_crc(bytes([unit, function | 0x80, code]))
+
+
+def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
+    sim = config.section("simulator")
+    kwargs = dict(seed=sim.get("seed", 1), wire_time=sim.get("wire_time", True),
+                  time_scale=sim.get("time_scale", 1.0), weak_cells=sim.get("weak_cells", 3),
+                  discharge_every_s=sim.get("discharge_every_s", 0.0),
+                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0))
+    kwargs.update(overrides)
+    return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

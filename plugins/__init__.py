@@ -1,0 +1,1 @@
+"""Built-in device plugins, one folder per family."""
