@@ -7,8 +7,9 @@ group ``bmsgw.plugins`` and from the folders named in the config's ``plugins.dir
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import pluggy
 
@@ -98,3 +99,32 @@ class GatewaySpecs:
     @hookspec
     def bmsgw_status(self, gateway: Gateway) -> dict[str, Any]:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
+
+    @hookspec
+    def bmsgw_modbus_write_handlers(self, gateway: Gateway) -> list[ModbusWriteHandler]:
+        """Holding registers a plugin accepts Modbus TCP writes to (a command such as an alarm acknowledge).
+
+        Called once by the Modbus TCP face when it starts.  Writes reach a handler only when
+        ``modbus_tcp.writes.enabled`` is on and the client is in ``modbus_tcp.writes.allow_from``; everything
+        else is refused with exception 02 and logged.  A register may not lie inside the point map (writable
+        points of the map, like ``io.do``, are written to their device by the face itself) nor be claimed
+        twice.  Reserved command registers (README, "Modbus TCP"): 9000 alarm acknowledge,
+        9100 + (string - 1) baseline reset of a string.  A command register reads 0 over FC3.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusWriteHandler:
+    """A writable holding register (or ``count`` consecutive ones) and what a write to it does.
+
+    ``handler(words, client)`` gets the written words (``count`` of them) and the client's IP address; it may
+    be a coroutine function (run in the gateway's event loop) and should be quick.  It returns None when done,
+    raises ``ValueError`` for a value it does not accept (the client gets exception 03), any other exception
+    for a failure (exception 04, logged).
+    """
+
+    address: int  # 0-based holding register address
+    name: str  # short id for logs and the register list, e.g. "alarm.acknowledge"
+    description: str
+    handler: Callable[[list[int], str], Awaitable[None] | None]
+    count: int = 1
