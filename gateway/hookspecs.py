@@ -108,9 +108,16 @@ class GatewaySpecs:
         ``modbus_tcp.writes.enabled`` is on and the client is in ``modbus_tcp.writes.allow_from``; everything
         else is refused with exception 02 and logged.  A register may not lie inside the point map (writable
         points of the map, like ``io.do``, are written to their device by the face itself) nor be claimed
-        twice.  Reserved command registers (README, "Modbus TCP"): 9000 alarm acknowledge,
-        9100 + (string - 1) baseline reset of a string.  A command register reads 0 over FC3.
+        twice.  Reserved command registers (README, "Modbus TCP"): ``MODBUS_ALARM_ACK_REGISTER`` (9000) alarm
+        acknowledge, ``MODBUS_BASELINE_RESET_REGISTER`` (9100) + (string - 1) a string's baseline reset.
+        A command register reads 0 over FC3 and is not in the input table.
         """
+
+
+# Command registers reserved in the Modbus TCP holding table (README, "Modbus TCP"); the modules that act on them
+# register a ModbusWriteHandler at these addresses through ``bmsgw_modbus_write_handlers``.
+MODBUS_ALARM_ACK_REGISTER = 9000  # write 1: acknowledge every active alarm
+MODBUS_BASELINE_RESET_REGISTER = 9100  # + (string - 1); write a battery number: reset its ohmic baseline
 
 
 @dataclass(frozen=True, slots=True)
