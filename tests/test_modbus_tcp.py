@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from gateway.app import Gateway
@@ -342,6 +344,9 @@ def test_limits_idle_timeout_ignored_units_and_bad_frames(tmp_path):
             c.sendall(mbap(4, 1, read_pdu(4, CELL_V, 1)))
             assert recv_frame(c)[0] == 4
             assert closed_by_server(c)  # then says nothing more: closed after idle_timeout_s
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(mbap(5, 1, read_pdu(4, CELL_V, 1))[:9])  # half a request, never finished
+            assert closed_by_server(c)
         status = gt.gateway.status()["modbus_tcp"]
         assert status["refused_connections"] >= 1 and status["protocol_errors"] == 3
     finally:
@@ -412,6 +417,14 @@ def test_writes_when_enabled_reach_the_relay_and_registered_commands_only(tmp_pa
         assert write_multiple(port, IO_DO, [0]) == struct.pack(">BHH", 16, IO_DO, 1)
         assert model.do_state == 0
         assert write_single(port, IO_DO, 7) == bytes([0x86, 3])  # not a relay state
+        # a write in the middle of pipelined reads: answered in order, and the read after it sees it
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(mbap(1, 1, read_pdu(3, IO_DO, 1)) + mbap(2, 1, struct.pack(">BHH", 6, IO_DO, 1))
+                      + mbap(3, 1, read_pdu(3, IO_DO, 1)) + mbap(4, 1, read_pdu(4, CELL_V, 2)))
+            answers = [recv_frame(s) for _ in range(4)]
+        assert [a[0] for a in answers] == [1, 2, 3, 4]
+        assert words_of(answers[0][2]) == [0] and words_of(answers[2][2]) == [1]
+        assert write_single(port, IO_DO, 0)[0] == 6
         # command registers from a plugin
         assert write_single(port, MODBUS_ALARM_ACK_REGISTER, 1)[0] == 6
         assert write_multiple(port, MODBUS_BASELINE_RESET_REGISTER, [3, 5])[0] == 16  # strings 1 and 2
@@ -543,3 +556,64 @@ def test_regmap_csv_lists_what_the_server_serves(served, venv_bin, bmsgw_env):
     assert words_of(transact(port, read_pdu(4, address, 1))) == [round(value / float(row["scale"]))]
     ranges = served_ranges(gt.gateway.pointmap)
     assert all(any(s <= int(r["address"]) < e for s, e in ranges) for r in rows)
+
+
+# -- any byte stream: no crash, only well-formed answers ----------------------------------------------------------
+class _FakeTransport:
+    def __init__(self):
+        self.out, self.closed = bytearray(), False
+
+    def write(self, data):
+        self.out += data
+
+    def close(self):
+        self.closed = True
+
+    abort = close
+
+    def get_extra_info(self, name):
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def offline_service(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("offline")
+    gw = Gateway(write_config(tmp, base=small_bank(1, 4)), simulator=False, port_overrides={"bus1": "x"})
+    svc = ModbusTcpService(gw, gw.config.section("modbus_tcp"))
+    svc._collect_write_targets()
+    svc.image.start()
+    return svc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.binary(max_size=40),
+    st.builds(lambda tid, unit, fc, a, n: mbap(tid, unit, struct.pack(">BHH", fc, a, n)),
+              st.integers(0, 0xFFFF), st.sampled_from([0, 1, 7, 255]), st.integers(0, 255),
+              st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))), max_size=12))
+def test_any_byte_stream_gets_well_formed_answers_or_a_closed_connection(offline_service, chunks):
+    from gateway.outputs.modbus_tcp import _Connection
+
+    async def feed():
+        conn = _Connection(offline_service)
+        transport = _FakeTransport()
+        conn.connection_made(transport)
+        for chunk in chunks:
+            conn.data_received(chunk)
+        conn.connection_lost(None)
+        return transport
+
+    transport = asyncio.run(feed())
+    out, pos = bytes(transport.out), 0
+    while pos < len(out):  # every answer is a whole MBAP frame with a PDU of at most 253 bytes
+        tid, proto, length, unit = struct.unpack_from(">HHHB", out, pos)
+        assert proto == 0 and 3 <= length <= 254
+        pos += 6 + length
+        assert pos <= len(out)
+    assert len(offline_service.connections) == 0

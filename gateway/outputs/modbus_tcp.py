@@ -72,7 +72,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                          "description": "a request for another unit id: exception 0x0B, or no answer at all"},
         "max_connections": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 32},
         "idle_timeout_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 300,
-                           "description": "close a connection that sent no request for this long (0 = never)"},
+                           "description": "close a connection that sent no complete request for this long (0 = never)"},
         "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"}, "default": [],
                        "description": "client addresses or networks that may connect; empty = any"},
         "identity": {
@@ -342,8 +342,9 @@ class ModbusTcpService:
 
     # -- life cycle --------------------------------------------------------------------------------------------
     def _collect_write_targets(self) -> None:
+        engine = self.gateway.engine
         targets = [WriteTarget(e.address, e.address + e.spec.width, point_write_handler(self.gateway, e), True)
-                   for e in self.gateway.pointmap if e.spec.writable]
+                   for e in self.gateway.pointmap if e.spec.writable and engine.writable(e.ref) is not None]
         for result in self.gateway.pm.hook.bmsgw_modbus_write_handlers(gateway=self.gateway):
             for h in result or []:
                 if h.count < 1 or h.address < 0 or h.address + h.count > 65536:
@@ -571,8 +572,7 @@ class _Connection(asyncio.Protocol):
         self.service.connections.discard(self)
         if self.idle_handle is not None:
             self.idle_handle.cancel()
-        if self.pending is not None:
-            self.pending.cancel()
+        # a pending write is left to finish: cancelling it mid-transaction would upset the RS485 bus
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -610,11 +610,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.last_activity = self.loop.time()
         if not self.buf and self.pending is None and len(data) >= 7:
             # fast path: the common case is exactly one whole request per segment
             tid, proto, length, unit = _HEADER.unpack_from(data)
             if proto == 0 and 2 <= length <= MAX_MBAP_LENGTH and len(data) == 6 + length:
+                self.last_activity = self.loop.time()
                 response = self.service.handle(tid, unit, data[7:], self.client)
                 if response is None:
                     return
@@ -646,6 +646,7 @@ class _Connection(asyncio.Protocol):
             end = pos + 6 + length
             if end > len(buf):
                 break
+            self.last_activity = self.loop.time()  # only whole requests count: a byte-a-minute client times out
             response = handle(tid, unit, bytes(buf[pos + 7:end]), self.client)
             pos = end
             if response is None:
