@@ -562,6 +562,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
+        log.debug("modbus tcp: connection from %s", self.client)
         self.loop = loop = asyncio.get_running_loop()
         self.last_activity = loop.time()
         if self.service.idle_timeout > 0:
