@@ -68,6 +68,12 @@ def decimals(scale: float) -> int | None:
     return n if math.isclose(scale, 10.0 ** -n, rel_tol=1e-9) else None
 
 
+def value_range(dtype: str) -> tuple[int, int]:
+    """The values a reading can take: the register type's range without its not-available code."""
+    return {"uint16": (0, 65534), "int16": (-32767, 32767), "uint32": (0, 4294967294),
+            "int32": (-2147483647, 2147483647)}[dtype]
+
+
 def not_available_code(dtype: str) -> int:
     return {"uint16": 65535, "int16": -32768, "uint32": 4294967295, "int32": -2147483648}[dtype]
 
@@ -178,8 +184,7 @@ class MibBuilder:
             body = ",\n".join(f"                    {lab}({val})" for val, lab in labels)
             return ObjectDef(name, spec, "INTEGER {\n" + body + "\n                }", "INTEGER", "", None)
         unsigned32 = spec.dtype == "uint32"
-        lo, hi = {"uint16": (0, 65535), "int16": (-32768, 32767), "uint32": (0, 4294967295),
-                  "int32": (-2147483648, 2147483647)}[spec.dtype]
+        lo, hi = value_range(spec.dtype)
         n = decimals(spec.scale)
         if n is not None:
             tc = self._tc(n, unsigned32)
@@ -189,26 +194,23 @@ class MibBuilder:
             self._use("SNMPv2-SMI", base)
             if spec.scale != 1 and units:
                 units = f"{spec.scale:g} {units}"
-        full = (lo, hi) == ((0, 4294967295) if unsigned32 else (-2147483648, 2147483647))
-        syntax = base if full else f"{base} ({lo}..{hi})"
+        syntax = f"{base} ({lo}..{hi})"
         return ObjectDef(name, spec, syntax, base, units, tc)
 
     # -- text ------------------------------------------------------------------------------------------------
     def _describe(self, obj: ObjectDef) -> str:
         spec = obj.spec
-        na = not_available_code(spec.dtype)
         text = spec.description.rstrip(".") + f". Point {spec.id}"
         if spec.unit and obj.units:
             text += f", in {obj.units}"
         text += "."
-        if spec.kind == "counter":
-            text += (" The instance is absent while the value is not available (no reading yet, or the "
-                     "reading is stale).")
-        elif spec.kind == "state" and spec.states:
-            text += " notAvailable when the value is not available (no reading, stale, or not computed)."
+        if spec.kind == "state" and spec.states:
+            text += (" notAvailable while the value is not available: the sensor does not answer, the reading "
+                     "is stale, or the value has not been computed yet.")
         else:
-            text += (f" {na} when the value is not available: the sensor does not answer, the reading is "
-                     f"stale, or the value has not been computed yet. A stale reading is never served as a number.")
+            text += (" The instance is absent (noSuchInstance, skipped by GETNEXT) while the value is not "
+                     "available: the sensor does not answer, the reading is stale, or the value has not been "
+                     "computed yet. A stale reading is never served as a number.")
         if spec.source == "derived":
             text += " Computed by the gateway."
         return text

@@ -1,0 +1,87 @@
+"""The SNMPv2c read fast path: GET, GETNEXT and GETBULK answered from pre-encoded varbinds.
+
+pysnmp spends most of a walk building pyasn1 objects and BER-encoding them, for every request.  Here each
+instance's varbind is encoded once per change of its point (see ``tree.Entry``) and a response is the
+concatenation of cached varbinds, framed by a few bytes.  The semantics are pysnmp's own, step for step
+(``pysnmp.entity.rfc3413.cmdrsp``: the same GETBULK repetition count and cap, endOfMibView repeated, the
+same size limit); tests/test_snmp_fastpath.py checks the bytes against the pysnmp path.  Anything else —
+SNMPv1, SNMPv3, SET, a wrong community, an encoding the strict parser does not accept, a response pysnmp
+would turn into an error — is left to pysnmp, which also counts wrong communities.
+"""
+from __future__ import annotations
+
+import logging
+
+from . import ber
+from .tree import OidIndex
+
+log = logging.getLogger(__name__)
+
+
+class FastPath:
+    def __init__(self, index: OidIndex, community: bytes, max_varbinds: int = 64, max_message: int = 65507) -> None:
+        self.index = index
+        self.community = community
+        self.max_varbinds = max_varbinds
+        self.max_message = max_message
+        self.answered = 0
+
+    def _next(self, oid: tuple[int, ...]) -> tuple[bytes, int]:
+        """(varbind, index position) of the instance after ``oid``; position -1 at the end of the MIB."""
+        i = self.index.after(oid)
+        if i < len(self.index.entries):
+            return self.index.entries[i].encoded(), i
+        return ber.encode_varbind(ber.encode_oid(oid), ber.encode_value(ber.END_OF_MIB_VIEW, None)), -1
+
+    def answer(self, data: bytes) -> bytes | None:
+        req = ber.parse_v2c_read(data)
+        if req is None or req.community != self.community:
+            return None
+        index = self.index
+        entries = index.entries
+        out: list[bytes] = []
+        if req.pdu_type == ber.GET:
+            for oid in req.oids:
+                i = index.exact(oid)
+                enc = entries[i].encoded() if i is not None else None
+                if enc is None:
+                    tag = ber.NO_SUCH_INSTANCE if i is not None else index.missing_tag(oid)
+                    enc = ber.encode_varbind(ber.encode_oid(oid), ber.encode_value(tag, None))
+                out.append(enc)
+        elif req.pdu_type == ber.GETNEXT:
+            out = [self._next(oid)[0] for oid in req.oids]
+        else:
+            n_vb = len(req.oids)
+            nonrep = min(req.non_repeaters, n_vb)
+            reps = req.max_repetitions
+            cols = max(n_vb - nonrep, 0)
+            if cols:
+                reps = min(reps, self.max_varbinds // cols)
+            out = [self._next(oid)[0] for oid in req.oids[:nonrep]]
+            if cols and reps:
+                # one chain per repeated varbind: (last OID, its index position or -1 at the end)
+                chains = [(oid, None) for oid in req.oids[nonrep:]] if nonrep < n_vb else []
+                n = len(entries)
+                for _ in range(reps):
+                    for c, (oid, pos) in enumerate(chains):
+                        if pos is None:
+                            enc, pos = self._next(oid)
+                        elif pos >= 0:
+                            pos = index.next_present(pos + 1)
+                            if pos < n:
+                                enc = entries[pos].encoded()
+                            else:
+                                enc, pos = self._next(oid)
+                        else:
+                            enc, pos = self._next(oid)
+                        if pos >= 0:
+                            oid = entries[pos].oid
+                        chains[c] = (oid, pos)
+                        out.append(enc)
+            if not out:
+                return None  # pysnmp answers genErr here
+        msg = ber.response_message(req.community, req.request_id, out)
+        if len(msg) > self.max_message:
+            return None  # pysnmp drops it (snmpSilentDrops)
+        self.answered += 1
+        return msg
