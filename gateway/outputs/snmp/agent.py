@@ -157,9 +157,6 @@ class SnmpAgent:
     # -- start / stop ------------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.cfg
-        state_path = self.gateway.config.state_dir / STATE_FILE
-        configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
-        self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind(self.listen)
@@ -167,6 +164,9 @@ class SnmpAgent:
             sock.close()
             raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
         self.bound = sock.getsockname()[:2]
+        state_path = self.gateway.config.state_dir / STATE_FILE
+        configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
+        self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
         engine = snmp_engine.SnmpEngine()
         mib = engine.get_mib_builder()
         (engine_id_obj,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID")
@@ -328,7 +328,7 @@ class SnmpAgent:
                 self.sent["informs_acknowledged"] += 1
 
         try:
-            self._ntf.send_varbinds(engine, target["name"], None, "", varbinds, done)
+            self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
         except Exception as exc:  # a broken target must not stop the others or the caller
             self.sent["failed"] += 1
             log.warning("SNMP %s for alarm %s to %s failed: %s", target["kind"], row.alarm_id, target["where"], exc)
