@@ -1,7 +1,6 @@
 """The little BER the fast path needs: encode varbinds and responses, parse SNMPv2c read requests.
 
-Encodings are the canonical ones pyasn1 produces (definite, minimal lengths; minimal two's-complement
-integers), so a response built here is byte-for-byte what pysnmp would send; tests/test_snmp_fastpath.py
+Encodings are the ones pyasn1 produces (definite, minimal lengths; its two's-complement integers), so a response built here is byte-for-byte what pysnmp would send; tests/test_snmp_fastpath.py
 proves it.  The parser is strict: anything it does not fully understand is left to pysnmp.
 """
 from __future__ import annotations
@@ -34,8 +33,12 @@ def tlv(tag: int, body: bytes) -> bytes:
 
 
 def int_body(n: int) -> bytes:
-    size = ((n if n >= 0 else ~n).bit_length() + 8) // 8
-    return n.to_bytes(size, "big", signed=True)
+    """Two's complement as pyasn1 writes it: one sign bit added whenever the magnitude fills whole octets
+    (so -128 is ff 80, not the minimal 80: byte-identical answers matter more than the octet)."""
+    bits = n.bit_length()
+    if bits % 8 == 0:
+        bits += 1
+    return n.to_bytes((bits + 7) // 8, "big", signed=True)
 
 
 def encode_int(n: int, tag: int = INTEGER) -> bytes:
