@@ -25,6 +25,7 @@ def net_snmp_env(tmp: Path) -> dict:
     env = dict(os.environ)
     env["SNMPCONFPATH"] = str(tmp)
     env["SNMP_PERSISTENT_DIR"] = str(tmp / "net-snmp")
+    (tmp / "net-snmp" / "cert_indexes").mkdir(parents=True, exist_ok=True)  # else the tools say they made it
     env.pop("MIBS", None)
     env.pop("MIBDIRS", None)
     return env
