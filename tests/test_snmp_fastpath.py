@@ -82,8 +82,9 @@ def request(kind: str, oids, request_id: int = 4242, non_repeaters: int = 0, max
     return encoder.encode(msg)
 
 
-def ask(pair, data: bytes, port_index: int) -> bytes | None:
+def ask(pair, data: bytes, port_index: int, timeout: float = 3.0) -> bytes | None:
     sock = pair["sock"]
+    sock.settimeout(timeout)
     sock.sendto(data, ("127.0.0.1", pair["ports"][port_index]))
     try:
         answer, _ = sock.recvfrom(65535)
@@ -92,8 +93,8 @@ def ask(pair, data: bytes, port_index: int) -> bytes | None:
     return answer
 
 
-def both(pair, data: bytes) -> bytes | None:
-    fast, slow = ask(pair, data, 0), ask(pair, data, 1)
+def both(pair, data: bytes, timeout: float = 3.0) -> bytes | None:
+    fast, slow = ask(pair, data, 0, timeout), ask(pair, data, 1, timeout)
     assert fast == slow, f"fast path {fast!r}\n     pysnmp {slow!r}"
     return fast
 
@@ -139,7 +140,7 @@ def test_getbulk_is_identical(pair, non_repeaters, max_repetitions, oids):
 def test_getbulk_with_nothing_to_answer_is_left_to_pysnmp(pair):
     """No non-repeaters and no repetitions: pysnmp 7.1.30 fails inside its responder and sends nothing;
     the fast path does not answer it either."""
-    assert both(pair, request("bulk", [(1, 3, 6, 1)], non_repeaters=0, max_repetitions=0)) is None
+    assert both(pair, request("bulk", [(1, 3, 6, 1)], non_repeaters=0, max_repetitions=0), timeout=0.5) is None
 
 
 def test_get_is_identical(pair):
@@ -167,7 +168,7 @@ def test_get_is_identical(pair):
 
 
 def test_wrong_community_gets_nothing_from_either(pair):
-    assert both(pair, request("get", [(1, 3, 6, 1, 2, 1, 1, 1, 0)], community="secret")) is None
+    assert both(pair, request("get", [(1, 3, 6, 1, 2, 1, 1, 1, 0)], community="secret"), timeout=0.5) is None
 
 
 def _served(pair):
@@ -218,3 +219,29 @@ def test_parser_leaves_what_it_does_not_handle_to_pysnmp():
     v1[4] = 0  # version field: SNMPv1
     assert ber.parse_v2c_read(bytes(v1)) is None
     assert ber.parse_v2c_read(b"") is None and ber.parse_v2c_read(b"\x30\x80") is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(dtype=st.sampled_from(["uint16", "int16", "uint32", "int32"]),
+       scale=st.sampled_from([1.0, 0.1, 0.01, 0.001, 0.000001]),
+       value=st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-2 ** 40, 2 ** 40)))
+def test_the_hot_value_path_serves_the_register_integer(dtype, scale, value):
+    """``gauge_fn`` (unrolled for speed) gives the Modbus codec's integer, and nothing when not available."""
+    import math
+    import time as _time
+
+    from gateway.outputs.snmp.sections import gauge_fn, register_int
+    from gateway.points import PointSpec, PointStore, Quality, Reading
+
+    spec = PointSpec(id="cell.test", scope="cell", unit="V", description="", slot=0, dtype=dtype, scale=scale)
+    store = PointStore()
+    ref = PointRef("cell.test", 1, 1)
+    fn = gauge_fn(store, ref, spec)
+    assert fn() is None
+    store.put_many([(ref, Reading(float(value), Quality.GOOD, _time.time()))])
+    if not math.isfinite(float(value)):
+        assert fn() is None
+    else:
+        assert fn()[1] == register_int(spec, store.get(ref))
+    store.put_many([(ref, Reading(1.0, Quality.STALE, _time.time()))])
+    assert fn() is None

@@ -45,11 +45,12 @@ def encode_int(n: int, tag: int = INTEGER) -> bytes:
     return tlv(tag, int_body(n))
 
 
-def oid_body(oid: tuple[int, ...]) -> bytes:
-    if len(oid) < 2:
-        raise ValueError(f"OID {oid} needs at least two arcs")
+def arcs_body(arcs) -> bytes:
+    """Sub-identifiers in base 128 (no first-two-arcs folding): the tail of an OID's encoding."""
+    if all(a < 0x80 for a in arcs):
+        return bytes(arcs)
     out = bytearray()
-    for i, sub in enumerate((oid[0] * 40 + oid[1],) + tuple(oid[2:])):
+    for sub in arcs:
         if sub < 0x80:
             out.append(sub)
             continue
@@ -60,6 +61,12 @@ def oid_body(oid: tuple[int, ...]) -> bytes:
         chunk[0] &= 0x7F
         out.extend(reversed(chunk))
     return bytes(out)
+
+
+def oid_body(oid: tuple[int, ...]) -> bytes:
+    if len(oid) < 2:
+        raise ValueError(f"OID {oid} needs at least two arcs")
+    return arcs_body((oid[0] * 40 + oid[1],) + tuple(oid[2:]))
 
 
 def encode_oid(oid: tuple[int, ...]) -> bytes:

@@ -21,21 +21,39 @@ _UNSET = object()
 
 
 class Entry:
-    __slots__ = ("oid", "oid_tlv", "fn", "enc", "volatile")
+    __slots__ = ("oid", "_oid_tlv", "fn", "enc", "volatile")
 
     def __init__(self, oid: tuple[int, ...], fn: ValueFn, volatile: bool) -> None:
         self.oid = oid
-        self.oid_tlv = ber.encode_oid(oid)
+        self._oid_tlv: bytes | None = None
         self.fn = fn
         self.enc = _UNSET
         self.volatile = volatile
+
+    @property
+    def oid_tlv(self) -> bytes:
+        if self._oid_tlv is None:
+            self._oid_tlv = ber.encode_oid(self.oid)
+        return self._oid_tlv
 
     def encoded(self) -> bytes | None:
         """The whole varbind TLV, or None when the instance is absent."""
         enc = self.enc
         if enc is _UNSET or self.volatile:
             value = self.fn()
-            enc = None if value is None else ber.encode_varbind(self.oid_tlv, ber.encode_value(*value))
+            if value is None:
+                enc = None
+            else:
+                tag, v = value
+                if type(v) is int:  # the common case, inlined: ber.encode_value(tag, v)
+                    bits = v.bit_length()
+                    if not bits & 7:
+                        bits += 1
+                    body = v.to_bytes((bits + 7) >> 3, "big", signed=True)
+                    inner = (self._oid_tlv or self.oid_tlv) + bytes((tag, len(body))) + body
+                else:
+                    inner = (self._oid_tlv or self.oid_tlv) + ber.encode_value(tag, v)
+                enc = bytes((0x30, len(inner))) + inner if len(inner) < 0x80 else ber.tlv(0x30, inner)
             if not self.volatile:
                 self.enc = enc
         return enc
@@ -46,15 +64,15 @@ class Section:
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
-        self.objects: set[tuple[int, ...]] = set()
+        self.objects: dict[tuple[int, ...], bool] = {}  # the object types (scalars, columns) served
         self.deps: list[tuple[object, Entry]] = []
 
     def add(self, obj: tuple[int, ...], index: tuple[int, ...], fn: ValueFn, *, volatile: bool = False,
             dep: object | None = None) -> None:
         """``obj`` is the object type's OID (scalar or column), ``index`` the instance part."""
-        entry = Entry(obj + index, fn, volatile)
+        entry = Entry(obj + index, fn, volatile)  # its OID is encoded when first served
         self.entries.append(entry)
-        self.objects.add(obj)
+        self.objects[obj] = True
         if dep is not None:
             self.deps.append((dep, entry))
 
@@ -63,7 +81,7 @@ class Section:
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
-        self.objects.add(obj)
+        self.objects[obj] = True
 
 
 class OidIndex:
@@ -75,7 +93,7 @@ class OidIndex:
         static: list[Entry] = []
         for sec in sections:
             static.extend(sec.entries)
-            self.objects |= sec.objects
+            self.objects.update(sec.objects)
             for dep, entry in sec.deps:
                 self.deps.setdefault(dep, []).append(entry)
         static.sort(key=lambda e: e.oid)
@@ -96,7 +114,7 @@ class OidIndex:
         for e in entries:
             if e.oid[:len(self._prefix)] != self._prefix:
                 raise ValueError(f"dynamic OID {e.oid} outside {self._prefix}")
-        self.objects |= section.objects
+        self.objects.update(section.objects)
         self.entries = self._static[:self._split] + entries + self._static[self._split:]
         self.oids = [e.oid for e in self.entries]
 
