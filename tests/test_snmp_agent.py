@@ -305,3 +305,36 @@ def test_udp_port_answers_nothing_to_garbage(env):
             with pytest.raises(socket.timeout):
                 s.recvfrom(65535)
     assert env["snmp"].get(v2c(), "SNMPv2-MIB::sysUpTime.0")
+
+
+def test_master_keys_from_bmsgw_snmp_key_replace_passphrases(env):
+    """`bmsgw snmp-key` turns passphrases into master keys; a user configured with them answers managers that
+    know only the passphrases (the config then holds no passphrase)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "gateway", "snmp-key", "--auth", "sha512", "--priv", "aes128"],
+                          input="long-auth-passphrase\nlong-priv-passphrase\n", capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    keys = yaml.safe_load(proc.stdout)
+    assert keys["key_format"] == "master" and "long-auth" not in proc.stdout
+    gt = env["gt"]
+    port = free_udp_port()
+    cfg = {**gt.gateway.config.section("snmp"), "listen": f"127.0.0.1:{port}", "v2c": {"community": None},
+           "v3_users": [{"name": "keyed", **keys}], "notifications": {"targets": []}}
+    agent = SnmpAgent(gt.gateway, cfg)
+    gt.call(agent.start())
+    try:
+        user = {"name": "keyed", "auth": "sha512", "auth_key": "long-auth-passphrase", "priv": "aes128",
+                "priv_key": "long-priv-passphrase"}
+        assert NetSnmp(port, env["tmp"]).get(v3(user), "SNMPv2-MIB::sysUpTime.0")
+        proc = NetSnmp(port, env["tmp"]).run("snmpget", v2c(), "-OQs", "SNMPv2-MIB::sysUpTime.0", timeout=0.5,
+                                             retries=0, check=False)
+        assert proc.returncode != 0  # v2c is off on this agent
+    finally:
+        gt.call(agent.stop())

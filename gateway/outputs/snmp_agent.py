@@ -25,8 +25,9 @@ SCHEMA = {
     "type": "object", "additionalProperties": False, "default": {},
     "properties": {
         "enabled": {"type": "boolean", "default": True},
-        "listen": {"type": "string", "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*):[0-9]{1,5}$",
-                   "default": "127.0.0.1:1161", "description": "UDP HOST:PORT the agent answers on"},
+        "listen": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]*:[0-9]{1,5}$",
+                   "default": "127.0.0.1:1161",
+                   "description": "UDP HOST:PORT (IPv4) the agent answers on; 0.0.0.0 for every interface"},
         "base_oid": {"type": "string", "pattern": r"^1\.3\.6\.1\.4\.1(\.[0-9]{1,10}){1,8}$",
                      "default": "1.3.6.1.4.1.32473",
                      "description": "the MIB's root: enterprises.<your PEN>; 32473 is the RFC 5612 documentation PEN"},
@@ -88,7 +89,8 @@ SCHEMA = {
                     "items": {
                         "type": "object", "additionalProperties": False, "required": ["host"],
                         "properties": {
-                            "host": {"type": "string", "minLength": 1, "maxLength": 253},
+                            "host": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,253}$",
+                                     "description": "IPv4 address or host name of the receiver"},
                             "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 162},
                             "version": {"enum": ["v2c", "v3"], "default": "v2c"},
                             "community": {"type": "string", "minLength": 1, "maxLength": 64},

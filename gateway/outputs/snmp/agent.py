@@ -66,6 +66,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def resolve(host: str) -> str:
+    """An IPv4 address for a host name or address (the agent and its targets speak UDP over IPv4)."""
+    if not host:
+        return "0.0.0.0"
+    return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+
+
 def default_engine_id(base: tuple[int, ...]) -> bytes:
     """RFC 3411 format: enterprise number with the high bit set, format 5 (octets), 8 random octets."""
     pen = base[len(ENTERPRISES)] if base[:len(ENTERPRISES)] == ENTERPRISES else 32473
@@ -159,7 +166,7 @@ class SnmpAgent:
         cfg = self.cfg
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.bind(self.listen)
+            sock.bind((resolve(self.listen[0]), self.listen[1]))
         except OSError as exc:
             sock.close()
             raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
@@ -229,6 +236,12 @@ class SnmpAgent:
         """One target address, parameter set and notification entry per configured target (never shared:
         a target object reused across credentials duplicates notifications)."""
         for i, target in enumerate(self.cfg["notifications"]["targets"]):
+            try:
+                address = resolve(target["host"])
+            except OSError as exc:
+                log.error("snmp.notifications.targets[%d]: cannot resolve %s (%s); no notifications go there",
+                          i, target["host"], exc)
+                continue
             params, addr, tag, ntf = (f"bmsgw-p{i}", f"bmsgw-a{i}", f"bmsgw-t{i}", f"bmsgw-n{i}")
             kind = target.get("type") or ("inform" if target["version"] == "v3" else "trap")
             if target["version"] == "v2c":
@@ -239,7 +252,7 @@ class SnmpAgent:
                 snmp_config.add_target_parameters(engine, params, sec_name, "noAuthNoPriv", 1)
             else:
                 snmp_config.add_target_parameters(engine, params, target["user"], "authPriv", 3)
-            snmp_config.add_target_address(engine, addr, udp.SNMP_UDP_DOMAIN, (target["host"], target["port"]),
+            snmp_config.add_target_address(engine, addr, udp.SNMP_UDP_DOMAIN, (address, target["port"]),
                                             params, timeout=int(target["timeout_s"] * 100),
                                             retryCount=target["retries"], tagList=tag)
             snmp_config.add_notification_target(engine, ntf, params, tag, kind)
