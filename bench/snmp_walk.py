@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.outputs.snmp.agent import SnmpAgent  # noqa: E402
 from gateway.points import Quality, Reading  # noqa: E402
+from tests.snmp_support import free_udp_port, net_snmp_env  # noqa: E402
 from tests.support import GatewayThread, write_config  # noqa: E402
 
 RUNS = 5
@@ -40,16 +40,8 @@ REPS = 50
 USER = {"name": "bench", "auth": "sha256", "auth_key": "bench-auth-key", "priv": "aes128", "priv_key": "bench-priv-key"}
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def client_env(tmp: Path) -> dict:
-    env = dict(os.environ, SNMPCONFPATH=str(tmp), SNMP_PERSISTENT_DIR=str(tmp / "net-snmp"), MIBS="", MIBDIRS=str(tmp))
-    (tmp / "net-snmp" / "cert_indexes").mkdir(parents=True, exist_ok=True)
-    return env
+    return dict(net_snmp_env(tmp), MIBS="", MIBDIRS=str(tmp))  # no MIB loading: the same cost for every walk
 
 
 def walk(auth: list[str], port: int, oid: str, env: dict) -> tuple[int, float]:

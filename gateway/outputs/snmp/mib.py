@@ -283,7 +283,7 @@ class MibBuilder:
             out.append(self.tcs[tc])
         out.append(_ALARM_TCS)
         out.extend(body)
-        out.append(_NOTIFICATIONS)
+        out.append(_notifications())
         out.append(self._conformance(groups))
         out.append("END\n")
         return "\n".join(out)
@@ -410,41 +410,21 @@ _IDENTITY = """bmsgwMIB MODULE-IDENTITY
     ::= {{ enterprises {base} }}
 """
 
-_NOTIFICATIONS = """bmsgwNotifications OBJECT IDENTIFIER ::= { bmsgwMIB 0 }
+_NOTIFICATION_TEXT = {
+    "bmsgwAlarmRaised": (1, "An alarm was raised. The instance of each object is the alarm's row in "
+                            "bmsgwAlarmTable."),
+    "bmsgwAlarmCleared": (2, "An alarm cleared; its row has left bmsgwAlarmTable. The objects carry the alarm as "
+                             "it was raised, with the value that cleared it."),
+}
 
-bmsgwAlarmRaised NOTIFICATION-TYPE
-    OBJECTS     {
-        bmsgwAlarmId,
-        bmsgwAlarmObject,
-        bmsgwAlarmMetric,
-        bmsgwAlarmValue,
-        bmsgwAlarmThreshold,
-        bmsgwAlarmSeverity,
-        bmsgwAlarmText
-    }
-    STATUS      current
-    DESCRIPTION
-            "An alarm was raised. The instance of each object is the
-            alarm's row in bmsgwAlarmTable."
-    ::= { bmsgwNotifications 1 }
 
-bmsgwAlarmCleared NOTIFICATION-TYPE
-    OBJECTS     {
-        bmsgwAlarmId,
-        bmsgwAlarmObject,
-        bmsgwAlarmMetric,
-        bmsgwAlarmValue,
-        bmsgwAlarmThreshold,
-        bmsgwAlarmSeverity,
-        bmsgwAlarmText
-    }
-    STATUS      current
-    DESCRIPTION
-            "An alarm cleared; its row has left bmsgwAlarmTable. The
-            objects carry the alarm as it was raised, with the value that
-            cleared it."
-    ::= { bmsgwNotifications 2 }
-"""
+def _notifications() -> str:
+    parts = ["bmsgwNotifications OBJECT IDENTIFIER ::= { bmsgwMIB 0 }\n"]
+    objects = ",\n".join(f"        {name}" for name in NOTIFICATION_COLUMNS)
+    for name, (num, what) in _NOTIFICATION_TEXT.items():
+        parts.append(f"{name} NOTIFICATION-TYPE\n    OBJECTS     {{\n{objects}\n    }}\n    STATUS      current\n"
+                     f"    DESCRIPTION\n{_wrap(what)}\n    ::= {{ bmsgwNotifications {num} }}\n")
+    return "\n".join(parts)
 
 
 def mib_text(catalog: Iterable[PointSpec], base_oid: tuple[int, ...] = ENTERPRISES + (DEFAULT_PEN,)) -> str:
