@@ -338,3 +338,30 @@ def test_master_keys_from_bmsgw_snmp_key_replace_passphrases(env):
         assert proc.returncode != 0  # v2c is off on this agent
     finally:
         gt.call(agent.stop())
+
+
+def test_alarm_storm_fills_the_table_once(env):
+    """Hundreds of alarms at once (every battery of a string): the table is rebuilt once, when next read."""
+    gt = env["gt"]
+    port = free_udp_port()
+    cfg = {**gt.gateway.config.section("snmp"), "listen": f"127.0.0.1:{port}", "notifications": {"targets": []}}
+    agent = SnmpAgent(gt.gateway, cfg)
+    gt.call(agent.start())
+    try:
+        events = [AlarmEvent(id=f"cell.voltage.low/1/{c}", object=f"string 1 cell {c}", metric="cell.voltage",
+                             value=11.9, threshold=12.78, severity="critical", text="low", raised=True, ts=time.time())
+                  for c in range(1, 301)]
+
+        async def storm(evs):
+            for ev in evs:
+                agent.alarm_event(ev)
+        gt.call(storm(events))
+        ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
+        assert len(ids) == 300 and ids["bmsgwAlarmId.300"] == "cell.voltage.low/1/300"
+        gt.call(storm([AlarmEvent(id=ev.id, object=ev.object, metric=ev.metric, value=12.9, threshold=ev.threshold,
+                                  severity=ev.severity, text="ok", raised=False, ts=time.time())
+                       for ev in events[::2]]))
+        ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
+        assert len(ids) == 150 and "bmsgwAlarmId.1" not in ids and "bmsgwAlarmId.2" in ids
+    finally:
+        gt.call(agent.stop())

@@ -142,7 +142,7 @@ class AlarmTable:
                               severity=row.severity if field(event, "severity") is not None else old.severity)
             self.rows.pop(alarm_id, None)
         self.last_changed = self.data.ticks()
-        self.index.set_dynamic(self._section())
+        self.index.dynamic_changed(self._section)
         return row, raised
 
     def _section(self) -> Section:

@@ -48,6 +48,7 @@ class IndexController(AbstractMibInstrumController):
 
     def read_variables(self, *varBinds, **context):
         ac_fun = context.get("acFun")
+        self.index.refresh()
         out = []
         for idx, (name, _val) in enumerate(varBinds):
             oid = tuple(name)
@@ -60,6 +61,7 @@ class IndexController(AbstractMibInstrumController):
     def read_next_variables(self, *varBinds, **context):
         ac_fun = context.get("acFun")
         index = self.index
+        index.refresh()
         out = []
         for idx, (name, _val) in enumerate(varBinds):
             oid = tuple(name)

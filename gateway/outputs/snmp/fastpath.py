@@ -38,6 +38,7 @@ class FastPath:
         if req is None or req.community != self.community:
             return None
         index = self.index
+        index.refresh()
         entries = index.entries
         out: list[bytes] = []
         if req.pdu_type == ber.GET:

@@ -265,7 +265,7 @@ class MibBuilder:
             groups[f"{prefix}Group"] = [o.name for o in members]
         body.append(self._alarm_text())
         groups["bmsgwAlarmGroup"] = ["bmsgwAlarmLastChanged"] + [c[0] for c in ALARM_COLUMNS[1:]]
-        self._use("SNMPv2-TC", "DisplayString")
+        self._use("SNMP-FRAMEWORK-MIB", "SnmpAdminString")
         self._use("SNMPv2-TC", "TimeStamp")
         self._use("SNMPv2-TC", "DateAndTime")
         self._use("SNMPv2-TC", "VariablePointer")
@@ -273,7 +273,7 @@ class MibBuilder:
 
         out.append(f"{MODULE} DEFINITIONS ::= BEGIN\n")
         out.append("IMPORTS")
-        order = ["SNMPv2-SMI", "SNMPv2-TC", "SNMPv2-CONF"]
+        order = ["SNMPv2-SMI", "SNMPv2-TC", "SNMPv2-CONF", "SNMP-FRAMEWORK-MIB"]
         for mod in order:
             syms = sorted(self.imports.get(mod, ()), key=lambda s: (s[0].islower(), s))
             out.append("    " + ",\n    ".join(_chunks(syms)) + f"\n        FROM {mod}" + (";" if mod == order[-1] else ""))
@@ -345,20 +345,20 @@ def _chunks(symbols: list[str], per_line: int = 4) -> list[str]:
 ALARM_COLUMNS = [
     ("bmsgwAlarmIndex", "Unsigned32", "Unsigned32 (1..4294967295)", "not-accessible",
      "A number the agent gives the alarm while it is active."),
-    ("bmsgwAlarmId", "DisplayString", "DisplayString", "read-only",
+    ("bmsgwAlarmId", "SnmpAdminString", "SnmpAdminString", "read-only",
      "The alarm engine's identifier of the alarm: the same text in the raised and the cleared "
      "notification, in the web page and in the alarm log."),
-    ("bmsgwAlarmObject", "DisplayString", "DisplayString", "read-only",
+    ("bmsgwAlarmObject", "SnmpAdminString", "SnmpAdminString", "read-only",
      "What the alarm is about, e.g. 'string 2 cell 37', 'bank' or 'bus1'."),
-    ("bmsgwAlarmMetric", "DisplayString", "DisplayString", "read-only",
+    ("bmsgwAlarmMetric", "SnmpAdminString", "SnmpAdminString", "read-only",
      "The point family that crossed its threshold, e.g. 'cell.ohmic', or the condition, e.g. 'comm.lost'."),
-    ("bmsgwAlarmValue", "DisplayString", "DisplayString", "read-only",
+    ("bmsgwAlarmValue", "SnmpAdminString", "SnmpAdminString", "read-only",
      "The value that raised (or cleared) the alarm, in the point's SI unit, e.g. '14.215 V'; "
      "empty when the alarm has no value."),
-    ("bmsgwAlarmThreshold", "DisplayString", "DisplayString", "read-only",
+    ("bmsgwAlarmThreshold", "SnmpAdminString", "SnmpAdminString", "read-only",
      "The threshold the value crossed, in the same unit; empty when the alarm has none."),
     ("bmsgwAlarmSeverity", "BmsgwSeverity", "BmsgwSeverity", "read-only", "The alarm's severity."),
-    ("bmsgwAlarmText", "DisplayString", "DisplayString", "read-only", "The alarm as a sentence for a person."),
+    ("bmsgwAlarmText", "SnmpAdminString", "SnmpAdminString", "read-only", "The alarm as a sentence for a person."),
     ("bmsgwAlarmRaisedTime", "TimeStamp", "TimeStamp", "read-only",
      "The value of sysUpTime when the alarm was raised; 0 when before the agent started."),
     ("bmsgwAlarmRaisedDate", "DateAndTime", "DateAndTime", "read-only",

@@ -107,7 +107,19 @@ class OidIndex:
             raise ValueError("static instances inside the dynamic subtree")
         self.entries: list[Entry] = []
         self.oids: list[tuple[int, ...]] = []
+        self._pending: Callable[[], Section] | None = None
         self.set_dynamic(Section())
+
+    def dynamic_changed(self, build: Callable[[], Section]) -> None:
+        """The dynamic rows changed: ``build()`` gives them when next needed (a burst of changes, e.g. an
+        alarm storm, costs one rebuild)."""
+        self._pending = build
+
+    def refresh(self) -> None:
+        """Called before answering a request."""
+        if self._pending is not None:
+            build, self._pending = self._pending, None
+            self.set_dynamic(build())
 
     def set_dynamic(self, section: Section) -> None:
         entries = sorted(section.entries, key=lambda e: e.oid)
