@@ -270,6 +270,17 @@ def test_busy_port_is_reported_and_boots_persist(env, tmp_path):
         assert boots["snmpEngineBoots.0"] == str(first.boots + 1)
     finally:
         gt.call(again.stop())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))  # stop() let the port go
+
+
+def test_snmpv1_is_not_answered(env):
+    snmp = env["snmp"]
+    before = int(snmp.get(v2c(), "SNMPv2-MIB::snmpInBadVersions.0")["snmpInBadVersions.0"])
+    proc = snmp.run("snmpget", ["-v1", "-c", "public"], "-OQs", "SNMPv2-MIB::sysDescr.0", timeout=0.5, retries=0,
+                    check=False)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert int(snmp.get(v2c(), "SNMPv2-MIB::snmpInBadVersions.0")["snmpInBadVersions.0"]) == before + 1
 
 
 def test_bmsgw_status_reports_the_agent(env):

@@ -175,6 +175,8 @@ class SnmpAgent:
         configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
         self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
         engine = snmp_engine.SnmpEngine()
+        # SNMPv1 is not offered: v1 messages are counted as bad versions and dropped
+        engine.message_processing_subsystems.pop(0, None)
         mib = engine.get_mib_builder()
         (engine_id_obj,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID")
         engine_id_obj.syntax = engine_id_obj.syntax.clone(self.engine_id)
@@ -193,7 +195,18 @@ class SnmpAgent:
             raise SnmpStartError(f"snmp.listen {cfg['listen']}: {exc}") from None
         snmp_config.add_transport(engine, udp.SNMP_UDP_DOMAIN, transport)
         self.transport = transport
+        try:
+            self._configure(engine, int(max_size.syntax))
+        except Exception:
+            await self.stop()
+            raise
+        self.gateway.store.subscribe(self._on_batch)
+        log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
+                 "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
+                 len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
 
+    def _configure(self, engine, max_message: int) -> None:
+        cfg = self.cfg
         self._configure_security(engine)
         snmp_ctx = context.SnmpContext(engine)
         snmp_ctx.unregister_context_name(b"")
@@ -206,12 +219,8 @@ class SnmpAgent:
         self._configure_notifications(engine)
 
         if self.community and cfg["fast_path"]:
-            self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], int(max_size.syntax))
-            transport.fast = self.fast
-        self.gateway.store.subscribe(self._on_batch)
-        log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
-                 "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
-                 len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
+            self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], max_message)
+            self.transport.fast = self.fast
 
     def _configure_security(self, engine) -> None:
         """Read access for the v2c community and the v3 users (notify access for users that send)."""
