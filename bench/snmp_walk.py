@@ -11,14 +11,15 @@ a value.  ``snmpbulkwalk -Cr50`` walks the whole cell table (every column, 480 r
   until it has returned as many varbinds as the cell table; its whole tree is measured too, for information
   (slower: TCP connection and process tables are read from /proc per request).
 
-Each figure is the median of several walks, in varbinds per second of wall time (the same client, the same
-options, MIB loading off), with the gateway still polling.  The CPU the gateway process spends per walk is
-printed too (it includes the background polling of those seconds).  The last line is the headline: the
-fast path's rate as a multiple of snmpd's table walk.
+Each figure is the median of several runs, in varbinds per second of wall time (the same client, the same
+options, MIB loading off), with the gateway still polling; the runs interleave all cases so a busy machine
+slows them alike, and each ratio is the median of the per-run ratios.  The CPU this process (the gateway)
+spends per walk is printed too (it includes the background polling of those seconds, and for "all values
+new" the store update that precedes each walk).  The last line is the headline: the fast path's rate as a
+multiple of snmpd's table walk.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import subprocess
@@ -55,23 +56,17 @@ def walk(auth: list[str], port: int, oid: str, env: dict) -> tuple[int, float]:
     return len(proc.stdout.splitlines()), elapsed
 
 
-def rate(auth, port, oid, env, at_least: int = 0, before=None) -> tuple[float, int]:
-    """Median varbinds/s over RUNS walks; walks are repeated within a run until ``at_least`` varbinds.
+def sample(auth, port, oid, env, at_least: int = 0, before=None) -> tuple[float, int]:
+    """(varbinds/s, varbinds per walk) of one measurement: walks repeated until ``at_least`` varbinds.
     ``before()`` runs before each walk (not timed)."""
-    rates, count = [], 0
-    walk(auth, port, oid, env)  # warm-up
-    for _ in range(RUNS):
-        total, seconds = 0, 0.0
-        while True:
-            if before is not None:
-                before()
-            n, s = walk(auth, port, oid, env)
-            total, seconds = total + n, seconds + s
-            if total >= at_least:
-                break
-        rates.append(total / seconds)
-        count = n
-    return statistics.median(rates), count
+    total, seconds, n = 0, 0.0, 0
+    while True:
+        if before is not None:
+            before()
+        n, s = walk(auth, port, oid, env)
+        total, seconds = total + n, seconds + s
+        if total >= at_least:
+            return total / seconds, n
 
 
 def start_snmpd(tmp: Path) -> tuple[subprocess.Popen, int]:
@@ -137,37 +132,47 @@ def main() -> None:
             v2c = ["-v2c", "-c", "public"]
             v3 = ["-v3", "-l", "authPriv", "-u", USER["name"], "-a", "SHA-256", "-A", USER["auth_key"], "-x", "AES",
                   "-X", USER["priv_key"]]
-            results = {}
-            for label, auth, where, before in (("fast", v2c, port, None),
-                                               ("cold", v2c, port, lambda: new_poll_cycle(gt)),
-                                               ("pysnmp", v2c, slow_port, None), ("v3", v3, port, None)):
-                cpu0 = time.process_time()
-                results[label] = rate(auth, where, cell_table, env, before=before)
-                results[label] += ((time.process_time() - cpu0) / (RUNS + 1),)
+            snmpd, snmpd_port = start_snmpd(tmp)
+            try:
+                cases = {  # label: (auth, port, OID, before each walk)
+                    "snmpd": (v2c, snmpd_port, ".1.3.6.1.2.1.25.6.3", None),
+                    "tree": (v2c, snmpd_port, ".1", None),
+                    "fast": (v2c, port, cell_table, None),
+                    "cold": (v2c, port, cell_table, lambda: new_poll_cycle(gt)),
+                    "pysnmp": (v2c, slow_port, cell_table, None),
+                    "v3": (v3, port, cell_table, None),
+                }
+                cells = walk(v2c, port, cell_table, env)[0]
+                rates = {label: [] for label in cases}
+                counts, cpu = {}, {label: 0.0 for label in cases}
+                for label, (auth, where, oid, _b) in cases.items():  # warm-up
+                    walk(auth, where, oid, env)
+                # interleaved: every run measures each case once, so a busy machine slows all of them alike
+                for _ in range(RUNS):
+                    for label, (auth, where, oid, before) in cases.items():
+                        cpu0 = time.process_time()
+                        r, counts[label] = sample(auth, where, oid, env, cells if label == "snmpd" else 0, before)
+                        cpu[label] += time.process_time() - cpu0
+                        rates[label].append(r)
+            finally:
+                snmpd.terminate()
+                snmpd.wait(10)
             gt.call(slow.stop())
-        cells = results["fast"][1]
-        snmpd, snmpd_port = start_snmpd(tmp)
-        try:
-            snmpd_rate, snmpd_count = rate(["-v2c", "-c", "public"], snmpd_port, ".1.3.6.1.2.1.25.6.3", env,
-                                           at_least=cells)
-            tree_rate, tree_count = rate(["-v2c", "-c", "public"], snmpd_port, ".1", env)
-        finally:
-            snmpd.terminate()
-            snmpd.wait(10)
+        med = {label: statistics.median(r) for label, r in rates.items()}
+        ratio = {label: statistics.median(a / b for a, b in zip(rates[label], rates["snmpd"])) for label in rates}
         print(f"cell table: {cells} varbinds per walk ({gw.topology.cell_count} batteries, every column); snmpd: "
-              f"hrSWInstalledTable {snmpd_count} varbinds per walk, repeated to >= {cells}; "
-              f"snmpbulkwalk -Cr{REPS}, median of {RUNS}")
-        print(f"{'snmpd, its whole tree':34} {tree_rate:9.0f} varbinds/s  {tree_rate / snmpd_rate:5.2f}x "
-              f"({tree_count} varbinds)")
-        print(f"{'snmpd, hrSWInstalledTable':34} {snmpd_rate:9.0f} varbinds/s  {1:5.2f}x")
-        names = {"pysnmp": "bmsgw v2c, pysnmp path", "v3": "bmsgw v3 authPriv (pysnmp)",
+              f"hrSWInstalledTable {counts['snmpd']} varbinds per walk, repeated to >= {cells}; "
+              f"snmpbulkwalk -Cr{REPS}; medians of {RUNS} interleaved runs (ratio: median of the per-run ratios)")
+        names = {"tree": f"snmpd, its whole tree ({counts['tree']})", "snmpd": "snmpd, hrSWInstalledTable",
+                 "pysnmp": "bmsgw v2c, pysnmp path", "v3": "bmsgw v3 authPriv (pysnmp)",
                  "cold": "bmsgw v2c, fast path, all values new", "fast": "bmsgw v2c, fast path"}
-        for label in ("pysnmp", "v3", "cold", "fast"):
-            r, _, cpu = results[label]
-            print(f"{names[label]:34} {r:9.0f} varbinds/s  {r / snmpd_rate:5.2f}x   gateway CPU {cpu * 1000:5.0f} ms/walk")
-        fast_rate = results["fast"][0]
-        print(f"snmp_walk: bmsgw fast path {fast_rate:.0f} varbinds/s = {fast_rate / snmpd_rate:.2f}x snmpd "
-              f"({snmpd_rate:.0f} varbinds/s; goal >= 0.5x, floor 0.25x)")
+        for label in ("tree", "snmpd", "pysnmp", "v3", "cold", "fast"):
+            line = f"{names[label]:38} {med[label]:9.0f} varbinds/s  {ratio[label]:5.2f}x"
+            if label not in ("tree", "snmpd"):
+                line += f"   bmsgw process CPU {cpu[label] / RUNS * 1000:5.0f} ms/walk"
+            print(line)
+        print(f"snmp_walk: bmsgw fast path {med['fast']:.0f} varbinds/s = {ratio['fast']:.2f}x snmpd "
+              f"({med['snmpd']:.0f} varbinds/s; goal >= 0.5x, floor 0.25x); pysnmp path {ratio['pysnmp']:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

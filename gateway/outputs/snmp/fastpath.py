@@ -11,6 +11,7 @@ would turn into an error — is left to pysnmp, which also counts wrong communit
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 
 from . import ber
 from .tree import OidIndex
@@ -26,11 +27,23 @@ class FastPath:
         self.max_message = max_message
         self.answered = 0
 
+    def _scan(self, i: int) -> tuple[bytes | None, int]:
+        """(varbind, position) of the first instance present at or after position ``i``; (None, -1) at the end.
+        The varbind is taken once: a volatile value is computed once per answer."""
+        entries = self.index.entries
+        n = len(entries)
+        while i < n:
+            enc = entries[i].encoded()
+            if enc is not None:
+                return enc, i
+            i += 1
+        return None, -1
+
     def _next(self, oid: tuple[int, ...]) -> tuple[bytes, int]:
         """(varbind, index position) of the instance after ``oid``; position -1 at the end of the MIB."""
-        i = self.index.after(oid)
-        if i < len(self.index.entries):
-            return self.index.entries[i].encoded(), i
+        enc, pos = self._scan(bisect_right(self.index.oids, oid))
+        if pos >= 0:
+            return enc, pos
         return ber.encode_varbind(ber.encode_oid(oid), ber.encode_value(ber.END_OF_MIB_VIEW, None)), -1
 
     def answer(self, data: bytes) -> bytes | None:
@@ -61,19 +74,13 @@ class FastPath:
             out = [self._next(oid)[0] for oid in req.oids[:nonrep]]
             if cols and reps:
                 # one chain per repeated varbind: (last OID, its index position or -1 at the end)
-                chains = [(oid, None) for oid in req.oids[nonrep:]] if nonrep < n_vb else []
-                n = len(entries)
+                chains = [(oid, None) for oid in req.oids[nonrep:]]
                 for _ in range(reps):
                     for c, (oid, pos) in enumerate(chains):
-                        if pos is None:
-                            enc, pos = self._next(oid)
-                        elif pos >= 0:
-                            pos = index.next_present(pos + 1)
-                            if pos < n:
-                                enc = entries[pos].encoded()
-                            else:
-                                enc, pos = self._next(oid)
-                        else:
+                        enc = None
+                        if pos is not None and pos >= 0:  # walking on: the next position, no search
+                            enc, pos = self._scan(pos + 1)
+                        if enc is None:  # first step, or the end of the MIB (endOfMibView, repeated)
                             enc, pos = self._next(oid)
                         if pos >= 0:
                             oid = entries[pos].oid

@@ -152,17 +152,6 @@ class OidIndex:
                 return ber.NO_SUCH_INSTANCE
         return ber.NO_SUCH_OBJECT
 
-    def next_present(self, i: int) -> int:
-        """The first index >= i whose instance is present now (len(self) at the end)."""
-        entries = self.entries
-        n = len(entries)
-        while i < n and entries[i].encoded() is None:
-            i += 1
-        return i
-
-    def after(self, oid: tuple[int, ...]) -> int:
-        return self.next_present(bisect_right(self.oids, oid))
-
     def value(self, i: int) -> Value | None:
         return self.entries[i].fn()
 
