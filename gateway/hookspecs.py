@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from .app import Gateway
     from .engine import CommEvent
-    from .points import PointSpec
+    from .points import PointRef, PointSpec
     from .profiles import DeviceProfile, RegisterSpec
 
 PROJECT = "bmsgw"
@@ -39,6 +39,30 @@ class Service(Protocol):
     def endpoints(self) -> list[str]:
         """Human-readable places it listens or sends to, e.g. ``modbus-tcp://127.0.0.1:5020``."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """An alarm raised or cleared, as announced by ``bmsgw_alarm_event``.
+
+    ``id`` is the alarm engine's stable identifier (the same in the raise and the clear); ``object`` says what
+    the alarm is about ("string 2 cell 37", "bank", "bus1"); ``metric`` is the point family or condition
+    ("cell.ohmic", "comm.lost"); ``value``/``threshold`` are in the point's SI unit (``unit``; None when not
+    applicable); ``severity`` is "info", "warning" or "critical"; ``text`` is the sentence for a person;
+    ``ref`` the point concerned, when there is one; ``ts`` the wall-clock time of the transition.
+    """
+
+    id: str
+    object: str
+    metric: str
+    value: float | None
+    threshold: float | None
+    severity: str
+    text: str
+    raised: bool
+    ts: float
+    unit: str | None = None
+    ref: PointRef | None = None
 
 
 class GatewaySpecs:
@@ -111,6 +135,16 @@ class GatewaySpecs:
         twice.  Reserved command registers (README, "Modbus TCP"): ``MODBUS_ALARM_ACK_REGISTER`` (9000) alarm
         acknowledge, ``MODBUS_BASELINE_RESET_REGISTER`` (9100) + (string - 1) a string's baseline reset.
         A command register reads 0 over FC3 and is not in the input table.
+        """
+
+    @hookspec
+    def bmsgw_alarm_event(self, gateway: Gateway, event: AlarmEvent) -> None:
+        """An alarm was raised (``event.raised``) or cleared.
+
+        Called by the alarm engine once per transition, in the gateway's event loop (another thread may use
+        ``gateway.loop.call_soon_threadsafe``).  Notifiers (SNMP traps/informs, e-mail, ...) and the SNMP
+        active-alarm table implement it; an implementation must not block: queue the delivery and return.
+        The return value is ignored.  ``event`` is an ``AlarmEvent`` (or any object with its attributes).
         """
 
 

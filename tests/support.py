@@ -54,6 +54,10 @@ def write_config(tmp_path: Path, overrides: dict | None = None, base: dict | Non
         data = deep_merge(data, {"simulator": {"enabled": True, "wire_time": False},
                                  "gateway": {"poll": {"fast_s": 0.5, "slow_s": 5}}})
     data = deep_merge(data, overrides or {})
+    # the SNMP agent on a free port unless the test chose one: several gateways may run at once
+    snmp = data.setdefault("snmp", {})
+    if "listen" not in ((overrides or {}).get("snmp") or {}):
+        snmp["listen"] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

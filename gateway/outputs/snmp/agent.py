@@ -1,0 +1,358 @@
+"""The SNMP agent service: pysnmp for SNMPv2c/SNMPv3 security and notifications, the fast path for v2c reads.
+
+Life cycle (``bmsgw run``): ``start()`` in the gateway's event loop creates the pysnmp engine there, with a
+fixed engine ID and a boots counter kept in the state folder, binds the UDP socket itself (so a busy port
+is an error at start-up, not a silent failure), registers the v2c community and the v3 users, the
+instrumentation over the OID index, and the notification targets.  ``stop()`` closes it all.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from pysnmp.carrier.asyncio.dgram import udp
+from pysnmp.entity import config as snmp_config
+from pysnmp.entity import engine as snmp_engine
+from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
+from pysnmp.proto import rfc1902
+
+from ...errors import GatewayError
+from ...points import PointRef, Reading
+from .alarms import AlarmRow, AlarmTable
+from .controller import IndexController, to_pyasn1
+from .fastpath import FastPath
+from .mib import ENTERPRISES
+from .sections import (AgentData, alarm_prefix, entity_sections, system_section, ups_section,
+                       vendor_section)
+from .tree import OidIndex
+
+log = logging.getLogger(__name__)
+
+AUTH = {"sha": snmp_config.USM_AUTH_HMAC96_SHA, "sha224": snmp_config.USM_AUTH_HMAC128_SHA224,
+        "sha256": snmp_config.USM_AUTH_HMAC192_SHA256, "sha384": snmp_config.USM_AUTH_HMAC256_SHA384,
+        "sha512": snmp_config.USM_AUTH_HMAC384_SHA512}
+PRIV = {"aes": snmp_config.USM_PRIV_CFB128_AES, "aes128": snmp_config.USM_PRIV_CFB128_AES,
+        "aes192": snmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL, "aes256": snmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+        "aes192c": snmp_config.USM_PRIV_CFB192_AES, "aes256c": snmp_config.USM_PRIV_CFB256_AES}
+SYS_UPTIME = (1, 3, 6, 1, 2, 1, 1, 3, 0)
+SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
+READ_VIEW = (1, 3, 6, 1)
+STATE_FILE = "snmp-engine.json"
+
+
+class SnmpStartError(GatewayError):
+    pass
+
+
+def parse_oid(text: str) -> tuple[int, ...]:
+    try:
+        oid = tuple(int(x) for x in text.strip().strip(".").split("."))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a numeric OID") from None
+    return oid
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def resolve(host: str) -> str:
+    """An IPv4 address for a host name or address (the agent and its targets speak UDP over IPv4)."""
+    if not host:
+        return "0.0.0.0"
+    return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+
+
+def default_engine_id(base: tuple[int, ...]) -> bytes:
+    """RFC 3411 format: enterprise number with the high bit set, format 5 (octets), 8 random octets."""
+    pen = base[len(ENTERPRISES)] if base[:len(ENTERPRISES)] == ENTERPRISES else 32473
+    return (0x80000000 | pen).to_bytes(4, "big") + b"\x05" + secrets.token_bytes(8)
+
+
+def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...]) -> tuple[bytes, int]:
+    """(engine ID, boots) for this start; the boots counter grows by one per start and is saved at once."""
+    state: dict[str, Any] = {}
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("SNMP engine state %s unreadable (%s); starting a new boots count", path, exc)
+    saved_id = bytes.fromhex(state["engine_id"]) if isinstance(state.get("engine_id"), str) else None
+    engine_id = configured or saved_id or default_engine_id(base)
+    boots = int(state.get("boots", 0)) + 1 if saved_id == engine_id else 1
+    if boots >= 2147483647:
+        boots = 2147483647  # RFC 3414: stays at the maximum; the administrator must change the engine ID
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot save the SNMP engine boots counter in %s (%s): SNMPv3 managers may reject the agent "
+                    "after the next restart", path, exc)
+    return engine_id, boots
+
+
+class FastUdpTransport(udp.UdpAsyncioTransport):
+    """pysnmp's UDP transport with the v2c read fast path in front."""
+
+    fast: FastPath | None = None
+
+    def datagram_received(self, datagram, transportAddress):
+        fast = self.fast
+        if fast is not None and self.transport is not None:
+            try:
+                response = fast.answer(datagram)
+            except Exception:  # never let a fast-path bug cost an answer: pysnmp takes the request
+                log.exception("SNMP fast path failed; answering through pysnmp")
+                response = None
+            if response is not None:
+                self.transport.sendto(response, transportAddress)
+                return
+        super().datagram_received(datagram, transportAddress)
+
+
+class SnmpAgent:
+    """The ``snmp`` face: one per gateway, started by ``bmsgw run``."""
+
+    name = "snmp"
+
+    def __init__(self, gateway, cfg: dict) -> None:
+        self.gateway = gateway
+        self.cfg = cfg
+        self.base = parse_oid(cfg["base_oid"])
+        self.listen = parse_listen(cfg["listen"])
+        self.community = (cfg["v2c"].get("community") or "").encode() or None
+        self.users = {u["name"]: u for u in cfg["v3_users"]}
+        gw_cfg = gateway.config
+        self.data = AgentData(
+            store=gateway.store, pointmap=gateway.pointmap, topology=gateway.topology, base=self.base,
+            site_name=gw_cfg.section("site").get("name", ""), system=cfg["system"], ups=cfg["ups"],
+            entity_points=list(cfg["entity_sensors"]), poll=gw_cfg.data["gateway"]["poll"],
+            counters=self.counters, engine=self.engine_info)
+        sections = [vendor_section(self.data), system_section(self.data), ups_section(self.data),
+                    *entity_sections(self.data)]
+        self.index = OidIndex(sections, alarm_prefix(self.base))
+        self.alarms = AlarmTable(self.data, self.index, gateway.pointmap, gateway.catalog)
+        self.engine: snmp_engine.SnmpEngine | None = None
+        self.transport: FastUdpTransport | None = None
+        self.fast: FastPath | None = None
+        self.bound: tuple[str, int] | None = None
+        self.engine_id = b""
+        self.boots = 1
+        self._targets: list[dict] = []
+        self._ntf: ntforg.NotificationOriginator | None = None
+        self.sent = {"traps": 0, "informs": 0, "informs_acknowledged": 0, "failed": 0}
+
+    # -- the store tells the index which cached encodings are out of date ------------------------------
+    def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        invalidate = self.index.invalidate
+        for ref, _reading in batch:
+            invalidate(ref)
+
+    # -- start / stop ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((resolve(self.listen[0]), self.listen[1]))
+        except OSError as exc:
+            sock.close()
+            raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
+        self.bound = sock.getsockname()[:2]
+        state_path = self.gateway.config.state_dir / STATE_FILE
+        configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
+        self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
+        engine = snmp_engine.SnmpEngine()
+        # SNMPv1 is not offered: v1 messages are counted as bad versions and dropped
+        engine.message_processing_subsystems.pop(0, None)
+        mib = engine.get_mib_builder()
+        (engine_id_obj,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID")
+        engine_id_obj.syntax = engine_id_obj.syntax.clone(self.engine_id)
+        engine.snmpEngineID = engine_id_obj.syntax
+        (boots_obj,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
+        boots_obj.syntax = boots_obj.syntax.clone(self.boots)
+        (max_size,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
+        self.engine = engine
+
+        transport = FastUdpTransport(loop=asyncio.get_running_loop())
+        transport.open_server_mode(sock=sock)
+        try:
+            await transport._lport  # the endpoint exists (and errors surface) before we go on
+        except OSError as exc:
+            sock.close()
+            raise SnmpStartError(f"snmp.listen {cfg['listen']}: {exc}") from None
+        snmp_config.add_transport(engine, udp.SNMP_UDP_DOMAIN, transport)
+        self.transport = transport
+        try:
+            self._configure(engine, int(max_size.syntax))
+        except Exception:
+            await self.stop()
+            raise
+        self.gateway.store.subscribe(self._on_batch)
+        log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
+                 "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
+                 len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
+
+    def _configure(self, engine, max_message: int) -> None:
+        cfg = self.cfg
+        self._configure_security(engine)
+        snmp_ctx = context.SnmpContext(engine)
+        snmp_ctx.unregister_context_name(b"")
+        snmp_ctx.register_context_name(b"", IndexController(self.index))
+        cmdrsp.GetCommandResponder(engine, snmp_ctx)
+        cmdrsp.NextCommandResponder(engine, snmp_ctx)
+        bulk = cmdrsp.BulkCommandResponder(engine, snmp_ctx)
+        bulk.max_varbinds = cfg["max_bulk_varbinds"]
+        cmdrsp.SetCommandResponder(engine, snmp_ctx)
+        self._configure_notifications(engine)
+
+        if self.community and cfg["fast_path"]:
+            self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], max_message)
+            self.transport.fast = self.fast
+
+    def _configure_security(self, engine) -> None:
+        """Read access for the v2c community and the v3 users (notify access for users that send)."""
+        notify_users = {t["user"] for t in self.cfg["notifications"]["targets"] if t.get("user")}
+        if self.community:
+            snmp_config.add_v1_system(engine, "bmsgw-read", self.community.decode())
+            snmp_config.add_vacm_user(engine, 2, "bmsgw-read", "noAuthNoPriv", readSubTree=READ_VIEW)
+        for name, user in self.users.items():
+            key_type = snmp_config.USM_KEY_TYPE_MASTER if user["key_format"] == "master" else \
+                snmp_config.USM_KEY_TYPE_PASSPHRASE
+
+            def key(value: str):
+                return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if user["key_format"] == "master" \
+                    else value
+
+            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], key(user["auth_key"]), PRIV[user["priv"]],
+                                    key(user["priv_key"]), authKeyType=key_type, privKeyType=key_type)
+            snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
+                                      notifySubTree=READ_VIEW if name in notify_users else ())
+
+    def _configure_notifications(self, engine) -> None:
+        """One target address, parameter set and notification entry per configured target (never shared:
+        a target object reused across credentials duplicates notifications)."""
+        for i, target in enumerate(self.cfg["notifications"]["targets"]):
+            try:
+                address = resolve(target["host"])
+            except OSError as exc:
+                log.error("snmp.notifications.targets[%d]: cannot resolve %s (%s); no notifications go there",
+                          i, target["host"], exc)
+                continue
+            params, addr, tag, ntf = (f"bmsgw-p{i}", f"bmsgw-a{i}", f"bmsgw-t{i}", f"bmsgw-n{i}")
+            kind = target.get("type") or ("inform" if target["version"] == "v3" else "trap")
+            if target["version"] == "v2c":
+                sec_name = f"bmsgw-notify{i}"
+                # a community used only to send: no incoming request can match its transport tag
+                snmp_config.add_v1_system(engine, sec_name, target["community"], transportTag="bmsgw-send-only")
+                snmp_config.add_vacm_user(engine, 2, sec_name, "noAuthNoPriv", notifySubTree=READ_VIEW)
+                snmp_config.add_target_parameters(engine, params, sec_name, "noAuthNoPriv", 1)
+            else:
+                snmp_config.add_target_parameters(engine, params, target["user"], "authPriv", 3)
+            snmp_config.add_target_address(engine, addr, udp.SNMP_UDP_DOMAIN, (address, target["port"]),
+                                            params, timeout=int(target["timeout_s"] * 100),
+                                            retryCount=target["retries"], tagList=tag)
+            snmp_config.add_notification_target(engine, ntf, params, tag, kind)
+            self._targets.append({"name": ntf, "kind": kind, "where": f"{target['host']}:{target['port']}",
+                                  "version": target["version"]})
+        self._ntf = ntforg.NotificationOriginator()
+
+    async def stop(self) -> None:
+        self.gateway.store.unsubscribe(self._on_batch)
+        if self.engine is not None:
+            dispatcher = self.engine.transport_dispatcher
+            if dispatcher is not None:
+                dispatcher.close_dispatcher()
+            self.engine = None
+        self.transport = None
+
+    def endpoints(self) -> list[str]:
+        host, port = self.bound or self.listen
+        out = [f"snmp://{host}:{port} ({'v2c and ' if self.community else ''}{len(self.users)} v3 user(s))"]
+        out += [f"snmp {t['kind']} -> {t['where']} ({t['version']})" for t in self._targets]
+        return out
+
+    # -- counters --------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        if self.engine is None:
+            return {}
+        mib = self.engine.get_mib_builder()
+        out = {}
+        for name in ("snmpInPkts", "snmpInBadVersions", "snmpInBadCommunityNames", "snmpInBadCommunityUses",
+                     "snmpInASNParseErrs", "snmpSilentDrops", "snmpProxyDrops"):
+            (obj,) = mib.import_symbols("__SNMPv2-MIB", name)
+            out[name] = int(obj.syntax)
+        for name in ("usmStatsUnsupportedSecLevels", "usmStatsNotInTimeWindows", "usmStatsUnknownUserNames",
+                     "usmStatsUnknownEngineIDs", "usmStatsWrongDigests", "usmStatsDecryptionErrors"):
+            (obj,) = mib.import_symbols("__SNMP-USER-BASED-SM-MIB", name)
+            out[name] = int(obj.syntax)
+        if self.fast is not None:
+            out["snmpInPkts"] += self.fast.answered
+            out["fastPathResponses"] = self.fast.answered
+        return out
+
+    def engine_info(self) -> dict:
+        if self.engine is None:
+            return {}
+        mib = self.engine.get_mib_builder()
+        (max_size,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
+        (engine_time,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
+        return {"id": self.engine_id, "boots": self.boots, "max_message_size": int(max_size.syntax),
+                "time": max(0, int(time.time()) - int(engine_time.syntax)) & 0x7FFFFFFF}
+
+    def status(self) -> dict:
+        c = self.counters()
+        return {"listen": "%s:%d" % (self.bound or self.listen), "engine_id": self.engine_id.hex(),
+                "boots": self.boots, "instances": len(self.index), "active_alarms": len(self.alarms.rows),
+                "bad_community": c.get("snmpInBadCommunityNames", 0),
+                "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",
+                                                             "usmStatsDecryptionErrors")),
+                "requests": c.get("snmpInPkts", 0), "fast_path_responses": c.get("fastPathResponses", 0),
+                "notifications": dict(self.sent)}
+
+    # -- alarms and notifications --------------------------------------------------------------------
+    def alarm_event(self, event: Any) -> None:
+        """Record the alarm in the active table and send the notification to every target (non-blocking)."""
+        row, raised = self.alarms.apply(event)
+        if self.engine is None or self._ntf is None or not self._targets:
+            return
+        self.notify(row, raised)
+
+    def notify(self, row: AlarmRow, raised: bool) -> None:
+        trap_oid = self.base + (0, 1 if raised else 2)
+        varbinds = [(SYS_UPTIME, rfc1902.TimeTicks(self.data.ticks())),
+                    (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(trap_oid))]
+        varbinds += [(oid, to_pyasn1(*value)) for oid, value in self.alarms.notification_varbinds(row)]
+        for target in self._targets:
+            self._send(target, varbinds, row)
+
+    def _send(self, target: dict, varbinds, row: AlarmRow) -> None:
+        engine = self.engine
+
+        def done(_engine, _handle, error_indication, error_status, _error_index, _vbs, _ctx):
+            if error_indication or error_status:
+                self.sent["failed"] += 1
+                log.warning("SNMP %s for alarm %s to %s not delivered: %s", target["kind"], row.alarm_id,
+                            target["where"], error_indication or error_status)
+            elif target["kind"] == "inform":
+                self.sent["informs_acknowledged"] += 1
+
+        try:
+            self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
+        except Exception as exc:  # a broken target must not stop the others or the caller
+            self.sent["failed"] += 1
+            log.warning("SNMP %s for alarm %s to %s failed: %s", target["kind"], row.alarm_id, target["where"], exc)
+            return
+        self.sent["informs" if target["kind"] == "inform" else "traps"] += 1

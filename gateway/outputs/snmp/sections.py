@@ -1,0 +1,370 @@
+"""What the agent serves, section by section, all read from the point store through the point map.
+
+- BMSGW-MIB: every point of the point map at base.1.<oid suffix>, plus the active-alarm table.
+- SNMPv2-MIB system and snmp groups, SNMP-FRAMEWORK-MIB snmpEngine group.
+- UPS-MIB (RFC 1628) battery group for the bank.
+- ENTITY-MIB physical table and ENTITY-SENSOR-MIB sensor table for the ambient, string and battery sensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ... import __version__
+from ...modbus.codecs import northbound_words
+from ...pointmap import PointMap
+from ...points import PointRef, PointSpec, PointStore, Quality, Reading
+from ...topology import Topology
+from . import ber
+from .mib import ALARM_GROUP, decimals, value_range
+from .tree import Section
+
+MIB2 = (1, 3, 6, 1, 2, 1)
+SYSTEM = MIB2 + (1,)
+SNMP_GROUP = MIB2 + (11,)
+UPS_BATTERY = MIB2 + (33, 1, 2)
+ENT_PHYSICAL_ENTRY = MIB2 + (47, 1, 1, 1, 1)
+ENT_LAST_CHANGE = MIB2 + (47, 1, 4, 1)
+ENT_SENSOR_ENTRY = MIB2 + (99, 1, 1, 1)
+SNMP_ENGINE = (1, 3, 6, 1, 6, 3, 10, 2, 1)
+ZERO_DOT_ZERO = (0, 0)
+_INF = float("inf")
+TRUE, FALSE = 1, 2
+
+# MIB modules listed in sysORTable: (OID, description)
+_MODULES = [
+    (None, "BMSGW-MIB: the battery bank, the gateway and its alarms"),
+    ((1, 3, 6, 1, 6, 3, 1), "SNMPv2-MIB: system and snmp groups"),
+    ((1, 3, 6, 1, 6, 3, 10), "SNMP-FRAMEWORK-MIB: snmpEngine group"),
+    (MIB2 + (33,), "UPS-MIB: battery group for the battery bank"),
+    (MIB2 + (47,), "ENTITY-MIB: physical table of the bank, strings and sensors"),
+    (MIB2 + (99,), "ENTITY-SENSOR-MIB: ambient, string and battery sensors"),
+]
+
+# ENTITY-SENSOR-MIB data types by SI unit
+_SENSOR_TYPE = {"V": (4, "V DC"), "A": (5, "A"), "C": (8, "degrees C")}
+_PERCENT_RH = (9, "%RH")
+_SCALE_UNITS = 9
+
+
+def good(reading: Reading | None) -> float | None:
+    if reading is None or reading.quality is not Quality.GOOD or reading.value is None:
+        return None
+    return reading.value
+
+
+def register_int(spec: PointSpec, reading: Reading | None) -> int:
+    """The point's scaled integer as in its Modbus register, with the same not-available code."""
+    words = northbound_words(good(reading), spec.dtype, spec.scale)
+    if len(words) == 1:
+        raw = words[0]
+        return raw - 0x10000 if spec.dtype == "int16" and raw & 0x8000 else raw
+    raw = (words[0] << 16) | words[1]
+    return raw - 0x100000000 if spec.dtype == "int32" and raw & 0x80000000 else raw
+
+
+def text(value: str, limit: int = 255) -> bytes:
+    return value.encode("utf-8")[:limit]
+
+
+@dataclass
+class AgentData:
+    """What the sections read: the gateway's data and the agent's own state."""
+
+    store: PointStore
+    pointmap: PointMap
+    topology: Topology
+    base: tuple[int, ...]
+    site_name: str
+    system: dict
+    ups: dict
+    entity_points: list[str]
+    poll: dict
+    started: float = field(default_factory=time.time)  # wall clock at agent start
+    started_mono: float = field(default_factory=time.monotonic)
+    counters: Callable[[], dict[str, int]] = dict
+    engine: Callable[[], dict] = dict
+
+    def ticks(self) -> int:
+        return int((time.monotonic() - self.started_mono) * 100) & 0xFFFFFFFF
+
+    def stamp(self, wall: float) -> int:
+        """TimeStamp of a wall-clock time: sysUpTime then, 0 when before the agent started."""
+        if wall <= self.started:
+            return 0
+        return int((wall - self.started) * 100) & 0xFFFFFFFF
+
+
+def gauge_fn(store: PointStore, ref: PointRef, spec: PointSpec) -> Callable[[], tuple[int, int] | None]:
+    """A point's value as its register integer, or None while not available (never a stale number).
+
+    This is ``register_int`` unrolled for the hot path (a cold walk encodes every value of the bank);
+    tests/test_snmp_fastpath.py checks both give the same integers.
+    """
+    tag = ber.GAUGE32 if spec.dtype == "uint32" else ber.INTEGER
+    lo, hi = value_range(spec.dtype)
+    scale = spec.scale
+    get = store.get
+    good_q = Quality.GOOD
+
+    def fn():
+        reading = get(ref)
+        if reading is None or reading.quality is not good_q:
+            return None
+        v = reading.value
+        if v is None or v != v or v in (_INF, -_INF):
+            return None
+        raw = int(round(v / scale))
+        return tag, lo if raw < lo else hi if raw > hi else raw
+    return fn
+
+
+def vendor_section(data: AgentData) -> Section:
+    sec = Section()
+    objects = data.base + (1,)
+    store = data.store
+    for e in data.pointmap:
+        spec = e.spec
+        obj = objects + (e.oid[:3] if spec.scope in ("cell", "string") or spec.channels else e.oid[:2])
+        index = e.oid[len(obj) - len(objects):]
+        if spec.kind == "counter":
+            def fn(ref=e.ref):
+                value = good(store.get(ref))
+                return None if value is None else (ber.COUNTER32, int(value) & 0xFFFFFFFF)
+        elif spec.kind == "state" and spec.states:
+            def fn(ref=e.ref, spec=spec):  # enumerated: notAvailable is one of the values
+                return ber.INTEGER, register_int(spec, store.get(ref))
+        else:
+            fn = gauge_fn(store, e.ref, spec)
+        sec.add(obj, index, fn, dep=e.ref)
+    return sec
+
+
+def system_section(data: AgentData) -> Section:
+    sec = Section()
+    sysc = data.system
+    descr = sysc.get("description") or f"bmsgw {__version__} battery monitoring gateway"
+    sec.static(SYSTEM + (1,), (0,), (ber.OCTETS, text(descr)))
+    sec.static(SYSTEM + (2,), (0,), (ber.OID, data.base))
+    sec.add(SYSTEM + (3,), (0,), lambda: (ber.TIMETICKS, data.ticks()), volatile=True)
+    sec.static(SYSTEM + (4,), (0,), (ber.OCTETS, text(sysc.get("contact") or "")))
+    sec.static(SYSTEM + (5,), (0,), (ber.OCTETS, text(sysc.get("name") or data.site_name)))
+    sec.static(SYSTEM + (6,), (0,), (ber.OCTETS, text(sysc.get("location") or "")))
+    sec.static(SYSTEM + (7,), (0,), (ber.INTEGER, 72))  # application + end-to-end
+    sec.static(SYSTEM + (8,), (0,), (ber.TIMETICKS, 0))
+    for i, (oid, what) in enumerate(_MODULES, start=1):
+        sec.static(SYSTEM + (9, 1, 2), (i,), (ber.OID, oid or data.base))
+        sec.static(SYSTEM + (9, 1, 3), (i,), (ber.OCTETS, text(what)))
+        sec.static(SYSTEM + (9, 1, 4), (i,), (ber.TIMETICKS, 0))
+    for col, name in ((1, "snmpInPkts"), (3, "snmpInBadVersions"), (4, "snmpInBadCommunityNames"),
+                      (5, "snmpInBadCommunityUses"), (6, "snmpInASNParseErrs"), (31, "snmpSilentDrops"),
+                      (32, "snmpProxyDrops")):
+        sec.add(SNMP_GROUP + (col,), (0,),
+                lambda name=name: (ber.COUNTER32, data.counters().get(name, 0) & 0xFFFFFFFF), volatile=True)
+    sec.static(SNMP_GROUP + (30,), (0,), (ber.INTEGER, 2))  # snmpEnableAuthenTraps: disabled
+    sec.add(SNMP_ENGINE + (1,), (0,), lambda: (ber.OCTETS, data.engine().get("id", b"")), volatile=True)
+    sec.add(SNMP_ENGINE + (2,), (0,), lambda: (ber.INTEGER, data.engine().get("boots", 1)), volatile=True)
+    sec.add(SNMP_ENGINE + (3,), (0,), lambda: (ber.INTEGER, data.engine().get("time", 0)), volatile=True)
+    sec.add(SNMP_ENGINE + (4,), (0,), lambda: (ber.INTEGER, data.engine().get("max_message_size", 65507)),
+            volatile=True)
+    return sec
+
+
+class UpsBattery:
+    """UPS-MIB battery group for the whole bank, from the strings' (and bank's) points."""
+
+    def __init__(self, data: AgentData) -> None:
+        self.data = data
+        self.strings = [s.id for s in data.topology.strings]
+        self.cells = [(s.id, c) for s in data.topology.strings for c in range(1, s.cells + 1)]
+
+    def _strings(self, point: str) -> list[float]:
+        store = self.data.store
+        return [v for v in (good(store.get(PointRef(point, s))) for s in self.strings) if v is not None]
+
+    def charge(self) -> float | None:
+        values = self._strings("string.soc") or self._strings("string.sensor_soc")
+        return min(values) if values else None
+
+    def status(self) -> Value:
+        charge = self.charge()
+        if charge is None:
+            return ber.INTEGER, 1  # unknown
+        if charge <= self.data.ups["depleted_charge_percent"]:
+            return ber.INTEGER, 4
+        if charge <= self.data.ups["low_charge_percent"]:
+            return ber.INTEGER, 3
+        minutes = self._minutes()
+        if minutes is not None and self.discharging() and minutes <= self.data.ups["low_minutes_remaining"]:
+            return ber.INTEGER, 3
+        return ber.INTEGER, 2
+
+    def discharging(self) -> bool:
+        states = self._strings("string.state")
+        if states:
+            return any(int(s) == 3 for s in states)
+        currents = self._strings("string.current")
+        return bool(currents) and sum(currents) < -self.data.ups["discharge_current_a"]
+
+    def seconds_on_battery(self) -> Value:
+        times = self._strings("string.on_battery_time")
+        if not self.discharging():
+            return ber.INTEGER, 0
+        return ber.INTEGER, int(max(times)) if times else 0
+
+    def _minutes(self) -> int | None:
+        values = self._strings("string.runtime_remaining")
+        if not values:
+            return None
+        return max(1, int(min(values) // 60))
+
+    def minutes_remaining(self) -> Value | None:
+        minutes = self._minutes()
+        return None if minutes is None else (ber.INTEGER, min(minutes, 2147483647))
+
+    def charge_remaining(self) -> Value | None:
+        charge = self.charge()
+        return None if charge is None else (ber.INTEGER, max(0, min(100, round(charge))))
+
+    def voltage(self) -> Value | None:
+        v = good(self.data.store.get(PointRef("bank.voltage")))
+        if v is None:
+            values = self._strings("string.voltage")
+            v = sum(values) / len(values) if values else None
+        return None if v is None else (ber.INTEGER, max(0, round(v * 10)))
+
+    def current(self) -> Value | None:
+        values = self._strings("string.current")
+        return (ber.INTEGER, round(sum(values) * 10)) if values else None
+
+    def temperature(self) -> Value | None:
+        t = good(self.data.store.get(PointRef("io.ambient_temperature")))
+        if t is None:
+            store = self.data.store
+            temps = [v for v in (good(store.get(PointRef("cell.temperature", s, c))) for s, c in self.cells)
+                     if v is not None]
+            t = max(temps) if temps else None
+        return None if t is None else (ber.INTEGER, round(t))
+
+
+def ups_section(data: AgentData) -> Section:
+    sec = Section()
+    ups = UpsBattery(data)
+    for col, fn in ((1, ups.status), (2, ups.seconds_on_battery), (3, ups.minutes_remaining),
+                    (4, ups.charge_remaining), (5, ups.voltage), (6, ups.current), (7, ups.temperature)):
+        sec.add(UPS_BATTERY + (col,), (0,), fn, volatile=True)
+    return sec
+
+
+@dataclass
+class PhysicalRow:
+    index: int
+    descr: str
+    contained_in: int
+    klass: int  # chassis 3, container 5, sensor 8
+    rel_pos: int
+    name: str
+    model: str = ""
+    software: str = ""
+    ref: PointRef | None = None
+    spec: PointSpec | None = None
+
+
+CHASSIS, BANK = 1, 2
+STRING_BASE, SENSOR_BASE = 10, 100000
+
+
+def physical_rows(data: AgentData) -> list[PhysicalRow]:
+    """The entity tree: the gateway (chassis) holds the bank, the bank its strings, each its sensors.
+
+    Indexes are stable: string ``s`` is 10+s, a sensor is 100000 + its point's Modbus address.
+    """
+    topo = data.topology
+    rows = [PhysicalRow(CHASSIS, f"bmsgw {__version__} battery monitoring gateway", 0, 3, -1,
+                        data.system.get("name") or data.site_name, model="bmsgw", software=__version__),
+            PhysicalRow(BANK, "Battery bank", CHASSIS, 5, 1, "Battery bank")]
+    names = {}
+    for pos, s in enumerate(topo.strings, start=1):
+        bat = s.battery
+        rows.append(PhysicalRow(STRING_BASE + s.id, f"Battery string {s.id}: {s.cells} x {bat.model}", BANK, 5,
+                                pos + 1, s.name or f"String {s.id}", model=bat.model))
+        names[s.id] = s.name or f"String {s.id}"
+    wanted = set(data.entity_points)
+    sensors = [e for e in data.pointmap if e.spec.id in wanted and e.spec.scope != "gateway"]
+    siblings: dict[int, int] = {}
+    for e in sorted(sensors, key=lambda e: e.address):
+        spec, ref = e.spec, e.ref
+        what = spec.name.replace("_", " ").replace(".", " ")
+        if spec.scope == "cell":
+            parent = STRING_BASE + ref.string
+            name = f"{names[ref.string]} battery {ref.cell} {what}"
+            descr = f"{spec.description}, string {ref.string} battery {ref.cell}"
+        elif spec.scope == "string":
+            parent = STRING_BASE + ref.string
+            name = f"{names[ref.string]} {what}"
+            descr = f"{spec.description}, string {ref.string}"
+        else:
+            parent = BANK
+            name = spec.description if ref.channel is None else f"{spec.description} {ref.channel}"
+            descr = spec.description
+        siblings[parent] = siblings.get(parent, 0) + 1
+        rel = siblings[parent] + (len(topo.strings) if parent == BANK else 0)
+        rows.append(PhysicalRow(SENSOR_BASE + e.address, descr, parent, 8, rel, name, ref=ref, spec=spec))
+    return rows
+
+
+def sensor_kind(spec: PointSpec) -> tuple[int, str]:
+    if spec.unit == "%" and "humid" in spec.id:
+        return _PERCENT_RH
+    return _SENSOR_TYPE.get(spec.unit, (1, spec.unit))
+
+
+def entity_sections(data: AgentData) -> list[Section]:
+    phys, sens = Section(), Section()
+    store = data.store
+    for row in physical_rows(data):
+        idx = (row.index,)
+        for col, value in ((2, (ber.OCTETS, text(row.descr))), (3, (ber.OID, ZERO_DOT_ZERO)),
+                           (4, (ber.INTEGER, row.contained_in)), (5, (ber.INTEGER, row.klass)),
+                           (6, (ber.INTEGER, row.rel_pos)), (7, (ber.OCTETS, text(row.name))),
+                           (8, (ber.OCTETS, b"")), (9, (ber.OCTETS, b"")),
+                           (10, (ber.OCTETS, text(row.software))), (11, (ber.OCTETS, b"")),
+                           (12, (ber.OCTETS, b"")), (13, (ber.OCTETS, text(row.model))),
+                           (14, (ber.OCTETS, b"")), (15, (ber.OCTETS, b"")),
+                           (16, (ber.INTEGER, FALSE)), (17, (ber.OCTETS, bytes(8))), (18, (ber.OCTETS, b""))):
+            phys.static(ENT_PHYSICAL_ENTRY + (col,), idx, value)
+        if row.ref is None:
+            continue
+        spec = row.spec
+        kind, units = sensor_kind(spec)
+        precision = decimals(spec.scale) or 0
+        rate = int(float(data.poll["slow_s" if spec.poll == "slow" else "fast_s"]) * 1000)
+        sens.static(ENT_SENSOR_ENTRY + (1,), idx, (ber.INTEGER, kind))
+        sens.static(ENT_SENSOR_ENTRY + (2,), idx, (ber.INTEGER, _SCALE_UNITS))
+        sens.static(ENT_SENSOR_ENTRY + (3,), idx, (ber.INTEGER, precision))
+
+        def value(ref=row.ref, factor=10 ** precision):
+            v = good(store.get(ref))
+            if v is None:
+                return ber.INTEGER, 0
+            return ber.INTEGER, max(-1000000000, min(1000000000, round(v * factor)))
+
+        def status(ref=row.ref):
+            return ber.INTEGER, 1 if good(store.get(ref)) is not None else 2
+
+        def stamp(ref=row.ref):
+            reading = store.get(ref)
+            return ber.TIMETICKS, 0 if reading is None else data.stamp(reading.ts)
+
+        sens.add(ENT_SENSOR_ENTRY + (4,), idx, value, dep=row.ref)
+        sens.add(ENT_SENSOR_ENTRY + (5,), idx, status, dep=row.ref)
+        sens.static(ENT_SENSOR_ENTRY + (6,), idx, (ber.OCTETS, text(units)))
+        sens.add(ENT_SENSOR_ENTRY + (7,), idx, stamp, dep=row.ref)
+        sens.static(ENT_SENSOR_ENTRY + (8,), idx, (ber.GAUGE32, rate))
+    phys.static(ENT_LAST_CHANGE, (0,), (ber.TIMETICKS, 0))
+    return [phys, sens]
+
+
+def alarm_prefix(base: tuple[int, ...]) -> tuple[int, ...]:
+    return base + (1, ALARM_GROUP)

@@ -1,0 +1,165 @@
+"""The agent's OID index: every instance it serves, sorted, with the function that gives its value.
+
+Both answer paths read it: pysnmp (through ``controller.IndexController``) and the SNMPv2c fast path
+(``fastpath.FastPath``).  A value is ``(tag, python value)`` with the BER tags of ``ber``; a function
+returning None means the instance is absent right now (skipped by GETNEXT, noSuchInstance for GET).
+
+Instances whose value depends on one point of the store cache their encoded varbind until the store says
+that point changed (``invalidate``), so a walk encodes each value once per poll cycle, not once per request.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import Callable, Iterable
+
+from . import ber
+
+Value = tuple[int, object]
+ValueFn = Callable[[], Value | None]
+
+_UNSET = object()
+
+
+class Entry:
+    __slots__ = ("oid", "_oid_tlv", "fn", "enc", "volatile")
+
+    def __init__(self, oid: tuple[int, ...], fn: ValueFn, volatile: bool) -> None:
+        self.oid = oid
+        self._oid_tlv: bytes | None = None
+        self.fn = fn
+        self.enc = _UNSET
+        self.volatile = volatile
+
+    @property
+    def oid_tlv(self) -> bytes:
+        if self._oid_tlv is None:
+            self._oid_tlv = ber.encode_oid(self.oid)
+        return self._oid_tlv
+
+    def encoded(self) -> bytes | None:
+        """The whole varbind TLV, or None when the instance is absent."""
+        enc = self.enc
+        if enc is _UNSET or self.volatile:
+            value = self.fn()
+            if value is None:
+                enc = None
+            else:
+                tag, v = value
+                if type(v) is int:  # the common case, inlined: ber.encode_value(tag, v)
+                    bits = v.bit_length()
+                    if not bits & 7:
+                        bits += 1
+                    body = v.to_bytes((bits + 7) >> 3, "big", signed=True)
+                    inner = (self._oid_tlv or self.oid_tlv) + bytes((tag, len(body))) + body
+                else:
+                    inner = (self._oid_tlv or self.oid_tlv) + ber.encode_value(tag, v)
+                enc = bytes((0x30, len(inner))) + inner if len(inner) < 0x80 else ber.tlv(0x30, inner)
+            if not self.volatile:
+                self.enc = enc
+        return enc
+
+
+class Section:
+    """Instances collected by a builder before they go into the index."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.objects: dict[tuple[int, ...], bool] = {}  # the object types (scalars, columns) served
+        self.deps: list[tuple[object, Entry]] = []
+
+    def add(self, obj: tuple[int, ...], index: tuple[int, ...], fn: ValueFn, *, volatile: bool = False,
+            dep: object | None = None) -> None:
+        """``obj`` is the object type's OID (scalar or column), ``index`` the instance part."""
+        entry = Entry(obj + index, fn, volatile)  # its OID is encoded when first served
+        self.entries.append(entry)
+        self.objects[obj] = True
+        if dep is not None:
+            self.deps.append((dep, entry))
+
+    def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
+        self.add(obj, index, lambda v=value: v)
+
+    def declare(self, obj: tuple[int, ...]) -> None:
+        """An object type with no instance yet (rows come and go)."""
+        self.objects[obj] = True
+
+
+class OidIndex:
+    """Sorted instances from several sections; one dynamic section (the alarm rows) can be replaced."""
+
+    def __init__(self, sections: Iterable[Section], dynamic_prefix: tuple[int, ...]) -> None:
+        self.objects: set[tuple[int, ...]] = set()
+        self.deps: dict[object, list[Entry]] = {}
+        static: list[Entry] = []
+        for sec in sections:
+            static.extend(sec.entries)
+            self.objects.update(sec.objects)
+            for dep, entry in sec.deps:
+                self.deps.setdefault(dep, []).append(entry)
+        static.sort(key=lambda e: e.oid)
+        for a, b in zip(static, static[1:]):
+            if a.oid == b.oid:
+                raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
+        self._static = static
+        self._prefix = dynamic_prefix
+        self._split = bisect_left([e.oid for e in static], dynamic_prefix)
+        if any(e.oid[:len(dynamic_prefix)] == dynamic_prefix for e in static):
+            raise ValueError("static instances inside the dynamic subtree")
+        self.entries: list[Entry] = []
+        self.oids: list[tuple[int, ...]] = []
+        self._pending: Callable[[], Section] | None = None
+        self.set_dynamic(Section())
+
+    def dynamic_changed(self, build: Callable[[], Section]) -> None:
+        """The dynamic rows changed: ``build()`` gives them when next needed (a burst of changes, e.g. an
+        alarm storm, costs one rebuild)."""
+        self._pending = build
+
+    def refresh(self) -> None:
+        """Called before answering a request."""
+        if self._pending is not None:
+            build, self._pending = self._pending, None
+            self.set_dynamic(build())
+
+    def set_dynamic(self, section: Section) -> None:
+        entries = sorted(section.entries, key=lambda e: e.oid)
+        for e in entries:
+            if e.oid[:len(self._prefix)] != self._prefix:
+                raise ValueError(f"dynamic OID {e.oid} outside {self._prefix}")
+        self.objects.update(section.objects)
+        self.entries = self._static[:self._split] + entries + self._static[self._split:]
+        self.oids = [e.oid for e in self.entries]
+
+    def invalidate(self, dep: object) -> None:
+        for entry in self.deps.get(dep, ()):
+            entry.enc = _UNSET
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # -- lookups shared by both answer paths --------------------------------------------------------------
+    def exact(self, oid: tuple[int, ...]) -> int | None:
+        i = bisect_left(self.oids, oid)
+        if i < len(self.oids) and self.oids[i] == oid:
+            return i
+        return None
+
+    def missing_tag(self, oid: tuple[int, ...]) -> int:
+        """noSuchInstance when an object type of this agent is a prefix of ``oid``, else noSuchObject."""
+        objects = self.objects
+        for k in range(len(oid), 0, -1):
+            if oid[:k] in objects:
+                return ber.NO_SUCH_INSTANCE
+        return ber.NO_SUCH_OBJECT
+
+    def value(self, i: int) -> Value | None:
+        return self.entries[i].fn()
+
+    def get(self, oid: tuple[int, ...]) -> Value:
+        i = self.exact(oid)
+        if i is not None:
+            value = self.entries[i].fn()
+            if value is not None:
+                return value
+            return ber.NO_SUCH_INSTANCE, None
+        return self.missing_tag(oid), None
