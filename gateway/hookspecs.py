@@ -15,8 +15,10 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
+    from .alarms.model import AlarmEvent
     from .app import Gateway
     from .engine import CommEvent
+    from .notify.base import Notifier
     from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
 
@@ -98,3 +100,34 @@ class GatewaySpecs:
     @hookspec
     def bmsgw_status(self, gateway: Gateway) -> dict[str, Any]:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
+
+    @hookspec
+    def bmsgw_alarm_event(self, gateway: Gateway, event: AlarmEvent) -> None:
+        """An alarm was raised (``event.raised`` True) or cleared (False).
+
+        Called by ``gateway.alarms`` in the gateway's event loop, once per transition, with ``event`` carrying
+        ``alarm_id, object, metric, value, threshold, severity, text, raised, ts`` (see
+        ``gateway.alarms.model.AlarmEvent``).  Notifiers (SNMP traps, MQTT, the ``gateway.notify`` router for
+        e-mail, SMS, relay and webhook) implement it; each implementation is called on its own, so one that
+        raises does not stop the others.  Must not block: queue the work.  The return value is ignored.
+        """
+
+    @hookspec
+    def bmsgw_alarm_acknowledged(self, gateway: Gateway, event: AlarmEvent) -> None:
+        """Someone acknowledged an active alarm (``event.acknowledged_by`` / ``event.acknowledged_ts`` are set,
+        ``event.raised`` is True, ``event.ts`` is the acknowledgement time).
+
+        Called by ``gateway.alarms`` in the gateway's event loop after ``acknowledge(alarm_id, by)``
+        (from the web, REST or a Modbus write).  The alarm relay uses it to silence the horn.  Must not
+        block; the return value is ignored.
+        """
+
+    @hookspec
+    def bmsgw_notifiers(self, gateway: Gateway) -> list[Notifier]:
+        """Notifier objects this plugin brings (see ``gateway.notify.base.Notifier``): e-mail, SMS, relay, webhook.
+
+        Called once by ``gateway.notify`` when the gateway is ready.  The router gives each notifier its own
+        worker thread with retries and back-off: a *routed* notifier receives composed messages for the
+        recipients of the routes (severities, quiet hours, digests), an unrouted one receives every alarm
+        event of its severities.  Return [] when the plugin's config turns it off.
+        """

@@ -24,6 +24,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.bmu",
     "plugins.cmu",
     "plugins.io_module",
+    "gateway.alarms",
+    "gateway.notify",
+    "gateway.notify.mail",
+    "gateway.notify.sms",
+    "gateway.notify.relay",
+    "gateway.notify.webhook",
 )
 
 
