@@ -118,7 +118,7 @@ class SmtpServer:
         def authenticator(srv, session, envelope, mechanism, auth_data):
             ok = auth_data.login.decode() == user and auth_data.password.decode() == password
             server.auth_attempts.append((auth_data.login.decode(), ok))
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
         self.port = free_port()
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, tls_context=ctx,
@@ -159,7 +159,7 @@ class SimulatedModem(threading.Thread):
         self.sms: list[tuple[str, str]] = []
         self.pin_tries: list[str] = []
         self.protocol_errors: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def _send(self, text: str) -> None:
         os.write(self.master, text.encode())
@@ -167,7 +167,7 @@ class SimulatedModem(threading.Thread):
     def run(self) -> None:
         buf = b""
         pending_number = None
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             r, _, _ = select.select([self.master], [], [], 0.05)
             if not r:
                 continue
@@ -254,7 +254,7 @@ class SimulatedModem(threading.Thread):
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=2)
         for fd in (self.master, self._slave):
             try:

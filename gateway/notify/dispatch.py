@@ -155,7 +155,7 @@ class Worker:
             return
         delay = self.policy.delay(job.attempt)
         self.retried += 1
-        log.warning("%s: %s failed (attempt %d of %d): %s; trying again in %.1f s", self.notifier.name, job.what(),
+        log.warning("%s: %s failed (attempt %d of %d): %s; trying again in %.3g s", self.notifier.name, job.what(),
                     job.attempt, self.policy.attempts, error, delay)
         heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), job))
 

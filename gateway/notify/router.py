@@ -146,7 +146,7 @@ class Router:
 
 # -- composing -----------------------------------------------------------------------------------------------
 def _span(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:g} s"
 
 
 def _clock(ts: float) -> str:
