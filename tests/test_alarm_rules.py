@@ -118,8 +118,8 @@ def test_low_side_and_reference_rules():
     rule = Rule("amb", "cell.temperature", "temperature", high=Levels(3.0, 10.0), hysteresis=0.5,
                 reference="io.ambient_temperature")
     ev = Evaluator(RuleSet({1: {"amb": rule}}, {}))
-    assert ev.update("cell.temperature", 1, 2, None, 30.0, 0, reference={"io.ambient_temperature": None}) == []
-    out = ev.update("cell.temperature", 1, 2, None, 30.0, 1, reference={"io.ambient_temperature": 25.0})
+    assert ev.update("cell.temperature", 1, 2, None, 30.0, 0, reference={"io.ambient_temperature": None}.get) == []
+    out = ev.update("cell.temperature", 1, 2, None, 30.0, 1, reference={"io.ambient_temperature": 25.0}.get)
     assert [(t.key.severity, t.value, t.raw) for t in out] == [("warning", 5.0, 30.0)]
 
 

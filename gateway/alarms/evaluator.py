@@ -12,6 +12,7 @@ Each setpoint of each rule on each point is one ``Condition``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .model import AlarmKey
 from .rules import Rule, RuleSet
@@ -28,6 +29,7 @@ class Condition:
     value: float | None = None  # last compared value (value minus reference for reference rules)
     raw: float | None = None  # last value of the point itself
     ts: float = 0.0
+    waiting: bool = False  # in the evaluator's pending set
 
     @property
     def delay(self) -> float:
@@ -87,6 +89,7 @@ class Evaluator:
         self.pending: set[AlarmKey] = set()
         self.strings: dict[int, StringMode] = {}
         self._ohmic: dict[tuple[int, int], float] = {}
+        self._slots: dict[tuple, list[tuple[Rule, list[Condition]]]] = {}
 
     # -- string mode ---------------------------------------------------------------------------------------
     def observe_current(self, string: int, current: float, ts: float) -> None:
@@ -131,33 +134,50 @@ class Evaluator:
 
     # -- evaluation ----------------------------------------------------------------------------------------
     def update(self, point: str, string: int | None, cell: int | None, channel: int | None, value: float, ts: float,
-               reference: dict[str, float | None] | None = None, device: str = "") -> list[Transition]:
-        """A new usable value of a point; returns the alarm transitions it causes right away."""
+               reference: Callable[[str], float | None] | None = None, device: str = "") -> list[Transition]:
+        """A new usable value of a point; returns the alarm transitions it causes right away.
+        ``reference(point id)`` gives the value of a reference point (ambient temperature) when a rule needs it."""
+        slot = self._slots.get((point, string, cell, channel, device))
+        if slot is None:
+            slot = self._slot(point, string, cell, channel, device)
+        if not slot:
+            return []
         out: list[Transition] = []
-        for rule in self.rules.rules_for(point, string):
-            if rule.channel is not None and rule.channel != channel:
-                continue
+        for rule, conds in slot:
             compared = value
             if rule.reference:
-                ref = (reference or {}).get(rule.reference)
+                ref = reference(rule.reference) if reference is not None else None
                 if ref is None:
                     continue
                 compared = value - ref
-            suppressed = rule.float_only and self.suppressed(string, ts)
-            for side, severity, threshold in rule.conditions():
-                key = AlarmKey(rule.id, side, severity, point, string, cell, channel, device)
-                c = self.conditions.get(key)
-                if c is None:
-                    c = self.conditions[key] = Condition(key, rule, threshold, since=ts)
-                if suppressed:
+            if rule.float_only and self.suppressed(string, ts):
+                for c in conds:
                     if c.cond and not c.active:  # a pending raise is cancelled
                         c.cond, c.since = False, ts
-                        self.pending.discard(key)
-                    continue
+                        self._unpend(c)
+                continue
+            for c in conds:
                 t = self._step(c, compared, value, ts)
                 if t is not None:
                     out.append(t)
         return out
+
+    def _slot(self, point, string, cell, channel, device) -> list[tuple[Rule, list[Condition]]]:
+        """The conditions of every rule on one point, made once (readings arrive every few seconds)."""
+        slot = []
+        for rule in self.rules.rules_for(point, string):
+            if rule.channel is not None and rule.channel != channel:
+                continue
+            conds = []
+            for side, severity, threshold in rule.conditions():
+                key = AlarmKey(rule.id, side, severity, point, string, cell, channel, device)
+                c = self.conditions.get(key)
+                if c is None:
+                    c = self.conditions[key] = Condition(key, rule, threshold)
+                conds.append(c)
+            slot.append((rule, conds))
+        self._slots[(point, string, cell, channel, device)] = slot
+        return slot
 
     def _step(self, c: Condition, value: float, raw: float, ts: float) -> Transition | None:
         rule, t = c.rule, c.threshold
@@ -173,15 +193,22 @@ class Evaluator:
             c.cond, c.since = False, ts
         return self._settle(c, ts)
 
+    def _unpend(self, c: Condition) -> None:
+        if c.waiting:
+            c.waiting = False
+            self.pending.discard(c.key)
+
     def _settle(self, c: Condition, now: float) -> Transition | None:
         if c.cond == c.active:
-            self.pending.discard(c.key)
+            self._unpend(c)
             return None
         if now - c.since >= c.delay:
             c.active = c.cond
-            self.pending.discard(c.key)
+            self._unpend(c)
             return Transition(c.key, c.rule, c.active, c.value, c.raw, c.threshold, now)
-        self.pending.add(c.key)
+        if not c.waiting:
+            c.waiting = True
+            self.pending.add(c.key)
         return None
 
     def tick(self, now: float) -> list[Transition]:
@@ -191,7 +218,7 @@ class Evaluator:
             c = self.conditions[key]
             if c.rule.float_only and c.cond and not c.active and self.suppressed(key.string, now):
                 c.cond, c.since = False, now
-                self.pending.discard(key)
+                self._unpend(c)
                 continue
             t = self._settle(c, now)
             if t is not None:
@@ -212,12 +239,9 @@ class Evaluator:
             if side == key.side and severity == key.severity:
                 c = Condition(key, rule, threshold, cond=True, since=since, active=True, value=value, ts=since)
                 self.conditions[key] = c
+                self._slots.clear()
                 return c
         return None
-
-    def forget(self, key: AlarmKey) -> None:
-        self.conditions.pop(key, None)
-        self.pending.discard(key)
 
 
 __all__ = ["Condition", "Evaluator", "FloatPolicy", "StringMode", "Transition"]

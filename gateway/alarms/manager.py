@@ -66,7 +66,8 @@ class AlarmManager:
         self._ref_device = {ref: ds.device.key for ds in gateway.engine.device_states() if ds.device.string is None
                             for ref in ds.refs}
         self._level_refs = {pid: gateway.pointmap.refs(pid) for pid in OWN_POINTS if pid in catalog}
-        self._references = {r.reference for rules in self.rules.index.values() for r in rules if r.reference}
+        self._references = {r.reference: PointRef(r.reference) for rules in self.rules.index.values() for r in rules
+                            if r.reference}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.next_id = 1
@@ -183,11 +184,12 @@ class AlarmManager:
                     out.extend(ev.update("device", None, None, None, 0.0, reading.ts, device=dkey))
             if (point, ref.string) not in index:
                 continue
-            reference = None
-            if self._references:
-                reference = {pid: self.store.value(PointRef(pid)) for pid in self._references}
-            out.extend(ev.update(point, ref.string, ref.cell, ref.channel, value, reading.ts, reference))
+            out.extend(ev.update(point, ref.string, ref.cell, ref.channel, value, reading.ts, self._reference))
         return out
+
+    def _reference(self, pid: str) -> float | None:
+        ref = self._references.get(pid)
+        return self.store.value(ref) if ref is not None else None
 
     # -- timers ----------------------------------------------------------------------------------------------
     def _reschedule(self) -> None:
