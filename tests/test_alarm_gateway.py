@@ -163,3 +163,24 @@ def test_communication_loss_per_sensor_per_bank_device_and_per_bus_and_contacts(
         gt.wait_for(lambda: not texts(), timeout=20, what="bus back")
         events = mgr.history(limit=100)
         assert all(r["cleared_ts"] for r in events)
+
+
+def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
+    from gateway.cli import main
+
+    path = config(tmp_path)
+    assert main(["alarms", "-c", str(path)]) == 0
+    assert "no alarm log yet" in capsys.readouterr().err
+    gt = GatewayThread(path)
+    gt.gateway.simulator.model.battery(1, 2).float_offset += 1.0
+    with gt:
+        mgr = alarms.get_manager(gt.gateway)
+        gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="alarms")
+        mgr.acknowledge(mgr.active()[0].alarm_id, "carol")
+    assert main(["alarms", "-c", str(path), "--active"]) == 0
+    out = capsys.readouterr().out
+    assert "critical ACTIVE, acknowledged by carol" in out and "warning  ACTIVE" in out
+    assert "String 1 cell 2: voltage on float 14." in out
+    assert main(["alarms", "-c", str(path), "--json"]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)
+    assert {r["severity"] for r in rows} == {"warning", "critical"}

@@ -97,3 +97,26 @@ def test_an_alarm_storm_becomes_a_few_messages_and_one_digest(tmp_path):
             night_digest = next(m for m in to_oncall if "alarms raised" in m["Subject"])
             assert night_digest["Subject"].startswith("[Battery room] 6 alarms raised (6 critical)")
             assert nm.status()["notifiers"]["email"]["failed"] == 0
+
+
+def test_bmsgw_notify_test_sends_a_made_up_alarm_through_the_routes(tmp_path, capsys):
+    from gateway.cli import main
+    from tests.notify_peers import WebhookReceiver
+
+    with SmtpServer(tmp_path) as server, WebhookReceiver() as hook:
+        path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={
+            "notify": {"email": email_cfg(server), "webhook": {"enabled": True, "url": hook.url},
+                       "routes": [{"name": "team", "recipients": {"email": ["team@site.example"]}}]}})
+        assert main(["notify-test", "-c", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "email: 1 delivered, 0 failed" in out and "webhook: 1 delivered, 0 failed" in out
+        assert "relay" not in out
+        assert server.messages[0]["Subject"] == ("[Battery room] CRITICAL: Test message from bmsgw: "
+                                                 "notifications work")
+        assert hook.bodies()[0]["text"].startswith("Test message from bmsgw")
+    with SmtpServer(tmp_path, password="other") as server:
+        path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={
+            "notify": {"email": email_cfg(server, password="wrong"), "retry": {"attempts": 1},
+                       "routes": [{"name": "team", "recipients": {"email": ["team@site.example"]}}]}})
+        assert main(["notify-test", "-c", str(path)]) == 1
+        assert "email: 0 delivered, 1 failed (could not deliver after permanent error: login" in capsys.readouterr().out

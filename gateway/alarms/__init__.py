@@ -112,18 +112,13 @@ def bmsgw_cli_commands(subparsers) -> None:
 
 
 def _cmd_alarms(args: argparse.Namespace) -> int:
-    from ..app import default_config_path
-    from ..config import load_config
-    from ..plugins import make_plugin_manager
-    from ..profiles import PROFILES_DIR, load_profiles
+    from ..app import Gateway
+    from ..cli import _all_ports_dummy, _config_path
     from .log import AlarmLog
     from .manager import LOG_FILE
 
-    pm = make_plugin_manager()
-    dirs = [PROFILES_DIR] + [d for r in pm.hook.bmsgw_profile_dirs() for d in (r or [])]
-    sections = {k: v for r in pm.hook.bmsgw_config_schema() for k, v in (r or {}).items()}
-    config = load_config(args.config or default_config_path(), load_profiles(dirs), sections)
-    path = config.state_dir / LOG_FILE
+    cfg = _config_path(args)
+    path = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).config.state_dir / LOG_FILE
     if not path.exists():
         print(f"no alarm log yet ({path})", file=sys.stderr)
         return 0

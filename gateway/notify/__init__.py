@@ -297,4 +297,49 @@ def bmsgw_status(gateway: Gateway) -> dict:
     return {"notify": mgr.status()} if mgr is not None else {}
 
 
+@hookimpl
+def bmsgw_cli_commands(subparsers) -> None:
+    s = subparsers.add_parser("notify-test", help="send a test alarm through the configured notifiers and routes",
+                              description="Send one made-up alarm through every route and notifier of the config "
+                                          "(not the relay), wait for the deliveries and report them. Exit 1 when "
+                                          "one could not be delivered.")
+    s.add_argument("--config", "-c", default=None, help="configuration file (default: as for `bmsgw run`)")
+    s.add_argument("--severity", choices=["warning", "critical"], default="critical")
+    s.add_argument("--timeout", type=float, default=60.0, help="wait at most this long for the deliveries")
+    s.set_defaults(func=_cmd_notify_test)
+
+
+def _cmd_notify_test(args) -> int:
+    import sys
+
+    from ..app import Gateway
+    from ..cli import _all_ports_dummy, _config_path
+
+    path = _config_path(args)
+    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    section = gw.config.section("notify")
+    mgr = NotifyManager(gw, {**section, "rate_limit": {"burst": 1000, "per_s": 0}})
+    for name in [n for n, w in mgr.workers.items() if not w.notifier.testable]:
+        del mgr.workers[name]
+    if not mgr.workers:
+        print("no notifier is enabled (notify.email / sms / webhook)", file=sys.stderr)
+        return 1
+    now = time.time()
+    event = AlarmEvent(alarm_id=0, object="test", metric="test", value=None, threshold=None, severity=args.severity,
+                       text="Test message from bmsgw: notifications work", raised=True, ts=now, rule="test")
+    mgr.start(None)
+    mgr.on_event(event)
+    mgr.wait_idle(args.timeout)
+    mgr.stop()
+    failed = 0
+    for name, w in mgr.workers.items():
+        st = w.status()
+        failed += st["failed"]
+        line = f"{name}: {st['delivered']} delivered, {st['failed']} failed"
+        if st["last_failure"]:
+            line += f" ({st['last_failure']['reason']})"
+        print(line)
+    return 1 if failed else 0
+
+
 __all__ = ["Ack", "DeliveryError", "Message", "NotifyManager", "Notifier", "Sync", "get_manager"]

@@ -67,6 +67,7 @@ class Notifier:
     severities: frozenset[str] = frozenset(SEVERITIES)
     acks: bool = False
     sync_at_start: bool = False
+    testable: bool = True  # ``bmsgw notify-test`` may send it a made-up alarm
 
     def deliver(self, recipient: str | None, item: Item) -> None:
         raise NotImplementedError

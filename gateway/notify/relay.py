@@ -38,6 +38,7 @@ class RelayNotifier(Notifier):
     routed = False
     acks = True
     sync_at_start = True
+    testable = False  # a test message must not sound the horn
 
     def __init__(self, gateway, cfg: dict) -> None:
         self.gateway = gateway
