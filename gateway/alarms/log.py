@@ -118,42 +118,39 @@ class AlarmLog:
         self._drain_here()
         self._thread = None
 
-    def _drain_here(self) -> None:
-        items = []
+    def _take(self, first: list) -> list:
+        """``first`` plus whatever else is waiting: it all goes into one transaction."""
+        batch = list(first)
         while True:
             try:
-                items.append(self._queue.get_nowait())
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
-                break
-        stmts = [i for i in items if isinstance(i, tuple)]
+                return batch
+
+    def _process(self, db: sqlite3.Connection, batch: list) -> None:
+        stmts = [i for i in batch if isinstance(i, tuple)]
         if stmts:
-            db = self._connect()
-            try:
-                self._write(db, stmts)
-            finally:
-                db.close()
-        for i in items:
+            self._write(db, stmts)
+        for i in batch:
             if isinstance(i, threading.Event):
                 i.set()
+
+    def _drain_here(self) -> None:
+        batch = self._take([])
+        if batch:
+            db = self._connect()
+            try:
+                self._process(db, batch)
+            finally:
+                db.close()
 
     def _run(self) -> None:
         db = self._connect()
         db.execute("PRAGMA synchronous=FULL")
         try:
             while True:
-                item = self._queue.get()
-                batch = [item]
-                while True:  # whatever else is waiting goes into the same transaction
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stmts = [i for i in batch if isinstance(i, tuple)]
-                if stmts:
-                    self._write(db, stmts)
-                for i in batch:
-                    if isinstance(i, threading.Event):
-                        i.set()
+                batch = self._take([self._queue.get()])
+                self._process(db, batch)
                 if any(i is _STOP for i in batch):
                     return
         finally:

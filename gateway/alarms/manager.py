@@ -20,6 +20,7 @@ from .log import AlarmLog, alarm_of
 from .messages import Messages
 from .model import LEVEL, ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
 from .rules import OWN_POINTS, resolve
+from .timer import DeadlineTimer
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -58,8 +59,7 @@ class AlarmManager:
         self._by_key: dict[AlarmKey, int] = {}
         self._queue: deque[list[tuple[PointRef, Reading]]] = deque()
         self._scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self._published: dict[PointRef, float] = {}
         self._lost_devices: set[str] = set()
         # bank devices (charger monitor, I/O module): their points tell that a lost device answers again
@@ -98,9 +98,7 @@ class AlarmManager:
 
     def stop(self) -> None:
         self.store.unsubscribe(self._on_batch)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.log.close()
         self.started = False
 
@@ -193,23 +191,9 @@ class AlarmManager:
 
     # -- timers ----------------------------------------------------------------------------------------------
     def _reschedule(self) -> None:
-        if self.loop is None:
-            return
-        deadline = self.evaluator.next_deadline()
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
-            return
-        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_later(max(0.0, deadline - time.time()) + 0.001, self._on_timer)
+        self._timer.arm(self.loop, self.evaluator.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
         self._apply(self.evaluator.tick(time.time()))
         self._reschedule()
 

@@ -15,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ..alarms.model import AlarmEvent
+from ..alarms.timer import DeadlineTimer
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from . import mail, relay, sms, webhook
@@ -148,8 +149,7 @@ class NotifyManager:
             if n.routed and not any(n.name in r.recipients for r in self.routes):
                 log.warning("notifier %s is enabled but no route names recipients for it", n.name)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer, slack=0.01)
         self.events = 0
         self.messages = 0
         self.started = False
@@ -165,9 +165,7 @@ class NotifyManager:
         self.started = True
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self.started:
             self._send(self.router.due(float("inf")))  # a digest still collecting goes out now
         for w in self.workers.values():
@@ -201,18 +199,9 @@ class NotifyManager:
                     w.submit(addr, out.message)
 
     def _reschedule(self) -> None:
-        if self.loop is None:
-            return
-        due = self.router.next_due()
-        if due is None or (self._timer is not None and self._timer_at is not None and self._timer_at <= due):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = due
-        self._timer = self.loop.call_later(max(0.0, due - time.time()) + 0.01, self._on_timer)
+        self._timer.arm(self.loop, self.router.next_due())
 
     def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
         self._send(self.router.due(time.time()))
         self._reschedule()
 
