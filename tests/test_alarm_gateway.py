@@ -184,3 +184,36 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
     assert main(["alarms", "-c", str(path), "--json"]) == 0
     rows = __import__("json").loads(capsys.readouterr().out)
     assert {r["severity"] for r in rows} == {"warning", "critical"}
+
+
+def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_path):
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={
+        "alarms": {"rules": {"cell_voltage_float": {"on_delay_s": 0, "off_delay_s": 3}}, "ohmic_test": {"detect": "off"}},
+        "notify": {"relay": {"enabled": False}}})
+    gt = GatewayThread(path)
+    rec = Recorder()
+    gt.gateway.pm.register(rec)
+    with gt:
+        gw = gt.gateway
+        model = gw.simulator.model
+        ref = PointRef("cell.voltage", 1, 1)
+        seen = []
+        gw.store.subscribe(lambda batch: seen.extend(r.value for p, r in batch if p == ref))
+
+        def drive(volts):
+            with model.lock:
+                model.battery(1, 1).float_offset += volts - model.cell_voltage(1, 1)
+            n = len(seen)
+            gt.wait_for(lambda: len(seen) > n, timeout=10, what="a poll")
+
+        for i in range(10):  # 14.14 V, 14.08 V, ... around the 14.10 V setpoint (hysteresis 0.03 V, off-delay 3 s)
+            drive(14.14 if i % 2 == 0 else 14.08)
+        above = [v > 14.10 for v in seen[-10:]]
+        assert sum(a != b for a, b in zip(above, above[1:])) >= 7  # the value really crossed, again and again
+        crit = [e for e in rec.events if e.cell == 1 and e.severity == "critical"]
+        assert [e.raised for e in crit] == [True]  # one alarm, no flapping
+        drive(13.5)
+        gt.wait_for(lambda: any(not e.raised for e in rec.events if e.cell == 1 and e.severity == "critical"),
+                    timeout=15, what="clear after the off-delay")
+        crit = [e for e in rec.events if e.cell == 1 and e.severity == "critical"]
+        assert [e.raised for e in crit] == [True, False]

@@ -1,7 +1,8 @@
 """The alarm relay: the I/O module's DO switches the room's sound-and-light alarm on critical alarms.
 
 The relay follows the active-alarm table: on while an alarm of its severities is active (and, with
-``silence_on_ack``, not yet acknowledged), off otherwise.  Each event just asks for a sync; the write goes
+``silence_on_ack``, not yet acknowledged), off again when none is.  It never switches off a DO it did not
+switch on, so an operator or a Modbus client may use the output while no alarm wants it.  Each event just asks for a sync; the write goes
 through the engine (``gateway.engine.write_point``) in the gateway's event loop, from the worker thread.
 """
 from __future__ import annotations
@@ -62,6 +63,8 @@ class RelayNotifier(Notifier):
 
     def deliver(self, recipient: str | None, item: Item) -> None:
         on = self.wanted()
+        if not on and not self.state:
+            return  # the relay switches off only what it switched on: the DO is free for others until then
         current = self.gateway.store.value(self.ref)
         if self.state == on and current is not None and bool(current) == on:
             return
