@@ -8,6 +8,7 @@ import pytest
 
 from gateway.alarms.model import AlarmEvent
 from gateway.errors import ConfigError
+from gateway import notify
 from gateway.notify import parse_routes
 from gateway.notify.base import Ack, Notifier
 from gateway.notify.dispatch import RetryPolicy, Worker
@@ -157,3 +158,15 @@ def test_a_stopping_gateway_logs_what_is_still_waiting(caplog):
     with caplog.at_level(logging.ERROR, logger="gateway.notify.dispatch"):
         worker.stop(timeout=2)
     assert "alarm 3 (raised): not delivered: the gateway stopped (last error:" in caplog.text
+
+
+def test_notifier_config_errors_name_the_file_and_key(tmp_path):
+    from gateway.app import Gateway
+    from tests.support import small_bank, write_config
+
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={
+        "notify": {"webhook": {"enabled": True, "url": "mailto:ops@example.com"}}})
+    gw = Gateway(path)
+    with pytest.raises(ConfigError) as err:
+        notify.NotifyManager(gw, gw.config.section("notify"))
+    assert str(err.value).startswith(f"{path}: notify.webhook.url: expected an http:// or https:// URL")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..topology import StringConfig, Topology
+from ..topology import MAX_STRINGS, StringConfig, Topology
 
 # deviation from the string average by nominal voltage: (warning, alarm) in V (DOMAIN.md section 3)
 AVERAGE_DEVIATION_V = {2: (0.05, 0.10), 6: (0.10, 0.20), 12: (0.20, 0.40)}
@@ -203,9 +203,10 @@ SCHEMA = {
                       "properties": {"model": {"type": "string", "maxLength": 64}, "rules": RULES_MAP}},
         },
         "strings": {
-            "type": "array", "default": [], "maxItems": 4,
+            "type": "array", "default": [], "maxItems": MAX_STRINGS,
             "items": {"type": "object", "additionalProperties": False, "required": ["id"],
-                      "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 4}, "rules": RULES_MAP}},
+                      "properties": {"id": {"type": "integer", "minimum": 1, "maximum": MAX_STRINGS},
+                                     "rules": RULES_MAP}},
         },
         "di": {
             "type": "array", "default": [], "maxItems": 8,

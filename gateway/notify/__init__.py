@@ -128,7 +128,9 @@ class NotifyManager:
         for impl in reversed(hook.get_hookimpls()):
             try:
                 result = impl.function(*[{"gateway": gateway}[a] for a in impl.argnames])
-            except ConfigError:
+            except ConfigError as exc:  # name the config file the notifier could not know
+                if exc.file == "config":
+                    raise ConfigError(str(gateway.config.path), exc.path, exc.message) from None
                 raise
             except Exception:
                 log.exception("bmsgw_notifiers of plugin %s failed; its notifiers are off", impl.plugin_name)
