@@ -7,21 +7,25 @@ group ``bmsgw.plugins`` and from the folders named in the config's ``plugins.dir
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 import pluggy
+
+from .points import PointRef
 
 if TYPE_CHECKING:
     import argparse
 
     from .app import Gateway
     from .engine import CommEvent
-    from .points import PointRef, PointSpec
+    from .notify.base import Notifier
+    from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
 
 PROJECT = "bmsgw"
+LEVEL = {"normal": 0, "warning": 1, "critical": 2}  # alarm severities, ordered
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -43,26 +47,47 @@ class Service(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AlarmEvent:
-    """An alarm raised or cleared, as announced by ``bmsgw_alarm_event``.
+    """One transition of one alarm, as every notifier sees it (``bmsgw_alarm_event``).
 
-    ``id`` is the alarm engine's stable identifier (the same in the raise and the clear); ``object`` says what
-    the alarm is about ("string 2 cell 37", "bank", "bus1"); ``metric`` is the point family or condition
-    ("cell.ohmic", "comm.lost"); ``value``/``threshold`` are in the point's SI unit (``unit``; None when not
-    applicable); ``severity`` is "info", "warning" or "critical"; ``text`` is the sentence for a person;
-    ``ref`` the point concerned, when there is one; ``ts`` the wall-clock time of the transition.
+    ``raised`` is True when the alarm starts and False when it clears; ``ts`` is when that happened
+    (wall-clock seconds).  ``object`` names what is affected (``string 2 cell 37``, ``bus bus1``,
+    ``room``), ``metric`` the point family (``cell.ohmic_baseline_deviation``); ``value``/``threshold`` are
+    in the family's unit (see the point catalog); ``text`` is the sentence for a person.
+    ``acknowledged_by``/``acknowledged_ts`` are set once someone acknowledged the alarm
+    (``bmsgw_alarm_acknowledged`` carries the same record).
     """
 
-    id: str
+    alarm_id: int | str
     object: str
     metric: str
     value: float | None
     threshold: float | None
-    severity: str
+    severity: str  # warning | critical
     text: str
     raised: bool
     ts: float
-    unit: str | None = None
-    ref: PointRef | None = None
+    rule: str = ""
+    unit: str = ""
+    string: int | None = None
+    cell: int | None = None
+    channel: int | None = None
+    raised_ts: float | None = None
+    acknowledged_by: str | None = None
+    acknowledged_ts: float | None = None
+
+    @property
+    def level(self) -> int:
+        return LEVEL.get(self.severity, 0)
+
+    @property
+    def ref(self) -> PointRef | None:
+        """The point the alarm is about, when it is about one point."""
+        if self.string is None and self.cell is None and self.channel is None and "." not in self.metric:
+            return None
+        return PointRef(self.metric, self.string, self.cell, self.channel)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class GatewaySpecs:
@@ -139,12 +164,33 @@ class GatewaySpecs:
 
     @hookspec
     def bmsgw_alarm_event(self, gateway: Gateway, event: AlarmEvent) -> None:
-        """An alarm was raised (``event.raised``) or cleared.
+        """An alarm was raised (``event.raised`` True) or cleared (False).
 
-        Called by the alarm engine once per transition, in the gateway's event loop (another thread may use
-        ``gateway.loop.call_soon_threadsafe``).  Notifiers (SNMP traps/informs, e-mail, ...) and the SNMP
-        active-alarm table implement it; an implementation must not block: queue the delivery and return.
-        The return value is ignored.  ``event`` is an ``AlarmEvent`` (or any object with its attributes).
+        Called by ``gateway.alarms`` in the gateway's event loop, once per transition, with ``event`` carrying
+        ``alarm_id, object, metric, value, threshold, severity, text, raised, ts`` (see
+        ``AlarmEvent`` above).  Notifiers (SNMP traps, MQTT, the ``gateway.notify`` router for
+        e-mail, SMS, relay and webhook) implement it; each implementation is called on its own, so one that
+        raises does not stop the others.  Must not block: queue the work.  The return value is ignored.
+        """
+
+    @hookspec
+    def bmsgw_alarm_acknowledged(self, gateway: Gateway, event: AlarmEvent) -> None:
+        """Someone acknowledged an active alarm (``event.acknowledged_by`` / ``event.acknowledged_ts`` are set,
+        ``event.raised`` is True, ``event.ts`` is the acknowledgement time).
+
+        Called by ``gateway.alarms`` in the gateway's event loop after ``acknowledge(alarm_id, by)``
+        (from the web, REST or a Modbus write).  The alarm relay uses it to silence the horn.  Must not
+        block; the return value is ignored.
+        """
+
+    @hookspec
+    def bmsgw_notifiers(self, gateway: Gateway) -> list[Notifier]:
+        """Notifier objects this plugin brings (see ``gateway.notify.base.Notifier``): e-mail, SMS, relay, webhook.
+
+        Called once by ``gateway.notify`` when the gateway is ready.  The router gives each notifier its own
+        worker thread with retries and back-off: a *routed* notifier receives composed messages for the
+        recipients of the routes (severities, quiet hours, digests), an unrouted one receives every alarm
+        event of its severities.  Return [] when the plugin's config turns it off.
         """
 
 

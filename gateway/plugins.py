@@ -26,6 +26,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.io_module",
     "gateway.outputs.modbus_tcp",
     "gateway.outputs.snmp_agent",
+    "gateway.alarms",
+    "gateway.notify",
+    "gateway.notify.mail",
+    "gateway.notify.sms",
+    "gateway.notify.relay",
+    "gateway.notify.webhook",
 )
 
 

@@ -1,0 +1,348 @@
+"""The alarm manager: evaluates the rules on every batch the store publishes, keeps the active-alarm table,
+logs to SQLite, publishes the alarm-level points and calls ``bmsgw_alarm_event`` on every raise and clear.
+
+Threads: the store listener only queues the batch and schedules the evaluation on the gateway's event loop,
+so polling never waits for it; the log is written by its own thread.  ``acknowledge`` and the readers
+(``active``, ``history``) may be called from any thread (web server, Modbus server).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..points import PointRef, Quality, Reading
+from .evaluator import Evaluator, FloatPolicy, Transition
+from .log import AlarmLog, alarm_of
+from .messages import Messages
+from .model import LEVEL, ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
+from .rules import OWN_POINTS, resolve
+from .timer import DeadlineTimer
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+    from ..engine import CommEvent
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "alarms.sqlite"
+MAX_BY_LENGTH = 64
+
+
+def call_each(hook, **kwargs) -> None:
+    """Call every implementation of a hook on its own, so one failing plugin cannot silence the others."""
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            impl.function(*[kwargs[name] for name in impl.argnames])
+        except Exception:
+            log.exception("%s in plugin %s failed", hook.name, impl.plugin_name)
+
+
+class AlarmManager:
+    def __init__(self, gateway: Gateway, section: dict) -> None:
+        self.gateway = gateway
+        self.store = gateway.store
+        self.section = section
+        topo = gateway.topology
+        catalog = gateway.catalog
+        self.rules = resolve(section, topo, catalog, src=str(gateway.config.path))
+        self.evaluator = Evaluator(self.rules, {s.id: s.battery.capacity_ah for s in topo.strings},
+                                   FloatPolicy.from_section(section))
+        self.messages = Messages(topo, lambda pid: catalog[pid].unit if pid in catalog else "", self.store.value,
+                                 {d.key: d.label for d in topo.devices})
+        self.log = AlarmLog(gateway.config.state_dir / LOG_FILE)
+        self._lock = threading.RLock()
+        self._active: dict[int, ActiveAlarm] = {}
+        self._by_key: dict[AlarmKey, int] = {}
+        self._queue: deque[list[tuple[PointRef, Reading]]] = deque()
+        self._scheduled = False
+        self._timer = DeadlineTimer(self._on_timer)
+        self._published: dict[PointRef, float] = {}
+        self._lost_devices: set[str] = set()
+        # bank devices (charger monitor, I/O module): their points tell that a lost device answers again
+        self._ref_device = {ref: ds.device.key for ds in gateway.engine.device_states() if ds.device.string is None
+                            for ref in ds.refs}
+        self._level_refs = {pid: gateway.pointmap.refs(pid) for pid in OWN_POINTS if pid in catalog}
+        self._references = {r.reference: PointRef(r.reference) for rules in self.rules.index.values() for r in rules
+                            if r.reference}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.next_id = 1
+        self.events = 0
+        self.batches = 0
+        self.eval_seconds = 0.0
+        self.started = False
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Restore the alarms that were active at the last stop, publish the levels, subscribe to the store.
+        Called from ``bmsgw_gateway_ready`` in the gateway's event loop."""
+        if self.started:
+            return
+        self.loop = loop or asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        pruned = self.log.prune(self.section.get("log_keep_days", 730))
+        if pruned:
+            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned,
+                     self.section.get("log_keep_days"))
+        self.next_id = self.log.next_id()
+        self.log.start()
+        self._restore()
+        self._publish_levels()
+        self.store.subscribe(self._on_batch)
+        self.started = True
+        self._reschedule()
+
+    def stop(self) -> None:
+        self.store.unsubscribe(self._on_batch)
+        self._timer.cancel()
+        self.log.close()
+        self.started = False
+
+    def _restore(self) -> None:
+        now = time.time()
+        restored = dropped = 0
+        for row in self.log.load_active():
+            a = alarm_of(row)
+            cond = self.evaluator.restore(a.key, a.value, a.raised_ts)
+            if cond is None:  # its rule is gone or disabled since: the alarm ends here
+                text = f"{a.object}: alarm ended, its rule is no longer configured"
+                self.log.record_clear(a.alarm_id, now, None, text)
+                dropped += 1
+                continue
+            self._active[a.alarm_id] = a
+            self._by_key[a.key] = a.alarm_id
+            if a.key.device:
+                self._lost_devices.add(a.key.device)
+            restored += 1
+        if restored or dropped:
+            log.info("alarms: %d active alarms restored from the log, %d ended (rule removed)", restored, dropped)
+
+    # -- input -----------------------------------------------------------------------------------------------
+    def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        """The store listener: queue the batch, evaluate it on the event loop soon (never here)."""
+        self._queue.append(batch)
+        if self._scheduled or self.loop is None:
+            return
+        self._scheduled = True
+        if threading.get_ident() == self._loop_thread:
+            self.loop.call_soon(self._drain)
+        else:
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def on_comm_event(self, event: CommEvent) -> None:
+        """A bank device (charger monitor, I/O module) stopped answering or answers again.  Cell and string
+        sensors are watched through their ``cell.comm_status`` / ``string.comm_status`` points instead."""
+        dev = event.device
+        if dev.string is not None:
+            return
+        if event.lost:
+            self._lost_devices.add(dev.key)
+        else:
+            self._lost_devices.discard(dev.key)
+        self._apply(self.evaluator.update("device", None, None, None, 1.0 if event.lost else 0.0, event.ts,
+                                          device=dev.key))
+        self._reschedule()
+
+    def ohmic_test(self, string: int, ts: float | None = None) -> None:
+        """Tell the alarms that the string's sensors ran an ohmic test (float-voltage rules rest a while)."""
+        self.evaluator.ohmic_test(string, time.time() if ts is None else ts)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        t0 = time.perf_counter()
+        transitions: list[Transition] = []
+        while self._queue:
+            transitions.extend(self._evaluate(self._queue.popleft()))
+            self.batches += 1
+        self.eval_seconds += time.perf_counter() - t0
+        self._apply(transitions)
+        self._reschedule()
+
+    def _evaluate(self, batch: list[tuple[PointRef, Reading]]) -> list[Transition]:
+        ev = self.evaluator
+        index = self.rules.index
+        out: list[Transition] = []
+        for ref, reading in batch:
+            point = ref.point
+            if reading.quality is not Quality.GOOD or reading.value is None or point in OWN_POINTS:
+                continue
+            value = reading.value
+            if point == "string.current":
+                ev.observe_current(ref.string, value, reading.ts)
+            elif point == "cell.ohmic":
+                ev.observe_ohmic(ref.string, ref.cell, value, reading.ts)
+            if self._lost_devices:
+                dkey = self._ref_device.get(ref)
+                if dkey is not None and dkey in self._lost_devices:  # answers again (seen after a restart)
+                    self._lost_devices.discard(dkey)
+                    out.extend(ev.update("device", None, None, None, 0.0, reading.ts, device=dkey))
+            if (point, ref.string) not in index:
+                continue
+            out.extend(ev.update(point, ref.string, ref.cell, ref.channel, value, reading.ts, self._reference))
+        return out
+
+    def _reference(self, pid: str) -> float | None:
+        ref = self._references.get(pid)
+        return self.store.value(ref) if ref is not None else None
+
+    # -- timers ----------------------------------------------------------------------------------------------
+    def _reschedule(self) -> None:
+        self._timer.arm(self.loop, self.evaluator.next_deadline())
+
+    def _on_timer(self) -> None:
+        self._apply(self.evaluator.tick(time.time()))
+        self._reschedule()
+
+    # -- transitions -----------------------------------------------------------------------------------------
+    def _apply(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        events: list[AlarmEvent] = []
+        for t in transitions:
+            if t.raised:
+                events.append(self._raise(t))
+            else:
+                ev = self._clear(t)
+                if ev is not None:
+                    events.append(ev)
+        self._publish_levels()
+        for ev in events:
+            self.events += 1
+            log.log(logging.WARNING if ev.raised else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
+                    ev.severity if ev.raised else "cleared", ev.object, ev.text)
+            call_each(self.gateway.pm.hook.bmsgw_alarm_event, gateway=self.gateway, event=ev)
+
+    def _raise(self, t: Transition) -> AlarmEvent:
+        key = t.key
+        text = self.messages.raised(key, t.rule, t.value, t.raw, t.threshold)
+        with self._lock:
+            alarm_id = self.next_id
+            self.next_id += 1
+            a = ActiveAlarm(alarm_id, key, self.messages.object_id(key), key.point if key.point != "device" else
+                            "comm_status", self.messages.unit_of(key.point), key.severity, t.threshold, t.value, t.ts,
+                            text, t.value, t.ts)
+            self._active[alarm_id] = a
+            self._by_key[key] = alarm_id
+        self.log.record_raise(a)
+        return a.event(True, t.ts)
+
+    def _clear(self, t: Transition) -> AlarmEvent | None:
+        with self._lock:
+            alarm_id = self._by_key.pop(t.key, None)
+            a = self._active.pop(alarm_id, None) if alarm_id is not None else None
+        if a is None:
+            return None
+        text = self.messages.cleared(t.key, t.rule, t.value, t.raw)
+        self.log.record_clear(a.alarm_id, t.ts, t.value, text)
+        return a.event(False, t.ts, value=t.value, text=text)
+
+    def _publish_levels(self) -> None:
+        with self._lock:
+            alarms = list(self._active.values())
+        want: dict[PointRef, float] = {}
+        for pid, refs in self._level_refs.items():
+            for ref in refs:
+                want[ref] = 0.0
+        cells, strings, top = {}, {}, 0
+        for a in alarms:
+            lvl = a.level
+            k = a.key
+            top = max(top, lvl)
+            if k.string is not None:
+                strings[k.string] = max(strings.get(k.string, 0), lvl)
+                if k.cell is not None:
+                    cells[(k.string, k.cell)] = max(cells.get((k.string, k.cell), 0), lvl)
+        for (s, c), lvl in cells.items():
+            want[PointRef("cell.alarm_level", s, c)] = float(lvl)
+        for s, lvl in strings.items():
+            want[PointRef("string.alarm_level", s)] = float(lvl)
+        want[PointRef("bank.alarms_active")] = float(len(alarms))
+        want[PointRef("bank.alarm_level")] = float(top)
+        ts = time.time()
+        changed = [(ref, Reading(v, Quality.GOOD, ts)) for ref, v in want.items()
+                   if self._published.get(ref) != v and (ref in self.gateway.pointmap.by_ref)]
+        if changed:
+            self._published.update((ref, r.value) for ref, r in changed)
+            self.store.put_many(changed)
+
+    # -- acknowledge and read (any thread) -------------------------------------------------------------------
+    def acknowledge(self, alarm_id: int, by: str) -> bool:
+        """Acknowledge an active alarm.  True when it is acknowledged now, False when it already was.
+
+        ``by`` names who did it (a user name, ``modbus``, ``snmp``); raises ``UnknownAlarm`` for an id that
+        is not active and ``ValueError`` for an empty ``by``.
+        """
+        who = " ".join(str(by).split())[:MAX_BY_LENGTH]
+        if not who:
+            raise ValueError("say who acknowledges the alarm")
+        try:
+            alarm_id = int(alarm_id)
+        except (TypeError, ValueError):
+            raise UnknownAlarm(alarm_id) from None
+        ts = time.time()
+        with self._lock:
+            a = self._active.get(alarm_id)
+            if a is None:
+                raise UnknownAlarm(alarm_id)
+            if a.acknowledged:
+                return False
+            a.acknowledged_by, a.acknowledged_ts = who, ts
+            event = a.event(True, ts)
+        self.log.record_ack(alarm_id, who, ts)
+        log.info("alarm %d acknowledged by %s: %s", alarm_id, who, a.text)
+        self._in_loop(call_each, self.gateway.pm.hook.bmsgw_alarm_acknowledged, gateway=self.gateway, event=event)
+        return True
+
+    def acknowledge_all(self, by: str, severity: str | None = None) -> int:
+        """Acknowledge every active alarm (of ``severity``, when given); returns how many were acknowledged."""
+        n = 0
+        for a in self.active():
+            if not a.acknowledged and (severity is None or a.severity == severity):
+                try:
+                    n += bool(self.acknowledge(a.alarm_id, by))
+                except UnknownAlarm:
+                    pass  # cleared meanwhile
+        return n
+
+    def active(self) -> list[ActiveAlarm]:
+        """The active-alarm table (copies), most severe first, then oldest first."""
+        with self._lock:
+            rows = [a.copy() for a in self._active.values()]
+        conds = self.evaluator.conditions
+        for a in rows:
+            c = conds.get(a.key)
+            if c is not None and c.value is not None:
+                a.last_value, a.last_ts = c.value, c.ts
+        rows.sort(key=lambda a: (-a.level, a.raised_ts, a.alarm_id))
+        return rows
+
+    def get(self, alarm_id: int) -> ActiveAlarm | None:
+        with self._lock:
+            a = self._active.get(int(alarm_id))
+            return a.copy() if a else None
+
+    def history(self, limit: int = 100, since: float | None = None, active_only: bool = False,
+                string: int | None = None) -> list[dict]:
+        """The alarm log, newest first (waits for queued writes, so it includes the latest changes)."""
+        self.log.flush(timeout=5.0)
+        return self.log.history(limit, since, active_only, string)
+
+    def status(self) -> dict[str, Any]:
+        rows = self.active()
+        return {"active": len(rows), "critical": sum(a.severity == "critical" for a in rows),
+                "warning": sum(a.severity == "warning" for a in rows),
+                "unacknowledged": sum(not a.acknowledged for a in rows), "events": self.events,
+                "level": max((a.level for a in rows), default=0), "log": str(self.log.path)}
+
+    def _in_loop(self, fn, *args, **kwargs) -> None:
+        if self.loop is None or threading.get_ident() == self._loop_thread or self.loop.is_closed():
+            fn(*args, **kwargs)
+        else:
+            self.loop.call_soon_threadsafe(lambda: fn(*args, **kwargs))
+
+
+__all__ = ["AlarmManager", "LEVEL", "call_each"]

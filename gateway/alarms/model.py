@@ -1,0 +1,88 @@
+"""The records of the alarm system: what an alarm is keyed by, the active alarm, and the event on the hook."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..hookspecs import LEVEL, AlarmEvent  # the record on the hook is part of the contract
+
+SEVERITIES = ("warning", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmKey:
+    """What one alarm condition watches: a rule's side (high/low) at one severity, on one point or device.
+
+    ``point`` is the point family (``cell.voltage``) or ``device`` for a bank device's communication alarm,
+    which carries the device's ``bus:address`` in ``device``.
+    """
+
+    rule: str
+    side: str  # high | low
+    severity: str  # warning | critical
+    point: str
+    string: int | None = None
+    cell: int | None = None
+    channel: int | None = None
+    device: str = ""
+
+    def __str__(self) -> str:
+        where = " ".join(f"{k}={v}" for k, v in (("string", self.string), ("cell", self.cell),
+                                                 ("channel", self.channel), ("device", self.device or None))
+                         if v is not None)
+        return f"{self.rule}/{self.side}/{self.severity} {self.point} {where}".rstrip()
+
+
+@dataclass(slots=True)
+class ActiveAlarm:
+    """A row of the active-alarm table.  Mutated only under the manager's lock; readers get copies."""
+
+    alarm_id: int
+    key: AlarmKey
+    object: str
+    metric: str
+    unit: str
+    severity: str
+    threshold: float | None
+    value: float | None  # value when it was raised
+    raised_ts: float
+    text: str
+    last_value: float | None = None
+    last_ts: float | None = None
+    acknowledged_by: str | None = None
+    acknowledged_ts: float | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acknowledged_by is not None
+
+    @property
+    def level(self) -> int:
+        return LEVEL.get(self.severity, 0)
+
+    def event(self, raised: bool, ts: float, value: float | None = None, text: str | None = None) -> AlarmEvent:
+        return AlarmEvent(alarm_id=self.alarm_id, object=self.object, metric=self.metric,
+                          value=self.value if value is None else value, threshold=self.threshold,
+                          severity=self.severity, text=self.text if text is None else text, raised=raised, ts=ts,
+                          rule=self.key.rule, unit=self.unit, string=self.key.string, cell=self.key.cell,
+                          channel=self.key.channel, raised_ts=self.raised_ts,
+                          acknowledged_by=self.acknowledged_by, acknowledged_ts=self.acknowledged_ts)
+
+    def to_dict(self) -> dict:
+        return {"alarm_id": self.alarm_id, "rule": self.key.rule, "side": self.key.side, "severity": self.severity,
+                "object": self.object, "metric": self.metric, "unit": self.unit, "string": self.key.string,
+                "cell": self.key.cell, "channel": self.key.channel, "device": self.key.device or None,
+                "value": self.value, "threshold": self.threshold, "last_value": self.last_value,
+                "raised_ts": self.raised_ts, "text": self.text, "acknowledged": self.acknowledged,
+                "acknowledged_by": self.acknowledged_by, "acknowledged_ts": self.acknowledged_ts}
+
+    def copy(self) -> "ActiveAlarm":
+        return ActiveAlarm(self.alarm_id, self.key, self.object, self.metric, self.unit, self.severity, self.threshold,
+                           self.value, self.raised_ts, self.text, self.last_value, self.last_ts,
+                           self.acknowledged_by, self.acknowledged_ts)
+
+
+class UnknownAlarm(KeyError):
+    """``acknowledge`` was given an id that is not an active alarm."""
+
+    def __str__(self) -> str:
+        return f"no active alarm with id {self.args[0]}"

@@ -1,0 +1,86 @@
+"""A webhook: every alarm event (and acknowledgement) as a JSON POST, with urllib."""
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+from ..alarms.model import AlarmEvent
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+from .base import Ack, DeliveryError, Item, Notifier
+
+log = logging.getLogger(__name__)
+
+SCHEMA = {
+    "type": "object", "additionalProperties": False, "default": {},
+    "properties": {
+        "enabled": {"type": "boolean", "default": False},
+        "url": {"type": "string", "maxLength": 2048, "default": ""},
+        "severities": {"type": "array", "items": {"enum": ["warning", "critical"]}, "uniqueItems": True,
+                       "default": ["warning", "critical"]},
+        "acks": {"type": "boolean", "default": True, "description": "also post acknowledgements"},
+        "headers": {"type": "object", "default": {}, "maxProperties": 16,
+                    "additionalProperties": {"type": "string", "maxLength": 1024},
+                    "description": "extra request headers, e.g. Authorization"},
+        "timeout_s": {"type": "number", "minimum": 1, "maximum": 120, "default": 10},
+    },
+}
+
+
+class WebhookNotifier(Notifier):
+    name = "webhook"
+    routed = False
+
+    def __init__(self, cfg: dict, site: dict) -> None:
+        url = cfg.get("url", "")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("config", "notify.webhook.url", f"expected an http:// or https:// URL, got {url!r}")
+        self.url = url
+        self.severities = frozenset(cfg.get("severities", ["warning", "critical"]))
+        self.acks = bool(cfg.get("acks", True))
+        self.headers = {"Content-Type": "application/json", "User-Agent": "bmsgw",
+                        **{str(k): str(v) for k, v in (cfg.get("headers") or {}).items()}}
+        self.timeout = float(cfg.get("timeout_s", 10))
+        self.site = {"name": site.get("name"), "id": site.get("id")}
+        self.posted = 0
+
+    def describe(self) -> str:
+        p = urlsplit(self.url)
+        return f"{p.scheme}://{p.netloc}{p.path}"
+
+    def payload(self, item: Item) -> dict | None:
+        if isinstance(item, AlarmEvent):
+            return {"type": "alarm", "state": "raised" if item.raised else "cleared", "site": self.site,
+                    **item.to_dict()}
+        if isinstance(item, Ack):
+            return {"type": "acknowledgement", "state": "acknowledged", "site": self.site, **item.event.to_dict()}
+        return None
+
+    def deliver(self, recipient: str | None, item: Item) -> None:
+        body = self.payload(item)
+        if body is None:
+            return
+        data = json.dumps(body).encode()
+        req = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                resp.read(65536)
+        except urllib.error.HTTPError as exc:
+            retry = exc.code >= 500 or exc.code in (408, 429)
+            raise DeliveryError(f"{self.describe()} answered {exc.code} {exc.reason}", permanent=not retry) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DeliveryError(f"{self.describe()}: {reason}") from None
+        self.posted += 1
+
+
+@hookimpl
+def bmsgw_notifiers(gateway) -> list[Notifier]:
+    cfg = gateway.config.section("notify").get("webhook", {})
+    if not cfg.get("enabled"):
+        return []
+    return [WebhookNotifier(cfg, gateway.config.section("site"))]
