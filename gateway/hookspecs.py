@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import argparse
 
     from .app import Gateway
+    from .config import Config
     from .engine import CommEvent
     from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
@@ -98,3 +99,15 @@ class GatewaySpecs:
     @hookspec
     def bmsgw_status(self, gateway: Gateway) -> dict[str, Any]:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
+
+    @hookspec(firstresult=True)
+    def bmsgw_alarm_log(self, config: Config, start: float, end: float, string: int | None) -> list[dict] | None:
+        """The alarm log of a period, for reports (``bmsgw report``, ``gateway.reports.make_report``).
+
+        Called once per report, in the report's process (the gateway itself may or may not be running: read
+        what the alarm plugin persisted under ``config.state_dir``).  Return None when this plugin keeps no
+        alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
+        first, as dicts with at least ``raised`` (unix s), ``cleared`` (unix s or None), ``severity``
+        ("warning" or "critical") and ``text``, and where known ``point``, ``string``, ``cell``, ``value``,
+        ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and bank-wide ones.
+        """

@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.io_module",
     "gateway.analytics",
     "gateway.history",
+    "gateway.reports",
 )
 
 

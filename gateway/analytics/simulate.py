@@ -71,7 +71,8 @@ def run(model: BankModel, store: PointStore, analytics, until: float, cadence: C
 
 
 def run_days(model: BankModel, store: PointStore, analytics, days: float, per_day: int = 12, emf: bool = False,
-             transform: Callable[[float, list], list] | None = None, jobs_every_days: float = 0.0) -> None:
+             transform: Callable[[float, list], list] | None = None, jobs_every_days: float = 0.0,
+             on_step: Callable[[float], None] | None = None) -> None:
     """Months or years quickly: the model's clock jumps ``per_day`` times a day (the strings keep their
     present mode; aging, temperatures and float voltages follow the clock), every reading is taken at each
     jump, and the analytics ticks.  ``transform(t, batch)`` may alter a batch (inject a fault);
@@ -94,3 +95,5 @@ def run_days(model: BankModel, store: PointStore, analytics, days: float, per_da
         if t >= next_jobs:
             analytics.run_jobs(t)
             next_jobs = t + jobs_every_days * 86400.0
+        if on_step is not None:
+            on_step(t)

@@ -482,9 +482,7 @@ class HistoryDB:
                         s.t.append(ts), s.mean.append(v), s.min.append(v), s.max.append(v)
             return
         sec = tier.seconds
-        rows = c.execute(f"SELECT b, v FROM {tier.table} WHERE sid=? AND b>=? AND b<=?",
-                         (info.sid, int(start // sec), int(end // sec)))
-        for b, blob in rows:
+        for b, _n, blob in self._roll_rows(info.sid, tier, start, end):
             ts = float(b * sec)
             if single:
                 (index, s), = outs.items()
@@ -504,6 +502,32 @@ class HistoryDB:
                 s.mean.append(un(vec[n + index]))
                 s.min.append(un(vec[index]))
                 s.max.append(un(vec[2 * n + index]))
+
+    def _roll_rows(self, sid: int, tier: Tier, start: float, end: float) -> list[tuple[int, int, bytes]]:
+        """A roll-up tier's rows ``(b, n, blob)`` in [start, end]; buckets not rolled up yet (the present hour,
+        day ...) are aggregated on the fly from the finer tier, so a trend reaches the present."""
+        sec = tier.seconds
+        b0, b1 = int(start // sec), int(end // sec)
+        rows = self.conn().execute(f"SELECT b, n, v FROM {tier.table} WHERE sid=? AND b>=? AND b<=? ORDER BY b",
+                                   (sid, b0, b1)).fetchall()
+        i = self.tiers.index(tier)
+        if i == 0:
+            return rows
+        rolled = self.meta(f"rolled_{sec}")
+        tail = int(rolled) + 1 if rolled is not None else b0
+        if tail > b1:
+            return rows
+        finer = self.tiers[i - 1]
+        groups: dict[int, list[tuple[int, bytes]]] = {}
+        for fb, n, blob in self._roll_rows(sid, finer, max(start, tail * sec), end):
+            groups.setdefault(fb * finer.seconds // sec, []).append((n, blob))
+        have = {r[0] for r in rows}
+        for cb in sorted(groups):
+            if cb not in have and b0 <= cb <= b1:
+                blob, n = merge_rollups(groups[cb])
+                rows.append((cb, n, blob))
+        rows.sort(key=lambda r: r[0])
+        return rows
 
     def latest(self, point: str, string: int | None = None, cell: int | None = None,
                channel: int | None = None, before: float | None = None, window_s: float = 86400.0) -> tuple[float, float] | None:
@@ -533,8 +557,7 @@ class HistoryDB:
                 rows = c.execute("SELECT t + ?, v FROM raw WHERE t>=? AND t<=? AND sid=?",
                                  (EPOCH, math.floor(start) - EPOCH, math.floor(end) - EPOCH, info.sid))
             else:
-                rows = c.execute(f"SELECT b * ?, v FROM {tier.table} WHERE sid=? AND b>=? AND b<=?",
-                                 (tier.seconds, info.sid, int(start // tier.seconds), int(end // tier.seconds)))
+                rows = [(b * tier.seconds, blob) for b, _n, blob in self._roll_rows(info.sid, tier, start, end)]
             for ts, blob in rows:
                 vec = decode_vector(blob)
                 n = len(vec) if tier.seconds == 0 else len(vec) // 3
