@@ -3,7 +3,6 @@ deterioration diagnosis on labelled simulated cases; all in simulated time."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 import random
 
 import pytest

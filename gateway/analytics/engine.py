@@ -19,7 +19,7 @@ from ..points import PointRef, PointStore, Quality, Reading
 from ..topology import StringConfig
 from . import diagnosis as dg
 from .forecast import YEAR_S, aging_factor, forecast_crossing, life_budget_years
-from .soc import DISCHARGING, FLOAT, REST, SocParams, StringSoc, soc_from_ocv
+from .soc import FLOAT, REST, SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Analytics:
         now = time.time() if now is None else now
         if now >= self._next_gen_check:
             self.check_external(now)
-            self._next_gen_check = now + 10.0
+            self._next_gen_check = now + 1.0
         day = int(now // DAY_S)
         if day != self.acc_day:
             self.flush_daily()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import sqlite3
-import struct
 import sys
 import threading
 import time
@@ -74,25 +73,13 @@ def decode_vector(blob: bytes) -> list[int | None]:
     return [None if v == na else v for v in arr]
 
 
-def decode_element(blob: bytes, index: int, parts: int = 1, part: int = 0) -> int | None:
-    """One element of a vector (or of part ``part`` of ``parts`` equal-length vectors packed together)."""
-    tc = chr(blob[0])
-    size = _SIZE[tc]
-    n = (len(blob) - 1) // size // parts
-    if index >= n:
-        return None
-    (v,) = struct.unpack_from("<" + tc, blob, 1 + (part * n + index) * size)
-    return None if v == _NA[tc] else v
-
-
 def unscaler(scale: float):
     """value = stored integer x scale, without binary noise: 3 x 0.1 -> 0.3 (divide by 10 instead)."""
     if 0 < scale < 1:
         inv = 1.0 / scale
         if abs(inv - round(inv)) < 1e-6 * inv:
-            div = float(round(inv))
-            return lambda v: v / div
-    return lambda v: v * scale
+            return float(round(inv)).__rtruediv__  # v -> v / div (a bound method: fast in map())
+    return float(scale).__mul__
 
 
 def tier_name(seconds: int) -> str:
@@ -459,49 +446,15 @@ class HistoryDB:
         return (row[0] - 1) // _SIZE[chr(row[1][0])] // 3
 
     def _fill(self, outs: dict[int, Series], info: SeriesInfo, tier: Tier, start: float, end: float) -> None:
-        un = unscaler(info.scale)
-        c = self.conn()
-        single = len(outs) == 1
         if tier.seconds == 0:
-            rows = c.execute("SELECT t, v FROM raw WHERE t>=? AND t<=? AND sid=?",
-                             (math.floor(start) - EPOCH, math.floor(end) - EPOCH, info.sid))
-            for t, blob in rows:
-                ts = float(t + EPOCH)
-                if single:
-                    (index, s), = outs.items()
-                    v = decode_element(blob, index)
-                    if v is not None:
-                        v = un(v)
-                        s.t.append(ts), s.mean.append(v), s.min.append(v), s.max.append(v)
-                    continue
-                vec = decode_vector(blob)
-                for index, s in outs.items():
-                    v = vec[index] if index < len(vec) else None
-                    if v is not None:
-                        v = un(v)
-                        s.t.append(ts), s.mean.append(v), s.min.append(v), s.max.append(v)
-            return
-        sec = tier.seconds
-        for b, _n, blob in self._roll_rows(info.sid, tier, start, end):
-            ts = float(b * sec)
-            if single:
-                (index, s), = outs.items()
-                mean = decode_element(blob, index, 3, 1)
-                if mean is not None:
-                    s.t.append(ts)
-                    s.mean.append(un(mean))
-                    s.min.append(un(decode_element(blob, index, 3, 0)))
-                    s.max.append(un(decode_element(blob, index, 3, 2)))
-                continue
-            vec = decode_vector(blob)
-            n = len(vec) // 3
-            for index, s in outs.items():
-                if index >= n or vec[n + index] is None:
-                    continue
-                s.t.append(ts)
-                s.mean.append(un(vec[n + index]))
-                s.min.append(un(vec[index]))
-                s.max.append(un(vec[2 * n + index]))
+            rows = [(float(t + EPOCH), blob) for t, blob in self.conn().execute(
+                "SELECT t, v FROM raw WHERE t>=? AND t<=? AND sid=?",
+                (math.floor(start) - EPOCH, math.floor(end) - EPOCH, info.sid))]
+            _decode_into(outs, rows, 1, unscaler(info.scale))
+        else:
+            sec = tier.seconds
+            rows = [(float(b * sec), blob) for b, _n, blob in self._roll_rows(info.sid, tier, start, end)]
+            _decode_into(outs, rows, 3, unscaler(info.scale))
 
     def _roll_rows(self, sid: int, tier: Tier, start: float, end: float) -> list[tuple[int, int, bytes]]:
         """A roll-up tier's rows ``(b, n, blob)`` in [start, end]; buckets not rolled up yet (the present hour,
@@ -514,7 +467,10 @@ class HistoryDB:
         if i == 0:
             return rows
         rolled = self.meta(f"rolled_{sec}")
-        tail = int(rolled) + 1 if rolled is not None else b0
+        if rolled is not None:
+            tail = int(rolled) + 1
+        else:  # never rolled by a recorder (an imported or copied file): what is stored is what there is
+            tail = rows[-1][0] + 1 if rows else b0
         if tail > b1:
             return rows
         finer = self.tiers[i - 1]
@@ -590,6 +546,46 @@ class HistoryDB:
         except sqlite3.OperationalError:
             pass
         return out
+
+
+def _decode_into(outs: dict[int, Series], rows: list[tuple[float, bytes]], parts: int, un) -> None:
+    """Append element ``index`` of each row to ``outs[index]``.  Consecutive rows of the same layout are joined
+    into one array and each element's series is a strided slice of it (C speed, not a loop per value).
+    ``parts``: 1 for raw rows (one vector), 3 for roll-up rows (min, mean, max vectors)."""
+    k = 0
+    while k < len(rows):
+        head = rows[k][1]
+        j = k
+        while j < len(rows) and len(rows[j][1]) == len(head) and rows[j][1][0] == head[0]:
+            j += 1
+        tc = chr(head[0])
+        arr = array(tc)
+        arr.frombytes(b"".join(blob[1:] for _, blob in rows[k:j]))
+        if _BIG_ENDIAN:
+            arr.byteswap()
+        width = (len(head) - 1) // _SIZE[tc]
+        n = width // parts
+        times = [t for t, _ in rows[k:j]]
+        na = _NA[tc]
+        mid = n if parts == 3 else 0
+        for index, s in outs.items():
+            if index >= n:
+                continue
+            means = arr[mid + index::width]
+            lows = arr[index::width] if parts == 3 else means
+            highs = arr[2 * n + index::width] if parts == 3 else means
+            if na in means:
+                keep = [i for i, m in enumerate(means) if m != na]
+                s.t.extend(times[i] for i in keep)
+                means = [means[i] for i in keep]
+                lows = [lows[i] for i in keep]
+                highs = [highs[i] for i in keep]
+            else:
+                s.t.extend(times)
+            s.mean.extend(map(un, means))
+            s.min.extend(map(un, lows))
+            s.max.extend(map(un, highs))
+        k = j
 
 
 def _keys(info: SeriesInfo, index: int) -> tuple[int | None, int | None, int | None]:

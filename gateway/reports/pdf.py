@@ -15,7 +15,6 @@ from reportlab.lib.units import mm
 from reportlab.platypus import (KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table,
                                 TableStyle)
 
-from ..analytics.diagnosis import LABELS
 from ..analytics.soc import STATE_NAMES
 from .data import Progress, ReportContext, fmt_ts
 
