@@ -143,13 +143,16 @@ class AnalyticsService:
 
     async def _run(self) -> None:
         engine = self.engine
+        gw = self.gateway
         while True:
             now = time.time()
             try:
-                engine.tick(now)
+                # computed in a worker thread (hundreds of ms on the controller for 480 batteries), put into
+                # the store from the loop, where the store's listeners expect to be called
+                out = await asyncio.to_thread(engine.tick, now, False)
+                gw.store.put_many(out)
                 if engine.jobs_due(now):
-                    engine.flush_daily()
-                    await asyncio.to_thread(engine.run_jobs, now, False)
+                    await asyncio.to_thread(engine.run_jobs, now)
             except Exception:
                 self.errors += 1
                 log.exception("analytics: tick failed")

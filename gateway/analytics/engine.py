@@ -12,13 +12,15 @@ import datetime as dt
 import logging
 import math
 import statistics
+import threading
 import time
+from collections import deque
 from typing import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..topology import StringConfig
 from . import diagnosis as dg
-from .forecast import YEAR_S, aging_factor, forecast_crossing, life_budget_years
+from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years
 from .soc import FLOAT, REST, SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
@@ -69,9 +71,11 @@ class Analytics:
         self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
                             for p in ("string.voltage", "string.current")}
         self.ambient_ref = PointRef("io.ambient_temperature")
-        self._seen: dict[PointRef, float] = {}
+        self._seen: dict[tuple, float] = {}
+        self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
+        self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
-        self._last_pub: dict[PointRef, tuple[float | None, float]] = {}
+        self._last_pub: dict[tuple, tuple[float | None, float]] = {}
         self.republish_s = float(cfg.get("republish_s", 60.0))  # unchanged values are put again this often
         self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.acc_day = int(now // DAY_S)
@@ -113,33 +117,44 @@ class Analytics:
 
     # -- store listener ------------------------------------------------------------------------------------------
     def observe(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        """The store listener: only queues what the SOC needs (string currents, and battery voltages for a
+        discharge's sag), in order; ``tick`` integrates it, so a slow tick never holds up the poller."""
+        inbox = self._inbox
         for ref, r in batch:
             point = ref.point
+            if (point == "string.current" or point == "cell.voltage") and r.quality is _GOOD and r.value is not None:
+                inbox.append((point, ref.string, ref.cell, r.value, r.ts))
+
+    def _drain(self) -> None:
+        inbox = self._inbox
+        socs = self.soc
+        while inbox:
+            point, string, cell, value, ts = inbox.popleft()
+            soc = socs.get(string)
+            if soc is None:
+                continue
             if point == "string.current":
-                soc = self.soc.get(ref.string)
-                if soc is not None and r.quality is _GOOD and r.value is not None:
-                    soc.on_current(r.value, r.ts)
-            elif point == "cell.voltage":
-                soc = self.soc.get(ref.string)
-                if (soc is not None and soc.event is not None and r.quality is _GOOD and r.value is not None
-                        and r.ts >= soc.event.start):
-                    soc.event.add_voltage(ref.cell, r.value, soc._last_i or 0.0)
+                soc.on_current(value, ts)
+            elif soc.event is not None and ts >= soc.event.start:
+                soc.event.add_voltage(cell, value, soc._last_i or 0.0)
 
     # -- the periodic computation ---------------------------------------------------------------------------------
     def _good(self, ref: PointRef) -> Reading | None:
         r = self.store.get(ref)
         return r if r is not None and r.quality is _GOOD and r.value is not None else None
 
-    def _new(self, ref: PointRef, r: Reading | None) -> bool:
-        if r is None:
-            return False
-        if self._seen.get(ref, -1.0) >= r.ts:
-            return False
-        self._seen[ref] = r.ts
-        return True
 
-    def tick(self, now: float | None = None) -> list[tuple[PointRef, Reading]]:
-        now = time.time() if now is None else now
+    def tick(self, now: float | None = None, publish: bool = True) -> list[tuple[PointRef, Reading]]:
+        """Compute every derived value at ``now`` and put the changed ones into the store (or, with
+        ``publish=False``, only return them: the service computes in a worker thread and puts in the loop)."""
+        with self.lock:
+            out = self._tick(time.time() if now is None else now)
+        if publish:
+            self.store.put_many(out)
+        return out
+
+    def _tick(self, now: float) -> list[tuple[PointRef, Reading]]:
+        self._drain()
         if now >= self._next_gen_check:
             self.check_external(now)
             self._next_gen_check = now + 1.0
@@ -155,20 +170,22 @@ class Analytics:
         amb_r = self._good(self.ambient_ref)
         ambient = amb_r.value if amb_r is not None else None
         out: list[tuple[PointRef, Reading]] = []
+        get = self.store.get
+        seen = self._seen
 
         refs = self._out_refs
         last = self._last_pub
         republish = self.republish_s
 
         def put(point: str, value: float | None, string: int, cell: int | None = None) -> None:
-            key = (point, string, cell)
+            key = (point, string, cell)  # plain tuples hash in C; PointRef's hash is Python code
+            old = last.get(key)
+            if old is not None and old[0] == value and now - old[1] < republish:
+                return
+            last[key] = (value, now)
             ref = refs.get(key)
             if ref is None:
                 ref = refs[key] = PointRef(point, string, cell)
-            old = last.get(ref)
-            if old is not None and old[0] == value and now - old[1] < republish:
-                return
-            last[ref] = (value, now)
             out.append((ref, Reading(value, _GOOD, now)))
 
         for sid, s in self.strings.items():
@@ -178,15 +195,17 @@ class Analytics:
             ohms: dict[int, float] = {}
             emfs: dict[int, float] = {}
             new_v, new_t, new_o, new_e = set(), set(), set(), set()
+            inputs = (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
+                      ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e))
             for c in range(1, s.cells + 1):
                 key = (sid, c)
-                for point, dest, new in (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
-                                         ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e)):
-                    ref = self.refs[point][key]
-                    r = self._good(ref)
-                    if r is not None:
+                for point, dest, new in inputs:
+                    r = get(self.refs[point][key])
+                    if r is not None and r.quality is _GOOD and r.value is not None:
                         dest[c] = r.value
-                        if self._new(ref, r):
+                        seen_key = (point, sid, c)
+                        if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
+                            seen[seen_key] = r.ts
                             new.add(c)
             v_avg = _mean(volts.values())
             t_med = statistics.median(temps.values()) if temps else None
@@ -281,7 +300,6 @@ class Analytics:
         if now >= self._next_life_save:
             self.save_life(now)
             self._next_life_save = now + 600.0
-        self.store.put_many(out)
         return out
 
     def _first_seen(self, key: tuple[int, int], now: float) -> None:
@@ -323,9 +341,10 @@ class Analytics:
 
     def close(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self.flush_daily()
-        self.save_soc()
-        self.save_life(now)
+        with self.lock:
+            self.flush_daily()
+            self.save_soc()
+            self.save_life(now)
 
     # -- baselines ----------------------------------------------------------------------------------------------
     def auto_baselines(self, now: float) -> list[Baseline]:
@@ -365,9 +384,12 @@ class Analytics:
         return now >= self.next_jobs
 
     def run_jobs(self, now: float | None = None, flush: bool = True) -> dict[tuple[int, int], dict]:
-        """Forecast and diagnose every battery from its daily aggregates.  ``flush``: merge the open day
-        first (call with False from a worker thread after flushing in the loop)."""
-        now = time.time() if now is None else now
+        """Forecast and diagnose every battery from its daily aggregates (the open day merged in first unless
+        ``flush`` is False).  Seconds of CPU for a full bank on the controller: the service runs it in a thread."""
+        with self.lock:  # held throughout: close() waits for a job in flight
+            return self._run_jobs(time.time() if now is None else now, flush)
+
+    def _run_jobs(self, now: float, flush: bool) -> dict[tuple[int, int], dict]:
         if flush:
             self.flush_daily()
         fcfg = self.cfg["forecast"]
@@ -423,8 +445,9 @@ class Analytics:
             pts = [p for p in pts if p[0] >= -fcfg["window_days"] / 365.25]
             if len(pts) >= fcfg["min_days"] and (pts[-1][0] - pts[0][0]) * 365.25 >= 0.8 * fcfg["min_days"]:
                 x, y = [p[0] for p in pts], [p[1] for p in pts]
-                f30 = forecast_crossing(x, y, th["replace_pct"], horizon)
-                f50 = forecast_crossing(x, y, th["critical_pct"], horizon)
+                trend = fit_trend(x, y)
+                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend)
+                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend)
                 if f30.fit is not None:
                     out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
                                slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))

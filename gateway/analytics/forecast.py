@@ -240,9 +240,9 @@ def fit_trend(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> t
         return line, (lo, hi, hi)
     half = n // 2
     s1 = theil_sen(xs[:half], ys[:half])[0]
-    s2, _, _, s2_hi = theil_sen(xs[half:], ys[half:])
+    s2, _, s2_lo, s2_hi = theil_sen(xs[half:], ys[half:])
     bounds = (lo, hi, max(hi, s2_hi))
-    if s2 <= s1:  # not accelerating
+    if s2_lo <= s1:  # the recent half does not rise clearly faster: no acceleration to look for
         return line, bounds
     found = _exp_fit(xs, ys)
     if found is None:
@@ -258,17 +258,18 @@ def fit_trend(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> t
 
 
 def forecast_crossing(x: Sequence[float], y: Sequence[float], threshold: float, horizon_years: float = 3.0,
-                      max_points: int = 60, min_spread: float = 0.1) -> Forecast:
+                      max_points: int = 60, min_spread: float = 0.1,
+                      trend: tuple[Fit, tuple[float, float, float]] | None = None) -> Forecast:
     """When does the trend of ``y`` reach ``threshold``?  ``x`` in years relative to now (<= 0).
 
     The range: for a line, Sen's 95 % interval of the slope (the early end from the recent half's slope when
     that is steeper); for an accelerating rise, the spread between
     the two curve models (pure exponential, and linear wear plus an exponential part; the estimate is their
     mean).  Never narrower than ``min_spread`` x the lead time either side: an extrapolation cannot be more
-    certain than the model behind it."""
+    certain than the model behind it.  ``trend``: a ``fit_trend`` result to reuse for several thresholds."""
     if len(x) < 2:
         return Forecast(threshold, None, None, None, None, len(x), ["not enough data for a trend"])
-    fit, (slo, shi, recent_hi) = fit_trend(x, y, max_points)
+    fit, (slo, shi, recent_hi) = trend or fit_trend(x, y, max_points)
     now_level = fit.value(0.0)
     if fit.model == "linear":
         years = fit.crossing(threshold)
