@@ -166,7 +166,8 @@ def main() -> None:
             name = "raw" if k == "raw" else k.replace("roll_", "") + " s"
             print(f"{name:<12}{per_value[k]:>12.2f}{base_per_value / per_value[k]:>13.1f}x{per_day[k] / 1e6:>9.2f}"
                   f"{retention.get(k, 0):>10.0f}{projected[k] / 1e6:>10.0f}")
-        print(f"row-per-value baseline: {base_per_value:.1f} bytes/value ({base_rows} rows)")
+        print(f"(a roll-up value is one point's min+mean+max for a bucket)\n"
+              f"row-per-value baseline: {base_per_value:.1f} bytes/value ({base_rows} rows)")
 
         # one-year trend queries (auto resolution from the range, and forced hourly)
         year0 = end - YEAR_DAYS * DAY

@@ -189,6 +189,9 @@ class HistoryDB:
         if readonly:
             if not self.path.exists():
                 raise HistoryError(f"no history database at {self.path}")
+            # a tier added to the config since the writer last ran has no table yet: read what exists
+            tables = {r[0] for r in self.conn().execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+            self.tiers = [t for t in self.tiers if t.table in tables]
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._create()
