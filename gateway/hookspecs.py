@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import argparse
 
     from .app import Gateway
+    from .config import Config
     from .engine import CommEvent
     from .notify.base import Notifier
     from .points import PointSpec
@@ -191,6 +192,18 @@ class GatewaySpecs:
         worker thread with retries and back-off: a *routed* notifier receives composed messages for the
         recipients of the routes (severities, quiet hours, digests), an unrouted one receives every alarm
         event of its severities.  Return [] when the plugin's config turns it off.
+        """
+
+    @hookspec(firstresult=True)
+    def bmsgw_alarm_log(self, config: Config, start: float, end: float, string: int | None) -> list[dict] | None:
+        """The alarm log of a period, for reports (``bmsgw report``, ``gateway.reports.make_report``).
+
+        Called once per report, in the report's process (the gateway itself may or may not be running: read
+        what the alarm plugin persisted under ``config.state_dir``).  Return None when this plugin keeps no
+        alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
+        first, as dicts with at least ``raised`` (unix s), ``cleared`` (unix s or None), ``severity``
+        ("warning" or "critical") and ``text``, and where known ``point``, ``string``, ``cell``, ``value``,
+        ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and bank-wide ones.
         """
 
 

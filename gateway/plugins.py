@@ -32,6 +32,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.notify.sms",
     "gateway.notify.relay",
     "gateway.notify.webhook",
+    "gateway.analytics",
+    "gateway.history",
+    "gateway.reports",
 )
 
 

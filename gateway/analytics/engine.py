@@ -1,0 +1,512 @@
+"""The analytics engine: reads the point store, publishes the derived families, remembers in ``StateDB``.
+
+``observe(batch)`` is the store listener (quick: coulomb counting and discharge capture only);
+``tick(now)`` computes and publishes every derived value (string aggregates, SOC and state, deviations,
+baselines) and keeps the daily aggregates; ``run_jobs(now)`` (every few hours, off the event loop) fits the
+trends: forecasts and diagnoses.  All of it takes ``now`` as an argument, so tests and benches drive it in
+simulated time.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import statistics
+import threading
+import time
+from collections import deque
+from typing import Iterable, Sequence
+
+from ..points import PointRef, PointStore, Quality, Reading
+from ..topology import StringConfig
+from . import diagnosis as dg
+from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years
+from .soc import FLOAT, REST, SocParams, StringSoc, soc_from_ocv
+from .state import DAY_S, Baseline, DailyRow, StateDB
+
+log = logging.getLogger(__name__)
+
+_GOOD = Quality.GOOD
+CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
+
+
+def parse_date(text: str | None) -> float | None:
+    if not text:
+        return None
+    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    return d.timestamp()
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+class Analytics:
+    def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
+                 now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.cfg = cfg
+        self.state = state
+        self.store = store
+        self.strings = {s.id: s for s in strings}
+        self.install_ts: dict[int, float | None] = {}
+        for s in strings:
+            self.install_ts[s.id] = parse_date(cfg.get("install_dates", {}).get(str(s.id)) or cfg.get("install_date"))
+        sc = cfg["soc"]
+        saved = state.load_soc()
+        self.soc: dict[int, StringSoc] = {}
+        for s in strings:
+            params = SocParams(
+                capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
+                peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
+                temp_coeff=sc["temp_coeff"], tail_current_pct=sc["tail_current_pct"],
+                anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
+                discharge_threshold_pct=sc["discharge_threshold_pct"],
+                float_min_v_per_cell=sc["float_min_v_per_cell"], min_test_depth_pct=sc["min_test_depth_pct"],
+                end_voltage_per_cell=sc["end_voltage_per_cell"])
+            self.soc[s.id] = StringSoc(s.id, params, saved.get(s.id))
+        self.refs = {p: {(s.id, c): PointRef(p, s.id, c) for s in strings for c in range(1, s.cells + 1)}
+                     for p in CELL_INPUTS}
+        self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
+                            for p in ("string.voltage", "string.current")}
+        self.ambient_ref = PointRef("io.ambient_temperature")
+        self._seen: dict[tuple, float] = {}
+        self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
+        self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
+        self._out_refs: dict[tuple, PointRef] = {}
+        self._last_pub: dict[tuple, tuple[float | None, float]] = {}
+        self.republish_s = float(cfg.get("republish_s", 60.0))  # unchanged values are put again this often
+        self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
+        self.acc_day = int(now // DAY_S)
+        self.last_tick: float | None = None
+        self._gen = -1
+        self._next_gen_check = 0.0
+        self._next_baseline_check = 0.0
+        self._next_soc_save = now + 60.0
+        self._next_life_save = now + 600.0
+        self.next_jobs = now + float(cfg.get("jobs_delay_s", 60.0))
+        self.events_finished: list[dict] = []
+        fcs = state.forecasts()
+        self.fc_pub = {k: (v.get("eol_ts"), v.get("early_ts"), v.get("late_ts")) for k, v in fcs.items()}
+        self.dg_pub = {k: v["code"] for k, v in state.diagnoses().items()}
+        self.replaced = state.last_replaced()
+        life = state.life()
+        self.life_used = {k: v[0] for k, v in life.items()}
+        self.first_seen = {k: v[2] for k, v in life.items()}
+        self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
+        self._gen = state.generation()
+
+    # -- external changes (CLI, web) ----------------------------------------------------------------------------
+    def _reload(self, now: float) -> None:
+        """Baselines set and batteries replaced from outside: forget what belonged to a replaced unit."""
+        old = self.replaced
+        self.replaced = self.state.last_replaced()
+        for key, ts in self.replaced.items():
+            if old.get(key) != ts:
+                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub):
+                    d.pop(key, None)
+                log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
+        self.save_life(now)
+        self.baselines = self.state.baselines()
+        self._gen = self.state.generation()
+
+    def check_external(self, now: float) -> None:
+        if self.state.generation() != self._gen:
+            self._reload(now)
+
+    # -- store listener ------------------------------------------------------------------------------------------
+    def observe(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        """The store listener: only queues what the SOC needs (string currents, and battery voltages for a
+        discharge's sag), in order; ``tick`` integrates it, so a slow tick never holds up the poller."""
+        inbox = self._inbox
+        for ref, r in batch:
+            point = ref.point
+            if (point == "string.current" or point == "cell.voltage") and r.quality is _GOOD and r.value is not None:
+                inbox.append((point, ref.string, ref.cell, r.value, r.ts))
+
+    def _drain(self) -> None:
+        inbox = self._inbox
+        socs = self.soc
+        while inbox:
+            point, string, cell, value, ts = inbox.popleft()
+            soc = socs.get(string)
+            if soc is None:
+                continue
+            if point == "string.current":
+                soc.on_current(value, ts)
+            elif soc.event is not None and ts >= soc.event.start:
+                soc.event.add_voltage(cell, value, soc._last_i or 0.0)
+
+    # -- the periodic computation ---------------------------------------------------------------------------------
+    def _good(self, ref: PointRef) -> Reading | None:
+        r = self.store.get(ref)
+        return r if r is not None and r.quality is _GOOD and r.value is not None else None
+
+
+    def tick(self, now: float | None = None, publish: bool = True) -> list[tuple[PointRef, Reading]]:
+        """Compute every derived value at ``now`` and put the changed ones into the store (or, with
+        ``publish=False``, only return them: the service computes in a worker thread and puts in the loop)."""
+        with self.lock:
+            out = self._tick(time.time() if now is None else now)
+        if publish:
+            self.store.put_many(out)
+        return out
+
+    def _tick(self, now: float) -> list[tuple[PointRef, Reading]]:
+        self._drain()
+        if now >= self._next_gen_check:
+            self.check_external(now)
+            self._next_gen_check = now + 1.0
+        day = int(now // DAY_S)
+        if day != self.acc_day:
+            self.flush_daily()
+            self.acc_day = day
+        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), 86400.0)
+        self.last_tick = now
+        cfg = self.cfg
+        th = cfg["thresholds"]
+        fl = cfg["float"]
+        amb_r = self._good(self.ambient_ref)
+        ambient = amb_r.value if amb_r is not None else None
+        out: list[tuple[PointRef, Reading]] = []
+        get = self.store.get
+        seen = self._seen
+
+        refs = self._out_refs
+        last = self._last_pub
+        republish = self.republish_s
+
+        def put(point: str, value: float | None, string: int, cell: int | None = None) -> None:
+            key = (point, string, cell)  # plain tuples hash in C; PointRef's hash is Python code
+            old = last.get(key)
+            if old is not None and old[0] == value and now - old[1] < republish:
+                return
+            last[key] = (value, now)
+            ref = refs.get(key)
+            if ref is None:
+                ref = refs[key] = PointRef(point, string, cell)
+            out.append((ref, Reading(value, _GOOD, now)))
+
+        for sid, s in self.strings.items():
+            n = s.battery.cells_per_unit
+            volts: dict[int, float] = {}
+            temps: dict[int, float] = {}
+            ohms: dict[int, float] = {}
+            emfs: dict[int, float] = {}
+            new_v, new_t, new_o, new_e = set(), set(), set(), set()
+            inputs = (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
+                      ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e))
+            for c in range(1, s.cells + 1):
+                key = (sid, c)
+                for point, dest, new in inputs:
+                    r = get(self.refs[point][key])
+                    if r is not None and r.quality is _GOOD and r.value is not None:
+                        dest[c] = r.value
+                        seen_key = (point, sid, c)
+                        if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
+                            seen[seen_key] = r.ts
+                            new.add(c)
+            v_avg = _mean(volts.values())
+            t_med = statistics.median(temps.values()) if temps else None
+            o_avg = _mean(ohms.values())
+            put("string.cell_voltage_avg", v_avg, sid)
+            put("string.cell_voltage_min", min(volts.values()) if volts else None, sid)
+            put("string.cell_voltage_max", max(volts.values()) if volts else None, sid)
+            put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
+            put("string.cell_ohmic_avg", o_avg, sid)
+
+            # state of charge and operating state
+            soc = self.soc[sid]
+            cur_r = self._good(self.string_refs[("string.current", sid)])
+            sv_r = self._good(self.string_refs[("string.voltage", sid)])
+            if sv_r is not None:
+                v_cell = sv_r.value / (s.cells * n)
+            elif v_avg is not None and len(volts) >= 0.8 * s.cells:
+                v_cell = v_avg / n
+            else:
+                v_cell = None
+            temp = ambient if ambient is not None else (_mean(temps.values()))
+            finished = soc.update(now, cur_r.value if cur_r else None, v_cell, temp, volts)
+            if finished is not None:
+                self._record_discharge(finished)
+            o = soc.outputs(now)
+            put("string.soc", o["soc"], sid)
+            put("string.state", o["state"], sid)
+            put("string.since_full_charge", o["since_full_charge"], sid)
+            put("string.on_battery_time", o["on_battery_time"], sid)
+            put("string.runtime_remaining", o["runtime_remaining"], sid)
+
+            # per battery
+            cell_sohs = []
+            on_float = soc.state == FLOAT
+            for c in range(1, s.cells + 1):
+                key = (sid, c)
+                v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
+                put("cell.voltage_average_deviation", (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+                put("cell.ohmic_average_deviation",
+                    (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c)
+                base = self.baselines.get(key)
+                put("cell.ohmic_baseline", base.ohmic if base else None, sid, c)
+                dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
+                put("cell.ohmic_baseline_deviation", dev, sid, c)
+                soh = None
+                if dev is not None:
+                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(dev, 0.0) / th["replace_pct"]))
+                    cell_sohs.append(soh)
+                put("cell.soh", soh, sid, c)
+                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and soc.state in (FLOAT, REST) else None,
+                    sid, c)
+                eol, early, late = self.fc_pub.get(key, (None, None, None))
+                put("cell.eol_date", eol, sid, c)
+                put("cell.eol_date_early", early, sid, c)
+                put("cell.eol_date_late", late, sid, c)
+                put("cell.diagnosis", self.dg_pub.get(key), sid, c)
+                # daily aggregates (each new reading once)
+                acc = self.acc.get(key)
+                if acc is None:
+                    acc = self.acc[key] = {}
+                if c in new_o:
+                    _add(acc, "ohmic", ohm)
+                if c in new_t:
+                    _add(acc, "temp", t)
+                    ref_t = ambient if ambient is not None else t_med
+                    if ref_t is not None:
+                        _add(acc, "temp_rise", t - ref_t)
+                if on_float and c in new_v:
+                    _add(acc, "v_float", v)
+                    if v_avg is not None:
+                        _add(acc, "v_dev", v - v_avg)
+                    tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
+                    _add(acc, "setpoint", n * (fl["v_per_cell"] + fl["temp_comp_v_per_c"] * (tc - 25.0)))
+                if on_float and c in new_e:
+                    _add(acc, "emf", emf)
+                # temperature life budget (25 C-equivalent years)
+                if t is not None:
+                    if key not in self.first_seen:
+                        self._first_seen(key, now)
+                    self.life_used[key] = self.life_used.get(key, 0.0) + dt_s / YEAR_S * aging_factor(
+                        t, cfg["halving_c"])
+            cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= cfg["forecast"][
+                "capacity_valid_days"] * DAY_S else None
+            put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
+
+        if now >= self._next_baseline_check:
+            self.auto_baselines(now)
+            self._next_baseline_check = now + 3600.0
+        if now >= self._next_soc_save:
+            self.save_soc()
+            self._next_soc_save = now + 60.0
+        if now >= self._next_life_save:
+            self.save_life(now)
+            self._next_life_save = now + 600.0
+        return out
+
+    def _first_seen(self, key: tuple[int, int], now: float) -> None:
+        self.first_seen[key] = now
+        start = self.replaced.get(key) or self.install_ts.get(key[0])
+        # before monitoring began the battery aged too: count it at 25 C
+        self.life_used[key] = max(0.0, (now - start) / YEAR_S) if start is not None and start < now else 0.0
+
+    def _record_discharge(self, result: dict) -> None:
+        sid = result["string"]
+        self.state.add_event(sid, "discharge", result["start"], result["end"], result)
+        self.events_finished.append(result)
+        if result.get("capacity_test"):
+            log.info("string %s: discharge of %.0f min analysed as a capacity test: %.1f Ah at 25 C, SOH %.1f %%",
+                     sid, result["duration_s"] / 60, result["capacity_ah"], result["soh_pct"])
+        else:
+            log.info("string %s: discharge of %.0f min, %.1f Ah delivered (%s)", sid, result["duration_s"] / 60,
+                     result["ah"], result.get("not_a_capacity_test", ""))
+        self.save_soc()
+
+    def save_soc(self) -> None:
+        for sid, soc in self.soc.items():
+            self.state.save_soc(sid, soc.to_dict())
+
+    def save_life(self, now: float) -> None:
+        self.state.save_life([(s, c, used, now, self.first_seen.get((s, c), now))
+                              for (s, c), used in self.life_used.items()])
+
+    def flush_daily(self) -> None:
+        """Merge the open day's aggregates into the state (a later flush of the same day merges again)."""
+        rows = []
+        for (s, c), acc in self.acc.items():
+            vals = {f: (tot / cnt, int(cnt)) for f, (tot, cnt) in acc.items() if cnt}
+            if vals:
+                rows.append((s, c, self.acc_day, vals))
+        if rows:
+            self.state.add_daily(rows)
+        self.acc = {}
+
+    def close(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.lock:
+            self.flush_daily()
+            self.save_soc()
+            self.save_life(now)
+
+    # -- baselines ----------------------------------------------------------------------------------------------
+    def auto_baselines(self, now: float) -> list[Baseline]:
+        """IEEE 1188: take a baseline for every battery past its settling period that has none yet."""
+        bc = self.cfg["baseline"]
+        today = int(now // DAY_S)
+        taken = []
+        for sid, s in self.strings.items():
+            missing = [c for c in range(1, s.cells + 1) if (sid, c) not in self.baselines]
+            if not missing:
+                continue
+            rows_by_cell = self.state.daily_string(sid, since_day=today - bc["sample_days"])
+            for c in missing:
+                key = (sid, c)
+                start = self.replaced.get(key) or self.install_ts.get(sid)
+                if start is not None and now < start + bc["settle_days"] * DAY_S:
+                    continue
+                seen = self.first_seen.get(key)
+                if seen is None or now - seen < bc["sample_days"] * DAY_S:
+                    continue
+                rows = [r for r in rows_by_cell.get(c, []) if r.ohmic is not None]
+                if len(rows) < max(2, bc["sample_days"] // 2):
+                    continue
+                b = Baseline(sid, c, statistics.median(r.ohmic for r in rows), now, "auto",
+                             _mean(r.temp for r in rows if r.temp is not None),
+                             _median_or_none([r.emf for r in rows]))
+                self.state.set_baseline(b)
+                self.baselines[key] = b
+                taken.append(b)
+        if taken:
+            self._gen = self.state.generation()
+            log.info("IEEE 1188 baselines taken for %d batteries", len(taken))
+        return taken
+
+    # -- trends: forecasts and diagnoses ----------------------------------------------------------------------
+    def jobs_due(self, now: float) -> bool:
+        return now >= self.next_jobs
+
+    def run_jobs(self, now: float | None = None, flush: bool = True) -> dict[tuple[int, int], dict]:
+        """Forecast and diagnose every battery from its daily aggregates (the open day merged in first unless
+        ``flush`` is False).  Seconds of CPU for a full bank on the controller: the service runs it in a thread."""
+        with self.lock:  # held throughout: close() waits for a job in flight
+            return self._run_jobs(time.time() if now is None else now, flush)
+
+    def _run_jobs(self, now: float, flush: bool) -> dict[tuple[int, int], dict]:
+        if flush:
+            self.flush_daily()
+        fcfg = self.cfg["forecast"]
+        dparams = self._diagnosis_params
+        since = int(now // DAY_S) - int(fcfg["window_days"]) - 30
+        fc_items, dg_items, fc_pub, dg_pub, results = [], [], {}, {}, {}
+        for sid, s in self.strings.items():
+            rows_by_cell = self.state.daily_string(sid, since_day=since)
+            string_days = _string_medians(rows_by_cell)
+            params = dparams(s)
+            for c in range(1, s.cells + 1):
+                key = (sid, c)
+                rows = rows_by_cell.get(c, [])
+                base = self.baselines.get(key)
+                fc = self._forecast(sid, c, rows, base, now)
+                diag = dg.diagnose(rows, string_days, params, base.ohmic if base else None,
+                                   fc.get("slope_pct_per_year"))
+                fc["diagnosis"] = diag.to_dict()
+                fc_items.append((sid, c, now, fc))
+                fc_pub[key] = (fc.get("eol_ts"), fc.get("early_ts"), fc.get("late_ts"))
+                if rows:
+                    dg_items.append((sid, c, now, diag.code, diag.to_dict()))
+                    dg_pub[key] = diag.code
+                results[key] = fc
+        self.state.save_forecasts(fc_items)
+        self.state.save_diagnoses(dg_items)
+        self.fc_pub, self.dg_pub = fc_pub, dg_pub
+        self.next_jobs = now + self.cfg["jobs_interval_h"] * 3600.0
+        return results
+
+    def _diagnosis_params(self, s: StringConfig) -> dg.DiagnosisParams:
+        d = self.cfg["diagnosis"]
+        th = self.cfg["thresholds"]
+        return dg.DiagnosisParams(
+            nominal_v=s.battery.nominal_voltage, cells_per_unit=s.battery.cells_per_unit,
+            failed_cell_drop_fraction=d["failed_cell_drop_fraction"], step_pct=d["step_pct"],
+            scatter_pct=d["scatter_pct"], thermal_rise_c=d["thermal_rise_c"], thermal_days=d["thermal_days"],
+            ohmic_rise_pct=th["warning_pct"], ohmic_trend_pct_per_year=d["ohmic_trend_pct_per_year"],
+            emf_behind_pct=d["emf_behind_pct"], undercharge_v_per_cell=d["undercharge_v_per_cell"])
+
+    def _forecast(self, sid: int, cell: int, rows: list[DailyRow], base: Baseline | None, now: float) -> dict:
+        fcfg = self.cfg["forecast"]
+        th = self.cfg["thresholds"]
+        horizon = fcfg["horizon_years"]
+        out: dict = {"evidence": []}
+        cands = []
+        if base is None:
+            out["evidence"].append("no baseline: no ohmic verdict")
+        else:
+            # every row is the present unit's (a replacement clears the old one's)
+            pts = [((r.day * DAY_S + DAY_S / 2 - now) / YEAR_S, (r.ohmic / base.ohmic - 1.0) * 100.0)
+                   for r in rows if r.ohmic is not None]
+            pts = [p for p in pts if p[0] >= -fcfg["window_days"] / 365.25]
+            if len(pts) >= fcfg["min_days"] and (pts[-1][0] - pts[0][0]) * 365.25 >= 0.8 * fcfg["min_days"]:
+                x, y = [p[0] for p in pts], [p[1] for p in pts]
+                trend = fit_trend(x, y)
+                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend)
+                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend)
+                if f30.fit is not None:
+                    out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
+                               slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))
+                out["critical_years"] = f50.years
+                out["critical_ts"] = now + f50.years * YEAR_S if f50.years is not None else None
+                out["evidence"] += f30.evidence
+                cands.append(("ohmic", f30.years, f30.early, f30.late))
+            else:
+                out["evidence"].append(f"{len(pts)} days of ohmic data since the baseline; "
+                                       f"a trend needs {fcfg['min_days']}")
+            if base.emf:
+                epts = [((r.day * DAY_S + DAY_S / 2 - now) / YEAR_S, (1.0 - r.emf / base.emf) * 100.0)
+                        for r in rows if r.emf is not None]
+                epts = [p for p in epts if p[0] >= -fcfg["window_days"] / 365.25]
+                if len(epts) >= fcfg["min_days"]:
+                    fe = forecast_crossing([p[0] for p in epts], [p[1] for p in epts], fcfg["emf_drop_pct"], horizon)
+                    out["emf_drop_pct"] = fe.fit.value(0.0) if fe.fit else None
+                    cands.append(("emf", fe.years, fe.early, fe.late))
+        used = self.life_used.get((sid, cell))
+        if used is not None:
+            temps = [r.temp for r in rows[-30:] if r.temp is not None]
+            factor = _mean(aging_factor(t, self.cfg["halving_c"]) for t in temps) if temps else 1.0
+            left = life_budget_years(used, self.cfg["design_life_years"], factor)
+            out.update(life_used_years=used, life_factor=factor, life_left_years=left)
+            if left is not None:
+                cands.append(("life", left, 0.9 * left, 1.1 * left))
+        found = [cnd for cnd in cands if cnd[1] is not None]
+        if found:
+            source, years, early, late = min(found, key=lambda cnd: cnd[1])
+            out.update(source=source, years=years, early_years=early, late_years=late)
+            out["eol_ts"] = now + years * YEAR_S if years <= horizon else None
+            out["early_ts"] = now + early * YEAR_S if early is not None and early <= horizon else None
+            out["late_ts"] = now + late * YEAR_S if late is not None and years <= horizon else None
+        return out
+
+
+def _add(acc: dict[str, list[float]], field: str, value: float | None) -> None:
+    if value is None or not math.isfinite(value):
+        return
+    slot = acc.get(field)
+    if slot is None:
+        acc[field] = [value, 1]
+    else:
+        slot[0] += value
+        slot[1] += 1
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _string_medians(rows_by_cell: dict[int, list[DailyRow]]) -> dict[int, dict[str, float]]:
+    per_day: dict[int, dict[str, list[float]]] = {}
+    for rows in rows_by_cell.values():
+        for r in rows:
+            d = per_day.setdefault(r.day, {})
+            for f in ("emf", "v_float", "ohmic"):
+                v = getattr(r, f)
+                if v is not None:
+                    d.setdefault(f, []).append(v)
+    return {day: {f: statistics.median(vs) for f, vs in d.items()} for day, d in per_day.items()}

@@ -1,0 +1,199 @@
+"""History: every recorded value kept for years in one SQLite file (WAL) in the state folder.
+
+Raw samples for a configured window, roll-ups (min/mean/max) per tier with retention in days, written in a
+thread fed by a point-store subscription.  The query API (used by the web page, REST and reports):
+
+    from gateway.history import history_for, open_history
+    db = history_for(gateway)            # in the running gateway (or open_history(config) elsewhere)
+    s = db.query("cell.voltage", string=2, cell=37, start=t0, end=t1)           # -> Series
+    cells = db.query_string("cell.ohmic", string=2, start=t0, end=t1)           # -> {cell: Series}
+
+The resolution is chosen from the range (``resolution="auto"``, at most ``history.max_points`` points) or
+asked for: ``"raw"``, ``"15m"``, ``"1h"``, ``"1d"`` or a number of seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+from ..points import PointRef
+from .db import HistoryDB, HistoryError, Series, SeriesInfo, Tier, tier_name
+from .recorder import HistoryWriter, PointFilter, Recorder
+
+if TYPE_CHECKING:
+    from ..app import Gateway
+    from ..config import Config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HistoryDB", "HistoryError", "Series", "SeriesInfo", "Tier", "history_for", "open_history",
+           "HISTORY_SCHEMA", "tier_name"]
+
+# Defaults sized for the BM-BMS maximum (480 batteries, about 30 families stored) on an 8 GB card:
+# raw 60 s samples for 30 days, 15 min for a year, 1 h for 5 years, 1 day for 20 years; see bench/history.py
+# and the README for the figures (about 1.4 GB for 5 years).
+DEFAULT_TIERS = [{"seconds": 900, "retention_days": 366}, {"seconds": 3600, "retention_days": 1827},
+                 {"seconds": 86400, "retention_days": 7305}]
+
+HISTORY_SCHEMA = {
+    "type": "object", "additionalProperties": False, "default": {},
+    "properties": {
+        "enabled": {"type": "boolean", "default": True},
+        "path": {"type": "string", "minLength": 1, "default": "history.sqlite",
+                 "description": "database file, relative to gateway.state_dir"},
+        "include": {"type": "array", "items": {"type": "string", "minLength": 1},
+                    "default": ["@measured", "string.*", "bank.*", "cell.ohmic_baseline_deviation"],
+                    "description": "point families to record: globs over ids, @measured, @derived"},
+        "exclude": {"type": "array", "items": {"type": "string", "minLength": 1},
+                    "default": ["cell.sensor_status", "cell.balancing", "gateway.*"]},
+        "raw": {
+            "type": "object", "additionalProperties": False, "default": {},
+            "properties": {
+                "interval_s": {"type": "number", "minimum": 1, "maximum": 3600, "default": 60,
+                               "description": "one raw sample per point per interval (the latest reading)"},
+                "retention_days": {"type": "number", "minimum": 0, "maximum": 3650, "default": 30,
+                                   "description": "0 keeps raw samples forever"},
+                "intervals": {"type": "object", "additionalProperties": {"type": "number", "minimum": 1,
+                                                                           "maximum": 3600},
+                              "default": {"string.current": 5, "string.voltage": 5},
+                              "description": "per-family raw intervals (glob: seconds)"},
+            },
+        },
+        "tiers": {
+            "type": "array", "minItems": 1, "maxItems": 6, "default": DEFAULT_TIERS,
+            "items": {"type": "object", "required": ["seconds"], "additionalProperties": False,
+                      "properties": {"seconds": {"type": "integer", "minimum": 60, "maximum": 31 * 86400},
+                                     "retention_days": {"type": "number", "minimum": 0, "maximum": 36500,
+                                                        "default": 365}}},
+            "description": "roll-up tiers, finest first; each bucket a multiple of the one before",
+        },
+        "flush_s": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 60,
+                    "description": "how often the writer commits (fewer commits = less wear on an SD card)"},
+        "max_points": {"type": "integer", "minimum": 10, "maximum": 1000000, "default": 1000,
+                       "description": "automatic resolution: at most this many points per series"},
+        "queue_limit": {"type": "integer", "minimum": 100, "maximum": 1000000, "default": 20000},
+    },
+}
+
+_running: "weakref.WeakKeyDictionary[Gateway, HistoryService]" = weakref.WeakKeyDictionary()
+
+
+def _check(config: "Config", cfg: dict) -> None:
+    prev = 0
+    for i, tier in enumerate(cfg["tiers"]):
+        sec = tier["seconds"]
+        if sec <= prev or (prev and sec % prev):
+            raise ConfigError(str(config.path), f"history.tiers[{i}].seconds",
+                              f"{sec} must be larger than and a multiple of the tier before ({prev})")
+        if i and 0 < cfg["tiers"][i - 1].get("retention_days", 365) * 86400 < sec:
+            raise ConfigError(str(config.path), f"history.tiers[{i - 1}].retention_days",
+                              f"must keep at least one bucket of the next tier ({sec} s)")
+        prev = sec
+
+
+def db_path(config: "Config") -> Path:
+    p = Path(config.section("history").get("path", "history.sqlite"))
+    return p if p.is_absolute() else config.state_dir / p
+
+
+def open_history(config: "Config", readonly: bool = False) -> HistoryDB:
+    """The history database the config describes (created unless ``readonly``)."""
+    cfg = config.section("history")
+    _check(config, cfg)
+    return HistoryDB(db_path(config), raw_retention_days=cfg["raw"]["retention_days"],
+                     tiers=[(t["seconds"], t.get("retention_days", 365)) for t in cfg["tiers"]],
+                     raw_interval_s=cfg["raw"]["interval_s"], max_points=cfg["max_points"], readonly=readonly)
+
+
+def history_for(gateway: "Gateway") -> HistoryDB | None:
+    """The history of a gateway: the running writer's database, or the file on disk read-only, or None."""
+    svc = _running.get(gateway)
+    if svc is not None and svc.db is not None:
+        return svc.db
+    if not gateway.config.section("history").get("enabled", True) or not db_path(gateway.config).exists():
+        return None
+    return open_history(gateway.config, readonly=True)
+
+
+class HistoryService:
+    name = "history"
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.cfg = gateway.config.section("history")
+        _check(gateway.config, self.cfg)
+        self.db: HistoryDB | None = None
+        self.writer: HistoryWriter | None = None
+
+    async def start(self) -> None:
+        gw = self.gateway
+        self.db = await asyncio.to_thread(open_history, gw.config)
+        recorder = Recorder(self.db, gw.catalog, PointFilter(self.cfg["include"], self.cfg["exclude"]),
+                            raw_interval_s=self.cfg["raw"]["interval_s"], intervals=self.cfg["raw"]["intervals"])
+        self.writer = HistoryWriter(recorder, flush_s=self.cfg["flush_s"], queue_limit=self.cfg["queue_limit"],
+                                    on_flush=self._flushed)
+        self.writer.start()
+        gw.store.subscribe(self.writer.submit)
+        gw.store.put(PointRef("gateway.history_writes"), 0.0)
+        _running[gw] = self
+        log.info("history: recording to %s", self.db.path)
+
+    def _flushed(self, recorder: Recorder) -> None:
+        loop = self.gateway.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.gateway.store.put, PointRef("gateway.history_writes"),
+                                      float(recorder.values_written))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write what the writer holds now (tests, reports from the running gateway)."""
+        return self.writer.flush(timeout) if self.writer is not None else False
+
+    async def stop(self) -> None:
+        if self.writer is not None:
+            self.gateway.store.unsubscribe(self.writer.submit)
+            await asyncio.to_thread(self.writer.stop)
+            self.writer = None
+        _running.pop(self.gateway, None)
+        if self.db is not None:
+            self.db.close()
+
+    def endpoints(self) -> list[str]:
+        return [f"sqlite://{self.db.path}"] if self.db is not None else []
+
+    def status(self) -> dict:
+        w = self.writer
+        out = {"path": str(self.db.path) if self.db else None,
+               "size_bytes": self.db.size_bytes() if self.db else 0}
+        if w is not None:
+            r = w.recorder
+            out.update(readings=r.readings, values_written=r.values_written, flushes=r.flushes,
+                       last_flush=r.last_flush, queued=w.queue.qsize(), dropped=w.dropped, errors=w.errors)
+        return out
+
+
+def service_for(gateway: "Gateway") -> HistoryService | None:
+    return _running.get(gateway)
+
+
+# -- hooks --------------------------------------------------------------------------------------------------
+@hookimpl
+def bmsgw_config_schema() -> dict[str, dict]:
+    return {"history": HISTORY_SCHEMA}
+
+
+@hookimpl
+def bmsgw_services(gateway: "Gateway") -> list:
+    if not gateway.config.section("history").get("enabled", True):
+        return []
+    return [HistoryService(gateway)]
+
+
+@hookimpl
+def bmsgw_status(gateway: "Gateway") -> dict:
+    svc = _running.get(gateway)
+    return {"history": svc.status()} if svc is not None else {}

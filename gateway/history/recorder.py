@@ -1,0 +1,300 @@
+"""From store readings to history rows: raw samples, the finest roll-up in memory, coarser roll-ups from it.
+
+``Recorder`` is plain code driven by the readings' own timestamps (tests feed it simulated time);
+``HistoryWriter`` runs it in a thread fed by a point-store subscription, so the polling path only appends
+a batch to a queue.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from ..points import PointRef, PointSpec, Quality, Reading
+from .db import HistoryDB, axis_of, encode_vector, vector_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _SeriesState:
+    sid: int
+    axis: str
+    scale: float
+    interval: int  # raw sample interval, s
+    slot: int = -1  # open raw slot (unix // interval)
+    values: list = field(default_factory=list)
+    bucket: int = -1  # open finest roll-up bucket
+    lo: list = field(default_factory=list)
+    hi: list = field(default_factory=list)
+    total: list = field(default_factory=list)
+    count: list = field(default_factory=list)
+    readings: int = 0
+    fresh_raw: bool = True  # the first row after a start may meet a row written before the restart
+    fresh_roll: bool = True
+
+
+def _grow(lst: list, index: int, fill) -> None:
+    if index >= len(lst):
+        lst.extend([fill] * (index + 1 - len(lst)))
+
+
+class PointFilter:
+    """Which families are recorded: ``include``/``exclude`` are globs over family ids, plus ``@measured`` and
+    ``@derived`` for every family a device measures / the gateway computes."""
+
+    def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
+        self.include = list(include)
+        self.exclude = list(exclude)
+
+    @staticmethod
+    def _match(spec: PointSpec, pattern: str) -> bool:
+        if pattern == "@measured":
+            return spec.source == "measured"
+        if pattern == "@derived":
+            return spec.source == "derived"
+        return fnmatch.fnmatchcase(spec.id, pattern)
+
+    def __call__(self, spec: PointSpec) -> bool:
+        return (any(self._match(spec, p) for p in self.include)
+                and not any(self._match(spec, p) for p in self.exclude))
+
+
+class Recorder:
+    def __init__(self, db: HistoryDB, specs: Mapping[str, PointSpec] | Callable[[str], PointSpec | None],
+                 point_filter: Callable[[PointSpec], bool], raw_interval_s: float = 60,
+                 intervals: Mapping[str, float] | None = None) -> None:
+        self.db = db
+        self._spec = specs.get if hasattr(specs, "get") else specs
+        self.filter = point_filter
+        self.raw_interval_s = max(1, int(raw_interval_s))
+        self.intervals = dict(intervals or {})
+        self.finest = db.tiers[0].seconds if db.tiers else 0
+        self._families: dict[str, PointSpec | None] = {}
+        self._states: dict[tuple[str, int | None], _SeriesState] = {}
+        self._raw_rows: list[tuple[int, int, bytes]] = []
+        self._raw_fresh: list[tuple[int, int, bytes]] = []
+        self._roll_rows: list[tuple[int, int, int, bytes]] = []
+        self._roll_fresh: list[tuple[int, int, int, bytes]] = []
+        self.readings = 0  # readings taken in
+        self.values_written = 0  # values committed (raw samples + roll-up elements)
+        self.flushes = 0
+        self._pending = 0  # values emitted but not yet written
+        self.last_flush: float | None = None
+        self._next_expire = 0.0
+
+    # -- input ---------------------------------------------------------------------------------------------
+    def _family(self, point: str) -> PointSpec | None:
+        try:
+            return self._families[point]
+        except KeyError:
+            spec = self._spec(point)
+            keep = spec if spec is not None and self.filter(spec) else None
+            self._families[point] = keep
+            return keep
+
+    def _interval_for(self, point: str) -> int:
+        for pattern, seconds in self.intervals.items():
+            if fnmatch.fnmatchcase(point, pattern):
+                return max(1, int(seconds))
+        return self.raw_interval_s
+
+    def _state(self, ref: PointRef, spec: PointSpec) -> _SeriesState:
+        axis = axis_of(spec.scope, ref.channel)
+        key = (ref.point, ref.string if axis == "cell" else None)
+        st = self._states.get(key)
+        if st is None:
+            scale = spec.scale if spec.scale > 0 else 1.0
+            info = self.db.series_for(ref.point, axis, key[1], scale, spec.unit)
+            st = _SeriesState(info.sid, axis, info.scale, self._interval_for(ref.point))
+            self._states[key] = st
+        return st
+
+    def add(self, batch: Iterable[tuple[PointRef, Reading]]) -> None:
+        good = Quality.GOOD
+        for ref, reading in batch:
+            if reading.quality is not good or reading.value is None:
+                continue
+            spec = self._family(ref.point)
+            if spec is None:
+                continue
+            value = reading.value
+            if not math.isfinite(value):
+                continue
+            st = self._state(ref, spec)
+            iv = round(value / st.scale)
+            idx = vector_index(st.axis, ref.string, ref.cell, ref.channel)
+            ts = reading.ts
+            slot = int(ts // st.interval)
+            if slot != st.slot:
+                if slot < st.slot:
+                    slot = -2  # late reading: keep it out of the raw tier
+                else:
+                    self._emit_raw(st)
+                    st.slot = slot
+            if slot == st.slot:
+                _grow(st.values, idx, None)
+                st.values[idx] = iv
+            if self.finest:
+                bucket = int(ts // self.finest)
+                if bucket != st.bucket:
+                    if bucket < st.bucket:
+                        continue
+                    self._emit_roll(st)
+                    st.bucket = bucket
+                _grow(st.lo, idx, None)
+                _grow(st.hi, idx, None)
+                _grow(st.total, idx, 0)
+                _grow(st.count, idx, 0)
+                if st.lo[idx] is None or iv < st.lo[idx]:
+                    st.lo[idx] = iv
+                if st.hi[idx] is None or iv > st.hi[idx]:
+                    st.hi[idx] = iv
+                st.total[idx] += iv
+                st.count[idx] += 1
+            self.readings += 1
+
+    def _emit_raw(self, st: _SeriesState) -> None:
+        if st.slot >= 0 and st.values:
+            row = (st.slot * st.interval, st.sid, encode_vector(st.values))
+            (self._raw_fresh if st.fresh_raw else self._raw_rows).append(row)
+            st.fresh_raw = False
+            self._pending += sum(1 for v in st.values if v is not None)
+        st.values = []
+        st.slot = -1
+
+    def _emit_roll(self, st: _SeriesState) -> None:
+        if st.bucket >= 0 and any(st.count):
+            means = [round(t / n) if n else None for t, n in zip(st.total, st.count)]
+            row = (st.sid, st.bucket, max(st.count), encode_vector(st.lo + means + st.hi))
+            (self._roll_fresh if st.fresh_roll else self._roll_rows).append(row)
+            st.fresh_roll = False
+            self._pending += 3 * sum(1 for n in st.count if n)
+        st.lo, st.hi, st.total, st.count = [], [], [], []
+        st.bucket = -1
+
+    # -- output --------------------------------------------------------------------------------------------
+    def flush(self, now: float | None = None, final: bool = False) -> int:
+        """Close due slots and buckets (all of them when ``final``), write them in one transaction, roll the
+        coarser tiers, apply retention once an hour.  Returns the values written."""
+        now = time.time() if now is None else now
+        for st in self._states.values():
+            if st.slot >= 0 and (final or (st.slot + 1) * st.interval <= now):
+                self._emit_raw(st)
+            if st.bucket >= 0 and (final or (st.bucket + 1) * self.finest <= now):
+                self._emit_roll(st)
+        if self._raw_rows or self._roll_rows:
+            self.db.write(self._raw_rows, {self.finest: self._roll_rows} if self._roll_rows else None)
+            self._raw_rows, self._roll_rows = [], []
+        if self._raw_fresh or self._roll_fresh:
+            self.db.write(self._raw_fresh, {self.finest: self._roll_fresh} if self._roll_fresh else None, merge=True)
+            self._raw_fresh, self._roll_fresh = [], []
+        written, self._pending = self._pending, 0
+        self._roll_coarser(now)
+        if now >= self._next_expire:
+            deleted = self.db.expire(now)
+            if deleted:
+                log.info("history: %d rows past their retention deleted", deleted)
+            self._next_expire = now + 3600
+        self.values_written += written
+        self.flushes += 1
+        self.last_flush = now
+        return written
+
+    def _roll_coarser(self, now: float) -> None:
+        db = self.db
+        for finer, tier in zip(db.tiers, db.tiers[1:]):
+            sec = tier.seconds
+            current = int(now // sec)
+            key = f"rolled_{sec}"
+            rolled = db.meta(key)
+            if rolled is None:
+                first = db.conn().execute(f"SELECT min(b) FROM {finer.table}").fetchone()[0]
+                rolled_b = (first * finer.seconds // sec - 1) if first is not None else current - 1
+            else:
+                rolled_b = int(rolled)
+            if current - 1 > rolled_b:
+                n = db.roll_up(finer.seconds, sec, (rolled_b + 1) * sec, current * sec)
+                log.debug("history: %d %s buckets rolled up", n, tier.name)
+                rolled_b = current - 1
+            if rolled is None or int(rolled) != rolled_b:
+                db.set_meta(key, str(rolled_b))
+
+
+class HistoryWriter(threading.Thread):
+    """The recorder in its own thread.  ``submit`` is the point-store listener: it only queues the batch."""
+
+    def __init__(self, recorder: Recorder, flush_s: float = 60.0, queue_limit: int = 20000,
+                 on_flush: Callable[[Recorder], None] | None = None) -> None:
+        super().__init__(name="history-writer", daemon=True)
+        self.recorder = recorder
+        self.flush_s = flush_s
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_limit)
+        self.on_flush = on_flush
+        self.dropped = 0
+        self.errors = 0
+        self._stop_event = threading.Event()
+        self._flush_now = threading.Event()
+        self._flushed = threading.Condition()
+        self._flush_gen = 0
+
+    def submit(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        try:
+            self.queue.put_nowait(batch)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("history: writer is behind; %d batches dropped so far", self.dropped)
+
+    def run(self) -> None:
+        next_flush = time.monotonic() + self.flush_s
+        while not self._stop_event.is_set():
+            try:
+                batch = self.queue.get(timeout=0.2)
+                self.recorder.add(batch)
+                while True:  # drain what queued meanwhile
+                    self.recorder.add(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            except Exception:
+                self.errors += 1
+                log.exception("history: a batch could not be recorded")
+            if time.monotonic() >= next_flush or self._flush_now.is_set():
+                self._flush_now.clear()
+                self._do_flush(final=False)
+                next_flush = time.monotonic() + self.flush_s
+        while True:
+            try:
+                self.recorder.add(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        self._do_flush(final=True)
+        self.recorder.db.close()  # this thread's connection
+
+    def _do_flush(self, final: bool) -> None:
+        try:
+            self.recorder.flush(time.time(), final=final)
+            if self.on_flush is not None:
+                self.on_flush(self.recorder)
+        except Exception:
+            self.errors += 1
+            log.exception("history: flush failed")
+        with self._flushed:
+            self._flush_gen += 1
+            self._flushed.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Ask the thread to write what it has now (closing only due slots); wait until it did."""
+        with self._flushed:
+            gen = self._flush_gen
+            self._flush_now.set()
+            return self._flushed.wait_for(lambda: self._flush_gen > gen, timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop_event.set()
+        self.join(timeout)

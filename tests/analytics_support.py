@@ -1,0 +1,27 @@
+"""Analytics on a simulated bank without the gateway: a store, a state file, default config."""
+from __future__ import annotations
+
+from gateway.analytics import ANALYTICS_SCHEMA
+from gateway.analytics.engine import Analytics
+from gateway.analytics.state import StateDB
+from gateway.config import fill_defaults
+from gateway.points import PointStore
+from gateway.sim.model import BankModel
+from gateway.topology import BatteryConfig, StringConfig
+from tests.support import deep_merge
+
+
+def analytics_config(**over) -> dict:
+    """The analytics section with its defaults, ``over`` merged in (nested dicts merge)."""
+    return fill_defaults(ANALYTICS_SCHEMA, deep_merge({}, over))
+
+
+def make_analytics(tmp_path, model: BankModel, **cfg_over) -> tuple[Analytics, PointStore]:
+    strings = [StringConfig(sid, st.cells, f"String {sid}",
+                            BatteryConfig(nominal_voltage=2.0 * st.cells_per_unit, cells_per_unit=st.cells_per_unit,
+                                          capacity_ah=st.capacity_ah))
+               for sid, st in model.strings.items()]
+    store = PointStore()
+    an = Analytics(strings, analytics_config(**cfg_over), StateDB(tmp_path / "analytics.sqlite"), store, now=model.t)
+    store.subscribe(an.observe)
+    return an, store

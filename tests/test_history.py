@@ -1,0 +1,166 @@
+"""History: compact rows, roll-ups, retention, restart merge, queries at a resolution chosen from the range,
+and the writer running inside the gateway."""
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+
+import pytest
+
+from gateway.history import history_for, open_history
+from gateway.history.db import HistoryDB, HistoryError, decode_vector, encode_vector
+from gateway.history.recorder import PointFilter, Recorder
+from gateway.points import PointRef, PointSpec, Quality, Reading
+from tests.support import GatewayThread, small_bank, write_config
+
+SPECS = {
+    "cell.voltage": PointSpec("cell.voltage", "cell", "V", "", 0, scale=0.001),
+    "cell.ohmic": PointSpec("cell.ohmic", "cell", "ohm", "", 2, dtype="uint32", scale=0.000001),
+    "string.current": PointSpec("string.current", "string", "A", "", 1, dtype="int16", scale=0.1),
+    "io.di": PointSpec("io.di", "bank", "", "", 4, kind="state", channels=4),
+    "cell.eol_date": PointSpec("cell.eol_date", "cell", "unix_s", "", 23, dtype="uint32", source="derived"),
+}
+T0 = 1_750_000_000 - 1_750_000_000 % 86400  # a midnight
+
+
+def feed(rec: Recorder, start: float, seconds: int, step: int = 5, cells: int = 12, dip: tuple = ()):
+    rng = random.Random(3)
+    for k in range(0, seconds, step):
+        t = start + k
+        discharging = dip and dip[0] <= k < dip[1]
+        batch = [(PointRef("cell.voltage", 1, c),
+                  Reading(13.5 + 0.01 * c - (1.0 if discharging else 0.0) + rng.gauss(0, 0.001), Quality.GOOD, t))
+                 for c in range(1, cells + 1)]
+        batch.append((PointRef("string.current", 1), Reading(-25.0 if discharging else 0.5, Quality.GOOD, t)))
+        batch.append((PointRef("string.current", 2), Reading(0.3, Quality.GOOD, t)))
+        batch.append((PointRef("cell.voltage", 1, cells + 1), Reading(None, Quality.COMM_FAIL, t)))
+        if k % 300 == 0:
+            batch += [(PointRef("cell.ohmic", 1, c), Reading(0.004 + 0.0001 * c, Quality.GOOD, t))
+                      for c in range(1, cells + 1)]
+        rec.add(batch)
+        if k % 60 == 0:
+            rec.flush(t)
+
+
+def make(tmp_path, **kw) -> tuple[HistoryDB, Recorder]:
+    db = HistoryDB(tmp_path / "h.sqlite", **kw)
+    rec = Recorder(db, SPECS, PointFilter(["@measured"], []), raw_interval_s=60, intervals={"string.*": 5})
+    return db, rec
+
+
+def test_vector_encoding_is_compact_and_exact():
+    vals = [13500, None, 12000, -5]
+    blob = encode_vector(vals)
+    assert len(blob) == 1 + 2 * 4  # int16 when it fits
+    assert decode_vector(blob) == vals
+    big = [4_000_000, None]
+    assert len(encode_vector(big)) == 1 + 4 * 2 and decode_vector(encode_vector(big)) == big
+
+
+def test_raw_and_rollups_hold_what_was_measured(tmp_path):
+    db, rec = make(tmp_path)
+    feed(rec, T0, 3 * 3600, dip=(3600, 5400))
+    rec.flush(T0 + 4 * 3600, final=True)
+    now = T0 + 4 * 3600
+    raw = db.query("cell.voltage", 1, 3, start=T0, end=T0 + 3 * 3600, resolution="raw", now=now)
+    assert raw.tier == "raw" and len(raw) == 180  # one sample a minute
+    assert raw.mean[0] == pytest.approx(13.53, abs=0.005) and raw.unit == "V"
+    q = db.query("cell.voltage", 1, 3, start=T0, end=T0 + 3 * 3600 - 1, resolution="15m", now=now)
+    assert len(q) == 12
+    # the discharge shows as a lower mean and as the minimum of the bucket it starts in
+    assert q.mean[4] == pytest.approx(12.53, abs=0.005)
+    assert q.min[0] == pytest.approx(13.53, abs=0.006)
+    h = db.query("cell.voltage", 1, 3, start=T0, end=T0 + 3 * 3600 - 1, resolution="1h", now=now)
+    assert h.t == [T0, T0 + 3600, T0 + 7200]
+    assert h.mean[1] == pytest.approx(13.03, abs=0.01) and h.min[1] < 12.54 and h.max[1] > 13.52
+    # string current: a string-axis series, 5 s raw samples
+    cur = db.query("string.current", 1, start=T0 + 3600, end=T0 + 3660, resolution="raw", now=now)
+    assert len(cur) == 13 and set(cur.mean) == {-25.0}
+    cur2 = db.query("string.current", 2, start=T0, end=T0 + 600, resolution="raw", now=now)
+    assert set(cur2.mean) == {0.3}
+    # a whole string in one query; the cell that never answered has no data
+    cells = db.query_string("cell.voltage", 1, start=T0, end=T0 + 3 * 3600, resolution="1h", now=now)
+    assert sorted(cells) == list(range(1, 13))
+    assert cells[12].mean[0] == pytest.approx(13.62, abs=0.005)
+    ohm = db.query("cell.ohmic", 1, 2, start=T0, end=T0 + 3 * 3600, resolution="raw", now=now)
+    assert len(ohm) == 36 and ohm.mean[0] == pytest.approx(0.0042)
+
+
+def test_resolution_is_chosen_from_the_range(tmp_path):
+    db, _ = make(tmp_path)
+    now = T0 + 400 * 86400
+    assert db.choose_tier(now - 3600, now, now=now).name == "raw"
+    assert db.choose_tier(now - 7 * 86400, now, now=now).name == "15m"
+    assert db.choose_tier(now - 30 * 86400, now, now=now).name == "1h"
+    assert db.choose_tier(now - 365 * 86400, now, now=now).name == "1d"
+    # raw data is kept 30 days: an hour two months ago comes from the 15 min tier
+    assert db.choose_tier(now - 60 * 86400, now - 60 * 86400 + 3600, now=now).name == "15m"
+    assert db.choose_tier(now - 7 * 86400, now, max_points=20_000, now=now).name == "raw"
+    assert db.choose_tier(now - 7 * 86400, now, resolution=3600, now=now).name == "1h"
+    with pytest.raises(HistoryError, match="unknown resolution"):
+        db.choose_tier(now - 10, now, resolution="5m")
+    with pytest.raises(HistoryError, match="before start"):
+        db.query("cell.voltage", 1, 1, start=now, end=now - 5)
+
+
+def test_restart_inside_a_bucket_merges_instead_of_losing(tmp_path):
+    db, rec = make(tmp_path)
+    feed(rec, T0, 600)  # 10 minutes, then a stop: partial buckets written
+    rec.flush(T0 + 600, final=True)
+    db2 = HistoryDB(tmp_path / "h.sqlite")
+    rec2 = Recorder(db2, SPECS, PointFilter(["@measured"], []), raw_interval_s=60)
+    feed(rec2, T0 + 600, 600)
+    rec2.flush(T0 + 1800, final=True)
+    q = db2.query("cell.voltage", 1, 1, start=T0, end=T0 + 899, resolution="15m", now=T0 + 1800)
+    assert len(q) == 1
+    n = db2.conn().execute("SELECT n FROM roll_900 WHERE b=?", (T0 // 900,)).fetchall()
+    assert max(r[0] for r in n) == 180  # both halves of the bucket counted
+    assert len(db2.query("cell.voltage", 1, 1, start=T0, end=T0 + 1199, resolution="raw", now=T0)) == 20
+
+
+def test_retention_deletes_old_rows_per_tier(tmp_path):
+    db, rec = make(tmp_path, raw_retention_days=1, tiers=((900, 2), (3600, 3), (86400, 0)))
+    feed(rec, T0, 3600, step=30)
+    rec.flush(T0 + 3600, final=True)
+    assert db.conn().execute("SELECT count(*) FROM raw").fetchone()[0] > 0
+    rec.flush(T0 + 86400 + 1)  # the day is over: its daily row is rolled from the hourly ones
+    assert db.conn().execute("SELECT count(*) FROM roll_86400").fetchone()[0] > 0
+    db.expire(T0 + 1.5 * 86400)
+    assert db.conn().execute("SELECT count(*) FROM raw").fetchone()[0] == 0
+    assert db.conn().execute("SELECT count(*) FROM roll_900").fetchone()[0] > 0
+    db.expire(T0 + 5 * 86400)
+    assert db.conn().execute("SELECT count(*) FROM roll_900").fetchone()[0] == 0
+    assert db.conn().execute("SELECT count(*) FROM roll_3600").fetchone()[0] == 0
+    assert db.conn().execute("SELECT count(*) FROM roll_86400").fetchone()[0] > 0  # kept forever
+
+
+def test_schema_is_compact(tmp_path):
+    db, _ = make(tmp_path)
+    sql = " ".join(r[0] for r in db.conn().execute("SELECT sql FROM sqlite_schema WHERE name LIKE 'r%'"))
+    assert sql.count("WITHOUT ROWID") == 4
+    assert db.conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_derived_families_are_left_out_unless_asked(tmp_path):
+    f = PointFilter(["@measured", "cell.ohmic_baseline_deviation"], ["cell.ohmic"])
+    assert f(SPECS["cell.voltage"]) and not f(SPECS["cell.ohmic"]) and not f(SPECS["cell.eol_date"])
+
+
+def test_gateway_records_history_and_counts_writes(tmp_path):
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=6),
+                        overrides={"history": {"flush_s": 0.3, "raw": {"interval_s": 1}}})
+    with GatewayThread(path) as gt:
+        gw = gt.gateway
+        gt.wait_for(lambda: (gw.store.value(PointRef("gateway.history_writes")) or 0) > 20, timeout=30,
+                    what="history writes")
+        db = history_for(gw)
+        now = time.time()
+        s = db.query("cell.voltage", 1, 4, start=now - 300, end=now + 5, resolution="raw")
+        assert len(s) >= 1 and 12.0 < s.mean[-1] < 14.5
+        assert gw.status()["history"]["values_written"] > 20
+    ro = open_history(gw.config, readonly=True)
+    cells = ro.query_string("cell.voltage", 1, start=now - 300, end=time.time() + 5, resolution="raw")
+    assert sorted(cells) == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(sqlite3.OperationalError):
+        ro.conn().execute("DELETE FROM raw")
