@@ -32,23 +32,49 @@ def default_config_path() -> str:
     return DEFAULT_CONFIG_PATHS[0]
 
 
+def validate_section(raw: dict, name: str, src: str) -> dict:
+    """One core section of a raw config, validated and with its defaults filled in."""
+    from .config import CORE_SCHEMA, fill_defaults, validate_value
+
+    return fill_defaults(CORE_SCHEMA[name], validate_value(raw.get(name, {}), CORE_SCHEMA[name], src, name))
+
+
+def check_sim_ports(config: Config) -> None:
+    """A bus on port 'sim' needs ``simulator.enabled: true``; raise the ConfigError ``bmsgw run`` would."""
+    if config.section("simulator").get("enabled"):
+        return
+    for i, b in enumerate(config.topology.buses):
+        if b.port == "sim":
+            raise ConfigError(str(config.path), f"buses[{i}].port",
+                              "port 'sim' needs the built-in simulator: set simulator.enabled: true, "
+                              "or name the serial device (e.g. /dev/ttyS1)")
+
+
 class Gateway:
     def __init__(self, config_path: str | Path, *, simulator: bool | None = None,
                  port_overrides: dict[str, str] | None = None, entry_points: bool = True) -> None:
         config_path = Path(config_path)
         raw = read_raw(config_path)
-        plugin_cfg = raw.get("plugins") if isinstance(raw.get("plugins"), dict) else {}
+        # the plugins section decides which plugins (and so which config sections) exist: check it first
+        plugin_cfg = validate_section(raw, "plugins", str(config_path))
         base = config_path.resolve().parent
 
         def rel(p: str) -> Path:
             return Path(p) if Path(p).is_absolute() else base / p
 
-        self.pm = make_plugin_manager([rel(d) for d in plugin_cfg.get("dirs", []) or []],
-                                      plugin_cfg.get("disable", []) or [], entry_points=entry_points)
+        for i, d in enumerate(plugin_cfg["dirs"]):
+            if not rel(d).is_dir():
+                raise ConfigError(str(config_path), f"plugins.dirs[{i}]", f"plugin folder {rel(d)} does not exist")
+        self.pm = make_plugin_manager([rel(d) for d in plugin_cfg["dirs"]], plugin_cfg["disable"],
+                                      entry_points=entry_points)
         dirs = [PROFILES_DIR]
         for result in self.pm.hook.bmsgw_profile_dirs():
             dirs.extend(result or [])
-        dirs.extend(rel(d) for d in plugin_cfg.get("profile_dirs", []) or [])
+        for i, d in enumerate(plugin_cfg["profile_dirs"]):
+            if not rel(d).is_dir():
+                raise ConfigError(str(config_path), f"plugins.profile_dirs[{i}]",
+                                  f"profile folder {rel(d)} does not exist")
+            dirs.append(rel(d))
         self.profiles = load_profiles(dirs)
         sections: dict[str, dict] = {}
         for result in self.pm.hook.bmsgw_config_schema():
@@ -68,19 +94,19 @@ class Gateway:
         ports = dict(port_overrides or {})
         sim_buses = [b.name for b in self.topology.buses if b.port == "sim" and b.name not in ports]
         if sim_buses and not use_sim:
+            check_sim_ports(self.config)
             idx = next(i for i, b in enumerate(self.topology.buses) if b.name == sim_buses[0])
             raise ConfigError(str(config_path), f"buses[{idx}].port",
-                              "port 'sim' needs the built-in simulator (simulator.enabled: true)")
+                              "port 'sim' needs the built-in simulator, but it is not started here")
         if sim_buses:
-            from .sim import simulator_from_config
-
-            self.simulator = simulator_from_config(self.config, buses=sim_buses)
+            self.simulator = self.make_simulator(sim_buses)
             ports.update(self.simulator.ports())
         decode_impls = self.pm.hook.bmsgw_decode_register.get_hookimpls()
         self.engine = Engine(self.topology, self.profiles, self.store, self.config.data["gateway"]["poll"],
                              ports=ports,
                              decode_hook=self._decode if decode_impls else None,
-                             comm_callback=self._on_comm_event)
+                             comm_callback=self._on_comm_event,
+                             discovery=self.config.data["gateway"]["discovery"])
         self.services: list[Service] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -111,6 +137,19 @@ class Gateway:
 
     def _decode(self, profile, register, words):
         return self.pm.hook.bmsgw_decode_register(profile=profile, register=register, words=words)
+
+    def _encode(self, profile, register, value):
+        return self.pm.hook.bmsgw_encode_register(profile=profile, register=register, value=value)
+
+    def make_simulator(self, buses: list[str] | None = None, **overrides):
+        """A simulator for ``buses`` (default: every bus) from the config's ``simulator`` section, with the
+        plugins' encoders; ``overrides`` replace config values (e.g. ``wire_time=False``)."""
+        from .sim import simulator_from_config
+
+        if self.pm.hook.bmsgw_encode_register.get_hookimpls():
+            overrides.setdefault("encode_hook", self._encode)
+        names = buses if buses is not None else [b.name for b in self.topology.buses]
+        return simulator_from_config(self.config, buses=names, **overrides)
 
     def _on_comm_event(self, event: CommEvent) -> None:
         self.pm.hook.bmsgw_comm_event(gateway=self, event=event)

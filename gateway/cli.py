@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 
 from . import __version__
 from .errors import GatewayError
@@ -46,8 +45,11 @@ def cmd_run(args) -> int:
 def cmd_check_config(args) -> int:
     from .app import Gateway
 
+    from .app import check_sim_ports
+
     path = _config_path(args)
     gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    check_sim_ports(gw.config)
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
           f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")
@@ -102,8 +104,10 @@ def _sort_key(gw, ref):
 
 
 def cmd_simulate(args) -> int:
+    import signal
+    import threading
+
     from .app import Gateway
-    from .sim import simulator_from_config
 
     gw = Gateway(_config_path(args), simulator=False, port_overrides=_all_ports_dummy(_config_path(args)))
     overrides = {}
@@ -111,20 +115,28 @@ def cmd_simulate(args) -> int:
         overrides["wire_time"] = False
     if args.time_scale:
         overrides["time_scale"] = args.time_scale
-    sim = simulator_from_config(gw.config, buses=[b.name for b in gw.topology.buses], **overrides)
-    for spec in args.fault or []:
-        bus, addr, kind = _parse_fault(spec)
-        sim.set_fault(bus, addr, kind)
+    sim = gw.make_simulator(**overrides)
+    try:
+        for spec in args.fault or []:
+            bus, addr, kind = _parse_fault(spec)
+            try:
+                sim.set_fault(bus, addr, kind)
+            except (KeyError, ValueError) as exc:
+                raise GatewayError(f"bad --fault {spec!r}: {exc}") from None
+    except GatewayError:
+        sim.stop()
+        raise
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
     sim.start()
     for name, path in sim.ports().items():
         n = len(sim.buses[name].devices)
         print(f"{name}: {path}  ({n} devices)", flush=True)
-    print("simulating; Ctrl-C to stop", file=sys.stderr, flush=True)
+    print("simulating; Ctrl-C or SIGTERM to stop", file=sys.stderr, flush=True)
     try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        while not done.wait(1):
+            pass
     finally:
         sim.stop()
     return 0

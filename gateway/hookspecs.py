@@ -69,9 +69,10 @@ class GatewaySpecs:
     def bmsgw_decode_register(self, profile: DeviceProfile, register: RegisterSpec, words: list[int]) -> float | None:
         """Decode a register the generic codec cannot (a vendor's quirk).
 
-        Called by the engine for every value of a profile whose ``family`` a plugin claims; the first
-        non-None result is the value.  Return None to leave the register to the generic codec.
-        Must be fast and must not do I/O.
+        Called by the engine for every value it decodes, once any plugin implements this hook; ``words`` are
+        the value's registers as received.  The first non-None result is the value (in the point's SI unit).
+        Return None for registers that are not yours (check ``profile.family``), so the generic codec
+        decodes them.  Must be fast and must not do I/O.
         """
 
     @hookspec
@@ -98,3 +99,12 @@ class GatewaySpecs:
     @hookspec
     def bmsgw_status(self, gateway: Gateway) -> dict[str, Any]:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
+
+    @hookspec(firstresult=True)
+    def bmsgw_encode_register(self, profile: DeviceProfile, register: RegisterSpec, value: float) -> list[int] | None:
+        """The simulator's side of ``bmsgw_decode_register``: the registers a device sends for ``value``.
+
+        Called by the built-in simulator for every value it serves, once any plugin implements this hook,
+        so a vendor's quirky encoding can be simulated too.  Return None for registers that are not yours
+        (the generic codec encodes them); otherwise exactly ``register.count`` words.  Must not do I/O.
+        """

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import serial
 import serial.rs485
 
+from ..errors import GatewayError
 from ..topology import BusConfig
 from .rtu import ExceptionResponse, FrameError, ModbusError, TimeoutError_, parse_reply, reply_length
+from .timer import PreciseSleeper
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ class BusCounters:
             self.crc_errors += 1
 
 
+class PortError(GatewayError):
+    """The serial port cannot be opened or configured as the bus config asks; the message says why."""
+
+
 class RtuTransport:
     def __init__(self, bus: BusConfig, port: str | None = None, turnaround: float = 0.002) -> None:
         self.bus = bus
@@ -55,9 +61,11 @@ class RtuTransport:
         self._idle_since = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        self._sleeper = PreciseSleeper()
 
     # -- port ------------------------------------------------------------------------------------------------
     def open(self) -> None:
+        """Open and configure the port; raises PortError with what went wrong and what to do about it."""
         bus = self.bus
         ser = serial.Serial()
         ser.port = self.port
@@ -67,10 +75,19 @@ class RtuTransport:
         ser.bytesize = bus.bytesize
         ser.timeout = 0
         ser.write_timeout = 0
-        ser.open()
+        try:
+            ser.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PortError(f"bus {bus.name}: cannot open {self.port}: {exc}") from None
         if bus.rs485:
             # The kernel drives the transceiver's direction pin (TIOCSRS485): exact timing, no user-space RTS.
-            ser.rs485_mode = serial.rs485.RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
+            try:
+                ser.rs485_mode = serial.rs485.RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
+            except (ValueError, OSError, NotImplementedError) as exc:
+                ser.close()
+                raise PortError(
+                    f"bus {bus.name}: {self.port} does not support the kernel's RS485 mode ({exc}); set "
+                    f"`rs485: false` for this bus when the adapter switches direction by itself") from None
         self._serial = ser
         self._fd = ser.fileno()
         self._loop = asyncio.get_running_loop()
@@ -79,6 +96,7 @@ class RtuTransport:
         log.debug("opened %s for bus %s at %s baud", self.port, bus.name, bus.baud)
 
     def close(self) -> None:
+        self._sleeper.close()
         if self._serial is not None:
             try:
                 if self._loop is not None and not self._loop.is_closed():
@@ -98,9 +116,14 @@ class RtuTransport:
             data = os.read(self._fd, 4096)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:  # the adapter was unplugged: fail the waiting request, keep the loop alive
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(TimeoutError_(f"port error: {exc}"))
+        except OSError as exc:
+            # The adapter was unplugged: fail the waiting request and close the port (a dead fd would
+            # otherwise wake the loop for ever); the engine reopens it when it comes back.
+            log.error("bus %s: %s failed: %s", self.bus.name, self.port, exc)
+            waiter = self._waiter
+            self.close()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(TimeoutError_(f"port error: {exc}"))
             return
         if not data:
             return
@@ -122,9 +145,9 @@ class RtuTransport:
         if self._serial is None:
             raise TimeoutError_("port is not open")
         bus = self.bus
-        wait = self._idle_since + bus.silence - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self._sleeper.sleep_until(self._idle_since + bus.silence)
+        if self._serial is None:
+            raise TimeoutError_("port is not open")
         self._buf.clear()  # whatever arrived since the last reply belongs to nobody
         self._request = request
         self._need = reply_length(request, b"")
@@ -146,14 +169,18 @@ class RtuTransport:
         try:
             await waiter
         except ModbusError as err:
+            self._idle_since = time.monotonic()
             if self._buf:  # something came back, but not a whole reply: a framing fault, not silence
                 err = FrameError(f"incomplete reply ({len(self._buf)} of {self._need} bytes)")
             counters.count(err)
             raise err from None
+        except BaseException:  # cancelled: the bus was quiet at least since now
+            self._idle_since = time.monotonic()
+            raise
         finally:
             handle.cancel()
             self._waiter = None
-            self._idle_since = time.monotonic()
+        # on success the silence is counted from the reply's last byte (stamped by _on_readable)
         reply = bytes(self._buf[: self._need])
         counters.bytes_in += len(self._buf)
         del self._buf[: self._need]

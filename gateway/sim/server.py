@@ -15,10 +15,12 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..modbus import codecs
-from ..modbus.rtu import (ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT, WRITE_MULTIPLE,
-                          WRITE_SINGLE, crc_ok, with_crc)
+from ..modbus.timer import set_timer_slack
+from ..modbus.rtu import (DEVICE_FAILURE, ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT,
+                          WRITE_MULTIPLE, WRITE_SINGLE, crc_ok, with_crc)
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
@@ -59,6 +61,7 @@ class SimBus(threading.Thread):
         self.turnaround = 0.002
 
     def run(self) -> None:
+        set_timer_slack()  # wake on time for the wire-time pacing
         buf = bytearray()
         while not self.stop_flag.is_set():
             try:
@@ -75,6 +78,7 @@ class SimBus(threading.Thread):
             except OSError:
                 return
             buf += data
+            received = time.monotonic()
             while True:
                 need = _request_length(buf)
                 if need is None or len(buf) < need:
@@ -84,16 +88,20 @@ class SimBus(threading.Thread):
                 if not crc_ok(frame):
                     buf.clear()
                     break
-                self._answer(frame)
+                self._answer(frame, received)
 
-    def _answer(self, frame: bytes) -> None:
+    def _answer(self, frame: bytes, received: float) -> None:
         self.requests += 1
         if self.unplugged:
             return
         dev = self.devices.get(frame[0])
         if dev is None or dev.fault == "no_answer":
             return
-        reply = self.sim.reply(dev, frame)
+        try:
+            reply = self.sim.reply(dev, frame)
+        except Exception:  # a simulator bug must not take the whole bus down: answer "device failure"
+            log.exception("simulator: %s failed to answer %s", dev.config.label, frame.hex())
+            reply = _exception(frame[0], frame[1], DEVICE_FAILURE)
         if reply is None:
             return
         if dev.fault == "crc_error":
@@ -102,12 +110,15 @@ class SimBus(threading.Thread):
             reply = bytes(self.sim.garbage_rng.randrange(256) for _ in range(len(reply)))
         delay = 0.0
         if self.sim.wire_time:
+            # the request's characters, the silence that ends it, the turnaround, the reply's characters:
+            # counted from when the request arrived, so the simulator's own work is not added on top
             ct = self.bus.char_time
             delay = (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
         if dev.fault == "slow":
             delay += dev.slow_ms / 1000.0
-        if delay > 0:
-            time.sleep(delay)
+        wait = received + delay - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         try:
             os.write(self.master, reply)
         except OSError:
@@ -115,7 +126,8 @@ class SimBus(threading.Thread):
 
     def close(self) -> None:
         self.stop_flag.set()
-        self.join(timeout=2)
+        if self.ident is not None:  # started
+            self.join(timeout=2)
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)
@@ -140,13 +152,15 @@ class Simulator:
     def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], seed: int = 1,
                  wire_time: bool = True, time_scale: float = 1.0, weak_cells: int = 3,
                  discharge_every_s: float = 0.0, discharge_duration_s: float = 1800.0,
-                 buses: list[str] | None = None, model: BankModel | None = None) -> None:
+                 buses: list[str] | None = None, model: BankModel | None = None,
+                 encode_hook: Callable | None = None) -> None:
         import random
 
         self.topology = topology
         self.profiles = profiles
         self.wire_time = wire_time
         self.time_scale = time_scale
+        self.encode_hook = encode_hook  # (profile, register, value) -> words | None, for vendor quirks
         self.garbage_rng = random.Random(seed + 7)
         self.model = model or BankModel(
             [(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit) for s in topology.strings],
@@ -165,14 +179,16 @@ class Simulator:
     def _sim_device(self, dev: DeviceConfig, serial: int) -> SimDevice:
         prof = self.profiles[dev.profile]
         sd = SimDevice(dev, prof, dev.address, serial=100000 + serial)
+        vid = 0  # one id per value, so a read encodes each value once however many words it spans
         for reg in prof.registers:
             for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
                 address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
+                vid += 1
                 for w in range(reg.count):
                     key = (reg.table, address + w)
                     # several bit fields may share a register: keep them all
                     prev = sd.registers.get(key)
-                    entry = (reg, ref, w)
+                    entry = (reg, ref, w, vid)
                     sd.registers[key] = (prev + (entry,)) if prev else (entry,)
         ident = prof.identity
         if ident is not None:
@@ -273,14 +289,34 @@ class Simulator:
                     if entry[0] == "identity":
                         word |= self._identity_word(dev, entry[1])
                         continue
-                    reg, ref, w = entry
-                    key = (reg, ref)
-                    if key not in values:
-                        v = model.measure(ref.point, ref.string, ref.cell, ref.channel)
-                        values[key] = codecs.encode(v, reg)
-                    word |= values[key][w]
+                    reg, ref, w, vid = entry
+                    encoded = values.get(vid)
+                    if encoded is None:
+                        encoded = values[vid] = self._encode(dev, reg, ref)
+                    word |= encoded[w]
                 words.append(word)
         return words
+
+    def _encode(self, dev: SimDevice, reg, ref) -> list[int]:
+        model = self.model
+        key = (ref.point, ref.string, ref.cell, ref.channel)
+        if model.overrides and key in model.overrides:
+            v = model.overrides[key]
+            if v is None:  # the sensor says "not available"
+                if reg.not_available is not None:
+                    return codecs.words_from_raw(reg.not_available, "uint32" if reg.count == 2 else "uint16",
+                                                 reg.word_order)
+                return [0xFFFF] * reg.count
+        elif ref.point in model.KNOWN_POINTS:
+            v = model.measure(*key)
+        else:
+            # a family the physics does not know (a third-party sensor): the middle of its measuring range
+            v = (reg.valid_range[0] + reg.valid_range[1]) / 2.0 if reg.valid_range else 0.0
+        if self.encode_hook is not None:
+            words = self.encode_hook(dev.profile, reg, v)
+            if words is not None:
+                return list(words)
+        return codecs.encode(v, reg)
 
     def _identity_word(self, dev: SimDevice, w: int) -> int:
         ident = dev.profile.identity
@@ -302,7 +338,7 @@ class Simulator:
             for entry in entries:
                 if entry[0] == "identity" or not entry[0].writable:
                     return False
-                reg, ref, _ = entry
+                reg, ref = entry[0], entry[1]
                 self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
         return True
 
