@@ -22,7 +22,8 @@ OID_GATEWAY, OID_BUS_TABLE, OID_BANK, OID_BANK_CHANNEL_TABLE, OID_STRING_TABLE, 
 
 _UNIT_SUFFIX = {"V": ("volts", 1.0), "A": ("amperes", 1.0), "C": ("celsius", 1.0), "ohm": ("ohms", 1.0),
                 "%": ("ratio", 0.01), "s": ("seconds", 1.0), "Ah": ("ampere_hours", 1.0),
-                "unix_s": ("timestamp_seconds", 1.0)}
+                "unix_s": ("timestamp_seconds", 1.0), "S": ("siemens", 1.0), "W": ("watts", 1.0),
+                "Hz": ("hertz", 1.0)}
 
 
 class CatalogError(GatewayError):
