@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from .config import Config, load_config, read_raw
+from .config import CORE_SCHEMA, Config, load_config, read_raw
 from .engine import CommEvent, Engine
 from .errors import ConfigError
 from .hookspecs import Service
@@ -79,8 +79,9 @@ class Gateway:
         sections: dict[str, dict] = {}
         for result in self.pm.hook.bmsgw_config_schema():
             for name, schema in (result or {}).items():
-                if name in sections:
-                    raise ConfigError(str(config_path), name, "config section claimed by two plugins")
+                if name in sections or name in CORE_SCHEMA:
+                    raise ConfigError(str(config_path), name, "config section claimed twice (by two plugins, or "
+                                                              "by a plugin and the core)")
                 sections[name] = schema
         self.config: Config = load_config(config_path, self.profiles, sections)
         self.catalog = self._build_catalog()

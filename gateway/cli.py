@@ -95,7 +95,10 @@ def cmd_poll(args) -> int:
             keys = " ".join(f"{k}={item[k]}" for k in ("string", "cell", "channel") if k in item)
             value = "n/a" if item["value"] is None else f"{item['value']:.6g}"
             print(f"{item['point']:<32} {keys:<20} {value:>12} {item['unit']:<4} {item['quality']}")
-    return 0
+    failed = [c["open_error"] for c in gw.engine.counters().values() if c["open_error"]]
+    for msg in failed:
+        print(f"bmsgw: {msg}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _sort_key(gw, ref):

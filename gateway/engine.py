@@ -310,8 +310,9 @@ class Engine:
             blocks, requests = ds.blocks, ds.requests
         else:
             blocks, requests = ds.fast_blocks, ds.fast_requests
-        for block, request in zip(blocks, requests):
+        for n, (block, request) in enumerate(zip(blocks, requests)):
             words = None
+            timed_out = False
             for attempt in range(retries + 1):
                 try:
                     if transport is None or not transport.is_open:
@@ -323,8 +324,12 @@ class Engine:
                     break
                 except ModbusError as exc:
                     error = str(exc) or exc.kind
+                    timed_out = exc.kind == "timeout"
             if words is None:
                 ok = False
+                if timed_out:  # silent: do not spend a timeout on each of its other reads too
+                    failed_refs.extend(item.ref for b in blocks[n:] for item in b.items)
+                    break
                 failed_refs.extend(item.ref for item in block.items)
                 continue
             self._decode_block(ds, block, words, ts, batch)
@@ -361,6 +366,10 @@ class Engine:
             return
         ds.failures += 1
         ds.last_error = error
+        store = self.store
+        never_read = [r for r in (failed_refs or ds.refs) if store.get(r) is None]
+        if never_read:  # no last value that could go stale: say at once that the device did not answer
+            store.put_many([(r, Reading(None, Quality.COMM_FAIL, ts)) for r in never_read])
         if ds.failures >= self.stale_after:
             self.store.mark(ds.refs, Quality.COMM_FAIL)
             if not ds.lost:
@@ -369,7 +378,8 @@ class Engine:
                 self._comm_event(ds, True, error, ts)
             ds.next_try = time.monotonic() + self.lost_retry_s
         else:
-            self.store.mark(failed_refs or ds.refs, Quality.STALE)
+            fresh = set(never_read)
+            self.store.mark([r for r in (failed_refs or ds.refs) if r not in fresh], Quality.STALE)
 
     def _comm_event(self, ds: DeviceState, lost: bool, reason: str, ts: float) -> None:
         if ds.comm_ref is not None:

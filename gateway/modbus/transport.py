@@ -17,7 +17,8 @@ import serial.rs485
 
 from ..errors import GatewayError
 from ..topology import BusConfig
-from .rtu import ExceptionResponse, FrameError, ModbusError, TimeoutError_, parse_reply, reply_length
+from .rtu import (ExceptionResponse, FrameError, ModbusError, TimeoutError_, crc_ok, parse_reply, reply_length,
+                  READ_HOLDING, READ_INPUT)
 from .timer import PreciseSleeper
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class BusCounters:
     bytes_out: int = 0
     bytes_in: int = 0
     wire_time: float = 0.0  # physical minimum of the transactions sent (for the scan-efficiency figure)
+    stray_replies: int = 0  # late replies of other units dropped while waiting
 
     def count(self, error: ModbusError) -> None:
         if error.kind == "timeout":
@@ -131,10 +133,26 @@ class RtuTransport:
         self._idle_since = time.monotonic()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            if len(self._buf) >= 2:
-                self._need = reply_length(self._request, self._buf)
-            if len(self._buf) >= self._need:
-                waiter.set_result(None)
+            buf = self._buf
+            while len(buf) >= 2:
+                if buf[0] != self._request[0] and self._drop_stray():
+                    continue
+                self._need = reply_length(self._request, buf)
+                if len(buf) >= self._need:
+                    waiter.set_result(None)
+                break
+
+    def _drop_stray(self) -> bool:
+        """A late reply of another unit (a slow slave answering after its timeout) may sit in front of the
+        reply we wait for: when the buffer starts with a whole, valid frame of another unit, drop it."""
+        buf = self._buf
+        for length in _frame_lengths(buf):
+            if len(buf) >= length and crc_ok(bytes(buf[:length])):
+                log.debug("bus %s: dropped a late reply from unit %d", self.bus.name, buf[0])
+                del buf[:length]
+                self.counters.stray_replies += 1
+                return True
+        return False
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
@@ -189,6 +207,17 @@ class RtuTransport:
         except (FrameError, ExceptionResponse) as err:
             counters.count(err)
             raise
+
+
+def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
+    """Lengths a reply starting at ``buf`` may have (exception, read, write echo)."""
+    if len(buf) < 3:
+        return ()
+    if buf[1] & 0x80:
+        return (5,)
+    if buf[1] in (READ_HOLDING, READ_INPUT):
+        return (5 + buf[2],)
+    return (8,)
 
 
 def _expire(waiter: asyncio.Future) -> None:

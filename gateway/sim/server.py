@@ -7,6 +7,7 @@ can be injected per bus or per device at any time.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import select
@@ -59,17 +60,23 @@ class SimBus(threading.Thread):
         self.stop_flag = threading.Event()
         self.requests = 0
         self.turnaround = 0.002
+        self.late: list[tuple[float, int, bytes]] = []  # replies of slow slaves: (due, seq, frame), a heap
 
     def run(self) -> None:
         set_timer_slack()  # wake on time for the wire-time pacing
         buf = bytearray()
         while not self.stop_flag.is_set():
+            timeout = 0.1
+            if self.late:
+                timeout = max(0.0, min(timeout, self.late[0][0] - time.monotonic()))
             try:
-                ready, _, _ = select.select([self.master], [], [], 0.1)
+                ready, _, _ = select.select([self.master], [], [], timeout)
             except (OSError, ValueError):
                 return
+            self._send_late()
             if not ready:
-                buf.clear()  # a silence ends any partial frame
+                if timeout >= 0.1:
+                    buf.clear()  # a silence ends any partial frame
                 continue
             try:
                 data = os.read(self.master, 4096)
@@ -114,13 +121,23 @@ class SimBus(threading.Thread):
             # counted from when the request arrived, so the simulator's own work is not added on top
             ct = self.bus.char_time
             delay = (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
-        if dev.fault == "slow":
-            delay += dev.slow_ms / 1000.0
         wait = received + delay - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        if dev.fault == "slow":
+            # a slow slave keeps only itself waiting: its reply goes out later, the bus serves the others
+            heapq.heappush(self.late, (time.monotonic() + dev.slow_ms / 1000.0, self.requests, reply))
+            return
+        self._write(reply)
+
+    def _send_late(self) -> None:
+        now = time.monotonic()
+        while self.late and self.late[0][0] <= now:
+            self._write(heapq.heappop(self.late)[2])
+
+    def _write(self, frame: bytes) -> None:
         try:
-            os.write(self.master, reply)
+            os.write(self.master, frame)
         except OSError:
             pass
 
