@@ -291,6 +291,9 @@ class Simulator:
         span = dev.span.get(table)
         if span is None or address < span[0] or address + count - 1 > span[1]:
             return None
+        regs = dev.registers
+        if not any((table, a) in regs for a in range(address, address + count)):
+            return None  # nothing of this device there (reading through gaps between values is fine)
         model = self.model
         model.advance_to(self.now())
         values: dict = {}
