@@ -15,7 +15,7 @@ from .hookspecs import Service
 from .plugins import make_plugin_manager
 from .pointmap import Catalog, CatalogError, PointMap
 from .points import PointStore
-from .profiles import PROFILES_DIR, load_catalog_file, load_profiles
+from .profiles import CATALOG_PATH, PROFILES_DIR, load_catalog_file, load_profiles
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,21 @@ class Gateway:
     # -- construction helpers --------------------------------------------------------------------------------
     def _build_catalog(self) -> Catalog:
         catalog = Catalog()
-        try:
-            for spec in load_catalog_file():
-                catalog.add(spec, "profiles/points.yaml")
-            for prof in self.profiles.values():
-                for spec in prof.points:
-                    catalog.add(spec, prof.source)
-            for result in self.pm.hook.bmsgw_point_families():
-                for spec in result or []:
-                    catalog.add(spec, "a plugin's bmsgw_point_families")
-        except CatalogError as exc:
-            raise ConfigError("point catalog", "", str(exc)) from None
+
+        def add(spec, origin: str, where: str) -> None:
+            try:
+                catalog.add(spec, origin)
+            except CatalogError as exc:
+                raise ConfigError(origin, where, str(exc)) from None
+
+        for i, spec in enumerate(load_catalog_file()):
+            add(spec, str(CATALOG_PATH), f"points[{i}]")
+        for prof in self.profiles.values():
+            for i, spec in enumerate(prof.points):
+                add(spec, prof.source, f"points[{i}]")
+        for impl in self.pm.hook.bmsgw_point_families.get_hookimpls():
+            for spec in impl.function() or []:
+                add(spec, f"plugin {impl.plugin_name}", f"bmsgw_point_families: {spec.id}")
         for prof in self.profiles.values():
             for i, reg in enumerate(prof.registers):
                 if reg.point not in catalog:

@@ -155,7 +155,7 @@ def _parse_fault(spec: str) -> tuple[str, int | None, str]:
 
 
 def cmd_scan(args) -> int:
-    from .app import Gateway, default_config_path
+    from .app import Gateway
     from .modbus.transport import RtuTransport
     from .profiles import PROFILES_DIR, load_profiles
     from .scan import config_fragment, parse_ids, scan_bus
@@ -165,10 +165,9 @@ def cmd_scan(args) -> int:
         ids = parse_ids(args.ids)
     except ValueError as exc:
         raise GatewayError(str(exc)) from None
-    cfg = args.config or default_config_path()
-    try:
-        profiles = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).profiles
-    except (GatewayError, OSError):
+    if args.config:  # its plugin and profile folders too
+        profiles = Gateway(args.config, simulator=False, port_overrides=_all_ports_dummy(args.config)).profiles
+    else:
         from .plugins import make_plugin_manager
 
         pm = make_plugin_manager()

@@ -117,8 +117,9 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
         elif prof.scope == "string":
             strings.append({"sensor": f, "runs": []})
         elif prof.scope == "cell":
-            if not strings:
-                strings.append({"sensor": None, "runs": []})
+            last = strings[-1]["runs"][-1][-1].profile if strings and strings[-1]["runs"] else None
+            if not strings or (last is not None and last is not prof):
+                strings.append({"sensor": None, "runs": []})  # another battery type: another string
             runs = strings[-1]["runs"]
             prev = runs[-1][-1] if runs else None
             if prev is not None and prev.profile is prof and f.address == prev.address + 1:
