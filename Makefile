@@ -31,8 +31,9 @@ $(APT_STAMP): Makefile
 
 system-deps: $(APT_STAMP)
 
+CONFIG ?= config.yaml
 run: $(STAMP)
-	$(BIN)/bmsgw run --config config.yaml
+	$(BIN)/bmsgw run --config $(CONFIG)
 
 test: $(STAMP) $(APT_STAMP)
 	$(BIN)/python -m pytest -q

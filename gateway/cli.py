@@ -37,7 +37,8 @@ def cmd_run(args) -> int:
     from .app import Gateway
 
     gw = Gateway(_config_path(args))
-    logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
+    if not args.log_level:  # --log-level wins over the config
+        logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
     asyncio.run(gw.serve_forever())
     return 0
 

@@ -298,6 +298,9 @@ class Engine:
         bs.cycles += 1
         self.poll_cycles += 1
         bs.last_duration = time.monotonic() - start
+        if bs.cycles == 1:
+            log.info("bus %s: first poll cycle took %.2f s; %d of %d devices answer", bs.bus.name, bs.last_duration,
+                     sum(1 for d in bs.devices if d.failures == 0), len(bs.devices))
         self._publish_bus(bs)
 
     async def _poll_device(self, transport: RtuTransport | None, ds: DeviceState, slow: bool, retries: int) -> None:
