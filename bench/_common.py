@@ -1,8 +1,10 @@
 """Shared helpers for the benchmarks: configs in a temp folder, the simulator in its own process."""
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,9 @@ def direct_bank(baud: int, strings: int = 4, cells: int = 120, wire_time: bool =
 
 
 def write_config(data: dict, folder: Path | None = None) -> Path:
-    folder = folder or Path(tempfile.mkdtemp(prefix="bmsgw-bench-"))
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="bmsgw-bench-"))
+        atexit.register(shutil.rmtree, folder, True)
     data.setdefault("gateway", {})["state_dir"] = str(folder / "var")
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

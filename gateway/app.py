@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import CORE_SCHEMA, Config, load_config, read_raw
 from .engine import CommEvent, Engine
-from .errors import ConfigError
+from .errors import ConfigError, GatewayError
 from .hookspecs import Service
 from .plugins import make_plugin_manager
 from .pointmap import Catalog, CatalogError, PointMap
@@ -168,7 +168,12 @@ class Gateway:
         if services:
             for result in self.pm.hook.bmsgw_services(gateway=self):
                 for svc in result or []:
-                    await svc.start()
+                    try:
+                        await svc.start()
+                    except Exception as exc:  # e.g. a port in use: say which face, stop what started
+                        log.error("%s failed to start: %s", getattr(svc, "name", svc), exc)
+                        await self.stop()
+                        raise GatewayError(f"{getattr(svc, 'name', svc)} cannot start: {exc}") from exc
                     self.services.append(svc)
         await self.engine.start()
 

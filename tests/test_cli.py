@@ -230,3 +230,19 @@ def test_make_run_starts_the_default_gateway_and_stops_cleanly(tmp_path):
         assert "stopping" in make.text() and "Traceback" not in make.text()
     finally:
         make.kill()
+
+
+def test_run_says_which_face_cannot_start_and_exits_2(tmp_path):
+    import socket
+
+    face = tmp_path / "faces" / "echo_face"
+    face.mkdir(parents=True)
+    (face / "__init__.py").write_text(ECHO_FACE)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = small_bank(strings=1, cells=2)
+        cfg.update(plugins={"dirs": [str(face.parent)]}, echo={"port": taken.getsockname()[1]})
+        out = bmsgw("run", "--config", write_config(tmp_path, base=cfg), timeout=60)
+    assert out.returncode == 2
+    assert "bmsgw: echo cannot start:" in out.stderr and "Traceback" not in out.stderr
