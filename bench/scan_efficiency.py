@@ -17,10 +17,11 @@ from _common import SimProcess, direct_bank, now, write_config
 from gateway.app import Gateway
 
 
-async def measure(gw: Gateway, scans: int) -> tuple[float, float, int]:
+async def measure(gw: Gateway, scans: int) -> list[tuple[float, float, int]]:
+    """(elapsed, limit, transactions) of each full scan."""
     engine = gw.engine
     await engine.poll_once(slow=True)  # warm-up: ports open, every device answered once
-    best = None
+    out = []
     for _ in range(scans):
         before = {n: (bs.transport.counters.wire_time, bs.transport.counters.requests) for n, bs in engine.buses.items()}
         t0 = now()
@@ -28,26 +29,30 @@ async def measure(gw: Gateway, scans: int) -> tuple[float, float, int]:
         elapsed = now() - t0
         limit = max(bs.transport.counters.wire_time - before[n][0] for n, bs in engine.buses.items())
         requests = sum(bs.transport.counters.requests - before[n][1] for n, bs in engine.buses.items())
-        if best is None or elapsed / limit < best[0] / best[1]:
-            best = (elapsed, limit, requests)
+        out.append((elapsed, limit, requests))
     await engine.stop()
-    return best
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scans", type=int, default=3, help="scans per baud rate (the best one counts)")
+    ap.add_argument("--scans", type=int, default=0,
+                    help="scans per baud rate (default 3 at 9600, 8 at 115200); the best one is the figure, since "
+                         "other load on the machine only ever adds time")
     args = ap.parse_args()
     ratios = {}
     for baud in (9600, 115200):
         cfg = write_config(direct_bank(baud))
         with SimProcess(cfg) as sim:
             gw = Gateway(cfg, simulator=False, port_overrides=sim.ports)
-            elapsed, limit, requests = asyncio.run(measure(gw, args.scans))
+            scans = asyncio.run(measure(gw, args.scans or (3 if baud == 9600 else 8)))
             bad = sum(c["timeouts"] + c["crc_errors"] for c in gw.engine.counters().values())
-        ratios[baud] = elapsed / limit
+        each = sorted(e / lim for e, lim, _ in scans)
+        elapsed, limit, requests = min(scans, key=lambda x: x[0] / x[1])
+        ratios[baud] = each[0]
         print(f"{baud:>6} baud: full scan {elapsed:.3f} s, wire-time limit {limit:.3f} s "
-              f"({requests} transactions, {bad} timeouts/CRC errors): {ratios[baud]:.3f}x the limit")
+              f"({requests} transactions, {bad} timeouts/CRC errors): {each[0]:.3f}x the limit "
+              f"(median of {len(each)} scans {each[len(each) // 2]:.3f}x, worst {each[-1]:.3f}x)")
     print("scan efficiency (measured / wire-time limit, target <= 1.10): "
           + ", ".join(f"{b} baud {r:.3f}x" for b, r in ratios.items()))
 

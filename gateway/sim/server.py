@@ -1,7 +1,7 @@
 """Modbus RTU slaves on pseudo-terminals: the simulated bank behind the real serial path.
 
-One thread per bus reads request frames from the pty's master side and answers for every device the
-config puts on that bus, encoding the model's values with each device's own profile (so any profile can be
+One thread serves every bus: it reads request frames from each pty's master side and answers for every
+device the config puts on that bus, encoding the model's values with each device's own profile (so any profile can be
 simulated).  With ``wire_time`` on, a reply leaves no earlier than the physical bus would allow.  Faults
 can be injected per bus or per device at any time.
 """
@@ -45,9 +45,10 @@ class SimDevice:
     serial: int = 0
 
 
-class SimBus(threading.Thread):
+class SimBus:
+    """One simulated RS485 bus: a pseudo-terminal and the devices on it.  Served by the simulator's thread."""
+
     def __init__(self, sim: "Simulator", bus: BusConfig, devices: list[SimDevice]) -> None:
-        super().__init__(name=f"sim-{bus.name}", daemon=True)
         self.sim = sim
         self.bus = bus
         self.devices = {d.address: d for d in devices}
@@ -57,45 +58,40 @@ class SimBus(threading.Thread):
         os.set_blocking(self.master, False)
         self.path = os.ttyname(self.slave)
         self.unplugged = False
-        self.stop_flag = threading.Event()
         self.requests = 0
         self.turnaround = 0.002
-        self.late: list[tuple[float, int, bytes]] = []  # replies of slow slaves: (due, seq, frame), a heap
+        self.buf = bytearray()
+        self.last_rx = 0.0
+        self.busy_until = 0.0  # the wire is taken by a transaction until then
+        self.dead = False
 
-    def run(self) -> None:
-        set_timer_slack()  # wake on time for the wire-time pacing
-        buf = bytearray()
-        while not self.stop_flag.is_set():
-            timeout = 0.1
-            if self.late:
-                timeout = max(0.0, min(timeout, self.late[0][0] - time.monotonic()))
-            try:
-                ready, _, _ = select.select([self.master], [], [], timeout)
-            except (OSError, ValueError):
-                return
-            self._send_late()
-            if not ready:
-                if timeout >= 0.1:
-                    buf.clear()  # a silence ends any partial frame
-                continue
-            try:
-                data = os.read(self.master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            buf += data
-            received = time.monotonic()
-            while True:
-                need = _request_length(buf)
-                if need is None or len(buf) < need:
-                    break
-                frame = bytes(buf[:need])
-                del buf[:need]
-                if not crc_ok(frame):
-                    buf.clear()
-                    break
-                self._answer(frame, received)
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.dead = True
+            return
+        if not data:  # the far end is gone
+            self.dead = True
+            return
+        now = time.monotonic()
+        if now - self.last_rx > 0.1:
+            self.buf.clear()  # a silence ends any partial frame
+        self.last_rx = now
+        buf = self.buf
+        buf += data
+        while True:
+            need = _request_length(buf)
+            if need is None or len(buf) < need:
+                break
+            frame = bytes(buf[:need])
+            del buf[:need]
+            if not crc_ok(frame):
+                buf.clear()
+                break
+            self._answer(frame, now)
 
     def _answer(self, frame: bytes, received: float) -> None:
         self.requests += 1
@@ -115,36 +111,25 @@ class SimBus(threading.Thread):
             reply = reply[:-1] + bytes([reply[-1] ^ 0xFF])
         elif dev.fault == "garbage":
             reply = bytes(self.sim.garbage_rng.randrange(256) for _ in range(len(reply)))
-        delay = 0.0
+        due = received
         if self.sim.wire_time:
             # the request's characters, the silence that ends it, the turnaround, the reply's characters:
-            # counted from when the request arrived, so the simulator's own work is not added on top
+            # counted from when the request arrived (never before the wire is free), so the simulator's own
+            # work is not added on top
             ct = self.bus.char_time
-            delay = (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
-        wait = received + delay - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+            due = max(received, self.busy_until) + (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
+            self.busy_until = due
         if dev.fault == "slow":
-            # a slow slave keeps only itself waiting: its reply goes out later, the bus serves the others
-            heapq.heappush(self.late, (time.monotonic() + dev.slow_ms / 1000.0, self.requests, reply))
-            return
-        self._write(reply)
+            due += dev.slow_ms / 1000.0  # a slow slave keeps only itself waiting; the bus serves the others
+        self.sim.schedule(due, self, reply)
 
-    def _send_late(self) -> None:
-        now = time.monotonic()
-        while self.late and self.late[0][0] <= now:
-            self._write(heapq.heappop(self.late)[2])
-
-    def _write(self, frame: bytes) -> None:
+    def write(self, frame: bytes) -> None:
         try:
             os.write(self.master, frame)
         except OSError:
             pass
 
     def close(self) -> None:
-        self.stop_flag.set()
-        if self.ident is not None:  # started
-            self.join(timeout=2)
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)
@@ -187,6 +172,10 @@ class Simulator:
         self._sim0 = self.model.t
         names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
         self.buses: dict[str, SimBus] = {}
+        self._due: list[tuple[float, int, SimBus, bytes]] = []  # replies waiting for their time, a heap
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         for bus in topology.buses:
             if bus.name not in names:
                 continue
@@ -219,13 +208,45 @@ class Simulator:
 
     # -- life cycle ------------------------------------------------------------------------------------------
     def start(self) -> "Simulator":
-        for b in self.buses.values():
-            b.start()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._serve, name="simulator", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
         for b in self.buses.values():
             b.close()
+
+    def schedule(self, due: float, bus: SimBus, frame: bytes) -> None:
+        """Send ``frame`` on ``bus`` at ``due`` (time.monotonic)."""
+        self._seq += 1
+        heapq.heappush(self._due, (due, self._seq, bus, frame))
+
+    def _serve(self) -> None:
+        """One thread serves every bus: read requests as they come, send replies when they are due."""
+        set_timer_slack()  # wake on time for the wire-time pacing
+        due = self._due
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                _, _, bus, frame = heapq.heappop(due)
+                bus.write(frame)
+            timeout = 0.1 if not due else max(0.0, due[0][0] - time.monotonic())
+            live = {b.master: b for b in self.buses.values() if not b.dead}
+            try:
+                ready, _, _ = select.select(list(live), [], [], timeout)
+            except (OSError, ValueError):
+                live = {fd: b for fd, b in live.items() if _fd_ok(fd)}
+                if not live:
+                    return
+                continue
+            for fd in ready:
+                live[fd].on_readable()
 
     def __enter__(self) -> "Simulator":
         return self.start()
@@ -361,6 +382,14 @@ class Simulator:
                 reg, ref = entry[0], entry[1]
                 self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
         return True
+
+
+def _fd_ok(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 def _exception(unit: int, function: int, code: int) -> bytes:
