@@ -109,7 +109,6 @@ class Engine:
         self.discovery = dict(discovery or {})  # {on_start: bool, ids: "1-247", adopt: bool}
         self.started = time.time()
         self.poll_cycles = 0
-        self._stopping = asyncio.Event() if _loop_running() else None
         ports = ports or {}
         self.buses: dict[str, BusState] = {}
         for bus in topology.buses:
@@ -176,14 +175,11 @@ class Engine:
         return True
 
     async def start(self) -> None:
-        self._stopping = asyncio.Event()
         await self.open()
         for bs in self.buses.values():
             bs.task = asyncio.create_task(self._bus_loop(bs), name=f"bus-{bs.bus.name}")
 
     async def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
         tasks = [bs.task for bs in self.buses.values() if bs.task]
         for t in tasks:
             t.cancel()
@@ -313,6 +309,8 @@ class Engine:
             blocks, requests = ds.blocks, ds.requests
         else:
             blocks, requests = ds.fast_blocks, ds.fast_requests
+        if not blocks:  # nothing of this device is due: no news about it either
+            return
         for n, (block, request) in enumerate(zip(blocks, requests)):
             words = None
             timed_out = False
@@ -349,7 +347,7 @@ class Engine:
             value = hook(ds.profile, reg, chunk) if hook is not None else None
             if value is None:
                 value = codecs.decode(chunk, reg)
-            if value is None:
+            if value is None or value != value:  # not available (a plugin may say so with NaN)
                 batch.append((item.ref, Reading(None, bad, ts)))
                 continue
             rng = reg.valid_range
@@ -460,10 +458,3 @@ class Engine:
             raise WriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
         self.store.put(ref, float(value), Quality.GOOD)
 
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False

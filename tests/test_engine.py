@@ -408,3 +408,29 @@ def test_the_transport_drops_a_late_reply_of_another_unit(tmp_path):
         os.close(master)
         os.close(slave)
     assert words == [42] and counters.stray_replies == 1 and counters.crc_errors == 0
+
+
+def test_a_fast_cycle_says_nothing_about_a_device_with_only_slow_values(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "ohm-only.yaml").write_text(
+        "{model: O-1, vendor: Acme, family: acme_o, scope: cell, registers: "
+        "[{point: cell.ohmic, table: input, address: 2, type: uint32, scale: 0.000001, poll: slow}]}\n")
+    cfg = one_bus({1: [{"profile": "ohm-only", "address": 2, "count": 2}]}, cells=2)
+    cfg["plugins"] = {"profile_dirs": [str(profiles)]}
+    cfg["gateway"] = {"poll": {"stale_after_cycles": 1}}
+    cfg["buses"][0]["timeout_ms"] = 30
+    seen = {}
+
+    async def then(gw):
+        events = Events(gw)
+        gw.simulator.set_fault("bus1", 2, "no_answer")
+        await gw.engine.poll_once(slow=True)
+        await gw.engine.poll_once(slow=False)
+        await gw.engine.poll_once(slow=False)
+        seen["q"] = gw.store.get(PointRef("cell.ohmic", 1, 1)).quality
+        seen["events"] = list(events.items)
+
+    poll_on_simulator(tmp_path, cfg, then=then)
+    assert seen["q"] is Quality.COMM_FAIL
+    assert [(a, lost) for a, lost, _ in seen["events"]] == [(2, True)], "no false 'answers again'"
