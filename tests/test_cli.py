@@ -121,7 +121,7 @@ class Child:
 
 def test_simulate_prints_ptys_that_mbpoll_can_read(tmp_path):
     path = write_config(tmp_path, base=small_bank(strings=2, cells=4))
-    sim = Child([BMSGW, "simulate", "--config", str(path)], tmp_path, "simulate")
+    sim = Child([BMSGW, "simulate", "--config", str(path), "--fault", "bus1:3=no_answer"], tmp_path, "simulate")
     try:
         lines = [sim.proc.stdout.readline() for _ in range(2)]
         ports = dict(re.match(r"(\w+): (/dev/pts/\d+)  \((\d+) devices\)", line).group(1, 2) for line in lines)
@@ -135,6 +135,10 @@ def test_simulate_prints_ptys_that_mbpoll_can_read(tmp_path):
         assert 12.8 < regs[1] / 1000 < 14.2, "a 12 V unit on float, in mV"
         assert 15.0 < regs[2] / 10 < 40.0, "negative-post temperature, 0.1 C"
         assert 1000 < (regs[3] << 16 | regs[4]) < 20000, "ohmic value in micro-ohm (a few milliohm)"
+        # the injected fault: the sensor at address 3 on bus1 keeps silent
+        out = subprocess.run(["mbpoll", "-m", "rtu", "-b", "115200", "-P", "none", "-a", "3", "-t", "3", "-r", "1",
+                              "-c", "1", "-1", "-o", "0.2", ports["bus1"]], capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0 and "timed out" in out.stderr
         assert sim.stop() == 0
     finally:
         sim.kill()
@@ -180,6 +184,14 @@ def bmsgw_config_schema():
 def bmsgw_services(gateway):
     return [Echo(gateway.config.section("echo")["port"])]
 '''
+
+
+def test_simulate_refuses_a_bad_fault(tmp_path):
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=2))
+    out = bmsgw("simulate", "--config", path, "--fault", "bus9=unplugged", timeout=30)
+    assert out.returncode == 2 and "bad --fault 'bus9=unplugged'" in out.stderr
+    out = bmsgw("simulate", "--config", path, "--fault", "bus1:2=melted", timeout=30)
+    assert out.returncode == 2 and "unknown fault 'melted'" in out.stderr
 
 
 def test_run_logs_where_it_polls_and_where_each_face_listens_and_stops_on_sigterm(tmp_path):
