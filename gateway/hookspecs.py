@@ -53,8 +53,9 @@ class GatewaySpecs:
     def bmsgw_point_families(self) -> list[PointSpec]:
         """Point families this plugin adds to the catalog (typically values it derives).
 
-        Called once at start-up.  A family must take a free slot of its scope (see profiles/points.yaml);
-        a clash stops start-up with a message naming both families.
+        Called once at start-up.  A family must take a free slot of its scope (profiles/points.yaml keeps
+        cell 40-53, string 150-249, bank 100-124 and gateway 40-61 for third-party families); a clash stops
+        start-up with a message naming both families.
         """
 
     @hookspec
