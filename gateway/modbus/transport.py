@@ -34,6 +34,7 @@ class BusCounters:
     bytes_in: int = 0
     wire_time: float = 0.0  # physical minimum of the transactions sent (for the scan-efficiency figure)
     stray_replies: int = 0  # late replies of other units dropped while waiting
+    reply_time: float = 0.0  # request sent -> reply's last byte, summed over answered transactions
 
     def count(self, error: ModbusError) -> None:
         if error.kind == "timeout":
@@ -177,6 +178,7 @@ class RtuTransport:
         counters.wire_time += (len(request) + self._need) * bus.char_time + 2 * bus.silence + self.turnaround
         try:
             os.write(self._fd, request)
+            sent = time.monotonic()
         except OSError as exc:
             self._waiter = None
             err = TimeoutError_(f"write failed: {exc}")
@@ -198,6 +200,7 @@ class RtuTransport:
         finally:
             handle.cancel()
             self._waiter = None
+        counters.reply_time += self._idle_since - sent
         # on success the silence is counted from the reply's last byte (stamped by _on_readable)
         reply = bytes(self._buf[: self._need])
         counters.bytes_in += len(self._buf)
