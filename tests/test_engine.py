@@ -208,14 +208,13 @@ def test_a_device_lost_is_retried_only_every_lost_retry_s(tmp_path):
 def test_a_sensor_that_never_answered_reports_comm_fail_without_a_value(tmp_path):
     async def then(gw):
         gw.simulator.set_fault("bus1", 4, "no_answer")
+        await gw.engine.poll_once()
 
-    cfg = faulty_bank()
-    cfg["buses"][0]["timeout_ms"] = 50
-    gw = poll_on_simulator(tmp_path, cfg, cycles=0, then=then)
-    asyncio.run(gw.engine.poll_once())
-    asyncio.run(gw.engine.stop())
+    gw = poll_on_simulator(tmp_path, faulty_bank(), cycles=0, then=then)
     r = gw.store.get(PointRef("cell.voltage", 1, 3))
     assert r.quality is Quality.COMM_FAIL and r.value is None
+    assert gw.store.get(PointRef("cell.voltage", 1, 2)).quality is Quality.GOOD
+    assert gw.engine.counters()["bus1"]["devices_lost"] == 0, "one failed cycle is not yet a lost device"
 
 
 def test_out_of_range_and_not_available_readings(tmp_path):
@@ -367,8 +366,10 @@ def test_an_adapter_that_disappears_is_reported_and_does_not_spin(tmp_path, capl
     cfg["buses"][0]["timeout_ms"] = 30
     poll_on_simulator(tmp_path, cfg, then=then)
     c = seen["counters"]
-    assert c["devices_lost"] == 7
-    assert not c["open"] or c["timeouts"] > 0
+    assert c["devices_lost"] == 7 and not c["open"]
+    assert c["open_error"].startswith(f"bus bus1: cannot open {c['port']}")
+    assert caplog.text.count(f"cannot open {c['port']}") == 1, "said once, not every cycle"
+    assert c["timeouts"] <= 2, "the port is closed, not hammered"
 
 
 def test_the_transport_drops_a_late_reply_of_another_unit(tmp_path):

@@ -163,7 +163,7 @@ def test_wire_time_emulation_takes_about_the_computed_wire_time(tmp_path):
     assert counters.wire_time == pytest.approx(8 * one)
     # never faster than the wire allows; the first request has no silence to wait for before it
     assert elapsed >= 8 * one - bus.silence - 0.001
-    assert elapsed < 8 * one * 1.5
+    assert elapsed < 8 * one * 2, "and not much slower (generous: the machine may be busy)"
 
 
 def test_without_wire_time_the_simulator_answers_at_once(tmp_path):

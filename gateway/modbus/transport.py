@@ -120,15 +120,10 @@ class RtuTransport:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            # The adapter was unplugged: fail the waiting request and close the port (a dead fd would
-            # otherwise wake the loop for ever); the engine reopens it when it comes back.
-            log.error("bus %s: %s failed: %s", self.bus.name, self.port, exc)
-            waiter = self._waiter
-            self.close()
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(TimeoutError_(f"port error: {exc}"))
+            self._port_lost(str(exc))
             return
-        if not data:
+        if not data:  # end of file on a serial device: it hung up
+            self._port_lost("hung up")
             return
         self._buf += data
         self._idle_since = time.monotonic()
@@ -154,6 +149,15 @@ class RtuTransport:
                 self.counters.stray_replies += 1
                 return True
         return False
+
+    def _port_lost(self, why: str) -> None:
+        """The adapter was unplugged: fail the waiting request and close the port (a dead descriptor would
+        otherwise wake the loop for ever); the engine reopens it, and says so, when it comes back."""
+        log.error("bus %s: %s failed: %s", self.bus.name, self.port, why)
+        waiter = self._waiter
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError_(f"port error: {why}"))
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
@@ -183,6 +187,7 @@ class RtuTransport:
             self._waiter = None
             err = TimeoutError_(f"write failed: {exc}")
             counters.count(err)
+            self._port_lost(f"write failed: {exc}")
             raise err from None
         timeout = bus.timeout_ms / 1000.0 + len(request) * bus.char_time
         handle = self._loop.call_later(timeout, _expire, waiter)
