@@ -31,14 +31,15 @@ $(APT_STAMP): Makefile
 
 system-deps: $(APT_STAMP)
 
+CONFIG ?= config.yaml
 run: $(STAMP)
-	$(BIN)/bmsgw run --config config.yaml
+	$(BIN)/bmsgw run --config $(CONFIG)
 
 test: $(STAMP) $(APT_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 regmap: $(STAMP)
 	$(BIN)/bmsgw regmap --config config.yaml --format md

@@ -8,14 +8,14 @@ import signal
 import time
 from pathlib import Path
 
-from .config import Config, load_config, read_raw
+from .config import CORE_SCHEMA, Config, load_config, read_raw
 from .engine import CommEvent, Engine
-from .errors import ConfigError
+from .errors import ConfigError, GatewayError
 from .hookspecs import Service
 from .plugins import make_plugin_manager
 from .pointmap import Catalog, CatalogError, PointMap
 from .points import PointStore
-from .profiles import PROFILES_DIR, load_catalog_file, load_profiles
+from .profiles import CATALOG_PATH, PROFILES_DIR, load_catalog_file, load_profiles
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +32,56 @@ def default_config_path() -> str:
     return DEFAULT_CONFIG_PATHS[0]
 
 
+def validate_section(raw: dict, name: str, src: str) -> dict:
+    """One core section of a raw config, validated and with its defaults filled in."""
+    from .config import CORE_SCHEMA, fill_defaults, validate_value
+
+    return fill_defaults(CORE_SCHEMA[name], validate_value(raw.get(name, {}), CORE_SCHEMA[name], src, name))
+
+
+def check_sim_ports(config: Config) -> None:
+    """A bus on port 'sim' needs ``simulator.enabled: true``; raise the ConfigError ``bmsgw run`` would."""
+    if config.section("simulator").get("enabled"):
+        return
+    for i, b in enumerate(config.topology.buses):
+        if b.port == "sim":
+            raise ConfigError(str(config.path), f"buses[{i}].port",
+                              "port 'sim' needs the built-in simulator: set simulator.enabled: true, "
+                              "or name the serial device (e.g. /dev/ttyS1)")
+
+
 class Gateway:
     def __init__(self, config_path: str | Path, *, simulator: bool | None = None,
                  port_overrides: dict[str, str] | None = None, entry_points: bool = True) -> None:
         config_path = Path(config_path)
         raw = read_raw(config_path)
-        plugin_cfg = raw.get("plugins") if isinstance(raw.get("plugins"), dict) else {}
+        # the plugins section decides which plugins (and so which config sections) exist: check it first
+        plugin_cfg = validate_section(raw, "plugins", str(config_path))
         base = config_path.resolve().parent
 
         def rel(p: str) -> Path:
             return Path(p) if Path(p).is_absolute() else base / p
 
-        self.pm = make_plugin_manager([rel(d) for d in plugin_cfg.get("dirs", []) or []],
-                                      plugin_cfg.get("disable", []) or [], entry_points=entry_points)
+        for i, d in enumerate(plugin_cfg["dirs"]):
+            if not rel(d).is_dir():
+                raise ConfigError(str(config_path), f"plugins.dirs[{i}]", f"plugin folder {rel(d)} does not exist")
+        self.pm = make_plugin_manager([rel(d) for d in plugin_cfg["dirs"]], plugin_cfg["disable"],
+                                      entry_points=entry_points)
         dirs = [PROFILES_DIR]
         for result in self.pm.hook.bmsgw_profile_dirs():
             dirs.extend(result or [])
-        dirs.extend(rel(d) for d in plugin_cfg.get("profile_dirs", []) or [])
+        for i, d in enumerate(plugin_cfg["profile_dirs"]):
+            if not rel(d).is_dir():
+                raise ConfigError(str(config_path), f"plugins.profile_dirs[{i}]",
+                                  f"profile folder {rel(d)} does not exist")
+            dirs.append(rel(d))
         self.profiles = load_profiles(dirs)
         sections: dict[str, dict] = {}
         for result in self.pm.hook.bmsgw_config_schema():
             for name, schema in (result or {}).items():
-                if name in sections:
-                    raise ConfigError(str(config_path), name, "config section claimed by two plugins")
+                if name in sections or name in CORE_SCHEMA:
+                    raise ConfigError(str(config_path), name, "config section claimed twice (by two plugins, or "
+                                                              "by a plugin and the core)")
                 sections[name] = schema
         self.config: Config = load_config(config_path, self.profiles, sections)
         self.catalog = self._build_catalog()
@@ -68,36 +95,40 @@ class Gateway:
         ports = dict(port_overrides or {})
         sim_buses = [b.name for b in self.topology.buses if b.port == "sim" and b.name not in ports]
         if sim_buses and not use_sim:
+            check_sim_ports(self.config)
             idx = next(i for i, b in enumerate(self.topology.buses) if b.name == sim_buses[0])
             raise ConfigError(str(config_path), f"buses[{idx}].port",
-                              "port 'sim' needs the built-in simulator (simulator.enabled: true)")
+                              "port 'sim' needs the built-in simulator, but it is not started here")
         if sim_buses:
-            from .sim import simulator_from_config
-
-            self.simulator = simulator_from_config(self.config, buses=sim_buses)
+            self.simulator = self.make_simulator(sim_buses)
             ports.update(self.simulator.ports())
         decode_impls = self.pm.hook.bmsgw_decode_register.get_hookimpls()
         self.engine = Engine(self.topology, self.profiles, self.store, self.config.data["gateway"]["poll"],
                              ports=ports,
                              decode_hook=self._decode if decode_impls else None,
-                             comm_callback=self._on_comm_event)
+                             comm_callback=self._on_comm_event,
+                             discovery=self.config.data["gateway"]["discovery"])
         self.services: list[Service] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- construction helpers --------------------------------------------------------------------------------
     def _build_catalog(self) -> Catalog:
         catalog = Catalog()
-        try:
-            for spec in load_catalog_file():
-                catalog.add(spec, "profiles/points.yaml")
-            for prof in self.profiles.values():
-                for spec in prof.points:
-                    catalog.add(spec, prof.source)
-            for result in self.pm.hook.bmsgw_point_families():
-                for spec in result or []:
-                    catalog.add(spec, "a plugin's bmsgw_point_families")
-        except CatalogError as exc:
-            raise ConfigError("point catalog", "", str(exc)) from None
+
+        def add(spec, origin: str, where: str) -> None:
+            try:
+                catalog.add(spec, origin)
+            except CatalogError as exc:
+                raise ConfigError(origin, where, str(exc)) from None
+
+        for i, spec in enumerate(load_catalog_file()):
+            add(spec, str(CATALOG_PATH), f"points[{i}]")
+        for prof in self.profiles.values():
+            for i, spec in enumerate(prof.points):
+                add(spec, prof.source, f"points[{i}]")
+        for impl in self.pm.hook.bmsgw_point_families.get_hookimpls():
+            for spec in impl.function() or []:
+                add(spec, f"plugin {impl.plugin_name}", f"bmsgw_point_families: {spec.id}")
         for prof in self.profiles.values():
             for i, reg in enumerate(prof.registers):
                 if reg.point not in catalog:
@@ -112,6 +143,19 @@ class Gateway:
     def _decode(self, profile, register, words):
         return self.pm.hook.bmsgw_decode_register(profile=profile, register=register, words=words)
 
+    def _encode(self, profile, register, value):
+        return self.pm.hook.bmsgw_encode_register(profile=profile, register=register, value=value)
+
+    def make_simulator(self, buses: list[str] | None = None, **overrides):
+        """A simulator for ``buses`` (default: every bus) from the config's ``simulator`` section, with the
+        plugins' encoders; ``overrides`` replace config values (e.g. ``wire_time=False``)."""
+        from .sim import simulator_from_config
+
+        if self.pm.hook.bmsgw_encode_register.get_hookimpls():
+            overrides.setdefault("encode_hook", self._encode)
+        names = buses if buses is not None else [b.name for b in self.topology.buses]
+        return simulator_from_config(self.config, buses=names, **overrides)
+
     def _on_comm_event(self, event: CommEvent) -> None:
         self.pm.hook.bmsgw_comm_event(gateway=self, event=event)
 
@@ -124,7 +168,12 @@ class Gateway:
         if services:
             for result in self.pm.hook.bmsgw_services(gateway=self):
                 for svc in result or []:
-                    await svc.start()
+                    try:
+                        await svc.start()
+                    except Exception as exc:  # e.g. a port in use: say which face, stop what started
+                        log.error("%s failed to start: %s", getattr(svc, "name", svc), exc)
+                        await self.stop()
+                        raise GatewayError(f"{getattr(svc, 'name', svc)} cannot start: {exc}") from exc
                     self.services.append(svc)
         await self.engine.start()
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 
 from . import __version__
 from .errors import GatewayError
@@ -38,7 +37,8 @@ def cmd_run(args) -> int:
     from .app import Gateway
 
     gw = Gateway(_config_path(args))
-    logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
+    if not args.log_level:  # --log-level wins over the config
+        logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
     asyncio.run(gw.serve_forever())
     return 0
 
@@ -46,8 +46,11 @@ def cmd_run(args) -> int:
 def cmd_check_config(args) -> int:
     from .app import Gateway
 
+    from .app import check_sim_ports
+
     path = _config_path(args)
     gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    check_sim_ports(gw.config)
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
           f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")
@@ -93,7 +96,10 @@ def cmd_poll(args) -> int:
             keys = " ".join(f"{k}={item[k]}" for k in ("string", "cell", "channel") if k in item)
             value = "n/a" if item["value"] is None else f"{item['value']:.6g}"
             print(f"{item['point']:<32} {keys:<20} {value:>12} {item['unit']:<4} {item['quality']}")
-    return 0
+    failed = [c["open_error"] for c in gw.engine.counters().values() if c["open_error"]]
+    for msg in failed:
+        print(f"bmsgw: {msg}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _sort_key(gw, ref):
@@ -102,8 +108,10 @@ def _sort_key(gw, ref):
 
 
 def cmd_simulate(args) -> int:
+    import signal
+    import threading
+
     from .app import Gateway
-    from .sim import simulator_from_config
 
     gw = Gateway(_config_path(args), simulator=False, port_overrides=_all_ports_dummy(_config_path(args)))
     overrides = {}
@@ -111,20 +119,28 @@ def cmd_simulate(args) -> int:
         overrides["wire_time"] = False
     if args.time_scale:
         overrides["time_scale"] = args.time_scale
-    sim = simulator_from_config(gw.config, buses=[b.name for b in gw.topology.buses], **overrides)
-    for spec in args.fault or []:
-        bus, addr, kind = _parse_fault(spec)
-        sim.set_fault(bus, addr, kind)
+    sim = gw.make_simulator(**overrides)
+    try:
+        for spec in args.fault or []:
+            bus, addr, kind = _parse_fault(spec)
+            try:
+                sim.set_fault(bus, addr, kind)
+            except (KeyError, ValueError) as exc:
+                raise GatewayError(f"bad --fault {spec!r}: {exc}") from None
+    except GatewayError:
+        sim.stop()
+        raise
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
     sim.start()
     for name, path in sim.ports().items():
         n = len(sim.buses[name].devices)
         print(f"{name}: {path}  ({n} devices)", flush=True)
-    print("simulating; Ctrl-C to stop", file=sys.stderr, flush=True)
+    print("simulating; Ctrl-C or SIGTERM to stop", file=sys.stderr, flush=True)
     try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        while not done.wait(1):
+            pass
     finally:
         sim.stop()
     return 0
@@ -140,7 +156,7 @@ def _parse_fault(spec: str) -> tuple[str, int | None, str]:
 
 
 def cmd_scan(args) -> int:
-    from .app import Gateway, default_config_path
+    from .app import Gateway
     from .modbus.transport import RtuTransport
     from .profiles import PROFILES_DIR, load_profiles
     from .scan import config_fragment, parse_ids, scan_bus
@@ -150,10 +166,9 @@ def cmd_scan(args) -> int:
         ids = parse_ids(args.ids)
     except ValueError as exc:
         raise GatewayError(str(exc)) from None
-    cfg = args.config or default_config_path()
-    try:
-        profiles = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).profiles
-    except (GatewayError, OSError):
+    if args.config:  # its plugin and profile folders too
+        profiles = Gateway(args.config, simulator=False, port_overrides=_all_ports_dummy(args.config)).profiles
+    else:
         from .plugins import make_plugin_manager
 
         pm = make_plugin_manager()

@@ -57,8 +57,12 @@ CORE_SCHEMA: dict[str, Any] = {
             "discovery": {
                 "type": "object", "additionalProperties": False, "default": {},
                 "properties": {
-                    "on_start": {"type": "boolean", "default": False},
+                    "on_start": {"type": "boolean", "default": False,
+                                 "description": "scan every bus before polling and compare with the config"},
                     "ids": {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", "default": "1-247"},
+                    "adopt": {"type": "boolean", "default": True,
+                              "description": "poll a sensor at its new address when it was readdressed and "
+                                             "cannot be confused with another (one of its model missing, one new)"},
                 },
             },
         },
@@ -178,6 +182,19 @@ class Config:
         return self.resolve(self.data["gateway"]["state_dir"])
 
 
+def validate_value(data: Any, schema: dict, src: str, prefix: str = "") -> Any:
+    """Check ``data`` against ``schema``; the first error becomes a ConfigError at ``prefix.key.path``."""
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        where = key_path(err.absolute_path)
+        if prefix:
+            where = prefix + ("" if not where or where.startswith("[") else ".") + where
+        raise ConfigError(src, where, err.message)
+    return copy.deepcopy(data)
+
+
 def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
     if data is None:
         data = {}
@@ -190,7 +207,9 @@ def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
         err = errors[0]
         if err.validator == "additionalProperties" and not err.absolute_path:
             known = ", ".join(sorted(schema["properties"]))
-            raise ConfigError(src, "", f"{err.message}; known sections: {known}")
+            unknown = sorted(k for k in data if k not in schema["properties"])
+            raise ConfigError(src, str(unknown[0]), f"unknown section (a typo, or a plugin that is not installed?); "
+                                                     f"known sections: {known}")
         raise schema_error(src, err)
     return fill_defaults(schema, copy.deepcopy(data))
 

@@ -17,7 +17,7 @@ from .modbus import codecs
 from .modbus.planner import Block, plan
 from .modbus.rtu import (ExceptionResponse, ModbusError, read_request, write_multiple_request,
                          write_single_request)
-from .modbus.transport import RtuTransport
+from .modbus.transport import PortError, RtuTransport
 from .pointmap import device_refs
 from .points import PointRef, PointStore, Quality, Reading
 from .profiles import DeviceProfile, RegisterSpec
@@ -39,10 +39,13 @@ class CommEvent:
 class DeviceState:
     device: DeviceConfig
     profile: DeviceProfile
-    blocks: list[Block]
+    blocks: list[Block]  # a full cycle (fast and slow registers planned together)
     requests: list[bytes]
     refs: tuple[PointRef, ...]
     comm_ref: PointRef | None
+    fast_blocks: list[Block] = field(default_factory=list)  # a fast-only cycle
+    fast_requests: list[bytes] = field(default_factory=list)
+    address: int = 0  # where it answers now (the configured address unless discovery adopted another)
     failures: int = 0
     lost: bool = False
     next_try: float = 0.0
@@ -61,6 +64,27 @@ class BusState:
     next_slow: float = 0.0
     task: asyncio.Task | None = None
     errors: list[str] = field(default_factory=list)
+    open_error: str = ""  # why the port is not open ("" when it is)
+    discovery: dict | None = None  # the last discovery report for this bus
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryReport:
+    """What a discovery scan of one bus found, compared with the configured devices."""
+
+    bus: str
+    found: dict[int, str | None]  # address -> profile name (None: answers, but matches no profile)
+    matching: tuple[int, ...]  # configured and identified as configured
+    missing: tuple[int, ...]  # configured, no answer
+    wrong_model: dict[int, str | None]  # configured address answering as another model
+    unconfigured: dict[int, str | None]  # answering, not in the config
+    adopted: dict[int, int]  # configured address -> address it now answers at (readdressed sensor)
+
+    def as_dict(self) -> dict:
+        return {"found": len(self.found), "matching": len(self.matching), "missing": list(self.missing),
+                "wrong_model": {str(k): v for k, v in self.wrong_model.items()},
+                "unconfigured": {str(k): v for k, v in self.unconfigured.items()},
+                "adopted": {str(k): v for k, v in self.adopted.items()}}
 
 
 class WriteError(Exception):
@@ -71,7 +95,8 @@ class Engine:
     def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], store: PointStore,
                  poll: dict, ports: dict[str, str] | None = None,
                  decode_hook: Callable | None = None,
-                 comm_callback: Callable[[CommEvent], None] | None = None) -> None:
+                 comm_callback: Callable[[CommEvent], None] | None = None,
+                 discovery: dict | None = None) -> None:
         self.topology = topology
         self.profiles = profiles
         self.store = store
@@ -81,9 +106,9 @@ class Engine:
         self.lost_retry_s = float(poll.get("lost_retry_s", 10))
         self.decode_hook = decode_hook
         self.comm_callback = comm_callback
+        self.discovery = dict(discovery or {})  # {on_start: bool, ids: "1-247", adopt: bool}
         self.started = time.time()
         self.poll_cycles = 0
-        self._stopping = asyncio.Event() if _loop_running() else None
         ports = ports or {}
         self.buses: dict[str, BusState] = {}
         for bus in topology.buses:
@@ -99,14 +124,22 @@ class Engine:
                 address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
                 entries.append((reg.table, address, reg.count, reg.poll, reg, ref))
                 refs.append(ref)
-        blocks = plan(entries, prof.max_block, prof.max_gap)
-        requests = [read_request(dev.address, b.function, b.start, b.count) for b in blocks]
+        blocks = plan(entries, prof.max_block, prof.max_gap, merge_poll=True)
+        fast_blocks = plan([e for e in entries if e[3] == "fast"], prof.max_block, prof.max_gap)
         comm_ref = None
         if prof.scope == "cell":
             comm_ref = PointRef("cell.comm_status", dev.string, dev.cell)
         elif prof.scope == "string":
             comm_ref = PointRef("string.comm_status", dev.string)
-        return DeviceState(dev, prof, blocks, requests, tuple(dict.fromkeys(refs)), comm_ref)
+        ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks)
+        self._readdress(ds, dev.address)
+        return ds
+
+    @staticmethod
+    def _readdress(ds: DeviceState, address: int) -> None:
+        ds.address = address
+        ds.requests = [read_request(address, b.function, b.start, b.count) for b in ds.blocks]
+        ds.fast_requests = [read_request(address, b.function, b.start, b.count) for b in ds.fast_blocks]
 
     def plan_summary(self) -> dict[str, dict]:
         out = {}
@@ -118,25 +151,35 @@ class Engine:
     # -- life cycle ------------------------------------------------------------------------------------------
     async def open(self) -> None:
         for bs in self.buses.values():
-            if bs.transport is None:
-                bs.transport = RtuTransport(bs.bus, bs.port)
-            if not bs.transport.is_open:
-                try:
-                    bs.transport.open()
-                except Exception as exc:  # a missing adapter is reported and retried, not fatal
-                    msg = f"bus {bs.bus.name}: cannot open {bs.port}: {exc}"
-                    bs.errors.append(msg)
-                    log.error("%s", msg)
+            self._open_bus(bs)
+
+    def _open_bus(self, bs: BusState) -> bool:
+        """Open the bus's port; a missing adapter is reported once and retried every cycle, never fatal."""
+        if bs.transport is not None and bs.transport.is_open:
+            return True
+        if bs.transport is None:
+            bs.transport = RtuTransport(bs.bus, bs.port)
+        try:
+            bs.transport.open()
+        except Exception as exc:
+            msg = str(exc) if isinstance(exc, PortError) else f"bus {bs.bus.name}: cannot open {bs.port}: {exc}"
+            if msg != bs.open_error:
+                bs.errors.append(msg)
+                del bs.errors[:-20]
+                log.error("%s", msg)
+            bs.open_error = msg
+            return False
+        if bs.open_error:
+            log.info("bus %s: %s is open again", bs.bus.name, bs.port)
+        bs.open_error = ""
+        return True
 
     async def start(self) -> None:
-        self._stopping = asyncio.Event()
         await self.open()
         for bs in self.buses.values():
             bs.task = asyncio.create_task(self._bus_loop(bs), name=f"bus-{bs.bus.name}")
 
     async def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
         tasks = [bs.task for bs in self.buses.values() if bs.task]
         for t in tasks:
             t.cancel()
@@ -152,10 +195,16 @@ class Engine:
         await asyncio.gather(*(self._poll_bus(bs, slow, force=True) for bs in self.buses.values()))
 
     async def _bus_loop(self, bs: BusState) -> None:
+        if self.discovery.get("on_start"):
+            try:
+                await self.discover_bus(bs.bus.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("bus %s: discovery failed: %s", bs.bus.name, exc)
         while True:
             start = time.monotonic()
-            if bs.transport is None or not bs.transport.is_open:
-                await self._reopen(bs)
+            self._open_bus(bs)
             slow_due = start >= bs.next_slow
             if slow_due:
                 bs.next_slow = start + self.slow_s
@@ -168,14 +217,70 @@ class Engine:
             delay = self.fast_s - (time.monotonic() - start)
             await asyncio.sleep(max(delay, 0.0))
 
-    async def _reopen(self, bs: BusState) -> None:
+    # -- discovery -------------------------------------------------------------------------------------------
+    async def discover(self, ids: str | None = None) -> dict[str, DiscoveryReport]:
+        """Scan every bus (in parallel) for ``ids`` (default: the config's ``gateway.discovery.ids``), compare
+        with the configured devices, and adopt unambiguously readdressed sensors.  One report per bus."""
+        await self.open()
+        reports = await asyncio.gather(*(self.discover_bus(name, ids) for name in self.buses))
+        return dict(zip(self.buses, reports))
+
+    async def discover_bus(self, name: str, ids: str | None = None) -> DiscoveryReport:
+        from .scan import parse_ids, scan_bus
+
+        bs = self.buses[name]
+        if not self._open_bus(bs):
+            raise PortError(bs.open_error)
+        wanted = parse_ids(ids or self.discovery.get("ids") or "1-247")
+        counters = bs.transport.counters
+        before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
         try:
-            if bs.transport is None:
-                bs.transport = RtuTransport(bs.bus, bs.port)
-            bs.transport.open()
-            log.info("bus %s: %s is open again", bs.bus.name, bs.port)
-        except Exception:
-            pass
+            found = await scan_bus(bs.transport, self.profiles, wanted)
+        finally:
+            # silence from ids nobody uses is what a scan expects: it is not a communication fault
+            counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
+        report = self._compare(bs, {f.address: (f.profile.name if f.profile else None) for f in found}, set(wanted))
+        bs.discovery = report.as_dict()
+        log.info("bus %s: discovery found %d devices, %d as configured", name, len(report.found), len(report.matching))
+        for addr in report.missing:
+            log.warning("bus %s: configured address %d does not answer", name, addr)
+        for addr, prof in report.wrong_model.items():
+            log.warning("bus %s: address %d answers as %s, not as configured", name, addr, prof or "an unknown model")
+        for addr, prof in report.unconfigured.items():
+            log.warning("bus %s: address %d (%s) answers but is not configured", name, addr, prof or "unknown model")
+        for old, new in report.adopted.items():
+            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there", name, old, new)
+        return report
+
+    def _compare(self, bs: BusState, found: dict[int, str | None], scanned: set[int]) -> DiscoveryReport:
+        by_addr = {ds.device.address: ds for ds in bs.devices}
+        matching, missing, wrong = [], [], {}
+        for addr, ds in by_addr.items():
+            if addr not in scanned:
+                continue
+            if addr not in found:
+                missing.append(addr)
+            elif found[addr] == ds.profile.name:
+                matching.append(addr)
+            else:
+                wrong[addr] = found[addr]
+        unconfigured = {a: p for a, p in found.items() if a not in by_addr}
+        adopted: dict[int, int] = {}
+        for addr, ds in by_addr.items():
+            if ds.address != addr and addr in matching:
+                self._readdress(ds, addr)  # back at its configured address
+        if self.discovery.get("adopt", True):
+            for addr in missing:
+                ds = by_addr[addr]
+                candidates = [a for a, p in unconfigured.items() if p == ds.profile.name]
+                lost_alike = [a for a in missing if by_addr[a].profile.name == ds.profile.name]
+                # only when it cannot be anyone else: one sensor of that model lost, one new one found
+                if len(candidates) == 1 and len(lost_alike) == 1:
+                    self._readdress(ds, candidates[0])
+                    adopted[addr] = candidates[0]
+                    ds.next_try = 0.0
+        return DiscoveryReport(bs.bus.name, dict(sorted(found.items())), tuple(sorted(matching)),
+                               tuple(sorted(missing)), wrong, unconfigured, adopted)
 
     # -- polling ---------------------------------------------------------------------------------------------
     async def _poll_bus(self, bs: BusState, slow: bool, force: bool = False) -> None:
@@ -189,6 +294,9 @@ class Engine:
         bs.cycles += 1
         self.poll_cycles += 1
         bs.last_duration = time.monotonic() - start
+        if bs.cycles == 1:
+            log.info("bus %s: first poll cycle took %.2f s; %d of %d devices answer", bs.bus.name, bs.last_duration,
+                     sum(1 for d in bs.devices if d.failures == 0), len(bs.devices))
         self._publish_bus(bs)
 
     async def _poll_device(self, transport: RtuTransport | None, ds: DeviceState, slow: bool, retries: int) -> None:
@@ -197,13 +305,18 @@ class Engine:
         failed_refs: list[PointRef] = []
         ok = True
         error = ""
-        for block, request in zip(ds.blocks, ds.requests):
-            if block.poll == "slow" and not slow:
-                continue
+        if slow:
+            blocks, requests = ds.blocks, ds.requests
+        else:
+            blocks, requests = ds.fast_blocks, ds.fast_requests
+        if not blocks:  # nothing of this device is due: no news about it either
+            return
+        for n, (block, request) in enumerate(zip(blocks, requests)):
             words = None
+            timed_out = False
             for attempt in range(retries + 1):
                 try:
-                    if transport is None:
+                    if transport is None or not transport.is_open:
                         raise ModbusError("bus is not open")
                     words = await transport.transact(request)
                     break
@@ -212,8 +325,12 @@ class Engine:
                     break
                 except ModbusError as exc:
                     error = str(exc) or exc.kind
+                    timed_out = exc.kind == "timeout"
             if words is None:
                 ok = False
+                if timed_out:  # silent: do not spend a timeout on each of its other reads too
+                    failed_refs.extend(item.ref for b in blocks[n:] for item in b.items)
+                    break
                 failed_refs.extend(item.ref for item in block.items)
                 continue
             self._decode_block(ds, block, words, ts, batch)
@@ -230,7 +347,7 @@ class Engine:
             value = hook(ds.profile, reg, chunk) if hook is not None else None
             if value is None:
                 value = codecs.decode(chunk, reg)
-            if value is None:
+            if value is None or value != value:  # not available (a plugin may say so with NaN)
                 batch.append((item.ref, Reading(None, bad, ts)))
                 continue
             rng = reg.valid_range
@@ -250,6 +367,10 @@ class Engine:
             return
         ds.failures += 1
         ds.last_error = error
+        store = self.store
+        never_read = [r for r in (failed_refs or ds.refs) if store.get(r) is None]
+        if never_read:  # no last value that could go stale: say at once that the device did not answer
+            store.put_many([(r, Reading(None, Quality.COMM_FAIL, ts)) for r in never_read])
         if ds.failures >= self.stale_after:
             self.store.mark(ds.refs, Quality.COMM_FAIL)
             if not ds.lost:
@@ -258,7 +379,8 @@ class Engine:
                 self._comm_event(ds, True, error, ts)
             ds.next_try = time.monotonic() + self.lost_retry_s
         else:
-            self.store.mark(failed_refs or ds.refs, Quality.STALE)
+            fresh = set(never_read)
+            self.store.mark([r for r in (failed_refs or ds.refs) if r not in fresh], Quality.STALE)
 
     def _comm_event(self, ds: DeviceState, lost: bool, reason: str, ts: float) -> None:
         if ds.comm_ref is not None:
@@ -300,8 +422,11 @@ class Engine:
                 "requests": c.requests if c else 0, "timeouts": c.timeouts if c else 0,
                 "crc_errors": c.crc_errors if c else 0, "exceptions": c.exceptions if c else 0,
                 "devices": len(bs.devices), "devices_lost": sum(1 for d in bs.devices if d.lost),
+                "open": bool(bs.transport and bs.transport.is_open), "open_error": bs.open_error,
                 "errors": list(bs.errors[-5:]),
             }
+            if bs.discovery is not None:
+                out[name]["discovery"] = bs.discovery
         return out
 
     def writable(self, ref: PointRef) -> tuple[BusState, DeviceState, RegisterSpec] | None:
@@ -324,19 +449,12 @@ class Engine:
             raise WriteError(f"bus {bs.bus.name} is not open")
         words = codecs.encode(value, reg)
         if len(words) == 1:
-            request = write_single_request(ds.device.address, reg.address, words[0])
+            request = write_single_request(ds.address, reg.address, words[0])
         else:
-            request = write_multiple_request(ds.device.address, reg.address, words)
+            request = write_multiple_request(ds.address, reg.address, words)
         try:
             await bs.transport.transact(request)
         except ModbusError as exc:
             raise WriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
         self.store.put(ref, float(value), Quality.GOOD)
 
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False

@@ -104,8 +104,9 @@ class GatewaySpecs:
     def bmsgw_point_families(self) -> list[PointSpec]:
         """Point families this plugin adds to the catalog (typically values it derives).
 
-        Called once at start-up.  A family must take a free slot of its scope (see profiles/points.yaml);
-        a clash stops start-up with a message naming both families.
+        Called once at start-up.  A family must take a free slot of its scope (profiles/points.yaml keeps
+        cell 40-53, string 150-249, bank 100-124 and gateway 40-61 for third-party families); a clash stops
+        start-up with a message naming both families.
         """
 
     @hookspec
@@ -120,9 +121,10 @@ class GatewaySpecs:
     def bmsgw_decode_register(self, profile: DeviceProfile, register: RegisterSpec, words: list[int]) -> float | None:
         """Decode a register the generic codec cannot (a vendor's quirk).
 
-        Called by the engine for every value of a profile whose ``family`` a plugin claims; the first
-        non-None result is the value.  Return None to leave the register to the generic codec.
-        Must be fast and must not do I/O.
+        Called by the engine for every value it decodes, once any plugin implements this hook; ``words`` are
+        the value's registers as received.  The first non-None result is the value (in the point's SI unit).
+        Return None for registers that are not yours (check ``profile.family``), so the generic codec
+        decodes them.  Must be fast and must not do I/O.
         """
 
     @hookspec
@@ -204,6 +206,15 @@ class GatewaySpecs:
         first, as dicts with at least ``raised`` (unix s), ``cleared`` (unix s or None), ``severity``
         ("warning" or "critical") and ``text``, and where known ``point``, ``string``, ``cell``, ``value``,
         ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and bank-wide ones.
+        """
+
+    @hookspec(firstresult=True)
+    def bmsgw_encode_register(self, profile: DeviceProfile, register: RegisterSpec, value: float) -> list[int] | None:
+        """The simulator's side of ``bmsgw_decode_register``: the registers a device sends for ``value``.
+
+        Called by the built-in simulator for every value it serves, once any plugin implements this hook,
+        so a vendor's quirky encoding can be simulated too.  Return None for registers that are not yours
+        (the generic codec encodes them); otherwise exactly ``register.count`` words.  Must not do I/O.
         """
 
 

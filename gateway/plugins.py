@@ -94,7 +94,10 @@ def make_plugin_manager(plugin_dirs: Iterable[str | Path] = (), disable: Iterabl
             if folder.name in blocked or name in blocked:
                 continue
             if (folder / "__init__.py").exists():
-                pm.register(load_plugin_folder(folder), name=name)
+                module = load_plugin_folder(folder)
+                pm.register(module, name=name)
+                if (folder / "profiles").is_dir() and not hasattr(module, "bmsgw_profile_dirs"):
+                    pm.register(_FolderProfiles(folder), name=f"{name}:profiles")  # its profiles come along
             else:
                 pm.register(_FolderProfiles(folder), name=name)
             log.info("loaded plugin %s from %s", folder.name, folder)

@@ -17,12 +17,15 @@ from .topology import MAX_CELLS, Topology
 CELL_BASE, STRING_BASE, BANK_BASE, GATEWAY_BASE = 10000, 3000, 1000, 0
 CELL_SLOT_SIZE, STRING_SIZE, CHANNEL_SLOT_SIZE = 1024, 500, 16
 SLOT_LIMIT = {"cell": 54, "string": 250, "bank": 125, "gateway": 62}
+# Slots kept free for third-party families (profiles/points.yaml): the core and its faces never take them.
+THIRD_PARTY_SLOTS = {"cell": "40-53", "string": "150-249", "bank": "100-124", "gateway": "40-61"}
 # OID suffixes below the MIB's objects node: (table, entry, column, index...) or (group, column, 0).
 OID_GATEWAY, OID_BUS_TABLE, OID_BANK, OID_BANK_CHANNEL_TABLE, OID_STRING_TABLE, OID_CELL_TABLE = 1, 2, 3, 4, 5, 6
 
 _UNIT_SUFFIX = {"V": ("volts", 1.0), "A": ("amperes", 1.0), "C": ("celsius", 1.0), "ohm": ("ohms", 1.0),
                 "%": ("ratio", 0.01), "s": ("seconds", 1.0), "Ah": ("ampere_hours", 1.0),
-                "unix_s": ("timestamp_seconds", 1.0)}
+                "unix_s": ("timestamp_seconds", 1.0), "S": ("siemens", 1.0), "W": ("watts", 1.0),
+                "Hz": ("hertz", 1.0)}
 
 
 class CatalogError(GatewayError):
@@ -43,20 +46,22 @@ class Catalog:
         if old is not None:
             if old == spec:
                 return
-            raise CatalogError(f"{origin}: point family {spec.id} is already defined differently by {self._origin[spec.id]}")
+            raise CatalogError(f"point family {spec.id} is already defined differently by {self._origin[spec.id]}")
         limit = SLOT_LIMIT[spec.scope]
         span = range(spec.slot, spec.slot + (spec.width if spec.scope == "cell" else 1))
         if span.stop > limit:
-            raise CatalogError(f"{origin}: {spec.id}: slot {spec.slot} is outside 0..{limit - 1} for scope {spec.scope}")
+            raise CatalogError(f"{spec.id}: slot {spec.slot} is outside 0..{limit - 1} for scope {spec.scope}"
+                               + (" (a 32-bit cell family takes two slots)" if spec.width == 2 else ""))
         for other in self._specs.values():
             if other.scope != spec.scope:
                 continue
             other_span = range(other.slot, other.slot + (other.width if other.scope == "cell" else 1))
             if set(span) & set(other_span):
-                raise CatalogError(f"{origin}: {spec.id} slot {spec.slot} overlaps {other.id} (slot {other.slot}, "
-                                   f"from {self._origin[other.id]})")
+                raise CatalogError(f"{spec.id} slot {spec.slot} overlaps {other.id} (slot {other.slot}, "
+                                   f"from {self._origin[other.id]}); free slots for your families: "
+                                   f"{THIRD_PARTY_SLOTS[spec.scope]}")
             if other.id.startswith(spec.id + ".") or spec.id.startswith(other.id + "."):
-                raise CatalogError(f"{origin}: {spec.id} and {other.id}: one id may not be a prefix of another")
+                raise CatalogError(f"{spec.id} and {other.id}: one id may not be a prefix of another")
         self._specs[spec.id] = spec
         self._origin[spec.id] = origin
 

@@ -5,10 +5,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Callable
 
-from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, read_request
+from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, TimeoutError_, read_request
 from .modbus.transport import RtuTransport
 from .profiles import DeviceProfile
-from .topology import BusConfig
+from .topology import MAX_CELLS, MAX_STRINGS, BusConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,10 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
             except ExceptionResponse:
                 answered = answered or Found(unit, None, ())
                 continue
+            except TimeoutError_:
+                if answered is None:
+                    break  # nobody at this id (a device answers every request, if only with an exception)
+                continue
             except ModbusError:
                 continue
             match = next((p for p in profiles.values() if p.identity is not None
@@ -87,32 +91,75 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
     return found
 
 
+def _describe(f: Found) -> str:
+    prof = f.profile
+    model = prof.model if prof.model.startswith(prof.vendor) else f"{prof.vendor} {prof.model}"
+    note = f"{model}, {prof.scope}"
+    if f.firmware:
+        note += f", firmware {f.firmware}"
+    return note
+
+
 def config_fragment(found: list[Found], bus: BusConfig) -> str:
-    """A YAML fragment to paste into a config: the bus, then its devices (cell-sensor runs compressed)."""
-    lines = [f"# {len(found)} device(s) found on {bus.port} at {bus.baud} baud",
+    """A config (YAML) for what was found: the bus, one string per string sensor (with the cell sensors that
+    follow it), the bank devices.  ``bmsgw check-config`` accepts it as it is; paste its parts into a site's
+    config and set the string sizes and battery models."""
+    lines = [f"# {len(found)} device(s) found on {bus.port} at {bus.baud} baud by bmsgw scan",
              "buses:",
-             f"  - {{name: {bus.name}, port: {bus.port}, baud: {bus.baud}, parity: {bus.parity}}}",
-             "# paste string and cell devices under strings[N].devices, bank devices under bank.devices"]
-    runs: list[list[Found]] = []
+             f"  - {{name: {bus.name}, port: {bus.port}, baud: {bus.baud}, parity: {bus.parity}}}"]
+    strings: list[dict] = []  # {"sensor": Found | None, "cells": [runs of consecutive cell sensors]}
+    bank: list[Found] = []
+    unknown: list[Found] = []
     for f in found:
-        prev = runs[-1][-1] if runs else None
-        if (prev is not None and f.profile is not None and prev.profile is f.profile and f.profile.scope == "cell"
-                and f.address == prev.address + 1):
-            runs[-1].append(f)
+        prof = f.profile
+        if prof is None:
+            unknown.append(f)
+        elif prof.scope == "string":
+            strings.append({"sensor": f, "runs": []})
+        elif prof.scope == "cell":
+            last = strings[-1]["runs"][-1][-1].profile if strings and strings[-1]["runs"] else None
+            if not strings or (last is not None and last is not prof):
+                strings.append({"sensor": None, "runs": []})  # another battery type: another string
+            runs = strings[-1]["runs"]
+            prev = runs[-1][-1] if runs else None
+            if prev is not None and prev.profile is prof and f.address == prev.address + 1:
+                runs[-1].append(f)
+            else:
+                runs.append([f])
         else:
-            runs.append([f])
-    lines.append("devices:")
-    for run in runs:
-        first = run[0]
-        if first.profile is None:
-            lines.append(f"  # address {first.address}: answered, but matches no known profile")
-            continue
-        prof = first.profile
-        extra = f", count: {len(run)}" if prof.scope == "cell" else ""
-        note = f"{prof.vendor} {prof.model}, {prof.scope}"
-        if first.firmware:
-            note += f", firmware {first.firmware}"
-        if len(run) == 1 and first.serial is not None:
-            note += f", serial {first.serial}"
-        lines.append(f"  - {{profile: {prof.name}, bus: {bus.name}, address: {first.address}{extra}}}  # {note}")
+            bank.append(f)
+    if len(strings) > MAX_STRINGS:
+        lines.append(f"# more than {MAX_STRINGS} strings: only the first {MAX_STRINGS} are listed")
+        strings = strings[:MAX_STRINGS]
+    lines.append("strings:" if strings else "strings: []")
+    for sid, st in enumerate(strings, 1):
+        sensor, runs = st["sensor"], st["runs"]
+        cells = sum(len(r) for r in runs)
+        concentrator = sensor is not None and sensor.profile.concentrator
+        nominal = next((r[0].profile.nominal_voltage for r in runs if r[0].profile.nominal_voltage), None)
+        if not cells:
+            cells = 1 if not concentrator else 120
+        lines.append(f"  - id: {sid}")
+        note = "  # the number of batteries the string sensor serves: check" if concentrator and not runs else ""
+        lines.append(f"    cells: {min(cells, MAX_CELLS)}{note}")
+        if nominal in (2, 6, 12):
+            lines.append(f"    battery: {{nominal_voltage: {int(nominal)}}}")
+        lines.append("    devices:")
+        if sensor is not None:
+            lines.append(f"      - {{profile: {sensor.profile.name}, bus: {bus.name}, address: {sensor.address}}}"
+                         f"  # {_describe(sensor)}")
+        first_cell = 1
+        for run in runs:
+            f = run[0]
+            extra = f", first_cell: {first_cell}" if first_cell > 1 else ""
+            lines.append(f"      - {{profile: {f.profile.name}, bus: {bus.name}, address: {f.address}, "
+                         f"count: {len(run)}{extra}}}  # {_describe(f)}")
+            first_cell += len(run)
+    lines.append("bank:")
+    lines.append("  devices:" if bank else "  devices: []")
+    for f in bank:
+        serial = f", serial {f.serial}" if f.serial is not None else ""
+        lines.append(f"    - {{profile: {f.profile.name}, bus: {bus.name}, address: {f.address}}}  # {_describe(f)}{serial}")
+    for f in unknown:
+        lines.append(f"# address {f.address}: answers, but matches no known profile")
     return "\n".join(lines) + "\n"

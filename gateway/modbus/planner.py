@@ -28,14 +28,16 @@ class Block:
         return FUNCTION_FOR_TABLE[self.table]
 
 
-def plan(entries, max_block: int = MAX_READ, max_gap: int = 4) -> list[Block]:
+def plan(entries, max_block: int = MAX_READ, max_gap: int = 4, merge_poll: bool = False) -> list[Block]:
     """``entries``: (table, address, count, poll, reg, ref).  Contiguous or nearly contiguous registers of the
     same table and poll class become one read of at most ``max_block`` registers; a gap of up to ``max_gap``
-    unused registers is read through rather than costing another request."""
+    unused registers is read through rather than costing another request.  A value never straddles two
+    blocks.  ``merge_poll``: plan for a cycle that reads both poll classes, so fast and slow registers share
+    reads (the block's ``poll`` is then "fast" when it holds any fast register)."""
     max_block = min(max_block, MAX_READ)
     groups: dict[tuple[str, str], list] = {}
     for e in entries:
-        groups.setdefault((e[0], e[3]), []).append(e)
+        groups.setdefault((e[0], "all" if merge_poll else e[3]), []).append(e)
     blocks: list[Block] = []
     for (table, poll), items in sorted(groups.items()):
         items.sort(key=lambda e: (e[1], e[2]))
@@ -49,4 +51,7 @@ def plan(entries, max_block: int = MAX_READ, max_gap: int = 4) -> list[Block]:
                 current = Block(table, address, count, poll)
                 blocks.append(current)
             current.items.append(Item(address - current.start, reg, ref))
+    if merge_poll:
+        for b in blocks:
+            b.poll = "fast" if any(getattr(i.reg, "poll", "fast") == "fast" for i in b.items) else "slow"
     return blocks

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import serial
 import serial.rs485
 
+from ..errors import GatewayError
 from ..topology import BusConfig
-from .rtu import ExceptionResponse, FrameError, ModbusError, TimeoutError_, parse_reply, reply_length
+from .rtu import (ExceptionResponse, FrameError, ModbusError, TimeoutError_, crc_ok, parse_reply, reply_length,
+                  READ_HOLDING, READ_INPUT)
+from .timer import PreciseSleeper
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class BusCounters:
     bytes_out: int = 0
     bytes_in: int = 0
     wire_time: float = 0.0  # physical minimum of the transactions sent (for the scan-efficiency figure)
+    stray_replies: int = 0  # late replies of other units dropped while waiting
+    reply_time: float = 0.0  # request sent -> reply's last byte, summed over answered transactions
 
     def count(self, error: ModbusError) -> None:
         if error.kind == "timeout":
@@ -38,6 +43,10 @@ class BusCounters:
             self.exceptions += 1
         else:
             self.crc_errors += 1
+
+
+class PortError(GatewayError):
+    """The serial port cannot be opened or configured as the bus config asks; the message says why."""
 
 
 class RtuTransport:
@@ -55,9 +64,11 @@ class RtuTransport:
         self._idle_since = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        self._sleeper = PreciseSleeper()
 
     # -- port ------------------------------------------------------------------------------------------------
     def open(self) -> None:
+        """Open and configure the port; raises PortError with what went wrong and what to do about it."""
         bus = self.bus
         ser = serial.Serial()
         ser.port = self.port
@@ -67,10 +78,19 @@ class RtuTransport:
         ser.bytesize = bus.bytesize
         ser.timeout = 0
         ser.write_timeout = 0
-        ser.open()
+        try:
+            ser.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise PortError(f"bus {bus.name}: cannot open {self.port}: {exc}") from None
         if bus.rs485:
             # The kernel drives the transceiver's direction pin (TIOCSRS485): exact timing, no user-space RTS.
-            ser.rs485_mode = serial.rs485.RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
+            try:
+                ser.rs485_mode = serial.rs485.RS485Settings(rts_level_for_tx=True, rts_level_for_rx=False)
+            except (ValueError, OSError, NotImplementedError) as exc:
+                ser.close()
+                raise PortError(
+                    f"bus {bus.name}: {self.port} does not support the kernel's RS485 mode ({exc}); set "
+                    f"`rs485: false` for this bus when the adapter switches direction by itself") from None
         self._serial = ser
         self._fd = ser.fileno()
         self._loop = asyncio.get_running_loop()
@@ -79,6 +99,7 @@ class RtuTransport:
         log.debug("opened %s for bus %s at %s baud", self.port, bus.name, bus.baud)
 
     def close(self) -> None:
+        self._sleeper.close()
         if self._serial is not None:
             try:
                 if self._loop is not None and not self._loop.is_closed():
@@ -98,20 +119,45 @@ class RtuTransport:
             data = os.read(self._fd, 4096)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:  # the adapter was unplugged: fail the waiting request, keep the loop alive
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(TimeoutError_(f"port error: {exc}"))
+        except OSError as exc:
+            self._port_lost(str(exc))
             return
-        if not data:
+        if not data:  # end of file on a serial device: it hung up
+            self._port_lost("hung up")
             return
         self._buf += data
         self._idle_since = time.monotonic()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            if len(self._buf) >= 2:
-                self._need = reply_length(self._request, self._buf)
-            if len(self._buf) >= self._need:
-                waiter.set_result(None)
+            buf = self._buf
+            while len(buf) >= 2:
+                if buf[0] != self._request[0] and self._drop_stray():
+                    continue
+                self._need = reply_length(self._request, buf)
+                if len(buf) >= self._need:
+                    waiter.set_result(None)
+                break
+
+    def _drop_stray(self) -> bool:
+        """A late reply of another unit (a slow slave answering after its timeout) may sit in front of the
+        reply we wait for: when the buffer starts with a whole, valid frame of another unit, drop it."""
+        buf = self._buf
+        for length in _frame_lengths(buf):
+            if len(buf) >= length and crc_ok(bytes(buf[:length])):
+                log.debug("bus %s: dropped a late reply from unit %d", self.bus.name, buf[0])
+                del buf[:length]
+                self.counters.stray_replies += 1
+                return True
+        return False
+
+    def _port_lost(self, why: str) -> None:
+        """The adapter was unplugged: fail the waiting request and close the port (a dead descriptor would
+        otherwise wake the loop for ever); the engine reopens it, and says so, when it comes back."""
+        log.error("bus %s: %s failed: %s", self.bus.name, self.port, why)
+        waiter = self._waiter
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError_(f"port error: {why}"))
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
@@ -122,9 +168,9 @@ class RtuTransport:
         if self._serial is None:
             raise TimeoutError_("port is not open")
         bus = self.bus
-        wait = self._idle_since + bus.silence - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self._sleeper.sleep_until(self._idle_since + bus.silence)
+        if self._serial is None:
+            raise TimeoutError_("port is not open")
         self._buf.clear()  # whatever arrived since the last reply belongs to nobody
         self._request = request
         self._need = reply_length(request, b"")
@@ -136,24 +182,31 @@ class RtuTransport:
         counters.wire_time += (len(request) + self._need) * bus.char_time + 2 * bus.silence + self.turnaround
         try:
             os.write(self._fd, request)
+            sent = time.monotonic()
         except OSError as exc:
             self._waiter = None
             err = TimeoutError_(f"write failed: {exc}")
             counters.count(err)
+            self._port_lost(f"write failed: {exc}")
             raise err from None
         timeout = bus.timeout_ms / 1000.0 + len(request) * bus.char_time
         handle = self._loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         except ModbusError as err:
+            self._idle_since = time.monotonic()
             if self._buf:  # something came back, but not a whole reply: a framing fault, not silence
                 err = FrameError(f"incomplete reply ({len(self._buf)} of {self._need} bytes)")
             counters.count(err)
             raise err from None
+        except BaseException:  # cancelled: the bus was quiet at least since now
+            self._idle_since = time.monotonic()
+            raise
         finally:
             handle.cancel()
             self._waiter = None
-            self._idle_since = time.monotonic()
+        counters.reply_time += self._idle_since - sent
+        # on success the silence is counted from the reply's last byte (stamped by _on_readable)
         reply = bytes(self._buf[: self._need])
         counters.bytes_in += len(self._buf)
         del self._buf[: self._need]
@@ -162,6 +215,17 @@ class RtuTransport:
         except (FrameError, ExceptionResponse) as err:
             counters.count(err)
             raise
+
+
+def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
+    """Lengths a reply starting at ``buf`` may have (exception, read, write echo)."""
+    if len(buf) < 3:
+        return ()
+    if buf[1] & 0x80:
+        return (5,)
+    if buf[1] in (READ_HOLDING, READ_INPUT):
+        return (5 + buf[2],)
+    return (8,)
 
 
 def _expire(waiter: asyncio.Future) -> None:

@@ -75,6 +75,7 @@ class StringState:
     mode_since: float = 0.0
     discharge_current: float = 25.0
     batteries: list[Battery] = field(default_factory=list)
+    weakest: float = 1.0  # lowest capacity factor of its batteries (a string is as strong as its weakest)
 
 
 class BankModel:
@@ -95,6 +96,8 @@ class BankModel:
         self.di_state = 0
         self.strings: dict[int, StringState] = {}
         self._avg_cache: dict[int, tuple[float, float]] = {}
+        # (point, string, cell, channel) -> value a sensor reports instead of the physics (None: not available)
+        self.overrides: dict[tuple, float | None] = {}
         for sid, cells, cap, cpu in strings:
             st = StringState(sid, cells, cap, cpu, mode_since=t0, discharge_current=cap / 4.0)
             for c in range(1, cells + 1):
@@ -112,6 +115,13 @@ class BankModel:
             b.float_offset -= 0.03 * b.cells_per_unit
             b.temp_offset += 1.5
             b.emf_drop = 0.02 * b.cells_per_unit
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute what is cached from the batteries (call after changing a battery's capacity)."""
+        with self.lock:
+            for st in self.strings.values():
+                st.weakest = min((b.capacity_factor for b in st.batteries), default=1.0)
 
     # -- time ------------------------------------------------------------------------------------------------
     def years(self, t: float | None = None) -> float:
@@ -163,7 +173,7 @@ class BankModel:
 
     def capacity_factor(self, st: StringState) -> float:
         # a string is as strong as its weakest battery
-        return min(b.capacity_factor for b in st.batteries) * self.temp_capacity_factor()
+        return st.weakest * self.temp_capacity_factor()
 
     def temp_capacity_factor(self) -> float:
         return 1.0 + 0.005 * (self.ambient() - 25.0)
@@ -265,6 +275,26 @@ class BankModel:
         if point == "io.do":
             return float(self.do_state & 1)
         raise KeyError(point)
+
+    KNOWN_POINTS = frozenset({
+        "cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf", "cell.micro_discharge_voltage",
+        "cell.balancing", "cell.sensor_status", "string.voltage", "string.current", "string.sensor_soc",
+        "bank.voltage", "bank.charger_current", "io.ambient_temperature", "io.ambient_humidity", "io.di", "io.do"})
+
+    def set_override(self, point: str, value: float | None, string: int | None = None, cell: int | None = None,
+                     channel: int | None = None) -> None:
+        """Make the sensor of one point report ``value`` (None: its not-available code) until cleared."""
+        with self.lock:
+            self.overrides[(point, string, cell, channel)] = value
+
+    def clear_override(self, point: str | None = None, string: int | None = None, cell: int | None = None,
+                       channel: int | None = None) -> None:
+        """Back to the physics: one point, or every override when ``point`` is None."""
+        with self.lock:
+            if point is None:
+                self.overrides.clear()
+            else:
+                self.overrides.pop((point, string, cell, channel), None)
 
     _NOISE = {"cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
               "string.voltage": 0.0005, "cell.emf": 0.0005}

@@ -1,12 +1,13 @@
 """Modbus RTU slaves on pseudo-terminals: the simulated bank behind the real serial path.
 
-One thread per bus reads request frames from the pty's master side and answers for every device the
-config puts on that bus, encoding the model's values with each device's own profile (so any profile can be
+One thread serves every bus: it reads request frames from each pty's master side and answers for every
+device the config puts on that bus, encoding the model's values with each device's own profile (so any profile can be
 simulated).  With ``wire_time`` on, a reply leaves no earlier than the physical bus would allow.  Faults
 can be injected per bus or per device at any time.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import select
@@ -15,10 +16,12 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..modbus import codecs
-from ..modbus.rtu import (ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT, WRITE_MULTIPLE,
-                          WRITE_SINGLE, crc_ok, with_crc)
+from ..modbus.timer import set_timer_slack
+from ..modbus.rtu import (DEVICE_FAILURE, ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT,
+                          WRITE_MULTIPLE, WRITE_SINGLE, crc_ok, with_crc)
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
@@ -42,9 +45,10 @@ class SimDevice:
     serial: int = 0
 
 
-class SimBus(threading.Thread):
+class SimBus:
+    """One simulated RS485 bus: a pseudo-terminal and the devices on it.  Served by the simulator's thread."""
+
     def __init__(self, sim: "Simulator", bus: BusConfig, devices: list[SimDevice]) -> None:
-        super().__init__(name=f"sim-{bus.name}", daemon=True)
         self.sim = sim
         self.bus = bus
         self.devices = {d.address: d for d in devices}
@@ -54,68 +58,78 @@ class SimBus(threading.Thread):
         os.set_blocking(self.master, False)
         self.path = os.ttyname(self.slave)
         self.unplugged = False
-        self.stop_flag = threading.Event()
         self.requests = 0
         self.turnaround = 0.002
+        self.buf = bytearray()
+        self.last_rx = 0.0
+        self.busy_until = 0.0  # the wire is taken by a transaction until then
+        self.dead = False
 
-    def run(self) -> None:
-        buf = bytearray()
-        while not self.stop_flag.is_set():
-            try:
-                ready, _, _ = select.select([self.master], [], [], 0.1)
-            except (OSError, ValueError):
-                return
-            if not ready:
-                buf.clear()  # a silence ends any partial frame
-                continue
-            try:
-                data = os.read(self.master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            buf += data
-            while True:
-                need = _request_length(buf)
-                if need is None or len(buf) < need:
-                    break
-                frame = bytes(buf[:need])
-                del buf[:need]
-                if not crc_ok(frame):
-                    buf.clear()
-                    break
-                self._answer(frame)
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.dead = True
+            return
+        if not data:  # the far end is gone
+            self.dead = True
+            return
+        now = time.monotonic()
+        if now - self.last_rx > 0.1:
+            self.buf.clear()  # a silence ends any partial frame
+        self.last_rx = now
+        buf = self.buf
+        buf += data
+        while True:
+            need = _request_length(buf)
+            if need is None or len(buf) < need:
+                break
+            frame = bytes(buf[:need])
+            del buf[:need]
+            if not crc_ok(frame):
+                buf.clear()
+                break
+            self._answer(frame, now)
 
-    def _answer(self, frame: bytes) -> None:
+    def _answer(self, frame: bytes, received: float) -> None:
         self.requests += 1
         if self.unplugged:
             return
         dev = self.devices.get(frame[0])
         if dev is None or dev.fault == "no_answer":
             return
-        reply = self.sim.reply(dev, frame)
+        try:
+            reply = self.sim.reply(dev, frame)
+        except Exception:  # a simulator bug must not take the whole bus down: answer "device failure"
+            log.exception("simulator: %s failed to answer %s", dev.config.label, frame.hex())
+            reply = _exception(frame[0], frame[1], DEVICE_FAILURE)
         if reply is None:
             return
         if dev.fault == "crc_error":
             reply = reply[:-1] + bytes([reply[-1] ^ 0xFF])
         elif dev.fault == "garbage":
             reply = bytes(self.sim.garbage_rng.randrange(256) for _ in range(len(reply)))
-        delay = 0.0
+        due = received
         if self.sim.wire_time:
+            # the request's characters, the silence that ends it, the turnaround, the reply's characters:
+            # counted from when the request arrived (never before the wire is free), so the simulator's own
+            # work is not added on top
             ct = self.bus.char_time
-            delay = (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
+            due = max(received, self.busy_until) + (len(frame) + len(reply)) * ct + self.bus.silence + self.turnaround
+            self.busy_until = due
         if dev.fault == "slow":
-            delay += dev.slow_ms / 1000.0
-        if delay > 0:
-            time.sleep(delay)
+            due += dev.slow_ms / 1000.0  # a slow slave keeps only itself waiting; the bus serves the others
+        self.sim.schedule(due, self, reply)
+
+    def write(self, frame: bytes) -> None:
         try:
-            os.write(self.master, reply)
+            os.write(self.master, frame)
         except OSError:
             pass
 
     def close(self) -> None:
-        self.stop_flag.set()
-        self.join(timeout=2)
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)
@@ -140,13 +154,15 @@ class Simulator:
     def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], seed: int = 1,
                  wire_time: bool = True, time_scale: float = 1.0, weak_cells: int = 3,
                  discharge_every_s: float = 0.0, discharge_duration_s: float = 1800.0,
-                 buses: list[str] | None = None, model: BankModel | None = None) -> None:
+                 buses: list[str] | None = None, model: BankModel | None = None,
+                 encode_hook: Callable | None = None) -> None:
         import random
 
         self.topology = topology
         self.profiles = profiles
         self.wire_time = wire_time
         self.time_scale = time_scale
+        self.encode_hook = encode_hook  # (profile, register, value) -> words | None, for vendor quirks
         self.garbage_rng = random.Random(seed + 7)
         self.model = model or BankModel(
             [(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit) for s in topology.strings],
@@ -156,6 +172,10 @@ class Simulator:
         self._sim0 = self.model.t
         names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
         self.buses: dict[str, SimBus] = {}
+        self._due: list[tuple[float, int, SimBus, bytes]] = []  # replies waiting for their time, a heap
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         for bus in topology.buses:
             if bus.name not in names:
                 continue
@@ -165,14 +185,16 @@ class Simulator:
     def _sim_device(self, dev: DeviceConfig, serial: int) -> SimDevice:
         prof = self.profiles[dev.profile]
         sd = SimDevice(dev, prof, dev.address, serial=100000 + serial)
+        vid = 0  # one id per value, so a read encodes each value once however many words it spans
         for reg in prof.registers:
             for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
                 address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
+                vid += 1
                 for w in range(reg.count):
                     key = (reg.table, address + w)
                     # several bit fields may share a register: keep them all
                     prev = sd.registers.get(key)
-                    entry = (reg, ref, w)
+                    entry = (reg, ref, w, vid)
                     sd.registers[key] = (prev + (entry,)) if prev else (entry,)
         ident = prof.identity
         if ident is not None:
@@ -186,13 +208,45 @@ class Simulator:
 
     # -- life cycle ------------------------------------------------------------------------------------------
     def start(self) -> "Simulator":
-        for b in self.buses.values():
-            b.start()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._serve, name="simulator", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
         for b in self.buses.values():
             b.close()
+
+    def schedule(self, due: float, bus: SimBus, frame: bytes) -> None:
+        """Send ``frame`` on ``bus`` at ``due`` (time.monotonic)."""
+        self._seq += 1
+        heapq.heappush(self._due, (due, self._seq, bus, frame))
+
+    def _serve(self) -> None:
+        """One thread serves every bus: read requests as they come, send replies when they are due."""
+        set_timer_slack()  # wake on time for the wire-time pacing
+        due = self._due
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                _, _, bus, frame = heapq.heappop(due)
+                bus.write(frame)
+            timeout = 0.1 if not due else max(0.0, due[0][0] - time.monotonic())
+            live = {b.master: b for b in self.buses.values() if not b.dead}
+            try:
+                ready, _, _ = select.select(list(live), [], [], timeout)
+            except (OSError, ValueError):
+                live = {fd: b for fd, b in live.items() if _fd_ok(fd)}
+                if not live:
+                    return
+                continue
+            for fd in ready:
+                live[fd].on_readable()
 
     def __enter__(self) -> "Simulator":
         return self.start()
@@ -258,6 +312,9 @@ class Simulator:
         span = dev.span.get(table)
         if span is None or address < span[0] or address + count - 1 > span[1]:
             return None
+        regs = dev.registers
+        if not any((table, a) in regs for a in range(address, address + count)):
+            return None  # nothing of this device there (reading through gaps between values is fine)
         model = self.model
         model.advance_to(self.now())
         values: dict = {}
@@ -273,14 +330,34 @@ class Simulator:
                     if entry[0] == "identity":
                         word |= self._identity_word(dev, entry[1])
                         continue
-                    reg, ref, w = entry
-                    key = (reg, ref)
-                    if key not in values:
-                        v = model.measure(ref.point, ref.string, ref.cell, ref.channel)
-                        values[key] = codecs.encode(v, reg)
-                    word |= values[key][w]
+                    reg, ref, w, vid = entry
+                    encoded = values.get(vid)
+                    if encoded is None:
+                        encoded = values[vid] = self._encode(dev, reg, ref)
+                    word |= encoded[w]
                 words.append(word)
         return words
+
+    def _encode(self, dev: SimDevice, reg, ref) -> list[int]:
+        model = self.model
+        key = (ref.point, ref.string, ref.cell, ref.channel)
+        if model.overrides and key in model.overrides:
+            v = model.overrides[key]
+            if v is None:  # the sensor says "not available"
+                if reg.not_available is not None:
+                    return codecs.words_from_raw(reg.not_available, "uint32" if reg.count == 2 else "uint16",
+                                                 reg.word_order)
+                return [0xFFFF] * reg.count
+        elif ref.point in model.KNOWN_POINTS:
+            v = model.measure(*key)
+        else:
+            # a family the physics does not know (a third-party sensor): the middle of its measuring range
+            v = (reg.valid_range[0] + reg.valid_range[1]) / 2.0 if reg.valid_range else 0.0
+        if self.encode_hook is not None:
+            words = self.encode_hook(dev.profile, reg, v)
+            if words is not None:
+                return list(words)
+        return codecs.encode(v, reg)
 
     def _identity_word(self, dev: SimDevice, w: int) -> int:
         ident = dev.profile.identity
@@ -302,9 +379,17 @@ class Simulator:
             for entry in entries:
                 if entry[0] == "identity" or not entry[0].writable:
                     return False
-                reg, ref, _ = entry
+                reg, ref = entry[0], entry[1]
                 self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
         return True
+
+
+def _fd_ok(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 def _exception(unit: int, function: int, code: int) -> bytes:

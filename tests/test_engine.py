@@ -1,0 +1,437 @@
+"""The polling engine on the simulator, through the real serial path: block planning, retries, faults and
+their counters, stale -> COMM_FAIL -> recovery, a readdressed sensor, writes, the RS485 mode flag."""
+import asyncio
+import os
+
+import pytest
+
+from gateway.engine import WriteError
+from gateway.modbus.planner import plan
+from gateway.points import PointRef, Quality
+from gateway.profiles import RegisterSpec
+from tests.devicedump import one_bus, poll_on_simulator
+from tests.support import small_bank
+
+
+# -- the block planner ---------------------------------------------------------------------------------------
+def entries(*regs, table="input"):
+    """(address, dtype, poll) -> planner entries."""
+    out = []
+    for address, dtype, poll in regs:
+        reg = RegisterSpec(point=f"x.p{address}", table=table, address=address, dtype=dtype, poll=poll)
+        out.append((table, address, reg.count, poll, reg, f"ref{address}"))
+    return out
+
+
+def spans(blocks):
+    return [(b.table, b.start, b.count, b.poll) for b in blocks]
+
+
+def test_planner_merges_contiguous_registers_and_reads_through_small_gaps():
+    e = entries((0, "uint16", "fast"), (1, "int16", "fast"), (2, "uint32", "fast"), (8, "uint16", "fast"),
+                (20, "uint16", "fast"))
+    assert spans(plan(e, max_gap=4)) == [("input", 0, 9, "fast"), ("input", 20, 1, "fast")]
+    assert spans(plan(e, max_gap=0)) == [("input", 0, 4, "fast"), ("input", 8, 1, "fast"), ("input", 20, 1, "fast")]
+    blocks = plan(e, max_gap=4)
+    assert [(i.offset, i.ref) for i in blocks[0].items] == [(0, "ref0"), (1, "ref1"), (2, "ref2"), (8, "ref8")]
+
+
+def test_planner_never_exceeds_125_registers_nor_splits_a_32_bit_value():
+    e = entries(*[(a, "uint32", "fast") for a in range(0, 400, 2)])
+    blocks = plan(e)
+    assert all(b.count <= 125 for b in blocks) and [b.count for b in blocks] == [124, 124, 124, 28]
+    assert all(i.offset + 2 <= b.count for b in blocks for i in b.items)
+    assert sum(len(b.items) for b in blocks) == 200
+    assert [b.count for b in plan(e, max_block=10)] == [10] * 40, "a profile may ask for smaller reads"
+
+
+def test_planner_keeps_tables_and_poll_classes_apart_unless_a_cycle_reads_both():
+    e = entries((0, "uint16", "fast"), (1, "uint16", "slow"), (2, "uint16", "fast")) + \
+        entries((0, "uint16", "fast"), table="holding")
+    assert spans(plan(e, max_gap=0)) == [("holding", 0, 1, "fast"), ("input", 0, 1, "fast"),
+                                         ("input", 2, 1, "fast"), ("input", 1, 1, "slow")]
+    assert spans(plan(e, max_gap=0, merge_poll=True)) == [("holding", 0, 1, "fast"), ("input", 0, 3, "fast")]
+    assert spans(plan(entries((5, "uint16", "slow")), merge_poll=True)) == [("input", 5, 1, "slow")]
+
+
+def test_a_full_cycle_reads_each_cell_sensor_once_and_a_fast_cycle_skips_slow_values(tmp_path):
+    times = {}
+
+    async def then(gw):
+        snap = gw.store.snapshot()
+        times["before"] = (snap[PointRef("cell.voltage", 1, 1)].ts, snap[PointRef("cell.ohmic", 1, 1)].ts)
+        before = gw.engine.counters()["bus1"]["requests"]
+        await asyncio.sleep(0.01)
+        await gw.engine.poll_once(slow=False)
+        snap = gw.store.snapshot()
+        times["after"] = (snap[PointRef("cell.voltage", 1, 1)].ts, snap[PointRef("cell.ohmic", 1, 1)].ts)
+        times["fast_requests"] = gw.engine.counters()["bus1"]["requests"] - before
+
+    gw = poll_on_simulator(tmp_path, small_bank(strings=1, cells=8), then=then)
+    # 8 cell sensors + string sensor + CMU + I/O module (input and holding tables) = 12 reads
+    assert gw.engine.plan_summary()["bus1"]["blocks"] == 12
+    assert times["after"][0] > times["before"][0], "voltage is a fast value"
+    assert times["after"][1] == times["before"][1], "ohmic value is a slow value"
+    assert times["fast_requests"] == 12
+
+
+# -- faults, counters, quality -------------------------------------------------------------------------------
+class Events:
+    def __init__(self, gw):
+        self.items = []
+        original = gw.engine.comm_callback
+
+        def record(event):
+            self.items.append((event.device.address, event.lost, event.reason))
+            original(event)
+
+        gw.engine.comm_callback = record
+
+
+def faulty_bank(**poll):
+    cfg = small_bank(strings=1, cells=4)  # string sensor 1, cells at 2..5, CMU 200, I/O 201
+    cfg["gateway"] = {"poll": {"stale_after_cycles": 2, **poll}}
+    return cfg
+
+
+@pytest.mark.parametrize("fault", ["crc_error", "garbage", "no_answer"])
+def test_a_failing_sensor_goes_stale_then_comm_fail_then_recovers(tmp_path, fault):
+    ref, neighbour = PointRef("cell.voltage", 1, 2), PointRef("cell.voltage", 1, 3)
+    seen = []
+
+    async def then(gw):
+        events = Events(gw)
+        sim, engine = gw.simulator, gw.engine
+        c0 = engine.counters()["bus1"]
+        good = gw.store.get(ref)
+        sim.set_fault("bus1", 3, fault)
+        await engine.poll_once()
+        seen.append(("stale", gw.store.get(ref), gw.store.get(neighbour).quality))
+        await engine.poll_once()
+        c1 = engine.counters()["bus1"]
+        seen.append(("lost", gw.store.get(ref), gw.store.value(PointRef("cell.comm_status", 1, 2)),
+                     c1["devices_lost"], list(events.items)))
+        sim.set_fault("bus1", 3, "none")
+        await engine.poll_once()
+        seen.append(("back", gw.store.get(ref).quality, gw.store.value(PointRef("cell.comm_status", 1, 2)),
+                     events.items[-1][:2]))
+        seen.append(("counters", {k: c1[k] - c0[k] for k in ("requests", "timeouts", "crc_errors")}, good))
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    (_, stale, nq), (_, lost, comm, n_lost, events), (_, back_q, back_comm, last), (_, delta, good) = seen
+    assert stale.quality is Quality.STALE and stale.value == good.value and stale.ts == good.ts
+    assert nq is Quality.GOOD, "its neighbours keep answering"
+    assert lost.quality is Quality.COMM_FAIL and lost.value == good.value and comm == 1.0 and n_lost == 1
+    assert len(events) == 1 and events[0][:2] == (3, True)
+    assert back_q is Quality.GOOD and back_comm == 0.0 and last == (3, False)
+    # two failed cycles, each one read retried once (retries: 1); every other device read once per cycle
+    assert delta["requests"] == 2 * (2 + 7)
+    if fault == "no_answer":
+        assert delta["timeouts"] == 4 and delta["crc_errors"] == 0
+    else:
+        assert delta["crc_errors"] == 4 and delta["timeouts"] == 0
+
+
+def test_a_slow_slave_answers_within_the_timeout_or_times_out_alone(tmp_path):
+    seen = {}
+
+    async def then(gw):
+        sim, engine = gw.simulator, gw.engine
+        sim.set_fault("bus1", 3, "slow", slow_ms=60)  # timeout_ms is 100 in small_bank
+        await engine.poll_once()
+        seen["slow_ok"] = gw.store.get(PointRef("cell.voltage", 1, 2)).quality
+        seen["c0"] = engine.counters()["bus1"]
+        sim.set_fault("bus1", 3, "slow", slow_ms=500)  # beyond both attempts
+        for _ in range(2):
+            await engine.poll_once()
+        seen["c1"] = engine.counters()["bus1"]
+        seen["snap"] = gw.store.snapshot()
+
+    gw = poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    assert seen["slow_ok"] is Quality.GOOD
+    snap = seen["snap"]
+    assert snap[PointRef("cell.voltage", 1, 2)].quality is Quality.COMM_FAIL
+    others = [r for ref, r in snap.items() if ref.point == "cell.voltage" and ref.cell != 2]
+    assert len(others) == 3 and all(r.quality is Quality.GOOD for r in others), "late replies hurt nobody else"
+    assert seen["c1"]["timeouts"] - seen["c0"]["timeouts"] == 4
+    assert seen["c1"]["crc_errors"] == 0
+
+
+def test_an_unplugged_bus_loses_every_device_and_recovers_by_itself(tmp_path):
+    seen = {}
+
+    async def then(gw):
+        events = Events(gw)
+        sim, engine = gw.simulator, gw.engine
+        sim.set_fault("bus1", None, "unplugged")
+        for _ in range(2):
+            await engine.poll_once()
+        seen["lost"] = engine.counters()["bus1"]
+        seen["online"] = gw.store.value(PointRef("gateway.bus_devices_online", channel=1))
+        seen["volts"] = [r.quality for ref, r in gw.store.snapshot().items() if ref.point == "cell.voltage"]
+        sim.set_fault("bus1", None, "none")
+        await engine.poll_once()
+        seen["back"] = engine.counters()["bus1"]
+        seen["events"] = list(events.items)
+
+    cfg = faulty_bank()
+    cfg["buses"][0]["timeout_ms"] = 50
+    gw = poll_on_simulator(tmp_path, cfg, then=then)
+    assert seen["lost"]["devices_lost"] == 7 and seen["online"] == 0.0
+    assert seen["volts"] == [Quality.COMM_FAIL] * 4
+    assert sorted(a for a, lost, _ in seen["events"] if lost) == [1, 2, 3, 4, 5, 200, 201]
+    assert sorted(a for a, lost, _ in seen["events"] if not lost) == [1, 2, 3, 4, 5, 200, 201]
+    assert seen["back"]["devices_lost"] == 0
+    assert gw.store.value(PointRef("gateway.bus_devices_online", channel=1)) == 7.0
+    assert gw.store.value(PointRef("gateway.bus_timeouts", channel=1)) == seen["back"]["timeouts"] == 7 * 2 * 2
+
+
+def test_a_device_lost_is_retried_only_every_lost_retry_s(tmp_path):
+    async def then(gw):
+        engine, bs = gw.engine, gw.engine.buses["bus1"]
+        gw.simulator.set_fault("bus1", 3, "no_answer")
+        for _ in range(2):
+            await engine._poll_bus(bs, slow=True)
+        before = bs.transport.counters.requests
+        await engine._poll_bus(bs, slow=True)  # what the bus loop does: the lost sensor is skipped
+        return bs.transport.counters.requests - before
+
+    result = {}
+
+    async def run(gw):
+        result["requests"] = await then(gw)
+
+    poll_on_simulator(tmp_path, faulty_bank(lost_retry_s=60), then=run)
+    assert result["requests"] == 7, "the six healthy devices only (the I/O module takes two reads)"
+
+
+def test_a_sensor_that_never_answered_reports_comm_fail_without_a_value(tmp_path):
+    async def then(gw):
+        gw.simulator.set_fault("bus1", 4, "no_answer")
+        await gw.engine.poll_once()
+
+    gw = poll_on_simulator(tmp_path, faulty_bank(), cycles=0, then=then)
+    r = gw.store.get(PointRef("cell.voltage", 1, 3))
+    assert r.quality is Quality.COMM_FAIL and r.value is None
+    assert gw.store.get(PointRef("cell.voltage", 1, 2)).quality is Quality.GOOD
+    assert gw.engine.counters()["bus1"]["devices_lost"] == 0, "one failed cycle is not yet a lost device"
+
+
+def test_out_of_range_and_not_available_readings(tmp_path):
+    async def then(gw):
+        model = gw.simulator.model
+        model.set_override("cell.voltage", 16.2, 1, 1)  # above the BCS-12's 15.6 V
+        model.set_override("cell.temperature", None, 1, 2)  # the sensor sends its not-available code
+        await gw.engine.poll_once()
+
+    gw = poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    hot = gw.store.get(PointRef("cell.voltage", 1, 1))
+    assert hot.quality is Quality.OUT_OF_RANGE and hot.value == pytest.approx(16.2, abs=0.01)
+    na = gw.store.get(PointRef("cell.temperature", 1, 2))
+    assert na.quality is Quality.OUT_OF_RANGE and na.value is None
+    assert gw.store.get(PointRef("cell.voltage", 1, 2)).quality is Quality.GOOD
+
+
+def test_bus_counters_are_published_as_gateway_points(tmp_path):
+    gw = poll_on_simulator(tmp_path, small_bank(strings=2, cells=4), cycles=2)
+    for ch, name in ((1, "bus1"), (2, "bus2")):
+        c = gw.engine.counters()[name]
+        assert gw.store.value(PointRef("gateway.bus_requests", channel=ch)) == c["requests"] > 0
+        assert gw.store.value(PointRef("gateway.bus_devices", channel=ch)) == c["devices"]
+        assert gw.store.value(PointRef("gateway.bus_poll_duration", channel=ch)) > 0
+    assert gw.store.value(PointRef("gateway.poll_cycles")) == 4
+
+
+# -- readdressed sensors and discovery -----------------------------------------------------------------------
+def test_a_readdressed_sensor_is_found_and_adopted_by_discovery(tmp_path):
+    ref = PointRef("cell.voltage", 1, 3)  # configured at address 4
+    seen = {}
+
+    async def then(gw):
+        sim, engine = gw.simulator, gw.engine
+        sim.readdress("bus1", 4, 130)  # the sensor was replaced by one set to address 130
+        for _ in range(2):
+            await engine.poll_once()
+        seen["lost"] = gw.store.get(ref).quality
+        report = await engine.discover("1-6,129-131,200-201")
+        seen["report"] = report["bus1"]
+        await engine.poll_once()
+        seen["back"] = gw.store.get(ref)
+        seen["truth"] = sim.model.value("cell.voltage", 1, 3)
+        seen["status"] = engine.counters()["bus1"]["discovery"]
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    assert seen["lost"] is Quality.COMM_FAIL
+    rep = seen["report"]
+    assert rep.missing == (4,) and rep.unconfigured == {130: "bm-bcs-12"} and rep.adopted == {4: 130}
+    assert rep.matching == (1, 2, 3, 5, 200, 201) and rep.wrong_model == {}
+    assert seen["back"].quality is Quality.GOOD and seen["back"].value == pytest.approx(seen["truth"], rel=0.003)
+    assert seen["status"]["adopted"] == {"4": 130}
+
+
+def test_discovery_reports_a_wrong_model_and_does_not_adopt_ambiguous_sensors(tmp_path):
+    got = {}
+
+    async def run(gw):
+        sim = gw.simulator
+        sim.readdress("bus1", 3, 140)
+        sim.readdress("bus1", 4, 141)  # two cell sensors moved: which is which cannot be known
+        sim.readdress("bus1", 201, 200)  # the I/O module now sits where the charger monitor is configured
+        got["rep"] = (await gw.engine.discover("1-5,140-141,200-201"))["bus1"]
+        got["addresses"] = [d.address for d in gw.engine.buses["bus1"].devices]
+
+    poll_on_simulator(tmp_path, faulty_bank(), cycles=0, then=run)
+    rep = got["rep"]
+    assert rep.missing == (3, 4, 201) and rep.adopted == {}
+    assert rep.unconfigured == {140: "bm-bcs-12", 141: "bm-bcs-12"}
+    assert rep.wrong_model == {200: "bm-io"} and rep.matching == (1, 2, 5)
+    assert got["addresses"] == [1, 2, 3, 4, 5, 200, 201], "nothing re-pointed on a guess"
+
+
+def test_discovery_at_start_up_when_the_config_asks(tmp_path, caplog):
+    cfg = faulty_bank()
+    cfg["gateway"]["discovery"] = {"on_start": True, "ids": "1-8,200-202"}
+    seen = {}
+
+    async def then(gw):
+        gw.simulator.readdress("bus1", 5, 7)
+        await gw.engine.start()
+        bs = gw.engine.buses["bus1"]
+        for _ in range(200):
+            if bs.discovery is not None and gw.store.get(PointRef("cell.voltage", 1, 4)) is not None:
+                break
+            await asyncio.sleep(0.02)
+        seen["discovery"] = bs.discovery
+        seen["cell4"] = gw.store.get(PointRef("cell.voltage", 1, 4))
+
+    caplog.set_level("INFO")
+    poll_on_simulator(tmp_path, cfg, cycles=0, then=then)
+    assert seen["discovery"]["adopted"] == {"5": 7}, seen
+    assert seen["cell4"].quality is Quality.GOOD
+    assert "configured at address 5 now answers at 7" in caplog.text
+
+
+# -- writes --------------------------------------------------------------------------------------------------
+def test_write_point_drives_the_alarm_relay_and_refuses_the_rest(tmp_path):
+    seen = {}
+
+    async def then(gw):
+        relay = PointRef("io.do", channel=1)
+        await gw.engine.write_point(relay, 1)
+        seen["model"] = gw.simulator.model.do_state
+        seen["store"] = gw.store.value(relay)
+        for ref in (PointRef("cell.voltage", 1, 1), PointRef("io.do", channel=2)):
+            with pytest.raises(WriteError, match="not writable"):
+                await gw.engine.write_point(ref, 1)
+        gw.simulator.set_fault("bus1", 201, "no_answer")
+        with pytest.raises(WriteError, match="failed"):
+            await gw.engine.write_point(relay, 0)
+        await gw.engine.stop()
+        with pytest.raises(WriteError, match="not open"):
+            await gw.engine.write_point(relay, 0)
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    assert seen == {"model": 1, "store": 1.0}
+
+
+# -- the port ------------------------------------------------------------------------------------------------
+def test_rs485_mode_on_a_port_that_refuses_it_is_a_clear_error_not_a_crash(tmp_path, caplog):
+    """A pseudo-terminal refuses TIOCSRS485 like a USB adapter without direction control would."""
+    cfg = faulty_bank()
+    cfg["buses"][0].update(rs485=True, timeout_ms=30)
+    caplog.set_level("ERROR")
+    gw = poll_on_simulator(tmp_path, cfg, cycles=3)
+    c = gw.engine.counters()["bus1"]
+    assert not c["open"] and "does not support the kernel's RS485 mode" in c["open_error"]
+    assert "rs485: false" in c["open_error"]
+    assert caplog.text.count("does not support the kernel's RS485 mode") == 1, "said once, not every cycle"
+    assert c["devices_lost"] == 7 and c["requests"] == 0
+    r = gw.store.get(PointRef("cell.voltage", 1, 1))
+    assert r.quality is Quality.COMM_FAIL and r.value is None
+
+
+def test_an_adapter_that_disappears_is_reported_and_does_not_spin(tmp_path, caplog):
+    seen = {}
+
+    async def then(gw):
+        sb = gw.simulator.buses["bus1"]
+        os.close(sb.master)  # the far end of the pseudo-terminal vanishes, like an unplugged USB adapter
+        sb.master = os.open("/dev/null", os.O_RDONLY)  # so the simulator's own close does not fail
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            await gw.engine.poll_once()
+        seen["counters"] = gw.engine.counters()["bus1"]
+
+    cfg = faulty_bank()
+    cfg["buses"][0]["timeout_ms"] = 30
+    poll_on_simulator(tmp_path, cfg, then=then)
+    c = seen["counters"]
+    assert c["devices_lost"] == 7 and not c["open"]
+    assert c["open_error"].startswith(f"bus bus1: cannot open {c['port']}")
+    assert caplog.text.count(f"cannot open {c['port']}") == 1, "said once, not every cycle"
+    assert c["timeouts"] <= 2, "the port is closed, not hammered"
+
+
+def test_the_transport_drops_a_late_reply_of_another_unit(tmp_path):
+    """A slow slave's reply that arrives during the next transaction is dropped, not taken as the answer."""
+    import threading
+    import tty
+
+    from gateway.modbus.rtu import read_request, with_crc
+    from gateway.modbus.transport import RtuTransport
+    from gateway.topology import BusConfig
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+
+    def peer():
+        request = os.read(master, 64)
+        stray = with_crc(bytes([9, 4, 2, 0x12, 0x34]))  # unit 9's late answer
+        os.write(master, stray[:4])
+        os.write(master, stray[4:] + with_crc(bytes([request[0], 4, 2, 0x00, 0x2A])))
+
+    t = threading.Thread(target=peer)
+    t.start()
+
+    async def go():
+        tr = RtuTransport(BusConfig("b", os.ttyname(slave), baud=115200, timeout_ms=500))
+        tr.open()
+        try:
+            return await tr.transact(read_request(5, 4, 0, 1)), tr.counters
+        finally:
+            tr.close()
+
+    try:
+        words, counters = asyncio.run(go())
+    finally:
+        t.join()
+        os.close(master)
+        os.close(slave)
+    assert words == [42] and counters.stray_replies == 1 and counters.crc_errors == 0
+
+
+def test_a_fast_cycle_says_nothing_about_a_device_with_only_slow_values(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "ohm-only.yaml").write_text(
+        "{model: O-1, vendor: Acme, family: acme_o, scope: cell, registers: "
+        "[{point: cell.ohmic, table: input, address: 2, type: uint32, scale: 0.000001, poll: slow}]}\n")
+    cfg = one_bus({1: [{"profile": "ohm-only", "address": 2, "count": 2}]}, cells=2)
+    cfg["plugins"] = {"profile_dirs": [str(profiles)]}
+    cfg["gateway"] = {"poll": {"stale_after_cycles": 1}}
+    cfg["buses"][0]["timeout_ms"] = 30
+    seen = {}
+
+    async def then(gw):
+        events = Events(gw)
+        gw.simulator.set_fault("bus1", 2, "no_answer")
+        await gw.engine.poll_once(slow=True)
+        await gw.engine.poll_once(slow=False)
+        await gw.engine.poll_once(slow=False)
+        seen["q"] = gw.store.get(PointRef("cell.ohmic", 1, 1)).quality
+        seen["events"] = list(events.items)
+
+    poll_on_simulator(tmp_path, cfg, then=then)
+    assert seen["q"] is Quality.COMM_FAIL
+    assert [(a, lost) for a, lost, _ in seen["events"]] == [(2, True)], "no false 'answers again'"

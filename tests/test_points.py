@@ -1,0 +1,101 @@
+"""The point model: frozen specs and readings, the live store readable from other threads."""
+import dataclasses
+import threading
+
+import pytest
+
+from gateway.points import PointRef, PointSpec, PointStore, Quality, Reading
+
+
+def test_specs_refs_and_readings_are_frozen_named_records():
+    spec = PointSpec(id="cell.ohmic", scope="cell", unit="ohm", description="Ohmic value", slot=2, dtype="uint32",
+                     scale=1e-6, valid_range=(0.0001, 0.05), poll="slow")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.unit = "mohm"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Reading(1.0, Quality.GOOD, 0.0).value = 2.0
+    assert spec.width == 2 and spec.name == "ohmic" and spec.poll == "slow" and spec.valid_range == (0.0001, 0.05)
+    assert PointSpec(id="io.di", scope="bank", unit="", description="", slot=4).name == "io.di"
+    ref = PointRef("cell.voltage", 2, 37)
+    assert ref.keys() == {"string": 2, "cell": 37} and str(ref) == "cell.voltage string=2 cell=37"
+    assert PointRef("io.di", channel=3).keys() == {"channel": 3}
+    assert ref == PointRef("cell.voltage", 2, 37) and len({ref, PointRef("cell.voltage", 2, 37)}) == 1
+
+
+def test_quality_names_are_what_the_faces_print():
+    assert [q.value for q in Quality] == ["GOOD", "STALE", "COMM_FAIL", "OUT_OF_RANGE"]
+    assert Quality.GOOD.usable and not any(q.usable for q in Quality if q is not Quality.GOOD)
+
+
+def test_store_get_value_snapshot_and_generation():
+    store = PointStore()
+    ref = PointRef("cell.voltage", 1, 1)
+    assert store.get(ref) is None and store.value(ref) is None and len(store) == 0
+    gen = store.generation
+    store.put(ref, 13.5, ts=100.0)
+    assert store.get(ref) == Reading(13.5, Quality.GOOD, 100.0)
+    assert store.value(ref) == 13.5 and store.generation == gen + 1
+    store.put(ref, 99.0, Quality.OUT_OF_RANGE)
+    assert store.value(ref) is None, "value() is None unless the reading is GOOD"
+    assert store.get(ref).value == 99.0
+    snap = store.snapshot()
+    store.put(ref, 1.0)
+    assert snap[ref].value == 99.0, "a snapshot does not change under the reader"
+    assert dict(iter(store)) == store.snapshot()
+
+
+def test_mark_keeps_the_last_value_and_reports_only_changes():
+    store = PointStore()
+    a, b, never = PointRef("cell.voltage", 1, 1), PointRef("cell.voltage", 1, 2), PointRef("cell.voltage", 1, 3)
+    store.put_many([(a, Reading(13.4, Quality.GOOD, 5.0)), (b, Reading(13.6, Quality.GOOD, 5.0))])
+    changed = store.mark([a, b, never], Quality.STALE)
+    assert changed == [a, b]
+    assert store.get(a) == Reading(13.4, Quality.STALE, 5.0)
+    assert store.get(never) is None, "marking does not invent readings"
+    gen = store.generation
+    assert store.mark([a, b], Quality.STALE) == [] and store.generation == gen
+
+
+def test_listeners_get_each_batch_and_a_failing_one_does_not_stop_the_others(caplog):
+    store = PointStore()
+    got = []
+
+    def broken(batch):
+        raise RuntimeError("consumer bug")
+
+    store.subscribe(broken)
+    store.subscribe(got.append)
+    ref = PointRef("string.current", 1)
+    store.put_many([(ref, Reading(-20.0, Quality.GOOD, 1.0))])
+    assert got == [[(ref, Reading(-20.0, Quality.GOOD, 1.0))]]
+    assert "consumer bug" in caplog.text
+    store.unsubscribe(got.append)
+    store.put(ref, 1.0)
+    assert len(got) == 1
+    store.put_many([])
+    assert len(got) == 1, "an empty batch is not a batch"
+
+
+def test_readers_on_other_threads_see_whole_batches():
+    store = PointStore()
+    refs = [PointRef("cell.voltage", 1, c) for c in range(1, 121)]
+    stop = threading.Event()
+    errors = []
+
+    def reader():
+        while not stop.is_set():
+            snap = store.snapshot()
+            values = {r.value for r in snap.values()}
+            if len(values) > 1:  # a batch is applied at once: never half old, half new
+                errors.append(values)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for gen in range(300):
+            store.put_many([(ref, Reading(float(gen), Quality.GOOD, 0.0)) for ref in refs])
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert store.generation == 300

@@ -1,0 +1,197 @@
+"""The simulator: plausible battery physics, its ground truth, Modbus answers, and wire-time pacing."""
+import asyncio
+import statistics
+import time
+
+import pytest
+
+from gateway.modbus.rtu import ExceptionResponse, frame_wire_time, read_request, with_crc, write_single_request
+from gateway.modbus.transport import RtuTransport
+from gateway.sim.model import BankModel
+from gateway.topology import BusConfig
+from tests.coretools import offline_gateway
+from tests.devicedump import one_bus
+from tests.support import write_config
+
+NOON = 1.7e9 - (1.7e9 % 86400) + 43200  # ambient follows the time of day; compare at one time
+
+
+def bank(cells=20, cpu=6, **kw) -> BankModel:
+    m = BankModel([(1, cells, 100.0, cpu)], t0=NOON, **kw)
+    return m
+
+
+def float_voltage(m, cell=1):
+    return m.cell_voltage(1, cell)
+
+
+def test_float_voltage_is_temperature_compensated_and_held_outside_5_to_40_c():
+    m = bank()
+    m.ambient_base = 25.0
+    v25 = float_voltage(m)
+    m.ambient_base = 35.0
+    v35 = float_voltage(m)
+    assert v25 - v35 == pytest.approx(6 * 0.003 * 10, rel=0.01), "-3 mV/C per 2 V cell"
+    per_cell = v25 / 6
+    assert 2.22 < per_cell < 2.28, "float is about 2.23-2.27 V per cell at 25 C"
+    m.ambient_base = 45.0
+    v45 = float_voltage(m)
+    m.ambient_base = 50.0
+    assert float_voltage(m) == pytest.approx(v45), "compensation is held above 40 C"
+
+
+def test_units_spread_around_the_string_and_run_warmer_than_the_room():
+    m = bank(cells=60)
+    volts = [m.cell_voltage(1, c) for c in range(1, 61)]
+    assert 0.02 < statistics.pstdev(volts) < 0.12  # 12 V units on float: a spread of +-0.1-0.2 V
+    assert max(volts) - min(volts) < 0.6
+    temps = [m.cell_temperature(1, c) for c in range(1, 61)]
+    assert all(m.ambient() < t < m.ambient() + 5 for t in temps)
+    assert m.string_voltage(1) == pytest.approx(sum(volts))
+
+
+def test_discharge_lowers_voltage_and_soc_and_recharge_returns_to_float():
+    m = bank(cells=10, weak_cells=0, discharge_duration_s=7200)
+    v_float = m.string_voltage(1)
+    m.set_mode(1, "discharge", current=25.0)  # C/4
+    m.advance_to(m.t + 1800)
+    st = m.strings[1]
+    assert st.current == -25.0 and 0.80 < st.soc < 0.95
+    v_dis = m.string_voltage(1)
+    assert v_dis < v_float - 10 * 0.3, "under load the units sit well below float"
+    m.advance_to(m.t + 1800)
+    assert m.strings[1].soc < 0.80 and m.string_voltage(1) < v_dis, "deeper discharge, lower voltage"
+    soc_low = m.strings[1].soc
+    m.set_mode(1, "recharge")
+    m.advance_to(m.t + 600)
+    assert m.strings[1].current > 0 and m.strings[1].soc > soc_low
+    assert m.string_voltage(1) > v_dis
+    m.advance_to(NOON + 86400)  # same time of day: same room temperature as at the start
+    assert m.strings[1].mode == "float" and m.strings[1].soc == 1.0
+    assert m.string_voltage(1) == pytest.approx(v_float, abs=0.05)
+
+
+def test_scheduled_discharge_events_start_and_end_by_themselves():
+    m = bank(cells=4, discharge_every_s=3600, discharge_duration_s=600)
+    m.advance_to(m.t + 3610)
+    assert m.strings[1].mode == "discharge"
+    m.advance_to(m.t + 700)
+    assert m.strings[1].mode == "recharge"
+
+
+def test_weak_units_age_faster_and_the_truth_says_which():
+    m = bank(cells=50, weak_cells=3)
+    truth = m.truth()
+    weak = [c for c, v in truth["strings"][1]["cells"].items() if v["weak"]]
+    assert len(weak) == 3
+    later = m.t + 5 * 365.25 * 86400
+    rise = {c: m.true_ohmic(1, c, later) / m.true_ohmic(1, c) - 1 for c in range(1, 51)}
+    normal = [r for c, r in rise.items() if c not in weak]
+    assert min(rise[c] for c in weak) > max(normal), "weak units' ohmic value climbs faster"
+    assert 0.05 < statistics.mean(normal) < 0.3, "healthy units age a few per cent a year"
+    b = m.battery(1, weak[0])
+    assert b.years_to_rise(0.5) < min(m.battery(1, c).years_to_rise(0.5) for c in range(1, 51) if c not in weak)
+    assert truth["strings"][1]["soc"] == pytest.approx(100.0) and truth["strings"][1]["mode"] == "float"
+
+
+def test_overrides_replace_the_physics_until_cleared():
+    m = bank(cells=2)
+    m.set_override("cell.voltage", 1.5, 1, 2)
+    assert m.overrides[("cell.voltage", 1, 2, None)] == 1.5
+    m.clear_override("cell.voltage", 1, 2)
+    assert not m.overrides
+
+
+# -- the Modbus side -----------------------------------------------------------------------------------------
+def sim_gateway(tmp_path, baud=9600, wire_time=True, **sim):
+    cfg = one_bus({1: [{"profile": "bm-bcs-12", "address": 2, "count": 2}]}, cells=2, baud=baud,
+                  bank=[{"profile": "bm-io", "address": 201}])
+    cfg["simulator"] = {"enabled": True, "wire_time": wire_time, **sim}
+    from gateway.app import Gateway
+
+    return Gateway(write_config(tmp_path, base=cfg, fast=False))
+
+
+def transact_all(port: str, baud: int, requests: list[bytes]):
+    async def go():
+        tr = RtuTransport(BusConfig("b", port, baud=baud, timeout_ms=500))
+        tr.open()
+        out = []
+        try:
+            t0 = time.monotonic()
+            for r in requests:
+                try:
+                    out.append(await tr.transact(r))
+                except ExceptionResponse as exc:
+                    out.append(exc.code)
+            return out, time.monotonic() - t0, tr.counters
+        finally:
+            tr.close()
+
+    return asyncio.run(go())
+
+
+def test_the_simulator_answers_like_a_modbus_slave(tmp_path):
+    gw = sim_gateway(tmp_path, wire_time=False)
+    with gw.simulator:
+        port = gw.simulator.ports()["bus1"]
+        out, _, counters = transact_all(port, 9600, [
+            read_request(2, 4, 0, 5),  # a cell sensor's values
+            read_request(2, 4, 4096, 6),  # its identity
+            read_request(2, 4, 300, 2),  # nothing there: illegal address
+            read_request(2, 3, 0, 1),  # holding table it does not have
+            with_crc(bytes([2, 7])),  # a function it does not implement (read exception status)
+            write_single_request(2, 0, 1),  # read-only register
+            write_single_request(201, 0, 1),  # the relay
+        ])
+        assert gw.simulator.model.do_state == 1
+    values, ident = out[0], out[1]
+    assert 12.8 < values[0] / 1000 < 14.2 and 150 < values[1] < 400
+    assert ident[:2] == [0x424D, 0x0C12], "vendor BM, model BCS-12"
+    assert out[2] == 2 and out[3] == 2 and out[4] == 1 and out[5] == 2
+    assert out[6] == [] and counters.exceptions == 4 and counters.timeouts == 0
+
+
+def test_wire_time_emulation_takes_about_the_computed_wire_time(tmp_path):
+    gw = sim_gateway(tmp_path, baud=9600)
+    bus = gw.topology.buses[0]
+    with gw.simulator:
+        request = read_request(2, 4, 0, 5)
+        _, elapsed, counters = transact_all(gw.simulator.ports()["bus1"], 9600, [request] * 8)
+    one = frame_wire_time(8, 15, bus.char_time, bus.silence, 0.002)
+    assert one == pytest.approx(0.0340, abs=0.001), "8 + 15 characters at 9600 baud, two silences, turnaround"
+    assert counters.wire_time == pytest.approx(8 * one)
+    # never faster than the wire allows; the first request has no silence to wait for before it
+    assert elapsed >= 8 * one - bus.silence - 0.001
+    assert elapsed < 8 * one * 2, "and not much slower (generous: the machine may be busy)"
+
+
+def test_without_wire_time_the_simulator_answers_at_once(tmp_path):
+    gw = sim_gateway(tmp_path, baud=1200, wire_time=False)
+    with gw.simulator:
+        _, elapsed, _ = transact_all(gw.simulator.ports()["bus1"], 1200, [read_request(2, 4, 0, 5)] * 4)
+    assert elapsed < 4 * frame_wire_time(8, 15, 11 / 1200, 3.5 * 11 / 1200, 0.002) / 2
+
+
+def test_simulated_time_runs_at_time_scale(tmp_path):
+    gw = sim_gateway(tmp_path, wire_time=False, time_scale=3600)
+    model = gw.simulator.model
+    with gw.simulator:
+        port = gw.simulator.ports()["bus1"]
+        transact_all(port, 9600, [read_request(2, 4, 0, 1)])
+        t0 = model.t
+        time.sleep(0.3)
+        transact_all(port, 9600, [read_request(2, 4, 0, 1)])
+    assert model.t - t0 >= 0.3 * 3600
+
+
+def test_unknown_faults_and_buses_are_refused(tmp_path):
+    gw = offline_gateway(write_config(tmp_path, base=one_bus({1: []}, cells=1)))
+    sim = gw.make_simulator()
+    try:
+        with pytest.raises(ValueError, match="unknown fault 'fire'"):
+            sim.set_fault("bus1", None, "fire")
+        with pytest.raises(KeyError):
+            sim.set_fault("bus9", None, "unplugged")
+    finally:
+        sim.stop()
