@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from .auth import Csrf, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
-from .settings import WebSettings
+from .settings import ROLES, WebSettings
 from .sources import Sources
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,12 @@ def create_app(context: WebContext) -> Flask:
                       TEMPLATES_AUTO_RELOAD=False, PROPAGATE_EXCEPTIONS=False)
     app.json.sort_keys = False
     app.jinja_env.globals.update(csrf_token=csrf_token, take_flashes=take_flashes)
+
+    @app.context_processor
+    def common():
+        c = ctx()
+        return {"user": g.get("user"), "site": c.gateway.config.section("site"),
+                "strings": c.gateway.topology.strings, "roles": ROLES}
 
     from .api import api
     from .pages import pages
@@ -258,9 +264,14 @@ def app_error_page(status: int, message: str):
     titles = {400: "Bad request", 401: "Login needed", 403: "Not allowed", 404: "Not found",
               405: "Method not allowed", 413: "Too large", 429: "Too many attempts", 500: "Internal error",
               503: "Unavailable"}
-    resp = make_response(render_template("error.html", status=status, title=titles.get(status, "Error"),
-                                         message=message), status)
-    return resp
+    try:
+        body = render_template("error.html", status=status, title=titles.get(status, "Error"), message=message)
+    except Exception:  # an error page must not fail in turn
+        log.exception("rendering the error page failed")
+        resp = make_response(f"{status} {titles.get(status, 'Error')}: {message}\n", status)
+        resp.mimetype = "text/plain"
+        return resp
+    return make_response(body, status)
 
 
 def login_user(user: User):

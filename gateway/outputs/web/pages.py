@@ -11,7 +11,6 @@ from gateway.errors import ConfigError
 from .app import (PRELOGIN_COOKIE, SESSION_COOKIE, ctx, flash, is_local, login_user, requires,
                   set_session_cookie)
 from .auth import AuthError
-from .settings import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +24,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _page(template: str, status: int = 200, **kw):
-    c = ctx()
-    return make_response(render_template(template, user=g.get("user"), site=c.gateway.config.section("site"),
-                                         strings=c.gateway.topology.strings, roles=ROLES, **kw), status)
+    return make_response(render_template(template, **kw), status)
 
 
 # -- login -----------------------------------------------------------------------------------------------------
@@ -353,3 +350,12 @@ def num(value, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+@pages.app_template_filter("sig")
+def sig(value, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits (alarm values come in any unit)."""
+    try:
+        return f"{float(value):.{digits}g}"
+    except (TypeError, ValueError):
+        return "–" if value is None else str(value)

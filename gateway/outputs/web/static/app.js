@@ -163,12 +163,14 @@
       info.textContent = body.samples.length + " samples" + (body.source === "memory" ? " (kept in memory since the gateway started)" : "") +
         ", " + new Date(from * 1000).toLocaleString() + " – " + new Date(to * 1000).toLocaleString();
       var data = [xs, ys];
+      // the in-memory buffer starts when the gateway did: show the part of the range that has samples
+      if (body.source === "memory" && xs.length > 1 && xs[0] > from) from = xs[0];
       if (u) { u.destroy(); }
       u = new uPlot({
         width: chartWidth(el), height: 320,
         cursor: { drag: { x: true, y: false, setScale: false } },
         scales: { x: { time: true, range: function () { return [from, to]; } } },
-        axes: [{}, { size: 64, values: function (uu, vals) { return vals.map(function (v) { return v + " " + unit; }); } }],
+        axes: [{}, { size: 86, values: function (uu, vals) { return vals.map(function (v) { return v + " " + unit; }); } }],
         series: [{}, { label: body.point, stroke: "#1f5fa8", width: 2, spanGaps: false, points: { show: xs.length < 80 } }],
         hooks: {
           setSelect: [function (uu) {
