@@ -146,6 +146,7 @@ class Client(requests.Session):
         if url.startswith("/"):
             url = self.base + url
         kwargs.setdefault("timeout", 30)
+        kwargs.setdefault("verify", self.verify)
         return super().request(method, url, *args, **kwargs)
 
     def csrf(self, page: str = "/login") -> str:

@@ -224,7 +224,7 @@ def status():
     """Site, uptime, number of points, per-bus counters and every plugin's status."""
     c = _ctx()
     out = dict(c.gateway.status())
-    out["web"] = {"history": "history module" if c.sources.history_plugged else "in-memory buffer",
+    out["web"] = {**(out.get("web") or {}), "history": "history module" if c.sources.history_plugged else "in-memory buffer",
                   "alarms": c.sources.alarms_plugged, "sessions": len(c.sessions),
                   "user": g.user.name if g.get("user") else None}
     return out

@@ -23,6 +23,14 @@ from .tlscert import ensure_self_signed, fingerprint
 log = logging.getLogger(__name__)
 
 
+class _Server(wsgi.Server):
+    """cheroot's server, its messages (TLS handshakes a client dropped ...) sent to the log, not stderr."""
+
+    def error_log(self, msg="", level=logging.INFO, traceback=False):
+        # client-side trouble (a refused certificate, a dropped connection) is not the gateway's problem
+        log.log(logging.DEBUG if level <= logging.INFO else level, "http server: %s", msg, exc_info=traceback)
+
+
 class WebService:
     name = "web"
 
@@ -46,7 +54,7 @@ class WebService:
 
     async def start(self) -> None:
         s = self.settings
-        server = wsgi.Server((s.host, s.port), self.app, numthreads=s.threads, server_name="bmsgw",
+        server = _Server((s.host, s.port), self.app, numthreads=s.threads, server_name="bmsgw",
                              shutdown_timeout=2, timeout=30)
         server.max_request_body_size = s.max_body
         server.max_request_header_size = 64 * 1024
