@@ -97,10 +97,15 @@ def test_errors_carry_a_message_and_never_a_stack_trace(web, viewer):
         assert r.status_code == 500
         assert r.json() == {"status": 500, "message": "internal error; the gateway log has the details"}
         assert "Traceback" not in r.text and "exploded" not in r.text
-        page = web.user("admin", "admin").get("/alarms")
+        admin = web.user("admin", "admin")
+        page = admin.get("/alarms")
         assert page.status_code == 500 and "Traceback" not in page.text and "exploded" not in page.text
     finally:
         web.alarms.fail = False
+    page = admin.get("/strings/9")
+    assert page.status_code == 404 and "There is no string 9." in page.text
+    page = admin.get("/config/nonsense")
+    assert page.status_code == 404 and "No config section" in page.text
 
 
 def test_roles_decide_who_acknowledges_and_configures(web):

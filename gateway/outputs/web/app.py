@@ -63,9 +63,6 @@ class WebContext:
         self.sessions.idle_s, self.sessions.max_age_s = new.idle_s, new.max_age_s
         self.throttle.max_failures, self.throttle.lockout_s = new.max_failures, new.lockout_s
 
-    def close(self) -> None:
-        pass
-
 
 def ctx() -> WebContext:
     from flask import current_app

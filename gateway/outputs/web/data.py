@@ -55,7 +55,7 @@ class BankView:
         return any(s.id == sid for s in self.topology.strings)
 
     def has_cell(self, sid: int, cell: int) -> bool:
-        return (sid, cell) in self.by_cell or any(s.id == sid and 1 <= cell <= s.cells for s in self.topology.strings)
+        return any(s.id == sid and 1 <= cell <= s.cells for s in self.topology.strings)
 
     def _points(self, entries: list[MappedPoint]) -> dict:
         out = {}

@@ -132,11 +132,6 @@ def _content(schema: dict) -> dict:
     return {"application/json": {"schema": schema}, "application/xml": {"schema": schema}}
 
 
-def _strip_defaults(schema):
-    """The config schema for a request body: ``default`` kept, nothing else changed."""
-    return copy.deepcopy(schema)
-
-
 def build(operations, document_schema: dict, site_name: str = "") -> dict:
     paths: dict[str, dict] = {}
     error = {"$ref": "#/components/schemas/Error"}
@@ -164,7 +159,7 @@ def build(operations, document_schema: dict, site_name: str = "") -> dict:
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
     schemas = dict(SCHEMAS)
     schemas["ConfigBody"] = {"type": "object", "required": ["config"],
-                             "properties": {"config": _strip_defaults(document_schema)}}
+                             "properties": {"config": copy.deepcopy(document_schema)}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "bmsgw REST API", "version": __version__,

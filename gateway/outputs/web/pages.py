@@ -23,8 +23,8 @@ def _safe_next(target: str | None) -> str:
     return url_for("pages.index")
 
 
-def _page(template: str, status: int = 200, **kw):
-    return make_response(render_template(template, **kw), status)
+def _page(template: str, code: int = 200, **kw):
+    return make_response(render_template(template, **kw), code)
 
 
 # -- login -----------------------------------------------------------------------------------------------------

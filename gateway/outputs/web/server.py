@@ -16,6 +16,8 @@ from pathlib import Path
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
+from gateway.errors import ConfigError
+
 from .app import WebContext, create_app
 from .settings import WebSettings
 from .tlscert import ensure_self_signed, fingerprint
@@ -48,7 +50,8 @@ class WebService:
         s = self.settings
         if s.tls_cert or s.tls_key:
             if not (s.tls_cert and s.tls_key):
-                raise RuntimeError("web.tls: give both cert and key, or neither for a self-signed certificate")
+                raise ConfigError(str(self.gateway.config.path), "web.tls",
+                                  "give both cert and key, or neither for a self-signed certificate")
             return self.gateway.config.resolve(s.tls_cert), self.gateway.config.resolve(s.tls_key)
         return ensure_self_signed(self.gateway.config.state_dir / "web" / "tls", s.host)
 
@@ -60,11 +63,19 @@ class WebService:
         server.max_request_header_size = 64 * 1024
         if s.tls:
             cert, key = self._tls_files()
-            adapter = BuiltinSSLAdapter(str(cert), str(key))
+            try:
+                adapter = BuiltinSSLAdapter(str(cert), str(key))
+                self.cert_fingerprint = fingerprint(cert)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise ConfigError(str(self.gateway.config.path), "web.tls.cert",
+                                  f"cannot load {cert} with {key}: {exc}") from None
             adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
             server.ssl_adapter = adapter
-            self.cert_fingerprint = fingerprint(cert)
-        server.prepare()  # binds now, so a port in use stops start-up with a clear error
+        try:
+            server.prepare()  # binds now, so a port in use stops start-up with a clear error
+        except OSError as exc:
+            raise ConfigError(str(self.gateway.config.path), "web.listen",
+                              f"{s.host}:{s.port}: cannot listen: {exc.strerror or exc}") from None
         self._server = server
         self.port = server.bind_addr[1]
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
@@ -88,7 +99,6 @@ class WebService:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self.ctx.close()
 
     @property
     def url(self) -> str:
