@@ -63,6 +63,7 @@ def test_first_start_sets_up_the_admin_then_the_overview_shows_the_bank(web, bro
     page = ctx.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
     page.goto(web.url)  # not logged in -> login -> no user yet and we are on the controller -> setup
     expect(page.locator("h1")).to_have_text("First start: create the administrator")
     shot(page, "01-first-start")
@@ -90,6 +91,7 @@ def test_bar_chart_draws_all_120_batteries_coloured_by_alarm_state(web, browser)
     page = login(browser, web)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
     page.goto(web.url + "strings/1")
     for point in ("voltage", "temperature", "ohmic"):
         chart = page.locator(f".chart.bar[data-point={point}]")

@@ -205,3 +205,13 @@ def test_tls_needs_both_files(offline_gateway, tmp_path):
     svc = WebService(offline_gateway)
     with pytest.raises(GatewayError, match="web.tls.cert: cannot load"):
         asyncio.run(svc.start())
+
+
+def test_web_off_means_no_server_and_no_buffer(tmp_path):
+    path = write_config(tmp_path, base=small_bank(1, 2), overrides={"web": {"enabled": False}})
+    gw = Gateway(path, simulator=False, port_overrides={"bus1": "(not opened)"})
+    assert [s for r in gw.pm.hook.bmsgw_services(gateway=gw) for s in r] == []
+    gw.pm.hook.bmsgw_gateway_ready(gateway=gw)
+    from gateway.outputs.web.app import sources_for
+
+    assert sources_for(gw).buffer is None

@@ -157,14 +157,14 @@
     function draw(body, from, to) {
       var xs = body.samples.map(function (s) { return s.t; });
       var ys = body.samples.map(function (s) { return s.v; });
+      // the in-memory buffer starts when the gateway did: show the part of the range that has samples
+      if (body.source === "memory" && xs.length > 1 && xs[0] > from) from = xs[0];
       unit = body.unit;
       var where = body.cell ? "string " + body.string + " battery " + body.cell : body.string ? "string " + body.string : "";
       title.textContent = sel.point.options[sel.point.selectedIndex].text + (where ? " — " + where : "");
       info.textContent = body.samples.length + " samples" + (body.source === "memory" ? " (kept in memory since the gateway started)" : "") +
         ", " + new Date(from * 1000).toLocaleString() + " – " + new Date(to * 1000).toLocaleString();
       var data = [xs, ys];
-      // the in-memory buffer starts when the gateway did: show the part of the range that has samples
-      if (body.source === "memory" && xs.length > 1 && xs[0] > from) from = xs[0];
       if (u) { u.destroy(); }
       u = new uPlot({
         width: chartWidth(el), height: 320,
