@@ -215,3 +215,34 @@ def test_web_off_means_no_server_and_no_buffer(tmp_path):
     from gateway.outputs.web.app import sources_for
 
     assert sources_for(gw).buffer is None
+
+
+@pytest.mark.parametrize("section", ["site", "gateway", "simulator", "buses", "strings", "bank", "web"])
+def test_config_form_posts_back_exactly_what_the_file_holds(section):
+    """Opening a section and saving it unchanged must not change the file (empty strings, nulls, lists)."""
+    from gateway.config import CORE_SCHEMA
+    from gateway.outputs.web.configedit import MISSING
+    from tests.conftest import DEFAULT_CONFIG
+
+    import yaml
+
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    doc.setdefault("site", {})["note"] = ""  # an empty string written in the file stays
+    schema = {**CORE_SCHEMA, "web": SCHEMA}[section]
+    if section == "site":
+        schema = {**schema, "properties": {**schema["properties"], "note": {"type": "string"}}}
+    raw = doc.get(section, MISSING)
+    form = {}
+
+    def walk(node):
+        if node["kind"] == "object":
+            for child in node["children"]:
+                walk(child)
+        else:
+            form[node["path"]] = node["value"]
+            if node["present"]:
+                form["present:" + node["path"]] = "1"
+
+    walk(form_fields(schema, raw, section))
+    present, value = parse_form(schema, form, section)
+    assert present and value == raw

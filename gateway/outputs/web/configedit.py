@@ -241,6 +241,9 @@ def _kind(schema: dict) -> str:
     return "yaml"
 
 
+MISSING = object()
+
+
 def form_fields(schema: dict, raw: Any, path: str) -> dict:
     """A tree of form fields for one section (``path`` = section name), with the file's values."""
     kind = _kind(schema)
@@ -248,10 +251,13 @@ def form_fields(schema: dict, raw: Any, path: str) -> dict:
             "description": schema.get("description", ""), "default": schema.get("default")}
     if kind == "object":
         raw = raw if isinstance(raw, dict) else {}
-        node["children"] = [form_fields(sub, raw.get(key), f"{path}.{key}")
+        node["children"] = [form_fields(sub, raw.get(key, MISSING), f"{path}.{key}")
                             for key, sub in schema["properties"].items()]
         return node
-    node["present"] = raw is not None
+    # a key written in the file is posted back with a marker, so an empty string or a null stays as written
+    node["present"] = raw is not MISSING
+    if raw is MISSING:
+        raw = None
     if kind == "enum":
         node["options"] = [(_yaml_scalar(v), str(v)) for v in schema["enum"]]
     if isinstance(raw, RawText):  # a submitted text shown again as typed, next to its error
@@ -259,7 +265,10 @@ def form_fields(schema: dict, raw: Any, path: str) -> dict:
     elif kind == "enum":
         node["value"] = "" if raw is None else _yaml_scalar(raw)
     elif kind == "yaml":
-        node["value"] = "" if raw is None else yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+        if raw is None:
+            node["value"] = "null" if node["present"] else ""
+        else:
+            node["value"] = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
     elif kind == "boolean":
         node["value"] = "" if raw is None else ("true" if raw else "false")
     else:
@@ -293,6 +302,9 @@ def parse_form(schema: dict, form, path: str):
         return bool(out), out
     text = form.get(path)
     if text is None or text.strip() == "":
+        if kind == "string" and text is not None and form.get(f"present:{path}") \
+                and schema.get("default", "") == "":
+            return True, text  # an empty string written in the file (no other default to fall back to)
         return False, None
     if len(text) > 200_000:
         raise FieldError(path, "too long")

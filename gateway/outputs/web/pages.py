@@ -202,7 +202,7 @@ def config_index():
 @pages.route("/config/<section>", methods=["GET", "POST"])
 @requires("admin")
 def config_section(section: str):
-    from .configedit import FieldError, document_schema, form_fields, read_document, save_and_reload, \
+    from .configedit import MISSING, FieldError, document_schema, form_fields, read_document, save_and_reload, \
         section_from_form
 
     c = ctx()
@@ -226,7 +226,7 @@ def config_section(section: str):
             return redirect(url_for("pages.config_section", section=section))
         fields = form_fields(props[section], _submitted(props[section], request.form, section), section)
         return _page("config_section.html", 400, section=section, fields=fields, error=error)
-    fields = form_fields(props[section], read_document(c.gateway).get(section), section)
+    fields = form_fields(props[section], read_document(c.gateway).get(section, MISSING), section)
     return _page("config_section.html", section=section, fields=fields, error=None)
 
 
