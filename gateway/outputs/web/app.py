@@ -215,13 +215,19 @@ def create_app(context: WebContext) -> Flask:
         if not c.settings.metrics_enabled:
             return _deny(404, "/metrics is turned off (web.metrics.enabled)")
         try:
-            from gateway.exposition import render_metrics
+            from gateway import exposition
         except ImportError:
             return _deny(404, "the Prometheus exposition module is not installed")
-        body = render_metrics(c.gateway)
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        return app.response_class(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
+        if hasattr(exposition, "metrics_response"):  # (body, headers), gzip when the scraper accepts it
+            body, headers = exposition.metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
+        else:
+            out = exposition.render_metrics(c.gateway)
+            body, ctype = out if isinstance(out, tuple) else (out, "text/plain; version=0.0.4; charset=utf-8")
+            headers = [("Content-Type", ctype)]
+        resp = app.response_class(body.encode("utf-8") if isinstance(body, str) else body)
+        for name, value in headers:
+            resp.headers[name] = value
+        return resp
 
     return app
 
