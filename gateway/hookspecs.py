@@ -116,8 +116,8 @@ class GatewaySpecs:
         """The alarm table for the web page and ``/api/v1/alarms``: the active alarms (``active`` True) or the
         alarm log, newest first (raised and cleared ones, at most ``limit``).
 
-        Called in the event loop (the web face hands the call over to it), so it may read the alarm
-        engine's state without locks; must not block.  Each alarm is a JSON-able dict with at least ``id``
+        Called from a web server thread, not the event loop: read the alarm engine's state under its lock (or
+        from copies).  Each alarm is a JSON-able dict with at least ``id``
         (str, stable while the alarm exists), ``severity`` ("warning" | "critical"), ``message`` (str),
         ``raised`` (Unix s), ``active`` (bool), and where known ``point``, ``string``, ``cell``,
         ``channel``, ``value``, ``threshold``, ``cleared`` (Unix s), ``acknowledged_by`` (str),
@@ -127,8 +127,9 @@ class GatewaySpecs:
     @hookspec(firstresult=True)
     def bmsgw_alarm_acknowledge(self, gateway: Gateway, alarm_id: str, user: str) -> bool | None:
         """Acknowledge an alarm on behalf of ``user`` (from the web page or ``POST /api/v1/alarms/{id}/
-        acknowledge``).  Called in the event loop; must not block.  Return True when the alarm was
-        acknowledged (or already was), False when no alarm has that id, None when no alarm engine is installed.
+        acknowledge``).  Called from a web server thread (hand the change over to the event loop if the engine
+        needs that).  Return True when the alarm was acknowledged (or already was), False when no active alarm
+        has that id, None when no alarm engine is installed.
         """
 
     @hookspec

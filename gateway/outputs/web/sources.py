@@ -3,12 +3,11 @@
 - History: ``bmsgw_history_query`` (the history module answers it).  With no such plugin the face keeps a
   small in-memory ring per point (``web.trend_buffer``: one sample every ``interval_s``, ``samples`` deep;
   1 h by default) so trends still work, only over the recent past, and lost on restart.
-- Alarms: ``bmsgw_alarms`` / ``bmsgw_alarm_acknowledge`` (the alarm engine answers them), called in the
-  gateway's event loop.  With no alarm engine the pages say so; nothing is invented.
+- Alarms: ``bmsgw_alarms`` / ``bmsgw_alarm_acknowledge`` (the alarm engine answers them, thread-safely: they
+  are called from the web server's threads).  With no alarm engine the pages say so; nothing is invented.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -18,8 +17,6 @@ from typing import Any
 from gateway.points import PointRef, Quality
 
 log = logging.getLogger(__name__)
-
-LOOP_CALL_TIMEOUT_S = 5.0
 
 
 class LiveBuffer:
@@ -120,29 +117,12 @@ class Sources:
     def alarms_plugged(self) -> bool:
         return bool(self.gateway.pm.hook.bmsgw_alarms.get_hookimpls())
 
-    def _in_loop(self, fn):
-        loop = getattr(self.gateway, "loop", None)
-        if loop is None or not loop.is_running():
-            return fn()
-        try:
-            if asyncio.get_running_loop() is loop:
-                return fn()
-        except RuntimeError:
-            pass
-
-        async def call():
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), loop).result(LOOP_CALL_TIMEOUT_S)
-
     def alarms(self, active: bool, limit: int = 500) -> list[dict[str, Any]] | None:
         if not self.alarms_plugged:
             return None
-        return self._in_loop(lambda: self.gateway.pm.hook.bmsgw_alarms(gateway=self.gateway, active=active,
-                                                                        limit=limit))
+        return self.gateway.pm.hook.bmsgw_alarms(gateway=self.gateway, active=active, limit=limit)
 
     def acknowledge(self, alarm_id: str, user: str) -> bool | None:
         if not self.gateway.pm.hook.bmsgw_alarm_acknowledge.get_hookimpls():
             return None
-        return self._in_loop(lambda: self.gateway.pm.hook.bmsgw_alarm_acknowledge(
-            gateway=self.gateway, alarm_id=alarm_id, user=user))
+        return self.gateway.pm.hook.bmsgw_alarm_acknowledge(gateway=self.gateway, alarm_id=alarm_id, user=user)
