@@ -217,6 +217,49 @@ class GatewaySpecs:
         (the generic codec encodes them); otherwise exactly ``register.count`` words.  Must not do I/O.
         """
 
+    @hookspec(firstresult=True)
+    def bmsgw_history_query(self, gateway: Gateway, ref: PointRef, start: float, end: float,
+                            max_points: int) -> list[tuple[float, float | None]] | None:
+        """Stored samples of one point between ``start`` and ``end`` (Unix seconds), oldest first.
+
+        Called by the web face and the REST API (``/api/v1/history``) from a web server thread, not the event
+        loop: the implementation must be thread-safe (e.g. its own SQLite connection per thread).  Return at
+        most ``max_points`` ``(ts, value)`` pairs, choosing the resolution from the range (a rolled-up value
+        is the mean of its interval); ``value`` None marks a gap.  Return None when this plugin keeps no
+        history of the point; with no answer at all the web face serves the samples it buffered in memory.
+        """
+
+    @hookspec(firstresult=True)
+    def bmsgw_alarms(self, gateway: Gateway, active: bool, limit: int) -> list[dict[str, Any]] | None:
+        """The alarm table for the web page and ``/api/v1/alarms``: the active alarms (``active`` True) or the
+        alarm log, newest first (raised and cleared ones, at most ``limit``).
+
+        Called from a web server thread, not the event loop: read the alarm engine's state under its lock (or
+        from copies).  Each alarm is a JSON-able dict with at least ``id``
+        (str, stable while the alarm exists), ``severity`` ("warning" | "critical"), ``message`` (str),
+        ``raised`` (Unix s), ``active`` (bool), and where known ``point``, ``string``, ``cell``,
+        ``channel``, ``value``, ``threshold``, ``cleared`` (Unix s), ``acknowledged_by`` (str),
+        ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
+        """
+
+    @hookspec(firstresult=True)
+    def bmsgw_alarm_acknowledge(self, gateway: Gateway, alarm_id: str, user: str) -> bool | None:
+        """Acknowledge an alarm on behalf of ``user`` (from the web page or ``POST /api/v1/alarms/{id}/
+        acknowledge``).  Called from a web server thread (hand the change over to the event loop if the engine
+        needs that).  Return True when the alarm was acknowledged (or already was), False when no active alarm
+        has that id, None when no alarm engine is installed.
+        """
+
+    @hookspec
+    def bmsgw_config_reloaded(self, gateway: Gateway, sections: list[str]) -> None:
+        """The configuration was saved and reloaded while running (``gateway.config`` is the new one).
+
+        Called in the event loop after the web page or ``PUT /api/v1/config`` saved a valid file, with the
+        names of the sections that changed.  A plugin re-reads its section here (thresholds, notification
+        targets ...) without restarting polling.  Changes to buses, strings, bank, plugins and simulator need
+        a restart; the gateway keeps the running topology until then.
+        """
+
 
 # Command registers reserved in the Modbus TCP holding table (README, "Modbus TCP"); the modules that act on them
 # register a ModbusWriteHandler at these addresses through ``bmsgw_modbus_write_handlers``.

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.analytics",
     "gateway.history",
     "gateway.reports",
+    "gateway.outputs.web",
 )
 
 

@@ -42,6 +42,10 @@ def small_bank(strings: int = 1, cells: int = 8, profile: str = "bm-bcs-12") -> 
                                  {"profile": "bm-io", "bus": "bus1", "address": 201}]}}
 
 
+LISTENING_FACES = {"snmp": socket.SOCK_DGRAM, "modbus_tcp": socket.SOCK_STREAM, "web": socket.SOCK_STREAM,
+                   "prometheus": socket.SOCK_STREAM}
+
+
 def write_config(tmp_path: Path, overrides: dict | None = None, base: dict | None = None,
                  fast: bool = True) -> Path:
     """The default config (or ``base``) with ``overrides`` merged in, state kept under ``tmp_path``.
@@ -54,10 +58,11 @@ def write_config(tmp_path: Path, overrides: dict | None = None, base: dict | Non
         data = deep_merge(data, {"simulator": {"enabled": True, "wire_time": False},
                                  "gateway": {"poll": {"fast_s": 0.5, "slow_s": 5}}})
     data = deep_merge(data, overrides or {})
-    # the SNMP agent on a free port unless the test chose one: several gateways may run at once
-    snmp = data.setdefault("snmp", {})
-    if "listen" not in ((overrides or {}).get("snmp") or {}):
-        snmp["listen"] = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    # every listening face on a free port unless the test chose one: several gateways (and other test
+    # runs on the same machine) may be up at once
+    for section, kind in LISTENING_FACES.items():
+        if "listen" not in ((overrides or {}).get(section) or {}):
+            data.setdefault(section, {})["listen"] = f"127.0.0.1:{free_port(kind)}"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

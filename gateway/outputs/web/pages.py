@@ -1,0 +1,361 @@
+"""The HTML pages: overview, string bar charts, trends, forecast, alarms, I/O, configuration, users."""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
+
+from gateway.errors import ConfigError
+
+from .app import (PRELOGIN_COOKIE, SESSION_COOKIE, ctx, flash, is_local, login_user, requires,
+                  set_session_cookie)
+from .auth import AuthError
+
+log = logging.getLogger(__name__)
+
+pages = Blueprint("pages", __name__)
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("pages.index")
+
+
+def _page(template: str, code: int = 200, **kw):
+    return make_response(render_template(template, **kw), code)
+
+
+# -- login -----------------------------------------------------------------------------------------------------
+@pages.route("/login", methods=["GET", "POST"])
+@requires(None)
+def login():
+    c = ctx()
+    if not c.users.has_users():
+        if c.settings.setup_from_localhost and is_local(request.remote_addr):
+            return redirect(url_for("pages.setup"))
+        return _page("login.html", 503, error="No user exists yet. On the controller, run "
+                                              "`bmsgw user add NAME --role admin`.", next=None)
+    nxt = request.values.get("next")
+    if request.method == "GET":
+        return _page("login.html", next=nxt)
+    name = request.form.get("username", "")[:64]
+    password = request.form.get("password", "")
+    addr = request.remote_addr or "?"
+    wait = c.throttle.locked(name, addr)
+    if wait > 0:
+        log.warning("login of %s from %s refused: locked out for %.0f s", name, addr, wait)
+        return _page("login.html", 429, error=f"Too many failed attempts; try again in {int(wait) + 1} s.",
+                     next=nxt, username=name)
+    user = c.users.authenticate(name, password)
+    if user is None:
+        c.throttle.failed(name, addr)
+        log.warning("failed login for %r from %s", name, addr)
+        return _page("login.html", 401, error="Wrong user name or password.", next=nxt, username=name)
+    c.throttle.succeeded(name, addr)
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        c.sessions.drop(old)
+    sess = login_user(user)
+    log.info("%s (%s) logged in from %s", user.name, user.role, addr)
+    resp = redirect(_safe_next(nxt))
+    set_session_cookie(resp, sess)
+    resp.delete_cookie(PRELOGIN_COOKIE, path="/")
+    return resp
+
+
+@pages.route("/logout", methods=["POST"])
+@requires(None)
+def logout():
+    ctx().sessions.drop(request.cookies.get(SESSION_COOKIE))
+    resp = redirect(url_for("pages.login"))
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+@pages.route("/setup", methods=["GET", "POST"])
+@requires(None)
+def setup():
+    """The first admin, once: only while no user exists, only from a browser on the controller itself."""
+    c = ctx()
+    if c.users.has_users():
+        return redirect(url_for("pages.login"))
+    if not c.settings.setup_from_localhost or not is_local(request.remote_addr):
+        return _page("error.html", 403, status=403, title="Not allowed",
+                     message="The first user can only be set up from the controller itself "
+                             "(a browser on 127.0.0.1, e.g. through an SSH tunnel) or with "
+                             "`bmsgw user add NAME --role admin`.")
+    if request.method == "GET":
+        return _page("setup.html")
+    name = request.form.get("username", "")
+    pw, pw2 = request.form.get("password", ""), request.form.get("password2", "")
+    try:
+        if pw != pw2:
+            raise AuthError("password: the two entries differ")
+        user = c.users.add(name, "admin", pw)
+    except AuthError as exc:
+        return _page("setup.html", 400, error=str(exc), username=name)
+    sess = login_user(user)
+    flash("ok", f"Welcome, {user.name}. You are the administrator; add other users under Users.")
+    resp = redirect(url_for("pages.index"))
+    set_session_cookie(resp, sess)
+    return resp
+
+
+@pages.route("/account", methods=["GET", "POST"])
+def account():
+    c = ctx()
+    if request.method == "POST":
+        if g.user.source != "file":
+            flash("error", "Your user is declared in the config file; change its hash there.")
+        elif c.users.authenticate(g.user.name, request.form.get("current", "")) is None:
+            flash("error", "The current password is wrong.")
+        elif request.form.get("password", "") != request.form.get("password2", ""):
+            flash("error", "The two new passwords differ.")
+        else:
+            try:
+                c.users.set_password(g.user.name, request.form.get("password", ""))
+            except AuthError as exc:
+                flash("error", str(exc))
+            else:
+                c.sessions.drop_user(g.user.name)
+                sess = login_user(g.user)
+                flash("ok", "Password changed; your other sessions were logged out.")
+                resp = redirect(url_for("pages.account"))
+                set_session_cookie(resp, sess)
+                return resp
+        return redirect(url_for("pages.account"))
+    return _page("account.html")
+
+
+# -- the bank --------------------------------------------------------------------------------------------------
+@pages.route("/")
+def index():
+    c = ctx()
+    active = c.sources.alarms(active=True, limit=50)
+    return _page("overview.html", data=c.view.strings(), io=c.view.io(), alarms=active,
+                 alarms_plugged=active is not None)
+
+
+@pages.route("/strings/<int:sid>")
+def string_page(sid: int):
+    c = ctx()
+    if not c.view.has_string(sid):
+        return _page("error.html", 404, status=404, title="Not found", message=f"There is no string {sid}.")
+    return _page("string.html", s=c.view.string(sid))
+
+
+@pages.route("/trend")
+def trend():
+    c = ctx()
+    return _page("trend.html", cell_families=c.view.series_families("cell"),
+                 string_families=c.view.series_families("string"), bank_families=c.view.series_families("bank"),
+                 history_plugged=c.sources.history_plugged, buffer_minutes=round(
+                     c.settings.buffer_interval_s * c.settings.buffer_samples / 60))
+
+
+@pages.route("/forecast")
+def forecast():
+    return _page("forecast.html")
+
+
+@pages.route("/io")
+def io_page():
+    return _page("io.html", io=ctx().view.io())
+
+
+@pages.route("/alarms")
+def alarms_page():
+    c = ctx()
+    active = c.sources.alarms(active=True, limit=500)
+    log_rows = c.sources.alarms(active=False, limit=200) if active is not None else None
+    return _page("alarms.html", active=active, log_rows=log_rows, plugged=active is not None)
+
+
+@pages.route("/alarms/<alarm_id>/ack", methods=["POST"])
+@requires("operator")
+def alarm_ack(alarm_id: str):
+    c = ctx()
+    result = c.sources.acknowledge(alarm_id[:128], g.user.name)
+    if result is None:
+        flash("error", "No alarm engine is installed.")
+    elif not result:
+        flash("error", f"Alarm {alarm_id} no longer exists.")
+    else:
+        flash("ok", f"Alarm {alarm_id} acknowledged.")
+        log.info("alarm %s acknowledged by %s", alarm_id, g.user.name)
+    return redirect(url_for("pages.alarms_page"))
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+@pages.route("/config")
+@requires("admin")
+def config_index():
+    from .configedit import document_schema
+
+    props = document_schema(ctx().gateway)["properties"]
+    sections = [(name, props[name].get("description", "")) for name in props]
+    return _page("config_index.html", sections=sections, path=str(ctx().gateway.config.path))
+
+
+@pages.route("/config/<section>", methods=["GET", "POST"])
+@requires("admin")
+def config_section(section: str):
+    from .configedit import MISSING, FieldError, document_schema, form_fields, read_document, save_and_reload, \
+        section_from_form
+
+    c = ctx()
+    props = document_schema(c.gateway)["properties"]
+    if section not in props:
+        return _page("error.html", 404, status=404, title="Not found", message=f"No config section {section!r}.")
+    error = None
+    if request.method == "POST":
+        try:
+            doc = section_from_form(c.gateway, section, request.form)
+            result = save_and_reload(c.gateway, doc, g.user.name)
+        except FieldError as exc:
+            error = {"path": exc.path, "message": exc.message}
+        except ConfigError as exc:
+            error = {"path": exc.path, "message": exc.message}
+        else:
+            msg = "Saved and applied." if result["changed"] else "Saved; nothing changed."
+            if result["restart_required"]:
+                msg += " Restart bmsgw to apply: " + ", ".join(result["restart_required"]) + "."
+            flash("ok", msg)
+            return redirect(url_for("pages.config_section", section=section))
+        fields = form_fields(props[section], _submitted(props[section], request.form, section), section)
+        return _page("config_section.html", 400, section=section, fields=fields, error=error)
+    fields = form_fields(props[section], read_document(c.gateway).get(section, MISSING), section)
+    return _page("config_section.html", section=section, fields=fields, error=None)
+
+
+def _submitted(schema: dict, form, path: str):
+    """The form's raw texts shaped like the section, to show them again next to an error."""
+    from .configedit import RawText, _kind
+
+    if _kind(schema) == "object":
+        out = {}
+        for key, sub in schema["properties"].items():
+            v = _submitted(sub, form, f"{path}.{key}")
+            if v is not None:
+                out[key] = v
+        return out
+    text = form.get(path)
+    if text is None or text == "":
+        return None
+    return RawText(text)
+
+
+# -- users -----------------------------------------------------------------------------------------------------
+@pages.route("/users")
+@requires("admin")
+def users():
+    c = ctx()
+    return _page("users.html", users=c.users.users(), tokens=c.users.tokens(), new_token=None)
+
+
+@pages.route("/users/add", methods=["POST"])
+@requires("admin")
+def users_add():
+    c = ctx()
+    f = request.form
+    try:
+        if f.get("password", "") != f.get("password2", ""):
+            raise AuthError("password: the two entries differ")
+        c.users.add(f.get("username", ""), f.get("role", ""), f.get("password", ""))
+        flash("ok", f"User {f.get('username')} added.")
+    except AuthError as exc:
+        flash("error", str(exc))
+    return redirect(url_for("pages.users"))
+
+
+@pages.route("/users/<name>/role", methods=["POST"])
+@requires("admin")
+def users_role(name: str):
+    c = ctx()
+    try:
+        c.users.set_role(name, request.form.get("role", ""))
+        c.sessions.update_role(name, request.form.get("role", ""))
+        flash("ok", f"{name} is now {request.form.get('role')}.")
+    except (AuthError, KeyError) as exc:
+        flash("error", str(exc) if isinstance(exc, AuthError) else f"No user {name}.")
+    return redirect(url_for("pages.users"))
+
+
+@pages.route("/users/<name>/password", methods=["POST"])
+@requires("admin")
+def users_password(name: str):
+    c = ctx()
+    try:
+        c.users.set_password(name, request.form.get("password", ""))
+        if name != g.user.name:
+            c.sessions.drop_user(name)
+        flash("ok", f"Password of {name} set.")
+    except (AuthError, KeyError) as exc:
+        flash("error", str(exc) if isinstance(exc, AuthError) else f"No user {name}.")
+    return redirect(url_for("pages.users"))
+
+
+@pages.route("/users/<name>/delete", methods=["POST"])
+@requires("admin")
+def users_delete(name: str):
+    c = ctx()
+    try:
+        c.users.delete(name)
+        c.sessions.drop_user(name)
+        flash("ok", f"User {name} deleted.")
+    except (AuthError, KeyError) as exc:
+        flash("error", str(exc) if isinstance(exc, AuthError) else f"No user {name}.")
+    return redirect(url_for("pages.users"))
+
+
+@pages.route("/tokens/add", methods=["POST"])
+@requires("admin")
+def token_add():
+    c = ctx()
+    try:
+        tid, token = c.users.add_token(request.form.get("label", ""), request.form.get("role", ""))
+    except AuthError as exc:
+        flash("error", str(exc))
+        return redirect(url_for("pages.users"))
+    return _page("users.html", users=c.users.users(), tokens=c.users.tokens(), new_token={"id": tid, "token": token})
+
+
+@pages.route("/tokens/<tid>/revoke", methods=["POST"])
+@requires("admin")
+def token_revoke(tid: str):
+    try:
+        ctx().users.revoke_token(tid)
+        flash("ok", f"Token {tid} revoked.")
+    except KeyError:
+        flash("error", f"No token {tid}.")
+    return redirect(url_for("pages.users"))
+
+
+@pages.app_template_filter("when")
+def when(ts) -> str:
+    if ts is None or ts == "":
+        return ""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(ts)
+
+
+@pages.app_template_filter("num")
+def num(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+@pages.app_template_filter("sig")
+def sig(value, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits (alarm values come in any unit)."""
+    try:
+        return f"{float(value):.{digits}g}"
+    except (TypeError, ValueError):
+        return "–" if value is None else str(value)
