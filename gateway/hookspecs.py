@@ -98,3 +98,14 @@ class GatewaySpecs:
     @hookspec
     def bmsgw_status(self, gateway: Gateway) -> dict[str, Any]:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
+
+    @hookspec
+    def bmsgw_alarm_event(self, gateway: Gateway, event: Any) -> None:
+        """An alarm was raised (``event.raised`` True) or cleared (False).
+
+        Called by the alarm engine in the gateway's event loop, once per transition.  ``event`` carries
+        ``alarm_id``, ``object`` (e.g. "string 2 cell 37"), ``metric`` (point id), ``value``, ``threshold``,
+        ``severity``, ``text`` (a sentence a person understands), ``raised`` (bool) and ``ts`` (Unix time).
+        Notifiers and faces (SNMP traps, MQTT, the Prometheus alarm table) implement it; they must not block
+        (queue the work).  The return value is ignored.
+        """

@@ -24,6 +24,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.bmu",
     "plugins.cmu",
     "plugins.io_module",
+    "gateway.outputs.prometheus",
+    "gateway.outputs.mqtt",
 )
 
 
