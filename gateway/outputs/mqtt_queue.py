@@ -78,8 +78,12 @@ class MessageQueue:
         with self._lock:
             self._db = db
             self.dropped = int(meta.get("dropped", 0))
-            self._next_seq = max(int(meta.get("seq_reserved", 0)), top) + 1
+            # after a clean close the numbers go on without a gap; after a crash they skip the reserved block
+            # (the gap tells a consumer that messages held in memory may have been lost)
+            start = int(meta["seq_next"]) if "seq_next" in meta else int(meta.get("seq_reserved", 0)) + 1
+            self._next_seq = max(start, top + 1)
             self._reserved = self._next_seq - 1
+            db.execute("DELETE FROM meta WHERE key = 'seq_next'")
             self._disk_pending, self._disk_pending_bytes = count, size
             self._cursor = 0
         if count:
@@ -97,6 +101,7 @@ class MessageQueue:
             self._mem.clear()
             self._mem_bytes = 0
             self._flush_locked()
+            self._set_meta("seq_next", self._next_seq)
             self._db.close()
             self._db = None
 
@@ -130,9 +135,12 @@ class MessageQueue:
         self._next_seq += 1
         if seq > self._reserved:
             self._reserved = seq + SEQ_BLOCK
-            self._db.execute("INSERT INTO meta(key, value) VALUES('seq_reserved', ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (self._reserved,))
+            self._set_meta("seq_reserved", self._reserved)
         return seq
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, value))
 
     def _write(self, msgs: list[Message], count_pending: bool = True) -> None:
         if not msgs:
@@ -188,8 +196,7 @@ class MessageQueue:
         db.execute("BEGIN")
         if drop_seqs:
             db.execute("DELETE FROM queue WHERE seq BETWEEN ? AND ?", (drop_seqs[0], drop_seqs[-1]))
-        db.execute("INSERT INTO meta(key, value) VALUES('dropped', ?) "
-                   "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (self.dropped,))
+        self._set_meta("dropped", self.dropped)
         db.execute("COMMIT")
         if drop_seqs:
             self._recount_disk()
