@@ -2,25 +2,17 @@
 outage and a gateway restart, the bound, TLS with client certificates, the last will."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import signal
 import subprocess
-import sys
 import time
 import types
 from pathlib import Path
 
 import pytest
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.outputs.mqtt_queue import MessageQueue
-from tests.mqtt_peers import Mosquitto, Subscriber, wait_port
+from tests.mqtt_peers import Mosquitto, Subscriber, make_pki
 from tests.support import GatewayThread, small_bank, write_config
 
 
@@ -209,55 +201,6 @@ def test_bound_drops_the_oldest_and_counts_them(tmp_path):
 
 
 # -- TLS with client certificates and a password ---------------------------------------------------------------
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_pem(path: Path, obj) -> str:
-    if isinstance(obj, x509.Certificate):
-        path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
-    else:
-        path.write_bytes(obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(path)
-
-
-def make_pki(folder: Path) -> dict[str, str]:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all made here."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bmsgw test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-
-    def leaf(cn: str, server: bool):
-        key = _key()
-        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                   else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-        if server:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                critical=False)
-        return key, b.sign(ca_key, hashes.SHA256())
-
-    skey, scert = leaf("localhost", True)
-    ckey, ccert = leaf("gateway-demo", False)
-    return {"ca": _write_pem(folder / "ca.pem", ca), "server_cert": _write_pem(folder / "server.pem", scert),
-            "server_key": _write_pem(folder / "server.key", skey), "client_cert": _write_pem(folder / "client.pem", ccert),
-            "client_key": _write_pem(folder / "client.key", ckey)}
-
-
 def test_tls_with_client_certificate_and_password(tmp_path):
     pki = make_pki(tmp_path / "pki")
     passwd = tmp_path / "broker" / "passwd"

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.app import Gateway
@@ -221,37 +222,71 @@ def test_bad_listen_address_names_the_key(tmp_path):
         gt.stop()
 
 
-def test_a_real_prometheus_scrapes_the_gateway(live, tmp_path):
-    prom_port = free_port()
-    target = urllib.parse.urlsplit(live.url).netloc
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(f"""
-global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}
-scrape_configs:
-  - job_name: bmsgw
-    static_configs: [{{targets: ["{target}"], labels: {{site: demo}}}}]
-""")
-    proc = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        api = f"http://127.0.0.1:{prom_port}/api/v1/query?query="
-        query = urllib.parse.quote('bms_cell_voltage_volts{string="1",cell="3",job="bmsgw",site="demo"}')
-        result = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not result:
-            assert proc.poll() is None, proc.stderr.read().decode()
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+class Prometheus:
+    """A real Prometheus server on loopback with its storage in a temp folder."""
+
+    def __init__(self, folder: Path, config: dict, *flags: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        cfg = folder / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={folder / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn", *flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.target = f"127.0.0.1:{self.port}"
+
+    def query(self, promql: str, timeout: float = 60) -> list:
+        """Poll an instant query until it returns something."""
+        url = f"http://{self.target}/api/v1/query?query=" + urllib.parse.quote(promql)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()
             try:
-                result = json.loads(get(api + query)[2])["data"]["result"]
+                result = json.loads(get(url)[2])["data"]["result"]
+                if result:
+                    return result
             except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.3)
-        assert result, "Prometheus did not scrape a cell voltage within 60 s"
+        raise AssertionError(f"Prometheus on {self.target} returned nothing for {promql} within {timeout} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def fast(config: dict, targets: list[str]) -> dict:
+    """An example config pointed at loopback targets, with 1 s intervals so a test sees data at once."""
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    for job in config["scrape_configs"]:
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        for sc in job["static_configs"]:
+            sc["targets"] = targets
+    return config
+
+
+def test_a_real_prometheus_scrapes_the_gateway_and_a_central_one_federates_it(live, tmp_path):
+    """The site example (docs/examples/prometheus-site.yml) scrapes the gateway; the central federation
+    example pulls the series from it, labelled with the site."""
+    target = urllib.parse.urlsplit(live.url).netloc
+    site = Prometheus(tmp_path / "site", fast(yaml.safe_load((EXAMPLES / "prometheus-site.yml").read_text()),
+                                              [target]))
+    central = None
+    try:
+        result = site.query('bms_cell_voltage_volts{string="1",cell="3",job="bmsgw"}')
         scraped = float(result[0]["value"][1])
         actual = live.gateway.store.value(PointRef("cell.voltage", 1, 3))
         assert 7.5 < scraped < 15.6 and abs(scraped - actual) < 0.2  # the simulator drifts slowly
-        up = json.loads(get(api + urllib.parse.quote('up{job="bmsgw"}'))[2])["data"]["result"]
-        assert up[0]["value"][1] == "1"
+        assert site.query('up{job="bmsgw"}')[0]["value"][1] == "1"
+        central = Prometheus(tmp_path / "central", fast(yaml.safe_load(
+            (EXAMPLES / "prometheus-central-federation.yml").read_text()), [site.target]))
+        result = central.query('bms_cell_voltage_volts{site="demo",string="1",cell="3",job="bmsgw"}')
+        assert abs(float(result[0]["value"][1]) - actual) < 0.2
+        assert result[0]["metric"]["instance"] == target  # honor_labels kept the gateway's identity
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        site.stop()
+        if central is not None:
+            central.stop()
