@@ -24,7 +24,6 @@ import re
 import threading
 import time
 import weakref
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -162,64 +161,73 @@ class Family:
         return mf
 
 
-@dataclass(slots=True)
-class _Series:
-    ref: PointRef
-    labels: tuple[tuple[str, str], ...]
-    prefix: str
-    last: Reading | None = None  # the reading ``line`` was formatted from (readings are immutable)
-    line: str = ""
-
-
 class PointFamily(Family):
     """The points of one (or, with a shared ``metric`` override, several) catalog families."""
 
     def __init__(self, name: str, mtype: str, help_text: str, factor: float, places: int | None) -> None:
         self.name, self.mtype, self.help = name, mtype, help_text
         self.factor, self.places = factor, places
-        self.series: list[_Series] = []
+        inverse = 1.0 / factor if factor else 0.0
+        # % -> ratio is a division by 100 (exact), not a multiplication by 0.01 (float noise)
+        self.divisor = round(inverse) if factor != 1.0 and abs(inverse - round(inverse)) < 1e-9 else None
+        # parallel lists, one item per series: the scrape loop reads them by position
+        self.refs: list[PointRef] = []
+        self.labels: list[tuple[tuple[str, str], ...]] = []
+        self.prefixes: list[str] = []
+        self._last: list[Reading | None] = []  # the reading the cached line was formatted from
+        self._lines: list[str] = []
 
     def add(self, mp: MappedPoint) -> bool:
         """Add a point's series; False when its label names differ from the family's."""
-        if self.series and [k for k, _ in self.series[0].labels] != [k for k, _ in mp.labels]:
+        if self.labels and [k for k, _ in self.labels[0]] != [k for k, _ in mp.labels]:
             return False
-        self.series.append(_Series(mp.ref, mp.labels, series_prefix(self.exported, mp.labels)))
+        self.refs.append(mp.ref)
+        self.labels.append(mp.labels)
+        self.prefixes.append(series_prefix(self.exported, mp.labels))
+        self._last.append(None)
+        self._lines.append("")
         return True
+
+    def forget(self) -> None:
+        """Drop the formatted lines (the next render formats every series again)."""
+        self._last = [None] * len(self.refs)
 
     def samples(self, ctx):
         snap, good, factor, places = ctx.snapshot, Quality.GOOD, self.factor, self.places
-        for s in self.series:
-            r = snap.get(s.ref)
+        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes):
+            r = snap.get(ref)
             if r is None or r.quality is not good or r.value is None:
                 continue
-            yield s.labels, s.prefix, convert(r.value, factor, places)
+            yield labels, prefix, convert(r.value, factor, places)
 
     def render(self, ctx, out):
-        # the hot loop of a scrape: everything it can, precomputed; the same values as samples()
-        snap, good, factor, places = ctx.snapshot, Quality.GOOD, self.factor, self.places
-        fmt, rep, get, isfinite = floatToGoString, repr, snap.get, math.isfinite
-        scaled = factor != 1.0
-        lines = []
+        # The hot loop of a scrape.  Readings are immutable, so a series whose reading is the same object as
+        # at the last render reuses its line; the others are formatted exactly as samples() + generate_latest
+        # would: convert() inlined, and floatToGoString is repr() for finite values below 1e6.
+        get, good, places, divisor = ctx.snapshot.get, Quality.GOOD, self.places, self.divisor
+        scaled = self.factor != 1.0 and divisor is None
+        fmt, rep, isfinite = floatToGoString, repr, math.isfinite
+        last, cache, prefixes = self._last, self._lines, self.prefixes
+        lines: list[str] = []
         append = lines.append
-        for s in self.series:
-            r = get(s.ref)
+        for i, ref in enumerate(self.refs):
+            r = get(ref)
             if r is None or r.quality is not good:
                 continue
-            if r is s.last:  # unchanged since the last render: reuse its line
-                append(s.line)
+            if r is last[i]:
+                append(cache[i])
                 continue
             v = r.value
             if v is None:
                 continue
             if scaled:
-                v = convert(v, factor, places)
-            elif places is not None and isfinite(v):
-                v = float(round(v, places))
+                v = convert(v, self.factor, places)
             else:
-                v = float(v)
-            # floatToGoString is repr() for every finite value below 1e6 (Go's exponent switch is above)
-            s.last = r
-            s.line = line = s.prefix + (rep(v) if _NEG_INF < v < 1e6 else fmt(v)) + "\n"
+                if divisor is not None:
+                    v = v / divisor
+                v = float(round(v, places)) if places is not None and isfinite(v) else float(v)
+            last[i] = r
+            cache[i] = line = prefixes[i] + (rep(v) if _NEG_INF < v < 1e6 else fmt(v)) + "\n"
             append(line)
         if lines:
             out.append(self.header())
@@ -246,10 +254,8 @@ class QualityFamily(Family):
     QUALITIES = ("comm_fail", "good", "missing", "out_of_range", "stale")
 
     def samples(self, ctx):
-        by_quality = Counter(r.quality for r in ctx.snapshot.values())
-        counts = dict.fromkeys(self.QUALITIES, 0)
-        for quality, n in by_quality.items():
-            counts[quality.value.lower()] = n
+        qualities = [r.quality for r in ctx.snapshot.values()]
+        counts = {q.value.lower(): qualities.count(q) for q in Quality}
         counts["missing"] = max(0, ctx.total_points - len(ctx.snapshot))
         for q in self.QUALITIES:
             labels = (("quality", q),)
