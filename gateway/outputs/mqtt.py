@@ -206,31 +206,38 @@ class PayloadBuilder:
         return out
 
     def _cells_document(self, sid: int, count: int, snap, head) -> dict[str, Any] | None:
+        # one pass per column with comprehensions: this runs for every battery every cycle
+        get, good = snap.get, Quality.GOOD
         values: dict[str, list] = {}
         units: dict[str, str] = {}
         quality: dict[str, dict[str, str]] = {}
-        newest, oldest = 0.0, float("inf")
+        stamps: list[float] = []
         for name, column in self.cells[sid].items():
-            arr: list[float | None] = []
-            seen = False
-            for c, v in enumerate(column, start=1):
-                r = snap.get(v.ref) if v is not None else None
-                if r is None:
-                    arr.append(None)
-                    continue
-                seen = True
-                arr.append(v.number(r))
-                if r.quality is not Quality.GOOD:
-                    quality.setdefault(name, {})[str(c)] = r.quality.value
-                newest, oldest = max(newest, r.ts), min(oldest, r.ts)
-            if seen:
-                values[name] = arr
-                unit = next((v.unit for v in column if v is not None), "")
-                if unit:
-                    units[name] = unit
+            probe = column[0] if column[0] is not None else next((v for v in column if v is not None), None)
+            if probe is None:
+                continue
+            refs = [v.ref if v is not None else None for v in column]
+            readings = [get(ref) if ref is not None else None for ref in refs]
+            present = [r for r in readings if r is not None]
+            if not present:
+                continue
+            places = probe.places
+            if places is None:
+                values[name] = [r.value if r is not None and r.quality is good else None for r in readings]
+            else:
+                values[name] = [round(r.value, places) if r is not None and r.quality is good and r.value is not None
+                                else None for r in readings]
+            bad = {str(c): r.quality.value for c, r in enumerate(readings, start=1)
+                   if r is not None and r.quality is not good}
+            if bad:
+                quality[name] = bad
+            if probe.unit:
+                units[name] = probe.unit
+            stamps.append(min(r.ts for r in present))
+            stamps.append(max(r.ts for r in present))
         if not values:
             return None
-        doc = {**head, "string": sid, "batteries": count, "measured": [_ts(oldest), _ts(newest)],
+        doc = {**head, "string": sid, "batteries": count, "measured": [_ts(min(stamps)), _ts(max(stamps))],
                "units": units, "values": values}
         if quality:
             doc["quality"] = quality
@@ -326,7 +333,10 @@ class MqttService:
         if protocol != mqtt.MQTTv5:
             kwargs["clean_session"] = True
         client = mqtt.Client(**kwargs)
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        # paho reports every failed reconnection attempt as an error; the service logs the state changes
+        # itself, so paho's own lines go to DEBUG
+        paho_log = logging.getLogger(__name__ + ".paho")
+        client.on_log = lambda _c, _u, _level, buf: paho_log.debug("%s", buf)
         if cfg["username"]:
             client.username_pw_set(cfg["username"], self.password)
         if self.tls:

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 10000  # sequence numbers reserved per disk write, so a crash never reuses one
+READ_AHEAD = 256  # rows read from disk at a time while catching up
 
 
 @dataclass(slots=True)
@@ -54,7 +55,10 @@ class MessageQueue:
         self._mem_bytes = 0
         self._inflight: dict[int, Message] = {}
         self._deletes: list[int] = []
-        self._cursor = 0  # highest seq on disk handed to the sender
+        # waiting messages, oldest first: rows read ahead from disk, rows not read yet, then memory
+        self._ahead: deque[Message] = deque()
+        self._ahead_bytes = 0
+        self._cursor = 0  # highest seq read from disk
         self._disk_pending = 0  # rows with seq > cursor
         self._disk_pending_bytes = 0
         self._next_seq = 1
@@ -86,6 +90,8 @@ class MessageQueue:
             db.execute("DELETE FROM meta WHERE key = 'seq_next'")
             self._disk_pending, self._disk_pending_bytes = count, size
             self._cursor = 0
+            self._ahead.clear()
+            self._ahead_bytes = 0
         if count:
             log.info("mqtt queue %s: %d messages from before the restart will be sent first", self.path, count)
         return self
@@ -100,6 +106,8 @@ class MessageQueue:
             self._write(unsaved + list(self._mem), count_pending=False)
             self._mem.clear()
             self._mem_bytes = 0
+            self._ahead.clear()  # on disk already
+            self._ahead_bytes = 0
             self._flush_locked()
             self._set_meta("seq_next", self._next_seq)
             self._db.close()
@@ -169,36 +177,45 @@ class MessageQueue:
         excess_b = self.pending_bytes - self.max_bytes
         if excess_n <= 0 and excess_b <= 0:
             return
-        drop_seqs: list[int] = []
         freed_n = freed_b = 0
-        if self._disk_pending:
+
+        def more() -> bool:
+            return freed_n < excess_n or freed_b < excess_b
+
+        drop_rows: list[int] = []
+        while self._ahead and more():  # the oldest: read from disk, not sent yet
+            m = self._ahead.popleft()
+            self._ahead_bytes -= len(m.payload)
+            drop_rows.append(m.seq)
+            freed_n, freed_b = freed_n + 1, freed_b + len(m.payload)
+        unread = 0
+        if self._disk_pending and more():
             rows = self._db.execute("SELECT seq, LENGTH(payload) FROM queue WHERE seq > ? ORDER BY seq",
                                     (self._cursor,))
             for seq, size in rows:
-                if freed_n >= excess_n and freed_b >= excess_b:
+                if not more():
                     break
-                drop_seqs.append(seq)
-                freed_n += 1
-                freed_b += size
+                drop_rows.append(seq)
+                unread += 1
+                freed_n, freed_b = freed_n + 1, freed_b + size
             rows.close()
         mem_dropped = 0
-        while self._mem and (freed_n < excess_n or freed_b < excess_b):
+        while self._mem and more():
             m = self._mem.popleft()
             self._mem_bytes -= len(m.payload)
-            freed_n += 1
-            freed_b += len(m.payload)
+            freed_n, freed_b = freed_n + 1, freed_b + len(m.payload)
             mem_dropped += 1
-        total = len(drop_seqs) + mem_dropped
+        total = len(drop_rows) + mem_dropped
         if not total:
             return
         self.dropped += total
         db = self._db
         db.execute("BEGIN")
-        if drop_seqs:
-            db.execute("DELETE FROM queue WHERE seq BETWEEN ? AND ?", (drop_seqs[0], drop_seqs[-1]))
+        if drop_rows:
+            db.executemany("DELETE FROM queue WHERE seq = ?", [(seq,) for seq in drop_rows])
         self._set_meta("dropped", self.dropped)
         db.execute("COMMIT")
-        if drop_seqs:
+        if unread:
             self._recount_disk()
         log.warning("mqtt queue full (%d messages, %d bytes waiting at most): dropped the %d oldest; %d dropped "
                     "in all", self.max_messages, self.max_bytes, total, self.dropped)
@@ -213,26 +230,39 @@ class MessageQueue:
         """Up to ``n`` waiting messages, oldest first; they count as in flight until ``ack``."""
         out: list[Message] = []
         with self._lock:
-            if self._db is None or n <= 0:
+            if self._db is None:
                 return out
-            if self._disk_pending:
-                rows = self._db.execute("SELECT seq, topic, payload, retain, ts FROM queue WHERE seq > ? "
-                                        "ORDER BY seq LIMIT ?", (self._cursor, n)).fetchall()
-                for seq, topic, payload, retain, ts in rows:
-                    m = Message(seq, topic, bytes(payload), bool(retain), ts, on_disk=True)
+            while len(out) < n:
+                if self._ahead:
+                    m = self._ahead.popleft()
+                    self._ahead_bytes -= len(m.payload)
                     out.append(m)
-                    self._cursor = seq
-                    self._disk_pending -= 1
-                    self._disk_pending_bytes -= len(m.payload)
-                if not rows:  # counters out of step with the file: trust the file
-                    self._recount_disk()
-            while len(out) < n and self._mem and not self._disk_pending:
-                m = self._mem.popleft()
-                self._mem_bytes -= len(m.payload)
-                out.append(m)
+                elif self._disk_pending:
+                    if not self._read_ahead(max(n - len(out), READ_AHEAD)):
+                        break
+                elif self._mem:
+                    m = self._mem.popleft()
+                    self._mem_bytes -= len(m.payload)
+                    out.append(m)
+                else:
+                    break
             for m in out:
                 self._inflight[m.seq] = m
         return out
+
+    def _read_ahead(self, n: int) -> int:
+        rows = self._db.execute("SELECT seq, topic, payload, retain, ts FROM queue WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (self._cursor, n)).fetchall()
+        for seq, topic, payload, retain, ts in rows:
+            m = Message(seq, topic, bytes(payload), bool(retain), ts, on_disk=True)
+            self._ahead.append(m)
+            self._ahead_bytes += len(m.payload)
+            self._cursor = seq
+            self._disk_pending -= 1
+            self._disk_pending_bytes -= len(m.payload)
+        if not rows:  # counters out of step with the file: trust the file
+            self._recount_disk()
+        return len(rows)
 
     def ack(self, seq: int) -> None:
         """The broker has it: forget it (its row is deleted at the next ``flush``)."""
@@ -266,11 +296,11 @@ class MessageQueue:
     @property
     def pending(self) -> int:
         """Messages waiting to be sent (not counting those in flight)."""
-        return self._disk_pending + len(self._mem)
+        return len(self._ahead) + self._disk_pending + len(self._mem)
 
     @property
     def pending_bytes(self) -> int:
-        return self._disk_pending_bytes + self._mem_bytes
+        return self._ahead_bytes + self._disk_pending_bytes + self._mem_bytes
 
     @property
     def inflight(self) -> int:
@@ -287,7 +317,9 @@ class MessageQueue:
     def oldest_pending_ts(self) -> float | None:
         with self._lock:
             stamps = [m.ts for m in self._inflight.values()]
-            if self._disk_pending and self._db is not None:
+            if self._ahead:
+                stamps.append(self._ahead[0].ts)
+            elif self._disk_pending and self._db is not None:
                 row = self._db.execute("SELECT ts FROM queue WHERE seq > ? ORDER BY seq LIMIT 1",
                                        (self._cursor,)).fetchone()
                 if row:
@@ -299,6 +331,6 @@ class MessageQueue:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             oldest = self.oldest_pending_ts()
-            return {"waiting": self.pending, "waiting_bytes": self.pending_bytes, "on_disk": self._disk_pending,
+            return {"waiting": self.pending, "waiting_bytes": self.pending_bytes, "on_disk": len(self._ahead) + self._disk_pending,
                     "inflight": self.inflight, "sent": self.sent, "dropped": self.dropped,
                     "oldest_unsent_s": round(time.time() - oldest, 1) if oldest else 0.0}
