@@ -183,7 +183,9 @@ def test_bound_drops_the_oldest_and_counts_them(tmp_path):
         with GatewayThread(path) as gt:
             gw = gt.gateway
             gt.wait_for(lambda: gw.status()["mqtt"]["dropped"] >= 6, timeout=20, what="the queue to overflow")
-            assert gw.status()["mqtt"]["waiting"] == 10
+            st = gw.status()["mqtt"]
+            assert st["waiting"] == 10 and not st["connected"]
+            assert st["last_error"] == f"cannot reach the broker at 127.0.0.1:{broker.port}"
             broker.start()
             gt.wait_for(lambda: gw.status()["mqtt"]["connected"] and gw.status()["mqtt"]["waiting"] == 0,
                         timeout=30, what="the backlog to drain")

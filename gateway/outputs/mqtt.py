@@ -355,6 +355,7 @@ class MqttService:
                                    max_delay=max(1, round(cfg["reconnect_max_s"])))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         return client
 
@@ -382,6 +383,12 @@ class MqttService:
             self.queue.set_link(True)
             self._resync = self.queue.inflight > 0  # paho re-sends those first; new ones wait for their acks
             self._cv.notify_all()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        msg = f"cannot reach the broker at {self.host}:{self.port}"
+        if msg != self.last_error:
+            log.warning("mqtt: %s; queueing on disk and retrying", msg)
+        self.last_error = msg
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cv:
