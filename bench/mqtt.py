@@ -4,7 +4,8 @@ The default bank (4 strings x 120 batteries) with every point read; one publish 
 the chosen layout (``string``: 10 messages, one per string with every battery; ``cell``: 490, one per
 battery).  Measured in one run against the same broker:
 
-  * throughput: cycles queued as fast as they can be composed, until the broker acknowledged them all,
+  * throughput: cycles queued as fast as the uploader takes them (from memory: the link is up), until the
+    broker acknowledged them all,
     through bmsgw's uploader (queue, sender thread, QoS 1, 64 in flight) vs a bare paho client publishing
     the same payloads from memory with the same window (the baseline);
   * catch-up: one hour of cycles at the default poll period (gateway.poll.fast_s, 5 s) queued on disk while
@@ -19,8 +20,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,49 +37,11 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from gateway.app import Gateway  # noqa: E402
 from gateway.outputs.mqtt import MqttService  # noqa: E402
 from gateway.points import Quality, Reading  # noqa: E402
+from tests.mqtt_peers import Mosquitto  # noqa: E402  (the tests' broker harness)
+from tests.support import free_port  # noqa: E402
 
 TYPICAL = {"V": (12.0, 14.0), "C": (20.0, 35.0), "ohm": (0.003, 0.008), "A": (-50.0, 50.0), "%": (50.0, 100.0)}
 WINDOW = 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, up: bool = True, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                if up:
-                    return
-        except OSError:
-            if not up:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"port {port} did not {'open' if up else 'close'}")
-
-
-class Broker:
-    def __init__(self, folder: Path, port: int) -> None:
-        self.port = port
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"user root\nlog_dest none\nallow_anonymous true\nlistener {port} 127.0.0.1\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-            self.proc = None
-            wait_port(self.port, up=False)
 
 
 def gateway(tmp: Path, port: int, layout: str, queue_name: str) -> Gateway:
@@ -177,7 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
         port = free_port()
-        broker = Broker(tmp, port)
+        broker = Mosquitto(tmp / "broker", port=port)
         broker.start()
         loop = Loop()
         try:
@@ -192,7 +153,9 @@ def main() -> None:
             batches = list(cycles(svc, n_cycles, 5.0, time.time()))
             sent0 = svc.queue.sent
             t0 = time.monotonic()
-            for items in batches:
+            for items in batches:  # as fast as the uploader takes them, without spilling to disk
+                while svc.queue.memory_pending > 1000:
+                    time.sleep(0.001)
                 svc.queue.put_many(items)
                 svc._wake()
             t1 = wait_drained(svc, sent0 + n_cycles * per_cycle)

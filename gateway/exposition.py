@@ -46,6 +46,7 @@ _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _UNIT_WORDS = {"V": "volts", "A": "amperes", "C": "degrees Celsius", "ohm": "ohms", "s": "seconds",
                "Ah": "ampere-hours", "unix_s": "Unix time, seconds"}
 _NEG_INF = float("-inf")
+LABEL_MAX = 200  # longest label value taken from an alarm event
 CURRENT_SIGN = "positive = charging (into the battery), negative = discharging"
 
 Snapshot = dict[PointRef, Reading]
@@ -98,11 +99,13 @@ class AlarmBoard:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def event(self, event: Any) -> None:
-        alarm_id = str(getattr(event, "alarm_id", "") or "")
-        obj = str(getattr(event, "object", "") or "")
-        severity = str(getattr(event, "severity", "") or "unknown")
-        labels = {"alarm": alarm_id, "object": obj, "metric": str(getattr(event, "metric", "") or ""),
-                  "severity": severity}
+        def text(name: str, default: str = "") -> str:  # label values, bounded
+            value = getattr(event, name, None)
+            value = getattr(value, "value", value)  # an enum: its value
+            return str(value if value not in (None, "") else default)[:LABEL_MAX]
+
+        alarm_id, obj, severity = text("alarm_id"), text("object"), text("severity", "unknown")
+        labels = {"alarm": alarm_id, "object": obj, "metric": text("metric"), "severity": severity}
         with self.lock:
             if getattr(event, "raised", False):
                 self.active[(alarm_id, obj)] = labels

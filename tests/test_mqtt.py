@@ -267,3 +267,32 @@ def test_last_will_marks_a_killed_gateway_offline(tmp_path, bmsgw_env, venv_bin)
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_payloads_are_strict_json_with_null_for_bad_values(tmp_path):
+    """Composed from the point map without a broker: NaN and stale readings become null, never 0 or NaN."""
+    import json
+
+    from gateway.app import Gateway
+    from gateway.outputs.mqtt import PayloadBuilder
+    from gateway.points import PointRef, Quality, Reading
+
+    gw = Gateway(mqtt_config(tmp_path, 1883), simulator=False, port_overrides={"bus1": "(not opened)"})
+    now = 1700000000.0
+    gw.store.put_many([
+        (PointRef("cell.voltage", 1, 1), Reading(13.2, Quality.GOOD, now)),
+        (PointRef("cell.voltage", 1, 2), Reading(float("nan"), Quality.GOOD, now)),
+        (PointRef("cell.voltage", 1, 3), Reading(12.9, Quality.COMM_FAIL, now)),
+        (PointRef("string.current", 1), Reading(-12.30000001, Quality.GOOD, now)),
+        (PointRef("string.voltage", 1), Reading(float("inf"), Quality.GOOD, now)),
+    ])
+    msgs = {topic: doc for topic, doc, _ in PayloadBuilder(gw, "bmsgw", "string").messages(gw.store.snapshot(), now)}
+    for doc in msgs.values():
+        json.dumps(doc, allow_nan=False)
+    cells = msgs["bmsgw/demo/string/1/cells"]
+    assert cells["values"]["voltage"] == [13.2, None, None, None]
+    assert cells["quality"] == {"voltage": {"3": "COMM_FAIL"}}
+    values = msgs["bmsgw/demo/string/1"]["values"]
+    assert values["current"] == {"value": -12.3, "unit": "A", "ts": now}
+    assert values["voltage"]["value"] is None
+    assert set(msgs) == {"bmsgw/demo/string/1/cells", "bmsgw/demo/string/1"}  # nothing read elsewhere yet

@@ -21,6 +21,7 @@ import asyncio
 import enum
 import json
 import logging
+import math
 import ssl
 import threading
 import time
@@ -123,7 +124,8 @@ class _Value:
         self.states = dict(mp.spec.states)
 
     def number(self, r: Reading | None) -> float | None:
-        if r is None or r.quality is not Quality.GOOD or r.value is None:
+        """The value for JSON: None unless GOOD and finite (JSON has no NaN), rounded to the resolution."""
+        if r is None or r.quality is not Quality.GOOD or r.value is None or not math.isfinite(r.value):
             return None
         return round(r.value, self.places) if self.places is not None else r.value
 
@@ -134,8 +136,8 @@ class _Value:
         out["ts"] = _ts(r.ts)
         if r.quality is not Quality.GOOD:
             out["quality"] = r.quality.value
-        elif self.states and r.value is not None:
-            out["state"] = self.states.get(int(r.value), str(int(r.value)))
+        elif self.states and out["value"] is not None:
+            out["state"] = self.states.get(int(out["value"]), str(int(out["value"])))
         return out
 
 
@@ -221,12 +223,13 @@ class PayloadBuilder:
             present = [r for r in readings if r is not None]
             if not present:
                 continue
-            places = probe.places
+            places, finite = probe.places, math.isfinite
             if places is None:
-                values[name] = [r.value if r is not None and r.quality is good else None for r in readings]
+                values[name] = [r.value if r is not None and r.quality is good and r.value is not None
+                                and finite(r.value) else None for r in readings]
             else:
                 values[name] = [round(r.value, places) if r is not None and r.quality is good and r.value is not None
-                                else None for r in readings]
+                                and finite(r.value) else None for r in readings]
             bad = {str(c): r.quality.value for c, r in enumerate(readings, start=1)
                    if r is not None and r.quality is not good}
             if bad:
