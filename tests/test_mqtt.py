@@ -76,6 +76,19 @@ def test_queue_bytes_bound_drops_oldest(tmp_path):
     q.close()
 
 
+def test_queue_gives_the_disk_space_back_once_drained(tmp_path):
+    path = tmp_path / "q.sqlite"
+    q = MessageQueue(path).open()
+    q.put_many([("t", {"pad": "x" * 5000}, False) for _ in range(2000)])  # 10 MB queued while offline
+    assert path.stat().st_size + Path(f"{path}-wal").stat().st_size > 10_000_000
+    while batch := q.take(100):
+        for m in batch:
+            q.ack(m.seq)
+        q.flush()
+    q.close()
+    assert path.stat().st_size < 100_000
+
+
 # -- against mosquitto ---------------------------------------------------------------------------------------------
 def test_topics_payloads_status_and_alarms(tmp_path):
     with Mosquitto(tmp_path / "broker") as broker:

@@ -71,6 +71,7 @@ class MessageQueue:
     def open(self) -> "MessageQueue":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect when the file is created
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
@@ -284,6 +285,8 @@ class MessageQueue:
             self._db.executemany("DELETE FROM queue WHERE seq = ?", [(s,) for s in self._deletes])
             self._db.execute("COMMIT")
             self._deletes.clear()
+            if not self._disk_pending and not self._ahead:  # the backlog is gone: give the space back
+                self._db.executescript("PRAGMA incremental_vacuum;")  # (execute() frees only one page)
 
     def set_link(self, up: bool) -> None:
         """The broker connection came up or went down; down moves what waits in memory to disk."""
