@@ -36,6 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.history",
     "gateway.reports",
     "gateway.outputs.web",
+    "gateway.outputs.prometheus",
+    "gateway.outputs.mqtt",
 )
 
 

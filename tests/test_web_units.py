@@ -210,8 +210,11 @@ def test_tls_needs_both_files(offline_gateway, tmp_path):
 def test_web_off_means_no_server_and_no_buffer(tmp_path):
     path = write_config(tmp_path, base=small_bank(1, 2), overrides={"web": {"enabled": False}})
     gw = Gateway(path, simulator=False, port_overrides={"bus1": "(not opened)"})
-    assert [s for r in gw.pm.hook.bmsgw_services(gateway=gw) for s in r] == []
-    gw.pm.hook.bmsgw_gateway_ready(gateway=gw)
+    services = [s for r in gw.pm.hook.bmsgw_services(gateway=gw) for s in r]
+    assert services and not [s for s in services if s.name == "web"]  # the other faces are still there
+    import gateway.outputs.web as web
+
+    web.bmsgw_gateway_ready(gateway=gw)  # only the web face's: the others need the running loop
     from gateway.outputs.web.app import sources_for
 
     assert sources_for(gw).buffer is None
