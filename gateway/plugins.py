@@ -24,6 +24,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.bmu",
     "plugins.cmu",
     "plugins.io_module",
+    "gateway.provision",
 )
 
 
