@@ -45,6 +45,13 @@ def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
     return res
 
 
+def traces() -> set[str]:
+    """Every path named after the package where a package, dpkg or systemd puts files."""
+    out = sh("find", "/etc", "/var/lib", "/usr/lib", "/usr/share", "/usr/bin", "/usr/sbin", "/lib", "-xdev",
+             "-name", "*bmsgw*", check=False).stdout
+    return set(out.split())
+
+
 def installed_version() -> str | None:
     res = sh("dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Version}", "bmsgw", check=False)
     if res.returncode != 0 or not res.stdout.startswith(("ii", "iF", "iU", "rc", "iH")):
@@ -225,11 +232,12 @@ def test_install_run_upgrade_purge(deb, lintian):
     for path in LEFT_BEHIND:
         assert not os.path.lexists(path), f"{path} exists before the test: refusing to touch it"
     assert sh("getent", "passwd", "bmsgw", check=False).returncode == 2, "a bmsgw user exists already"
+    before = traces()
     MARKER.write_text(f"{os.getpid()}\n")
     work = Path(tempfile.mkdtemp(prefix="bmsgw-deb-"))
     work.chmod(0o755)  # the service user reads the test's configs from here
     try:
-        lifecycle(deb, work)
+        lifecycle(deb, work, before)
     finally:
         purge()
         MARKER.unlink(missing_ok=True)
@@ -252,7 +260,7 @@ class Steps:
         return ", ".join(f"{n} {t:.1f}s" for n, t in self.times) + f"; total {time.monotonic() - self.t0:.1f}s"
 
 
-def lifecycle(deb: Path, work: Path) -> None:
+def lifecycle(deb: Path, work: Path, before: set[str]) -> None:
     step = Steps()
     version = deb.name.split("_")[1]
     # 1. Install: one dpkg -i, nothing fetched.
@@ -284,7 +292,7 @@ def lifecycle(deb: Path, work: Path) -> None:
     assert bundled == {n: metadata.version(n) for n in lock}
     # Data where Debian puts it: profiles and MIBs in /usr/share/bmsgw, our MIBs also for net-snmp.
     assert Path("/usr/share/bmsgw/profiles/points.yaml").is_file()
-    for mib in sorted((ROOT / "mibs").glob("*")) if (ROOT / "mibs").is_dir() else []:
+    for mib in sorted(p for p in (ROOT / "mibs").glob("*") if p.is_file()):
         assert Path("/usr/share/bmsgw/mibs", mib.name).read_bytes() == mib.read_bytes()
         if re.search(r"MODULE-IDENTITY.*?::=\s*\{\s*enterprises\b", mib.read_text(errors="replace"), re.S):
             assert Path("/usr/share/snmp/mibs", mib.name).resolve() == Path("/usr/share/bmsgw/mibs", mib.name)
@@ -376,7 +384,7 @@ def lifecycle(deb: Path, work: Path) -> None:
     res = sh(*DPKG, "--purge", "bmsgw")
     step("purge")
     assert installed_version() is None
-    left = [p for p in LEFT_BEHIND if os.path.lexists(p)]
+    left = [p for p in LEFT_BEHIND if os.path.lexists(p)] + sorted(traces() - before)
     assert not left, f"left behind after purge: {left}"
     assert sh("getent", "passwd", "bmsgw", check=False).returncode == 2, "the bmsgw user survived the purge"
     assert sh("getent", "group", "bmsgw", check=False).returncode == 2, "the bmsgw group survived the purge"
