@@ -95,15 +95,10 @@ def tidy_venv(venv: Path) -> None:
         if entry.name not in ("python", "python3", f"python3.{sys.version_info.minor}"):
             entry.unlink()
     # /usr/lib/bmsgw/bin/python3 -> /usr/bin/python3 as a relative link (Debian policy 10.5)
-    for name in ("python3",):
-        link = bindir / name
-        link.unlink()
-        link.symlink_to("../../../bin/python3")
-    for name in ("python", f"python3.{sys.version_info.minor}"):
-        link = bindir / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to("python3")
+    for name, target in (("python3", "../../../bin/python3"), ("python", "python3"),
+                         (f"python3.{sys.version_info.minor}", "python3")):
+        (bindir / name).unlink(missing_ok=True)
+        (bindir / name).symlink_to(target)
     include = venv / "include"
     if include.is_dir() and not any(p.is_file() for p in include.rglob("*")):
         shutil.rmtree(include)
@@ -145,6 +140,7 @@ def install_app(dest: Path) -> None:
                 (netsnmp / mib.name).symlink_to(f"../../bmsgw/mibs/{mib.name}")
     usrbin = dest / "usr/bin"
     usrbin.mkdir(parents=True, exist_ok=True)
+    (usrbin / "bmsgw").unlink(missing_ok=True)
     (usrbin / "bmsgw").symlink_to("../lib/bmsgw/bin/bmsgw")
 
 

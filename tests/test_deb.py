@@ -408,3 +408,36 @@ def bump_version(deb: Path, work: Path, version: str) -> Path:
 def test_lintian_clean(lintian):
     findings = lintian.findings()
     assert not findings, "lintian:\n" + "\n".join(findings)
+
+
+def test_app_tree_is_packaged_whole(tmp_path):
+    """Whatever a face adds under gateway/, plugins/, profiles/ or mibs/ is packaged with no packaging change;
+    tests and bytecode are not; only the project's own (enterprise) MIBs go where net-snmp looks."""
+    import runpy
+    build_app = runpy.run_path(str(ROOT / "debian/build-app.py"))
+    src = tmp_path / "src"
+    files = {
+        "gateway/__init__.py": "", "gateway/outputs/web/static/chart.min.js": "js",
+        "gateway/outputs/web/templates/index.html": "<html>", "gateway/__pycache__/x.cpython-311.pyc": "",
+        "plugins/ups/__init__.py": "", "plugins/ups/profiles/ups.yaml": "model: x",
+        "plugins/ups/tests/test_ups.py": "", "plugins/conftest.py": "", "profiles/points.yaml": "points: []",
+        "mibs/BMSGW-MIB.txt": "BMSGW-MIB DEFINITIONS ::= BEGIN\nbmsgw MODULE-IDENTITY\n ::= { enterprises 32473 }\nEND",
+        "mibs/SNMPv2-SMI.txt": "SNMPv2-SMI DEFINITIONS ::= BEGIN\nenterprises OBJECT IDENTIFIER ::= { private 1 }\nEND",
+        "tests/test_x.py": "",
+    }
+    for name, text in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    install_app = build_app["install_app"]
+    install_app.__globals__["SRC"] = src
+    dest = tmp_path / "dest"
+    install_app(dest)
+    shipped = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() or p.is_symlink())
+    app = ["gateway/__init__.py", "gateway/outputs/web/static/chart.min.js", "gateway/outputs/web/templates/index.html",
+           "plugins/ups/__init__.py", "plugins/ups/profiles/ups.yaml", "profiles/points.yaml",
+           "mibs/BMSGW-MIB.txt", "mibs/SNMPv2-SMI.txt"]
+    assert shipped == sorted(["usr/bin/bmsgw", "usr/share/snmp/mibs/BMSGW-MIB.txt",
+                              *(f"usr/share/bmsgw/{f}" for f in app)])
+    link = dest / "usr/share/snmp/mibs/BMSGW-MIB.txt"
+    assert os.readlink(link) == "../../bmsgw/mibs/BMSGW-MIB.txt" and link.read_text() == files["mibs/BMSGW-MIB.txt"]
+    assert os.readlink(dest / "usr/bin/bmsgw") == "../lib/bmsgw/bin/bmsgw"
