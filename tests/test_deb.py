@@ -210,7 +210,7 @@ def test_unit_hardening_and_exposure():
     assert f"exposure level {exposure}" in readme, f"README should record the exposure figure {exposure}"
 
 
-def test_packaged_config_is_valid_and_safe(tmp_path):
+def test_packaged_config_is_valid_and_safe():
     """The packaged config passes check-config and holds only sections this tree knows, polling a real port."""
     data = yaml.safe_load((ROOT / "debian/config.yaml").read_text())
     assert data["simulator"]["enabled"] is False
