@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # System tools the tests talk to as real peers; installed once, on demand.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
-	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv
+	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv \
+	systemd
 APT_STAMP := $(VENV)/.apt-installed
 
-.PHONY: install system-deps run test bench regmap deb clean
+.PHONY: install system-deps run test bench regmap deb deb-lock clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +44,15 @@ bench: $(STAMP)
 
 regmap: $(STAMP)
 	$(BIN)/bmsgw regmap --config config.yaml --format md
+
+# The Debian package (debian/): built from a copy of the tree in build/deb, the .deb lands in dist/.
+# Reuses the last build when the tree has not changed; `make deb DEB_OPTS=--force` rebuilds anyway.
+deb: $(APT_STAMP)
+	$(PY) debian/make-deb --out dist $(DEB_OPTS)
+
+# After changing a dependency in pyproject.toml (and `make install`): pin the tested versions for the .deb.
+deb-lock: $(STAMP)
+	$(BIN)/python debian/lock.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

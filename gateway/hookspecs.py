@@ -260,6 +260,17 @@ class GatewaySpecs:
         a restart; the gateway keeps the running topology until then.
         """
 
+    @hookspec
+    def bmsgw_provision(self, gateway: Gateway) -> list[Path]:
+        """Create the secrets, keys and certificates this plugin needs, once, before the service first runs.
+
+        Called by ``bmsgw provision`` (the Debian package's postinst runs it as the service user on every
+        configure, after the state directory exists).  Create only what is missing under
+        ``gateway.config.state_dir`` (or a path from the plugin's config section) and never replace an
+        existing file, so upgrades keep the operator's keys; write secrets readable by the owner only.
+        Return the paths created by this call ([] when everything was already there).
+        """
+
 
 # Command registers reserved in the Modbus TCP holding table (README, "Modbus TCP"); the modules that act on them
 # register a ModbusWriteHandler at these addresses through ``bmsgw_modbus_write_handlers``.

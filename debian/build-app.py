@@ -1,0 +1,182 @@
+#!/usr/bin/python3
+"""Build bmsgw's private application tree in the package's staging directory (called by debian/rules).
+
+    /usr/lib/bmsgw        a Python virtual environment holding exactly debian/python-requirements.txt
+                          (compiled wheels, so the package is Architecture: any) and the bmsgw launcher
+    /usr/share/bmsgw      the application, laid out as in the source tree: gateway/, plugins/, profiles/, mibs/
+    /usr/share/snmp/mibs  the project's own (enterprise) MIBs, as symlinks, where net-snmp looks
+    /usr/bin/bmsgw        -> /usr/lib/bmsgw/bin/bmsgw
+
+Why a venv: it is the only layout in which the interpreter ignores the system's dist-packages, so the
+bundled, tested versions are the only ones the gateway can import; and the generic import names `gateway`
+and `plugins` stay out of the system's Python.  A venv hard-codes its own path in only three places
+(pyvenv.cfg's `command` line, the console scripts' shebangs and the activate scripts); this script creates
+it in the staging directory, removes the scripts and activate files, rewrites pyvenv.cfg, writes its own
+launcher with the final path, and then fails the build if the staging path is left in any file.
+The interpreter finds the venv from pyvenv.cfg next to bin/python3, wherever the tree lives.
+debian/check-imports.py then imports every module of the application and every compiled extension from
+the staging tree (after dh_strip), so a missing library or a broken binary fails the build, not the box.
+
+Environment: BMSGW_PIP_OPTS replaces the default pip options (`--only-binary=:all:`), e.g. to add a wheel
+index for armhf or to allow building from source (see README, "Installing on the controller").
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+APPLIB = "/usr/lib/bmsgw"      # the venv
+APPSHARE = "/usr/share/bmsgw"  # the application code and data
+SRC = Path(__file__).resolve().parent.parent
+LOCK = SRC / "debian" / "python-requirements.txt"
+APP_TREES = ("gateway", "plugins", "profiles", "mibs")  # copied whole: new faces need no packaging change
+# Never shipped: tests, caches, bytecode (compiled by the postinst instead).
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "tests", "conftest.py", ".pytest_cache",
+                                ".hypothesis", ".mypy_cache", "*.orig", "*.rej", "*~")
+ENTERPRISE_MIB = re.compile(r"MODULE-IDENTITY.*?::=\s*\{\s*enterprises\b", re.S)
+
+
+def run(*cmd: str | Path, **kw) -> None:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def build_venv(dest: Path) -> Path:
+    venv = dest / APPLIB.lstrip("/")
+    if venv.exists():
+        shutil.rmtree(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    run(sys.executable, "-m", "venv", venv)
+    py = venv / "bin" / "python3"
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONDONTWRITEBYTECODE="1")
+    opts = shlex.split(os.environ.get("BMSGW_PIP_OPTS", "--only-binary=:all:"))
+    run(py, "-m", "pip", "install", "--no-deps", "--no-compile", "--no-warn-script-location", *opts,
+        "-r", LOCK, env=env)
+    run(py, "-m", "pip", "check", env=env)  # the lock is complete and consistent
+    check_pyproject_pins(py, env)
+    run(py, "-m", "pip", "uninstall", "--yes", "--quiet", "pip", "setuptools", env=env)
+    for junk in site_packages(venv).rglob(".DS_Store"):  # macOS litter in some sdists/wheels
+        junk.unlink()
+    return venv
+
+
+def check_pyproject_pins(py: Path, env: dict) -> None:
+    """Every dependency declared in pyproject.toml is bundled at the version pinned there."""
+    code = (
+        "import sys, tomllib\n"
+        "from importlib import metadata\n"
+        "from pip._vendor.packaging.requirements import Requirement\n"
+        f"deps = tomllib.load(open({str(SRC / 'pyproject.toml')!r}, 'rb'))['project']['dependencies']\n"
+        "bad = []\n"
+        "for d in deps:\n"
+        "    r = Requirement(d)\n"
+        "    try:\n"
+        "        v = metadata.version(r.name)\n"
+        "    except metadata.PackageNotFoundError:\n"
+        "        v = None\n"
+        "    if v is None or not r.specifier.contains(v, prereleases=True):\n"
+        "        bad.append(f'{d} (bundled: {v})')\n"
+        "if bad:\n"
+        "    sys.exit('pyproject.toml and debian/python-requirements.txt disagree: ' + ', '.join(bad)"
+        " + '; run make deb-lock')\n"
+    )
+    run(py, "-c", code, env=env)
+
+
+def tidy_venv(venv: Path) -> None:
+    """Remove everything that names the staging path; point the interpreter links at the system's."""
+    bindir = venv / "bin"
+    for entry in bindir.iterdir():
+        if entry.name not in ("python", "python3", f"python3.{sys.version_info.minor}"):
+            entry.unlink()
+    # /usr/lib/bmsgw/bin/python3 -> /usr/bin/python3 as a relative link (Debian policy 10.5)
+    for name, target in (("python3", "../../../bin/python3"), ("python", "python3"),
+                         (f"python3.{sys.version_info.minor}", "python3")):
+        (bindir / name).unlink(missing_ok=True)
+        (bindir / name).symlink_to(target)
+    include = venv / "include"
+    if include.is_dir() and not any(p.is_file() for p in include.rglob("*")):
+        shutil.rmtree(include)
+    cfg = venv / "pyvenv.cfg"
+    lines = [ln for ln in cfg.read_text().splitlines() if not ln.startswith("command")]
+    lines.append(f"command = /usr/bin/python3 -m venv {APPLIB}")
+    cfg.write_text("\n".join(lines) + "\n")
+    # A shell launcher, so that lintian sees a standard interpreter; exec keeps the service's PID.
+    # -I: the environment's libraries only (no PYTHONPATH, no user site-packages, not the current folder).
+    launcher = bindir / "bmsgw"
+    launcher.write_text(
+        "#!/bin/sh\n"
+        "# bmsgw: the battery monitoring gateway, run by the interpreter of its private environment.\n"
+        f'exec {APPLIB}/bin/python3 -I -m gateway "$@"\n')
+    launcher.chmod(0o755)
+    (site_packages(venv) / "bmsgw-app.pth").write_text(APPSHARE + "\n")
+
+
+def site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python3.{sys.version_info.minor}" / "site-packages"
+
+
+def install_app(dest: Path) -> None:
+    share = dest / APPSHARE.lstrip("/")
+    if share.exists():
+        shutil.rmtree(share)
+    share.mkdir(parents=True)
+    for name in APP_TREES:
+        if (SRC / name).is_dir():
+            shutil.copytree(SRC / name, share / name, ignore=IGNORE)
+    mibs = share / "mibs"
+    if mibs.is_dir():
+        netsnmp = dest / "usr/share/snmp/mibs"
+        for mib in sorted(p for p in mibs.iterdir() if p.is_file()):
+            # Only the project's own modules: the IETF base MIBs shipped alongside would shadow other
+            # packages' copies, so they stay in /usr/share/bmsgw/mibs (use -M +/usr/share/bmsgw/mibs).
+            if ENTERPRISE_MIB.search(mib.read_text(errors="replace")):
+                netsnmp.mkdir(parents=True, exist_ok=True)
+                (netsnmp / mib.name).symlink_to(f"../../bmsgw/mibs/{mib.name}")
+    usrbin = dest / "usr/bin"
+    usrbin.mkdir(parents=True, exist_ok=True)
+    (usrbin / "bmsgw").unlink(missing_ok=True)
+    (usrbin / "bmsgw").symlink_to("../lib/bmsgw/bin/bmsgw")
+
+
+def check_no_staging_path(dest: Path) -> None:
+    needle = str(dest.resolve()).encode()
+    bad = []
+    for path in dest.rglob("*"):
+        if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+            bad.append(str(path))
+    if bad:
+        sys.exit("the staging path is left in: " + ", ".join(bad[:20]))
+
+
+def normalise_modes(dest: Path) -> None:
+    for path in [dest / APPLIB.lstrip("/"), dest / APPSHARE.lstrip("/")]:
+        for p in [path, *path.rglob("*")]:
+            if p.is_symlink():
+                continue
+            if p.is_dir():
+                p.chmod(0o755)
+            elif p.name == "bmsgw" and p.parent.name == "bin":
+                p.chmod(0o755)
+            else:
+                p.chmod(0o644)
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: build-app.py STAGING_DIR (debian/bmsgw)")
+    dest = Path(sys.argv[1]).resolve()
+    venv = build_venv(dest)
+    tidy_venv(venv)
+    install_app(dest)
+    normalise_modes(dest)
+    check_no_staging_path(dest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""``bmsgw provision``: create what the faces need before the first start (secrets, keys, certificates).
+
+The Debian package's postinst runs it as the service user after creating the state directory; each face
+that needs a secret implements the ``bmsgw_provision`` hook and creates only what is missing, so running it
+again (an upgrade, a reinstall) never replaces an operator's key or certificate.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .errors import GatewayError
+from .hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+
+def provision(config_path: str) -> list[Path]:
+    """Make sure the state directory exists and is writable, then let every plugin create its secrets."""
+    from .app import Gateway
+    from .cli import _all_ports_dummy
+
+    gw = Gateway(config_path, simulator=False, port_overrides=_all_ports_dummy(config_path))
+    state = gw.config.state_dir
+    try:
+        state.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GatewayError(f"cannot create the state directory {state}: {exc.strerror}") from None
+    if not os.access(state, os.W_OK | os.X_OK):
+        raise GatewayError(f"the state directory {state} is not writable by this user (uid {os.getuid()})")
+    created: list[Path] = []
+    for result in gw.pm.hook.bmsgw_provision(gateway=gw):
+        created.extend(Path(p) for p in result or [])
+    return created
+
+
+def cmd_provision(args) -> int:
+    from .cli import _config_path
+
+    path = _config_path(args)
+    created = provision(path)
+    for p in created:
+        print(f"created {p}")
+    if not created:
+        print(f"{path}: nothing to create")
+    return 0
+
+
+@hookimpl
+def bmsgw_cli_commands(subparsers) -> None:
+    from .cli import _config_arg
+
+    s = subparsers.add_parser(
+        "provision", help="create missing secrets, keys and certificates in the state directory",
+        description="Create the state directory and let every face create the secrets, keys and certificates "
+                    "it needs. Only what is missing is created; existing files are never replaced. The Debian "
+                    "package runs this as the service user when it is installed or upgraded.")
+    _config_arg(s)
+    s.set_defaults(func=cmd_provision)
