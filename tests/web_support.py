@@ -120,8 +120,11 @@ def web_gateway(tmp_path: Path, strings: int = 1, cells: int = 8, web: dict | No
                 alarms: bool = True, history: FakeHistory | None = None, overrides: dict | None = None):
     port = free_port()
     web_cfg = {"listen": f"127.0.0.1:{port}", "trend_buffer": {"interval_s": 1}, **(web or {})}
+    # the real alarm engine and history are off here: these tests drive the web face through fakes of their
+    # hooks (tests/test_face_glue.py runs the real ones behind the web face)
+    real_off = {"plugins": {"disable": ["gateway.alarms", "gateway.history"]}}
     path = write_config(tmp_path, base=small_bank(strings, cells),
-                        overrides={"web": web_cfg, **(overrides or {})})
+                        overrides={"web": web_cfg, **real_off, **(overrides or {})})
     gt = GatewayThread(path)
     engine = FakeAlarmEngine() if alarms else None
     if engine is not None:

@@ -19,7 +19,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
-from .manager import AlarmManager
+from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
 from .rules import SCHEMA
 
@@ -93,6 +93,84 @@ def bmsgw_services(gateway: Gateway) -> list:
     return [AlarmService(mgr)] if mgr is not None else []
 
 
+def _row(alarm_id, severity, text, raised, active, point, string, cell, channel, value, threshold,
+         cleared=None, acked_by=None, acked_ts=None) -> dict:
+    return {"id": str(alarm_id), "severity": severity, "message": text, "raised": raised, "active": active,
+            "point": point, "string": string, "cell": cell, "channel": channel, "value": value,
+            "threshold": threshold, "cleared": cleared, "acknowledged_by": acked_by, "acknowledged": acked_ts}
+
+
+@hookimpl
+def bmsgw_alarms(gateway: Gateway, active: bool, limit: int) -> list[dict] | None:
+    """The active table or the log for the web page and REST (called from web threads)."""
+    mgr = _managers.get(gateway)
+    if mgr is None:
+        return None
+    if active:
+        return [_row(a.alarm_id, a.severity, a.text, a.raised_ts, True, a.metric, a.key.string, a.key.cell,
+                     a.key.channel, a.last_value if a.last_value is not None else a.value, a.threshold,
+                     acked_by=a.acknowledged_by, acked_ts=a.acknowledged_ts)
+                for a in mgr.active()[:max(0, limit)]]
+    return [_row(r["id"], r["severity"], r["text"],
+                 r["raised_ts"], r["cleared_ts"] is None, r["metric"], r["string"], r["cell"], r["channel"],
+                 r["value"], r["threshold"], r["cleared_ts"], r["acked_by"], r["acked_ts"])
+            for r in mgr.history(limit)]
+
+
+@hookimpl
+def bmsgw_alarm_acknowledge(gateway: Gateway, alarm_id: str, user: str) -> bool | None:
+    if _managers.get(gateway) is None:
+        return None
+    try:
+        acknowledge(gateway, int(alarm_id), user)
+    except (UnknownAlarm, ValueError):
+        return False
+    return True  # acknowledged now, or it already was
+
+
+@hookimpl
+def bmsgw_modbus_write_handlers(gateway: Gateway) -> list:
+    """Holding register 9000: write 1 to acknowledge every active alarm (when Modbus writes are enabled)."""
+    from ..hookspecs import MODBUS_ALARM_ACK_REGISTER, ModbusWriteHandler
+
+    mgr = _managers.get(gateway)
+    if mgr is None:
+        return []
+
+    def acknowledge_all(words: list[int], client: str) -> None:
+        if words != [1]:
+            raise ValueError("write 1 to acknowledge every active alarm")
+        n = mgr.acknowledge_all(f"modbus {client}")
+        log.info("Modbus client %s acknowledged %d alarm(s)", client, n)
+
+    return [ModbusWriteHandler(MODBUS_ALARM_ACK_REGISTER, "alarm.acknowledge",
+                               "write 1: acknowledge every active alarm", acknowledge_all)]
+
+
+@hookimpl
+def bmsgw_alarm_log(config, start: float, end: float, string: int | None) -> list[dict] | None:
+    """Alarms raised in [start, end] for reports, read from the log on disk (the gateway may be stopped)."""
+    import sqlite3
+
+    path = config.state_dir / LOG_FILE
+    if not path.exists():
+        return None
+    sql = "SELECT * FROM alarms WHERE raised_ts >= ? AND raised_ts <= ?"
+    params: list = [start, end]
+    if string is not None:
+        sql += " AND (string = ? OR string IS NULL)"
+        params.append(string)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = db.execute(sql + " ORDER BY raised_ts", params).fetchall()
+    finally:
+        db.close()
+    return [{"raised": r["raised_ts"], "cleared": r["cleared_ts"], "severity": r["severity"], "text": r["text"],
+             "point": r["metric"], "string": r["string"], "cell": r["cell"], "value": r["value"],
+             "threshold": r["threshold"], "acknowledged_by": r["acked_by"]} for r in rows]
+
+
 @hookimpl
 def bmsgw_status(gateway: Gateway) -> dict:
     mgr = _managers.get(gateway)
@@ -115,7 +193,6 @@ def _cmd_alarms(args: argparse.Namespace) -> int:
     from ..app import Gateway
     from ..cli import _all_ports_dummy, _config_path
     from .log import AlarmLog
-    from .manager import LOG_FILE
 
     cfg = _config_path(args)
     path = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).config.state_dir / LOG_FILE

@@ -192,6 +192,30 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
+def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
+    """Holding registers 9100 + (string - 1): write a battery number to reset its ohmic baseline (it is
+    taken again automatically after the settling period), when Modbus writes are enabled."""
+    from ..hookspecs import MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler
+
+    svc = _running.get(gateway)
+    if svc is None or svc.state is None:
+        return []
+    handlers = []
+    for s in gateway.topology.strings:
+        def reset(words: list[int], client: str, string=s) -> None:
+            cell = words[0]
+            if not 1 <= cell <= string.cells:
+                raise ValueError(f"string {string.id} has batteries 1..{string.cells}, not {cell}")
+            svc.state.clear_baseline(string.id, cell)
+            log.info("Modbus client %s reset the baseline of string %d battery %d", client, string.id, cell)
+
+        handlers.append(ModbusWriteHandler(MODBUS_BASELINE_RESET_REGISTER + s.id - 1, f"baseline.reset.{s.id}",
+                                           f"write a battery number: reset its ohmic baseline in string {s.id}",
+                                           reset))
+    return handlers
+
+
+@hookimpl
 def bmsgw_services(gateway: "Gateway") -> list:
     if not gateway.config.section("analytics").get("enabled", True):
         return []

@@ -194,6 +194,17 @@ def bmsgw_services(gateway: "Gateway") -> list:
 
 
 @hookimpl
+def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
+                        max_points: int) -> list[tuple[float, float | None]] | None:
+    """Stored means of one point for the web page and REST (thread-safe: a connection per thread)."""
+    db = history_for(gateway)
+    if db is None:
+        return None
+    series = db.query(ref.point, ref.string, ref.cell, ref.channel, start=start, end=end, max_points=max_points)
+    return list(zip(series.t, series.mean))
+
+
+@hookimpl
 def bmsgw_status(gateway: "Gateway") -> dict:
     svc = _running.get(gateway)
     return {"history": svc.status()} if svc is not None else {}
