@@ -227,8 +227,12 @@ def _children(pid: int) -> list[int]:
 
 
 def test_make_run_starts_the_default_gateway_and_stops_cleanly(tmp_path):
+    from tests.support import LISTENING_FACES, free_port
+
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data["gateway"]["state_dir"] = str(tmp_path / "var")
+    for section, kind in LISTENING_FACES.items():  # the default config, but on ports nobody else holds
+        data[section]["listen"] = f"127.0.0.1:{free_port(kind)}"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     make = Child(["make", "--no-print-directory", "run", f"CONFIG={path}"], tmp_path, "make")
