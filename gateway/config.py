@@ -5,6 +5,8 @@ Errors name the file, the key path and what was expected, so `bmsgw check-config
 from __future__ import annotations
 
 import copy
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,25 @@ CORE_SCHEMA: dict[str, Any] = {
         "properties": {"devices": {"type": "array", "items": _device_item, "default": []}},
     },
 }
+
+
+_LISTEN = re.compile(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """A face's ``listen`` setting: ``127.0.0.1:5020``, ``[::1]:5020`` or ``localhost:5020`` -> (host, port).
+
+    Raises ValueError saying what is wrong; each face wraps it into a ConfigError naming its own key.
+    """
+    m = _LISTEN.fullmatch(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}")
+    host, port = m.group(1) or m.group(3), int(m.group(2) or m.group(4))
+    if m.group(1):
+        ipaddress.IPv6Address(host)  # a malformed literal raises ValueError
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} in {text!r} is outside 1-65535")
+    return host, port
 
 
 def fill_defaults(schema: dict, data: Any) -> Any:

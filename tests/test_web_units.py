@@ -14,7 +14,8 @@ from gateway.outputs.web import auth as auth_mod
 from gateway.outputs.web.app import WebContext, create_app, is_local
 from gateway.outputs.web.auth import AuthError, LoginThrottle, SessionStore, User, UserStore
 from gateway.outputs.web.configedit import FieldError, form_fields, parse_form
-from gateway.outputs.web.settings import SCHEMA, parse_listen
+from gateway.config import parse_listen
+from gateway.outputs.web.settings import SCHEMA
 from gateway.outputs.web.sources import LiveBuffer, decimate
 from gateway.outputs.web.xmlout import to_xml
 from gateway.points import PointRef, Quality, Reading

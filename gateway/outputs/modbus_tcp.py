@@ -17,7 +17,6 @@ import bisect
 import inspect
 import ipaddress
 import logging
-import re
 import struct
 import threading
 import time
@@ -29,6 +28,7 @@ from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
 from .. import __version__
+from ..config import parse_listen
 from ..engine import WriteError
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import ModbusWriteHandler, hookimpl
@@ -249,15 +249,11 @@ class WriteTarget:
 
 
 # -- configuration helpers -------------------------------------------------------------------------------------
-def parse_listen(text: str, src: str = "config") -> tuple[str, int]:
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
-    if not m:
-        raise ConfigError(src, f"{SECTION}.listen", f"expected host:port, got {text!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if port > 65535:
-        raise ConfigError(src, f"{SECTION}.listen", f"port {port} is outside 0..65535")
-    return host, port
+def listen_address(text: str, src: str = "config") -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError(src, f"{SECTION}.listen", str(exc)) from None
 
 
 def parse_networks(items: list[str], src: str, key: str) -> list[ipaddress._BaseNetwork]:
@@ -314,7 +310,7 @@ class ModbusTcpService:
         src = str(gateway.config.path)
         self.gateway = gateway
         self.cfg = cfg
-        self.host, self.port = parse_listen(cfg["listen"], src)
+        self.host, self.port = listen_address(cfg["listen"], src)
         self.units = frozenset(cfg["unit_ids"])
         self.ignore_unknown_unit = cfg["unknown_unit"] == "ignore"
         self.max_connections = cfg["max_connections"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import socket
 import threading
 import weakref
@@ -18,6 +17,7 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from ..config import parse_listen
 from ..errors import ConfigError
 from ..exposition import exposition_for, make_wsgi_app
 from ..hookspecs import hookimpl
@@ -42,15 +42,12 @@ SCHEMA = {
 }
 
 
-def parse_listen(value: str, where: str = "prometheus.listen", file: str = "config") -> tuple[str, int]:
+def listen_address(value: str, where: str = "prometheus.listen", file: str = "config") -> tuple[str, int]:
     """``host:port`` / ``[v6]:port`` -> (host, port); a ConfigError naming ``where`` when it is not one."""
-    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:([0-9]+)$", value) or re.match(r"^([A-Za-z0-9.-]+):([0-9]+)$", value)
-    if not m:
-        raise ConfigError(file, where, f"expected host:port, got {value!r}")
-    host, port = m.group(1), int(m.group(2))
-    if not 0 <= port <= 65535:
-        raise ConfigError(file, where, f"port {port} is outside 0-65535")
-    return host, port
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise ConfigError(file, where, str(exc)) from None
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -82,7 +79,7 @@ class PrometheusService:
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         self.gateway = gateway
-        self.host, self.port = parse_listen(cfg["listen"], file=str(gateway.config.path))
+        self.host, self.port = listen_address(cfg["listen"], file=str(gateway.config.path))
         self.error = ""
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -12,6 +12,7 @@ import sys
 import weakref
 from pathlib import Path
 
+from ..config import parse_listen
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import hookimpl
 
@@ -120,8 +121,6 @@ def check_section(cfg: dict, source: str) -> None:
         if target["version"] == "v3" and target.get("user") not in users:
             raise ConfigError(source, f"{where}.user",
                               f"a v3 target needs a user from snmp.v3_users (known: {', '.join(sorted(users)) or 'none'})")
-    from .snmp.agent import parse_listen
-
     try:
         parse_listen(cfg["listen"])
     except ValueError as exc:

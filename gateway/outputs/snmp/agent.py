@@ -23,6 +23,7 @@ from pysnmp.entity import engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 
+from ...config import parse_listen
 from ...errors import GatewayError
 from ...points import PointRef, Reading
 from .alarms import AlarmRow, AlarmTable
@@ -57,13 +58,6 @@ def parse_oid(text: str) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"{text!r} is not a numeric OID") from None
     return oid
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address {text!r}: expected HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def resolve(host: str) -> str:

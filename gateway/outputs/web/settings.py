@@ -1,9 +1,10 @@
 """The ``web`` config section: its JSON Schema and a typed view of it."""
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
+
+from ...config import parse_listen
 
 ROLES = ("viewer", "operator", "admin")
 ARGON2_PREFIX = "$argon2"
@@ -134,17 +135,3 @@ class WebSettings:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}/"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``127.0.0.1:8080`` / ``[::1]:8080`` / ``localhost:80`` -> (host, port); ValueError when malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"listen {text!r}: expected HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    p = int(port)
-    if not 0 <= p <= 65535:
-        raise ValueError(f"listen {text!r}: port out of range")
-    return host, p
