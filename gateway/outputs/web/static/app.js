@@ -147,7 +147,7 @@
     }
 
     function query(from, to) {
-      var q = new URLSearchParams({ point: sel.point.value, from: from.toFixed(0), to: to.toFixed(0),
+      var q = new URLSearchParams({ point: sel.point.value, from: from.toFixed(3), to: to.toFixed(3),
                                     max_points: String(Math.min(2000, Math.max(100, chartWidth(el)))) });
       if (scope() !== "bank") q.set("string", sel.string.value);
       if (scope() === "cell") q.set("cell", sel.cell.value);
