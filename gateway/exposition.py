@@ -24,6 +24,7 @@ import re
 import threading
 import time
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -127,7 +128,7 @@ class RenderContext:
     total_points: int
 
 
-class Family:
+class Family(ABC):
     """One metric family: exported name, type, HELP and how to find its samples."""
 
     name: str  # family name as prometheus-client keeps it (a counter without ``_total``)
@@ -141,9 +142,9 @@ class Family:
     def header(self) -> str:
         return f"# HELP {self.exported} {escape_help(self.help)}\n# TYPE {self.exported} {self.mtype}\n"
 
+    @abstractmethod
     def samples(self, ctx: RenderContext) -> Iterator[tuple[tuple[tuple[str, str], ...], str, float]]:
         """(labels, prefix, value) of every sample to export now."""
-        raise NotImplementedError
 
     # the fast path
     def render(self, ctx: RenderContext, out: list[str]) -> None:

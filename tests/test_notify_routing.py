@@ -85,6 +85,9 @@ class Mailer(Notifier):
     def check_recipient(self, r):
         return None if "@" in r else "not an e-mail address"
 
+    def deliver(self, recipient, item):
+        pass
+
 
 def test_routes_are_checked_against_the_notifiers():
     cfg = {"routes": [{"name": "team", "severities": ["warning"], "recipients": {"email": ["ops"]}}]}

@@ -1,6 +1,7 @@
 """The notifier contract: what a plugin returns from ``bmsgw_notifiers`` and what it is given to deliver."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Union
 
@@ -48,7 +49,7 @@ class Ack:
 Item = Union[Message, AlarmEvent, Ack, Sync]
 
 
-class Notifier:
+class Notifier(ABC):
     """Base class of a notifier.
 
     ``deliver`` is called in the notifier's own worker thread (never in the event loop), one item at a time;
@@ -69,8 +70,9 @@ class Notifier:
     sync_at_start: bool = False
     testable: bool = True  # ``bmsgw notify-test`` may send it a made-up alarm
 
+    @abstractmethod
     def deliver(self, recipient: str | None, item: Item) -> None:
-        raise NotImplementedError
+        """Send ``item`` to ``recipient``; raise DeliveryError when it could not be delivered."""
 
     def check_recipient(self, recipient: str) -> str | None:
         """Why ``recipient`` is not a valid address for this notifier (None when it is)."""
