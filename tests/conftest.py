@@ -20,3 +20,18 @@ def bmsgw_env():
 @pytest.fixture
 def venv_bin():
     return Path(sys.executable).parent
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """On CI (.ci/run sets BMSGW_CI) a green run must have run tests, and every one of them: a skipped
+    test means a peer or a privilege is missing, which the set-up should have provided."""
+    if not os.environ.get("BMSGW_CI") or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if session.testscollected == 0 or skipped:
+        if reporter:
+            reporter.ensure_newline()
+            reporter.write_line(f"CI: {session.testscollected} tests collected, {skipped} skipped: failing the run",
+                                red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
