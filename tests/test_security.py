@@ -213,6 +213,8 @@ def test_modbus_writes_are_off_by_default_and_refused_with_exception_02(sec):
     assert raw(port, struct.pack(">BHHBH", 16, relay, 1, 2, 1)) == bytes([0x90, 0x02])
     # the other write functions are not served at all: 01
     assert raw(port, struct.pack(">BHH", 5, 0, 0xFF00)) == bytes([0x85, 0x01])
+    assert raw(port, struct.pack(">BHHBB", 15, 0, 1, 1, 1)) == bytes([0x8F, 0x01])
+    assert raw(port, struct.pack(">BHHH", 22, relay, 0, 1)) == bytes([0x96, 0x01])
     assert raw(port, struct.pack(">BHHHHBH", 23, relay, 1, relay, 1, 2, 1)) == bytes([0x97, 0x01])
     assert model.do_state == before
     assert svc.counters["refused_writes"] >= 3 and svc.counters["writes"] == 0
@@ -307,6 +309,17 @@ def test_login_lockout_per_user_cannot_lock_the_admin_out_of_a_known_browser(sec
     # and no lock lasts: once the failures age out, a stranger's right password works again
     clocks.offset += LOGIN["lockout_s"] + 1
     assert attempt(browser(sec, "127.0.0.32"), "boss", PASSWORD).status_code == 302
+
+
+def test_login_sends_only_to_pages_of_this_site(sec):
+    sec.ctx.users.get("nina") or sec.ctx.users.add("nina", "viewer", PASSWORD)
+    for target, where in (("/strings/1?x=1", "/strings/1?x=1"), ("//evil.example/", "/"),
+                          ("/\t/evil.example/", "/"), ("/\\evil.example", "/"), ("https://evil.example/", "/"),
+                          ("/\r\nSet-Cookie: x=1", "/")):
+        c = browser(sec, "127.0.0.91")
+        r = c.post("/login", data={"csrf": c.csrf(), "username": "nina", "password": PASSWORD, "next": target},
+                   allow_redirects=False)
+        assert r.status_code == 302 and r.headers["Location"] == where, (target, r.status_code)
 
 
 def test_login_throttle_table_stays_bounded_and_keeps_recent_locks(monkeypatch):
@@ -555,6 +568,10 @@ def test_config_with_secrets_readable_by_others_is_reported(sec, tmp_path, caplo
     gw = Gateway(mq, simulator=False, port_overrides={"bus1": "x"})
     assert MqttService(gw, gw.config.section("mqtt")).password == "s3cret"
     assert "mqtt.password_file" in caplog.text
+    # and the config page does not put a password on screen
+    page = admin_browser(sec, "cfg-admin", "127.0.0.81").get("/config/mqtt").text
+    assert re.search(r'<input id="[^"]+" name="mqtt.password" value="[^"]*" type="password"', page)
+    assert re.search(r'<input id="[^"]+" name="mqtt.username" value="[^"]*"\s*(placeholder|>)', page)
 
 
 # -- defaults ----------------------------------------------------------------------------------------------------

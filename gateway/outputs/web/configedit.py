@@ -280,6 +280,7 @@ def form_fields(schema: dict, raw: Any, path: str) -> dict:
     for key in ("minimum", "maximum", "pattern", "maxLength"):
         if key in schema:
             node[key] = schema[key]
+    node["secret"] = bool(schema.get("writeOnly"))  # a password: not shown on screen
     return node
 
 

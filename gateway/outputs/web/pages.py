@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
@@ -17,8 +18,13 @@ log = logging.getLogger(__name__)
 pages = Blueprint("pages", __name__)
 
 
+# a path on this site: printable ASCII without spaces (browsers drop tabs and newlines, so "/\t/evil.example"
+# would become "//evil.example"), not "//" or "/\" (another host), no backslash anywhere
+_SAFE_NEXT = re.compile(r"/(?![/\\])[\x21-\x5b\x5d-\x7e]*")
+
+
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    if target and len(target) <= 2048 and _SAFE_NEXT.fullmatch(target):
         return target
     return url_for("pages.index")
 
