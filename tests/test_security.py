@@ -16,6 +16,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -493,6 +494,18 @@ def test_tls_adds_hsts_and_secure_cookies_to_every_response(tmp_path):
         assert (w.gateway.config.state_dir / "web" / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_tls_key_of_your_own_readable_by_others_is_reported(tmp_path, caplog):
+    from gateway.outputs.web.tlscert import ensure_self_signed
+
+    cert, key = ensure_self_signed(tmp_path / "own", "127.0.0.1")
+    os.chmod(key, 0o644)
+    caplog.set_level(logging.WARNING, logger="gateway.outputs.web.server")
+    with web_gateway(tmp_path, cells=2, alarms=False,
+                     web={"tls": {"enabled": True, "cert": str(cert), "key": str(key)}}) as w:
+        assert w.url.startswith("https://")
+    assert f"web.tls.key {key}: mode 0644: every user can read it" in caplog.text
+
+
 # -- secrets at rest ---------------------------------------------------------------------------------------------
 def test_web_passwords_are_argon2_and_the_files_the_gateway_writes_are_private(sec):
     import json
@@ -568,6 +581,12 @@ def test_config_with_secrets_readable_by_others_is_reported(sec, tmp_path, caplo
     gw = Gateway(mq, simulator=False, port_overrides={"bus1": "x"})
     assert MqttService(gw, gw.config.section("mqtt")).password == "s3cret"
     assert "mqtt.password_file" in caplog.text
+    # `bmsgw check-config` says it too (the config is valid: exit 0)
+    env = {k: v for k, v in os.environ.items() if k != "BMSGW_CONFIG"}
+    res = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config", str(path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "valid" in res.stdout
+    assert "warning:" in res.stderr and "mqtt.password" in res.stderr and "every user can read it" in res.stderr
     # and the config page does not put a password on screen
     page = admin_browser(sec, "cfg-admin", "127.0.0.81").get("/config/mqtt").text
     assert re.search(r'<input id="[^"]+" name="mqtt.password" value="[^"]*" type="password"', page)

@@ -19,6 +19,7 @@ from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from gateway.errors import ConfigError
+from gateway.secretfiles import exposure
 
 from .app import WebContext, create_app, security_headers
 from .settings import WebSettings
@@ -82,7 +83,11 @@ class WebService:
             if not (s.tls_cert and s.tls_key):
                 raise ConfigError(str(self.gateway.config.path), "web.tls",
                                   "give both cert and key, or neither for a self-signed certificate")
-            return self.gateway.config.resolve(s.tls_cert), self.gateway.config.resolve(s.tls_key)
+            key = self.gateway.config.resolve(s.tls_key)
+            why = exposure(key)
+            if why:
+                log.warning("web.tls.key %s: %s; chmod 600 it (or 640 with the bmsgw group)", key, why)
+            return self.gateway.config.resolve(s.tls_cert), key
         return ensure_self_signed(self.gateway.config.state_dir / "web" / "tls", s.host)
 
     async def start(self) -> None:
