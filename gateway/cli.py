@@ -54,6 +54,10 @@ def cmd_check_config(args) -> int:
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
           f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")
+    from .secretfiles import check_config
+
+    for msg in check_config(gw):  # valid, but its secrets are readable by others: say so, exit 0
+        print(f"warning: {msg}", file=sys.stderr)
     return 0
 
 

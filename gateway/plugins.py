@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
     "gateway.provision",
+    "gateway.secretfiles",
 )
 
 

@@ -26,7 +26,7 @@ SCHEMA = {
         "security": {"enum": ["starttls", "tls", "none"], "default": "starttls",
                      "description": "starttls (port 587), tls (implicit, port 465) or none (a local relay only)"},
         "username": {"type": "string", "maxLength": 256, "default": ""},
-        "password": {"type": "string", "maxLength": 256, "default": "",
+        "password": {"type": "string", "maxLength": 256, "default": "", "writeOnly": True,
                      "description": "prefer password_file (readable by the bmsgw user only)"},
         "password_file": {"type": "string", "maxLength": 4096, "default": ""},
         "sender": {"type": "string", "maxLength": 256, "default": "bmsgw@localhost"},

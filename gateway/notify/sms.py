@@ -22,7 +22,7 @@ SCHEMA = {
                  "description": "the modem's AT command port"},
         "baud": {"type": "integer", "enum": [9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600],
                  "default": 115200},
-        "pin": {"type": "string", "pattern": "^([0-9]{4,8})?$", "default": "",
+        "pin": {"type": "string", "pattern": "^([0-9]{4,8})?$", "default": "", "writeOnly": True,
                 "description": "the SIM's PIN, when it asks for one (prefer pin_file)"},
         "pin_file": {"type": "string", "maxLength": 4096, "default": ""},
         "max_length": {"type": "integer", "minimum": 40, "maximum": 160, "default": 160},

@@ -23,7 +23,7 @@ SCHEMA = {
                        "default": ["warning", "critical"]},
         "acks": {"type": "boolean", "default": True, "description": "also post acknowledgements"},
         "headers": {"type": "object", "default": {}, "maxProperties": 16,
-                    "additionalProperties": {"type": "string", "maxLength": 1024},
+                    "additionalProperties": {"type": "string", "maxLength": 1024, "writeOnly": True},
                     "description": "extra request headers, e.g. Authorization"},
         "timeout_s": {"type": "number", "minimum": 1, "maximum": 120, "default": 10},
     },

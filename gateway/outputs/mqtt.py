@@ -35,6 +35,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..exposition import decimals_for
 from ..hookspecs import hookimpl
+from ..secretfiles import read_secret
 from ..points import PointRef, PointSpec, Quality, Reading
 from .mqtt_queue import MessageQueue
 
@@ -58,7 +59,7 @@ SCHEMA = {
                           "description": "empty: bmsgw-<site id>"},
             "keepalive_s": {"type": "integer", "minimum": 5, "maximum": 3600, "default": 30},
             "username": {"type": "string", "maxLength": 256, "default": ""},
-            "password": {"type": "string", "maxLength": 256, "default": ""},
+            "password": {"type": "string", "maxLength": 256, "default": "", "writeOnly": True},
             "password_file": {**_file, "description": "read the password from this file instead (keeps it out "
                                                       "of the config)"},
             "tls": {
@@ -304,11 +305,10 @@ class MqttService:
             raise ConfigError(src, "mqtt.tls.cert_file", "a client key needs its certificate")
         self.password = cfg["password"] or None
         if cfg["password_file"]:
-            path = gateway.config.resolve(cfg["password_file"])
             try:
-                self.password = path.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(src, "mqtt.password_file", f"cannot read {path}: {exc.strerror}") from None
+                self.password = read_secret(gateway.config.resolve(cfg["password_file"]), "mqtt.password_file")
+            except ConfigError as exc:
+                raise ConfigError(src, exc.path, exc.message) from None
         if self.password and not cfg["username"]:
             raise ConfigError(src, "mqtt.username", "a password needs a user name")
         qcfg = cfg["queue"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import ipaddress
 import logging
 import sys
 import weakref
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENTITY_SENSORS = ["io.ambient_temperature", "io.ambient_humidity", "bank.voltage", "bank.charger_current",
                           "string.voltage", "string.current", "cell.voltage", "cell.temperature"]
-_KEY = {"type": "string", "minLength": 8, "maxLength": 256}
+_KEY = {"type": "string", "minLength": 8, "maxLength": 256, "writeOnly": True}
 
 SCHEMA = {
     "type": "object", "additionalProperties": False, "default": {},
@@ -38,7 +39,12 @@ SCHEMA = {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
                 "community": {"type": ["string", "null"], "minLength": 1, "maxLength": 64, "default": None,
-                              "description": "read-only community; null turns SNMPv2c off"},
+                              "description": "read-only community; null turns SNMPv2c off (SNMPv1 is never "
+                                             "answered)"},
+                "allow_from": {"type": "array", "maxItems": 64, "default": [],
+                               "items": {"type": "string", "pattern": r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"},
+                               "description": "addresses or networks whose community requests are answered; "
+                                              "empty = any.  SNMPv3 requests are not affected"},
             },
         },
         "v3_users": {
@@ -125,6 +131,12 @@ def check_section(cfg: dict, source: str) -> None:
         parse_listen(cfg["listen"])
     except ValueError as exc:
         raise ConfigError(source, "snmp.listen", str(exc)) from None
+    for i, item in enumerate(cfg["v2c"]["allow_from"]):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(source, f"snmp.v2c.allow_from[{i}]",
+                              f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
 
 
 @hookimpl

@@ -8,6 +8,7 @@ instrumentation over the OID index, and the notification targets.  ``stop()`` cl
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from ...config import parse_listen
 from ...errors import GatewayError
 from ...points import PointRef, Reading
 from .alarms import AlarmRow, AlarmTable
+from . import ber
 from .controller import IndexController, to_pyasn1
 from .fastpath import FastPath
 from .mib import ENTERPRISES
@@ -98,12 +100,33 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
     return engine_id, boots
 
 
+WELL_KNOWN_COMMUNITIES = {b"public", b"private", b"community", b"snmp", b"admin", b"default"}
+
+
+def _networks(items: list[str]) -> list:
+    return [ipaddress.ip_network(item, strict=False) for item in items]
+
+
+def _allowed(host: str, networks: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
 class FastUdpTransport(udp.UdpAsyncioTransport):
-    """pysnmp's UDP transport with the v2c read fast path in front."""
+    """pysnmp's UDP transport with the community source filter and the v2c read fast path in front."""
 
     fast: FastPath | None = None
+    community_from: list | None = None  # networks whose v1/v2c messages are taken; None = any
+    refused_sources = 0
 
     def datagram_received(self, datagram, transportAddress):
+        allow = self.community_from
+        if allow is not None and not _allowed(transportAddress[0], allow) and ber.message_version(datagram) != 3:
+            self.refused_sources += 1  # anything but SNMPv3 (which authenticates itself) from elsewhere: dropped
+            return
         fast = self.fast
         if fast is not None and self.transport is not None:
             try:
@@ -128,6 +151,7 @@ class SnmpAgent:
         self.base = parse_oid(cfg["base_oid"])
         self.listen = parse_listen(cfg["listen"])
         self.community = (cfg["v2c"].get("community") or "").encode() or None
+        self.community_from = _networks(cfg["v2c"].get("allow_from") or []) or None
         self.users = {u["name"]: u for u in cfg["v3_users"]}
         gw_cfg = gateway.config
         self.data = AgentData(
@@ -181,6 +205,7 @@ class SnmpAgent:
         self.engine = engine
 
         transport = FastUdpTransport(loop=asyncio.get_running_loop())
+        transport.community_from = self.community_from
         transport.open_server_mode(sock=sock)
         try:
             await transport._lport  # the endpoint exists (and errors surface) before we go on
@@ -195,9 +220,25 @@ class SnmpAgent:
             await self.stop()
             raise
         self.gateway.store.subscribe(self._on_batch)
+        self._warn_open_community()
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
                  "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
                  len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
+
+    def _warn_open_community(self) -> None:
+        if not self.community or self.community_from is not None:
+            return
+        try:
+            local = ipaddress.ip_address(self.bound[0]).is_loopback
+        except ValueError:
+            local = False
+        if local:
+            return
+        what = f"the well-known community {self.community.decode()!r}" \
+            if self.community.lower() in WELL_KNOWN_COMMUNITIES else "its community"
+        log.warning("SNMP: SNMPv2c answers %s from any address on %s:%d (communities cross the network in clear "
+                    "text): set snmp.v2c.allow_from to the NMS's addresses, or turn v2c off (community: null) and "
+                    "use SNMPv3 users", what, self.bound[0], self.bound[1])
 
     def _configure(self, engine, max_message: int) -> None:
         cfg = self.cfg
@@ -314,6 +355,7 @@ class SnmpAgent:
                 "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",
                                                              "usmStatsDecryptionErrors")),
                 "requests": c.get("snmpInPkts", 0), "fast_path_responses": c.get("fastPathResponses", 0),
+                "refused_sources": self.transport.refused_sources if self.transport is not None else 0,
                 "notifications": dict(self.sent)}
 
     # -- alarms and notifications --------------------------------------------------------------------

@@ -170,6 +170,21 @@ def _decode_oid(body: bytes) -> tuple[int, ...]:
     return oid
 
 
+def message_version(data: bytes) -> int | None:
+    """The version field of any SNMP message (0 v1, 1 v2c, 3 v3), read leniently; None when there is none."""
+    try:
+        if data[0] != SEQUENCE:
+            return None
+        first = data[1]
+        pos = 2 + (first & 0x7F if first & 0x80 else 0)
+        n = data[pos + 1]
+        if data[pos] != INTEGER or not 1 <= n <= 4 or pos + 2 + n > len(data):
+            return None
+        return int.from_bytes(data[pos + 2:pos + 2 + n], "big", signed=True)
+    except IndexError:
+        return None
+
+
 def parse_v2c_read(data: bytes) -> Request | None:
     """The SNMPv2c GET/GETNEXT/GETBULK request in ``data``, or None for anything else (v1, v3, SET,
     responses, unusual encodings): those go to pysnmp."""

@@ -11,7 +11,7 @@ import weakref
 from flask import Flask, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from .auth import Csrf, LoginThrottle, SessionStore, User, UserStore
+from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
 from .settings import ROLES, WebSettings
 from .sources import Sources
@@ -23,6 +23,24 @@ PRELOGIN_COOKIE = "bmsgw_pre"
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 _sources: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+HSTS = "max-age=31536000"
+
+
+def security_headers(tls: bool) -> dict[str, str]:
+    """The headers every response carries: the app's (after_request) and the HTTP server's own error answers."""
+    return {**_HEADERS, "Strict-Transport-Security": HSTS} if tls else dict(_HEADERS)
 
 
 def requires(role: str | None):
@@ -49,7 +67,9 @@ class WebContext:
         self.users = UserStore(gateway.config.state_dir, self.settings.config_users)
         self.sessions = SessionStore(self.settings.idle_s, self.settings.max_age_s)
         self.csrf = Csrf(secrets.token_bytes(32), self.settings.max_age_s)
-        self.throttle = LoginThrottle(self.settings.max_failures, self.settings.lockout_s)
+        self.throttle = LoginThrottle(self.settings.max_failures, self.settings.lockout_s,
+                                      self.settings.max_failures_per_client, self.settings.max_failures_per_user)
+        self.devices = DeviceKeys(gateway.config.state_dir / "web")
         self.sources = sources_for(gateway)
         self.view = BankView(gateway)
 
@@ -61,7 +81,9 @@ class WebContext:
                                             tls_cert=old.tls_cert, tls_key=old.tls_key)
         self.users.config_users = {u["name"]: u for u in new.config_users}
         self.sessions.idle_s, self.sessions.max_age_s = new.idle_s, new.max_age_s
-        self.throttle.max_failures, self.throttle.lockout_s = new.max_failures, new.lockout_s
+        th = self.throttle
+        th.max_failures, th.lockout_s = new.max_failures, new.lockout_s
+        th.max_failures_per_client, th.max_failures_per_user = new.max_failures_per_client, new.max_failures_per_user
 
 
 def ctx() -> WebContext:
@@ -181,19 +203,9 @@ def create_app(context: WebContext) -> Flask:
             resp.set_cookie(PRELOGIN_COOKIE, g.new_prelogin, httponly=True, samesite="Strict",
                             secure=ctx().settings.tls, path="/")
         h = resp.headers
-        h.setdefault("Content-Security-Policy",
-                     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                     "frame-ancestors 'none'")
-        h["X-Content-Type-Options"] = "nosniff"
-        h["X-Frame-Options"] = "DENY"
-        h["Referrer-Policy"] = "no-referrer"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
-        h["Cross-Origin-Resource-Policy"] = "same-origin"
-        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
-        if ctx().settings.tls:
-            h["Strict-Transport-Security"] = "max-age=31536000"
-        if request.endpoint == "static":
+        for name, value in security_headers(ctx().settings.tls).items():
+            h[name] = value
+        if request.endpoint == "static" and resp.status_code in (200, 304):
             h["Cache-Control"] = "public, max-age=3600"
         else:
             h["Cache-Control"] = "no-store"
@@ -288,3 +300,10 @@ def set_session_cookie(resp, sess) -> None:
     c = ctx()
     resp.set_cookie(SESSION_COOKIE, sess.sid, httponly=True, samesite="Strict", secure=c.settings.tls, path="/",
                     max_age=int(c.settings.max_age_s))
+
+
+def set_device_cookie(resp, user: str, device: str | None) -> None:
+    """Mark this browser as one that logged in as ``user`` (see LoginThrottle); sent to /login only."""
+    c = ctx()
+    resp.set_cookie(DeviceKeys.COOKIE, c.devices.issue(user, device), httponly=True, samesite="Strict",
+                    secure=c.settings.tls, path="/login", max_age=DeviceKeys.MAX_AGE_S)

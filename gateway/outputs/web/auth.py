@@ -8,6 +8,8 @@
 - API tokens are 256-bit random strings shown once; only their SHA-256 is stored (a slow KDF adds nothing to
   a secret that cannot be guessed, and would cost a second of CPU per request on the controller).
 - Sessions are kept in memory (a restart logs everybody out) and end after an idle time and a maximum age.
+- Failed logins are throttled per user and address, per address and per user; a browser that logged in
+  before (a signed device cookie) is not held by the last two, so nobody can lock the admin out for good.
 - CSRF tokens are HMAC-signed (itsdangerous) copies of the session id, or of a pre-login cookie.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,17 +132,7 @@ class UserStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".users-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._data, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(self.path, json.dumps(self._data, indent=1, sort_keys=True).encode())
         self._mtime = self.path.stat().st_mtime_ns
 
     def refresh(self) -> None:
@@ -288,14 +281,15 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, idle_s: float, max_age_s: float) -> None:
+    def __init__(self, idle_s: float, max_age_s: float, clock=None) -> None:
         self.idle_s = idle_s
         self.max_age_s = max_age_s
+        self.clock = clock or time.time
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     def create(self, user: User) -> Session:
-        now = time.time()
+        now = self.clock()
         sess = Session(secrets.token_urlsafe(32), user.name, user.role, now, now)
         with self._lock:
             self._expire(now)
@@ -308,7 +302,7 @@ class SessionStore:
     def get(self, sid: str | None) -> Session | None:
         if not sid:
             return None
-        now = time.time()
+        now = self.clock()
         with self._lock:
             sess = self._sessions.get(sid)
             if sess is None:
@@ -365,32 +359,134 @@ class Csrf:
 
 
 class LoginThrottle:
-    """Lock a (user, address) pair out for a while after too many failed logins."""
+    """Failed logins, counted three ways in a sliding window of ``lockout_s`` seconds:
 
-    def __init__(self, max_failures: int, lockout_s: float) -> None:
+    - per user and client address (``max_failures``): somebody mistyping, or one address guessing one password;
+    - per client address, any user (``max_failures_per_client``): one address trying many names;
+    - per user, any address (``max_failures_per_user``): many addresses guessing one user's password.
+
+    A browser that logged in as a user before shows a signed device cookie for that user (see ``DeviceKeys``);
+    it is counted on its own (``max_failures`` per device) and not held by the per-user and per-client locks,
+    so an attacker failing on purpose, from anywhere, can keep a name locked for strangers but cannot lock its
+    owner out of a browser they have used before (OWASP: "slow down online guessing attacks with device
+    cookies").  A refused attempt is not checked and not counted, so a lock ends ``lockout_s`` after the
+    failures that caused it.  The table is bounded; when full, the entries that went longest without a failure
+    go first, never all at once (which would hand an attacker a fresh budget).
+    """
+
+    MAX_KEYS = 20000
+
+    def __init__(self, max_failures: int, lockout_s: float, max_failures_per_client: int | None = None,
+                 max_failures_per_user: int | None = None, clock=None) -> None:
         self.max_failures = max_failures
         self.lockout_s = lockout_s
-        self._fails: dict[tuple[str, str], list[float]] = {}
+        self.max_failures_per_client = max_failures_per_client or 4 * max_failures
+        self.max_failures_per_user = max_failures_per_user or 4 * max_failures
+        self.clock = clock or time.time
+        self._fails: OrderedDict[tuple, list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def locked(self, user: str, addr: str) -> float:
-        """Seconds left of a lockout, 0 when the pair may try."""
-        now = time.time()
-        with self._lock:
-            fails = [t for t in self._fails.get((user, addr), []) if now - t < self.lockout_s]
-            if len(fails) >= self.max_failures:
-                return self.lockout_s - (now - fails[-self.max_failures])
-            return 0.0
+    def _keys(self, user: str, addr: str, device: str | None) -> list[tuple[tuple, int]]:
+        if device is not None:
+            return [(("device", user, device), self.max_failures)]
+        return [(("pair", user, addr), self.max_failures), (("client", addr), self.max_failures_per_client),
+                (("user", user), self.max_failures_per_user)]
 
-    def failed(self, user: str, addr: str) -> None:
-        now = time.time()
+    def locked(self, user: str, addr: str, device: str | None = None) -> float:
+        """Seconds left of a lockout, 0 when this user may try from this address (or trusted device)."""
+        now = self.clock()
+        wait = 0.0
         with self._lock:
-            if len(self._fails) > 10000:
-                self._fails.clear()
-            fails = [t for t in self._fails.get((user, addr), []) if now - t < self.lockout_s]
-            fails.append(now)
-            self._fails[(user, addr)] = fails[-self.max_failures:]
+            for key, limit in self._keys(user, addr, device):
+                fails = [t for t in self._fails.get(key, ()) if now - t < self.lockout_s]
+                if len(fails) >= limit:
+                    wait = max(wait, self.lockout_s - (now - fails[-limit]))
+        return wait
 
-    def succeeded(self, user: str, addr: str) -> None:
+    def failed(self, user: str, addr: str, device: str | None = None) -> None:
+        now = self.clock()
         with self._lock:
-            self._fails.pop((user, addr), None)
+            for key, limit in self._keys(user, addr, device):
+                fails = [t for t in self._fails.pop(key, ()) if now - t < self.lockout_s]
+                fails.append(now)
+                self._fails[key] = fails[-limit:]  # (re)inserted last: the most recent failure
+            if len(self._fails) > self.MAX_KEYS:
+                self._shrink(now)
+
+    def _shrink(self, now: float) -> None:
+        for key in [k for k, v in self._fails.items() if not v or now - v[-1] >= self.lockout_s]:
+            del self._fails[key]
+        while len(self._fails) > self.MAX_KEYS * 3 // 4:
+            self._fails.popitem(last=False)
+
+    def succeeded(self, user: str, addr: str, device: str | None = None) -> None:
+        """A correct password clears the failures of this user from this address (or device) only: the
+        per-client and per-user counts stay, or one good login would reset an attacker's budget."""
+        with self._lock:
+            self._fails.pop(("device", user, device) if device is not None else ("pair", user, addr), None)
+
+    def __len__(self) -> int:
+        return len(self._fails)
+
+
+class DeviceKeys:
+    """Signed device cookies: "this browser logged in as USER before".  The signing key is kept in the state
+    folder (0600) so a restart does not turn every known browser into a stranger."""
+
+    COOKIE = "bmsgw_device"
+    KEY_FILE = "device.key"
+    MAX_AGE_S = 180 * 86400
+
+    def __init__(self, folder: Path) -> None:
+        self._s = URLSafeTimedSerializer(_load_key(Path(folder) / self.KEY_FILE), salt="bmsgw-device")
+
+    def issue(self, user: str, device: str | None = None) -> str:
+        return self._s.dumps({"u": user, "d": device or secrets.token_urlsafe(12)})
+
+    def device(self, cookie: str | None, user: str) -> str | None:
+        """The device id of a valid cookie issued to ``user``, else None."""
+        if not cookie or len(cookie) > 512:
+            return None
+        try:
+            data = self._s.loads(cookie, max_age=self.MAX_AGE_S)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("u") != user or not isinstance(data.get("d"), str):
+            return None
+        return data["d"]
+
+
+def _load_key(path: Path) -> bytes:
+    """32 random bytes from ``path``, made (mode 0600, folder 0700) when missing or unusable."""
+    try:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+        log.warning("%s is too short; making a new device key (browsers will log in as strangers once)", path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot read %s (%s); device cookies last until the next restart", path, exc)
+        return secrets.token_bytes(32)
+    key = secrets.token_bytes(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        write_private(path, key)
+    except OSError as exc:
+        log.warning("cannot save %s (%s); device cookies last until the next restart", path, exc)
+    return key
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically, readable by the gateway's user only (0600 from the first byte)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

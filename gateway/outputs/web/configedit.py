@@ -135,7 +135,8 @@ def atomic_write(path: Path, text: str) -> None:
     folder = path.parent
     mode = 0o640
     if path.exists():
-        mode = path.stat().st_mode & 0o777
+        # the file may hold secrets (SNMPv3 keys, passwords): what the gateway writes is never world-readable
+        mode = path.stat().st_mode & 0o770
         old = path.read_bytes()
         _write_synced(folder, path.with_name(path.name + ".bak"), old, mode)
     _write_synced(folder, path, text.encode("utf-8"), mode)
@@ -279,6 +280,7 @@ def form_fields(schema: dict, raw: Any, path: str) -> dict:
     for key in ("minimum", "maximum", "pattern", "maxLength"):
         if key in schema:
             node[key] = schema[key]
+    node["secret"] = bool(schema.get("writeOnly"))  # a password: not shown on screen
     return node
 
 

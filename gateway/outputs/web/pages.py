@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
@@ -9,16 +10,21 @@ from flask import Blueprint, g, make_response, redirect, render_template, reques
 from gateway.errors import ConfigError
 
 from .app import (PRELOGIN_COOKIE, SESSION_COOKIE, ctx, flash, is_local, login_user, requires,
-                  set_session_cookie)
-from .auth import AuthError
+                  set_device_cookie, set_session_cookie)
+from .auth import AuthError, DeviceKeys
 
 log = logging.getLogger(__name__)
 
 pages = Blueprint("pages", __name__)
 
 
+# a path on this site: printable ASCII without spaces (browsers drop tabs and newlines, so "/\t/evil.example"
+# would become "//evil.example"), not "//" or "/\" (another host), no backslash anywhere
+_SAFE_NEXT = re.compile(r"/(?![/\\])[\x21-\x5b\x5d-\x7e]*")
+
+
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    if target and len(target) <= 2048 and _SAFE_NEXT.fullmatch(target):
         return target
     return url_for("pages.index")
 
@@ -43,17 +49,20 @@ def login():
     name = request.form.get("username", "")[:64]
     password = request.form.get("password", "")
     addr = request.remote_addr or "?"
-    wait = c.throttle.locked(name, addr)
+    device = c.devices.device(request.cookies.get(DeviceKeys.COOKIE), name)
+    wait = c.throttle.locked(name, addr, device)
     if wait > 0:
-        log.warning("login of %s from %s refused: locked out for %.0f s", name, addr, wait)
-        return _page("login.html", 429, error=f"Too many failed attempts; try again in {int(wait) + 1} s.",
+        log.warning("login of %r from %s refused: locked out for %.0f s", name, addr, wait)
+        resp = _page("login.html", 429, error=f"Too many failed attempts; try again in {int(wait) + 1} s.",
                      next=nxt, username=name)
+        resp.headers["Retry-After"] = str(int(wait) + 1)
+        return resp
     user = c.users.authenticate(name, password)
     if user is None:
-        c.throttle.failed(name, addr)
-        log.warning("failed login for %r from %s", name, addr)
+        c.throttle.failed(name, addr, device)
+        log.warning("failed login for %r from %s%s", name, addr, " (a known browser)" if device else "")
         return _page("login.html", 401, error="Wrong user name or password.", next=nxt, username=name)
-    c.throttle.succeeded(name, addr)
+    c.throttle.succeeded(name, addr, device)
     old = request.cookies.get(SESSION_COOKIE)
     if old:
         c.sessions.drop(old)
@@ -61,6 +70,7 @@ def login():
     log.info("%s (%s) logged in from %s", user.name, user.role, addr)
     resp = redirect(_safe_next(nxt))
     set_session_cookie(resp, sess)
+    set_device_cookie(resp, user.name, device)
     resp.delete_cookie(PRELOGIN_COOKIE, path="/")
     return resp
 
@@ -100,6 +110,7 @@ def setup():
     flash("ok", f"Welcome, {user.name}. You are the administrator; add other users under Users.")
     resp = redirect(url_for("pages.index"))
     set_session_cookie(resp, sess)
+    set_device_cookie(resp, user.name, None)
     return resp
 
 
@@ -107,9 +118,16 @@ def setup():
 def account():
     c = ctx()
     if request.method == "POST":
+        # the current password is checked like a login: a borrowed session must not become a password oracle
+        addr = request.remote_addr or "?"
+        wait = c.throttle.locked(g.user.name, addr)
         if g.user.source != "file":
             flash("error", "Your user is declared in the config file; change its hash there.")
+        elif wait > 0:
+            flash("error", f"Too many wrong passwords; try again in {int(wait) + 1} s.")
         elif c.users.authenticate(g.user.name, request.form.get("current", "")) is None:
+            c.throttle.failed(g.user.name, addr)
+            log.warning("wrong current password for %r from %s on the account page", g.user.name, addr)
             flash("error", "The current password is wrong.")
         elif request.form.get("password", "") != request.form.get("password2", ""):
             flash("error", "The two new passwords differ.")

@@ -13,20 +13,51 @@ import ssl
 import threading
 from pathlib import Path
 
+from cheroot import errors as cheroot_errors
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from gateway.errors import ConfigError
+from gateway.secretfiles import exposure
 
-from .app import WebContext, create_app
+from .app import WebContext, create_app, security_headers
 from .settings import WebSettings
 from .tlscert import ensure_self_signed, fingerprint
 
 log = logging.getLogger(__name__)
 
 
+class _Request(cheroot_server.HTTPRequest):
+    """cheroot's request, its own error answers (400 malformed, 413 too large, 414 ...) with the security
+    headers the application's answers carry."""
+
+    def simple_response(self, status, msg=""):
+        status = str(status)
+        body = msg.encode("ISO-8859-1", "replace") if isinstance(msg, str) else bytes(msg or b"")
+        if status[:3] >= "400":
+            self.close_connection = True
+        headers = [("Content-Length", str(len(body))), ("Content-Type", "text/plain; charset=ISO-8859-1"),
+                   ("Cache-Control", "no-store"), *security_headers(getattr(self.server, "tls", False)).items()]
+        if self.close_connection and self.response_protocol == "HTTP/1.1":
+            headers.append(("Connection", "close"))
+        head = f"{self.server.protocol} {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        try:
+            self.conn.wfile.write(head.encode("ISO-8859-1") + body)
+        except OSError as ex:
+            if ex.args and ex.args[0] not in cheroot_errors.socket_errors_to_ignore:
+                raise
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+
 class _Server(wsgi.Server):
     """cheroot's server, its messages (TLS handshakes a client dropped ...) sent to the log, not stderr."""
+
+    ConnectionClass = _Connection
+    tls = False
 
     def error_log(self, msg="", level=logging.INFO, traceback=False):
         # client-side trouble (a refused certificate, a dropped connection) is not the gateway's problem
@@ -52,7 +83,11 @@ class WebService:
             if not (s.tls_cert and s.tls_key):
                 raise ConfigError(str(self.gateway.config.path), "web.tls",
                                   "give both cert and key, or neither for a self-signed certificate")
-            return self.gateway.config.resolve(s.tls_cert), self.gateway.config.resolve(s.tls_key)
+            key = self.gateway.config.resolve(s.tls_key)
+            why = exposure(key)
+            if why:
+                log.warning("web.tls.key %s: %s; chmod 600 it (or 640 with the bmsgw group)", key, why)
+            return self.gateway.config.resolve(s.tls_cert), key
         return ensure_self_signed(self.gateway.config.state_dir / "web" / "tls", s.host)
 
     async def start(self) -> None:
@@ -71,6 +106,7 @@ class WebService:
                                   f"cannot load {cert} with {key}: {exc}") from None
             adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
             server.ssl_adapter = adapter
+            server.tls = True
         try:
             server.prepare()  # binds now, so a port in use stops start-up with a clear error
         except OSError as exc:

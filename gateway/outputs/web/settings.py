@@ -42,8 +42,15 @@ SCHEMA: dict[str, Any] = {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
                 "max_failures": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5,
-                                 "description": "failed logins of one user from one address before a lockout"},
-                "lockout_s": {"type": "number", "minimum": 1, "maximum": 86400, "default": 300},
+                                 "description": "failed logins of one user from one address (or from one "
+                                                "browser that logged in as that user before) before a lockout"},
+                "max_failures_per_client": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 20,
+                                            "description": "failed logins from one address, any user names"},
+                "max_failures_per_user": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 20,
+                                          "description": "failed logins of one user, from any addresses; browsers "
+                                                         "that logged in as that user before are not held by it"},
+                "lockout_s": {"type": "number", "minimum": 1, "maximum": 86400, "default": 300,
+                              "description": "the window the failures are counted in, and how long a lock lasts"},
             },
         },
         "setup_from_localhost": {"type": "boolean", "default": True,
@@ -101,6 +108,8 @@ class WebSettings:
     idle_s: float
     max_age_s: float
     max_failures: int
+    max_failures_per_client: int
+    max_failures_per_user: int
     lockout_s: float
     setup_from_localhost: bool
     config_users: tuple[dict, ...]
@@ -119,7 +128,9 @@ class WebSettings:
         return cls(host=host, port=port, threads=sec.get("threads", 4), tls=bool(tls.get("enabled", False)),
                    tls_cert=tls.get("cert", ""), tls_key=tls.get("key", ""),
                    idle_s=sess.get("idle_minutes", 30) * 60.0, max_age_s=sess.get("max_hours", 12) * 3600.0,
-                   max_failures=login.get("max_failures", 5), lockout_s=login.get("lockout_s", 300),
+                   max_failures=login.get("max_failures", 5),
+                   max_failures_per_client=login.get("max_failures_per_client", 20),
+                   max_failures_per_user=login.get("max_failures_per_user", 20), lockout_s=login.get("lockout_s", 300),
                    setup_from_localhost=sec.get("setup_from_localhost", True),
                    config_users=tuple(sec.get("users", [])),
                    metrics_enabled=met.get("enabled", True), metrics_public=met.get("public", True),
