@@ -66,6 +66,9 @@ def test_cells_in_json_and_the_same_in_xml(web, viewer):
 def test_strings_io_status_and_registers(web, viewer):
     s = api(web, "strings", viewer).json()["strings"][0]
     assert s["id"] == 1 and s["cells"] == 8 and s["points"]["voltage"]["unit"] == "V"
+    # the gateway is up once the cell voltages are in; the I/O module may answer a poll later
+    web.gt.wait_for(lambda: web.gateway.store.value(PointRef("io.di", channel=1)) is not None, timeout=20,
+                    what="the I/O module's first poll")
     io = {(p["point"], p["channel"]): p for p in api(web, "io", viewer).json()["points"]}
     assert io[("io.ambient_temperature", None)]["unit"] == "C"
     assert io[("io.di", 1)]["state"] in ("open", "closed")
