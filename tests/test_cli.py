@@ -72,6 +72,25 @@ def test_the_module_entry_and_help(venv_bin):
     assert out.returncode == 2 and "check-config" in out.stdout and "simulate" in out.stdout
 
 
+def test_plugin_commands_share_the_config_option_and_the_offline_gateway(tmp_path, monkeypatch):
+    """gateway.cliargs is what the faces' commands use (bmsgw report, battery, user, mib ...)."""
+    import argparse
+
+    from gateway.cliargs import add_config_option, config_path, offline_gateway, unopened_ports
+
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    parser = argparse.ArgumentParser()
+    add_config_option(parser)
+    assert config_path(parser.parse_args(["-c", str(path)])) == str(path)
+    monkeypatch.setenv("BMSGW_CONFIG", str(path))
+    assert config_path(parser.parse_args([])) == str(path)
+    assert unopened_ports(str(path)) == {"rs1": "(not opened)"}
+    gw = offline_gateway(str(path))  # /dev/ttyS1 is never opened, no simulator runs
+    assert gw.simulator is None and gw.topology.cell_count == 4
+    assert {n: b.port for n, b in gw.engine.buses.items()} == {"rs1": "(not opened)"}
+
+
 def test_poll_says_when_a_bus_cannot_be_used(tmp_path):
     cfg = small_bank(strings=1, cells=2)
     cfg["buses"][0].update(rs485=True, timeout_ms=20)

@@ -190,12 +190,10 @@ def bmsgw_cli_commands(subparsers) -> None:
 
 
 def _cmd_alarms(args: argparse.Namespace) -> int:
-    from ..app import Gateway
-    from ..cli import _all_ports_dummy, _config_path
+    from ..cliargs import config_path, offline_gateway
     from .log import AlarmLog
 
-    cfg = _config_path(args)
-    path = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).config.state_dir / LOG_FILE
+    path = offline_gateway(config_path(args)).config.state_dir / LOG_FILE
     if not path.exists():
         print(f"no alarm log yet ({path})", file=sys.stderr)
         return 0
