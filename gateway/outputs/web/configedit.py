@@ -201,14 +201,11 @@ def save_and_reload(gateway, data: Any, user: str = "?") -> dict:
 
 
 def _apply_core(gateway, data: dict) -> None:
-    """What the core can take while running: the log level and the poll periods."""
+    """What the core can take while running: the log level, and the poll settings (the engine's own, in the
+    event loop)."""
     gw = data["gateway"]
     logging.getLogger().setLevel(gw["log_level"])
-    engine, poll = gateway.engine, gw["poll"]
-    for attr, key, conv in (("fast_s", "fast_s", float), ("slow_s", "slow_s", float),
-                            ("stale_after", "stale_after_cycles", int), ("lost_retry_s", "lost_retry_s", float)):
-        if hasattr(engine, attr):
-            setattr(engine, attr, conv(poll[key]))
+    _call_in_loop(gateway, lambda: gateway.engine.apply_config(gw["poll"]))
 
 
 def _call_in_loop(gateway, fn) -> None:
