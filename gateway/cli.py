@@ -36,6 +36,11 @@ def cmd_check_config(args) -> int:
     path = config_path(args)
     gw = offline_gateway(path)
     check_sim_ports(gw.config)
+    problems = gw.config_problems()
+    for problem in problems:
+        print(f"bmsgw: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
           f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")

@@ -56,6 +56,27 @@ def test_check_config_refuses_with_file_key_path_and_message(tmp_path, name, cha
     assert "Traceback" not in out.stderr
 
 
+def test_check_config_lists_every_problem_a_plugin_finds_in_its_section(tmp_path):
+    """The alarm rules pass the JSON schema but make no sense: check-config says what and where, all of it,
+    and `bmsgw run` refuses to start with the same words."""
+    cfg = small_bank(strings=2, cells=4)
+    cfg["alarms"] = {"rules": {"cell_voltage_float": {"high": {"warning": 14.5, "critical": 14.0}},
+                               "hydrogen": {"point": "cell.hydrogen", "high": {"warning": 1.0}}},
+                     "strings": [{"id": 3, "rules": {}}]}
+    path = write_config(tmp_path, base=cfg)
+    out = bmsgw("check-config", "--config", path)
+    assert out.returncode == 2 and "valid" not in out.stdout
+    assert out.stderr.splitlines() == [
+        f"bmsgw: {path}: alarms.strings[0].id: no string 3 is configured",
+        f"bmsgw: {path}: alarms.rules.cell_voltage_float.high: the critical setpoint must be above the warning "
+        "setpoint (warning 14.5, critical 14.0)",
+        f"bmsgw: {path}: alarms.rules.hydrogen.point: unknown point family 'cell.hydrogen'",
+    ]
+    run = bmsgw("run", "--config", path, timeout=60)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert set(out.stderr.splitlines()) <= set(run.stderr.splitlines())
+
+
 def test_check_config_refuses_bad_yaml_with_the_line(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_text("buses:\n  - {name: rs1, port: /dev/ttyS1\nstrings: []\n")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..hookspecs import hookimpl
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA
+from .rules import SCHEMA, check as check_rules
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -67,6 +67,16 @@ class AlarmService:
 @hookimpl
 def bmsgw_config_schema() -> dict[str, dict]:
     return {"alarms": SCHEMA}
+
+
+@hookimpl
+def bmsgw_check_config(gateway_config, catalog) -> list[str]:
+    """The rules' problems: unknown point families, setpoints in the wrong order, unknown strings, DI channels."""
+    section = gateway_config.section("alarms")
+    if not section.get("enabled", True):
+        return []
+    return [f"{e.path}: {e.message}" for e in check_rules(section, gateway_config.topology, catalog,
+                                                          str(gateway_config.path))]
 
 
 @hookimpl

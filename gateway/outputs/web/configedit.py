@@ -59,10 +59,16 @@ def read_document(gateway) -> dict:
 
 
 def check_document(gateway, data: Any) -> dict:
-    """The validated document with defaults; ConfigError naming the key path when it is not valid."""
+    """The validated document with defaults; ConfigError naming the key path when it is not valid (also for
+    what a plugin finds wrong in its section: a file the gateway would not start with is never saved)."""
     src = str(gateway.config.path)
     validated = validate(data, src, extra_sections(gateway))
-    build_topology(validated, src, gateway.profiles)
+    topology = build_topology(validated, src, gateway.profiles)
+    config = Config(path=gateway.config.path, data=validated, topology=topology, profiles=gateway.profiles)
+    for problems in gateway.pm.hook.bmsgw_check_config(gateway_config=config, catalog=gateway.catalog):
+        if problems:
+            where, _, message = problems[0].partition(": ")
+            raise ConfigError(src, where, message)
     return validated
 
 
