@@ -102,7 +102,7 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
         "gateway": {"poll": {"fast_s": 1.0, "slow_s": 3600}},
         "alarms": {"rules": {"cell_voltage_float": {"on_delay_s": on_delay, "off_delay_s": 0},
                              "cell_ohmic": {"enabled": False}},
-                   "ohmic_test": {"detect": "off"}, "di": []},
+                   "di": []},
         "notify": {"relay": {"enabled": False}, "webhook": {"enabled": True, "url": hook.url,
                                                            "severities": ["critical"]}},
         "snmp": {"enabled": True, "notifications": {"targets": [

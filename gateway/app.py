@@ -159,8 +159,19 @@ class Gateway:
     def _on_comm_event(self, event: CommEvent) -> None:
         self.pm.hook.bmsgw_comm_event(gateway=self, event=event)
 
+    def config_problems(self) -> list[str]:
+        """What the plugins find wrong in their config sections (``bmsgw_check_config``), each as
+        ``"file: key.path: what is wrong"``; [] when all is well."""
+        out = []
+        for problems in self.pm.hook.bmsgw_check_config(gateway_config=self.config, catalog=self.catalog):
+            out.extend(f"{self.config.path}: {p}" for p in problems or [])
+        return out
+
     # -- running ---------------------------------------------------------------------------------------------
     async def start(self, services: bool = True) -> None:
+        problems = self.config_problems()
+        if problems:  # the CLI prefixes the first line with "bmsgw: ": every line then reads the same
+            raise GatewayError("\nbmsgw: ".join(problems))
         self.loop = asyncio.get_running_loop()
         if self.simulator is not None:
             self.simulator.start()

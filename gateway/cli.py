@@ -8,6 +8,7 @@ import logging
 import sys
 
 from . import __version__
+from .cliargs import add_config_option, config_path, offline_gateway
 from .errors import GatewayError
 
 log = logging.getLogger("gateway")
@@ -18,25 +19,11 @@ def _setup_logging(level: str = "INFO") -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    from .app import default_config_path
-
-    p.add_argument("--config", "-c", default=None,
-                   help=f"configuration file (default: $BMSGW_CONFIG, ./config.yaml or /etc/bmsgw/config.yaml; "
-                        f"now {default_config_path()})")
-
-
-def _config_path(args) -> str:
-    from .app import default_config_path
-
-    return args.config or default_config_path()
-
-
 # -- commands ------------------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
     from .app import Gateway
 
-    gw = Gateway(_config_path(args))
+    gw = Gateway(config_path(args))
     if not args.log_level:  # --log-level wins over the config
         logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
     asyncio.run(gw.serve_forever())
@@ -44,13 +31,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    from .app import Gateway
-
     from .app import check_sim_ports
 
-    path = _config_path(args)
-    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    path = config_path(args)
+    gw = offline_gateway(path)
     check_sim_ports(gw.config)
+    problems = gw.config_problems()
+    for problem in problems:
+        print(f"bmsgw: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
           f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")
@@ -61,19 +51,10 @@ def cmd_check_config(args) -> int:
     return 0
 
 
-def _all_ports_dummy(path: str) -> dict[str, str]:
-    """check-config must not open or create ports: give every bus a placeholder."""
-    from .config import read_raw
-
-    raw = read_raw(path)
-    buses = raw.get("buses") if isinstance(raw.get("buses"), list) else []
-    return {b["name"]: "(not opened)" for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)}
-
-
 def cmd_poll(args) -> int:
     from .app import Gateway
 
-    gw = Gateway(_config_path(args))
+    gw = Gateway(config_path(args))
 
     async def once():
         if gw.simulator is not None:
@@ -115,9 +96,7 @@ def cmd_simulate(args) -> int:
     import signal
     import threading
 
-    from .app import Gateway
-
-    gw = Gateway(_config_path(args), simulator=False, port_overrides=_all_ports_dummy(_config_path(args)))
+    gw = offline_gateway(config_path(args))
     overrides = {}
     if args.no_wire_time:
         overrides["wire_time"] = False
@@ -160,7 +139,6 @@ def _parse_fault(spec: str) -> tuple[str, int | None, str]:
 
 
 def cmd_scan(args) -> int:
-    from .app import Gateway
     from .modbus.transport import RtuTransport
     from .profiles import PROFILES_DIR, load_profiles
     from .scan import config_fragment, parse_ids, scan_bus
@@ -171,7 +149,7 @@ def cmd_scan(args) -> int:
     except ValueError as exc:
         raise GatewayError(str(exc)) from None
     if args.config:  # its plugin and profile folders too
-        profiles = Gateway(args.config, simulator=False, port_overrides=_all_ports_dummy(args.config)).profiles
+        profiles = offline_gateway(args.config).profiles
     else:
         from .plugins import make_plugin_manager
 
@@ -207,11 +185,9 @@ def cmd_scan(args) -> int:
 
 
 def cmd_regmap(args) -> int:
-    from .app import Gateway
     from .regmap import render
 
-    path = _config_path(args)
-    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    gw = offline_gateway(config_path(args))
     sys.stdout.write(render(gw.pointmap, args.format))
     return 0
 
@@ -227,11 +203,11 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("run", help="run the gateway (polling and every configured face) until stopped")
-    _config_arg(s)
+    add_config_option(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("poll", help="poll every sensor once and print the readings")
-    _config_arg(s)
+    add_config_option(s)
     s.add_argument("--once", action="store_true", default=True, help="one full scan (the only mode; kept for clarity)")
     s.add_argument("--json", action="store_true", help="print a JSON array, one object per reading")
     s.add_argument("--compact", action="store_true", help="with --json: on one line")
@@ -240,7 +216,7 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="run the simulated bank on pseudo-terminals and print their paths",
                        description="Start the built-in simulator for every bus of the config (whatever its port) "
                                    "and print one line per bus: NAME: /dev/pts/N. Point any Modbus RTU tool at them.")
-    _config_arg(s)
+    add_config_option(s)
     s.add_argument("--no-wire-time", action="store_true", help="answer at once instead of at the baud rate's pace")
     s.add_argument("--time-scale", type=float, default=None, help="simulated seconds per real second")
     s.add_argument("--fault", action="append", metavar="BUS[:ADDR]=KIND",
@@ -261,12 +237,12 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_scan)
 
     s = sub.add_parser("regmap", help="print the Modbus register map (with OIDs, metric names, JSON paths)")
-    _config_arg(s)
+    add_config_option(s)
     s.add_argument("--format", default="md", choices=["csv", "json", "md"])
     s.set_defaults(func=cmd_regmap)
 
     s = sub.add_parser("check-config", help="validate a configuration; exit 0 when valid, 2 with the reason when not")
-    _config_arg(s)
+    add_config_option(s)
     s.set_defaults(func=cmd_check_config)
 
     if pm is not None:

@@ -91,6 +91,9 @@ CORE_SCHEMA: dict[str, Any] = {
             "discharge_every_s": {"type": "number", "minimum": 0, "default": 0,
                                   "description": "start a discharge event this often (simulated seconds); 0 = never"},
             "discharge_duration_s": {"type": "number", "minimum": 0, "default": 1800},
+            "ohmic_test_interval_s": {"type": "number", "minimum": 60, "default": 86400,
+                                      "description": "the cell sensors run an ohmic test this often (simulated "
+                                                     "seconds) and report its result until the next one"},
         },
     },
     "buses": {

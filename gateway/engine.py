@@ -100,20 +100,29 @@ class Engine:
         self.topology = topology
         self.profiles = profiles
         self.store = store
-        self.fast_s = float(poll.get("fast_s", 5))
-        self.slow_s = float(poll.get("slow_s", 300))
-        self.stale_after = int(poll.get("stale_after_cycles", 3))
-        self.lost_retry_s = float(poll.get("lost_retry_s", 10))
+        self.buses: dict[str, BusState] = {}
+        self.apply_config(poll)
         self.decode_hook = decode_hook
         self.comm_callback = comm_callback
         self.discovery = dict(discovery or {})  # {on_start: bool, ids: "1-247", adopt: bool}
         self.started = time.time()
         self.poll_cycles = 0
         ports = ports or {}
-        self.buses: dict[str, BusState] = {}
         for bus in topology.buses:
             devs = [self._device_state(d) for d in topology.devices if d.bus == bus.name]
             self.buses[bus.name] = BusState(bus, ports.get(bus.name, bus.port), devs)
+
+    def apply_config(self, poll: dict) -> None:
+        """Take the ``gateway.poll`` settings (at start, and from a config reload while running, called in the
+        event loop): poll periods, cycles until a silent device is lost, how often a lost one is retried.
+        A shorter slow period applies from now, not once the longer one has run out."""
+        self.fast_s = float(poll.get("fast_s", 5))
+        self.slow_s = float(poll.get("slow_s", 300))
+        self.stale_after = int(poll.get("stale_after_cycles", 3))
+        self.lost_retry_s = float(poll.get("lost_retry_s", 10))
+        due = time.monotonic() + self.slow_s
+        for bs in self.buses.values():
+            bs.next_slow = min(bs.next_slow, due)
 
     # -- planning --------------------------------------------------------------------------------------------
     def _device_state(self, dev: DeviceConfig) -> DeviceState:

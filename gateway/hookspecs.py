@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .engine import CommEvent
     from .notify.base import Notifier
+    from .pointmap import Catalog
     from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
 
@@ -269,6 +270,21 @@ class GatewaySpecs:
         ``gateway.config.state_dir`` (or a path from the plugin's config section) and never replace an
         existing file, so upgrades keep the operator's keys; write secrets readable by the owner only.
         Return the paths created by this call ([] when everything was already there).
+        """
+
+    @hookspec
+    def bmsgw_check_config(self, gateway_config: Config, catalog: Catalog) -> list[str]:
+        """What is wrong in this plugin's config section beyond its JSON schema (which the core checks
+        already): references to unknown point families, setpoints in the wrong order, strings or channels
+        that do not exist ...
+
+        Called by ``bmsgw check-config``, when the gateway starts (before ``bmsgw_gateway_ready``) and before
+        the web page saves a configuration, with the configuration (sections defaults-filled, its topology)
+        and the point catalog (built-in, profile and plugin families).  Only look: open no file, port or
+        thread.  Return every problem found, each as ``"key.path: what is wrong"`` (e.g.
+        ``"alarms.rules.cell_voltage_float.high: the critical setpoint must be above the warning setpoint"``),
+        [] when the section is fine.  Any problem makes check-config list them all and exit 2, keeps the
+        gateway from starting and the web page from saving.
         """
 
 

@@ -18,10 +18,9 @@ log = logging.getLogger(__name__)
 
 def provision(config_path: str) -> list[Path]:
     """Make sure the state directory exists and is writable, then let every plugin create its secrets."""
-    from .app import Gateway
-    from .cli import _all_ports_dummy
+    from .cliargs import offline_gateway
 
-    gw = Gateway(config_path, simulator=False, port_overrides=_all_ports_dummy(config_path))
+    gw = offline_gateway(config_path)
     state = gw.config.state_dir
     try:
         state.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -36,9 +35,9 @@ def provision(config_path: str) -> list[Path]:
 
 
 def cmd_provision(args) -> int:
-    from .cli import _config_path
+    from .cliargs import config_path
 
-    path = _config_path(args)
+    path = config_path(args)
     created = provision(path)
     for p in created:
         print(f"created {p}")
@@ -49,12 +48,12 @@ def cmd_provision(args) -> int:
 
 @hookimpl
 def bmsgw_cli_commands(subparsers) -> None:
-    from .cli import _config_arg
+    from .cliargs import add_config_option
 
     s = subparsers.add_parser(
         "provision", help="create missing secrets, keys and certificates in the state directory",
         description="Create the state directory and let every face create the secrets, keys and certificates "
                     "it needs. Only what is missing is created; existing files are never replaced. The Debian "
                     "package runs this as the service user when it is installed or upgraded.")
-    _config_arg(s)
+    add_config_option(s)
     s.set_defaults(func=cmd_provision)

@@ -1,6 +1,8 @@
 """Alarms in the running gateway on the simulated bank: a value forced over a setpoint in the simulator is
 raised, published, switches the real relay (the simulator's DO), reaches a webhook, is acknowledged, clears,
 and survives a restart; communication loss per sensor, per bus and per bank device; dry contacts."""
+import time
+
 from gateway import alarms
 from gateway.hookspecs import hookimpl
 from gateway.points import PointRef
@@ -30,7 +32,7 @@ def level(gw, point, *keys):
 
 
 def config(tmp_path, hook_url=None, **alarm_over):
-    over = {"alarms": {"rules": FAST_FLOAT, "ohmic_test": {"detect": "off"}, **alarm_over},
+    over = {"alarms": {"rules": FAST_FLOAT, **alarm_over},
             "notify": {"retry": {"backoff_s": 0.05, "max_backoff_s": 0.2}}}
     if hook_url:
         over["notify"]["webhook"] = {"enabled": True, "url": hook_url}
@@ -90,6 +92,44 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             # one raise and one clear per alarm, nothing in between
             assert sorted((e.alarm_id, e.raised) for e in rec.events) == sorted(
                 [(crit.alarm_id, True), (crit.alarm_id, False), (warn.alarm_id, True), (warn.alarm_id, False)])
+
+
+def test_float_rules_rest_after_the_sensors_ohmic_test_and_only_then(tmp_path):
+    """The realistic setting (detect: value_change): the sensors hold their daily test result, so polling
+    the same result again and again is no test; a test they run is, and float-voltage alarms rest a while."""
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=8), overrides={
+        "gateway": {"poll": {"slow_s": 0.5}},  # ohmic values polled as often as voltages
+        "alarms": {"rules": FAST_FLOAT, "ohmic_test": {"detect": "value_change", "suppress_s": 1800}},
+        "notify": {"relay": {"enabled": False}}})
+    with GatewayThread(path) as gt:
+        gw = gt.gateway
+        mgr = alarms.get_manager(gw)
+        model = gw.simulator.model
+        reads = {"cell.ohmic": [], "cell.voltage": []}
+        gw.store.subscribe(lambda batch: [reads[p.point].append(r.value) for p, r in batch
+                                          if p.string == 1 and p.cell == 3 and p.point in reads])
+
+        def polls(point, n):
+            k = len(reads[point])
+            gt.wait_for(lambda: len(reads[point]) >= k + n, timeout=20, what=f"{n} polls of {point}")
+
+        polls("cell.ohmic", 3)
+        assert len(set(reads["cell.ohmic"])) == 1  # the same test result, read again and again
+        assert mgr.evaluator.suppressed(1, time.time()) is None
+        model.battery(1, 3).float_offset += 1.0
+        gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="float alarms while no test runs")
+        model.battery(1, 3).float_offset -= 1.0
+        gt.wait_for(lambda: mgr.active() == [], timeout=10, what="clear")
+        # the string's sensors run an ohmic test: a new result, and the float rules rest for 30 min
+        model.run_ohmic_test(1)
+        gt.wait_for(lambda: len(set(reads["cell.ohmic"])) == 2, timeout=10, what="the new test result")
+        gt.wait_for(lambda: mgr.evaluator.suppressed(1, time.time()) == "ohmic test", timeout=10,
+                    what="suppression")
+        model.battery(1, 3).float_offset += 1.0
+        k = len(reads["cell.voltage"])
+        gt.wait_for(lambda: sum(v > 14.1 for v in reads["cell.voltage"][k:]) >= 3, timeout=20,
+                    what="three polls over the setpoint")
+        assert mgr.active() == []
 
 
 def test_the_alarm_log_and_acknowledgements_survive_a_restart(tmp_path):
@@ -188,7 +228,7 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
 
 def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_path):
     path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={
-        "alarms": {"rules": {"cell_voltage_float": {"on_delay_s": 0, "off_delay_s": 3}}, "ohmic_test": {"detect": "off"}},
+        "alarms": {"rules": {"cell_voltage_float": {"on_delay_s": 0, "off_delay_s": 3}}},
         "notify": {"relay": {"enabled": False}}})
     gt = GatewayThread(path)
     rec = Recorder()

@@ -56,6 +56,27 @@ def test_check_config_refuses_with_file_key_path_and_message(tmp_path, name, cha
     assert "Traceback" not in out.stderr
 
 
+def test_check_config_lists_every_problem_a_plugin_finds_in_its_section(tmp_path):
+    """The alarm rules pass the JSON schema but make no sense: check-config says what and where, all of it,
+    and `bmsgw run` refuses to start with the same words."""
+    cfg = small_bank(strings=2, cells=4)
+    cfg["alarms"] = {"rules": {"cell_voltage_float": {"high": {"warning": 14.5, "critical": 14.0}},
+                               "hydrogen": {"point": "cell.hydrogen", "high": {"warning": 1.0}}},
+                     "strings": [{"id": 3, "rules": {}}]}
+    path = write_config(tmp_path, base=cfg)
+    out = bmsgw("check-config", "--config", path)
+    assert out.returncode == 2 and "valid" not in out.stdout
+    assert out.stderr.splitlines() == [
+        f"bmsgw: {path}: alarms.strings[0].id: no string 3 is configured",
+        f"bmsgw: {path}: alarms.rules.cell_voltage_float.high: the critical setpoint must be above the warning "
+        "setpoint (warning 14.5, critical 14.0)",
+        f"bmsgw: {path}: alarms.rules.hydrogen.point: unknown point family 'cell.hydrogen'",
+    ]
+    run = bmsgw("run", "--config", path, timeout=60)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert set(out.stderr.splitlines()) <= set(run.stderr.splitlines())
+
+
 def test_check_config_refuses_bad_yaml_with_the_line(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_text("buses:\n  - {name: rs1, port: /dev/ttyS1\nstrings: []\n")
@@ -70,6 +91,25 @@ def test_the_module_entry_and_help(venv_bin):
     assert out.returncode == 0 and out.stdout.startswith("bmsgw ")
     out = bmsgw()
     assert out.returncode == 2 and "check-config" in out.stdout and "simulate" in out.stdout
+
+
+def test_plugin_commands_share_the_config_option_and_the_offline_gateway(tmp_path, monkeypatch):
+    """gateway.cliargs is what the faces' commands use (bmsgw report, battery, user, mib ...)."""
+    import argparse
+
+    from gateway.cliargs import add_config_option, config_path, offline_gateway, unopened_ports
+
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    parser = argparse.ArgumentParser()
+    add_config_option(parser)
+    assert config_path(parser.parse_args(["-c", str(path)])) == str(path)
+    monkeypatch.setenv("BMSGW_CONFIG", str(path))
+    assert config_path(parser.parse_args([])) == str(path)
+    assert unopened_ports(str(path)) == {"rs1": "(not opened)"}
+    gw = offline_gateway(str(path))  # /dev/ttyS1 is never opened, no simulator runs
+    assert gw.simulator is None and gw.topology.cell_count == 4
+    assert {n: b.port for n, b in gw.engine.buses.items()} == {"rs1": "(not opened)"}
 
 
 def test_poll_says_when_a_bus_cannot_be_used(tmp_path):

@@ -435,3 +435,23 @@ def test_a_fast_cycle_says_nothing_about_a_device_with_only_slow_values(tmp_path
     poll_on_simulator(tmp_path, cfg, then=then)
     assert seen["q"] is Quality.COMM_FAIL
     assert [(a, lost) for a, lost, _ in seen["events"]] == [(2, True)], "no false 'answers again'"
+
+
+def test_poll_settings_applied_while_running_take_effect_at_once(tmp_path):
+    """A config reload hands the engine its new gateway.poll section: a shorter slow period applies from
+    now, not after the hour the old one still had to run."""
+    from tests.support import GatewayThread, write_config
+
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={"gateway": {"poll": {"slow_s": 3600}}})
+    with GatewayThread(path) as gt:
+        gw = gt.gateway
+        ref = PointRef("cell.ohmic", 1, 1)
+        gt.wait_for(lambda: gw.store.get(ref) is not None, timeout=20, what="the first ohmic reading")
+        first = gw.store.get(ref).ts
+
+        async def reload():
+            gw.engine.apply_config({**gw.config.data["gateway"]["poll"], "slow_s": 1, "stale_after_cycles": 5})
+
+        gt.call(reload())
+        assert (gw.engine.slow_s, gw.engine.stale_after) == (1.0, 5)
+        gt.wait_for(lambda: gw.store.get(ref).ts > first, timeout=20, what="the ohmic value read again")

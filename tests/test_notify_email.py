@@ -69,7 +69,7 @@ def test_an_untrusted_certificate_is_a_failure_not_a_downgrade(tmp_path):
 def test_an_alarm_storm_becomes_a_few_messages_and_one_digest(tmp_path):
     with SmtpServer(tmp_path) as server:
         path = write_config(tmp_path, base=small_bank(strings=1, cells=8), overrides={
-            "alarms": {"rules": {"cell_voltage_float": {"on_delay_s": 0}}, "ohmic_test": {"detect": "off"}},
+            "alarms": {"rules": {"cell_voltage_float": {"on_delay_s": 0}}},
             "notify": {"email": email_cfg(server), "rate_limit": {"burst": 2, "per_s": 600}, "digest_s": 1.0,
                        "relay": {"enabled": False},
                        "routes": [{"name": "team", "severities": ["warning", "critical"],

@@ -94,6 +94,30 @@ def test_weak_units_age_faster_and_the_truth_says_which():
     assert truth["strings"][1]["soc"] == pytest.approx(100.0) and truth["strings"][1]["mode"] == "float"
 
 
+def test_a_sensor_holds_its_ohmic_test_result_until_the_next_test():
+    m = bank(cells=4, weak_cells=1, ohmic_test_interval_s=86400)
+    weak = next(b.cell for b in m.strings[1].batteries if b.accel)
+    first = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
+    for _ in range(20):  # the day goes on: the units age, every read reports the morning's test
+        m.advance_to(m.t + 3600)
+        assert [m.measure("cell.ohmic", 1, c) for c in range(1, 5)] == first
+    assert m.true_ohmic(1, weak) > m.true_ohmic(1, weak, m.t - 20 * 3600)  # while the truth moved on
+    m.advance_to(m.t + 4 * 3600)  # a day after the last test: the sensors test again
+    second = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
+    assert all(a != b for a, b in zip(first, second))
+    assert m.last_ohmic_test(1) == NOON + 86400
+    # each result is the truth at its test, within the test's repeatability (0.5 %, 4 sigma)
+    for c, v in enumerate(second, 1):
+        assert v == pytest.approx(m.true_ohmic(1, c, NOON + 86400), rel=0.02)
+    # a test run on demand (one string) gives a new result at once, and holds it too
+    m.advance_to(m.t + 600)
+    m.run_ohmic_test(1)
+    third = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
+    assert all(a != b for a, b in zip(second, third)) and m.last_ohmic_test(1) == m.t
+    m.advance_to(m.t + 600)
+    assert [m.measure("cell.ohmic", 1, c) for c in range(1, 5)] == third
+
+
 def test_overrides_replace_the_physics_until_cleared():
     m = bank(cells=2)
     m.set_override("cell.voltage", 1.5, 1, 2)
@@ -183,6 +207,21 @@ def test_simulated_time_runs_at_time_scale(tmp_path):
         time.sleep(0.3)
         transact_all(port, 9600, [read_request(2, 4, 0, 1)])
     assert model.t - t0 >= 0.3 * 3600
+
+
+def test_over_modbus_the_ohmic_register_holds_between_tests(tmp_path):
+    gw = sim_gateway(tmp_path, wire_time=False, ohmic_test_interval_s=7200)
+    model = gw.simulator.model
+    assert model.ohmic_test_interval_s == 7200
+    with gw.simulator:
+        port = gw.simulator.ports()["bus1"]
+        reads, _, _ = transact_all(port, 9600, [read_request(2, 4, 2, 2)] * 5)  # cell.ohmic, uint32 micro-ohm
+        assert len({tuple(r) for r in reads}) == 1, reads
+        model.run_ohmic_test(1)
+        again, _, _ = transact_all(port, 9600, [read_request(2, 4, 2, 2)] * 3)
+    assert len({tuple(r) for r in again}) == 1 and again[0] != reads[0]
+    micro_ohm = (again[0][0] << 16) | again[0][1]
+    assert micro_ohm / 1e6 == pytest.approx(model.true_ohmic(1, 1), rel=0.02)
 
 
 def test_unknown_faults_and_buses_are_refused(tmp_path):

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.cli import _all_ports_dummy
+from gateway.cliargs import offline_gateway
 from gateway.outputs.snmp.mib import ALARM_COLUMNS, MibBuilder, decimals, mib_text, object_name
 from tests.conftest import DEFAULT_CONFIG, ROOT
 from tests.snmp_support import MIB_ARGS, MIBS, net_snmp_env
@@ -21,8 +20,7 @@ STANDARD = ["SNMPv2-SMI", "SNMPv2-TC", "SNMPv2-CONF", "SNMPv2-MIB", "SNMP-FRAMEW
 
 @pytest.fixture(scope="module")
 def gateway():
-    path = str(DEFAULT_CONFIG)
-    return Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    return offline_gateway(str(DEFAULT_CONFIG))
 
 
 def smilint(path, level: int = 6) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+import time
 import types
 import xml.etree.ElementTree as ET
 
@@ -65,6 +66,9 @@ def test_cells_in_json_and_the_same_in_xml(web, viewer):
 def test_strings_io_status_and_registers(web, viewer):
     s = api(web, "strings", viewer).json()["strings"][0]
     assert s["id"] == 1 and s["cells"] == 8 and s["points"]["voltage"]["unit"] == "V"
+    # the gateway is up once the cell voltages are in; the I/O module may answer a poll later
+    web.gt.wait_for(lambda: web.gateway.store.value(PointRef("io.di", channel=1)) is not None, timeout=20,
+                    what="the I/O module's first poll")
     io = {(p["point"], p["channel"]): p for p in api(web, "io", viewer).json()["points"]}
     assert io[("io.ambient_temperature", None)]["unit"] == "C"
     assert io[("io.di", 1)]["state"] in ("open", "closed")
@@ -223,9 +227,49 @@ def test_history_module_answers_when_installed(tmp_path):
         body = api(w, "strings/1/cells/2/history?point=voltage&from=1000&to=2000&max_points=50", hdr).json()
         assert body["source"] == "history" and len(body["samples"]) == 50
         assert body["samples"][0] == {"t": 1000.0, "v": 13.5}
-        assert w.ctx.sources.buffer is None  # no second copy in memory
+        # no second copy in memory of what history keeps; what it does not keep comes from memory
+        buffer = w.ctx.sources.buffer
+        assert PointRef("cell.voltage", 1, 2) not in buffer and PointRef("string.voltage", 1) in buffer
+        w.gt.wait_for(lambda: len(buffer.query(PointRef("string.voltage", 1), 0, 1e10, 10)) >= 2, timeout=20,
+                      what="two buffered samples")
+        body = api(w, "strings/1/history?point=voltage", hdr).json()
+        assert body["source"] == "memory" and len(body["samples"]) >= 2
         # no alarm engine: the API says so instead of inventing alarms
         assert api(w, "alarms", hdr).json() == {"available": False, "state": "active", "alarms": []}
         r = requests.post(w.url + "api/v1/alarms/x/acknowledge",
                           headers={"Authorization": f"Bearer {w.token('operator')}"}, timeout=30)
         assert r.status_code == 503 and r.json()["message"] == "no alarm engine is installed"
+
+
+def _trend_source(w, path):
+    """Wait until a trend has two samples; its source and samples."""
+    hdr = {"Authorization": f"Bearer {w.token('viewer')}"}
+    got = {}
+
+    def two():  # the last 5 min: raw samples, also when history records one a second
+        got.update(api(w, path, hdr, params={"from": time.time() - 300}).json())
+        return len(got["samples"]) >= 2
+    w.gt.wait_for(two, timeout=30, what=f"two samples of {path}")
+    return got["source"], got["samples"]
+
+
+def test_with_history_off_trends_come_from_the_memory_buffer(tmp_path):
+    with web_gateway(tmp_path, cells=2, alarms=False, overrides={
+            "plugins": {"disable": ["gateway.alarms"]}, "history": {"enabled": False}}) as w:
+        hdr = {"Authorization": f"Bearer {w.token('viewer')}"}
+        assert api(w, "status", hdr).json()["web"]["history"] == "in-memory buffer"
+        source, samples = _trend_source(w, "strings/1/cells/2/history?point=voltage")
+        assert source == "memory" and all(12 < s["v"] < 15 for s in samples)
+
+
+def test_families_history_does_not_record_come_from_the_memory_buffer(tmp_path):
+    with web_gateway(tmp_path, cells=2, alarms=False, overrides={
+            "plugins": {"disable": ["gateway.alarms"]}, "history": {"flush_s": 0.5, "raw": {"interval_s": 1}}}) as w:
+        hdr = {"Authorization": f"Bearer {w.token('viewer')}"}
+        assert api(w, "status", hdr).json()["web"]["history"] == "history module"
+        # the gateway's own counters are left out of history by default (exclude: gateway.*)
+        source, samples = _trend_source(w, "history?point=gateway.uptime")
+        assert source == "memory" and samples[-1]["v"] > samples[0]["v"]
+        source, _ = _trend_source(w, "strings/1/cells/2/history?point=voltage")
+        assert source == "history"
+        assert PointRef("cell.voltage", 1, 2) not in w.ctx.sources.buffer  # no second copy in memory

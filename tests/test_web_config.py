@@ -11,6 +11,7 @@ import pytest
 import requests
 import yaml
 
+from gateway.hookspecs import hookimpl
 from gateway.outputs.web.configedit import atomic_write
 from tests.support import small_bank, write_config
 from tests.web_support import PASSWORD, Client, web_gateway
@@ -21,6 +22,13 @@ COMMENT = "# site comment kept by the web page\n"
 def _with_comment(path):
     text = path.read_text()
     path.write_text(COMMENT + text.replace("site:\n", "site:  # where this bank is\n", 1))
+
+
+class NoBasement:
+    @hookimpl
+    def bmsgw_check_config(self, gateway_config):
+        return ["site.name: no batteries in the basement"] if gateway_config.section("site").get("name") == \
+            "Basement" else []
 
 
 def test_put_config_validates_saves_atomically_and_reloads_live(tmp_path):
@@ -43,6 +51,14 @@ def test_put_config_validates_saves_atomically_and_reloads_live(tmp_path):
         r = requests.put(url, json={"config": bad}, headers=admin, timeout=30)
         assert r.status_code == 400 and r.json()["field"] == "strings[0].devices[1].bus"
         assert "unknown bus 'bus9'" in r.json()["message"]
+        # what a plugin finds wrong in its section (bmsgw_check_config): the gateway would not start with it
+        w.gateway.pm.register(NoBasement(), name="test-checker")
+        bad = yaml.safe_load(before)
+        bad["site"]["name"] = "Basement"
+        r = requests.put(url, json={"config": bad}, headers=admin, timeout=30)
+        assert r.status_code == 400 and r.json()["field"] == "site.name"
+        assert r.json()["message"] == "site.name: no batteries in the basement"
+        w.gateway.pm.unregister(name="test-checker")
         assert path.read_text() == before  # nothing written
 
         r = requests.put(url, data="site: {}", headers={**admin, "Content-Type": "text/yaml"}, timeout=30)

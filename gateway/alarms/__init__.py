@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..hookspecs import hookimpl
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA
+from .rules import SCHEMA, check as check_rules
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -67,6 +67,16 @@ class AlarmService:
 @hookimpl
 def bmsgw_config_schema() -> dict[str, dict]:
     return {"alarms": SCHEMA}
+
+
+@hookimpl
+def bmsgw_check_config(gateway_config, catalog) -> list[str]:
+    """The rules' problems: unknown point families, setpoints in the wrong order, unknown strings, DI channels."""
+    section = gateway_config.section("alarms")
+    if not section.get("enabled", True):
+        return []
+    return [f"{e.path}: {e.message}" for e in check_rules(section, gateway_config.topology, catalog,
+                                                          str(gateway_config.path))]
 
 
 @hookimpl
@@ -190,12 +200,10 @@ def bmsgw_cli_commands(subparsers) -> None:
 
 
 def _cmd_alarms(args: argparse.Namespace) -> int:
-    from ..app import Gateway
-    from ..cli import _all_ports_dummy, _config_path
+    from ..cliargs import config_path, offline_gateway
     from .log import AlarmLog
 
-    cfg = _config_path(args)
-    path = Gateway(cfg, simulator=False, port_overrides=_all_ports_dummy(cfg)).config.state_dir / LOG_FILE
+    path = offline_gateway(config_path(args)).config.state_dir / LOG_FILE
     if not path.exists():
         print(f"no alarm log yet ({path})", file=sys.stderr)
         return 0

@@ -227,11 +227,21 @@ SCHEMA = {
 }
 
 
-def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: str, catalog) -> Rule:
+def _bad(errors: list[ConfigError] | None, exc: ConfigError) -> None:
+    """Raise a config problem at once, or collect it (``errors``: check-config lists them all)."""
+    if errors is None:
+        raise exc
+    errors.append(exc)
+
+
+def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: str, catalog,
+           errors: list[ConfigError] | None = None) -> Rule | None:
     if rule is None:
         point = over.get("point")
         if not point:
-            raise ConfigError(src, f"{path}.point", f"{rid!r} is not a built-in rule; a rule of your own needs `point`")
+            _bad(errors, ConfigError(src, f"{path}.point",
+                                     f"{rid!r} is not a built-in rule; a rule of your own needs `point`"))
+            return None
         rule = Rule(rid, point, over.get("label") or point)
     changes: dict[str, Any] = {}
     for key in ("enabled", "label", "hysteresis", "on_delay_s", "off_delay_s", "float_only", "reference", "severity"):
@@ -248,17 +258,18 @@ def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: st
     for key in ("point", "reference"):
         pid = getattr(rule, key)
         if pid and catalog is not None and pid not in catalog and pid != "device":
-            raise ConfigError(src, f"{path}.{key}", f"unknown point family {pid!r}")
+            _bad(errors, ConfigError(src, f"{path}.{key}", f"unknown point family {pid!r}"))
     if rule.kind == "state" and ("high" in over or "low" in over):
-        raise ConfigError(src, path, f"{rid} is an on/off rule: set `severity`, not setpoints")
+        _bad(errors, ConfigError(src, path, f"{rid} is an on/off rule: set `severity`, not setpoints"))
     for side in ("high", "low"):
         lv = getattr(rule, side)
         if lv.warning is not None and lv.critical is not None:
             bad = lv.critical < lv.warning if side == "high" else lv.critical > lv.warning
             if bad:
                 word = "above" if side == "high" else "below"
-                raise ConfigError(src, f"{path}.{side}", f"the critical setpoint must be {word} the warning setpoint "
-                                                         f"(warning {lv.warning}, critical {lv.critical})")
+                _bad(errors, ConfigError(src, f"{path}.{side}",
+                                         f"the critical setpoint must be {word} the warning setpoint "
+                                         f"(warning {lv.warning}, critical {lv.critical})"))
     return rule
 
 
@@ -269,22 +280,24 @@ def _is_bank_point(point: str | None, catalog) -> bool:
 
 
 def _overlay(rules: dict[str, Rule], over: dict[str, dict], src: str, path: str, catalog, bank: bool,
-             strict: bool) -> dict[str, Rule]:
+             strict: bool, errors: list[ConfigError] | None = None) -> dict[str, Rule]:
     """Apply ``over`` to the rules of one scope.  Site-wide overrides hold rules of both scopes: each is
     applied where it belongs; a string's or a model's overrides may only name string and cell rules."""
     out = dict(rules)
     for rid, o in (over or {}).items():
         if rid in out:
-            out[rid] = _apply(out[rid], rid, o, src, f"{path}.{rid}", catalog)
+            out[rid] = _apply(out[rid], rid, o, src, f"{path}.{rid}", catalog, errors)
             continue
         other = rid in (STRING_RULE_IDS if bank else BANK_RULE_IDS) or (
             rid not in BANK_RULE_IDS | STRING_RULE_IDS and _is_bank_point(o.get("point"), catalog) != bank)
         if other:
             if strict:
-                raise ConfigError(src, f"{path}.{rid}", "a room or bus rule applies to the whole site: "
-                                                        "set it under alarms.rules")
+                _bad(errors, ConfigError(src, f"{path}.{rid}", "a room or bus rule applies to the whole site: "
+                                                               "set it under alarms.rules"))
             continue
-        out[rid] = _apply(None, rid, o, src, f"{path}.{rid}", catalog)
+        rule = _apply(None, rid, o, src, f"{path}.{rid}", catalog, errors)
+        if rule is not None:
+            out[rid] = rule
     return out
 
 
@@ -315,8 +328,10 @@ class RuleSet:
         return self.by_id.get((rule_id, string)) or self.by_id.get((rule_id, None))
 
 
-def resolve(section: dict, topology: Topology, catalog=None, src: str = "config") -> RuleSet:
-    """Built-in defaults per battery model, then the site's, the model's and the string's overrides."""
+def resolve(section: dict, topology: Topology, catalog=None, src: str = "config",
+            errors: list[ConfigError] | None = None) -> RuleSet:
+    """Built-in defaults per battery model, then the site's, the model's and the string's overrides.
+    A problem raises a ConfigError, or with ``errors`` is added there and left out (to list them all)."""
     section = copy.deepcopy(section)
     site = section.get("rules", {}) or {}
     models = {m["model"]: m.get("rules", {}) or {} for m in section.get("models", []) or []}
@@ -325,29 +340,41 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
         try:
             topology.string(s["id"])
         except KeyError:
-            raise ConfigError(src, f"alarms.strings[{i}].id", f"no string {s['id']} is configured") from None
+            _bad(errors, ConfigError(src, f"alarms.strings[{i}].id", f"no string {s['id']} is configured"))
+            continue
         strings[s["id"]] = (i, s.get("rules", {}) or {})
     per_string = {}
     for s in topology.strings:
-        rules = _overlay(string_rules(s), site, src, "alarms.rules", catalog, False, False)
+        rules = _overlay(string_rules(s), site, src, "alarms.rules", catalog, False, False, errors)
         if s.battery.model in models:
             idx = [m["model"] for m in section["models"]].index(s.battery.model)
-            rules = _overlay(rules, models[s.battery.model], src, f"alarms.models[{idx}].rules", catalog, False, True)
+            rules = _overlay(rules, models[s.battery.model], src, f"alarms.models[{idx}].rules", catalog, False, True,
+                             errors)
         if s.id in strings:
             i, over = strings[s.id]
-            rules = _overlay(rules, over, src, f"alarms.strings[{i}].rules", catalog, False, True)
+            rules = _overlay(rules, over, src, f"alarms.strings[{i}].rules", catalog, False, True, errors)
         per_string[s.id] = rules
-    bank = _overlay(bank_rules(), site, src, "alarms.rules", catalog, True, False)
+    bank = _overlay(bank_rules(), site, src, "alarms.rules", catalog, True, False, errors)
     for i, d in enumerate(section.get("di", []) or []):
         ch = d["channel"]
         spec = catalog.get("io.di") if catalog is not None else None
         if spec is not None and spec.channels and ch > spec.channels:
-            raise ConfigError(src, f"alarms.di[{i}].channel", f"the I/O module has {spec.channels} contacts")
+            _bad(errors, ConfigError(src, f"alarms.di[{i}].channel", f"the I/O module has {spec.channels} contacts"))
+            continue
         name = d.get("name") or f"DI {ch}"
         rid = f"di_{ch}"
         if rid in bank:
-            raise ConfigError(src, f"alarms.di[{i}].channel", f"DI {ch} is listed twice")
+            _bad(errors, ConfigError(src, f"alarms.di[{i}].channel", f"DI {ch} is listed twice"))
+            continue
         bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=1 if d.get("active", "closed") == "closed" else 0,
                          severity=d.get("severity", "warning"), on_delay_s=d.get("on_delay_s", 0),
                          off_delay_s=d.get("off_delay_s", 0), channel=ch, name=name)
     return RuleSet(per_string, bank)
+
+
+def check(section: dict, topology: Topology, catalog=None, src: str = "config") -> list[ConfigError]:
+    """Every problem ``resolve`` would stop at, not only the first (for check-config); a site-wide rule is
+    applied to every string, so its problem is listed once."""
+    errors: list[ConfigError] = []
+    resolve(section, topology, catalog, src, errors)
+    return list({(e.path, e.message): e for e in errors}.values())

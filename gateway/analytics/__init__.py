@@ -229,11 +229,9 @@ def bmsgw_status(gateway: "Gateway") -> dict:
 
 
 def _load_config(args) -> "Config":
-    from ..app import Gateway
-    from ..cli import _all_ports_dummy, _config_path
+    from ..cliargs import config_path, offline_gateway
 
-    path = _config_path(args)
-    return Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path)).config
+    return offline_gateway(config_path(args)).config
 
 
 def _check_battery(config: "Config", string: int, cell: int | None) -> None:
@@ -329,21 +327,21 @@ def cmd_maintenance(args) -> int:
 
 @hookimpl
 def bmsgw_cli_commands(subparsers) -> None:
-    from ..cli import _config_arg
+    from ..cliargs import add_config_option
     from .ieee1188 import ITEM_IDS
 
     p = subparsers.add_parser("battery", help="IEEE 1188 records: replace a battery, set a baseline, list them",
                               description="Battery records kept by the analytics (also while the gateway runs).")
     bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     r = bsub.add_parser("replace", help="record a battery replacement (resets its baseline and trends)")
-    _config_arg(r)
+    add_config_option(r)
     r.add_argument("--string", type=int, required=True)
     r.add_argument("--cell", type=int, required=True, help="battery (unit) number in the string")
     r.add_argument("--reason", required=True, help="why it was replaced (kept in the log)")
     r.add_argument("--date", help="YYYY-MM-DD (default: now)")
     r.set_defaults(func=cmd_battery)
     b = bsub.add_parser("baseline", help="set (or clear) a battery's ohmic baseline by hand")
-    _config_arg(b)
+    add_config_option(b)
     b.add_argument("--string", type=int, required=True)
     b.add_argument("--cell", type=int, required=True)
     g = b.add_mutually_exclusive_group()
@@ -351,7 +349,7 @@ def bmsgw_cli_commands(subparsers) -> None:
     g.add_argument("--clear", action="store_true", help="forget it; taken again automatically")
     b.set_defaults(func=cmd_battery)
     ls = bsub.add_parser("list", help="baselines, forecasts, diagnoses and replacements")
-    _config_arg(ls)
+    add_config_option(ls)
     ls.add_argument("--string", type=int)
     ls.set_defaults(func=cmd_battery)
 
@@ -359,13 +357,13 @@ def bmsgw_cli_commands(subparsers) -> None:
                               description="Record maintenance done by hand; reports show what is due.")
     msub = m.add_subparsers(dest="action", required=True, metavar="ACTION")
     d = msub.add_parser("done", help="record an item as done")
-    _config_arg(d)
+    add_config_option(d)
     d.add_argument("item", help="one of: " + ", ".join(ITEM_IDS))
     d.add_argument("--string", type=int)
     d.add_argument("--date", help="YYYY-MM-DD (default: now)")
     d.add_argument("--note", default="")
     d.set_defaults(func=cmd_maintenance)
     ml = msub.add_parser("list", help="print the log")
-    _config_arg(ml)
+    add_config_option(ml)
     ml.set_defaults(func=cmd_maintenance)
 

@@ -196,10 +196,20 @@ def bmsgw_services(gateway: "Gateway") -> list:
 @hookimpl
 def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
                         max_points: int) -> list[tuple[float, float | None]] | None:
-    """Stored means of one point for the web page and REST (thread-safe: a connection per thread)."""
+    """Stored means of one point for the web page and REST (thread-safe: a connection per thread).
+
+    None when history is off or its include/exclude lists leave the point's family out (the web face then
+    shows what it kept in memory); an empty list when the point is recorded but nothing is stored yet, and
+    for an empty range, without reading the database (the web face asks that way at start)."""
+    cfg = gateway.config.section("history")
+    spec = gateway.catalog.get(ref.point)
+    if not cfg.get("enabled", True) or spec is None or not PointFilter(cfg["include"], cfg["exclude"])(spec):
+        return None
+    if end <= start:
+        return []
     db = history_for(gateway)
     if db is None:
-        return None
+        return []  # recording, nothing written yet
     series = db.query(ref.point, ref.string, ref.cell, ref.channel, start=start, end=end, max_points=max_points)
     return list(zip(series.t, series.mean))
 

@@ -303,11 +303,9 @@ def bmsgw_cli_commands(subparsers) -> None:
 def _cmd_notify_test(args) -> int:
     import sys
 
-    from ..app import Gateway
-    from ..cli import _all_ports_dummy, _config_path
+    from ..cliargs import config_path, offline_gateway
 
-    path = _config_path(args)
-    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    gw = offline_gateway(config_path(args))
     section = gw.config.section("notify")
     mgr = NotifyManager(gw, {**section, "rate_limit": {"burst": 1000, "per_s": 0}})
     for name in [n for n, w in mgr.workers.items() if not w.notifier.testable]:

@@ -196,13 +196,11 @@ def bmsgw_status(gateway):
 
 # -- CLI ---------------------------------------------------------------------------------------------------
 def cmd_mib(args) -> int:
-    from ..app import Gateway
-    from ..cli import _all_ports_dummy, _config_path
+    from ..cliargs import config_path, offline_gateway
     from .snmp.agent import parse_oid
     from .snmp.mib import mib_text
 
-    path = _config_path(args)
-    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    gw = offline_gateway(config_path(args))
     base = args.base_oid or gw.config.section("snmp").get("base_oid", "1.3.6.1.4.1.32473")
     try:
         text = mib_text(gw.catalog, parse_oid(base))
@@ -243,12 +241,12 @@ def cmd_snmp_key(args) -> int:
 
 @hookimpl
 def bmsgw_cli_commands(subparsers):
-    from ..cli import _config_arg
+    from ..cliargs import add_config_option
 
     s = subparsers.add_parser("mib", help="print BMSGW-MIB (SMIv2) generated from the point catalog",
                               description="Generate the vendor MIB from the point catalog of a configuration "
                                           "(built-in families, profiles, plugins): the OIDs the agent serves.")
-    _config_arg(s)
+    add_config_option(s)
     s.add_argument("--base-oid", default=None, help="MIB root, e.g. 1.3.6.1.4.1.<PEN> (default: snmp.base_oid)")
     s.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
     s.set_defaults(func=cmd_mib)

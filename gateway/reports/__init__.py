@@ -76,12 +76,10 @@ def make_report(gateway: "Gateway", start: float, end: float, fmt: str, out: str
 
 
 def cmd_report(args) -> int:
-    from ..app import Gateway
-    from ..cli import _all_ports_dummy, _config_path
+    from ..cliargs import config_path, offline_gateway
     from .data import parse_when
 
-    path = _config_path(args)
-    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    gw = offline_gateway(config_path(args))
     try:
         end = parse_when(args.to) if args.to else time.time()
         start = parse_when(args.from_) if args.from_ else end - 30 * 86400
@@ -108,13 +106,13 @@ def cmd_report(args) -> int:
 
 @hookimpl
 def bmsgw_cli_commands(subparsers) -> None:
-    from ..cli import _config_arg
+    from ..cliargs import add_config_option
 
     p = subparsers.add_parser(
         "report", help="write a report: CSV export of a range, PDF per string, discharge events",
         description="Reports from the history and analytics in the state folder (the gateway may be running). "
                     "Times: YYYY-MM-DD (UTC), an ISO date-time or unix seconds. Progress goes to stderr.")
-    _config_arg(p)
+    add_config_option(p)
     p.add_argument("--from", dest="from_", metavar="TIME", help="start (default: 30 days before --to)")
     p.add_argument("--to", metavar="TIME", help="end (default: now)")
     p.add_argument("--format", choices=FORMATS, default="pdf")

@@ -3,6 +3,8 @@
 Per string: float charge with temperature compensation, discharge and recharge events, a coulomb-counted
 true SOC (Peukert, charge efficiency).  Per battery: a spread of float voltage, capacity and ohmic value,
 slow ohmic aging (a few weak units age fast, exponentially), negative-post temperature above ambient.
+A cell sensor measures the ohmic value in a test it runs once per ``ohmic_test_interval_s`` (daily, as real
+BCS sensors do) and reports that result, unchanged, until its next test.
 Time is simulated time (seconds since the Unix epoch): ``advance_to(t)`` integrates the string states.
 """
 from __future__ import annotations
@@ -81,8 +83,11 @@ class StringState:
 class BankModel:
     def __init__(self, strings: list[tuple[int, int, float, int]], seed: int = 1, weak_cells: int = 3,
                  t0: float = 1.7e9, age_years: float = 1.0, discharge_every_s: float = 0.0,
-                 discharge_duration_s: float = 1800.0) -> None:
-        """``strings``: (id, cells, capacity_ah, cells_per_unit) per string."""
+                 discharge_duration_s: float = 1800.0, ohmic_test_interval_s: float = 86400.0) -> None:
+        """``strings``: (id, cells, capacity_ah, cells_per_unit) per string.  The sensors ran an ohmic test
+        at ``t0`` (just before the first reading) and run one every ``ohmic_test_interval_s`` after it."""
+        if ohmic_test_interval_s <= 0:
+            raise ValueError("ohmic_test_interval_s must be positive")
         self.rng = random.Random(seed)
         self.noise = random.Random(seed + 1)
         self.t0 = t0 - age_years * YEAR  # when the batteries were new
@@ -91,6 +96,10 @@ class BankModel:
         self.discharge_every_s = discharge_every_s
         self.discharge_duration_s = discharge_duration_s
         self.next_discharge = t0 + discharge_every_s if discharge_every_s else math.inf
+        self.ohmic_test_interval_s = ohmic_test_interval_s
+        self._ohmic_schedule0 = t0
+        self._ohmic_extra: dict[int, float] = {}  # string -> when a test was run on demand
+        self._ohmic_held: dict[tuple[int, int], tuple[float, float]] = {}  # (string, cell) -> (test time, result)
         self.ambient_base = 24.0
         self.do_state = 0
         self.di_state = 0
@@ -222,6 +231,33 @@ class BankModel:
             v -= 2.0 * n / 6.0
         return v
 
+    # -- ohmic tests -----------------------------------------------------------------------------------------
+    def last_ohmic_test(self, sid: int, t: float | None = None) -> float:
+        """When the sensors of string ``sid`` last ran an ohmic test (scheduled or on demand), at or before ``t``."""
+        t = self.t if t is None else t
+        every = self.ohmic_test_interval_s
+        scheduled = self._ohmic_schedule0 + math.floor((t - self._ohmic_schedule0) / every) * every
+        extra = self._ohmic_extra.get(sid)
+        return extra if extra is not None and scheduled < extra <= t else scheduled
+
+    def run_ohmic_test(self, sid: int | None = None) -> None:
+        """The sensors of one string (every string when None) run an ohmic test now, as a user may ask."""
+        with self.lock:
+            for s in (self.strings if sid is None else [sid]):
+                self._ohmic_extra[s] = self.t
+
+    def ohmic_reading(self, sid: int, cell: int) -> float:
+        """What the unit's sensor reports: the result of its last ohmic test (the true value then, with the
+        test's repeatability error), held until it tests again."""
+        with self.lock:
+            tested = self.last_ohmic_test(sid)
+            held = self._ohmic_held.get((sid, cell))
+            if held is None or held[0] != tested:
+                v = self.true_ohmic(sid, cell, tested)
+                held = (tested, v * (1.0 + self.noise.gauss(0, self._NOISE["cell.ohmic"])))
+                self._ohmic_held[(sid, cell)] = held
+            return held[1]
+
     def micro_discharge_voltage(self, sid: int, cell: int, pulse_a: float = 10.0) -> float:
         return self.cell_voltage(sid, cell) - pulse_a * self.true_ohmic(sid, cell)
 
@@ -296,10 +332,14 @@ class BankModel:
             else:
                 self.overrides.pop((point, string, cell, channel), None)
 
+    # relative standard deviation of one reading (of one test for ohmic values)
     _NOISE = {"cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
               "string.voltage": 0.0005, "cell.emf": 0.0005}
 
     def measure(self, point: str, string=None, cell=None, channel=None) -> float:
+        """A sensor's reading: the physics plus measurement noise (ohmic values: the last test's result)."""
+        if point == "cell.ohmic":
+            return self.ohmic_reading(string, cell)
         v = self.value(point, string, cell, channel)
         rel = self._NOISE.get(point)
         if rel:

@@ -155,7 +155,7 @@ class Simulator:
                  wire_time: bool = True, time_scale: float = 1.0, weak_cells: int = 3,
                  discharge_every_s: float = 0.0, discharge_duration_s: float = 1800.0,
                  buses: list[str] | None = None, model: BankModel | None = None,
-                 encode_hook: Callable | None = None) -> None:
+                 encode_hook: Callable | None = None, ohmic_test_interval_s: float = 86400.0) -> None:
         import random
 
         self.topology = topology
@@ -167,7 +167,7 @@ class Simulator:
         self.model = model or BankModel(
             [(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit) for s in topology.strings],
             seed=seed, weak_cells=weak_cells, discharge_every_s=discharge_every_s,
-            discharge_duration_s=discharge_duration_s)
+            discharge_duration_s=discharge_duration_s, ohmic_test_interval_s=ohmic_test_interval_s)
         self._wall0 = time.time()
         self._sim0 = self.model.t
         names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
@@ -401,6 +401,7 @@ def simulator_from_config(config, buses: list[str] | None = None, **overrides) -
     kwargs = dict(seed=sim.get("seed", 1), wire_time=sim.get("wire_time", True),
                   time_scale=sim.get("time_scale", 1.0), weak_cells=sim.get("weak_cells", 3),
                   discharge_every_s=sim.get("discharge_every_s", 0.0),
-                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0))
+                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0),
+                  ohmic_test_interval_s=sim.get("ohmic_test_interval_s", 86400.0))
     kwargs.update(overrides)
     return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

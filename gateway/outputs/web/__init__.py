@@ -63,13 +63,11 @@ def bmsgw_status(gateway):
 
 # -- bmsgw user / bmsgw token ------------------------------------------------------------------------------------
 def _store(args):
-    from gateway.app import Gateway, default_config_path
-    from gateway.cli import _all_ports_dummy
+    from gateway.cliargs import config_path, offline_gateway
 
     from .auth import UserStore
 
-    path = args.config or default_config_path()
-    gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
+    gw = offline_gateway(config_path(args))
     s = WebSettings.from_section(gw.config.section("web"))
     return UserStore(gw.config.state_dir, s.config_users)
 
@@ -148,7 +146,7 @@ def _token_cmd(args) -> int:
 
 @hookimpl
 def bmsgw_cli_commands(subparsers):
-    from gateway.cli import _config_arg
+    from gateway.cliargs import add_config_option
 
     p = subparsers.add_parser(
         "user", help="web users: add, list, passwd, role, delete; hash prints an argon2 hash for web.users",
@@ -158,7 +156,7 @@ def bmsgw_cli_commands(subparsers):
     p.add_argument("name", nargs="?", default=None)
     p.add_argument("--role", choices=ROLES, default="viewer", help="for add and role (default viewer)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    _config_arg(p)
+    add_config_option(p)
     p.set_defaults(func=_user_cmd)
 
     p = subparsers.add_parser(
@@ -167,5 +165,5 @@ def bmsgw_cli_commands(subparsers):
     p.add_argument("action", choices=["add", "list", "revoke"])
     p.add_argument("label", nargs="?", default=None, help="add: what it is for; revoke: the token id")
     p.add_argument("--role", choices=ROLES, default="viewer")
-    _config_arg(p)
+    add_config_option(p)
     p.set_defaults(func=_token_cmd)

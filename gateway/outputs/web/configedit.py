@@ -59,10 +59,16 @@ def read_document(gateway) -> dict:
 
 
 def check_document(gateway, data: Any) -> dict:
-    """The validated document with defaults; ConfigError naming the key path when it is not valid."""
+    """The validated document with defaults; ConfigError naming the key path when it is not valid (also for
+    what a plugin finds wrong in its section: a file the gateway would not start with is never saved)."""
     src = str(gateway.config.path)
     validated = validate(data, src, extra_sections(gateway))
-    build_topology(validated, src, gateway.profiles)
+    topology = build_topology(validated, src, gateway.profiles)
+    config = Config(path=gateway.config.path, data=validated, topology=topology, profiles=gateway.profiles)
+    for problems in gateway.pm.hook.bmsgw_check_config(gateway_config=config, catalog=gateway.catalog):
+        if problems:
+            where, _, message = problems[0].partition(": ")
+            raise ConfigError(src, where, message)
     return validated
 
 
@@ -202,14 +208,11 @@ def save_and_reload(gateway, data: Any, user: str = "?") -> dict:
 
 
 def _apply_core(gateway, data: dict) -> None:
-    """What the core can take while running: the log level and the poll periods."""
+    """What the core can take while running: the log level, and the poll settings (the engine's own, in the
+    event loop)."""
     gw = data["gateway"]
     logging.getLogger().setLevel(gw["log_level"])
-    engine, poll = gateway.engine, gw["poll"]
-    for attr, key, conv in (("fast_s", "fast_s", float), ("slow_s", "slow_s", float),
-                            ("stale_after", "stale_after_cycles", int), ("lost_retry_s", "lost_retry_s", float)):
-        if hasattr(engine, attr):
-            setattr(engine, attr, conv(poll[key]))
+    _call_in_loop(gateway, lambda: gateway.engine.apply_config(gw["poll"]))
 
 
 def _call_in_loop(gateway, fn) -> None:

@@ -1,8 +1,10 @@
 """Where the web face gets history and alarms: other plugins through hooks, or its own fallback.
 
-- History: ``bmsgw_history_query`` (the history module answers it).  With no such plugin the face keeps a
-  small in-memory ring per point (``web.trend_buffer``: one sample every ``interval_s``, ``samples`` deep;
-  1 h by default) so trends still work, only over the recent past, and lost on restart.
+- History: ``bmsgw_history_query`` (the history module answers it).  For every family no plugin answers
+  for (no history module, history off, or the family left out of what it records) the face keeps a small
+  in-memory ring per point (``web.trend_buffer``: one sample every ``interval_s``, ``samples`` deep; 1 h by
+  default) so trends still work, only over the recent past, and lost on restart.  Which families those are
+  is asked once at start, with an empty time range (a plugin answers that without reading its storage).
 - Alarms: ``bmsgw_alarms`` / ``bmsgw_alarm_acknowledge`` (the alarm engine answers them, thread-safely: they
   are called from the web server's threads).  With no alarm engine the pages say so; nothing is invented.
 """
@@ -22,10 +24,12 @@ log = logging.getLogger(__name__)
 class LiveBuffer:
     """Recent samples of every gauge point, one every ``interval_s``, in fixed-size rings."""
 
-    def __init__(self, pointmap, interval_s: float, samples: int) -> None:
+    def __init__(self, pointmap, interval_s: float, samples: int, families: set[str] | None = None) -> None:
+        """``families``: the point families to keep (None: every gauge)."""
         self.interval_s = float(interval_s)
         self.samples = int(samples)
-        self._wanted = {e.ref for e in pointmap if e.spec.kind == "gauge"}
+        self._wanted = {e.ref for e in pointmap
+                        if e.spec.kind == "gauge" and (families is None or e.spec.id in families)}
         self._rings: dict[PointRef, list] = {}  # ref -> [ts array, value array, next index, count, last ts]
         self._lock = threading.Lock()
 
@@ -62,6 +66,9 @@ class LiveBuffer:
     def __len__(self) -> int:
         return len(self._rings)
 
+    def __contains__(self, ref: PointRef) -> bool:
+        return ref in self._wanted
+
 
 def decimate(samples: list[tuple[float, float | None]], max_points: int) -> list[tuple[float, float | None]]:
     """At most ``max_points`` samples: means of equal runs (gaps stay gaps when a whole run is empty)."""
@@ -82,18 +89,41 @@ class Sources:
     def __init__(self, gateway) -> None:
         self.gateway = gateway
         self.buffer: LiveBuffer | None = None
+        self.history_families: set[str] = set()  # gauge families a history plugin answers for
 
     # -- history ---------------------------------------------------------------------------------------------
     @property
     def history_plugged(self) -> bool:
-        return bool(self.gateway.pm.hook.bmsgw_history_query.get_hookimpls())
+        """A history plugin answers for at least one family (asked at start)."""
+        return bool(self.history_families)
+
+    def _ask_history(self) -> set[str]:
+        """The gauge families a history plugin keeps: one point of each asked with an empty range."""
+        first: dict[str, PointRef] = {}
+        for e in self.gateway.pointmap:
+            if e.spec.kind == "gauge":
+                first.setdefault(e.spec.id, e.ref)
+        hook = self.gateway.pm.hook.bmsgw_history_query
+        if not hook.get_hookimpls():
+            return set()
+        return {pid for pid, ref in first.items()
+                if hook(gateway=self.gateway, ref=ref, start=0.0, end=0.0, max_points=1) is not None}
 
     def start_buffer(self, interval_s: float, samples: int) -> None:
-        if self.history_plugged or self.buffer is not None:
+        if self.buffer is not None:
             return
-        self.buffer = LiveBuffer(self.gateway.pointmap, interval_s, samples)
+        self.history_families = self._ask_history()
+        gauges = {e.spec.id for e in self.gateway.pointmap if e.spec.kind == "gauge"}
+        unkept = gauges - self.history_families
+        if not unkept:
+            return
+        self.buffer = LiveBuffer(self.gateway.pointmap, interval_s, samples, families=unkept)
         self.gateway.store.subscribe(self.buffer.on_batch)
-        log.info("no history module: trends show the last %.0f min kept in memory", interval_s * samples / 60)
+        if self.history_families:
+            log.info("trends of %d families no history module records: the last %.0f min kept in memory",
+                     len(unkept), interval_s * samples / 60)
+        else:
+            log.info("no history module: trends show the last %.0f min kept in memory", interval_s * samples / 60)
 
     def stop_buffer(self) -> None:
         if self.buffer is not None:
@@ -101,14 +131,14 @@ class Sources:
             self.buffer = None
 
     def history(self, ref: PointRef, start: float, end: float, max_points: int) -> tuple[str, list]:
-        """(source, samples): source is "history" or "memory"."""
-        if self.history_plugged:
+        """(source, samples): source is "history", "memory" or "none"."""
+        if self.gateway.pm.hook.bmsgw_history_query.get_hookimpls():
             result = self.gateway.pm.hook.bmsgw_history_query(gateway=self.gateway, ref=ref, start=start,
                                                               end=end, max_points=max_points)
             if result is not None:
                 return "history", decimate([(float(t), None if v is None else float(v)) for t, v in result],
                                            max_points)
-        if self.buffer is not None:
+        if self.buffer is not None and ref in self.buffer:
             return "memory", self.buffer.query(ref, start, end, max_points)
         return "none", []
 
