@@ -54,6 +54,9 @@ def test_analytics_publish_derived_points_in_the_gateway(tmp_path, venv_bin, bms
 
     p = bmsgw(venv_bin, bmsgw_env, "battery", "list", "--config", path, "--string", 1)
     assert p.returncode == 0 and "cracked case" in p.stdout
+    # battery 2's baseline was reset by the replacement: the list says "-", not "nan"
+    row = next(line.split() for line in p.stdout.splitlines() if line.split()[:2] == ["1", "2"])
+    assert row[2] == "-" and "nan" not in p.stdout
     p = bmsgw(venv_bin, bmsgw_env, "maintenance", "done", "visual_inspection", "--config", path, "--note", "clean")
     assert p.returncode == 0
     p = bmsgw(venv_bin, bmsgw_env, "maintenance", "list", "--config", path)

@@ -290,7 +290,8 @@ def cmd_battery(args) -> int:
                     f = forecasts.get((s.id, c), {})
                     diag = (f.get("diagnosis") or {}).get("label", "-")
                     rng = f"{_fmt_ts(f.get('early_ts'))}..{_fmt_ts(f.get('late_ts'))}" if f.get("eol_ts") else "-"
-                    print(f"{s.id:>6} {c:>4} {b.ohmic * 1000 if b else float('nan'):>13.3f} "
+                    baseline = f"{b.ohmic * 1000:.3f}" if b else "-"
+                    print(f"{s.id:>6} {c:>4} {baseline:>13} "
                           f"{_fmt_ts(b.ts) if b else '-':>10} {b.source if b else '-':>6} "
                           f"{_fmt_ts(f.get('eol_ts')):>10} {rng:>21}  {diag}")
             reps = state.replacements(args.string)
