@@ -51,6 +51,9 @@ def cmd_check_config(args) -> int:
     path = _config_path(args)
     gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
     check_sim_ports(gw.config)
+    # the faces check their own sections (addresses, cross-field rules) when `run` builds them: build them
+    # here too (nothing is bound or opened), so a config check-config passes is one `run` accepts
+    gw.pm.hook.bmsgw_services(gateway=gw)
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
           f"on {len(topo.buses)} buses, {len(gw.pointmap)} points, {len(gw.profiles)} profiles known")

@@ -31,7 +31,7 @@ def bmsgw_gateway_ready(gateway):
     sec = gateway.config.section("web")
     if not sec.get("enabled", True):
         return
-    s = WebSettings.from_section(sec)
+    s = WebSettings.from_section(sec, str(gateway.config.path))
     sources_for(gateway).start_buffer(s.buffer_interval_s, s.buffer_samples)
 
 
@@ -70,7 +70,7 @@ def _store(args):
 
     path = args.config or default_config_path()
     gw = Gateway(path, simulator=False, port_overrides=_all_ports_dummy(path))
-    s = WebSettings.from_section(gw.config.section("web"))
+    s = WebSettings.from_section(gw.config.section("web"), str(gw.config.path))
     return UserStore(gw.config.state_dir, s.config_users)
 
 

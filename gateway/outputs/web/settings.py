@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import parse_listen
+from ...errors import ConfigError
 
 ROLES = ("viewer", "operator", "admin")
 ARGON2_PREFIX = "$argon2"
@@ -112,8 +113,11 @@ class WebSettings:
     max_body: int
 
     @classmethod
-    def from_section(cls, sec: dict) -> "WebSettings":
-        host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
+    def from_section(cls, sec: dict, src: str = "config") -> "WebSettings":
+        try:
+            host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
+        except ValueError as exc:  # e.g. [::::]:80: the schema's pattern cannot check an IPv6 literal
+            raise ConfigError(src, "web.listen", str(exc)) from None
         tls, sess, login = sec.get("tls", {}), sec.get("session", {}), sec.get("login", {})
         met, buf, api = sec.get("metrics", {}), sec.get("trend_buffer", {}), sec.get("api", {})
         return cls(host=host, port=port, threads=sec.get("threads", 4), tls=bool(tls.get("enabled", False)),
