@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 
 from .errors import ConfigError, key_path
-from .profiles import DeviceProfile, load_yaml, non_finite, schema_error
+from .profiles import DeviceProfile, check_size, load_yaml, non_finite, schema_error
 from .topology import (MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig,
                        Topology)
 
@@ -221,6 +221,7 @@ def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(src, "", "expected a mapping of sections (buses, strings, bank, ...)")
+    check_size(data, src)  # a document from the REST API or a form, not only from a file
     bad = non_finite(data)
     if bad is not None:
         raise ConfigError(src, key_path(bad), "expected a finite number, got NaN or infinity")

@@ -126,7 +126,7 @@ MAX_YAML_VALUES = 200_000  # values of a document once its aliases are expanded 
 MAX_YAML_DEPTH = 64
 
 
-def _check_size(data, src: str) -> None:
+def check_size(data, src: str, where: str = "") -> None:
     """Refuse documents that would hang or crash the checks that walk them: an alias that contains itself,
     aliases that multiply into millions of values ("billion laughs"), absurd nesting."""
     count, stack = 0, [(data, 1)]
@@ -134,11 +134,11 @@ def _check_size(data, src: str) -> None:
         node, depth = stack.pop()
         count += 1
         if count > MAX_YAML_VALUES:
-            raise ConfigError(src, "", f"more than {MAX_YAML_VALUES} values once its aliases (*name) are expanded: "
-                                       "an alias that refers to itself, or aliases of aliases?")
+            raise ConfigError(src, where, f"more than {MAX_YAML_VALUES} values once its aliases (*name) are "
+                                          "expanded: an alias that refers to itself, or aliases of aliases?")
         if depth > MAX_YAML_DEPTH:
-            raise ConfigError(src, "", f"nested more than {MAX_YAML_DEPTH} levels deep (or an alias that contains "
-                                       "itself)")
+            raise ConfigError(src, where, f"nested more than {MAX_YAML_DEPTH} levels deep (or an alias that "
+                                          "contains itself)")
         if isinstance(node, dict):
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
@@ -160,20 +160,26 @@ def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
     return "", str(exc).split("\n", 1)[0]
 
 
+def parse_yaml(text: str | bytes, src: str):
+    """The data of a YAML document (a file's bytes, or a text from a form); ConfigError naming ``src`` and the
+    line when it is not valid YAML, or too large or deep to be checked safely."""
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        where, what = _yaml_problem(exc)
+        raise ConfigError(src, where, f"not valid YAML: {what}") from None
+    except RecursionError:
+        raise ConfigError(src, "", f"not valid YAML: nested more than {MAX_YAML_DEPTH} levels deep") from None
+    check_size(data, src)
+    return data
+
+
 def load_yaml(path: Path):
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.load(raw, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        where, what = _yaml_problem(exc)
-        raise ConfigError(str(path), where, f"not valid YAML: {what}") from None
-    except RecursionError:
-        raise ConfigError(str(path), "", f"not valid YAML: nested more than {MAX_YAML_DEPTH} levels deep") from None
-    _check_size(data, str(path))
-    return data
+    return parse_yaml(raw, str(path))
 
 
 def non_finite(data: Any, path: tuple = ()) -> tuple | None:
