@@ -9,13 +9,11 @@ Bounded by default (the whole set well under a minute, derandomized so ``make te
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 
 from hypothesis import HealthCheck, settings
 
 COUNTS: Counter = Counter()
-SECONDS: Counter = Counter()
 
 _LONG = int(os.environ.get("BMSGW_FUZZ_EXAMPLES", "0") or 0)
 
@@ -36,20 +34,6 @@ def fuzz_settings(examples: int) -> settings:
 
 def ran(name: str) -> None:
     COUNTS[name] += 1
-
-
-class timed:
-    """``with timed("modbus_tcp.frames"):`` adds the wall time of the block to that fuzzer's total."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        SECONDS[self.name] += time.perf_counter() - self.t0
 
 
 def summary() -> str:
