@@ -142,6 +142,15 @@ def spliced_text(draw, text: str):
     return text
 
 
+def write_edited(path: Path, base: dict, data) -> Path:
+    """``base`` with one to three random edits, written to ``path`` as YAML."""
+    doc = copy.deepcopy(base)
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        doc = mutate(doc, data)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
 def write_text(path: Path, text: str) -> None:
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
 
@@ -161,11 +170,7 @@ def test_the_base_config_is_valid(work):
 @fuzz_settings(80)
 @given(data=st.data())
 def test_config_documents_with_edited_values(work, data):
-    doc = copy.deepcopy(BASE)
-    for _ in range(data.draw(st.integers(1, 3), label="edits")):
-        doc = mutate(doc, data)
-    path = work / "edited.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    path = write_edited(work / "edited.yaml", BASE, data)
     ran("config.values")
     assert_readable(*check_config(path), path)  # check-config builds the faces too, as `run` does
 
@@ -201,11 +206,7 @@ def load_or_refuse(path: Path) -> None:
 @fuzz_settings(300)
 @given(data=st.data())
 def test_profiles_with_edited_values(work, data):
-    doc = copy.deepcopy(PROFILE_DATA)
-    for _ in range(data.draw(st.integers(1, 3), label="edits")):
-        doc = mutate(doc, data)
-    path = work / "fuzzed-profile.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    path = write_edited(work / "fuzzed-profile.yaml", PROFILE_DATA, data)
     ran("profile.values")
     load_or_refuse(path)
 
@@ -225,11 +226,7 @@ def test_a_broken_profile_in_a_profile_folder(work, data):
     """A broken profile overriding a shipped one, through the config's profile_dirs: one line from check-config."""
     folder = work / "profiles"
     folder.mkdir(exist_ok=True)
-    doc = copy.deepcopy(PROFILE_DATA)
-    for _ in range(data.draw(st.integers(1, 3), label="edits")):
-        doc = mutate(doc, data)
-    profile = folder / PROFILE.name
-    profile.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    profile = write_edited(folder / PROFILE.name, PROFILE_DATA, data)
     config = work / "with-profiles.yaml"
     config.write_text(yaml.safe_dump({**BASE, "plugins": {"profile_dirs": [str(folder)]}}, sort_keys=False))
     ran("profile.in_config")

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from gateway.outputs import modbus_tcp
 from gateway.points import PointRef
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import open_fds, rss_mib
+from tests.fuzz.netcheck import open_fds, recv_until_closed, rss_mib
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
 UNITS = (0, 1, 255)
@@ -105,22 +105,6 @@ def sessions(draw, addresses):
     return items
 
 
-def recv_all(sock: socket.socket, deadline_s: float = 15.0) -> bytes:
-    """Everything until the server closes; a server that neither answers nor closes is a hang."""
-    out, end = bytearray(), time.monotonic() + deadline_s
-    while True:
-        left = end - time.monotonic()
-        assert left > 0, f"the server neither answered nor closed within {deadline_s} s (hang); got {bytes(out)!r}"
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(out)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-
-
 def frames_of(data: bytes) -> list[tuple[int, int, bytes]]:
     out, pos = [], 0
     while pos < len(data):
@@ -171,7 +155,7 @@ def test_any_session_is_answered_with_whole_frames_and_closed(served, data):
             sock.shutdown(socket.SHUT_WR)
         except OSError:  # broken pipe, reset, not connected: the server closed on a bad frame
             assert broken, "the server closed a connection that sent only well-formed requests"
-        answers = frames_of(recv_all(sock))
+        answers = frames_of(recv_until_closed(sock, 15))
     requests = [req for kind, _, req in session if req is not None]
     if not broken:
         assert len(answers) == len(requests), f"{len(requests)} requests, {len(answers)} answers"

@@ -11,7 +11,6 @@ in-process on many more cases.
 """
 from __future__ import annotations
 
-import logging
 import socket
 import subprocess
 import threading
@@ -27,7 +26,7 @@ from gateway.outputs.snmp import ber
 from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.outputs.snmp.fastpath import FastPath
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import open_fds, rss_mib
+from tests.fuzz.netcheck import ErrorLog, open_fds, rss_mib
 from tests.snmp_support import V3_USER, free_udp_port, net_snmp_env
 from tests.support import GatewayThread, small_bank, write_config
 from tests.test_snmp_fastpath import request
@@ -35,17 +34,6 @@ from tests.test_snmp_fastpath import request
 BASE = (1, 3, 6, 1, 4, 1, 32473)
 SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 MAX_BULK = 64
-
-
-class ErrorLog(logging.Handler):
-    """Errors logged anywhere (an agent thread, asyncio's 'Exception in callback', pysnmp)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
 
 
 @pytest.fixture(scope="module")
@@ -56,28 +44,24 @@ def agents(tmp_path_factory):
                                        "v3_users": [V3_USER], "max_bulk_varbinds": MAX_BULK},
                               "web": {"enabled": False}, "modbus_tcp": {"enabled": False},
                               "prometheus": {"enabled": False}}, base=small_bank(1, 4))
-    errors = ErrorLog()
-    logging.getLogger().addHandler(errors)
-    gt = GatewayThread(path).start()
-    gw = gt.gateway
-    fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
-    slow = SnmpAgent(gw, {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False})
-    gt.call(slow.start())
-    gt.call(gw.engine.stop())  # the store stands still: both agents must give the same bytes
-    for agent in (fast, slow):
-        agent.data.started, agent.data.started_mono = fast.data.started, fast.data.started_mono
-        agent.data.ticks = lambda: 123456
-        agent.data.counters = lambda: {"snmpInPkts": 7}
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        yield {"gt": gt, "fast": fast, "slow": slow, "ports": (fast_port, slow_port), "sock": sock,
-               "errors": errors, "seeds": captured_seeds(tmp) + built_seeds(fast), "rss": rss_mib(),
-               "fds": open_fds()}
-    finally:
-        sock.close()
-        gt.call(slow.stop())
-        gt.stop()
-        logging.getLogger().removeHandler(errors)
+    with ErrorLog() as errors, GatewayThread(path) as gt:
+        gw = gt.gateway
+        fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
+        slow = SnmpAgent(gw, {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False})
+        gt.call(slow.start())
+        gt.call(gw.engine.stop())  # the store stands still: both agents must give the same bytes
+        for agent in (fast, slow):
+            agent.data.started, agent.data.started_mono = fast.data.started, fast.data.started_mono
+            agent.data.ticks = lambda: 123456
+            agent.data.counters = lambda: {"snmpInPkts": 7}
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            yield {"gt": gt, "fast": fast, "slow": slow, "ports": (fast_port, slow_port), "sock": sock,
+                   "errors": errors, "seeds": captured_seeds(tmp) + built_seeds(fast), "rss": rss_mib(),
+                   "fds": open_fds()}
+        finally:
+            sock.close()
+            gt.call(slow.stop())
 
 
 def captured_seeds(tmp) -> list[bytes]:

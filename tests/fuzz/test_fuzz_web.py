@@ -31,7 +31,7 @@ from gateway.app import Gateway
 from gateway.cli import _all_ports_dummy
 from gateway.outputs.web.api import OPERATIONS
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import open_fds, rss_mib
+from tests.fuzz.netcheck import ErrorLog, open_fds, recv_until_closed, rss_mib
 from tests.support import free_port
 from tests.web_support import PASSWORD, Client, web_gateway
 
@@ -41,30 +41,16 @@ LIMITS = {"request_timeout_s": REQUEST_TIMEOUT_S, "idle_timeout_s": 4, "slow_per
 ADMIN = "fuzz-admin"
 
 
-class ErrorLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def new_since(self, n: int) -> list[str]:
-        return [r.getMessage() for r in self.records[n:]]
-
-
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     level = logging.getLogger().level  # a fuzzed config may set gateway.log_level live
-    errors = ErrorLog()
-    logging.getLogger().addHandler(errors)
-    with web_gateway(tmp_path_factory.mktemp("fuzz-web"), strings=1, cells=4, web={"limits": LIMITS}) as w:
+    with ErrorLog() as errors, \
+            web_gateway(tmp_path_factory.mktemp("fuzz-web"), strings=1, cells=4, web={"limits": LIMITS}) as w:
         w.ctx.users.add("victim", "viewer", PASSWORD)
         admin = w.user(ADMIN, "admin")
         yield {"w": w, "admin": admin, "admin_token": w.token("admin"), "viewer_token": w.token("viewer"),
                "errors": errors, "rss": rss_mib(), "fds": open_fds(), "routes": routes(w),
                "fields": config_fields(w, admin)}
-    logging.getLogger().removeHandler(errors)
     logging.getLogger().setLevel(level)
 
 
@@ -321,21 +307,6 @@ def raw_requests(draw):
         elif op == "truncate":
             del data[pos:]
     return bytes(data)
-
-
-def recv_until_closed(sock: socket.socket, limit_s: float) -> bytes:
-    out, end = bytearray(), time.monotonic() + limit_s
-    while True:
-        left = end - time.monotonic()
-        assert left > 0, f"no answer and not closed after {limit_s} s: {bytes(out[:200])!r}"
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return bytes(out)
-        if not chunk:
-            return bytes(out)
-        out += chunk
 
 
 @given(data=raw_requests())
