@@ -32,7 +32,6 @@ from gateway.cli import _all_ports_dummy
 from gateway.outputs.web.api import OPERATIONS
 from tests.fuzz.cases import fuzz_settings, ran
 from tests.fuzz.netcheck import ErrorLog, open_fds, recv_until_closed, rss_mib
-from tests.support import free_port
 from tests.web_support import PASSWORD, Client, web_gateway
 
 REQUEST_TIMEOUT_S = 2
