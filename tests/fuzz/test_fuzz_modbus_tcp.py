@@ -237,6 +237,25 @@ def test_slow_loris_clients_are_timed_out_and_others_served(served):
     assert served_polls >= 5
 
 
+def test_silent_connections_in_every_slot_make_room_for_a_new_client(served):
+    """Every slot held by a connection that never sent a byte (idle_timeout_s is far off): once they have been
+    silent for request_timeout_s, a new client replaces the one silent longest instead of being refused."""
+    gt, service, port, *_ = served
+    gt.wait_for(lambda: len(service.connections) == 0, timeout=30, what="earlier connections to close")
+    evicted = service.counters["evicted"]
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        gt.wait_for(lambda: len(service.connections) == MAX_CONNECTIONS, what="every slot to be taken")
+        time.sleep(REQUEST_TIMEOUT_S + 0.2)  # the rule under test is about time: let them be silent that long
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as fresh:
+            read_cell_voltage(fresh, 3)
+        assert service.counters["evicted"] == evicted + 1
+        assert sum(recv_until_closed(s, 10) == b"" for s in silent[:1]) == 1  # the oldest one was closed
+    finally:
+        for s in silent:
+            s.close()
+
+
 def test_a_client_that_never_reads_its_answers_costs_bounded_memory(served):
     """Pipelined 125-register reads (12 bytes in, 259 out) from a client that does not read: the server stops
     reading it instead of queueing megabytes of answers; when it reads again, every request is answered."""
