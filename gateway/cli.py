@@ -36,6 +36,9 @@ def cmd_check_config(args) -> int:
     path = config_path(args)
     gw = offline_gateway(path)
     check_sim_ports(gw.config)
+    # the faces check their own sections (addresses, cross-field rules) when `run` builds them: build them
+    # here too (nothing is bound or opened), so a config check-config passes is one `run` accepts
+    gw.pm.hook.bmsgw_services(gateway=gw)
     problems = gw.config_problems()
     for problem in problems:
         print(f"bmsgw: {problem}", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 
 from .errors import ConfigError, key_path
-from .profiles import DeviceProfile, load_yaml, schema_error
+from .profiles import DeviceProfile, check_size, load_yaml, non_finite, schema_error
 from .topology import (MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig,
                        Topology)
 
@@ -224,6 +224,10 @@ def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(src, "", "expected a mapping of sections (buses, strings, bank, ...)")
+    check_size(data, src)  # a document from the REST API or a form, not only from a file
+    bad = non_finite(data)
+    if bad is not None:
+        raise ConfigError(src, key_path(bad), "expected a finite number, got NaN or infinity")
     schema = full_schema(extra_sections)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
@@ -231,7 +235,7 @@ def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
         err = errors[0]
         if err.validator == "additionalProperties" and not err.absolute_path:
             known = ", ".join(sorted(schema["properties"]))
-            unknown = sorted(k for k in data if k not in schema["properties"])
+            unknown = sorted((k for k in data if k not in schema["properties"]), key=str)  # YAML keys: any type
             raise ConfigError(src, str(unknown[0]), f"unknown section (a typo, or a plugin that is not installed?); "
                                                      f"known sections: {known}")
         raise schema_error(src, err)

@@ -51,6 +51,7 @@ MAX_MBAP_LENGTH = 254  # unit id + PDU (at most 253 bytes)
 GAP_FILL = 0xFFFF  # registers inside a served range that no point occupies
 CONFORMITY = 0x82  # regular identification, stream and individual access
 MAX_BACKLOG = 64 * 1024  # bytes of pipelined requests held while a write is pending, then reading pauses
+MAX_OUTPUT = 64 * 1024  # answers written per batch before checking whether the client still reads them
 
 _HEADER = struct.Struct(">HHHB")
 _READ_REQ = struct.Struct(">HH")
@@ -70,9 +71,15 @@ CONFIG_SCHEMA: dict[str, Any] = {
                      "description": "unit ids answered; they all address the same register map"},
         "unknown_unit": {"enum": ["exception", "ignore"], "default": "exception",
                          "description": "a request for another unit id: exception 0x0B, or no answer at all"},
-        "max_connections": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 32},
+        "max_connections": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 32,
+                            "description": "open connections at most; when all are taken, a new client replaces "
+                                           "the connection that has sent no complete request for the longest, "
+                                           "if that is over request_timeout_s, else it is refused"},
         "idle_timeout_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 300,
                            "description": "close a connection that sent no complete request for this long (0 = never)"},
+        "request_timeout_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 10,
+                              "description": "close a connection whose request has not arrived whole this long "
+                                             "after its first byte (a slow or broken client; 0 = never)"},
         "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"}, "default": [],
                        "description": "client addresses or networks that may connect; empty = any"},
         "identity": {
@@ -315,6 +322,7 @@ class ModbusTcpService:
         self.ignore_unknown_unit = cfg["unknown_unit"] == "ignore"
         self.max_connections = cfg["max_connections"]
         self.idle_timeout = float(cfg["idle_timeout_s"])
+        self.request_timeout = float(cfg.get("request_timeout_s", 10))
         self.allow_from = parse_networks(cfg["allow_from"], src, f"{SECTION}.allow_from")
         self.writes_enabled = bool(cfg["writes"]["enabled"])
         self.write_allow = parse_networks(cfg["writes"]["allow_from"], src, f"{SECTION}.writes.allow_from")
@@ -333,7 +341,7 @@ class ModbusTcpService:
         self.connections: set[_Connection] = set()
         self.server: asyncio.base_events.Server | None = None
         self.counters = {"connections": 0, "refused_connections": 0, "requests": 0, "exceptions": 0,
-                         "writes": 0, "refused_writes": 0, "protocol_errors": 0}
+                         "writes": 0, "refused_writes": 0, "protocol_errors": 0, "timed_out": 0, "evicted": 0}
         self.refusals = _LogLimiter()
 
     # -- life cycle --------------------------------------------------------------------------------------------
@@ -401,13 +409,31 @@ class ModbusTcpService:
             self.counters["refused_connections"] += 1
             self.refusals.warning("modbus tcp: connection from %s refused: not in allow_from", conn.client)
             return False
-        if len(self.connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections and not self._evict_one():
             self.counters["refused_connections"] += 1
             self.refusals.warning("modbus tcp: connection from %s refused: %d connections open (max_connections)",
                                   conn.client, len(self.connections))
             return False
         self.connections.add(conn)
         self.counters["connections"] += 1
+        return True
+
+    def _evict_one(self) -> bool:
+        """All slots taken: close the connection that has sent no whole request for the longest, if that is
+        over request_timeout_s (a silent or trickling client), to make room.  The Modbus TCP implementation
+        guide suggests closing the oldest unused connection; busy masters are never the ones chosen."""
+        if self.request_timeout <= 0 or not self.connections:
+            return False
+        victim = min(self.connections, key=lambda c: c.last_activity)
+        if victim.pending is not None or victim.loop is None or \
+                victim.loop.time() - victim.last_activity < self.request_timeout:
+            return False
+        self.counters["evicted"] += 1
+        self.refusals.warning("modbus tcp: closing the connection from %s (no complete request for %.0f s) to make "
+                              "room for a new client (max_connections)", victim.client,
+                              victim.loop.time() - victim.last_activity)
+        victim.close()
+        self.connections.discard(victim)
         return True
 
     # -- requests ----------------------------------------------------------------------------------------------
@@ -545,9 +571,12 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.pending: asyncio.Task | None = None
         self.last_activity = 0.0
+        self.partial_since: float | None = None  # when the first byte of a still incomplete request came
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.check_at = 0.0  # when idle_handle fires
         self.reading_paused = False
         self.writing_paused = False
+        self.eof = False
         self.closed = False
 
     def connection_made(self, transport) -> None:
@@ -559,10 +588,9 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         log.debug("modbus tcp: connection from %s", self.client)
-        self.loop = loop = asyncio.get_running_loop()
-        self.last_activity = loop.time()
-        if self.service.idle_timeout > 0:
-            self.idle_handle = loop.call_later(self.service.idle_timeout, self._idle_check)
+        self.loop = asyncio.get_running_loop()
+        self.last_activity = self.loop.time()
+        self._arm()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -576,14 +604,53 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
-    def _idle_check(self) -> None:
-        loop = self.loop
-        idle = loop.time() - self.last_activity
-        if self.pending is None and idle >= self.service.idle_timeout:
-            log.info("modbus tcp: closing idle connection from %s", self.client)
-            self.close()
+    # -- timeouts: idle (no whole request for idle_timeout_s), slow (a request begun, not finished) ------------
+    def _deadline(self) -> float | None:
+        svc, out = self.service, []
+        if svc.idle_timeout > 0:
+            out.append(self.last_activity + svc.idle_timeout)
+        if svc.request_timeout > 0 and self.partial_since is not None:
+            out.append(self.partial_since + svc.request_timeout)
+        return min(out) if out else None
+
+    def _arm(self) -> None:
+        """Make sure the timer fires by the nearest deadline (it re-arms itself when it finds none due)."""
+        when = self._deadline()
+        if when is None or self.closed or (self.idle_handle is not None and self.check_at <= when):
             return
-        self.idle_handle = loop.call_later(max(0.05, self.service.idle_timeout - idle), self._idle_check)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.check_at = when
+        self.idle_handle = self.loop.call_at(when, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_handle = None
+        if self.closed:
+            return
+        now, svc = self.loop.time(), self.service
+        if self.pending is None:
+            if svc.request_timeout > 0 and self.partial_since is not None and \
+                    now - self.partial_since >= svc.request_timeout:
+                svc.counters["timed_out"] += 1
+                log.info("modbus tcp: closing the connection from %s: a request begun %.0f s ago is still "
+                         "incomplete (request_timeout_s)", self.client, now - self.partial_since)
+                self.close()
+                return
+            if svc.idle_timeout > 0 and now - self.last_activity >= svc.idle_timeout:
+                log.info("modbus tcp: closing idle connection from %s", self.client)
+                self.close()
+                return
+        when = self._deadline()
+        if when is not None:
+            self.check_at = max(when, now + 0.05)
+            self.idle_handle = self.loop.call_at(self.check_at, self._idle_check)
+
+    def eof_received(self):
+        """The client will send no more (e.g. ``nc -N``): answer what it sent, then close."""
+        self.eof = True
+        if self.pending is None and not self.writing_paused:
+            return None  # everything it sent is answered (a partial request never will be): close
+        return True  # _process() closes once the pending write and the held-back requests are answered
 
     # -- flow control: a client that does not read its answers stops being read ----------------------------
     def pause_writing(self) -> None:
@@ -592,10 +659,21 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self._update_reading()
+        if self.pending is None and not self.closed and (len(self.buf) >= 7 or self.eof):
+            self._process()  # requests held back while the client was not reading its answers
+        else:
+            self._update_reading()
 
     def _update_reading(self) -> None:
         want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
+        if self.closed:
+            return
+        if self.buf and self.pending is None and not self.writing_paused:  # part of a request awaits the rest
+            if self.partial_since is None:
+                self.partial_since = self.loop.time()
+                self._arm()
+        else:
+            self.partial_since = None
         if self.closed or want_pause == self.reading_paused:
             return
         self.reading_paused = want_pause
@@ -627,9 +705,14 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
 
     def _process(self) -> None:
-        buf, pos, out = self.buf, 0, []
+        buf, pos, out, size = self.buf, 0, [], 0
         handle = self.service.handle
         while len(buf) - pos >= 7:
+            if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when
+                self.transport.write(b"".join(out))
+                out, size = [], 0
+                if self.writing_paused or self.closed:
+                    break  # resume_writing() goes on with the rest of buf
             tid, proto, length, unit = _HEADER.unpack_from(buf, pos)
             if proto != 0 or not 2 <= length <= MAX_MBAP_LENGTH:
                 self.service.counters["protocol_errors"] += 1
@@ -650,16 +733,23 @@ class _Connection(asyncio.Protocol):
                 continue
             if isinstance(response, (bytes, bytearray)):
                 out.append(response)
+                size += len(response)
                 continue
             if out:
                 self.transport.write(b"".join(out))
                 out = []
             del buf[:pos]
+            self.partial_since = None
             self._await(response)
             return
         del buf[:pos]
+        if pos:
+            self.partial_since = None  # a whole request came: the clock of the next partial one starts now
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.eof and not self.closed and (not self.writing_paused or not buf):
+            self.close()  # the client half-closed: everything it sent is answered (a partial request never will be)
+            return
         self._update_reading()
 
     def _await(self, response: Awaitable[bytes]) -> None:

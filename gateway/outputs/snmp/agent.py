@@ -23,6 +23,7 @@ from pysnmp.entity import config as snmp_config
 from pysnmp.entity import engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
+from pysnmp.proto.api import v2c
 
 from ...config import parse_listen
 from ...errors import GatewayError
@@ -116,11 +117,20 @@ def _allowed(host: str, networks: list) -> bool:
 
 
 class FastUdpTransport(udp.UdpAsyncioTransport):
-    """pysnmp's UDP transport with the community source filter and the v2c read fast path in front."""
+    """pysnmp's UDP transport with the community source filter and the v2c read fast path in front, and a
+    guard behind.
+
+    The guard: pysnmp 7.1.30 lets some malformed datagrams raise out of its message dispatcher (``60 00``, an
+    empty application-tagged value where the message should be, fails inside pyasn1 with a TypeError), and
+    asyncio then logged a traceback for each one: a port scanner could fill the log.  Those are dropped and
+    counted like any unparsable message, with one warning a minute at most.
+    """
 
     fast: FastPath | None = None
     community_from: list | None = None  # networks whose v1/v2c messages are taken; None = any
     refused_sources = 0
+    dropped = 0  # datagrams pysnmp failed on
+    _warned_at = -1e9
 
     def datagram_received(self, datagram, transportAddress):
         allow = self.community_from
@@ -137,7 +147,43 @@ class FastUdpTransport(udp.UdpAsyncioTransport):
             if response is not None:
                 self.transport.sendto(response, transportAddress)
                 return
-        super().datagram_received(datagram, transportAddress)
+        if self._callback_function is not None:
+            self.loop.call_soon(self._receive, transportAddress, datagram)
+
+    def _receive(self, address, datagram) -> None:
+        try:
+            self._callback_function(self, address, datagram)
+        except Exception as exc:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at >= 60:
+                self._warned_at = now
+                log.warning("SNMP: dropped a malformed datagram from %s (%s: %s); %d so far, at most one such "
+                            "warning a minute", address[0] if address else "?", type(exc).__name__, exc, self.dropped)
+
+
+class BulkResponder(cmdrsp.BulkCommandResponder):
+    """pysnmp's GETBULK responder, answering when there is nothing to send.
+
+    pysnmp 7.1.30 raises a bare SmiError when a GETBULK yields no varbind (no non-repeaters and
+    max-repetitions 0, or more repeated varbinds than max_bulk_varbinds so that not one repetition fits);
+    its own handler then fails on that error (``"oid" in errorIndication``: TypeError), so the manager gets
+    no answer, asyncio logs a traceback and the request's state is never released: every such datagram
+    leaked memory.  RFC 3416 4.2.3: the answer is a Response with an empty variable-bindings list.
+    """
+
+    def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
+        varbinds = v2c.apiPDU.get_varbinds(PDU)
+        n = min(max(int(v2c.apiBulkPDU.get_non_repeaters(PDU)), 0), len(varbinds))
+        r = len(varbinds) - n
+        m = max(int(v2c.apiBulkPDU.get_max_repetitions(PDU)), 0)
+        if r:
+            m = min(m, self.max_varbinds // r)
+        if n == 0 and (m == 0 or r == 0):
+            self.send_varbinds(snmpEngine, stateReference, 0, 0, [])
+            self.release_state_information(stateReference)
+            return
+        super().handle_management_operation(snmpEngine, stateReference, contextName, PDU)
 
 
 class SnmpAgent:
@@ -172,6 +218,7 @@ class SnmpAgent:
         self._targets: list[dict] = []
         self._ntf: ntforg.NotificationOriginator | None = None
         self.sent = {"traps": 0, "informs": 0, "informs_acknowledged": 0, "failed": 0}
+        self.responders: list = []
 
     # -- the store tells the index which cached encodings are out of date ------------------------------
     def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
@@ -246,11 +293,10 @@ class SnmpAgent:
         snmp_ctx = context.SnmpContext(engine)
         snmp_ctx.unregister_context_name(b"")
         snmp_ctx.register_context_name(b"", IndexController(self.index))
-        cmdrsp.GetCommandResponder(engine, snmp_ctx)
-        cmdrsp.NextCommandResponder(engine, snmp_ctx)
-        bulk = cmdrsp.BulkCommandResponder(engine, snmp_ctx)
+        bulk = BulkResponder(engine, snmp_ctx)
         bulk.max_varbinds = cfg["max_bulk_varbinds"]
-        cmdrsp.SetCommandResponder(engine, snmp_ctx)
+        self.responders = [cmdrsp.GetCommandResponder(engine, snmp_ctx), cmdrsp.NextCommandResponder(engine, snmp_ctx),
+                           bulk, cmdrsp.SetCommandResponder(engine, snmp_ctx)]
         self._configure_notifications(engine)
 
         if self.community and cfg["fast_path"]:
@@ -336,6 +382,8 @@ class SnmpAgent:
         if self.fast is not None:
             out["snmpInPkts"] += self.fast.answered
             out["fastPathResponses"] = self.fast.answered
+        if self.transport is not None:
+            out["snmpInASNParseErrs"] += self.transport.dropped
         return out
 
     def engine_info(self) -> dict:

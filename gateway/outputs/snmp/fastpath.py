@@ -86,8 +86,8 @@ class FastPath:
                             oid = entries[pos].oid
                         chains[c] = (oid, pos)
                         out.append(enc)
-            if not out:
-                return None  # pysnmp answers genErr here
+            # nothing to answer (no non-repeaters and no repetition fits): an empty varbind list, RFC 3416 4.2.3,
+            # as the agent's BulkResponder answers on the pysnmp side
         msg = ber.response_message(req.community, req.request_id, out)
         if len(msg) > self.max_message:
             return None  # pysnmp drops it (snmpSilentDrops)

@@ -18,7 +18,7 @@ from ...points import PointRef, PointSpec, PointStore, Quality, Reading
 from ...topology import Topology
 from . import ber
 from .mib import ALARM_GROUP, decimals, value_range
-from .tree import Section
+from .tree import Section, Value
 
 MIB2 = (1, 3, 6, 1, 2, 1)
 SYSTEM = MIB2 + (1,)

@@ -31,7 +31,7 @@ def bmsgw_gateway_ready(gateway):
     sec = gateway.config.section("web")
     if not sec.get("enabled", True):
         return
-    s = WebSettings.from_section(sec)
+    s = WebSettings.from_section(sec, str(gateway.config.path))
     sources_for(gateway).start_buffer(s.buffer_interval_s, s.buffer_samples)
 
 
@@ -68,7 +68,7 @@ def _store(args):
     from .auth import UserStore
 
     gw = offline_gateway(config_path(args))
-    s = WebSettings.from_section(gw.config.section("web"))
+    s = WebSettings.from_section(gw.config.section("web"), str(gw.config.path))
     return UserStore(gw.config.state_dir, s.config_users)
 
 

@@ -369,7 +369,10 @@ def put_config():
 
     if not request.is_json:
         raise ApiError(415, "send the configuration as application/json")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # [[[[... thousands deep: Python's JSON decoder gives up (silent= does not cover it)
+        raise ApiError(400, "the JSON document is nested too deeply", "config") from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ApiError(400, 'expected {"config": {...the whole document...}}', "config")
     c = _ctx()

@@ -63,7 +63,7 @@ class WebContext:
 
     def __init__(self, gateway) -> None:
         self.gateway = gateway
-        self.settings = WebSettings.from_section(gateway.config.section("web"))
+        self.settings = WebSettings.from_section(gateway.config.section("web"), str(gateway.config.path))
         self.users = UserStore(gateway.config.state_dir, self.settings.config_users)
         self.sessions = SessionStore(self.settings.idle_s, self.settings.max_age_s)
         self.csrf = Csrf(secrets.token_bytes(32), self.settings.max_age_s)
@@ -75,7 +75,7 @@ class WebContext:
 
     def reload(self) -> None:
         """Apply a reloaded ``web`` section (what can change without re-binding the socket)."""
-        new = WebSettings.from_section(self.gateway.config.section("web"))
+        new = WebSettings.from_section(self.gateway.config.section("web"), str(self.gateway.config.path))
         old = self.settings
         self.settings = dataclasses.replace(new, host=old.host, port=old.port, threads=old.threads, tls=old.tls,
                                             tls_cert=old.tls_cert, tls_key=old.tls_key)

@@ -26,6 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from gateway.config import Config, build_topology, full_schema, read_raw, validate
 from gateway.errors import ConfigError
+from gateway.profiles import parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -330,13 +331,13 @@ def parse_form(schema: dict, form, path: str):
             return True, value
         if kind == "string":
             return True, text
-        return True, yaml.safe_load(text)
+        # the loader of the config file: duplicate keys, self-referring aliases, absurd nesting refused
+        return True, parse_yaml(text, path)
     except ValueError:
         raise FieldError(path, f"expected {'an integer' if kind == 'integer' else 'a number'}, got {text!r}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise FieldError(path, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except ConfigError as exc:
+        where = f" ({exc.path})" if exc.path != "(top level)" else ""
+        raise FieldError(path, f"{exc.message}{where}") from None
 
 
 def section_from_form(gateway, section: str, form) -> dict:

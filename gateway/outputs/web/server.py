@@ -16,12 +16,12 @@ from pathlib import Path
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from gateway.errors import ConfigError
 from gateway.secretfiles import exposure
 
 from .app import WebContext, create_app, security_headers
+from .guard import DeferredTLS, Guard, GuardedConnection, GuardedServerMixin, prefetch_body
 from .settings import WebSettings
 from .tlscert import ensure_self_signed, fingerprint
 
@@ -49,12 +49,13 @@ class _Request(cheroot_server.HTTPRequest):
                 raise
 
 
-class _Connection(cheroot_server.HTTPConnection):
+class _Connection(GuardedConnection):
     RequestHandlerClass = _Request
 
 
-class _Server(wsgi.Server):
-    """cheroot's server, its messages (TLS handshakes a client dropped ...) sent to the log, not stderr."""
+class _Server(GuardedServerMixin, wsgi.Server):
+    """cheroot's server, with the limits of guard.py, its messages (TLS handshakes a client dropped ...) sent to
+    the log, not stderr."""
 
     ConnectionClass = _Connection
     tls = False
@@ -74,6 +75,7 @@ class WebService:
         self.app = create_app(self.ctx)
         self._server: wsgi.Server | None = None
         self._thread: threading.Thread | None = None
+        self.guard: Guard | None = None
         self.port: int | None = None
         self.cert_fingerprint: str | None = None
 
@@ -92,14 +94,16 @@ class WebService:
 
     async def start(self) -> None:
         s = self.settings
-        server = _Server((s.host, s.port), self.app, numthreads=s.threads, server_name="bmsgw",
-                             shutdown_timeout=2, timeout=30)
+        guard = Guard(s.limits)
+        server = _Server((s.host, s.port), prefetch_body(self.app, guard), numthreads=s.threads, server_name="bmsgw",
+                         shutdown_timeout=2, timeout=s.limits.idle_timeout_s)
+        server.guard = guard
         server.max_request_body_size = s.max_body
         server.max_request_header_size = 64 * 1024
         if s.tls:
             cert, key = self._tls_files()
             try:
-                adapter = BuiltinSSLAdapter(str(cert), str(key))
+                adapter = DeferredTLS(str(cert), str(key))
                 self.cert_fingerprint = fingerprint(cert)
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise ConfigError(str(self.gateway.config.path), "web.tls.cert",
@@ -113,6 +117,8 @@ class WebService:
             raise ConfigError(str(self.gateway.config.path), "web.listen",
                               f"{s.host}:{s.port}: cannot listen: {exc.strerror or exc}") from None
         self._server = server
+        self.guard = guard
+        guard.start()
         self.port = server.bind_addr[1]
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
         self._thread.start()
@@ -132,6 +138,8 @@ class WebService:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self.guard is not None:
+            self.guard.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

@@ -5,9 +5,43 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import parse_listen
+from ...errors import ConfigError
 
 ROLES = ("viewer", "operator", "admin")
 ARGON2_PREFIX = "$argon2"
+
+LIMITS_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "default": {},
+    "description": "what one client may hold of the web server (slow, silent and greedy clients)",
+    "properties": {
+        "max_connections": {"type": "integer", "minimum": 4, "maximum": 1000, "default": 100,
+                            "description": "open connections at most; more are closed at once"},
+        "max_connections_per_address": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 16,
+                                        "description": "open connections from one client address"},
+        "request_timeout_s": {"type": "number", "minimum": 1, "maximum": 600, "default": 15,
+                              "description": "a request (TLS handshake, headers and body) must arrive within "
+                                             "this long of its first byte"},
+        "idle_timeout_s": {"type": "number", "minimum": 1, "maximum": 3600, "default": 30,
+                           "description": "close a connection that sends nothing for this long"},
+        "slow_per_address": {"type": "integer", "minimum": 1, "maximum": 32, "default": 2,
+                             "description": "requests from one address that may take over a second to arrive "
+                                            "at the same time; more are closed"},
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 100
+    max_connections_per_address: int = 16
+    request_timeout_s: float = 15.0
+    idle_timeout_s: float = 30.0
+    slow_per_address: int = 2
+
+    @classmethod
+    def from_section(cls, sec: dict) -> "Limits":
+        return cls(**{k: sec[k] for k in cls.__dataclass_fields__ if k in sec})
+
 
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "default": {},
@@ -86,6 +120,7 @@ SCHEMA: dict[str, Any] = {
                 "samples": {"type": "integer", "minimum": 10, "maximum": 5000, "default": 240},
             },
         },
+        "limits": LIMITS_SCHEMA,
         "api": {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
@@ -119,10 +154,14 @@ class WebSettings:
     buffer_samples: int
     max_history_points: int
     max_body: int
+    limits: Limits = Limits()
 
     @classmethod
-    def from_section(cls, sec: dict) -> "WebSettings":
-        host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
+    def from_section(cls, sec: dict, src: str = "config") -> "WebSettings":
+        try:
+            host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
+        except ValueError as exc:  # e.g. [::::]:80: the schema's pattern cannot check an IPv6 literal
+            raise ConfigError(src, "web.listen", str(exc)) from None
         tls, sess, login = sec.get("tls", {}), sec.get("session", {}), sec.get("login", {})
         met, buf, api = sec.get("metrics", {}), sec.get("trend_buffer", {}), sec.get("api", {})
         return cls(host=host, port=port, threads=sec.get("threads", 4), tls=bool(tls.get("enabled", False)),
@@ -136,7 +175,8 @@ class WebSettings:
                    metrics_enabled=met.get("enabled", True), metrics_public=met.get("public", True),
                    buffer_interval_s=buf.get("interval_s", 15), buffer_samples=buf.get("samples", 240),
                    max_history_points=api.get("max_history_points", 2000),
-                   max_body=api.get("max_body_kib", 512) * 1024)
+                   max_body=api.get("max_body_kib", 512) * 1024,
+                   limits=Limits.from_section(sec.get("limits") or {}))
 
     @property
     def scheme(self) -> str:
