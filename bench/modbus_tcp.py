@@ -173,7 +173,7 @@ def main() -> int:
     print(f"baseline stock pymodbus 3.16.1 server, plain data block: {b:,.0f} requests/s  (rounds: {', '.join(f'{x:,.0f}' for x in base)})")
     print(f"bmsgw modbus_tcp, default config, store not changing:    {q:,.0f} requests/s  (rounds: {', '.join(f'{x:,.0f}' for x in quiet)})")
     print(f"bmsgw modbus_tcp, default config, polling live:          {o:,.0f} requests/s  (rounds: {', '.join(f'{x:,.0f}' for x in ours)})")
-    print(f"(all servers run during every round: the live gateway's polling and the simulator load the machine for all)")
+    print("(all servers run during every round: the live gateway's polling and the simulator load the machine for all)")
     print(f"store not changing: {q / b:.2f}x the baseline")
     print(f"modbus_tcp 100-register reads, polling live: {o / b:.2f}x the stock pymodbus server ({o:,.0f} vs {b:,.0f} requests/s)")
     return 0

@@ -147,7 +147,7 @@ def test_a_slow_slave_answers_within_the_timeout_or_times_out_alone(tmp_path):
         seen["c1"] = engine.counters()["bus1"]
         seen["snap"] = gw.store.snapshot()
 
-    gw = poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
     assert seen["slow_ok"] is Quality.GOOD
     snap = seen["snap"]
     assert snap[PointRef("cell.voltage", 1, 2)].quality is Quality.COMM_FAIL

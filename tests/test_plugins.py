@@ -5,7 +5,6 @@ import importlib
 import json
 import os
 import sys
-import textwrap
 
 import pytest
 import yaml
