@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from ... import fsutil
 from .settings import ROLES
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ class UserStore:
         self._data: dict = {"users": {}, "tokens": {}}
         self._mtime: float | None = None
         self._dummy_hash: str | None = None
+        if self.path.parent.is_dir():
+            fsutil.remove_stale_temporaries(self.path.parent, USERS_FILE)
         self._load()
 
     # -- file ------------------------------------------------------------------------------------------------
@@ -129,17 +131,7 @@ class UserStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".users-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self._data, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fsutil.atomic_write(self.path, json.dumps(self._data, indent=1, sort_keys=True), mode=0o600)
         self._mtime = self.path.stat().st_mtime_ns
 
     def refresh(self) -> None:
