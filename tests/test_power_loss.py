@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -23,10 +24,11 @@ import pytest
 from gateway import fsutil
 from gateway.analytics import _running as analytics_running
 from gateway.history import history_for, service_for
-from gateway.history.db import HistoryDB
+from gateway.history.db import EPOCH, HistoryDB, encode_vector, is_disk_full
+from gateway.history.recorder import FAULT_ERROR, FAULT_OK, HistoryWriter, PointFilter, Recorder
 from gateway.hookspecs import hookimpl
 from gateway.outputs.web.configedit import read_document, save_and_reload
-from gateway.points import PointRef
+from gateway.points import PointRef, PointSpec, Quality, Reading
 from tests.powerloss import PowerLoss
 from tests.support import GatewayThread, small_bank, write_config
 
@@ -87,6 +89,81 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
     os.utime(stale, (old, old))
     assert fsutil.remove_stale_temporaries(tmp_path, "config.yaml") == 1  # the fresh one may be a live save
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+# -- the history writer's acknowledgement and its full-disk behaviour ---------------------------------------------
+SPECS = {"cell.voltage": PointSpec("cell.voltage", "cell", "V", "", 0, scale=0.001)}
+T0 = 1_790_000_000
+
+
+def _batch(t: int, cells: int = 4) -> list:
+    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5)) for c in range(1, cells + 1)]
+
+
+def test_rows_wait_bounded_while_the_disk_is_full_and_the_commit_says_what_is_on_disk(tmp_path, monkeypatch):
+    db = HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0)
+    rec = Recorder(db, SPECS, PointFilter(["@measured"], []), raw_interval_s=1, max_pending_rows=5)
+    real_write = db.write
+
+    def full(*a, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(db, "write", full)
+    for k in range(12):
+        rec.add(_batch(T0 + k))
+        with pytest.raises(sqlite3.OperationalError):
+            rec.flush(T0 + k + 1)
+    # twelve one-second slots closed, five kept (the newest), seven dropped and counted
+    assert rec.pending_rows == 5 and rec.values_dropped == 7 * 4 and rec.commits == 0 and rec.last_commit is None
+    monkeypatch.setattr(db, "write", real_write)
+    assert rec.flush(T0 + 13) == 5 * 4
+    c = rec.last_commit
+    assert c.seq == 1 and c.values == 20 and [t for t, _ in c.raw] == list(range(T0 + 7, T0 + 12))
+    stored = [t + EPOCH for (t,) in db.conn().execute("SELECT t FROM raw ORDER BY t")]
+    assert stored == list(range(T0 + 7, T0 + 12))
+
+
+def test_sqlite_full_inside_a_transaction_is_reported_not_hidden_by_the_rollback(tmp_path):
+    db = HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0)
+    db.write([(T0, 1, encode_vector([1, 2]))])
+    db.set_max_bytes(1)  # no page beyond the current size
+    big = [(T0 + k, 1, encode_vector(list(range(1000)))) for k in range(1, 50)]
+    with pytest.raises(sqlite3.OperationalError) as err:
+        db.write(big)
+    assert is_disk_full(err.value) and not db.conn().in_transaction
+    db.set_max_bytes(None)
+    db.write(big)  # the same connection writes again once there is room
+    assert db.conn().execute("SELECT count(*) FROM raw").fetchone()[0] == 50
+
+
+def test_the_writer_opens_the_database_when_it_can_and_reports_the_fault_meanwhile(tmp_path):
+    faults, acks = [], []
+    attempts = []
+
+    def opener():
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise sqlite3.OperationalError("disk I/O error")  # what a WAL file on a full card says at open
+        return Recorder(HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0), SPECS,
+                        PointFilter(["@measured"], []), raw_interval_s=1)
+
+    w = HistoryWriter(None, flush_s=0.05, opener=opener, open_error=sqlite3.OperationalError("disk I/O error"),
+                      on_fault=lambda f, e: faults.append(f), on_flush=lambda r: acks.append(r.last_commit))
+    w.start()
+    try:
+        deadline = time.monotonic() + 30
+        while w.recorder is None and time.monotonic() < deadline:
+            w.submit(_batch(T0))
+            time.sleep(0.01)
+        assert w.recorder is not None and faults[0] == FAULT_ERROR and faults[-1] == FAULT_OK
+        assert w.dropped > 0  # what came while there was no database was counted, not hoarded
+        w.submit(_batch(T0 + 100))
+        assert w.flush(30) and w.flush(30)
+        while not acks and time.monotonic() < deadline:
+            w.flush(30)
+        assert acks and acks[-1].raw
+    finally:
+        w.stop()
 
 
 # -- SIGKILL at random moments -----------------------------------------------------------------------------------

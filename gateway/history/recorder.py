@@ -80,7 +80,7 @@ class PointFilter:
 class Recorder:
     def __init__(self, db: HistoryDB, specs: Mapping[str, PointSpec] | Callable[[str], PointSpec | None],
                  point_filter: Callable[[PointSpec], bool], raw_interval_s: float = 60,
-                 intervals: Mapping[str, float] | None = None, max_pending_rows: int = 20000) -> None:
+                 intervals: Mapping[str, float] | None = None, max_pending_rows: int | None = None) -> None:
         self.db = db
         self._spec = specs.get if hasattr(specs, "get") else specs
         self.filter = point_filter
@@ -95,7 +95,8 @@ class Recorder:
         self._raw_fresh: list[tuple[int, int, bytes, int]] = []
         self._roll_rows: list[tuple[int, int, int, bytes, int]] = []
         self._roll_fresh: list[tuple[int, int, int, bytes, int]] = []
-        self.max_pending_rows = max(1, int(max_pending_rows))  # held while the disk refuses writes
+        # held while the disk refuses writes (None: no limit, for a recorder flushed by its caller)
+        self.max_pending_rows = max(1, int(max_pending_rows)) if max_pending_rows else None
         self.readings = 0  # readings taken in
         self.values_written = 0  # values committed (raw samples + roll-up elements)
         self.values_dropped = 0  # values given up because the disk refused them too long
@@ -239,11 +240,14 @@ class Recorder:
     def _bound_pending(self) -> None:
         """Keep at most ``max_pending_rows`` rows waiting: drop the oldest raw samples first (the roll-ups keep
         their min/mean/max), then the oldest roll-ups."""
+        if self.max_pending_rows is None:
+            return
         excess = self.pending_rows - self.max_pending_rows
         if excess <= 0:
             return
         dropped = 0
-        for rows, k in ((self._raw_rows, 3), (self._raw_fresh, 3), (self._roll_rows, 4), (self._roll_fresh, 4)):
+        # a series' "fresh" row (its first after the start) is older than its other rows: it goes first
+        for rows, k in ((self._raw_fresh, 3), (self._raw_rows, 3), (self._roll_fresh, 4), (self._roll_rows, 4)):
             n = min(excess, len(rows))
             if n:
                 dropped += sum(r[k] for r in rows[:n])
@@ -346,7 +350,7 @@ class HistoryWriter(threading.Thread):
     def _discard_queued(self) -> None:
         try:
             while True:
-                self.queue.get(timeout=0.2)
+                self.queue.get_nowait()
                 self.dropped += 1
         except queue.Empty:
             pass
@@ -363,6 +367,8 @@ class HistoryWriter(threading.Thread):
                     self._open()
                     next_flush = time.monotonic() + self.flush_s
                     self._notify_flushed()
+                else:
+                    self._stop_event.wait(min(0.2, max(0.0, next_flush - time.monotonic())))
                 continue
             self._take_queued(block=True)
             if time.monotonic() >= next_flush or self._flush_now.is_set():
