@@ -75,7 +75,8 @@ class GatewayKills:
         self.port = free_port()
         data = {
             "site": {"name": "v0", "id": "bench"},
-            "gateway": {"state_dir": str(folder / "var"), "poll": {"fast_s": 0.5, "slow_s": 5}},
+            # DEBUG in the file too: a config save applies the file's log level
+            "gateway": {"state_dir": str(folder / "var"), "log_level": "DEBUG", "poll": {"fast_s": 0.5, "slow_s": 5}},
             "simulator": {"enabled": True, "wire_time": False},
             "buses": [{"name": "bus1", "port": "sim", "baud": 115200, "timeout_ms": 100, "retries": 1}],
             "strings": [{"id": 1, "cells": 16, "devices": [{"profile": "bm-smd", "bus": "bus1", "address": 1},
