@@ -397,7 +397,7 @@ class HistoryWriter(threading.Thread):
                 log.exception("history: flush callback failed")
         if error is not None:
             self._failed(error, "flush failed")
-        elif self.fault != FAULT_OK:
+        elif self.fault != FAULT_OK and rec.commits != commits:  # only a commit proves the card takes writes
             log.warning("history: writing again after %.0f s; %d values were dropped meanwhile",
                         time.time() - (self.fault_since or time.time()), rec.values_dropped)
             self._set_fault(FAULT_OK, None)
