@@ -19,6 +19,7 @@ The last line is the headline.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -117,7 +117,7 @@ class GatewayKills:
                 if self._api("PUT", "/config", {"config": doc}).get("saved"):
                     self.version = max(self.version, n)
                     self.saves += 1
-            except (OSError, urllib.error.URLError, ValueError, KeyError):
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
                 time.sleep(0.02)  # the gateway is starting or was just killed
 
     def cycle(self) -> None:
