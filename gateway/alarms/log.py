@@ -39,14 +39,33 @@ _STOP = object()
 class AlarmLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._session() as db:
-            db.executescript(SCHEMA)
-            db.execute("PRAGMA journal_mode=WAL")
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.writes = 0
         self.errors = 0
+        self.ready = False
+        self._prepare()
+
+    def _prepare(self) -> bool:
+        """Create the file and its schema.  False when that is not possible now (a full card: SQLite cannot
+        even create the WAL index); alarms then work without a log, and every write tries again."""
+        if self.ready:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._session() as db:
+                db.executescript(SCHEMA)
+                db.execute("PRAGMA journal_mode=WAL")
+        except (sqlite3.Error, OSError) as exc:
+            if self.errors == 0:
+                log.error("alarm log %s cannot be opened (%s): alarms are raised, shown and notified, but not "
+                          "logged until it can", self.path, exc)
+            self.errors += 1
+            return False
+        if self.errors:
+            log.warning("alarm log %s can be written again", self.path)
+        self.ready = True
+        return True
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10)
@@ -64,18 +83,24 @@ class AlarmLog:
 
     # -- start-up (synchronous) ------------------------------------------------------------------------------
     def next_id(self) -> int:
+        if not self.ready:  # ids that cannot meet the ones in the unreadable log: seconds since 1970
+            return int(time.time())
         with self._session() as db:
             top = db.execute("SELECT max(id) FROM alarms").fetchone()[0] or 0
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'alarms'").fetchone()
             return max(top, row[0] if row else 0) + 1
 
     def load_active(self) -> list[dict]:
+        if not self.ready:
+            return []
         with self._session() as db:
             rows = db.execute("SELECT * FROM alarms WHERE cleared_ts IS NULL ORDER BY id").fetchall()
         return [dict(r) for r in rows]
 
     def prune(self, keep_days: float, now: float | None = None) -> int:
         cutoff = (now or time.time()) - keep_days * 86400.0
+        if not self.ready:
+            return 0
         with self._session() as db:
             cur = db.execute("DELETE FROM alarms WHERE cleared_ts IS NOT NULL AND cleared_ts < ?", (cutoff,))
             return cur.rowcount
@@ -127,34 +152,54 @@ class AlarmLog:
             except queue.Empty:
                 return batch
 
-    def _process(self, db: sqlite3.Connection, batch: list) -> None:
+    def _process(self, db: sqlite3.Connection | None, batch: list) -> None:
         stmts = [i for i in batch if isinstance(i, tuple)]
-        if stmts:
+        if stmts and (db is None or not self._prepare()):
+            self.errors += 1
+            log.debug("alarm log %s unavailable: %d writes lost", self.path, len(stmts))
+        elif stmts:
             self._write(db, stmts)
         for i in batch:
             if isinstance(i, threading.Event):
                 i.set()
 
+    def _writer_connection(self) -> sqlite3.Connection | None:
+        """A connection whose commits are on the card when they return; None while the file cannot be opened
+        (a full card), and the next batch tries again."""
+        try:
+            db = self._connect()
+        except sqlite3.Error:
+            return None
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            db.close()
+            return None
+        return db
+
     def _drain_here(self) -> None:
         batch = self._take([])
         if batch:
-            db = self._connect()
+            db = self._writer_connection()
             try:
                 self._process(db, batch)
             finally:
-                db.close()
+                if db is not None:
+                    db.close()
 
     def _run(self) -> None:
-        db = self._connect()
-        db.execute("PRAGMA synchronous=FULL")
+        db = None
         try:
             while True:
                 batch = self._take([self._queue.get()])
+                if db is None:
+                    db = self._writer_connection()
                 self._process(db, batch)
                 if any(i is _STOP for i in batch):
                     return
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
     def _write(self, db: sqlite3.Connection, stmts: list[tuple]) -> None:
         try:
@@ -162,9 +207,12 @@ class AlarmLog:
                 for sql, params in stmts:
                     db.execute(sql, params)
             self.writes += len(stmts)
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             self.errors += 1
-            log.exception("alarm log %s: %d writes lost", self.path, len(stmts))
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                log.error("alarm log %s: %d writes lost: the card is full", self.path, len(stmts))
+            else:
+                log.exception("alarm log %s: %d writes lost", self.path, len(stmts))
 
     # -- reads (any thread) ----------------------------------------------------------------------------------
     def history(self, limit: int = 100, since: float | None = None, active_only: bool = False,
@@ -182,6 +230,8 @@ class AlarmLog:
         sql = "SELECT * FROM alarms" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(max(1, min(int(limit), 10000)))
+        if not self.ready:
+            return []
         with self._session() as db:
             return [dict(r) for r in db.execute(sql, params).fetchall()]
 

@@ -59,6 +59,8 @@ class Messages:
             return f"device {key.device}"
         if key.point.startswith("gateway.bus"):
             return f"bus {self.bus_names.get(key.channel, key.channel)}"
+        if key.point.startswith("gateway."):
+            return "gateway"
         if key.point == "io.di":
             return f"DI {key.channel}"
         if key.point.startswith("io."):
@@ -76,6 +78,8 @@ class Messages:
             return self.devices.get(key.device, f"Device {key.device}")
         if key.point.startswith("gateway.bus"):
             return f"Bus {self.bus_names.get(key.channel, key.channel)}"
+        if key.point.startswith("gateway."):
+            return "Gateway"
         if key.point.startswith("io."):
             return "Battery room"
         return "Bank"
@@ -133,5 +137,10 @@ class Messages:
             return f"{rule.name or rule.label} contact {state}"
         if rule.id == "device_comm":
             return "stopped answering" if raised else "answers again"
+        if rule.point == "gateway.history_fault":
+            if not raised:
+                return "history is written again"
+            why = {2: "a write error"}.get(int(self.value_of(PointRef(rule.point)) or 1), "a full disk")
+            return f"history cannot be written ({why}); measurements are not being recorded"
         what = rule.label
         return f"{what} stopped answering" if raised else f"{what} answers again"

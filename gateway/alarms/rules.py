@@ -137,6 +137,8 @@ def bank_rules() -> dict[str, Rule]:
         _r("bus_comm", "gateway.bus_devices_online", "bus", low=(None, 0.5)),
         # a bank device (charger monitor, I/O module) stopped answering: fed by bmsgw_comm_event
         _r("device_comm", "device", "device", kind="state", severity="warning"),
+        # the history cannot be written (disk full, size cap reached, I/O error): measurements are being lost
+        _r("history_storage", "gateway.history_fault", "history storage", kind="state", severity="critical"),
     ]
     return {r.id: r for r in rules}
 

@@ -156,6 +156,8 @@ class AnalyticsService:
             except Exception:
                 self.errors += 1
                 log.exception("analytics: tick failed")
+            if self.state.exclusive:  # opened on a full card: share it again as soon as there is room
+                await asyncio.to_thread(self.state.share)
             await asyncio.sleep(self.cfg["interval_s"])
 
     async def stop(self) -> None:
@@ -182,6 +184,7 @@ class AnalyticsService:
             out["strings"] = {sid: {"soc": round(s.soc, 1), "state": s.state, "anchor": s.anchor_kind,
                                     "soh_capacity": s.soh_capacity} for sid, s in e.soc.items()}
             out["baselines"] = len(e.baselines)
+            out["save_errors"] = e.persist_errors
         return out
 
 

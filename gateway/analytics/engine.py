@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import sqlite3
 import statistics
 import threading
 import time
@@ -87,6 +88,8 @@ class Analytics:
         self._next_life_save = now + 600.0
         self.next_jobs = now + float(cfg.get("jobs_delay_s", 60.0))
         self.events_finished: list[dict] = []
+        self.persist_errors = 0
+        self._persist_failing = False
         fcs = state.forecasts()
         self.fc_pub = {k: (v.get("eol_ts"), v.get("early_ts"), v.get("late_ts")) for k, v in fcs.items()}
         self.dg_pub = {k: v["code"] for k, v in state.diagnoses().items()}
@@ -107,7 +110,7 @@ class Analytics:
                 for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub):
                     d.pop(key, None)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
-        self.save_life(now)
+        self._persist("the life budget", self.save_life, now)
         self.baselines = self.state.baselines()
         self._gen = self.state.generation()
 
@@ -160,7 +163,7 @@ class Analytics:
             self._next_gen_check = now + 1.0
         day = int(now // DAY_S)
         if day != self.acc_day:
-            self.flush_daily()
+            self._persist("the daily aggregates", self.flush_daily)
             self.acc_day = day
         dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), 86400.0)
         self.last_tick = now
@@ -292,15 +295,32 @@ class Analytics:
             put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
 
         if now >= self._next_baseline_check:
-            self.auto_baselines(now)
+            self._persist("baselines", self.auto_baselines, now)
             self._next_baseline_check = now + 3600.0
         if now >= self._next_soc_save:
-            self.save_soc()
+            self._persist("the state of charge", self.save_soc)
             self._next_soc_save = now + 60.0
         if now >= self._next_life_save:
-            self.save_life(now)
+            self._persist("the life budget", self.save_life, now)
             self._next_life_save = now + 600.0
         return out
+
+    def _persist(self, what: str, fn, *args):
+        """Save to the state database without stopping the computation: a full disk (or another write error)
+        must not stop the derived values from being published.  Logged once per failing spell."""
+        try:
+            result = fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            self.persist_errors += 1
+            if not self._persist_failing:
+                log.error("analytics: cannot save %s in %s (%s); values are still computed and published, and "
+                          "saving is retried", what, self.state.path, exc)
+            self._persist_failing = True
+            return None
+        if self._persist_failing:
+            log.warning("analytics: the state is saved again")
+            self._persist_failing = False
+        return result
 
     def _first_seen(self, key: tuple[int, int], now: float) -> None:
         self.first_seen[key] = now
@@ -310,7 +330,8 @@ class Analytics:
 
     def _record_discharge(self, result: dict) -> None:
         sid = result["string"]
-        self.state.add_event(sid, "discharge", result["start"], result["end"], result)
+        self._persist("the discharge event", self.state.add_event, sid, "discharge", result["start"], result["end"],
+                      result)
         self.events_finished.append(result)
         if result.get("capacity_test"):
             log.info("string %s: discharge of %.0f min analysed as a capacity test: %.1f Ah at 25 C, SOH %.1f %%",
@@ -318,7 +339,7 @@ class Analytics:
         else:
             log.info("string %s: discharge of %.0f min, %.1f Ah delivered (%s)", sid, result["duration_s"] / 60,
                      result["ah"], result.get("not_a_capacity_test", ""))
-        self.save_soc()
+        self._persist("the state of charge", self.save_soc)
 
     def save_soc(self) -> None:
         for sid, soc in self.soc.items():
@@ -335,16 +356,16 @@ class Analytics:
             vals = {f: (tot / cnt, int(cnt)) for f, (tot, cnt) in acc.items() if cnt}
             if vals:
                 rows.append((s, c, self.acc_day, vals))
+        self.acc = {}  # a day that cannot be saved (a full disk) is not carried into the next one
         if rows:
             self.state.add_daily(rows)
-        self.acc = {}
 
     def close(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self.lock:
-            self.flush_daily()
-            self.save_soc()
-            self.save_life(now)
+            self._persist("the daily aggregates", self.flush_daily)
+            self._persist("the state of charge", self.save_soc)
+            self._persist("the life budget", self.save_life, now)
 
     # -- baselines ----------------------------------------------------------------------------------------------
     def auto_baselines(self, now: float) -> list[Baseline]:
@@ -391,7 +412,7 @@ class Analytics:
 
     def _run_jobs(self, now: float, flush: bool) -> dict[tuple[int, int], dict]:
         if flush:
-            self.flush_daily()
+            self._persist("the daily aggregates", self.flush_daily)
         fcfg = self.cfg["forecast"]
         dparams = self._diagnosis_params
         since = int(now // DAY_S) - int(fcfg["window_days"]) - 30
@@ -414,8 +435,8 @@ class Analytics:
                     dg_items.append((sid, c, now, diag.code, diag.to_dict()))
                     dg_pub[key] = diag.code
                 results[key] = fc
-        self.state.save_forecasts(fc_items)
-        self.state.save_diagnoses(dg_items)
+        self._persist("forecasts", self.state.save_forecasts, fc_items)
+        self._persist("diagnoses", self.state.save_diagnoses, dg_items)
         self.fc_pub, self.dg_pub = fc_pub, dg_pub
         self.next_jobs = now + self.cfg["jobs_interval_h"] * 3600.0
         return results

@@ -8,6 +8,8 @@ write to it (``bmsgw battery replace`` while the gateway runs): the running anal
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DAY_S = 86400
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +75,66 @@ class StateDB:
                                         isolation_level=None, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self._create()
+            self.conn = None
+            try:
+                self.conn = self._connect()
+                self._create()
+            except sqlite3.OperationalError as exc:
+                if not self.path.exists():
+                    raise
+                # a full card: SQLite cannot create the shared WAL index (-shm) next to the file.  Opened for
+                # this process alone (the index in memory), every value is there and writes work again as
+                # soon as there is room; share() goes back to normal then.
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = self._connect(exclusive=True)
+                self._create()
+                self.exclusive = True
+                log.error("analytics state %s cannot be shared now (%s): opened for the gateway alone until the card "
+                          "has room again; other processes (bmsgw baseline ...) wait until then", self.path, exc)
+
+    exclusive = False  # opened with locking_mode=EXCLUSIVE because the WAL index could not be created
+    _share_retry = 0.0
+
+    def _connect(self, exclusive: bool = False) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            if exclusive:
+                c.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first WAL access: no -shm file needed
+            c.execute("PRAGMA journal_mode=WAL")
+            # FULL: a baseline, a replacement or a maintenance record is on the card when the call returns
+            # (NORMAL may lose the last commits to a power cut); these are a few commits a minute
+            c.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            c.close()
+            raise
+        return c
+
+    def share(self, min_free_bytes: int = 1 << 20) -> bool:
+        """After an exclusive start (a full card): reopen shared once there is room.  True when shared."""
+        if not self.exclusive:
+            return True
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < min_free_bytes or time.monotonic() < self._share_retry:
+                return False
+        except OSError:
+            return False
+        with self.lock:
+            self.conn.close()  # releases the exclusive lock (and checkpoints, room permitting)
+            try:
+                conn = self._connect()
+                conn.execute("SELECT count(*) FROM meta").fetchall()
+            except sqlite3.Error as exc:
+                conn.close()
+                self.conn = self._connect(exclusive=True)
+                self._share_retry = time.monotonic() + 30.0
+                log.debug("analytics state %s still cannot be shared: %s", self.path, exc)
+                return False
+            self.conn = conn
+            self.exclusive = False
+        log.warning("analytics state %s is shared again", self.path)
+        return True
 
     def _create(self) -> None:
         cols = ", ".join(f"{f} REAL, n_{f} INTEGER NOT NULL DEFAULT 0" for f in DAILY_FIELDS)
@@ -293,7 +354,24 @@ class _Tx:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
+        conn = self.db.conn
         try:
-            self.db.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                conn.execute("COMMIT")
+        except sqlite3.Error:
+            _rollback(conn)  # a COMMIT refused (a full card) leaves the transaction open
+            raise
+        else:
+            if exc_type is not None:
+                _rollback(conn)
         finally:
             self.db.lock.release()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is open without hiding the error that ended it (SQLITE_FULL may have rolled it back)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..points import PointRef
 from .db import HistoryDB, HistoryError, Series, SeriesInfo, Tier, tier_name
-from .recorder import HistoryWriter, PointFilter, Recorder
+from .recorder import FAULT_OK, HistoryWriter, PointFilter, Recorder
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -76,7 +76,13 @@ HISTORY_SCHEMA = {
                     "description": "how often the writer commits (fewer commits = less wear on an SD card)"},
         "max_points": {"type": "integer", "minimum": 10, "maximum": 1000000, "default": 1000,
                        "description": "automatic resolution: at most this many points per series"},
-        "queue_limit": {"type": "integer", "minimum": 100, "maximum": 1000000, "default": 20000},
+        "queue_limit": {"type": "integer", "minimum": 100, "maximum": 1000000, "default": 20000,
+                        "description": "batches waiting for the writer; also the rows kept in memory while the "
+                                       "disk refuses writes (the oldest are dropped beyond it)"},
+        "max_size_mb": {"type": "number", "minimum": 0, "maximum": 1048576, "default": 0,
+                        "description": "the database stops growing at this size, leaving the rest of the card "
+                                       "to the system (0: no cap); reaching it raises the history storage alarm "
+                                       "like a full disk, and retention frees room again"},
     },
 }
 
@@ -105,16 +111,23 @@ def open_history(config: "Config", readonly: bool = False) -> HistoryDB:
     """The history database the config describes (created unless ``readonly``)."""
     cfg = config.section("history")
     _check(config, cfg)
-    return HistoryDB(db_path(config), raw_retention_days=cfg["raw"]["retention_days"],
-                     tiers=[(t["seconds"], t.get("retention_days", 365)) for t in cfg["tiers"]],
-                     raw_interval_s=cfg["raw"]["interval_s"], max_points=cfg["max_points"], readonly=readonly)
+    db = HistoryDB(db_path(config), raw_retention_days=cfg["raw"]["retention_days"],
+                   tiers=[(t["seconds"], t.get("retention_days", 365)) for t in cfg["tiers"]],
+                   raw_interval_s=cfg["raw"]["interval_s"], max_points=cfg["max_points"], readonly=readonly)
+    db.set_max_bytes(_cap_bytes(cfg))
+    return db
+
+
+def _cap_bytes(cfg: dict) -> int | None:
+    mb = cfg.get("max_size_mb") or 0
+    return int(mb * 1024 * 1024) if mb > 0 else None
 
 
 def history_for(gateway: "Gateway") -> HistoryDB | None:
     """The history of a gateway: the running writer's database, or the file on disk read-only, or None."""
     svc = _running.get(gateway)
-    if svc is not None and svc.db is not None:
-        return svc.db
+    if svc is not None:
+        return svc.db  # None while the writer cannot open it (a full card)
     if not gateway.config.section("history").get("enabled", True) or not db_path(gateway.config).exists():
         return None
     return open_history(gateway.config, readonly=True)
@@ -132,22 +145,59 @@ class HistoryService:
 
     async def start(self) -> None:
         gw = self.gateway
-        self.db = await asyncio.to_thread(open_history, gw.config)
-        recorder = Recorder(self.db, gw.catalog, PointFilter(self.cfg["include"], self.cfg["exclude"]),
-                            raw_interval_s=self.cfg["raw"]["interval_s"], intervals=self.cfg["raw"]["intervals"])
+        recorder, error = None, None
+        try:
+            recorder = await asyncio.to_thread(self._open_recorder)
+        except Exception as exc:  # a full card, a broken file: polling and the faces must start anyway
+            error = exc
         self.writer = HistoryWriter(recorder, flush_s=self.cfg["flush_s"], queue_limit=self.cfg["queue_limit"],
-                                    on_flush=self._flushed)
+                                    on_flush=self._flushed, on_fault=self._fault, opener=self._open_recorder,
+                                    open_error=error)
+        gw.store.put(PointRef("gateway.history_writes"), 0.0)
+        gw.store.put(PointRef("gateway.history_fault"), float(FAULT_OK))
+        _running[gw] = self
         self.writer.start()
         gw.store.subscribe(self.writer.submit)
-        gw.store.put(PointRef("gateway.history_writes"), 0.0)
-        _running[gw] = self
-        log.info("history: recording to %s", self.db.path)
+        if recorder is not None:
+            log.info("history: recording to %s", self.db.path)
 
-    def _flushed(self, recorder: Recorder) -> None:
+    def _open_recorder(self) -> Recorder:
+        """Open the database (in the thread that will write it) and the recorder that feeds it."""
+        gw = self.gateway
+        db = open_history(gw.config)
+        recorder = Recorder(db, gw.catalog, PointFilter(self.cfg["include"], self.cfg["exclude"]),
+                            raw_interval_s=self.cfg["raw"]["interval_s"], intervals=self.cfg["raw"]["intervals"],
+                            max_pending_rows=self.cfg["queue_limit"])
+        self.db = db
+        return recorder
+
+    def _in_loop(self, fn, *args) -> None:
         loop = self.gateway.loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.gateway.store.put, PointRef("gateway.history_writes"),
-                                      float(recorder.values_written))
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop closed meanwhile (stopping)
+                pass
+
+    def _flushed(self, recorder: Recorder) -> None:
+        """The writer's acknowledgement: ``recorder.last_commit`` is on disk (called in the writer thread)."""
+        c = recorder.last_commit
+        if c is not None:
+            log.debug("history: commit %d durable: %d values, %d raw rows%s, %d roll-up rows", c.seq, c.values,
+                      len(c.raw), f" (t {min(k[0] for k in c.raw)}..{max(k[0] for k in c.raw)})" if c.raw else "",
+                      len(c.roll))
+        self._in_loop(self.gateway.store.put, PointRef("gateway.history_writes"), float(recorder.values_written))
+
+    def _fault(self, fault: int, error: BaseException | None) -> None:
+        """Writing failed or works again: ``gateway.history_fault`` carries it to the alarms and every face."""
+        self._in_loop(self.gateway.store.put, PointRef("gateway.history_fault"), float(fault))
+
+    def reconfigure(self, cfg: dict) -> None:
+        """What the history takes while running: the size cap."""
+        if self.db is not None:
+            self.db.set_max_bytes(_cap_bytes(cfg))
+        if self.writer is not None:
+            self.writer.request_flush()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Write what the writer holds now (tests, reports from the running gateway)."""
@@ -167,12 +217,16 @@ class HistoryService:
 
     def status(self) -> dict:
         w = self.writer
-        out = {"path": str(self.db.path) if self.db else None,
+        out = {"path": str(self.db.path) if self.db else str(db_path(self.gateway.config)),
                "size_bytes": self.db.size_bytes() if self.db else 0}
         if w is not None:
+            out.update(queued=w.queue.qsize(), dropped=w.dropped, errors=w.errors,
+                       fault=("ok", "disk full", "write error")[w.fault], last_error=w.last_error if w.fault else None)
             r = w.recorder
-            out.update(readings=r.readings, values_written=r.values_written, flushes=r.flushes,
-                       last_flush=r.last_flush, queued=w.queue.qsize(), dropped=w.dropped, errors=w.errors)
+            if r is not None:
+                out.update(readings=r.readings, values_written=r.values_written, flushes=r.flushes,
+                           commits=r.commits, last_flush=r.last_flush, pending_rows=r.pending_rows,
+                           values_dropped=r.values_dropped)
         return out
 
 
@@ -191,6 +245,13 @@ def bmsgw_services(gateway: "Gateway") -> list:
     if not gateway.config.section("history").get("enabled", True):
         return []
     return [HistoryService(gateway)]
+
+
+@hookimpl
+def bmsgw_config_reloaded(gateway: "Gateway", sections: list[str]) -> None:
+    svc = _running.get(gateway)
+    if svc is not None and "history" in sections:
+        svc.reconfigure(gateway.config.section("history"))
 
 
 @hookimpl

@@ -19,6 +19,7 @@ Layout (why it is small and kind to an SD card):
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import math
 import sqlite3
@@ -182,6 +183,7 @@ class HistoryDB:
         self.raw_interval_s = raw_interval_s
         self.max_points = max_points
         self.readonly = readonly
+        self.max_bytes: int | None = None
         self._local = threading.local()
         self._series_lock = threading.Lock()
         self._series: dict[tuple[str, int | None], SeriesInfo] = {}
@@ -206,7 +208,10 @@ class HistoryDB:
             else:
                 c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 c.execute("PRAGMA journal_mode=WAL")
-                c.execute("PRAGMA synchronous=NORMAL")
+                # FULL: every COMMIT fsyncs the WAL, so a flush the writer acknowledged survives a power cut
+                # (NORMAL survives a crashed process but may lose the last commits to a power cut).  The
+                # writer commits once per history.flush_s (60 s), so this is one extra fsync a minute.
+                c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA busy_timeout=30000")
             self._local.conn = c
         return c
@@ -216,6 +221,7 @@ class HistoryDB:
         if c is not None:
             c.close()
             self._local.conn = None
+            self._local.cap = None
 
     def _create(self) -> None:
         c = self.conn()
@@ -281,31 +287,54 @@ class HistoryDB:
     # writes ----------------------------------------------------------------------------------------------
     def write(self, raw_rows: Sequence[tuple[int, int, bytes]] = (),
               roll_rows: dict[int, Sequence[tuple[int, int, int, bytes]]] | None = None,
-              merge: bool = False) -> None:
+              merge: bool = False, *, merge_raw: Sequence[tuple[int, int, bytes]] = (),
+              merge_roll: dict[int, Sequence[tuple[int, int, int, bytes]]] | None = None) -> None:
         """Insert raw rows ``(unix t, sid, blob)`` and roll-up rows ``{seconds: [(sid, b, n, blob)]}`` in one
-        transaction.  ``merge``: rows may meet an existing row of the same key (a restart inside a bucket);
-        they are merged instead of refused."""
+        transaction: when this returns, they are on disk (WAL, synchronous=FULL); when it raises, none is.
+        ``merge``: rows may meet an existing row of the same key (a restart inside a bucket); they are merged
+        instead of replacing it.  ``merge_raw``/``merge_roll``: rows merged that way in the same transaction."""
+        if merge:
+            merge_raw, raw_rows = [*raw_rows, *merge_raw], ()
+            combined = {k: list(v) for k, v in (roll_rows or {}).items()}
+            for k, v in (merge_roll or {}).items():
+                combined.setdefault(k, []).extend(v)
+            merge_roll, roll_rows = combined, None
         c = self.conn()
+        self._apply_cap(c)
         c.execute("BEGIN IMMEDIATE")
         try:
             if raw_rows:
-                rows = [(t - EPOCH, sid, blob) for t, sid, blob in raw_rows]
-                if merge:
-                    for row in rows:
-                        self._merge_raw(c, *row)
-                else:
-                    c.executemany("INSERT OR REPLACE INTO raw(t, sid, v) VALUES (?,?,?)", rows)
+                c.executemany("INSERT OR REPLACE INTO raw(t, sid, v) VALUES (?,?,?)",
+                              [(t - EPOCH, sid, blob) for t, sid, blob in raw_rows])
+            for t, sid, blob in merge_raw:
+                self._merge_raw(c, t - EPOCH, sid, blob)
             for seconds, rows in (roll_rows or {}).items():
-                table = f"roll_{seconds}"
-                if merge:
-                    for row in rows:
-                        self._merge_roll(c, table, *row)
-                else:
-                    c.executemany(f"INSERT OR REPLACE INTO {table}(sid, b, n, v) VALUES (?,?,?,?)", rows)
+                c.executemany(f"INSERT OR REPLACE INTO roll_{seconds}(sid, b, n, v) VALUES (?,?,?,?)", rows)
+            for seconds, rows in (merge_roll or {}).items():
+                for row in rows:
+                    self._merge_roll(c, f"roll_{seconds}", *row)
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            _rollback(c)
             raise
+
+    def set_max_bytes(self, max_bytes: int | None) -> None:
+        """Cap the database file (``history.max_size_mb``); None or 0: no cap.  Writes beyond it fail like a
+        full disk.  Applied by the writing thread at its next write."""
+        self.max_bytes = int(max_bytes) if max_bytes else None
+
+    def _apply_cap(self, c: sqlite3.Connection) -> None:
+        local = self._local
+        if getattr(local, "cap", None) == self.max_bytes:
+            return
+        if getattr(local, "default_pages", None) is None:
+            local.default_pages = c.execute("PRAGMA max_page_count").fetchone()[0]
+        if self.max_bytes:
+            page = c.execute("PRAGMA page_size").fetchone()[0]
+            c.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page)}")
+        else:
+            c.execute(f"PRAGMA max_page_count={int(local.default_pages)}")
+        local.cap = self.max_bytes
 
     @staticmethod
     def _merge_raw(c: sqlite3.Connection, t: int, sid: int, blob: bytes) -> None:
@@ -359,7 +388,7 @@ class HistoryDB:
                     deleted += c.execute(f"DELETE FROM {tier.table} WHERE sid=? AND b<?", (sid, limit)).rowcount
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            _rollback(c)
             raise
         return deleted
 
@@ -549,6 +578,28 @@ class HistoryDB:
         except sqlite3.OperationalError:
             pass
         return out
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    """Undo an open transaction without hiding the error that ended it: after SQLITE_FULL or an I/O error
+    SQLite may already have rolled back, and a second ROLLBACK would raise "no transaction is active"."""
+    if c.in_transaction:
+        try:
+            c.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+# SQLITE_FULL: the card is full or the database reached its size cap; SQLITE_IOERR_SHMSIZE: the WAL index
+# (the -shm file) cannot grow, which is how a WAL database on a full card fails to open
+_FULL_CODES = {sqlite3.SQLITE_FULL, getattr(sqlite3, "SQLITE_IOERR_SHMSIZE", 4874)}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` says there is no room left for the database."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) in _FULL_CODES
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def _decode_into(outs: dict[int, Series], rows: list[tuple[float, bytes]], parts: int, un) -> None:

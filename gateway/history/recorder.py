@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from ..points import PointRef, PointSpec, Quality, Reading
-from .db import HistoryDB, axis_of, encode_vector, vector_index
+from .db import HistoryDB, axis_of, encode_vector, is_disk_full, vector_index
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,18 @@ class _SeriesState:
     readings: int = 0
     fresh_raw: bool = True  # the first row after a start may meet a row written before the restart
     fresh_roll: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """What one flush put on disk (the writer's acknowledgement): its transaction had committed, with
+    synchronous=FULL, before this record was made."""
+
+    seq: int  # commits since the recorder started, 1, 2, ...
+    values: int  # values in it (raw samples + roll-up elements)
+    raw: tuple[tuple[int, int], ...]  # (unix t, sid) of every raw row
+    roll: tuple[tuple[int, int], ...]  # (sid, bucket) of every finest-tier roll-up row
+    ts: float
 
 
 def _grow(lst: list, index: int, fill) -> None:
@@ -68,7 +80,7 @@ class PointFilter:
 class Recorder:
     def __init__(self, db: HistoryDB, specs: Mapping[str, PointSpec] | Callable[[str], PointSpec | None],
                  point_filter: Callable[[PointSpec], bool], raw_interval_s: float = 60,
-                 intervals: Mapping[str, float] | None = None) -> None:
+                 intervals: Mapping[str, float] | None = None, max_pending_rows: int | None = None) -> None:
         self.db = db
         self._spec = specs.get if hasattr(specs, "get") else specs
         self.filter = point_filter
@@ -77,14 +89,20 @@ class Recorder:
         self.finest = db.tiers[0].seconds if db.tiers else 0
         self._families: dict[str, PointSpec | None] = {}
         self._states: dict[tuple[str, int | None], _SeriesState] = {}
-        self._raw_rows: list[tuple[int, int, bytes]] = []
-        self._raw_fresh: list[tuple[int, int, bytes]] = []
-        self._roll_rows: list[tuple[int, int, int, bytes]] = []
-        self._roll_fresh: list[tuple[int, int, int, bytes]] = []
+        # rows waiting for the next commit, each with the number of values in it; "fresh" rows are the first
+        # of a series after a start and are merged with what an earlier run wrote under the same key
+        self._raw_rows: list[tuple[int, int, bytes, int]] = []
+        self._raw_fresh: list[tuple[int, int, bytes, int]] = []
+        self._roll_rows: list[tuple[int, int, int, bytes, int]] = []
+        self._roll_fresh: list[tuple[int, int, int, bytes, int]] = []
+        # held while the disk refuses writes (None: no limit, for a recorder flushed by its caller)
+        self.max_pending_rows = max(1, int(max_pending_rows)) if max_pending_rows else None
         self.readings = 0  # readings taken in
         self.values_written = 0  # values committed (raw samples + roll-up elements)
+        self.values_dropped = 0  # values given up because the disk refused them too long
         self.flushes = 0
-        self._pending = 0  # values emitted but not yet written
+        self.commits = 0
+        self.last_commit: Commit | None = None
         self.last_flush: float | None = None
         self._next_expire = 0.0
 
@@ -161,50 +179,83 @@ class Recorder:
 
     def _emit_raw(self, st: _SeriesState) -> None:
         if st.slot >= 0 and st.values:
-            row = (st.slot * st.interval, st.sid, encode_vector(st.values))
+            row = (st.slot * st.interval, st.sid, encode_vector(st.values), sum(1 for v in st.values if v is not None))
             (self._raw_fresh if st.fresh_raw else self._raw_rows).append(row)
             st.fresh_raw = False
-            self._pending += sum(1 for v in st.values if v is not None)
         st.values = []
         st.slot = -1
 
     def _emit_roll(self, st: _SeriesState) -> None:
         if st.bucket >= 0 and any(st.count):
             means = [round(t / n) if n else None for t, n in zip(st.total, st.count)]
-            row = (st.sid, st.bucket, max(st.count), encode_vector(st.lo + means + st.hi))
+            row = (st.sid, st.bucket, max(st.count), encode_vector(st.lo + means + st.hi),
+                   3 * sum(1 for n in st.count if n))
             (self._roll_fresh if st.fresh_roll else self._roll_rows).append(row)
             st.fresh_roll = False
-            self._pending += 3 * sum(1 for n in st.count if n)
         st.lo, st.hi, st.total, st.count = [], [], [], []
         st.bucket = -1
 
     # -- output --------------------------------------------------------------------------------------------
     def flush(self, now: float | None = None, final: bool = False) -> int:
         """Close due slots and buckets (all of them when ``final``), write them in one transaction, roll the
-        coarser tiers, apply retention once an hour.  Returns the values written."""
+        coarser tiers, apply retention once an hour.  Returns the values written.
+
+        When the write fails (a full disk) the rows stay here and go with the next flush; beyond
+        ``max_pending_rows`` the oldest are dropped (counted in ``values_dropped``).  The error propagates."""
         now = time.time() if now is None else now
         for st in self._states.values():
             if st.slot >= 0 and (final or (st.slot + 1) * st.interval <= now):
                 self._emit_raw(st)
             if st.bucket >= 0 and (final or (st.bucket + 1) * self.finest <= now):
                 self._emit_roll(st)
-        if self._raw_rows or self._roll_rows:
-            self.db.write(self._raw_rows, {self.finest: self._roll_rows} if self._roll_rows else None)
-            self._raw_rows, self._roll_rows = [], []
-        if self._raw_fresh or self._roll_fresh:
-            self.db.write(self._raw_fresh, {self.finest: self._roll_fresh} if self._roll_fresh else None, merge=True)
-            self._raw_fresh, self._roll_fresh = [], []
-        written, self._pending = self._pending, 0
+        self.flushes += 1
+        self.last_flush = now
+        self._bound_pending()
+        written = 0
+        raw, raw_fresh, roll, roll_fresh = self._raw_rows, self._raw_fresh, self._roll_rows, self._roll_fresh
+        if raw or raw_fresh or roll or roll_fresh:
+            fin = self.finest
+            self.db.write([r[:3] for r in raw], {fin: [r[:4] for r in roll]} if roll else None,
+                          merge_raw=[r[:3] for r in raw_fresh],
+                          merge_roll={fin: [r[:4] for r in roll_fresh]} if roll_fresh else None)
+            written = sum(r[3] for r in raw) + sum(r[3] for r in raw_fresh) + sum(r[4] for r in roll) \
+                + sum(r[4] for r in roll_fresh)
+            self._raw_rows, self._raw_fresh, self._roll_rows, self._roll_fresh = [], [], [], []
+            self.values_written += written
+            self.commits += 1
+            self.last_commit = Commit(self.commits, written, tuple((r[0], r[1]) for r in raw + raw_fresh),
+                                      tuple((r[0], r[1]) for r in roll + roll_fresh), now)
         self._roll_coarser(now)
         if now >= self._next_expire:
             deleted = self.db.expire(now)
             if deleted:
                 log.info("history: %d rows past their retention deleted", deleted)
             self._next_expire = now + 3600
-        self.values_written += written
-        self.flushes += 1
-        self.last_flush = now
         return written
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._raw_rows) + len(self._raw_fresh) + len(self._roll_rows) + len(self._roll_fresh)
+
+    def _bound_pending(self) -> None:
+        """Keep at most ``max_pending_rows`` rows waiting: drop the oldest raw samples first (the roll-ups keep
+        their min/mean/max), then the oldest roll-ups."""
+        if self.max_pending_rows is None:
+            return
+        excess = self.pending_rows - self.max_pending_rows
+        if excess <= 0:
+            return
+        dropped = 0
+        # a series' "fresh" row (its first after the start) is older than its other rows: it goes first
+        for rows, k in ((self._raw_fresh, 3), (self._raw_rows, 3), (self._roll_fresh, 4), (self._roll_rows, 4)):
+            n = min(excess, len(rows))
+            if n:
+                dropped += sum(r[k] for r in rows[:n])
+                del rows[:n]
+                excess -= n
+        self.values_dropped += dropped
+        log.warning("history: %d values could not be written in time and were dropped (%d so far)", dropped,
+                    self.values_dropped)
 
     def _roll_coarser(self, now: float) -> None:
         db = self.db
@@ -226,18 +277,39 @@ class Recorder:
                 db.set_meta(key, str(rolled_b))
 
 
-class HistoryWriter(threading.Thread):
-    """The recorder in its own thread.  ``submit`` is the point-store listener: it only queues the batch."""
+FAULT_OK, FAULT_FULL, FAULT_ERROR = 0, 1, 2  # gateway.history_fault: writing / disk full / other write error
 
-    def __init__(self, recorder: Recorder, flush_s: float = 60.0, queue_limit: int = 20000,
-                 on_flush: Callable[[Recorder], None] | None = None) -> None:
+
+class HistoryWriter(threading.Thread):
+    """The recorder in its own thread.  ``submit`` is the point-store listener: it only queues the batch.
+
+    ``on_flush(recorder)`` is called after every flush that committed rows (``recorder.last_commit`` says what
+    is now on disk); ``on_fault(fault, error)`` when writing starts failing (``FAULT_FULL``: the disk or the
+    size cap is full, ``FAULT_ERROR``: another error) or works again (``FAULT_OK``).  While writing fails the
+    recorder keeps the rows and every flush tries again.
+
+    ``recorder`` may be None when the database could not be opened (a full card at start): ``opener`` is then
+    called every ``flush_s`` until it returns the recorder; what arrives meanwhile is counted and dropped."""
+
+    def __init__(self, recorder: Recorder | None, flush_s: float = 60.0, queue_limit: int = 20000,
+                 on_flush: Callable[[Recorder], None] | None = None,
+                 on_fault: Callable[[int, BaseException | None], None] | None = None,
+                 opener: Callable[[], Recorder] | None = None, open_error: Exception | None = None) -> None:
         super().__init__(name="history-writer", daemon=True)
+        if recorder is None and opener is None:
+            raise ValueError("a recorder or an opener")
         self.recorder = recorder
+        self.opener = opener
+        self._open_error = open_error
         self.flush_s = flush_s
         self.queue: queue.Queue = queue.Queue(maxsize=queue_limit)
         self.on_flush = on_flush
+        self.on_fault = on_fault
         self.dropped = 0
         self.errors = 0
+        self.fault = FAULT_OK
+        self.fault_since: float | None = None
+        self.last_error: str | None = None
         self._stop_event = threading.Event()
         self._flush_now = threading.Event()
         self._flushed = threading.Condition()
@@ -251,42 +323,122 @@ class HistoryWriter(threading.Thread):
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("history: writer is behind; %d batches dropped so far", self.dropped)
 
+    def _take_queued(self, block: bool) -> None:
+        try:
+            batch = self.queue.get(timeout=0.2) if block else self.queue.get_nowait()
+            self.recorder.add(batch)
+            while True:  # drain what queued meanwhile
+                self.recorder.add(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        except Exception as exc:  # a new series could not be created (a full disk): that batch is lost
+            self._failed(exc, "a batch could not be recorded")
+
+    def _open(self) -> bool:
+        """The recorder, opening the database if it is not open yet; False while that fails."""
+        if self.recorder is not None:
+            return True
+        try:
+            self.recorder = self.opener()
+        except Exception as exc:
+            self._failed(exc, "the history database cannot be opened")
+            return False
+        log.warning("history: the database is open now; recording")
+        self._set_fault(FAULT_OK, None)
+        return True
+
+    def _discard_queued(self) -> None:
+        try:
+            while True:
+                self.queue.get_nowait()
+                self.dropped += 1
+        except queue.Empty:
+            pass
+
     def run(self) -> None:
+        if self.recorder is None and self._open_error is not None:
+            self._failed(self._open_error, "the history database cannot be opened")
         next_flush = time.monotonic() + self.flush_s
         while not self._stop_event.is_set():
-            try:
-                batch = self.queue.get(timeout=0.2)
-                self.recorder.add(batch)
-                while True:  # drain what queued meanwhile
-                    self.recorder.add(self.queue.get_nowait())
-            except queue.Empty:
-                pass
-            except Exception:
-                self.errors += 1
-                log.exception("history: a batch could not be recorded")
+            if self.recorder is None:
+                self._discard_queued()
+                if time.monotonic() >= next_flush or self._flush_now.is_set():
+                    self._flush_now.clear()
+                    self._open()
+                    next_flush = time.monotonic() + self.flush_s
+                    self._notify_flushed()
+                else:
+                    self._stop_event.wait(min(0.2, max(0.0, next_flush - time.monotonic())))
+                continue
+            self._take_queued(block=True)
             if time.monotonic() >= next_flush or self._flush_now.is_set():
                 self._flush_now.clear()
                 self._do_flush(final=False)
                 next_flush = time.monotonic() + self.flush_s
-        while True:
-            try:
-                self.recorder.add(self.queue.get_nowait())
-            except queue.Empty:
-                break
+        if self.recorder is None:
+            self._notify_flushed()
+            return
+        self._take_queued(block=False)
         self._do_flush(final=True)
         self.recorder.db.close()  # this thread's connection
 
     def _do_flush(self, final: bool) -> None:
+        rec = self.recorder
+        commits = rec.commits
+        error: Exception | None = None
         try:
-            self.recorder.flush(time.time(), final=final)
-            if self.on_flush is not None:
-                self.on_flush(self.recorder)
-        except Exception:
-            self.errors += 1
-            log.exception("history: flush failed")
+            rec.flush(time.time(), final=final)
+        except Exception as exc:
+            error = exc
+        if rec.commits != commits and self.on_flush is not None:  # acknowledge what did reach the disk
+            try:
+                self.on_flush(rec)
+            except Exception:
+                log.exception("history: flush callback failed")
+        if error is not None:
+            self._failed(error, "flush failed")
+        elif self.fault != FAULT_OK and rec.commits != commits:  # only a commit proves the card takes writes
+            log.warning("history: writing again after %.0f s; %d values were dropped meanwhile",
+                        time.time() - (self.fault_since or time.time()), rec.values_dropped)
+            self._set_fault(FAULT_OK, None)
+        self._notify_flushed()
+
+    def _notify_flushed(self) -> None:
         with self._flushed:
             self._flush_gen += 1
             self._flushed.notify_all()
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        self.errors += 1
+        fault = FAULT_FULL if is_disk_full(exc) else FAULT_ERROR
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if fault == self.fault:
+            log.debug("history: %s (still): %s", what, exc)
+            return
+        if fault == FAULT_FULL and self.recorder is None:
+            log.error("history: %s: no room on the card (%s); polling goes on, opening is retried every %.0f s",
+                      what, exc, self.flush_s)
+        elif fault == FAULT_FULL:
+            log.error("history: %s: %s is full (%s); rows are kept in memory (at most %d) and written when "
+                      "there is space again", what, self.recorder.db.path, exc, self.recorder.max_pending_rows)
+        else:
+            log.error("history: %s", what, exc_info=exc)
+        self.fault_since = time.time()
+        self._set_fault(fault, exc)
+
+    def _set_fault(self, fault: int, exc: BaseException | None) -> None:
+        self.fault = fault
+        if fault == FAULT_OK:
+            self.fault_since = None
+        if self.on_fault is not None:
+            try:
+                self.on_fault(fault, exc)
+            except Exception:
+                log.exception("history: fault callback failed")
+
+    def request_flush(self) -> None:
+        """Flush soon, without waiting for it."""
+        self._flush_now.set()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Ask the thread to write what it has now (closing only due slots); wait until it did."""

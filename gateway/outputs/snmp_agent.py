@@ -11,8 +11,8 @@ import ipaddress
 import logging
 import sys
 import weakref
-from pathlib import Path
 
+from .. import fsutil
 from ..config import parse_listen
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import hookimpl
@@ -207,7 +207,7 @@ def cmd_mib(args) -> int:
     except ValueError as exc:
         raise GatewayError(str(exc)) from None
     if args.output:
-        Path(args.output).write_text(text)
+        fsutil.atomic_write(args.output, text)
     else:
         sys.stdout.write(text)
     return 0

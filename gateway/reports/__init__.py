@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .. import fsutil
 from ..errors import GatewayError
 from ..hookspecs import hookimpl
 
@@ -67,7 +68,7 @@ def make_report(gateway: "Gateway", start: float, end: float, fmt: str, out: str
                 result = {"events": discharge_report(ctx, strings, str(tmp), progress, event)}
             else:
                 result = {"strings": string_report(ctx, strings, str(tmp), progress)}
-        tmp.replace(out)
+        fsutil.replace_durably(tmp, out)
     finally:
         ctx.close()
         if tmp.exists():

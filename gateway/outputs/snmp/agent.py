@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import socket
 import time
@@ -25,6 +24,7 @@ from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
 
+from ... import fsutil
 from ...config import parse_listen
 from ...errors import GatewayError
 from ...points import PointRef, Reading
@@ -92,9 +92,7 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
         boots = 2147483647  # RFC 3414: stays at the maximum; the administrator must change the engine ID
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
-        os.replace(tmp, path)
+        fsutil.atomic_write(path, json.dumps({"engine_id": engine_id.hex(), "boots": boots}) + "\n")
     except OSError as exc:
         log.warning("cannot save the SNMP engine boots counter in %s (%s): SNMPv3 managers may reject the agent "
                     "after the next restart", path, exc)

@@ -9,7 +9,9 @@ import getpass
 import logging
 import sys
 import weakref
+from pathlib import Path
 
+from gateway import fsutil
 from gateway.hookspecs import hookimpl
 
 from .settings import ROLES, SCHEMA, WebSettings
@@ -31,6 +33,9 @@ def bmsgw_gateway_ready(gateway):
     sec = gateway.config.section("web")
     if not sec.get("enabled", True):
         return
+    # what a save killed mid-write (a power cut) left beside the config file
+    path = Path(gateway.config.path)
+    fsutil.remove_stale_temporaries(path.parent, path.name)
     s = WebSettings.from_section(sec, str(gateway.config.path))
     sources_for(gateway).start_buffer(s.buffer_interval_s, s.buffer_samples)
 

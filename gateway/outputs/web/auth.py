@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from ... import fsutil
 from .settings import ROLES
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class UserStore:
         self._data: dict = {"users": {}, "tokens": {}}
         self._mtime: float | None = None
         self._dummy_hash: str | None = None
+        if self.path.parent.is_dir():
+            fsutil.remove_stale_temporaries(self.path.parent, USERS_FILE)
         self._load()
 
     # -- file ------------------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ class UserStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)
-        write_private(self.path, json.dumps(self._data, indent=1, sort_keys=True).encode())
+        fsutil.atomic_write(self.path, json.dumps(self._data, indent=1, sort_keys=True), mode=0o600)
         self._mtime = self.path.stat().st_mtime_ns
 
     def refresh(self) -> None:
@@ -472,21 +474,7 @@ def _load_key(path: Path) -> bytes:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        write_private(path, key)
+        fsutil.atomic_write(path, key, mode=0o600)
     except OSError as exc:
         log.warning("cannot save %s (%s); device cookies last until the next restart", path, exc)
     return key
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically, readable by the gateway's user only (0600 from the first byte)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

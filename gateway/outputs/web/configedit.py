@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from gateway import fsutil
 from gateway.config import Config, build_topology, full_schema, read_raw, validate
 from gateway.errors import ConfigError
 from gateway.profiles import parse_yaml
@@ -137,35 +136,13 @@ def render_document(path: Path, data: dict) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, previous file kept as ``.bak``, rename, fsync the folder."""
+    """The config file replaced in one step (``gateway.fsutil``), the previous one kept as ``<name>.bak``;
+    a new file gets mode 0640 (it may hold secrets' hashes), an existing one keeps its mode minus any world
+    bits."""
     path = Path(path)
-    folder = path.parent
-    mode = 0o640
-    if path.exists():
-        # the file may hold secrets (SNMPv3 keys, passwords): what the gateway writes is never world-readable
-        mode = path.stat().st_mode & 0o770
-        old = path.read_bytes()
-        _write_synced(folder, path.with_name(path.name + ".bak"), old, mode)
-    _write_synced(folder, path, text.encode("utf-8"), mode)
-
-
-def _write_synced(folder: Path, target: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    # the file may hold secrets (SNMPv3 keys, passwords): what the gateway writes is never world-readable
+    mode = path.stat().st_mode & 0o770 if path.exists() else 0o640
+    fsutil.atomic_write(path, text, mode=mode, backup=True)
 
 
 # -- reloading -------------------------------------------------------------------------------------------------

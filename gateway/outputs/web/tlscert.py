@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ... import fsutil
+
 log = logging.getLogger(__name__)
 
 VALID_DAYS = 3650
@@ -55,10 +57,10 @@ def ensure_self_signed(folder: Path, listen_host: str) -> tuple[Path, Path]:
             .sign(key, hashes.SHA256()))
     key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # the certificate goes, the new key comes, the certificate last: a start that finds both finds a pair
+    cert_path.unlink(missing_ok=True)
+    fsutil.atomic_write(key_path, key_bytes, mode=0o600)
+    fsutil.atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.warning("made a self-signed certificate %s (SHA-256 fingerprint %s); install your own with web.tls.cert/key",
                 cert_path, fingerprint(cert_path))
     return cert_path, key_path
