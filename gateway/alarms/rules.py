@@ -137,11 +137,16 @@ def bank_rules() -> dict[str, Rule]:
         _r("bus_comm", "gateway.bus_devices_online", "bus", low=(None, 0.5)),
         # a bank device (charger monitor, I/O module) stopped answering: fed by bmsgw_comm_event
         _r("device_comm", "device", "device", kind="state", severity="warning"),
+        # a sensor answers at another address than the configured one (replaced or readdressed, found by the
+        # engine's search and polled there): fed by bmsgw_comm_event; the value is the address it answers at
+        _r("device_address", "device_address", "sensor address", kind="state", severity="warning"),
     ]
     return {r.id: r for r in rules}
 
 
 BANK_RULE_IDS = frozenset(bank_rules())
+# families of device alarms fed by communication events, not by points
+DEVICE_POINTS = frozenset({"device", "device_address"})
 STRING_RULE_IDS = frozenset(string_rules(StringConfig(1, 1)))
 
 
@@ -247,7 +252,7 @@ def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: st
     rule = replace(rule, **changes)
     for key in ("point", "reference"):
         pid = getattr(rule, key)
-        if pid and catalog is not None and pid not in catalog and pid != "device":
+        if pid and catalog is not None and pid not in catalog and pid not in DEVICE_POINTS:
             raise ConfigError(src, f"{path}.{key}", f"unknown point family {pid!r}")
     if rule.kind == "state" and ("high" in over or "low" in over):
         raise ConfigError(src, path, f"{rid} is an on/off rule: set `severity`, not setpoints")

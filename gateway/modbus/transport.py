@@ -65,6 +65,7 @@ class RtuTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._sleeper = PreciseSleeper()
+        self._late: set[int] = set()  # units whose reply came after their timeout, until they answer in time
 
     # -- port ------------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -144,11 +145,20 @@ class RtuTransport:
         buf = self._buf
         for length in _frame_lengths(buf):
             if len(buf) >= length and crc_ok(bytes(buf[:length])):
-                log.debug("bus %s: dropped a late reply from unit %d", self.bus.name, buf[0])
+                self._note_late(buf[0])
                 del buf[:length]
-                self.counters.stray_replies += 1
                 return True
         return False
+
+    def _note_late(self, unit: int) -> None:
+        log.debug("bus %s: dropped a late reply from unit %d", self.bus.name, unit)
+        self.counters.stray_replies += 1
+        self._late.add(unit)
+
+    def late_from(self, unit: int) -> bool:
+        """Did ``unit`` answer after its timeout lately (and not in time since)?  Tells a slave that is too slow
+        for the bus's ``timeout_ms`` from one that is silent."""
+        return unit in self._late
 
     def _port_lost(self, why: str) -> None:
         """The adapter was unplugged: fail the waiting request and close the port (a dead descriptor would
@@ -171,7 +181,11 @@ class RtuTransport:
         await self._sleeper.sleep_until(self._idle_since + bus.silence)
         if self._serial is None:
             raise TimeoutError_("port is not open")
-        self._buf.clear()  # whatever arrived since the last reply belongs to nobody
+        buf = self._buf
+        if buf:  # whatever arrived since the last reply belongs to nobody; a whole frame is someone's late reply
+            if any(len(buf) >= n and crc_ok(bytes(buf[:n])) for n in _frame_lengths(buf)):
+                self._note_late(buf[0])
+            buf.clear()
         self._request = request
         self._need = reply_length(request, b"")
         waiter = self._loop.create_future()
@@ -211,10 +225,12 @@ class RtuTransport:
         counters.bytes_in += len(self._buf)
         del self._buf[: self._need]
         try:
-            return parse_reply(request, reply)
+            words = parse_reply(request, reply)
         except (FrameError, ExceptionResponse) as err:
             counters.count(err)
             raise
+        self._late.discard(request[0])
+        return words
 
 
 def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
