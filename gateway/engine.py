@@ -377,7 +377,9 @@ class Engine:
         1. The devices that answered last time, in address order, so the ones that do not cannot delay them.
         2. Once each, the devices whose last cycle failed (retries and all: one more try says if they still do).
         3. The retries of this cycle's failed reads, late enough that a slow slave's late reply has come and been
-           dropped rather than taken for the retry's answer; none when no device answered at all (a silent bus).
+           dropped rather than taken for the retry's answer (the transport learns how late a slave is and waits
+           that long before asking it again); none for a slave known to answer late, none when no device
+           answered at all (a silent bus).
         4. The lost devices due for another try, then a search for lost sensors at other addresses.  These may
            use the time the bus would idle anyway before ``until`` (the next cycle's start), else at most
            ``PROBE_SHARE`` of its time.  When one answers again the others are tried at once (a bus plugged in
@@ -390,7 +392,6 @@ class Engine:
         start = time.monotonic()
         transport = bs.transport
         pending: list[_Reads] = []
-        last: list[_Reads | None] = [None]
         n_tried = n_answered = 0
         silent = bs.silent
         lost_before = [ds for ds in bs.devices if ds.lost]
@@ -404,8 +405,8 @@ class Engine:
             n_tried += 1
             await self._attempt(transport, reads)
             n_answered += reads.answered
-            last[0] = reads
-            if reads.todo and reads.tries_left > 0:
+            late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
+            if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
                 reads.tries_left -= 1
                 pending.append(reads)
             else:
@@ -429,8 +430,6 @@ class Engine:
                 if not n_answered:
                     self._finish(reads)
                     continue
-                if reads is last[0] and reads.timed_out:
-                    await asyncio.sleep(bs.bus.timeout_ms / 1000.0)  # let its late reply come, and go
                 await attempt(reads)
         busy = time.monotonic() - start
         alive = any(not d.lost for d in bs.devices)
@@ -528,7 +527,10 @@ class Engine:
         if reads.batch:
             self.store.put_many(reads.batch)
         failed = reads.refused + [block for block, _ in reads.todo]
-        failed_refs = [item.ref for block in failed for item in block.items]
+        if reads.batch or reads.refused:
+            failed_refs = [item.ref for block in failed for item in block.items]
+        else:  # not a word from it: none of its values is current, those read every slow_s neither
+            failed_refs = list(reads.ds.refs)
         self._account(reads.ds, not failed, reads.error, failed_refs, reads.ts)
 
     def _decode_block(self, ds: DeviceState, block: Block, words: list[int], ts: float, batch: list) -> None:
