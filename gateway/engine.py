@@ -332,8 +332,11 @@ class Engine:
         if not self.discovery.get("search", True) or bs.transport is None or not bs.transport.is_open:
             return
         lost = [ds for ds in bs.devices if ds.lost]
+        if not lost:  # found, or back: nothing to look for
+            bs.search_ids = []
+            return
         if not bs.search_ids:
-            if not lost or time.monotonic() < bs.search_next:
+            if time.monotonic() < bs.search_next:
                 return
             used = {ds.address for ds in bs.devices}
             bs.search_ids = [a for a in parse_ids(self.discovery.get("ids") or "1-247") if a not in used]
@@ -378,33 +381,30 @@ class Engine:
         2. Once each, the devices whose last cycle failed (retries and all: one more try says if they still do).
         3. The retries of this cycle's failed reads, late enough that a slow slave's late reply has come and been
            dropped rather than taken for the retry's answer (the transport learns how late a slave is and waits
-           that long before asking it again); none for a slave known to answer late, none when no device
-           answered at all (a silent bus).
+           that long before asking it again); none for a slave known to answer late, none when the bus fell
+           silent (``SILENT_PROBES`` devices in a row did not answer).
         4. The lost devices due for another try, then a search for lost sensors at other addresses.  These may
            use the time the bus would idle anyway before ``until`` (the next cycle's start), else at most
            ``PROBE_SHARE`` of its time.  When one answers again the others are tried at once (a bus plugged in
            again); on a bus where none answers, ``SILENT_PROBES`` of them per cycle, in turn.
 
-        A bus that got no answer at all the cycle before is silent (unplugged): after ``SILENT_PROBES`` silent
-        devices this cycle the others count as failed without a try, so it is declared lost in seconds, not in
-        three cycles of a timeout per device.  ``force`` (``poll_once``): every lost device is tried too.
+        A bus that fell silent the cycle before (unplugged) is checked first with ``SILENT_PROBES`` devices
+        spread over it; when none of them answers either, the others count as failed without a try: it is
+        declared lost in seconds, not in three cycles of a timeout per device.  ``force`` (``poll_once``):
+        every lost device is tried too.
         """
         start = time.monotonic()
         transport = bs.transport
         pending: list[_Reads] = []
-        n_tried = n_answered = 0
-        silent = bs.silent
+        n_tried = n_answered = run = 0  # run: devices in a row that did not answer, until now
         lost_before = [ds for ds in bs.devices if ds.lost]
 
         async def attempt(reads: _Reads) -> None:
-            nonlocal n_tried, n_answered
-            if silent and not n_answered and n_tried >= self.SILENT_PROBES:
-                reads.error = "no device on the bus answers (silent or garbled bus)"
-                self._finish(reads)  # counted as failed, not tried: the bus is silent
-                return
+            nonlocal n_tried, n_answered, run
             n_tried += 1
             await self._attempt(transport, reads)
             n_answered += reads.answered
+            run = 0 if reads.answered else run + 1
             late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
             if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
                 reads.tries_left -= 1
@@ -412,25 +412,43 @@ class Engine:
             else:
                 self._finish(reads)
 
-        for ds in bs.devices:
-            if not ds.failures and not ds.lost:
-                reads = self._reads(ds, slow, bs.bus.retries)
-                if reads is not None:
-                    await attempt(reads)
-        bs.sweep_duration = time.monotonic() - start
-        for ds in bs.devices:
-            if ds.failures and not ds.lost:
+        healthy = [ds for ds in bs.devices if not ds.failures and not ds.lost]
+        suspects = [ds for ds in bs.devices if ds.failures and not ds.lost]
+        if bs.silent and len(healthy) + len(suspects) > self.SILENT_PROBES:
+            every, k = healthy + suspects, self.SILENT_PROBES
+            check = [every[round(i * (len(every) - 1) / (k - 1))] for i in range(k)]
+            for ds in check:
                 reads = self._reads(ds, slow, 0)
                 if reads is not None:
                     await attempt(reads)
+            rest = [ds for ds in every if ds not in check]
+            healthy = [ds for ds in healthy if ds not in check]
+            suspects = [ds for ds in suspects if ds not in check]
+            if not n_answered:  # still silent: the others would time out one by one
+                for ds in rest:
+                    reads = self._reads(ds, slow, 0)
+                    if reads is not None:
+                        reads.error = "no device on the bus answers (silent or garbled bus)"
+                        self._finish(reads)
+                healthy = suspects = []
+        for ds in healthy:
+            reads = self._reads(ds, slow, bs.bus.retries)
+            if reads is not None:
+                await attempt(reads)
+        bs.sweep_duration = time.monotonic() - start
+        for ds in suspects:
+            reads = self._reads(ds, slow, 0)
+            if reads is not None:
+                await attempt(reads)
         while pending:
             batch = pending[:]
             pending.clear()
             for reads in batch:
-                if not n_answered:
+                if run >= self.SILENT_PROBES:  # the bus fell silent: retries would time out one by one
                     self._finish(reads)
                     continue
                 await attempt(reads)
+        bs.silent = run >= self.SILENT_PROBES
         busy = time.monotonic() - start
         alive = any(not d.lost for d in bs.devices)
         now = time.monotonic()
@@ -459,7 +477,6 @@ class Engine:
         if not force and alive:
             await self._search(bs, until)
         bs.probe_credit = min(bs.probe_credit + self.PROBE_SHARE * busy, bs.bus.timeout_ms / 1000.0)
-        bs.silent = n_tried > 0 and n_answered == 0
         bs.cycles += 1
         self.poll_cycles += 1
         bs.last_attempts = n_tried

@@ -192,6 +192,7 @@ class RtuTransport:
         unit = request[0]
         not_before = self._idle_since + bus.silence
         waiting = self._outstanding.get(unit)
+        drain = False
         if waiting:
             gone = time.monotonic() - self._lateness.get(unit, MAX_LATENESS) - bus.timeout_ms / 1000.0
             while waiting and waiting[0] < gone:
@@ -199,6 +200,7 @@ class RtuTransport:
             if waiting and unit in self._lateness:  # a known-late slave: let its late replies come, and go
                 # (and half a timeout more: a slave's lateness varies a little, and so does our clock reading)
                 not_before = max(not_before, waiting[-1] + self._lateness[unit] + bus.timeout_ms / 2000.0)
+                drain = True
         await self._sleeper.sleep_until(not_before)
         if self._serial is None:
             raise TimeoutError_("port is not open")
@@ -208,6 +210,8 @@ class RtuTransport:
                 self._note_late(buf[0], self._idle_since)
             buf.clear()
             await self._sleeper.sleep_until(self._idle_since + bus.silence)
+        if drain:
+            waiting.clear()  # their late replies had their time: they came and were dropped, or never will
         self._request = request
         self._need = reply_length(request, b"")
         waiter = self._loop.create_future()
