@@ -2,8 +2,10 @@
 
 Drivers (profiles and plugins) never do I/O; the engine owns every byte on the wire.  A device that stops
 answering first gets its points marked STALE, then after ``stale_after_cycles`` failed cycles COMM_FAIL with
-a communication-loss event; it is then tried only every ``lost_retry_s`` so it cannot slow its healthy
-neighbours, and it recovers by itself when it answers again.
+a communication-loss event; it is then tried only every ``lost_retry_s``, after the devices that answer and
+within the bus's idle time or a small share of a busy bus's time, so it cannot slow its healthy neighbours,
+and it recovers by itself when it answers again.  While it is lost, the engine also looks for it at the
+addresses nobody is polled at (a sensor replaced by one set to another address).  See ``_poll_bus``.
 """
 from __future__ import annotations
 
@@ -468,7 +470,6 @@ class Engine:
             t0 = time.monotonic()
             n_tried += 1
             await self._attempt(transport, reads)
-            n_answered += reads.answered
             self._finish(reads)
             probes += 1
             if alive and not comeback:
