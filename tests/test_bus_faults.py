@@ -5,6 +5,8 @@ engine's cycle counter, not by time), the communication alarm is in the active-a
 page and REST show), the healthy sensors stay GOOD, and everything recovers by itself."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import yaml
 
@@ -21,6 +23,20 @@ def config(tmp_path, discovery: dict | None = None):
                         "discovery": {"ids": "1-9,200-201", **(discovery or {})}},
             "notify": {"relay": {"enabled": False}}}
     return write_config(tmp_path, base=base, overrides=over)
+
+
+@contextmanager
+def running(path):
+    """The gateway in a background thread, its faces not started (the alarm engine is: it starts with the
+    gateway); the alarm log closed afterwards."""
+    gt = GatewayThread(path, services=False)
+    try:
+        with gt:
+            yield gt
+    finally:
+        mgr = alarms.get_manager(gt.gateway)
+        if mgr is not None:
+            mgr.stop()
 
 
 def inject(gt, bus: str, fault) -> int:
@@ -83,7 +99,7 @@ FAULTS = [("no_answer", {}), ("crc_error", {}), ("garbage", {}), ("slow", {"slow
 
 @pytest.mark.parametrize("fault,kw", FAULTS, ids=[f for f, _ in FAULTS])
 def test_a_faulty_sensor_goes_stale_raises_its_alarm_and_recovers(tmp_path, fault, kw):
-    with GatewayThread(config(tmp_path), services=False) as gt:
+    with running(config(tmp_path)) as gt:
         gw = gt.gateway
         mgr = alarms.get_manager(gw)
         bs = gw.engine.buses["bus1"]
@@ -129,7 +145,7 @@ def test_a_faulty_sensor_goes_stale_raises_its_alarm_and_recovers(tmp_path, faul
 
 
 def test_an_unplugged_bus_raises_the_bus_alarm_and_every_sensor_s_and_recovers_when_plugged_back(tmp_path):
-    with GatewayThread(config(tmp_path), services=False) as gt:
+    with running(config(tmp_path)) as gt:
         gw = gt.gateway
         mgr = alarms.get_manager(gw)
         bus1, bus2 = gw.engine.buses["bus1"], gw.engine.buses["bus2"]
@@ -165,8 +181,7 @@ def test_a_sensor_replaced_by_one_at_another_address_is_found_adopted_and_report
     is polled at, finds the new one of that model, polls it there (cell 3 GOOD again, the lost alarm clears)
     and raises a warning telling where it answers now and to set that address in the config.  When the
     sensor is set back to its configured address, it is found there and the warning clears."""
-    with GatewayThread(config(tmp_path, {"ids": "1-9,120-140,200-201", "search_every_s": 1}),
-                       services=False) as gt:
+    with running(config(tmp_path, {"ids": "1-9,120-140,200-201", "search_every_s": 1})) as gt:
         gw = gt.gateway
         sim = gw.simulator
         lost = "String 1 cell 3: sensor stopped answering"
@@ -197,7 +212,7 @@ def test_two_sensors_replaced_at_once_are_reported_not_guessed(tmp_path, caplog)
     """Two cell sensors gone, two new ones of that model found: which is which cannot be known, so neither
     is adopted; both stay in alarm and the log and the bus status name the new addresses."""
     caplog.set_level("WARNING", logger="gateway.engine")
-    with GatewayThread(config(tmp_path, {"ids": "1-9,130-131,200-201"}), services=False) as gt:
+    with running(config(tmp_path, {"ids": "1-9,130-131,200-201"})) as gt:
         gw = gt.gateway
         gw.simulator.readdress("bus1", 4, 130)
         gw.simulator.readdress("bus1", 5, 131)
@@ -213,13 +228,13 @@ def test_two_sensors_replaced_at_once_are_reported_not_guessed(tmp_path, caplog)
 
 def test_a_device_alarm_of_a_device_removed_from_the_config_ends_at_the_restart(tmp_path):
     path = config(tmp_path)
-    with GatewayThread(path, services=False) as gt:
+    with running(path) as gt:
         gt.gateway.simulator.set_fault("bus1", 201, "no_answer")  # the I/O module
         gt.wait_for(lambda: any("address 201" in t for t in table(gt.gateway)), timeout=20, what="device alarm")
     data = yaml.safe_load(path.read_text())
     data["bank"]["devices"] = [d for d in data["bank"]["devices"] if d["address"] != 201]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with GatewayThread(path, services=False) as gt:
+    with running(path) as gt:
         mgr = alarms.get_manager(gt.gateway)
         assert mgr.active() == [], "no alarm left for a device that no longer exists"
         row = next(r for r in mgr.history(limit=10) if r["rule"] == "device_comm")
