@@ -65,6 +65,12 @@ CORE_SCHEMA: dict[str, Any] = {
                     "adopt": {"type": "boolean", "default": True,
                               "description": "poll a sensor at its new address when it was readdressed and "
                                              "cannot be confused with another (one of its model missing, one new)"},
+                    "search": {"type": "boolean", "default": True,
+                               "description": "while a device is lost, look for it at the addresses (of `ids`) "
+                                              "nobody is polled at, in the bus's idle time (at most 5 % of a busy "
+                                              "bus), and adopt it there as `adopt` says"},
+                    "search_every_s": {"type": "number", "minimum": 1, "maximum": 86400, "default": 300,
+                                       "description": "rest between two searches while a device stays lost"},
                 },
             },
         },

@@ -2,8 +2,10 @@
 
 Drivers (profiles and plugins) never do I/O; the engine owns every byte on the wire.  A device that stops
 answering first gets its points marked STALE, then after ``stale_after_cycles`` failed cycles COMM_FAIL with
-a communication-loss event; it is then tried only every ``lost_retry_s`` so it cannot slow its healthy
-neighbours, and it recovers by itself when it answers again.
+a communication-loss event; it is then tried only every ``lost_retry_s``, after the devices that answer and
+within the bus's idle time or a small share of a busy bus's time, so it cannot slow its healthy neighbours,
+and it recovers by itself when it answers again.  While it is lost, the engine also looks for it at the
+addresses nobody is polled at (a sensor replaced by one set to another address).  See ``_poll_bus``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ class CommEvent:
     ts: float
     reason: str
     refs: tuple[PointRef, ...]
+    address: int = 0  # where it answered last (differs from ``device.address`` when it was found elsewhere)
+
+    @property
+    def moved(self) -> bool:
+        """It answers again, at another address than the configured one (a readdressed or replaced sensor)."""
+        return not self.lost and bool(self.address) and self.address != self.device.address
 
 
 @dataclass(slots=True)
@@ -66,6 +74,28 @@ class BusState:
     errors: list[str] = field(default_factory=list)
     open_error: str = ""  # why the port is not open ("" when it is)
     discovery: dict | None = None  # the last discovery report for this bus
+    sweep_duration: float = 0.0  # the last cycle's time to read the devices that answered the cycle before
+    last_attempts: int = 0  # devices tried in the last cycle
+    silent: bool = False  # devices were tried in the last cycle and none answered
+    probe_credit: float = 0.0  # seconds the bus may still spend on devices that do not answer
+    search_ids: list[int] = field(default_factory=list)  # addresses still to try in this search sweep
+    search_found: dict[int, str | None] = field(default_factory=dict)  # unconfigured ones that answered
+    search_next: float = 0.0  # when the next search sweep may start (time.monotonic)
+
+
+@dataclass(slots=True)
+class _Reads:
+    """One device's reads in one cycle, tried once and then up to ``tries_left`` more times."""
+
+    ds: DeviceState
+    todo: list[tuple[Block, bytes]]  # not read yet (or failed and worth another try)
+    tries_left: int
+    ts: float
+    batch: list = field(default_factory=list)
+    refused: list[Block] = field(default_factory=list)  # answered with an exception
+    error: str = ""
+    timed_out: bool = False
+    answered: bool = False  # something came back from it (values or an exception) in the last try
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +122,12 @@ class WriteError(Exception):
 
 
 class Engine:
+    # devices that do not answer (lost ones tried again, the search for moved sensors) may take at most this
+    # share of a busy bus's time; on a bus with idle time between cycles they use that time instead
+    PROBE_SHARE = 0.05
+    # on a bus that did not answer at all the cycle before, this many silent devices make it a silent cycle
+    SILENT_PROBES = 3
+
     def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], store: PointStore,
                  poll: dict, ports: dict[str, str] | None = None,
                  decode_hook: Callable | None = None,
@@ -104,7 +140,7 @@ class Engine:
         self.apply_config(poll)
         self.decode_hook = decode_hook
         self.comm_callback = comm_callback
-        self.discovery = dict(discovery or {})  # {on_start: bool, ids: "1-247", adopt: bool}
+        self.discovery = dict(discovery or {})  # {on_start, ids: "1-247", adopt, search, search_every_s}
         self.started = time.time()
         self.poll_cycles = 0
         ports = ports or {}
@@ -218,12 +254,14 @@ class Engine:
             if slow_due:
                 bs.next_slow = start + self.slow_s
             try:
-                await self._poll_bus(bs, slow_due)
+                await self._poll_bus(bs, slow_due, until=start + self.fast_s)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("bus %s: poll cycle failed", bs.bus.name)
             delay = self.fast_s - (time.monotonic() - start)
+            if not bs.last_attempts:  # nothing was due (every device lost, fast_s 0): do not spin
+                delay = max(delay, 0.05)
             await asyncio.sleep(max(delay, 0.0))
 
     # -- discovery -------------------------------------------------------------------------------------------
@@ -274,78 +312,253 @@ class Engine:
             else:
                 wrong[addr] = found[addr]
         unconfigured = {a: p for a, p in found.items() if a not in by_addr}
-        adopted: dict[int, int] = {}
         for addr, ds in by_addr.items():
             if ds.address != addr and addr in matching:
                 self._readdress(ds, addr)  # back at its configured address
-        if self.discovery.get("adopt", True):
-            for addr in missing:
-                ds = by_addr[addr]
-                candidates = [a for a, p in unconfigured.items() if p == ds.profile.name]
-                lost_alike = [a for a in missing if by_addr[a].profile.name == ds.profile.name]
-                # only when it cannot be anyone else: one sensor of that model lost, one new one found
-                if len(candidates) == 1 and len(lost_alike) == 1:
-                    self._readdress(ds, candidates[0])
-                    adopted[addr] = candidates[0]
-                    ds.next_try = 0.0
+        adopted = self._adopt([by_addr[a] for a in missing], unconfigured)
         return DiscoveryReport(bs.bus.name, dict(sorted(found.items())), tuple(sorted(matching)),
                                tuple(sorted(missing)), wrong, unconfigured, adopted)
 
+    def _adopt(self, missing: list[DeviceState], unconfigured: dict[int, str | None]) -> dict[int, int]:
+        """Poll a missing sensor where a new one of its model answers, when it cannot be anyone else: one
+        sensor of that model missing, one new one found (``discovery.adopt``).  Returns {configured: new}."""
+        adopted: dict[int, int] = {}
+        if not self.discovery.get("adopt", True):
+            return adopted
+        for ds in missing:
+            candidates = [a for a, p in unconfigured.items() if p == ds.profile.name]
+            lost_alike = [d for d in missing if d.profile.name == ds.profile.name]
+            if len(candidates) == 1 and len(lost_alike) == 1:
+                self._readdress(ds, candidates[0])
+                adopted[ds.device.address] = candidates[0]
+                ds.next_try = 0.0
+        return adopted
+
+    async def _search(self, bs: BusState, until: float | None) -> None:
+        """While a device of the bus is lost, try one address after another that nobody is polled at (within
+        the probe budget), for a sensor that was replaced by one set to another address; after a whole sweep,
+        adopt what can be adopted, say what was found, and rest ``discovery.search_every_s``."""
+        from .scan import parse_ids, scan_bus
+
+        if not self.discovery.get("search", True) or bs.transport is None or not bs.transport.is_open:
+            return
+        lost = [ds for ds in bs.devices if ds.lost]
+        if not lost:  # found, or back: nothing to look for
+            bs.search_ids = []
+            return
+        if not bs.search_ids:
+            if time.monotonic() < bs.search_next:
+                return
+            used = {ds.address for ds in bs.devices}
+            bs.search_ids = [a for a in parse_ids(self.discovery.get("ids") or "1-247") if a not in used]
+            bs.search_found = {}
+            bs.search_next = float("inf")  # until this sweep ends
+            log.info("bus %s: looking for %d lost device(s) at %d other addresses", bs.bus.name, len(lost),
+                     len(bs.search_ids))
+        counters = bs.transport.counters
+        while bs.search_ids and self._may_probe(bs, until):
+            addr = bs.search_ids.pop(0)
+            before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
+            t0 = time.monotonic()
+            try:
+                found = await scan_bus(bs.transport, self.profiles, [addr])
+            finally:
+                # silence from an address nobody uses is what a search expects: not a communication fault
+                counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
+            self._charge(bs, t0, until)
+            for f in found:
+                bs.search_found[f.address] = f.profile.name if f.profile else None
+        if bs.search_ids:
+            return
+        bs.search_next = time.monotonic() + float(self.discovery.get("search_every_s", 300))
+        found = dict(sorted(bs.search_found.items()))
+        adopted = self._adopt(lost, found)
+        rest = {a: p for a, p in found.items() if a not in adopted.values()}
+        bs.discovery = DiscoveryReport(bs.bus.name, found, (), tuple(sorted(d.device.address for d in lost)), {},
+                                       rest, adopted).as_dict()
+        for old, new in adopted.items():
+            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there "
+                        "(set address %d in the config)", bs.bus.name, old, new, new)
+        for addr, prof in rest.items():
+            log.warning("bus %s: address %d (%s) answers but is not configured%s", bs.bus.name, addr,
+                        prof or "unknown model", "" if prof not in {d.profile.name for d in lost} else
+                        ": it may replace one of the lost sensors of that model; set its address in the config")
+
     # -- polling ---------------------------------------------------------------------------------------------
-    async def _poll_bus(self, bs: BusState, slow: bool, force: bool = False) -> None:
+    async def _poll_bus(self, bs: BusState, slow: bool, force: bool = False, until: float | None = None) -> None:
+        """One cycle of a bus.
+
+        1. The devices that answered last time, in address order, so the ones that do not cannot delay them.
+        2. Once each, the devices whose last cycle failed (retries and all: one more try says if they still do).
+        3. The retries of this cycle's failed reads, late enough that a slow slave's late reply has come and been
+           dropped rather than taken for the retry's answer (the transport learns how late a slave is and waits
+           that long before asking it again); none for a slave known to answer late, none when the bus fell
+           silent (``SILENT_PROBES`` devices in a row did not answer).
+        4. The lost devices due for another try, then a search for lost sensors at other addresses.  These may
+           use the time the bus would idle anyway before ``until`` (the next cycle's start), else at most
+           ``PROBE_SHARE`` of its time.  When one answers again the others are tried at once (a bus plugged in
+           again); on a bus where none answers, ``SILENT_PROBES`` of them per cycle, in turn.
+
+        A bus that fell silent the cycle before (unplugged) is checked first with ``SILENT_PROBES`` devices
+        spread over it; when none of them answers either, the others count as failed without a try: it is
+        declared lost in seconds, not in three cycles of a timeout per device.  ``force`` (``poll_once``):
+        every lost device is tried too.
+        """
         start = time.monotonic()
         transport = bs.transport
-        for ds in bs.devices:
-            now = time.monotonic()
-            if ds.lost and now < ds.next_try and not force:
+        pending: list[_Reads] = []
+        n_tried = n_answered = run = 0  # run: devices in a row that did not answer, until now
+        lost_before = [ds for ds in bs.devices if ds.lost]
+
+        async def attempt(reads: _Reads) -> None:
+            nonlocal n_tried, n_answered, run
+            n_tried += 1
+            await self._attempt(transport, reads)
+            n_answered += reads.answered
+            run = 0 if reads.answered else run + 1
+            late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
+            if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
+                reads.tries_left -= 1
+                pending.append(reads)
+            else:
+                self._finish(reads)
+
+        healthy = [ds for ds in bs.devices if not ds.failures and not ds.lost]
+        suspects = [ds for ds in bs.devices if ds.failures and not ds.lost]
+        if bs.silent and len(healthy) + len(suspects) > self.SILENT_PROBES:
+            every, k = healthy + suspects, self.SILENT_PROBES
+            check = [every[round(i * (len(every) - 1) / (k - 1))] for i in range(k)]
+            for ds in check:
+                reads = self._reads(ds, slow, 0)
+                if reads is not None:
+                    await attempt(reads)
+            rest = [ds for ds in every if ds not in check]
+            healthy = [ds for ds in healthy if ds not in check]
+            suspects = [ds for ds in suspects if ds not in check]
+            if not n_answered:  # still silent: the others would time out one by one
+                for ds in rest:
+                    reads = self._reads(ds, slow, 0)
+                    if reads is not None:
+                        reads.error = "no device on the bus answers (silent or garbled bus)"
+                        self._finish(reads)
+                healthy = suspects = []
+        for ds in healthy:
+            reads = self._reads(ds, slow, bs.bus.retries)
+            if reads is not None:
+                await attempt(reads)
+        bs.sweep_duration = time.monotonic() - start
+        for ds in suspects:
+            reads = self._reads(ds, slow, 0)
+            if reads is not None:
+                await attempt(reads)
+        while pending:
+            batch = pending[:]
+            pending.clear()
+            for reads in batch:
+                if run >= self.SILENT_PROBES:  # the bus fell silent: retries would time out one by one
+                    self._finish(reads)
+                    continue
+                await attempt(reads)
+        bs.silent = run >= self.SILENT_PROBES
+        busy = time.monotonic() - start
+        alive = any(not d.lost for d in bs.devices)
+        now = time.monotonic()
+        comeback = False
+        probes = 0
+        for ds in sorted(lost_before, key=lambda d: d.next_try):
+            if not (force or comeback):
+                if ds.next_try > now:
+                    break
+                if alive and not self._may_probe(bs, until):
+                    break
+                if not alive and probes >= self.SILENT_PROBES:
+                    break
+            reads = self._reads(ds, slow, 0)
+            if reads is None:
                 continue
-            await self._poll_device(transport, ds, slow, bs.bus.retries if not ds.lost else 0)
+            t0 = time.monotonic()
+            n_tried += 1
+            await self._attempt(transport, reads)
+            self._finish(reads)
+            probes += 1
+            if alive and not comeback:
+                self._charge(bs, t0, until)
+            comeback = not ds.lost  # it answers again: so may the others (a bus plugged in again)
+        if not force and alive:
+            await self._search(bs, until)
+        bs.probe_credit = min(bs.probe_credit + self.PROBE_SHARE * busy, bs.bus.timeout_ms / 1000.0)
         bs.cycles += 1
         self.poll_cycles += 1
+        bs.last_attempts = n_tried
         bs.last_duration = time.monotonic() - start
         if bs.cycles == 1:
             log.info("bus %s: first poll cycle took %.2f s; %d of %d devices answer", bs.bus.name, bs.last_duration,
                      sum(1 for d in bs.devices if d.failures == 0), len(bs.devices))
         self._publish_bus(bs)
 
-    async def _poll_device(self, transport: RtuTransport | None, ds: DeviceState, slow: bool, retries: int) -> None:
-        ts = time.time()
-        batch: list[tuple[PointRef, Reading]] = []
-        failed_refs: list[PointRef] = []
-        ok = True
-        error = ""
+    @staticmethod
+    def _may_probe(bs: BusState, until: float | None) -> bool:
+        """May the bus spend a timeout on a device that may not answer?  Yes when the bus would idle that long
+        before its next cycle anyway, else only within the share of its time granted to such tries."""
+        if until is not None and time.monotonic() + bs.bus.timeout_ms / 1000.0 <= until:
+            return True
+        return bs.probe_credit > 0
+
+    @staticmethod
+    def _charge(bs: BusState, t0: float, until: float | None) -> None:
+        """Count a try's time against the probe share, unless the bus had that time to spare."""
+        end = time.monotonic()
+        if until is None or end > until:
+            bs.probe_credit -= end - t0
+
+    def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
         if slow:
-            blocks, requests = ds.blocks, ds.requests
+            todo = list(zip(ds.blocks, ds.requests))
         else:
-            blocks, requests = ds.fast_blocks, ds.fast_requests
-        if not blocks:  # nothing of this device is due: no news about it either
-            return
-        for n, (block, request) in enumerate(zip(blocks, requests)):
-            words = None
-            timed_out = False
-            for attempt in range(retries + 1):
-                try:
-                    if transport is None or not transport.is_open:
-                        raise ModbusError("bus is not open")
-                    words = await transport.transact(request)
-                    break
-                except ExceptionResponse as exc:
-                    error = f"exception {exc.code} reading {block.table} {block.start}+{block.count}"
-                    break
-                except ModbusError as exc:
-                    error = str(exc) or exc.kind
-                    timed_out = exc.kind == "timeout"
-            if words is None:
-                ok = False
-                if timed_out:  # silent: do not spend a timeout on each of its other reads too
-                    failed_refs.extend(item.ref for b in blocks[n:] for item in b.items)
-                    break
-                failed_refs.extend(item.ref for item in block.items)
+            todo = list(zip(ds.fast_blocks, ds.fast_requests))
+        if not todo:  # nothing of this device is due: no news about it either
+            return None
+        return _Reads(ds, todo, retries, time.time())
+
+    async def _attempt(self, transport: RtuTransport | None, reads: _Reads) -> None:
+        """One try at every read in ``reads.todo``; what failed and may succeed when tried again stays there."""
+        again: list[tuple[Block, bytes]] = []
+        todo = reads.todo
+        reads.timed_out = reads.answered = False
+        for n, (block, request) in enumerate(todo):
+            try:
+                if transport is None or not transport.is_open:
+                    raise ModbusError("bus is not open")
+                words = await transport.transact(request)
+            except ExceptionResponse as exc:  # it answered: asking again would get the same answer
+                reads.error = f"exception {exc.code} reading {block.table} {block.start}+{block.count}"
+                reads.refused.append(block)
+                reads.answered = True
                 continue
-            self._decode_block(ds, block, words, ts, batch)
-        if batch:
-            self.store.put_many(batch)
-        self._account(ds, ok, error, failed_refs, ts)
+            except ModbusError as exc:
+                reads.error = str(exc) or exc.kind
+                if exc.kind == "timeout":  # silent: do not spend a timeout on each of its other reads too
+                    reads.timed_out = True
+                    if transport is not None and transport.late_from(reads.ds.address):
+                        reads.error = (f"replies too late (after the {transport.bus.timeout_ms} ms timeout: "
+                                       f"raise timeout_ms of bus {transport.bus.name})")
+                    again.extend(todo[n:])
+                    break
+                again.append((block, request))
+                continue
+            reads.answered = True
+            self._decode_block(reads.ds, block, words, reads.ts, reads.batch)
+        reads.todo = again
+
+    def _finish(self, reads: _Reads) -> None:
+        if reads.batch:
+            self.store.put_many(reads.batch)
+        failed = reads.refused + [block for block, _ in reads.todo]
+        if reads.batch or reads.refused:
+            failed_refs = [item.ref for block in failed for item in block.items]
+        else:  # not a word from it: none of its values is current, those read every slow_s neither
+            failed_refs = list(reads.ds.refs)
+        self._account(reads.ds, not failed, reads.error, failed_refs, reads.ts)
 
     def _decode_block(self, ds: DeviceState, block: Block, words: list[int], ts: float, batch: list) -> None:
         hook = self.decode_hook
@@ -369,7 +582,8 @@ class Engine:
             ds.last_ok = ts
             if ds.lost:
                 ds.lost = False
-                log.info("%s answers again", ds.device.label)
+                where = f" at address {ds.address}" if ds.address != ds.device.address else ""
+                log.info("%s answers again%s", ds.device.label, where)
                 self._comm_event(ds, False, "answers again", ts)
             elif ds.comm_ref is not None and self.store.get(ds.comm_ref) is None:
                 self.store.put(ds.comm_ref, 0.0, Quality.GOOD, ts)
@@ -386,6 +600,9 @@ class Engine:
                 ds.lost = True
                 log.warning("%s stopped answering: %s", ds.device.label, error)
                 self._comm_event(ds, True, error, ts)
+                bs = self.buses.get(ds.device.bus)
+                if bs is not None and not bs.search_ids:
+                    bs.search_next = 0.0  # a new loss: look for it (the first sweep may start at once)
             ds.next_try = time.monotonic() + self.lost_retry_s
         else:
             fresh = set(never_read)
@@ -396,7 +613,7 @@ class Engine:
             self.store.put(ds.comm_ref, 1.0 if lost else 0.0, Quality.GOOD, ts)
         if self.comm_callback is not None:
             try:
-                self.comm_callback(CommEvent(ds.device, lost, ts, reason, ds.refs))
+                self.comm_callback(CommEvent(ds.device, lost, ts, reason, ds.refs, ds.address))
             except Exception:
                 log.exception("communication event handler failed")
 
@@ -433,6 +650,10 @@ class Engine:
                 "devices": len(bs.devices), "devices_lost": sum(1 for d in bs.devices if d.lost),
                 "open": bool(bs.transport and bs.transport.is_open), "open_error": bs.open_error,
                 "errors": list(bs.errors[-5:]),
+                "sweep_s": round(bs.sweep_duration, 4), "late_replies": c.stray_replies if c else 0,
+                "lost": [{"address": d.address, "device": d.device.label, "error": d.last_error}
+                         for d in bs.devices if d.lost][:20],
+                "moved": {str(d.device.address): d.address for d in bs.devices if d.address != d.device.address},
             }
             if bs.discovery is not None:
                 out[name]["discovery"] = bs.discovery

@@ -41,7 +41,8 @@ def test_the_default_config_is_the_bm_bms_maximum():
 def test_defaults_are_filled_and_paths_resolve_next_to_the_file(tmp_path):
     cfg = load(tmp_path, {"buses": [{"name": "rs1", "port": "/dev/ttyS1"}]})
     assert cfg.data["gateway"]["poll"] == {"fast_s": 5, "slow_s": 300, "stale_after_cycles": 3, "lost_retry_s": 10}
-    assert cfg.data["gateway"]["discovery"] == {"on_start": False, "ids": "1-247", "adopt": True}
+    assert cfg.data["gateway"]["discovery"] == {"on_start": False, "ids": "1-247", "adopt": True, "search": True,
+                                                "search_every_s": 300}
     bus = cfg.topology.buses[0]
     assert (bus.baud, bus.parity, bus.timeout_ms, bus.retries, bus.rs485, bus.index) == (9600, "N", 200, 1, False, 1)
     assert bus.silence == pytest.approx(3.5 * 10 / 9600)

@@ -105,8 +105,19 @@ class AlarmManager:
     def _restore(self) -> None:
         now = time.time()
         restored = dropped = 0
+        devices = {d.key for d in self.gateway.topology.devices}
         for row in self.log.load_active():
             a = alarm_of(row)
+            if a.key.device and a.key.device not in devices:  # that device is no longer configured
+                self.log.record_clear(a.alarm_id, now, None, f"{a.object}: alarm ended, the device is no longer "
+                                                             "configured")
+                dropped += 1
+                continue
+            if a.key.point == "device_address":  # the engine starts at the configured address again
+                self.log.record_clear(a.alarm_id, now, None, f"{a.text.split(':')[0]}: alarm ended at a restart; "
+                                                             "raised again if the sensor is found elsewhere again")
+                dropped += 1
+                continue
             cond = self.evaluator.restore(a.key, a.value, a.raised_ts)
             if cond is None:  # its rule is gone or disabled since: the alarm ends here
                 text = f"{a.object}: alarm ended, its rule is no longer configured"
@@ -119,7 +130,8 @@ class AlarmManager:
                 self._lost_devices.add(a.key.device)
             restored += 1
         if restored or dropped:
-            log.info("alarms: %d active alarms restored from the log, %d ended (rule removed)", restored, dropped)
+            log.info("alarms: %d active alarms restored from the log, %d ended (rule or device removed, or a "
+                     "sensor's address)", restored, dropped)
 
     # -- input -----------------------------------------------------------------------------------------------
     def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
@@ -134,10 +146,16 @@ class AlarmManager:
             self.loop.call_soon_threadsafe(self._drain)
 
     def on_comm_event(self, event: CommEvent) -> None:
-        """A bank device (charger monitor, I/O module) stopped answering or answers again.  Cell and string
-        sensors are watched through their ``cell.comm_status`` / ``string.comm_status`` points instead."""
+        """A device stopped answering or answers again.  Any device answering again at another address than
+        the configured one (the engine found it there) raises ``device_address``; at its own, clears it.  Lost
+        and found: bank devices (charger monitor, I/O module) here; cell and string sensors are watched through
+        their ``cell.comm_status`` / ``string.comm_status`` points instead."""
         dev = event.device
+        if not event.lost:
+            moved = float(event.address) if event.moved else 0.0
+            self._apply(self.evaluator.update("device_address", None, None, None, moved, event.ts, device=dev.key))
         if dev.string is not None:
+            self._reschedule()
             return
         if event.lost:
             self._lost_devices.add(dev.key)

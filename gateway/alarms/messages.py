@@ -108,6 +108,10 @@ class Messages:
 
     def raised(self, key: AlarmKey, rule, value: float | None, raw: float | None, threshold: float) -> str:
         name = self.object_name(key)
+        if rule.id == "device_address":
+            now = int(value or 0)
+            return (f"{name}: now answers at address {now} (sensor replaced or readdressed); polled there: "
+                    f"set address {now} in the config")
         if rule.kind == "state":
             return f"{name}: {self._state_text(key, rule, True)}"
         phrase = _PHRASE.get((rule.id, key.side))
@@ -122,6 +126,8 @@ class Messages:
 
     def cleared(self, key: AlarmKey, rule, value: float | None, raw: float | None) -> str:
         name = self.object_name(key)
+        if rule.id == "device_address":
+            return f"{name}: answers at its configured address again"
         if rule.kind == "state":
             return f"{name}: {self._state_text(key, rule, False)}"
         if rule.id == "bus_comm":

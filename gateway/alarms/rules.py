@@ -139,11 +139,16 @@ def bank_rules() -> dict[str, Rule]:
         _r("device_comm", "device", "device", kind="state", severity="warning"),
         # the history cannot be written (disk full, size cap reached, I/O error): measurements are being lost
         _r("history_storage", "gateway.history_fault", "history storage", kind="state", severity="critical"),
+        # a sensor answers at another address than the configured one (replaced or readdressed, found by the
+        # engine's search and polled there): fed by bmsgw_comm_event; the value is the address it answers at
+        _r("device_address", "device_address", "sensor address", kind="state", severity="warning"),
     ]
     return {r.id: r for r in rules}
 
 
 BANK_RULE_IDS = frozenset(bank_rules())
+# families of device alarms fed by communication events, not by points
+DEVICE_POINTS = frozenset({"device", "device_address"})
 STRING_RULE_IDS = frozenset(string_rules(StringConfig(1, 1)))
 
 
@@ -259,7 +264,7 @@ def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: st
     rule = replace(rule, **changes)
     for key in ("point", "reference"):
         pid = getattr(rule, key)
-        if pid and catalog is not None and pid not in catalog and pid != "device":
+        if pid and catalog is not None and pid not in catalog and pid not in DEVICE_POINTS:
             _bad(errors, ConfigError(src, f"{path}.{key}", f"unknown point family {pid!r}"))
     if rule.kind == "state" and ("high" in over or "low" in over):
         _bad(errors, ConfigError(src, path, f"{rid} is an on/off rule: set `severity`, not setpoints"))

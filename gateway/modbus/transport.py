@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import serial
@@ -45,6 +46,9 @@ class BusCounters:
             self.crc_errors += 1
 
 
+MAX_LATENESS = 2.0  # s: the longest a late reply is waited for before the next request to its slave
+
+
 class PortError(GatewayError):
     """The serial port cannot be opened or configured as the bus config asks; the message says why."""
 
@@ -65,6 +69,11 @@ class RtuTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._sleeper = PreciseSleeper()
+        # A slave that answers after its timeout: its late reply must not be taken for the answer to the next
+        # request to it (Modbus RTU has no transaction id).  Per unit: when its requests that timed out went
+        # out (their replies may still come), and how late its late replies came (from the strays dropped).
+        self._outstanding: dict[int, deque[float]] = {}
+        self._lateness: dict[int, float] = {}
 
     # -- port ------------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -144,11 +153,23 @@ class RtuTransport:
         buf = self._buf
         for length in _frame_lengths(buf):
             if len(buf) >= length and crc_ok(bytes(buf[:length])):
-                log.debug("bus %s: dropped a late reply from unit %d", self.bus.name, buf[0])
+                self._note_late(buf[0], time.monotonic())
                 del buf[:length]
-                self.counters.stray_replies += 1
                 return True
         return False
+
+    def _note_late(self, unit: int, arrived: float) -> None:
+        log.debug("bus %s: dropped a late reply from unit %d", self.bus.name, unit)
+        self.counters.stray_replies += 1
+        waiting = self._outstanding.get(unit)
+        if waiting:  # the reply to its oldest request that timed out
+            # (bounded: a waiting bus serves nobody; a slave later than that is lost, not slow)
+            self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), arrived - waiting.popleft()), MAX_LATENESS)
+
+    def late_from(self, unit: int) -> bool:
+        """Did ``unit`` answer after its timeout lately (and not in time since)?  Tells a slave that is too slow
+        for the bus's ``timeout_ms`` from one that is silent."""
+        return unit in self._lateness
 
     def _port_lost(self, why: str) -> None:
         """The adapter was unplugged: fail the waiting request and close the port (a dead descriptor would
@@ -168,10 +189,29 @@ class RtuTransport:
         if self._serial is None:
             raise TimeoutError_("port is not open")
         bus = self.bus
-        await self._sleeper.sleep_until(self._idle_since + bus.silence)
+        unit = request[0]
+        not_before = self._idle_since + bus.silence
+        waiting = self._outstanding.get(unit)
+        drain = False
+        if waiting:
+            gone = time.monotonic() - self._lateness.get(unit, MAX_LATENESS) - bus.timeout_ms / 1000.0
+            while waiting and waiting[0] < gone:
+                waiting.popleft()  # its reply would have come by now: none will
+            if waiting and unit in self._lateness:  # a known-late slave: let its late replies come, and go
+                # (and half a timeout more: a slave's lateness varies a little, and so does our clock reading)
+                not_before = max(not_before, waiting[-1] + self._lateness[unit] + bus.timeout_ms / 2000.0)
+                drain = True
+        await self._sleeper.sleep_until(not_before)
         if self._serial is None:
             raise TimeoutError_("port is not open")
-        self._buf.clear()  # whatever arrived since the last reply belongs to nobody
+        buf = self._buf
+        if buf:  # whatever arrived since the last reply belongs to nobody; a whole frame is someone's late reply
+            if any(len(buf) >= n and crc_ok(bytes(buf[:n])) for n in _frame_lengths(buf)):
+                self._note_late(buf[0], self._idle_since)
+            buf.clear()
+            await self._sleeper.sleep_until(self._idle_since + bus.silence)
+        if drain:
+            waiting.clear()  # their late replies had their time: they came and were dropped, or never will
         self._request = request
         self._need = reply_length(request, b"")
         waiter = self._loop.create_future()
@@ -197,6 +237,8 @@ class RtuTransport:
             self._idle_since = time.monotonic()
             if self._buf:  # something came back, but not a whole reply: a framing fault, not silence
                 err = FrameError(f"incomplete reply ({len(self._buf)} of {self._need} bytes)")
+            elif err.kind == "timeout":
+                self._outstanding.setdefault(unit, deque()).append(sent)
             counters.count(err)
             raise err from None
         except BaseException:  # cancelled: the bus was quiet at least since now
@@ -211,10 +253,20 @@ class RtuTransport:
         counters.bytes_in += len(self._buf)
         del self._buf[: self._need]
         try:
-            return parse_reply(request, reply)
+            words = parse_reply(request, reply)
         except (FrameError, ExceptionResponse) as err:
             counters.count(err)
             raise
+        waiting = self._outstanding.get(unit)
+        if waiting:
+            # this may be the late reply to an earlier request that timed out (no transaction id tells): taken
+            # as that, so the next request to this slave waits for the late reply to this one
+            self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), self._idle_since - waiting.popleft()),
+                                       MAX_LATENESS)
+            waiting.append(sent)
+        else:
+            self._lateness.pop(unit, None)  # answered in time
+        return words
 
 
 def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
