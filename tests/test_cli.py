@@ -29,6 +29,8 @@ def test_check_config_accepts_the_default_and_a_site_config(tmp_path):
     out = bmsgw("check-config", "--config", path)
     assert out.returncode == 0 and out.stderr == "", "check-config must not open /dev/ttyS1"
     assert "valid: 1 strings, 4 batteries, 5 devices" in out.stdout
+    # it builds every face to check it, but writes nothing: no state folder, no key file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml"]
 
 
 BROKEN = [

@@ -440,7 +440,18 @@ class DeviceKeys:
     MAX_AGE_S = 180 * 86400
 
     def __init__(self, folder: Path) -> None:
-        self._s = URLSafeTimedSerializer(_load_key(Path(folder) / self.KEY_FILE), salt="bmsgw-device")
+        self._path = Path(folder) / self.KEY_FILE
+        self._serializer: URLSafeTimedSerializer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def _s(self) -> URLSafeTimedSerializer:
+        # the key file is read or made at the first login, not when the face is built: `bmsgw check-config`
+        # builds the faces and must leave no file behind
+        with self._lock:
+            if self._serializer is None:
+                self._serializer = URLSafeTimedSerializer(_load_key(self._path), salt="bmsgw-device")
+            return self._serializer
 
     def issue(self, user: str, device: str | None = None) -> str:
         return self._s.dumps({"u": user, "d": device or secrets.token_urlsafe(12)})
