@@ -271,33 +271,56 @@ def mbpoll(gw: GatewayProcess, stats: FaceStats) -> None:
 
 
 class SnmpWalker:
-    """An NMS: `snmpbulkwalk` of the BMSGW MIB (loaded from mibs/), counting varbinds."""
+    """An NMS: `snmpbulkwalk` of the BMSGW MIB (loaded from mibs/), checked against the walk without load."""
 
     def __init__(self, gw: GatewayProcess, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.env = net_snmp_env(folder)
         community = gw.data["snmp"]["v2c"]["community"]
         self.cmd = ["snmpbulkwalk", "-v2c", "-c", community, "-M", str(MIBS), "-m", "BMSGW-MIB", "-Cr50",
                     "-t", "5", "-r", "1", "-On", f"udp:127.0.0.1:{gw.snmp_port}", "BMSGW-MIB::bmsgwMIB"]
         self.stats = FaceStats("snmp")
         self.varbinds: list[int] = []
-        self.expected: int | None = None  # from the walk without load
+        self.reference: set[str] | None = None  # the OIDs of the walk without load
+        self.changes: list[str] = []
 
-    def walk(self) -> None:
+    @property
+    def expected(self) -> int | None:
+        return len(self.reference) if self.reference is not None else None
+
+    def walk(self) -> set[str]:
         t0 = time.perf_counter()
         proc = subprocess.run(self.cmd, capture_output=True, text=True, env=self.env, timeout=120)
         took = time.perf_counter() - t0
-        n = proc.stdout.count("\n")
-        self.varbinds.append(n)
+        oids = {line.split(" = ", 1)[0] for line in proc.stdout.splitlines() if " = " in line}
+        self.varbinds.append(len(oids))
         problem = ""
         if proc.returncode != 0 or proc.stderr.strip():
             problem = f"rc={proc.returncode}: {proc.stderr.strip()[:200]}"
-        elif self.expected is not None and n < 0.99 * self.expected:
-            problem = f"{n} varbinds, {self.expected} without load"
+        elif self.reference is not None and oids != self.reference:
+            change = self.describe(oids)
+            self.changes.append(change)
+            (self.folder / f"walk-{len(self.varbinds)}.txt").write_text(proc.stdout)
+            if len(oids) < 0.99 * len(self.reference):
+                problem = change
         if problem:
             self.stats.bad(f"snmpbulkwalk: {problem}")
         else:
             self.stats.good(took)
+        return oids
+
+    def describe(self, oids: set[str]) -> str:
+        """Which columns (OID up to the column number) lost or gained instances against the reference."""
+        def columns(items: set[str]) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for oid in items:
+                col = ".".join(oid.split(".")[:12])
+                out[col] = out.get(col, 0) + 1
+            return dict(sorted(out.items()))
+
+        return (f"{len(oids)} varbinds ({len(self.reference)} without load): lost {columns(self.reference - oids)}, "
+                f"new {columns(oids - self.reference)}")
 
 
 class PrometheusServer:
@@ -527,6 +550,8 @@ class BusFigures:
     max_lag_s: float
     cycle_s_baseline: float
     cycle_s_load: float
+    bus_errors: int  # timeouts, CRC/frame errors and exception answers on the RS485 side during the load
+    bus_errors_baseline: int
 
 
 @dataclass
@@ -543,6 +568,7 @@ class Result:
     idle: dict[str, float]  # one request of each face without load, seconds
     modbus: dict
     snmp_varbinds: tuple[int, int]  # without load, min under load
+    snmp_changes: list[str]  # walks whose OIDs differed from the one without load, and how
     prometheus: dict
     browser_api_responses: int | None
     log_problems: list[str]
@@ -559,12 +585,19 @@ class Result:
         return sum(max(0, round(b.expected) - 1 - b.cycles) for b in self.buses.values())
 
     @property
+    def bus_errors(self) -> int:
+        return sum(b.bus_errors for b in self.buses.values())
+
+    @property
     def face_errors(self) -> int:
         return sum(f.errors for f in self.faces.values())
 
     @property
     def rss_growth_mb(self) -> float:
         return self.rss["end"] - self.rss["warm"]
+
+
+BUS_ERRORS = ("timeouts", "crc_errors", "exceptions")
 
 
 def _delta(a: Sample, b: Sample, bus: str, key: str) -> float:
@@ -666,7 +699,9 @@ def run(plan: Plan, folder: Path | None = None) -> Result:
             overruns=int(_delta(load_start, load_end, bus, "overruns")),
             max_lag_s=load_end.buses[bus]["max_lag_s"],
             cycle_s_baseline=_delta(base_start, base_end, bus, "busy_s") / max(base_cycles, 1),
-            cycle_s_load=_delta(load_start, load_end, bus, "busy_s") / max(load_cycles, 1))
+            cycle_s_load=_delta(load_start, load_end, bus, "busy_s") / max(load_cycles, 1),
+            bus_errors=int(sum(_delta(load_start, load_end, bus, k) for k in BUS_ERRORS)),
+            bus_errors_baseline=int(sum(_delta(base_start, base_end, bus, k) for k in BUS_ERRORS)))
     warm = _at(samples, load_start.t + plan.warmup_s)
     after = [(s.t, s.rss_mb) for s in samples if warm.t <= s.t <= load_end.t]
     rss = {"start": first.rss_mb, "load_start": load_start.rss_mb, "warm": warm.rss_mb, "end": load_end.rss_mb,
@@ -677,7 +712,8 @@ def run(plan: Plan, folder: Path | None = None) -> Result:
         cpu_baseline=(base_end.cpu_s - base_start.cpu_s) / max(base_end.t - base_start.t, 1e-9),
         cpu_load=(load_end.cpu_s - load_start.cpu_s) / max(load_end.t - load_start.t, 1e-9),
         faces=faces, idle=idle, modbus=modbus_final,
-        snmp_varbinds=(walker.expected or 0, min(walker.varbinds or [0])), prometheus=prometheus,
+        snmp_varbinds=(walker.expected or 0, min(walker.varbinds or [0])), snmp_changes=walker.changes,
+        prometheus=prometheus,
         browser_api_responses=browser.api_responses if browser is not None else None,
         log_problems=gw.log_problems(), exit_code=exit_code, load_errors=load_errors)
     if own:
@@ -698,7 +734,7 @@ def _idle_latencies(gw: GatewayProcess, walker: SnmpWalker, web: WebClient, rang
     out = {}
     real, walker.stats = walker.stats, FaceStats("snmp")
     out["snmp"] = median3(walker.stats, walker.walk)
-    walker.expected, walker.stats = walker.varbinds[-1], real
+    walker.reference, walker.stats = walker.walk(), real
     del walker.varbinds[:]
     metrics = FaceStats("prometheus")
 
@@ -803,12 +839,12 @@ def report(r: Result) -> list[str]:
              f"every {p.mbpoll_every_s:g} s, snmpbulkwalk every {p.snmp_every_s:g} s, Prometheus scrape every "
              f"{p.scrape_every_s:g} s, web page (every {p.web_every_s:g} s){' + chromium' if p.browser else ''}"]
     lines.append("poll cycles per bus (load window): done / expected, missed, late, overruns, max start lag, "
-                 "mean cycle time load vs baseline")
+                 "mean cycle time load vs baseline, RS485 errors (timeouts, CRC/frame, exceptions) load/baseline")
     for name, b in r.buses.items():
         ratio = b.cycle_s_load / b.cycle_s_baseline if b.cycle_s_baseline else float("nan")
         lines.append(f"  {name}: {b.cycles} / {b.expected:.1f}, missed {b.missed}, late {b.late}, overruns "
                      f"{b.overruns}, max lag {b.max_lag_s:.3f} s, cycle {b.cycle_s_load:.3f} s vs "
-                     f"{b.cycle_s_baseline:.3f} s ({ratio:.2f}x)")
+                     f"{b.cycle_s_baseline:.3f} s ({ratio:.2f}x), bus errors {b.bus_errors}/{b.bus_errors_baseline}")
     rs = r.rss
     lines.append(f"RSS (MB): start {rs['start']:.1f}, load start {rs['load_start']:.1f}, after {p.warmup_s:.0f} s "
                  f"warm-up {rs['warm']:.1f}, end {rs['end']:.1f}, peak {rs['peak']:.1f}; after warm-up "
@@ -825,7 +861,8 @@ def report(r: Result) -> list[str]:
                  f"max {_ms(pr['max_s'])}; gateway self-metrics via Prometheus: cycles "
                  f"{_bus_values(pr['cycles_by_gateway'])}, missed {_bus_values(pr['missed_by_gateway'])}")
     lines.append(f"snmp: {r.faces['snmp'].ok + r.faces['snmp'].errors} walks, {r.snmp_varbinds[0]} varbinds "
-                 f"each without load, at least {r.snmp_varbinds[1]} under load")
+                 f"each without load, at least {r.snmp_varbinds[1]} under load; {len(r.snmp_changes)} walks "
+                 f"differed{': ' + '; '.join(r.snmp_changes[:3]) if r.snmp_changes else ''}")
     if r.browser_api_responses is not None:
         lines.append(f"browser: the string page's own script fetched the batteries {r.browser_api_responses} times")
     lines.append("latency per face under load (idle = one request with no load; ratio p50/idle):")
