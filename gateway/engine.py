@@ -70,6 +70,8 @@ class BusState:
     overruns: int = 0  # cycles that took longer than the interval
     last_lag: float = 0.0  # how long after its slot the last cycle started
     max_lag: float = 0.0
+    missed_logged: int = 0  # missed cycles already told in the log (at most one warning per MISSED_LOG_S)
+    missed_log_at: float = float("-inf")
     errors: list[str] = field(default_factory=list)
     open_error: str = ""  # why the port is not open ("" when it is)
     discovery: dict | None = None  # the last discovery report for this bus
@@ -99,6 +101,7 @@ class WriteError(Exception):
 
 
 LATE_FRACTION = 0.1  # a cycle that starts later than this share of the interval after its slot is late
+MISSED_LOG_S = 600.0  # a bus that keeps missing cycles (too many devices for fast_s) is told once per 10 min
 
 
 class Engine:
@@ -244,8 +247,11 @@ class Engine:
             bs.missed += skipped
             due += skipped * self.fast_s
             lag -= skipped * self.fast_s
-            log.warning("bus %s: %d poll cycle(s) missed: the cycle started %.2f s after its slot", bs.bus.name,
-                        skipped, bs.last_lag)
+            if start - bs.missed_log_at >= MISSED_LOG_S:
+                log.warning("bus %s: %d poll cycle(s) missed since the last warning (this one started %.2f s after "
+                            "its slot): the bus is busy for longer than gateway.poll.fast_s (%g s), or the gateway "
+                            "was blocked", bs.bus.name, bs.missed - bs.missed_logged, bs.last_lag, self.fast_s)
+                bs.missed_logged, bs.missed_log_at = bs.missed, start
         if lag > LATE_FRACTION * self.fast_s:
             bs.late += 1
         return due

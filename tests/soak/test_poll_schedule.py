@@ -18,7 +18,7 @@ def offline(tmp_path) -> Gateway:
     return Gateway(path, simulator=False, port_overrides={"bus1": "(not opened)", "bus2": "(not opened)"})
 
 
-def test_a_cycle_on_time_is_neither_late_nor_missed_and_a_whole_skipped_slot_is_missed(tmp_path):
+def test_a_cycle_on_time_is_neither_late_nor_missed_and_a_whole_skipped_slot_is_missed(tmp_path, caplog):
     gw = offline(tmp_path)
     engine, bs = gw.engine, gw.engine.buses["bus1"]
     engine.fast_s = 5.0
@@ -33,6 +33,13 @@ def test_a_cycle_on_time_is_neither_late_nor_missed_and_a_whole_skipped_slot_is_
     assert bs.max_lag == pytest.approx(11.0) and bs.last_lag == pytest.approx(11.0)
     c = engine.counters()["bus1"]
     assert (c["cycles_missed"], c["cycles_late"], c["max_lag_s"]) == (2, 2, 11.0)
+    # a bus that keeps missing (more devices than fast_s allows) says so once per 10 minutes, not every cycle
+    engine._schedule(bs, 131.0, 125.0)
+    engine._schedule(bs, 731.0, 725.0)
+    warnings = [r.getMessage() for r in caplog.records if "missed" in r.getMessage()]
+    assert len(warnings) == 2 and bs.missed == 4, warnings
+    assert warnings[0].startswith("bus bus1: 2 poll cycle(s) missed") and "fast_s (5 s)" in warnings[0]
+    assert warnings[1].startswith("bus bus1: 2 poll cycle(s) missed since the last warning")
 
 
 def test_a_blocked_event_loop_shows_as_missed_cycles_in_the_status_and_the_metrics(tmp_path):

@@ -24,6 +24,6 @@ def test_every_face_at_once_misses_no_poll_cycle_and_keeps_memory_flat(tmp_path)
     assert r.modbus["passes"] >= plan.modbus_clients, text  # every client read the whole map at least once
     assert r.prometheus["scrapes"] >= 5 and r.prometheus["up"] == r.prometheus["scrapes"], text
     assert r.prometheus["missed_by_gateway"] and not any(r.prometheus["missed_by_gateway"].values()), text
-    assert r.snmp_varbinds[1] >= 0.99 * r.snmp_varbinds[0] > 1000, text
+    assert r.snmp_varbinds[1] >= 0.95 * r.snmp_varbinds[0] > 1000, text
     assert not r.log_problems, text
     assert r.rss_growth_mb < RSS_GROWTH_BOUND_MB, text
