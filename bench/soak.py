@@ -9,7 +9,7 @@ slope, the gateway's CPU, latency p50/p99 and errors per face.  A progress line 
 last line printed is the headline.  Exit status 1 when a cycle was missed, a face saw an error, or the
 gateway logged an error.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--baseline-s 60] [--warmup-min 2] [--no-browser]
+    .venv/bin/python bench/soak.py [--minutes 10] [--baseline-s 60] [--warmup-min 2] [--no-browser] [--sim-process]
 """
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ def main() -> int:
                     help="minutes of load before RSS growth and slope are measured (default 2)")
     ap.add_argument("--clients", type=int, default=20, help="Modbus TCP clients (default 20)")
     ap.add_argument("--no-browser", action="store_true", help="no headless chromium, only the scripted web client")
+    ap.add_argument("--sim-process", action="store_true",
+                    help="the simulated sensors in a process of their own (`bmsgw simulate`), as real sensors are, "
+                         "instead of the built-in simulator of config.yaml")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run's folder (config, logs) here")
     args = ap.parse_args()
     plan = Plan(baseline_s=args.baseline_s, load_s=args.minutes * 60, warmup_s=args.warmup_min * 60,
-                modbus_clients=args.clients, browser=not args.no_browser)
+                modbus_clients=args.clients, browser=not args.no_browser, sim_process=args.sim_process)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     result = run(plan, args.keep)

@@ -63,6 +63,7 @@ class Plan:
     sample_every_s: float = 5.0
     progress_every_s: float = 60.0
     progress: bool = True
+    sim_process: bool = False  # the simulator in a process of its own (`bmsgw simulate`) instead of built in
 
 
 def log(msg: str) -> None:
@@ -86,8 +87,18 @@ def cpu_s(pid: int) -> float:
 class GatewayProcess:
     """`bmsgw run` on a copy of config.yaml: every face on a free port, state in ``folder``."""
 
-    def __init__(self, folder: Path, overrides: dict | None = None) -> None:
+    def __init__(self, folder: Path, overrides: dict | None = None, sim_process: bool = False) -> None:
         self.folder = folder
+        self.sim = None
+        if sim_process:  # the sensors in a process of their own, as on the controller (bench/memory.py too)
+            from bench._common import SimProcess
+
+            (folder / "sim").mkdir(parents=True, exist_ok=True)
+            sim_config = write_config(folder / "sim", fast=False)
+            self.sim = SimProcess(sim_config)
+            buses = yaml.safe_load(sim_config.read_text())["buses"]
+            overrides = {**(overrides or {}), "simulator": {"enabled": False},
+                         "buses": [{**b, "port": self.sim.ports[b["name"]]} for b in buses]}
         self.config = write_config(folder, overrides, fast=False)  # the default config, faces on free ports
         self.data = data = yaml.safe_load(self.config.read_text())
 
@@ -137,16 +148,22 @@ class GatewayProcess:
         return r.json()
 
     def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+            if self.proc is None:
+                return 0
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self._log.close()
+            return self.proc.returncode
+        finally:
+            if self.sim is not None:
+                self.sim.close()
+                self.sim = None
 
     def log_problems(self) -> list[str]:
         """Lines of the gateway's log at ERROR or worse, and tracebacks."""
@@ -609,7 +626,7 @@ def run(plan: Plan, folder: Path | None = None) -> Result:
     tmp = tempfile.TemporaryDirectory(prefix="bmsgw-soak-") if own else None
     folder = Path(tmp.name) if own else folder
     stop = threading.Event()
-    gw = GatewayProcess(folder)
+    gw = GatewayProcess(folder, sim_process=plan.sim_process)
     ranges = served_ranges(gw.config)
     faces = {name: FaceStats(name) for name in ("modbus", "mbpoll", "prometheus", "web", "web-status")}
     walker = SnmpWalker(gw, folder / "net-snmp")
@@ -838,7 +855,9 @@ def _progress(monitor: Monitor, load_start: Sample, gw: GatewayProcess, faces: d
 def report(r: Result) -> list[str]:
     """The figures as lines of text; the last one is the headline."""
     p = r.plan
-    lines = [f"soak: bmsgw run, default config (480 batteries, {len(r.buses)} buses, fast poll every {r.fast_s:g} s), "
+    sim = "`bmsgw simulate` in its own process" if p.sim_process else "the built-in simulator"
+    lines = [f"soak: bmsgw run, default config (480 batteries, {len(r.buses)} buses, fast poll every {r.fast_s:g} s, "
+             f"{sim}), "
              f"{r.load_s / 60:.1f} min of load after {p.baseline_s:.0f} s without: {p.modbus_clients} Modbus TCP "
              f"clients (whole map every {p.modbus_period_s:g} s, {p.modbus_pymodbus} of them pymodbus) + mbpoll "
              f"every {p.mbpoll_every_s:g} s, snmpbulkwalk every {p.snmp_every_s:g} s, Prometheus scrape every "
