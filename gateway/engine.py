@@ -71,6 +71,15 @@ class BusState:
     last_duration: float = 0.0
     next_slow: float = 0.0
     task: asyncio.Task | None = None
+    # the schedule (bus loop only): cycle k is due at the first cycle's start + k * fast_s
+    busy_s: float = 0.0  # time spent in poll cycles, all of them
+    missed: int = 0  # slots of the schedule in which no cycle started (the bus was still busy, or the loop blocked)
+    late: int = 0  # cycles that started more than LATE_FRACTION of the interval after their slot began
+    overruns: int = 0  # cycles that took longer than the interval
+    last_lag: float = 0.0  # how long after its slot the last cycle started
+    max_lag: float = 0.0
+    missed_logged: int = 0  # missed cycles already told in the log (at most one warning per MISSED_LOG_S)
+    missed_log_at: float = float("-inf")
     errors: list[str] = field(default_factory=list)
     open_error: str = ""  # why the port is not open ("" when it is)
     discovery: dict | None = None  # the last discovery report for this bus
@@ -119,6 +128,10 @@ class DiscoveryReport:
 
 class WriteError(Exception):
     pass
+
+
+LATE_FRACTION = 0.1  # a cycle that starts later than this share of the interval after its slot is late
+MISSED_LOG_S = 600.0  # a bus that keeps missing cycles (too many devices for fast_s) is told once per 10 min
 
 
 class Engine:
@@ -247,22 +260,49 @@ class Engine:
                 raise
             except Exception as exc:
                 log.error("bus %s: discovery failed: %s", bs.bus.name, exc)
+        due = time.monotonic()
         while True:
             start = time.monotonic()
+            due = self._schedule(bs, start, due)
             self._open_bus(bs)
             slow_due = start >= bs.next_slow
             if slow_due:
                 bs.next_slow = start + self.slow_s
             try:
-                await self._poll_bus(bs, slow_due, until=start + self.fast_s)
+                await self._poll_bus(bs, slow_due, until=due + self.fast_s)  # the next cycle's slot
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("bus %s: poll cycle failed", bs.bus.name)
-            delay = self.fast_s - (time.monotonic() - start)
+            if time.monotonic() - start > self.fast_s:
+                bs.overruns += 1
+            due += self.fast_s  # a fixed rate: the wake-up delay of one cycle does not push back the next ones
+            delay = due - time.monotonic()
             if not bs.last_attempts:  # nothing was due (every device lost, fast_s 0): do not spin
                 delay = max(delay, 0.05)
             await asyncio.sleep(max(delay, 0.0))
+
+    def _schedule(self, bs: BusState, start: float, due: float) -> float:
+        """Account for a cycle starting at ``start`` whose slot began at ``due``; returns the slot it runs in.
+
+        A slot that went by entirely with no cycle started in it (the previous cycle overran it, or the event
+        loop was blocked) is missed: counted, and the schedule moves on rather than polling twice in a row."""
+        lag = start - due
+        bs.last_lag = max(lag, 0.0)
+        bs.max_lag = max(bs.max_lag, bs.last_lag)
+        if lag >= self.fast_s > 0:
+            skipped = int(lag // self.fast_s)
+            bs.missed += skipped
+            due += skipped * self.fast_s
+            lag -= skipped * self.fast_s
+            if start - bs.missed_log_at >= MISSED_LOG_S:
+                log.warning("bus %s: %d poll cycle(s) missed since the last warning (this one started %.2f s after "
+                            "its slot): the bus is busy for longer than gateway.poll.fast_s (%g s), or the gateway "
+                            "was blocked", bs.bus.name, bs.missed - bs.missed_logged, bs.last_lag, self.fast_s)
+                bs.missed_logged, bs.missed_log_at = bs.missed, start
+        if lag > LATE_FRACTION * self.fast_s:
+            bs.late += 1
+        return due
 
     # -- discovery -------------------------------------------------------------------------------------------
     async def discover(self, ids: str | None = None) -> dict[str, DiscoveryReport]:
@@ -491,6 +531,7 @@ class Engine:
         self.poll_cycles += 1
         bs.last_attempts = n_tried
         bs.last_duration = time.monotonic() - start
+        bs.busy_s += bs.last_duration
         if bs.cycles == 1:
             log.info("bus %s: first poll cycle took %.2f s; %d of %d devices answer", bs.bus.name, bs.last_duration,
                      sum(1 for d in bs.devices if d.failures == 0), len(bs.devices))
@@ -625,6 +666,8 @@ class Engine:
             ("gateway.bus_poll_duration", bs.last_duration),
             ("gateway.bus_devices", float(len(bs.devices))),
             ("gateway.bus_devices_online", float(sum(1 for d in bs.devices if not d.lost and d.last_ok))),
+            ("gateway.bus_cycles", float(bs.cycles)), ("gateway.bus_cycles_missed", float(bs.missed)),
+            ("gateway.bus_cycles_late", float(bs.late)), ("gateway.bus_cycle_lag", bs.last_lag),
         ]
         if c is not None:
             items += [("gateway.bus_requests", float(c.requests)), ("gateway.bus_timeouts", float(c.timeouts)),
@@ -644,7 +687,9 @@ class Engine:
             c = bs.transport.counters if bs.transport else None
             out[name] = {
                 "port": bs.port, "baud": bs.bus.baud, "cycles": bs.cycles,
-                "last_cycle_s": round(bs.last_duration, 4),
+                "last_cycle_s": round(bs.last_duration, 4), "busy_s": round(bs.busy_s, 3),
+                "cycles_missed": bs.missed, "cycles_late": bs.late, "overruns": bs.overruns,
+                "last_lag_s": round(bs.last_lag, 4), "max_lag_s": round(bs.max_lag, 4),
                 "requests": c.requests if c else 0, "timeouts": c.timeouts if c else 0,
                 "crc_errors": c.crc_errors if c else 0, "exceptions": c.exceptions if c else 0,
                 "devices": len(bs.devices), "devices_lost": sum(1 for d in bs.devices if d.lost),
