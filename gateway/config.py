@@ -166,6 +166,28 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_networks(items: list[str], src: str, key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A face's ``allow_from`` list (addresses or networks) -> networks; a ConfigError names the bad item."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError(src, f"{key}[{i}]", f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+    return out
+
+
+def address_allowed(client: str, networks: list) -> bool:
+    """Whether a client address (an IPv6 scope and the IPv4-mapped form allowed for) is in ``networks``."""
+    try:
+        addr = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if getattr(addr, "ipv4_mapped", None) is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
 def fill_defaults(schema: dict, data: Any) -> Any:
     """Fill ``default`` values of object properties, recursively (arrays of objects too)."""
     if isinstance(data, dict) and schema.get("type") == "object":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import inspect
-import ipaddress
 import logging
 import struct
 import threading
@@ -28,7 +27,7 @@ from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
 from .. import __version__
-from ..config import parse_listen
+from ..config import address_allowed, parse_listen, parse_networks
 from ..engine import WriteError
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import ModbusWriteHandler, hookimpl
@@ -261,26 +260,6 @@ def listen_address(text: str, src: str = "config") -> tuple[str, int]:
         return parse_listen(text)
     except ValueError as exc:
         raise ConfigError(src, f"{SECTION}.listen", str(exc)) from None
-
-
-def parse_networks(items: list[str], src: str, key: str) -> list[ipaddress._BaseNetwork]:
-    out = []
-    for i, item in enumerate(items):
-        try:
-            out.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(src, f"{key}[{i}]", f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
-    return out
-
-
-def address_allowed(client: str, networks: list) -> bool:
-    try:
-        addr = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if getattr(addr, "ipv4_mapped", None) is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
 
 
 class _LogLimiter:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import ipaddress
 import logging
 import sys
 import weakref
 
 from .. import fsutil
-from ..config import parse_listen
+from ..config import parse_listen, parse_networks
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import hookimpl
 
@@ -131,12 +130,7 @@ def check_section(cfg: dict, source: str) -> None:
         parse_listen(cfg["listen"])
     except ValueError as exc:
         raise ConfigError(source, "snmp.listen", str(exc)) from None
-    for i, item in enumerate(cfg["v2c"]["allow_from"]):
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise ConfigError(source, f"snmp.v2c.allow_from[{i}]",
-                              f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+    parse_networks(cfg["v2c"]["allow_from"], source, "snmp.v2c.allow_from")
 
 
 @hookimpl

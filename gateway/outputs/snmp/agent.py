@@ -25,7 +25,7 @@ from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
 
 from ... import fsutil
-from ...config import parse_listen
+from ...config import address_allowed, parse_listen, parse_networks
 from ...errors import GatewayError
 from ...points import PointRef, Reading
 from .alarms import AlarmRow, AlarmTable
@@ -102,18 +102,6 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
 WELL_KNOWN_COMMUNITIES = {b"public", b"private", b"community", b"snmp", b"admin", b"default"}
 
 
-def _networks(items: list[str]) -> list:
-    return [ipaddress.ip_network(item, strict=False) for item in items]
-
-
-def _allowed(host: str, networks: list) -> bool:
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return any(addr in net for net in networks)
-
-
 class FastUdpTransport(udp.UdpAsyncioTransport):
     """pysnmp's UDP transport with the community source filter and the v2c read fast path in front, and a
     guard behind.
@@ -132,7 +120,7 @@ class FastUdpTransport(udp.UdpAsyncioTransport):
 
     def datagram_received(self, datagram, transportAddress):
         allow = self.community_from
-        if allow is not None and not _allowed(transportAddress[0], allow) and ber.message_version(datagram) != 3:
+        if allow is not None and not address_allowed(transportAddress[0], allow) and ber.message_version(datagram) != 3:
             self.refused_sources += 1  # anything but SNMPv3 (which authenticates itself) from elsewhere: dropped
             return
         fast = self.fast
@@ -195,7 +183,8 @@ class SnmpAgent:
         self.base = parse_oid(cfg["base_oid"])
         self.listen = parse_listen(cfg["listen"])
         self.community = (cfg["v2c"].get("community") or "").encode() or None
-        self.community_from = _networks(cfg["v2c"].get("allow_from") or []) or None
+        self.community_from = parse_networks(cfg["v2c"].get("allow_from") or [], str(gateway.config.path),
+                                             "snmp.v2c.allow_from") or None
         self.users = {u["name"]: u for u in cfg["v3_users"]}
         gw_cfg = gateway.config
         self.data = AgentData(
