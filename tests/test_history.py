@@ -164,3 +164,22 @@ def test_gateway_records_history_and_counts_writes(tmp_path):
     assert sorted(cells) == [1, 2, 3, 4, 5, 6]
     with pytest.raises(sqlite3.OperationalError):
         ro.conn().execute("DELETE FROM raw")
+
+
+def test_queries_without_a_running_writer_leave_no_file_open(tmp_path):
+    """The web face or a command asking a gateway whose history writer is not running (yet) reads the file
+    read-only; a page polling trends must not pile up open database handles."""
+    import os
+
+    from gateway.cliargs import offline_gateway
+
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=4))
+    gw = offline_gateway(str(path))
+    open_history(gw.config).close()  # the file exists, nobody writes it
+    ref = PointRef("cell.voltage", 1, 2)
+    now = time.time()
+    assert gw.pm.hook.bmsgw_history_query(gateway=gw, ref=ref, start=now - 3600, end=now, max_points=100) == []
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        assert gw.pm.hook.bmsgw_history_query(gateway=gw, ref=ref, start=now - 3600, end=now, max_points=100) == []
+    assert len(os.listdir("/proc/self/fd")) <= before

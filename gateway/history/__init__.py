@@ -268,10 +268,15 @@ def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
         return None
     if end <= start:
         return []
+    opened_here = _running.get(gateway) is None  # no writer: history_for opens the file read-only for us
     db = history_for(gateway)
     if db is None:
         return []  # recording, nothing written yet
-    series = db.query(ref.point, ref.string, ref.cell, ref.channel, start=start, end=end, max_points=max_points)
+    try:
+        series = db.query(ref.point, ref.string, ref.cell, ref.channel, start=start, end=end, max_points=max_points)
+    finally:
+        if opened_here:  # a page polling trends must not pile up open handles
+            db.close()
     return list(zip(series.t, series.mean))
 
 
