@@ -192,8 +192,11 @@ def test_alarm_events_show_in_bms_alarm_active(live):
     assert 'bms_alarm_events_total{severity="critical"} 2.0' in text
 
 
-def test_port_in_use_is_reported_and_polling_goes_on(tmp_path):
+def test_a_port_in_use_refuses_start_up_with_the_address(tmp_path):
+    """The same policy as every face: start-up stops and says which face, which address and why."""
     import socket
+
+    from gateway.service import StartError
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -201,10 +204,14 @@ def test_port_in_use_is_reported_and_polling_goes_on(tmp_path):
         port = busy.getsockname()[1]
         path = write_config(tmp_path, base=small_bank(strings=1, cells=4),
                             overrides={"prometheus": {"listen": f"127.0.0.1:{port}"}})
-        with GatewayThread(path) as gt:
-            st = gt.gateway.status()["prometheus"]
-            assert "cannot listen on 127.0.0.1:%d" % port in st["error"] and st["listening"] == []
-            assert gt.count_good("cell.voltage") == 4
+        gt = GatewayThread(path)
+        try:
+            with pytest.raises(StartError, match=rf"prometheus\.listen: cannot listen on 127\.0\.0\.1:{port}: "
+                                                 "Address already in use"):
+                gt.start()
+            assert gt.gateway.services == {}  # what had started was stopped again
+        finally:
+            gt.stop()
 
 
 def test_bad_listen_address_names_the_key(tmp_path):

@@ -51,7 +51,7 @@ def env(tmp_path_factory):
 
 
 def agent_of(gt) -> SnmpAgent:
-    return next(s for s in gt.gateway.services if isinstance(s, SnmpAgent))
+    return gt.gateway.service('snmp').agent
 
 
 def paused(gt):
@@ -295,14 +295,13 @@ def test_bmsgw_status_reports_the_agent(env):
 def test_config_errors_name_the_key(tmp_path):
     from gateway.app import Gateway
     from gateway.errors import ConfigError
-    from gateway.outputs.snmp_agent import check_section
 
     path = write_config(tmp_path, {"snmp": {"notifications": {"targets": [{"host": "127.0.0.1", "version": "v3",
                                                                           "user": "nobody"}]}}},
                         base=small_bank(1, 2))
     gw = Gateway(path)
     with pytest.raises(ConfigError, match=r"targets\[0\]\.user"):
-        check_section(gw.config.section("snmp"), str(path))
+        gw.check()
     bad = write_config(tmp_path, {"snmp": {"v3_users": [{"name": "x", "auth_key": "short", "priv_key": "12345678"}]}},
                        base=small_bank(1, 2))
     with pytest.raises(ConfigError, match="auth_key"):

@@ -34,7 +34,7 @@ def pair(tmp_path_factory):
                         base=small_bank(2, 4))
     gt = GatewayThread(path).start()
     gw = gt.gateway
-    fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
+    fast = gw.service('snmp').agent
     cfg = {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False}
     slow = SnmpAgent(gw, cfg)
     gt.call(slow.start())

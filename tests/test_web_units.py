@@ -191,7 +191,7 @@ def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
         s.bind((host, port))
         s.listen()
         svc = WebService(offline_gateway)
-        with pytest.raises(GatewayError, match=f"web.listen: 127.0.0.1:{port}: cannot listen"):
+        with pytest.raises(GatewayError, match=f"web.listen: cannot listen on 127.0.0.1:{port}: .*Address already in use"):
             asyncio.run(svc.start())
 
 
@@ -199,10 +199,12 @@ def test_tls_needs_both_files(offline_gateway, tmp_path):
     from gateway.outputs.web.server import WebService
 
     offline_gateway.config.data["web"]["tls"] = {"enabled": True, "cert": str(tmp_path / "c.pem"), "key": ""}
-    svc = WebService(offline_gateway)
     with pytest.raises(GatewayError, match="web.tls: give both cert and key"):
-        asyncio.run(svc.start())
+        offline_gateway.check(offline_gateway.config.data)
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
     offline_gateway.config.data["web"]["tls"]["key"] = str(tmp_path / "k.pem")
+    offline_gateway.check(offline_gateway.config.data)  # both files are there: what is in them, start finds out
     svc = WebService(offline_gateway)
     with pytest.raises(GatewayError, match="web.tls.cert: cannot load"):
         asyncio.run(svc.start())
@@ -213,12 +215,7 @@ def test_web_off_means_no_server_and_no_buffer(tmp_path):
     gw = Gateway(path, simulator=False, port_overrides={"bus1": "(not opened)"})
     services = [s for r in gw.pm.hook.bmsgw_services(gateway=gw) for s in r]
     assert services and not [s for s in services if s.name == "web"]  # the other faces are still there
-    import gateway.outputs.web as web
-
-    web.bmsgw_gateway_ready(gateway=gw)  # only the web face's: the others need the running loop
-    from gateway.outputs.web.app import sources_for
-
-    assert sources_for(gw).buffer is None
+    assert not [listener for listener in gw.store._listeners if "LiveBuffer" in repr(listener)]
 
 
 @pytest.mark.parametrize("section", ["site", "gateway", "simulator", "buses", "strings", "bank", "web"])

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import logging
 import struct
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable
 
@@ -27,18 +25,20 @@ from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
 from .. import __version__
+from ..commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
 from ..config import address_allowed, parse_listen, parse_networks
-from ..engine import WriteError
-from ..errors import ConfigError, GatewayError
-from ..hookspecs import ModbusWriteHandler, hookimpl
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
 from ..modbus.codecs import northbound_words, raw_from_words
 from ..pointmap import (BANK_BASE, CELL_BASE, CELL_SLOT_SIZE, CHANNEL_SLOT_SIZE, GATEWAY_BASE, STRING_BASE,
                         STRING_SIZE, MappedPoint, PointMap)
 from ..points import PointRef, PointStore, Quality
+from ..service import ReloadResult, Service, StartError
 from ..topology import MAX_CELLS
 
 if TYPE_CHECKING:
     from ..app import Gateway
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
                             "description": "accept FC6/FC16 to the writable registers (README: Modbus TCP)"},
                 "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"},
                                "default": [], "description": "client addresses or networks that may write"},
+                "role": {"enum": ["operator", "admin"], "default": "operator",
+                         "description": "what a write from an allowed client may do: operator (relay, acknowledge, "
+                                        "baseline reset, ohmic test) or admin (also the current sensor's zero)"},
             },
         },
     },
@@ -169,55 +172,40 @@ class RegisterImage:
         packers = {1: struct.Struct(">H"), 2: struct.Struct(">HH")}
         for e in pointmap:
             self._slots[e.ref] = (2 * e.address, e.spec.dtype, e.spec.scale, packers[e.spec.width])
-        self._dirty: set[PointRef] = set()
-        self._lock = threading.Lock()
-        self.generation = -1  # the store generation the image was last brought up to
+        self._lock = threading.Lock()  # readers on several connections may refresh at once
+        self.generation = -1  # the store generation the image was last brought up to (-1: never)
         self.encodes = 0  # points encoded so far (for tests and status)
-        self._subscribed = False
-
-    def start(self) -> None:
-        if not self._subscribed:
-            self.store.subscribe(self._on_batch)
-            self._subscribed = True
-        with self._lock:
-            self._dirty = set(self._slots)
-        self.refresh()
-
-    def stop(self) -> None:
-        if self._subscribed:
-            self.store.unsubscribe(self._on_batch)
-            self._subscribed = False
-
-    def _on_batch(self, batch) -> None:
-        with self._lock:
-            self._dirty.update(ref for ref, _ in batch)
 
     @property
     def stale(self) -> bool:
-        return bool(self._dirty)
+        return self.store.generation != self.generation
 
     def refresh(self) -> None:
-        generation = self.store.generation
+        """Encode the points written since the last refresh (the store's change feed); everything the first
+        time, or when the feed no longer reaches back that far."""
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-        slots, get, words, good = self._slots, self.store.get, self.words, Quality.GOOD
-        for ref in dirty:
-            slot = slots.get(ref)
-            if slot is None:
-                continue
-            offset, dtype, scale, packer = slot
-            reading = get(ref)
-            value = reading.value if reading is not None and reading.quality is good else None
-            packer.pack_into(words, offset, *northbound_words(value, dtype, scale))
-        self.encodes += len(dirty)
-        self.generation = generation
+            generation, changed = self.store.changes_since(self.generation)
+            refs = self._slots.keys() if changed is None else changed
+            slots, get, words, good = self._slots, self.store.get, self.words, Quality.GOOD
+            n = 0
+            for ref in refs:
+                slot = slots.get(ref)
+                if slot is None:
+                    continue
+                offset, dtype, scale, packer = slot
+                reading = get(ref)
+                value = reading.value if reading is not None and reading.quality is good else None
+                packer.pack_into(words, offset, *northbound_words(value, dtype, scale))
+                n += 1
+            self.encodes += n
+            self.generation = generation
 
     def set_words(self, address: int, values: list[int]) -> None:
         struct.pack_into(f">{len(values)}H", self.words, 2 * address, *values)
 
     def read(self, address: int, count: int) -> list[int]:
         """Words as a client would see them (for tests and tools; the server slices ``words`` directly)."""
-        if self._dirty:
+        if self.store.generation != self.generation:
             self.refresh()
         return list(struct.unpack_from(f">{count}H", self.words, 2 * address))
 
@@ -231,27 +219,13 @@ class WriteRefused(Exception):
         self.code = code
 
 
-def point_write_handler(gateway: Gateway, entry: MappedPoint) -> ModbusWriteHandler:
-    """A writable point of the map (e.g. the I/O module's relay, ``io.do``): written to its device."""
-    spec, ref = entry.spec, entry.ref
-    states = {v for v, _ in spec.states}
-
-    async def write(words: list[int], client: str) -> None:
-        value = raw_from_words(words, spec.dtype, "big") * spec.scale
-        if states and value not in states:
-            raise ValueError(f"{value:g} is not one of {sorted(states)}")
-        await gateway.engine.write_point(ref, value)
-
-    return ModbusWriteHandler(address=entry.address, count=spec.width, name=str(ref),
-                              description=spec.description, handler=write)
-
-
 @dataclass(frozen=True, slots=True)
 class WriteTarget:
+    """A writable holding register (two for a 32-bit value): a command or a writable point of the map."""
+
     start: int
     end: int
-    handler: ModbusWriteHandler
-    point: bool  # a point of the map (engine write) rather than a command register
+    entry: MappedPoint
 
 
 # -- configuration helpers -------------------------------------------------------------------------------------
@@ -287,83 +261,82 @@ def exception_frame(tid: int, unit: int, function: int, code: int) -> bytes:
     return _EXC.pack(tid, 0, 3, unit, (function | 0x80) & 0xFF, code)
 
 
-class ModbusTcpService:
-    """The Modbus TCP server as a gateway service (``bmsgw run`` starts and stops it)."""
+class ModbusTcpService(Service):
+    """The Modbus TCP server: the point map as registers, commands as writable holding registers."""
 
-    name = "modbus-tcp"
+    name = SECTION
+    sections = (SECTION, "site")
+    face = True
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
-        src = str(gateway.config.path)
         self.gateway = gateway
-        self.cfg = cfg
-        self.host, self.port = listen_address(cfg["listen"], src)
-        self.units = frozenset(cfg["unit_ids"])
-        self.ignore_unknown_unit = cfg["unknown_unit"] == "ignore"
-        self.max_connections = cfg["max_connections"]
-        self.idle_timeout = float(cfg["idle_timeout_s"])
-        self.request_timeout = float(cfg.get("request_timeout_s", 10))
-        self.allow_from = parse_networks(cfg["allow_from"], src, f"{SECTION}.allow_from")
-        self.writes_enabled = bool(cfg["writes"]["enabled"])
-        self.write_allow = parse_networks(cfg["writes"]["allow_from"], src, f"{SECTION}.writes.allow_from")
-        ident = cfg["identity"]
-        self.identity: dict[int, bytes] = {
-            0x00: ident["vendor_name"].encode(), 0x01: ident["product_code"].encode(),
-            0x02: __version__.encode(), 0x03: ident["vendor_url"].encode(),
-            0x04: ident["product_name"].encode(), 0x05: ident["model_name"].encode(),
-            0x06: str(gateway.config.section("site").get("name", "")).encode()[:64],
-        }
+        self.host, self.port = listen_address(cfg["listen"], str(gateway.config.path))
+        self._settings(cfg, gateway.config)
         self.image = RegisterImage(gateway.pointmap, gateway.store)
         self.input_ranges = RangeSet(served_ranges(gateway.pointmap))
-        self.holding_ranges = self.input_ranges
         self.targets: list[WriteTarget] = []
         self._target_starts: list[int] = []
+        self._collect_write_targets()
         self.connections: set[_Connection] = set()
         self.server: asyncio.base_events.Server | None = None
         self.counters = {"connections": 0, "refused_connections": 0, "requests": 0, "exceptions": 0,
                          "writes": 0, "refused_writes": 0, "protocol_errors": 0, "timed_out": 0, "evicted": 0}
         self.refusals = _LogLimiter()
 
+    def _settings(self, cfg: dict, config: Config) -> None:
+        """Everything of the section but the listen address (which needs a new socket): taken at start and
+        at a reload, between two requests (the event loop runs one thing at a time)."""
+        src = str(config.path)
+        self.cfg = cfg
+        self.units = frozenset(cfg["unit_ids"])
+        self.ignore_unknown_unit = cfg["unknown_unit"] == "ignore"
+        self.max_connections = cfg["max_connections"]
+        self.idle_timeout = float(cfg["idle_timeout_s"])
+        self.request_timeout = float(cfg["request_timeout_s"])
+        self.allow_from = parse_networks(cfg["allow_from"], src, f"{SECTION}.allow_from")
+        self.writes_enabled = bool(cfg["writes"]["enabled"])
+        self.write_allow = parse_networks(cfg["writes"]["allow_from"], src, f"{SECTION}.writes.allow_from")
+        self.write_role = cfg["writes"]["role"]
+        ident = cfg["identity"]
+        self.identity: dict[int, bytes] = {
+            0x00: ident["vendor_name"].encode(), 0x01: ident["product_code"].encode(),
+            0x02: __version__.encode(), 0x03: ident["vendor_url"].encode(),
+            0x04: ident["product_name"].encode(), 0x05: ident["model_name"].encode(),
+            0x06: str(config.section("site")["name"]).encode()[:64],
+        }
+
     # -- life cycle --------------------------------------------------------------------------------------------
     def _collect_write_targets(self) -> None:
-        engine = self.gateway.engine
-        targets = [WriteTarget(e.address, e.address + e.spec.width, point_write_handler(self.gateway, e), True)
-                   for e in self.gateway.pointmap if e.spec.writable and engine.writable(e.ref) is not None]
-        for result in self.gateway.pm.hook.bmsgw_modbus_write_handlers(gateway=self.gateway):
-            for h in result or []:
-                if h.count < 1 or h.address < 0 or h.address + h.count > 65536:
-                    raise GatewayError(f"modbus write handler {h.name}: registers {h.address}+{h.count} are outside 0..65535")
-                if any(self.input_ranges.covers(a, 1) for a in range(h.address, h.address + h.count)):
-                    raise GatewayError(f"modbus write handler {h.name}: address {h.address} lies inside the point map")
-                targets.append(WriteTarget(h.address, h.address + h.count, h, False))
+        """The writable registers: every command of the map (9000 + slot*100 ...) and every writable point
+        (the I/O module's relay).  Whether a write is carried out is decided by ``Gateway.write``."""
+        pm = self.gateway.pointmap
+        targets = [WriteTarget(e.address, e.address + e.spec.width, e)
+                   for e in (*pm.commands, *(e for e in pm if e.spec.writable))]
         targets.sort(key=lambda t: t.start)
-        for a, b in zip(targets, targets[1:]):
-            if b.start < a.end:
-                raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} share address {b.start}")
         self.targets = targets
         self._target_starts = [t.start for t in targets]
-        commands = [(t.start, t.end) for t in targets if not t.point]
+        commands = [(t.start, t.end) for t in targets if t.entry.spec.kind == "command"]
         for start, end in commands:
             self.image.set_words(start, [0] * (end - start))  # command registers read 0
         self.holding_ranges = RangeSet(self.input_ranges.ranges + commands)
 
-    async def start(self) -> None:
-        self._collect_write_targets()
-        self.image.start()
+    async def _listen(self, host: str, port: int) -> asyncio.base_events.Server:
         loop = asyncio.get_running_loop()
         try:
-            self.server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                   reuse_address=True, backlog=min(128, self.max_connections * 2))
+            return await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True,
+                                            backlog=min(128, self.max_connections * 2))
         except OSError as exc:
-            self.image.stop()
-            raise ConfigError(str(self.gateway.config.path), f"{SECTION}.listen",
-                              f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
-        sock = self.server.sockets[0].getsockname()
-        self.port = sock[1]
+            raise StartError(f"{SECTION}.listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    async def start(self) -> None:
+        self.image.refresh()
+        self.server = await self._listen(self.host, self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
         if self.writes_enabled:
             if not self.write_allow:
                 log.warning("modbus tcp: writes are enabled but writes.allow_from is empty: every write is refused")
-            log.info("modbus tcp: writes enabled for %s to %s", ", ".join(map(str, self.write_allow)) or "nobody",
-                     ", ".join(f"{t.start} ({t.handler.name})" for t in self.targets) or "no register")
+            log.info("modbus tcp: writes enabled for %s (%s role) to %d registers",
+                     ", ".join(map(str, self.write_allow)) or "nobody", self.write_role, len(self.targets))
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -372,7 +345,37 @@ class ModbusTcpService:
                 conn.close()
             await self.server.wait_closed()
             self.server = None
-        self.image.stop()
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Every setting applies at once: unit ids, identity, limits, allow-lists and writes for the next
+        request; clients no longer in ``allow_from`` are disconnected; a new listen address is bound first and
+        the old one kept when that fails."""
+        result = ReloadResult()
+        cfg = config.section(SECTION)
+        self._settings(cfg, config)
+        refused = [c for c in self.connections if self.allow_from and not address_allowed(c.client, self.allow_from)]
+        for conn in refused:
+            conn.close()
+            self.connections.discard(conn)
+        if refused:
+            result.notes.append(f"{SECTION}: {len(refused)} client connection(s) no longer in allow_from closed")
+        host, port = listen_address(cfg["listen"], str(config.path))
+        if (host, port) != (self.host, self.port) and not (port == 0 and host == self.host):
+            try:
+                server = await self._listen(host, port)
+            except StartError as exc:
+                result.failed[f"{SECTION}.listen"] = f"{exc}; still listening on {self.endpoints()[0]}"
+                return result
+            old, moved = self.server, len(self.connections)
+            self.server, self.host, self.port = server, host, server.sockets[0].getsockname()[1]
+            if old is not None:
+                old.close()
+                for conn in list(self.connections):
+                    conn.close()
+            if moved:
+                result.notes.append(f"{SECTION}: now on {self.endpoints()[0]}; {moved} client connection(s) on "
+                                    "the old address closed")
+        return result
 
     def endpoints(self) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -434,7 +437,7 @@ class ModbusTcpService:
             if not ranges.covers(address, count):
                 return self._exception(tid, unit, function, ExcCodes.ILLEGAL_ADDRESS)
             image = self.image
-            if image._dirty:
+            if image.generation != image.store.generation:
                 image.refresh()
             n = 2 * count
             return _READ_RESP.pack(tid, 0, n + 3, unit, function, n) + image.words[2 * address:2 * address + n]
@@ -514,22 +517,23 @@ class ModbusTcpService:
         return plan
 
     async def _run_write(self, tid, unit, function, address, values, plan, client, echo) -> bytes:
+        """Each target of the request through ``Gateway.write``, in address order; the first refusal answers."""
+        by = Principal("modbus", self.write_role, "modbus", client)
         for target in plan:
             words = values[target.start - address:target.end - address]
-            name = target.handler.name
+            spec, ref = target.entry.spec, target.entry.ref
+            value = raw_from_words(words, spec.dtype, "big") * spec.scale
             try:
-                result = target.handler.handler(words, client)
-                if inspect.isawaitable(result):
-                    await result
-            except ValueError as exc:
-                return self._refused(tid, unit, function, ExcCodes.ILLEGAL_VALUE, client, name, words, exc)
+                await self.gateway.write(ref, value, by)
+            except (NotWritable, WriteDenied) as exc:
+                return self._refused(tid, unit, function, ExcCodes.ILLEGAL_ADDRESS, client, ref, words, exc)
+            except WriteRejected as exc:
+                return self._refused(tid, unit, function, ExcCodes.ILLEGAL_VALUE, client, ref, words, exc)
+            except WriteFailed as exc:
+                return self._refused(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE, client, ref, words, exc)
             except WriteError as exc:
-                return self._refused(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE, client, name, words, exc)
-            except Exception as exc:  # a failing handler must not take the server down
-                log.exception("modbus tcp: write handler %s failed", name)
-                return self._refused(tid, unit, function, ExcCodes.DEVICE_FAILURE, client, name, words, exc)
+                return self._refused(tid, unit, function, ExcCodes.DEVICE_FAILURE, client, ref, words, exc)
             self.counters["writes"] += 1
-            log.info("modbus tcp: client %s wrote %s at %d: %s", client, name, target.start, words)
         return _HEADER.pack(tid, 0, len(echo) + 1, unit) + echo
 
     def _refused(self, tid, unit, function, code, client, name, words, exc) -> bytes:
@@ -745,26 +749,29 @@ class _Connection(asyncio.Protocol):
 
 
 # -- hooks -----------------------------------------------------------------------------------------------------
-_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 @hookimpl
 def bmsgw_config_schema() -> dict[str, dict]:
     return {SECTION: CONFIG_SCHEMA}
 
 
 @hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    cfg = gateway.config.section(SECTION)
-    if not cfg.get("enabled", True):
-        return []
-    service = ModbusTcpService(gateway, cfg)
-    _services[gateway] = service
-    return [service]
+def bmsgw_check_config(gateway_config: Config) -> list[str]:
+    cfg = gateway_config.section(SECTION)
+    problems = []
+    try:
+        parse_listen(cfg["listen"])
+    except ValueError as exc:
+        problems.append(f"{SECTION}.listen: {exc}")
+    for key in ("allow_from", "writes.allow_from"):
+        items = cfg["writes"]["allow_from"] if key.startswith("writes") else cfg["allow_from"]
+        try:
+            parse_networks(items, str(gateway_config.path), f"{SECTION}.{key}")
+        except ConfigError as exc:
+            problems.append(f"{exc.path}: {exc.message}")
+    return problems
 
 
 @hookimpl
-def bmsgw_status(gateway: Gateway) -> dict[str, Any]:
-    service = _services.get(gateway)
-    return {SECTION: service.status()} if service is not None else {}
-
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    cfg = gateway.config.section(SECTION)
+    return [ModbusTcpService(gateway, cfg)] if cfg["enabled"] else []

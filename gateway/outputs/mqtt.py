@@ -25,7 +25,6 @@ import math
 import ssl
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -35,12 +34,14 @@ from .. import __version__
 from ..errors import ConfigError
 from ..exposition import decimals_for
 from ..hookspecs import hookimpl
-from ..secretfiles import read_secret
 from ..points import PointRef, PointSpec, Quality, Reading
+from ..secretfiles import read_secret
+from ..service import ReloadResult, Service
 from .mqtt_queue import MessageQueue
 
 if TYPE_CHECKING:
     from ..app import Gateway
+    from ..config import Config
     from ..pointmap import MappedPoint
 
 log = logging.getLogger(__name__)
@@ -279,11 +280,70 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-class MqttService:
-    """Connects to the broker (paho's network thread), queues a message set every interval (asyncio task),
-    and sends the queue in order from a sender thread, at most ``max_inflight`` unacknowledged at a time."""
+def section_problems(cfg: dict, config: Config) -> list[str]:
+    """What ``mqtt`` gets wrong beyond its schema, each as ``key.path: what is wrong``."""
+    out = []
+    tls = cfg["tls"]
+    for key in ("ca_file", "cert_file", "key_file"):
+        if tls["enabled"] and tls[key] and not config.resolve(tls[key]).is_file():
+            out.append(f"mqtt.tls.{key}: file {config.resolve(tls[key])} does not exist")
+    if tls["enabled"] and tls["key_file"] and not tls["cert_file"]:
+        out.append("mqtt.tls.cert_file: a client key needs its certificate")
+    if cfg["password_file"] and not config.resolve(cfg["password_file"]).is_file():
+        out.append(f"mqtt.password_file: file {config.resolve(cfg['password_file'])} does not exist")
+    if (cfg["password"] or cfg["password_file"]) and not cfg["username"]:
+        out.append("mqtt.username: a password needs a user name")
+    return out
+
+
+class MqttService(Service):
+    """The MQTT face: an uploader to the broker, replaced by a new one when its settings change."""
 
     name = "mqtt"
+    sections = ("mqtt", "site")
+    face = True
+
+    def __init__(self, gateway: Gateway, cfg: dict) -> None:
+        self.gateway = gateway
+        self.uploader = MqttUploader(gateway, cfg)
+
+    async def start(self) -> None:
+        await self.uploader.start()
+
+    async def stop(self) -> None:
+        await self.uploader.stop()
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Broker, credentials, TLS, topics, layout, intervals: the uploader disconnects (its queue is on
+        disk: nothing is lost) and a new one connects with the new settings.  A new queue file waits for a
+        restart."""
+        cfg = config.section("mqtt")
+        result = ReloadResult()
+        old = self.uploader
+        if cfg["queue"]["file"] != old.cfg["queue"]["file"]:
+            result.restart.append("mqtt.queue.file")
+            cfg = {**cfg, "queue": {**cfg["queue"], "file": old.cfg["queue"]["file"]}}
+        new = MqttUploader(self.gateway, cfg)
+        await old.stop(reason="reconfigured")
+        await new.start()
+        self.uploader = new
+        result.notes.append(f"mqtt: reconnecting to {new.endpoints()[0]}")
+        return result
+
+    def status(self) -> dict:
+        return self.uploader.status()
+
+    def endpoints(self) -> list[str]:
+        return self.uploader.endpoints()
+
+    @hookimpl
+    def bmsgw_alarm_event(self, event: Any) -> None:
+        self.uploader.alarm(event)
+
+
+class MqttUploader:
+    """Connects to the broker (paho's network thread), queues a message set every interval (asyncio task),
+    and sends the queue in order from a sender thread, at most ``max_inflight`` unacknowledged at a time."""
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         self.gateway = gateway
@@ -507,14 +567,14 @@ class MqttService:
         log.info("mqtt: publishing to %s every %gs (topics %s/...)", self.endpoints()[0], self.interval,
                  self.builder.base)
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str = "stopped") -> None:
         if self._producer is not None:
             self._producer.cancel()
             await asyncio.gather(self._producer, return_exceptions=True)
             self._producer = None
-        await asyncio.to_thread(self._shutdown)
+        await asyncio.to_thread(self._shutdown, reason)
 
-    def _shutdown(self, grace_s: float = 2.0) -> None:
+    def _shutdown(self, reason: str = "stopped", grace_s: float = 2.0) -> None:
         deadline = time.monotonic() + grace_s
         with self._cv:  # a short grace for what is queued and in flight
             while self.connected and (self.queue.pending or self.queue.inflight) and time.monotonic() < deadline:
@@ -524,7 +584,7 @@ class MqttService:
         if self._sender is not None:
             self._sender.join(timeout=5)
         if self.connected:
-            info = self.client.publish(self.status_topic, self._status_payload("offline", reason="stopped"), qos=1,
+            info = self.client.publish(self.status_topic, self._status_payload("offline", reason=reason), qos=1,
                                        retain=True)
             try:
                 info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
@@ -545,12 +605,15 @@ class MqttService:
         return out
 
 
-_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 @hookimpl
 def bmsgw_config_schema() -> dict[str, dict]:
     return SCHEMA
+
+
+@hookimpl
+def bmsgw_check_config(gateway_config: Config) -> list[str]:
+    cfg = gateway_config.section("mqtt")
+    return section_problems(cfg, gateway_config) if cfg["enabled"] else []
 
 
 @hookimpl
@@ -559,23 +622,6 @@ def bmsgw_point_families() -> list[PointSpec]:
 
 
 @hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
+def bmsgw_services(gateway: Gateway) -> list[Service]:
     cfg = gateway.config.section("mqtt")
-    if not cfg.get("enabled"):
-        return []
-    svc = MqttService(gateway, cfg)
-    _services[gateway] = svc
-    return [svc]
-
-
-@hookimpl
-def bmsgw_alarm_event(gateway: Gateway, event: Any) -> None:
-    svc = _services.get(gateway)
-    if svc is not None:
-        svc.alarm(event)
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    svc = _services.get(gateway)
-    return {"mqtt": svc.status()} if svc is not None else {}
+    return [MqttService(gateway, cfg)] if cfg["enabled"] else []

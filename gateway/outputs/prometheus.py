@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import socket
 import threading
-import weakref
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -21,9 +20,11 @@ from ..config import parse_listen
 from ..errors import ConfigError
 from ..exposition import exposition_for, make_wsgi_app
 from ..hookspecs import hookimpl
+from ..service import ReloadResult, Service, StartError
 
 if TYPE_CHECKING:
     from ..app import Gateway
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +72,66 @@ def _server_class(host: str) -> type[WSGIServer]:
     return type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
 
 
-class PrometheusService:
-    """``/metrics`` on ``prometheus.listen``.  A port already in use is logged and reported in the status;
-    polling and the other faces keep running."""
+class PrometheusService(Service):
+    """``/metrics`` on ``prometheus.listen``."""
 
     name = "prometheus"
+    sections = ("prometheus", "site")
+    face = True
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         self.gateway = gateway
         self.host, self.port = listen_address(cfg["listen"], file=str(gateway.config.path))
-        self.error = ""
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
+    def _serve(self, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+        try:
+            server = make_server(host, port, make_wsgi_app(self.gateway), server_class=_server_class(host),
+                                 handler_class=_QuietHandler)
+        except OSError as exc:
+            raise StartError(f"prometheus.listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                  name="prometheus-http", daemon=True)
+        thread.start()
+        return server, thread
+
     async def start(self) -> None:
         exposition_for(self.gateway)  # build the family model now, not on the first scrape
-        app = make_wsgi_app(self.gateway)
-        try:
-            self._server = make_server(self.host, self.port, app, server_class=_server_class(self.host),
-                                       handler_class=_QuietHandler)
-        except OSError as exc:
-            self.error = f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            log.error("prometheus: %s; /metrics is not served on its own port", self.error)
-            return
+        self._server, self._thread = self._serve(self.host, self.port)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="prometheus-http", daemon=True)
-        self._thread.start()
         log.info("prometheus: /metrics on %s", self.endpoints()[0])
+
+    async def _close(self, server: WSGIServer, thread: threading.Thread | None) -> None:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        await asyncio.to_thread(server.shutdown)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if server is not None:
+            await self._close(server, self._thread)
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """A new listen address is bound first (the old one kept when that fails); a new site name is in the
+        next scrape's labels."""
+        result = ReloadResult()
+        if "site" in changed:
+            exposition_for(self.gateway).set_site(config.section("site"))
+        host, port = listen_address(config.section("prometheus")["listen"], file=str(config.path))
+        if (host, port) != (self.host, self.port) and self._server is not None:
+            try:
+                server, thread = self._serve(host, port)
+            except StartError as exc:
+                result.failed["prometheus.listen"] = f"{exc}; still on {self.endpoints()[0]}"
+                return result
+            old, old_thread = self._server, self._thread
+            self._server, self._thread, self.host = server, thread, host
+            self.port = server.server_address[1]
+            await self._close(old, old_thread)
+            result.notes.append(f"prometheus: /metrics now on {self.endpoints()[0]}")
+        return result
 
     def endpoints(self) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -115,14 +139,8 @@ class PrometheusService:
 
     def status(self) -> dict:
         exp = exposition_for(self.gateway)
-        out = {"listening": self.endpoints(), "renders": exp.renders,
-               "last_render_ms": round(exp.last_render_s * 1000, 2)}
-        if self.error:
-            out["error"] = self.error
-        return out
-
-
-_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        return {"listening": self.endpoints(), "renders": exp.renders,
+                "last_render_ms": round(exp.last_render_s * 1000, 2)}
 
 
 @hookimpl
@@ -131,21 +149,21 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
+def bmsgw_check_config(gateway_config: Config) -> list[str]:
+    try:
+        parse_listen(gateway_config.section("prometheus")["listen"])
+    except ValueError as exc:
+        return [f"prometheus.listen: {exc}"]
+    return []
+
+
+@hookimpl
+def bmsgw_services(gateway: Gateway) -> list[Service]:
     cfg = gateway.config.section("prometheus")
-    if not cfg.get("enabled", True):
-        return []
-    svc = PrometheusService(gateway, cfg)
-    _services[gateway] = svc
-    return [svc]
+    return [PrometheusService(gateway, cfg)] if cfg["enabled"] else []
 
 
 @hookimpl
 def bmsgw_alarm_event(gateway: Gateway, event: Any) -> None:
+    """``bms_alarm_active`` follows the alarms whether /metrics is served here or by the web face."""
     exposition_for(gateway).alarms.event(event)
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    svc = _services.get(gateway)
-    return {"prometheus": svc.status()} if svc is not None else {}

@@ -9,12 +9,13 @@ import asyncio
 import getpass
 import logging
 import sys
-import weakref
+from typing import Any
 
 from .. import fsutil
 from ..config import parse_listen, parse_networks
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import hookimpl
+from ..service import ReloadResult, Service, StartError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ SCHEMA = {
                     "key_format": {"enum": ["passphrase", "master"], "default": "passphrase",
                                    "description": "master: the keys are hex master keys (bmsgw snmp-key), "
                                                   "not passphrases"},
+                    "role": {"enum": ["viewer", "operator", "admin"], "default": "viewer",
+                             "description": "what the user may do: viewer reads; operator and admin may also "
+                                            "SET commands (acknowledge, baseline reset, relay ...) when "
+                                            "snmp.writes.enabled is on"},
                 },
             },
         },
@@ -69,6 +74,14 @@ SCHEMA = {
                 "contact": {"type": "string", "maxLength": 255, "default": ""},
                 "location": {"type": "string", "maxLength": 255, "default": ""},
                 "description": {"type": "string", "maxLength": 255, "default": ""},
+            },
+        },
+        "writes": {
+            "type": "object", "additionalProperties": False, "default": {},
+            "properties": {
+                "enabled": {"type": "boolean", "default": False,
+                            "description": "accept SET from SNMPv3 users whose role is operator or admin (never "
+                                           "from SNMPv2c communities)"},
             },
         },
         "max_bulk_varbinds": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 64,
@@ -113,24 +126,91 @@ SCHEMA = {
     },
 }
 
-_agents: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def check_section(cfg: dict, source: str) -> None:
-    """Cross-field rules the schema cannot say; errors name the key path."""
+def section_problems(cfg: dict, source: str) -> list[str]:
+    """Cross-field rules the schema cannot say, each as ``key.path: what is wrong``."""
+    out = []
     users = {u["name"] for u in cfg["v3_users"]}
     for i, target in enumerate(cfg["notifications"]["targets"]):
         where = f"snmp.notifications.targets[{i}]"
         if target["version"] == "v2c" and not target.get("community"):
-            raise ConfigError(source, f"{where}.community", "a v2c target needs a community")
+            out.append(f"{where}.community: a v2c target needs a community")
         if target["version"] == "v3" and target.get("user") not in users:
-            raise ConfigError(source, f"{where}.user",
-                              f"a v3 target needs a user from snmp.v3_users (known: {', '.join(sorted(users)) or 'none'})")
+            out.append(f"{where}.user: a v3 target needs a user from snmp.v3_users (known: "
+                       f"{', '.join(sorted(users)) or 'none'})")
     try:
         parse_listen(cfg["listen"])
     except ValueError as exc:
-        raise ConfigError(source, "snmp.listen", str(exc)) from None
-    parse_networks(cfg["v2c"]["allow_from"], source, "snmp.v2c.allow_from")
+        out.append(f"snmp.listen: {exc}")
+    try:
+        parse_networks(cfg["v2c"]["allow_from"], source, "snmp.v2c.allow_from")
+    except ConfigError as exc:
+        out.append(f"{exc.path}: {exc.message}")
+    return out
+
+
+class SnmpService(Service):
+    """The SNMP face: the agent (pysnmp and the v2c fast path), its active-alarm table and notifications."""
+
+    name = "snmp"
+    sections = ("snmp", "site")
+    face = True
+
+    def __init__(self, gateway) -> None:
+        from .snmp.agent import SnmpAgent
+
+        self.gateway = gateway
+        self.agent = SnmpAgent(gateway, gateway.config.section("snmp"))
+        self.active: dict[str, Any] = {}  # raised alarm events by id: a new agent's table starts from them
+
+    async def start(self) -> None:
+        await self.agent.start()
+
+    async def stop(self) -> None:
+        await self.agent.stop()
+
+    async def reload(self, config, changed: frozenset[str]) -> ReloadResult:
+        """Communities, users, targets, the MIB's base, the UPS settings: a new agent with the new settings
+        takes over (at the same address it is handed the old one's socket, so no request goes unanswered; at a
+        new address it is bound first and the old one kept when that fails).  The active-alarm table carries
+        over; SNMPv3 managers see the engine's boots counter grow by one."""
+        from .snmp.agent import SnmpAgent
+
+        result = ReloadResult()
+        new = SnmpAgent(self.gateway, config.section("snmp"))  # the gateway's config is the new one already
+        for event in self.active.values():
+            new.alarms.apply(event)
+        old = self.agent
+        handed = old.sock.dup() if new.listen == old.listen and old.sock is not None else None
+        try:
+            await new.start(sock=handed)
+        except Exception as exc:
+            if handed is not None:
+                handed.close()
+            result.failed["snmp.listen" if handed is None else "snmp"] = f"{exc}; the old settings stay"
+            return result
+        await old.stop()
+        self.agent = new
+        result.notes.append(f"snmp: a new agent serves the new settings (SNMPv3 engine boots {new.boots})")
+        return result
+
+    def status(self) -> dict:
+        return self.agent.status() if self.agent.engine is not None else {}
+
+    def endpoints(self) -> list[str]:
+        return self.agent.endpoints()
+
+    @hookimpl
+    def bmsgw_alarm_event(self, event) -> None:
+        """Record the alarm in the active table and send the notifications (in the event loop)."""
+        if event.raised:
+            self.active[str(event.alarm_id)] = event
+        else:
+            self.active.pop(str(event.alarm_id), None)
+        loop = self.gateway.loop
+        if loop is not None and loop.is_running() and not _in_loop(loop):
+            loop.call_soon_threadsafe(_deliver, self.agent, event)
+        else:
+            _deliver(self.agent, event)
 
 
 @hookimpl
@@ -139,33 +219,14 @@ def bmsgw_config_schema():
 
 
 @hookimpl
-def bmsgw_services(gateway):
-    cfg = gateway.config.section("snmp")
-    if not cfg.get("enabled", True):
-        return []
-    check_section(cfg, str(gateway.config.path))
-    from .snmp.agent import SnmpAgent
-
-    agent = SnmpAgent(gateway, cfg)
-    _agents[gateway] = agent
-    return [agent]
-
-
-def agent_for(gateway):
-    """The running SNMP agent of a gateway, or None."""
-    return _agents.get(gateway)
+def bmsgw_check_config(gateway_config) -> list[str]:
+    cfg = gateway_config.section("snmp")
+    return section_problems(cfg, str(gateway_config.path)) if cfg["enabled"] else []
 
 
 @hookimpl
-def bmsgw_alarm_event(gateway, event):
-    agent = _agents.get(gateway)
-    if agent is None:
-        return
-    loop = getattr(gateway, "loop", None)
-    if loop is not None and loop.is_running() and not _in_loop(loop):
-        loop.call_soon_threadsafe(_deliver, agent, event)
-    else:
-        _deliver(agent, event)
+def bmsgw_services(gateway):
+    return [SnmpService(gateway)] if gateway.config.section("snmp")["enabled"] else []
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -180,12 +241,6 @@ def _deliver(agent, event) -> None:
         agent.alarm_event(event)
     except Exception:  # an alarm must never be lost for the other notifiers because of this one
         log.exception("SNMP: alarm event %r not processed", event)
-
-
-@hookimpl
-def bmsgw_status(gateway):
-    agent = _agents.get(gateway)
-    return {"snmp": agent.status()} if agent is not None and agent.engine is not None else {}
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------

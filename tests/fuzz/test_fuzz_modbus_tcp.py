@@ -43,7 +43,7 @@ def served(tmp_path_factory):
                            "writes": {"enabled": True, "allow_from": ["127.0.0.1"]}},
             "web": {"enabled": False}, "snmp": {"enabled": False}, "prometheus": {"enabled": False}}
     with GatewayThread(write_config(tmp, over, base=small_bank(1, 4))) as gt:
-        service = modbus_tcp._services[gt.gateway]
+        service = gt.gateway.service('modbus_tcp')
         yield gt, service, port, rss_mib(), open_fds()
 
 

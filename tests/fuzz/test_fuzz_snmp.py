@@ -46,7 +46,7 @@ def agents(tmp_path_factory):
                               "prometheus": {"enabled": False}}, base=small_bank(1, 4))
     with ErrorLog() as errors, GatewayThread(path) as gt:
         gw = gt.gateway
-        fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
+        fast = gw.service('snmp').agent
         slow = SnmpAgent(gw, {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False})
         gt.call(slow.start())
         gt.call(gw.engine.stop())  # the store stands still: both agents must give the same bytes

@@ -178,7 +178,7 @@ def test_any_form_post(web, data):
     section = data.draw(st.sampled_from(sorted(web["fields"])), label="section")
     path = form.format(user=data.draw(st.sampled_from(["victim", "nobody", "a/b", "ü", "x" * 100])),
                        token=data.draw(texts.map(lambda t: requests.utils.quote(t, safe="") or "x")),
-                       alarm=data.draw(st.sampled_from(["a-37-ohmic", "a-old", "nope", "%2e%2e"])),
+                       alarm=data.draw(st.sampled_from(["37", "3", "nope", "%2e%2e"])),
                        section=section)
     names = FORM_FIELDS + (web["fields"][section] if form == "/config/{section}" else [])
     fields = {}

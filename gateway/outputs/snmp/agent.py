@@ -23,11 +23,12 @@ from pysnmp.entity import engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
+from pysnmp.smi import error as smi_error
 
 from ... import fsutil
 from ...config import address_allowed, parse_listen, parse_networks
-from ...errors import GatewayError
-from ...points import PointRef, Reading
+from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
+from ...service import StartError
 from .alarms import AlarmRow, AlarmTable
 from . import ber
 from .controller import IndexController, to_pyasn1
@@ -51,7 +52,7 @@ READ_VIEW = (1, 3, 6, 1)
 STATE_FILE = "snmp-engine.json"
 
 
-class SnmpStartError(GatewayError):
+class SnmpStartError(StartError):
     pass
 
 
@@ -172,6 +173,53 @@ class BulkResponder(cmdrsp.BulkCommandResponder):
         super().handle_management_operation(snmpEngine, stateReference, contextName, PDU)
 
 
+# RFC 3416 error-status values of a SET: what Gateway.write refused, in SNMP's words.
+_SET_ERRORS = ((WriteDenied, "noAccess"), (NotWritable, "notWritable"), (WriteRejected, "wrongValue"),
+               (WriteFailed, "commitFailed"), (WriteError, "genErr"))
+
+
+class SetResponder(cmdrsp.SetCommandResponder):
+    """SET for SNMPv3 users with write access: each variable written through ``Gateway.write``.
+
+    VACM decides who may write at all (a user's write view exists only with ``snmp.writes.enabled`` and a
+    ``role`` above viewer); ``Gateway.write`` checks the role against the command and logs who did it.  A
+    write may reach a device over RS485, so the answer is sent when the writes are done, from a task; the
+    variables are written in order and the first refusal ends the request (commands cannot be undone, so a
+    SET of several is not atomic)."""
+
+    agent: SnmpAgent
+
+    def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
+        varbinds = v2c.apiPDU.get_varbinds(PDU)
+        request = snmpEngine.observer.get_execution_context("rfc3412.receiveMessage:request")
+        user = str(request["securityName"])
+        context = {"snmpEngine": snmpEngine, "acFun": self.verify_access, "cbCtx": self.cbCtx}
+        plan = []
+        for idx, (name, value) in enumerate(varbinds):
+            context["idx"] = idx
+            if self.verify_access("write", (name, value), **context):  # not in the user's write view
+                raise smi_error.NoAccessError(name=name, idx=idx)
+            plan.append((idx, tuple(name), value))
+        task = asyncio.ensure_future(self._write(snmpEngine, stateReference, user, varbinds, plan))
+        self.agent.pending_sets.add(task)
+        task.add_done_callback(self.agent.pending_sets.discard)
+
+    async def _write(self, engine, state_reference, user: str, varbinds, plan) -> None:
+        status, index = 0, 0
+        try:
+            for idx, oid, value in plan:
+                try:
+                    await self.agent.write_oid(oid, value, user)
+                except WriteError as exc:
+                    status = next(code for cls, code in _SET_ERRORS if isinstance(exc, cls))
+                    index = idx + 1
+                    log.info("SNMP SET by %s of %s refused: %s", user, ".".join(map(str, oid)), exc)
+                    break
+            self.send_varbinds(engine, state_reference, status, index, varbinds)
+        finally:
+            self.release_state_information(state_reference)
+
+
 class SnmpAgent:
     """The ``snmp`` face: one per gateway, started by ``bmsgw run``."""
 
@@ -194,34 +242,39 @@ class SnmpAgent:
             counters=self.counters, engine=self.engine_info)
         sections = [vendor_section(self.data), system_section(self.data), ups_section(self.data),
                     *entity_sections(self.data)]
-        self.index = OidIndex(sections, alarm_prefix(self.base))
+        self.index = OidIndex(sections, alarm_prefix(self.base), store=gateway.store)
         self.alarms = AlarmTable(self.data, self.index, gateway.pointmap, gateway.catalog)
         self.engine: snmp_engine.SnmpEngine | None = None
         self.transport: FastUdpTransport | None = None
         self.fast: FastPath | None = None
         self.bound: tuple[str, int] | None = None
+        self.sock: socket.socket | None = None
         self.engine_id = b""
         self.boots = 1
         self._targets: list[dict] = []
         self._ntf: ntforg.NotificationOriginator | None = None
         self.sent = {"traps": 0, "informs": 0, "informs_acknowledged": 0, "failed": 0}
         self.responders: list = []
-
-    # -- the store tells the index which cached encodings are out of date ------------------------------
-    def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
-        invalidate = self.index.invalidate
-        for ref, _reading in batch:
-            invalidate(ref)
+        objects = self.base + (1,)
+        # the instance OID of every writable point: commands, and device points such as the relay
+        self.writable = {objects + e.oid: e for e in (*gateway.pointmap.commands,
+                                                      *(e for e in gateway.pointmap if e.spec.writable))}
+        self.pending_sets: set[asyncio.Task] = set()
 
     # -- start / stop ------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind ``snmp.listen`` (or take ``sock``, a socket bound there already: a reload hands over the old
+        agent's, so no request goes unanswered) and serve."""
         cfg = self.cfg
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((resolve(self.listen[0]), self.listen[1]))
-        except OSError as exc:
-            sock.close()
-            raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((resolve(self.listen[0]), self.listen[1]))
+            except OSError as exc:
+                sock.close()
+                raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") \
+                    from None
+        self.sock = sock
         self.bound = sock.getsockname()[:2]
         state_path = self.gateway.config.state_dir / STATE_FILE
         configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
@@ -253,7 +306,6 @@ class SnmpAgent:
         except Exception:
             await self.stop()
             raise
-        self.gateway.store.subscribe(self._on_batch)
         self._warn_open_community()
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
                  "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
@@ -282,8 +334,10 @@ class SnmpAgent:
         snmp_ctx.register_context_name(b"", IndexController(self.index))
         bulk = BulkResponder(engine, snmp_ctx)
         bulk.max_varbinds = cfg["max_bulk_varbinds"]
+        setter = SetResponder(engine, snmp_ctx)
+        setter.agent = self
         self.responders = [cmdrsp.GetCommandResponder(engine, snmp_ctx), cmdrsp.NextCommandResponder(engine, snmp_ctx),
-                           bulk, cmdrsp.SetCommandResponder(engine, snmp_ctx)]
+                           bulk, setter]
         self._configure_notifications(engine)
 
         if self.community and cfg["fast_path"]:
@@ -306,7 +360,9 @@ class SnmpAgent:
 
             snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], key(user["auth_key"]), PRIV[user["priv"]],
                                     key(user["priv_key"]), authKeyType=key_type, privKeyType=key_type)
+            writes = self.cfg["writes"]["enabled"] and user["role"] != "viewer"
             snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
+                                      writeSubTree=self.base + (1,) if writes else (),
                                       notifySubTree=READ_VIEW if name in notify_users else ())
 
     def _configure_notifications(self, engine) -> None:
@@ -338,7 +394,6 @@ class SnmpAgent:
         self._ntf = ntforg.NotificationOriginator()
 
     async def stop(self) -> None:
-        self.gateway.store.unsubscribe(self._on_batch)
         if self.engine is not None:
             dispatcher = self.engine.transport_dispatcher
             if dispatcher is not None:
@@ -351,6 +406,20 @@ class SnmpAgent:
         out = [f"snmp://{host}:{port} ({'v2c and ' if self.community else ''}{len(self.users)} v3 user(s))"]
         out += [f"snmp {t['kind']} -> {t['where']} ({t['version']})" for t in self._targets]
         return out
+
+    # -- writes (SET) -----------------------------------------------------------------------------------
+    async def write_oid(self, oid: tuple[int, ...], value, user: str) -> None:
+        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write as
+        the SNMPv3 user with its configured role."""
+        entry = self.writable.get(oid)
+        if entry is None:
+            raise NotWritable(f"{'.'.join(map(str, oid))} is not a writable object")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise WriteRejected(f"{entry.ref.point} takes a number") from None
+        role = self.users[user]["role"] if user in self.users else "viewer"
+        await self.gateway.write(entry.ref, number * entry.spec.scale, Principal(user, role, "snmp"))
 
     # -- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

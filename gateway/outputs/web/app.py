@@ -6,10 +6,11 @@ import dataclasses
 import ipaddress
 import logging
 import secrets
-import weakref
 
 from flask import Flask, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
+
+from gateway.commands import Principal
 
 from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "bmsgw_session"
 PRELOGIN_COOKIE = "bmsgw_pre"
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-_sources: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -51,12 +50,6 @@ def requires(role: str | None):
     return mark
 
 
-def sources_for(gateway) -> Sources:
-    src = _sources.get(gateway)
-    if src is None:
-        src = _sources[gateway] = Sources(gateway)
-    return src
-
 
 class WebContext:
     """Everything the views share for one gateway."""
@@ -70,12 +63,12 @@ class WebContext:
         self.throttle = LoginThrottle(self.settings.max_failures, self.settings.lockout_s,
                                       self.settings.max_failures_per_client, self.settings.max_failures_per_user)
         self.devices = DeviceKeys(gateway.config.state_dir / "web")
-        self.sources = sources_for(gateway)
+        self.sources = Sources(gateway)
         self.view = BankView(gateway)
 
-    def reload(self) -> None:
+    def reload(self, config) -> None:
         """Apply a reloaded ``web`` section (what can change without re-binding the socket)."""
-        new = WebSettings.from_section(self.gateway.config.section("web"), str(self.gateway.config.path))
+        new = WebSettings.from_section(config.section("web"), str(config.path))
         old = self.settings
         self.settings = dataclasses.replace(new, host=old.host, port=old.port, threads=old.threads, tls=old.tls,
                                             tls_cert=old.tls_cert, tls_key=old.tls_key)
@@ -104,6 +97,12 @@ def is_local(addr: str | None) -> bool:
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def principal() -> Principal:
+    """Who the request acts for, as ``Gateway.write`` takes it: the user (or API token) and its role."""
+    user = g.user
+    return Principal(user.name, user.role, "rest" if is_api() else "web", request.remote_addr or "")
 
 
 def csrf_binding() -> str | None:

@@ -17,8 +17,9 @@ from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
-from gateway.errors import ConfigError
+from gateway import fsutil
 from gateway.secretfiles import exposure
+from gateway.service import ReloadResult, Service, StartError
 
 from .app import WebContext, create_app, security_headers
 from .guard import DeferredTLS, Guard, GuardedConnection, GuardedServerMixin, prefetch_body
@@ -65,8 +66,19 @@ class _Server(GuardedServerMixin, wsgi.Server):
         log.log(logging.DEBUG if level <= logging.INFO else level, "http server: %s", msg, exc_info=traceback)
 
 
-class WebService:
+# What a running web face takes from a changed section without a new socket; the others wait for a restart
+# (``enabled`` too: the face cannot stop itself while it answers the request that turns it off).
+SOCKET_KEYS = ("enabled", "listen", "tls", "threads")
+
+
+class WebService(Service):
+    """The web page and the REST API on an HTTP(S) server of its own, with its limits."""
+
     name = "web"
+    sections = ("web", "site")
+    after = ("alarms", "history")  # the page asks them for tables and trends from its first request
+    face = True
+    stops_live = False
 
     def __init__(self, gateway, ctx: WebContext | None = None) -> None:
         self.gateway = gateway
@@ -81,10 +93,7 @@ class WebService:
 
     def _tls_files(self) -> tuple[Path, Path]:
         s = self.settings
-        if s.tls_cert or s.tls_key:
-            if not (s.tls_cert and s.tls_key):
-                raise ConfigError(str(self.gateway.config.path), "web.tls",
-                                  "give both cert and key, or neither for a self-signed certificate")
+        if s.tls_cert or s.tls_key:  # both, or neither (Gateway.check)
             key = self.gateway.config.resolve(s.tls_key)
             why = exposure(key)
             if why:
@@ -94,6 +103,10 @@ class WebService:
 
     async def start(self) -> None:
         s = self.settings
+        # what a save killed mid-write (a power cut) left beside the config file
+        path = Path(self.gateway.config.path)
+        fsutil.remove_stale_temporaries(path.parent, path.name)
+        self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
         guard = Guard(s.limits)
         server = _Server((s.host, s.port), prefetch_body(self.app, guard), numthreads=s.threads, server_name="bmsgw",
                          shutdown_timeout=2, timeout=s.limits.idle_timeout_s)
@@ -106,16 +119,14 @@ class WebService:
                 adapter = DeferredTLS(str(cert), str(key))
                 self.cert_fingerprint = fingerprint(cert)
             except (OSError, ValueError, ssl.SSLError) as exc:
-                raise ConfigError(str(self.gateway.config.path), "web.tls.cert",
-                                  f"cannot load {cert} with {key}: {exc}") from None
+                raise StartError(f"web.tls.cert: cannot load {cert} with {key}: {exc}") from None
             adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
             server.ssl_adapter = adapter
             server.tls = True
         try:
             server.prepare()  # binds now, so a port in use stops start-up with a clear error
         except OSError as exc:
-            raise ConfigError(str(self.gateway.config.path), "web.listen",
-                              f"{s.host}:{s.port}: cannot listen: {exc.strerror or exc}") from None
+            raise StartError(f"web.listen: cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
         self._server = server
         self.guard = guard
         guard.start()
@@ -143,6 +154,18 @@ class WebService:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.ctx.sources.stop_buffer()
+
+    async def reload(self, config, changed: frozenset[str]) -> ReloadResult:
+        """Users, sessions, login limits, the trend buffer's public settings: at once.  The socket's settings
+        (listen, TLS, threads) wait for a restart."""
+        old = self.gateway.config.section("web")
+        new = config.section("web")
+        self.ctx.reload(config)
+        return ReloadResult(restart=[f"web.{k}" for k in SOCKET_KEYS if old.get(k) != new.get(k)])
+
+    def status(self) -> dict:
+        return {"url": self.url, "tls_fingerprint": self.cert_fingerprint}
 
     @property
     def url(self) -> str:
