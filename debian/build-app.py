@@ -128,7 +128,8 @@ def install_app(dest: Path) -> None:
     share.mkdir(parents=True)
     for name in APP_TREES:
         if (SRC / name).is_dir():
-            shutil.copytree(SRC / name, share / name, ignore=IGNORE)
+            # symlinks=True: gateway/_data's links to profiles/ and mibs/ stay links (gateway/_data/__init__.py)
+            shutil.copytree(SRC / name, share / name, ignore=IGNORE, symlinks=True)
     mibs = share / "mibs"
     if mibs.is_dir():
         netsnmp = dest / "usr/share/snmp/mibs"

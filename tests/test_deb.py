@@ -432,6 +432,8 @@ def test_app_tree_is_packaged_whole(tmp_path):
     for name, text in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(text)
+    (src / "gateway/_data").mkdir()
+    (src / "gateway/_data/profiles").symlink_to("../../profiles")  # how the package finds its data
     install_app = build_app["install_app"]
     install_app.__globals__["SRC"] = src
     dest = tmp_path / "dest"
@@ -441,7 +443,9 @@ def test_app_tree_is_packaged_whole(tmp_path):
            "plugins/ups/__init__.py", "plugins/ups/profiles/ups.yaml", "profiles/points.yaml",
            "mibs/BMSGW-MIB.txt", "mibs/SNMPv2-SMI.txt"]
     assert shipped == sorted(["usr/bin/bmsgw", "usr/share/snmp/mibs/BMSGW-MIB.txt",
-                              *(f"usr/share/bmsgw/{f}" for f in app)])
+                              "usr/share/bmsgw/gateway/_data/profiles", *(f"usr/share/bmsgw/{f}" for f in app)])
+    data_link = dest / "usr/share/bmsgw/gateway/_data/profiles"
+    assert os.readlink(data_link) == "../../profiles" and (data_link / "points.yaml").read_text() == "points: []"
     link = dest / "usr/share/snmp/mibs/BMSGW-MIB.txt"
     assert os.readlink(link) == "../../bmsgw/mibs/BMSGW-MIB.txt" and link.read_text() == files["mibs/BMSGW-MIB.txt"]
     assert os.readlink(dest / "usr/bin/bmsgw") == "../lib/bmsgw/bin/bmsgw"
