@@ -16,8 +16,7 @@ from lockfile import LockError, Pin, installed_requirements, project_dependencie
 COPYRIGHT = Path(__file__).resolve().parent / "copyright"
 # Where a library's metadata names no SPDX expression (checked against the license text it ships).
 LICENSE_FIXUPS = {"blinker": "MIT", "itsdangerous": "BSD-3-Clause", "jinja2": "BSD-3-Clause",
-                  "pyserial": "BSD-3-Clause", "pysnmp": "BSD-2-Clause", "reportlab": "BSD-3-Clause",
-                  "waitress": "ZPL-2.1"}
+                  "pyserial": "BSD-3-Clause", "pysnmp": "BSD-2-Clause", "reportlab": "BSD-3-Clause"}
 COPYRIGHT_HEAD = """\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: bmsgw
