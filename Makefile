@@ -44,10 +44,14 @@ define LOCK_HEADER
 # Written by `make lock` from pyproject.toml: never edit it by hand (README, "Dependencies").
 endef
 export LOCK_HEADER
+# uv works on a copy (it keeps the pins it finds in its output file); the lock is replaced only when it changed,
+# so that an unchanged lock does not rebuild .venv.
 lock: $(LOCK_STAMP)
+	cp $(LOCK) $(VENV)/lock.uv
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --universal --python-version 3.11 \
-		--generate-hashes --no-header --quiet $(LOCK_OPTS) -o $(LOCK)
-	{ printf '%s\n' "$$LOCK_HEADER"; cat $(LOCK); } > $(LOCK).new && mv $(LOCK).new $(LOCK)
+		--generate-hashes --no-header --quiet $(LOCK_OPTS) -o $(VENV)/lock.uv
+	{ printf '%s\n' "$$LOCK_HEADER"; cat $(VENV)/lock.uv; } > $(VENV)/lock.new
+	cmp -s $(VENV)/lock.new $(LOCK) || mv $(VENV)/lock.new $(LOCK)
 	$(MAKE) deb-copyright
 
 # Install the peers only when one is missing, so repeated runs cost nothing.
