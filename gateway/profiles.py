@@ -11,12 +11,13 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from ._data import data_dir
 from .errors import ConfigError, key_path
 from .points import PointSpec
 
 log = logging.getLogger(__name__)
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = data_dir("profiles")
 SCHEMA_PATH = PROFILES_DIR / "schema.json"
 CATALOG_PATH = PROFILES_DIR / "points.yaml"
 _WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}

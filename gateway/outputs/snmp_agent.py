@@ -190,6 +190,11 @@ def bmsgw_status(gateway):
 
 # -- CLI ---------------------------------------------------------------------------------------------------
 def cmd_mib(args) -> int:
+    if args.modules_dir:
+        from .._data import data_dir
+
+        print(data_dir("mibs"))
+        return 0
     from ..cliargs import config_path, offline_gateway
     from .snmp.agent import parse_oid
     from .snmp.mib import mib_text
@@ -243,6 +248,9 @@ def bmsgw_cli_commands(subparsers):
     add_config_option(s)
     s.add_argument("--base-oid", default=None, help="MIB root, e.g. 1.3.6.1.4.1.<PEN> (default: snmp.base_oid)")
     s.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
+    s.add_argument("--modules-dir", action="store_true",
+                   help="print the folder of the MIB modules bmsgw ships (BMSGW-MIB and the IETF modules it "
+                        "imports), for net-snmp's -M, and exit")
     s.set_defaults(func=cmd_mib)
 
     s = subparsers.add_parser("snmp-key", help="derive SNMPv3 master keys from passphrases (to store instead)",
