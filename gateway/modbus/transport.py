@@ -18,8 +18,8 @@ import serial.rs485
 
 from ..errors import GatewayError
 from ..topology import BusConfig
-from .rtu import (ExceptionResponse, FrameError, ModbusError, TimeoutError_, crc_ok, parse_reply, reply_length,
-                  READ_HOLDING, READ_INPUT)
+from .rtu import (ExceptionResponse, FrameError, ModbusError, TimeoutError_, crc_ok, frame_wire_time, parse_reply,
+                  reply_length, READ_HOLDING, READ_INPUT)
 from .timer import PreciseSleeper
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class RtuTransport:
         counters = self.counters
         counters.requests += 1
         counters.bytes_out += len(request)
-        counters.wire_time += (len(request) + self._need) * bus.char_time + 2 * bus.silence + self.turnaround
+        counters.wire_time += frame_wire_time(len(request), self._need, bus.char_time, bus.silence, self.turnaround)
         try:
             os.write(self._fd, request)
             sent = time.monotonic()
