@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 DAY_S = 86400
 
@@ -339,9 +339,6 @@ class StateDB:
     def maintenance(self) -> list[dict[str, Any]]:
         return [{"id": i, "item": it, "ts": ts, "string": s, "note": n}
                 for i, it, ts, s, n in self._q("SELECT id, item, ts, string, note FROM maintenance ORDER BY ts")]
-
-    def iter_tables(self) -> Iterator[str]:
-        yield from (r[0] for r in self._q("SELECT name FROM sqlite_schema WHERE type='table'"))
 
 
 class _Tx:

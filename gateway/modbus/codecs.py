@@ -89,7 +89,3 @@ def northbound_words(value: float | None, dtype: str, scale: float) -> list[int]
     else:
         raw = max(lo + 1, min(hi, raw))
     return words_from_raw(raw, dtype, "big")
-
-
-def not_available_words(dtype: str) -> list[int]:
-    return northbound_words(None, dtype, 1.0)

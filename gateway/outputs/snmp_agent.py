@@ -151,11 +151,6 @@ def bmsgw_services(gateway):
     return [agent]
 
 
-def agent_for(gateway):
-    """The running SNMP agent of a gateway, or None."""
-    return _agents.get(gateway)
-
-
 @hookimpl
 def bmsgw_alarm_event(gateway, event):
     agent = _agents.get(gateway)
