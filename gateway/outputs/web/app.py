@@ -11,6 +11,8 @@ import weakref
 from flask import Flask, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from gateway.exposition import metrics_response
+
 from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
 from .settings import ROLES, WebSettings
@@ -226,17 +228,8 @@ def create_app(context: WebContext) -> Flask:
         c = ctx()
         if not c.settings.metrics_enabled:
             return _deny(404, "/metrics is turned off (web.metrics.enabled)")
-        try:
-            from gateway import exposition
-        except ImportError:
-            return _deny(404, "the Prometheus exposition module is not installed")
-        if hasattr(exposition, "metrics_response"):  # (body, headers), gzip when the scraper accepts it
-            body, headers = exposition.metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
-        else:
-            out = exposition.render_metrics(c.gateway)
-            body, ctype = out if isinstance(out, tuple) else (out, "text/plain; version=0.0.4; charset=utf-8")
-            headers = [("Content-Type", ctype)]
-        resp = app.response_class(body.encode("utf-8") if isinstance(body, str) else body)
+        body, headers = metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
+        resp = app.response_class(body)
         for name, value in headers:
             resp.headers[name] = value
         return resp
