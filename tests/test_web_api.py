@@ -225,6 +225,17 @@ def test_history_module_answers_when_installed(tmp_path):
         assert r.status_code == 503 and r.json()["message"] == "no alarm engine is installed"
 
 
+def test_a_stopped_web_face_no_longer_listens_to_the_store(tmp_path):
+    ref, later = PointRef("cell.voltage", 1, 1), time.time() + 3600  # ahead of every polled reading
+    with web_gateway(tmp_path, cells=2, alarms=False) as w:
+        store, buffer = w.gateway.store, w.ctx.sources.buffer
+        store.put(ref, 12.5, ts=later)
+        assert buffer.query(ref, later, later, 10) == [(later, 12.5)]  # listening while it runs
+    assert w.ctx.sources.buffer is None
+    store.put(ref, 12.75, ts=later + 3600)
+    assert buffer.query(ref, later + 1, later + 3600, 10) == []
+
+
 def _trend_source(w, path):
     """Wait until a trend has two samples; its source and samples."""
     hdr = {"Authorization": f"Bearer {w.token('viewer')}"}

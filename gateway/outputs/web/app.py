@@ -6,7 +6,6 @@ import dataclasses
 import ipaddress
 import logging
 import secrets
-import weakref
 
 from flask import Flask, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
@@ -23,8 +22,6 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "bmsgw_session"
 PRELOGIN_COOKIE = "bmsgw_pre"
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-_sources: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -53,13 +50,6 @@ def requires(role: str | None):
     return mark
 
 
-def sources_for(gateway) -> Sources:
-    src = _sources.get(gateway)
-    if src is None:
-        src = _sources[gateway] = Sources(gateway)
-    return src
-
-
 class WebContext:
     """Everything the views share for one gateway."""
 
@@ -72,7 +62,7 @@ class WebContext:
         self.throttle = LoginThrottle(self.settings.max_failures, self.settings.lockout_s,
                                       self.settings.max_failures_per_client, self.settings.max_failures_per_user)
         self.devices = DeviceKeys(gateway.config.state_dir / "web")
-        self.sources = sources_for(gateway)
+        self.sources = Sources(gateway)
         self.view = BankView(gateway)
 
     def reload(self) -> None:

@@ -118,6 +118,8 @@ class WebService:
                               f"{s.host}:{s.port}: cannot listen: {exc.strerror or exc}") from None
         self._server = server
         self.guard = guard
+        # the trend buffer listens to the store only while the face runs: stop() unsubscribes it
+        self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
         guard.start()
         self.port = server.bind_addr[1]
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
@@ -143,6 +145,7 @@ class WebService:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.ctx.sources.stop_buffer()
 
     @property
     def url(self) -> str:
