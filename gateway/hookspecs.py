@@ -262,17 +262,6 @@ class GatewaySpecs:
         """
 
     @hookspec
-    def bmsgw_provision(self, gateway: Gateway) -> list[Path]:
-        """Create the secrets, keys and certificates this plugin needs, once, before the service first runs.
-
-        Called by ``bmsgw provision`` (the Debian package's postinst runs it as the service user on every
-        configure, after the state directory exists).  Create only what is missing under
-        ``gateway.config.state_dir`` (or a path from the plugin's config section) and never replace an
-        existing file, so upgrades keep the operator's keys; write secrets readable by the owner only.
-        Return the paths created by this call ([] when everything was already there).
-        """
-
-    @hookspec
     def bmsgw_check_config(self, gateway_config: Config, catalog: Catalog) -> list[str]:
         """What is wrong in this plugin's config section beyond its JSON schema (which the core checks
         already): references to unknown point families, setpoints in the wrong order, strings or channels

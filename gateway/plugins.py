@@ -38,7 +38,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.web",
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
-    "gateway.provision",
     "gateway.secretfiles",
 )
 
