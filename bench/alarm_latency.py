@@ -86,7 +86,7 @@ class TrapClock:
                 return t
         return None
 
-    def __enter__(self) -> "TrapClock":
+    def __enter__(self) -> TrapClock:
         self._thread.start()
         return self
 

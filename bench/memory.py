@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from _common import BMSGW, ROOT, SimProcess, write_config
 
 

@@ -35,7 +35,7 @@ def unopened_ports(path: str) -> dict[str, str]:
     return {b["name"]: "(not opened)" for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)}
 
 
-def offline_gateway(path: str) -> "Gateway":
+def offline_gateway(path: str) -> Gateway:
     """The gateway the config at ``path`` describes, with no port opened and no simulator: for commands that
     read the config, the state files or the point map while (or instead of) ``bmsgw run`` runs."""
     from .app import Gateway

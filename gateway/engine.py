@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .modbus import codecs
 from .modbus.planner import Block, plan
-from .modbus.rtu import (ExceptionResponse, ModbusError, read_request, write_multiple_request,
-                         write_single_request)
+from .modbus.rtu import ExceptionResponse, ModbusError, read_request, write_multiple_request, write_single_request
 from .modbus.transport import PortError, RtuTransport
 from .pointmap import device_refs
 from .points import PointRef, PointStore, Quality, Reading

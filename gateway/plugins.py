@@ -5,8 +5,8 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pluggy
 

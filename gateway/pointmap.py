@@ -6,8 +6,8 @@ adding a string, a cell or a new sensor type never moves a point that exists.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import GatewayError
 from .points import PointRef, PointSpec

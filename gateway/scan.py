@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, TimeoutError_, read_request
 from .modbus.transport import RtuTransport

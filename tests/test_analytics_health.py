@@ -17,7 +17,7 @@ from tests.analytics_support import make_analytics
 
 
 def _date(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
 def test_robust_fits_ignore_outliers():

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from gateway.app import Gateway
 from gateway.errors import ConfigError, GatewayError
-from gateway.hookspecs import (MODBUS_ALARM_ACK_REGISTER, MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler,
-                               hookimpl)
+from gateway.hookspecs import MODBUS_ALARM_ACK_REGISTER, MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler, hookimpl
 from gateway.outputs.modbus_tcp import GAP_FILL, ModbusTcpService, served_ranges
 from gateway.points import PointRef, Quality
 from tests.conftest import DEFAULT_CONFIG

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from gateway import notify
 from gateway.alarms.model import AlarmEvent
 from gateway.errors import ConfigError
-from gateway import notify
 from gateway.notify import parse_routes
 from gateway.notify.base import Ack, Notifier
 from gateway.notify.dispatch import RetryPolicy, Worker

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from gateway.errors import ConfigError, GatewayError
-from gateway.points import PointRef, Quality
 from gateway.plugins import ENTRY_POINT_GROUP
+from gateway.points import PointRef, Quality
 from tests.coretools import bmsgw, offline_gateway
 from tests.devicedump import one_bus, poll_on_simulator
 from tests.support import write_config

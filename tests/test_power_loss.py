@@ -72,10 +72,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
         fsutil.atomic_write(p, "new" * 1000)
     assert err.value.errno == errno.ENOSPC
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["users.json"]
-    with pytest.raises(RuntimeError):
-        with fsutil.atomic_open(p, "w") as fh:
-            fh.write("half")
-            raise RuntimeError("the producer failed")
+    with pytest.raises(RuntimeError), fsutil.atomic_open(p, "w") as fh:
+        fh.write("half")
+        raise RuntimeError("the producer failed")
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["users.json"]
 
 

@@ -9,12 +9,12 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from gateway.app import Gateway
+from gateway.config import parse_listen
 from gateway.errors import GatewayError
 from gateway.outputs.web import auth as auth_mod
 from gateway.outputs.web.app import WebContext, create_app, is_local
 from gateway.outputs.web.auth import AuthError, LoginThrottle, SessionStore, User, UserStore
 from gateway.outputs.web.configedit import FieldError, form_fields, parse_form
-from gateway.config import parse_listen
 from gateway.outputs.web.settings import SCHEMA
 from gateway.outputs.web.sources import LiveBuffer, decimate
 from gateway.outputs.web.xmlout import to_xml
@@ -223,11 +223,11 @@ def test_web_off_means_no_server_and_no_buffer(tmp_path):
 @pytest.mark.parametrize("section", ["site", "gateway", "simulator", "buses", "strings", "bank", "web"])
 def test_config_form_posts_back_exactly_what_the_file_holds(section):
     """Opening a section and saving it unchanged must not change the file (empty strings, nulls, lists)."""
+    import yaml
+
     from gateway.config import CORE_SCHEMA
     from gateway.outputs.web.configedit import MISSING
     from tests.conftest import DEFAULT_CONFIG
-
-    import yaml
 
     doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
     doc.setdefault("site", {})["note"] = ""  # an empty string written in the file stays

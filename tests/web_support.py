@@ -109,7 +109,7 @@ class WebGateway:
     def token(self, role: str = "admin") -> str:
         return self.ctx.users.add_token(f"t-{role}-{time.monotonic_ns() % 10**9}", role)[1]
 
-    def user(self, name: str, role: str) -> "Client":
+    def user(self, name: str, role: str) -> Client:
         if self.ctx.users.get(name) is None:
             self.ctx.users.add(name, role, PASSWORD)
         return Client(self.url).login(name, PASSWORD)
@@ -158,7 +158,7 @@ class Client(requests.Session):
         assert m, f"no CSRF token on {page}"
         return m.group(1)
 
-    def login(self, name: str, password: str = PASSWORD) -> "Client":
+    def login(self, name: str, password: str = PASSWORD) -> Client:
         token = self.csrf("/login")
         r = self.post("/login", data={"csrf": token, "username": name, "password": password}, allow_redirects=False)
         assert r.status_code == 302, (r.status_code, r.text[:500])

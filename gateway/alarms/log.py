@@ -10,9 +10,9 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .model import ActiveAlarm, AlarmKey
 

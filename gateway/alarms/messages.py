@@ -1,7 +1,7 @@
 """Sentences a person understands: "String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..points import PointRef
 from ..topology import Topology

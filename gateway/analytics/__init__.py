@@ -85,19 +85,19 @@ ANALYTICS_SCHEMA = _obj({
                        "undercharge_v_per_cell": _n(0.05, 0.005, 1)}),
 })
 
-_running: "weakref.WeakKeyDictionary[Gateway, AnalyticsService]" = weakref.WeakKeyDictionary()
+_running: weakref.WeakKeyDictionary[Gateway, AnalyticsService] = weakref.WeakKeyDictionary()
 
 
-def state_path(config: "Config") -> Path:
+def state_path(config: Config) -> Path:
     p = Path(config.section("analytics").get("path", "analytics.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
 
 
-def open_state(config: "Config", readonly: bool = False) -> StateDB:
+def open_state(config: Config, readonly: bool = False) -> StateDB:
     return StateDB(state_path(config), readonly=readonly)
 
 
-def analytics_for(gateway: "Gateway") -> Analytics | None:
+def analytics_for(gateway: Gateway) -> Analytics | None:
     svc = _running.get(gateway)
     return svc.engine if svc is not None else None
 
@@ -125,7 +125,7 @@ def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = N
 class AnalyticsService:
     name = "analytics"
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.cfg = gateway.config.section("analytics")
         self.state: StateDB | None = None
@@ -195,7 +195,7 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
+def bmsgw_modbus_write_handlers(gateway: Gateway) -> list:
     """Holding registers 9100 + (string - 1): write a battery number to reset its ohmic baseline (it is
     taken again automatically after the settling period), when Modbus writes are enabled."""
     from ..hookspecs import MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler
@@ -219,25 +219,25 @@ def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
 
 
 @hookimpl
-def bmsgw_services(gateway: "Gateway") -> list:
+def bmsgw_services(gateway: Gateway) -> list:
     if not gateway.config.section("analytics").get("enabled", True):
         return []
     return [AnalyticsService(gateway)]
 
 
 @hookimpl
-def bmsgw_status(gateway: "Gateway") -> dict:
+def bmsgw_status(gateway: Gateway) -> dict:
     svc = _running.get(gateway)
     return {"analytics": svc.status()} if svc is not None else {}
 
 
-def _load_config(args) -> "Config":
+def _load_config(args) -> Config:
     from ..cliargs import config_path, offline_gateway
 
     return offline_gateway(config_path(args)).config
 
 
-def _check_battery(config: "Config", string: int, cell: int | None) -> None:
+def _check_battery(config: Config, string: int, cell: int | None) -> None:
     ids = {s.id: s for s in config.topology.strings}
     if string not in ids:
         raise GatewayError(f"no string {string}; configured: {', '.join(map(str, sorted(ids)))}")
@@ -257,7 +257,7 @@ def _when(text: str | None) -> float | None:
 def _fmt_ts(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
 
 
 def cmd_battery(args) -> int:

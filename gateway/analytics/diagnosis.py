@@ -13,8 +13,8 @@ Rules over the battery's daily aggregates (see ``state.DailyRow``) and its strin
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .state import DailyRow
 

@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..topology import StringConfig
@@ -34,7 +34,7 @@ CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
 def parse_date(text: str | None) -> float | None:
     if not text:
         return None
-    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     return d.timestamp()
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 YEAR_S = 365.25 * 86400.0
 _Z95 = 1.959964
@@ -205,7 +205,7 @@ def _solve3(a: list[list[float]], v: list[float]) -> list[float] | None:
     return [m[r][3] / m[r][r] for r in range(3)]
 
 
-def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple["Fit", float] | None:
+def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple[Fit, float] | None:
     """The best ``c + m x + b exp(k x)`` (linear wear plus an accelerating part) over the k grid, least
     squares on the (median-thinned) points, with m >= 0 and b > 0."""
     best = None

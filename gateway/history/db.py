@@ -27,9 +27,9 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z: raw timestamps are stored relative to it
 _TYPES = ("h", "i", "q")

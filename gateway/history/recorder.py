@@ -12,8 +12,8 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 from ..points import PointRef, PointSpec, Quality, Reading
 from .db import HistoryDB, axis_of, encode_vector, is_disk_full, vector_index

@@ -18,8 +18,18 @@ import serial.rs485
 
 from ..errors import GatewayError
 from ..topology import BusConfig
-from .rtu import (ExceptionResponse, FrameError, ModbusError, TimeoutError_, crc_ok, frame_wire_time, parse_reply,
-                  reply_length, READ_HOLDING, READ_INPUT)
+from .rtu import (
+    READ_HOLDING,
+    READ_INPUT,
+    ExceptionResponse,
+    FrameError,
+    ModbusError,
+    TimeoutError_,
+    crc_ok,
+    frame_wire_time,
+    parse_reply,
+    reply_length,
+)
 from .timer import PreciseSleeper
 
 log = logging.getLogger(__name__)

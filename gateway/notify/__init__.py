@@ -222,7 +222,7 @@ class NotifyManager:
                 "events": self.events, "messages": self.messages}
 
 
-_managers: "weakref.WeakKeyDictionary[Gateway, NotifyManager]" = weakref.WeakKeyDictionary()
+_managers: weakref.WeakKeyDictionary[Gateway, NotifyManager] = weakref.WeakKeyDictionary()
 
 
 def get_manager(gateway: Gateway) -> NotifyManager | None:

@@ -20,8 +20,9 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
@@ -32,8 +33,17 @@ from ..engine import WriteError
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import ModbusWriteHandler, hookimpl
 from ..modbus.codecs import northbound_words, raw_from_words
-from ..pointmap import (BANK_BASE, CELL_BASE, CELL_SLOT_SIZE, CHANNEL_SLOT_SIZE, GATEWAY_BASE, STRING_BASE,
-                        STRING_SIZE, MappedPoint, PointMap)
+from ..pointmap import (
+    BANK_BASE,
+    CELL_BASE,
+    CELL_SLOT_SIZE,
+    CHANNEL_SLOT_SIZE,
+    GATEWAY_BASE,
+    STRING_BASE,
+    STRING_SIZE,
+    MappedPoint,
+    PointMap,
+)
 from ..points import PointRef, PointStore, Quality
 from ..topology import MAX_CELLS
 

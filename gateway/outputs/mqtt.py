@@ -35,8 +35,8 @@ from .. import __version__
 from ..errors import ConfigError
 from ..exposition import decimals_for
 from ..hookspecs import hookimpl
-from ..secretfiles import read_secret
 from ..points import PointRef, PointSpec, Quality, Reading
+from ..secretfiles import read_secret
 from .mqtt_queue import MessageQueue
 
 if TYPE_CHECKING:

@@ -18,9 +18,10 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class MessageQueue:
         self.sent = 0  # acknowledged since this process started
 
     # -- life cycle ------------------------------------------------------------------------------------------
-    def open(self) -> "MessageQueue":
+    def open(self) -> MessageQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect when the file is created

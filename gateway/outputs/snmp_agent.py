@@ -113,7 +113,7 @@ SCHEMA = {
     },
 }
 
-_agents: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_agents: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_section(cfg: dict, source: str) -> None:

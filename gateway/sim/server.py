@@ -15,13 +15,23 @@ import struct
 import threading
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..modbus import codecs
+from ..modbus.rtu import (
+    DEVICE_FAILURE,
+    ILLEGAL_ADDRESS,
+    ILLEGAL_FUNCTION,
+    ILLEGAL_VALUE,
+    READ_HOLDING,
+    READ_INPUT,
+    WRITE_MULTIPLE,
+    WRITE_SINGLE,
+    crc_ok,
+    with_crc,
+)
 from ..modbus.timer import set_timer_slack
-from ..modbus.rtu import (DEVICE_FAILURE, ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT,
-                          WRITE_MULTIPLE, WRITE_SINGLE, crc_ok, with_crc)
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
@@ -48,7 +58,7 @@ class SimDevice:
 class SimBus:
     """One simulated RS485 bus: a pseudo-terminal and the devices on it.  Served by the simulator's thread."""
 
-    def __init__(self, sim: "Simulator", bus: BusConfig, devices: list[SimDevice]) -> None:
+    def __init__(self, sim: Simulator, bus: BusConfig, devices: list[SimDevice]) -> None:
         self.sim = sim
         self.bus = bus
         self.devices = {d.address: d for d in devices}
@@ -207,7 +217,7 @@ class Simulator:
         return sd
 
     # -- life cycle ------------------------------------------------------------------------------------------
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._serve, name="simulator", daemon=True)
@@ -248,7 +258,7 @@ class Simulator:
             for fd in ready:
                 live[fd].on_readable()
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -16,8 +16,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from gateway.outputs import modbus_tcp
 from gateway.points import PointRef

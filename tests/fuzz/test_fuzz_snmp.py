@@ -16,8 +16,7 @@ import subprocess
 import threading
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from pyasn1.codec.ber import decoder
 from pysnmp.proto import api
 from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
@@ -150,7 +149,7 @@ def exchange(agents, port: int, data: bytes, request_id: int) -> list[bytes]:
     while True:
         try:
             answer = sock.recvfrom(65535)[0]
-        except socket.timeout:
+        except TimeoutError:
             raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)")
         if answer == probe_answer(agents, request_id, port):
             return answers
@@ -247,7 +246,7 @@ def test_a_flood_of_garbage_from_many_sockets_leaves_the_agent_serving(agents):
             try:
                 answer = sock.recvfrom(65535)[0]
                 break
-            except socket.timeout:
+            except TimeoutError:
                 continue
         else:
             raise AssertionError("the agent no longer answers after the flood")

@@ -24,8 +24,7 @@ import xml.dom.minidom
 
 import pytest
 import requests
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from gateway.cliargs import offline_gateway
 from gateway.outputs.web.api import OPERATIONS
@@ -344,7 +343,7 @@ def trickle(port: int, payload: bytes, closed_after: list, lock: threading.Lock,
                 try:
                     if s.recv(100) == b"":
                         break
-                except socket.timeout:
+                except TimeoutError:
                     pass
     except OSError:
         pass

@@ -146,7 +146,7 @@ async def client_loop(k: int, args, reads: list[tuple[int, int]], totals: Totals
                 totals.registers += count
             else:
                 totals.passes += 1
-        except (OSError, ValueError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, ValueError, ConnectionError, asyncio.IncompleteReadError) as exc:
             totals.error(f"client {k} ({cls.__name__}): {type(exc).__name__}: {exc}")
             if client is not None:
                 await client.close()
@@ -161,7 +161,7 @@ async def client_loop(k: int, args, reads: list[tuple[int, int]], totals: Totals
         else:
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     if client is not None:
         await client.close()
@@ -184,7 +184,7 @@ async def main_async(args) -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), args.report_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 print(json.dumps(totals.as_dict()), flush=True)
 
     await asyncio.gather(report(), *tasks)

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pysnmp.carrier.asyncio.dgram import udp
-from pysnmp.entity import config as snmp_config
-from pysnmp.entity import engine as snmp_engine
+from pysnmp.entity import config as snmp_config, engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
@@ -28,13 +27,12 @@ from ... import fsutil
 from ...config import address_allowed, parse_listen, parse_networks
 from ...errors import GatewayError
 from ...points import PointRef, Reading
-from .alarms import AlarmRow, AlarmTable
 from . import ber
+from .alarms import AlarmRow, AlarmTable
 from .controller import IndexController, to_pyasn1
 from .fastpath import FastPath
 from .mib import ENTERPRISES
-from .sections import (AgentData, alarm_prefix, entity_sections, system_section, ups_section,
-                       vendor_section)
+from .sections import AgentData, alarm_prefix, entity_sections, system_section, ups_section, vendor_section
 from .tree import OidIndex
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def format_number(value: Any, unit: str) -> str:
 
 
 def date_and_time(wall: float) -> bytes:
-    t = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(wall, dt.UTC)
     return (t.year.to_bytes(2, "big") + bytes((t.month, t.day, t.hour, t.minute, t.second, t.microsecond // 100000))
             + b"+\x00\x00")
 

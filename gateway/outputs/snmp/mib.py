@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ...points import PointSpec
 from ...topology import MAX_BUSES, MAX_CELLS, MAX_CHANNELS, MAX_STRINGS

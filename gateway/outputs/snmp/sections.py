@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ... import __version__
 from ...modbus.codecs import northbound_words

@@ -10,7 +10,7 @@ that point changed (``invalidate``), so a walk encodes each value once per poll 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from . import ber
 

@@ -18,7 +18,7 @@ from .settings import ROLES, SCHEMA, WebSettings
 
 log = logging.getLogger(__name__)
 
-_services: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @hookimpl

@@ -13,9 +13,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from cheroot import errors as cheroot_errors
-from cheroot import server as cheroot_server
-from cheroot import wsgi
+from cheroot import errors as cheroot_errors, server as cheroot_server, wsgi
 
 from gateway.errors import ConfigError
 from gateway.secretfiles import exposure
