@@ -120,7 +120,7 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
             seen: list[float] = []
             lock = threading.Lock()
 
-            def listener(batch, ref=ref, seen=seen):
+            def listener(batch, ref=ref, seen=seen, lock=lock):
                 for r, reading in batch:
                     if r == ref and reading.quality is Quality.GOOD and reading.value > CRITICAL and not seen:
                         with lock:
@@ -130,21 +130,22 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
             posts_before, traps_before = len(hook.times), len(traps.lines)
             with model.lock:
                 model.battery(string, cell).float_offset += 1.0
-            gt.wait_for(lambda: (string, cell) in clock.raised, timeout=30, what="critical alarm")
+            gt.wait_for(lambda key=(string, cell): key in clock.raised, timeout=30, what="critical alarm")
             hook_t, alarm_id = clock.raised[(string, cell)]
             def delivered(alarm_id=alarm_id, since=posts_before):
                 return [t for b, t in list(zip(hook.bodies(), hook.times))[since:] if b.get("alarm_id") == alarm_id]
 
             gt.wait_for(lambda: bool(delivered()), timeout=30, what="webhook post")
             http_t = delivered()[0]
-            gt.wait_for(lambda: traps.find(traps_before, alarm_id) is not None, timeout=30, what="trap")
+            gt.wait_for(lambda since=traps_before, alarm_id=alarm_id: traps.find(since, alarm_id) is not None,
+                        timeout=30, what="trap")
             trap_t = traps.find(traps_before, alarm_id)
             gw.store.unsubscribe(listener)
             poll_t = seen[0]
             results.append({"poll": poll_t, "hook": hook_t, "http": http_t, "trap": trap_t, "posts": len(hook.times) - posts_before})
             with model.lock:
                 model.battery(string, cell).float_offset -= 1.0
-            gt.wait_for(lambda: (string, cell) in clock.cleared, timeout=30, what="clear")
+            gt.wait_for(lambda key=(string, cell): key in clock.cleared, timeout=30, what="clear")
         mgr = alarms.get_manager(gw)
         scans = max(1, gw.engine.poll_cycles / len(gw.engine.buses))
         results.append({"eval_us_per_batch": mgr.eval_seconds / max(1, mgr.batches) * 1e6,

@@ -176,7 +176,7 @@ async def run(args, gw: Gateway, sim: Sim, twin: Child) -> list[tuple[str, float
                 sim(*do(a, k))
         want = len(bus1.devices) if unplug else len(faulty)
         try:
-            await until(lambda: sum(d.lost for d in bus1.devices) >= want, 60)
+            await until(lambda want=want: sum(d.lost for d in bus1.devices) >= want, 60)
         except RuntimeError:
             print(f"{label:>36}: NOT all declared lost within 60 s ({sum(d.lost for d in bus1.devices)} of {want})")
         onset_s, onset_cycles = time.monotonic() - t0, bus1.cycles - c0

@@ -59,7 +59,7 @@ def main() -> None:
         for name, fn in (("bare transport", run_bare), ("engine", run_engine)):
             gw = Gateway(cfg, simulator=False, port_overrides=sim.ports)
 
-            async def go():
+            async def go(fn=fn, gw=gw):
                 try:
                     return await fn(gw, args.seconds)
                 finally:

@@ -60,7 +60,7 @@ def test_a_blocked_event_loop_shows_as_missed_cycles_in_the_status_and_the_metri
         for ch, name in ((1, "bus1"), (2, "bus2")):
             c = counters[name]
             assert c["cycles_missed"] >= 1 and c["max_lag_s"] >= 0.5, c
-            gt.wait_for(lambda: gw.store.value(PointRef("gateway.bus_cycles_missed", channel=ch)) ==
+            gt.wait_for(lambda ch=ch, name=name: gw.store.value(PointRef("gateway.bus_cycles_missed", channel=ch)) ==
                         gw.engine.counters()[name]["cycles_missed"], what="the published counter")
         text = gt.call(asyncio.to_thread(lambda: render_metrics(gw)[0].decode()))
     assert 'bms_gateway_bus_cycles_missed_total{bus="1"}' in text

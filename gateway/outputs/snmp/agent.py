@@ -100,6 +100,11 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
 WELL_KNOWN_COMMUNITIES = {b"public", b"private", b"community", b"snmp", b"admin", b"default"}
 
 
+def _usm_key(value: str, master: bool) -> rfc1902.OctetString | str:
+    """A USM key as pysnmp takes it: a master key as octets (the config gives it in hex), a passphrase as it is."""
+    return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if master else value
+
+
 class FastUdpTransport(udp.UdpAsyncioTransport):
     """pysnmp's UDP transport with the community source filter and the v2c read fast path in front, and a
     guard behind.
@@ -295,15 +300,11 @@ class SnmpAgent:
             snmp_config.add_v1_system(engine, "bmsgw-read", self.community.decode())
             snmp_config.add_vacm_user(engine, 2, "bmsgw-read", "noAuthNoPriv", readSubTree=READ_VIEW)
         for name, user in self.users.items():
-            key_type = snmp_config.USM_KEY_TYPE_MASTER if user["key_format"] == "master" else \
-                snmp_config.USM_KEY_TYPE_PASSPHRASE
-
-            def key(value: str):
-                return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if user["key_format"] == "master" \
-                    else value
-
-            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], key(user["auth_key"]), PRIV[user["priv"]],
-                                    key(user["priv_key"]), authKeyType=key_type, privKeyType=key_type)
+            master = user["key_format"] == "master"
+            key_type = snmp_config.USM_KEY_TYPE_MASTER if master else snmp_config.USM_KEY_TYPE_PASSPHRASE
+            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], _usm_key(user["auth_key"], master),
+                                    PRIV[user["priv"]], _usm_key(user["priv_key"], master),
+                                    authKeyType=key_type, privKeyType=key_type)
             snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
                                       notifySubTree=READ_VIEW if name in notify_users else ())
 
