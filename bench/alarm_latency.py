@@ -133,7 +133,9 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
             gt.wait_for(lambda key=(string, cell): key in clock.raised, timeout=30, what="critical alarm")
             hook_t, alarm_id = clock.raised[(string, cell)]
             def delivered(alarm_id=alarm_id, since=posts_before):
-                return [t for b, t in list(zip(hook.bodies(), hook.times))[since:] if b.get("alarm_id") == alarm_id]
+                # times is read after bodies, outside the receiver's lock: it may hold one more post already
+                posts = list(zip(hook.bodies(), hook.times, strict=False))
+                return [t for b, t in posts[since:] if b.get("alarm_id") == alarm_id]
 
             gt.wait_for(lambda: bool(delivered()), timeout=30, what="webhook post")
             http_t = delivered()[0]

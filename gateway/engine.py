@@ -309,7 +309,7 @@ class Engine:
         with the configured devices, and adopt unambiguously readdressed sensors.  One report per bus."""
         await self.open()
         reports = await asyncio.gather(*(self.discover_bus(name, ids) for name in self.buses))
-        return dict(zip(self.buses, reports))
+        return dict(zip(self.buses, reports, strict=True))
 
     async def discover_bus(self, name: str, ids: str | None = None) -> DiscoveryReport:
         from .scan import parse_ids, scan_bus
@@ -553,9 +553,9 @@ class Engine:
 
     def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
         if slow:
-            todo = list(zip(ds.blocks, ds.requests))
+            todo = list(zip(ds.blocks, ds.requests, strict=True))
         else:
-            todo = list(zip(ds.fast_blocks, ds.fast_requests))
+            todo = list(zip(ds.fast_blocks, ds.fast_requests, strict=True))
         if not todo:  # nothing of this device is due: no news about it either
             return None
         return _Reads(ds, todo, retries, time.time())

@@ -199,7 +199,7 @@ class PointFamily(Family):
 
     def samples(self, ctx):
         snap, good, factor, places = ctx.snapshot, Quality.GOOD, self.factor, self.places
-        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes):
+        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes, strict=True):
             r = snap.get(ref)
             if r is None or r.quality is not good or r.value is None:
                 continue

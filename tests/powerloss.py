@@ -229,7 +229,7 @@ class PowerLoss:
             for n, v in rolls.values():
                 vec = decode_vector(v)
                 k = len(vec) // 3
-                assert n > 0 and all(lo <= m <= hi for lo, m, hi in zip(vec[:k], vec[k:2 * k], vec[2 * k:])
+                assert n > 0 and all(lo <= m <= hi for lo, m, hi in zip(vec[:k], vec[k:2 * k], vec[2 * k:], strict=True)
                                      if m is not None)
         finally:
             db.close()

@@ -2,6 +2,7 @@
 raised, published, switches the real relay (the simulator's DO), reaches a webhook, is acknowledged, clears,
 and survives a restart; communication loss per sensor, per bus and per bank device; dry contacts."""
 import time
+from itertools import pairwise
 
 from gateway import alarms
 from gateway.hookspecs import hookimpl
@@ -249,7 +250,7 @@ def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_pat
         for i in range(10):  # 14.14 V, 14.08 V, ... around the 14.10 V setpoint (hysteresis 0.03 V, off-delay 3 s)
             drive(14.14 if i % 2 == 0 else 14.08)
         above = [v > 14.10 for v in seen[-10:]]
-        assert sum(a != b for a, b in zip(above, above[1:])) >= 7  # the value really crossed, again and again
+        assert sum(a != b for a, b in pairwise(above)) >= 7  # the value really crossed, again and again
         crit = [e for e in rec.events if e.cell == 1 and e.severity == "critical"]
         assert [e.raised for e in crit] == [True]  # one alarm, no flapping
         drive(13.5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 # Resting voltage -> SOC for a 12 V AGM unit (../shared/DOMAIN.md); per 2 V cell divide by 6.
 _OCV_12V = ((0.0, 11.80), (25.0, 12.00), (50.0, 12.30), (75.0, 12.60), (100.0, 12.85))
@@ -24,7 +25,7 @@ STATE_NAMES = {UNKNOWN: "unknown", FLOAT: "float", CHARGING: "charging", DISCHAR
 
 def ocv_per_cell(soc_pct: float) -> float:
     soc_pct = min(max(soc_pct, 0.0), 100.0)
-    for (s0, v0), (s1, v1) in zip(OCV_PER_CELL, OCV_PER_CELL[1:]):
+    for (s0, v0), (s1, v1) in pairwise(OCV_PER_CELL):
         if soc_pct <= s1:
             return v0 + (v1 - v0) * (soc_pct - s0) / (s1 - s0)
     return OCV_PER_CELL[-1][1]
@@ -34,7 +35,7 @@ def soc_from_ocv(v_per_cell: float) -> float:
     """SOC (%) from an open-circuit voltage per 2 V cell, clamped to 0..100."""
     if v_per_cell <= OCV_PER_CELL[0][1]:
         return 0.0
-    for (s0, v0), (s1, v1) in zip(OCV_PER_CELL, OCV_PER_CELL[1:]):
+    for (s0, v0), (s1, v1) in pairwise(OCV_PER_CELL):
         if v_per_cell <= v1:
             return s0 + (s1 - s0) * (v_per_cell - v0) / (v1 - v0)
     return 100.0

@@ -277,7 +277,7 @@ def bmsgw_history_query(gateway: Gateway, ref, start: float, end: float,
     finally:
         if opened_here:  # a page polling trends must not pile up open handles
             db.close()
-    return list(zip(series.t, series.mean))
+    return list(zip(series.t, series.mean, strict=True))
 
 
 @hookimpl

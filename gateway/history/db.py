@@ -142,7 +142,7 @@ class Series:
         return len(self.t)
 
     def rows(self) -> Iterator[tuple[float, float, float, float]]:
-        return zip(self.t, self.mean, self.min, self.max)
+        return zip(self.t, self.mean, self.min, self.max, strict=True)
 
     def last(self) -> float | None:
         return self.mean[-1] if self.mean else None
@@ -344,7 +344,7 @@ class HistoryDB:
             n = max(len(new), len(prev))
             new += [None] * (n - len(new))
             prev += [None] * (n - len(prev))
-            blob = encode_vector([a if a is not None else b for a, b in zip(new, prev)])
+            blob = encode_vector([a if a is not None else b for a, b in zip(new, prev, strict=True)])
         c.execute("INSERT OR REPLACE INTO raw(t, sid, v) VALUES (?,?,?)", (t, sid, blob))
 
     @staticmethod

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from ..points import PointRef, PointSpec, Quality, Reading
 from .db import HistoryDB, axis_of, encode_vector, is_disk_full, vector_index
@@ -187,7 +188,7 @@ class Recorder:
 
     def _emit_roll(self, st: _SeriesState) -> None:
         if st.bucket >= 0 and any(st.count):
-            means = [round(t / n) if n else None for t, n in zip(st.total, st.count)]
+            means = [round(t / n) if n else None for t, n in zip(st.total, st.count, strict=True)]
             row = (st.sid, st.bucket, max(st.count), encode_vector(st.lo + means + st.hi),
                    3 * sum(1 for n in st.count if n))
             (self._roll_fresh if st.fresh_roll else self._roll_rows).append(row)
@@ -259,7 +260,7 @@ class Recorder:
 
     def _roll_coarser(self, now: float) -> None:
         db = self.db
-        for finer, tier in zip(db.tiers, db.tiers[1:]):
+        for finer, tier in pairwise(db.tiers):
             sec = tier.seconds
             current = int(now // sec)
             key = f"rolled_{sec}"

@@ -22,6 +22,7 @@ import time
 import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import DeviceInformation, ExcCodes
@@ -346,7 +347,7 @@ class ModbusTcpService:
                     raise GatewayError(f"modbus write handler {h.name}: address {h.address} lies inside the point map")
                 targets.append(WriteTarget(h.address, h.address + h.count, h, False))
         targets.sort(key=lambda t: t.start)
-        for a, b in zip(targets, targets[1:]):
+        for a, b in pairwise(targets):
             if b.start < a.end:
                 raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} share address {b.start}")
         self.targets = targets

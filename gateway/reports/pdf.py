@@ -82,7 +82,7 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], start: float,
         return d
     plot = LinePlot()
     plot.x, plot.y, plot.width, plot.height = 40, 20, WIDTH - 120, height - 36
-    plot.data = [[((ti - start) / 86400.0, vi) for ti, vi in zip(t, v)] for _, t, v in series]
+    plot.data = [[((ti - start) / 86400.0, vi) for ti, vi in zip(t, v, strict=True)] for _, t, v in series]
     span_days = max((end - start) / 86400.0, 1e-3)
     plot.xValueAxis.valueMin, plot.xValueAxis.valueMax = 0.0, span_days
     step = _nice_step(span_days / 6)

@@ -13,6 +13,7 @@ import math
 import random
 import threading
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 YEAR = 365.25 * 86400.0
 PEUKERT = 1.25
@@ -25,7 +26,7 @@ TEMP_COMP_V_PER_C = -0.003  # per 2 V cell
 
 def ocv_per_cell(soc: float) -> float:
     soc = min(max(soc, 0.0), 1.0)
-    for (s0, v0), (s1, v1) in zip(_OCV_SOC, _OCV_SOC[1:]):
+    for (s0, v0), (s1, v1) in pairwise(_OCV_SOC):
         if soc <= s1:
             return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
     return _OCV_SOC[-1][1]

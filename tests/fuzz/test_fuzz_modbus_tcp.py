@@ -158,7 +158,7 @@ def test_any_session_is_answered_with_whole_frames_and_closed(served, data):
     requests = [req for kind, _, req in session if req is not None]
     if not broken:
         assert len(answers) == len(requests), f"{len(requests)} requests, {len(answers)} answers"
-        for request, answer in zip(requests, answers):
+        for request, answer in zip(requests, answers, strict=True):
             check_answer(request, answer)
     else:
         assert len(answers) <= len(requests)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from itertools import pairwise
 
 from . import ber
 
@@ -97,7 +98,7 @@ class OidIndex:
             for dep, entry in sec.deps:
                 self.deps.setdefault(dep, []).append(entry)
         static.sort(key=lambda e: e.oid)
-        for a, b in zip(static, static[1:]):
+        for a, b in pairwise(static):
             if a.oid == b.oid:
                 raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
         self._static = static
