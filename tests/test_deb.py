@@ -122,9 +122,9 @@ class Service:
 
     def __init__(self, argv: list[str], workdir: Path) -> None:
         self.log_path = workdir / f"run-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd="/",
-                                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        with open(self.log_path, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd="/",
+                                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
 
     def text(self) -> str:
         return self.log_path.read_text()
@@ -141,10 +141,7 @@ class Service:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self.log.close()
+        return self.proc.wait(timeout=30)
 
 
 class Lintian:

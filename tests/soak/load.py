@@ -124,9 +124,9 @@ class GatewayProcess:
         return proc.stdout
 
     def start(self, timeout: float = 180.0) -> None:
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(BIN / "bmsgw"), "run", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL)
+        with open(self.log_path, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen([str(BIN / "bmsgw"), "run", "--config", str(self.config)],
+                                         stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text()
@@ -158,7 +158,6 @@ class GatewayProcess:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            self._log.close()
             return self.proc.returncode
         finally:
             if self.sim is not None:
@@ -346,10 +345,11 @@ class PrometheusServer:
         self.log = folder / "prometheus.log"
         self.config = folder / "prometheus.yml"
         self.config.write_text(yaml.safe_dump({"global": {"scrape_interval": "10s"}}))
-        self.proc = subprocess.Popen(["prometheus", f"--config.file={self.config}",
-                                      f"--storage.tsdb.path={folder / 'tsdb'}",
-                                      f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        with open(self.log, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(["prometheus", f"--config.file={self.config}",
+                                          f"--storage.tsdb.path={folder / 'tsdb'}",
+                                          f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def scrape(self, target: str, every: float) -> None:
