@@ -209,7 +209,7 @@ def create_app(context: WebContext) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("web request %s %s failed", request.method, request.path)
+        log.error("web request %s %s failed", request.method, request.path, exc_info=exc)
         return _deny(500, "internal error; the gateway log has the details")
 
     @app.route("/metrics")
