@@ -115,10 +115,11 @@ class Refresh:
         return statistics.mean(out)
 
 
-async def until(pred, timeout: float) -> float:
+async def until(pred, within_s: float) -> float:
+    """Seconds until ``pred()`` holds, checked every 20 ms; RuntimeError after ``within_s``."""
     t0 = time.monotonic()
     while not pred():
-        if time.monotonic() - t0 > timeout:
+        if time.monotonic() - t0 > within_s:
             raise RuntimeError("condition not reached")
         await asyncio.sleep(0.02)
     return time.monotonic() - t0

@@ -3,6 +3,7 @@ an HTTP receiver (http.server), an SMTP server with STARTTLS and login (aiosmtpd
 cryptography) and a simulated 4G modem that checks the AT dialogue."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -257,7 +258,5 @@ class SimulatedModem(threading.Thread):
         self._halt.set()
         self.join(timeout=2)
         for fd in (self.master, self._slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

@@ -8,6 +8,7 @@ so polling never waits for it; the log is written by its own thread.  ``acknowle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -320,10 +321,8 @@ class AlarmManager:
         n = 0
         for a in self.active():
             if not a.acknowledged and (severity is None or a.severity == severity):
-                try:
+                with contextlib.suppress(UnknownAlarm):  # cleared meanwhile
                     n += bool(self.acknowledge(a.alarm_id, by))
-                except UnknownAlarm:
-                    pass  # cleared meanwhile
         return n
 
     def active(self) -> list[ActiveAlarm]:

@@ -10,6 +10,7 @@ forecasts(), diagnoses(), events(), record_replacement(), set_baseline(), record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
 import statistics
@@ -163,10 +164,8 @@ class AnalyticsService:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self.engine is not None:
             self.gateway.store.unsubscribe(self.engine.observe)
             self.engine.close()

@@ -7,6 +7,7 @@ write to it (``bmsgw battery replace`` while the gateway runs): the running anal
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -368,7 +369,5 @@ class _Tx:
 def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back what is open without hiding the error that ended it (SQLITE_FULL may have rolled it back)."""
     if conn.in_transaction:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass

@@ -14,6 +14,7 @@ asked for: ``"raw"``, ``"15m"``, ``"1h"``, ``"1d"`` or a number of seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from pathlib import Path
@@ -174,10 +175,8 @@ class HistoryService:
     def _in_loop(self, fn, *args) -> None:
         loop = self.gateway.loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (stopping)
                 loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop closed meanwhile (stopping)
-                pass
 
     def _flushed(self, recorder: Recorder) -> None:
         """The writer's acknowledgement: ``recorder.last_commit`` is on disk (called in the writer thread)."""

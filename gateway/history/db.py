@@ -19,6 +19,7 @@ Layout (why it is small and kind to an SD card):
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import math
@@ -584,10 +585,8 @@ def _rollback(c: sqlite3.Connection) -> None:
     """Undo an open transaction without hiding the error that ended it: after SQLITE_FULL or an I/O error
     SQLite may already have rolled back, and a second ROLLBACK would raise "no transaction is active"."""
     if c.in_transaction:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             c.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
 
 # SQLITE_FULL: the card is full or the database reached its size cap; SQLITE_IOERR_SHMSIZE: the WAL index

@@ -82,7 +82,7 @@ class Notifier(ABC):
         """Where it sends to, for ``bmsgw run``'s start-up log (no secrets)."""
         return self.name
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 optional: a notifier with nothing to release keeps this no-op
         """Release ports and connections (called once, from the worker thread's owner, at shutdown)."""
 
 

@@ -9,6 +9,7 @@ lock the SIM until its PUK is entered).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -87,10 +88,8 @@ class Modem:
 
     def close(self) -> None:
         if self.ser is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 self.ser.close()
-            except (serial.SerialException, OSError):
-                pass
         self.ser = None
         self.ready = False
 

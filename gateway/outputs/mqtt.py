@@ -18,6 +18,7 @@ published with QoS 1 through the store-and-forward queue (``mqtt_queue``); the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -526,10 +527,8 @@ class MqttService:
         if self.connected:
             info = self.client.publish(self.status_topic, self._status_payload("offline", reason="stopped"), qos=1,
                                        retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
         self.queue.close()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import ClassVar
 
 YEAR = 365.25 * 86400.0
 PEUKERT = 1.25
@@ -334,7 +336,7 @@ class BankModel:
                 self.overrides.pop((point, string, cell, channel), None)
 
     # relative standard deviation of one reading (of one test for ohmic values)
-    _NOISE = {"cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
+    _NOISE: ClassVar[Mapping[str, float]] = {"cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
               "string.voltage": 0.0005, "cell.emf": 0.0005}
 
     def measure(self, point: str, string=None, cell=None, channel=None) -> float:

@@ -7,6 +7,7 @@ can be injected per bus or per device at any time.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -134,17 +135,13 @@ class SimBus:
         self.sim.schedule(due, self, reply)
 
     def write(self, frame: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self.master, frame)
-        except OSError:
-            pass
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def _request_length(buf: bytearray) -> int | None:

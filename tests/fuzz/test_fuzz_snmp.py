@@ -150,7 +150,8 @@ def exchange(agents, port: int, data: bytes, request_id: int) -> list[bytes]:
         try:
             answer = sock.recvfrom(65535)[0]
         except TimeoutError:
-            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)")
+            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)") \
+                from None
         if answer == probe_answer(agents, request_id, port):
             return answers
         answers.append(answer)

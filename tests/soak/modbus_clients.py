@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import struct
@@ -80,10 +81,8 @@ class RawClient:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await self.writer.wait_closed()
-            except OSError:
-                pass
             self.writer = None
 
     async def read(self, function: int, address: int, count: int) -> None:
@@ -159,10 +158,8 @@ async def client_loop(k: int, args, reads: list[tuple[int, int]], totals: Totals
             totals.slow_passes += 1
             due = time.monotonic()
         else:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
     if client is not None:
         await client.close()
 

@@ -51,7 +51,8 @@ def test_a_blocked_event_loop_shows_as_missed_cycles_in_the_status_and_the_metri
         before = {name: c["cycles"] for name, c in gw.engine.counters().items()}
 
         async def block() -> None:
-            time.sleep(1.6)  # a CPU hog in the loop: over three slots of 0.5 s go by with no cycle started
+            # a CPU hog in the loop: over three slots of 0.5 s go by with no cycle started
+            time.sleep(1.6)  # noqa: ASYNC251 blocking the event loop is what this test does
 
         gt.call(block())
         gt.wait_for(lambda: all(c["cycles"] >= before[n] + 2 for n, c in gw.engine.counters().items()),

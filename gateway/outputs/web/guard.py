@@ -19,6 +19,7 @@ The rules here (the ``web.limits`` settings):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import socket
@@ -110,10 +111,9 @@ class Guard:
 
     def _kill(self, entry: _Arriving, why: str) -> None:
         entry.killed = True
-        try:  # the worker's blocked read returns at once; cheroot then closes the connection
+        # the worker's blocked read returns at once; cheroot then closes the connection
+        with contextlib.suppress(OSError):
             socket.socket.shutdown(entry.conn.socket, socket.SHUT_RDWR)
-        except OSError:
-            pass
         log.info("web: closing the connection from %s: %s", entry.address, why)
 
     def _watch(self) -> None:
@@ -194,11 +194,9 @@ class GuardedConnection(HTTPConnection):
         except ssl.SSLError as exc:
             if "http request" in str(exc).lower():  # plain HTTP to the HTTPS port: say so in plain HTTP
                 msg = b"The client sent a plain HTTP request, but this server only speaks HTTPS on this port."
-                try:
+                with contextlib.suppress(OSError):
                     socket.socket.sendall(tls, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                                           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(msg), msg))
-                except OSError:
-                    pass
             else:
                 self.server.error_log(f"TLS handshake with {self.remote_addr} failed: {exc}")
             return False
@@ -214,10 +212,9 @@ class GuardedConnection(HTTPConnection):
         if self.admitted and not self._released:
             self._released = True
             self.server.guard.release(self.remote_addr or "?")
-        try:
+        # a socket already gone: a worker thread must never die of closing it (cheroot's would)
+        with contextlib.suppress(OSError):
             super().close()
-        except OSError:  # a socket already gone: a worker thread must never die of closing it (cheroot's would)
-            pass
 
 
 class GuardedServerMixin:
