@@ -145,7 +145,7 @@ def main() -> None:
                 cells = walk(v2c, port, cell_table, env)[0]
                 rates = {label: [] for label in cases}
                 counts, cpu = {}, dict.fromkeys(cases, 0.0)
-                for label, (auth, where, oid, _b) in cases.items():  # warm-up
+                for auth, where, oid, _b in cases.values():  # warm-up
                     walk(auth, where, oid, env)
                 # interleaved: every run measures each case once, so a busy machine slows all of them alike
                 for _ in range(RUNS):

@@ -99,7 +99,7 @@ def assert_matches_truth(gw, point: str, rel: float = 0.0, abs_: float = 0.0, re
     many were checked."""
     model = gw.simulator.model
     snap = gw.store.snapshot()
-    refs = refs or [r for r in gw.pointmap.refs(point)]
+    refs = refs or list(gw.pointmap.refs(point))
     assert refs, f"no {point} points"
     for ref in refs:
         reading = snap.get(ref)

@@ -336,7 +336,7 @@ def lifecycle(deb: Path, work: Path, before: set[str]) -> None:
     try:
         svc.wait_for(r"bmsgw started for .*: 1 strings, 8 batteries, 9 devices")
         status = Path(f"/proc/{svc.proc.pid}/status").read_text()
-        assert re.search(r"^Uid:\s+%s\b" % user[2], status, re.M)
+        assert re.search(rf"^Uid:\s+{user[2]}\b", status, re.M)
         groups = re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
         assert groups == [sh("getent", "group", "dialout").stdout.split(":")[2]]
         cap_bit = 1 << 10  # CAP_NET_BIND_SERVICE

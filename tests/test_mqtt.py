@@ -108,7 +108,7 @@ def test_topics_payloads_status_and_alarms(tmp_path):
         msgs = sub.snapshot()
         sub.close()
     by_topic = {}
-    for topic, payload, retained in msgs:
+    for topic, payload, _retained in msgs:
         by_topic.setdefault(topic, []).append(payload)
     assert {"bmsgw/demo/status", "bmsgw/demo/gateway", "bmsgw/demo/bank", "bmsgw/demo/string/1",
             "bmsgw/demo/string/1/cells", "bmsgw/demo/alarms"} <= set(by_topic)

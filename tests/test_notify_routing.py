@@ -97,7 +97,7 @@ def test_routes_are_checked_against_the_notifiers():
     cfg = {"routes": [{"name": "team", "recipients": {"webhook": ["x"]}}]}
     with pytest.raises(ConfigError, match="takes no recipients"):
         parse_routes(cfg, {"webhook": web})
-    with pytest.raises(ConfigError, match="notify.webhook.url"):
+    with pytest.raises(ConfigError, match=r"notify\.webhook\.url"):
         WebhookNotifier({"url": "ftp://example.com/"}, {})
 
 

@@ -394,7 +394,7 @@ def _url(rule) -> str:
             ("app.js" if name == "filename" else "site")
     path = rule.rule
     for name, value in values.items():
-        path = re.sub(r"<(?:[^:<>]+:)?%s>" % name, str(value), path)
+        path = re.sub(rf"<(?:[^:<>]+:)?{name}>", str(value), path)
     return path
 
 

@@ -200,11 +200,11 @@ def test_tls_needs_both_files(offline_gateway, tmp_path):
 
     offline_gateway.config.data["web"]["tls"] = {"enabled": True, "cert": str(tmp_path / "c.pem"), "key": ""}
     svc = WebService(offline_gateway)
-    with pytest.raises(GatewayError, match="web.tls: give both cert and key"):
+    with pytest.raises(GatewayError, match=r"web\.tls: give both cert and key"):
         asyncio.run(svc.start())
     offline_gateway.config.data["web"]["tls"]["key"] = str(tmp_path / "k.pem")
     svc = WebService(offline_gateway)
-    with pytest.raises(GatewayError, match="web.tls.cert: cannot load"):
+    with pytest.raises(GatewayError, match=r"web\.tls\.cert: cannot load"):
         asyncio.run(svc.start())
 
 

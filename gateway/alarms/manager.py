@@ -263,7 +263,7 @@ class AlarmManager:
         with self._lock:
             alarms = list(self._active.values())
         want: dict[PointRef, float] = {}
-        for pid, refs in self._level_refs.items():
+        for refs in self._level_refs.values():
             for ref in refs:
                 want[ref] = 0.0
         cells, strings, top = {}, {}, 0

@@ -207,9 +207,8 @@ class StringSoc:
                 trusted = self.anchor_ts is not None and now - self.anchor_ts <= self.p.trusted_anchor_s
                 self.event = DischargeEvent(self.string, now, self.soc, trusted, dict(cell_volts))
             self.state, self.state_since = state, now
-        if state == DISCHARGING and self.event is not None:
-            if temp_c is not None:
-                self.event.temps.append(temp_c)
+        if state == DISCHARGING and self.event is not None and temp_c is not None:
+            self.event.temps.append(temp_c)
         if state == FLOAT and current is not None and current < self.p.tail_current_pct / 100.0 * self.p.capacity_ah:
             if self._float_since is None:
                 self._float_since = now

@@ -500,10 +500,9 @@ class HistoryDB:
         if i == 0:
             return rows
         rolled = self.meta(f"rolled_{sec}")
-        if rolled is not None:
-            tail = int(rolled) + 1
-        else:  # never rolled by a recorder (an imported or copied file): what is stored is what there is
-            tail = rows[-1][0] + 1 if rows else b0
+        # never rolled by a recorder (an imported or copied file): what is stored is what there is
+        stored_end = rows[-1][0] + 1 if rows else b0
+        tail = int(rolled) + 1 if rolled is not None else stored_end
         if tail > b1:
             return rows
         finer = self.tiers[i - 1]

@@ -28,10 +28,7 @@ def raw_from_words(words, dtype: str, word_order: str):
 def words_from_raw(raw, dtype: str, word_order: str = "big") -> list[int]:
     if dtype in ("uint16", "int16"):
         return [int(raw) & 0xFFFF]
-    if dtype == "float32":
-        u = struct.unpack(">I", struct.pack(">f", float(raw)))[0]
-    else:
-        u = int(raw) & 0xFFFFFFFF
+    u = struct.unpack(">I", struct.pack(">f", float(raw)))[0] if dtype == "float32" else int(raw) & 0xFFFFFFFF
     hi, lo = u >> 16, u & 0xFFFF
     return [hi, lo] if word_order == "big" else [lo, hi]
 
@@ -84,8 +81,6 @@ def northbound_words(value: float | None, dtype: str, scale: float) -> list[int]
         return [na] if dtype in ("int16", "uint16") else [na >> 16, na & 0xFFFF]
     raw = int(round(value / scale))
     lo, hi = limits(dtype)
-    if dtype.startswith("u"):
-        raw = max(lo, min(hi - 1, raw))
-    else:
-        raw = max(lo + 1, min(hi, raw))
+    # short of the not-available code: the top of an unsigned type, the bottom of a signed one
+    raw = max(lo, min(hi - 1, raw)) if dtype.startswith("u") else max(lo + 1, min(hi, raw))
     return words_from_raw(raw, dtype, "big")

@@ -211,10 +211,7 @@ class NotifyManager:
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every worker has nothing queued or waiting for a retry (tests, benchmarks, shutdown)."""
         deadline = time.monotonic() + timeout
-        for w in self.workers.values():
-            if not w.idle.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        return all(w.idle.wait(max(0.0, deadline - time.monotonic())) for w in self.workers.values())
 
     def status(self) -> dict:
         return {"notifiers": {name: w.status() for name, w in self.workers.items()},

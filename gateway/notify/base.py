@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Union
 
 from ..alarms.model import SEVERITIES, AlarmEvent
 
@@ -46,7 +45,7 @@ class Ack:
     event: AlarmEvent
 
 
-Item = Union[Message, AlarmEvent, Ack, Sync]
+Item = Message | AlarmEvent | Ack | Sync
 
 
 class Notifier(ABC):

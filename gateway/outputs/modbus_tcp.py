@@ -435,7 +435,7 @@ class ModbusTcpService:
             if self.ignore_unknown_unit:
                 return None
             return self._exception(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE)
-        if function == READ_INPUT or function == READ_HOLDING:
+        if function in (READ_INPUT, READ_HOLDING):
             if len(pdu) != 5:
                 return self._exception(tid, unit, function, ExcCodes.ILLEGAL_VALUE)
             address, count = _READ_REQ.unpack_from(pdu, 1)
@@ -449,7 +449,7 @@ class ModbusTcpService:
                 image.refresh()
             n = 2 * count
             return _READ_RESP.pack(tid, 0, n + 3, unit, function, n) + image.words[2 * address:2 * address + n]
-        if function == WRITE_SINGLE or function == WRITE_MULTIPLE:
+        if function in (WRITE_SINGLE, WRITE_MULTIPLE):
             return self._write(tid, unit, function, pdu, client)
         if function == MEI:
             return self._device_identification(tid, unit, pdu)

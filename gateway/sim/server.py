@@ -405,10 +405,10 @@ def _exception(unit: int, function: int, code: int) -> bytes:
 
 def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
     sim = config.section("simulator")
-    kwargs = dict(seed=sim.get("seed", 1), wire_time=sim.get("wire_time", True),
-                  time_scale=sim.get("time_scale", 1.0), weak_cells=sim.get("weak_cells", 3),
-                  discharge_every_s=sim.get("discharge_every_s", 0.0),
-                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0),
-                  ohmic_test_interval_s=sim.get("ohmic_test_interval_s", 86400.0))
+    kwargs = {"seed": sim.get("seed", 1), "wire_time": sim.get("wire_time", True),
+              "time_scale": sim.get("time_scale", 1.0), "weak_cells": sim.get("weak_cells", 3),
+              "discharge_every_s": sim.get("discharge_every_s", 0.0),
+              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
+              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0)}
     kwargs.update(overrides)
     return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

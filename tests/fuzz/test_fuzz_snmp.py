@@ -242,7 +242,7 @@ def test_a_flood_of_garbage_from_many_sockets_leaves_the_agent_serving(agents):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(1)
     try:
-        for attempt in range(30):  # the first probes may find the socket buffer full of garbage
+        for _ in range(30):  # the first probes may find the socket buffer full of garbage
             sock.sendto(probe(99), ("127.0.0.1", port))
             try:
                 answer = sock.recvfrom(65535)[0]

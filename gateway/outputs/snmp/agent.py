@@ -383,7 +383,8 @@ class SnmpAgent:
 
     def status(self) -> dict:
         c = self.counters()
-        return {"listen": "%s:%d" % (self.bound or self.listen), "engine_id": self.engine_id.hex(),
+        host, port = self.bound or self.listen
+        return {"listen": f"{host}:{port}", "engine_id": self.engine_id.hex(),
                 "boots": self.boots, "instances": len(self.index), "active_alarms": len(self.alarms.rows),
                 "bad_community": c.get("snmpInBadCommunityNames", 0),
                 "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",

@@ -38,10 +38,7 @@ def format_number(value: Any, unit: str) -> str:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
         return ""
-    if isinstance(value, (int, float)):
-        out = f"{value:.6g}"
-    else:
-        out = str(value)
+    out = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
     return f"{out} {unit}".strip()[:64]
 
 

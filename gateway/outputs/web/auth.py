@@ -266,7 +266,7 @@ class UserStore:
         digest = _token_digest(token)
         self._load()
         with self._lock:
-            for tid, t in self._data["tokens"].items():
+            for t in self._data["tokens"].values():
                 if hmac.compare_digest(t["sha256"], digest):
                     return User(f"token:{t['label']}", t["role"], "token") if t["role"] in ROLES else None
         return None

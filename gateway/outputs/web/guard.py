@@ -131,7 +131,7 @@ class Guard:
                 for e in entries:
                     if not e.killed and now - e.start >= SLOW_AFTER_S:
                         slow.setdefault(e.address, []).append(e)
-                for address, group in slow.items():
+                for group in slow.values():
                     group.sort(key=lambda e: e.start)
                     for e in group[lim.slow_per_address:]:  # the oldest may finish; the newest go
                         self.counters["slow_closed"] += 1
