@@ -144,7 +144,8 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
             trap_t = traps.find(traps_before, alarm_id)
             gw.store.unsubscribe(listener)
             poll_t = seen[0]
-            results.append({"poll": poll_t, "hook": hook_t, "http": http_t, "trap": trap_t, "posts": len(hook.times) - posts_before})
+            results.append({"poll": poll_t, "hook": hook_t, "http": http_t, "trap": trap_t,
+                            "posts": len(hook.times) - posts_before})
             with model.lock:
                 model.battery(string, cell).float_offset -= 1.0
             gt.wait_for(lambda key=(string, cell): key in clock.cleared, timeout=30, what="clear")
@@ -202,7 +203,8 @@ def main() -> int:
         wx = max(worst.values())
         ok = "within" if wx < 1000 else "OVER"
         print(f"alarm latency, poll sees the crossing -> trap at snmptrapd: median {medians['trap']:.1f} ms, "
-              f"worst {worst['trap']:.1f} ms; -> webhook: median {medians['http']:.1f} ms, worst {worst['http']:.1f} ms "
+              f"worst {worst['trap']:.1f} ms; -> webhook: median {medians['http']:.1f} ms, "
+              f"worst {worst['http']:.1f} ms "
               f"beyond the on-delay ({ok} the 1000 ms budget, {wx / 1000:.3f} x)")
     return 0 if wx < 1000 else 1
 

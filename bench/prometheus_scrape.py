@@ -137,7 +137,8 @@ def main() -> None:
         gz = len(exp.render(gzipped=True))
 
     print(f"series: {series} ({gw.topology.cell_count} batteries, {len(gw.pointmap)} mapped points); "
-          f"body {len(body) / 1024:.0f} KiB, gzip {gz / 1024:.0f} KiB; plain registry body {len(plain_body) / 1024:.0f} KiB")
+          f"body {len(body) / 1024:.0f} KiB, gzip {gz / 1024:.0f} KiB; "
+          f"plain registry body {len(plain_body) / 1024:.0f} KiB")
     print(f"baseline generate_latest, plain registry:      {baseline:8.2f} ms   1.00x")
     print(f"generate_latest, bmsgw custom collector:       {collector:8.2f} ms   {baseline / collector:.2f}x")
     print(f"bmsgw fast path, every reading new:            {cold:8.2f} ms   {baseline / cold:.2f}x")

@@ -159,7 +159,8 @@ def main() -> None:
                 snmpd.wait(10)
             gt.call(slow.stop())
         med = {label: statistics.median(r) for label, r in rates.items()}
-        ratio = {label: statistics.median(a / b for a, b in zip(rates[label], rates["snmpd"], strict=True)) for label in rates}
+        ratio = {label: statistics.median(a / b for a, b in zip(rates[label], rates["snmpd"], strict=True))
+                 for label in rates}
         print(f"cell table: {cells} varbinds per walk ({gw.topology.cell_count} batteries, every column); snmpd: "
               f"hrSWInstalledTable {counts['snmpd']} varbinds per walk, repeated to >= {cells}; "
               f"snmpbulkwalk -Cr{REPS}; medians of {RUNS} interleaved runs (ratio: median of the per-run ratios)")

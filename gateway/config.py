@@ -43,7 +43,8 @@ CORE_SCHEMA: dict[str, Any] = {
     "gateway": {
         "type": "object", "additionalProperties": False, "default": {},
         "properties": {
-            "state_dir": {"type": "string", "default": "var", "description": "writable data directory (relative to the config file)"},
+            "state_dir": {"type": "string", "default": "var",
+                          "description": "writable data directory (relative to the config file)"},
             "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
             "poll": {
                 "type": "object", "additionalProperties": False, "default": {},
@@ -88,9 +89,11 @@ CORE_SCHEMA: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "default": {},
         "properties": {
             "enabled": {"type": "boolean", "default": False,
-                        "description": "run the built-in simulated bank on pseudo-terminals for buses whose port is 'sim'"},
+                        "description": "run the built-in simulated bank on pseudo-terminals for buses whose port "
+                                       "is 'sim'"},
             "seed": {"type": "integer", "default": 1},
-            "wire_time": {"type": "boolean", "default": True, "description": "answer no faster than the baud rate allows"},
+            "wire_time": {"type": "boolean", "default": True,
+                          "description": "answer no faster than the baud rate allows"},
             "time_scale": {"type": "number", "minimum": 0.01, "maximum": 100000, "default": 1.0},
             "weak_cells": {"type": "integer", "minimum": 0, "maximum": 50, "default": 3},
             "discharge_every_s": {"type": "number", "minimum": 0, "default": 0,
@@ -172,7 +175,8 @@ def parse_networks(items: list[str], src: str, key: str) -> list[ipaddress.IPv4N
         try:
             out.append(ipaddress.ip_network(item, strict=False))
         except (TypeError, ValueError):
-            raise ConfigError(src, f"{key}[{i}]", f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+            raise ConfigError(src, f"{key}[{i}]",
+                              f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
     return out
 
 
@@ -290,14 +294,17 @@ def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> 
                               f"profile {prof.name} measures a {prof.scope}; it cannot be placed here (expected a "
                               f"{' or '.join(scope_ok)} device)")
         if d["bus"] not in bus_names:
-            raise ConfigError(src, f"{path}.bus", f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
+            raise ConfigError(src, f"{path}.bus",
+                              f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
         if prof.scope == "cell":
             first = d.get("first_cell", 1)
             count = d.get("count", cells - first + 1)
             if first + count - 1 > cells:
-                raise ConfigError(src, f"{path}.count", f"cells {first}..{first + count - 1} exceed the string's {cells} cells")
+                raise ConfigError(src, f"{path}.count",
+                                  f"cells {first}..{first + count - 1} exceed the string's {cells} cells")
             if d["address"] + count - 1 > 247:
-                raise ConfigError(src, f"{path}.count", f"addresses {d['address']}..{d['address'] + count - 1} exceed 247")
+                raise ConfigError(src, f"{path}.count",
+                                  f"addresses {d['address']}..{d['address'] + count - 1} exceed 247")
             items = [(d["address"] + k, first + k) for k in range(count)]
         else:
             if "count" in d:
@@ -306,7 +313,8 @@ def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> 
         for addr, cell in items:
             key = (d["bus"], addr)
             if key in used:
-                raise ConfigError(src, f"{path}.address", f"address {addr} on {d['bus']} is already used by {used[key]}")
+                raise ConfigError(src, f"{path}.address",
+                                  f"address {addr} on {d['bus']} is already used by {used[key]}")
             used[key] = path
             devices.append(DeviceConfig(profile=prof.name, bus=d["bus"], address=addr, string=string, cell=cell,
                                         name=d.get("name", "")))

@@ -335,7 +335,8 @@ class Engine:
         for addr, prof in report.unconfigured.items():
             log.warning("bus %s: address %d (%s) answers but is not configured", name, addr, prof or "unknown model")
         for old, new in report.adopted.items():
-            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there", name, old, new)
+            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there",
+                        name, old, new)
         return report
 
     def _compare(self, bs: BusState, found: dict[int, str | None], scanned: set[int]) -> DiscoveryReport:

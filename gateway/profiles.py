@@ -230,7 +230,8 @@ def parse_profile(data, path: Path) -> DeviceProfile:
         if rng and rng[0] > rng[1]:
             raise ConfigError(src, f"registers[{i}].range", f"expected [low, high], got {rng}")
         if r.get("per_cell") and data["scope"] != "string":
-            raise ConfigError(src, f"registers[{i}].per_cell", "only a string-scope device can serve the cells of its string")
+            raise ConfigError(src, f"registers[{i}].per_cell",
+                              "only a string-scope device can serve the cells of its string")
         registers.append(RegisterSpec(
             point=r["point"], table=r["table"], address=r["address"], dtype=r["type"],
             scale=float(r.get("scale", 1)), offset=float(r.get("offset", 0)),

@@ -159,7 +159,8 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
     lines.append("  devices:" if bank else "  devices: []")
     for f in bank:
         serial = f", serial {f.serial}" if f.serial is not None else ""
-        lines.append(f"    - {{profile: {f.profile.name}, bus: {bus.name}, address: {f.address}}}  # {_describe(f)}{serial}")
+        entry = f"{{profile: {f.profile.name}, bus: {bus.name}, address: {f.address}}}"
+        lines.append(f"    - {entry}  # {_describe(f)}{serial}")
     for f in unknown:
         lines.append(f"# address {f.address}: answers, but matches no known profile")
     return "\n".join(lines) + "\n"

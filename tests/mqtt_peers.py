@@ -182,6 +182,8 @@ def make_pki(folder: Path) -> dict[str, str]:
 
     skey, scert = leaf("localhost", True)
     ckey, ccert = leaf("gateway-demo", False)
-    return {"ca": _write_pem(folder / "ca.pem", ca), "server_cert": _write_pem(folder / "server.pem", scert),
-            "server_key": _write_pem(folder / "server.key", skey), "client_cert": _write_pem(folder / "client.pem", ccert),
+    return {"ca": _write_pem(folder / "ca.pem", ca),
+            "server_cert": _write_pem(folder / "server.pem", scert),
+            "server_key": _write_pem(folder / "server.key", skey),
+            "client_cert": _write_pem(folder / "client.pem", ccert),
             "client_key": _write_pem(folder / "client.key", ckey)}

@@ -97,7 +97,8 @@ class GatewayThread:
         self._thread.start()
         self.call(self.gateway.start(services=self.services), timeout=self.timeout)
         if self.wait_points:
-            self.wait_for(lambda: self.count_good(self.wait_points) >= len(self.gateway.pointmap.refs(self.wait_points)),
+            expected = len(self.gateway.pointmap.refs(self.wait_points))
+            self.wait_for(lambda: self.count_good(self.wait_points) >= expected,
                           what=f"every {self.wait_points} to be read")
         return self
 

@@ -49,7 +49,8 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             gw = gt.gateway
             mgr = alarms.get_manager(gw)
             model = gw.simulator.model
-            assert mgr.active() == [] and level(gw, "bank.alarm_level") == 0 and level(gw, "cell.alarm_level", 1, 3) == 0
+            assert mgr.active() == []
+            assert level(gw, "bank.alarm_level") == 0 and level(gw, "cell.alarm_level", 1, 3) == 0
             model.battery(1, 3).float_offset += 1.0  # 13.4 V -> 14.4 V: over 13.92 (warning) and 14.10 (critical)
             gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="two alarms")
             crit, warn = mgr.active()

@@ -167,7 +167,8 @@ CC_PROFILE = {
     "model": "CC-1", "vendor": "Acme", "family": "acme_cc", "scope": "cell", "nominal_voltage": 12,
     "registers": [{"point": "cell.voltage", "table": "input", "address": 0, "type": "uint16", "scale": 0.001,
                    "range": [7.5, 15.6]},
-                  {"point": "cell.conductance", "table": "input", "address": 1, "type": "uint16", "range": [100, 5000]}],
+                  {"point": "cell.conductance", "table": "input", "address": 1, "type": "uint16",
+                   "range": [100, 5000]}],
 }
 
 

@@ -96,7 +96,8 @@ T0 = 1_790_000_000
 
 
 def _batch(t: int, cells: int = 4) -> list:
-    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5)) for c in range(1, cells + 1)]
+    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5))
+            for c in range(1, cells + 1)]
 
 
 def test_rows_wait_bounded_while_the_disk_is_full_and_the_commit_says_what_is_on_disk(tmp_path, monkeypatch):

@@ -340,7 +340,8 @@ def test_account_page_throttles_current_password_guesses(sec, clocks):
     sec.ctx.users.add("cora", "operator", PASSWORD)
     c = browser(sec, "127.0.0.41").login("cora")
     for _ in range(LOGIN["max_failures"]):
-        c.form("/account", "/account", {"current": "guess-guess", "password": "new-pass-123", "password2": "new-pass-123"})
+        c.form("/account", "/account",
+               {"current": "guess-guess", "password": "new-pass-123", "password2": "new-pass-123"})
     c.form("/account", "/account", {"current": PASSWORD, "password": "new-pass-123", "password2": "new-pass-123"})
     assert "Too many wrong passwords" in c.get("/account").text
     assert sec.ctx.users.authenticate("cora", PASSWORD) is not None  # not changed

@@ -29,7 +29,8 @@ class FakeAlarmEngine:
         self.table = {
             "a-37-ohmic": {"id": "a-37-ohmic", "severity": "critical", "active": True, "raised": now - 600,
                            "point": "cell.ohmic", "string": 1, "cell": 37, "value": 0.0061, "threshold": 0.0058,
-                           "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"},
+                           "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline "
+                                      "(alarm at +30 %)"},
             "a-12-volt": {"id": "a-12-volt", "severity": "warning", "active": True, "raised": now - 300,
                           "point": "cell.voltage", "string": 1, "cell": 12, "value": 13.05, "threshold": 13.1,
                           "message": "String 1 battery 12: voltage 13.05 V, 0.35 V below the string average"},

@@ -115,7 +115,8 @@ class Messages:
         if rule.kind == "state":
             return f"{name}: {self._state_text(key, rule, True)}"
         phrase = _PHRASE.get((rule.id, key.side))
-        if rule.id in ("cell_ohmic_baseline", "cell_ohmic_average") or rule.reference or key.point.endswith("deviation"):
+        relative = rule.id in ("cell_ohmic_baseline", "cell_ohmic_average") or rule.reference
+        if relative or key.point.endswith("deviation"):
             phrase = None  # the value phrase already says which way
         elif phrase is None:
             phrase = "too high" if key.side == "high" else "too low"
@@ -139,7 +140,8 @@ class Messages:
 
     def _state_text(self, key: AlarmKey, rule, raised: bool) -> str:
         if rule.point == "io.di":
-            state = ("closed" if rule.active_state else "open") if raised else ("open" if rule.active_state else "closed")
+            closed = bool(rule.active_state) == raised  # the contact is in its active state while raised
+            state = "closed" if closed else "open"
             return f"{rule.name or rule.label} contact {state}"
         if rule.id == "device_comm":
             return "stopped answering" if raised else "answers again"

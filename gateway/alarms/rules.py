@@ -373,7 +373,8 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
         if rid in bank:
             _bad(errors, ConfigError(src, f"alarms.di[{i}].channel", f"DI {ch} is listed twice"))
             continue
-        bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=1 if d.get("active", "closed") == "closed" else 0,
+        active_state = 1 if d.get("active", "closed") == "closed" else 0
+        bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=active_state,
                          severity=d.get("severity", "warning"), on_delay_s=d.get("on_delay_s", 0),
                          off_delay_s=d.get("off_delay_s", 0), channel=ch, name=name)
     return RuleSet(per_string, bank)

@@ -246,7 +246,8 @@ class Analytics:
             for c in range(1, s.cells + 1):
                 key = (sid, c)
                 v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
-                put("cell.voltage_average_deviation", (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+                put("cell.voltage_average_deviation",
+                    (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
                 put("cell.ohmic_average_deviation",
                     (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c)
                 base = self.baselines.get(key)

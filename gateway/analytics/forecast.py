@@ -133,7 +133,8 @@ def runs_z(residuals: Sequence[float]) -> float:
     return (runs - mean) / math.sqrt(var) if var > 0 else 0.0
 
 
-def huber_line(x: Sequence[float], y: Sequence[float], delta: float = 1.345, iterations: int = 20) -> tuple[float, float]:
+def huber_line(x: Sequence[float], y: Sequence[float], delta: float = 1.345,
+               iterations: int = 20) -> tuple[float, float]:
     """Huber M-estimate of a line (iteratively reweighted least squares); (slope, intercept)."""
     w = [1.0] * len(x)
     slope = intercept = 0.0

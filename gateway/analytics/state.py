@@ -227,7 +227,8 @@ class StateDB:
         return [Replacement(*r) for r in self._q(sql + " ORDER BY ts, id", args)]
 
     def last_replaced(self) -> dict[tuple[int, int], float]:
-        return {(s, c): ts for s, c, ts in self._q("SELECT string, cell, max(ts) FROM replacements GROUP BY string, cell")}
+        rows = self._q("SELECT string, cell, max(ts) FROM replacements GROUP BY string, cell")
+        return {(s, c): ts for s, c, ts in rows}
 
     def _bump(self) -> None:
         self.set_meta("generation", str(int(self.meta("generation", "0")) + 1))
@@ -328,7 +329,8 @@ class StateDB:
 
     def life(self) -> dict[tuple[int, int], tuple[float, float, float]]:
         """{(string, cell): (used 25 C-equivalent years, as of ts, first seen)}"""
-        return {(s, c): (u, ts, f) for s, c, u, ts, f in self._q("SELECT string, cell, used_years, ts, first_seen FROM life")}
+        rows = self._q("SELECT string, cell, used_years, ts, first_seen FROM life")
+        return {(s, c): (u, ts, f) for s, c, u, ts, f in rows}
 
     # -- maintenance log ---------------------------------------------------------------------------------------
     def record_maintenance(self, item: str, ts: float | None = None, string: int | None = None, note: str = "") -> int:

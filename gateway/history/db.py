@@ -518,7 +518,8 @@ class HistoryDB:
         return rows
 
     def latest(self, point: str, string: int | None = None, cell: int | None = None,
-               channel: int | None = None, before: float | None = None, window_s: float = 86400.0) -> tuple[float, float] | None:
+               channel: int | None = None, before: float | None = None,
+               window_s: float = 86400.0) -> tuple[float, float] | None:
         """The last raw sample (time, value) at or before ``before`` within ``window_s``."""
         before = time.time() if before is None else before
         s = self.query(point, string, cell, channel, start=before - window_s, end=before, resolution="raw")

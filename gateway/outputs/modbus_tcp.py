@@ -342,14 +342,16 @@ class ModbusTcpService:
         for result in self.gateway.pm.hook.bmsgw_modbus_write_handlers(gateway=self.gateway):
             for h in result or []:
                 if h.count < 1 or h.address < 0 or h.address + h.count > 65536:
-                    raise GatewayError(f"modbus write handler {h.name}: registers {h.address}+{h.count} are outside 0..65535")
+                    raise GatewayError(f"modbus write handler {h.name}: registers {h.address}+{h.count} "
+                                       "are outside 0..65535")
                 if any(self.input_ranges.covers(a, 1) for a in range(h.address, h.address + h.count)):
                     raise GatewayError(f"modbus write handler {h.name}: address {h.address} lies inside the point map")
                 targets.append(WriteTarget(h.address, h.address + h.count, h, False))
         targets.sort(key=lambda t: t.start)
         for a, b in pairwise(targets):
             if b.start < a.end:
-                raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} share address {b.start}")
+                raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} "
+                                   f"share address {b.start}")
         self.targets = targets
         self._target_starts = [t.start for t in targets]
         commands = [(t.start, t.end) for t in targets if not t.point]

@@ -149,8 +149,8 @@ class MessageQueue:
         return seq
 
     def _set_meta(self, key: str, value: int) -> None:
-        self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                         (key, value))
+        self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
     def _write(self, msgs: list[Message], count_pending: bool = True) -> None:
         if not msgs:
@@ -335,6 +335,7 @@ class MessageQueue:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             oldest = self.oldest_pending_ts()
-            return {"waiting": self.pending, "waiting_bytes": self.pending_bytes, "on_disk": len(self._ahead) + self._disk_pending,
+            return {"waiting": self.pending, "waiting_bytes": self.pending_bytes,
+                    "on_disk": len(self._ahead) + self._disk_pending,
                     "inflight": self.inflight, "sent": self.sent, "dropped": self.dropped,
                     "oldest_unsent_s": round(time.time() - oldest, 1) if oldest else 0.0}

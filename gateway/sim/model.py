@@ -336,8 +336,9 @@ class BankModel:
                 self.overrides.pop((point, string, cell, channel), None)
 
     # relative standard deviation of one reading (of one test for ohmic values)
-    _NOISE: ClassVar[Mapping[str, float]] = {"cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
-              "string.voltage": 0.0005, "cell.emf": 0.0005}
+    _NOISE: ClassVar[Mapping[str, float]] = {
+        "cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
+        "string.voltage": 0.0005, "cell.emf": 0.0005}
 
     def measure(self, point: str, string=None, cell=None, channel=None) -> float:
         """A sensor's reading: the physics plus measurement noise (ohmic values: the last test's result)."""

@@ -64,7 +64,8 @@ words = st.integers(0, 0xFFFF)
 def pdus(addresses):
     addr = st.one_of(st.sampled_from(addresses), st.integers(0, 0xFFFF))
     read = st.builds(lambda fc, a, n: struct.pack(">BHH", fc, a, n), st.sampled_from([3, 4]), addr, quantities)
-    single = st.builds(lambda a, v: struct.pack(">BHH", 6, a, v), addr, st.sampled_from([0, 1, 2, 0xFF00, 0xFFFF]) | words)
+    single = st.builds(lambda a, v: struct.pack(">BHH", 6, a, v), addr,
+                       st.sampled_from([0, 1, 2, 0xFF00, 0xFFFF]) | words)
 
     @st.composite
     def multiple(draw):

@@ -135,7 +135,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bmsgw run exited ({self.proc.returncode}):\n{text[-3000:]}")
             time.sleep(0.2)
-        raise RuntimeError(f"no complete poll cycle on every bus within {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"no complete poll cycle on every bus within {timeout} s:\n"
+                           f"{self.log_path.read_text()[-3000:]}")
 
     @property
     def pid(self) -> int:
@@ -902,8 +903,9 @@ def report(r: Result) -> list[str]:
         ratio = f" ({p50 / base:.1f}x idle {base * 1000:.1f} ms)" if base and p50 else ""
         lines.append(f"  {name:10s} {text}{ratio}; ok {f.ok}, errors {f.errors}"
                      + (f": {f.error_samples[:3]}" if f.errors else ""))
-    lines.append(f"gateway log: {len(r.log_problems)} ERROR lines{': ' + repr(r.log_problems[:3]) if r.log_problems else ''}; "
-                 f"exit code {r.exit_code}{'; ' + '; '.join(r.load_errors) if r.load_errors else ''}")
+    problems = ": " + repr(r.log_problems[:3]) if r.log_problems else ""
+    load_errors = "; " + "; ".join(r.load_errors) if r.load_errors else ""
+    lines.append(f"gateway log: {len(r.log_problems)} ERROR lines{problems}; exit code {r.exit_code}{load_errors}")
     lines.append(f"soak headline: {r.missed} poll cycles missed ({r.short_cycles} short of the schedule) in "
                  f"{r.load_s / 60:.1f} min under load, {r.face_errors} face errors, RSS {rs['load_start']:.1f} -> "
                  f"{rs['end']:.1f} MB ({r.rss_growth_mb:+.1f} MB after warm-up, {r.rss_slope_mb_h:+.2f} MB/h)")

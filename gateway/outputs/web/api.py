@@ -202,7 +202,8 @@ CELL = Param("cell", {"type": "integer", "minimum": 1, "maximum": 256}, "path", 
 TIME_PARAMS = (
     Param("from", {"type": "number", "minimum": 0, "maximum": 32503680000},
           description="start, Unix seconds (default: one hour before `to`)"),
-    Param("to", {"type": "number", "minimum": 0, "maximum": 32503680000}, description="end, Unix seconds (default: now)"),
+    Param("to", {"type": "number", "minimum": 0, "maximum": 32503680000},
+          description="end, Unix seconds (default: now)"),
     Param("max_points", {"type": "integer", "minimum": 1, "maximum": 20000, "default": 500},
           description="at most this many samples; longer ranges are averaged down"),
 )
@@ -225,7 +226,8 @@ def status():
     """Site, uptime, number of points, per-bus counters and every plugin's status."""
     c = _ctx()
     out = dict(c.gateway.status())
-    out["web"] = {**(out.get("web") or {}), "history": "history module" if c.sources.history_plugged else "in-memory buffer",
+    history = "history module" if c.sources.history_plugged else "in-memory buffer"
+    out["web"] = {**(out.get("web") or {}), "history": history,
                   "alarms": c.sources.alarms_plugged, "sessions": len(c.sessions),
                   "user": g.user.name if g.get("user") else None}
     return out
