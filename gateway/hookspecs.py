@@ -48,6 +48,12 @@ class Service(Protocol):
         ...
 
 
+class Subcommands(Protocol):
+    """What ``bmsgw_cli_commands`` gets: argparse's group of ``bmsgw`` sub-commands."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AlarmEvent:
     """One transition of one alarm, as every notifier sees it (``bmsgw_alarm_event``).
@@ -89,7 +95,7 @@ class AlarmEvent:
             return None
         return PointRef(self.metric, self.string, self.cell, self.channel)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -112,7 +118,7 @@ class GatewaySpecs:
         """
 
     @hookspec
-    def bmsgw_config_schema(self) -> dict[str, dict]:
+    def bmsgw_config_schema(self) -> dict[str, dict[str, Any]]:
         """Config sections this plugin owns: ``{section name: JSON Schema}``.
 
         Called once before the config file is validated; ``default`` values in the schema are filled in, so
@@ -147,7 +153,7 @@ class GatewaySpecs:
         loop, once per transition; must not block."""
 
     @hookspec
-    def bmsgw_cli_commands(self, subparsers: argparse._SubParsersAction) -> None:
+    def bmsgw_cli_commands(self, subparsers: Subcommands) -> None:
         """Add sub-commands to ``bmsgw``.  Each parser must ``set_defaults(func=callable(args) -> int)``."""
 
     @hookspec
@@ -199,7 +205,8 @@ class GatewaySpecs:
         """
 
     @hookspec(firstresult=True)
-    def bmsgw_alarm_log(self, config: Config, start: float, end: float, string: int | None) -> list[dict] | None:
+    def bmsgw_alarm_log(self, config: Config, start: float, end: float,
+                        string: int | None) -> list[dict[str, Any]] | None:
         """The alarm log of a period, for reports (``bmsgw report``, ``gateway.reports.make_report``).
 
         Called once per report, in the report's process (the gateway itself may or may not be running: read
