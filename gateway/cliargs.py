@@ -31,7 +31,9 @@ def unopened_ports(path: str) -> dict[str, str]:
     from .config import read_raw
 
     raw = read_raw(path)
-    buses = raw.get("buses") if isinstance(raw.get("buses"), list) else []
+    buses = raw.get("buses")
+    if not isinstance(buses, list):
+        buses = []
     return {b["name"]: "(not opened)" for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)}
 
 

@@ -210,14 +210,16 @@ class Engine:
         for bs in self.buses.values():
             self._open_bus(bs)
 
-    def _open_bus(self, bs: BusState) -> bool:
-        """Open the bus's port; a missing adapter is reported once and retried every cycle, never fatal."""
-        if bs.transport is not None and bs.transport.is_open:
-            return True
-        if bs.transport is None:
-            bs.transport = RtuTransport(bs.bus, bs.port)
+    def _open_bus(self, bs: BusState) -> RtuTransport | None:
+        """The bus's open transport; None when the port cannot be opened (reported once, retried every cycle,
+        never fatal)."""
+        transport = bs.transport
+        if transport is not None and transport.is_open:
+            return transport
+        if transport is None:
+            transport = bs.transport = RtuTransport(bs.bus, bs.port)
         try:
-            bs.transport.open()
+            transport.open()
         except Exception as exc:
             msg = str(exc) if isinstance(exc, PortError) else f"bus {bs.bus.name}: cannot open {bs.port}: {exc}"
             if msg != bs.open_error:
@@ -225,11 +227,11 @@ class Engine:
                 del bs.errors[:-20]
                 log.error("%s", msg)
             bs.open_error = msg
-            return False
+            return None
         if bs.open_error:
             log.info("bus %s: %s is open again", bs.bus.name, bs.port)
         bs.open_error = ""
-        return True
+        return transport
 
     async def start(self) -> None:
         await self.open()
@@ -315,13 +317,14 @@ class Engine:
         from .scan import parse_ids, scan_bus
 
         bs = self.buses[name]
-        if not self._open_bus(bs):
+        transport = self._open_bus(bs)
+        if transport is None:
             raise PortError(bs.open_error)
         wanted = parse_ids(ids or self.discovery.get("ids") or "1-247")
-        counters = bs.transport.counters
+        counters = transport.counters
         before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
         try:
-            found = await scan_bus(bs.transport, self.profiles, wanted)
+            found = await scan_bus(transport, self.profiles, wanted)
         finally:
             # silence from ids nobody uses is what a scan expects: it is not a communication fault
             counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
@@ -411,10 +414,10 @@ class Engine:
         if bs.search_ids:
             return
         bs.search_next = time.monotonic() + float(self.discovery.get("search_every_s", 300))
-        found = dict(sorted(bs.search_found.items()))
-        adopted = self._adopt(lost, found)
-        rest = {a: p for a, p in found.items() if a not in adopted.values()}
-        bs.discovery = DiscoveryReport(bs.bus.name, found, (), tuple(sorted(d.device.address for d in lost)), {},
+        answering = dict(sorted(bs.search_found.items()))
+        adopted = self._adopt(lost, answering)
+        rest = {a: p for a, p in answering.items() if a not in adopted.values()}
+        bs.discovery = DiscoveryReport(bs.bus.name, answering, (), tuple(sorted(d.device.address for d in lost)), {},
                                        rest, adopted).as_dict()
         for old, new in adopted.items():
             log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there "

@@ -342,11 +342,12 @@ class ExpositionModel:
                           for b in topology.buses]),
             QualityFamily(), AlarmActiveFamily(), AlarmEventsFamily(),
         ]
-        for fam in statics:
-            if fam.name in families:
-                log.warning("metric %s is defined by a point family too; the gateway's own is left out", fam.name)
+        for static in statics:
+            if static.name in families:
+                log.warning("metric %s is defined by a point family too; the gateway's own is left out",
+                            static.name)
                 continue
-            families[fam.name] = fam
+            families[static.name] = static
         self.families: list[Family] = [families[k] for k in sorted(families, key=lambda n: families[n].exported)]
 
     def render(self, ctx: RenderContext) -> bytes:

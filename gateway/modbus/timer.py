@@ -76,7 +76,8 @@ class PreciseSleeper:
             return False
         flags = os.O_NONBLOCK | os.O_CLOEXEC
         if _LIBC is None:
-            fd = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)
+            # os.timerfd_* exist from Python 3.13 on; _LIBC is None only where os has them
+            fd = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)  # type: ignore[attr-defined]  # 3.13+
         else:
             fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, flags)
             if fd < 0:
@@ -100,7 +101,8 @@ class PreciseSleeper:
         sec = int(deadline)
         nsec = int((deadline - sec) * 1e9)
         if _LIBC is None:
-            os.timerfd_settime_ns(self._fd, flags=os.TFD_TIMER_ABSTIME, initial=sec * 1_000_000_000 + nsec)
+            initial = sec * 1_000_000_000 + nsec
+            os.timerfd_settime_ns(self._fd, flags=os.TFD_TIMER_ABSTIME, initial=initial)  # type: ignore[attr-defined]  # 3.13+
             return
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, nsec))
         if _LIBC.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:

@@ -83,6 +83,13 @@ class StringState:
     weakest: float = 1.0  # lowest capacity factor of its batteries (a string is as strong as its weakest)
 
 
+def _position(value: int | None, point: str, key: str) -> int:
+    """The string or cell number a family's value needs (a caller that leaves it out has a bug)."""
+    if value is None:
+        raise ValueError(f"{point}: a {key} number is needed")
+    return value
+
+
 class BankModel:
     def __init__(self, strings: list[tuple[int, int, float, int]], seed: int = 1, weak_cells: int = 3,
                  t0: float = 1.7e9, age_years: float = 1.0, discharge_every_s: float = 0.0,
@@ -279,28 +286,10 @@ class BankModel:
     def value(self, point: str, string: int | None = None, cell: int | None = None,
               channel: int | None = None) -> float:
         """What a perfect sensor would read for a point (measurement noise is added by ``measure``)."""
-        if point == "cell.voltage":
-            return self.cell_voltage(string, cell)
-        if point == "cell.temperature":
-            return self.cell_temperature(string, cell)
-        if point == "cell.ohmic":
-            return self.true_ohmic(string, cell)
-        if point == "cell.emf":
-            return self.cell_emf(string, cell)
-        if point == "cell.micro_discharge_voltage":
-            return self.micro_discharge_voltage(string, cell)
-        if point == "cell.balancing":
-            st = self.strings[string]
-            avg = self._average_voltage(string)
-            return 1.0 if self.cell_voltage(string, cell) > avg + 0.05 * st.cells_per_unit / 6 else 0.0
-        if point == "cell.sensor_status":
-            return self.value("cell.balancing", string, cell)
-        if point == "string.voltage":
-            return self.string_voltage(string)
-        if point == "string.current":
-            return self.strings[string].current
-        if point == "string.sensor_soc":
-            return self.strings[string].soc * 100.0
+        if point.startswith("cell."):
+            return self._cell_value(point, _position(string, point, "string"), _position(cell, point, "cell"))
+        if point.startswith("string."):
+            return self._string_value(point, _position(string, point, "string"))
         if point == "bank.voltage":
             return self.string_voltage(min(self.strings))
         if point == "bank.charger_current":
@@ -313,6 +302,32 @@ class BankModel:
             return float((self.di_state >> ((channel or 1) - 1)) & 1)
         if point == "io.do":
             return float(self.do_state & 1)
+        raise KeyError(point)
+
+    def _cell_value(self, point: str, string: int, cell: int) -> float:
+        if point == "cell.voltage":
+            return self.cell_voltage(string, cell)
+        if point == "cell.temperature":
+            return self.cell_temperature(string, cell)
+        if point == "cell.ohmic":
+            return self.true_ohmic(string, cell)
+        if point == "cell.emf":
+            return self.cell_emf(string, cell)
+        if point == "cell.micro_discharge_voltage":
+            return self.micro_discharge_voltage(string, cell)
+        if point in ("cell.balancing", "cell.sensor_status"):
+            st = self.strings[string]
+            avg = self._average_voltage(string)
+            return 1.0 if self.cell_voltage(string, cell) > avg + 0.05 * st.cells_per_unit / 6 else 0.0
+        raise KeyError(point)
+
+    def _string_value(self, point: str, string: int) -> float:
+        if point == "string.voltage":
+            return self.string_voltage(string)
+        if point == "string.current":
+            return self.strings[string].current
+        if point == "string.sensor_soc":
+            return self.strings[string].soc * 100.0
         raise KeyError(point)
 
     KNOWN_POINTS = frozenset({

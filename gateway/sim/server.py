@@ -368,9 +368,11 @@ class Simulator:
 
     def _identity_word(self, dev: SimDevice, w: int) -> int:
         ident = dev.profile.identity
+        if ident is None:  # identity entries exist only for a profile with an identity block
+            return 0
         if w == ident.model_offset:
             return ident.model_code
-        if ident.vendor_offset is not None and w == ident.vendor_offset:
+        if ident.vendor_offset is not None and ident.vendor_code is not None and w == ident.vendor_offset:
             return ident.vendor_code
         if ident.firmware_offset is not None and w == ident.firmware_offset:
             return 0x0103
@@ -387,7 +389,10 @@ class Simulator:
                 if entry[0] == "identity" or not entry[0].writable:
                     return False
                 reg, ref = entry[0], entry[1]
-                self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
+                value = codecs.decode([raw], reg)
+                if value is None:  # the register's not-available code is no value to act on
+                    return False
+                self.model.write(ref.point, value, ref.channel)
         return True
 
 
