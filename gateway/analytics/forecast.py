@@ -273,6 +273,8 @@ def forecast_crossing(x: Sequence[float], y: Sequence[float], threshold: float, 
         return Forecast(threshold, None, None, None, None, len(x), ["not enough data for a trend"])
     fit, (slo, shi, recent_hi) = trend or fit_trend(x, y, max_points)
     now_level = fit.value(0.0)
+    early: float | None
+    late: float | None
     if fit.model == "linear":
         years = fit.crossing(threshold)
         if years == 0.0:
