@@ -58,7 +58,7 @@ class Messages:
         if key.device:
             return f"device {key.device}"
         if key.point.startswith("gateway.bus"):
-            return f"bus {self.bus_names.get(key.channel, key.channel)}"
+            return f"bus {self._bus_name(key.channel)}"
         if key.point.startswith("gateway."):
             return "gateway"
         if key.point == "io.di":
@@ -66,6 +66,10 @@ class Messages:
         if key.point.startswith("io."):
             return "room"
         return "bank"
+
+    def _bus_name(self, channel: int | None) -> str | int | None:
+        """The configured name of bus number ``channel`` (the number when there is no such bus)."""
+        return self.bus_names.get(channel, channel) if channel is not None else None
 
     def object_name(self, key: AlarmKey) -> str:
         if key.string is not None:
@@ -77,7 +81,7 @@ class Messages:
         if key.device:
             return self.devices.get(key.device, f"Device {key.device}")
         if key.point.startswith("gateway.bus"):
-            return f"Bus {self.bus_names.get(key.channel, key.channel)}"
+            return f"Bus {self._bus_name(key.channel)}"
         if key.point.startswith("gateway."):
             return "Gateway"
         if key.point.startswith("io."):

@@ -160,7 +160,7 @@ class HistoryService:
         self.writer.start()
         gw.store.subscribe(self.writer.submit)
         if recorder is not None:
-            log.info("history: recording to %s", self.db.path)
+            log.info("history: recording to %s", recorder.db.path)
 
     def _open_recorder(self) -> Recorder:
         """Open the database (in the thread that will write it) and the recorder that feeds it."""

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,9 +287,9 @@ class HistoryDB:
 
     # writes ----------------------------------------------------------------------------------------------
     def write(self, raw_rows: Sequence[tuple[int, int, bytes]] = (),
-              roll_rows: dict[int, Sequence[tuple[int, int, int, bytes]]] | None = None,
+              roll_rows: Mapping[int, Sequence[tuple[int, int, int, bytes]]] | None = None,
               merge: bool = False, *, merge_raw: Sequence[tuple[int, int, bytes]] = (),
-              merge_roll: dict[int, Sequence[tuple[int, int, int, bytes]]] | None = None) -> None:
+              merge_roll: Mapping[int, Sequence[tuple[int, int, int, bytes]]] | None = None) -> None:
         """Insert raw rows ``(unix t, sid, blob)`` and roll-up rows ``{seconds: [(sid, b, n, blob)]}`` in one
         transaction: when this returns, they are on disk (WAL, synchronous=FULL); when it raises, none is.
         ``merge``: rows may meet an existing row of the same key (a restart inside a bucket); they are merged
@@ -542,6 +542,7 @@ class HistoryDB:
             if strings and info.axis == "cell" and info.string not in strings:
                 continue
             un = unscaler(info.scale)
+            rows: Iterable[tuple[float, bytes]]
             if tier.seconds == 0:
                 rows = c.execute("SELECT t + ?, v FROM raw WHERE t>=? AND t<=? AND sid=?",
                                  (EPOCH, math.floor(start) - EPOCH, math.floor(end) - EPOCH, info.sid))
@@ -624,9 +625,9 @@ def _decode_into(outs: dict[int, Series], rows: list[tuple[float, bytes]], parts
         for index, s in outs.items():
             if index >= n:
                 continue
-            means = arr[mid + index::width]
-            lows = arr[index::width] if parts == 3 else means
-            highs = arr[2 * n + index::width] if parts == 3 else means
+            means: Sequence[int] = arr[mid + index::width]
+            lows: Sequence[int] = arr[index::width] if parts == 3 else means
+            highs: Sequence[int] = arr[2 * n + index::width] if parts == 3 else means
             if na in means:
                 keep = [i for i, m in enumerate(means) if m != na]
                 s.t.extend(times[i] for i in keep)
@@ -677,9 +678,11 @@ def merge_rollups(parts: Sequence[tuple[int, bytes]]) -> tuple[bytes, int]:
             m = vec[k + i]
             if m is None:
                 continue
-            a, z = vec[i], vec[2 * k + i]
-            lo[i] = a if lo[i] is None or a < lo[i] else lo[i]
-            hi[i] = z if hi[i] is None or z > hi[i] else hi[i]
+            a, z, low, high = vec[i], vec[2 * k + i], lo[i], hi[i]
+            if a is not None and (low is None or a < low):
+                lo[i] = a
+            if z is not None and (high is None or z > high):
+                hi[i] = z
             acc[i] += m * max(n, 1)
             weight[i] += max(n, 1)
     means = [round(acc[i] / weight[i]) if weight[i] else None for i in range(width)]
