@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..alarms.model import AlarmEvent
@@ -135,7 +136,12 @@ class NotifyManager:
             except Exception:
                 log.exception("bmsgw_notifiers of plugin %s failed; its notifiers are off", impl.plugin_name)
                 continue
-            for n in result or []:
+            result = result or []
+            if not isinstance(result, Iterable):  # pluggy types a hook's result as object
+                log.error("bmsgw_notifiers of plugin %s returned a %s, not a list; its notifiers are off",
+                          impl.plugin_name, type(result).__name__)
+                continue
+            for n in result:
                 if n.name in notifiers:
                     raise ConfigError(str(gateway.config.path), "notify", f"two notifiers are named {n.name!r}")
                 notifiers[n.name] = n

@@ -23,8 +23,8 @@ MAX_DIGEST_LINES = 60
 def parse_hhmm(text: str) -> int:
     """``"22:30"`` -> minutes after midnight."""
     try:
-        h, m = text.split(":")
-        h, m = int(h), int(m)
+        hours, minutes = text.split(":")
+        h, m = int(hours), int(minutes)
     except (ValueError, AttributeError):
         raise ValueError(f"expected HH:MM, got {text!r}") from None
     if not (0 <= h <= 23 and 0 <= m <= 59):
