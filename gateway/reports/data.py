@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..analytics import open_state, state_path
 from ..analytics.ieee1188 import schedule
+from ..analytics.state import StateDB
 from ..history import HistoryDB, db_path, open_history
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class ReportContext:
     end: float
     now: float = field(default_factory=time.time)
     history: HistoryDB | None = None
-    state: object | None = None
+    state: StateDB | None = None
     alarms: list[dict] | None = None  # None: no alarm log kept by any plugin
 
     @classmethod
