@@ -78,7 +78,7 @@ class Catalog:
         return iter(self._specs.values())
 
 
-def _position(value: int | None, owner: object, key: str) -> int:
+def require_position(value: int | None, owner: object, key: str) -> int:
     """A 1-based position the scope needs; a ref or device without it is a bug where it was made."""
     if value is None:
         raise ValueError(f"{owner}: a {key} number is needed for this scope")
@@ -88,10 +88,11 @@ def _position(value: int | None, owner: object, key: str) -> int:
 def register_address(spec: PointSpec, ref: PointRef) -> int:
     """The 0-based Modbus register address of a point: the formula in profiles/points.yaml."""
     if spec.scope == "cell":
-        index = (_position(ref.string, ref, "string") - 1) * MAX_CELLS + (_position(ref.cell, ref, "cell") - 1)
+        string, cell = require_position(ref.string, ref, "string"), require_position(ref.cell, ref, "cell")
+        index = (string - 1) * MAX_CELLS + (cell - 1)
         return CELL_BASE + spec.slot * CELL_SLOT_SIZE + index * spec.width
     if spec.scope == "string":
-        return STRING_BASE + (_position(ref.string, ref, "string") - 1) * STRING_SIZE + spec.slot * 2
+        return STRING_BASE + (require_position(ref.string, ref, "string") - 1) * STRING_SIZE + spec.slot * 2
     base = BANK_BASE if spec.scope == "bank" else GATEWAY_BASE
     return base + spec.slot * CHANNEL_SLOT_SIZE + ((ref.channel or 1) - 1) * 2
 
@@ -100,15 +101,15 @@ def oid_suffix(spec: PointSpec, ref: PointRef) -> tuple[int, ...]:
     """OID below the MIB's objects node; table columns start at 2 (cell table: 3) after the index columns."""
     if spec.scope == "cell":
         return (OID_CELL_TABLE, 1, spec.slot + 3,
-                _position(ref.string, ref, "string"), _position(ref.cell, ref, "cell"))
+                require_position(ref.string, ref, "string"), require_position(ref.cell, ref, "cell"))
     if spec.scope == "string":
-        return (OID_STRING_TABLE, 1, spec.slot + 2, _position(ref.string, ref, "string"))
+        return (OID_STRING_TABLE, 1, spec.slot + 2, require_position(ref.string, ref, "string"))
     if spec.scope == "bank":
         if spec.channels:
-            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, _position(ref.channel, ref, "channel"))
+            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, require_position(ref.channel, ref, "channel"))
         return (OID_BANK, spec.slot + 1, 0)
     if spec.channels:
-        return (OID_BUS_TABLE, 1, spec.slot + 2, _position(ref.channel, ref, "channel"))
+        return (OID_BUS_TABLE, 1, spec.slot + 2, require_position(ref.channel, ref, "channel"))
     return (OID_GATEWAY, spec.slot + 1, 0)
 
 
@@ -219,7 +220,7 @@ class PointMap:
 def device_refs(prof: DeviceProfile, reg: RegisterSpec, dev: DeviceConfig, topology: Topology) -> Iterator[PointRef]:
     """The points one register of one device fills (a concentrator register fills one per cell)."""
     if reg.per_cell_stride:
-        for c in range(1, topology.string(_position(dev.string, dev.label, "string")).cells + 1):
+        for c in range(1, topology.string(require_position(dev.string, dev.label, "string")).cells + 1):
             yield PointRef(reg.point, dev.string, c)
     elif prof.scope == "cell":
         yield PointRef(reg.point, dev.string, dev.cell)

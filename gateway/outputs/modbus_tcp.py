@@ -44,6 +44,7 @@ from ..pointmap import (
     STRING_SIZE,
     MappedPoint,
     PointMap,
+    require_position,
 )
 from ..points import PointRef, PointStore, Quality
 from ..topology import MAX_CELLS
@@ -130,10 +131,10 @@ def served_ranges(pointmap: PointMap) -> list[tuple[int, int]]:
         spec, ref = e.spec, e.ref
         if spec.scope == "cell":
             size = MAX_CELLS * spec.width
-            start = CELL_BASE + spec.slot * CELL_SLOT_SIZE + (ref.string - 1) * size
+            start = CELL_BASE + spec.slot * CELL_SLOT_SIZE + (require_position(ref.string, ref, "string") - 1) * size
         elif spec.scope == "string":
             size = STRING_SIZE
-            start = STRING_BASE + (ref.string - 1) * STRING_SIZE
+            start = STRING_BASE + (require_position(ref.string, ref, "string") - 1) * STRING_SIZE
         else:
             size = CHANNEL_SLOT_SIZE
             start = (BANK_BASE if spec.scope == "bank" else GATEWAY_BASE) + spec.slot * CHANNEL_SLOT_SIZE
@@ -557,8 +558,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, service: ModbusTcpService) -> None:
         self.service = service
-        self.transport: asyncio.Transport | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport: asyncio.Transport  # set by connection_made, which asyncio calls before any other callback
+        self.loop = asyncio.get_running_loop()  # the server makes its protocols in the loop
         self.client = "?"
         self.buf = bytearray()
         self.pending: asyncio.Task | None = None
@@ -580,7 +581,6 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         log.debug("modbus tcp: connection from %s", self.client)
-        self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._arm()
 
@@ -697,7 +697,8 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
 
     def _process(self) -> None:
-        buf, pos, out, size = self.buf, 0, [], 0
+        out: list[bytes | bytearray] = []
+        buf, pos, size = self.buf, 0, 0
         handle = self.service.handle
         while len(buf) - pos >= 7:
             if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when

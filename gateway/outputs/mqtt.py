@@ -161,7 +161,7 @@ class PayloadBuilder:
                 self.scoped[spec.scope].setdefault(spec.id, []).append(_Value(mp))
             elif spec.scope == "string" and ref.string in self.strings:
                 self.strings[ref.string].setdefault(spec.name, []).append(_Value(mp))
-            elif spec.scope == "cell" and ref.string in self.cells:
+            elif spec.scope == "cell" and ref.string in self.cells and ref.cell is not None:
                 n = self.topology.string(ref.string).cells
                 column = self.cells[ref.string].setdefault(spec.name, [None] * n)
                 if 1 <= ref.cell <= n:
@@ -253,7 +253,9 @@ class PayloadBuilder:
             values = {}
             for name, column in self.cells[sid].items():
                 v = column[c - 1]
-                r = snap.get(v.ref) if v is not None else None
+                if v is None:  # no such point for this battery
+                    continue
+                r = snap.get(v.ref)
                 if r is not None:
                     values[name] = v.entry(r)
             if values:
