@@ -65,7 +65,7 @@ def resolve(host: str) -> str:
     """An IPv4 address for a host name or address (the agent and its targets speak UDP over IPv4)."""
     if not host:
         return "0.0.0.0"
-    return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+    return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])  # AF_INET: (host, port)
 
 
 def default_engine_id(base: tuple[int, ...]) -> bytes:
@@ -225,7 +225,8 @@ class SnmpAgent:
         except OSError as exc:
             sock.close()
             raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
-        self.bound = sock.getsockname()[:2]
+        bound: tuple[str, int] = sock.getsockname()[:2]
+        self.bound = bound
         state_path = self.gateway.config.state_dir / STATE_FILE
         configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
         self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
@@ -252,21 +253,21 @@ class SnmpAgent:
         snmp_config.add_transport(engine, udp.SNMP_UDP_DOMAIN, transport)
         self.transport = transport
         try:
-            self._configure(engine, int(max_size.syntax))
+            self._configure(engine, transport, int(max_size.syntax))
         except Exception:
             await self.stop()
             raise
         self.gateway.store.subscribe(self._on_batch)
-        self._warn_open_community()
+        self._warn_open_community(bound)
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
-                 "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
+                 "%d instances)", bound[0], bound[1], "on" if self.community else "off", len(self.users),
                  len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
 
-    def _warn_open_community(self) -> None:
+    def _warn_open_community(self, bound: tuple[str, int]) -> None:
         if not self.community or self.community_from is not None:
             return
         try:
-            local = ipaddress.ip_address(self.bound[0]).is_loopback
+            local = ipaddress.ip_address(bound[0]).is_loopback
         except ValueError:
             local = False
         if local:
@@ -275,9 +276,9 @@ class SnmpAgent:
             if self.community.lower() in WELL_KNOWN_COMMUNITIES else "its community"
         log.warning("SNMP: SNMPv2c answers %s from any address on %s:%d (communities cross the network in clear "
                     "text): set snmp.v2c.allow_from to the NMS's addresses, or turn v2c off (community: null) and "
-                    "use SNMPv3 users", what, self.bound[0], self.bound[1])
+                    "use SNMPv3 users", what, bound[0], bound[1])
 
-    def _configure(self, engine, max_message: int) -> None:
+    def _configure(self, engine: snmp_engine.SnmpEngine, transport: FastUdpTransport, max_message: int) -> None:
         cfg = self.cfg
         self._configure_security(engine)
         snmp_ctx = context.SnmpContext(engine)
@@ -291,7 +292,7 @@ class SnmpAgent:
 
         if self.community and cfg["fast_path"]:
             self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], max_message)
-            self.transport.fast = self.fast
+            transport.fast = self.fast
 
     def _configure_security(self, engine) -> None:
         """Read access for the v2c community and the v3 users (notify access for users that send)."""
@@ -421,6 +422,8 @@ class SnmpAgent:
                 self.sent["informs_acknowledged"] += 1
 
         try:
+            if self._ntf is None:
+                raise RuntimeError("the agent is not running")
             self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
         except Exception as exc:  # a broken target must not stop the others or the caller
             self.sent["failed"] += 1

@@ -9,6 +9,7 @@ that point changed (``invalidate``), so a walk encodes each value once per poll 
 """
 from __future__ import annotations
 
+import enum
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from itertools import pairwise
@@ -18,7 +19,15 @@ from . import ber
 Value = tuple[int, object]
 ValueFn = Callable[[], Value | None]
 
-_UNSET = object()
+
+
+class _Unset(enum.Enum):
+    """An entry's varbind not encoded yet (None is taken: the instance is absent)."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 class Entry:
@@ -28,7 +37,7 @@ class Entry:
         self.oid = oid
         self._oid_tlv: bytes | None = None
         self.fn = fn
-        self.enc = _UNSET
+        self.enc: bytes | None | _Unset = _UNSET
         self.volatile = volatile
 
     @property
@@ -78,7 +87,10 @@ class Section:
             self.deps.append((dep, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        self.add(obj, index, lambda v=value: v)
+        def fixed() -> Value | None:
+            return value
+
+        self.add(obj, index, fixed)
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
