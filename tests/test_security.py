@@ -171,11 +171,11 @@ def test_snmp_v2c_when_on_answers_only_allow_from_and_v1_never(sec, caplog):
     # a well-known community open to every address is called out at start (and the allow-list is the cure)
     caplog.set_level(logging.WARNING, logger="gateway.outputs.snmp.agent")
     open_agent = SnmpAgent(sec.gateway, {**cfg, "v2c": {"community": "public", "allow_from": []}})
-    open_agent.bound = ("192.0.2.1", 161)  # as if it listened on a LAN address (the test binds nothing there)
-    open_agent._warn_open_community()
+    lan = ("192.0.2.1", 161)  # as if it listened on a LAN address (the test binds nothing there)
+    open_agent._warn_open_community(lan)
     assert "the well-known community 'public' from any address" in caplog.text
     caplog.clear()
-    SnmpAgent(sec.gateway, cfg)._warn_open_community()
+    SnmpAgent(sec.gateway, cfg)._warn_open_community(lan)
     assert caplog.text == ""
 
 

@@ -18,6 +18,7 @@ from flask import Blueprint, g, jsonify, make_response, request
 from gateway.errors import ConfigError
 from gateway.regmap import COLUMNS, rows
 
+from .app import requires
 from .xmlout import to_xml
 
 api = Blueprint("api", __name__)
@@ -104,28 +105,30 @@ def error_response(status: int, message: str, field: str | None = None):
 
 
 # -- parameters ------------------------------------------------------------------------------------------------
-def _convert(p: Param, raw: str):
+def _convert(p: Param, raw: str) -> int | float | str:
     s = p.schema
     t = s.get("type")
+    value: int | float | str
     if t == "integer":
         if not re.fullmatch(r"[+-]?\d{1,18}", raw.strip()):
             raise ApiError(400, f"parameter {p.name}: expected an integer, got {raw[:40]!r}", p.name)
         value = int(raw)
     elif t == "number":
         try:
-            value = float(raw)
+            number = float(raw)
         except ValueError:
             raise ApiError(400, f"parameter {p.name}: expected a number, got {raw[:40]!r}", p.name) from None
-        if not math.isfinite(value):
+        if not math.isfinite(number):
             raise ApiError(400, f"parameter {p.name}: expected a finite number", p.name)
+        value = number
     else:
-        value = raw
-        if "maxLength" in s and len(value) > s["maxLength"]:
+        if "maxLength" in s and len(raw) > s["maxLength"]:
             raise ApiError(400, f"parameter {p.name}: at most {s['maxLength']} characters", p.name)
-        if "minLength" in s and len(value) < s["minLength"]:
+        if "minLength" in s and len(raw) < s["minLength"]:
             raise ApiError(400, f"parameter {p.name}: at least {s['minLength']} characters", p.name)
-        if "pattern" in s and not re.search(s["pattern"], value):
+        if "pattern" in s and not re.search(s["pattern"], raw):
             raise ApiError(400, f"parameter {p.name}: does not match {s['pattern']}", p.name)
+        value = raw
     if "enum" in s and value not in s["enum"]:
         raise ApiError(400, f"parameter {p.name}: one of {', '.join(map(str, s['enum']))}", p.name)
     if "minimum" in s and value < s["minimum"]:
@@ -176,7 +179,7 @@ def operation(rule: str, method: str, summary: str, response: dict, params=(), r
             return respond(result)
 
         view.__name__ = fn.__name__
-        view._bmsgw_role = role
+        requires(role)(view)
         api.add_url_rule(rule, fn.__name__, view, methods=[method])
         OPERATIONS.append(op)
         return fn
@@ -394,12 +397,10 @@ def config_schema():
 
 
 @api.route("/openapi.json")
+@requires(None)
 def openapi():
     from .configedit import document_schema
     from .openapi import build
 
     c = _ctx()
     return jsonify(build(OPERATIONS, document_schema(c.gateway), c.gateway.config.section("site").get("name", "")))
-
-
-openapi._bmsgw_role = None

@@ -8,6 +8,7 @@ import logging
 import secrets
 
 from flask import Flask, g, redirect, render_template, request, url_for
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from gateway.exposition import metrics_response
@@ -132,7 +133,8 @@ def create_app(context: WebContext) -> Flask:
     app.extensions["bmsgw"] = context
     app.config.update(MAX_CONTENT_LENGTH=context.settings.max_body, JSON_SORT_KEYS=False,
                       TEMPLATES_AUTO_RELOAD=False, PROPAGATE_EXCEPTIONS=False)
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # (Flask's default; a custom provider sorts as it likes)
+        app.json.sort_keys = False
     app.jinja_env.globals.update(csrf_token=csrf_token, take_flashes=take_flashes)
 
     @app.context_processor

@@ -354,7 +354,8 @@ class Csrf:
         if not token or not binding or len(token) > 256:
             return False
         try:
-            value = self._s.loads(token, max_age=self.max_age_s)
+            # itsdangerous compares max_age with the token's age; a float works (its stubs say int)
+            value = self._s.loads(token, max_age=self.max_age_s)  # type: ignore[arg-type]
         except BadSignature:
             return False
         return hmac.compare_digest(str(value), hashlib.sha256(binding.encode()).hexdigest())

@@ -27,13 +27,19 @@ import ssl
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from cheroot import errors as cheroot_errors
 from cheroot.makefile import MakeFile
-from cheroot.server import HTTPConnection
+from cheroot.server import HTTPConnection, HTTPServer
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from .settings import Limits
+
+if TYPE_CHECKING:  # the mixin goes before a cheroot server class: that is what super() reaches
+    _ServerBase = HTTPServer
+else:
+    _ServerBase = object
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +223,7 @@ class GuardedConnection(HTTPConnection):
             super().close()
 
 
-class GuardedServerMixin:
+class GuardedServerMixin(_ServerBase):
     """For a cheroot server class: admission at accept, silent new connections parked in the selector."""
 
     guard: Guard
@@ -234,7 +240,7 @@ class GuardedServerMixin:
             if not conn.rfile.has_data():
                 # wait for the client's first bytes in the selector, not in a worker; cheroot closes it after
                 # the idle timeout if none come
-                self._connections.put(conn)
+                self._connections.put(conn)  # type: ignore[attr-defined]  # cheroot's, not in its stubs
                 return
         super().process_conn(conn)
 

@@ -94,7 +94,8 @@ class WebService:
         s = self.settings
         guard = Guard(s.limits)
         server = _Server((s.host, s.port), prefetch_body(self.app, guard), numthreads=s.threads, server_name="bmsgw",
-                         shutdown_timeout=2, timeout=s.limits.idle_timeout_s)
+                         shutdown_timeout=2,
+                         timeout=s.limits.idle_timeout_s)  # type: ignore[arg-type]  # socket timeout: a float works
         server.guard = guard
         server.max_request_body_size = s.max_body
         server.max_request_header_size = 64 * 1024
@@ -120,7 +121,7 @@ class WebService:
         self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
         guard.start()
         self.port = server.bind_addr[1]
-        self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(server,), name="web", daemon=True)
         self._thread.start()
         log.info("web page and REST API at %s", self.endpoints()[0])
         if not self.ctx.users.has_users():
@@ -128,9 +129,9 @@ class WebService:
                         f", or open {self.url}setup in a browser on this controller"
                         if s.setup_from_localhost else "")
 
-    def _serve(self) -> None:
+    def _serve(self, server: wsgi.Server) -> None:
         try:
-            self._server.serve()
+            server.serve()
         except Exception:
             log.exception("web server stopped")
 
