@@ -72,7 +72,7 @@ class RtuTransport:
         self._serial: serial.Serial | None = None
         self._fd = -1
         self._buf = bytearray()
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._need = 0
         self._request = b""
         self._idle_since = 0.0
@@ -291,6 +291,6 @@ def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
     return (8,)
 
 
-def _expire(waiter: asyncio.Future) -> None:
+def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError_("no reply"))
