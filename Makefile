@@ -10,7 +10,7 @@ APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients
 	systemd
 APT_STAMP := $(VENV)/.apt-installed
 
-.PHONY: install system-deps run test bench regmap deb deb-lock clean
+.PHONY: install system-deps run lint test bench regmap deb deb-lock clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,7 +36,13 @@ CONFIG ?= config.yaml
 run: $(STAMP)
 	$(BIN)/bmsgw run --config $(CONFIG)
 
+# ruff and mypy as pyproject.toml configures them (gateway/ and plugins/ for mypy); both must pass.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 test: $(STAMP) $(APT_STAMP)
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
