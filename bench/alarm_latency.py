@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import alarms  # noqa: E402
-from gateway.hookspecs import hookimpl  # noqa: E402
-from gateway.points import PointRef, Quality  # noqa: E402
-from tests.notify_peers import WebhookReceiver  # noqa: E402
-from tests.snmp_support import TrapReceiver  # noqa: E402
-from tests.support import GatewayThread, write_config  # noqa: E402
+from gateway import alarms
+from gateway.hookspecs import hookimpl
+from gateway.points import PointRef, Quality
+from tests.notify_peers import WebhookReceiver
+from tests.snmp_support import TrapReceiver
+from tests.support import GatewayThread, write_config
 
 CRITICAL = 14.10  # 12 V unit: 2.35 V per cell
 

@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.history import open_history  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector  # noqa: E402
-from gateway.history.recorder import PointFilter  # noqa: E402
+from gateway.app import Gateway
+from gateway.history import open_history
+from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector
+from gateway.history.recorder import PointFilter
 
 DAY = 86400
 YEAR_DAYS = 365

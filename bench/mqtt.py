@@ -31,14 +31,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.outputs.mqtt import MqttService  # noqa: E402
-from gateway.points import Quality, Reading  # noqa: E402
-from tests.mqtt_peers import Mosquitto  # noqa: E402  (the tests' broker harness)
-from tests.support import free_port  # noqa: E402
+from gateway.app import Gateway
+from gateway.outputs.mqtt import MqttService
+from gateway.points import Quality, Reading
+from tests.mqtt_peers import Mosquitto
+from tests.support import free_port
 
 TYPICAL = {"V": (12.0, 14.0), "C": (20.0, 35.0), "ohm": (0.003, 0.008), "A": (-50.0, 50.0), "%": (50.0, 100.0)}
 WINDOW = 64

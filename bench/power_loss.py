@@ -39,11 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
+import yaml
 
-from bench._common import BMSGW  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, encode_vector  # noqa: E402
-from tests.powerloss import PowerLoss  # noqa: E402
+from bench._common import BMSGW
+from gateway.history.db import EPOCH, HistoryDB, encode_vector
+from tests.powerloss import PowerLoss
 
 COMMIT = re.compile(r"history: commit (\d+) durable: (\d+) values, (\d+) raw rows(?: \(t (\d+)\.\.(\d+)\))?")
 

@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.outputs.snmp.agent import SnmpAgent  # noqa: E402
-from gateway.points import Quality, Reading  # noqa: E402
-from tests.snmp_support import free_udp_port, net_snmp_env  # noqa: E402
-from tests.support import GatewayThread, write_config  # noqa: E402
+from gateway.outputs.snmp.agent import SnmpAgent
+from gateway.points import Quality, Reading
+from tests.snmp_support import free_udp_port, net_snmp_env
+from tests.support import GatewayThread, write_config
 
 RUNS = 5
 REPS = 50

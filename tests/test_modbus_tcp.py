@@ -464,7 +464,9 @@ def test_write_handlers_may_not_overlap_the_map_or_each_other(tmp_path):
         def bmsgw_modbus_write_handlers(self, gateway):
             return self.handlers
 
-    noop = lambda words, client: None  # noqa: E731
+    def noop(words, client):
+        return None
+
     for handlers, message in (([ModbusWriteHandler(CELL_V, "x", "", noop)], "inside the point map"),
                               ([ModbusWriteHandler(9000, "a", "", noop, count=2),
                                 ModbusWriteHandler(9001, "b", "", noop)], "share address 9001")):
