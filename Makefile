@@ -16,7 +16,7 @@ APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients
 	systemd
 APT_STAMP := .apt-installed
 
-.PHONY: install system-deps run test bench regmap lock deb deb-copyright clean
+.PHONY: install system-deps run lint test bench regmap lock deb deb-copyright clean
 
 # --only-binary: a source build would fetch its build backend unpinned. --no-deps: the lock is the whole set
 # (pip check proves it is complete). The lock pins pip and setuptools too: pip replaces the venv's bundled
@@ -69,7 +69,13 @@ CONFIG ?= config.yaml
 run: $(STAMP)
 	$(BIN)/bmsgw run --config $(CONFIG)
 
+# ruff and mypy as pyproject.toml configures them (gateway/ and plugins/ for mypy); both must pass.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 test: $(STAMP) $(APT_STAMP)
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

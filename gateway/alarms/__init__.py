@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_managers: "weakref.WeakKeyDictionary[Gateway, AlarmManager]" = weakref.WeakKeyDictionary()
+_managers: weakref.WeakKeyDictionary[Gateway, AlarmManager] = weakref.WeakKeyDictionary()
 
 
 def get_manager(gateway: Gateway) -> AlarmManager | None:

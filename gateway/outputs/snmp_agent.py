@@ -65,7 +65,8 @@ SCHEMA = {
         "system": {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
-                "name": {"type": "string", "maxLength": 255, "default": "", "description": "sysName; default: site.name"},
+                "name": {"type": "string", "maxLength": 255, "default": "",
+                         "description": "sysName; default: site.name"},
                 "contact": {"type": "string", "maxLength": 255, "default": ""},
                 "location": {"type": "string", "maxLength": 255, "default": ""},
                 "description": {"type": "string", "maxLength": 255, "default": ""},
@@ -113,7 +114,7 @@ SCHEMA = {
     },
 }
 
-_agents: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_agents: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_section(cfg: dict, source: str) -> None:
@@ -124,8 +125,8 @@ def check_section(cfg: dict, source: str) -> None:
         if target["version"] == "v2c" and not target.get("community"):
             raise ConfigError(source, f"{where}.community", "a v2c target needs a community")
         if target["version"] == "v3" and target.get("user") not in users:
-            raise ConfigError(source, f"{where}.user",
-                              f"a v3 target needs a user from snmp.v3_users (known: {', '.join(sorted(users)) or 'none'})")
+            known = ", ".join(sorted(users)) or "none"
+            raise ConfigError(source, f"{where}.user", f"a v3 target needs a user from snmp.v3_users (known: {known})")
     try:
         parse_listen(cfg["listen"])
     except ValueError as exc:
@@ -149,11 +150,6 @@ def bmsgw_services(gateway):
     agent = SnmpAgent(gateway, cfg)
     _agents[gateway] = agent
     return [agent]
-
-
-def agent_for(gateway):
-    """The running SNMP agent of a gateway, or None."""
-    return _agents.get(gateway)
 
 
 @hookimpl
