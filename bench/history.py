@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.history import open_history  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector  # noqa: E402
-from gateway.history.recorder import PointFilter  # noqa: E402
+from gateway.app import Gateway
+from gateway.history import open_history
+from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector
+from gateway.history.recorder import PointFilter
 
 DAY = 86400
 YEAR_DAYS = 365
@@ -113,7 +113,8 @@ def fill_baseline(path: Path, cells: int, end: float) -> tuple[object, int]:
     c.execute("CREATE TABLE samples(pid INTEGER, ts INTEGER, value REAL, PRIMARY KEY(pid, ts)) WITHOUT ROWID")
     rng = random.Random(2)
     t0 = int(end // 3600 * 3600) - YEAR_DAYS * DAY
-    rows = [(pid, t, 13.5 + rng.gauss(0, 0.01)) for pid in range(1, cells + 1) for t in range(t0, t0 + YEAR_DAYS * DAY, 3600)]
+    hours = range(t0, t0 + YEAR_DAYS * DAY, 3600)
+    rows = [(pid, t, 13.5 + rng.gauss(0, 0.01)) for pid in range(1, cells + 1) for t in hours]
     c.execute("BEGIN")
     c.executemany("INSERT INTO samples VALUES (?,?,?)", rows)
     c.execute("COMMIT")

@@ -11,17 +11,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from .commands import (AUDIT_LOGGER, Command, NotWritable, Principal, WriteDenied, WriteError, WriteFailed,
-                       WriteRejected)
+from .commands import AUDIT_LOGGER, Command, NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
 from .config import CORE_SCHEMA, Config, build_topology, load_config, read_raw, validate
 from .engine import CommEvent, DeviceWriteError, Engine
 from .errors import ConfigError, GatewayError
-from .plugins import make_plugin_manager
+from .plugins import PluginError, make_plugin_manager
 from .pointmap import Catalog, CatalogError, PointMap
 from .points import PointRef, PointSpec, PointStore
 from .profiles import CATALOG_PATH, PROFILES_DIR, load_catalog_file, load_profiles
@@ -85,7 +84,7 @@ def check_value(spec: PointSpec, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise WriteRejected(f"{spec.id} takes a number, not {value!r}")
     value = float(value)
-    states = {v: label for v, label in spec.states}
+    states = dict(spec.states)
     if states and value not in states:
         raise WriteRejected(f"{spec.id} takes " + ", ".join(f"{v} ({label})" for v, label in sorted(states.items())))
     if spec.valid_range is not None and not spec.valid_range[0] <= value <= spec.valid_range[1]:
@@ -149,7 +148,10 @@ class Gateway:
         sections: dict[str, dict] = {}
         self.section_owners: dict[str, str] = {}  # config section -> the plugin that declared it
         for impl in self.pm.hook.bmsgw_config_schema.get_hookimpls():
-            for name, schema in (impl.function() or {}).items():
+            declared = impl.function() or {}
+            if not isinstance(declared, dict):
+                raise PluginError(f"plugin {impl.plugin_name}: bmsgw_config_schema must return a dict")
+            for name, schema in declared.items():
                 if name in sections or name in CORE_SCHEMA:
                     raise ConfigError(str(config_path), name, "config section claimed twice (by two plugins, or "
                                                               "by a plugin and the core)")
@@ -190,7 +192,7 @@ class Gateway:
     def _build_catalog(self) -> Catalog:
         catalog = Catalog()
 
-        def add(spec, origin: str, where: str) -> None:
+        def add(spec: PointSpec, origin: str, where: str) -> None:
             try:
                 catalog.add(spec, origin)
             except CatalogError as exc:
@@ -202,7 +204,11 @@ class Gateway:
             for i, spec in enumerate(prof.points):
                 add(spec, prof.source, f"points[{i}]")
         for impl in self.pm.hook.bmsgw_point_families.get_hookimpls():
-            for spec in impl.function() or []:
+            specs = impl.function() or []
+            if not isinstance(specs, Iterable):  # pluggy types a hook's result as object
+                raise ConfigError(f"plugin {impl.plugin_name}", "bmsgw_point_families",
+                                  f"expected a list of PointSpec, got {type(specs).__name__}")
+            for spec in specs:
                 add(spec, f"plugin {impl.plugin_name}", f"bmsgw_point_families: {spec.id}")
         for prof in self.profiles.values():
             for i, reg in enumerate(prof.registers):
@@ -277,7 +283,10 @@ class Gateway:
         impls = [i for i in hook.get_hookimpls() if plugin is None or i.plugin_name == plugin]
         out: list[Service] = []
         for impl in reversed(impls):  # in the plugins' load order: the built-in list first
-            for svc in impl.function(**{name: self for name in impl.argnames}) or []:
+            made = impl.function(**dict.fromkeys(impl.argnames, self)) or []
+            if not isinstance(made, (list, tuple)):
+                raise GatewayError(f"plugin {impl.plugin_name}: bmsgw_services must return a list of services")
+            for svc in made:
                 if not isinstance(svc, Service):
                     raise GatewayError(f"plugin {impl.plugin_name}: {svc!r} is not a gateway.service.Service")
                 if svc.name not in self.services:
@@ -335,7 +344,7 @@ class Gateway:
             self.simulator.stop()
 
     def endpoints(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for svc in self.services.values():
             out.extend(f"{svc.name}: {e}" for e in svc.endpoints())
         return out
@@ -395,7 +404,7 @@ class Gateway:
                 result.merge(await svc.reload(live, mine))
             except Exception as exc:
                 log.exception("%s: reload failed", svc.name)
-                result.failed.update({s: f"{svc.name} could not apply it: {exc}" for s in mine})
+                result.failed.update(dict.fromkeys(mine, f"{svc.name} could not apply it: {exc}"))
         for section in changed:
             owner = self.section_owners.get(section)
             if section in handled or owner is None:

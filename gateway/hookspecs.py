@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -20,18 +20,24 @@ if TYPE_CHECKING:
 
     from .app import Gateway
     from .commands import Command
-    from .service import Service
     from .config import Config
     from .engine import CommEvent
     from .notify.base import Notifier
     from .pointmap import Catalog
     from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
+    from .service import Service
 
 PROJECT = "bmsgw"
 LEVEL = {"normal": 0, "warning": 1, "critical": 2}  # alarm severities, ordered
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Subcommands(Protocol):
+    """What ``bmsgw_cli_commands`` gets: argparse's group of ``bmsgw`` sub-commands."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,7 @@ class AlarmEvent:
             return None
         return PointRef(self.metric, self.string, self.cell, self.channel)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -98,7 +104,7 @@ class GatewaySpecs:
         """
 
     @hookspec
-    def bmsgw_config_schema(self) -> dict[str, dict]:
+    def bmsgw_config_schema(self) -> dict[str, dict[str, Any]]:
         """Config sections this plugin owns: ``{section name: JSON Schema}``.
 
         Called once before the config file is validated; ``default`` values in the schema are filled in, so
@@ -150,7 +156,7 @@ class GatewaySpecs:
         loop, once per transition; must not block."""
 
     @hookspec
-    def bmsgw_cli_commands(self, subparsers: argparse._SubParsersAction) -> None:
+    def bmsgw_cli_commands(self, subparsers: Subcommands) -> None:
         """Add sub-commands to ``bmsgw``.  Each parser must ``set_defaults(func=callable(args) -> int)``."""
 
     @hookspec
@@ -174,8 +180,8 @@ class GatewaySpecs:
         ``event.raised`` is True, ``event.ts`` is the acknowledgement time).
 
         Called by ``gateway.alarms`` in the gateway's event loop after an acknowledgement (the command points
-        ``gateway.acknowledge_alarm``/``gateway.acknowledge_alarms`` written from any face).  The alarm relay uses it to silence the horn.  Must not
-        block; the return value is ignored.
+        ``gateway.acknowledge_alarm``/``gateway.acknowledge_alarms`` written from any face).  The alarm relay
+        uses it to silence the horn.  Must not block; the return value is ignored.
         """
 
     @hookspec
@@ -189,7 +195,8 @@ class GatewaySpecs:
         """
 
     @hookspec(firstresult=True)
-    def bmsgw_alarm_log(self, config: Config, start: float, end: float, string: int | None) -> list[dict] | None:
+    def bmsgw_alarm_log(self, config: Config, start: float, end: float,
+                        string: int | None) -> list[dict[str, Any]] | None:
         """The alarm log of a period, for reports (``bmsgw report``, ``gateway.reports.make_report``).
 
         Called once per report, in the report's process (the gateway itself may or may not be running: read
@@ -232,17 +239,6 @@ class GatewaySpecs:
         ``raised`` (Unix s), ``active`` (bool), and where known ``point``, ``string``, ``cell``,
         ``channel``, ``value``, ``threshold``, ``cleared`` (Unix s), ``acknowledged_by`` (str),
         ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
-        """
-
-    @hookspec
-    def bmsgw_provision(self, gateway: Gateway) -> list[Path]:
-        """Create the secrets, keys and certificates this plugin needs, once, before the service first runs.
-
-        Called by ``bmsgw provision`` (the Debian package's postinst runs it as the service user on every
-        configure, after the state directory exists).  Create only what is missing under
-        ``gateway.config.state_dir`` (or a path from the plugin's config section) and never replace an
-        existing file, so upgrades keep the operator's keys; write secrets readable by the owner only.
-        Return the paths created by this call ([] when everything was already there).
         """
 
     @hookspec

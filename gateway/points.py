@@ -11,8 +11,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,8 @@ import time
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from gateway.commands import Principal, WriteDenied, WriteRejected
-
 from gateway.alarms import bmsgw_alarm_log
+from gateway.commands import Principal, WriteDenied, WriteRejected
 from gateway.points import PointRef
 from tests.support import GatewayThread, free_port, small_bank, write_config
 

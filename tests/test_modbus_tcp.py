@@ -15,17 +15,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from gateway.app import Gateway
-from gateway.errors import ConfigError
 from gateway.commands import Command
+from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
-from gateway.service import StartError
 from gateway.outputs.modbus_tcp import GAP_FILL, ModbusTcpService, served_ranges
 from gateway.points import PointRef, Quality
+from gateway.service import StartError
 from tests.conftest import DEFAULT_CONFIG
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
@@ -275,8 +274,8 @@ def test_stock_pymodbus_server_drops_pipelined_requests():
     thread.start()
 
     async def serve():
-        server = ModbusTcpServer(SimDevice(id=1, simdata=[SimData(0, values=list(range(10)), datatype=DataType.REGISTERS)]),
-                                 address=("127.0.0.1", port))
+        registers = SimData(0, values=list(range(10)), datatype=DataType.REGISTERS)
+        server = ModbusTcpServer(SimDevice(id=1, simdata=[registers]), address=("127.0.0.1", port))
         await server.serve_forever(background=True)
         return server
 

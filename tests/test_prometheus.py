@@ -223,7 +223,7 @@ def test_bad_listen_address_names_the_key(tmp_path):
                         overrides={"prometheus": {"listen": "127.0.0.1:70000"}})
     gt = GatewayThread(path)
     try:
-        with pytest.raises(ConfigError, match="prometheus.listen: port 70000"):
+        with pytest.raises(ConfigError, match=r"prometheus\.listen: port 70000"):
             gt.start()
     finally:
         gt.stop()

@@ -23,8 +23,7 @@ from ..points import PointRef
 from ..service import ReloadResult, Service
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA
-from .rules import check as check_rules
+from .rules import SCHEMA, check as check_rules
 
 if TYPE_CHECKING:
     from ..app import Gateway

@@ -11,8 +11,8 @@ Each setpoint of each rule on each point is one ``Condition``:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .model import AlarmKey
 from .rules import Rule, RuleSet
@@ -72,7 +72,7 @@ class FloatPolicy:
     ohmic_suppress_s: float = 1800.0
 
     @classmethod
-    def from_section(cls, section: dict) -> "FloatPolicy":
+    def from_section(cls, section: dict) -> FloatPolicy:
         fd = section.get("float_detection", {}) or {}
         ot = section.get("ohmic_test", {}) or {}
         return cls(fd.get("charge_above_c", 0.005), fd.get("discharge_below_c", 0.002), fd.get("settle_s", 300.0),

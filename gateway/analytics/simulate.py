@@ -5,8 +5,8 @@ into a ``PointStore`` the analytics listens to, exactly as the engine would put 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..sim.model import BankModel

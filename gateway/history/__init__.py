@@ -14,9 +14,10 @@ asked for: ``"raw"``, ``"15m"``, ``"1h"``, ``"1d"`` or a number of seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
@@ -106,19 +107,19 @@ def tier_problems(cfg: dict) -> list[str]:
     return out
 
 
-def _check(config: "Config", cfg: dict) -> None:
+def _check(config: Config, cfg: dict) -> None:
     problems = tier_problems(cfg)
     if problems:
         where, _, message = problems[0].partition(": ")
         raise ConfigError(str(config.path), where, message)
 
 
-def db_path(config: "Config") -> Path:
+def db_path(config: Config) -> Path:
     p = Path(config.section("history").get("path", "history.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
 
 
-def open_history(config: "Config", readonly: bool = False) -> HistoryDB:
+def open_history(config: Config, readonly: bool = False) -> HistoryDB:
     """The history database the config describes (created unless ``readonly``)."""
     cfg = config.section("history")
     _check(config, cfg)
@@ -134,7 +135,7 @@ def _cap_bytes(cfg: dict) -> int | None:
     return int(mb * 1024 * 1024) if mb > 0 else None
 
 
-def history_for(gateway: "Gateway") -> HistoryDB | None:
+def history_for(gateway: Gateway) -> HistoryDB | None:
     """The history of a gateway: the running writer's database, or the file on disk read-only, or None."""
     svc = gateway.service("history")
     if isinstance(svc, HistoryService):
@@ -150,7 +151,7 @@ class HistoryService(Service):
     name = "history"
     sections = ("history",)
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.cfg = gateway.config.section("history")
         self.db: HistoryDB | None = None
@@ -171,7 +172,7 @@ class HistoryService(Service):
         self.writer.start()
         gw.store.subscribe(self.writer.submit)
         if recorder is not None:
-            log.info("history: recording to %s", self.db.path)
+            log.info("history: recording to %s", recorder.db.path)
 
     def _open_recorder(self) -> Recorder:
         """Open the database (in the thread that will write it) and the recorder that feeds it."""
@@ -186,10 +187,8 @@ class HistoryService(Service):
     def _in_loop(self, fn, *args) -> None:
         loop = self.gateway.loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (stopping)
                 loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop closed meanwhile (stopping)
-                pass
 
     def _flushed(self, recorder: Recorder) -> None:
         """The writer's acknowledgement: ``recorder.last_commit`` is on disk (called in the writer thread)."""
@@ -204,13 +203,13 @@ class HistoryService(Service):
         """Writing failed or works again: ``gateway.history_fault`` carries it to the alarms and every face."""
         self._in_loop(self.gateway.store.put, PointRef("gateway.history_fault"), float(fault))
 
-    async def reload(self, config: "Config", changed: frozenset[str]) -> ReloadResult:
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
         """Live: what is recorded (include/exclude), how often it commits, the size cap.  The rest (the file,
         the tiers, raw intervals and retention, the queue) waits for a restart."""
         cfg = config.section("history")
         result = ReloadResult(restart=[f"history.{k}" for k in sorted(set(cfg) | set(self.cfg))
                                        if k not in LIVE_KEYS and cfg.get(k) != self.cfg.get(k)])
-        kept = {k: (cfg if k in LIVE_KEYS else self.cfg).get(k) for k in set(cfg) | set(self.cfg)}
+        kept: dict[str, Any] = {k: (cfg if k in LIVE_KEYS else self.cfg).get(k) for k in set(cfg) | set(self.cfg)}
         self.cfg = kept
         if self.db is not None:
             self.db.set_max_bytes(_cap_bytes(kept))
@@ -251,7 +250,7 @@ class HistoryService(Service):
         return out
 
 
-def service_for(gateway: "Gateway") -> HistoryService | None:
+def service_for(gateway: Gateway) -> HistoryService | None:
     svc = gateway.service("history")
     return svc if isinstance(svc, HistoryService) else None
 
@@ -263,18 +262,18 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_check_config(gateway_config: "Config") -> list[str]:
+def bmsgw_check_config(gateway_config: Config) -> list[str]:
     cfg = gateway_config.section("history")
     return tier_problems(cfg) if cfg["enabled"] else []
 
 
 @hookimpl
-def bmsgw_services(gateway: "Gateway") -> list[Service]:
+def bmsgw_services(gateway: Gateway) -> list[Service]:
     return [HistoryService(gateway)] if gateway.config.section("history")["enabled"] else []
 
 
 @hookimpl
-def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
+def bmsgw_history_query(gateway: Gateway, ref, start: float, end: float,
                         max_points: int) -> list[tuple[float, float | None]] | None:
     """Stored means of one point for the web page and REST (thread-safe: a connection per thread).
 
@@ -296,4 +295,4 @@ def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
     finally:
         if opened_here:  # a page polling trends must not pile up open handles
             db.close()
-    return list(zip(series.t, series.mean))
+    return list(zip(series.t, series.mean, strict=True))

@@ -18,8 +18,9 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable
+from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
@@ -30,8 +31,18 @@ from ..config import address_allowed, parse_listen, parse_networks
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..modbus.codecs import northbound_words, raw_from_words
-from ..pointmap import (BANK_BASE, CELL_BASE, CELL_SLOT_SIZE, CHANNEL_SLOT_SIZE, GATEWAY_BASE, STRING_BASE,
-                        STRING_SIZE, MappedPoint, PointMap)
+from ..pointmap import (
+    BANK_BASE,
+    CELL_BASE,
+    CELL_SLOT_SIZE,
+    CHANNEL_SLOT_SIZE,
+    GATEWAY_BASE,
+    STRING_BASE,
+    STRING_SIZE,
+    MappedPoint,
+    PointMap,
+    require_position,
+)
 from ..points import PointRef, PointStore, Quality
 from ..service import ReloadResult, Service, StartError
 from ..topology import MAX_CELLS
@@ -122,10 +133,10 @@ def served_ranges(pointmap: PointMap) -> list[tuple[int, int]]:
         spec, ref = e.spec, e.ref
         if spec.scope == "cell":
             size = MAX_CELLS * spec.width
-            start = CELL_BASE + spec.slot * CELL_SLOT_SIZE + (ref.string - 1) * size
+            start = CELL_BASE + spec.slot * CELL_SLOT_SIZE + (require_position(ref.string, ref, "string") - 1) * size
         elif spec.scope == "string":
             size = STRING_SIZE
-            start = STRING_BASE + (ref.string - 1) * STRING_SIZE
+            start = STRING_BASE + (require_position(ref.string, ref, "string") - 1) * STRING_SIZE
         else:
             size = CHANNEL_SLOT_SIZE
             start = (BANK_BASE if spec.scope == "bank" else GATEWAY_BASE) + spec.slot * CHANNEL_SLOT_SIZE
@@ -427,7 +438,7 @@ class ModbusTcpService(Service):
             if self.ignore_unknown_unit:
                 return None
             return self._exception(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE)
-        if function == READ_INPUT or function == READ_HOLDING:
+        if function in (READ_INPUT, READ_HOLDING):
             if len(pdu) != 5:
                 return self._exception(tid, unit, function, ExcCodes.ILLEGAL_VALUE)
             address, count = _READ_REQ.unpack_from(pdu, 1)
@@ -441,7 +452,7 @@ class ModbusTcpService(Service):
                 image.refresh()
             n = 2 * count
             return _READ_RESP.pack(tid, 0, n + 3, unit, function, n) + image.words[2 * address:2 * address + n]
-        if function == WRITE_SINGLE or function == WRITE_MULTIPLE:
+        if function in (WRITE_SINGLE, WRITE_MULTIPLE):
             return self._write(tid, unit, function, pdu, client)
         if function == MEI:
             return self._device_identification(tid, unit, pdu)
@@ -548,8 +559,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, service: ModbusTcpService) -> None:
         self.service = service
-        self.transport: asyncio.Transport | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport: asyncio.Transport  # set by connection_made, which asyncio calls before any other callback
+        self.loop = asyncio.get_running_loop()  # the server makes its protocols in the loop
         self.client = "?"
         self.buf = bytearray()
         self.pending: asyncio.Task | None = None
@@ -571,7 +582,6 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         log.debug("modbus tcp: connection from %s", self.client)
-        self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._arm()
 
@@ -688,7 +698,8 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
 
     def _process(self) -> None:
-        buf, pos, out, size = self.buf, 0, [], 0
+        out: list[bytes | bytearray] = []
+        buf, pos, size = self.buf, 0, 0
         handle = self.service.handle
         while len(buf) - pos >= 7:
             if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when

@@ -15,7 +15,7 @@ from .. import fsutil
 from ..config import parse_listen, parse_networks
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import hookimpl
-from ..service import ReloadResult, Service, StartError
+from ..service import ReloadResult, Service
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ SCHEMA = {
         "system": {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
-                "name": {"type": "string", "maxLength": 255, "default": "", "description": "sysName; default: site.name"},
+                "name": {"type": "string", "maxLength": 255, "default": "",
+                         "description": "sysName; default: site.name"},
                 "contact": {"type": "string", "maxLength": 255, "default": ""},
                 "location": {"type": "string", "maxLength": 255, "default": ""},
                 "description": {"type": "string", "maxLength": 255, "default": ""},
@@ -135,8 +136,8 @@ def section_problems(cfg: dict, source: str) -> list[str]:
         if target["version"] == "v2c" and not target.get("community"):
             out.append(f"{where}.community: a v2c target needs a community")
         if target["version"] == "v3" and target.get("user") not in users:
-            out.append(f"{where}.user: a v3 target needs a user from snmp.v3_users (known: "
-                       f"{', '.join(sorted(users)) or 'none'})")
+            known = ", ".join(sorted(users)) or "none"
+            out.append(f"{where}.user: a v3 target needs a user from snmp.v3_users (known: {known})")
     try:
         parse_listen(cfg["listen"])
     except ValueError as exc:
@@ -245,6 +246,11 @@ def _deliver(agent, event) -> None:
 
 # -- CLI ---------------------------------------------------------------------------------------------------
 def cmd_mib(args) -> int:
+    if args.modules_dir:
+        from .._data import data_dir
+
+        print(data_dir("mibs"))
+        return 0
     from ..cliargs import config_path, offline_gateway
     from .snmp.agent import parse_oid
     from .snmp.mib import mib_text
@@ -298,6 +304,9 @@ def bmsgw_cli_commands(subparsers):
     add_config_option(s)
     s.add_argument("--base-oid", default=None, help="MIB root, e.g. 1.3.6.1.4.1.<PEN> (default: snmp.base_oid)")
     s.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
+    s.add_argument("--modules-dir", action="store_true",
+                   help="print the folder of the MIB modules bmsgw ships (BMSGW-MIB and the IETF modules it "
+                        "imports), for net-snmp's -M, and exit")
     s.set_defaults(func=cmd_mib)
 
     s = subparsers.add_parser("snmp-key", help="derive SNMPv3 master keys from passphrases (to store instead)",

@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import ClassVar
 
 YEAR = 365.25 * 86400.0
 PEUKERT = 1.25
@@ -25,7 +28,7 @@ TEMP_COMP_V_PER_C = -0.003  # per 2 V cell
 
 def ocv_per_cell(soc: float) -> float:
     soc = min(max(soc, 0.0), 1.0)
-    for (s0, v0), (s1, v1) in zip(_OCV_SOC, _OCV_SOC[1:]):
+    for (s0, v0), (s1, v1) in pairwise(_OCV_SOC):
         if soc <= s1:
             return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
     return _OCV_SOC[-1][1]
@@ -78,6 +81,13 @@ class StringState:
     discharge_current: float = 25.0
     batteries: list[Battery] = field(default_factory=list)
     weakest: float = 1.0  # lowest capacity factor of its batteries (a string is as strong as its weakest)
+
+
+def _position(value: int | None, point: str, key: str) -> int:
+    """The string or cell number a family's value needs (a caller that leaves it out has a bug)."""
+    if value is None:
+        raise ValueError(f"{point}: a {key} number is needed")
+    return value
 
 
 class BankModel:
@@ -276,28 +286,10 @@ class BankModel:
     def value(self, point: str, string: int | None = None, cell: int | None = None,
               channel: int | None = None) -> float:
         """What a perfect sensor would read for a point (measurement noise is added by ``measure``)."""
-        if point == "cell.voltage":
-            return self.cell_voltage(string, cell)
-        if point == "cell.temperature":
-            return self.cell_temperature(string, cell)
-        if point == "cell.ohmic":
-            return self.true_ohmic(string, cell)
-        if point == "cell.emf":
-            return self.cell_emf(string, cell)
-        if point == "cell.micro_discharge_voltage":
-            return self.micro_discharge_voltage(string, cell)
-        if point == "cell.balancing":
-            st = self.strings[string]
-            avg = self._average_voltage(string)
-            return 1.0 if self.cell_voltage(string, cell) > avg + 0.05 * st.cells_per_unit / 6 else 0.0
-        if point == "cell.sensor_status":
-            return self.value("cell.balancing", string, cell)
-        if point == "string.voltage":
-            return self.string_voltage(string)
-        if point == "string.current":
-            return self.strings[string].current
-        if point == "string.sensor_soc":
-            return self.strings[string].soc * 100.0
+        if point.startswith("cell."):
+            return self._cell_value(point, _position(string, point, "string"), _position(cell, point, "cell"))
+        if point.startswith("string."):
+            return self._string_value(point, _position(string, point, "string"))
         if point == "bank.voltage":
             return self.string_voltage(min(self.strings))
         if point == "bank.charger_current":
@@ -310,6 +302,32 @@ class BankModel:
             return float((self.di_state >> ((channel or 1) - 1)) & 1)
         if point == "io.do":
             return float(self.do_state & 1)
+        raise KeyError(point)
+
+    def _cell_value(self, point: str, string: int, cell: int) -> float:
+        if point == "cell.voltage":
+            return self.cell_voltage(string, cell)
+        if point == "cell.temperature":
+            return self.cell_temperature(string, cell)
+        if point == "cell.ohmic":
+            return self.true_ohmic(string, cell)
+        if point == "cell.emf":
+            return self.cell_emf(string, cell)
+        if point == "cell.micro_discharge_voltage":
+            return self.micro_discharge_voltage(string, cell)
+        if point in ("cell.balancing", "cell.sensor_status"):
+            st = self.strings[string]
+            avg = self._average_voltage(string)
+            return 1.0 if self.cell_voltage(string, cell) > avg + 0.05 * st.cells_per_unit / 6 else 0.0
+        raise KeyError(point)
+
+    def _string_value(self, point: str, string: int) -> float:
+        if point == "string.voltage":
+            return self.string_voltage(string)
+        if point == "string.current":
+            return self.strings[string].current
+        if point == "string.sensor_soc":
+            return self.strings[string].soc * 100.0
         raise KeyError(point)
 
     KNOWN_POINTS = frozenset({
@@ -333,8 +351,9 @@ class BankModel:
                 self.overrides.pop((point, string, cell, channel), None)
 
     # relative standard deviation of one reading (of one test for ohmic values)
-    _NOISE = {"cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
-              "string.voltage": 0.0005, "cell.emf": 0.0005}
+    _NOISE: ClassVar[Mapping[str, float]] = {
+        "cell.voltage": 0.0005, "cell.temperature": 0.05, "cell.ohmic": 0.005, "string.current": 0.002,
+        "string.voltage": 0.0005, "cell.emf": 0.0005}
 
     def measure(self, point: str, string=None, cell=None, channel=None) -> float:
         """A sensor's reading: the physics plus measurement noise (ohmic values: the last test's result)."""

@@ -7,6 +7,7 @@ can be injected per bus or per device at any time.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -15,13 +16,23 @@ import struct
 import threading
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..modbus import codecs
+from ..modbus.rtu import (
+    DEVICE_FAILURE,
+    ILLEGAL_ADDRESS,
+    ILLEGAL_FUNCTION,
+    ILLEGAL_VALUE,
+    READ_HOLDING,
+    READ_INPUT,
+    WRITE_MULTIPLE,
+    WRITE_SINGLE,
+    crc_ok,
+    with_crc,
+)
 from ..modbus.timer import set_timer_slack
-from ..modbus.rtu import (DEVICE_FAILURE, ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT,
-                          WRITE_MULTIPLE, WRITE_SINGLE, crc_ok, with_crc)
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
@@ -48,7 +59,7 @@ class SimDevice:
 class SimBus:
     """One simulated RS485 bus: a pseudo-terminal and the devices on it.  Served by the simulator's thread."""
 
-    def __init__(self, sim: "Simulator", bus: BusConfig, devices: list[SimDevice]) -> None:
+    def __init__(self, sim: Simulator, bus: BusConfig, devices: list[SimDevice]) -> None:
         self.sim = sim
         self.bus = bus
         self.devices = {d.address: d for d in devices}
@@ -124,17 +135,13 @@ class SimBus:
         self.sim.schedule(due, self, reply)
 
     def write(self, frame: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self.master, frame)
-        except OSError:
-            pass
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def _request_length(buf: bytearray) -> int | None:
@@ -207,7 +214,7 @@ class Simulator:
         return sd
 
     # -- life cycle ------------------------------------------------------------------------------------------
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._serve, name="simulator", daemon=True)
@@ -248,7 +255,7 @@ class Simulator:
             for fd in ready:
                 live[fd].on_readable()
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -361,9 +368,11 @@ class Simulator:
 
     def _identity_word(self, dev: SimDevice, w: int) -> int:
         ident = dev.profile.identity
+        if ident is None:  # identity entries exist only for a profile with an identity block
+            return 0
         if w == ident.model_offset:
             return ident.model_code
-        if ident.vendor_offset is not None and w == ident.vendor_offset:
+        if ident.vendor_offset is not None and ident.vendor_code is not None and w == ident.vendor_offset:
             return ident.vendor_code
         if ident.firmware_offset is not None and w == ident.firmware_offset:
             return 0x0103
@@ -380,7 +389,10 @@ class Simulator:
                 if entry[0] == "identity" or not entry[0].writable:
                     return False
                 reg, ref = entry[0], entry[1]
-                self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
+                value = codecs.decode([raw], reg)
+                if value is None:  # the register's not-available code is no value to act on
+                    return False
+                self.model.write(ref.point, value, ref.channel)
         return True
 
 
@@ -398,10 +410,10 @@ def _exception(unit: int, function: int, code: int) -> bytes:
 
 def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
     sim = config.section("simulator")
-    kwargs = dict(seed=sim.get("seed", 1), wire_time=sim.get("wire_time", True),
-                  time_scale=sim.get("time_scale", 1.0), weak_cells=sim.get("weak_cells", 3),
-                  discharge_every_s=sim.get("discharge_every_s", 0.0),
-                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0),
-                  ohmic_test_interval_s=sim.get("ohmic_test_interval_s", 86400.0))
+    kwargs = {"seed": sim.get("seed", 1), "wire_time": sim.get("wire_time", True),
+              "time_scale": sim.get("time_scale", 1.0), "weak_cells": sim.get("weak_cells", 3),
+              "discharge_every_s": sim.get("discharge_every_s", 0.0),
+              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
+              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0)}
     kwargs.update(overrides)
     return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

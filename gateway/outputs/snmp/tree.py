@@ -9,8 +9,11 @@ feed says that point was written, so a walk encodes each value once per poll cyc
 """
 from __future__ import annotations
 
+import enum
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from . import ber
 
@@ -20,7 +23,15 @@ if TYPE_CHECKING:
 Value = tuple[int, object]
 ValueFn = Callable[[], Value | None]
 
-_UNSET = object()
+
+
+class _Unset(enum.Enum):
+    """An entry's varbind not encoded yet (None is taken: the instance is absent)."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 class Entry:
@@ -30,7 +41,7 @@ class Entry:
         self.oid = oid
         self._oid_tlv: bytes | None = None
         self.fn = fn
-        self.enc = _UNSET
+        self.enc: bytes | None | _Unset = _UNSET
         self.volatile = volatile
 
     @property
@@ -80,7 +91,10 @@ class Section:
             self.deps.append((dep, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        self.add(obj, index, lambda v=value: v)
+        def fixed() -> Value | None:
+            return value
+
+        self.add(obj, index, fixed)
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
@@ -105,7 +119,7 @@ class OidIndex:
             for dep, entry in sec.deps:
                 self.deps.setdefault(dep, []).append(entry)
         static.sort(key=lambda e: e.oid)
-        for a, b in zip(static, static[1:]):
+        for a, b in pairwise(static):
             if a.oid == b.oid:
                 raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
         self._static = static

@@ -13,9 +13,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from cheroot import errors as cheroot_errors
-from cheroot import server as cheroot_server
-from cheroot import wsgi
+from cheroot import errors as cheroot_errors, server as cheroot_server, wsgi
 
 from gateway import fsutil
 from gateway.secretfiles import exposure
@@ -84,6 +82,7 @@ class WebService(Service):
         self.gateway = gateway
         self.ctx = ctx or WebContext(gateway)
         self.settings: WebSettings = self.ctx.settings
+        self.section = gateway.config.section("web")  # as applied: a reload compares the new one with it
         self.app = create_app(self.ctx)
         self._server: wsgi.Server | None = None
         self._thread: threading.Thread | None = None
@@ -106,10 +105,10 @@ class WebService(Service):
         # what a save killed mid-write (a power cut) left beside the config file
         path = Path(self.gateway.config.path)
         fsutil.remove_stale_temporaries(path.parent, path.name)
-        self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
         guard = Guard(s.limits)
         server = _Server((s.host, s.port), prefetch_body(self.app, guard), numthreads=s.threads, server_name="bmsgw",
-                         shutdown_timeout=2, timeout=s.limits.idle_timeout_s)
+                         shutdown_timeout=2,
+                         timeout=s.limits.idle_timeout_s)  # type: ignore[arg-type]  # socket timeout: a float works
         server.guard = guard
         server.max_request_body_size = s.max_body
         server.max_request_header_size = 64 * 1024
@@ -129,9 +128,11 @@ class WebService(Service):
             raise StartError(f"web.listen: cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
         self._server = server
         self.guard = guard
+        # the trend buffer listens to the store only while the face runs: stop() unsubscribes it
+        self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
         guard.start()
         self.port = server.bind_addr[1]
-        self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(server,), name="web", daemon=True)
         self._thread.start()
         log.info("web page and REST API at %s", self.endpoints()[0])
         if not self.ctx.users.has_users():
@@ -139,9 +140,9 @@ class WebService(Service):
                         f", or open {self.url}setup in a browser on this controller"
                         if s.setup_from_localhost else "")
 
-    def _serve(self) -> None:
+    def _serve(self, server: wsgi.Server) -> None:
         try:
-            self._server.serve()
+            server.serve()
         except Exception:
             log.exception("web server stopped")
 
@@ -159,9 +160,9 @@ class WebService(Service):
     async def reload(self, config, changed: frozenset[str]) -> ReloadResult:
         """Users, sessions, login limits, the trend buffer's public settings: at once.  The socket's settings
         (listen, TLS, threads) wait for a restart."""
-        old = self.gateway.config.section("web")
-        new = config.section("web")
+        old, new = self.section, config.section("web")
         self.ctx.reload(config)
+        self.section = new
         return ReloadResult(restart=[f"web.{k}" for k in SOCKET_KEYS if old.get(k) != new.get(k)])
 
     def status(self) -> dict:
