@@ -421,7 +421,8 @@ class Gateway:
         report.restart_required = sorted(result.restart)
         report.failed = dict(result.failed)
         report.notes = result.notes
-        report.applied = [k for k in changed if k not in result.restart and k not in result.failed]
+        waiting = {k.split(".")[0].split("[")[0] for k in [*result.restart, *result.failed]}
+        report.applied = [k for k in changed if k not in waiting]  # wholly: nothing of it waits or failed
         log.info("configuration reloaded; changed: %s; applied: %s%s%s", ", ".join(changed) or "nothing",
                  ", ".join(report.applied) or "nothing",
                  f"; at the next restart: {', '.join(report.restart_required)}" if report.restart_required else "",

@@ -184,44 +184,56 @@ _SET_ERRORS = ((WriteDenied, "noAccess"), (NotWritable, "notWritable"), (WriteRe
 class SetResponder(cmdrsp.SetCommandResponder):
     """SET for SNMPv3 users with write access: each variable written through ``Gateway.write``.
 
-    VACM decides who may write at all (a user's write view exists only with ``snmp.writes.enabled`` and a
-    ``role`` above viewer); ``Gateway.write`` checks the role against the command and logs who did it.  A
-    write may reach a device over RS485, so the answer is sent when the writes are done, from a task; the
-    variables are written in order and the first refusal ends the request (commands cannot be undone, so a
-    SET of several is not atomic)."""
+    Who may write is decided here, not by VACM: pysnmp 7.1.30's VACM *returns* (instead of raising) its
+    notInView verdict for a view with no entries, so an empty write view lets every write through its check.
+    A SET is refused (noAccess) unless it comes over SNMPv3 (USM), ``snmp.writes.enabled`` is on and the
+    user's role is above viewer; ``Gateway.write`` then checks that role against the command and logs who did
+    it.  A write may reach a device over RS485, so the answer is sent from a task once the writes are done;
+    the variables are written in order and the first refusal ends the request (commands cannot be undone, so
+    a SET of several is not atomic)."""
 
     agent: SnmpAgent
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._answering: set[int] = set()  # requests whose answer a task sends: their state must stay
 
     def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
         varbinds = v2c.apiPDU.get_varbinds(PDU)
         request = snmpEngine.observer.get_execution_context("rfc3412.receiveMessage:request")
         user = str(request["securityName"])
-        context = {"snmpEngine": snmpEngine, "acFun": self.verify_access, "cbCtx": self.cbCtx}
+        role = self.agent.write_role(int(request["securityModel"]), user)
         plan = []
         for idx, (name, value) in enumerate(varbinds):
-            context["idx"] = idx
-            if self.verify_access("write", (name, value), **context):  # not in the user's write view
+            if role is None:
                 raise smi_error.NoAccessError(name=name, idx=idx)
             plan.append((idx, tuple(name), value))
-        task = asyncio.ensure_future(self._write(snmpEngine, stateReference, user, varbinds, plan))
+        self._answering.add(stateReference)
+        task = asyncio.ensure_future(self._write(snmpEngine, stateReference, Principal(user, role, "snmp"),
+                                                 varbinds, plan))
         self.agent.pending_sets.add(task)
         task.add_done_callback(self.agent.pending_sets.discard)
 
-    async def _write(self, engine, state_reference, user: str, varbinds, plan) -> None:
+    def release_state_information(self, stateReference):
+        if stateReference not in self._answering:  # process_pdu releases it at once; the task does later
+            super().release_state_information(stateReference)
+
+    async def _write(self, engine, state_reference, by: Principal, varbinds, plan) -> None:
         status: int | str = 0  # 0, or an RFC 3416 error-status name
         index = 0
         try:
             for idx, oid, value in plan:
                 try:
-                    await self.agent.write_oid(oid, value, user)
+                    await self.agent.write_oid(oid, value, by)
                 except WriteError as exc:
                     status = next(code for cls, code in _SET_ERRORS if isinstance(exc, cls))
                     index = idx + 1
-                    log.info("SNMP SET by %s of %s refused: %s", user, ".".join(map(str, oid)), exc)
+                    log.info("SNMP SET by %s of %s refused: %s", by.name, ".".join(map(str, oid)), exc)
                     break
             self.send_varbinds(engine, state_reference, status, index, varbinds)
         finally:
-            self.release_state_information(state_reference)
+            self._answering.discard(state_reference)
+            super().release_state_information(state_reference)
 
 
 class SnmpAgent:
@@ -361,9 +373,8 @@ class SnmpAgent:
             snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], _usm_key(user["auth_key"], master),
                                     PRIV[user["priv"]], _usm_key(user["priv_key"], master),
                                     authKeyType=key_type, privKeyType=key_type)
-            writes = self.cfg["writes"]["enabled"] and user["role"] != "viewer"
             snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
-                                      writeSubTree=self.base + (1,) if writes else (),
+                                      writeSubTree=self.base + (1,) if self.write_role(3, name) else (),
                                       notifySubTree=READ_VIEW if name in notify_users else ())
 
     def _configure_notifications(self, engine) -> None:
@@ -409,9 +420,16 @@ class SnmpAgent:
         return out
 
     # -- writes (SET) -----------------------------------------------------------------------------------
-    async def write_oid(self, oid: tuple[int, ...], value, user: str) -> None:
-        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write as
-        the SNMPv3 user with its configured role."""
+    def write_role(self, security_model: int, user: str) -> str | None:
+        """The role a SET acts with, or None when it may not write at all: SNMPv3 users only, with
+        ``snmp.writes.enabled`` on and a role above viewer."""
+        if security_model != 3 or not self.cfg["writes"]["enabled"] or user not in self.users:
+            return None
+        role = self.users[user]["role"]
+        return role if role != "viewer" else None
+
+    async def write_oid(self, oid: tuple[int, ...], value, by: Principal) -> None:
+        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write."""
         entry = self.writable.get(oid)
         if entry is None:
             raise NotWritable(f"{'.'.join(map(str, oid))} is not a writable object")
@@ -419,8 +437,7 @@ class SnmpAgent:
             number = int(value)
         except (TypeError, ValueError):
             raise WriteRejected(f"{entry.ref.point} takes a number") from None
-        role = self.users[user]["role"] if user in self.users else "viewer"
-        await self.gateway.write(entry.ref, number * entry.spec.scale, Principal(user, role, "snmp"))
+        await self.gateway.write(entry.ref, number * entry.spec.scale, by)
 
     # -- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -172,7 +172,7 @@ def string_page(sid: int):
     c = ctx()
     if not c.view.has_string(sid):
         return _page("error.html", 404, status=404, title="Not found", message=f"There is no string {sid}.")
-    return _page("string.html", s=c.view.string(sid), commands=c.view.commands(sid))
+    return _page("string.html", s=c.view.string(sid), commands={cmd["point"]: cmd for cmd in c.view.commands(sid)})
 
 
 @pages.route("/write/<path:path>", methods=["POST"])
