@@ -309,7 +309,8 @@ def test_commands_are_listed_and_written_through_the_one_write_path(tmp_path):
         page = ops.get("/strings/1").text
         assert 'data-command="string.reset_ohmic_baseline"' in page
         assert 'data-command="string.reset_ohmic_baseline"' not in w.user("vic", "viewer").get("/strings/1").text
-        r = ops.form("/strings/1", "/write/strings/1/commands/reset_ohmic_baseline", {"value": "3", "next": "/strings/1"})
+        r = ops.form("/strings/1", "/write/strings/1/commands/reset_ohmic_baseline",
+                     {"value": "3", "next": "/strings/1"})
         assert r.status_code == 302 and r.headers["Location"].endswith("/strings/1")
         assert "String 1 battery 3: baseline cleared" in ops.get("/strings/1").text
         r = ops.form("/io", f"/write/{relay['path']}", {"value": "1", "next": "/io"})
