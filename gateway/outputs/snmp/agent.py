@@ -203,11 +203,9 @@ class SetResponder(cmdrsp.SetCommandResponder):
         request = snmpEngine.observer.get_execution_context("rfc3412.receiveMessage:request")
         user = str(request["securityName"])
         role = self.agent.write_role(int(request["securityModel"]), user)
-        plan = []
-        for idx, (name, value) in enumerate(varbinds):
-            if role is None:
-                raise smi_error.NoAccessError(name=name, idx=idx)
-            plan.append((idx, tuple(name), value))
+        if role is None:
+            raise smi_error.NoAccessError(name=varbinds[0][0] if varbinds else None, idx=0)
+        plan = [(idx, tuple(name), value) for idx, (name, value) in enumerate(varbinds)]
         self._answering.add(stateReference)
         task = asyncio.ensure_future(self._write(snmpEngine, stateReference, Principal(user, role, "snmp"),
                                                  varbinds, plan))
