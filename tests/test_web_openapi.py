@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import re
+
 import pytest
 import requests
 import schemathesis
@@ -60,6 +62,6 @@ def test_document_lists_every_served_operation(web, auth):
     documented = {(m.upper(), "/api/v1" + path) for path, item in doc["paths"].items() for m in item}
     served = {(m, str(rule)) for rule in web.service.app.url_map.iter_rules() if rule.endpoint.startswith("api.")
               for m in rule.methods - {"HEAD", "OPTIONS"}}
-    served = {(m, path.replace("<int:", "{").replace("<", "{").replace(">", "}")) for m, path in served}
+    served = {(m, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", path)) for m, path in served}
     assert served == documented
     assert doc["openapi"] == "3.1.0" and doc["paths"]["/openapi.json"]["get"]["security"] == []
