@@ -17,7 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.app import Gateway
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.exposition import BankCollector, exposition_for, render_metrics
 from gateway.points import PointRef, Quality, Reading
 from tests.support import GatewayThread, free_port, small_bank, write_config
@@ -192,7 +192,8 @@ def test_alarm_events_show_in_bms_alarm_active(live):
     assert 'bms_alarm_events_total{severity="critical"} 2.0' in text
 
 
-def test_port_in_use_is_reported_and_polling_goes_on(tmp_path):
+def test_port_in_use_refuses_start_up_with_the_address_and_the_reason(tmp_path):
+    """The same policy as every face: an exporter that cannot listen is not left half-running."""
     import socket
 
     with socket.socket() as busy:
@@ -201,10 +202,13 @@ def test_port_in_use_is_reported_and_polling_goes_on(tmp_path):
         port = busy.getsockname()[1]
         path = write_config(tmp_path, base=small_bank(strings=1, cells=4),
                             overrides={"prometheus": {"listen": f"127.0.0.1:{port}"}})
-        with GatewayThread(path) as gt:
-            st = gt.gateway.status()["prometheus"]
-            assert "cannot listen on 127.0.0.1:%d" % port in st["error"] and st["listening"] == []
-            assert gt.count_good("cell.voltage") == 4
+        gt = GatewayThread(path)
+        try:
+            with pytest.raises(GatewayError, match=rf"prometheus\.listen: cannot listen on 127\.0\.0\.1:{port}: "
+                                                   r"Address already in use"):
+                gt.start()
+        finally:
+            gt.stop()
 
 
 def test_bad_listen_address_names_the_key(tmp_path):

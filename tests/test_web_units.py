@@ -191,7 +191,7 @@ def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
         s.bind((host, port))
         s.listen()
         svc = WebService(offline_gateway)
-        with pytest.raises(GatewayError, match=f"web.listen: 127.0.0.1:{port}: cannot listen"):
+        with pytest.raises(GatewayError, match=rf"web\.listen: cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
             asyncio.run(svc.start())
 
 

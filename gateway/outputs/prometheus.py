@@ -1,26 +1,22 @@
 """Prometheus exporter: ``/metrics`` on a port of its own (config section ``prometheus``).
 
 The text itself comes from ``gateway.exposition`` (shared with the web face, which mounts the same
-``/metrics``); this face only serves it over HTTP from a small threaded WSGI server (the standard library's,
-as prometheus-client's own exporter does) and keeps the active-alarm table fed from the
-``bmsgw_alarm_event`` hook for ``bms_alarm_active``.
+``/metrics``); this face serves it over HTTP on the gateway's bounded server (``gateway.net``: the same
+connection limits and deadlines as every network face, ``prometheus.limits``) and keeps the active-alarm
+table fed from the ``bmsgw_alarm_event`` hook for ``bms_alarm_active``.
 """
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
-import socket
-import threading
 import weakref
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..config import parse_listen
 from ..errors import ConfigError
 from ..exposition import exposition_for, make_wsgi_app
 from ..hookspecs import hookimpl
+from ..net.http import HttpServer
+from ..net.limits import Limits, allow_from, limits_from_section, with_network_keys
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -28,9 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+# a scrape is a GET without a body; Prometheus keeps its connection between scrapes (15-60 s apart)
+DEFAULT_LIMITS = Limits(max_connections=16, max_connections_per_address=4, idle_timeout_s=120,
+                        request_timeout_s=10, send_timeout_s=30, max_request_bytes=4096)
+THREADS = 2  # scrapes rendered at once; a third waits for one of them (each renders the same cached text)
 
 SCHEMA = {
-    "prometheus": {
+    "prometheus": with_network_keys({
         "type": "object", "additionalProperties": False, "default": {},
         "properties": {
             "enabled": {"type": "boolean", "default": True,
@@ -38,8 +38,9 @@ SCHEMA = {
             "listen": {"type": "string", "pattern": LISTEN_PATTERN, "default": "127.0.0.1:9108",
                        "description": "host:port ([v6addr]:port); 0.0.0.0 to let a Prometheus elsewhere scrape"},
         },
-    },
+    }, DEFAULT_LIMITS),
 }
+ERROR_HEADERS = [("X-Content-Type-Options", "nosniff")]
 
 
 def listen_address(value: str, where: str = "prometheus.listen", file: str = "config") -> tuple[str, int]:
@@ -50,75 +51,44 @@ def listen_address(value: str, where: str = "prometheus.listen", file: str = "co
         raise ConfigError(file, where, str(exc)) from None
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):  # a client hanging up is not worth a traceback
-        log.debug("prometheus: connection from %s failed", client_address, exc_info=True)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("prometheus: %s " + format, self.address_string(), *args)
-
-
-def _server_class(host: str) -> type[WSGIServer]:
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:  # a name: resolve it
-        family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
-    return type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
-
-
 class PrometheusService:
-    """``/metrics`` on ``prometheus.listen``.  A port already in use is logged and reported in the status;
-    polling and the other faces keep running."""
+    """``/metrics`` on ``prometheus.listen``.  An address that cannot be bound refuses start-up, like every face."""
 
     name = "prometheus"
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
+        src = str(gateway.config.path)
         self.gateway = gateway
-        self.host, self.port = listen_address(cfg["listen"], file=str(gateway.config.path))
-        self.error = ""
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.host, self.port = listen_address(cfg["listen"], file=src)
+        self.limits = limits_from_section(cfg, DEFAULT_LIMITS, "prometheus", src)
+        self.allow_from = allow_from(cfg, "prometheus", src)
+        self.http: HttpServer | None = None
 
     async def start(self) -> None:
         exposition_for(self.gateway)  # build the family model now, not on the first scrape
-        app = make_wsgi_app(self.gateway)
-        try:
-            self._server = make_server(self.host, self.port, app, server_class=_server_class(self.host),
-                                       handler_class=_QuietHandler)
-        except OSError as exc:
-            self.error = f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            log.error("prometheus: %s; /metrics is not served on its own port", self.error)
-            return
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="prometheus-http", daemon=True)
-        self._thread.start()
+        http = HttpServer("prometheus", make_wsgi_app(self.gateway), host=self.host, port=self.port,
+                          limits=self.limits, allow_from=self.allow_from, threads=THREADS,
+                          error_headers=ERROR_HEADERS, src=str(self.gateway.config.path))
+        await http.start()  # a BindError names prometheus.listen, the address and the reason
+        self.http = http
+        self.port = http.port
         log.info("prometheus: /metrics on %s", self.endpoints()[0])
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        await asyncio.to_thread(server.shutdown)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        http, self.http = self.http, None
+        if http is not None:
+            await http.stop()
 
     def endpoints(self) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return [f"http://{host}:{self.port}/metrics"] if self._server is not None else []
+        return [f"http://{host}:{self.port}/metrics"] if self.http is not None else []
 
     def status(self) -> dict:
         exp = exposition_for(self.gateway)
-        out = {"listening": self.endpoints(), "renders": exp.renders,
-               "last_render_ms": round(exp.last_render_s * 1000, 2)}
-        if self.error:
-            out["error"] = self.error
+        out: dict[str, Any] = {"listening": self.endpoints(), "renders": exp.renders,
+                               "last_render_ms": round(exp.last_render_s * 1000, 2)}
+        if self.http is not None:
+            out.update(self.http.status())
         return out
 
 

@@ -63,7 +63,7 @@ def bmsgw_status(gateway):
     svc = _services.get(gateway)
     if svc is None:
         return {}
-    return {"web": {"url": svc.url, "tls_fingerprint": svc.cert_fingerprint}}
+    return {"web": {"url": svc.url, "tls_fingerprint": svc.cert_fingerprint, **svc.status()}}
 
 
 # -- bmsgw user / bmsgw token ------------------------------------------------------------------------------------
