@@ -322,7 +322,7 @@ def test_many_clients_at_once(served):
 
 # -- connection limits and bad frames ---------------------------------------------------------------------------
 def test_limits_idle_timeout_ignored_units_and_bad_frames(tmp_path):
-    gt, port = start(tmp_path, {"max_connections": 2, "idle_timeout_s": 2, "unknown_unit": "ignore"},
+    gt, port = start(tmp_path, {"limits": {"max_connections": 2, "idle_timeout_s": 2}, "unknown_unit": "ignore"},
                      base=small_bank(1, 4))
     try:
         a = socket.create_connection(("127.0.0.1", port), timeout=10)

@@ -189,6 +189,11 @@ class HttpConnection(BoundedConnection):
 
     def _on_request(self, request: h11.Request) -> None:
         self.request, self.body, self.body_size = request, [], 0
+        # h11 bounds a head that is still arriving; one that came whole in one read is measured here
+        head = len(request.method) + len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
+        if head > MAX_HEAD_BYTES:
+            self._refuse(431, "The request line and headers are too large.")
+            return
         length = next((int(v) for k, v in request.headers if k == b"content-length"), None)
         limit = self.server.limits.max_request_bytes
         if length is not None and length > limit:

@@ -19,7 +19,7 @@ the same way for every face:
 - live changes: ``apply(limits, allow_from)`` and ``rebind(host, port)``;
 - counters for the face's status.
 
-A face's connection, minimal (one request per line, answered at once)::
+A face's connection, whole (one request per line, answered at once; tests/test_net_server.py runs it)::
 
     class LineConnection(BoundedConnection):
         def opened(self) -> None:
@@ -28,15 +28,15 @@ A face's connection, minimal (one request per line, answered at once)::
         def data_received(self, data: bytes) -> None:
             if self.closed:
                 return
-            if not self.buf:
-                self.request_started()  # the request clock runs from its first byte
+            self.request_started()  # the request clock runs from its first byte (no effect if running)
             self.buf += data
-            while (end := self.buf.find(b"\\n")) >= 0:
-                line, self.buf = bytes(self.buf[:end]), self.buf[end + 1:]
+            while (end := self.buf.find(b"\n")) >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 1]
                 self.request_complete()  # proven; the idle clock restarts
-                self.transport.write(answer(line))
+                self.transport.write(line.upper() + b"\n")
             if self.buf:
-                self.request_started()
+                self.request_started()  # the next one has begun
             if len(self.buf) > self.server.limits.max_request_bytes:
                 self.close()
 

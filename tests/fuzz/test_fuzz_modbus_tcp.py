@@ -38,8 +38,9 @@ def mbap(tid: int, unit: int, pdu: bytes, proto: int = 0, length: int | None = N
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz-modbus")
     port = free_port()
-    over = {"modbus_tcp": {"listen": f"127.0.0.1:{port}", "request_timeout_s": REQUEST_TIMEOUT_S,
-                           "idle_timeout_s": 30, "max_connections": MAX_CONNECTIONS,
+    over = {"modbus_tcp": {"listen": f"127.0.0.1:{port}",
+                           "limits": {"request_timeout_s": REQUEST_TIMEOUT_S, "idle_timeout_s": 30,
+                                      "max_connections": MAX_CONNECTIONS},
                            "writes": {"enabled": True, "allow_from": ["127.0.0.1"]}},
             "web": {"enabled": False}, "snmp": {"enabled": False}, "prometheus": {"enabled": False}}
     with GatewayThread(write_config(tmp, over, base=small_bank(1, 4))) as gt:
