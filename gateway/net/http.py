@@ -157,10 +157,11 @@ class HttpConnection(BoundedConnection):
         self._process()
 
     def eof_received(self) -> bool | None:
-        self.eof = True
         if self.closed:
             return None
-        self.h11.receive_data(b"")
+        if not self.eof:  # (with TLS, the client's close_notify and then the socket's end both say so)
+            self.eof = True
+            self.h11.receive_data(b"")
         if not self.answering:
             self._process()
         return True if self.answering and not self.closed else None
@@ -347,11 +348,13 @@ class HttpConnection(BoundedConnection):
                 for chunk in result:
                     if not chunk:
                         continue
-                    pending.append(chunk)
-                    size += len(chunk)
+                    # what is held goes out when more comes: a body of one piece (most) is handed over once,
+                    # with the end of the message, and the worker does not wait for it
                     if size >= RESPONSE_CHUNK and state["head"] is not None:
                         self._hand_over(state, pending, head_only, final=False)
                         pending, size = [], 0
+                    pending.append(chunk)
+                    size += len(chunk)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -365,7 +368,6 @@ class HttpConnection(BoundedConnection):
             self._application_failed(environ, state["sent"], sys.exc_info())
 
     def _application_failed(self, environ: dict[str, Any], sent: bool, exc_info: Any) -> None:
-        self.http.counters["application_errors"] += 1
         log.error("%s: the application failed on %s %s", self.server.face, environ.get("REQUEST_METHOD"),
                   environ.get("PATH_INFO"), exc_info=exc_info)
         try:
@@ -374,6 +376,7 @@ class HttpConnection(BoundedConnection):
             pass  # the loop is closed: the gateway stopped
 
     def _answer_failure(self, sent: bool) -> None:
+        self.http.counters["application_errors"] += 1
         if self.closed:
             return
         if sent:

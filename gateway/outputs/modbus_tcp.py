@@ -549,7 +549,11 @@ class _Connection(BoundedConnection):
             # fast path: the common case is exactly one whole request per segment
             tid, proto, length, unit = _HEADER.unpack_from(data)
             if proto == 0 and 2 <= length <= MAX_MBAP_LENGTH and len(data) == 6 + length:
-                self.request_complete()
+                # request_complete(), spelt out: no request was arriving (buf is empty), so only the idle clock
+                # restarts, and a first request proves the connection
+                self.last_activity = self.loop.time()
+                if not self.proven:
+                    self.request_complete()
                 response = self.service.handle(tid, unit, data[7:], self.client)
                 if response is None:
                     return
