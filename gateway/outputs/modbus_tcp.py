@@ -60,8 +60,9 @@ _READ_RESP = struct.Struct(">HHHBBB")
 _EXC = struct.Struct(">HHHBBB")
 
 _ADDR = r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?"
-# the bounds of the server (gateway.net); a Modbus TCP frame is at most 260 bytes, so no max_request_bytes
-DEFAULT_LIMITS = Limits(max_connections=32, max_connections_per_address=16, idle_timeout_s=300,
+# the bounds of the server (gateway.net); a Modbus TCP frame is at most 260 bytes, so no max_request_bytes.
+# One SCADA host often holds many connections (a master per process): no per-address bound below the total.
+DEFAULT_LIMITS = Limits(max_connections=32, max_connections_per_address=32, idle_timeout_s=300,
                         request_timeout_s=10, send_timeout_s=30, max_request_bytes=6 + MAX_MBAP_LENGTH)
 # before the limits object, these three sat at the top of the section: still read (with a warning)
 LEGACY_LIMIT_KEYS = {"max_connections": "max_connections", "idle_timeout_s": "idle_timeout_s",
