@@ -570,7 +570,8 @@ class _Connection(BoundedConnection):
             self._update_reading()
 
     def _process(self) -> None:
-        buf, pos, out, size = self.buf, 0, [], 0
+        buf, pos, size = self.buf, 0, 0
+        out: list[bytes] = []
         handle = self.service.handle
         while len(buf) - pos >= 7:
             if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when
