@@ -571,7 +571,7 @@ class _Connection(BoundedConnection):
 
     def _process(self) -> None:
         buf, pos, size = self.buf, 0, 0
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         handle = self.service.handle
         while len(buf) - pos >= 7:
             if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when
