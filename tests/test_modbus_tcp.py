@@ -322,7 +322,7 @@ def test_many_clients_at_once(served):
 
 # -- connection limits and bad frames ---------------------------------------------------------------------------
 def test_limits_idle_timeout_ignored_units_and_bad_frames(tmp_path):
-    gt, port = start(tmp_path, {"max_connections": 2, "idle_timeout_s": 2, "unknown_unit": "ignore"},
+    gt, port = start(tmp_path, {"limits": {"max_connections": 2, "idle_timeout_s": 2}, "unknown_unit": "ignore"},
                      base=small_bank(1, 4))
     try:
         a = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -505,6 +505,32 @@ def test_config_errors_name_the_key(tmp_path):
         gateway({"writes": {"enabled": True, "allow_from": ["127.0.0.1", "10.0.0.300"]}}).check()
     with pytest.raises(ConfigError, match=r"modbus_tcp\.listen.*outside"):
         gateway({"listen": "127.0.0.1:99999"}).check()
+
+
+def test_limits_live_in_the_limits_object_and_the_old_keys_are_still_read(tmp_path, caplog):
+    def service(over):
+        gw = Gateway(write_config(tmp_path, {"modbus_tcp": over}, base=small_bank(1, 2)),
+                     simulator=False, port_overrides={"bus1": "x"})
+        return ModbusTcpService(gw, gw.config.section("modbus_tcp"))
+
+    svc = service({"limits": {"max_connections": 3, "max_connections_per_address": 2, "request_timeout_s": 2}})
+    assert (svc.limits.max_connections, svc.limits.max_connections_per_address, svc.limits.request_timeout_s,
+            svc.limits.idle_timeout_s) == (3, 2, 2, 300)
+    assert "deprecated" not in caplog.text
+    # a file written for an earlier version: the three keys at the top of the section still count, and say so
+    svc = service({"max_connections": 4, "idle_timeout_s": 0, "request_timeout_s": 5})
+    assert (svc.limits.max_connections, svc.limits.idle_timeout_s, svc.limits.request_timeout_s) == (4, 0, 5)
+    assert "modbus_tcp.max_connections is deprecated: write it as modbus_tcp.limits.max_connections" in caplog.text
+    with pytest.raises(ConfigError, match=r"modbus_tcp\.limits: .*'max_request_bytes' was unexpected"):
+        service({"limits": {"max_request_bytes": 1000}})  # fixed by the protocol: not offered
+    # the configuration page offers the new keys, not the old ones (unless the file has them)
+    from gateway.outputs.modbus_tcp import CONFIG_SCHEMA
+    from gateway.outputs.web.configedit import form_fields
+
+    labels = [c["label"] for c in form_fields(CONFIG_SCHEMA, {}, "modbus_tcp")["children"]]
+    assert "limits" in labels and "max_connections" not in labels
+    labels = [c["label"] for c in form_fields(CONFIG_SCHEMA, {"max_connections": 4}, "modbus_tcp")["children"]]
+    assert "max_connections" in labels
 
 
 def test_a_port_in_use_is_reported_with_the_key(tmp_path):

@@ -4,7 +4,6 @@ required, invalid input refused, no server errors)."""
 from __future__ import annotations
 
 import logging
-
 import re
 
 import pytest

@@ -191,7 +191,8 @@ def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
         s.bind((host, port))
         s.listen()
         svc = WebService(offline_gateway)
-        with pytest.raises(GatewayError, match=rf"web\.listen: cannot listen on 127\.0\.0\.1:{port}: .*in use"):
+        with pytest.raises(GatewayError,
+                           match=rf"web\.listen: cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
             asyncio.run(svc.start())
 
 
@@ -247,3 +248,26 @@ def test_config_form_posts_back_exactly_what_the_file_holds(section):
     walk(form_fields(schema, raw, section))
     present, value = parse_form(schema, form, section)
     assert present and value == raw
+
+
+def test_web_limits_old_keys_are_read_and_allow_from_refuses_other_addresses(tmp_path, caplog):
+    from gateway.outputs.web.settings import WebSettings
+    from tests.fuzz.netcheck import recv_until_closed
+    from tests.support import GatewayThread
+
+    s = WebSettings.from_section({"api": {"max_body_kib": 100}, "limits": {"slow_per_address": 2}})
+    assert s.max_body == s.limits.max_request_bytes == 100 * 1024
+    assert "web.api.max_body_kib is deprecated" in caplog.text and "web.limits.slow_per_address is no longer used" \
+        in caplog.text
+    port = free_port()
+    path = write_config(tmp_path, base=small_bank(1, 2), overrides={
+        "web": {"listen": f"127.0.0.1:{port}", "allow_from": ["127.0.0.2/32"]},
+        "snmp": {"enabled": False}, "prometheus": {"enabled": False}, "modbus_tcp": {"enabled": False}})
+    with GatewayThread(path, wait_points=None):
+        request = b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)) as c:
+            c.sendall(request)
+            assert recv_until_closed(c, 10).startswith(b"HTTP/1.1 302 ")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert recv_until_closed(c, 10) == b""  # 127.0.0.1 is not in web.allow_from
+    assert "web: connection from 127.0.0.1 refused: not in web.allow_from" in caplog.text

@@ -17,7 +17,6 @@ import bisect
 import logging
 import struct
 import threading
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,8 @@ from ..config import address_allowed, parse_listen, parse_networks
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..modbus.codecs import northbound_words, raw_from_words
+from ..net.limits import Limits, limits_from_section, with_network_keys
+from ..net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
 from ..pointmap import (
     BANK_BASE,
     CELL_BASE,
@@ -44,7 +45,7 @@ from ..pointmap import (
     require_position,
 )
 from ..points import PointRef, PointStore, Quality
-from ..service import ReloadResult, Service, StartError
+from ..service import ReloadResult, Service
 from ..topology import MAX_CELLS
 
 if TYPE_CHECKING:
@@ -69,7 +70,14 @@ _READ_RESP = struct.Struct(">HHHBBB")
 _EXC = struct.Struct(">HHHBBB")
 
 _ADDR = r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?"
-CONFIG_SCHEMA: dict[str, Any] = {
+# the bounds of the server (gateway.net); a Modbus TCP frame is at most 260 bytes, so no max_request_bytes.
+# One SCADA host often holds many connections (a master per process): no per-address bound below the total.
+DEFAULT_LIMITS = Limits(max_connections=32, max_connections_per_address=32, idle_timeout_s=300,
+                        request_timeout_s=10, send_timeout_s=30, max_request_bytes=6 + MAX_MBAP_LENGTH)
+# before the limits object, these three sat at the top of the section: still read (with a warning)
+LEGACY_LIMIT_KEYS = {"max_connections": "max_connections", "idle_timeout_s": "idle_timeout_s",
+                     "request_timeout_s": "request_timeout_s"}
+_SECTION_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "default": {},
     "properties": {
         "enabled": {"type": "boolean", "default": True},
@@ -81,15 +89,6 @@ CONFIG_SCHEMA: dict[str, Any] = {
                      "description": "unit ids answered; they all address the same register map"},
         "unknown_unit": {"enum": ["exception", "ignore"], "default": "exception",
                          "description": "a request for another unit id: exception 0x0B, or no answer at all"},
-        "max_connections": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 32,
-                            "description": "open connections at most; when all are taken, a new client replaces "
-                                           "the connection that has sent no complete request for the longest, "
-                                           "if that is over request_timeout_s, else it is refused"},
-        "idle_timeout_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 300,
-                           "description": "close a connection that sent no complete request for this long (0 = never)"},
-        "request_timeout_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 10,
-                              "description": "close a connection whose request has not arrived whole this long "
-                                             "after its first byte (a slow or broken client; 0 = never)"},
         "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"}, "default": [],
                        "description": "client addresses or networks that may connect; empty = any"},
         "identity": {
@@ -117,6 +116,10 @@ CONFIG_SCHEMA: dict[str, Any] = {
         },
     },
 }
+CONFIG_SCHEMA: dict[str, Any] = with_network_keys(
+    _SECTION_SCHEMA, DEFAULT_LIMITS, omit=("max_request_bytes",),
+    legacy={key: {"type": "number", "minimum": 0, "description": f"deprecated: modbus_tcp.limits.{new}"}
+            for key, new in LEGACY_LIMIT_KEYS.items()})
 
 
 # -- the register image ----------------------------------------------------------------------------------------
@@ -247,26 +250,6 @@ def listen_address(text: str, src: str = "config") -> tuple[str, int]:
         raise ConfigError(src, f"{SECTION}.listen", str(exc)) from None
 
 
-class _LogLimiter:
-    """At most ``burst`` warnings per ``period`` seconds, then one line saying how many were suppressed."""
-
-    def __init__(self, burst: int = 20, period: float = 60.0) -> None:
-        self.burst, self.period = burst, period
-        self.window_start, self.count, self.suppressed = 0.0, 0, 0
-
-    def warning(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self.window_start >= self.period:
-            if self.suppressed:
-                log.warning("modbus tcp: %d more refused requests were not logged", self.suppressed)
-            self.window_start, self.count, self.suppressed = now, 0, 0
-        if self.count < self.burst:
-            self.count += 1
-            log.warning(msg, *args)
-        else:
-            self.suppressed += 1
-
-
 # -- the server ------------------------------------------------------------------------------------------------
 def exception_frame(tid: int, unit: int, function: int, code: int) -> bytes:
     return _EXC.pack(tid, 0, 3, unit, (function | 0x80) & 0xFF, code)
@@ -281,18 +264,19 @@ class ModbusTcpService(Service):
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         self.gateway = gateway
-        self.host, self.port = listen_address(cfg["listen"], str(gateway.config.path))
+        src = str(gateway.config.path)
+        host, port = listen_address(cfg["listen"], src)
         self._settings(cfg, gateway.config)
         self.image = RegisterImage(gateway.pointmap, gateway.store)
         self.input_ranges = RangeSet(served_ranges(gateway.pointmap))
         self.targets: list[WriteTarget] = []
         self._target_starts: list[int] = []
         self._collect_write_targets()
-        self.connections: set[_Connection] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.counters = {"connections": 0, "refused_connections": 0, "requests": 0, "exceptions": 0,
-                         "writes": 0, "refused_writes": 0, "protocol_errors": 0, "timed_out": 0, "evicted": 0}
-        self.refusals = _LogLimiter()
+        self.counters = {"requests": 0, "exceptions": 0, "writes": 0, "refused_writes": 0, "protocol_errors": 0}
+        self.refusals = LogLimiter(log, "modbus tcp")
+        # admission, eviction and deadlines: the policy every network face shares (gateway.net.server)
+        self.server = BoundedServer(SECTION, lambda server: _Connection(self), host=host, port=port,
+                                    limits=self.limits, allow_from=self.allow_from, src=src, counters=self.counters)
 
     def _settings(self, cfg: dict, config: Config) -> None:
         """Everything of the section but the listen address (which needs a new socket): taken at start and
@@ -301,9 +285,7 @@ class ModbusTcpService(Service):
         self.cfg = cfg
         self.units = frozenset(cfg["unit_ids"])
         self.ignore_unknown_unit = cfg["unknown_unit"] == "ignore"
-        self.max_connections = cfg["max_connections"]
-        self.idle_timeout = float(cfg["idle_timeout_s"])
-        self.request_timeout = float(cfg["request_timeout_s"])
+        self.limits = limits_from_section(cfg, DEFAULT_LIMITS, SECTION, src, legacy=LEGACY_LIMIT_KEYS)
         self.allow_from = parse_networks(cfg["allow_from"], src, f"{SECTION}.allow_from")
         self.writes_enabled = bool(cfg["writes"]["enabled"])
         self.write_allow = parse_networks(cfg["writes"]["allow_from"], src, f"{SECTION}.writes.allow_from")
@@ -315,6 +297,18 @@ class ModbusTcpService(Service):
             0x04: ident["product_name"].encode(), 0x05: ident["model_name"].encode(),
             0x06: str(config.section("site")["name"]).encode()[:64],
         }
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def connections(self) -> set[BoundedConnection]:
+        return self.server.connections
 
     # -- life cycle --------------------------------------------------------------------------------------------
     def _collect_write_targets(self) -> None:
@@ -331,18 +325,9 @@ class ModbusTcpService(Service):
             self.image.set_words(start, [0] * (end - start))  # command registers read 0
         self.holding_ranges = RangeSet(self.input_ranges.ranges + commands)
 
-    async def _listen(self, host: str, port: int) -> asyncio.base_events.Server:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True,
-                                            backlog=min(128, self.max_connections * 2))
-        except OSError as exc:
-            raise StartError(f"{SECTION}.listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
     async def start(self) -> None:
         self.image.refresh()
-        self.server = await self._listen(self.host, self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
+        await self.server.start()  # BindError (a StartError) names the address and the reason
         if self.writes_enabled:
             if not self.write_allow:
                 log.warning("modbus tcp: writes are enabled but writes.allow_from is empty: every write is refused")
@@ -350,42 +335,28 @@ class ModbusTcpService(Service):
                      ", ".join(map(str, self.write_allow)) or "nobody", self.write_role, len(self.targets))
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for conn in list(self.connections):
-                conn.close()
-            await self.server.wait_closed()
-            self.server = None
+        await self.server.stop()
 
     async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
-        """Every setting applies at once: unit ids, identity, limits, allow-lists and writes for the next
+        """Every setting applies at once: unit ids, identity, limits, allow-lists and writes from the next
         request; clients no longer in ``allow_from`` are disconnected; a new listen address is bound first and
         the old one kept when that fails."""
         result = ReloadResult()
         cfg = config.section(SECTION)
         self._settings(cfg, config)
-        refused = [c for c in self.connections if self.allow_from and not address_allowed(c.client, self.allow_from)]
-        for conn in refused:
-            conn.close()
-            self.connections.discard(conn)
-        if refused:
-            result.notes.append(f"{SECTION}: {len(refused)} client connection(s) no longer in allow_from closed")
+        closed = self.server.apply(self.limits, self.allow_from)
+        if closed:
+            result.notes.append(f"{SECTION}: {closed} client connection(s) no longer in allow_from (or over the "
+                                "new limits) closed")
         host, port = listen_address(cfg["listen"], str(config.path))
         if (host, port) != (self.host, self.port) and not (port == 0 and host == self.host):
             try:
-                server = await self._listen(host, port)
-            except StartError as exc:
-                result.failed[f"{SECTION}.listen"] = f"{exc}; still listening on {self.endpoints()[0]}"
+                moved = await self.server.rebind(host, port)
+            except BindError as exc:
+                result.failed[f"{SECTION}.listen"] = f"{exc.message}; still listening on {self.endpoints()[0]}"
                 return result
-            old, moved = self.server, len(self.connections)
-            self.server, self.host, self.port = server, host, server.sockets[0].getsockname()[1]
-            if old is not None:
-                old.close()
-                for conn in list(self.connections):
-                    conn.close()
-            if moved:
-                result.notes.append(f"{SECTION}: now on {self.endpoints()[0]}; {moved} client connection(s) on "
-                                    "the old address closed")
+            result.notes.append(f"{SECTION}: now on {self.endpoints()[0]}" +
+                                (f"; {moved} client connection(s) on the old address closed" if moved else ""))
         return result
 
     def endpoints(self) -> list[str]:
@@ -393,41 +364,8 @@ class ModbusTcpService(Service):
         return [f"modbus-tcp://{host}:{self.port}"]
 
     def status(self) -> dict:
-        return {**self.counters, "open_connections": len(self.connections), "listen": self.endpoints()[0],
+        return {**self.server.status(), **self.counters, "listen": self.endpoints()[0],
                 "writes_enabled": self.writes_enabled, "image_generation": self.image.generation}
-
-    # -- connections -------------------------------------------------------------------------------------------
-    def admit(self, conn: _Connection) -> bool:
-        if self.allow_from and not address_allowed(conn.client, self.allow_from):
-            self.counters["refused_connections"] += 1
-            self.refusals.warning("modbus tcp: connection from %s refused: not in allow_from", conn.client)
-            return False
-        if len(self.connections) >= self.max_connections and not self._evict_one():
-            self.counters["refused_connections"] += 1
-            self.refusals.warning("modbus tcp: connection from %s refused: %d connections open (max_connections)",
-                                  conn.client, len(self.connections))
-            return False
-        self.connections.add(conn)
-        self.counters["connections"] += 1
-        return True
-
-    def _evict_one(self) -> bool:
-        """All slots taken: close the connection that has sent no whole request for the longest, if that is
-        over request_timeout_s (a silent or trickling client), to make room.  The Modbus TCP implementation
-        guide suggests closing the oldest unused connection; busy masters are never the ones chosen."""
-        if self.request_timeout <= 0 or not self.connections:
-            return False
-        victim = min(self.connections, key=lambda c: c.last_activity)
-        if victim.pending is not None or victim.loop is None or \
-                victim.loop.time() - victim.last_activity < self.request_timeout:
-            return False
-        self.counters["evicted"] += 1
-        self.refusals.warning("modbus tcp: closing the connection from %s (no complete request for %.0f s) to make "
-                              "room for a new client (max_connections)", victim.client,
-                              victim.loop.time() - victim.last_activity)
-        victim.close()
-        self.connections.discard(victim)
-        return True
 
     # -- requests ----------------------------------------------------------------------------------------------
     def handle(self, tid: int, unit: int, pdu: bytes, client: str):
@@ -554,89 +492,25 @@ class ModbusTcpService(Service):
         return self._exception(tid, unit, function, code)
 
 
-class _Connection(asyncio.Protocol):
-    """One client: frames MBAP requests out of the byte stream and answers every one, in order."""
+class _Connection(BoundedConnection):
+    """One client: frames MBAP requests out of the byte stream and answers every one, in order.  Admission,
+    eviction and the idle / request / send deadlines are the bounded server's (``gateway.net.server``)."""
 
     def __init__(self, service: ModbusTcpService) -> None:
+        super().__init__(service.server)
         self.service = service
-        self.transport: asyncio.Transport  # set by connection_made, which asyncio calls before any other callback
-        self.loop = asyncio.get_running_loop()  # the server makes its protocols in the loop
         self.client = "?"
         self.buf = bytearray()
-        self.pending: asyncio.Task | None = None
-        self.last_activity = 0.0
-        self.partial_since: float | None = None  # when the first byte of a still incomplete request came
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.check_at = 0.0  # when idle_handle fires
+        self.pending: asyncio.Future | None = None
         self.reading_paused = False
-        self.writing_paused = False
         self.eof = False
-        self.closed = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.client = peer[0] if peer else "?"
-        if not self.service.admit(self):
-            self.closed = True
-            transport.abort()
-            return
+    def opened(self) -> None:
+        self.client = self.peer
         log.debug("modbus tcp: connection from %s", self.client)
-        self.last_activity = self.loop.time()
-        self._arm()
 
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        self.service.connections.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        # a pending write is left to finish: cancelling it mid-transaction would upset the RS485 bus
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    # -- timeouts: idle (no whole request for idle_timeout_s), slow (a request begun, not finished) ------------
-    def _deadline(self) -> float | None:
-        svc, out = self.service, []
-        if svc.idle_timeout > 0:
-            out.append(self.last_activity + svc.idle_timeout)
-        if svc.request_timeout > 0 and self.partial_since is not None:
-            out.append(self.partial_since + svc.request_timeout)
-        return min(out) if out else None
-
-    def _arm(self) -> None:
-        """Make sure the timer fires by the nearest deadline (it re-arms itself when it finds none due)."""
-        when = self._deadline()
-        if when is None or self.closed or (self.idle_handle is not None and self.check_at <= when):
-            return
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        self.check_at = when
-        self.idle_handle = self.loop.call_at(when, self._idle_check)
-
-    def _idle_check(self) -> None:
-        self.idle_handle = None
-        if self.closed:
-            return
-        now, svc = self.loop.time(), self.service
-        if self.pending is None:
-            if svc.request_timeout > 0 and self.partial_since is not None and \
-                    now - self.partial_since >= svc.request_timeout:
-                svc.counters["timed_out"] += 1
-                log.info("modbus tcp: closing the connection from %s: a request begun %.0f s ago is still "
-                         "incomplete (request_timeout_s)", self.client, now - self.partial_since)
-                self.close()
-                return
-            if svc.idle_timeout > 0 and now - self.last_activity >= svc.idle_timeout:
-                log.info("modbus tcp: closing idle connection from %s", self.client)
-                self.close()
-                return
-        when = self._deadline()
-        if when is not None:
-            self.check_at = max(when, now + 0.05)
-            self.idle_handle = self.loop.call_at(self.check_at, self._idle_check)
+    # a pending write is left to finish when the connection goes: cancelling it mid-transaction would upset
+    # the RS485 bus
 
     def eof_received(self):
         """The client will send no more (e.g. ``nc -N``): answer what it sent, then close."""
@@ -647,27 +521,23 @@ class _Connection(asyncio.Protocol):
 
     # -- flow control: a client that does not read its answers stops being read ----------------------------
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        super().pause_writing()
         self._update_reading()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        super().resume_writing()
         if self.pending is None and not self.closed and (len(self.buf) >= 7 or self.eof):
             self._process()  # requests held back while the client was not reading its answers
         else:
             self._update_reading()
 
     def _update_reading(self) -> None:
-        want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
         if self.closed:
             return
         if self.buf and self.pending is None and not self.writing_paused:  # part of a request awaits the rest
-            if self.partial_since is None:
-                self.partial_since = self.loop.time()
-                self._arm()
-        else:
-            self.partial_since = None
-        if self.closed or want_pause == self.reading_paused:
+            self.request_started()
+        want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
+        if want_pause == self.reading_paused:
             return
         self.reading_paused = want_pause
         if want_pause:
@@ -682,7 +552,11 @@ class _Connection(asyncio.Protocol):
             # fast path: the common case is exactly one whole request per segment
             tid, proto, length, unit = _HEADER.unpack_from(data)
             if proto == 0 and 2 <= length <= MAX_MBAP_LENGTH and len(data) == 6 + length:
+                # request_complete(), spelt out: no request was arriving (buf is empty), so only the idle clock
+                # restarts, and a first request proves the connection
                 self.last_activity = self.loop.time()
+                if not self.proven:
+                    self.request_complete()
                 response = self.service.handle(tid, unit, data[7:], self.client)
                 if response is None:
                     return
@@ -720,7 +594,7 @@ class _Connection(asyncio.Protocol):
             end = pos + 6 + length
             if end > len(buf):
                 break
-            self.last_activity = self.loop.time()  # only whole requests count: a byte-a-minute client times out
+            self.request_complete()  # only whole requests count: a byte-a-minute client times out
             response = handle(tid, unit, bytes(buf[pos + 7:end]), self.client)
             pos = end
             if response is None:
@@ -733,12 +607,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(b"".join(out))
                 out = []
             del buf[:pos]
-            self.partial_since = None
             self._await(response)
             return
         del buf[:pos]
-        if pos:
-            self.partial_since = None  # a whole request came: the clock of the next partial one starts now
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.eof and not self.closed and (not self.writing_paused or not buf):
@@ -747,6 +618,7 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
 
     def _await(self, response: Awaitable[bytes]) -> None:
+        self.answer_pending()  # a write on the bus: no idle or request deadline meanwhile
         self.pending = asyncio.ensure_future(self._finish(response))
         self._update_reading()
 
@@ -755,6 +627,7 @@ class _Connection(asyncio.Protocol):
         self.pending = None
         if self.closed:
             return
+        self.answer_sent()
         self.transport.write(frame)
         self._process()
 

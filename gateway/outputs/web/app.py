@@ -71,8 +71,10 @@ class WebContext:
         """Apply a reloaded ``web`` section (what can change without re-binding the socket)."""
         new = WebSettings.from_section(config.section("web"), str(config.path))
         old = self.settings
-        self.settings = dataclasses.replace(new, host=old.host, port=old.port, threads=old.threads, tls=old.tls,
-                                            tls_cert=old.tls_cert, tls_key=old.tls_key)
+        # TLS and the worker threads are the running server's (they wait for a restart); the listen address
+        # is the face's to move (WebService.reload)
+        self.settings = dataclasses.replace(new, threads=old.threads, tls=old.tls, tls_cert=old.tls_cert,
+                                            tls_key=old.tls_key)
         self.users.config_users = {u["name"]: u for u in new.config_users}
         self.sessions.idle_s, self.sessions.max_age_s = new.idle_s, new.max_age_s
         th = self.throttle

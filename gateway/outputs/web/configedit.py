@@ -167,8 +167,10 @@ def form_fields(schema: dict, raw: Any, path: str) -> dict:
             "description": schema.get("description", ""), "default": schema.get("default")}
     if kind == "object":
         raw = raw if isinstance(raw, dict) else {}
+        # a deprecated key (still read, under a new name now) is shown only where the file has it
         node["children"] = [form_fields(sub, raw.get(key, MISSING), f"{path}.{key}")
-                            for key, sub in schema["properties"].items()]
+                            for key, sub in schema["properties"].items()
+                            if not sub.get("deprecated") or key in raw]
         return node
     # a key written in the file is posted back with a marker, so an empty string or a null stays as written
     node["present"] = raw is not MISSING

@@ -1,76 +1,40 @@
-"""The web face as a Service: the Flask app under cheroot's HTTP(S) server, in a thread of its own.
+"""The web face as a Service: the Flask app over HTTP or HTTPS, on the gateway's bounded server (``gateway.net``).
 
-Why cheroot and not waitress: the controller serves HTTPS itself (no reverse proxy on the box), and waitress
-has no TLS by design; its asyncore-style channels cannot be handed an SSL socket without re-doing the
-handshake and want-read/want-write handling inside its dispatcher, i.e. a private fork of its I/O loop.
-cheroot (the CherryPy project's production WSGI server, maintained, pure Python) has a thread pool and a
-built-in ``ssl`` adapter, so plain HTTP and HTTPS run through the same, tested code path.
+Requests are read on the gateway's event loop (h11), under ``web.limits``: a slow, silent or greedy client
+holds a connection slot for a bounded time and never a worker thread; only a request that has arrived whole
+runs the app, in a pool of ``web.threads`` workers.  The server's own error answers (400, 408, 413, 431, 500,
+503) carry the same security headers as the app's answers.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
-import threading
 from pathlib import Path
-
-from cheroot import errors as cheroot_errors, server as cheroot_server, wsgi
+from typing import Any
 
 from gateway import fsutil
+from gateway.net.http import HttpServer
+from gateway.net.limits import allow_from
+from gateway.net.server import BindError
+from gateway.net.tls import TlsSettings, server_context
 from gateway.secretfiles import exposure
 from gateway.service import ReloadResult, Service, StartError
 
 from .app import WebContext, create_app, security_headers
-from .guard import DeferredTLS, Guard, GuardedConnection, GuardedServerMixin, prefetch_body
 from .settings import WebSettings
 from .tlscert import ensure_self_signed, fingerprint
 
 log = logging.getLogger(__name__)
 
 
-class _Request(cheroot_server.HTTPRequest):
-    """cheroot's request, its own error answers (400 malformed, 413 too large, 414 ...) with the security
-    headers the application's answers carry."""
-
-    def simple_response(self, status, msg=""):
-        status = str(status)
-        body = msg.encode("ISO-8859-1", "replace") if isinstance(msg, str) else bytes(msg or b"")
-        if status[:3] >= "400":
-            self.close_connection = True
-        headers = [("Content-Length", str(len(body))), ("Content-Type", "text/plain; charset=ISO-8859-1"),
-                   ("Cache-Control", "no-store"), *security_headers(getattr(self.server, "tls", False)).items()]
-        if self.close_connection and self.response_protocol == "HTTP/1.1":
-            headers.append(("Connection", "close"))
-        head = f"{self.server.protocol} {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-        try:
-            self.conn.wfile.write(head.encode("ISO-8859-1") + body)
-        except OSError as ex:
-            if ex.args and ex.args[0] not in cheroot_errors.socket_errors_to_ignore:
-                raise
-
-
-class _Connection(GuardedConnection):
-    RequestHandlerClass = _Request
-
-
-class _Server(GuardedServerMixin, wsgi.Server):
-    """cheroot's server, with the limits of guard.py, its messages (TLS handshakes a client dropped ...) sent to
-    the log, not stderr."""
-
-    ConnectionClass = _Connection
-    tls = False
-
-    def error_log(self, msg="", level=logging.INFO, traceback=False):
-        # client-side trouble (a refused certificate, a dropped connection) is not the gateway's problem
-        log.log(logging.DEBUG if level <= logging.INFO else level, "http server: %s", msg, exc_info=traceback)
-
-
-# What a running web face takes from a changed section without a new socket; the others wait for a restart
-# (``enabled`` too: the face cannot stop itself while it answers the request that turns it off).
-SOCKET_KEYS = ("enabled", "listen", "tls", "threads")
+# What a running web face cannot take while it runs: TLS and the worker threads (the server is built with them);
+# ``enabled`` neither: the face cannot stop itself while it answers the request that turns it off.
+RESTART_KEYS = ("enabled", "tls", "threads")
 
 
 class WebService(Service):
-    """The web page and the REST API on an HTTP(S) server of its own, with its limits."""
+    """The web page and the REST API on the gateway's bounded HTTP(S) server."""
 
     name = "web"
     sections = ("web", "site")
@@ -84,9 +48,7 @@ class WebService(Service):
         self.settings: WebSettings = self.ctx.settings
         self.section = gateway.config.section("web")  # as applied: a reload compares the new one with it
         self.app = create_app(self.ctx)
-        self._server: wsgi.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.guard: Guard | None = None
+        self.http: HttpServer | None = None
         self.port: int | None = None
         self.cert_fingerprint: str | None = None
 
@@ -100,73 +62,67 @@ class WebService(Service):
             return self.gateway.config.resolve(s.tls_cert), key
         return ensure_self_signed(self.gateway.config.state_dir / "web" / "tls", s.host)
 
+    def _tls(self) -> TlsSettings:
+        cert, key = self._tls_files()
+        try:
+            context = server_context(str(cert), str(key))
+            self.cert_fingerprint = fingerprint(cert)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise StartError(f"web.tls.cert: cannot load {cert} with {key}: {exc}") from None
+        return TlsSettings(context)
+
     async def start(self) -> None:
         s = self.settings
         # what a save killed mid-write (a power cut) left beside the config file
         path = Path(self.gateway.config.path)
         fsutil.remove_stale_temporaries(path.parent, path.name)
-        guard = Guard(s.limits)
-        server = _Server((s.host, s.port), prefetch_body(self.app, guard), numthreads=s.threads, server_name="bmsgw",
-                         shutdown_timeout=2,
-                         timeout=s.limits.idle_timeout_s)  # type: ignore[arg-type]  # socket timeout: a float works
-        server.guard = guard
-        server.max_request_body_size = s.max_body
-        server.max_request_header_size = 64 * 1024
-        if s.tls:
-            cert, key = self._tls_files()
-            try:
-                adapter = DeferredTLS(str(cert), str(key))
-                self.cert_fingerprint = fingerprint(cert)
-            except (OSError, ValueError, ssl.SSLError) as exc:
-                raise StartError(f"web.tls.cert: cannot load {cert} with {key}: {exc}") from None
-            adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
-            server.ssl_adapter = adapter
-            server.tls = True
-        try:
-            server.prepare()  # binds now, so a port in use stops start-up with a clear error
-        except OSError as exc:
-            raise StartError(f"web.listen: cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
-        self._server = server
-        self.guard = guard
+        src = str(self.gateway.config.path)
+        networks = allow_from({"allow_from": list(s.allow_from)}, "web", src)
+        http = HttpServer("web", self.app, host=s.host, port=s.port, limits=s.limits, allow_from=networks,
+                          threads=s.threads, tls=self._tls() if s.tls else None,
+                          error_headers=list(security_headers(s.tls).items()), src=src)
+        await http.start()  # binds now: a port in use stops start-up with the address and the reason
+        self.http = http
+        self.port = http.port
         # the trend buffer listens to the store only while the face runs: stop() unsubscribes it
         self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
-        guard.start()
-        self.port = server.bind_addr[1]
-        self._thread = threading.Thread(target=self._serve, args=(server,), name="web", daemon=True)
-        self._thread.start()
         log.info("web page and REST API at %s", self.endpoints()[0])
         if not self.ctx.users.has_users():
             log.warning("no web user yet: run `bmsgw user add NAME --role admin`%s",
                         f", or open {self.url}setup in a browser on this controller"
                         if s.setup_from_localhost else "")
 
-    def _serve(self, server: wsgi.Server) -> None:
-        try:
-            server.serve()
-        except Exception:
-            log.exception("web server stopped")
-
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        if self.guard is not None:
-            self.guard.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         self.ctx.sources.stop_buffer()
 
     async def reload(self, config, changed: frozenset[str]) -> ReloadResult:
-        """Users, sessions, login limits, the trend buffer's public settings: at once.  The socket's settings
-        (listen, TLS, threads) wait for a restart."""
+        """Users, sessions, login limits, the connection limits and allow-list, a new listen address: at once
+        (the new address bound first, the old one kept when that fails).  TLS and the worker threads wait for
+        a restart."""
         old, new = self.section, config.section("web")
+        result = ReloadResult(restart=[f"web.{k}" for k in RESTART_KEYS if old.get(k) != new.get(k)])
         self.ctx.reload(config)
+        s = self.settings = self.ctx.settings
         self.section = new
-        return ReloadResult(restart=[f"web.{k}" for k in SOCKET_KEYS if old.get(k) != new.get(k)])
-
-    def status(self) -> dict:
-        return {"url": self.url, "tls_fingerprint": self.cert_fingerprint}
+        if self.http is None:
+            return result
+        src = str(config.path)
+        closed = self.http.apply(s.limits, allow_from({"allow_from": list(s.allow_from)}, "web", src))
+        if closed:
+            result.notes.append(f"web: {closed} connection(s) closed by the new limits or allow_from")
+        if (s.host, s.port) != (self.http.host, self.http.port):
+            try:  # open connections finish where they are: one of them carries the answer to this change
+                await self.http.rebind(s.host, s.port, close_clients=False)
+            except BindError as exc:
+                self.settings = self.ctx.settings = dataclasses.replace(s, host=self.http.host, port=self.http.port)
+                result.failed["web.listen"] = f"{exc.message}; still at {self.url}"
+                return result
+            self.port = self.http.port
+            result.notes.append(f"web: now at {self.url}")
+        return result
 
     @property
     def url(self) -> str:
@@ -179,3 +135,8 @@ class WebService(Service):
         if self.cert_fingerprint:
             out.append(f"TLS certificate SHA-256 {self.cert_fingerprint}")
         return out
+
+    def status(self) -> dict[str, Any]:
+        """Where it serves, and the server's counters (connections, refusals, evictions, time-outs, requests)."""
+        return {"url": self.url, "tls_fingerprint": self.cert_fingerprint,
+                **(self.http.status() if self.http is not None else {})}
