@@ -73,7 +73,7 @@ def gateway(tmp_path_factory):
 
 
 def service(gt: GatewayThread, cls_name: str):
-    return next(s for s in gt.gateway.services if type(s).__name__ == cls_name)
+    return next(s for s in gt.gateway.services.values() if type(s).__name__ == cls_name)
 
 
 def http_status(port: int, path: str, context: ssl.SSLContext | None = None) -> int:
