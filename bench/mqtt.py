@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
-from gateway.outputs.mqtt import MqttUploader
+from gateway.outputs.mqtt.face import MqttUploader
 from gateway.points import Quality, Reading
 from tests.mqtt_peers import Mosquitto
 from tests.support import free_port

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from gateway.app import Gateway
 from gateway.exposition import BankCollector, exposition_for, render_metrics
-from gateway.outputs.prometheus import PrometheusService
+from gateway.outputs.prometheus.face import PrometheusService
 from gateway.points import Quality, Reading
 
 TYPICAL = {"V": (12.0, 14.0), "C": (20.0, 35.0), "ohm": (0.003, 0.008), "A": (-50.0, 50.0), "%": (50.0, 100.0),

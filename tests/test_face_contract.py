@@ -3,13 +3,16 @@ reload, status, endpoints), the store's change feed, the bounded server's limits
 the rest of the config.  Nothing in the core names it."""
 from __future__ import annotations
 
+import importlib
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from gateway.app import Gateway
 from gateway.errors import ConfigError
+from gateway.plugins import BUILTIN_PLUGINS
 from tests.slowclients import SlowClients
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
@@ -191,3 +194,21 @@ def test_its_bounds_serve_a_client_while_slow_ones_trickle(tmp_path):
             assert ask(port, "GET strings/1/voltage")[0] != "ERR"
             assert time.monotonic() - t0 < 1.0  # a newcomer takes the place of a connection that sent no line
         assert face.status()["evicted"] > 0
+
+
+FACES = sorted(p for p in (Path(__file__).resolve().parent.parent / "gateway" / "outputs").iterdir()
+               if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+@pytest.mark.parametrize("folder", FACES, ids=lambda p: p.name)
+def test_every_face_is_a_folder_of_the_same_shape(folder):
+    """module, schema, README and tests beside it; the package itself holds the plugin's hooks and nothing
+    that keeps state (no module-level registry: a face's state is on its service object)."""
+    for name in ("__init__.py", "face.py", "schema.py", "README.md"):
+        assert (folder / name).is_file(), f"{folder.name}: no {name}"
+    assert list((folder / "tests").glob("test_*.py")), f"{folder.name}: no tests beside it"
+    init = (folder / "__init__.py").read_text()
+    assert "WeakKeyDictionary" not in init and "\nclass " not in init, f"{folder.name}/__init__.py: hooks only"
+    assert "docs/faces.md" in (folder / "README.md").read_text()
+    module = importlib.import_module(f"gateway.outputs.{folder.name}")
+    assert f"gateway.outputs.{folder.name}" in BUILTIN_PLUGINS and hasattr(module, "bmsgw_services")

@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 
 from gateway import secretfiles
 from gateway.app import Gateway
-from gateway.outputs.modbus_tcp import ModbusTcpService
+from gateway.outputs.modbus_tcp.face import ModbusTcpService
 from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.outputs.web.auth import DeviceKeys, LoginThrottle
 from gateway.points import PointRef
@@ -500,7 +500,7 @@ def test_a_tls_key_of_your_own_readable_by_others_is_reported(tmp_path, caplog):
 
     cert, key = ensure_self_signed(tmp_path / "own", "127.0.0.1")
     os.chmod(key, 0o644)
-    caplog.set_level(logging.WARNING, logger="gateway.outputs.web.server")
+    caplog.set_level(logging.WARNING, logger="gateway.outputs.web.face")
     with web_gateway(tmp_path, cells=2, alarms=False,
                      web={"tls": {"enabled": True, "cert": str(cert), "key": str(key)}}) as w:
         assert w.url.startswith("https://")
@@ -573,7 +573,7 @@ def test_config_with_secrets_readable_by_others_is_reported(sec, tmp_path, caplo
     caplog.clear()
     os.chmod(pw, 0o600)
     assert secretfiles.read_secret(pw, "mqtt.password_file") == "s3cret" and caplog.text == ""
-    from gateway.outputs.mqtt import MqttService
+    from gateway.outputs.mqtt.face import MqttService
 
     os.chmod(pw, 0o644)
     (tmp_path / "mq").mkdir()

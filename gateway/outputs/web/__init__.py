@@ -12,7 +12,7 @@ import sys
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 
-from .settings import ROLES, SCHEMA, WebSettings
+from .schema import ROLES, SCHEMA, WebSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def bmsgw_check_config(gateway_config) -> list[str]:
 def bmsgw_services(gateway):
     if not gateway.config.section("web")["enabled"]:
         return []
-    from .server import WebService
+    from .face import WebService
 
     return [WebService(gateway)]
 

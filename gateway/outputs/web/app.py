@@ -16,7 +16,7 @@ from gateway.exposition import metrics_response
 
 from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
-from .settings import ROLES, WebSettings
+from .schema import ROLES, WebSettings
 from .sources import Sources
 
 log = logging.getLogger(__name__)

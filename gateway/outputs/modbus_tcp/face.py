@@ -19,20 +19,19 @@ import struct
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
-from .. import __version__
-from ..commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
-from ..config import address_allowed, parse_listen, parse_networks
-from ..errors import ConfigError
-from ..hookspecs import hookimpl
-from ..modbus.codecs import northbound_words, raw_from_words
-from ..net.limits import Limits, limits_from_section, with_network_keys
-from ..net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
-from ..pointmap import (
+from ... import __version__
+from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
+from ...config import address_allowed, parse_listen, parse_networks
+from ...errors import ConfigError
+from ...modbus.codecs import northbound_words, raw_from_words
+from ...net.limits import limits_from_section
+from ...net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
+from ...pointmap import (
     BANK_BASE,
     CELL_BASE,
     CELL_SLOT_SIZE,
@@ -44,21 +43,20 @@ from ..pointmap import (
     PointMap,
     require_position,
 )
-from ..points import PointRef, PointStore, Quality
-from ..service import ReloadResult, Service
-from ..topology import MAX_CELLS
+from ...points import PointRef, PointStore, Quality
+from ...service import ReloadResult, Service
+from ...topology import MAX_CELLS
+from .schema import DEFAULT_LIMITS, LEGACY_LIMIT_KEYS, MAX_MBAP_LENGTH, SECTION
 
 if TYPE_CHECKING:
-    from ..app import Gateway
-    from ..config import Config
+    from ...app import Gateway
+    from ...config import Config
 
 log = logging.getLogger(__name__)
 
-SECTION = "modbus_tcp"
 READ_HOLDING, READ_INPUT, WRITE_SINGLE, WRITE_MULTIPLE, MEI = 0x03, 0x04, 0x06, 0x10, 0x2B
 MEI_DEVICE_ID = 0x0E
 MAX_READ, MAX_WRITE = 125, 123
-MAX_MBAP_LENGTH = 254  # unit id + PDU (at most 253 bytes)
 GAP_FILL = 0xFFFF  # registers inside a served range that no point occupies
 CONFORMITY = 0x82  # regular identification, stream and individual access
 MAX_BACKLOG = 64 * 1024  # bytes of pipelined requests held while a write is pending, then reading pauses
@@ -68,59 +66,6 @@ _HEADER = struct.Struct(">HHHB")
 _READ_REQ = struct.Struct(">HH")
 _READ_RESP = struct.Struct(">HHHBBB")
 _EXC = struct.Struct(">HHHBBB")
-
-_ADDR = r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?"
-# the bounds of the server (gateway.net); a Modbus TCP frame is at most 260 bytes, so no max_request_bytes.
-# One SCADA host often holds many connections (a master per process): no per-address bound below the total.
-DEFAULT_LIMITS = Limits(max_connections=32, max_connections_per_address=32, idle_timeout_s=300,
-                        request_timeout_s=10, send_timeout_s=30, max_request_bytes=6 + MAX_MBAP_LENGTH)
-# before the limits object, these three sat at the top of the section: still read (with a warning)
-LEGACY_LIMIT_KEYS = {"max_connections": "max_connections", "idle_timeout_s": "idle_timeout_s",
-                     "request_timeout_s": "request_timeout_s"}
-_SECTION_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "default": {},
-    "properties": {
-        "enabled": {"type": "boolean", "default": True},
-        "listen": {"type": "string", "default": "127.0.0.1:5020",
-                   "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
-                   "description": "host:port to listen on ([v6-address]:port for IPv6; port 0 = any free port)"},
-        "unit_ids": {"type": "array", "minItems": 1, "maxItems": 256, "uniqueItems": True,
-                     "items": {"type": "integer", "minimum": 0, "maximum": 255}, "default": [0, 1, 255],
-                     "description": "unit ids answered; they all address the same register map"},
-        "unknown_unit": {"enum": ["exception", "ignore"], "default": "exception",
-                         "description": "a request for another unit id: exception 0x0B, or no answer at all"},
-        "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"}, "default": [],
-                       "description": "client addresses or networks that may connect; empty = any"},
-        "identity": {
-            "type": "object", "additionalProperties": False, "default": {},
-            "description": "FC43/14 device identification objects",
-            "properties": {
-                "vendor_name": {"type": "string", "maxLength": 64, "default": "bmsgw"},
-                "product_code": {"type": "string", "maxLength": 32, "default": "BMSGW"},
-                "vendor_url": {"type": "string", "maxLength": 64, "default": ""},
-                "product_name": {"type": "string", "maxLength": 64, "default": "Battery monitoring gateway"},
-                "model_name": {"type": "string", "maxLength": 32, "default": "bmsgw"},
-            },
-        },
-        "writes": {
-            "type": "object", "additionalProperties": False, "default": {},
-            "properties": {
-                "enabled": {"type": "boolean", "default": False,
-                            "description": "accept FC6/FC16 to the writable registers (README: Modbus TCP)"},
-                "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"},
-                               "default": [], "description": "client addresses or networks that may write"},
-                "role": {"enum": ["operator", "admin"], "default": "operator",
-                         "description": "what a write from an allowed client may do: operator (relay, acknowledge, "
-                                        "baseline reset, ohmic test) or admin (also the current sensor's zero)"},
-            },
-        },
-    },
-}
-CONFIG_SCHEMA: dict[str, Any] = with_network_keys(
-    _SECTION_SCHEMA, DEFAULT_LIMITS, omit=("max_request_bytes",),
-    legacy={key: {"type": "number", "minimum": 0, "description": f"deprecated: modbus_tcp.limits.{new}"}
-            for key, new in LEGACY_LIMIT_KEYS.items()})
-
 
 # -- the register image ----------------------------------------------------------------------------------------
 def served_ranges(pointmap: PointMap) -> list[tuple[int, int]]:
@@ -630,32 +575,3 @@ class _Connection(BoundedConnection):
         self.answer_sent()
         self.transport.write(frame)
         self._process()
-
-
-# -- hooks -----------------------------------------------------------------------------------------------------
-@hookimpl
-def bmsgw_config_schema() -> dict[str, dict]:
-    return {SECTION: CONFIG_SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config: Config) -> list[str]:
-    cfg = gateway_config.section(SECTION)
-    problems = []
-    try:
-        parse_listen(cfg["listen"])
-    except ValueError as exc:
-        problems.append(f"{SECTION}.listen: {exc}")
-    for key in ("allow_from", "writes.allow_from"):
-        items = cfg["writes"]["allow_from"] if key.startswith("writes") else cfg["allow_from"]
-        try:
-            parse_networks(items, str(gateway_config.path), f"{SECTION}.{key}")
-        except ConfigError as exc:
-            problems.append(f"{exc.path}: {exc.message}")
-    return problems
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list[Service]:
-    cfg = gateway.config.section(SECTION)
-    return [ModbusTcpService(gateway, cfg)] if cfg["enabled"] else []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.outputs.mqtt_queue import MessageQueue
+from gateway.outputs.mqtt.queue import MessageQueue
 from tests.mqtt_peers import Mosquitto, Subscriber, make_pki
 from tests.support import GatewayThread, small_bank, write_config
 
@@ -295,7 +295,7 @@ def test_payloads_are_strict_json_with_null_for_bad_values(tmp_path):
     import json
 
     from gateway.app import Gateway
-    from gateway.outputs.mqtt import PayloadBuilder
+    from gateway.outputs.mqtt.face import PayloadBuilder
     from gateway.points import PointRef, Quality, Reading
 
     gw = Gateway(mqtt_config(tmp_path, 1883), simulator=False, port_overrides={"bus1": "(not opened)"})

@@ -15,7 +15,7 @@ from gateway.outputs.web import auth as auth_mod
 from gateway.outputs.web.app import WebContext, create_app, is_local
 from gateway.outputs.web.auth import AuthError, LoginThrottle, SessionStore, User, UserStore
 from gateway.outputs.web.configedit import FieldError, form_fields, parse_form
-from gateway.outputs.web.settings import SCHEMA
+from gateway.outputs.web.schema import SCHEMA
 from gateway.outputs.web.sources import LiveBuffer, decimate
 from gateway.outputs.web.xmlout import to_xml
 from gateway.points import PointRef, Quality, Reading
@@ -184,7 +184,7 @@ def test_first_start_page_only_from_the_controller_itself(offline_gateway):
 
 
 def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
-    from gateway.outputs.web.server import WebService
+    from gateway.outputs.web.face import WebService
 
     host, port = "127.0.0.1", int(offline_gateway.config.section("web")["listen"].rsplit(":", 1)[1])
     with socket.socket() as s:
@@ -197,7 +197,7 @@ def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
 
 
 def test_tls_needs_both_files(offline_gateway, tmp_path):
-    from gateway.outputs.web.server import WebService
+    from gateway.outputs.web.face import WebService
 
     offline_gateway.config.data["web"]["tls"] = {"enabled": True, "cert": str(tmp_path / "c.pem"), "key": ""}
     with pytest.raises(GatewayError, match=r"web\.tls: give both cert and key"):
@@ -251,7 +251,7 @@ def test_config_form_posts_back_exactly_what_the_file_holds(section):
 
 
 def test_web_limits_old_keys_are_read_and_allow_from_refuses_other_addresses(tmp_path, caplog):
-    from gateway.outputs.web.settings import WebSettings
+    from gateway.outputs.web.schema import WebSettings
     from tests.fuzz.netcheck import recv_until_closed
     from tests.support import GatewayThread
 

@@ -10,38 +10,21 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..config import parse_listen
-from ..errors import ConfigError
-from ..exposition import exposition_for, make_wsgi_app
-from ..hookspecs import hookimpl
-from ..net.http import HttpServer
-from ..net.limits import Limits, allow_from, limits_from_section, with_network_keys
-from ..net.server import BindError
-from ..service import ReloadResult, Service
+from ...config import parse_listen
+from ...errors import ConfigError
+from ...exposition import exposition_for, make_wsgi_app
+from ...net.http import HttpServer
+from ...net.limits import allow_from, limits_from_section
+from ...net.server import BindError
+from ...service import ReloadResult, Service
+from .schema import DEFAULT_LIMITS, THREADS
 
 if TYPE_CHECKING:
-    from ..app import Gateway
-    from ..config import Config
+    from ...app import Gateway
+    from ...config import Config
 
 log = logging.getLogger(__name__)
 
-LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
-# a scrape is a GET without a body; Prometheus keeps its connection between scrapes (15-60 s apart)
-DEFAULT_LIMITS = Limits(max_connections=16, max_connections_per_address=4, idle_timeout_s=120,
-                        request_timeout_s=10, send_timeout_s=30, max_request_bytes=4096)
-THREADS = 2  # scrapes rendered at once; a third waits for one of them (each renders the same cached text)
-
-SCHEMA = {
-    "prometheus": with_network_keys({
-        "type": "object", "additionalProperties": False, "default": {},
-        "properties": {
-            "enabled": {"type": "boolean", "default": True,
-                        "description": "serve /metrics on a port of its own (the web face serves it too)"},
-            "listen": {"type": "string", "pattern": LISTEN_PATTERN, "default": "127.0.0.1:9108",
-                       "description": "host:port ([v6addr]:port); 0.0.0.0 to let a Prometheus elsewhere scrape"},
-        },
-    }, DEFAULT_LIMITS),
-}
 ERROR_HEADERS = [("X-Content-Type-Options", "nosniff")]
 
 
@@ -119,29 +102,3 @@ class PrometheusService(Service):
         if self.http is not None:
             out.update(self.http.status())
         return out
-
-
-@hookimpl
-def bmsgw_config_schema() -> dict[str, dict]:
-    return SCHEMA
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config: Config) -> list[str]:
-    try:
-        parse_listen(gateway_config.section("prometheus")["listen"])
-    except ValueError as exc:
-        return [f"prometheus.listen: {exc}"]
-    return []
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list[Service]:
-    cfg = gateway.config.section("prometheus")
-    return [PrometheusService(gateway, cfg)] if cfg["enabled"] else []
-
-
-@hookimpl
-def bmsgw_alarm_event(gateway: Gateway, event: Any) -> None:
-    """``bms_alarm_active`` follows the alarms whether /metrics is served here or by the web face."""
-    exposition_for(gateway).alarms.event(event)

@@ -1,23 +1,8 @@
-"""The SNMP face (plugin): config section ``snmp``, the agent service, alarm notifications, ``bmsgw mib``.
-
-See gateway/outputs/snmp/ for the parts: the OID index (tree, sections), the generated MIB (mib), the
-pysnmp side (agent, controller) and the SNMPv2c read fast path (fastpath, ber).
-"""
+"""The ``snmp`` config section: its JSON Schema and the checks beyond it."""
 from __future__ import annotations
 
-import asyncio
-import getpass
-import logging
-import sys
-from typing import Any
-
-from .. import fsutil
-from ..config import parse_listen, parse_networks
-from ..errors import ConfigError, GatewayError
-from ..hookspecs import hookimpl
-from ..service import ReloadResult, Service
-
-log = logging.getLogger(__name__)
+from ...config import parse_listen, parse_networks
+from ...errors import ConfigError
 
 DEFAULT_ENTITY_SENSORS = ["io.ambient_temperature", "io.ambient_humidity", "bank.voltage", "bank.charger_current",
                           "string.voltage", "string.current", "cell.voltage", "cell.temperature"]
@@ -127,6 +112,7 @@ SCHEMA = {
     },
 }
 
+
 def section_problems(cfg: dict, source: str) -> list[str]:
     """Cross-field rules the schema cannot say, each as ``key.path: what is wrong``."""
     out = []
@@ -147,171 +133,3 @@ def section_problems(cfg: dict, source: str) -> list[str]:
     except ConfigError as exc:
         out.append(f"{exc.path}: {exc.message}")
     return out
-
-
-class SnmpService(Service):
-    """The SNMP face: the agent (pysnmp and the v2c fast path), its active-alarm table and notifications."""
-
-    name = "snmp"
-    sections = ("snmp", "site")
-    face = True
-
-    def __init__(self, gateway) -> None:
-        from .snmp.agent import SnmpAgent
-
-        self.gateway = gateway
-        self.agent = SnmpAgent(gateway, gateway.config.section("snmp"))
-        self.active: dict[str, Any] = {}  # raised alarm events by id: a new agent's table starts from them
-
-    async def start(self) -> None:
-        await self.agent.start()
-
-    async def stop(self) -> None:
-        await self.agent.stop()
-
-    async def reload(self, config, changed: frozenset[str]) -> ReloadResult:
-        """Communities, users, targets, the MIB's base, the UPS settings: a new agent with the new settings
-        takes over (at the same address it is handed the old one's socket, so no request goes unanswered; at a
-        new address it is bound first and the old one kept when that fails).  The active-alarm table carries
-        over; SNMPv3 managers see the engine's boots counter grow by one."""
-        from .snmp.agent import SnmpAgent
-
-        result = ReloadResult()
-        new = SnmpAgent(self.gateway, config.section("snmp"))  # the gateway's config is the new one already
-        for event in self.active.values():
-            new.alarms.apply(event)
-        old = self.agent
-        handed = old.sock.dup() if new.listen == old.listen and old.sock is not None else None
-        try:
-            await new.start(sock=handed)
-        except Exception as exc:
-            if handed is not None:
-                handed.close()
-            result.failed["snmp.listen" if handed is None else "snmp"] = f"{exc}; the old settings stay"
-            return result
-        await old.stop()
-        self.agent = new
-        result.notes.append(f"snmp: a new agent serves the new settings (SNMPv3 engine boots {new.boots})")
-        return result
-
-    def status(self) -> dict:
-        return self.agent.status() if self.agent.engine is not None else {}
-
-    def endpoints(self) -> list[str]:
-        return self.agent.endpoints()
-
-    @hookimpl
-    def bmsgw_alarm_event(self, event) -> None:
-        """Record the alarm in the active table and send the notifications (in the event loop)."""
-        if event.raised:
-            self.active[str(event.alarm_id)] = event
-        else:
-            self.active.pop(str(event.alarm_id), None)
-        loop = self.gateway.loop
-        if loop is not None and loop.is_running() and not _in_loop(loop):
-            loop.call_soon_threadsafe(_deliver, self.agent, event)
-        else:
-            _deliver(self.agent, event)
-
-
-@hookimpl
-def bmsgw_config_schema():
-    return {"snmp": SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config) -> list[str]:
-    cfg = gateway_config.section("snmp")
-    return section_problems(cfg, str(gateway_config.path)) if cfg["enabled"] else []
-
-
-@hookimpl
-def bmsgw_services(gateway):
-    return [SnmpService(gateway)] if gateway.config.section("snmp")["enabled"] else []
-
-
-def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
-
-
-def _deliver(agent, event) -> None:
-    try:
-        agent.alarm_event(event)
-    except Exception:  # an alarm must never be lost for the other notifiers because of this one
-        log.exception("SNMP: alarm event %r not processed", event)
-
-
-# -- CLI ---------------------------------------------------------------------------------------------------
-def cmd_mib(args) -> int:
-    if args.modules_dir:
-        from .._data import data_dir
-
-        print(data_dir("mibs"))
-        return 0
-    from ..cliargs import config_path, offline_gateway
-    from .snmp.agent import parse_oid
-    from .snmp.mib import mib_text
-
-    gw = offline_gateway(config_path(args))
-    base = args.base_oid or gw.config.section("snmp").get("base_oid", "1.3.6.1.4.1.32473")
-    try:
-        text = mib_text(gw.catalog, parse_oid(base))
-    except ValueError as exc:
-        raise GatewayError(str(exc)) from None
-    if args.output:
-        fsutil.atomic_write(args.output, text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def cmd_snmp_key(args) -> int:
-    """Print SNMPv3 master keys (hex) for passphrases, to store instead of the passphrases."""
-    from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
-
-    from .snmp.agent import AUTH, PRIV
-
-    auth = SnmpUSMSecurityModel.AUTH_SERVICES[AUTH[args.auth]]
-    priv = SnmpUSMSecurityModel.PRIV_SERVICES[PRIV[args.priv]]
-    if sys.stdin.isatty():
-        auth_pass = getpass.getpass("authentication passphrase: ")
-        priv_pass = getpass.getpass("privacy passphrase: ")
-    else:
-        lines = sys.stdin.read().splitlines()
-        if len(lines) < 2:
-            raise GatewayError("expected two lines on stdin: the authentication and the privacy passphrase")
-        auth_pass, priv_pass = lines[0], lines[1]
-    for label, value in (("authentication", auth_pass), ("privacy", priv_pass)):
-        if len(value) < 8:
-            raise GatewayError(f"the {label} passphrase must have at least 8 characters")
-    auth_key = auth.hash_passphrase(auth_pass.encode())
-    priv_key = priv.hash_passphrase(AUTH[args.auth], priv_pass.encode())
-    print(f"auth: {args.auth}\nauth_key: \"0x{bytes(auth_key).hex()}\"\npriv: {args.priv}\n"
-          f"priv_key: \"0x{bytes(priv_key).hex()}\"\nkey_format: master")
-    return 0
-
-
-@hookimpl
-def bmsgw_cli_commands(subparsers):
-    from ..cliargs import add_config_option
-
-    s = subparsers.add_parser("mib", help="print BMSGW-MIB (SMIv2) generated from the point catalog",
-                              description="Generate the vendor MIB from the point catalog of a configuration "
-                                          "(built-in families, profiles, plugins): the OIDs the agent serves.")
-    add_config_option(s)
-    s.add_argument("--base-oid", default=None, help="MIB root, e.g. 1.3.6.1.4.1.<PEN> (default: snmp.base_oid)")
-    s.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
-    s.add_argument("--modules-dir", action="store_true",
-                   help="print the folder of the MIB modules bmsgw ships (BMSGW-MIB and the IETF modules it "
-                        "imports), for net-snmp's -M, and exit")
-    s.set_defaults(func=cmd_mib)
-
-    s = subparsers.add_parser("snmp-key", help="derive SNMPv3 master keys from passphrases (to store instead)",
-                              description="Reads the authentication and the privacy passphrase (prompted, or two "
-                                          "lines on stdin) and prints config lines with the master keys (hex).")
-    s.add_argument("--auth", default="sha256", choices=["sha", "sha224", "sha256", "sha384", "sha512"])
-    s.add_argument("--priv", default="aes128", choices=["aes", "aes128", "aes192", "aes256", "aes192c", "aes256c"])
-    s.set_defaults(func=cmd_snmp_key)

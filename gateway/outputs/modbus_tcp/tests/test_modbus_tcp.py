@@ -22,7 +22,7 @@ from gateway.app import Gateway
 from gateway.commands import Command
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
-from gateway.outputs.modbus_tcp import GAP_FILL, ModbusTcpService, served_ranges
+from gateway.outputs.modbus_tcp.face import GAP_FILL, ModbusTcpService, served_ranges
 from gateway.points import PointRef, Quality
 from gateway.service import StartError
 from tests.conftest import DEFAULT_CONFIG
@@ -524,7 +524,7 @@ def test_limits_live_in_the_limits_object_and_the_old_keys_are_still_read(tmp_pa
     with pytest.raises(ConfigError, match=r"modbus_tcp\.limits: .*'max_request_bytes' was unexpected"):
         service({"limits": {"max_request_bytes": 1000}})  # fixed by the protocol: not offered
     # the configuration page offers the new keys, not the old ones (unless the file has them)
-    from gateway.outputs.modbus_tcp import CONFIG_SCHEMA
+    from gateway.outputs.modbus_tcp.schema import CONFIG_SCHEMA
     from gateway.outputs.web.configedit import form_fields
 
     labels = [c["label"] for c in form_fields(CONFIG_SCHEMA, {}, "modbus_tcp")["children"]]
@@ -628,7 +628,7 @@ def offline_service(tmp_path_factory):
               st.integers(0, 0xFFFF), st.sampled_from([0, 1, 7, 255]), st.integers(0, 255),
               st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))), max_size=12))
 def test_any_byte_stream_gets_well_formed_answers_or_a_closed_connection(offline_service, chunks):
-    from gateway.outputs.modbus_tcp import _Connection
+    from gateway.outputs.modbus_tcp.face import _Connection
 
     async def feed():
         conn = _Connection(offline_service)

@@ -22,7 +22,7 @@ from gateway.secretfiles import exposure
 from gateway.service import ReloadResult, Service, StartError
 
 from .app import WebContext, create_app, security_headers
-from .settings import WebSettings
+from .schema import WebSettings
 from .tlscert import ensure_self_signed, fingerprint
 
 log = logging.getLogger(__name__)
