@@ -4,8 +4,9 @@ from __future__ import annotations
 from ...net.limits import Limits, with_network_keys
 
 LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
-# a scrape is a GET without a body; Prometheus keeps its connection between scrapes (15-60 s apart)
-DEFAULT_LIMITS = Limits(max_connections=16, max_connections_per_address=4, idle_timeout_s=120,
+# a scrape is a GET without a body; Prometheus keeps its connection between scrapes (15-60 s apart).  64 slots:
+# under a slow-loris flood a newcomer keeps its slot until 64 more have arrived, time enough for its request
+DEFAULT_LIMITS = Limits(max_connections=64, max_connections_per_address=4, idle_timeout_s=120,
                         request_timeout_s=10, send_timeout_s=30, max_request_bytes=4096)
 THREADS = 2  # scrapes rendered at once; a third waits for one of them (each renders the same cached text)
 

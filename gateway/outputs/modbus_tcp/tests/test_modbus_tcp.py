@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
@@ -25,10 +24,10 @@ from gateway.hookspecs import hookimpl
 from gateway.outputs.modbus_tcp.face import GAP_FILL, ModbusTcpService, served_ranges
 from gateway.points import PointRef, Quality
 from gateway.service import StartError
-from tests.conftest import DEFAULT_CONFIG
+from tests.conftest import DEFAULT_CONFIG, ROOT
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
-GOLDEN = Path(__file__).parent / "golden" / "modbus_addresses.json"
+GOLDEN = ROOT / "tests" / "golden" / "modbus_addresses.json"
 CELL_V, CELL_T, CELL_OHMIC = 10000, 11024, 12048  # string 1, battery 1 of each family
 IO_DO = 1080
 

@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.errors import ConfigError
 from gateway.exposition import BankCollector, exposition_for, render_metrics
 from gateway.points import PointRef, Quality, Reading
+from tests.conftest import ROOT
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
 QUALITIES = [Quality.GOOD] * 17 + [Quality.STALE, Quality.COMM_FAIL, Quality.OUT_OF_RANGE]
@@ -232,7 +233,7 @@ def test_bad_listen_address_names_the_key(tmp_path):
         gt.stop()
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+EXAMPLES = ROOT / "docs" / "examples"
 
 
 class Prometheus:
