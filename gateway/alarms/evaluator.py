@@ -91,6 +91,12 @@ class Evaluator:
         self._ohmic: dict[tuple[int, int], float] = {}
         self._slots: dict[tuple, list[tuple[Rule, list[Condition]]]] = {}
 
+    def carry_over(self, old: Evaluator) -> None:
+        """What the evaluator learnt that does not depend on the rules (string modes, the last ohmic values),
+        taken from the evaluator it replaces at a config reload."""
+        self.strings = old.strings
+        self._ohmic = old._ohmic
+
     # -- string mode ---------------------------------------------------------------------------------------
     def observe_current(self, string: int, current: float, ts: float) -> None:
         st = self.strings.setdefault(string, StringMode())
