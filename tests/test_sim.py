@@ -106,9 +106,12 @@ def test_a_sensor_holds_its_ohmic_test_result_until_the_next_test():
     second = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
     assert all(a != b for a, b in zip(first, second))
     assert m.last_ohmic_test(1) == NOON + 86400
-    # each result is the truth at its test, within the test's repeatability (0.5 %, 4 sigma)
+    # each result is what its sensor reads of the truth at its test (its conformity error included), within
+    # the test's repeatability (1 % +- 25 micro-ohm as 2 sigma): 4 sigma
     for c, v in enumerate(second, 1):
-        assert v == pytest.approx(m.true_ohmic(1, c, NOON + 86400), rel=0.02)
+        expected = m.sensor_ohmic(1, c, NOON + 86400)
+        assert v == pytest.approx(expected, abs=4 * m.errors.ohmic_test_sigma(expected))
+        assert v == pytest.approx(m.true_ohmic(1, c, NOON + 86400), rel=0.015 + 25e-6 / expected + 0.02)
     # a test run on demand (one string) gives a new result at once, and holds it too
     m.advance_to(m.t + 600)
     m.run_ohmic_test(1)
@@ -221,7 +224,8 @@ def test_over_modbus_the_ohmic_register_holds_between_tests(tmp_path):
         again, _, _ = transact_all(port, 9600, [read_request(2, 4, 2, 2)] * 3)
     assert len({tuple(r) for r in again}) == 1 and again[0] != reads[0]
     micro_ohm = (again[0][0] << 16) | again[0][1]
-    assert micro_ohm / 1e6 == pytest.approx(model.true_ohmic(1, 1), rel=0.02)
+    expected = model.sensor_ohmic(1, 1)
+    assert micro_ohm / 1e6 == pytest.approx(expected, abs=4 * model.errors.ohmic_test_sigma(expected) + 1e-6)
 
 
 def test_unknown_faults_and_buses_are_refused(tmp_path):
