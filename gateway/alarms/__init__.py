@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from ..hookspecs import hookimpl
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA, check as check_rules
+from .rules import SCHEMA, ohmic_levels
+from .rules import check as check_rules
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -76,7 +77,8 @@ def bmsgw_check_config(gateway_config, catalog) -> list[str]:
     if not section.get("enabled", True):
         return []
     return [f"{e.path}: {e.message}" for e in check_rules(section, gateway_config.topology, catalog,
-                                                          str(gateway_config.path))]
+                                                          str(gateway_config.path),
+                                                          ohmic_levels(gateway_config.section("analytics")))]
 
 
 @hookimpl

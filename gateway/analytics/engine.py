@@ -19,10 +19,11 @@ from collections import deque
 from typing import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
+from ..strings.states import StringStates, string_states
 from ..topology import StringConfig
 from . import diagnosis as dg
 from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years
-from .soc import FLOAT, REST, SocParams, StringSoc, soc_from_ocv
+from .soc import SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,11 @@ def _mean(values: Iterable[float]) -> float | None:
 
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
-                 now: float | None = None) -> None:
+                 now: float | None = None, states: StringStates | None = None) -> None:
+        """``states``: the codes of ``string.state`` (default: profiles/points.yaml's)."""
         now = time.time() if now is None else now
         self.cfg = cfg
+        self.codes = states or string_states()
         self.state = state
         self.store = store
         self.strings = {s.id: s for s in strings}
@@ -61,16 +64,13 @@ class Analytics:
             params = SocParams(
                 capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
                 peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
-                temp_coeff=sc["temp_coeff"], tail_current_pct=sc["tail_current_pct"],
-                anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
-                discharge_threshold_pct=sc["discharge_threshold_pct"],
-                float_min_v_per_cell=sc["float_min_v_per_cell"], min_test_depth_pct=sc["min_test_depth_pct"],
-                end_voltage_per_cell=sc["end_voltage_per_cell"])
-            self.soc[s.id] = StringSoc(s.id, params, saved.get(s.id))
+                temp_coeff=sc["temp_coeff"], anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
+                min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
+            self.soc[s.id] = StringSoc(s.id, params, self.codes, saved.get(s.id))
         self.refs = {p: {(s.id, c): PointRef(p, s.id, c) for s in strings for c in range(1, s.cells + 1)}
                      for p in CELL_INPUTS}
         self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
-                            for p in ("string.voltage", "string.current")}
+                            for p in ("string.voltage", "string.current", "string.state")}
         self.ambient_ref = PointRef("io.ambient_temperature")
         self._seen: dict[tuple, float] = {}
         self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
@@ -219,9 +219,9 @@ class Analytics:
             put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
             put("string.cell_ohmic_avg", o_avg, sid)
 
-            # state of charge and operating state
+            # state of charge, following the string's state (the string supervision's)
             soc = self.soc[sid]
-            cur_r = self._good(self.string_refs[("string.current", sid)])
+            state_r = self._good(self.string_refs[("string.state", sid)])
             sv_r = self._good(self.string_refs[("string.voltage", sid)])
             if sv_r is not None:
                 v_cell = sv_r.value / (s.cells * n)
@@ -230,19 +230,18 @@ class Analytics:
             else:
                 v_cell = None
             temp = ambient if ambient is not None else (_mean(temps.values()))
-            finished = soc.update(now, cur_r.value if cur_r else None, v_cell, temp, volts)
+            finished = soc.update(now, state_r.value if state_r else None, v_cell, temp, volts)
             if finished is not None:
                 self._record_discharge(finished)
             o = soc.outputs(now)
             put("string.soc", o["soc"], sid)
-            put("string.state", o["state"], sid)
             put("string.since_full_charge", o["since_full_charge"], sid)
-            put("string.on_battery_time", o["on_battery_time"], sid)
             put("string.runtime_remaining", o["runtime_remaining"], sid)
 
             # per battery
             cell_sohs = []
-            on_float = soc.state == FLOAT
+            on_float = soc.state == self.codes.floating
+            resting = on_float or soc.state == self.codes.rest
             for c in range(1, s.cells + 1):
                 key = (sid, c)
                 v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
@@ -258,8 +257,7 @@ class Analytics:
                     soh = min(100.0, max(0.0, 100.0 - 20.0 * max(dev, 0.0) / th["replace_pct"]))
                     cell_sohs.append(soh)
                 put("cell.soh", soh, sid, c)
-                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and soc.state in (FLOAT, REST) else None,
-                    sid, c)
+                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c)
                 eol, early, late = self.fc_pub.get(key, (None, None, None))
                 put("cell.eol_date", eol, sid, c)
                 put("cell.eol_date_early", early, sid, c)

@@ -1,9 +1,11 @@
 """State of charge per string, and discharges analysed as capacity tests.
 
-Coulomb counting on the string current: discharge with the Peukert correction (exponent 1.25 unless
-configured; referred to the rated C20 current), charge with the charge efficiency (95 %), against the usable
-capacity = rated x SOH x (1 + 0.005 x (T - 25)).  Re-anchored to 100 % after an hour on float below the tail
-current; corrected from the resting voltage after 24 h at rest.  A discharge is tracked from the current:
+Coulomb counting on the string current (the offset-corrected one the point store holds): discharge with the
+Peukert correction (exponent 1.25 unless configured; referred to the rated C20 current), charge with the charge
+efficiency (95 %), against the usable capacity = rated x SOH x (1 + 0.005 x (T - 25)).  The string's state is
+the string supervision's (``string.state``, gateway/strings): re-anchored to 100 % after an hour on float (float
+means below the tail current); corrected from the resting voltage after 24 h at rest.  A discharge is tracked
+from the state:
 delivered Ah, voltage sag per battery, and (deep enough, from a trusted start) an estimate of the string's
 capacity: the depth comes from the EMF at the end (voltage under load plus I x R, with R measured at the
 start of the discharge, where the SOC is known), the capacity = Peukert Ah / depth.
@@ -14,13 +16,10 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from ..strings.states import StringStates
 # Resting voltage -> SOC for a 12 V AGM unit (../shared/DOMAIN.md); per 2 V cell divide by 6.
 _OCV_12V = ((0.0, 11.80), (25.0, 12.00), (50.0, 12.30), (75.0, 12.60), (100.0, 12.85))
 OCV_PER_CELL = tuple((s, v / 6.0) for s, v in _OCV_12V)
-
-UNKNOWN, FLOAT, CHARGING, DISCHARGING, REST = 0, 1, 2, 3, 4
-STATE_NAMES = {UNKNOWN: "unknown", FLOAT: "float", CHARGING: "charging", DISCHARGING: "discharging", REST: "rest"}
-
 
 def ocv_per_cell(soc_pct: float) -> float:
     soc_pct = min(max(soc_pct, 0.0), 100.0)
@@ -49,11 +48,8 @@ class SocParams:
     rated_hours: float = 20.0
     charge_efficiency: float = 0.95
     temp_coeff: float = 0.005
-    tail_current_pct: float = 1.0  # of C: below it on float counts towards the 100 % anchor
-    anchor_hold_s: float = 3600.0
+    anchor_hold_s: float = 3600.0  # on float this long: 100 %
     rest_hours: float = 24.0
-    discharge_threshold_pct: float = 0.5  # of C: a current below minus this is a discharge
-    float_min_v_per_cell: float = 2.17
     max_gap_s: float = 600.0  # current readings further apart are not integrated across
     min_test_depth_pct: float = 10.0
     end_voltage_per_cell: float = 1.75
@@ -114,18 +110,19 @@ class DischargeEvent:
 
 
 class StringSoc:
-    """SOC, operating state and discharge tracking of one string."""
+    """SOC and discharge tracking of one string, following the state the string supervision publishes."""
 
-    def __init__(self, string: int, params: SocParams, saved: dict | None = None) -> None:
+    def __init__(self, string: int, params: SocParams, states: StringStates, saved: dict | None = None) -> None:
         self.string = string
         self.p = params
+        self.codes = states
         self.soc = 100.0
         self.anchor_ts: float | None = None  # last 100 % anchor
         self.anchor_kind = "assumed"
         self.soh_capacity: float | None = None  # % from the last capacity test
         self.soh_ts: float | None = None
         self.last_discharge_current: float | None = None
-        self.state = UNKNOWN
+        self.state = states.unknown
         self.state_since: float | None = None
         self._float_since: float | None = None
         self._rest_since: float | None = None
@@ -181,42 +178,32 @@ class StringSoc:
         self.soc = min(max(self.soc, 0.0), 100.0)
 
     # -- state machine ------------------------------------------------------------------------------------------
-    def classify(self, current: float | None, v_per_cell: float | None) -> int:
-        c = self.p.capacity_ah
-        if current is None:
-            return UNKNOWN
-        if current <= -self.p.discharge_threshold_pct / 100.0 * c:
-            return DISCHARGING
-        if current >= self.p.tail_current_pct / 100.0 * c:
-            return CHARGING
-        if v_per_cell is None:
-            return UNKNOWN
-        return FLOAT if v_per_cell >= self.p.float_min_v_per_cell else REST
-
-    def update(self, now: float, current: float | None, v_per_cell: float | None, temp_c: float | None,
+    def update(self, now: float, state: int | None, v_per_cell: float | None, temp_c: float | None,
                cell_volts: dict[int, float]) -> dict | None:
-        """Advance the state machine.  Returns a finished discharge event's analysis, if one just ended."""
+        """Follow the string's state (``string.state``; None: not known).  Returns a finished discharge event's
+        analysis, if one just ended."""
+        codes = self.codes
         self.temp = temp_c
-        state = self.classify(current, v_per_cell)
+        state = codes.unknown if state is None else int(state)
         finished = None
         if state != self.state:
-            if self.state == DISCHARGING and self.event is not None:
+            if self.state == codes.discharging and self.event is not None:
                 finished = self._finish(now, v_per_cell)
-            if state == DISCHARGING:
+            if state == codes.discharging:
                 trusted = self.anchor_ts is not None and now - self.anchor_ts <= self.p.trusted_anchor_s
                 self.event = DischargeEvent(self.string, now, self.soc, trusted, dict(cell_volts))
             self.state, self.state_since = state, now
-        if state == DISCHARGING and self.event is not None:
+        if state == codes.discharging and self.event is not None:
             if temp_c is not None:
                 self.event.temps.append(temp_c)
-        if state == FLOAT and current is not None and current < self.p.tail_current_pct / 100.0 * self.p.capacity_ah:
+        if state == codes.floating:
             if self._float_since is None:
                 self._float_since = now
             if now - self._float_since >= self.p.anchor_hold_s:
                 self.soc, self.anchor_ts, self.anchor_kind = 100.0, now, "float"
         else:
             self._float_since = None
-        if state == REST and v_per_cell is not None:
+        if state == codes.rest and v_per_cell is not None:
             if self._rest_since is None:
                 self._rest_since = now
             if now - self._rest_since >= self.p.rest_hours * 3600.0:
@@ -228,17 +215,16 @@ class StringSoc:
         return finished
 
     def outputs(self, now: float) -> dict[str, float | None]:
-        on_battery = now - self.event.start if self.state == DISCHARGING and self.event is not None else 0.0
-        if self.state == DISCHARGING and self._last_i is not None and self._last_i < 0:
+        discharging = self.state == self.codes.discharging
+        if discharging and self._last_i is not None and self._last_i < 0:
             amps = -self._last_i
         else:
             amps = self.last_discharge_current
         runtime = None
         if amps:
             runtime = self.soc / 100.0 * self.usable_capacity() / self.p.peukert_current(amps) * 3600.0
-        return {"soc": self.soc, "state": float(self.state),
-                "since_full_charge": (now - self.anchor_ts) if self.anchor_ts is not None else None,
-                "on_battery_time": on_battery, "runtime_remaining": runtime}
+        return {"soc": self.soc, "since_full_charge": (now - self.anchor_ts) if self.anchor_ts is not None else None,
+                "runtime_remaining": runtime}
 
     # -- discharge analysis -------------------------------------------------------------------------------------
     def _finish(self, now: float, v_per_cell: float | None) -> dict:
