@@ -22,7 +22,7 @@ from ..points import PointRef, PointStore, Quality, Reading
 from ..strings.states import StringStates, string_states
 from ..topology import StringConfig
 from . import diagnosis as dg
-from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years
+from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years, plausible_curves
 from .soc import SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
@@ -139,7 +139,7 @@ class Analytics:
             if point == "string.current":
                 soc.on_current(value, ts)
             elif soc.event is not None and ts >= soc.event.start:
-                soc.event.add_voltage(cell, value, soc._last_i or 0.0)
+                soc.event.add_voltage(cell, value, soc._last_i or 0.0, soc.soc)
 
     # -- the periodic computation ---------------------------------------------------------------------------------
     def _good(self, ref: PointRef) -> Reading | None:
@@ -465,8 +465,9 @@ class Analytics:
             if len(pts) >= fcfg["min_days"] and (pts[-1][0] - pts[0][0]) * 365.25 >= 0.8 * fcfg["min_days"]:
                 x, y = [p[0] for p in pts], [p[1] for p in pts]
                 trend = fit_trend(x, y)
-                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend)
-                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend)
+                curves = plausible_curves(x, y)
+                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend, curves=curves)
+                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend, curves=curves)
                 if f30.fit is not None:
                     out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
                                slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))

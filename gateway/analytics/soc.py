@@ -77,8 +77,9 @@ class DischargeEvent:
     trusted: bool
     v_before: dict[int, float]
     v_min: dict[int, float] = field(default_factory=dict)
-    v_first: dict[int, tuple[float, float]] = field(default_factory=dict)  # cell -> (V, I) first under load
-    v_last: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # cell -> (V, I, SOC counted then) first under load: the cells may be read a while after the start
+    v_first: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    v_last: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # (V, I, Peukert Ah drained then)
     ah: float = 0.0
     ah_peukert: float = 0.0
     seconds: float = 0.0
@@ -89,13 +90,13 @@ class DischargeEvent:
     end: float | None = None
     last_current: float = 0.0
 
-    def add_voltage(self, cell: int, volts: float, current: float) -> None:
+    def add_voltage(self, cell: int, volts: float, current: float, soc: float | None = None) -> None:
         amps = -current
         if amps <= 0:
             return
         if cell not in self.v_first:
-            self.v_first[cell] = (volts, amps)
-        self.v_last[cell] = (volts, amps)
+            self.v_first[cell] = (volts, amps, self.soc_start if soc is None else soc)
+        self.v_last[cell] = (volts, amps, self.ah_peukert)
         old = self.v_min.get(cell)
         if old is None or volts < old:
             self.v_min[cell] = volts
@@ -234,11 +235,14 @@ class StringSoc:
         result = analyse_discharge(ev, self.p, self.soc)
         if ev.seconds > 0:
             self.last_discharge_current = ev.i_sum / ev.seconds
-        if result.get("soc_end_voltage") is not None and result["depth_pct"] >= self.p.min_test_depth_pct:
-            self.soc = result["soc_end_voltage"]  # the voltage says where the discharge ended
         if result.get("capacity_test"):
             self.soh_capacity = result["soh_pct"]
             self.soh_ts = now
+        if result.get("soc_end_voltage") is not None and result["depth_pct"] >= self.p.min_test_depth_pct:
+            # the voltage says where the discharge was at the batteries' last reading; what was drained after it
+            # comes off too
+            after = result.get("ah_after_last_reading", 0.0) / max(self.usable_capacity(), 1e-9) * 100.0
+            self.soc = min(max(result["soc_end_voltage"] - after, 0.0), 100.0)
         return result
 
 
@@ -262,9 +266,11 @@ def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> d
     if common:
         v1 = statistics.fmean(ev.v_first[c][0] for c in common) / n
         i1 = statistics.fmean(ev.v_first[c][1] for c in common)
+        soc1 = statistics.fmean(ev.v_first[c][2] for c in common)
         v2 = statistics.fmean(ev.v_last[c][0] for c in common) / n
         i2 = statistics.fmean(ev.v_last[c][1] for c in common)
-        r = (ocv_per_cell(ev.soc_start) - v1) / i1 if i1 > 0 else 0.0  # ohm per 2 V cell, polarisation included
+        ah2 = statistics.fmean(ev.v_last[c][2] for c in common)  # what had been drained by those readings
+        r = (ocv_per_cell(soc1) - v1) / i1 if i1 > 0 else 0.0  # ohm per 2 V cell, polarisation included
         emf_end = v2 + i2 * max(r, 0.0)
         soc_end = soc_from_ocv(emf_end)
         reached = v2 <= p.end_voltage_per_cell
@@ -272,7 +278,8 @@ def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> d
             soc_end = 0.0
         depth = ev.soc_start - soc_end
         out.update(soc_end_voltage=soc_end, depth_pct=depth, end_voltage_reached=reached,
-                   r_dynamic_per_cell=r, emf_end_per_cell=emf_end)
+                   r_dynamic_per_cell=r, emf_end_per_cell=emf_end,
+                   ah_after_last_reading=0.0 if reached else max(ev.ah_peukert - ah2, 0.0))
         reasons = []
         if not ev.trusted:
             reasons.append("the SOC at the start was not anchored")
@@ -283,7 +290,7 @@ def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> d
         if ev.seconds < p.min_test_s:
             reasons.append("too short")
         if not reasons:
-            cap_t = ev.ah_peukert / (depth / 100.0)
+            cap_t = (ah2 if not reached else ev.ah_peukert) / (depth / 100.0)
             cap_25 = cap_t / p.temp_factor(temp)
             out.update(capacity_test=True, capacity_ah=cap_25, soh_pct=100.0 * cap_25 / p.capacity_ah)
         else:

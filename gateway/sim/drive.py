@@ -28,6 +28,12 @@ class Cadence:
     cells_s: float = 60.0  # cell voltages and temperatures
     ohmic_s: float = 3600.0  # ohmic values (and EMF)
     emf: bool = False  # the bank has BMUs that measure EMF
+    cells_idle_s: float = 0.0  # > 0: cells this often while every string floats quietly (long runs)
+
+
+def idle(model: BankModel) -> bool:
+    """Every string floats and nothing happens to it: the cells change with the room's temperature only."""
+    return all(st.mode == "float" and st.runaway_since is None and st.soc >= 1.0 for st in model.strings.values())
 
 
 def _reading(model: BankModel, point: str, string: int | None, cell: int | None, t: float,
@@ -85,10 +91,13 @@ def run(model: BankModel, store: PointStore, until: float, tickers: Sequence[Tic
     while t < until:
         t = min(t + cad.step_s, until)
         model.advance_to(t)
+        quiet = cad.cells_idle_s > 0 and idle(model)
+        if not quiet:
+            next_cells = min(next_cells, t + cad.cells_s)  # something happens: read the cells at the busy pace
         cells = t >= next_cells
         ohmic = t >= next_ohmic
         if cells:
-            next_cells = t + cad.cells_s
+            next_cells = t + (cad.cells_idle_s if quiet else cad.cells_s)
         if ohmic:
             next_ohmic = t + cad.ohmic_s
         feed(model, store, t, cells, ohmic, cad.emf, ranges=ranges, strings=sensed)

@@ -234,6 +234,8 @@ class BankModel:
         self.di_state = 0
         self.strings: dict[int, StringState] = {}
         self._avg_cache: dict[int, tuple[float, float]] = {}
+        self._string_v_cache: dict[int, tuple[float, str, float]] = {}  # string -> (time, mode, volts)
+        self.string_voltage_hold_s = 0.0  # > 0: a floating string's voltage is recomputed this often (long runs)
         # (point, string, cell, channel) -> value a sensor reports instead of the physics (None: not available)
         self.overrides: dict[tuple, float | None] = {}
         for sid, cells, cap, cpu in strings:
@@ -292,8 +294,11 @@ class BankModel:
             self.errors.current_drift_a_per_c * (self.ambient() - 25.0)
 
     def refresh(self) -> None:
-        """Recompute what is cached from the batteries (call after changing a battery's capacity)."""
+        """Recompute what is cached from the batteries (call after changing a battery: its capacity, its float
+        voltage ...)."""
         with self.lock:
+            self._string_v_cache.clear()
+            self._avg_cache.clear()
             years = self.years()
             for st in self.strings.values():
                 st.weakest = min((b.capacity_factor for b in st.batteries), default=1.0)
@@ -363,6 +368,7 @@ class BankModel:
             st = self.strings[sid]
             st.mode = mode
             st.mode_since = self.t
+            self._string_v_cache.pop(sid, None)
             if current is not None:
                 st.discharge_current = abs(current)
             if mode == "discharge":
@@ -531,7 +537,16 @@ class BankModel:
         return cached[1]
 
     def string_voltage(self, sid: int) -> float:
-        return sum(self.cell_voltage(sid, c) for c in range(1, self.strings[sid].cells + 1))
+        st = self.strings[sid]
+        if self.string_voltage_hold_s and st.mode in ("float", "rest") and st.runaway_since is None:
+            # held by the charger (or at rest): it moves with the room's temperature only, by a few millivolts a
+            # minute, far below what a string sensor resolves; a long simulated-time run asks every few seconds
+            cached = self._string_v_cache.get(sid)
+            if cached is not None and cached[1] == st.mode and 0.0 <= self.t - cached[0] < self.string_voltage_hold_s:
+                return cached[2]
+        v = sum(self.cell_voltage(sid, c) for c in range(1, st.cells + 1))
+        self._string_v_cache[sid] = (self.t, st.mode, v)
+        return v
 
     def value(self, point: str, string: int | None = None, cell: int | None = None,
               channel: int | None = None) -> float:

@@ -400,6 +400,23 @@ def _exception(unit: int, function: int, code: int) -> bytes:
     return with_crc(bytes([unit, function | 0x80, code]))
 
 
+def model_from_config(config, **overrides) -> BankModel:
+    """The simulated bank of a config (its strings, the simulator section's seed, errors and scenarios), for
+    simulated-time runs that need no serial ports (``gateway.simrun``)."""
+    sim = config.section("simulator")
+    kwargs = dict(seed=sim.get("seed", 1), weak_cells=sim.get("weak_cells", 3),
+                  discharge_every_s=sim.get("discharge_every_s", 0.0),
+                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0),
+                  ohmic_test_interval_s=sim.get("ohmic_test_interval_s", 86400.0), errors=SensorErrors.from_config(sim))
+    kwargs.update(overrides)
+    model = BankModel([(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit)
+                       for s in config.topology.strings], **kwargs)
+    for sc in sim.get("scenarios") or []:
+        args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
+        model.schedule_scenario(model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
+    return model
+
+
 def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
     sim = config.section("simulator")
     kwargs = dict(seed=sim.get("seed", 1), wire_time=sim.get("wire_time", True),

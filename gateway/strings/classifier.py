@@ -125,6 +125,8 @@ class StringClassifier:
         self.v_cell: float | None = None
         self.v_ts: float | None = None
         self._volts: deque[tuple[float, float]] = deque()  # (ts, V per cell) over the trend window
+        self._trend: float | None = None
+        self._trend_at: float | None = None
         self.raw: float | None = None  # last measured current
         self.raw_ts: float | None = None
         self.corrected: float | None = None  # last corrected current (before the deadband)
@@ -145,6 +147,7 @@ class StringClassifier:
         self.v_cell, self.v_ts = v_per_cell, ts
         if v_per_cell is None:
             self._volts.clear()
+            self._trend = self._trend_at = None
             return
         vs = self._volts
         vs.append((ts, v_per_cell))
@@ -153,7 +156,17 @@ class StringClassifier:
             vs.popleft()
 
     def trend(self) -> float | None:
-        """Least-squares slope of the voltage per cell over the trend window, V per hour (None: too little)."""
+        """Least-squares slope of the voltage per cell over the trend window, V per hour (None: too little);
+        recomputed at most every 30 s."""
+        vs = self._volts
+        last = vs[-1][0] if vs else None
+        if last is not None and self._trend_at is not None and 0.0 <= last - self._trend_at < 30.0:
+            return self._trend
+        self._trend_at = last
+        self._trend = self._slope()
+        return self._trend
+
+    def _slope(self) -> float | None:
         vs = self._volts
         if len(vs) < 4 or vs[-1][0] - vs[0][0] < 0.5 * self.p.trend_window_s:
             return None
@@ -357,7 +370,8 @@ class StringClassifier:
         normal = self.normal_float_current()
         limit = max(p.runaway_factor * normal, normal + p.runaway_min_excess_a)
         state = 0
-        if self.zero.known and current > limit and rising_i >= -0.1 * p.runaway_min_excess_a:
+        settled = span >= 0.5 * p.runaway_window_s  # sustained, and not the tail of a recharge (that falls)
+        if self.zero.known and settled and current > limit and rising_i >= -0.1 * p.runaway_min_excess_a:
             state = 1
         elif (span >= 0.5 * p.runaway_window_s and rising_i > p.runaway_current_rise_c * p.capacity_ah
               and rising_t is not None and rising_t > p.runaway_temperature_rise_c):

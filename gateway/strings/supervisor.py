@@ -68,9 +68,10 @@ class StringSupervisor:
         have = set(measured) if measured is not None else None
         self.has_current = {sid: have is None or PointRef("string.current", sid) in have for sid in self.strings}
         self.has_voltage = {sid: have is None or PointRef("string.voltage", sid) in have for sid in self.strings}
-        self.temp_refs = {s.id: [PointRef("cell.temperature", s.id, c) for c in range(1, s.cells + 1)]
-                          for s in strings}
-        self.volt_refs = {s.id: [PointRef("cell.voltage", s.id, c) for c in range(1, s.cells + 1)] for s in strings}
+        # the batteries' latest usable temperatures (and voltages, for strings without a string voltage sensor),
+        # noted as they arrive: the tick reads these lists, not the store
+        self.temps: dict[int, list[float | None]] = {s.id: [None] * s.cells for s in strings}
+        self.volts: dict[int, list[float | None]] = {s.id: [None] * s.cells for s in strings}
         self.ambient_ref = PointRef("io.ambient_temperature")
         self.imbalance_min_c = float(section.get("imbalance_min_c", 0.02))
         self.republish_s = republish_s
@@ -126,12 +127,28 @@ class StringSupervisor:
     def install(self) -> None:
         self.store.add_transform("string.voltage", self._on_voltage)
         self.store.add_transform("string.current", self._on_current)
+        self.store.add_transform("cell.temperature", self._on_cell_temperature)
+        if not all(self.has_voltage.values()):
+            self.store.add_transform("cell.voltage", self._on_cell_voltage)
         self.installed = True
 
     def uninstall(self) -> None:
-        self.store.remove_transform("string.voltage")
-        self.store.remove_transform("string.current")
+        for point in ("string.voltage", "string.current", "cell.temperature", "cell.voltage"):
+            self.store.remove_transform(point)
         self.installed = False
+
+    def _note(self, table: dict[int, list[float | None]], ref: PointRef, r: Reading) -> None:
+        row = table.get(ref.string)
+        if row is not None and ref.cell is not None and 0 < ref.cell <= len(row):
+            row[ref.cell - 1] = r.value if r.quality is _GOOD else None
+
+    def _on_cell_temperature(self, ref: PointRef, r: Reading, fresh: bool) -> list[tuple[PointRef, Reading]]:
+        self._note(self.temps, ref, r)
+        return [(ref, r)]
+
+    def _on_cell_voltage(self, ref: PointRef, r: Reading, fresh: bool) -> list[tuple[PointRef, Reading]]:
+        self._note(self.volts, ref, r)
+        return [(ref, r)]
 
     def _ref(self, point: str, sid: int) -> PointRef:
         key = (point, sid)
@@ -200,13 +217,13 @@ class StringSupervisor:
         currents: dict[int, float] = {}
         with self.lock:
             for sid, c in self.classifiers.items():
-                temps = [v for v in (store.value(ref) for ref in self.temp_refs[sid]) if v is not None]
+                temps = [v for v in self.temps[sid] if v is not None]
                 spread = max(temps) - min(temps) if len(temps) >= 2 else None
                 self._changed("string.cell_temperature_spread", sid, spread, now, out, tol=0.05)
                 if not self.has_voltage[sid]:
-                    volts = [v for v in (store.value(ref) for ref in self.volt_refs[sid]) if v is not None]
+                    volts = [v for v in self.volts[sid] if v is not None]
                     n = self.strings[sid].battery.cells_per_unit
-                    enough = len(volts) >= 0.8 * len(self.volt_refs[sid]) and volts
+                    enough = volts and len(volts) >= 0.8 * len(self.volts[sid])
                     c.on_voltage(sum(volts) / len(volts) / n if enough else None, now)
                 if not self.has_current[sid]:
                     c.classify(now)
