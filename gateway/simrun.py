@@ -37,7 +37,11 @@ class SimulatedGateway:
 
     def __init__(self, config_path: str | Path, *, analytics: bool = True, alarms: bool = True,
                  model: BankModel | None = None, cadence: Cadence | None = None, analytics_every_s: float = 60.0,
-                 **model_overrides) -> None:
+                 forecasts: bool = True, **model_overrides) -> None:
+        """``analytics``/``alarms``: run them (as their config sections say); ``forecasts``: the analytics' jobs
+        (forecasts, diagnoses) every ``analytics.jobs_interval_h``; ``analytics_every_s``: their tick (doubled
+        tenfold while every string floats quietly, with ``cadence.cells_idle_s``); ``model_overrides``: for
+        ``model_from_config`` (seed, weak_cells, errors ...)."""
         from .app import Gateway
         from .sim.server import model_from_config
         from .strings import make_supervisor
@@ -63,6 +67,7 @@ class SimulatedGateway:
             self.alarms = AlarmManager(gw, gw.config.section("alarms"), clock=lambda: self.now)
             self.alarms.start(driven=True)
         self.analytics = None
+        self.forecasts = forecasts
         self._analytics_every = analytics_every_s
         self._next_analytics = self.now
         if analytics and gw.config.section("analytics").get("enabled", True):
@@ -74,8 +79,8 @@ class SimulatedGateway:
             self.analytics = Analytics(gw.topology.strings, gw.config.section("analytics"), StateDB(state_path(gw.config)),
                                        gw.store, now=self.now, states=string_states(gw.catalog))
             gw.store.subscribe(self.analytics.observe)
-            # unchanged derived values are put again at most every ten ticks (the gateway: every minute)
-            self.analytics.republish_s = max(self.analytics.republish_s, 10.0 * analytics_every_s)
+            # unchanged derived values are put again every 30 busy ticks (the gateway: every minute)
+            self.analytics.republish_s = max(self.analytics.republish_s, 30.0 * analytics_every_s)
         self._tick_every = float(gw.config.section("string_state").get("interval_s", 10))
         self._next_tick = self.now
 
@@ -102,7 +107,7 @@ class SimulatedGateway:
         if self.analytics is not None and t >= self._next_analytics:
             self.analytics.tick(t)
             self._next_analytics = t + self._analytics_every * (10.0 if quiet else 1.0)
-            if self.analytics.jobs_due(t):
+            if self.forecasts and self.analytics.jobs_due(t):
                 self.analytics.run_jobs(t)
         if self.alarms is not None:
             self.alarms.drive(t)  # what the analytics just published

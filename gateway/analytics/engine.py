@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _GOOD = Quality.GOOD
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
+SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
 
 
 def parse_date(text: str | None) -> float | None:
@@ -98,6 +99,7 @@ class Analytics:
         self.life_used = {k: v[0] for k, v in life.items()}
         self.first_seen = {k: v[2] for k, v in life.items()}
         self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
+        self.recent_tests: dict[tuple[int, int], deque[float]] = {}  # the last ohmic test results per battery
         self._gen = state.generation()
 
     # -- external changes (CLI, web) ----------------------------------------------------------------------------
@@ -107,7 +109,7 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub):
+                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests):
                     d.pop(key, None)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
         self._persist("the life budget", self.save_life, now)
@@ -252,9 +254,17 @@ class Analytics:
                 put("cell.ohmic_baseline", base.ohmic if base else None, sid, c)
                 dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
                 put("cell.ohmic_baseline_deviation", dev, sid, c)
+                # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test
+                # scatters by 5-10 %)
+                tests = self.recent_tests.get(key)
+                if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
+                    if tests is None:
+                        tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
+                    tests.append(ohm)
                 soh = None
-                if dev is not None:
-                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(dev, 0.0) / th["replace_pct"]))
+                if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
+                    robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
+                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
                     cell_sohs.append(soh)
                 put("cell.soh", soh, sid, c)
                 put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c)

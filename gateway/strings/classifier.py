@@ -8,7 +8,8 @@ State (the only definition of it in the gateway; ``string.state``):
 * the string's voltage per 2 V cell at or above ``float_min_v_per_cell`` means a charger holds it: a battery
   that delivers current sits below its open-circuit voltage (about 2.14 V per cell when full), so a string at
   float voltage is never discharging, whatever its current sensor says.  There it is *charging* while the
-  corrected current is above ``charge_above_c`` (the recharge's tail), else *float*;
+  corrected current is above ``charge_above_c`` (the recharge's tail) or the voltage is a boost charge's
+  (``boost_min_v_per_cell``), else *float* (and stays *float* while its float current runs away);
 * below it: *discharging* when the corrected current is below minus ``discharge_below_c`` (and, while the
   sensor's zero is not known yet, the voltage falls or the current is beyond any zero offset the sensor may
   have), *charging* when it is above ``charge_above_c``, else *rest*;
@@ -43,6 +44,7 @@ class ClassifierParams:
     capacity_ah: float
     cells: int  # 2 V cells in the string (units x cells per unit)
     float_min_v_per_cell: float = 2.18
+    boost_min_v_per_cell: float = 2.30  # a charger's boost (equalize) charge: charging, whatever the current
     charge_above_c: float = 0.01
     discharge_below_c: float = 0.005
     falling_v_per_cell_h: float = 0.02
@@ -231,7 +233,12 @@ class StringClassifier:
             margin = 0.01 if self.state in (codes.floating, codes.charging) else 0.0  # no flicker at the limit
             if v >= p.float_min_v_per_cell - margin:
                 limit = (0.8 if self.state == codes.charging else 1.0) * charge + unc
-                state = codes.charging if i is not None and i > limit else codes.floating
+                if v >= p.boost_min_v_per_cell:
+                    state = codes.charging
+                elif self.runaway and self.state == codes.floating:
+                    state = codes.floating  # a runaway's current, not a recharge: the string stays on float
+                else:
+                    state = codes.charging if i is not None and i > limit else codes.floating
             elif i is None:
                 falling = trend is not None and trend < -p.falling_v_per_cell_h
                 state = codes.discharging if falling else codes.rest

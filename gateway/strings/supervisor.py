@@ -37,6 +37,7 @@ def params_from_section(s: StringConfig, section: dict) -> ClassifierParams:
     run = section.get("thermal_runaway", {}) or {}
     kw = {
         "float_min_v_per_cell": section.get("float_min_v_per_cell"), "charge_above_c": section.get("charge_above_c"),
+        "boost_min_v_per_cell": section.get("boost_min_v_per_cell"),
         "discharge_below_c": section.get("discharge_below_c"),
         "falling_v_per_cell_h": section.get("falling_v_per_cell_h"), "deadband_a": section.get("deadband_a"),
         "auto_zero": zero.get("auto"), "max_offset_a": zero.get("max_offset_a"),
@@ -250,13 +251,14 @@ class StringSupervisor:
         return out
 
     def _imbalance(self, currents: dict[int, float], now: float, out: list) -> None:
-        """Parallel strings share a discharge (or a recharge): each one's deviation from their mean, in %."""
+        """Parallel strings share a discharge (or a recharge): each one's part against their mean, in % (positive: it
+        carries more than its share)."""
         mean = sum(currents.values()) / len(currents) if currents else 0.0
         caps = [self.strings[sid].battery.capacity_ah for sid in currents]
         same_way = currents and (all(i < 0 for i in currents.values()) or all(i > 0 for i in currents.values()))
         judged = len(currents) >= 2 and same_way and abs(mean) >= self.imbalance_min_c * min(caps)
         for sid in self.strings:
-            value = (currents[sid] - mean) / abs(mean) * 100.0 if judged and sid in currents else None
+            value = (currents[sid] - mean) / mean * 100.0 if judged and sid in currents else None  # + : more than its share
             self._changed("string.current_imbalance", sid, value, now, out, tol=0.5)
 
     # -- commands ----------------------------------------------------------------------------------------------
