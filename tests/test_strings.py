@@ -239,3 +239,18 @@ def test_ohmic_levels_come_from_the_analytics_thresholds_and_read_well():
     key = AlarmKey("cell_ohmic_baseline_critical", "high", "critical", "cell.ohmic_baseline_deviation", 1, 9)
     assert msgs.raised(key, rs.rule("cell_ohmic_baseline_critical", 1), 52.0, 52.0, 40.0) == \
         "String 1 cell 9: ohmic value 0.46 mOhm, +52 % over baseline (critical at +40 %)"
+
+
+def test_a_runaway_is_watched_on_float_and_a_boost_charge_is_not_one():
+    def watched(volts_after: float) -> int:
+        c = classifier()
+        t = feed(c, 0, 3 * 3600, FLOAT_V, FLOAT_I)  # the zero is learnt
+        worst = 0
+        for k in range(1, 91):  # 90 minutes: the float current climbs to 8x its normal
+            t = feed(c, t, 60, volts_after if k > 1 else FLOAT_V, FLOAT_I * (1 + 7 * min(k, 30) / 30), step=10)
+            worst = max(worst, c.watch(t, 0.0))
+        assert c.state == STATES.floating
+        return worst
+
+    assert watched(FLOAT_V) == 1  # the float current over 3x its normal, the charger's voltage unchanged
+    assert watched(2.35 * CELLS) == 0  # the charger raised its voltage (a boost charge): more current is expected

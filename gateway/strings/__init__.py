@@ -48,7 +48,6 @@ SCHEMA = {
                                      "imbalance are computed"),
         "float_min_v_per_cell": _n(2.18, 2.0, 2.4, "at or above (V per 2 V cell): a charger holds the string, "
                                                    "which is then floating or charging, never discharging"),
-        "boost_min_v_per_cell": _n(2.30, 2.1, 2.6, "at or above (V per 2 V cell): a boost or equalize charge"),
         "charge_above_c": _n(0.01, 0.0001, 1, "charging above this current (x capacity in Ah); at float voltage "
                                              "below it: float"),
         "discharge_below_c": _n(0.005, 0.0001, 1, "discharging below minus this current (x capacity), under "

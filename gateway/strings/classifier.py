@@ -8,8 +8,8 @@ State (the only definition of it in the gateway; ``string.state``):
 * the string's voltage per 2 V cell at or above ``float_min_v_per_cell`` means a charger holds it: a battery
   that delivers current sits below its open-circuit voltage (about 2.14 V per cell when full), so a string at
   float voltage is never discharging, whatever its current sensor says.  There it is *charging* while the
-  corrected current is above ``charge_above_c`` (the recharge's tail) or the voltage is a boost charge's
-  (``boost_min_v_per_cell``), else *float* (and stays *float* while its float current runs away);
+  corrected current is above ``charge_above_c`` (the recharge's tail), else *float* (and stays *float* while its
+  float current runs away);
 * below it: *discharging* when the corrected current is below minus ``discharge_below_c`` (and, while the
   sensor's zero is not known yet, the voltage falls or the current is beyond any zero offset the sensor may
   have), *charging* when it is above ``charge_above_c``, else *rest*;
@@ -26,7 +26,8 @@ the clamp off the cable) sets the offset to the present reading.
 
 Thermal runaway: on float, the float current (corrected, averaged over two minutes) above
 ``float_current_factor`` x its normal and not falling (once the zero is known), or the float current and
-the batteries' temperature over ambient rising together over ``window_s``.
+the batteries' temperature over ambient rising together over ``window_s`` -- unless the charger raised the
+voltage meanwhile (a boost charge draws more current too).
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ class ClassifierParams:
     capacity_ah: float
     cells: int  # 2 V cells in the string (units x cells per unit)
     float_min_v_per_cell: float = 2.18
-    boost_min_v_per_cell: float = 2.30  # a charger's boost (equalize) charge: charging, whatever the current
     charge_above_c: float = 0.01
     discharge_below_c: float = 0.005
     falling_v_per_cell_h: float = 0.02
@@ -138,9 +138,11 @@ class StringClassifier:
         self._win_start: float | None = None
         self._away_since: float | None = None  # the readings sit beyond the band around the known zero
         self._normal_windows = 0
-        self._watch: deque[tuple[float, float, float | None]] = deque()  # (ts, float current, temperature rise)
+        # (ts, float current, temperature rise, V per cell) over the runaway window
+        self._watch: deque[tuple[float, float, float | None, float | None]] = deque()
         self.runaway = 0  # 0 none, 1 float current high, 2 current rising with temperature
         self.heating = False  # the batteries warm over ambient: no learning
+        self.float_v: float | None = None  # V per cell the string settled at on float (learning windows)
         self.learning = False
 
     # -- inputs ------------------------------------------------------------------------------------------------
@@ -233,9 +235,7 @@ class StringClassifier:
             margin = 0.01 if self.state in (codes.floating, codes.charging) else 0.0  # no flicker at the limit
             if v >= p.float_min_v_per_cell - margin:
                 limit = (0.8 if self.state == codes.charging else 1.0) * charge + unc
-                if v >= p.boost_min_v_per_cell:
-                    state = codes.charging
-                elif self.runaway and self.state == codes.floating:
+                if self.runaway and self.state == codes.floating:
                     state = codes.floating  # a runaway's current, not a recharge: the string stays on float
                 else:
                     state = codes.charging if i is not None and i > limit else codes.floating
@@ -275,7 +275,7 @@ class StringClassifier:
         p = self.p
         if not p.auto_zero or self.state != self.codes.floating or self.float_since is None:
             return False
-        if now - self.float_since < p.float_settle_s or self.heating or self.runaway:
+        if now - self.float_since < p.float_settle_s or self.heating or self.runaway or self.boosted():
             return False
         trend = self.trend()
         return trend is not None and abs(trend) <= p.flat_v_per_cell_h
@@ -321,6 +321,8 @@ class StringClassifier:
                 return
             z.known = False
         self._away_since = None
+        if self.v_cell is not None:  # the charger's float voltage, followed slowly (temperature compensation)
+            self.float_v = self.v_cell if self.float_v is None else self.float_v + 0.2 * (self.v_cell - self.float_v)
         rate = p.track_rate_a_per_h if z.known else p.learn_rate_a_per_h
         step = max(-rate * hours, min(rate * hours, delta))
         z.offset = max(-p.max_offset_a, min(p.max_offset_a, z.offset + step))
@@ -349,6 +351,13 @@ class StringClassifier:
             self.corrected = self.correct(self.raw)
         return mean
 
+    def boosted(self, v_before: float | None = None) -> bool:
+        """The charger raised its voltage over the float it settled at (or over ``v_before``): a boost charge."""
+        v = self.v_cell
+        if v is None:
+            return False
+        return (v_before is not None and v - v_before > 0.02) or (self.float_v is not None and v - self.float_v > 0.03)
+
     # -- thermal runaway ---------------------------------------------------------------------------------------
     def float_current(self) -> float | None:
         """The corrected current averaged over the last two minutes (None: no reading)."""
@@ -366,10 +375,11 @@ class StringClassifier:
             self.runaway = 0
             self.heating = False
             return 0
-        w.append((now, current, temperature_rise))
+        w.append((now, current, temperature_rise, self.v_cell))
         while len(w) > 2 and w[1][0] <= now - p.runaway_window_s:
             w.popleft()
-        t_old, i_old, temp_old = w[0]
+        t_old, i_old, temp_old, v_old = w[0]
+        boosted = self.boosted(v_old)
         span = now - t_old
         rising_i = current - i_old
         rising_t = temperature_rise - temp_old if temperature_rise is not None and temp_old is not None else None
@@ -378,7 +388,9 @@ class StringClassifier:
         limit = max(p.runaway_factor * normal, normal + p.runaway_min_excess_a)
         state = 0
         settled = span >= 0.5 * p.runaway_window_s  # sustained, and not the tail of a recharge (that falls)
-        if self.zero.known and settled and current > limit and rising_i >= -0.1 * p.runaway_min_excess_a:
+        if boosted:
+            state = 0  # the charger raised its voltage (a boost charge): more current is what it asked for
+        elif self.zero.known and settled and current > limit and rising_i >= -0.1 * p.runaway_min_excess_a:
             state = 1
         elif (span >= 0.5 * p.runaway_window_s and rising_i > p.runaway_current_rise_c * p.capacity_ah
               and rising_t is not None and rising_t > p.runaway_temperature_rise_c):

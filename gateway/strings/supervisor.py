@@ -37,7 +37,6 @@ def params_from_section(s: StringConfig, section: dict) -> ClassifierParams:
     run = section.get("thermal_runaway", {}) or {}
     kw = {
         "float_min_v_per_cell": section.get("float_min_v_per_cell"), "charge_above_c": section.get("charge_above_c"),
-        "boost_min_v_per_cell": section.get("boost_min_v_per_cell"),
         "discharge_below_c": section.get("discharge_below_c"),
         "falling_v_per_cell_h": section.get("falling_v_per_cell_h"), "deadband_a": section.get("deadband_a"),
         "auto_zero": zero.get("auto"), "max_offset_a": zero.get("max_offset_a"),
