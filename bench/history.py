@@ -54,9 +54,10 @@ def typical_values(gw: Gateway) -> dict[str, float]:
     s = gw.topology.strings[0]
     n, cells = s.battery.cells_per_unit, s.cells
     unit_float = 2.25 * n
-    return {"cell.voltage": unit_float, "cell.temperature": 25.0, "cell.ohmic": new_unit_ohmic(s.battery.capacity_ah, n),
-            "cell.emf": 2.14 * n, "string.voltage": cells * unit_float,
-            "string.current": 0.0005 * s.battery.capacity_ah, "bank.voltage": cells * unit_float}
+    return {"cell.voltage": unit_float, "cell.temperature": 25.0,
+            "cell.ohmic": new_unit_ohmic(s.battery.capacity_ah, n), "cell.emf": 2.14 * n,
+            "string.voltage": cells * unit_float, "string.current": 0.0005 * s.battery.capacity_ah,
+            "bank.voltage": cells * unit_float}
 
 
 TYPICAL: dict[str, float] = {}
@@ -127,7 +128,8 @@ def fill_baseline(path: Path, cells: int, end: float) -> tuple[object, int]:
     rng = random.Random(2)
     t0 = int(end // 3600 * 3600) - YEAR_DAYS * DAY
     volts = typical("cell.voltage")
-    rows = [(pid, t, volts + rng.gauss(0, 0.01)) for pid in range(1, cells + 1) for t in range(t0, t0 + YEAR_DAYS * DAY, 3600)]
+    rows = [(pid, t, volts + rng.gauss(0, 0.01)) for pid in range(1, cells + 1)
+            for t in range(t0, t0 + YEAR_DAYS * DAY, 3600)]
     c.execute("BEGIN")
     c.executemany("INSERT INTO samples VALUES (?,?,?)", rows)
     c.execute("COMMIT")

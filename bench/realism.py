@@ -113,7 +113,8 @@ def false_states(days: float) -> dict:
             return {"minutes_discharging": discharging, "float_alarms": sum(r["rule"] in FLOAT_RULES for r in log),
                     "runaway_alarms": sum(r["rule"] == "string_thermal_runaway" for r in log), "alarms": len(log),
                     "texts": [r["text"] for r in log][:5], "on_battery_s": on_battery[0],
-                    "offsets": {s: (round(sim.strings.classifiers[int(s)].zero.offset, 2), o) for s, o in offsets.items()}}
+                    "offsets": {s: (round(sim.strings.classifiers[int(s)].zero.offset, 2), o)
+                                for s, o in offsets.items()}}
 
 
 def runaway_minutes(learn_s: float) -> tuple[float | None, int]:
@@ -224,9 +225,9 @@ def main() -> None:
     print(f"bank: config.yaml's 2 V 500 Ah VRLA cells, BCS-02 and BM-SMD sensor errors on; {days} simulated days")
 
     s = soc_error(days)
-    print(f"SOC, -3 A offset, {s['discharges']} discharges of C/4 x 1 h ({s['capacity_tests']} capacity tests): max error "
-          f"{s['max_after']:.2f} pp once the capacity is learnt (goal <= 3; first discharge {s['max_before']:.2f}); "
-          f"zero learnt {s['offset']:+.2f} A (sensor {s['truth_offset']:+.2f} A)")
+    print(f"SOC, -3 A offset, {s['discharges']} discharges of C/4 x 1 h ({s['capacity_tests']} capacity tests): "
+          f"max error {s['max_after']:.2f} pp once the capacity is learnt (goal <= 3; first discharge "
+          f"{s['max_before']:.2f}); zero learnt {s['offset']:+.2f} A (sensor {s['truth_offset']:+.2f} A)")
 
     f = false_states(days)
     minutes = sum(f["minutes_discharging"].values())
@@ -251,8 +252,9 @@ def main() -> None:
     e = end_of_discharge()
     worst = max(abs(v) for rate in e.values() for v in rate.values())
     for rate, first in e.items():
-        print(f"end of discharge at {rate}: " + ", ".join(f"{rule.replace('_voltage_discharge', '')} {sev} "
-                                                          f"{diff:+.4f} V/cell" for (rule, sev), diff in sorted(first.items())))
+        parts = [f"{rule.replace('_voltage_discharge', '')} {sev} {diff:+.4f} V/cell"
+                 for (rule, sev), diff in sorted(first.items())]
+        print(f"end of discharge at {rate}: " + ", ".join(parts))
 
     seeds = 6 if args.quick else 20
     life = end_of_life(seeds)
@@ -264,8 +266,9 @@ def main() -> None:
     print(f"realism: SOC {s['max_after']:.2f} pp (goal 3); {minutes:.0f} min discharging / {f['float_alarms']} float / "
           f"{f['runaway_alarms']} runaway alarms in {days} days of float (goal 0); runaway flagged in "
           f"{fmt(max(m for m in (learnt, unknown) if m is not None) if learnt or unknown else None)} (goal 30); "
-          f"+30 % ohmic rise in {max(flagged) if flagged else '-'} tests (goal 7), {o['false']} false; end of discharge "
-          f"within {worst:.3f} V/cell (goal 0.02); EOL coverage {100 * life['covered'] / seeds:.0f} % (goal 90)")
+          f"+30 % ohmic rise in {max(flagged) if flagged else '-'} tests (goal 7), {o['false']} false; "
+          f"end of discharge within {worst:.3f} V/cell (goal 0.02); "
+          f"EOL coverage {100 * life['covered'] / seeds:.0f} % (goal 90)")
 
 
 if __name__ == "__main__":

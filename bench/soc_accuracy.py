@@ -1,7 +1,8 @@
 """SOC error against the simulator's ground truth over discharge/recharge cycles, in accelerated simulated time.
 
 One string of 24 x 12 V 100 Ah units with a weak unit (the string has about 85 % of its rated capacity), the
-sensors' datasheet errors on (a hall zero offset within +-3 A, gain errors), on float, then three cycles: a discharge at C/4 (25 A) for 90 minutes and the charger's recharge back to float.
+sensors' datasheet errors on (a hall zero offset within +-3 A, gain errors), on float, then three cycles: a
+discharge at C/4 (25 A) for 90 minutes and the charger's recharge back to float.
 The gateway's estimator (Peukert, charge efficiency, float anchoring, capacity learnt from the first
 discharge) is compared with a baseline measured in the same run: plain coulomb counting against the rated
 capacity (no Peukert, no efficiency, no capacity learning; the same float anchoring).
@@ -42,7 +43,8 @@ def main() -> None:
     # the string supervision at the store's door: the corrected current and the state the analytics follow
     StringSupervisor(strings, fill_defaults(STRINGS_SCHEMA, {}), store, states).install()
     with tempfile.TemporaryDirectory() as tmp:
-        an = Analytics(strings, fill_defaults(ANALYTICS_SCHEMA, {}), StateDB(Path(tmp) / "a.sqlite"), store, now=model.t)
+        an = Analytics(strings, fill_defaults(ANALYTICS_SCHEMA, {}), StateDB(Path(tmp) / "a.sqlite"), store,
+                       now=model.t)
         store.subscribe(an.observe)
         naive = StringSoc(1, SocParams(capacity_ah=100.0, peukert=1.0, charge_efficiency=1.0, min_test_depth_pct=1e9),
                           states)

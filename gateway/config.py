@@ -15,8 +15,7 @@ import jsonschema
 
 from .errors import ConfigError, key_path
 from .profiles import DeviceProfile, check_size, load_yaml, non_finite, schema_error
-from .topology import (MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig,
-                       Topology)
+from .topology import MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig, Topology
 
 _device_item = {
     "type": "object",

@@ -76,8 +76,9 @@ class SimulatedGateway:
             from .analytics.state import StateDB
             from .strings import string_states
 
-            self.analytics = Analytics(gw.topology.strings, gw.config.section("analytics"), StateDB(state_path(gw.config)),
-                                       gw.store, now=self.now, states=string_states(gw.catalog))
+            self.analytics = Analytics(gw.topology.strings, gw.config.section("analytics"),
+                                       StateDB(state_path(gw.config)), gw.store, now=self.now,
+                                       states=string_states(gw.catalog))
             gw.store.subscribe(self.analytics.observe)
             # unchanged derived values are put again every 30 busy ticks (the gateway: every minute)
             self.analytics.republish_s = max(self.analytics.republish_s, 30.0 * analytics_every_s)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.points import PointRef
 from gateway.sim.drive import Cadence
 from gateway.sim.model import YEAR
 from gateway.simrun import SimulatedGateway
@@ -48,7 +47,8 @@ def ohmic_alarms(sim: SimulatedGateway) -> list[dict]:
 def test_the_sensor_errors_are_on_by_default(tmp_path):
     with SimulatedGateway(bank(tmp_path), analytics=False) as sim:
         e = sim.model.errors
-        assert (e.current_gain_pct, e.voltage_gain_pct, e.voltage_step_v, e.temperature_offset_c) == (2.0, 0.2, 0.001, 0.5)
+        assert (e.current_gain_pct, e.voltage_gain_pct, e.voltage_step_v, e.temperature_offset_c) == \
+            (2.0, 0.2, 0.001, 0.5)
         assert (e.ohmic_repeatability_pct, e.ohmic_conformity_pct) == (1.0, 1.5) and e.current_noise_a > 0
         assert 0 < abs(sim.model.current_offset(1)) <= 3.0 + 0.5  # its own zero offset (and its drift)
         sim.read_all()

@@ -225,13 +225,15 @@ def test_ohmic_rules_judge_the_median_of_the_last_7_tests_with_a_relative_hyster
                                                                            ("cell_ohmic_baseline", "critical")}
     # relative hysteresis: the +20 % warning clears below 18 %, the +30 % alarm below 27 %
     warn = next(c for c in ev.conditions.values() if c.rule.id == "cell_ohmic_baseline" and c.key.severity == "warning")
-    crit = next(c for c in ev.conditions.values() if c.rule.id == "cell_ohmic_baseline" and c.key.severity == "critical")
+    crit = next(c for c in ev.conditions.values()
+                if c.rule.id == "cell_ohmic_baseline" and c.key.severity == "critical")
     assert (warn.hysteresis, crit.hysteresis) == (pytest.approx(2.0), pytest.approx(3.0))
 
 
 def test_ohmic_levels_come_from_the_analytics_thresholds_and_read_well():
     rs = resolve({}, Topology(buses=(), strings=tuple(strings_topology(1)), devices=()), ohmic=(15.0, 25.0, 40.0))
-    assert rs.rule("cell_ohmic_baseline", 1).high.warning == 15 and rs.rule("cell_ohmic_baseline", 1).high.critical == 25
+    high = rs.rule("cell_ohmic_baseline", 1).high
+    assert (high.warning, high.critical) == (15, 25)
     assert rs.rule("cell_ohmic_baseline_critical", 1).high.critical == 40
     topo = Topology(buses=(), strings=tuple(strings_topology(1)), devices=())
     msgs = Messages(topo, lambda p: {"cell.ohmic_baseline_deviation": "%"}.get(p, ""),

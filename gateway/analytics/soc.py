@@ -17,6 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..strings.states import StringStates
+
 # Resting voltage -> SOC for a 12 V AGM unit (../shared/DOMAIN.md); per 2 V cell divide by 6.
 _OCV_12V = ((0.0, 11.80), (25.0, 12.00), (50.0, 12.30), (75.0, 12.60), (100.0, 12.85))
 OCV_PER_CELL = tuple((s, v / 6.0) for s, v in _OCV_12V)

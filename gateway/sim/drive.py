@@ -67,7 +67,8 @@ def feed(model: BankModel, store: PointStore, t: float, cells: bool, ohmic: bool
             if cells or ohmic:
                 for c in range(1, st.cells + 1):
                     if cells:
-                        batch.append((PointRef("cell.voltage", sid, c), _reading(model, "cell.voltage", sid, c, t, ranges)))
+                        batch.append((PointRef("cell.voltage", sid, c),
+                                      _reading(model, "cell.voltage", sid, c, t, ranges)))
                         batch.append((PointRef("cell.temperature", sid, c),
                                       _reading(model, "cell.temperature", sid, c, t, ranges)))
                     if ohmic:

@@ -19,9 +19,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..modbus import codecs
+from ..modbus.rtu import (
+    DEVICE_FAILURE,
+    ILLEGAL_ADDRESS,
+    ILLEGAL_FUNCTION,
+    ILLEGAL_VALUE,
+    READ_HOLDING,
+    READ_INPUT,
+    WRITE_MULTIPLE,
+    WRITE_SINGLE,
+    crc_ok,
+    with_crc,
+)
 from ..modbus.timer import set_timer_slack
-from ..modbus.rtu import (DEVICE_FAILURE, ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT,
-                          WRITE_MULTIPLE, WRITE_SINGLE, crc_ok, with_crc)
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology

@@ -257,7 +257,8 @@ class StringSupervisor:
         same_way = currents and (all(i < 0 for i in currents.values()) or all(i > 0 for i in currents.values()))
         judged = len(currents) >= 2 and same_way and abs(mean) >= self.imbalance_min_c * min(caps)
         for sid in self.strings:
-            value = (currents[sid] - mean) / mean * 100.0 if judged and sid in currents else None  # + : more than its share
+            # positive: more than its share
+            value = (currents[sid] - mean) / mean * 100.0 if judged and sid in currents else None
             self._changed("string.current_imbalance", sid, value, now, out, tol=0.5)
 
     # -- commands ----------------------------------------------------------------------------------------------
