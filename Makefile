@@ -3,26 +3,59 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Every Python package the project installs, pinned with hashes; written by `make lock`, never by hand.
+LOCK := requirements.lock
+# .venv holds exactly the lock: rebuilt from scratch whenever the lock changes (so nothing from an older lock
+# survives), then the project itself goes in; a change to pyproject.toml alone only reinstalls the project.
+LOCK_STAMP := $(VENV)/.lock-installed
 STAMP := $(VENV)/.installed
-# System tools the tests talk to as real peers; installed once, on demand.
+# System tools the tests talk to as real peers; installed once, on demand. The stamp lives outside .venv, so
+# that rebuilding the venv does not run apt again.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
-	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv \
+	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv python3-packaging \
 	systemd
-APT_STAMP := $(VENV)/.apt-installed
+APT_STAMP := .apt-installed
 
-.PHONY: install system-deps run test bench regmap deb deb-lock clean
+.PHONY: install system-deps run lint test bench regmap lock deb deb-copyright clean
 
-$(STAMP): pyproject.toml
+# --only-binary: a source build would fetch its build backend unpinned. --no-deps: the lock is the whole set
+# (pip check proves it is complete). The lock pins pip and setuptools too: pip replaces the venv's bundled
+# copy in the same run, and the editable build uses the pinned setuptools (--no-build-isolation).
+$(LOCK_STAMP): $(LOCK)
+	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps --only-binary=:all: -r $(LOCK)
+	touch $@
+
+$(STAMP): $(LOCK_STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
 install: $(STAMP)
 
+# After changing a dependency in pyproject.toml: resolve it into the lock with the uv the lock installed
+# (README, "Dependencies"), rebuild .venv from the new lock, and regenerate debian/copyright from it.
+# Pins already in the lock are kept; `make lock LOCK_OPTS=--upgrade` moves every package to its newest release.
+LOCK_OPTS ?=
+define LOCK_HEADER
+# Every Python package bmsgw installs (runtime, test, dev and build extras, direct and transitive), pinned
+# with the hashes of all its files: one lock for amd64, arm64 and armhf (uv pip compile --universal).
+# Written by `make lock` from pyproject.toml: never edit it by hand (README, "Dependencies").
+endef
+export LOCK_HEADER
+# uv works on a copy (it keeps the pins it finds in its output file); the lock is replaced only when it changed,
+# so that an unchanged lock does not rebuild .venv.
+lock: $(LOCK_STAMP)
+	cp $(LOCK) $(VENV)/lock.uv
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --universal --python-version 3.11 \
+		--generate-hashes --no-header --quiet $(LOCK_OPTS) -o $(VENV)/lock.uv
+	{ printf '%s\n' "$$LOCK_HEADER"; cat $(VENV)/lock.uv; } > $(VENV)/lock.new
+	cmp -s $(VENV)/lock.new $(LOCK) || mv $(VENV)/lock.new $(LOCK)
+	$(MAKE) deb-copyright
+
 # Install the peers only when one is missing, so repeated runs cost nothing.
 $(APT_STAMP): Makefile
-	@mkdir -p $(VENV)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
@@ -36,7 +69,13 @@ CONFIG ?= config.yaml
 run: $(STAMP)
 	$(BIN)/bmsgw run --config $(CONFIG)
 
+# ruff and mypy as pyproject.toml configures them (gateway/ and plugins/ for mypy); both must pass.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 test: $(STAMP) $(APT_STAMP)
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -50,9 +89,10 @@ regmap: $(STAMP)
 deb: $(APT_STAMP)
 	$(PY) debian/make-deb --out dist $(DEB_OPTS)
 
-# After changing a dependency in pyproject.toml (and `make install`): pin the tested versions for the .deb.
-deb-lock: $(STAMP)
-	$(BIN)/python debian/lock.py
+# debian/copyright lists the libraries the .deb bundles (the runtime part of the lock) with their licenses,
+# read from the tested .venv; `make lock` runs it.
+deb-copyright: $(STAMP)
+	$(BIN)/python debian/write-copyright.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

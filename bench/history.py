@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.history import open_history  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector  # noqa: E402
-from gateway.history.recorder import PointFilter  # noqa: E402
-from gateway.sim.model import new_unit_ohmic  # noqa: E402
+from gateway.app import Gateway
+from gateway.history import open_history
+from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector
+from gateway.history.recorder import PointFilter
+from gateway.sim.model import new_unit_ohmic
 
 DAY = 86400
 YEAR_DAYS = 365
@@ -128,8 +128,8 @@ def fill_baseline(path: Path, cells: int, end: float) -> tuple[object, int]:
     rng = random.Random(2)
     t0 = int(end // 3600 * 3600) - YEAR_DAYS * DAY
     volts = typical("cell.voltage")
-    rows = [(pid, t, volts + rng.gauss(0, 0.01)) for pid in range(1, cells + 1)
-            for t in range(t0, t0 + YEAR_DAYS * DAY, 3600)]
+    hours = range(t0, t0 + YEAR_DAYS * DAY, 3600)
+    rows = [(pid, t, volts + rng.gauss(0, 0.01)) for pid in range(1, cells + 1) for t in hours]
     c.execute("BEGIN")
     c.executemany("INSERT INTO samples VALUES (?,?,?)", rows)
     c.execute("COMMIT")

@@ -25,12 +25,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import prometheus_client  # noqa: E402
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest  # noqa: E402
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.exposition import BankCollector, exposition_for, render_metrics  # noqa: E402
-from gateway.points import Quality, Reading  # noqa: E402
+from gateway.app import Gateway
+from gateway.exposition import BankCollector, exposition_for, render_metrics
+from gateway.points import Quality, Reading
 
 TYPICAL = {"V": (12.0, 14.0), "C": (20.0, 35.0), "ohm": (0.003, 0.008), "A": (-50.0, 50.0), "%": (50.0, 100.0),
            "s": (0.0, 100000.0), "unix_s": (1.7e9, 2.0e9)}
@@ -137,7 +137,8 @@ def main() -> None:
         gz = len(exp.render(gzipped=True))
 
     print(f"series: {series} ({gw.topology.cell_count} batteries, {len(gw.pointmap)} mapped points); "
-          f"body {len(body) / 1024:.0f} KiB, gzip {gz / 1024:.0f} KiB; plain registry body {len(plain_body) / 1024:.0f} KiB")
+          f"body {len(body) / 1024:.0f} KiB, gzip {gz / 1024:.0f} KiB; "
+          f"plain registry body {len(plain_body) / 1024:.0f} KiB")
     print(f"baseline generate_latest, plain registry:      {baseline:8.2f} ms   1.00x")
     print(f"generate_latest, bmsgw custom collector:       {collector:8.2f} ms   {baseline / collector:.2f}x")
     print(f"bmsgw fast path, every reading new:            {cold:8.2f} ms   {baseline / cold:.2f}x")

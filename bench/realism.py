@@ -35,10 +35,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.sim.drive import Cadence  # noqa: E402
-from gateway.sim.model import YEAR, BankModel  # noqa: E402
-from gateway.simrun import SimulatedGateway  # noqa: E402
-from gateway.strings import string_states  # noqa: E402
+from gateway.sim.drive import Cadence
+from gateway.sim.model import YEAR, BankModel
+from gateway.simrun import SimulatedGateway
+from gateway.strings import string_states
 
 STATES = string_states()
 DAY = 86400.0
@@ -99,7 +99,7 @@ def false_states(days: float) -> dict:
         step = 30.0
         with SimulatedGateway(path, cadence=Cadence(step_s=step, cells_s=60, cells_idle_s=1800),
                               analytics_every_s=120, forecasts=False) as sim:
-            discharging = {s: 0.0 for s in range(1, 5)}
+            discharging = dict.fromkeys(range(1, 5), 0.0)
             on_battery = [0]
 
             def look(t):
@@ -166,7 +166,7 @@ def end_of_discharge() -> dict:
                 sim.model.set_mode(1, "discharge", amps)
                 first: dict[tuple[str, str], float] = {}
 
-                def look(t):
+                def look(t, sim=sim, first=first):
                     for a in sim.alarm_table():
                         if "discharge" in a.key.rule and (a.key.rule, a.key.severity) not in first:
                             per = 1 if a.key.cell else 120
@@ -182,7 +182,7 @@ def end_of_life(seeds: int) -> dict:
     results = []
     for seed in range(1, seeds + 1):
         model = BankModel([(1, 6, 500.0, 1)], seed=seed, weak_cells=1, age_years=0.0)
-        install = dt.datetime.fromtimestamp(model.t0, dt.timezone.utc).strftime("%Y-%m-%d")
+        install = dt.datetime.fromtimestamp(model.t0, dt.UTC).strftime("%Y-%m-%d")
         with tempfile.TemporaryDirectory() as tmp:
             path = config(Path(tmp), strings=1, cells=6, alarms={"enabled": False},
                           analytics={"install_date": install})

@@ -19,17 +19,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.analytics import ANALYTICS_SCHEMA  # noqa: E402
-from gateway.analytics.engine import Analytics  # noqa: E402
-from gateway.analytics.simulate import run  # noqa: E402
-from gateway.analytics.soc import SocParams, StringSoc  # noqa: E402
-from gateway.analytics.state import StateDB  # noqa: E402
-from gateway.config import fill_defaults  # noqa: E402
-from gateway.points import PointRef, PointStore  # noqa: E402
-from gateway.sim.model import BankModel  # noqa: E402
-from gateway.strings import SCHEMA as STRINGS_SCHEMA  # noqa: E402
-from gateway.strings import StringSupervisor, string_states  # noqa: E402
-from gateway.topology import BatteryConfig, StringConfig  # noqa: E402
+from gateway.analytics import ANALYTICS_SCHEMA
+from gateway.analytics.engine import Analytics
+from gateway.analytics.simulate import run
+from gateway.analytics.soc import SocParams, StringSoc
+from gateway.analytics.state import StateDB
+from gateway.config import fill_defaults
+from gateway.points import PointRef, PointStore
+from gateway.sim.model import BankModel
+from gateway.strings import SCHEMA as STRINGS_SCHEMA, StringSupervisor, string_states
+from gateway.topology import BatteryConfig, StringConfig
 
 CELLS = 24
 CYCLES = 3

@@ -14,9 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
+import requests
 
-from tests.support import GatewayThread, free_port, write_config  # noqa: E402
+from tests.support import GatewayThread, free_port, write_config
 
 ROUNDS = 40
 

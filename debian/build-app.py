@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Build bmsgw's private application tree in the package's staging directory (called by debian/rules).
 
-    /usr/lib/bmsgw        a Python virtual environment holding exactly debian/python-requirements.txt
-                          (compiled wheels, so the package is Architecture: any) and the bmsgw launcher
+    /usr/lib/bmsgw        a Python virtual environment holding exactly the runtime part of requirements.lock
+                          (pyproject.toml's dependencies and what they need, computed here from the lock; compiled
+                          wheels, so the package is Architecture: any) and the bmsgw launcher
     /usr/share/bmsgw      the application, laid out as in the source tree: gateway/, plugins/, profiles/, mibs/
     /usr/share/snmp/mibs  the project's own (enterprise) MIBs, as symlinks, where net-snmp looks
     /usr/bin/bmsgw        -> /usr/lib/bmsgw/bin/bmsgw
@@ -28,12 +29,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 APPLIB = "/usr/lib/bmsgw"      # the venv
 APPSHARE = "/usr/share/bmsgw"  # the application code and data
 SRC = Path(__file__).resolve().parent.parent
-LOCK = SRC / "debian" / "python-requirements.txt"
+LOCK = SRC / "requirements.lock"  # its runtime part is bundled (debian/lockfile.py)
 APP_TREES = ("gateway", "plugins", "profiles", "mibs")  # copied whole: new faces need no packaging change
 # Never shipped: tests, caches, bytecode (compiled by the postinst instead).
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "tests", "conftest.py", ".pytest_cache",
@@ -54,38 +57,48 @@ def build_venv(dest: Path) -> Path:
     run(sys.executable, "-m", "venv", venv)
     py = venv / "bin" / "python3"
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONDONTWRITEBYTECODE="1")
-    opts = shlex.split(os.environ.get("BMSGW_PIP_OPTS", "--only-binary=:all:"))
-    run(py, "-m", "pip", "install", "--no-deps", "--no-compile", "--no-warn-script-location", *opts,
-        "-r", LOCK, env=env)
-    run(py, "-m", "pip", "check", env=env)  # the lock is complete and consistent
-    check_pyproject_pins(py, env)
+    bundled = install_runtime(py, site_packages(venv), env)
+    run(py, "-m", "pip", "check", env=env)  # the closure is complete and consistent
     run(py, "-m", "pip", "uninstall", "--yes", "--quiet", "pip", "setuptools", env=env)
+    check_only_bundled(site_packages(venv), bundled)
     for junk in site_packages(venv).rglob(".DS_Store"):  # macOS litter in some sdists/wheels
         junk.unlink()
     return venv
 
 
-def check_pyproject_pins(py: Path, env: dict) -> None:
-    """Every dependency declared in pyproject.toml is bundled at the version pinned there."""
-    code = (
-        "import sys, tomllib\n"
-        "from importlib import metadata\n"
-        "from pip._vendor.packaging.requirements import Requirement\n"
-        f"deps = tomllib.load(open({str(SRC / 'pyproject.toml')!r}, 'rb'))['project']['dependencies']\n"
-        "bad = []\n"
-        "for d in deps:\n"
-        "    r = Requirement(d)\n"
-        "    try:\n"
-        "        v = metadata.version(r.name)\n"
-        "    except metadata.PackageNotFoundError:\n"
-        "        v = None\n"
-        "    if v is None or not r.specifier.contains(v, prereleases=True):\n"
-        "        bad.append(f'{d} (bundled: {v})')\n"
-        "if bad:\n"
-        "    sys.exit('pyproject.toml and debian/python-requirements.txt disagree: ' + ', '.join(bad)"
-        " + '; run make deb-lock')\n"
-    )
-    run(py, "-c", code, env=env)
+def install_runtime(py: Path, site: Path, env: dict[str, str]) -> list[str]:
+    """Install the runtime part of requirements.lock: pyproject.toml's dependencies and, level by level, what
+    the packages just installed require (their own Requires-Dist, markers evaluated here), each from the lock
+    with --require-hashes --no-deps, so every file is the one the tests ran against. Returns their names."""
+    import lockfile  # here, not at the top: make-deb reads APP_TREES with an interpreter that may lack packaging
+
+    opts = shlex.split(os.environ.get("BMSGW_PIP_OPTS", "--only-binary=:all:"))
+
+    def install_then_read(pins: list[lockfile.Pin]) -> dict[str, list[str]]:
+        with tempfile.NamedTemporaryFile("w", prefix="bmsgw-runtime-", suffix=".txt") as requirements:
+            requirements.write("".join(pin.requirement_line() + "\n" for pin in pins))
+            requirements.flush()
+            run(py, "-m", "pip", "install", "--require-hashes", "--no-deps", "--no-compile",
+                "--no-warn-script-location", *opts, "-r", requirements.name, env=env)
+        return lockfile.installed_requirements(pins, path=[str(site)])
+
+    try:
+        pins = lockfile.runtime_closure(lockfile.project_dependencies(SRC / "pyproject.toml"),
+                                        lockfile.read_lock(LOCK), install_then_read)
+    except lockfile.LockError as exc:
+        sys.exit(f"requirements.lock: {exc}")
+    print(f"bundled {len(pins)} packages of {LOCK.name}: " + ", ".join(f"{p.name} {p.version}" for p in pins))
+    return [pin.name for pin in pins]
+
+
+def check_only_bundled(site: Path, bundled: list[str]) -> None:
+    """Nothing but the runtime closure is left in the venv (its own pip and setuptools are gone)."""
+    from packaging.utils import canonicalize_name  # here: see install_runtime
+
+    names = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions(path=[str(site)])}
+    if names != set(bundled):
+        sys.exit(f"the venv holds {sorted(names - set(bundled))} beyond the runtime part of the lock and lacks "
+                 f"{sorted(set(bundled) - names)}")
 
 
 def tidy_venv(venv: Path) -> None:
@@ -128,7 +141,8 @@ def install_app(dest: Path) -> None:
     share.mkdir(parents=True)
     for name in APP_TREES:
         if (SRC / name).is_dir():
-            shutil.copytree(SRC / name, share / name, ignore=IGNORE)
+            # symlinks=True: gateway/_data's links to profiles/ and mibs/ stay links (gateway/_data/__init__.py)
+            shutil.copytree(SRC / name, share / name, ignore=IGNORE, symlinks=True)
     mibs = share / "mibs"
     if mibs.is_dir():
         netsnmp = dest / "usr/share/snmp/mibs"
@@ -159,9 +173,7 @@ def normalise_modes(dest: Path) -> None:
         for p in [path, *path.rglob("*")]:
             if p.is_symlink():
                 continue
-            if p.is_dir():
-                p.chmod(0o755)
-            elif p.name == "bmsgw" and p.parent.name == "bin":
+            if p.is_dir() or (p.name == "bmsgw" and p.parent.name == "bin"):  # folders and the launcher
                 p.chmod(0o755)
             else:
                 p.chmod(0o644)

@@ -6,7 +6,7 @@
 Run by debian/rules after dh_strip: every module of the application (gateway, plugins) and every
 compiled extension of the bundled libraries must import with only the bundled libraries and the
 standard library available (-S: not even the system's dist-packages).  A face importing a library
-missing from debian/python-requirements.txt, or a binary broken by stripping, fails the build here.
+missing from the runtime part of requirements.lock, or a binary broken by stripping, fails the build here.
 """
 from __future__ import annotations
 

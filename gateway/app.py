@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from .config import CORE_SCHEMA, Config, load_config, read_raw
@@ -15,7 +16,7 @@ from .errors import ConfigError, GatewayError
 from .hookspecs import Service
 from .plugins import make_plugin_manager
 from .pointmap import Catalog, CatalogError, PointMap
-from .points import PointStore
+from .points import PointSpec, PointStore
 from .profiles import CATALOG_PATH, PROFILES_DIR, load_catalog_file, load_profiles
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class Gateway:
     def _build_catalog(self) -> Catalog:
         catalog = Catalog()
 
-        def add(spec, origin: str, where: str) -> None:
+        def add(spec: PointSpec, origin: str, where: str) -> None:
             try:
                 catalog.add(spec, origin)
             except CatalogError as exc:
@@ -128,7 +129,11 @@ class Gateway:
             for i, spec in enumerate(prof.points):
                 add(spec, prof.source, f"points[{i}]")
         for impl in self.pm.hook.bmsgw_point_families.get_hookimpls():
-            for spec in impl.function() or []:
+            specs = impl.function() or []
+            if not isinstance(specs, Iterable):  # pluggy types a hook's result as object
+                raise ConfigError(f"plugin {impl.plugin_name}", "bmsgw_point_families",
+                                  f"expected a list of PointSpec, got {type(specs).__name__}")
+            for spec in specs:
                 add(spec, f"plugin {impl.plugin_name}", f"bmsgw_point_families: {spec.id}")
         for prof in self.profiles.values():
             for i, reg in enumerate(prof.registers):
@@ -163,7 +168,7 @@ class Gateway:
     def config_problems(self) -> list[str]:
         """What the plugins find wrong in their config sections (``bmsgw_check_config``), each as
         ``"file: key.path: what is wrong"``; [] when all is well."""
-        out = []
+        out: list[str] = []
         for problems in self.pm.hook.bmsgw_check_config(gateway_config=self.config, catalog=self.catalog):
             out.extend(f"{self.config.path}: {p}" for p in problems or [])
         return out
@@ -201,7 +206,7 @@ class Gateway:
             self.simulator.stop()
 
     def endpoints(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for svc in self.services:
             out.extend(f"{svc.name}: {e}" for e in svc.endpoints())
         return out

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from typing import Any
 
 from . import __version__
 from .cliargs import add_config_option, config_path, offline_gateway
@@ -100,7 +101,7 @@ def cmd_simulate(args) -> int:
     import threading
 
     gw = offline_gateway(config_path(args))
-    overrides = {}
+    overrides: dict[str, Any] = {}  # Simulator keyword arguments
     if args.no_wire_time:
         overrides["wire_time"] = False
     if args.time_scale:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .modbus import codecs
 from .modbus.planner import Block, plan
-from .modbus.rtu import (ExceptionResponse, ModbusError, read_request, write_multiple_request,
-                         write_single_request)
+from .modbus.rtu import ExceptionResponse, ModbusError, read_request, write_multiple_request, write_single_request
 from .modbus.transport import PortError, RtuTransport
 from .pointmap import device_refs
 from .points import PointRef, PointStore, Quality, Reading
@@ -211,14 +210,16 @@ class Engine:
         for bs in self.buses.values():
             self._open_bus(bs)
 
-    def _open_bus(self, bs: BusState) -> bool:
-        """Open the bus's port; a missing adapter is reported once and retried every cycle, never fatal."""
-        if bs.transport is not None and bs.transport.is_open:
-            return True
-        if bs.transport is None:
-            bs.transport = RtuTransport(bs.bus, bs.port)
+    def _open_bus(self, bs: BusState) -> RtuTransport | None:
+        """The bus's open transport; None when the port cannot be opened (reported once, retried every cycle,
+        never fatal)."""
+        transport = bs.transport
+        if transport is not None and transport.is_open:
+            return transport
+        if transport is None:
+            transport = bs.transport = RtuTransport(bs.bus, bs.port)
         try:
-            bs.transport.open()
+            transport.open()
         except Exception as exc:
             msg = str(exc) if isinstance(exc, PortError) else f"bus {bs.bus.name}: cannot open {bs.port}: {exc}"
             if msg != bs.open_error:
@@ -226,11 +227,11 @@ class Engine:
                 del bs.errors[:-20]
                 log.error("%s", msg)
             bs.open_error = msg
-            return False
+            return None
         if bs.open_error:
             log.info("bus %s: %s is open again", bs.bus.name, bs.port)
         bs.open_error = ""
-        return True
+        return transport
 
     async def start(self) -> None:
         await self.open()
@@ -310,19 +311,20 @@ class Engine:
         with the configured devices, and adopt unambiguously readdressed sensors.  One report per bus."""
         await self.open()
         reports = await asyncio.gather(*(self.discover_bus(name, ids) for name in self.buses))
-        return dict(zip(self.buses, reports))
+        return dict(zip(self.buses, reports, strict=True))
 
     async def discover_bus(self, name: str, ids: str | None = None) -> DiscoveryReport:
         from .scan import parse_ids, scan_bus
 
         bs = self.buses[name]
-        if not self._open_bus(bs):
+        transport = self._open_bus(bs)
+        if transport is None:
             raise PortError(bs.open_error)
         wanted = parse_ids(ids or self.discovery.get("ids") or "1-247")
-        counters = bs.transport.counters
+        counters = transport.counters
         before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
         try:
-            found = await scan_bus(bs.transport, self.profiles, wanted)
+            found = await scan_bus(transport, self.profiles, wanted)
         finally:
             # silence from ids nobody uses is what a scan expects: it is not a communication fault
             counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
@@ -336,7 +338,8 @@ class Engine:
         for addr, prof in report.unconfigured.items():
             log.warning("bus %s: address %d (%s) answers but is not configured", name, addr, prof or "unknown model")
         for old, new in report.adopted.items():
-            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there", name, old, new)
+            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there",
+                        name, old, new)
         return report
 
     def _compare(self, bs: BusState, found: dict[int, str | None], scanned: set[int]) -> DiscoveryReport:
@@ -411,10 +414,10 @@ class Engine:
         if bs.search_ids:
             return
         bs.search_next = time.monotonic() + float(self.discovery.get("search_every_s", 300))
-        found = dict(sorted(bs.search_found.items()))
-        adopted = self._adopt(lost, found)
-        rest = {a: p for a, p in found.items() if a not in adopted.values()}
-        bs.discovery = DiscoveryReport(bs.bus.name, found, (), tuple(sorted(d.device.address for d in lost)), {},
+        answering = dict(sorted(bs.search_found.items()))
+        adopted = self._adopt(lost, answering)
+        rest = {a: p for a, p in answering.items() if a not in adopted.values()}
+        bs.discovery = DiscoveryReport(bs.bus.name, answering, (), tuple(sorted(d.device.address for d in lost)), {},
                                        rest, adopted).as_dict()
         for old, new in adopted.items():
             log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there "
@@ -554,9 +557,9 @@ class Engine:
 
     def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
         if slow:
-            todo = list(zip(ds.blocks, ds.requests))
+            todo = list(zip(ds.blocks, ds.requests, strict=True))
         else:
-            todo = list(zip(ds.fast_blocks, ds.fast_requests))
+            todo = list(zip(ds.fast_blocks, ds.fast_requests, strict=True))
         if not todo:  # nothing of this device is due: no news about it either
             return None
         return _Reads(ds, todo, retries, time.time())

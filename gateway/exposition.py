@@ -25,8 +25,9 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -198,7 +199,7 @@ class PointFamily(Family):
 
     def samples(self, ctx):
         snap, good, factor, places = ctx.snapshot, Quality.GOOD, self.factor, self.places
-        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes):
+        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes, strict=True):
             r = snap.get(ref)
             if r is None or r.quality is not good or r.value is None:
                 continue
@@ -341,11 +342,12 @@ class ExpositionModel:
                           for b in topology.buses]),
             QualityFamily(), AlarmActiveFamily(), AlarmEventsFamily(),
         ]
-        for fam in statics:
-            if fam.name in families:
-                log.warning("metric %s is defined by a point family too; the gateway's own is left out", fam.name)
+        for static in statics:
+            if static.name in families:
+                log.warning("metric %s is defined by a point family too; the gateway's own is left out",
+                            static.name)
                 continue
-            families[fam.name] = fam
+            families[static.name] = static
         self.families: list[Family] = [families[k] for k in sorted(families, key=lambda n: families[n].exported)]
 
     def render(self, ctx: RenderContext) -> bytes:

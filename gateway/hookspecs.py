@@ -7,9 +7,10 @@ group ``bmsgw.plugins`` and from the folders named in the config's ``plugins.dir
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -45,6 +46,12 @@ class Service(Protocol):
     def endpoints(self) -> list[str]:
         """Human-readable places it listens or sends to, e.g. ``modbus-tcp://127.0.0.1:5020``."""
         ...
+
+
+class Subcommands(Protocol):
+    """What ``bmsgw_cli_commands`` gets: argparse's group of ``bmsgw`` sub-commands."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +95,7 @@ class AlarmEvent:
             return None
         return PointRef(self.metric, self.string, self.cell, self.channel)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -111,7 +118,7 @@ class GatewaySpecs:
         """
 
     @hookspec
-    def bmsgw_config_schema(self) -> dict[str, dict]:
+    def bmsgw_config_schema(self) -> dict[str, dict[str, Any]]:
         """Config sections this plugin owns: ``{section name: JSON Schema}``.
 
         Called once before the config file is validated; ``default`` values in the schema are filled in, so
@@ -146,7 +153,7 @@ class GatewaySpecs:
         loop, once per transition; must not block."""
 
     @hookspec
-    def bmsgw_cli_commands(self, subparsers: argparse._SubParsersAction) -> None:
+    def bmsgw_cli_commands(self, subparsers: Subcommands) -> None:
         """Add sub-commands to ``bmsgw``.  Each parser must ``set_defaults(func=callable(args) -> int)``."""
 
     @hookspec
@@ -198,7 +205,8 @@ class GatewaySpecs:
         """
 
     @hookspec(firstresult=True)
-    def bmsgw_alarm_log(self, config: Config, start: float, end: float, string: int | None) -> list[dict] | None:
+    def bmsgw_alarm_log(self, config: Config, start: float, end: float,
+                        string: int | None) -> list[dict[str, Any]] | None:
         """The alarm log of a period, for reports (``bmsgw report``, ``gateway.reports.make_report``).
 
         Called once per report, in the report's process (the gateway itself may or may not be running: read
@@ -259,17 +267,6 @@ class GatewaySpecs:
         names of the sections that changed.  A plugin re-reads its section here (thresholds, notification
         targets ...) without restarting polling.  Changes to buses, strings, bank, plugins and simulator need
         a restart; the gateway keeps the running topology until then.
-        """
-
-    @hookspec
-    def bmsgw_provision(self, gateway: Gateway) -> list[Path]:
-        """Create the secrets, keys and certificates this plugin needs, once, before the service first runs.
-
-        Called by ``bmsgw provision`` (the Debian package's postinst runs it as the service user on every
-        configure, after the state directory exists).  Create only what is missing under
-        ``gateway.config.state_dir`` (or a path from the plugin's config section) and never replace an
-        existing file, so upgrades keep the operator's keys; write secrets readable by the owner only.
-        Return the paths created by this call ([] when everything was already there).
         """
 
     @hookspec

@@ -5,8 +5,8 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pluggy
 
@@ -39,7 +39,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.web",
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
-    "gateway.provision",
     "gateway.secretfiles",
 )
 

@@ -6,13 +6,13 @@ adding a string, a cell or a new sensor type never moves a point that exists.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import GatewayError
 from .points import PointRef, PointSpec
-from .profiles import DeviceProfile
-from .topology import MAX_CELLS, Topology
+from .profiles import DeviceProfile, RegisterSpec
+from .topology import MAX_CELLS, DeviceConfig, Topology
 
 CELL_BASE, STRING_BASE, BANK_BASE, GATEWAY_BASE = 10000, 3000, 1000, 0
 CELL_SLOT_SIZE, STRING_SIZE, CHANNEL_SLOT_SIZE = 1024, 500, 16
@@ -74,17 +74,25 @@ class Catalog:
     def __contains__(self, pid: str) -> bool:
         return pid in self._specs
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[PointSpec]:
         return iter(self._specs.values())
+
+
+def require_position(value: int | None, owner: object, key: str) -> int:
+    """A 1-based position the scope needs; a ref or device without it is a bug where it was made."""
+    if value is None:
+        raise ValueError(f"{owner}: a {key} number is needed for this scope")
+    return value
 
 
 def register_address(spec: PointSpec, ref: PointRef) -> int:
     """The 0-based Modbus register address of a point: the formula in profiles/points.yaml."""
     if spec.scope == "cell":
-        index = (ref.string - 1) * MAX_CELLS + (ref.cell - 1)
+        string, cell = require_position(ref.string, ref, "string"), require_position(ref.cell, ref, "cell")
+        index = (string - 1) * MAX_CELLS + (cell - 1)
         return CELL_BASE + spec.slot * CELL_SLOT_SIZE + index * spec.width
     if spec.scope == "string":
-        return STRING_BASE + (ref.string - 1) * STRING_SIZE + spec.slot * 2
+        return STRING_BASE + (require_position(ref.string, ref, "string") - 1) * STRING_SIZE + spec.slot * 2
     base = BANK_BASE if spec.scope == "bank" else GATEWAY_BASE
     return base + spec.slot * CHANNEL_SLOT_SIZE + ((ref.channel or 1) - 1) * 2
 
@@ -92,15 +100,16 @@ def register_address(spec: PointSpec, ref: PointRef) -> int:
 def oid_suffix(spec: PointSpec, ref: PointRef) -> tuple[int, ...]:
     """OID below the MIB's objects node; table columns start at 2 (cell table: 3) after the index columns."""
     if spec.scope == "cell":
-        return (OID_CELL_TABLE, 1, spec.slot + 3, ref.string, ref.cell)
+        return (OID_CELL_TABLE, 1, spec.slot + 3,
+                require_position(ref.string, ref, "string"), require_position(ref.cell, ref, "cell"))
     if spec.scope == "string":
-        return (OID_STRING_TABLE, 1, spec.slot + 2, ref.string)
+        return (OID_STRING_TABLE, 1, spec.slot + 2, require_position(ref.string, ref, "string"))
     if spec.scope == "bank":
         if spec.channels:
-            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, ref.channel)
+            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, require_position(ref.channel, ref, "channel"))
         return (OID_BANK, spec.slot + 1, 0)
     if spec.channels:
-        return (OID_BUS_TABLE, 1, spec.slot + 2, ref.channel)
+        return (OID_BUS_TABLE, 1, spec.slot + 2, require_position(ref.channel, ref, "channel"))
     return (OID_GATEWAY, spec.slot + 1, 0)
 
 
@@ -171,14 +180,14 @@ class PointMap:
         self.by_address: dict[int, MappedPoint] = {e.address: e for e in entries}
         self.by_oid: dict[tuple[int, ...], MappedPoint] = {e.oid: e for e in entries}
 
-    def _measured_refs(self, topology: Topology, profiles: dict[str, DeviceProfile]):
+    def _measured_refs(self, topology: Topology, profiles: dict[str, DeviceProfile]) -> Iterator[PointRef]:
         for dev in topology.devices:
             prof = profiles[dev.profile]
             for reg in prof.registers:
                 yield from device_refs(prof, reg, dev, topology)
 
     @staticmethod
-    def _derived_refs(catalog: Catalog, topology: Topology, buses: int):
+    def _derived_refs(catalog: Catalog, topology: Topology, buses: int) -> Iterator[PointRef]:
         for spec in catalog:
             if spec.source != "derived":
                 continue
@@ -197,7 +206,7 @@ class PointMap:
                 else:
                     yield PointRef(spec.id)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[MappedPoint]:
         return iter(self.entries)
 
     def __len__(self) -> int:
@@ -208,10 +217,10 @@ class PointMap:
                 if (point is None or e.ref.point == point) and (string is None or e.ref.string == string)]
 
 
-def device_refs(prof: DeviceProfile, reg, dev, topology: Topology):
+def device_refs(prof: DeviceProfile, reg: RegisterSpec, dev: DeviceConfig, topology: Topology) -> Iterator[PointRef]:
     """The points one register of one device fills (a concentrator register fills one per cell)."""
     if reg.per_cell_stride:
-        for c in range(1, topology.string(dev.string).cells + 1):
+        for c in range(1, topology.string(require_position(dev.string, dev.label, "string")).cells + 1):
             yield PointRef(reg.point, dev.string, c)
     elif prof.scope == "cell":
         yield PointRef(reg.point, dev.string, dev.cell)

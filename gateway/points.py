@@ -10,8 +10,8 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .modbus import codecs
 from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, TimeoutError_, read_request
@@ -125,6 +125,8 @@ def nominal_from_voltage(volts: float | None) -> int | None:
 
 def _describe(f: Found) -> str:
     prof = f.profile
+    if prof is None:
+        return "matches no known profile"
     model = prof.model if prof.model.startswith(prof.vendor) else f"{prof.vendor} {prof.model}"
     note = f"{model}, {prof.scope}"
     if f.firmware:
@@ -140,7 +142,7 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
              "buses:",
              f"  - {{name: {bus.name}, port: {bus.port}, baud: {bus.baud}, parity: {bus.parity}}}"]
     strings: list[dict] = []  # {"sensor": Found | None, "cells": [runs of consecutive cell sensors]}
-    bank: list[Found] = []
+    bank: list[tuple[Found, DeviceProfile]] = []
     unknown: list[Found] = []
     for f in found:
         prof = f.profile
@@ -159,7 +161,7 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
             else:
                 runs.append([f])
         else:
-            bank.append(f)
+            bank.append((f, prof))
     if len(strings) > MAX_STRINGS:
         lines.append(f"# more than {MAX_STRINGS} strings: only the first {MAX_STRINGS} are listed")
         strings = strings[:MAX_STRINGS]
@@ -195,9 +197,10 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
             first_cell += len(run)
     lines.append("bank:")
     lines.append("  devices:" if bank else "  devices: []")
-    for f in bank:
+    for f, prof in bank:
         serial = f", serial {f.serial}" if f.serial is not None else ""
-        lines.append(f"    - {{profile: {f.profile.name}, bus: {bus.name}, address: {f.address}}}  # {_describe(f)}{serial}")
+        entry = f"{{profile: {prof.name}, bus: {bus.name}, address: {f.address}}}"
+        lines.append(f"    - {entry}  # {_describe(f)}{serial}")
     for f in unknown:
         lines.append(f"# address {f.address}: answers, but matches no known profile")
     return "\n".join(lines) + "\n"

@@ -14,15 +14,16 @@ import logging
 import os
 import stat
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ConfigError
 from .hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
 
-_findings: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_findings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def exposure(path: str | Path) -> str | None:

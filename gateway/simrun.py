@@ -22,8 +22,8 @@ serves).  For tests, benches (``bench/realism.py``) and back-filling history.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -171,7 +171,7 @@ class SimulatedGateway:
         self.strings.save()
         self.strings.uninstall()
 
-    def __enter__(self) -> "SimulatedGateway":
+    def __enter__(self) -> SimulatedGateway:
         return self
 
     def __exit__(self, *exc) -> None:

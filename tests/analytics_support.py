@@ -8,8 +8,7 @@ from gateway.analytics.state import StateDB
 from gateway.config import fill_defaults
 from gateway.points import PointStore
 from gateway.sim.model import BankModel
-from gateway.strings import SCHEMA as STRINGS_SCHEMA
-from gateway.strings import StringSupervisor, string_states
+from gateway.strings import SCHEMA as STRINGS_SCHEMA, StringSupervisor, string_states
 from gateway.topology import BatteryConfig, StringConfig
 from tests.support import deep_merge
 

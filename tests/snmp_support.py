@@ -98,7 +98,7 @@ class TrapReceiver:
             "format2 NOTIFICATION %P\\t%v\\n\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "TrapReceiver":
+    def start(self) -> TrapReceiver:
         env = net_snmp_env(self.tmp)
         self.proc = subprocess.Popen(
             ["snmptrapd", "-f", "-n", "-C", "-c", str(self.conf), *MIB_ARGS, "-Lf", str(self.log),
@@ -150,7 +150,7 @@ class TrapReceiver:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def __enter__(self) -> "TrapReceiver":
+    def __enter__(self) -> TrapReceiver:
         return self.start()
 
     def __exit__(self, *exc) -> None:

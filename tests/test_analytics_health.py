@@ -11,13 +11,14 @@ from gateway.analytics import set_baseline
 from gateway.analytics.diagnosis import CONNECTION, DRY_OUT, FAILED_CELL, HEALTHY, LABELS, THERMAL, UNDERCHARGE
 from gateway.analytics.forecast import forecast_crossing, huber_line, theil_sen
 from gateway.analytics.simulate import run_days
+from gateway.analytics.state import StateDB
 from gateway.points import PointRef, Quality, Reading
 from gateway.sim.model import YEAR, BankModel
 from tests.analytics_support import make_analytics
 
 
 def _date(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
 def test_robust_fits_ignore_outliers():
@@ -131,6 +132,17 @@ def test_baselines_wait_for_settling_and_restart_after_a_replacement(tmp_path):
     run_days(model, store, an, 0.5, per_day=6)
     assert an.baselines[(1, 3)].source == "user" and b.ohmic == 0.0051
     assert store.value(PointRef("cell.ohmic_baseline", 1, 3)) == 0.0051
+
+
+def test_a_replacement_recorded_late_returns_its_own_record(tmp_path):
+    state = StateDB(tmp_path / "analytics.sqlite")
+    try:
+        state.record_replacement(1, 2, "swollen case", ts=2_000_000.0)
+        earlier = state.record_replacement(1, 2, "the first one, entered late", ts=1_000_000.0)
+        assert (earlier.reason, earlier.ts) == ("the first one, entered late", 1_000_000.0)
+        assert [r.reason for r in state.replacements(1, 2)] == ["the first one, entered late", "swollen case"]
+    finally:
+        state.close()
 
 
 LABELLED = {1: HEALTHY, 2: FAILED_CELL, 3: THERMAL, 4: UNDERCHARGE, 5: DRY_OUT, 6: CONNECTION, 7: HEALTHY,

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
+
+from tests.lock_support import bundled_pins, lockfile
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "dist"
@@ -122,9 +125,9 @@ class Service:
 
     def __init__(self, argv: list[str], workdir: Path) -> None:
         self.log_path = workdir / f"run-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd="/",
-                                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        with open(self.log_path, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd="/",
+                                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
 
     def text(self) -> str:
         return self.log_path.read_text()
@@ -141,10 +144,7 @@ class Service:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self.log.close()
+        return self.proc.wait(timeout=30)
 
 
 class Lintian:
@@ -172,24 +172,19 @@ class Lintian:
 
 # -- quick checks, no root needed -----------------------------------------------------------------------------
 def test_bundled_versions_are_the_tested_ones():
-    """debian/python-requirements.txt pins exactly what this suite runs against, and covers pyproject."""
-    lock = {}
-    for line in (ROOT / "debian/python-requirements.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            lock[name.lower().replace("_", "-")] = version
-    stale = {n: (v, metadata.version(n)) for n, v in lock.items() if metadata.version(n) != v}
-    assert not stale, f"bundled != tested (name: (lock, .venv)); run make deb-lock: {stale}"
-    import tomllib
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for dep in deps:
+    """The .deb bundles the runtime part of requirements.lock: exactly what this suite runs against, covering
+    pyproject.toml's pins, and debian/copyright lists exactly those libraries."""
+    bundled = bundled_pins()
+    stale = {p.name: (p.version, metadata.version(p.name)) for p in bundled if metadata.version(p.name) != p.version}
+    assert not stale, f"bundled != tested (name: (lock, .venv)); run make install: {stale}"
+    lock = {p.name: p.version for p in bundled}
+    for dep in lockfile.project_dependencies():
         name, version = re.split(r"==", dep)
-        assert lock.get(name.strip().lower().replace("_", "-")) == version.strip(), f"{dep} not pinned in the lock"
+        assert lock.get(canonicalize_name(name.strip())) == version.strip(), f"{dep} not pinned in the lock"
     copyright_text = (ROOT / "debian/copyright").read_text()
-    for name, version in lock.items():
-        pattern = "[-_]".join(map(re.escape, name.split("-")))
-        assert re.search(rf"(?im)^  {pattern} {re.escape(version)}: \S", copyright_text), \
-            f"{name} {version} is not listed in debian/copyright; run make deb-lock"
+    listed = {canonicalize_name(name): version
+              for name, version in re.findall(r"(?m)^  (\S+) (\S+): \S", copyright_text)}
+    assert listed == lock, "debian/copyright (left) is not the bundled set (right); run make deb-copyright"
 
 
 def test_unit_hardening_and_exposure():
@@ -268,10 +263,9 @@ def lifecycle(deb: Path, work: Path, before: set[str]) -> None:
     step = Steps()
     version = deb.name.split("_")[1]
     # 1. Install: one dpkg -i, nothing fetched.
-    res = sh(*DPKG, "-i", deb)
+    sh(*DPKG, "-i", deb)
     step("install")
     assert installed_version() == version
-    assert "nothing to create" in res.stdout + res.stderr  # postinst ran `bmsgw provision` as bmsgw
     user = sh("getent", "passwd", "bmsgw").stdout.strip().split(":")
     assert int(user[2]) < 1000 and user[5] == "/var/lib/bmsgw" and user[6] == "/usr/sbin/nologin"
     st = os.stat("/var/lib/bmsgw")
@@ -288,12 +282,12 @@ def lifecycle(deb: Path, work: Path, before: set[str]) -> None:
     assert sh(SYSTEM_PY, "-I", "-c", "import gateway", check=False).returncode != 0
     assert sh(SYSTEM_PY, "-I", "-c", "import plugins", check=False).returncode != 0
     # ...and its own environment holds the tested versions of every bundled library.
-    code = ("import sys; from importlib import metadata\n"
-            "for n in sys.argv[1:]: print(n, metadata.version(n))")
-    lock = [ln.split("==")[0] for ln in (ROOT / "debian/python-requirements.txt").read_text().splitlines()
-            if ln and not ln.startswith("#")]
-    bundled = dict(ln.split() for ln in sh("/usr/lib/bmsgw/bin/python3", "-I", "-c", code, *lock).stdout.splitlines())
-    assert bundled == {n: metadata.version(n) for n in lock}
+    # Exactly the runtime part of the lock, nothing else (not even pip).
+    code = ("from importlib import metadata\n"
+            "for d in metadata.distributions(): print(d.metadata['Name'], d.version)")
+    bundled = {canonicalize_name(name): version for name, version in
+               (ln.split() for ln in sh("/usr/lib/bmsgw/bin/python3", "-I", "-c", code).stdout.splitlines())}
+    assert bundled == {p.name: metadata.version(p.name) for p in bundled_pins()}
     # Data where Debian puts it: profiles and MIBs in /usr/share/bmsgw, our MIBs also for net-snmp.
     assert Path("/usr/share/bmsgw/profiles/points.yaml").is_file()
     for mib in sorted(p for p in (ROOT / "mibs").glob("*") if p.is_file()):
@@ -340,7 +334,7 @@ def lifecycle(deb: Path, work: Path, before: set[str]) -> None:
     try:
         svc.wait_for(r"bmsgw started for .*: 1 strings, 8 batteries, 9 devices")
         status = Path(f"/proc/{svc.proc.pid}/status").read_text()
-        assert re.search(r"^Uid:\s+%s\b" % user[2], status, re.M)
+        assert re.search(rf"^Uid:\s+{user[2]}\b", status, re.M)
         groups = re.search(r"^Groups:\s*(.*)$", status, re.M).group(1).split()
         assert groups == [sh("getent", "group", "dialout").stdout.split(":")[2]]
         cap_bit = 1 << 10  # CAP_NET_BIND_SERVICE
@@ -432,6 +426,8 @@ def test_app_tree_is_packaged_whole(tmp_path):
     for name, text in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text(text)
+    (src / "gateway/_data").mkdir()
+    (src / "gateway/_data/profiles").symlink_to("../../profiles")  # how the package finds its data
     install_app = build_app["install_app"]
     install_app.__globals__["SRC"] = src
     dest = tmp_path / "dest"
@@ -441,7 +437,9 @@ def test_app_tree_is_packaged_whole(tmp_path):
            "plugins/ups/__init__.py", "plugins/ups/profiles/ups.yaml", "profiles/points.yaml",
            "mibs/BMSGW-MIB.txt", "mibs/SNMPv2-SMI.txt"]
     assert shipped == sorted(["usr/bin/bmsgw", "usr/share/snmp/mibs/BMSGW-MIB.txt",
-                              *(f"usr/share/bmsgw/{f}" for f in app)])
+                              "usr/share/bmsgw/gateway/_data/profiles", *(f"usr/share/bmsgw/{f}" for f in app)])
+    data_link = dest / "usr/share/bmsgw/gateway/_data/profiles"
+    assert os.readlink(data_link) == "../../profiles" and (data_link / "points.yaml").read_text() == "points: []"
     link = dest / "usr/share/snmp/mibs/BMSGW-MIB.txt"
     assert os.readlink(link) == "../../bmsgw/mibs/BMSGW-MIB.txt" and link.read_text() == files["mibs/BMSGW-MIB.txt"]
     assert os.readlink(dest / "usr/bin/bmsgw") == "../lib/bmsgw/bin/bmsgw"

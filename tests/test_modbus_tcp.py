@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from gateway.app import Gateway
 from gateway.errors import ConfigError, GatewayError
-from gateway.hookspecs import (MODBUS_ALARM_ACK_REGISTER, MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler,
-                               hookimpl)
+from gateway.hookspecs import MODBUS_ALARM_ACK_REGISTER, MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler, hookimpl
 from gateway.outputs.modbus_tcp import GAP_FILL, ModbusTcpService, served_ranges
 from gateway.points import PointRef, Quality
 from tests.conftest import DEFAULT_CONFIG
@@ -274,8 +272,8 @@ def test_stock_pymodbus_server_drops_pipelined_requests():
     thread.start()
 
     async def serve():
-        server = ModbusTcpServer(SimDevice(id=1, simdata=[SimData(0, values=list(range(10)), datatype=DataType.REGISTERS)]),
-                                 address=("127.0.0.1", port))
+        registers = SimData(0, values=list(range(10)), datatype=DataType.REGISTERS)
+        server = ModbusTcpServer(SimDevice(id=1, simdata=[registers]), address=("127.0.0.1", port))
         await server.serve_forever(background=True)
         return server
 
@@ -466,10 +464,12 @@ def test_write_handlers_may_not_overlap_the_map_or_each_other(tmp_path):
         def bmsgw_modbus_write_handlers(self, gateway):
             return self.handlers
 
-    noop = lambda words, client: None  # noqa: E731
+    def noop(words, client):
+        return None
+
     for handlers, message in (([ModbusWriteHandler(CELL_V, "x", "", noop)], "inside the point map"),
-                              ([ModbusWriteHandler(9000, "a", "", noop, count=2), ModbusWriteHandler(9001, "b", "", noop)],
-                               "share address 9001")):
+                              ([ModbusWriteHandler(9000, "a", "", noop, count=2),
+                                ModbusWriteHandler(9001, "b", "", noop)], "share address 9001")):
         gw = Gateway(write_config(tmp_path, {"modbus_tcp": {"listen": f"127.0.0.1:{free_port()}"}},
                                   base=small_bank(1, 2)), simulator=False, port_overrides={"bus1": "x"})
         gw.pm.register(Bad(handlers))

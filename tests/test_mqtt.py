@@ -97,9 +97,11 @@ def test_topics_payloads_status_and_alarms(tmp_path):
         with GatewayThread(mqtt_config(tmp_path, broker.port, layout="string")) as gt:
             gw = gt.gateway
             sub.wait_for(lambda s: any(t.endswith("/cells") for t, _, _ in s.snapshot()), what="a cells message")
-            # the string sensor may be read after the first publish: wait until its values are out too
+            # the string sensor and the I/O module may be read after the first publish: wait for their values
             sub.wait_for(lambda s: any(t == "bmsgw/demo/string/1" and "voltage" in p["values"]
                                        for t, p, _ in s.snapshot()), what="the string sensor's values")
+            sub.wait_for(lambda s: any(t == "bmsgw/demo/bank" and "io.di" in p["values"]
+                                       for t, p, _ in s.snapshot()), what="the I/O module's values")
             gw.pm.hook.bmsgw_alarm_event(gateway=gw, event=alarm(True))
             sub.wait_for(lambda s: any(t == "bmsgw/demo/alarms" for t, _, _ in s.snapshot()), what="the alarm")
             status = gw.status()["mqtt"]
@@ -108,7 +110,7 @@ def test_topics_payloads_status_and_alarms(tmp_path):
         msgs = sub.snapshot()
         sub.close()
     by_topic = {}
-    for topic, payload, retained in msgs:
+    for topic, payload, _retained in msgs:
         by_topic.setdefault(topic, []).append(payload)
     assert {"bmsgw/demo/status", "bmsgw/demo/gateway", "bmsgw/demo/bank", "bmsgw/demo/string/1",
             "bmsgw/demo/string/1/cells", "bmsgw/demo/alarms"} <= set(by_topic)

@@ -72,10 +72,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
         fsutil.atomic_write(p, "new" * 1000)
     assert err.value.errno == errno.ENOSPC
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["users.json"]
-    with pytest.raises(RuntimeError):
-        with fsutil.atomic_open(p, "w") as fh:
-            fh.write("half")
-            raise RuntimeError("the producer failed")
+    with pytest.raises(RuntimeError), fsutil.atomic_open(p, "w") as fh:
+        fh.write("half")
+        raise RuntimeError("the producer failed")
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["users.json"]
 
 
@@ -97,7 +96,8 @@ T0 = 1_790_000_000
 
 
 def _batch(t: int, cells: int = 4) -> list:
-    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5)) for c in range(1, cells + 1)]
+    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5))
+            for c in range(1, cells + 1)]
 
 
 def test_rows_wait_bounded_while_the_disk_is_full_and_the_commit_says_what_is_on_disk(tmp_path, monkeypatch):

@@ -74,8 +74,8 @@ def _datasheet_rows() -> dict:
                                   "cell.ohmic": (float(ohm[1]) / 1000, float(ohm[2]) / 1000)}
     smd = re.search(r"BM-BMS\t0 ~ (\d+)VDC[^\t]*\t-(\d+) ~ (\d+)A by hall sensor", bm)
     out["bm-smd"] = {"string.voltage": (0.0, float(smd[1])), "string.current": (-float(smd[2]), float(smd[3]))}
-    row = re.compile(r"(L|H) type\t[^\t]+\t([\d.]+)~([\d.]+)V\t(-?\d+)~(\d+)°C\t([\d.]+)~([\d.]+)mΩ\t([\d.]+)V\t[^\t]+\t"
-                     r"([\d.]+)°C\t[^\t]+\t([\d.]+)mΩ")
+    row = re.compile(r"(L|H) type\t[^\t]+\t([\d.]+)~([\d.]+)V\t(-?\d+)~(\d+)°C\t([\d.]+)~([\d.]+)mΩ\t"
+                     r"([\d.]+)V\t[^\t]+\t([\d.]+)°C\t[^\t]+\t([\d.]+)mΩ")
     for t, vlo, vhi, tlo, thi, rlo, rhi, vres, tres, rres in row.findall(btek):
         out[f"btek-bmu-{t.lower()}"] = {
             "cell.voltage": (float(vlo), float(vhi)), "cell.temperature": (float(tlo), float(thi)),
@@ -122,7 +122,8 @@ def test_profile_ranges_and_resolutions_match_the_datasheets():
 
 
 def test_every_hook_is_typed_and_documented():
-    specs = [(n, f) for n, f in inspect.getmembers(hookspecs.GatewaySpecs, inspect.isfunction) if n.startswith("bmsgw_")]
+    specs = [(n, f) for n, f in inspect.getmembers(hookspecs.GatewaySpecs, inspect.isfunction)
+             if n.startswith("bmsgw_")]
     assert len(specs) >= 10
     for name, fn in specs:
         doc = inspect.getdoc(fn)

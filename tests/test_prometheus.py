@@ -203,7 +203,7 @@ def test_port_in_use_is_reported_and_polling_goes_on(tmp_path):
                             overrides={"prometheus": {"listen": f"127.0.0.1:{port}"}})
         with GatewayThread(path) as gt:
             st = gt.gateway.status()["prometheus"]
-            assert "cannot listen on 127.0.0.1:%d" % port in st["error"] and st["listening"] == []
+            assert f"cannot listen on 127.0.0.1:{port}" in st["error"] and st["listening"] == []
             assert gt.count_good("cell.voltage") == 4
 
 
@@ -216,7 +216,7 @@ def test_bad_listen_address_names_the_key(tmp_path):
                         overrides={"prometheus": {"listen": "127.0.0.1:70000"}})
     gt = GatewayThread(path)
     try:
-        with pytest.raises(ConfigError, match="prometheus.listen: port 70000"):
+        with pytest.raises(ConfigError, match=r"prometheus\.listen: port 70000"):
             gt.start()
     finally:
         gt.stop()

@@ -171,11 +171,11 @@ def test_snmp_v2c_when_on_answers_only_allow_from_and_v1_never(sec, caplog):
     # a well-known community open to every address is called out at start (and the allow-list is the cure)
     caplog.set_level(logging.WARNING, logger="gateway.outputs.snmp.agent")
     open_agent = SnmpAgent(sec.gateway, {**cfg, "v2c": {"community": "public", "allow_from": []}})
-    open_agent.bound = ("192.0.2.1", 161)  # as if it listened on a LAN address (the test binds nothing there)
-    open_agent._warn_open_community()
+    lan = ("192.0.2.1", 161)  # as if it listened on a LAN address (the test binds nothing there)
+    open_agent._warn_open_community(lan)
     assert "the well-known community 'public' from any address" in caplog.text
     caplog.clear()
-    SnmpAgent(sec.gateway, cfg)._warn_open_community()
+    SnmpAgent(sec.gateway, cfg)._warn_open_community(lan)
     assert caplog.text == ""
 
 
@@ -340,7 +340,8 @@ def test_account_page_throttles_current_password_guesses(sec, clocks):
     sec.ctx.users.add("cora", "operator", PASSWORD)
     c = browser(sec, "127.0.0.41").login("cora")
     for _ in range(LOGIN["max_failures"]):
-        c.form("/account", "/account", {"current": "guess-guess", "password": "new-pass-123", "password2": "new-pass-123"})
+        c.form("/account", "/account",
+               {"current": "guess-guess", "password": "new-pass-123", "password2": "new-pass-123"})
     c.form("/account", "/account", {"current": PASSWORD, "password": "new-pass-123", "password2": "new-pass-123"})
     assert "Too many wrong passwords" in c.get("/account").text
     assert sec.ctx.users.authenticate("cora", PASSWORD) is not None  # not changed
@@ -394,7 +395,7 @@ def _url(rule) -> str:
             ("app.js" if name == "filename" else "site")
     path = rule.rule
     for name, value in values.items():
-        path = re.sub(r"<(?:[^:<>]+:)?%s>" % name, str(value), path)
+        path = re.sub(rf"<(?:[^:<>]+:)?{name}>", str(value), path)
     return path
 
 

@@ -104,7 +104,7 @@ def test_a_sensor_holds_its_ohmic_test_result_until_the_next_test():
     assert m.true_ohmic(1, weak) > m.true_ohmic(1, weak, m.t - 20 * 3600)  # while the truth moved on
     m.advance_to(m.t + 4 * 3600)  # a day after the last test: the sensors test again
     second = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
-    assert all(a != b for a, b in zip(first, second))
+    assert all(a != b for a, b in zip(first, second, strict=True))
     assert m.last_ohmic_test(1) == NOON + 86400
     # each result is what its sensor reads of the truth at its test (its conformity error included), within
     # the test's repeatability (1 % +- 25 micro-ohm as 2 sigma): 4 sigma
@@ -116,7 +116,7 @@ def test_a_sensor_holds_its_ohmic_test_result_until_the_next_test():
     m.advance_to(m.t + 600)
     m.run_ohmic_test(1)
     third = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
-    assert all(a != b for a, b in zip(second, third)) and m.last_ohmic_test(1) == m.t
+    assert all(a != b for a, b in zip(second, third, strict=True)) and m.last_ohmic_test(1) == m.t
     m.advance_to(m.t + 600)
     assert [m.measure("cell.ohmic", 1, c) for c in range(1, 5)] == third
 

@@ -70,7 +70,8 @@ def paused(gt):
 
 def test_system_group_and_engine_identity(env):
     values = env["snmp"].get(v2c(), "SNMPv2-MIB::sysDescr.0", "SNMPv2-MIB::sysObjectID.0", "SNMPv2-MIB::sysContact.0",
-                             "SNMPv2-MIB::sysLocation.0", "SNMPv2-MIB::sysName.0", "SNMP-FRAMEWORK-MIB::snmpEngineBoots.0")
+                             "SNMPv2-MIB::sysLocation.0", "SNMPv2-MIB::sysName.0",
+                             "SNMP-FRAMEWORK-MIB::snmpEngineBoots.0")
     assert "battery monitoring gateway" in values["sysDescr.0"]
     assert values["sysObjectID.0"] == "bmsgwMIB"
     assert values["sysContact.0"] == "ops@example.org" and values["sysLocation.0"] == "Room B2"
@@ -131,7 +132,8 @@ def test_ups_battery_group_and_entity_sensors(env):
                                     f"ENTITY-MIB::entPhysicalClass.{cell_temp}")
         parent = contained[f"entPhysicalContainedIn.{cell_temp}"]
         assert contained[f"entPhysicalClass.{cell_temp}"] == "sensor"
-        assert env["snmp"].get(v2c(), f"ENTITY-MIB::entPhysicalName.{parent}")[f"entPhysicalName.{parent}"] == "String 2"
+        names = env["snmp"].get(v2c(), f"ENTITY-MIB::entPhysicalName.{parent}")
+        assert names[f"entPhysicalName.{parent}"] == "String 2"
 
 
 def test_v3_authpriv_reads_and_bulkwalks(env):
@@ -231,9 +233,9 @@ def test_alarm_notifications_and_active_alarm_table(env):
 def test_inform_is_retried_until_the_receiver_answers(env):
     """The third target's receiver is down when the alarm is raised; the inform's retries reach it."""
     gt = env["gt"]
-    event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", metric="io.ambient_temperature", value=36.2,
-                       threshold=35.0, severity="warning", text="Ambient temperature 36.2 C (alarm at 35 C)",
-                       raised=True, ts=time.time())
+    event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", metric="io.ambient_temperature",
+                       value=36.2, threshold=35.0, severity="warning",
+                       text="Ambient temperature 36.2 C (alarm at 35 C)", raised=True, ts=time.time())
     agent = agent_of(gt)
     acked = agent.sent["informs_acknowledged"]
     gt.call(_hook(gt.gateway, event))
@@ -375,8 +377,8 @@ def test_alarm_storm_fills_the_table_once(env):
         gt.call(storm(events))
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 300 and ids["bmsgwAlarmId.300"] == "cell.voltage.low/1/300"
-        gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, metric=ev.metric, value=12.9, threshold=ev.threshold,
-                                  severity=ev.severity, text="ok", raised=False, ts=time.time())
+        gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, metric=ev.metric, value=12.9,
+                                  threshold=ev.threshold, severity=ev.severity, text="ok", raised=False, ts=time.time())
                        for ev in events[::2]]))
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 150 and "bmsgwAlarmId.1" not in ids and "bmsgwAlarmId.2" in ids

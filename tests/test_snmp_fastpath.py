@@ -10,8 +10,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import rfc1905
 from pysnmp.proto.api import v2c
@@ -88,7 +87,7 @@ def ask(pair, data: bytes, port_index: int, timeout: float = 3.0) -> bytes | Non
     sock.sendto(data, ("127.0.0.1", pair["ports"][port_index]))
     try:
         answer, _ = sock.recvfrom(65535)
-    except socket.timeout:
+    except TimeoutError:
         return None
     return answer
 

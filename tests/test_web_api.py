@@ -1,16 +1,13 @@
 """The REST API and the web face's security, over real HTTP against the running gateway."""
 from __future__ import annotations
 
-import gzip
-import sys
+import dataclasses
 import time
-import types
 import xml.etree.ElementTree as ET
 
 import pytest
 import requests
 
-import gateway as gateway_pkg
 from gateway.points import PointRef
 from tests.web_support import PASSWORD, Client, FakeHistory, web_gateway
 
@@ -156,7 +153,8 @@ def test_security_headers_and_cookie_flags(web):
     c = Client(web.url)
     r = c.get("/login")
     h = r.headers
-    assert "default-src 'self'" in h["Content-Security-Policy"] and "frame-ancestors 'none'" in h["Content-Security-Policy"]
+    csp = h["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert h["X-Content-Type-Options"] == "nosniff" and h["X-Frame-Options"] == "DENY"
     assert h["Referrer-Policy"] == "no-referrer" and h["Cache-Control"] == "no-store"
     assert "Strict-Transport-Security" not in h  # plain HTTP on loopback
@@ -196,27 +194,14 @@ def test_trend_from_the_in_memory_buffer(web, viewer):
     assert r.status_code == 400 and r.json()["field"] == "from"
 
 
-def test_metrics_are_public_by_default_and_mounted_when_the_exporter_exists(web, monkeypatch):
-    monkeypatch.delattr(gateway_pkg, "exposition", raising=False)  # as if the Prometheus face were absent
-    monkeypatch.setitem(sys.modules, "gateway.exposition", None)
-    r = requests.get(web.url + "metrics", timeout=30)
-    assert r.status_code == 404 and "not installed" in r.json()["message"]
-    # the Prometheus face's renderer (gateway/exposition.py), in its two shapes
-    ctype = "text/plain; version=0.0.4; charset=utf-8"
-    fake = types.ModuleType("gateway.exposition")
-    fake.render_metrics = lambda gw: (f"bms_points {len(gw.pointmap)}\n".encode(), ctype)
-    monkeypatch.setitem(sys.modules, "gateway.exposition", fake)
-    monkeypatch.setattr(gateway_pkg, "exposition", fake, raising=False)
-    r = requests.get(web.url + "metrics", timeout=30)
-    assert r.status_code == 200 and r.text == f"bms_points {len(web.gateway.pointmap)}\n"
-    assert r.headers["Content-Type"] == ctype
-    fake.metrics_response = lambda gw, enc: (gzip.compress(b"bms_up 1\n") if "gzip" in enc else b"bms_up 1\n",
-                                             [("Content-Type", ctype)] +
-                                             ([("Content-Encoding", "gzip")] if "gzip" in enc else []))
+def test_metrics_are_public_by_default_gzipped_when_asked_and_can_need_a_login(web, monkeypatch):
     r = requests.get(web.url + "metrics", timeout=30)  # requests asks for gzip and unpacks it
-    assert r.text == "bms_up 1\n" and r.headers["Content-Encoding"] == "gzip"
-    monkeypatch.setattr(web.ctx, "settings", web.ctx.settings.__class__(
-        **{**{f: getattr(web.ctx.settings, f) for f in web.ctx.settings.__dataclass_fields__}, "metrics_public": False}))
+    assert r.status_code == 200 and r.headers["Content-Encoding"] == "gzip"
+    assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# TYPE bms_cell_voltage_volts gauge" in r.text and 'cell="3",string="1"' in r.text
+    plain = requests.get(web.url + "metrics", headers={"Accept-Encoding": "identity"}, timeout=30)
+    assert "Content-Encoding" not in plain.headers and "# TYPE bms_cell_voltage_volts gauge" in plain.text
+    monkeypatch.setattr(web.ctx, "settings", dataclasses.replace(web.ctx.settings, metrics_public=False))
     assert requests.get(web.url + "metrics", timeout=30).status_code == 401
 
 
@@ -239,6 +224,17 @@ def test_history_module_answers_when_installed(tmp_path):
         r = requests.post(w.url + "api/v1/alarms/x/acknowledge",
                           headers={"Authorization": f"Bearer {w.token('operator')}"}, timeout=30)
         assert r.status_code == 503 and r.json()["message"] == "no alarm engine is installed"
+
+
+def test_a_stopped_web_face_no_longer_listens_to_the_store(tmp_path):
+    ref, later = PointRef("cell.voltage", 1, 1), time.time() + 3600  # ahead of every polled reading
+    with web_gateway(tmp_path, cells=2, alarms=False) as w:
+        store, buffer = w.gateway.store, w.ctx.sources.buffer
+        store.put(ref, 12.5, ts=later)
+        assert buffer.query(ref, later, later, 10) == [(later, 12.5)]  # listening while it runs
+    assert w.ctx.sources.buffer is None
+    store.put(ref, 12.75, ts=later + 3600)
+    assert buffer.query(ref, later + 1, later + 3600, 10) == []
 
 
 def _trend_source(w, path):

@@ -29,7 +29,8 @@ class FakeAlarmEngine:
         self.table = {
             "a-37-ohmic": {"id": "a-37-ohmic", "severity": "critical", "active": True, "raised": now - 600,
                            "point": "cell.ohmic", "string": 1, "cell": 37, "value": 0.0061, "threshold": 0.0058,
-                           "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"},
+                           "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline "
+                                      "(alarm at +30 %)"},
             "a-12-volt": {"id": "a-12-volt", "severity": "warning", "active": True, "raised": now - 300,
                           "point": "cell.voltage", "string": 1, "cell": 12, "value": 13.05, "threshold": 13.1,
                           "message": "String 1 battery 12: voltage 13.05 V, 0.35 V below the string average"},
@@ -109,7 +110,7 @@ class WebGateway:
     def token(self, role: str = "admin") -> str:
         return self.ctx.users.add_token(f"t-{role}-{time.monotonic_ns() % 10**9}", role)[1]
 
-    def user(self, name: str, role: str) -> "Client":
+    def user(self, name: str, role: str) -> Client:
         if self.ctx.users.get(name) is None:
             self.ctx.users.add(name, role, PASSWORD)
         return Client(self.url).login(name, PASSWORD)
@@ -158,7 +159,7 @@ class Client(requests.Session):
         assert m, f"no CSRF token on {page}"
         return m.group(1)
 
-    def login(self, name: str, password: str = PASSWORD) -> "Client":
+    def login(self, name: str, password: str = PASSWORD) -> Client:
         token = self.csrf("/login")
         r = self.post("/login", data={"csrf": token, "username": name, "password": password}, allow_redirects=False)
         assert r.status_code == 302, (r.status_code, r.text[:500])

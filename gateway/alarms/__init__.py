@@ -21,15 +21,14 @@ from typing import TYPE_CHECKING
 from ..hookspecs import hookimpl
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA, ohmic_levels
-from .rules import check as check_rules
+from .rules import SCHEMA, check as check_rules, ohmic_levels
 
 if TYPE_CHECKING:
     from ..app import Gateway
 
 log = logging.getLogger(__name__)
 
-_managers: "weakref.WeakKeyDictionary[Gateway, AlarmManager]" = weakref.WeakKeyDictionary()
+_managers: weakref.WeakKeyDictionary[Gateway, AlarmManager] = weakref.WeakKeyDictionary()
 
 
 def get_manager(gateway: Gateway) -> AlarmManager | None:

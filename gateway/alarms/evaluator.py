@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..strings.states import StringStates, string_states
 from .model import AlarmKey
@@ -75,7 +75,7 @@ class FloatPolicy:
     ohmic_suppress_s: float = 1800.0
 
     @classmethod
-    def from_section(cls, section: dict) -> "FloatPolicy":
+    def from_section(cls, section: dict) -> FloatPolicy:
         fd = section.get("float_detection", {}) or {}
         ot = section.get("ohmic_test", {}) or {}
         return cls(fd.get("settle_s", 300.0), ot.get("detect", "value_change"), ot.get("suppress_s", 1800.0))

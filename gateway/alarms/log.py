@@ -10,9 +10,9 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .model import ActiveAlarm, AlarmKey
 
@@ -154,11 +154,11 @@ class AlarmLog:
 
     def _process(self, db: sqlite3.Connection | None, batch: list) -> None:
         stmts = [i for i in batch if isinstance(i, tuple)]
-        if stmts and (db is None or not self._prepare()):
+        if stmts and db is not None and self._prepare():
+            self._write(db, stmts)
+        elif stmts:
             self.errors += 1
             log.debug("alarm log %s unavailable: %d writes lost", self.path, len(stmts))
-        elif stmts:
-            self._write(db, stmts)
         for i in batch:
             if isinstance(i, threading.Event):
                 i.set()

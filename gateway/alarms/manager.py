@@ -8,11 +8,13 @@ so polling never waits for it; the log is written by its own thread.  ``acknowle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..points import PointRef, Quality, Reading
 from ..strings.states import string_states
@@ -199,9 +201,9 @@ class AlarmManager:
             if reading.quality is not Quality.GOOD or reading.value is None or point in OWN_POINTS:
                 continue
             value = reading.value
-            if point == "string.state":
+            if point == "string.state" and ref.string is not None:
                 ev.observe_state(ref.string, value, reading.ts)
-            elif point == "cell.ohmic":
+            elif point == "cell.ohmic" and ref.string is not None and ref.cell is not None:
                 ev.observe_ohmic(ref.string, ref.cell, value, reading.ts)
             if self._lost_devices:
                 dkey = self._ref_device.get(ref)
@@ -272,10 +274,12 @@ class AlarmManager:
         with self._lock:
             alarms = list(self._active.values())
         want: dict[PointRef, float] = {}
-        for pid, refs in self._level_refs.items():
+        for refs in self._level_refs.values():
             for ref in refs:
                 want[ref] = 0.0
-        cells, strings, top = {}, {}, 0
+        cells: dict[tuple[int, int], int] = {}
+        strings: dict[int, int] = {}
+        top = 0
         for a in alarms:
             lvl = a.level
             k = a.key
@@ -291,11 +295,11 @@ class AlarmManager:
         want[PointRef("bank.alarms_active")] = float(len(alarms))
         want[PointRef("bank.alarm_level")] = float(top)
         ts = self.clock()
-        changed = [(ref, Reading(v, Quality.GOOD, ts)) for ref, v in want.items()
-                   if self._published.get(ref) != v and (ref in self.gateway.pointmap.by_ref)]
+        changed = {ref: v for ref, v in want.items()
+                   if self._published.get(ref) != v and (ref in self.gateway.pointmap.by_ref)}
         if changed:
-            self._published.update((ref, r.value) for ref, r in changed)
-            self.store.put_many(changed)
+            self._published.update(changed)
+            self.store.put_many((ref, Reading(v, Quality.GOOD, ts)) for ref, v in changed.items())
 
     # -- acknowledge and read (any thread) -------------------------------------------------------------------
     def acknowledge(self, alarm_id: int, by: str) -> bool:
@@ -330,10 +334,8 @@ class AlarmManager:
         n = 0
         for a in self.active():
             if not a.acknowledged and (severity is None or a.severity == severity):
-                try:
+                with contextlib.suppress(UnknownAlarm):  # cleared meanwhile
                     n += bool(self.acknowledge(a.alarm_id, by))
-                except UnknownAlarm:
-                    pass  # cleared meanwhile
         return n
 
     def active(self) -> list[ActiveAlarm]:

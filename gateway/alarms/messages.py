@@ -1,7 +1,7 @@
 """Sentences a person understands: "String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..points import PointRef
 from ..topology import Topology
@@ -61,7 +61,7 @@ class Messages:
         if key.device:
             return f"device {key.device}"
         if key.point.startswith("gateway.bus"):
-            return f"bus {self.bus_names.get(key.channel, key.channel)}"
+            return f"bus {self._bus_name(key.channel)}"
         if key.point.startswith("gateway."):
             return "gateway"
         if key.point == "io.di":
@@ -69,6 +69,10 @@ class Messages:
         if key.point.startswith("io."):
             return "room"
         return "bank"
+
+    def _bus_name(self, channel: int | None) -> str | int | None:
+        """The configured name of bus number ``channel`` (the number when there is no such bus)."""
+        return self.bus_names.get(channel, channel) if channel is not None else None
 
     def object_name(self, key: AlarmKey) -> str:
         if key.string is not None:
@@ -80,7 +84,7 @@ class Messages:
         if key.device:
             return self.devices.get(key.device, f"Device {key.device}")
         if key.point.startswith("gateway.bus"):
-            return f"Bus {self.bus_names.get(key.channel, key.channel)}"
+            return f"Bus {self._bus_name(key.channel)}"
         if key.point.startswith("gateway."):
             return "Gateway"
         if key.point.startswith("io."):
@@ -120,7 +124,8 @@ class Messages:
         if rule.kind == "state":
             return f"{name}: {self._state_text(key, rule, True)}"
         phrase = _PHRASE.get((rule.id, key.side))
-        if rule.id in _OHMIC_DEVIATION_RULES or rule.reference or key.point.endswith("deviation"):
+        relative = rule.id in _OHMIC_DEVIATION_RULES or rule.reference
+        if relative or key.point.endswith("deviation"):
             phrase = None  # the value phrase already says which way
         elif phrase is None:
             phrase = "too high" if key.side == "high" else "too low"
@@ -144,7 +149,8 @@ class Messages:
 
     def _state_text(self, key: AlarmKey, rule, raised: bool) -> str:
         if rule.point == "io.di":
-            state = ("closed" if rule.active_state else "open") if raised else ("open" if rule.active_state else "closed")
+            closed = bool(rule.active_state) == raised  # the contact is in its active state while raised
+            state = "closed" if closed else "open"
             return f"{rule.name or rule.label} contact {state}"
         if rule.id == "device_comm":
             return "stopped answering" if raised else "answers again"

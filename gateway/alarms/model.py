@@ -75,7 +75,7 @@ class ActiveAlarm:
                 "raised_ts": self.raised_ts, "text": self.text, "acknowledged": self.acknowledged,
                 "acknowledged_by": self.acknowledged_by, "acknowledged_ts": self.acknowledged_ts}
 
-    def copy(self) -> "ActiveAlarm":
+    def copy(self) -> ActiveAlarm:
         return ActiveAlarm(self.alarm_id, self.key, self.object, self.metric, self.unit, self.severity, self.threshold,
                            self.value, self.raised_ts, self.text, self.last_value, self.last_ts,
                            self.acknowledged_by, self.acknowledged_ts)

@@ -8,8 +8,9 @@ of 2 V cells per unit (n = nominal voltage / 2: 1, 3 or 6).  The config override
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 
 from ..errors import ConfigError
 from ..strings.states import StringStates, string_states
@@ -283,8 +284,18 @@ def _bad(errors: list[ConfigError] | None, exc: ConfigError) -> None:
     errors.append(exc)
 
 
-def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: str, catalog,
+@overload
+def _apply(rule: Rule, rid: str, over: dict[str, Any], src: str, path: str, catalog: Any,
+           errors: list[ConfigError] | None = None) -> Rule: ...
+@overload
+def _apply(rule: None, rid: str, over: dict[str, Any], src: str, path: str, catalog: Any,
+           errors: list[ConfigError] | None = None) -> Rule | None: ...
+
+
+def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: str, catalog: Any,
            errors: list[ConfigError] | None = None) -> Rule | None:
+    """``rule`` with the overrides of ``over`` (a new rule of the site's own when ``rule`` is None); None only
+    for a new rule that cannot be made, its problem collected in ``errors``."""
     if rule is None:
         point = over.get("point")
         if not point:
@@ -373,7 +384,7 @@ class RuleSet:
             if r.enabled and r.conditions():
                 self.index.setdefault((r.point, None), []).append(r)
 
-    def rules_for(self, point: str, string: int | None) -> list[Rule]:
+    def rules_for(self, point: str, string: int | None) -> Sequence[Rule]:
         return self.index.get((point, string), ())
 
     def rule(self, rule_id: str, string: int | None) -> Rule | None:
@@ -420,7 +431,8 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
         if rid in bank:
             _bad(errors, ConfigError(src, f"alarms.di[{i}].channel", f"DI {ch} is listed twice"))
             continue
-        bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=1 if d.get("active", "closed") == "closed" else 0,
+        active_state = 1 if d.get("active", "closed") == "closed" else 0
+        bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=active_state,
                          severity=d.get("severity", "warning"), on_delay_s=d.get("on_delay_s", 0),
                          off_delay_s=d.get("off_delay_s", 0), channel=ch, name=name)
     return RuleSet(per_string, bank)

@@ -10,13 +10,14 @@ forecasts(), diagnoses(), events(), record_replacement(), set_baseline(), record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
 import statistics
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GatewayError
 from ..hookspecs import hookimpl
@@ -84,19 +85,19 @@ ANALYTICS_SCHEMA = _obj({
                        "undercharge_v_per_cell": _n(0.05, 0.005, 1)}),
 })
 
-_running: "weakref.WeakKeyDictionary[Gateway, AnalyticsService]" = weakref.WeakKeyDictionary()
+_running: weakref.WeakKeyDictionary[Gateway, AnalyticsService] = weakref.WeakKeyDictionary()
 
 
-def state_path(config: "Config") -> Path:
+def state_path(config: Config) -> Path:
     p = Path(config.section("analytics").get("path", "analytics.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
 
 
-def open_state(config: "Config", readonly: bool = False) -> StateDB:
+def open_state(config: Config, readonly: bool = False) -> StateDB:
     return StateDB(state_path(config), readonly=readonly)
 
 
-def analytics_for(gateway: "Gateway") -> Analytics | None:
+def analytics_for(gateway: Gateway) -> Analytics | None:
     svc = _running.get(gateway)
     return svc.engine if svc is not None else None
 
@@ -110,7 +111,7 @@ def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = N
         if not rows:
             raise GatewayError(f"string {string} battery {cell}: no ohmic readings in the last 7 days to take a "
                                f"baseline from; give the value")
-        ohmic = statistics.median(r.ohmic for r in rows)
+        ohmic = statistics.median([r.ohmic for r in rows if r.ohmic is not None])
     if not 1e-6 <= ohmic <= 1.0:
         raise GatewayError(f"baseline {ohmic} ohm is outside 1 micro-ohm .. 1 ohm (give ohm, e.g. 0.0042)")
     temps = [r.temp for r in rows if r.temp is not None]
@@ -124,7 +125,7 @@ def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = N
 class AnalyticsService:
     name = "analytics"
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.cfg = gateway.config.section("analytics")
         self.state: StateDB | None = None
@@ -134,15 +135,14 @@ class AnalyticsService:
 
     async def start(self) -> None:
         gw = self.gateway
-        self.state = StateDB(state_path(gw.config))
-        self.engine = Analytics(gw.topology.strings, self.cfg, self.state, gw.store,
-                                states=string_states(gw.catalog))
-        gw.store.subscribe(self.engine.observe)
-        self._task = asyncio.create_task(self._run(), name="analytics")
+        state = self.state = StateDB(state_path(gw.config))
+        engine = self.engine = Analytics(gw.topology.strings, self.cfg, state, gw.store,
+                                         states=string_states(gw.catalog))
+        gw.store.subscribe(engine.observe)
+        self._task = asyncio.create_task(self._run(engine, state), name="analytics")
         _running[gw] = self
 
-    async def _run(self) -> None:
-        engine = self.engine
+    async def _run(self, engine: Analytics, state: StateDB) -> None:
         gw = self.gateway
         while True:
             now = time.time()
@@ -156,17 +156,15 @@ class AnalyticsService:
             except Exception:
                 self.errors += 1
                 log.exception("analytics: tick failed")
-            if self.state.exclusive:  # opened on a full card: share it again as soon as there is room
-                await asyncio.to_thread(self.state.share)
+            if state.exclusive:  # opened on a full card: share it again as soon as there is room
+                await asyncio.to_thread(state.share)
             await asyncio.sleep(self.cfg["interval_s"])
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self.engine is not None:
             self.gateway.store.unsubscribe(self.engine.observe)
             self.engine.close()
@@ -177,9 +175,9 @@ class AnalyticsService:
     def endpoints(self) -> list[str]:
         return [f"sqlite://{self.state.path}"] if self.state is not None else []
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         e = self.engine
-        out = {"errors": self.errors}
+        out: dict[str, Any] = {"errors": self.errors}
         if e is not None:
             out["strings"] = {sid: {"soc": round(s.soc, 1), "state": s.state, "anchor": s.anchor_kind,
                                     "soh_capacity": s.soh_capacity} for sid, s in e.soc.items()}
@@ -195,13 +193,14 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
+def bmsgw_modbus_write_handlers(gateway: Gateway) -> list:
     """Holding registers 9100 + (string - 1): write a battery number to reset its ohmic baseline (it is
     taken again automatically after the settling period), when Modbus writes are enabled."""
     from ..hookspecs import MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler
 
     svc = _running.get(gateway)
-    if svc is None or svc.state is None:
+    state = svc.state if svc is not None else None
+    if state is None:
         return []
     handlers = []
     for s in gateway.topology.strings:
@@ -209,7 +208,7 @@ def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
             cell = words[0]
             if not 1 <= cell <= string.cells:
                 raise ValueError(f"string {string.id} has batteries 1..{string.cells}, not {cell}")
-            svc.state.clear_baseline(string.id, cell)
+            state.clear_baseline(string.id, cell)
             log.info("Modbus client %s reset the baseline of string %d battery %d", client, string.id, cell)
 
         handlers.append(ModbusWriteHandler(MODBUS_BASELINE_RESET_REGISTER + s.id - 1, f"baseline.reset.{s.id}",
@@ -219,25 +218,25 @@ def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
 
 
 @hookimpl
-def bmsgw_services(gateway: "Gateway") -> list:
+def bmsgw_services(gateway: Gateway) -> list:
     if not gateway.config.section("analytics").get("enabled", True):
         return []
     return [AnalyticsService(gateway)]
 
 
 @hookimpl
-def bmsgw_status(gateway: "Gateway") -> dict:
+def bmsgw_status(gateway: Gateway) -> dict:
     svc = _running.get(gateway)
     return {"analytics": svc.status()} if svc is not None else {}
 
 
-def _load_config(args) -> "Config":
+def _load_config(args) -> Config:
     from ..cliargs import config_path, offline_gateway
 
     return offline_gateway(config_path(args)).config
 
 
-def _check_battery(config: "Config", string: int, cell: int | None) -> None:
+def _check_battery(config: Config, string: int, cell: int | None) -> None:
     ids = {s.id: s for s in config.topology.strings}
     if string not in ids:
         raise GatewayError(f"no string {string}; configured: {', '.join(map(str, sorted(ids)))}")
@@ -257,7 +256,7 @@ def _when(text: str | None) -> float | None:
 def _fmt_ts(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
 
 
 def cmd_battery(args) -> int:
@@ -289,13 +288,13 @@ def cmd_battery(args) -> int:
                 if args.string is not None and s.id != args.string:
                     continue
                 for c in range(1, s.cells + 1):
-                    b = baselines.get((s.id, c))
+                    base = baselines.get((s.id, c))
                     f = forecasts.get((s.id, c), {})
                     diag = (f.get("diagnosis") or {}).get("label", "-")
                     rng = f"{_fmt_ts(f.get('early_ts'))}..{_fmt_ts(f.get('late_ts'))}" if f.get("eol_ts") else "-"
-                    baseline = f"{b.ohmic * 1000:.3f}" if b else "-"
+                    baseline = f"{base.ohmic * 1000:.3f}" if base else "-"
                     print(f"{s.id:>6} {c:>4} {baseline:>13} "
-                          f"{_fmt_ts(b.ts) if b else '-':>10} {b.source if b else '-':>6} "
+                          f"{_fmt_ts(base.ts) if base else '-':>10} {base.source if base else '-':>6} "
                           f"{_fmt_ts(f.get('eol_ts')):>10} {rng:>21}  {diag}")
             reps = state.replacements(args.string)
             if reps:

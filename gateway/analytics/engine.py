@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..strings.states import StringStates, string_states
@@ -36,7 +36,7 @@ SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many te
 def parse_date(text: str | None) -> float | None:
     if not text:
         return None
-    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     return d.timestamp()
 
 
@@ -144,9 +144,10 @@ class Analytics:
                 soc.event.add_voltage(cell, value, soc._last_i or 0.0, soc.soc)
 
     # -- the periodic computation ---------------------------------------------------------------------------------
-    def _good(self, ref: PointRef) -> Reading | None:
+    def _good(self, ref: PointRef) -> float | None:
+        """The point's value when it is GOOD, else None."""
         r = self.store.get(ref)
-        return r if r is not None and r.quality is _GOOD and r.value is not None else None
+        return r.value if r is not None and r.quality is _GOOD else None
 
 
     def tick(self, now: float | None = None, publish: bool = True) -> list[tuple[PointRef, Reading]]:
@@ -172,8 +173,7 @@ class Analytics:
         cfg = self.cfg
         th = cfg["thresholds"]
         fl = cfg["float"]
-        amb_r = self._good(self.ambient_ref)
-        ambient = amb_r.value if amb_r is not None else None
+        ambient = self._good(self.ambient_ref)
         out: list[tuple[PointRef, Reading]] = []
         get = self.store.get
         seen = self._seen
@@ -199,7 +199,11 @@ class Analytics:
             temps: dict[int, float] = {}
             ohms: dict[int, float] = {}
             emfs: dict[int, float] = {}
-            new_v, new_t, new_o, new_e = set(), set(), set(), set()
+            # the cells with a reading not counted in the daily aggregates yet, per input
+            new_v: set[int] = set()
+            new_t: set[int] = set()
+            new_o: set[int] = set()
+            new_e: set[int] = set()
             inputs = (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
                       ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e))
             for c in range(1, s.cells + 1):
@@ -223,16 +227,16 @@ class Analytics:
 
             # state of charge, following the string's state (the string supervision's)
             soc = self.soc[sid]
-            state_r = self._good(self.string_refs[("string.state", sid)])
-            sv_r = self._good(self.string_refs[("string.voltage", sid)])
-            if sv_r is not None:
-                v_cell = sv_r.value / (s.cells * n)
+            state = self._good(self.string_refs[("string.state", sid)])
+            string_v = self._good(self.string_refs[("string.voltage", sid)])
+            if string_v is not None:
+                v_cell = string_v / (s.cells * n)
             elif v_avg is not None and len(volts) >= 0.8 * s.cells:
                 v_cell = v_avg / n
             else:
                 v_cell = None
             temp = ambient if ambient is not None else (_mean(temps.values()))
-            finished = soc.update(now, state_r.value if state_r else None, v_cell, temp, volts)
+            finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
             if finished is not None:
                 self._record_discharge(finished)
             o = soc.outputs(now)
@@ -247,7 +251,8 @@ class Analytics:
             for c in range(1, s.cells + 1):
                 key = (sid, c)
                 v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
-                put("cell.voltage_average_deviation", (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+                put("cell.voltage_average_deviation",
+                    (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
                 put("cell.ohmic_average_deviation",
                     (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c)
                 base = self.baselines.get(key)
@@ -279,12 +284,12 @@ class Analytics:
                     acc = self.acc[key] = {}
                 if c in new_o:
                     _add(acc, "ohmic", ohm)
-                if c in new_t:
+                if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
                     _add(acc, "temp", t)
                     ref_t = ambient if ambient is not None else t_med
                     if ref_t is not None:
                         _add(acc, "temp_rise", t - ref_t)
-                if on_float and c in new_v:
+                if on_float and c in new_v and v is not None:
                     _add(acc, "v_float", v)
                     if v_avg is not None:
                         _add(acc, "v_dev", v - v_avg)
@@ -395,9 +400,10 @@ class Analytics:
                 if seen is None or now - seen < bc["sample_days"] * DAY_S:
                     continue
                 rows = [r for r in rows_by_cell.get(c, []) if r.ohmic is not None]
+                ohmics = [r.ohmic for r in rows if r.ohmic is not None]
                 if len(rows) < max(2, bc["sample_days"] // 2):
                     continue
-                b = Baseline(sid, c, statistics.median(r.ohmic for r in rows), now, "auto",
+                b = Baseline(sid, c, statistics.median(ohmics), now, "auto",
                              _mean(r.temp for r in rows if r.temp is not None),
                              _median_or_none([r.emf for r in rows]))
                 self.state.set_baseline(b)
@@ -499,12 +505,13 @@ class Analytics:
         used = self.life_used.get((sid, cell))
         if used is not None:
             temps = [r.temp for r in rows[-30:] if r.temp is not None]
-            factor = _mean(aging_factor(t, self.cfg["halving_c"]) for t in temps) if temps else 1.0
+            factors = [aging_factor(t, self.cfg["halving_c"]) for t in temps]
+            factor = sum(factors) / len(factors) if factors else 1.0
             left = life_budget_years(used, self.cfg["design_life_years"], factor)
             out.update(life_used_years=used, life_factor=factor, life_left_years=left)
             if left is not None:
                 cands.append(("life", left, 0.9 * left, 1.1 * left))
-        found = [cnd for cnd in cands if cnd[1] is not None]
+        found = [(src, years, early, late) for src, years, early, late in cands if years is not None]
         if found:
             source, years, early, late = min(found, key=lambda cnd: cnd[1])
             out.update(source=source, years=years, early_years=early, late_years=late)

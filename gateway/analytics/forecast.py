@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from itertools import pairwise
 
 YEAR_S = 365.25 * 86400.0
 _Z95 = 1.959964
@@ -109,7 +110,7 @@ def theil_sen(x: Sequence[float], y: Sequence[float], alpha: float = 0.05) -> tu
     slopes.sort()
     m = len(slopes)
     slope = slopes[m // 2] if m % 2 else 0.5 * (slopes[m // 2 - 1] + slopes[m // 2])
-    intercept = median([yi - slope * xi for xi, yi in zip(x, y)])
+    intercept = median([yi - slope * xi for xi, yi in zip(x, y, strict=True)])
     z = _Z95 if alpha == 0.05 else statistics.NormalDist().inv_cdf(1 - alpha / 2)
     c = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
     lo_i = max(0, int(math.floor((m - c) / 2)))
@@ -125,27 +126,28 @@ def runs_z(residuals: Sequence[float]) -> float:
     n2 = len(signs) - n1
     if n1 == 0 or n2 == 0:
         return 0.0
-    runs = 1 + sum(1 for a, b in zip(signs, signs[1:]) if a != b)
+    runs = 1 + sum(1 for a, b in pairwise(signs) if a != b)
     n = n1 + n2
     mean = 2.0 * n1 * n2 / n + 1
     var = 2.0 * n1 * n2 * (2.0 * n1 * n2 - n) / (n * n * (n - 1))
     return (runs - mean) / math.sqrt(var) if var > 0 else 0.0
 
 
-def huber_line(x: Sequence[float], y: Sequence[float], delta: float = 1.345, iterations: int = 20) -> tuple[float, float]:
+def huber_line(x: Sequence[float], y: Sequence[float], delta: float = 1.345,
+               iterations: int = 20) -> tuple[float, float]:
     """Huber M-estimate of a line (iteratively reweighted least squares); (slope, intercept)."""
     w = [1.0] * len(x)
     slope = intercept = 0.0
     for _ in range(iterations):
         sw = sum(w)
-        mx = sum(wi * xi for wi, xi in zip(w, x)) / sw
-        my = sum(wi * yi for wi, yi in zip(w, y)) / sw
-        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
+        mx = sum(wi * xi for wi, xi in zip(w, x, strict=True)) / sw
+        my = sum(wi * yi for wi, yi in zip(w, y, strict=True)) / sw
+        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x, strict=True))
         if sxx <= 0:
             break
-        new_slope = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y)) / sxx
+        new_slope = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y, strict=True)) / sxx
         new_intercept = my - new_slope * mx
-        res = [yi - (new_intercept + new_slope * xi) for xi, yi in zip(x, y)]
+        res = [yi - (new_intercept + new_slope * xi) for xi, yi in zip(x, y, strict=True)]
         s = mad_scale(res) or 1e-12
         w = [1.0 if abs(r) <= delta * s else delta * s / abs(r) for r in res]
         if abs(new_slope - slope) < 1e-12 and abs(new_intercept - intercept) < 1e-12:
@@ -184,14 +186,14 @@ def _exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple[Fit, float] | None
             continue
         if b <= 0:
             continue
-        err = sum(abs(yi - (c + b * zi)) for zi, yi in zip(z, y))
+        err = sum(abs(yi - (c + b * zi)) for zi, yi in zip(z, y, strict=True))
         if best is None or err < best[1]:
             best = (Fit("exponential", c, b, k), err)
     return best
 
 
 def _solve3(a: list[list[float]], v: list[float]) -> list[float] | None:
-    m = [row[:] + [vi] for row, vi in zip(a, v)]
+    m = [row[:] + [vi] for row, vi in zip(a, v, strict=True)]
     for col in range(3):
         piv = max(range(col, 3), key=lambda r: abs(m[r][col]))
         if abs(m[piv][col]) < 1e-12:
@@ -205,7 +207,7 @@ def _solve3(a: list[list[float]], v: list[float]) -> list[float] | None:
     return [m[r][3] / m[r][r] for r in range(3)]
 
 
-def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple["Fit", float] | None:
+def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple[Fit, float] | None:
     """The best ``c + m x + b exp(k x)`` (linear wear plus an accelerating part) over the k grid, least
     squares on the (median-thinned) points, with m >= 0 and b > 0."""
     best = None
@@ -213,15 +215,15 @@ def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple["Fit", float] 
     for k in _K_GRID:
         z = [math.exp(k * xi) for xi in x]
         cols = ([1.0] * n, x, z)
-        a = [[sum(p * q for p, q in zip(cols[r], cols[s])) for s in range(3)] for r in range(3)]
-        v = [sum(p * yi for p, yi in zip(cols[r], y)) for r in range(3)]
+        a = [[sum(p * q for p, q in zip(cols[r], cols[s], strict=True)) for s in range(3)] for r in range(3)]
+        v = [sum(p * yi for p, yi in zip(cols[r], y, strict=True)) for r in range(3)]
         sol = _solve3(a, v)
         if sol is None:
             continue
         c, m, b = sol
         if b <= 0 or m < 0:
             continue
-        err = sum(abs(yi - (c + m * xi + b * zi)) for xi, zi, yi in zip(x, z, y))
+        err = sum(abs(yi - (c + m * xi + b * zi)) for xi, zi, yi in zip(x, z, y, strict=True))
         if best is None or err < best[1]:
             best = (Fit("linear+exponential", c, b, k, m=m), err)
     return best
@@ -233,7 +235,7 @@ def fit_trend(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> t
     recent half's slope (per year)."""
     xs, ys = thin(x, y, max_points)
     slope, intercept, lo, hi = theil_sen(xs, ys)
-    res_lin = [yi - (intercept + slope * xi) for xi, yi in zip(xs, ys)]
+    res_lin = [yi - (intercept + slope * xi) for xi, yi in zip(xs, ys, strict=True)]
     line = Fit("linear", intercept, slope, scale=mad_scale(res_lin))
     n = len(xs)
     if n < 12 or slope <= 0:
@@ -253,7 +255,7 @@ def fit_trend(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> t
     # same-sign stretches (a bend the noise hides from the error sum)
     if err >= lin_err or (err > ACCEL_ERROR_RATIO * lin_err and runs_z(res_lin) > -2.5):
         return line, bounds
-    res = [yi - exp_fit.value(xi) for xi, yi in zip(xs, ys)]
+    res = [yi - exp_fit.value(xi) for xi, yi in zip(xs, ys, strict=True)]
     return Fit("exponential", exp_fit.c, exp_fit.b, exp_fit.k, mad_scale(res)), bounds
 
 
@@ -264,9 +266,9 @@ def _ls_line(z: Sequence[float], y: Sequence[float]) -> tuple[float, float, floa
     szz = sum((zi - mz) ** 2 for zi in z)
     if szz <= 0:
         return None
-    b = sum((zi - mz) * (yi - my) for zi, yi in zip(z, y)) / szz
+    b = sum((zi - mz) * (yi - my) for zi, yi in zip(z, y, strict=True)) / szz
     c = my - b * mz
-    sse = sum((yi - c - b * zi) ** 2 for zi, yi in zip(z, y))
+    sse = sum((yi - c - b * zi) ** 2 for zi, yi in zip(z, y, strict=True))
     return b, c, sse, 1.0 / szz
 
 
@@ -294,12 +296,12 @@ def plausible_curves(x: Sequence[float], y: Sequence[float], max_points: int = 6
         if k == 0.0:
             continue
         cols = ([1.0] * n, xs, z)
-        a = [[sum(p * q for p, q in zip(cols[r], cols[t])) for t in range(3)] for r in range(3)]
-        sol = _solve3(a, [sum(p * yi for p, yi in zip(cols[r], ys)) for r in range(3)])
+        a = [[sum(p * q for p, q in zip(cols[r], cols[t], strict=True)) for t in range(3)] for r in range(3)]
+        sol = _solve3(a, [sum(p * yi for p, yi in zip(cols[r], ys, strict=True)) for r in range(3)])
         if sol is None or sol[1] < 0 or sol[2] <= 0:
             continue
         c, m, b = sol
-        sse = sum((yi - c - m * xi - b * zi) ** 2 for xi, zi, yi in zip(xs, z, ys))
+        sse = sum((yi - c - m * xi - b * zi) ** 2 for xi, zi, yi in zip(xs, z, ys, strict=True))
         fits.append((Fit("linear+exponential", c, b, k, m=m), sse, 0.0, 0.0))
     if not fits:
         return []
@@ -356,6 +358,8 @@ def forecast_crossing(x: Sequence[float], y: Sequence[float], threshold: float, 
         return Forecast(threshold, None, None, None, None, len(x), ["not enough data for a trend"])
     fit, (slo, shi, recent_hi) = trend or fit_trend(x, y, max_points)
     now_level = fit.value(0.0)
+    early: float | None
+    late: float | None
     if fit.model == "linear":
         years = fit.crossing(threshold)
         if years == 0.0:

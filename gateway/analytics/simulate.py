@@ -8,7 +8,7 @@ runs the whole gateway's derivations (supervision, alarms, analytics) the same w
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..points import PointStore
 from ..sim import drive

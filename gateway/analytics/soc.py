@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
 
 from ..strings.states import StringStates
 
@@ -24,7 +26,7 @@ OCV_PER_CELL = tuple((s, v / 6.0) for s, v in _OCV_12V)
 
 def ocv_per_cell(soc_pct: float) -> float:
     soc_pct = min(max(soc_pct, 0.0), 100.0)
-    for (s0, v0), (s1, v1) in zip(OCV_PER_CELL, OCV_PER_CELL[1:]):
+    for (s0, v0), (s1, v1) in pairwise(OCV_PER_CELL):
         if soc_pct <= s1:
             return v0 + (v1 - v0) * (soc_pct - s0) / (s1 - s0)
     return OCV_PER_CELL[-1][1]
@@ -34,7 +36,7 @@ def soc_from_ocv(v_per_cell: float) -> float:
     """SOC (%) from an open-circuit voltage per 2 V cell, clamped to 0..100."""
     if v_per_cell <= OCV_PER_CELL[0][1]:
         return 0.0
-    for (s0, v0), (s1, v1) in zip(OCV_PER_CELL, OCV_PER_CELL[1:]):
+    for (s0, v0), (s1, v1) in pairwise(OCV_PER_CELL):
         if v_per_cell <= v1:
             return s0 + (s1 - s0) * (v_per_cell - v0) / (v1 - v0)
     return 100.0
@@ -190,14 +192,13 @@ class StringSoc:
         finished = None
         if state != self.state:
             if self.state == codes.discharging and self.event is not None:
-                finished = self._finish(now, v_per_cell)
+                finished = self._finish(self.event, now)
             if state == codes.discharging:
                 trusted = self.anchor_ts is not None and now - self.anchor_ts <= self.p.trusted_anchor_s
                 self.event = DischargeEvent(self.string, now, self.soc, trusted, dict(cell_volts))
             self.state, self.state_since = state, now
-        if state == codes.discharging and self.event is not None:
-            if temp_c is not None:
-                self.event.temps.append(temp_c)
+        if state == codes.discharging and self.event is not None and temp_c is not None:
+            self.event.temps.append(temp_c)
         if state == codes.floating:
             if self._float_since is None:
                 self._float_since = now
@@ -217,8 +218,8 @@ class StringSoc:
         return finished
 
     def outputs(self, now: float) -> dict[str, float | None]:
-        discharging = self.state == self.codes.discharging
-        if discharging and self._last_i is not None and self._last_i < 0:
+        amps: float | None
+        if self.state == self.codes.discharging and self._last_i is not None and self._last_i < 0:
             amps = -self._last_i
         else:
             amps = self.last_discharge_current
@@ -229,8 +230,7 @@ class StringSoc:
                 "runtime_remaining": runtime}
 
     # -- discharge analysis -------------------------------------------------------------------------------------
-    def _finish(self, now: float, v_per_cell: float | None) -> dict:
-        ev = self.event
+    def _finish(self, ev: DischargeEvent, now: float) -> dict[str, Any]:
         self.event = None
         ev.end = now
         result = analyse_discharge(ev, self.p, self.soc)
@@ -247,14 +247,16 @@ class StringSoc:
         return result
 
 
-def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> dict:
+def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> dict[str, Any]:
     """A finished discharge: delivered Ah, sag ranking and, when it qualifies, a capacity estimate."""
+    if ev.end is None:
+        raise ValueError("analyse_discharge: the discharge has not ended")
     mean_i = ev.i_sum / ev.seconds if ev.seconds else 0.0
     cv = math.sqrt(max(ev.i_sq / ev.seconds - mean_i ** 2, 0.0)) / mean_i if ev.seconds and mean_i else 1.0
     temp = statistics.fmean(ev.temps) if ev.temps else None
     sag = {c: ev.v_before[c] - v for c, v in ev.v_min.items() if c in ev.v_before}
     ranked = sorted(sag.items(), key=lambda kv: -kv[1])
-    out = {"string": ev.string, "start": ev.start, "end": ev.end, "duration_s": ev.end - ev.start,
+    out: dict[str, Any] = {"string": ev.string, "start": ev.start, "end": ev.end, "duration_s": ev.end - ev.start,
            "ah": ev.ah, "ah_peukert": ev.ah_peukert, "mean_current": mean_i, "max_current": ev.i_max,
            "current_cv": cv, "temperature": temp, "soc_start": ev.soc_start, "soc_end_counted": soc_counted,
            "trusted_start": ev.trusted, "rated_ah": p.capacity_ah,

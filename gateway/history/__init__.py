@@ -14,6 +14,7 @@ asked for: ``"raw"``, ``"15m"``, ``"1h"``, ``"1d"`` or a number of seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from pathlib import Path
@@ -86,10 +87,10 @@ HISTORY_SCHEMA = {
     },
 }
 
-_running: "weakref.WeakKeyDictionary[Gateway, HistoryService]" = weakref.WeakKeyDictionary()
+_running: weakref.WeakKeyDictionary[Gateway, HistoryService] = weakref.WeakKeyDictionary()
 
 
-def _check(config: "Config", cfg: dict) -> None:
+def _check(config: Config, cfg: dict) -> None:
     prev = 0
     for i, tier in enumerate(cfg["tiers"]):
         sec = tier["seconds"]
@@ -102,12 +103,12 @@ def _check(config: "Config", cfg: dict) -> None:
         prev = sec
 
 
-def db_path(config: "Config") -> Path:
+def db_path(config: Config) -> Path:
     p = Path(config.section("history").get("path", "history.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
 
 
-def open_history(config: "Config", readonly: bool = False) -> HistoryDB:
+def open_history(config: Config, readonly: bool = False) -> HistoryDB:
     """The history database the config describes (created unless ``readonly``)."""
     cfg = config.section("history")
     _check(config, cfg)
@@ -123,7 +124,7 @@ def _cap_bytes(cfg: dict) -> int | None:
     return int(mb * 1024 * 1024) if mb > 0 else None
 
 
-def history_for(gateway: "Gateway") -> HistoryDB | None:
+def history_for(gateway: Gateway) -> HistoryDB | None:
     """The history of a gateway: the running writer's database, or the file on disk read-only, or None."""
     svc = _running.get(gateway)
     if svc is not None:
@@ -136,7 +137,7 @@ def history_for(gateway: "Gateway") -> HistoryDB | None:
 class HistoryService:
     name = "history"
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.cfg = gateway.config.section("history")
         _check(gateway.config, self.cfg)
@@ -159,7 +160,7 @@ class HistoryService:
         self.writer.start()
         gw.store.subscribe(self.writer.submit)
         if recorder is not None:
-            log.info("history: recording to %s", self.db.path)
+            log.info("history: recording to %s", recorder.db.path)
 
     def _open_recorder(self) -> Recorder:
         """Open the database (in the thread that will write it) and the recorder that feeds it."""
@@ -174,10 +175,8 @@ class HistoryService:
     def _in_loop(self, fn, *args) -> None:
         loop = self.gateway.loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (stopping)
                 loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop closed meanwhile (stopping)
-                pass
 
     def _flushed(self, recorder: Recorder) -> None:
         """The writer's acknowledgement: ``recorder.last_commit`` is on disk (called in the writer thread)."""
@@ -230,7 +229,7 @@ class HistoryService:
         return out
 
 
-def service_for(gateway: "Gateway") -> HistoryService | None:
+def service_for(gateway: Gateway) -> HistoryService | None:
     return _running.get(gateway)
 
 
@@ -241,21 +240,21 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_services(gateway: "Gateway") -> list:
+def bmsgw_services(gateway: Gateway) -> list:
     if not gateway.config.section("history").get("enabled", True):
         return []
     return [HistoryService(gateway)]
 
 
 @hookimpl
-def bmsgw_config_reloaded(gateway: "Gateway", sections: list[str]) -> None:
+def bmsgw_config_reloaded(gateway: Gateway, sections: list[str]) -> None:
     svc = _running.get(gateway)
     if svc is not None and "history" in sections:
         svc.reconfigure(gateway.config.section("history"))
 
 
 @hookimpl
-def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
+def bmsgw_history_query(gateway: Gateway, ref, start: float, end: float,
                         max_points: int) -> list[tuple[float, float | None]] | None:
     """Stored means of one point for the web page and REST (thread-safe: a connection per thread).
 
@@ -277,10 +276,10 @@ def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
     finally:
         if opened_here:  # a page polling trends must not pile up open handles
             db.close()
-    return list(zip(series.t, series.mean))
+    return list(zip(series.t, series.mean, strict=True))
 
 
 @hookimpl
-def bmsgw_status(gateway: "Gateway") -> dict:
+def bmsgw_status(gateway: Gateway) -> dict:
     svc = _running.get(gateway)
     return {"history": svc.status()} if svc is not None else {}

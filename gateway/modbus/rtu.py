@@ -95,7 +95,7 @@ def expected_length(request: bytes) -> int:
     return 8  # write single / write multiple echo 6 bytes + CRC
 
 
-def reply_length(request: bytes, head: bytes) -> int:
+def reply_length(request: bytes, head: bytes | bytearray) -> int:
     """Length of the reply given its first two bytes (exception replies are shorter)."""
     if len(head) >= 2 and head[1] & 0x80:
         return 5

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..alarms.model import AlarmEvent
@@ -135,7 +136,12 @@ class NotifyManager:
             except Exception:
                 log.exception("bmsgw_notifiers of plugin %s failed; its notifiers are off", impl.plugin_name)
                 continue
-            for n in result or []:
+            result = result or []
+            if not isinstance(result, Iterable):  # pluggy types a hook's result as object
+                log.error("bmsgw_notifiers of plugin %s returned a %s, not a list; its notifiers are off",
+                          impl.plugin_name, type(result).__name__)
+                continue
+            for n in result:
                 if n.name in notifiers:
                     raise ConfigError(str(gateway.config.path), "notify", f"two notifiers are named {n.name!r}")
                 notifiers[n.name] = n
@@ -211,10 +217,7 @@ class NotifyManager:
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every worker has nothing queued or waiting for a retry (tests, benchmarks, shutdown)."""
         deadline = time.monotonic() + timeout
-        for w in self.workers.values():
-            if not w.idle.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        return all(w.idle.wait(max(0.0, deadline - time.monotonic())) for w in self.workers.values())
 
     def status(self) -> dict:
         return {"notifiers": {name: w.status() for name, w in self.workers.items()},
@@ -222,7 +225,7 @@ class NotifyManager:
                 "events": self.events, "messages": self.messages}
 
 
-_managers: "weakref.WeakKeyDictionary[Gateway, NotifyManager]" = weakref.WeakKeyDictionary()
+_managers: weakref.WeakKeyDictionary[Gateway, NotifyManager] = weakref.WeakKeyDictionary()
 
 
 def get_manager(gateway: Gateway) -> NotifyManager | None:

@@ -88,6 +88,7 @@ class EmailNotifier(Notifier):
             return
         em = self.compose(recipient, item)
         try:
+            client: smtplib.SMTP
             if self.security == "tls":
                 client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.context)
             else:

@@ -2,8 +2,9 @@
 
 The relay follows the active-alarm table: on while an alarm of its severities is active (and, with
 ``silence_on_ack``, not yet acknowledged), off again when none is.  It never switches off a DO it did not
-switch on, so an operator or a Modbus client may use the output while no alarm wants it.  Each event just asks for a sync; the write goes
-through the engine (``gateway.engine.write_point``) in the gateway's event loop, from the worker thread.
+switch on, so an operator or a Modbus client may use the output while no alarm wants it.  Each event just
+asks for a sync; the write goes through the engine (``gateway.engine.write_point``) in the gateway's event
+loop, from the worker thread.
 """
 from __future__ import annotations
 

@@ -20,8 +20,10 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
@@ -32,8 +34,18 @@ from ..engine import WriteError
 from ..errors import ConfigError, GatewayError
 from ..hookspecs import ModbusWriteHandler, hookimpl
 from ..modbus.codecs import northbound_words, raw_from_words
-from ..pointmap import (BANK_BASE, CELL_BASE, CELL_SLOT_SIZE, CHANNEL_SLOT_SIZE, GATEWAY_BASE, STRING_BASE,
-                        STRING_SIZE, MappedPoint, PointMap)
+from ..pointmap import (
+    BANK_BASE,
+    CELL_BASE,
+    CELL_SLOT_SIZE,
+    CHANNEL_SLOT_SIZE,
+    GATEWAY_BASE,
+    STRING_BASE,
+    STRING_SIZE,
+    MappedPoint,
+    PointMap,
+    require_position,
+)
 from ..points import PointRef, PointStore, Quality
 from ..topology import MAX_CELLS
 
@@ -119,10 +131,10 @@ def served_ranges(pointmap: PointMap) -> list[tuple[int, int]]:
         spec, ref = e.spec, e.ref
         if spec.scope == "cell":
             size = MAX_CELLS * spec.width
-            start = CELL_BASE + spec.slot * CELL_SLOT_SIZE + (ref.string - 1) * size
+            start = CELL_BASE + spec.slot * CELL_SLOT_SIZE + (require_position(ref.string, ref, "string") - 1) * size
         elif spec.scope == "string":
             size = STRING_SIZE
-            start = STRING_BASE + (ref.string - 1) * STRING_SIZE
+            start = STRING_BASE + (require_position(ref.string, ref, "string") - 1) * STRING_SIZE
         else:
             size = CHANNEL_SLOT_SIZE
             start = (BANK_BASE if spec.scope == "bank" else GATEWAY_BASE) + spec.slot * CHANNEL_SLOT_SIZE
@@ -331,14 +343,16 @@ class ModbusTcpService:
         for result in self.gateway.pm.hook.bmsgw_modbus_write_handlers(gateway=self.gateway):
             for h in result or []:
                 if h.count < 1 or h.address < 0 or h.address + h.count > 65536:
-                    raise GatewayError(f"modbus write handler {h.name}: registers {h.address}+{h.count} are outside 0..65535")
+                    raise GatewayError(f"modbus write handler {h.name}: registers {h.address}+{h.count} "
+                                       "are outside 0..65535")
                 if any(self.input_ranges.covers(a, 1) for a in range(h.address, h.address + h.count)):
                     raise GatewayError(f"modbus write handler {h.name}: address {h.address} lies inside the point map")
                 targets.append(WriteTarget(h.address, h.address + h.count, h, False))
         targets.sort(key=lambda t: t.start)
-        for a, b in zip(targets, targets[1:]):
+        for a, b in pairwise(targets):
             if b.start < a.end:
-                raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} share address {b.start}")
+                raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} "
+                                   f"share address {b.start}")
         self.targets = targets
         self._target_starts = [t.start for t in targets]
         commands = [(t.start, t.end) for t in targets if not t.point]
@@ -424,7 +438,7 @@ class ModbusTcpService:
             if self.ignore_unknown_unit:
                 return None
             return self._exception(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE)
-        if function == READ_INPUT or function == READ_HOLDING:
+        if function in (READ_INPUT, READ_HOLDING):
             if len(pdu) != 5:
                 return self._exception(tid, unit, function, ExcCodes.ILLEGAL_VALUE)
             address, count = _READ_REQ.unpack_from(pdu, 1)
@@ -438,7 +452,7 @@ class ModbusTcpService:
                 image.refresh()
             n = 2 * count
             return _READ_RESP.pack(tid, 0, n + 3, unit, function, n) + image.words[2 * address:2 * address + n]
-        if function == WRITE_SINGLE or function == WRITE_MULTIPLE:
+        if function in (WRITE_SINGLE, WRITE_MULTIPLE):
             return self._write(tid, unit, function, pdu, client)
         if function == MEI:
             return self._device_identification(tid, unit, pdu)
@@ -544,8 +558,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, service: ModbusTcpService) -> None:
         self.service = service
-        self.transport: asyncio.Transport | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport: asyncio.Transport  # set by connection_made, which asyncio calls before any other callback
+        self.loop = asyncio.get_running_loop()  # the server makes its protocols in the loop
         self.client = "?"
         self.buf = bytearray()
         self.pending: asyncio.Task | None = None
@@ -567,7 +581,6 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         log.debug("modbus tcp: connection from %s", self.client)
-        self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self._arm()
 
@@ -684,7 +697,8 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
 
     def _process(self) -> None:
-        buf, pos, out, size = self.buf, 0, [], 0
+        out: list[bytes | bytearray] = []
+        buf, pos, size = self.buf, 0, 0
         handle = self.service.handle
         while len(buf) - pos >= 7:
             if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when

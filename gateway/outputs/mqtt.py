@@ -18,6 +18,7 @@ published with QoS 1 through the store-and-forward queue (``mqtt_queue``); the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -35,8 +36,8 @@ from .. import __version__
 from ..errors import ConfigError
 from ..exposition import decimals_for
 from ..hookspecs import hookimpl
-from ..secretfiles import read_secret
 from ..points import PointRef, PointSpec, Quality, Reading
+from ..secretfiles import read_secret
 from .mqtt_queue import MessageQueue
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ class PayloadBuilder:
                 self.scoped[spec.scope].setdefault(spec.id, []).append(_Value(mp))
             elif spec.scope == "string" and ref.string in self.strings:
                 self.strings[ref.string].setdefault(spec.name, []).append(_Value(mp))
-            elif spec.scope == "cell" and ref.string in self.cells:
+            elif spec.scope == "cell" and ref.string in self.cells and ref.cell is not None:
                 n = self.topology.string(ref.string).cells
                 column = self.cells[ref.string].setdefault(spec.name, [None] * n)
                 if 1 <= ref.cell <= n:
@@ -252,7 +253,9 @@ class PayloadBuilder:
             values = {}
             for name, column in self.cells[sid].items():
                 v = column[c - 1]
-                r = snap.get(v.ref) if v is not None else None
+                if v is None:  # no such point for this battery
+                    continue
+                r = snap.get(v.ref)
                 if r is not None:
                     values[name] = v.entry(r)
             if values:
@@ -526,10 +529,8 @@ class MqttService:
         if self.connected:
             info = self.client.publish(self.status_topic, self._status_payload("offline", reason="stopped"), qos=1,
                                        retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
         self.client.disconnect()
         self.client.loop_stop()
         self.queue.close()

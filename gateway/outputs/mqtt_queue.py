@@ -18,9 +18,10 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class MessageQueue:
         self.sent = 0  # acknowledged since this process started
 
     # -- life cycle ------------------------------------------------------------------------------------------
-    def open(self) -> "MessageQueue":
+    def open(self) -> MessageQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect when the file is created
@@ -114,6 +115,13 @@ class MessageQueue:
             self._db.close()
             self._db = None
 
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The open database; the methods that use it run under the lock after checking the queue is open."""
+        if self._db is None:
+            raise RuntimeError("the queue is closed")
+        return self._db
+
     # -- producer --------------------------------------------------------------------------------------------
     def put_many(self, items: Iterable[tuple[str, dict[str, Any], bool]], durable: bool = False) -> list[int]:
         """Queue ``(topic, document, retain)`` items; each document is sent as JSON with ``seq`` first."""
@@ -148,13 +156,13 @@ class MessageQueue:
         return seq
 
     def _set_meta(self, key: str, value: int) -> None:
-        self._db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                         (key, value))
+        self._conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
     def _write(self, msgs: list[Message], count_pending: bool = True) -> None:
         if not msgs:
             return
-        db = self._db
+        db = self._conn
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO queue(seq, topic, payload, retain, ts) VALUES(?, ?, ?, ?, ?)",
                        [(m.seq, m.topic, m.payload, int(m.retain), m.ts) for m in msgs])
@@ -191,7 +199,7 @@ class MessageQueue:
             freed_n, freed_b = freed_n + 1, freed_b + len(m.payload)
         unread = 0
         if self._disk_pending and more():
-            rows = self._db.execute("SELECT seq, LENGTH(payload) FROM queue WHERE seq > ? ORDER BY seq",
+            rows = self._conn.execute("SELECT seq, LENGTH(payload) FROM queue WHERE seq > ? ORDER BY seq",
                                     (self._cursor,))
             for seq, size in rows:
                 if not more():
@@ -210,7 +218,7 @@ class MessageQueue:
         if not total:
             return
         self.dropped += total
-        db = self._db
+        db = self._conn
         db.execute("BEGIN")
         if drop_rows:
             db.executemany("DELETE FROM queue WHERE seq = ?", [(seq,) for seq in drop_rows])
@@ -222,7 +230,7 @@ class MessageQueue:
                     "in all", self.max_messages, self.max_bytes, total, self.dropped)
 
     def _recount_disk(self) -> None:
-        n, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue WHERE seq > ?",
+        n, size = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue WHERE seq > ?",
                                    (self._cursor,)).fetchone()
         self._disk_pending, self._disk_pending_bytes = n, size
 
@@ -252,8 +260,8 @@ class MessageQueue:
         return out
 
     def _read_ahead(self, n: int) -> int:
-        rows = self._db.execute("SELECT seq, topic, payload, retain, ts FROM queue WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (self._cursor, n)).fetchall()
+        rows = self._conn.execute("SELECT seq, topic, payload, retain, ts FROM queue WHERE seq > ? ORDER BY seq "
+                                  "LIMIT ?", (self._cursor, n)).fetchall()
         for seq, topic, payload, retain, ts in rows:
             m = Message(seq, topic, bytes(payload), bool(retain), ts, on_disk=True)
             self._ahead.append(m)
@@ -334,6 +342,7 @@ class MessageQueue:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             oldest = self.oldest_pending_ts()
-            return {"waiting": self.pending, "waiting_bytes": self.pending_bytes, "on_disk": len(self._ahead) + self._disk_pending,
+            return {"waiting": self.pending, "waiting_bytes": self.pending_bytes,
+                    "on_disk": len(self._ahead) + self._disk_pending,
                     "inflight": self.inflight, "sent": self.sent, "dropped": self.dropped,
                     "oldest_unsent_s": round(time.time() - oldest, 1) if oldest else 0.0}

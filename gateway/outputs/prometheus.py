@@ -55,12 +55,14 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
 
     def handle_error(self, request, client_address):  # a client hanging up is not worth a traceback
-        log.debug("prometheus: connection from %s failed", client_address, exc_info=True)
+        log.debug("prometheus: connection from %s failed", client_address,
+                  exc_info=True)  # noqa: LOG014 socketserver calls handle_error inside its except block
 
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("prometheus: %s " + format, self.address_string(), *args)
+        if log.isEnabledFor(logging.DEBUG):  # http.server's own %-format: filled here, only when it is logged
+            log.debug("prometheus: %s %s", self.address_string(), format % args)
 
 
 def _server_class(host: str) -> type[WSGIServer]:

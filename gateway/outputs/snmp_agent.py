@@ -65,7 +65,8 @@ SCHEMA = {
         "system": {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
-                "name": {"type": "string", "maxLength": 255, "default": "", "description": "sysName; default: site.name"},
+                "name": {"type": "string", "maxLength": 255, "default": "",
+                         "description": "sysName; default: site.name"},
                 "contact": {"type": "string", "maxLength": 255, "default": ""},
                 "location": {"type": "string", "maxLength": 255, "default": ""},
                 "description": {"type": "string", "maxLength": 255, "default": ""},
@@ -111,7 +112,7 @@ SCHEMA = {
     },
 }
 
-_agents: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_agents: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_section(cfg: dict, source: str) -> None:
@@ -122,8 +123,8 @@ def check_section(cfg: dict, source: str) -> None:
         if target["version"] == "v2c" and not target.get("community"):
             raise ConfigError(source, f"{where}.community", "a v2c target needs a community")
         if target["version"] == "v3" and target.get("user") not in users:
-            raise ConfigError(source, f"{where}.user",
-                              f"a v3 target needs a user from snmp.v3_users (known: {', '.join(sorted(users)) or 'none'})")
+            known = ", ".join(sorted(users)) or "none"
+            raise ConfigError(source, f"{where}.user", f"a v3 target needs a user from snmp.v3_users (known: {known})")
     try:
         parse_listen(cfg["listen"])
     except ValueError as exc:
@@ -147,11 +148,6 @@ def bmsgw_services(gateway):
     agent = SnmpAgent(gateway, cfg)
     _agents[gateway] = agent
     return [agent]
-
-
-def agent_for(gateway):
-    """The running SNMP agent of a gateway, or None."""
-    return _agents.get(gateway)
 
 
 @hookimpl
@@ -188,6 +184,11 @@ def bmsgw_status(gateway):
 
 # -- CLI ---------------------------------------------------------------------------------------------------
 def cmd_mib(args) -> int:
+    if args.modules_dir:
+        from .._data import data_dir
+
+        print(data_dir("mibs"))
+        return 0
     from ..cliargs import config_path, offline_gateway
     from .snmp.agent import parse_oid
     from .snmp.mib import mib_text
@@ -241,6 +242,9 @@ def bmsgw_cli_commands(subparsers):
     add_config_option(s)
     s.add_argument("--base-oid", default=None, help="MIB root, e.g. 1.3.6.1.4.1.<PEN> (default: snmp.base_oid)")
     s.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
+    s.add_argument("--modules-dir", action="store_true",
+                   help="print the folder of the MIB modules bmsgw ships (BMSGW-MIB and the IETF modules it "
+                        "imports), for net-snmp's -M, and exit")
     s.set_defaults(func=cmd_mib)
 
     s = subparsers.add_parser("snmp-key", help="derive SNMPv3 master keys from passphrases (to store instead)",

@@ -3,7 +3,8 @@ and a discharge-event report (batteries ranked by voltage sag, delivered Ah agai
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics.charts.lineplots import LinePlot
@@ -13,9 +14,13 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus.flowables import Flowable
 
 from ..strings.states import string_states
 from .data import Progress, ReportContext, fmt_ts
+
+if TYPE_CHECKING:
+    from ..topology import StringConfig
 
 WIDTH = A4[0] - 36 * mm
 _STYLES = getSampleStyleSheet()
@@ -51,7 +56,8 @@ def bar_chart(values: dict[int, float], title: str, unit: str, colour=None, heig
     cells = sorted(values)
     data = [values[c] for c in cells]
     chart = VerticalBarChart()
-    chart.x, chart.y, chart.width, chart.height = 30, 18, WIDTH - 40, height - 34
+    # types-reportlab declares chart geometry as int; reportlab takes any number of points
+    chart.x, chart.y, chart.width, chart.height = 30, 18, WIDTH - 40, height - 34  # type: ignore[assignment]
     chart.data = [data]
     lo, hi = min(data), max(data)
     pad = (hi - lo) * 0.15 or abs(hi) * 0.02 or 1.0
@@ -61,7 +67,7 @@ def bar_chart(values: dict[int, float], title: str, unit: str, colour=None, heig
     chart.categoryAxis.categoryNames = [str(c) if (c == 1 or c % 10 == 0 or len(cells) <= 24) else "" for c in cells]
     chart.categoryAxis.labels.fontSize = 6
     chart.bars.strokeWidth = 0
-    chart.barSpacing = 0.5
+    chart.barSpacing = 0.5  # type: ignore[assignment]  # a float too (see above)
     chart.groupSpacing = 1 if len(cells) > 60 else 3
     chart.bars[0].fillColor = _OK
     if colour is not None:
@@ -81,8 +87,8 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], start: float,
         d.add(String(0, height / 2, "no data in this period", fontSize=8))
         return d
     plot = LinePlot()
-    plot.x, plot.y, plot.width, plot.height = 40, 20, WIDTH - 120, height - 36
-    plot.data = [[((ti - start) / 86400.0, vi) for ti, vi in zip(t, v)] for _, t, v in series]
+    plot.x, plot.y, plot.width, plot.height = 40, 20, WIDTH - 120, height - 36  # type: ignore[assignment]  # int in the stubs
+    plot.data = [[((ti - start) / 86400.0, vi) for ti, vi in zip(t, v, strict=True)] for _, t, v in series]
     span_days = max((end - start) / 86400.0, 1e-3)
     plot.xValueAxis.valueMin, plot.xValueAxis.valueMax = 0.0, span_days
     step = _nice_step(span_days / 6)
@@ -137,7 +143,7 @@ def string_report(ctx: ReportContext, strings: list[int] | None, out_path: str, 
     """The periodic report, one section per string.  Returns the number of strings reported."""
     cfg = ctx.gateway.config.section("analytics")
     th = cfg.get("thresholds", {})
-    story = []
+    story: list[Flowable] = []
     selected = ctx.strings(strings)
     for k, s in enumerate(selected):
         progress(f"string {s.id}: reading history and analytics ({k + 1}/{len(selected)})")
@@ -152,9 +158,9 @@ def string_report(ctx: ReportContext, strings: list[int] | None, out_path: str, 
     return len(selected)
 
 
-def _string_section(ctx: ReportContext, s, th: dict) -> list:
+def _string_section(ctx: ReportContext, s: StringConfig, th: dict[str, Any]) -> list[Flowable]:
     sid = s.id
-    story = [Paragraph(f"{s.name}: battery report", H1),
+    story: list[Flowable] = [Paragraph(f"{s.name}: battery report", H1),
              Paragraph(f"{ctx.site} &nbsp; | &nbsp; period {fmt_ts(ctx.start, True)} to {fmt_ts(ctx.end, True)} "
                        f"&nbsp; | &nbsp; {s.cells} x {s.battery.model} ({s.battery.nominal_voltage:g} V, "
                        f"{s.battery.capacity_ah:g} Ah) &nbsp; | &nbsp; generated {fmt_ts(ctx.now, True)}", SMALL),
@@ -301,7 +307,7 @@ def _voltage_colour(avg: float | None, nominal: float):
 def discharge_report(ctx: ReportContext, strings: list[int] | None, out_path: str, progress: Progress,
                      event_id: int | None = None) -> int:
     """One section per discharge in the period (or just ``event_id``).  Returns the number of events."""
-    story = []
+    story: list[Flowable] = []
     count = 0
     for s in ctx.strings(strings):
         for e in ctx.events(s.id):
@@ -322,8 +328,8 @@ def discharge_report(ctx: ReportContext, strings: list[int] | None, out_path: st
     return count
 
 
-def _event_section(ctx: ReportContext, s, e: dict) -> list:
-    story = [Paragraph(f"{s.name}: discharge of {fmt_ts(e['start'], True)}", H1)]
+def _event_section(ctx: ReportContext, s: StringConfig, e: dict[str, Any]) -> list[Flowable]:
+    story: list[Flowable] = [Paragraph(f"{s.name}: discharge of {fmt_ts(e['start'], True)}", H1)]
     rows = [["", "", "", ""],
             ["duration", f"{e['duration_s'] / 60:.1f} min", "mean / peak current",
              f"{_fmt(e['mean_current'], 'A', 1)} / {_fmt(e['max_current'], 'A', 1)}"],

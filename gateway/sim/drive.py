@@ -11,8 +11,8 @@ Two paces: ``run`` steps the physics every ``Cadence.step_s`` (discharges, recha
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
 from .model import BankModel

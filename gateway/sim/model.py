@@ -22,6 +22,7 @@ import math
 import random
 import threading
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 YEAR = 365.25 * 86400.0
 PEUKERT = 1.25
@@ -48,7 +49,7 @@ RUNAWAY_HEAT_TAU_S = 300.0
 
 def ocv_per_cell(soc: float) -> float:
     soc = min(max(soc, 0.0), 1.0)
-    for (s0, v0), (s1, v1) in zip(_OCV_SOC, _OCV_SOC[1:]):
+    for (s0, v0), (s1, v1) in pairwise(_OCV_SOC):
         if soc <= s1:
             return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
     return _OCV_SOC[-1][1]
@@ -106,7 +107,7 @@ class SensorErrors:
     ohmic_conformity_ohm: float = 25e-6
 
     @classmethod
-    def none(cls) -> "SensorErrors":
+    def none(cls) -> SensorErrors:
         """Perfect sensors: every reading is the physics (the ground truth)."""
         return cls(current_offset_a=0.0, current_offset_max_a=0.0, current_gain_pct=0.0, current_noise_a=0.0,
                    current_drift_a_per_c=0.0, voltage_gain_pct=0.0, voltage_step_v=0.0, voltage_noise_pct=0.0,
@@ -115,13 +116,13 @@ class SensorErrors:
                    ohmic_conformity_pct=0.0, ohmic_conformity_ohm=0.0)
 
     @classmethod
-    def from_config(cls, section: dict) -> "SensorErrors":
+    def from_config(cls, section: dict) -> SensorErrors:
         """The simulator section's ``sensor_errors`` (true/false, or a mapping of the fields above) and its
         ``current_offset_a`` / ``current_offsets``."""
         spec = section.get("sensor_errors", True)
         base = cls.none() if spec is False else cls()
         if isinstance(spec, dict):
-            base = replace(base, **{k: float(v) for k, v in spec.items()})
+            base = replace(base, **{str(k): float(v) for k, v in spec.items()})  # type: ignore[arg-type]
         offset = section.get("current_offset_a")
         if offset is not None:
             base = replace(base, current_offset_a=float(offset))
@@ -205,6 +206,13 @@ class StringState:
     @property
     def float_current(self) -> float:
         return FLOAT_CURRENT_PER_AH * self.capacity_ah
+
+
+def _position(value: int | None, point: str, key: str) -> int:
+    """The string or cell number a family's value needs (a caller that leaves it out has a bug)."""
+    if value is None:
+        raise ValueError(f"{point}: a {key} number is needed")
+    return value
 
 
 class BankModel:
@@ -397,14 +405,15 @@ class BankModel:
                        point: str | None = None, value: float | None = None) -> None:
         """``thermal_runaway`` of ``string``; ``stuck``: the sensor of ``point`` (``string``, ``cell``) freezes;
         ``out_of_range``: it reports ``value``, beyond its measuring range."""
-        if kind == "thermal_runaway":
+        if kind == "thermal_runaway" and string is not None:
             self.start_thermal_runaway(string)
-        elif kind == "stuck":
+        elif kind == "stuck" and point is not None:
             self.stick_sensor(point, string, cell)
-        elif kind == "out_of_range":
+        elif kind == "out_of_range" and point is not None and value is not None:
             self.sensor_out_of_range(point, value, string, cell)
         else:
-            raise ValueError(f"unknown scenario {kind!r}; expected one of {', '.join(self.SCENARIOS)}")
+            raise ValueError(f"scenario {kind!r}: expected one of {', '.join(self.SCENARIOS)} with its string "
+                             f"(thermal_runaway), point (stuck) or point and value (out_of_range)")
 
     def start_thermal_runaway(self, sid: int) -> None:
         """String ``sid`` goes into thermal runaway now: its float current grows e-fold every 12 minutes (up to
@@ -551,28 +560,10 @@ class BankModel:
     def value(self, point: str, string: int | None = None, cell: int | None = None,
               channel: int | None = None) -> float:
         """What a perfect sensor would read for a point (``measure`` adds the sensor's errors)."""
-        if point == "cell.voltage":
-            return self.cell_voltage(string, cell)
-        if point == "cell.temperature":
-            return self.cell_temperature(string, cell)
-        if point == "cell.ohmic":
-            return self.true_ohmic(string, cell)
-        if point == "cell.emf":
-            return self.cell_emf(string, cell)
-        if point == "cell.micro_discharge_voltage":
-            return self.micro_discharge_voltage(string, cell)
-        if point == "cell.balancing":
-            st = self.strings[string]
-            avg = self._average_voltage(string)
-            return 1.0 if self.cell_voltage(string, cell) > avg + 0.05 * st.cells_per_unit / 6 else 0.0
-        if point == "cell.sensor_status":
-            return self.value("cell.balancing", string, cell)
-        if point == "string.voltage":
-            return self.string_voltage(string)
-        if point == "string.current":
-            return self.strings[string].current
-        if point == "string.sensor_soc":
-            return self.strings[string].soc * 100.0
+        if point.startswith("cell."):
+            return self._cell_value(point, _position(string, point, "string"), _position(cell, point, "cell"))
+        if point.startswith("string."):
+            return self._string_value(point, _position(string, point, "string"))
         if point == "bank.voltage":
             return self.string_voltage(min(self.strings))
         if point == "bank.charger_current":
@@ -585,6 +576,32 @@ class BankModel:
             return float((self.di_state >> ((channel or 1) - 1)) & 1)
         if point == "io.do":
             return float(self.do_state & 1)
+        raise KeyError(point)
+
+    def _cell_value(self, point: str, string: int, cell: int) -> float:
+        if point == "cell.voltage":
+            return self.cell_voltage(string, cell)
+        if point == "cell.temperature":
+            return self.cell_temperature(string, cell)
+        if point == "cell.ohmic":
+            return self.true_ohmic(string, cell)
+        if point == "cell.emf":
+            return self.cell_emf(string, cell)
+        if point == "cell.micro_discharge_voltage":
+            return self.micro_discharge_voltage(string, cell)
+        if point in ("cell.balancing", "cell.sensor_status"):
+            st = self.strings[string]
+            avg = self._average_voltage(string)
+            return 1.0 if self.cell_voltage(string, cell) > avg + 0.05 * st.cells_per_unit / 6 else 0.0
+        raise KeyError(point)
+
+    def _string_value(self, point: str, string: int) -> float:
+        if point == "string.voltage":
+            return self.string_voltage(string)
+        if point == "string.current":
+            return self.strings[string].current
+        if point == "string.sensor_soc":
+            return self.strings[string].soc * 100.0
         raise KeyError(point)
 
     KNOWN_POINTS = frozenset({
@@ -615,8 +632,8 @@ class BankModel:
         e = self.errors
         gauss = self.noise.gauss
         if point == "string.current":
-            cal = self.calibration[("string.current", string, None)]
-            v = v * (1.0 + cal.gain) + self.current_offset(string)
+            current = self.calibration[("string.current", string, None)]
+            v = v * (1.0 + current.gain) + self.current_offset(string)
             if e.current_noise_a:
                 v += gauss(0, e.current_noise_a)
         elif point in ("cell.voltage", "cell.emf", "cell.micro_discharge_voltage"):

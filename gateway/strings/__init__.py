@@ -15,6 +15,7 @@ Python API (the web/REST/Modbus command points call it)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -85,15 +86,15 @@ SCHEMA = {
     },
 }
 
-_supervisors: "weakref.WeakKeyDictionary[Gateway, StringSupervisor]" = weakref.WeakKeyDictionary()
+_supervisors: weakref.WeakKeyDictionary[Gateway, StringSupervisor] = weakref.WeakKeyDictionary()
 
 
-def supervisor_for(gateway: "Gateway") -> StringSupervisor | None:
+def supervisor_for(gateway: Gateway) -> StringSupervisor | None:
     """The gateway's string supervisor (made when the gateway is ready)."""
     return _supervisors.get(gateway)
 
 
-def make_supervisor(gateway: "Gateway", persist: bool = True) -> StringSupervisor:
+def make_supervisor(gateway: Gateway, persist: bool = True) -> StringSupervisor:
     """A supervisor for the gateway's strings, its transforms installed on the gateway's store."""
     measured = [e.ref for e in gateway.pointmap if e.spec.source != "derived"]
     sup = StringSupervisor(gateway.topology.strings, gateway.config.section("string_state"), gateway.store,
@@ -129,10 +130,8 @@ class StringService:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self.supervisor.save()
 
     def endpoints(self) -> list[str]:
@@ -147,13 +146,13 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_gateway_ready(gateway: "Gateway") -> None:
+def bmsgw_gateway_ready(gateway: Gateway) -> None:
     if gateway not in _supervisors:
         _supervisors[gateway] = make_supervisor(gateway)
 
 
 @hookimpl
-def bmsgw_services(gateway: "Gateway") -> list:
+def bmsgw_services(gateway: Gateway) -> list:
     sup = _supervisors.get(gateway)
     if sup is None:
         return []
@@ -161,6 +160,6 @@ def bmsgw_services(gateway: "Gateway") -> list:
 
 
 @hookimpl
-def bmsgw_status(gateway: "Gateway") -> dict:
+def bmsgw_status(gateway: Gateway) -> dict:
     sup = _supervisors.get(gateway)
     return {"strings": sup.status()} if sup is not None else {}

@@ -97,7 +97,7 @@ class ZeroState:
                 "by": self.by, "ts": self.ts}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ZeroState":
+    def from_dict(cls, d: dict) -> ZeroState:
         def num(key: str) -> float | None:
             v = d.get(key)
             return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None

@@ -1,8 +1,8 @@
 """The codes of ``string.state``, by name, as profiles/points.yaml declares them (the one list of names)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..points import PointSpec
 
@@ -21,7 +21,7 @@ class StringStates:
     names: tuple[tuple[int, str], ...]
 
     @classmethod
-    def from_spec(cls, spec: PointSpec) -> "StringStates":
+    def from_spec(cls, spec: PointSpec) -> StringStates:
         codes = {name: code for code, name in spec.states}
         missing = {"unknown", "float", "charging", "discharging", "rest"} - set(codes)
         if missing:

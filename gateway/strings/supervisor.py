@@ -17,8 +17,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..topology import StringConfig
@@ -138,7 +138,7 @@ class StringSupervisor:
         self.installed = False
 
     def _note(self, table: dict[int, list[float | None]], ref: PointRef, r: Reading) -> None:
-        row = table.get(ref.string)
+        row = table.get(ref.string) if ref.string is not None else None
         if row is not None and ref.cell is not None and 0 < ref.cell <= len(row):
             row[ref.cell - 1] = r.value if r.quality is _GOOD else None
 
@@ -170,17 +170,17 @@ class StringSupervisor:
         out.append((self._ref(point, sid), Reading(value, _GOOD, ts)))
 
     def _on_voltage(self, ref: PointRef, r: Reading, fresh: bool) -> list[tuple[PointRef, Reading]]:
-        c = self.classifiers.get(ref.string)
+        c = self.classifiers.get(ref.string) if ref.string is not None else None
         if c is not None:
-            usable = r.quality is _GOOD and r.value is not None
+            usable = r.quality is _GOOD and r.value is not None and c.p.cells
             with self.lock:
-                c.on_voltage(r.value / c.p.cells if usable and c.p.cells else None, r.ts)
+                c.on_voltage(r.value / c.p.cells if usable and r.value is not None else None, r.ts)
         return [(ref, r)]
 
     def _on_current(self, ref: PointRef, r: Reading, fresh: bool) -> list[tuple[PointRef, Reading]]:
         sid = ref.string
-        c = self.classifiers.get(sid)
-        if c is None:
+        c = self.classifiers.get(sid) if sid is not None else None
+        if sid is None or c is None:
             return [(ref, r)]
         measured = self._ref("string.current_measured", sid)
         if not fresh:  # only the quality changed: the stored value is already corrected

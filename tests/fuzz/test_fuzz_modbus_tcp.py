@@ -16,8 +16,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from gateway.outputs import modbus_tcp
 from gateway.points import PointRef
@@ -65,7 +64,8 @@ words = st.integers(0, 0xFFFF)
 def pdus(addresses):
     addr = st.one_of(st.sampled_from(addresses), st.integers(0, 0xFFFF))
     read = st.builds(lambda fc, a, n: struct.pack(">BHH", fc, a, n), st.sampled_from([3, 4]), addr, quantities)
-    single = st.builds(lambda a, v: struct.pack(">BHH", 6, a, v), addr, st.sampled_from([0, 1, 2, 0xFF00, 0xFFFF]) | words)
+    single = st.builds(lambda a, v: struct.pack(">BHH", 6, a, v), addr,
+                       st.sampled_from([0, 1, 2, 0xFF00, 0xFFFF]) | words)
 
     @st.composite
     def multiple(draw):
@@ -159,7 +159,7 @@ def test_any_session_is_answered_with_whole_frames_and_closed(served, data):
     requests = [req for kind, _, req in session if req is not None]
     if not broken:
         assert len(answers) == len(requests), f"{len(requests)} requests, {len(answers)} answers"
-        for request, answer in zip(requests, answers):
+        for request, answer in zip(requests, answers, strict=True):
             check_answer(request, answer)
     else:
         assert len(answers) <= len(requests)

@@ -16,8 +16,7 @@ import subprocess
 import threading
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from pyasn1.codec.ber import decoder
 from pysnmp.proto import api
 from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
@@ -150,8 +149,9 @@ def exchange(agents, port: int, data: bytes, request_id: int) -> list[bytes]:
     while True:
         try:
             answer = sock.recvfrom(65535)[0]
-        except socket.timeout:
-            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)")
+        except TimeoutError:
+            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)") \
+                from None
         if answer == probe_answer(agents, request_id, port):
             return answers
         answers.append(answer)
@@ -195,7 +195,10 @@ def test_any_datagram_gets_the_same_answer_from_both_paths(agents, data):
     for answer in fast + slow:
         check_answer(answer)
     # SNMPv3 reports carry each agent's own engine boots and time: only their number must agree
-    fast, slow = [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in fast], [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in slow]
+    def v3_as_one(answers):
+        return [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in answers]
+
+    fast, slow = v3_as_one(fast), v3_as_one(slow)
     assert fast == slow, f"fast path {fast}\n    pysnmp {slow}"
     new = agents["errors"].records[errors_before:]
     assert not new, [r.getMessage() for r in new]
@@ -242,12 +245,12 @@ def test_a_flood_of_garbage_from_many_sockets_leaves_the_agent_serving(agents):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(1)
     try:
-        for attempt in range(30):  # the first probes may find the socket buffer full of garbage
+        for _ in range(30):  # the first probes may find the socket buffer full of garbage
             sock.sendto(probe(99), ("127.0.0.1", port))
             try:
                 answer = sock.recvfrom(65535)[0]
                 break
-            except socket.timeout:
+            except TimeoutError:
                 continue
         else:
             raise AssertionError("the agent no longer answers after the flood")

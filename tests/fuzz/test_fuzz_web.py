@@ -24,8 +24,7 @@ import xml.dom.minidom
 
 import pytest
 import requests
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from gateway.cliargs import offline_gateway
 from gateway.outputs.web.api import OPERATIONS
@@ -274,7 +273,8 @@ def test_config_forms_with_edited_values(web, data):
 RAW_SEEDS = [
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-    b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
     b"POST /api/v1/config HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffff\r\nx\r\n",
     b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -344,7 +344,7 @@ def trickle(port: int, payload: bytes, closed_after: list, lock: threading.Lock,
                 try:
                     if s.recv(100) == b"":
                         break
-                except socket.timeout:
+                except TimeoutError:
                     pass
     except OSError:
         pass

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pysnmp.carrier.asyncio.dgram import udp
-from pysnmp.entity import config as snmp_config
-from pysnmp.entity import engine as snmp_engine
+from pysnmp.entity import config as snmp_config, engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
@@ -28,13 +27,12 @@ from ... import fsutil
 from ...config import address_allowed, parse_listen, parse_networks
 from ...errors import GatewayError
 from ...points import PointRef, Reading
-from .alarms import AlarmRow, AlarmTable
 from . import ber
+from .alarms import AlarmRow, AlarmTable
 from .controller import IndexController, to_pyasn1
 from .fastpath import FastPath
 from .mib import ENTERPRISES
-from .sections import (AgentData, alarm_prefix, entity_sections, system_section, ups_section,
-                       vendor_section)
+from .sections import AgentData, alarm_prefix, entity_sections, system_section, ups_section, vendor_section
 from .tree import OidIndex
 
 log = logging.getLogger(__name__)
@@ -67,7 +65,7 @@ def resolve(host: str) -> str:
     """An IPv4 address for a host name or address (the agent and its targets speak UDP over IPv4)."""
     if not host:
         return "0.0.0.0"
-    return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+    return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])  # AF_INET: (host, port)
 
 
 def default_engine_id(base: tuple[int, ...]) -> bytes:
@@ -100,6 +98,11 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
 
 
 WELL_KNOWN_COMMUNITIES = {b"public", b"private", b"community", b"snmp", b"admin", b"default"}
+
+
+def _usm_key(value: str, master: bool) -> rfc1902.OctetString | str:
+    """A USM key as pysnmp takes it: a master key as octets (the config gives it in hex), a passphrase as it is."""
+    return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if master else value
 
 
 class FastUdpTransport(udp.UdpAsyncioTransport):
@@ -222,7 +225,8 @@ class SnmpAgent:
         except OSError as exc:
             sock.close()
             raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
-        self.bound = sock.getsockname()[:2]
+        bound: tuple[str, int] = sock.getsockname()[:2]
+        self.bound = bound
         state_path = self.gateway.config.state_dir / STATE_FILE
         configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
         self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
@@ -249,21 +253,21 @@ class SnmpAgent:
         snmp_config.add_transport(engine, udp.SNMP_UDP_DOMAIN, transport)
         self.transport = transport
         try:
-            self._configure(engine, int(max_size.syntax))
+            self._configure(engine, transport, int(max_size.syntax))
         except Exception:
             await self.stop()
             raise
         self.gateway.store.subscribe(self._on_batch)
-        self._warn_open_community()
+        self._warn_open_community(bound)
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
-                 "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
+                 "%d instances)", bound[0], bound[1], "on" if self.community else "off", len(self.users),
                  len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
 
-    def _warn_open_community(self) -> None:
+    def _warn_open_community(self, bound: tuple[str, int]) -> None:
         if not self.community or self.community_from is not None:
             return
         try:
-            local = ipaddress.ip_address(self.bound[0]).is_loopback
+            local = ipaddress.ip_address(bound[0]).is_loopback
         except ValueError:
             local = False
         if local:
@@ -272,9 +276,9 @@ class SnmpAgent:
             if self.community.lower() in WELL_KNOWN_COMMUNITIES else "its community"
         log.warning("SNMP: SNMPv2c answers %s from any address on %s:%d (communities cross the network in clear "
                     "text): set snmp.v2c.allow_from to the NMS's addresses, or turn v2c off (community: null) and "
-                    "use SNMPv3 users", what, self.bound[0], self.bound[1])
+                    "use SNMPv3 users", what, bound[0], bound[1])
 
-    def _configure(self, engine, max_message: int) -> None:
+    def _configure(self, engine: snmp_engine.SnmpEngine, transport: FastUdpTransport, max_message: int) -> None:
         cfg = self.cfg
         self._configure_security(engine)
         snmp_ctx = context.SnmpContext(engine)
@@ -288,7 +292,7 @@ class SnmpAgent:
 
         if self.community and cfg["fast_path"]:
             self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], max_message)
-            self.transport.fast = self.fast
+            transport.fast = self.fast
 
     def _configure_security(self, engine) -> None:
         """Read access for the v2c community and the v3 users (notify access for users that send)."""
@@ -297,15 +301,11 @@ class SnmpAgent:
             snmp_config.add_v1_system(engine, "bmsgw-read", self.community.decode())
             snmp_config.add_vacm_user(engine, 2, "bmsgw-read", "noAuthNoPriv", readSubTree=READ_VIEW)
         for name, user in self.users.items():
-            key_type = snmp_config.USM_KEY_TYPE_MASTER if user["key_format"] == "master" else \
-                snmp_config.USM_KEY_TYPE_PASSPHRASE
-
-            def key(value: str):
-                return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if user["key_format"] == "master" \
-                    else value
-
-            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], key(user["auth_key"]), PRIV[user["priv"]],
-                                    key(user["priv_key"]), authKeyType=key_type, privKeyType=key_type)
+            master = user["key_format"] == "master"
+            key_type = snmp_config.USM_KEY_TYPE_MASTER if master else snmp_config.USM_KEY_TYPE_PASSPHRASE
+            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], _usm_key(user["auth_key"], master),
+                                    PRIV[user["priv"]], _usm_key(user["priv_key"], master),
+                                    authKeyType=key_type, privKeyType=key_type)
             snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
                                       notifySubTree=READ_VIEW if name in notify_users else ())
 
@@ -384,7 +384,8 @@ class SnmpAgent:
 
     def status(self) -> dict:
         c = self.counters()
-        return {"listen": "%s:%d" % (self.bound or self.listen), "engine_id": self.engine_id.hex(),
+        host, port = self.bound or self.listen
+        return {"listen": f"{host}:{port}", "engine_id": self.engine_id.hex(),
                 "boots": self.boots, "instances": len(self.index), "active_alarms": len(self.alarms.rows),
                 "bad_community": c.get("snmpInBadCommunityNames", 0),
                 "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",
@@ -421,6 +422,8 @@ class SnmpAgent:
                 self.sent["informs_acknowledged"] += 1
 
         try:
+            if self._ntf is None:
+                raise RuntimeError("the agent is not running")
             self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
         except Exception as exc:  # a broken target must not stop the others or the caller
             self.sent["failed"] += 1

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ...points import PointSpec
 from ...topology import MAX_BUSES, MAX_CELLS, MAX_CHANNELS, MAX_STRINGS
@@ -34,7 +34,8 @@ _UNITS = {"V": "V", "A": "A", "C": "degrees Celsius", "ohm": "ohm", "%": "percen
 # (OID group under bmsgwObjects, scope, has channels): node names and the index of each table.
 _SCALAR_GROUPS = {1: ("bmsgwGateway", "gateway"), 3: ("bmsgwBank", "bank")}
 _TABLES = {
-    2: ("bmsgwBus", "gateway", [("bmsgwBusIndex", MAX_BUSES, "The bus number (1 = the first bus in the configuration).")],
+    2: ("bmsgwBus", "gateway",
+        [("bmsgwBusIndex", MAX_BUSES, "The bus number (1 = the first bus in the configuration).")],
         "Per-bus counters and state of the RS485 buses the gateway polls."),
     4: ("bmsgwChannel", "bank", [("bmsgwChannelIndex", MAX_CHANNELS, "The channel number of the input or output.")],
         "Bank-level inputs and outputs with several channels: the I/O module's dry contacts and relays."),
@@ -276,7 +277,8 @@ class MibBuilder:
         order = ["SNMPv2-SMI", "SNMPv2-TC", "SNMPv2-CONF", "SNMP-FRAMEWORK-MIB"]
         for mod in order:
             syms = sorted(self.imports.get(mod, ()), key=lambda s: (s[0].islower(), s))
-            out.append("    " + ",\n    ".join(_chunks(syms)) + f"\n        FROM {mod}" + (";" if mod == order[-1] else ""))
+            end = ";" if mod == order[-1] else ""
+            out.append("    " + ",\n    ".join(_chunks(syms)) + f"\n        FROM {mod}{end}")
         out.append("")
         out.append(_IDENTITY.format(base=base_tail, updated=LAST_UPDATED))
         for tc in sorted(self.tcs):
@@ -310,7 +312,8 @@ class MibBuilder:
                      + ",\n".join(f"    {name:<{width}} {seq}" for name, seq, *_ in ALARM_COLUMNS) + "\n}\n")
         for col, (name, _seq, syntax, access, desc) in enumerate(ALARM_COLUMNS, start=1):
             parts.append(f"{name} OBJECT-TYPE\n    SYNTAX      {syntax}\n    MAX-ACCESS  {access}\n"
-                         f"    STATUS      current\n    DESCRIPTION\n{_wrap(desc)}\n    ::= {{ bmsgwAlarmEntry {col} }}\n")
+                         f"    STATUS      current\n    DESCRIPTION\n{_wrap(desc)}\n"
+                         f"    ::= {{ bmsgwAlarmEntry {col} }}\n")
         return "\n".join(parts)
 
     def _conformance(self, groups: dict[str, list[str]]) -> str:
@@ -319,7 +322,8 @@ class MibBuilder:
                  "bmsgwGroups      OBJECT IDENTIFIER ::= { bmsgwConformance 2 }", ""]
         names = list(groups) + ["bmsgwNotificationGroup"]
         parts.append("bmsgwCompliance MODULE-COMPLIANCE\n    STATUS      current\n    DESCRIPTION\n"
-                     + _wrap("A bmsgw gateway implements every group of this module.") + "\n    MODULE  -- this module\n"
+                     + _wrap("A bmsgw gateway implements every group of this module.")
+                     + "\n    MODULE  -- this module\n"
                      "        MANDATORY-GROUPS {\n            " + ",\n            ".join(names)
                      + "\n        }\n    ::= { bmsgwCompliances 1 }\n")
         for num, (gname, members) in enumerate(groups.items(), start=1):

@@ -9,15 +9,25 @@ that point changed (``invalidate``), so a walk encodes each value once per poll 
 """
 from __future__ import annotations
 
+import enum
 from bisect import bisect_left
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
 
 from . import ber
 
 Value = tuple[int, object]
 ValueFn = Callable[[], Value | None]
 
-_UNSET = object()
+
+
+class _Unset(enum.Enum):
+    """An entry's varbind not encoded yet (None is taken: the instance is absent)."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 class Entry:
@@ -27,7 +37,7 @@ class Entry:
         self.oid = oid
         self._oid_tlv: bytes | None = None
         self.fn = fn
-        self.enc = _UNSET
+        self.enc: bytes | None | _Unset = _UNSET
         self.volatile = volatile
 
     @property
@@ -77,7 +87,10 @@ class Section:
             self.deps.append((dep, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        self.add(obj, index, lambda v=value: v)
+        def fixed() -> Value | None:
+            return value
+
+        self.add(obj, index, fixed)
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
@@ -97,7 +110,7 @@ class OidIndex:
             for dep, entry in sec.deps:
                 self.deps.setdefault(dep, []).append(entry)
         static.sort(key=lambda e: e.oid)
-        for a, b in zip(static, static[1:]):
+        for a, b in pairwise(static):
             if a.oid == b.oid:
                 raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
         self._static = static

@@ -18,7 +18,7 @@ from .settings import ROLES, SCHEMA, WebSettings
 
 log = logging.getLogger(__name__)
 
-_services: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @hookimpl
@@ -28,16 +28,11 @@ def bmsgw_config_schema():
 
 @hookimpl
 def bmsgw_gateway_ready(gateway):
-    from .app import sources_for
-
-    sec = gateway.config.section("web")
-    if not sec.get("enabled", True):
+    if not gateway.config.section("web").get("enabled", True):
         return
     # what a save killed mid-write (a power cut) left beside the config file
     path = Path(gateway.config.path)
     fsutil.remove_stale_temporaries(path.parent, path.name)
-    s = WebSettings.from_section(sec, str(gateway.config.path))
-    sources_for(gateway).start_buffer(s.buffer_interval_s, s.buffer_samples)
 
 
 @hookimpl

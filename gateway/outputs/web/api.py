@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from flask import Blueprint, g, jsonify, make_response, request
 
 from gateway.errors import ConfigError
 from gateway.regmap import COLUMNS, rows
 
+from .app import requires
 from .xmlout import to_xml
 
 api = Blueprint("api", __name__)
@@ -103,28 +105,30 @@ def error_response(status: int, message: str, field: str | None = None):
 
 
 # -- parameters ------------------------------------------------------------------------------------------------
-def _convert(p: Param, raw: str):
+def _convert(p: Param, raw: str) -> int | float | str:
     s = p.schema
     t = s.get("type")
+    value: int | float | str
     if t == "integer":
         if not re.fullmatch(r"[+-]?\d{1,18}", raw.strip()):
             raise ApiError(400, f"parameter {p.name}: expected an integer, got {raw[:40]!r}", p.name)
         value = int(raw)
     elif t == "number":
         try:
-            value = float(raw)
+            number = float(raw)
         except ValueError:
             raise ApiError(400, f"parameter {p.name}: expected a number, got {raw[:40]!r}", p.name) from None
-        if not math.isfinite(value):
+        if not math.isfinite(number):
             raise ApiError(400, f"parameter {p.name}: expected a finite number", p.name)
+        value = number
     else:
-        value = raw
-        if "maxLength" in s and len(value) > s["maxLength"]:
+        if "maxLength" in s and len(raw) > s["maxLength"]:
             raise ApiError(400, f"parameter {p.name}: at most {s['maxLength']} characters", p.name)
-        if "minLength" in s and len(value) < s["minLength"]:
+        if "minLength" in s and len(raw) < s["minLength"]:
             raise ApiError(400, f"parameter {p.name}: at least {s['minLength']} characters", p.name)
-        if "pattern" in s and not re.search(s["pattern"], value):
+        if "pattern" in s and not re.search(s["pattern"], raw):
             raise ApiError(400, f"parameter {p.name}: does not match {s['pattern']}", p.name)
+        value = raw
     if "enum" in s and value not in s["enum"]:
         raise ApiError(400, f"parameter {p.name}: one of {', '.join(map(str, s['enum']))}", p.name)
     if "minimum" in s and value < s["minimum"]:
@@ -175,7 +179,7 @@ def operation(rule: str, method: str, summary: str, response: dict, params=(), r
             return respond(result)
 
         view.__name__ = fn.__name__
-        view._bmsgw_role = role
+        requires(role)(view)
         api.add_url_rule(rule, fn.__name__, view, methods=[method])
         OPERATIONS.append(op)
         return fn
@@ -201,7 +205,8 @@ CELL = Param("cell", {"type": "integer", "minimum": 1, "maximum": 256}, "path", 
 TIME_PARAMS = (
     Param("from", {"type": "number", "minimum": 0, "maximum": 32503680000},
           description="start, Unix seconds (default: one hour before `to`)"),
-    Param("to", {"type": "number", "minimum": 0, "maximum": 32503680000}, description="end, Unix seconds (default: now)"),
+    Param("to", {"type": "number", "minimum": 0, "maximum": 32503680000},
+          description="end, Unix seconds (default: now)"),
     Param("max_points", {"type": "integer", "minimum": 1, "maximum": 20000, "default": 500},
           description="at most this many samples; longer ranges are averaged down"),
 )
@@ -224,7 +229,8 @@ def status():
     """Site, uptime, number of points, per-bus counters and every plugin's status."""
     c = _ctx()
     out = dict(c.gateway.status())
-    out["web"] = {**(out.get("web") or {}), "history": "history module" if c.sources.history_plugged else "in-memory buffer",
+    history = "history module" if c.sources.history_plugged else "in-memory buffer"
+    out["web"] = {**(out.get("web") or {}), "history": history,
                   "alarms": c.sources.alarms_plugged, "sessions": len(c.sessions),
                   "user": g.user.name if g.get("user") else None}
     return out
@@ -391,12 +397,10 @@ def config_schema():
 
 
 @api.route("/openapi.json")
+@requires(None)
 def openapi():
     from .configedit import document_schema
     from .openapi import build
 
     c = _ctx()
     return jsonify(build(OPERATIONS, document_schema(c.gateway), c.gateway.config.section("site").get("name", "")))
-
-
-openapi._bmsgw_role = None

@@ -6,10 +6,12 @@ import dataclasses
 import ipaddress
 import logging
 import secrets
-import weakref
 
 from flask import Flask, g, redirect, render_template, request, url_for
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
+
+from gateway.exposition import metrics_response
 
 from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
@@ -21,8 +23,6 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "bmsgw_session"
 PRELOGIN_COOKIE = "bmsgw_pre"
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-_sources: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -51,13 +51,6 @@ def requires(role: str | None):
     return mark
 
 
-def sources_for(gateway) -> Sources:
-    src = _sources.get(gateway)
-    if src is None:
-        src = _sources[gateway] = Sources(gateway)
-    return src
-
-
 class WebContext:
     """Everything the views share for one gateway."""
 
@@ -70,7 +63,7 @@ class WebContext:
         self.throttle = LoginThrottle(self.settings.max_failures, self.settings.lockout_s,
                                       self.settings.max_failures_per_client, self.settings.max_failures_per_user)
         self.devices = DeviceKeys(gateway.config.state_dir / "web")
-        self.sources = sources_for(gateway)
+        self.sources = Sources(gateway)
         self.view = BankView(gateway)
 
     def reload(self) -> None:
@@ -140,7 +133,8 @@ def create_app(context: WebContext) -> Flask:
     app.extensions["bmsgw"] = context
     app.config.update(MAX_CONTENT_LENGTH=context.settings.max_body, JSON_SORT_KEYS=False,
                       TEMPLATES_AUTO_RELOAD=False, PROPAGATE_EXCEPTIONS=False)
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # (Flask's default; a custom provider sorts as it likes)
+        app.json.sort_keys = False
     app.jinja_env.globals.update(csrf_token=csrf_token, take_flashes=take_flashes)
 
     @app.context_processor
@@ -217,7 +211,7 @@ def create_app(context: WebContext) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        log.exception("web request %s %s failed", request.method, request.path)
+        log.error("web request %s %s failed", request.method, request.path, exc_info=exc)
         return _deny(500, "internal error; the gateway log has the details")
 
     @app.route("/metrics")
@@ -226,17 +220,8 @@ def create_app(context: WebContext) -> Flask:
         c = ctx()
         if not c.settings.metrics_enabled:
             return _deny(404, "/metrics is turned off (web.metrics.enabled)")
-        try:
-            from gateway import exposition
-        except ImportError:
-            return _deny(404, "the Prometheus exposition module is not installed")
-        if hasattr(exposition, "metrics_response"):  # (body, headers), gzip when the scraper accepts it
-            body, headers = exposition.metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
-        else:
-            out = exposition.render_metrics(c.gateway)
-            body, ctype = out if isinstance(out, tuple) else (out, "text/plain; version=0.0.4; charset=utf-8")
-            headers = [("Content-Type", ctype)]
-        resp = app.response_class(body.encode("utf-8") if isinstance(body, str) else body)
+        body, headers = metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
+        resp = app.response_class(body)
         for name, value in headers:
             resp.headers[name] = value
         return resp

@@ -19,6 +19,7 @@ The rules here (the ``web.limits`` settings):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import socket
@@ -26,13 +27,19 @@ import ssl
 import threading
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from cheroot import errors as cheroot_errors
 from cheroot.makefile import MakeFile
-from cheroot.server import HTTPConnection
+from cheroot.server import HTTPConnection, HTTPServer
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from .settings import Limits
+
+if TYPE_CHECKING:  # the mixin goes before a cheroot server class: that is what super() reaches
+    _ServerBase = HTTPServer
+else:
+    _ServerBase = object
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +117,9 @@ class Guard:
 
     def _kill(self, entry: _Arriving, why: str) -> None:
         entry.killed = True
-        try:  # the worker's blocked read returns at once; cheroot then closes the connection
+        # the worker's blocked read returns at once; cheroot then closes the connection
+        with contextlib.suppress(OSError):
             socket.socket.shutdown(entry.conn.socket, socket.SHUT_RDWR)
-        except OSError:
-            pass
         log.info("web: closing the connection from %s: %s", entry.address, why)
 
     def _watch(self) -> None:
@@ -131,7 +137,7 @@ class Guard:
                 for e in entries:
                     if not e.killed and now - e.start >= SLOW_AFTER_S:
                         slow.setdefault(e.address, []).append(e)
-                for address, group in slow.items():
+                for group in slow.values():
                     group.sort(key=lambda e: e.start)
                     for e in group[lim.slow_per_address:]:  # the oldest may finish; the newest go
                         self.counters["slow_closed"] += 1
@@ -194,11 +200,9 @@ class GuardedConnection(HTTPConnection):
         except ssl.SSLError as exc:
             if "http request" in str(exc).lower():  # plain HTTP to the HTTPS port: say so in plain HTTP
                 msg = b"The client sent a plain HTTP request, but this server only speaks HTTPS on this port."
-                try:
+                with contextlib.suppress(OSError):
                     socket.socket.sendall(tls, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                                           b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(msg), msg))
-                except OSError:
-                    pass
             else:
                 self.server.error_log(f"TLS handshake with {self.remote_addr} failed: {exc}")
             return False
@@ -214,13 +218,12 @@ class GuardedConnection(HTTPConnection):
         if self.admitted and not self._released:
             self._released = True
             self.server.guard.release(self.remote_addr or "?")
-        try:
+        # a socket already gone: a worker thread must never die of closing it (cheroot's would)
+        with contextlib.suppress(OSError):
             super().close()
-        except OSError:  # a socket already gone: a worker thread must never die of closing it (cheroot's would)
-            pass
 
 
-class GuardedServerMixin:
+class GuardedServerMixin(_ServerBase):
     """For a cheroot server class: admission at accept, silent new connections parked in the selector."""
 
     guard: Guard
@@ -237,7 +240,7 @@ class GuardedServerMixin:
             if not conn.rfile.has_data():
                 # wait for the client's first bytes in the selector, not in a worker; cheroot closes it after
                 # the idle timeout if none come
-                self._connections.put(conn)
+                self._connections.put(conn)  # type: ignore[attr-defined]  # cheroot's, not in its stubs
                 return
         super().process_conn(conn)
 

@@ -9,8 +9,17 @@ from flask import Blueprint, g, make_response, redirect, render_template, reques
 
 from gateway.errors import ConfigError
 
-from .app import (PRELOGIN_COOKIE, SESSION_COOKIE, ctx, flash, is_local, login_user, requires,
-                  set_device_cookie, set_session_cookie)
+from .app import (
+    PRELOGIN_COOKIE,
+    SESSION_COOKIE,
+    ctx,
+    flash,
+    is_local,
+    login_user,
+    requires,
+    set_device_cookie,
+    set_session_cookie,
+)
 from .auth import AuthError, DeviceKeys
 
 log = logging.getLogger(__name__)
@@ -220,8 +229,15 @@ def config_index():
 @pages.route("/config/<section>", methods=["GET", "POST"])
 @requires("admin")
 def config_section(section: str):
-    from .configedit import MISSING, FieldError, document_schema, form_fields, read_document, save_and_reload, \
-        section_from_form
+    from .configedit import (
+        MISSING,
+        FieldError,
+        document_schema,
+        form_fields,
+        read_document,
+        save_and_reload,
+        section_from_form,
+    )
 
     c = ctx()
     props = document_schema(c.gateway)["properties"]

@@ -13,9 +13,7 @@ import ssl
 import threading
 from pathlib import Path
 
-from cheroot import errors as cheroot_errors
-from cheroot import server as cheroot_server
-from cheroot import wsgi
+from cheroot import errors as cheroot_errors, server as cheroot_server, wsgi
 
 from gateway.errors import ConfigError
 from gateway.secretfiles import exposure
@@ -96,7 +94,8 @@ class WebService:
         s = self.settings
         guard = Guard(s.limits)
         server = _Server((s.host, s.port), prefetch_body(self.app, guard), numthreads=s.threads, server_name="bmsgw",
-                         shutdown_timeout=2, timeout=s.limits.idle_timeout_s)
+                         shutdown_timeout=2,
+                         timeout=s.limits.idle_timeout_s)  # type: ignore[arg-type]  # socket timeout: a float works
         server.guard = guard
         server.max_request_body_size = s.max_body
         server.max_request_header_size = 64 * 1024
@@ -118,9 +117,11 @@ class WebService:
                               f"{s.host}:{s.port}: cannot listen: {exc.strerror or exc}") from None
         self._server = server
         self.guard = guard
+        # the trend buffer listens to the store only while the face runs: stop() unsubscribes it
+        self.ctx.sources.start_buffer(s.buffer_interval_s, s.buffer_samples)
         guard.start()
         self.port = server.bind_addr[1]
-        self._thread = threading.Thread(target=self._serve, name="web", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(server,), name="web", daemon=True)
         self._thread.start()
         log.info("web page and REST API at %s", self.endpoints()[0])
         if not self.ctx.users.has_users():
@@ -128,9 +129,9 @@ class WebService:
                         f", or open {self.url}setup in a browser on this controller"
                         if s.setup_from_localhost else "")
 
-    def _serve(self) -> None:
+    def _serve(self, server: wsgi.Server) -> None:
         try:
-            self._server.serve()
+            server.serve()
         except Exception:
             log.exception("web server stopped")
 
@@ -143,6 +144,7 @@ class WebService:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.ctx.sources.stop_buffer()
 
     @property
     def url(self) -> str:

@@ -39,7 +39,7 @@ class Limits:
     slow_per_address: int = 2
 
     @classmethod
-    def from_section(cls, sec: dict) -> "Limits":
+    def from_section(cls, sec: dict) -> Limits:
         return cls(**{k: sec[k] for k in cls.__dataclass_fields__ if k in sec})
 
 
@@ -157,7 +157,7 @@ class WebSettings:
     limits: Limits = Limits()
 
     @classmethod
-    def from_section(cls, sec: dict, src: str = "config") -> "WebSettings":
+    def from_section(cls, sec: dict, src: str = "config") -> WebSettings:
         try:
             host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
         except ValueError as exc:  # e.g. [::::]:80: the schema's pattern cannot check an IPv6 literal

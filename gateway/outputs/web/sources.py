@@ -47,7 +47,8 @@ class LiveBuffer:
                     continue
                 i = ring[2]
                 ring[0][i] = reading.ts
-                ring[1][i] = reading.value if reading.quality is Quality.GOOD and reading.value is not None else math.nan
+                usable = reading.quality is Quality.GOOD and reading.value is not None
+                ring[1][i] = reading.value if usable else math.nan
                 ring[2] = (i + 1) % self.samples
                 ring[3] = min(ring[3] + 1, self.samples)
                 ring[4] = reading.ts
