@@ -118,8 +118,10 @@ def string_rules(s: StringConfig, ohmic: tuple[float, float, float] = OHMIC_LEVE
         _r("cell_voltage_float", "cell.voltage", "voltage on float", high=(2.32 * n, 2.35 * n),
            low=(2.18 * n, 2.13 * n), hysteresis=0.005 * n, on_delay_s=300, off_delay_s=60, float_only=True),
         # end of discharge (proposal: 1.80 / 1.75 V per cell), always evaluated
+        # no on-delay: at a high rate the knee takes the voltage past the end voltage in seconds, and a load step
+        # never dips a charged battery this far
         _r("cell_voltage_discharge", "cell.voltage", "voltage", low=(1.80 * n, 1.75 * n), hysteresis=0.02 * n,
-           on_delay_s=10, off_delay_s=60),
+           off_delay_s=60),
         _r("cell_voltage_deviation", "cell.voltage_average_deviation", "voltage deviation from the string average",
            high=(dev_w, dev_a), low=(-dev_w, -dev_a), hysteresis=dev_w * 0.1, on_delay_s=300, off_delay_s=60,
            float_only=True),
@@ -148,7 +150,7 @@ def string_rules(s: StringConfig, ohmic: tuple[float, float, float] = OHMIC_LEVE
            2.35 * per_string), low=(2.18 * per_string, 2.13 * per_string), hysteresis=0.005 * per_string,
            on_delay_s=300, off_delay_s=60, float_only=True),
         _r("string_voltage_discharge", "string.voltage", "string voltage", low=(1.80 * per_string, 1.75 * per_string),
-           hysteresis=0.02 * per_string, on_delay_s=10, off_delay_s=60),
+           hysteresis=0.02 * per_string, off_delay_s=60),
         # charge current too high (0.15 C / 0.25 C)
         _r("string_current", "string.current", "current", high=(0.15 * cap, 0.25 * cap), hysteresis=0.005 * cap,
            on_delay_s=10, off_delay_s=30),

@@ -36,10 +36,10 @@ FLOAT_CURRENT_PER_AH = 0.0005  # A per Ah: a healthy VRLA string floats at 0.5 m
 # by the unit's ohmic value against a new one's), and the end-of-discharge knee: the voltage falls steeply in
 # the last few per cent, reaching the rate's end voltage (1.75 V/cell at the 15-minute rate, 1.80 V/cell at
 # C/4 and below) when the Peukert-corrected charge is used up.
-POLARISATION_V = 0.055
+POLARISATION_V = 0.047
 KNEE_WIDTH = 0.02  # of the capacity: the knee's e-folding depth
 END_V_SLOW, END_V_FAST = 1.80, 1.75  # end voltage per cell at C/4 and at the 15-minute rate
-KNEE_MIN_V = 0.02
+KNEE_MIN_V = 0.05  # the knee is never shallower than this (V per cell)
 CUTOFF_V_PER_CELL = 1.70  # the UPS drops its load here: the discharge ends
 RUNAWAY_TAU_S = 720.0  # thermal runaway: the extra float current grows e-fold every 12 min
 RUNAWAY_MAX_C = 0.2  # ... up to 0.2 C
@@ -462,7 +462,12 @@ class BankModel:
     def cell_emf(self, sid: int, cell: int) -> float:
         st = self.strings[sid]
         b = st.batteries[cell - 1]
-        return (b.cells_per_unit * ocv_per_cell(st.soc) - b.emf_drop) * b.working_fraction
+        return self._unit_emf(st, b) * b.working_fraction
+
+    @staticmethod
+    def _unit_emf(st: StringState, b: Battery) -> float:
+        """The unit's EMF were all its cells working (a failed cell's share comes off afterwards)."""
+        return b.cells_per_unit * ocv_per_cell(st.soc) - b.emf_drop
 
     def _loaded_drop_per_cell(self, st: StringState, ohmic_ratio: float) -> float:
         """Voltage drop per 2 V cell under a discharge current, with the end-of-discharge knee."""
@@ -488,12 +493,12 @@ class BankModel:
             v = n * (FLOAT_V_PER_CELL + TEMP_COMP_V_PER_C * (min(max(temp, 5.0), 40.0) - 25.0)) + b.float_offset
         elif st.mode == "recharge":
             r_eff = 3.0 * b.ohmic_at(self.years())
-            v = min(n * 2.35, self.cell_emf(sid, cell) / b.working_fraction + 0.15 * n + st.current * r_eff)
+            v = min(n * 2.35, self._unit_emf(st, b) + 0.15 * n + st.current * r_eff)
         elif st.current < 0:
             ratio = b.ohmic_at(self.years()) / new_unit_ohmic(st.capacity_ah, n)
-            v = self.cell_emf(sid, cell) / b.working_fraction - n * self._loaded_drop_per_cell(st, ratio)
+            v = self._unit_emf(st, b) - n * self._loaded_drop_per_cell(st, ratio)
         else:
-            v = self.cell_emf(sid, cell) / b.working_fraction
+            v = self._unit_emf(st, b)
         return v * b.working_fraction
 
     # -- ohmic tests -----------------------------------------------------------------------------------------
