@@ -256,3 +256,17 @@ def test_a_runaway_is_watched_on_float_and_a_boost_charge_is_not_one():
 
     assert watched(FLOAT_V) == 1  # the float current over 3x its normal, the charger's voltage unchanged
     assert watched(2.35 * CELLS) == 0  # the charger raised its voltage (a boost charge): more current is expected
+
+
+def test_new_settings_apply_at_once_and_keep_the_learnt_zero():
+    sup, store = supervisor()
+    t = 0.0
+    for _ in range(3 * 360):
+        t += 10
+        put_string(store, 1, FLOAT_V, -3.0 + 0.6, t)
+    offset = sup.classifiers[1].zero.offset
+    put_string(store, 1, FLOAT_V, -3.0 + 0.6 + 0.5, t + 10)  # 0.75 A corrected: over the 0.3 A deadband
+    assert store.value(PointRef("string.current", 1)) == pytest.approx(0.75, abs=0.02)
+    sup.reconfigure(fill_defaults(SCHEMA, {"deadband_a": 1.0}))
+    put_string(store, 1, FLOAT_V, -3.0 + 0.6 + 0.5, t + 20)
+    assert store.value(PointRef("string.current", 1)) == 0.0 and sup.classifiers[1].zero.offset == offset

@@ -160,6 +160,14 @@ def bmsgw_services(gateway: Gateway) -> list:
 
 
 @hookimpl
+def bmsgw_config_reloaded(gateway: Gateway, sections: list[str]) -> None:
+    sup = _supervisors.get(gateway)
+    if sup is not None and "string_state" in sections:
+        sup.reconfigure(gateway.config.section("string_state"))
+        log.info("string supervision: the new string_state settings apply now")
+
+
+@hookimpl
 def bmsgw_status(gateway: Gateway) -> dict:
     sup = _supervisors.get(gateway)
     return {"strings": sup.status()} if sup is not None else {}

@@ -84,6 +84,14 @@ class StringSupervisor:
         self.save_errors = 0
         self.installed = False
 
+    def reconfigure(self, section: dict) -> None:
+        """New ``string_state`` settings, applied at once (each string keeps its learnt zero)."""
+        with self.lock:
+            self.section = section
+            for sid, c in self.classifiers.items():
+                c.p = params_from_section(self.strings[sid], section)
+            self.imbalance_min_c = float(section.get("imbalance_min_c", 0.02))
+
     # -- persistence -------------------------------------------------------------------------------------------
     def _load(self) -> dict[int, ZeroState]:
         if self.state_path is None or not self.state_path.exists():
