@@ -17,7 +17,7 @@ alarm table and log, the UPS-MIB values the SNMP agent serves, the published for
 * End of life: one year before a weak 2 V cell reaches +30 % over its baseline, does the published early-late
   range hold that date?  Coverage and median error of the central date over 20 seeds.
 
-    .venv/bin/python bench/realism.py            # about 15 minutes on one core
+    .venv/bin/python bench/realism.py            # about 8.5 minutes of CPU
     .venv/bin/python bench/realism.py --quick    # shorter horizons, a few minutes (not the issue's numbers)
 """
 from __future__ import annotations
