@@ -31,9 +31,9 @@ from gateway.points import PointRef
 
 def sim_process(config: str, conn) -> None:
     """The simulator in a child process: sends its ports, then obeys (method, args) until None."""
-    from gateway.cli import _all_ports_dummy
+    from gateway.cliargs import unopened_ports
 
-    gw = Gateway(config, simulator=False, port_overrides=_all_ports_dummy(config))
+    gw = Gateway(config, simulator=False, port_overrides=unopened_ports(config))
     sim = gw.make_simulator()
     sim.start()
     conn.send(sim.ports())

@@ -125,6 +125,9 @@ def start_bmsgw(tmp: Path, port: int, ports: dict[str, str] | None) -> subproces
     data["gateway"]["state_dir"] = str(tmp / "var")
     data["gateway"]["log_level"] = "WARNING"
     data["modbus_tcp"] = {**data.get("modbus_tcp", {}), "listen": f"127.0.0.1:{port}"}
+    # two gateways run side by side: each face on a port of its own (a taken port refuses start-up)
+    for section in ("web", "prometheus", "snmp"):
+        data[section] = {**data.get(section, {}), "listen": f"127.0.0.1:{free_port()}"}
     cfg = tmp / "config.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     return subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "WARNING", "run", "--config", str(cfg)],

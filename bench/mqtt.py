@@ -35,7 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway
-from gateway.outputs.mqtt import MqttService
+from gateway.outputs.mqtt.face import MqttUploader
 from gateway.points import Quality, Reading
 from tests.mqtt_peers import Mosquitto
 from tests.support import free_port
@@ -81,14 +81,14 @@ class Loop:
         self.loop.close()
 
 
-def cycles(svc: MqttService, count: int, period_s: float, start: float):
+def cycles(svc: MqttUploader, count: int, period_s: float, start: float):
     """``count`` publish cycles of the live snapshot, stamped ``period_s`` apart from ``start``."""
     snap = svc.gateway.store.snapshot()
     for k in range(count):
         yield [(t, doc, False) for t, doc, _ in svc.builder.messages(snap, start + k * period_s)]
 
 
-def wait_drained(svc: MqttService, total_sent: int, timeout: float = 3600) -> float:
+def wait_drained(svc: MqttUploader, total_sent: int, timeout: float = 3600) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         q = svc.queue
@@ -163,7 +163,7 @@ def main() -> None:
         try:
             # -- throughput with the link up --------------------------------------------------------------------
             gw = gateway(tmp, port, args.layout, "throughput.sqlite")
-            svc = MqttService(gw, gw.config.section("mqtt"))
+            svc = MqttUploader(gw, gw.config.section("mqtt"))
             loop.run(svc.start())
             while not svc.connected:
                 time.sleep(0.01)
@@ -190,7 +190,7 @@ def main() -> None:
             hour = args.hour_cycles or int(3600 / fast_s)
             broker.stop()
             gw2 = gateway(tmp, port, args.layout, "hour.sqlite")
-            svc2 = MqttService(gw2, gw2.config.section("mqtt"))
+            svc2 = MqttUploader(gw2, gw2.config.section("mqtt"))
             loop.run(svc2.start())
             q0 = time.monotonic()
             total = 0

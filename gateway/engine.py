@@ -125,8 +125,8 @@ class DiscoveryReport:
                 "adopted": {str(k): v for k, v in self.adopted.items()}}
 
 
-class WriteError(Exception):
-    pass
+class DeviceWriteError(Exception):
+    """A write to a device that was not carried out (the bus is not open, the device did not answer)."""
 
 
 LATE_FRACTION = 0.1  # a cycle that starts later than this share of the interval after its slot is late
@@ -721,10 +721,10 @@ class Engine:
         """Write a writable point to its device (e.g. the alarm relay) and publish the new value."""
         target = self.writable(ref)
         if target is None:
-            raise WriteError(f"{ref} is not writable")
+            raise DeviceWriteError(f"{ref} is not writable")
         bs, ds, reg = target
         if bs.transport is None or not bs.transport.is_open:
-            raise WriteError(f"bus {bs.bus.name} is not open")
+            raise DeviceWriteError(f"bus {bs.bus.name} is not open")
         words = codecs.encode(value, reg)
         if len(words) == 1:
             request = write_single_request(ds.address, reg.address, words[0])
@@ -733,6 +733,6 @@ class Engine:
         try:
             await bs.transport.transact(request)
         except ModbusError as exc:
-            raise WriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
+            raise DeviceWriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
         self.store.put(ref, float(value), Quality.GOOD)
 

@@ -23,7 +23,6 @@ import math
 import re
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -386,6 +385,7 @@ class Exposition:
 
     def __init__(self, gateway: Gateway) -> None:
         self.store = gateway.store
+        self._pointmap, self._topology = gateway.pointmap, gateway.topology
         self.model = ExpositionModel(gateway.pointmap, gateway.topology, gateway.config.section("site"))
         self.alarms = AlarmBoard()
         self._lock = threading.Lock()
@@ -394,6 +394,12 @@ class Exposition:
         self._gzip: bytes | None = None
         self.renders = 0
         self.last_render_s = 0.0
+
+    def set_site(self, site: dict) -> None:
+        """A renamed site (a config reload): its labels in the next render."""
+        model = ExpositionModel(self._pointmap, self._topology, site)
+        with self._lock:
+            self.model, self._key = model, None
 
     def context(self, snapshot: Snapshot | None = None) -> RenderContext:
         active, events = self.alarms.state()
@@ -418,18 +424,9 @@ class Exposition:
             return self._gzip
 
 
-_expositions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_expositions_lock = threading.Lock()
-
-
 def exposition_for(gateway: Gateway) -> Exposition:
     """The gateway's exposition (created on first use; one per gateway, shared by every face)."""
-    with _expositions_lock:
-        exp = _expositions.get(gateway)
-        if exp is None:
-            exp = Exposition(gateway)
-            _expositions[gateway] = exp
-        return exp
+    return gateway.shared(Exposition)
 
 
 def render_metrics(gateway: Gateway) -> tuple[bytes, str]:

@@ -7,7 +7,6 @@ group ``bmsgw.plugins`` and from the folders named in the config's ``plugins.dir
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,32 +19,19 @@ if TYPE_CHECKING:
     import argparse
 
     from .app import Gateway
+    from .commands import Command
     from .config import Config
     from .engine import CommEvent
     from .notify.base import Notifier
     from .pointmap import Catalog
     from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
+    from .service import Service
 
 PROJECT = "bmsgw"
 LEVEL = {"normal": 0, "warning": 1, "critical": 2}  # alarm severities, ordered
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-class Service(Protocol):
-    """A long-running face (a server, an uploader).  ``bmsgw run`` starts it after the engine, in the
-    gateway's event loop, and stops it on shutdown."""
-
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def endpoints(self) -> list[str]:
-        """Human-readable places it listens or sends to, e.g. ``modbus-tcp://127.0.0.1:5020``."""
-        ...
 
 
 class Subcommands(Protocol):
@@ -137,9 +123,26 @@ class GatewaySpecs:
 
     @hookspec
     def bmsgw_services(self, gateway: Gateway) -> list[Service]:
-        """Long-running faces to start with ``bmsgw run`` (after the engine is created, before polling).
+        """The long-running parts this plugin brings (``gateway.service.Service``): faces, engines, uploaders.
 
-        Return [] when the plugin's config section turns it off.
+        Called by ``Gateway.start`` (``bmsgw run``) once the store, map and engine exist, before polling; and
+        by ``Gateway.reload`` for a plugin whose section was off and is now on.  Return [] when the plugin's
+        config section turns it off.  The gateway owns what is returned: it registers each service in the
+        plugin manager (so the service's own ``@hookimpl`` methods are called with its state), starts them in
+        the order their ``after`` names ask for, calls ``reload`` when a section in their ``sections``
+        changes, and stops them in reverse order.  A service that cannot start (a port in use) raises: start-up
+        stops with its name, the address and the reason.  Construct cheaply; open, bind and spawn in ``start``.
+        """
+
+    @hookspec
+    def bmsgw_commands(self, gateway: Gateway) -> list[Command]:
+        """The writable point families this plugin carries out (``gateway.commands.Command``): an alarm
+        acknowledge, a baseline reset, a current zero ...
+
+        Called by ``Gateway.write`` (the one path of every write: Modbus, REST, the web page, SNMP SET) to find
+        the owner of the point written; the gateway has already checked that the point is writable and exists,
+        the writer's role and the value against the family's states and range.  Writable device registers
+        (``writable: true`` in a profile) need no command: the engine writes them.  Return [] when off.
         """
 
     @hookspec
@@ -161,19 +164,6 @@ class GatewaySpecs:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
 
     @hookspec
-    def bmsgw_modbus_write_handlers(self, gateway: Gateway) -> list[ModbusWriteHandler]:
-        """Holding registers a plugin accepts Modbus TCP writes to (a command such as an alarm acknowledge).
-
-        Called once by the Modbus TCP face when it starts.  Writes reach a handler only when
-        ``modbus_tcp.writes.enabled`` is on and the client is in ``modbus_tcp.writes.allow_from``; everything
-        else is refused with exception 02 and logged.  A register may not lie inside the point map (writable
-        points of the map, like ``io.do``, are written to their device by the face itself) nor be claimed
-        twice.  Reserved command registers (README, "Modbus TCP"): ``MODBUS_ALARM_ACK_REGISTER`` (9000) alarm
-        acknowledge, ``MODBUS_BASELINE_RESET_REGISTER`` (9100) + (string - 1) a string's baseline reset.
-        A command register reads 0 over FC3 and is not in the input table.
-        """
-
-    @hookspec
     def bmsgw_alarm_event(self, gateway: Gateway, event: AlarmEvent) -> None:
         """An alarm was raised (``event.raised`` True) or cleared (False).
 
@@ -189,9 +179,9 @@ class GatewaySpecs:
         """Someone acknowledged an active alarm (``event.acknowledged_by`` / ``event.acknowledged_ts`` are set,
         ``event.raised`` is True, ``event.ts`` is the acknowledgement time).
 
-        Called by ``gateway.alarms`` in the gateway's event loop after ``acknowledge(alarm_id, by)``
-        (from the web, REST or a Modbus write).  The alarm relay uses it to silence the horn.  Must not
-        block; the return value is ignored.
+        Called by ``gateway.alarms`` in the gateway's event loop after an acknowledgement (the command points
+        ``gateway.acknowledge_alarm``/``gateway.acknowledge_alarms`` written from any face).  The alarm relay
+        uses it to silence the horn.  Must not block; the return value is ignored.
         """
 
     @hookspec
@@ -251,24 +241,6 @@ class GatewaySpecs:
         ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
         """
 
-    @hookspec(firstresult=True)
-    def bmsgw_alarm_acknowledge(self, gateway: Gateway, alarm_id: str, user: str) -> bool | None:
-        """Acknowledge an alarm on behalf of ``user`` (from the web page or ``POST /api/v1/alarms/{id}/
-        acknowledge``).  Called from a web server thread (hand the change over to the event loop if the engine
-        needs that).  Return True when the alarm was acknowledged (or already was), False when no active alarm
-        has that id, None when no alarm engine is installed.
-        """
-
-    @hookspec
-    def bmsgw_config_reloaded(self, gateway: Gateway, sections: list[str]) -> None:
-        """The configuration was saved and reloaded while running (``gateway.config`` is the new one).
-
-        Called in the event loop after the web page or ``PUT /api/v1/config`` saved a valid file, with the
-        names of the sections that changed.  A plugin re-reads its section here (thresholds, notification
-        targets ...) without restarting polling.  Changes to buses, strings, bank, plugins and simulator need
-        a restart; the gateway keeps the running topology until then.
-        """
-
     @hookspec
     def bmsgw_check_config(self, gateway_config: Config, catalog: Catalog) -> list[str]:
         """What is wrong in this plugin's config section beyond its JSON schema (which the core checks
@@ -283,26 +255,3 @@ class GatewaySpecs:
         [] when the section is fine.  Any problem makes check-config list them all and exit 2, keeps the
         gateway from starting and the web page from saving.
         """
-
-
-# Command registers reserved in the Modbus TCP holding table (README, "Modbus TCP"); the modules that act on them
-# register a ModbusWriteHandler at these addresses through ``bmsgw_modbus_write_handlers``.
-MODBUS_ALARM_ACK_REGISTER = 9000  # write 1: acknowledge every active alarm
-MODBUS_BASELINE_RESET_REGISTER = 9100  # + (string - 1); write a battery number: reset its ohmic baseline
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusWriteHandler:
-    """A writable holding register (or ``count`` consecutive ones) and what a write to it does.
-
-    ``handler(words, client)`` gets the written words (``count`` of them) and the client's IP address; it may
-    be a coroutine function (run in the gateway's event loop) and should be quick.  It returns None when done,
-    raises ``ValueError`` for a value it does not accept (the client gets exception 03), any other exception
-    for a failure (exception 04, logged).
-    """
-
-    address: int  # 0-based holding register address
-    name: str  # short id for logs and the register list, e.g. "alarm.acknowledge"
-    description: str
-    handler: Callable[[list[int], str], Awaitable[None] | None]
-    count: int = 1

@@ -25,7 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.cmu",
     "plugins.io_module",
     "gateway.outputs.modbus_tcp",
-    "gateway.outputs.snmp_agent",
+    "gateway.outputs.snmp",
     "gateway.strings",
     "gateway.alarms",
     "gateway.notify",

@@ -10,6 +10,7 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -107,13 +108,24 @@ class PointStore:
     """The live snapshot of the bank.
 
     Writers (the engine, analytics) call ``put_many`` from the event loop; readers on any thread call
-    ``get``/``snapshot``.  Listeners are called after each batch in the writer's context and must be quick
-    (queue the work, do not do I/O).
+    ``get``/``snapshot``.  Two ways to follow changes:
+
+    - the change feed, for faces that answer requests from a cached image (a register image, encoded
+      varbinds): ``generation, changed = store.changes_since(seen)`` at request time gives the points written
+      since generation ``seen`` -- work proportional to what changed, nothing done while nobody asks;
+    - listeners (``subscribe``), for consumers that must see every batch as it comes (alarms, history): called
+      after each batch in the writer's context, they must be quick (queue the work, do not do I/O).
 
     An ingest transform (``add_transform``) sees every reading of one point family before it is stored and
-    says what is stored instead: the string classifier stores the offset-corrected string current, with the
-    measured one beside it, so that every reader (faces, history, alarms, analytics) sees one current.
+    says what is stored instead: the string supervision stores the offset-corrected string current, with the
+    measured one beside it, so that every reader (faces, history, alarms, analytics) sees one current; the
+    feed and the listeners get what was stored.
     """
+
+    # The change feed keeps the refs of the last batches, at most this many refs per point in the store (and
+    # at least MIN_FEED refs): a reader further behind reads everything again, which is correct, only slower.
+    FEED_PER_POINT = 4
+    MIN_FEED = 4096
 
     def __init__(self) -> None:
         self._readings: dict[PointRef, Reading] = {}
@@ -121,6 +133,8 @@ class PointStore:
         self._listeners: list[Listener] = []
         self._transforms: dict[str, Transform] = {}
         self.generation = 0  # bumped on every batch; lets readers cache renderings per generation
+        self._feed: deque[tuple[int, tuple[PointRef, ...]]] = deque()
+        self._feed_refs = 0
 
     def add_transform(self, point: str, transform: Transform) -> None:
         """Pass every reading of family ``point`` through ``transform`` before it is stored (one per family)."""
@@ -154,9 +168,16 @@ class PointStore:
     def _publish(self, batch: list[tuple[PointRef, Reading]]) -> None:
         if not batch:
             return
+        refs = tuple(ref for ref, _ in batch)
         with self._lock:
             self._readings.update(batch)
             self.generation += 1
+            feed = self._feed
+            feed.append((self.generation, refs))
+            self._feed_refs += len(refs)
+            limit = max(self.MIN_FEED, self.FEED_PER_POINT * len(self._readings))
+            while self._feed_refs > limit and len(feed) > 1:
+                self._feed_refs -= len(feed.popleft()[1])
         for listener in self._listeners:
             try:
                 listener(batch)
@@ -176,6 +197,23 @@ class PointStore:
             batch = self._transformed(batch, False)
         self._publish(batch)
         return changed
+
+    def changes_since(self, generation: int) -> tuple[int, set[PointRef] | None]:
+        """``(current generation, the points written after generation)``; the set is None when ``generation``
+        is older than the feed keeps (or unknown, e.g. -1): the caller then reads everything.  Any thread."""
+        with self._lock:
+            current = self.generation
+            if generation >= current:
+                return current, set()
+            feed = self._feed
+            if generation < 0 or not feed or feed[0][0] > generation + 1:
+                return current, None
+            changed: set[PointRef] = set()
+            for gen, refs in reversed(feed):
+                if gen <= generation:
+                    break
+                changed.update(refs)
+            return current, changed
 
     def get(self, ref: PointRef) -> Reading | None:
         return self._readings.get(ref)

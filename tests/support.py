@@ -95,7 +95,7 @@ class GatewayThread:
 
     def start(self) -> GatewayThread:
         self._thread.start()
-        self.call(self.gateway.start(services=self.services), timeout=self.timeout)
+        self.call(self.gateway.start(faces=self.services), timeout=self.timeout)
         if self.wait_points:
             expected = len(self.gateway.pointmap.refs(self.wait_points))
             self.wait_for(lambda: self.count_good(self.wait_points) >= expected,

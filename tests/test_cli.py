@@ -188,9 +188,10 @@ ECHO_FACE = '''
 import asyncio
 
 from gateway.hookspecs import hookimpl
+from gateway.service import Service
 
 
-class Echo:
+class Echo(Service):
     name = "echo"
 
     def __init__(self, port):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gateway.engine import WriteError
+from gateway.engine import DeviceWriteError as WriteError
 from gateway.modbus.planner import plan
 from gateway.points import PointRef, Quality
 from gateway.profiles import RegisterSpec

@@ -270,3 +270,27 @@ def test_new_settings_apply_at_once_and_keep_the_learnt_zero():
     sup.reconfigure(fill_defaults(SCHEMA, {"deadband_a": 1.0}))
     put_string(store, 1, FLOAT_V, -3.0 + 0.6 + 0.5, t + 20)
     assert store.value(PointRef("string.current", 1)) == 0.0 and sup.classifiers[1].zero.offset == offset
+
+
+def test_the_zero_command_goes_through_the_gateways_one_write_path(tmp_path):
+    """``string.zero_current`` (Modbus, REST, the web page and SNMP SET all call ``Gateway.write``): for
+    administrators only; the string's sensor reading becomes its zero and ``string.current_offset`` says so."""
+    from gateway.commands import Principal, WriteDenied
+    from tests.support import GatewayThread, small_bank, write_config
+
+    path = write_config(tmp_path, {"simulator": {"current_offset_a": -3.0}}, base=small_bank(1, 4))
+    with GatewayThread(path) as gt:
+        gw = gt.gateway
+        store = gw.store
+        gt.wait_for(lambda: store.value(PointRef("string.current_measured", 1)) is not None, what="a current")
+        assert store.value(PointRef("string.current_offset", 1)) == 0.0
+        zero = PointRef("string.zero_current", 1)
+        with pytest.raises(WriteDenied):
+            gt.call(gw.write(zero, 1, Principal("bob", "operator", "rest")))
+        done = gt.call(gw.write(zero, 1, Principal("alice", "admin", "rest")))
+        assert done.startswith("string 1: current sensor zeroed, offset ")
+        offset = float(done.split("offset ")[1].split(" A")[0])
+        assert offset == pytest.approx(gw.simulator.model.current_offset(1), abs=0.3)  # the clamp's own offset
+        gt.wait_for(lambda: store.value(PointRef("string.current_offset", 1)) == pytest.approx(offset, abs=0.01),
+                    what="the new offset published")
+        assert gw.status()["strings"]["strings"]["1"]["zeroed_by"] == "alice"

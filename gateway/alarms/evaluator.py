@@ -93,6 +93,13 @@ class Evaluator:
         self._slots: dict[tuple, list[tuple[Rule, list[Condition]]]] = {}
         self._samples: dict[tuple, deque[float]] = {}  # (N, point, string, cell, channel) -> last N new values
 
+    def carry_over(self, old: Evaluator) -> None:
+        """What the evaluator learnt that does not depend on the rules (string modes, the last ohmic values),
+        taken from the evaluator it replaces at a config reload."""
+        self.strings = old.strings
+        self._ohmic = old._ohmic
+        self._samples = old._samples  # the last ohmic tests the averaged rules judge
+
     # -- string mode ---------------------------------------------------------------------------------------
     def observe_state(self, string: int, state: float | None, ts: float) -> None:
         """A ``string.state`` value of the string (None: not known)."""

@@ -69,8 +69,8 @@ class AlarmManager:
         self._published: dict[PointRef, float] = {}
         self._lost_devices: set[str] = set()
         # bank devices (charger monitor, I/O module): their points tell that a lost device answers again
-        self._ref_device = {ref: ds.device.key for ds in gateway.engine.device_states() if ds.device.string is None
-                            for ref in ds.refs}
+        self._ref_device = {e.ref: dev.key for e in gateway.pointmap
+                            if (dev := gateway.pointmap.device_of(e.ref)) is not None and dev.string is None}
         self._level_refs = {pid: gateway.pointmap.refs(pid) for pid in OWN_POINTS if pid in catalog}
         self._references = {r.reference: PointRef(r.reference) for rules in self.rules.index.values() for r in rules
                             if r.reference}
@@ -108,6 +108,39 @@ class AlarmManager:
         self._timer.cancel()
         self.log.close()
         self.started = False
+
+    def reload(self, section: dict, analytics_section: dict | None = None) -> None:
+        """New rules while running (the section passed ``check``; ``analytics_section``: the analytics' new
+        section, whose thresholds are the ohmic rules' levels), in the event loop.  The active alarms whose
+        rule still exists carry on (their on- and off-delays with them); the others end now.  Then the
+        present value of every point is judged by the new rules, so a lowered setpoint raises without waiting
+        for the point to change (after its on-delay, like any alarm)."""
+        topo, catalog = self.gateway.topology, self.gateway.catalog
+        analytics = self.gateway.config.section("analytics") if analytics_section is None else analytics_section
+        rules = resolve(section, topo, catalog, src=str(self.gateway.config.path), ohmic=ohmic_levels(analytics))
+        evaluator = Evaluator(rules, FloatPolicy.from_section(section), string_states(catalog))
+        evaluator.carry_over(self.evaluator)
+        with self._lock:
+            alarms = list(self._active.values())
+        gone = [a for a in alarms if evaluator.restore(a.key, a.value, a.raised_ts) is None]
+        self.section, self.rules, self.evaluator = section, rules, evaluator
+        self._references = {r.reference: PointRef(r.reference) for rs in rules.index.values() for r in rs
+                            if r.reference}
+        now = self.clock()
+        for a in gone:
+            self._end(a, f"{a.object}: alarm ended, its rule is no longer configured", now)
+        self._on_batch([(ref, r) for ref, r in self.store.snapshot().items() if r.quality is Quality.GOOD])
+
+    def _end(self, a: ActiveAlarm, text: str, ts: float) -> None:
+        """An active alarm ends without its condition resetting (its rule was removed)."""
+        with self._lock:
+            self._by_key.pop(a.key, None)
+            self._active.pop(a.alarm_id, None)
+        self.log.record_clear(a.alarm_id, ts, None, text)
+        self._publish_levels()
+        self.events += 1
+        log.info("alarm %d cleared %s: %s", a.alarm_id, a.object, text)
+        call_each(self.gateway.pm.hook.bmsgw_alarm_event, gateway=self.gateway, event=a.event(False, ts, text=text))
 
     def _restore(self) -> None:
         now = self.clock()

@@ -15,12 +15,15 @@ import datetime as _dt
 import logging
 import statistics
 import time
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..commands import Command, Principal, WriteFailed
 from ..errors import GatewayError
 from ..hookspecs import hookimpl
+from ..pointmap import require_position
+from ..points import PointRef
+from ..service import ReloadResult, Service
 from ..strings.states import string_states
 from .engine import Analytics, parse_date
 from .state import DAY_S, Baseline, StateDB
@@ -85,9 +88,6 @@ ANALYTICS_SCHEMA = _obj({
                        "undercharge_v_per_cell": _n(0.05, 0.005, 1)}),
 })
 
-_running: weakref.WeakKeyDictionary[Gateway, AnalyticsService] = weakref.WeakKeyDictionary()
-
-
 def state_path(config: Config) -> Path:
     p = Path(config.section("analytics").get("path", "analytics.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
@@ -98,8 +98,9 @@ def open_state(config: Config, readonly: bool = False) -> StateDB:
 
 
 def analytics_for(gateway: Gateway) -> Analytics | None:
-    svc = _running.get(gateway)
-    return svc.engine if svc is not None else None
+    """The running analytics engine of a gateway (None when analytics is off or not started)."""
+    svc = gateway.service("analytics")
+    return svc.engine if isinstance(svc, AnalyticsService) else None
 
 
 def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = None,
@@ -122,8 +123,11 @@ def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = N
     return b
 
 
-class AnalyticsService:
+class AnalyticsService(Service):
+    """SOC/SOH, baselines, forecasts and diagnoses of one gateway, computed every ``interval_s``."""
+
     name = "analytics"
+    sections = ("analytics",)
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -140,7 +144,6 @@ class AnalyticsService:
                                          states=string_states(gw.catalog))
         gw.store.subscribe(engine.observe)
         self._task = asyncio.create_task(self._run(engine, state), name="analytics")
-        _running[gw] = self
 
     async def _run(self, engine: Analytics, state: StateDB) -> None:
         gw = self.gateway
@@ -160,6 +163,19 @@ class AnalyticsService:
                 await asyncio.to_thread(state.share)
             await asyncio.sleep(self.cfg["interval_s"])
 
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Thresholds, SOC parameters, intervals apply from the next tick; what was learnt carries on (SOC,
+        open discharges, baselines, trends).  A new ``path`` (the state file) waits for a restart."""
+        cfg = config.section("analytics")
+        result = ReloadResult()
+        if cfg["path"] != self.cfg["path"]:
+            result.restart.append("analytics.path")
+            cfg = {**cfg, "path": self.cfg["path"]}
+        self.cfg = cfg
+        if self.engine is not None:
+            self.engine.apply_config(cfg)
+        return result
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -170,7 +186,6 @@ class AnalyticsService:
             self.engine.close()
         if self.state is not None:
             self.state.close()
-        _running.pop(self.gateway, None)
 
     def endpoints(self) -> list[str]:
         return [f"sqlite://{self.state.path}"] if self.state is not None else []
@@ -185,6 +200,22 @@ class AnalyticsService:
             out["save_errors"] = e.persist_errors
         return out
 
+    @hookimpl
+    def bmsgw_commands(self) -> list[Command]:
+        """``string.reset_ohmic_baseline`` (Modbus 9100 + string - 1): write a battery number to forget its
+        baseline after a replacement; a new one is taken after the settling period."""
+        def reset(ref: PointRef, value: float, by: Principal) -> str:
+            string = self.gateway.topology.string(require_position(ref.string, ref, "string"))
+            cell = int(value)
+            if cell != value or not 1 <= cell <= string.cells:
+                raise ValueError(f"string {string.id} has batteries 1..{string.cells}, not {value:g}")
+            if self.state is None:
+                raise WriteFailed("the analytics state is not open")
+            self.state.clear_baseline(string.id, cell)
+            return f"string {string.id} battery {cell}: baseline cleared; a new one is taken after settling"
+
+        return [Command("string.reset_ohmic_baseline", reset, role="operator")]
+
 
 # -- hooks --------------------------------------------------------------------------------------------------
 @hookimpl
@@ -193,41 +224,8 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_modbus_write_handlers(gateway: Gateway) -> list:
-    """Holding registers 9100 + (string - 1): write a battery number to reset its ohmic baseline (it is
-    taken again automatically after the settling period), when Modbus writes are enabled."""
-    from ..hookspecs import MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler
-
-    svc = _running.get(gateway)
-    state = svc.state if svc is not None else None
-    if state is None:
-        return []
-    handlers = []
-    for s in gateway.topology.strings:
-        def reset(words: list[int], client: str, string=s) -> None:
-            cell = words[0]
-            if not 1 <= cell <= string.cells:
-                raise ValueError(f"string {string.id} has batteries 1..{string.cells}, not {cell}")
-            state.clear_baseline(string.id, cell)
-            log.info("Modbus client %s reset the baseline of string %d battery %d", client, string.id, cell)
-
-        handlers.append(ModbusWriteHandler(MODBUS_BASELINE_RESET_REGISTER + s.id - 1, f"baseline.reset.{s.id}",
-                                           f"write a battery number: reset its ohmic baseline in string {s.id}",
-                                           reset))
-    return handlers
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    if not gateway.config.section("analytics").get("enabled", True):
-        return []
-    return [AnalyticsService(gateway)]
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    svc = _running.get(gateway)
-    return {"analytics": svc.status()} if svc is not None else {}
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    return [AnalyticsService(gateway)] if gateway.config.section("analytics")["enabled"] else []
 
 
 def _load_config(args) -> Config:

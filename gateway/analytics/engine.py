@@ -45,6 +45,15 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def soc_params(s: StringConfig, sc: dict) -> SocParams:
+    """A string's SOC model from its battery and the ``analytics.soc`` settings."""
+    return SocParams(
+        capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
+        peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
+        temp_coeff=sc["temp_coeff"], anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
+        min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
+
+
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
                  now: float | None = None, states: StringStates | None = None) -> None:
@@ -56,18 +65,10 @@ class Analytics:
         self.store = store
         self.strings = {s.id: s for s in strings}
         self.install_ts: dict[int, float | None] = {}
-        for s in strings:
-            self.install_ts[s.id] = parse_date(cfg.get("install_dates", {}).get(str(s.id)) or cfg.get("install_date"))
-        sc = cfg["soc"]
         saved = state.load_soc()
-        self.soc: dict[int, StringSoc] = {}
-        for s in strings:
-            params = SocParams(
-                capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
-                peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
-                temp_coeff=sc["temp_coeff"], anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
-                min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
-            self.soc[s.id] = StringSoc(s.id, params, self.codes, saved.get(s.id))
+        self.soc: dict[int, StringSoc] = {
+            s.id: StringSoc(s.id, soc_params(s, cfg["soc"]), self.codes, saved.get(s.id)) for s in strings}
+        self._take_settings(cfg)
         self.refs = {p: {(s.id, c): PointRef(p, s.id, c) for s in strings for c in range(1, s.cells + 1)}
                      for p in CELL_INPUTS}
         self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
@@ -78,7 +79,6 @@ class Analytics:
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
         self._last_pub: dict[tuple, tuple[float | None, float]] = {}
-        self.republish_s = float(cfg.get("republish_s", 60.0))  # unchanged values are put again this often
         self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
@@ -101,6 +101,21 @@ class Analytics:
         self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
         self.recent_tests: dict[tuple[int, int], deque[float]] = {}  # the last ohmic test results per battery
         self._gen = state.generation()
+
+    def _take_settings(self, cfg: dict) -> None:
+        self.cfg = cfg
+        for sid in self.strings:
+            self.install_ts[sid] = parse_date(cfg.get("install_dates", {}).get(str(sid)) or cfg.get("install_date"))
+        self.republish_s = float(cfg.get("republish_s", 60.0))  # unchanged values are put again this often
+
+    def apply_config(self, cfg: dict) -> None:
+        """A changed ``analytics`` section while running (thresholds, SOC parameters, install dates): taken
+        between two ticks; what was learnt (SOC, open discharges, baselines, trends) carries on."""
+        with self.lock:
+            self._take_settings(cfg)
+            for sid, soc in self.soc.items():
+                soc.p = soc_params(self.strings[sid], cfg["soc"])
+            self.next_jobs = min(self.next_jobs, time.time())  # forecasts and verdicts with the new thresholds
 
     # -- external changes (CLI, web) ----------------------------------------------------------------------------
     def _reload(self, now: float) -> None:

@@ -125,6 +125,11 @@ class Recorder:
             self._families[point] = keep
             return keep
 
+    def set_filter(self, point_filter: Callable[[PointSpec], bool]) -> None:
+        """Record what ``point_filter`` keeps from now on (a config reload); series already stored stay."""
+        self.filter = point_filter
+        self._families = {}
+
     def _interval_for(self, point: str) -> int:
         for pattern, seconds in self.intervals.items():
             if fnmatch.fnmatchcase(point, pattern):

@@ -73,6 +73,10 @@ class Notifier(ABC):
     def deliver(self, recipient: str | None, item: Item) -> None:
         """Send ``item`` to ``recipient``; raise DeliveryError when it could not be delivered."""
 
+    def take_over(self, old: Notifier) -> None:
+        """Carry over what matters from the notifier this one replaces at a config reload (default: nothing)."""
+        return None
+
     def check_recipient(self, recipient: str) -> str | None:
         """Why ``recipient`` is not a valid address for this notifier (None when it is)."""
         return None

@@ -6,10 +6,11 @@ It runs whether or not the analytics do: alarms, analytics, SNMP (UPS-MIB on bat
 read what it publishes (``string.state``, ``string.on_battery_time``, the offset-corrected ``string.current``
 with ``string.current_measured`` beside it, ``string.current_offset``, ``string.thermal_runaway`` ...).
 
-Python API (the web/REST/Modbus command points call it)::
+The manual zero is the writable command point ``string.zero_current`` (write 1; Modbus, REST, the web page,
+SNMP SET through ``Gateway.write``, for administrators), or in Python::
 
     from gateway import strings
-    sup = strings.supervisor_for(gateway)      # None before the gateway is ready
+    sup = strings.supervisor_for(gateway)      # None while the gateway is not running
     sup.zero_current(2, by="alice")            # string 2 carries no current now: zero its sensor
 """
 from __future__ import annotations
@@ -18,21 +19,25 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..commands import Command, Principal, WriteFailed
 from ..hookspecs import hookimpl
+from ..pointmap import require_position
+from ..points import PointRef
+from ..service import ReloadResult, Service
 from .classifier import ClassifierParams, StringClassifier, ZeroRefused, ZeroState
 from .states import StringStates, string_states
 from .supervisor import STATE_FILE, StringSupervisor
 
 if TYPE_CHECKING:
     from ..app import Gateway
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassifierParams", "StringClassifier", "StringStates", "StringSupervisor", "ZeroRefused", "ZeroState",
-           "SCHEMA", "string_states", "supervisor_for", "make_supervisor"]
+__all__ = ["SCHEMA", "ClassifierParams", "StringClassifier", "StringService", "StringStates", "StringSupervisor",
+           "ZeroRefused", "ZeroState", "make_supervisor", "string_states", "supervisor_for"]
 
 
 def _n(default: float, minimum: float, maximum: float, desc: str = "") -> dict:
@@ -86,12 +91,10 @@ SCHEMA = {
     },
 }
 
-_supervisors: weakref.WeakKeyDictionary[Gateway, StringSupervisor] = weakref.WeakKeyDictionary()
-
-
 def supervisor_for(gateway: Gateway) -> StringSupervisor | None:
-    """The gateway's string supervisor (made when the gateway is ready)."""
-    return _supervisors.get(gateway)
+    """The gateway's string supervisor while it runs."""
+    svc = gateway.service("strings")
+    return svc.supervisor if isinstance(svc, StringService) else None
 
 
 def make_supervisor(gateway: Gateway, persist: bool = True) -> StringSupervisor:
@@ -104,39 +107,68 @@ def make_supervisor(gateway: Gateway, persist: bool = True) -> StringSupervisor:
     return sup
 
 
-class StringService:
-    """Ticks the supervisor; saves the zero offsets at the stop."""
+class StringService(Service):
+    """The string supervision of one gateway: its transforms on the store from start to stop, the tick, the
+    saved zero offsets, and the ``string.zero_current`` command."""
 
     name = "strings"
+    sections = ("string_state",)
 
-    def __init__(self, supervisor: StringSupervisor, interval_s: float) -> None:
-        self.supervisor = supervisor
-        self.interval_s = interval_s
-        self._task: asyncio.Task | None = None
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.supervisor: StringSupervisor | None = None
+        self._task: asyncio.Task[None] | None = None
         self.errors = 0
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="strings")
+        self.supervisor = make_supervisor(self.gateway)
+        self._task = asyncio.create_task(self._run(self.supervisor), name="strings")
 
-    async def _run(self) -> None:
+    async def _run(self, supervisor: StringSupervisor) -> None:
         while True:
             try:
-                self.supervisor.tick(time.time())
+                supervisor.tick(time.time())
             except Exception:
                 self.errors += 1
                 log.exception("string supervision: tick failed")
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(float(supervisor.section.get("interval_s", 10)))
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.supervisor.save()
+        if self.supervisor is not None:
+            self.supervisor.save()
+            self.supervisor.uninstall()
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """New thresholds, deadband, zero and runaway settings apply at once; each string keeps its zero."""
+        if self.supervisor is not None:
+            self.supervisor.reconfigure(config.section("string_state"))
+        return ReloadResult()
+
+    def status(self) -> dict[str, Any]:
+        sup = self.supervisor
+        return {"strings": sup.status(), "errors": self.errors} if sup is not None else {}
 
     def endpoints(self) -> list[str]:
-        path = self.supervisor.state_path
+        path = self.supervisor.state_path if self.supervisor is not None else None
         return [f"zero offsets {path}"] if path is not None else []
+
+    @hookimpl
+    def bmsgw_commands(self) -> list[Command]:
+        """``string.zero_current`` (write 1): the string carries no current now (its breaker open, the clamp
+        off the cable): its sensor's present reading becomes its zero offset.  For administrators."""
+        def zero(ref: PointRef, value: float, by: Principal) -> str:
+            sup = self.supervisor
+            if sup is None:
+                raise WriteFailed("the string supervision is not running")
+            string = require_position(ref.string, ref, "string")
+            offset = sup.zero_current(string, by=by.name or by.via)  # ZeroRefused is a ValueError: refused
+            return f"string {string}: current sensor zeroed, offset {offset:+.2f} A"
+
+        return [Command("string.zero_current", zero, role="admin")]
 
 
 # -- hooks ---------------------------------------------------------------------------------------------------
@@ -146,28 +178,5 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_gateway_ready(gateway: Gateway) -> None:
-    if gateway not in _supervisors:
-        _supervisors[gateway] = make_supervisor(gateway)
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    sup = _supervisors.get(gateway)
-    if sup is None:
-        return []
-    return [StringService(sup, float(gateway.config.section("string_state").get("interval_s", 10)))]
-
-
-@hookimpl
-def bmsgw_config_reloaded(gateway: Gateway, sections: list[str]) -> None:
-    sup = _supervisors.get(gateway)
-    if sup is not None and "string_state" in sections:
-        sup.reconfigure(gateway.config.section("string_state"))
-        log.info("string supervision: the new string_state settings apply now")
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    sup = _supervisors.get(gateway)
-    return {"strings": sup.status()} if sup is not None else {}
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    return [StringService(gateway)]

@@ -26,9 +26,8 @@ from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.outputs.snmp.fastpath import FastPath
 from tests.fuzz.cases import fuzz_settings, ran
 from tests.fuzz.netcheck import ErrorLog, open_fds, rss_mib
-from tests.snmp_support import V3_USER, free_udp_port, net_snmp_env
+from tests.snmp_support import V3_USER, free_udp_port, net_snmp_env, request
 from tests.support import GatewayThread, small_bank, write_config
-from tests.test_snmp_fastpath import request
 
 BASE = (1, 3, 6, 1, 4, 1, 32473)
 SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
@@ -45,7 +44,7 @@ def agents(tmp_path_factory):
                               "prometheus": {"enabled": False}}, base=small_bank(1, 4))
     with ErrorLog() as errors, GatewayThread(path) as gt:
         gw = gt.gateway
-        fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
+        fast = gw.service('snmp').agent
         slow = SnmpAgent(gw, {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False})
         gt.call(slow.start())
         gt.call(gw.engine.stop())  # the store stands still: both agents must give the same bytes

@@ -174,7 +174,7 @@ class GatewayProcess:
 def served_ranges(config: Path) -> list[list[int]]:
     """The register ranges the Modbus TCP face serves for this config (what a SCADA reads from the regmap)."""
     from gateway.app import Gateway
-    from gateway.outputs.modbus_tcp import served_ranges as ranges
+    from gateway.outputs.modbus_tcp.face import served_ranges as ranges
 
     data = yaml.safe_load(config.read_text())
     gw = Gateway(config, simulator=False, port_overrides={b["name"]: "(not opened)" for b in data["buses"]})

@@ -22,11 +22,12 @@ from pysnmp.entity import config as snmp_config, engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
+from pysnmp.smi import error as smi_error
 
 from ... import fsutil
+from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
 from ...config import address_allowed, parse_listen, parse_networks
-from ...errors import GatewayError
-from ...points import PointRef, Reading
+from ...service import StartError
 from . import ber
 from .alarms import AlarmRow, AlarmTable
 from .controller import IndexController, to_pyasn1
@@ -49,7 +50,7 @@ READ_VIEW = (1, 3, 6, 1)
 STATE_FILE = "snmp-engine.json"
 
 
-class SnmpStartError(GatewayError):
+class SnmpStartError(StartError):
     pass
 
 
@@ -175,6 +176,64 @@ class BulkResponder(cmdrsp.BulkCommandResponder):
         super().handle_management_operation(snmpEngine, stateReference, contextName, PDU)
 
 
+# RFC 3416 error-status values of a SET: what Gateway.write refused, in SNMP's words.
+_SET_ERRORS = ((WriteDenied, "noAccess"), (NotWritable, "notWritable"), (WriteRejected, "wrongValue"),
+               (WriteFailed, "commitFailed"), (WriteError, "genErr"))
+
+
+class SetResponder(cmdrsp.SetCommandResponder):
+    """SET for SNMPv3 users with write access: each variable written through ``Gateway.write``.
+
+    Who may write is decided here, not by VACM: pysnmp 7.1.30's VACM *returns* (instead of raising) its
+    notInView verdict for a view with no entries, so an empty write view lets every write through its check.
+    A SET is refused (noAccess) unless it comes over SNMPv3 (USM), ``snmp.writes.enabled`` is on and the
+    user's role is above viewer; ``Gateway.write`` then checks that role against the command and logs who did
+    it.  A write may reach a device over RS485, so the answer is sent from a task once the writes are done;
+    the variables are written in order and the first refusal ends the request (commands cannot be undone, so
+    a SET of several is not atomic)."""
+
+    agent: SnmpAgent
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._answering: set[int] = set()  # requests whose answer a task sends: their state must stay
+
+    def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
+        varbinds = v2c.apiPDU.get_varbinds(PDU)
+        request = snmpEngine.observer.get_execution_context("rfc3412.receiveMessage:request")
+        user = str(request["securityName"])
+        role = self.agent.write_role(int(request["securityModel"]), user)
+        if role is None:
+            raise smi_error.NoAccessError(name=varbinds[0][0] if varbinds else None, idx=0)
+        plan = [(idx, tuple(name), value) for idx, (name, value) in enumerate(varbinds)]
+        self._answering.add(stateReference)
+        task = asyncio.ensure_future(self._write(snmpEngine, stateReference, Principal(user, role, "snmp"),
+                                                 varbinds, plan))
+        self.agent.pending_sets.add(task)
+        task.add_done_callback(self.agent.pending_sets.discard)
+
+    def release_state_information(self, stateReference):
+        if stateReference not in self._answering:  # process_pdu releases it at once; the task does later
+            super().release_state_information(stateReference)
+
+    async def _write(self, engine, state_reference, by: Principal, varbinds, plan) -> None:
+        status: int | str = 0  # 0, or an RFC 3416 error-status name
+        index = 0
+        try:
+            for idx, oid, value in plan:
+                try:
+                    await self.agent.write_oid(oid, value, by)
+                except WriteError as exc:
+                    status = next(code for cls, code in _SET_ERRORS if isinstance(exc, cls))
+                    index = idx + 1
+                    log.info("SNMP SET by %s of %s refused: %s", by.name, ".".join(map(str, oid)), exc)
+                    break
+            self.send_varbinds(engine, state_reference, status, index, varbinds)
+        finally:
+            self._answering.discard(state_reference)
+            super().release_state_information(state_reference)
+
+
 class SnmpAgent:
     """The ``snmp`` face: one per gateway, started by ``bmsgw run``."""
 
@@ -197,34 +256,39 @@ class SnmpAgent:
             counters=self.counters, engine=self.engine_info)
         sections = [vendor_section(self.data), system_section(self.data), ups_section(self.data),
                     *entity_sections(self.data)]
-        self.index = OidIndex(sections, alarm_prefix(self.base))
+        self.index = OidIndex(sections, alarm_prefix(self.base), store=gateway.store)
         self.alarms = AlarmTable(self.data, self.index, gateway.pointmap, gateway.catalog)
         self.engine: snmp_engine.SnmpEngine | None = None
         self.transport: FastUdpTransport | None = None
         self.fast: FastPath | None = None
         self.bound: tuple[str, int] | None = None
+        self.sock: socket.socket | None = None
         self.engine_id = b""
         self.boots = 1
         self._targets: list[dict] = []
         self._ntf: ntforg.NotificationOriginator | None = None
         self.sent = {"traps": 0, "informs": 0, "informs_acknowledged": 0, "failed": 0}
         self.responders: list = []
-
-    # -- the store tells the index which cached encodings are out of date ------------------------------
-    def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
-        invalidate = self.index.invalidate
-        for ref, _reading in batch:
-            invalidate(ref)
+        objects = self.base + (1,)
+        # the instance OID of every writable point: commands, and device points such as the relay
+        self.writable = {objects + e.oid: e for e in (*gateway.pointmap.commands,
+                                                      *(e for e in gateway.pointmap if e.spec.writable))}
+        self.pending_sets: set[asyncio.Task] = set()
 
     # -- start / stop ------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind ``snmp.listen`` (or take ``sock``, a socket bound there already: a reload hands over the old
+        agent's, so no request goes unanswered) and serve."""
         cfg = self.cfg
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((resolve(self.listen[0]), self.listen[1]))
-        except OSError as exc:
-            sock.close()
-            raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((resolve(self.listen[0]), self.listen[1]))
+            except OSError as exc:
+                sock.close()
+                raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") \
+                    from None
+        self.sock = sock
         bound: tuple[str, int] = sock.getsockname()[:2]
         self.bound = bound
         state_path = self.gateway.config.state_dir / STATE_FILE
@@ -257,7 +321,6 @@ class SnmpAgent:
         except Exception:
             await self.stop()
             raise
-        self.gateway.store.subscribe(self._on_batch)
         self._warn_open_community(bound)
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
                  "%d instances)", bound[0], bound[1], "on" if self.community else "off", len(self.users),
@@ -286,8 +349,10 @@ class SnmpAgent:
         snmp_ctx.register_context_name(b"", IndexController(self.index))
         bulk = BulkResponder(engine, snmp_ctx)
         bulk.max_varbinds = cfg["max_bulk_varbinds"]
+        setter = SetResponder(engine, snmp_ctx)
+        setter.agent = self
         self.responders = [cmdrsp.GetCommandResponder(engine, snmp_ctx), cmdrsp.NextCommandResponder(engine, snmp_ctx),
-                           bulk, cmdrsp.SetCommandResponder(engine, snmp_ctx)]
+                           bulk, setter]
         self._configure_notifications(engine)
 
         if self.community and cfg["fast_path"]:
@@ -307,6 +372,7 @@ class SnmpAgent:
                                     PRIV[user["priv"]], _usm_key(user["priv_key"], master),
                                     authKeyType=key_type, privKeyType=key_type)
             snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
+                                      writeSubTree=self.base + (1,) if self.write_role(3, name) else (),
                                       notifySubTree=READ_VIEW if name in notify_users else ())
 
     def _configure_notifications(self, engine) -> None:
@@ -338,7 +404,6 @@ class SnmpAgent:
         self._ntf = ntforg.NotificationOriginator()
 
     async def stop(self) -> None:
-        self.gateway.store.unsubscribe(self._on_batch)
         if self.engine is not None:
             dispatcher = self.engine.transport_dispatcher
             if dispatcher is not None:
@@ -351,6 +416,26 @@ class SnmpAgent:
         out = [f"snmp://{host}:{port} ({'v2c and ' if self.community else ''}{len(self.users)} v3 user(s))"]
         out += [f"snmp {t['kind']} -> {t['where']} ({t['version']})" for t in self._targets]
         return out
+
+    # -- writes (SET) -----------------------------------------------------------------------------------
+    def write_role(self, security_model: int, user: str) -> str | None:
+        """The role a SET acts with, or None when it may not write at all: SNMPv3 users only, with
+        ``snmp.writes.enabled`` on and a role above viewer."""
+        if security_model != 3 or not self.cfg["writes"]["enabled"] or user not in self.users:
+            return None
+        role = self.users[user]["role"]
+        return role if role != "viewer" else None
+
+    async def write_oid(self, oid: tuple[int, ...], value, by: Principal) -> None:
+        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write."""
+        entry = self.writable.get(oid)
+        if entry is None:
+            raise NotWritable(f"{'.'.join(map(str, oid))} is not a writable object")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise WriteRejected(f"{entry.ref.point} takes a number") from None
+        await self.gateway.write(entry.ref, number * entry.spec.scale, by)
 
     # -- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

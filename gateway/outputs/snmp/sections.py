@@ -136,6 +136,9 @@ def vendor_section(data: AgentData) -> Section:
         else:
             fn = gauge_fn(store, e.ref, spec)
         sec.add(obj, index, fn, dep=e.ref)
+    for e in data.pointmap.commands:  # writable names, not values: they read 0 (SET carries them out)
+        obj = objects + (e.oid[:3] if e.spec.scope == "string" else e.oid[:2])
+        sec.static(obj, e.oid[len(obj) - len(objects):], (ber.GAUGE32 if e.spec.dtype == "uint32" else ber.INTEGER, 0))
     return sec
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, make_response, request
 
-from gateway.errors import ConfigError
+from gateway.commands import NotWritable, WriteDenied, WriteError, WriteFailed, WriteRejected
+from gateway.errors import ConfigError, GatewayError
 from gateway.regmap import COLUMNS, rows
 
 from .app import requires
@@ -327,13 +328,59 @@ def alarms(state: str, limit: int):
            role="operator", errors=(404, 503))
 def acknowledge(alarm_id: str):
     """Needs the operator role. With a session, send the page's CSRF token in ``X-CSRF-Token``."""
+    from .app import principal
+
     user = g.user.name
-    result = _ctx().sources.acknowledge(alarm_id, user)
+    result = _ctx().sources.acknowledge(alarm_id, principal())
     if result is None:
         raise ApiError(503, "no alarm engine is installed")
     if not result:
         raise ApiError(404, f"no alarm {alarm_id}")
     return {"id": alarm_id, "acknowledged": True, "by": user}
+
+
+@operation("/commands", "GET", "The commands and writable points, what they take and who may write them",
+           ref("CommandList"), tag="commands",
+           params=[Param("string", {"type": "integer", "minimum": 0, "maximum": 4},
+                         description="only this string's (0: the gateway's and the bank's)")])
+def commands(string: int | None):
+    return {"commands": _view().commands(string)}
+
+
+WRITE_STATUS = ((NotWritable, 404), (WriteDenied, 403), (WriteRejected, 400), (WriteFailed, 502))
+
+
+@operation("/points/<path:path>", "POST", "Write a writable point or run a command", ref("Written"), role="operator",
+           tag="commands", body={"type": "object", "required": ["value"], "additionalProperties": False,
+                                 "properties": {"value": {"type": "number"}}},
+           params=[Param("path", {"type": "string", "minLength": 1, "maxLength": 128,
+                                  "pattern": r"^[a-z0-9_/]+$"}, "path", True,
+                         "the point's JSON path, e.g. strings/1/commands/reset_ohmic_baseline (GET /commands)")],
+           errors=(400, 403, 404, 415, 502, 503))
+def write_point(path: str):
+    """Through the gateway's one write path: the command's own role is checked (403 names it), the value
+    against what the point takes (400), and the write is logged with who did it.  502: a device did not
+    answer (the relay's I/O module)."""
+    from .app import principal
+
+    entry = _view().writable.get(path)
+    if entry is None:
+        raise ApiError(404, f"no writable point {path!r}; GET /api/v1/commands lists them", "path")
+    if not request.is_json:
+        raise ApiError(415, 'send {"value": NUMBER} as application/json')
+    data = request.get_json(silent=True)
+    value = data.get("value") if isinstance(data, dict) and set(data) == {"value"} else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, 'expected {"value": NUMBER}', "value")
+    by = principal()
+    try:
+        done = _ctx().gateway.write_from_thread(entry.ref, value, by)
+    except WriteError as exc:
+        status = next((code for cls, code in WRITE_STATUS if isinstance(exc, cls)), 500)
+        raise ApiError(status, str(exc), "value" if status == 400 else None) from None
+    except GatewayError as exc:  # not running
+        raise ApiError(503, str(exc)) from None
+    return {"point": entry.spec.id, **entry.ref.keys(), "value": value, "result": done, "by": by.name}
 
 
 @operation("/io", "GET", "Charger monitor and room I/O (bank-level points)", ref("IoList"), tag="bank")

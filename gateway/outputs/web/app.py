@@ -11,11 +11,12 @@ from flask import Flask, g, redirect, render_template, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
+from gateway.commands import Principal
 from gateway.exposition import metrics_response
 
 from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
 from .data import BankView
-from .settings import ROLES, WebSettings
+from .schema import ROLES, WebSettings
 from .sources import Sources
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ class WebContext:
         self.sources = Sources(gateway)
         self.view = BankView(gateway)
 
-    def reload(self) -> None:
+    def reload(self, config) -> None:
         """Apply a reloaded ``web`` section (what can change without re-binding the socket)."""
-        new = WebSettings.from_section(self.gateway.config.section("web"), str(self.gateway.config.path))
+        new = WebSettings.from_section(config.section("web"), str(config.path))
         old = self.settings
-        self.settings = dataclasses.replace(new, host=old.host, port=old.port, threads=old.threads, tls=old.tls,
-                                            tls_cert=old.tls_cert, tls_key=old.tls_key)
+        # TLS and the worker threads are the running server's (they wait for a restart); the listen address
+        # is the face's to move (WebService.reload)
+        self.settings = dataclasses.replace(new, threads=old.threads, tls=old.tls, tls_cert=old.tls_cert,
+                                            tls_key=old.tls_key)
         self.users.config_users = {u["name"]: u for u in new.config_users}
         self.sessions.idle_s, self.sessions.max_age_s = new.idle_s, new.max_age_s
         th = self.throttle
@@ -97,6 +100,12 @@ def is_local(addr: str | None) -> bool:
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def principal() -> Principal:
+    """Who the request acts for, as ``Gateway.write`` takes it: the user (or API token) and its role."""
+    user = g.user
+    return Principal(user.name, user.role, "rest" if is_api() else "web", request.remote_addr or "")
 
 
 def csrf_binding() -> str | None:

@@ -31,7 +31,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from ... import fsutil
-from .settings import ROLES
+from .schema import ROLES
 
 log = logging.getLogger(__name__)
 

@@ -14,27 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import logging
 import struct
 import threading
-import time
-import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pymodbus.constants import DeviceInformation, ExcCodes
 from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
-from .. import __version__
-from ..config import address_allowed, parse_listen, parse_networks
-from ..engine import WriteError
-from ..errors import ConfigError, GatewayError
-from ..hookspecs import ModbusWriteHandler, hookimpl
-from ..modbus.codecs import northbound_words, raw_from_words
-from ..pointmap import (
+from ... import __version__
+from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
+from ...config import address_allowed, parse_listen, parse_networks
+from ...errors import ConfigError
+from ...modbus.codecs import northbound_words, raw_from_words
+from ...net.limits import limits_from_section
+from ...net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
+from ...pointmap import (
     BANK_BASE,
     CELL_BASE,
     CELL_SLOT_SIZE,
@@ -46,19 +43,20 @@ from ..pointmap import (
     PointMap,
     require_position,
 )
-from ..points import PointRef, PointStore, Quality
-from ..topology import MAX_CELLS
+from ...points import PointRef, PointStore, Quality
+from ...service import ReloadResult, Service
+from ...topology import MAX_CELLS
+from .schema import DEFAULT_LIMITS, LEGACY_LIMIT_KEYS, MAX_MBAP_LENGTH, SECTION
 
 if TYPE_CHECKING:
-    from ..app import Gateway
+    from ...app import Gateway
+    from ...config import Config
 
 log = logging.getLogger(__name__)
 
-SECTION = "modbus_tcp"
 READ_HOLDING, READ_INPUT, WRITE_SINGLE, WRITE_MULTIPLE, MEI = 0x03, 0x04, 0x06, 0x10, 0x2B
 MEI_DEVICE_ID = 0x0E
 MAX_READ, MAX_WRITE = 125, 123
-MAX_MBAP_LENGTH = 254  # unit id + PDU (at most 253 bytes)
 GAP_FILL = 0xFFFF  # registers inside a served range that no point occupies
 CONFORMITY = 0x82  # regular identification, stream and individual access
 MAX_BACKLOG = 64 * 1024  # bytes of pipelined requests held while a write is pending, then reading pauses
@@ -68,54 +66,6 @@ _HEADER = struct.Struct(">HHHB")
 _READ_REQ = struct.Struct(">HH")
 _READ_RESP = struct.Struct(">HHHBBB")
 _EXC = struct.Struct(">HHHBBB")
-
-_ADDR = r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?"
-CONFIG_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "default": {},
-    "properties": {
-        "enabled": {"type": "boolean", "default": True},
-        "listen": {"type": "string", "default": "127.0.0.1:5020",
-                   "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
-                   "description": "host:port to listen on ([v6-address]:port for IPv6; port 0 = any free port)"},
-        "unit_ids": {"type": "array", "minItems": 1, "maxItems": 256, "uniqueItems": True,
-                     "items": {"type": "integer", "minimum": 0, "maximum": 255}, "default": [0, 1, 255],
-                     "description": "unit ids answered; they all address the same register map"},
-        "unknown_unit": {"enum": ["exception", "ignore"], "default": "exception",
-                         "description": "a request for another unit id: exception 0x0B, or no answer at all"},
-        "max_connections": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 32,
-                            "description": "open connections at most; when all are taken, a new client replaces "
-                                           "the connection that has sent no complete request for the longest, "
-                                           "if that is over request_timeout_s, else it is refused"},
-        "idle_timeout_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 300,
-                           "description": "close a connection that sent no complete request for this long (0 = never)"},
-        "request_timeout_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 10,
-                              "description": "close a connection whose request has not arrived whole this long "
-                                             "after its first byte (a slow or broken client; 0 = never)"},
-        "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"}, "default": [],
-                       "description": "client addresses or networks that may connect; empty = any"},
-        "identity": {
-            "type": "object", "additionalProperties": False, "default": {},
-            "description": "FC43/14 device identification objects",
-            "properties": {
-                "vendor_name": {"type": "string", "maxLength": 64, "default": "bmsgw"},
-                "product_code": {"type": "string", "maxLength": 32, "default": "BMSGW"},
-                "vendor_url": {"type": "string", "maxLength": 64, "default": ""},
-                "product_name": {"type": "string", "maxLength": 64, "default": "Battery monitoring gateway"},
-                "model_name": {"type": "string", "maxLength": 32, "default": "bmsgw"},
-            },
-        },
-        "writes": {
-            "type": "object", "additionalProperties": False, "default": {},
-            "properties": {
-                "enabled": {"type": "boolean", "default": False,
-                            "description": "accept FC6/FC16 to the writable registers (README: Modbus TCP)"},
-                "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"},
-                               "default": [], "description": "client addresses or networks that may write"},
-            },
-        },
-    },
-}
-
 
 # -- the register image ----------------------------------------------------------------------------------------
 def served_ranges(pointmap: PointMap) -> list[tuple[int, int]]:
@@ -181,55 +131,40 @@ class RegisterImage:
         packers = {1: struct.Struct(">H"), 2: struct.Struct(">HH")}
         for e in pointmap:
             self._slots[e.ref] = (2 * e.address, e.spec.dtype, e.spec.scale, packers[e.spec.width])
-        self._dirty: set[PointRef] = set()
-        self._lock = threading.Lock()
-        self.generation = -1  # the store generation the image was last brought up to
+        self._lock = threading.Lock()  # readers on several connections may refresh at once
+        self.generation = -1  # the store generation the image was last brought up to (-1: never)
         self.encodes = 0  # points encoded so far (for tests and status)
-        self._subscribed = False
-
-    def start(self) -> None:
-        if not self._subscribed:
-            self.store.subscribe(self._on_batch)
-            self._subscribed = True
-        with self._lock:
-            self._dirty = set(self._slots)
-        self.refresh()
-
-    def stop(self) -> None:
-        if self._subscribed:
-            self.store.unsubscribe(self._on_batch)
-            self._subscribed = False
-
-    def _on_batch(self, batch) -> None:
-        with self._lock:
-            self._dirty.update(ref for ref, _ in batch)
 
     @property
     def stale(self) -> bool:
-        return bool(self._dirty)
+        return self.store.generation != self.generation
 
     def refresh(self) -> None:
-        generation = self.store.generation
+        """Encode the points written since the last refresh (the store's change feed); everything the first
+        time, or when the feed no longer reaches back that far."""
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-        slots, get, words, good = self._slots, self.store.get, self.words, Quality.GOOD
-        for ref in dirty:
-            slot = slots.get(ref)
-            if slot is None:
-                continue
-            offset, dtype, scale, packer = slot
-            reading = get(ref)
-            value = reading.value if reading is not None and reading.quality is good else None
-            packer.pack_into(words, offset, *northbound_words(value, dtype, scale))
-        self.encodes += len(dirty)
-        self.generation = generation
+            generation, changed = self.store.changes_since(self.generation)
+            refs = self._slots.keys() if changed is None else changed
+            slots, get, words, good = self._slots, self.store.get, self.words, Quality.GOOD
+            n = 0
+            for ref in refs:
+                slot = slots.get(ref)
+                if slot is None:
+                    continue
+                offset, dtype, scale, packer = slot
+                reading = get(ref)
+                value = reading.value if reading is not None and reading.quality is good else None
+                packer.pack_into(words, offset, *northbound_words(value, dtype, scale))
+                n += 1
+            self.encodes += n
+            self.generation = generation
 
     def set_words(self, address: int, values: list[int]) -> None:
         struct.pack_into(f">{len(values)}H", self.words, 2 * address, *values)
 
     def read(self, address: int, count: int) -> list[int]:
         """Words as a client would see them (for tests and tools; the server slices ``words`` directly)."""
-        if self._dirty:
+        if self.store.generation != self.generation:
             self.refresh()
         return list(struct.unpack_from(f">{count}H", self.words, 2 * address))
 
@@ -243,27 +178,13 @@ class WriteRefused(Exception):
         self.code = code
 
 
-def point_write_handler(gateway: Gateway, entry: MappedPoint) -> ModbusWriteHandler:
-    """A writable point of the map (e.g. the I/O module's relay, ``io.do``): written to its device."""
-    spec, ref = entry.spec, entry.ref
-    states = {v for v, _ in spec.states}
-
-    async def write(words: list[int], client: str) -> None:
-        value = raw_from_words(words, spec.dtype, "big") * spec.scale
-        if states and value not in states:
-            raise ValueError(f"{value:g} is not one of {sorted(states)}")
-        await gateway.engine.write_point(ref, value)
-
-    return ModbusWriteHandler(address=entry.address, count=spec.width, name=str(ref),
-                              description=spec.description, handler=write)
-
-
 @dataclass(frozen=True, slots=True)
 class WriteTarget:
+    """A writable holding register (two for a 32-bit value): a command or a writable point of the map."""
+
     start: int
     end: int
-    handler: ModbusWriteHandler
-    point: bool  # a point of the map (engine write) rather than a command register
+    entry: MappedPoint
 
 
 # -- configuration helpers -------------------------------------------------------------------------------------
@@ -274,160 +195,122 @@ def listen_address(text: str, src: str = "config") -> tuple[str, int]:
         raise ConfigError(src, f"{SECTION}.listen", str(exc)) from None
 
 
-class _LogLimiter:
-    """At most ``burst`` warnings per ``period`` seconds, then one line saying how many were suppressed."""
-
-    def __init__(self, burst: int = 20, period: float = 60.0) -> None:
-        self.burst, self.period = burst, period
-        self.window_start, self.count, self.suppressed = 0.0, 0, 0
-
-    def warning(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self.window_start >= self.period:
-            if self.suppressed:
-                log.warning("modbus tcp: %d more refused requests were not logged", self.suppressed)
-            self.window_start, self.count, self.suppressed = now, 0, 0
-        if self.count < self.burst:
-            self.count += 1
-            log.warning(msg, *args)
-        else:
-            self.suppressed += 1
-
-
 # -- the server ------------------------------------------------------------------------------------------------
 def exception_frame(tid: int, unit: int, function: int, code: int) -> bytes:
     return _EXC.pack(tid, 0, 3, unit, (function | 0x80) & 0xFF, code)
 
 
-class ModbusTcpService:
-    """The Modbus TCP server as a gateway service (``bmsgw run`` starts and stops it)."""
+class ModbusTcpService(Service):
+    """The Modbus TCP server: the point map as registers, commands as writable holding registers."""
 
-    name = "modbus-tcp"
+    name = SECTION
+    sections = (SECTION, "site")
+    face = True
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
-        src = str(gateway.config.path)
         self.gateway = gateway
+        src = str(gateway.config.path)
+        host, port = listen_address(cfg["listen"], src)
+        self._settings(cfg, gateway.config)
+        self.image = RegisterImage(gateway.pointmap, gateway.store)
+        self.input_ranges = RangeSet(served_ranges(gateway.pointmap))
+        self.targets: list[WriteTarget] = []
+        self._target_starts: list[int] = []
+        self._collect_write_targets()
+        self.counters = {"requests": 0, "exceptions": 0, "writes": 0, "refused_writes": 0, "protocol_errors": 0}
+        self.refusals = LogLimiter(log, "modbus tcp")
+        # admission, eviction and deadlines: the policy every network face shares (gateway.net.server)
+        self.server = BoundedServer(SECTION, lambda server: _Connection(self), host=host, port=port,
+                                    limits=self.limits, allow_from=self.allow_from, src=src, counters=self.counters)
+
+    def _settings(self, cfg: dict, config: Config) -> None:
+        """Everything of the section but the listen address (which needs a new socket): taken at start and
+        at a reload, between two requests (the event loop runs one thing at a time)."""
+        src = str(config.path)
         self.cfg = cfg
-        self.host, self.port = listen_address(cfg["listen"], src)
         self.units = frozenset(cfg["unit_ids"])
         self.ignore_unknown_unit = cfg["unknown_unit"] == "ignore"
-        self.max_connections = cfg["max_connections"]
-        self.idle_timeout = float(cfg["idle_timeout_s"])
-        self.request_timeout = float(cfg.get("request_timeout_s", 10))
+        self.limits = limits_from_section(cfg, DEFAULT_LIMITS, SECTION, src, legacy=LEGACY_LIMIT_KEYS)
         self.allow_from = parse_networks(cfg["allow_from"], src, f"{SECTION}.allow_from")
         self.writes_enabled = bool(cfg["writes"]["enabled"])
         self.write_allow = parse_networks(cfg["writes"]["allow_from"], src, f"{SECTION}.writes.allow_from")
+        self.write_role = cfg["writes"]["role"]
         ident = cfg["identity"]
         self.identity: dict[int, bytes] = {
             0x00: ident["vendor_name"].encode(), 0x01: ident["product_code"].encode(),
             0x02: __version__.encode(), 0x03: ident["vendor_url"].encode(),
             0x04: ident["product_name"].encode(), 0x05: ident["model_name"].encode(),
-            0x06: str(gateway.config.section("site").get("name", "")).encode()[:64],
+            0x06: str(config.section("site")["name"]).encode()[:64],
         }
-        self.image = RegisterImage(gateway.pointmap, gateway.store)
-        self.input_ranges = RangeSet(served_ranges(gateway.pointmap))
-        self.holding_ranges = self.input_ranges
-        self.targets: list[WriteTarget] = []
-        self._target_starts: list[int] = []
-        self.connections: set[_Connection] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.counters = {"connections": 0, "refused_connections": 0, "requests": 0, "exceptions": 0,
-                         "writes": 0, "refused_writes": 0, "protocol_errors": 0, "timed_out": 0, "evicted": 0}
-        self.refusals = _LogLimiter()
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def connections(self) -> set[BoundedConnection]:
+        return self.server.connections
 
     # -- life cycle --------------------------------------------------------------------------------------------
     def _collect_write_targets(self) -> None:
-        engine = self.gateway.engine
-        targets = [WriteTarget(e.address, e.address + e.spec.width, point_write_handler(self.gateway, e), True)
-                   for e in self.gateway.pointmap if e.spec.writable and engine.writable(e.ref) is not None]
-        for result in self.gateway.pm.hook.bmsgw_modbus_write_handlers(gateway=self.gateway):
-            for h in result or []:
-                if h.count < 1 or h.address < 0 or h.address + h.count > 65536:
-                    raise GatewayError(f"modbus write handler {h.name}: registers {h.address}+{h.count} "
-                                       "are outside 0..65535")
-                if any(self.input_ranges.covers(a, 1) for a in range(h.address, h.address + h.count)):
-                    raise GatewayError(f"modbus write handler {h.name}: address {h.address} lies inside the point map")
-                targets.append(WriteTarget(h.address, h.address + h.count, h, False))
+        """The writable registers: every command of the map (9000 + slot*100 ...) and every writable point
+        (the I/O module's relay).  Whether a write is carried out is decided by ``Gateway.write``."""
+        pm = self.gateway.pointmap
+        targets = [WriteTarget(e.address, e.address + e.spec.width, e)
+                   for e in (*pm.commands, *(e for e in pm if e.spec.writable))]
         targets.sort(key=lambda t: t.start)
-        for a, b in pairwise(targets):
-            if b.start < a.end:
-                raise GatewayError(f"modbus write handlers {a.handler.name} and {b.handler.name} "
-                                   f"share address {b.start}")
         self.targets = targets
         self._target_starts = [t.start for t in targets]
-        commands = [(t.start, t.end) for t in targets if not t.point]
+        commands = [(t.start, t.end) for t in targets if t.entry.spec.kind == "command"]
         for start, end in commands:
             self.image.set_words(start, [0] * (end - start))  # command registers read 0
         self.holding_ranges = RangeSet(self.input_ranges.ranges + commands)
 
     async def start(self) -> None:
-        self._collect_write_targets()
-        self.image.start()
-        loop = asyncio.get_running_loop()
-        try:
-            self.server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                                   reuse_address=True, backlog=min(128, self.max_connections * 2))
-        except OSError as exc:
-            self.image.stop()
-            raise ConfigError(str(self.gateway.config.path), f"{SECTION}.listen",
-                              f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
-        sock = self.server.sockets[0].getsockname()
-        self.port = sock[1]
+        self.image.refresh()
+        await self.server.start()  # BindError (a StartError) names the address and the reason
         if self.writes_enabled:
             if not self.write_allow:
                 log.warning("modbus tcp: writes are enabled but writes.allow_from is empty: every write is refused")
-            log.info("modbus tcp: writes enabled for %s to %s", ", ".join(map(str, self.write_allow)) or "nobody",
-                     ", ".join(f"{t.start} ({t.handler.name})" for t in self.targets) or "no register")
+            log.info("modbus tcp: writes enabled for %s (%s role) to %d registers",
+                     ", ".join(map(str, self.write_allow)) or "nobody", self.write_role, len(self.targets))
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for conn in list(self.connections):
-                conn.close()
-            await self.server.wait_closed()
-            self.server = None
-        self.image.stop()
+        await self.server.stop()
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Every setting applies at once: unit ids, identity, limits, allow-lists and writes from the next
+        request; clients no longer in ``allow_from`` are disconnected; a new listen address is bound first and
+        the old one kept when that fails."""
+        result = ReloadResult()
+        cfg = config.section(SECTION)
+        self._settings(cfg, config)
+        closed = self.server.apply(self.limits, self.allow_from)
+        if closed:
+            result.notes.append(f"{SECTION}: {closed} client connection(s) no longer in allow_from (or over the "
+                                "new limits) closed")
+        host, port = listen_address(cfg["listen"], str(config.path))
+        if (host, port) != (self.host, self.port) and not (port == 0 and host == self.host):
+            try:
+                moved = await self.server.rebind(host, port)
+            except BindError as exc:
+                result.failed[f"{SECTION}.listen"] = f"{exc.message}; still listening on {self.endpoints()[0]}"
+                return result
+            result.notes.append(f"{SECTION}: now on {self.endpoints()[0]}" +
+                                (f"; {moved} client connection(s) on the old address closed" if moved else ""))
+        return result
 
     def endpoints(self) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return [f"modbus-tcp://{host}:{self.port}"]
 
     def status(self) -> dict:
-        return {**self.counters, "open_connections": len(self.connections), "listen": self.endpoints()[0],
+        return {**self.server.status(), **self.counters, "listen": self.endpoints()[0],
                 "writes_enabled": self.writes_enabled, "image_generation": self.image.generation}
-
-    # -- connections -------------------------------------------------------------------------------------------
-    def admit(self, conn: _Connection) -> bool:
-        if self.allow_from and not address_allowed(conn.client, self.allow_from):
-            self.counters["refused_connections"] += 1
-            self.refusals.warning("modbus tcp: connection from %s refused: not in allow_from", conn.client)
-            return False
-        if len(self.connections) >= self.max_connections and not self._evict_one():
-            self.counters["refused_connections"] += 1
-            self.refusals.warning("modbus tcp: connection from %s refused: %d connections open (max_connections)",
-                                  conn.client, len(self.connections))
-            return False
-        self.connections.add(conn)
-        self.counters["connections"] += 1
-        return True
-
-    def _evict_one(self) -> bool:
-        """All slots taken: close the connection that has sent no whole request for the longest, if that is
-        over request_timeout_s (a silent or trickling client), to make room.  The Modbus TCP implementation
-        guide suggests closing the oldest unused connection; busy masters are never the ones chosen."""
-        if self.request_timeout <= 0 or not self.connections:
-            return False
-        victim = min(self.connections, key=lambda c: c.last_activity)
-        if victim.pending is not None or victim.loop is None or \
-                victim.loop.time() - victim.last_activity < self.request_timeout:
-            return False
-        self.counters["evicted"] += 1
-        self.refusals.warning("modbus tcp: closing the connection from %s (no complete request for %.0f s) to make "
-                              "room for a new client (max_connections)", victim.client,
-                              victim.loop.time() - victim.last_activity)
-        victim.close()
-        self.connections.discard(victim)
-        return True
 
     # -- requests ----------------------------------------------------------------------------------------------
     def handle(self, tid: int, unit: int, pdu: bytes, client: str):
@@ -448,7 +331,7 @@ class ModbusTcpService:
             if not ranges.covers(address, count):
                 return self._exception(tid, unit, function, ExcCodes.ILLEGAL_ADDRESS)
             image = self.image
-            if image._dirty:
+            if image.generation != image.store.generation:
                 image.refresh()
             n = 2 * count
             return _READ_RESP.pack(tid, 0, n + 3, unit, function, n) + image.words[2 * address:2 * address + n]
@@ -528,22 +411,23 @@ class ModbusTcpService:
         return plan
 
     async def _run_write(self, tid, unit, function, address, values, plan, client, echo) -> bytes:
+        """Each target of the request through ``Gateway.write``, in address order; the first refusal answers."""
+        by = Principal("modbus", self.write_role, "modbus", client)
         for target in plan:
             words = values[target.start - address:target.end - address]
-            name = target.handler.name
+            spec, ref = target.entry.spec, target.entry.ref
+            value = raw_from_words(words, spec.dtype, "big") * spec.scale
             try:
-                result = target.handler.handler(words, client)
-                if inspect.isawaitable(result):
-                    await result
-            except ValueError as exc:
-                return self._refused(tid, unit, function, ExcCodes.ILLEGAL_VALUE, client, name, words, exc)
+                await self.gateway.write(ref, value, by)
+            except (NotWritable, WriteDenied) as exc:
+                return self._refused(tid, unit, function, ExcCodes.ILLEGAL_ADDRESS, client, ref, words, exc)
+            except WriteRejected as exc:
+                return self._refused(tid, unit, function, ExcCodes.ILLEGAL_VALUE, client, ref, words, exc)
+            except WriteFailed as exc:
+                return self._refused(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE, client, ref, words, exc)
             except WriteError as exc:
-                return self._refused(tid, unit, function, ExcCodes.GATEWAY_NO_RESPONSE, client, name, words, exc)
-            except Exception as exc:  # a failing handler must not take the server down
-                log.exception("modbus tcp: write handler %s failed", name)
-                return self._refused(tid, unit, function, ExcCodes.DEVICE_FAILURE, client, name, words, exc)
+                return self._refused(tid, unit, function, ExcCodes.DEVICE_FAILURE, client, ref, words, exc)
             self.counters["writes"] += 1
-            log.info("modbus tcp: client %s wrote %s at %d: %s", client, name, target.start, words)
         return _HEADER.pack(tid, 0, len(echo) + 1, unit) + echo
 
     def _refused(self, tid, unit, function, code, client, name, words, exc) -> bytes:
@@ -553,89 +437,25 @@ class ModbusTcpService:
         return self._exception(tid, unit, function, code)
 
 
-class _Connection(asyncio.Protocol):
-    """One client: frames MBAP requests out of the byte stream and answers every one, in order."""
+class _Connection(BoundedConnection):
+    """One client: frames MBAP requests out of the byte stream and answers every one, in order.  Admission,
+    eviction and the idle / request / send deadlines are the bounded server's (``gateway.net.server``)."""
 
     def __init__(self, service: ModbusTcpService) -> None:
+        super().__init__(service.server)
         self.service = service
-        self.transport: asyncio.Transport  # set by connection_made, which asyncio calls before any other callback
-        self.loop = asyncio.get_running_loop()  # the server makes its protocols in the loop
         self.client = "?"
         self.buf = bytearray()
-        self.pending: asyncio.Task | None = None
-        self.last_activity = 0.0
-        self.partial_since: float | None = None  # when the first byte of a still incomplete request came
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.check_at = 0.0  # when idle_handle fires
+        self.pending: asyncio.Future | None = None
         self.reading_paused = False
-        self.writing_paused = False
         self.eof = False
-        self.closed = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.client = peer[0] if peer else "?"
-        if not self.service.admit(self):
-            self.closed = True
-            transport.abort()
-            return
+    def opened(self) -> None:
+        self.client = self.peer
         log.debug("modbus tcp: connection from %s", self.client)
-        self.last_activity = self.loop.time()
-        self._arm()
 
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        self.service.connections.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        # a pending write is left to finish: cancelling it mid-transaction would upset the RS485 bus
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    # -- timeouts: idle (no whole request for idle_timeout_s), slow (a request begun, not finished) ------------
-    def _deadline(self) -> float | None:
-        svc, out = self.service, []
-        if svc.idle_timeout > 0:
-            out.append(self.last_activity + svc.idle_timeout)
-        if svc.request_timeout > 0 and self.partial_since is not None:
-            out.append(self.partial_since + svc.request_timeout)
-        return min(out) if out else None
-
-    def _arm(self) -> None:
-        """Make sure the timer fires by the nearest deadline (it re-arms itself when it finds none due)."""
-        when = self._deadline()
-        if when is None or self.closed or (self.idle_handle is not None and self.check_at <= when):
-            return
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        self.check_at = when
-        self.idle_handle = self.loop.call_at(when, self._idle_check)
-
-    def _idle_check(self) -> None:
-        self.idle_handle = None
-        if self.closed:
-            return
-        now, svc = self.loop.time(), self.service
-        if self.pending is None:
-            if svc.request_timeout > 0 and self.partial_since is not None and \
-                    now - self.partial_since >= svc.request_timeout:
-                svc.counters["timed_out"] += 1
-                log.info("modbus tcp: closing the connection from %s: a request begun %.0f s ago is still "
-                         "incomplete (request_timeout_s)", self.client, now - self.partial_since)
-                self.close()
-                return
-            if svc.idle_timeout > 0 and now - self.last_activity >= svc.idle_timeout:
-                log.info("modbus tcp: closing idle connection from %s", self.client)
-                self.close()
-                return
-        when = self._deadline()
-        if when is not None:
-            self.check_at = max(when, now + 0.05)
-            self.idle_handle = self.loop.call_at(self.check_at, self._idle_check)
+    # a pending write is left to finish when the connection goes: cancelling it mid-transaction would upset
+    # the RS485 bus
 
     def eof_received(self):
         """The client will send no more (e.g. ``nc -N``): answer what it sent, then close."""
@@ -646,27 +466,23 @@ class _Connection(asyncio.Protocol):
 
     # -- flow control: a client that does not read its answers stops being read ----------------------------
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        super().pause_writing()
         self._update_reading()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        super().resume_writing()
         if self.pending is None and not self.closed and (len(self.buf) >= 7 or self.eof):
             self._process()  # requests held back while the client was not reading its answers
         else:
             self._update_reading()
 
     def _update_reading(self) -> None:
-        want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
         if self.closed:
             return
         if self.buf and self.pending is None and not self.writing_paused:  # part of a request awaits the rest
-            if self.partial_since is None:
-                self.partial_since = self.loop.time()
-                self._arm()
-        else:
-            self.partial_since = None
-        if self.closed or want_pause == self.reading_paused:
+            self.request_started()
+        want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
+        if want_pause == self.reading_paused:
             return
         self.reading_paused = want_pause
         if want_pause:
@@ -681,7 +497,11 @@ class _Connection(asyncio.Protocol):
             # fast path: the common case is exactly one whole request per segment
             tid, proto, length, unit = _HEADER.unpack_from(data)
             if proto == 0 and 2 <= length <= MAX_MBAP_LENGTH and len(data) == 6 + length:
+                # request_complete(), spelt out: no request was arriving (buf is empty), so only the idle clock
+                # restarts, and a first request proves the connection
                 self.last_activity = self.loop.time()
+                if not self.proven:
+                    self.request_complete()
                 response = self.service.handle(tid, unit, data[7:], self.client)
                 if response is None:
                     return
@@ -719,7 +539,7 @@ class _Connection(asyncio.Protocol):
             end = pos + 6 + length
             if end > len(buf):
                 break
-            self.last_activity = self.loop.time()  # only whole requests count: a byte-a-minute client times out
+            self.request_complete()  # only whole requests count: a byte-a-minute client times out
             response = handle(tid, unit, bytes(buf[pos + 7:end]), self.client)
             pos = end
             if response is None:
@@ -732,12 +552,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(b"".join(out))
                 out = []
             del buf[:pos]
-            self.partial_since = None
             self._await(response)
             return
         del buf[:pos]
-        if pos:
-            self.partial_since = None  # a whole request came: the clock of the next partial one starts now
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.eof and not self.closed and (not self.writing_paused or not buf):
@@ -746,6 +563,7 @@ class _Connection(asyncio.Protocol):
         self._update_reading()
 
     def _await(self, response: Awaitable[bytes]) -> None:
+        self.answer_pending()  # a write on the bus: no idle or request deadline meanwhile
         self.pending = asyncio.ensure_future(self._finish(response))
         self._update_reading()
 
@@ -754,31 +572,6 @@ class _Connection(asyncio.Protocol):
         self.pending = None
         if self.closed:
             return
+        self.answer_sent()
         self.transport.write(frame)
         self._process()
-
-
-# -- hooks -----------------------------------------------------------------------------------------------------
-_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@hookimpl
-def bmsgw_config_schema() -> dict[str, dict]:
-    return {SECTION: CONFIG_SCHEMA}
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    cfg = gateway.config.section(SECTION)
-    if not cfg.get("enabled", True):
-        return []
-    service = ModbusTcpService(gateway, cfg)
-    _services[gateway] = service
-    return [service]
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict[str, Any]:
-    service = _services.get(gateway)
-    return {SECTION: service.status()} if service is not None else {}
-

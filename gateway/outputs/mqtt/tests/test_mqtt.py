@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.outputs.mqtt_queue import MessageQueue
+from gateway.outputs.mqtt.queue import MessageQueue
 from tests.mqtt_peers import Mosquitto, Subscriber, make_pki
 from tests.support import GatewayThread, small_bank, write_config
 
@@ -137,13 +137,16 @@ def test_cell_layout_one_topic_per_battery(tmp_path):
     with Mosquitto(tmp_path / "broker") as broker:
         sub = Subscriber(broker.port, topic="bmsgw/demo/string/1/cell/+")
         sub.wait_connected()
+        def measured(s):  # per battery, a message with its measured values (the first ones may precede a poll)
+            return {t: p for t, p, _ in s.snapshot() if isinstance(p, dict) and "voltage" in p.get("values", {})}
+
         with GatewayThread(mqtt_config(tmp_path, broker.port, layout="cell")):
-            sub.wait_for(lambda s: {t for t, _, _ in s.snapshot()} >= {f"bmsgw/demo/string/1/cell/{c}"
-                                                                        for c in range(1, 5)}, what="4 cell topics")
-        topic, payload, _ = sub.snapshot()[-1]
+            sub.wait_for(lambda s: set(measured(s)) >= {f"bmsgw/demo/string/1/cell/{c}" for c in range(1, 5)},
+                         what="4 cell topics with their voltage")
         sub.close()
-    assert payload["cell"] == int(topic.rsplit("/", 1)[1]) and payload["values"]["voltage"]["unit"] == "V"
-    assert payload["values"]["balancing"]["state"] in ("on", "off")
+    for topic, payload in measured(sub).items():
+        assert payload["cell"] == int(topic.rsplit("/", 1)[1]) and payload["values"]["voltage"]["unit"] == "V"
+        assert payload["values"]["balancing"]["state"] in ("on", "off")
 
 
 def test_broker_outage_and_gateway_restart_lose_nothing_and_keep_order(tmp_path):
@@ -292,7 +295,7 @@ def test_payloads_are_strict_json_with_null_for_bad_values(tmp_path):
     import json
 
     from gateway.app import Gateway
-    from gateway.outputs.mqtt import PayloadBuilder
+    from gateway.outputs.mqtt.face import PayloadBuilder
     from gateway.points import PointRef, Quality, Reading
 
     gw = Gateway(mqtt_config(tmp_path, 1883), simulator=False, port_overrides={"bus1": "(not opened)"})

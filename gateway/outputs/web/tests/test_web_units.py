@@ -15,7 +15,7 @@ from gateway.outputs.web import auth as auth_mod
 from gateway.outputs.web.app import WebContext, create_app, is_local
 from gateway.outputs.web.auth import AuthError, LoginThrottle, SessionStore, User, UserStore
 from gateway.outputs.web.configedit import FieldError, form_fields, parse_form
-from gateway.outputs.web.settings import SCHEMA
+from gateway.outputs.web.schema import SCHEMA
 from gateway.outputs.web.sources import LiveBuffer, decimate
 from gateway.outputs.web.xmlout import to_xml
 from gateway.points import PointRef, Quality, Reading
@@ -184,25 +184,28 @@ def test_first_start_page_only_from_the_controller_itself(offline_gateway):
 
 
 def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
-    from gateway.outputs.web.server import WebService
+    from gateway.outputs.web.face import WebService
 
     host, port = "127.0.0.1", int(offline_gateway.config.section("web")["listen"].rsplit(":", 1)[1])
     with socket.socket() as s:
         s.bind((host, port))
         s.listen()
         svc = WebService(offline_gateway)
-        with pytest.raises(GatewayError, match=f"web.listen: 127.0.0.1:{port}: cannot listen"):
+        with pytest.raises(GatewayError,
+                           match=rf"web\.listen: cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
             asyncio.run(svc.start())
 
 
 def test_tls_needs_both_files(offline_gateway, tmp_path):
-    from gateway.outputs.web.server import WebService
+    from gateway.outputs.web.face import WebService
 
     offline_gateway.config.data["web"]["tls"] = {"enabled": True, "cert": str(tmp_path / "c.pem"), "key": ""}
-    svc = WebService(offline_gateway)
     with pytest.raises(GatewayError, match=r"web\.tls: give both cert and key"):
-        asyncio.run(svc.start())
+        offline_gateway.check(offline_gateway.config.data)
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
     offline_gateway.config.data["web"]["tls"]["key"] = str(tmp_path / "k.pem")
+    offline_gateway.check(offline_gateway.config.data)  # both files are there: what is in them, start finds out
     svc = WebService(offline_gateway)
     with pytest.raises(GatewayError, match=r"web\.tls\.cert: cannot load"):
         asyncio.run(svc.start())
@@ -213,11 +216,7 @@ def test_web_off_means_no_server_and_no_buffer(tmp_path):
     gw = Gateway(path, simulator=False, port_overrides={"bus1": "(not opened)"})
     services = [s for r in gw.pm.hook.bmsgw_services(gateway=gw) for s in r]
     assert services and not [s for s in services if s.name == "web"]  # the other faces are still there
-    import gateway.outputs.web as web
-
-    listeners = list(gw.store._listeners)
-    web.bmsgw_gateway_ready(gateway=gw)  # only the web face's: the others need the running loop
-    assert gw.store._listeners == listeners  # no trend buffer listening to the store
+    assert not [listener for listener in gw.store._listeners if "LiveBuffer" in repr(listener)]
 
 
 @pytest.mark.parametrize("section", ["site", "gateway", "simulator", "buses", "strings", "bank", "web"])
@@ -249,3 +248,26 @@ def test_config_form_posts_back_exactly_what_the_file_holds(section):
     walk(form_fields(schema, raw, section))
     present, value = parse_form(schema, form, section)
     assert present and value == raw
+
+
+def test_web_limits_old_keys_are_read_and_allow_from_refuses_other_addresses(tmp_path, caplog):
+    from gateway.outputs.web.schema import WebSettings
+    from tests.fuzz.netcheck import recv_until_closed
+    from tests.support import GatewayThread
+
+    s = WebSettings.from_section({"api": {"max_body_kib": 100}, "limits": {"slow_per_address": 2}})
+    assert s.max_body == s.limits.max_request_bytes == 100 * 1024
+    assert "web.api.max_body_kib is deprecated" in caplog.text and "web.limits.slow_per_address is no longer used" \
+        in caplog.text
+    port = free_port()
+    path = write_config(tmp_path, base=small_bank(1, 2), overrides={
+        "web": {"listen": f"127.0.0.1:{port}", "allow_from": ["127.0.0.2/32"]},
+        "snmp": {"enabled": False}, "prometheus": {"enabled": False}, "modbus_tcp": {"enabled": False}})
+    with GatewayThread(path, wait_points=None):
+        request = b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)) as c:
+            c.sendall(request)
+            assert recv_until_closed(c, 10).startswith(b"HTTP/1.1 302 ")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert recv_until_closed(c, 10) == b""  # 127.0.0.1 is not in web.allow_from
+    assert "web: connection from 127.0.0.1 refused: not in web.allow_from" in caplog.text

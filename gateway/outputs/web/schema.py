@@ -6,44 +6,21 @@ from typing import Any
 
 from ...config import parse_listen
 from ...errors import ConfigError
+from ...net.limits import Limits, limits_from_section, with_network_keys
 
 ROLES = ("viewer", "operator", "admin")
 ARGON2_PREFIX = "$argon2"
 
-LIMITS_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "default": {},
-    "description": "what one client may hold of the web server (slow, silent and greedy clients)",
-    "properties": {
-        "max_connections": {"type": "integer", "minimum": 4, "maximum": 1000, "default": 100,
-                            "description": "open connections at most; more are closed at once"},
-        "max_connections_per_address": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 16,
-                                        "description": "open connections from one client address"},
-        "request_timeout_s": {"type": "number", "minimum": 1, "maximum": 600, "default": 15,
-                              "description": "a request (TLS handshake, headers and body) must arrive within "
-                                             "this long of its first byte"},
-        "idle_timeout_s": {"type": "number", "minimum": 1, "maximum": 3600, "default": 30,
-                           "description": "close a connection that sends nothing for this long"},
-        "slow_per_address": {"type": "integer", "minimum": 1, "maximum": 32, "default": 2,
-                             "description": "requests from one address that may take over a second to arrive "
-                                            "at the same time; more are closed"},
-    },
-}
+# what one client may hold of the web server (gateway.net): slow, silent and greedy clients
+DEFAULT_LIMITS = Limits(max_connections=100, max_connections_per_address=16, idle_timeout_s=30,
+                        request_timeout_s=15, send_timeout_s=30, max_request_bytes=512 * 1024)
+# keys of earlier versions, still read: api.max_body_kib is limits.max_request_bytes now; limits.slow_per_address
+# bounded cheroot's worker threads, which requests no longer hold while they arrive (ignored)
+LEGACY_LIMIT_KEYS = {"api.max_body_kib": "max_request_bytes"}
+IGNORED_LIMIT_KEYS = ("slow_per_address",)
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_connections: int = 100
-    max_connections_per_address: int = 16
-    request_timeout_s: float = 15.0
-    idle_timeout_s: float = 30.0
-    slow_per_address: int = 2
-
-    @classmethod
-    def from_section(cls, sec: dict) -> Limits:
-        return cls(**{k: sec[k] for k in cls.__dataclass_fields__ if k in sec})
-
-
-SCHEMA: dict[str, Any] = {
+_SECTION_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "default": {},
     "description": "The web page and REST API",
     "properties": {
@@ -120,16 +97,17 @@ SCHEMA: dict[str, Any] = {
                 "samples": {"type": "integer", "minimum": 10, "maximum": 5000, "default": 240},
             },
         },
-        "limits": LIMITS_SCHEMA,
         "api": {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
                 "max_history_points": {"type": "integer", "minimum": 10, "maximum": 20000, "default": 2000},
-                "max_body_kib": {"type": "integer", "minimum": 16, "maximum": 10240, "default": 512},
+                "max_body_kib": {"type": "integer", "minimum": 16, "maximum": 10240, "deprecated": True,
+                                 "description": "deprecated: web.limits.max_request_bytes (in bytes)"},
             },
         },
     },
 }
+SCHEMA: dict[str, Any] = with_network_keys(_SECTION_SCHEMA, DEFAULT_LIMITS, ignored=IGNORED_LIMIT_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +132,8 @@ class WebSettings:
     buffer_samples: int
     max_history_points: int
     max_body: int
-    limits: Limits = Limits()
+    limits: Limits = DEFAULT_LIMITS
+    allow_from: tuple[str, ...] = ()
 
     @classmethod
     def from_section(cls, sec: dict, src: str = "config") -> WebSettings:
@@ -162,6 +141,8 @@ class WebSettings:
             host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
         except ValueError as exc:  # e.g. [::::]:80: the schema's pattern cannot check an IPv6 literal
             raise ConfigError(src, "web.listen", str(exc)) from None
+        limits = limits_from_section(sec, DEFAULT_LIMITS, "web", src, legacy=LEGACY_LIMIT_KEYS,
+                                     ignored=IGNORED_LIMIT_KEYS)
         tls, sess, login = sec.get("tls", {}), sec.get("session", {}), sec.get("login", {})
         met, buf, api = sec.get("metrics", {}), sec.get("trend_buffer", {}), sec.get("api", {})
         return cls(host=host, port=port, threads=sec.get("threads", 4), tls=bool(tls.get("enabled", False)),
@@ -175,8 +156,7 @@ class WebSettings:
                    metrics_enabled=met.get("enabled", True), metrics_public=met.get("public", True),
                    buffer_interval_s=buf.get("interval_s", 15), buffer_samples=buf.get("samples", 240),
                    max_history_points=api.get("max_history_points", 2000),
-                   max_body=api.get("max_body_kib", 512) * 1024,
-                   limits=Limits.from_section(sec.get("limits") or {}))
+                   max_body=limits.max_request_bytes, limits=limits, allow_from=tuple(sec.get("allow_from", ())))
 
     @property
     def scheme(self) -> str:

@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,14 +18,16 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pymodbus.client import AsyncModbusTcpClient, ModbusTcpClient
 
 from gateway.app import Gateway
-from gateway.errors import ConfigError, GatewayError
-from gateway.hookspecs import MODBUS_ALARM_ACK_REGISTER, MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler, hookimpl
-from gateway.outputs.modbus_tcp import GAP_FILL, ModbusTcpService, served_ranges
+from gateway.commands import Command
+from gateway.errors import ConfigError
+from gateway.hookspecs import hookimpl
+from gateway.outputs.modbus_tcp.face import GAP_FILL, ModbusTcpService, served_ranges
 from gateway.points import PointRef, Quality
-from tests.conftest import DEFAULT_CONFIG
+from gateway.service import StartError
+from tests.conftest import DEFAULT_CONFIG, ROOT
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
-GOLDEN = Path(__file__).parent / "golden" / "modbus_addresses.json"
+GOLDEN = ROOT / "tests" / "golden" / "modbus_addresses.json"
 CELL_V, CELL_T, CELL_OHMIC = 10000, 11024, 12048  # string 1, battery 1 of each family
 IO_DO = 1080
 
@@ -194,7 +195,7 @@ def test_stale_failed_out_of_range_and_missing_points_read_not_available(served)
 
 def test_the_image_is_encoded_per_store_change_not_per_request(served):
     gt, port = served
-    svc = next(s for s in gt.gateway.services if isinstance(s, ModbusTcpService))
+    svc = gt.gateway.service('modbus_tcp')
     with ModbusTcpClient("127.0.0.1", port=port) as c:
         c.read_input_registers(CELL_V, count=100)
         encodes = svc.image.encodes
@@ -294,7 +295,7 @@ def test_stock_pymodbus_server_drops_pipelined_requests():
 
 def test_many_clients_at_once(served):
     gt, port = served
-    svc = next(s for s in gt.gateway.services if isinstance(s, ModbusTcpService))
+    svc = gt.gateway.service('modbus_tcp')
     expected = {CELL_V: svc.image.read(CELL_V, 8), CELL_V + 256: svc.image.read(CELL_V + 256, 8),
                 CELL_OHMIC: svc.image.read(CELL_OHMIC, 16), 3000: svc.image.read(3000, 100)}
 
@@ -320,7 +321,7 @@ def test_many_clients_at_once(served):
 
 # -- connection limits and bad frames ---------------------------------------------------------------------------
 def test_limits_idle_timeout_ignored_units_and_bad_frames(tmp_path):
-    gt, port = start(tmp_path, {"max_connections": 2, "idle_timeout_s": 2, "unknown_unit": "ignore"},
+    gt, port = start(tmp_path, {"limits": {"max_connections": 2, "idle_timeout_s": 2}, "unknown_unit": "ignore"},
                      base=small_bank(1, 4))
     try:
         a = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -383,25 +384,26 @@ def test_writes_are_refused_with_02_and_logged_while_off(served, caplog):
     assert "writes are disabled" in caplog.text and "address 1080" in caplog.text
 
 
+ACK_ALL, BASELINE_RESET = 9000, 9100  # gateway.acknowledge_alarms, string.reset_ohmic_baseline (+ string - 1)
+
+
 class CommandPlugin:
-    """What the alarms and analytics modules do: register command registers through the hook."""
+    """What the alarms and analytics modules do: carry out command points (``bmsgw_commands``)."""
 
     def __init__(self):
         self.calls = []
 
     @hookimpl
-    def bmsgw_modbus_write_handlers(self, gateway):
-        async def ack(words, client):
-            self.calls.append(("ack", words, client))
+    def bmsgw_commands(self, gateway):
+        async def ack(ref, value, by):
+            self.calls.append(("ack", value, by.via, by.address))
 
-        def reset(words, client):
-            if not 1 <= words[0] <= 8:
-                raise ValueError(f"no battery {words[0]}")
-            self.calls.append(("reset", words, client))
+        def reset(ref, value, by):
+            if not 1 <= value <= 8:
+                raise ValueError(f"no battery {value:g}")
+            self.calls.append(("reset", ref.string, value, by.address))
 
-        return [ModbusWriteHandler(MODBUS_ALARM_ACK_REGISTER, "alarm.acknowledge", "Acknowledge all alarms", ack),
-                *[ModbusWriteHandler(MODBUS_BASELINE_RESET_REGISTER + s - 1, f"string{s}.baseline_reset",
-                                     "Reset a battery's baseline", reset) for s in (1, 2)]]
+        return [Command("gateway.acknowledge_alarms", ack), Command("string.reset_ohmic_baseline", reset)]
 
 
 def test_writes_when_enabled_reach_the_relay_and_registered_commands_only(tmp_path, caplog):
@@ -425,18 +427,21 @@ def test_writes_when_enabled_reach_the_relay_and_registered_commands_only(tmp_pa
         assert [a[0] for a in answers] == [1, 2, 3, 4]
         assert words_of(answers[0][2]) == [0] and words_of(answers[2][2]) == [1]
         assert write_single(port, IO_DO, 0)[0] == 6
-        # command registers from a plugin
-        assert write_single(port, MODBUS_ALARM_ACK_REGISTER, 1)[0] == 6
-        assert write_multiple(port, MODBUS_BASELINE_RESET_REGISTER, [3, 5])[0] == 16  # strings 1 and 2
-        assert plugin.calls == [("ack", [1], "127.0.0.1"), ("reset", [3], "127.0.0.1"), ("reset", [5], "127.0.0.1")]
-        assert write_single(port, MODBUS_BASELINE_RESET_REGISTER, 99) == bytes([0x86, 3])
-        assert words_of(transact(port, read_pdu(3, MODBUS_ALARM_ACK_REGISTER, 1))) == [0]  # commands read 0
-        assert transact(port, read_pdu(4, MODBUS_ALARM_ACK_REGISTER, 1)) == bytes([0x84, 2])  # holding only
+        # command points carried out by a plugin, through Gateway.write
+        assert write_single(port, ACK_ALL, 1)[0] == 6
+        assert write_multiple(port, BASELINE_RESET, [3, 5])[0] == 16  # strings 1 and 2
+        assert plugin.calls == [("ack", 1.0, "modbus", "127.0.0.1"), ("reset", 1, 3.0, "127.0.0.1"),
+                                ("reset", 2, 5.0, "127.0.0.1")]
+        assert write_single(port, BASELINE_RESET, 99) == bytes([0x86, 3])  # the owner refuses the value
+        assert write_single(port, ACK_ALL, 2) == bytes([0x86, 3])  # not a state of the command
+        assert write_multiple(port, 9400, [0, 5]) == bytes([0x90, 2])  # acknowledge_alarm: alarms are off here
+        assert words_of(transact(port, read_pdu(3, ACK_ALL, 1))) == [0]  # commands read 0
+        assert transact(port, read_pdu(4, ACK_ALL, 1)) == bytes([0x84, 2])  # holding only
         # everything else: 02, logged
         caplog.clear()
         assert write_single(port, CELL_V, 1) == bytes([0x86, 2])
         assert write_multiple(port, IO_DO, [1, 1]) == bytes([0x90, 2])  # runs past the relay
-        assert write_single(port, MODBUS_ALARM_ACK_REGISTER + 1, 1) == bytes([0x86, 2])
+        assert write_single(port, ACK_ALL + 1, 1) == bytes([0x86, 2])
         assert write_single(port, IO_DO, 1, source="127.0.0.2") == bytes([0x86, 2])  # not in allow_from
         assert model.do_state == 0
         assert caplog.text.count("write refused") == 4
@@ -455,27 +460,25 @@ def test_a_relay_write_the_device_does_not_answer_gets_0b(tmp_path):
         gt.stop()
 
 
-def test_write_handlers_may_not_overlap_the_map_or_each_other(tmp_path):
-    class Bad:
-        def __init__(self, handlers):
-            self.handlers = handlers
-
+def test_a_writer_whose_role_is_not_enough_gets_02(tmp_path):
+    """Gateway.write checks the role a command needs; Modbus writers act with ``writes.role``."""
+    class AdminOnly:
         @hookimpl
-        def bmsgw_modbus_write_handlers(self, gateway):
-            return self.handlers
+        def bmsgw_commands(self, gateway):
+            return [Command("gateway.acknowledge_alarms", lambda ref, value, by: "done", role="admin")]
 
-    def noop(words, client):
-        return None
-
-    for handlers, message in (([ModbusWriteHandler(CELL_V, "x", "", noop)], "inside the point map"),
-                              ([ModbusWriteHandler(9000, "a", "", noop, count=2),
-                                ModbusWriteHandler(9001, "b", "", noop)], "share address 9001")):
-        gw = Gateway(write_config(tmp_path, {"modbus_tcp": {"listen": f"127.0.0.1:{free_port()}"}},
-                                  base=small_bank(1, 2)), simulator=False, port_overrides={"bus1": "x"})
-        gw.pm.register(Bad(handlers))
-        svc = ModbusTcpService(gw, gw.config.section("modbus_tcp"))
-        with pytest.raises(GatewayError, match=message):
-            asyncio.run(svc.start())
+    gt, port = start(tmp_path, {"writes": {"enabled": True, "allow_from": ["127.0.0.1"]}}, base=small_bank(1, 2),
+                     plugins=[AdminOnly()], wait_points=None)
+    try:
+        assert write_single(port, ACK_ALL, 1) == bytes([0x86, 2])
+    finally:
+        gt.stop()
+    gt, port = start(tmp_path, {"writes": {"enabled": True, "allow_from": ["127.0.0.1"], "role": "admin"}},
+                     base=small_bank(1, 2), plugins=[AdminOnly()], wait_points=None)
+    try:
+        assert write_single(port, ACK_ALL, 1)[0] == 6
+    finally:
+        gt.stop()
 
 
 # -- configuration ----------------------------------------------------------------------------------------------
@@ -497,12 +500,36 @@ def test_config_errors_name_the_key(tmp_path):
         gateway({"listen": "5020"})
     with pytest.raises(ConfigError, match=r"modbus_tcp\.unit_ids"):
         gateway({"unit_ids": [300]})
-    gw = gateway({"writes": {"enabled": True, "allow_from": ["127.0.0.1", "10.0.0.300"]}})
     with pytest.raises(ConfigError, match=r"modbus_tcp\.writes\.allow_from\[1\].*not an IP address"):
-        ModbusTcpService(gw, gw.config.section("modbus_tcp"))
-    gw = gateway({"listen": "127.0.0.1:99999"})
+        gateway({"writes": {"enabled": True, "allow_from": ["127.0.0.1", "10.0.0.300"]}}).check()
     with pytest.raises(ConfigError, match=r"modbus_tcp\.listen.*outside"):
-        ModbusTcpService(gw, gw.config.section("modbus_tcp"))
+        gateway({"listen": "127.0.0.1:99999"}).check()
+
+
+def test_limits_live_in_the_limits_object_and_the_old_keys_are_still_read(tmp_path, caplog):
+    def service(over):
+        gw = Gateway(write_config(tmp_path, {"modbus_tcp": over}, base=small_bank(1, 2)),
+                     simulator=False, port_overrides={"bus1": "x"})
+        return ModbusTcpService(gw, gw.config.section("modbus_tcp"))
+
+    svc = service({"limits": {"max_connections": 3, "max_connections_per_address": 2, "request_timeout_s": 2}})
+    assert (svc.limits.max_connections, svc.limits.max_connections_per_address, svc.limits.request_timeout_s,
+            svc.limits.idle_timeout_s) == (3, 2, 2, 300)
+    assert "deprecated" not in caplog.text
+    # a file written for an earlier version: the three keys at the top of the section still count, and say so
+    svc = service({"max_connections": 4, "idle_timeout_s": 0, "request_timeout_s": 5})
+    assert (svc.limits.max_connections, svc.limits.idle_timeout_s, svc.limits.request_timeout_s) == (4, 0, 5)
+    assert "modbus_tcp.max_connections is deprecated: write it as modbus_tcp.limits.max_connections" in caplog.text
+    with pytest.raises(ConfigError, match=r"modbus_tcp\.limits: .*'max_request_bytes' was unexpected"):
+        service({"limits": {"max_request_bytes": 1000}})  # fixed by the protocol: not offered
+    # the configuration page offers the new keys, not the old ones (unless the file has them)
+    from gateway.outputs.modbus_tcp.schema import CONFIG_SCHEMA
+    from gateway.outputs.web.configedit import form_fields
+
+    labels = [c["label"] for c in form_fields(CONFIG_SCHEMA, {}, "modbus_tcp")["children"]]
+    assert "limits" in labels and "max_connections" not in labels
+    labels = [c["label"] for c in form_fields(CONFIG_SCHEMA, {"max_connections": 4}, "modbus_tcp")["children"]]
+    assert "max_connections" in labels
 
 
 def test_a_port_in_use_is_reported_with_the_key(tmp_path):
@@ -513,7 +540,7 @@ def test_a_port_in_use_is_reported_with_the_key(tmp_path):
         gw = Gateway(write_config(tmp_path, {"modbus_tcp": {"listen": f"127.0.0.1:{port}"}}, base=small_bank(1, 2)),
                      simulator=False, port_overrides={"bus1": "x"})
         svc = ModbusTcpService(gw, gw.config.section("modbus_tcp"))
-        with pytest.raises(ConfigError, match=rf"modbus_tcp\.listen: cannot listen on 127\.0\.0\.1:{port}"):
+        with pytest.raises(StartError, match=rf"modbus_tcp\.listen: cannot listen on 127\.0\.0\.1:{port}"):
             asyncio.run(svc.start())
 
 
@@ -539,7 +566,8 @@ def test_default_config_addresses_never_move():
     for address in map(int, golden["command_registers"]):
         assert address not in gw.pointmap.by_address
         assert not any(s <= address < e for s, e in ranges)
-    assert (MODBUS_ALARM_ACK_REGISTER, MODBUS_BASELINE_RESET_REGISTER) == (9000, 9100)
+    commands = {str(e.address): e.ref.point for e in gw.pointmap.commands}
+    assert commands["9000"] == "gateway.acknowledge_alarms" and commands["9100"] == "string.reset_ohmic_baseline"
 
 
 def test_regmap_csv_lists_what_the_server_serves(served, venv_bin, bmsgw_env):
@@ -588,8 +616,7 @@ def offline_service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("offline")
     gw = Gateway(write_config(tmp, base=small_bank(1, 4)), simulator=False, port_overrides={"bus1": "x"})
     svc = ModbusTcpService(gw, gw.config.section("modbus_tcp"))
-    svc._collect_write_targets()
-    svc.image.start()
+    svc.image.refresh()
     return svc
 
 
@@ -600,7 +627,7 @@ def offline_service(tmp_path_factory):
               st.integers(0, 0xFFFF), st.sampled_from([0, 1, 7, 255]), st.integers(0, 255),
               st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))), max_size=12))
 def test_any_byte_stream_gets_well_formed_answers_or_a_closed_connection(offline_service, chunks):
-    from gateway.outputs.modbus_tcp import _Connection
+    from gateway.outputs.modbus_tcp.face import _Connection
 
     async def feed():
         conn = _Connection(offline_service)

@@ -115,24 +115,24 @@ def test_roles_decide_who_acknowledges_and_configures(web):
     viewer = {"Authorization": f"Bearer {web.token('viewer')}"}
     operator = {"Authorization": f"Bearer {web.token('operator')}"}
     admin = {"Authorization": f"Bearer {web.token('admin')}"}
-    url = web.url + "api/v1/alarms/a-12-volt/acknowledge"
+    url = web.url + "api/v1/alarms/12/acknowledge"
     r = requests.post(url, headers=viewer, timeout=30)
     assert r.status_code == 403 and "operator" in r.json()["message"]
     r = requests.post(url, headers=operator, timeout=30)
     assert r.status_code == 200 and r.json()["acknowledged"] is True and r.json()["by"].startswith("token:t-operator")
-    assert web.alarms.table["a-12-volt"]["acknowledged_by"].startswith("token:")
+    assert web.alarms.table["12"]["acknowledged_by"].startswith("token:")
     r = requests.post(web.url + "api/v1/alarms/nope/acknowledge", headers=operator, timeout=30)
     assert r.status_code == 404
     active = api(web, "alarms?state=active", viewer).json()
-    assert active["available"] is True and {a["id"] for a in active["alarms"]} == {"a-12-volt", "a-37-ohmic"}
-    assert {a["id"] for a in api(web, "alarms?state=log", viewer).json()["alarms"]} >= {"a-old"}
+    assert active["available"] is True and {a["id"] for a in active["alarms"]} == {"12", "37"}
+    assert {a["id"] for a in api(web, "alarms?state=log", viewer).json()["alarms"]} >= {"3"}
     assert api(web, "config", operator).status_code == 403
     assert api(web, "config", admin).json()["config"]["web"]["login"]["max_failures"] == 3
 
 
 def test_session_posts_need_the_csrf_token(web):
     c = web.user("otto", "operator")
-    url = "/api/v1/alarms/a-37-ohmic/acknowledge"
+    url = "/api/v1/alarms/37/acknowledge"
     r = c.post(url)
     assert r.status_code == 403 and "CSRF" in r.json()["message"]
     r = c.post(url, headers={"X-CSRF-Token": "forged"})
@@ -269,3 +269,49 @@ def test_families_history_does_not_record_come_from_the_memory_buffer(tmp_path):
         source, _ = _trend_source(w, "strings/1/cells/2/history?point=voltage")
         assert source == "history"
         assert PointRef("cell.voltage", 1, 2) not in w.ctx.sources.buffer  # no second copy in memory
+
+
+def test_commands_are_listed_and_written_through_the_one_write_path(tmp_path):
+    """GET /commands lists what may be written and who may; POST /points/<path> writes through Gateway.write
+    (the command's role, the value's range, a device that must answer); the string page's form does the same."""
+    with web_gateway(tmp_path, cells=4) as w:
+        viewer = {"Authorization": f"Bearer {w.token('viewer')}"}
+        operator = {"Authorization": f"Bearer {w.token('operator')}"}
+        listed = {c["path"]: c for c in api(w, "commands", viewer).json()["commands"]}
+        reset = listed["strings/1/commands/reset_ohmic_baseline"]
+        assert reset["role"] == "operator" and reset["modbus_register"] == 9100 and reset["range"] == [1, 256]
+        relay = next(c for c in listed.values() if c["point"] == "io.do")
+        assert relay["values"] == {"0": "off", "1": "on"} and relay["modbus_register"] == 1080
+        assert "gateway/commands/acknowledge_alarms" not in listed  # nothing here carries it out: not offered
+        assert {c["path"] for c in api(w, "commands?string=1", viewer).json()["commands"]} == {
+            p for p, c in listed.items() if c.get("string") == 1}
+
+        def post(path, value, headers):
+            return requests.post(w.url + "api/v1/points/" + path, json={"value": value}, headers=headers, timeout=30)
+
+        assert post(reset["path"], 2, viewer).status_code == 403
+        r = post(reset["path"], 2, operator)
+        assert r.status_code == 200, r.text
+        assert r.json()["result"].startswith("string 1 battery 2: baseline cleared") and r.json()["string"] == 1
+        r = post(reset["path"], 9, operator)
+        assert r.status_code == 400 and "batteries 1..4" in r.json()["message"]
+        assert post("strings/9/commands/reset_ohmic_baseline", 1, operator).status_code == 404
+        model = w.gateway.simulator.model
+        r = post(relay["path"], 1, operator)
+        assert r.status_code == 200 and model.do_state == 1
+        assert post(relay["path"], 5, operator).status_code == 400 and model.do_state == 1
+        assert post(relay["path"], 0, operator).status_code == 200 and model.do_state == 0
+        r = requests.post(w.url + "api/v1/points/" + relay["path"], data="1", timeout=30,
+                          headers={**operator, "Content-Type": "text/plain"})
+        assert r.status_code == 415
+
+        ops = w.user("olga", "operator")
+        page = ops.get("/strings/1").text
+        assert 'data-command="string.reset_ohmic_baseline"' in page
+        assert 'data-command="string.reset_ohmic_baseline"' not in w.user("vic", "viewer").get("/strings/1").text
+        r = ops.form("/strings/1", "/write/strings/1/commands/reset_ohmic_baseline",
+                     {"value": "3", "next": "/strings/1"})
+        assert r.status_code == 302 and r.headers["Location"].endswith("/strings/1")
+        assert "String 1 battery 3: baseline cleared" in ops.get("/strings/1").text
+        r = ops.form("/io", f"/write/{relay['path']}", {"value": "1", "next": "/io"})
+        assert r.status_code == 302 and model.do_state == 1

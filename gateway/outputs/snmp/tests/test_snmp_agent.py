@@ -6,6 +6,7 @@ so the store, the agent and the simulator can be read at the same moment.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from gateway.hookspecs import AlarmEvent
 from gateway.outputs.snmp.agent import SnmpAgent, SnmpStartError
 from gateway.points import PointRef, Quality
-from tests.snmp_support import V3_USER, NetSnmp, TrapReceiver, free_udp_port, v2c, v3
+from tests.snmp_support import MIB_ARGS, V3_USER, NetSnmp, TrapReceiver, free_udp_port, v2c, v3
 from tests.support import GatewayThread, small_bank, write_config
 
 STRINGS, CELLS = 2, 6
@@ -53,7 +54,7 @@ def env(tmp_path_factory):
 
 
 def agent_of(gt) -> SnmpAgent:
-    return next(s for s in gt.gateway.services if isinstance(s, SnmpAgent))
+    return gt.gateway.service('snmp').agent
 
 
 def paused(gt):
@@ -301,14 +302,13 @@ def test_bmsgw_status_reports_the_agent(env):
 def test_config_errors_name_the_key(tmp_path):
     from gateway.app import Gateway
     from gateway.errors import ConfigError
-    from gateway.outputs.snmp_agent import check_section
 
     path = write_config(tmp_path, {"snmp": {"notifications": {"targets": [{"host": "127.0.0.1", "version": "v3",
                                                                           "user": "nobody"}]}}},
                         base=small_bank(1, 2))
     gw = Gateway(path)
     with pytest.raises(ConfigError, match=r"targets\[0\]\.user"):
-        check_section(gw.config.section("snmp"), str(path))
+        gw.check()
     bad = write_config(tmp_path, {"snmp": {"v3_users": [{"name": "x", "auth_key": "short", "priv_key": "12345678"}]}},
                        base=small_bank(1, 2))
     with pytest.raises(ConfigError, match="auth_key"):
@@ -388,7 +388,8 @@ def test_alarm_storm_fills_the_table_once(env):
 
 def test_on_battery_follows_the_string_state(env):
     """Mains lost: the string supervision classifies a discharge and the UPS-MIB says on battery; back on float,
-    not any more.  (Last in the module: the simulated string is put back on float by hand.)"""
+    not any more.  (The last test of the module's gateway: its simulated string is put back on float by
+    hand.)"""
     gt = env["gt"]
     model = gt.gateway.simulator.model
     store = gt.gateway.store
@@ -405,3 +406,45 @@ def test_on_battery_follows_the_string_state(env):
             model.set_mode(1, "float")
     gt.wait_for(lambda: env["snmp"].get(v2c(), "UPS-MIB::upsSecondsOnBattery.0", opts="-OQsU")
                 ["upsSecondsOnBattery.0"] == "0", timeout=30, what="off battery")
+
+
+def test_snmp_set_runs_commands_for_v3_users_whose_role_allows_it(tmp_path):
+    """SET is off by default, never from a community, and for v3 users only as far as their role goes; a
+    SET reaches the command through the gateway's one write path (the alarm shows who acknowledged it)."""
+    port = free_udp_port()
+    operator = {**V3_USER, "name": "ops", "role": "operator"}
+    viewer = {**V3_USER, "name": "watcher"}  # role: viewer, the default
+    cfg = {"snmp": {"listen": f"127.0.0.1:{port}", "v2c": {"community": "public"}, "v3_users": [operator, viewer],
+                    "writes": {"enabled": True}},
+           "alarms": {"rules": {"ambient_temperature": {"high": {"warning": 10.0, "critical": None},
+                                                        "on_delay_s": 0}}}}
+    path = write_config(tmp_path, cfg, base=small_bank(1, 2))
+    snmp = NetSnmp(port, tmp_path)
+    ack_all = "BMSGW-MIB::bmsgwGatewayAcknowledgeAlarms.0"
+
+    def snmpset(auth, oid, value):
+        return subprocess.run(["snmpset", *auth, *MIB_ARGS, "-t", "3", "-r", "1", snmp.target, oid, "i", str(value)],
+                              capture_output=True, text=True, env=snmp.env, timeout=60)
+    with GatewayThread(path, wait_points=None) as gt:
+        gw = gt.gateway
+
+        def ambient():
+            return next((r for r in gw.pm.hook.bmsgw_alarms(gateway=gw, active=True, limit=50) or []
+                         if r["point"] == "io.ambient_temperature"), None)
+
+        gt.wait_for(lambda: ambient() is not None, what="the ambient alarm")
+        assert snmp.get(v3(operator), ack_all) == {"bmsgwGatewayAcknowledgeAlarms.0": "idle"}  # reads 0
+        for auth, why in ((v2c("public"), "a community"), (v3(viewer), "a viewer")):
+            denied = snmpset(auth, ack_all, 1)
+            assert denied.returncode != 0 and "Reason:" in denied.stderr, (why, denied.stderr)
+            assert ambient()["acknowledged_by"] is None, why
+        done = snmpset(v3(operator), ack_all, 1)
+        assert done.returncode == 0, done.stderr
+        gt.wait_for(lambda: ambient()["acknowledged_by"] == "ops", what="the SNMP acknowledgement")
+        bad = snmpset(v3(operator), "BMSGW-MIB::bmsgwStringResetOhmicBaseline.1", 9)
+        assert bad.returncode != 0 and "wrongValue" in bad.stderr  # string 1 has batteries 1 and 2
+    cfg["snmp"]["writes"]["enabled"] = False  # the default: nobody may SET
+    path = write_config(tmp_path, cfg, base=small_bank(1, 2))
+    with GatewayThread(path, wait_points=None):
+        off = snmpset(v3(operator), ack_all, 1)
+        assert off.returncode != 0 and "Reason:" in off.stderr

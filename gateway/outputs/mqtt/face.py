@@ -13,7 +13,7 @@ Topics (``<prefix>`` is ``mqtt.topic_prefix``, ``bmsgw`` by default; ``<site>`` 
 Every payload is JSON with ``seq`` (one counter for all queued messages of the gateway: gaps and duplicates
 show), ``site`` and ``ts`` (Unix time the message was composed); each value carries its ``unit`` and the
 ``ts`` it was measured; values that are not GOOD are ``null`` with their ``quality``.  Data and alarms are
-published with QoS 1 through the store-and-forward queue (``mqtt_queue``); the status is published directly.
+published with QoS 1 through the store-and-forward queue (``queue.py``); the status is published directly.
 """
 from __future__ import annotations
 
@@ -26,89 +26,26 @@ import math
 import ssl
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .. import __version__
-from ..errors import ConfigError
-from ..exposition import decimals_for
-from ..hookspecs import hookimpl
-from ..points import PointRef, PointSpec, Quality, Reading
-from ..secretfiles import read_secret
-from .mqtt_queue import MessageQueue
+from ... import __version__
+from ...errors import ConfigError
+from ...exposition import decimals_for
+from ...hookspecs import hookimpl
+from ...points import PointRef, Quality, Reading
+from ...secretfiles import read_secret
+from ...service import ReloadResult, Service
+from .queue import MessageQueue
 
 if TYPE_CHECKING:
-    from ..app import Gateway
-    from ..pointmap import MappedPoint
+    from ...app import Gateway
+    from ...config import Config
+    from ...pointmap import MappedPoint
 
 log = logging.getLogger(__name__)
-
-_file = {"type": "string", "default": "", "maxLength": 4096}
-SCHEMA = {
-    "mqtt": {
-        "type": "object", "additionalProperties": False, "default": {},
-        "properties": {
-            "enabled": {"type": "boolean", "default": False},
-            "host": {"type": "string", "minLength": 1, "maxLength": 253, "default": "127.0.0.1"},
-            "port": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 0,
-                     "description": "0: 1883, or 8883 with TLS"},
-            "protocol": {"enum": ["3.1.1", "5"], "default": "3.1.1"},
-            "client_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{0,64}$", "default": "",
-                          "description": "empty: bmsgw-<site id>"},
-            "keepalive_s": {"type": "integer", "minimum": 5, "maximum": 3600, "default": 30},
-            "username": {"type": "string", "maxLength": 256, "default": ""},
-            "password": {"type": "string", "maxLength": 256, "default": "", "writeOnly": True},
-            "password_file": {**_file, "description": "read the password from this file instead (keeps it out "
-                                                      "of the config)"},
-            "tls": {
-                "type": "object", "additionalProperties": False, "default": {},
-                "properties": {
-                    "enabled": {"type": "boolean", "default": False},
-                    "ca_file": {**_file, "description": "CA certificate(s) of the broker; empty: the system's"},
-                    "cert_file": {**_file, "description": "client certificate (PEM), for brokers that ask"},
-                    "key_file": {**_file, "description": "its private key (PEM)"},
-                    "insecure": {"type": "boolean", "default": False,
-                                 "description": "do not check the broker's host name (testing only)"},
-                },
-            },
-            "topic_prefix": {"type": "string", "pattern": "^[^#+\\x00]{1,64}$", "default": "bmsgw"},
-            "layout": {"enum": ["string", "cell"], "default": "string",
-                       "description": "string: one message per string with every battery; cell: one per battery"},
-            "interval_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 0,
-                           "description": "publish every N seconds; 0: every poll cycle (gateway.poll.fast_s)"},
-            "retain_values": {"type": "boolean", "default": False},
-            "max_inflight": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 64},
-            "reconnect_min_s": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 1},
-            "reconnect_max_s": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 60},
-            "queue": {
-                "type": "object", "additionalProperties": False, "default": {},
-                "properties": {
-                    "file": {"type": "string", "minLength": 1, "default": "mqtt-queue.sqlite",
-                             "description": "relative to gateway.state_dir"},
-                    "max_messages": {"type": "integer", "minimum": 1, "maximum": 10000000, "default": 100000},
-                    "max_mb": {"type": "number", "exclusiveMinimum": 0, "maximum": 100000, "default": 64},
-                },
-            },
-        },
-    },
-}
-
-# The uploader's own figures, in the point map like every other value (Modbus, SNMP, Prometheus see them).
-POINT_FAMILIES = [
-    PointSpec(id="gateway.mqtt_connected", scope="gateway", unit="", slot=30, dtype="uint16", kind="state",
-              source="derived", states=((0, "disconnected"), (1, "connected")),
-              description="MQTT broker connection"),
-    PointSpec(id="gateway.mqtt_queued", scope="gateway", unit="", slot=31, dtype="uint32", source="derived",
-              description="MQTT messages waiting to be sent (memory and disk)"),
-    PointSpec(id="gateway.mqtt_sent", scope="gateway", unit="", slot=32, dtype="uint32", kind="counter",
-              source="derived", description="MQTT messages the broker acknowledged"),
-    PointSpec(id="gateway.mqtt_dropped", scope="gateway", unit="", slot=33, dtype="uint32", kind="counter",
-              source="derived", description="MQTT messages dropped, oldest first, because the queue was full"),
-]
-
 
 def _ts(t: float) -> float:
     return round(t, 3)
@@ -282,11 +219,54 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-class MqttService:
-    """Connects to the broker (paho's network thread), queues a message set every interval (asyncio task),
-    and sends the queue in order from a sender thread, at most ``max_inflight`` unacknowledged at a time."""
+class MqttService(Service):
+    """The MQTT face: an uploader to the broker, replaced by a new one when its settings change."""
 
     name = "mqtt"
+    sections = ("mqtt", "site")
+    face = True
+
+    def __init__(self, gateway: Gateway, cfg: dict) -> None:
+        self.gateway = gateway
+        self.uploader = MqttUploader(gateway, cfg)
+
+    async def start(self) -> None:
+        await self.uploader.start()
+
+    async def stop(self) -> None:
+        await self.uploader.stop()
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Broker, credentials, TLS, topics, layout, intervals: the uploader disconnects (its queue is on
+        disk: nothing is lost) and a new one connects with the new settings.  A new queue file waits for a
+        restart."""
+        cfg = config.section("mqtt")
+        result = ReloadResult()
+        old = self.uploader
+        if cfg["queue"]["file"] != old.cfg["queue"]["file"]:
+            result.restart.append("mqtt.queue.file")
+            cfg = {**cfg, "queue": {**cfg["queue"], "file": old.cfg["queue"]["file"]}}
+        new = MqttUploader(self.gateway, cfg)
+        await old.stop(reason="reconfigured")
+        await new.start()
+        self.uploader = new
+        result.notes.append(f"mqtt: reconnecting to {new.endpoints()[0]}")
+        return result
+
+    def status(self) -> dict:
+        return self.uploader.status()
+
+    def endpoints(self) -> list[str]:
+        return self.uploader.endpoints()
+
+    @hookimpl
+    def bmsgw_alarm_event(self, event: Any) -> None:
+        self.uploader.alarm(event)
+
+
+class MqttUploader:
+    """Connects to the broker (paho's network thread), queues a message set every interval (asyncio task),
+    and sends the queue in order from a sender thread, at most ``max_inflight`` unacknowledged at a time."""
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         self.gateway = gateway
@@ -510,14 +490,14 @@ class MqttService:
         log.info("mqtt: publishing to %s every %gs (topics %s/...)", self.endpoints()[0], self.interval,
                  self.builder.base)
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str = "stopped") -> None:
         if self._producer is not None:
             self._producer.cancel()
             await asyncio.gather(self._producer, return_exceptions=True)
             self._producer = None
-        await asyncio.to_thread(self._shutdown)
+        await asyncio.to_thread(self._shutdown, reason)
 
-    def _shutdown(self, grace_s: float = 2.0) -> None:
+    def _shutdown(self, reason: str = "stopped", grace_s: float = 2.0) -> None:
         deadline = time.monotonic() + grace_s
         with self._cv:  # a short grace for what is queued and in flight
             while self.connected and (self.queue.pending or self.queue.inflight) and time.monotonic() < deadline:
@@ -527,7 +507,7 @@ class MqttService:
         if self._sender is not None:
             self._sender.join(timeout=5)
         if self.connected:
-            info = self.client.publish(self.status_topic, self._status_payload("offline", reason="stopped"), qos=1,
+            info = self.client.publish(self.status_topic, self._status_payload("offline", reason=reason), qos=1,
                                        retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
@@ -544,39 +524,3 @@ class MqttService:
         if self.last_error:
             out["last_error"] = self.last_error
         return out
-
-
-_services: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@hookimpl
-def bmsgw_config_schema() -> dict[str, dict]:
-    return SCHEMA
-
-
-@hookimpl
-def bmsgw_point_families() -> list[PointSpec]:
-    return list(POINT_FAMILIES)
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    cfg = gateway.config.section("mqtt")
-    if not cfg.get("enabled"):
-        return []
-    svc = MqttService(gateway, cfg)
-    _services[gateway] = svc
-    return [svc]
-
-
-@hookimpl
-def bmsgw_alarm_event(gateway: Gateway, event: Any) -> None:
-    svc = _services.get(gateway)
-    if svc is not None:
-        svc.alarm(event)
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    svc = _services.get(gateway)
-    return {"mqtt": svc.status()} if svc is not None else {}

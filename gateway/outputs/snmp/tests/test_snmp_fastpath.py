@@ -19,7 +19,7 @@ from gateway.hookspecs import AlarmEvent
 from gateway.outputs.snmp import ber
 from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.points import PointRef
-from tests.snmp_support import free_udp_port
+from tests.snmp_support import free_udp_port, request
 from tests.support import GatewayThread, small_bank, write_config
 
 BASE = (1, 3, 6, 1, 4, 1, 32473)
@@ -33,7 +33,7 @@ def pair(tmp_path_factory):
                         base=small_bank(2, 4))
     gt = GatewayThread(path).start()
     gw = gt.gateway
-    fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
+    fast = gw.service('snmp').agent
     cfg = {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False}
     slow = SnmpAgent(gw, cfg)
     gt.call(slow.start())
@@ -61,24 +61,6 @@ def pair(tmp_path_factory):
 
 async def _apply(agent, event):
     agent.alarms.apply(event)
-
-
-def request(kind: str, oids, request_id: int = 4242, non_repeaters: int = 0, max_repetitions: int = 10,
-            community: str = "public") -> bytes:
-    pdu = {"get": v2c.GetRequestPDU, "next": v2c.GetNextRequestPDU, "bulk": v2c.GetBulkRequestPDU}[kind]()
-    if kind == "bulk":
-        v2c.apiBulkPDU.set_defaults(pdu)
-        v2c.apiBulkPDU.set_non_repeaters(pdu, non_repeaters)
-        v2c.apiBulkPDU.set_max_repetitions(pdu, max_repetitions)
-    else:
-        v2c.apiPDU.set_defaults(pdu)
-    v2c.apiPDU.set_request_id(pdu, request_id)
-    v2c.apiPDU.set_varbinds(pdu, [(oid, v2c.null) for oid in oids])
-    msg = v2c.Message()
-    v2c.apiMessage.set_defaults(msg)
-    v2c.apiMessage.set_community(msg, community)
-    v2c.apiMessage.set_pdu(msg, pdu)
-    return encoder.encode(msg)
 
 
 def ask(pair, data: bytes, port_index: int, timeout: float = 3.0) -> bytes | None:
