@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from bacpypes3.basetypes import (
     BinaryPV,
     Destination,
-    EventState,
     NotifyType,
     ObjectTypesSupported,
     Recipient,
@@ -67,7 +66,7 @@ class GatewayDevice(DeviceObject):
     _object_list_cache: Any = None
 
     @property
-    def objectList(self) -> Any:  # type: ignore[override]
+    def objectList(self) -> Any:
         if self._object_list_cache is None:
             self._object_list_cache = ArrayOfObjectIdentifier(list(self._app.objectIdentifier) if self._app else [])
         return self._object_list_cache
@@ -77,7 +76,7 @@ class GatewayDevice(DeviceObject):
         """Read-only: the application's objects."""
 
     @property
-    def protocolObjectTypesSupported(self) -> ObjectTypesSupported:  # type: ignore[override]
+    def protocolObjectTypesSupported(self) -> ObjectTypesSupported:
         supported = ObjectTypesSupported([])
         for name in SERVED_TYPES:
             supported[getattr(ObjectTypesSupported, name)] = 1
@@ -183,7 +182,8 @@ class BacnetService(Service):
                               NetworkPortObject(self.address, objectIdentifier=("network-port", 1),
                                                 objectName="BACnet/IP port"),
                               self._notification_class(cfg)]
-        store_objects, alarms = [], {}
+        store_objects: list[StoreObject] = []
+        alarms: dict[PointRef, list[tuple[ObjectPlan, Any]]] = {}
         for plan in plans:
             if plan.alarm_at is not None:
                 obj: Any = self._alarm_object(plan)

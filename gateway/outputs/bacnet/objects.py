@@ -163,10 +163,10 @@ def plan_point(entry: MappedPoint, cfg: dict) -> list[ObjectPlan]:
 def selected_families(cfg: dict) -> dict[str, str]:
     """family id -> the ``bacnet.objects`` key that asks for it."""
     objects = cfg["objects"]
-    out = {pid: "strings" for pid in objects["strings"]}
-    out.update({pid: "bank" for pid in objects["bank"]})
+    out = dict.fromkeys(objects["strings"], "strings")
+    out.update(dict.fromkeys(objects["bank"], "bank"))
     if objects["batteries"]:
-        out.update({pid: "battery_points" for pid in objects["battery_points"]})
+        out.update(dict.fromkeys(objects["battery_points"], "battery_points"))
     return out
 
 

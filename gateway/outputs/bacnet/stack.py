@@ -26,7 +26,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bacpypes3.apdu import SimpleAckPDU
+from bacpypes3.apdu import AbortPDU, SimpleAckPDU
 from bacpypes3.app import Application, DeviceInfoCache
 from bacpypes3.appservice import ApplicationServiceAccessPoint
 from bacpypes3.basetypes import PropertyIdentifier, ServicesSupported
@@ -111,8 +111,8 @@ class BoundLinkLayer(BIPNormal):
         self.codec = BVLLCodec()
         self.multiplexer = UDPMultiplexer()
         self.server = BoundDatagramServer(address, unicast, broadcast, on_malformed)
-        bind(self, self.codec, self.multiplexer.annexJ)  # type: ignore[arg-type]
-        bind(self.multiplexer, self.server)  # type: ignore[arg-type]
+        bind(self, self.codec, self.multiplexer.annexJ)
+        bind(self.multiplexer, self.server)
 
     def close(self) -> None:
         self.server.close()
@@ -184,9 +184,16 @@ class GatewayApplication(Application):
             supported[getattr(ServicesSupported, name)] = 1
         return supported
 
-    async def indication(self, apdu: Any) -> None:  # type: ignore[override]
+    async def indication(self, apdu: Any) -> None:
         self.counters["requests"] += 1
         await super().indication(apdu)
+
+    async def response(self, apdu: Any) -> None:
+        """The library builds the abort of an ``AbortException`` without the server flag, so the client takes it
+        for an abort of a transaction of its own and ignores it (0.0.110): every abort sent here is a server's."""
+        if isinstance(apdu, AbortPDU) and not apdu.apduSrv:
+            apdu.apduSrv = True
+        await super().response(apdu)
 
     # -- bounds ----------------------------------------------------------------------------------------------
     async def do_IAmRequest(self, apdu: Any) -> None:

@@ -185,11 +185,12 @@ class StoreObject:
 class AnalogInput(StoreObject):
     _object_class = bacnet_object.AnalogInputObject
     _elements = bacnet_object.AnalogInputObject._elements
-    _required = (*StoreObject._required, "units")
+    _required: tuple[str, ...] = (*StoreObject._required, "units")
     _cov_criteria = COVIncrementCriteria
-    _served = ("objectIdentifier", "objectName", "objectType", "propertyList", "description", "presentValue",
-               "statusFlags", "eventState", "reliability", "outOfService", "units", "covIncrement", "minPresValue",
-               "maxPresValue")
+    _served: tuple[str, ...] = (
+        "objectIdentifier", "objectName", "objectType", "propertyList", "description", "presentValue",
+        "statusFlags", "eventState", "reliability", "outOfService", "units", "covIncrement", "minPresValue",
+        "maxPresValue")
 
     @property
     def presentValue(self) -> Real:
@@ -221,9 +222,10 @@ class AnalogInput(StoreObject):
 class BinaryInput(StoreObject):
     _object_class = bacnet_object.BinaryInputObject
     _elements = bacnet_object.BinaryInputObject._elements
-    _required = (*StoreObject._required, "polarity")
-    _served = ("objectIdentifier", "objectName", "objectType", "propertyList", "description", "presentValue",
-               "statusFlags", "eventState", "reliability", "outOfService", "polarity", "inactiveText", "activeText")
+    _required: tuple[str, ...] = (*StoreObject._required, "polarity")
+    _served: tuple[str, ...] = (
+        "objectIdentifier", "objectName", "objectType", "propertyList", "description", "presentValue",
+        "statusFlags", "eventState", "reliability", "outOfService", "polarity", "inactiveText", "activeText")
 
     @property
     def presentValue(self) -> BinaryPV:
@@ -252,8 +254,9 @@ class BinaryOutput(BinaryInput):
 
     _object_class = bacnet_object.BinaryOutputObject
     _elements = bacnet_object.BinaryOutputObject._elements
-    _required = (*BinaryInput._required, "priorityArray", "relinquishDefault", "currentCommandPriority")
-    _served = (*BinaryInput._served, "priorityArray", "relinquishDefault", "currentCommandPriority")
+    _required: tuple[str, ...] = (
+        *BinaryInput._required, "priorityArray", "relinquishDefault", "currentCommandPriority")
+    _served: tuple[str, ...] = (*BinaryInput._served, "priorityArray", "relinquishDefault", "currentCommandPriority")
 
     @property
     def priorityArray(self) -> Any:
@@ -271,9 +274,10 @@ class BinaryOutput(BinaryInput):
 class MultiStateInput(StoreObject):
     _object_class = bacnet_object.MultiStateInputObject
     _elements = bacnet_object.MultiStateInputObject._elements
-    _required = (*StoreObject._required, "numberOfStates")
-    _served = ("objectIdentifier", "objectName", "objectType", "propertyList", "description", "presentValue",
-               "statusFlags", "eventState", "reliability", "outOfService", "numberOfStates", "stateText")
+    _required: tuple[str, ...] = (*StoreObject._required, "numberOfStates")
+    _served: tuple[str, ...] = (
+        "objectIdentifier", "objectName", "objectType", "propertyList", "description", "presentValue",
+        "statusFlags", "eventState", "reliability", "outOfService", "numberOfStates", "stateText")
 
     def __init__(self, plan: ObjectPlan, store: PointStore) -> None:
         super().__init__(plan, store)
