@@ -113,7 +113,7 @@ class BacnetService(Service):
         self.gateway = gateway
         self.cfg = cfg
         self.counters = {"requests": 0, "malformed": 0, "dropped_busy": 0, "refused_large": 0,
-                         "refused_subscriptions": 0, "writes": 0, "refused_writes": 0, "cov_pushes": 0}
+                         "refused_subscriptions": 0, "rejected": 0, "writes": 0, "refused_writes": 0, "cov_pushes": 0}
         self.malformed_log = LogLimiter(log, "bacnet: undecodable datagrams")
         self.refusals = LogLimiter(log, "bacnet: refused writes")
         self.app: GatewayApplication | None = None

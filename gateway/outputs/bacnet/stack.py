@@ -26,12 +26,19 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bacpypes3.apdu import AbortPDU, SimpleAckPDU
+from bacpypes3.apdu import (
+    APDU,
+    AbortPDU,
+    APCISequence,
+    RejectPDU,
+    SimpleAckPDU,
+    confirmed_request_types,
+)
 from bacpypes3.app import Application, DeviceInfoCache
-from bacpypes3.appservice import ApplicationServiceAccessPoint
+from bacpypes3.appservice import ApplicationServiceAccessPoint, ServerSSM
 from bacpypes3.basetypes import PropertyIdentifier, ServicesSupported
 from bacpypes3.comm import bind
-from bacpypes3.errors import APDUTooLong, ExecutionError
+from bacpypes3.errors import APDUTooLong, ExecutionError, RejectException
 from bacpypes3.ipv4 import IPv4DatagramServer
 from bacpypes3.ipv4.bvll import BVLLCodec
 from bacpypes3.ipv4.service import BIPNormal, UDPMultiplexer
@@ -43,6 +50,7 @@ from .store_objects import BinaryOutput, StoreObject
 
 log = logging.getLogger(__name__)
 
+BVLL_TYPE_BIP = 0x81  # the first octet of every BACnet/IP datagram (Annex J)
 MAX_TRANSACTIONS = 64  # confirmed requests being answered at once (each may hold a segmented answer)
 SERVICES_EXECUTED = ("readProperty", "readPropertyMultiple", "writeProperty", "subscribeCOV", "whoIs", "whoHas")
 PROPERTY_ALL = (PropertyIdentifier.all, PropertyIdentifier.required, PropertyIdentifier.optional)
@@ -96,6 +104,11 @@ class BoundDatagramServer(IPv4DatagramServer):
     async def confirmation(self, pdu: Any) -> None:
         if pdu.pduSource.addrTuple == self.local_address:
             return  # our own broadcast, heard back
+        if not pdu.pduData or pdu.pduData[0] != BVLL_TYPE_BIP:
+            # not BACnet/IP (Annex H tunnelling is not served): counted here, where the library would log a
+            # warning for each one (a flood of them would flood the log)
+            self.on_malformed(pdu, ValueError("not a BACnet/IP (BVLL 0x81) datagram"))
+            return
         try:
             await self.response(pdu)
         except Exception as exc:  # anything a datagram can make the stack raise: the datagram is dropped
@@ -119,17 +132,56 @@ class BoundLinkLayer(BIPNormal):
 
 
 # -- the application layer ----------------------------------------------------------------------------------------
+class RejectingServerSSM(ServerSSM):
+    """The library's server transaction, which answers a confirmed request it cannot decode with a reject
+    (unrecognized-service for a service it has no class for, invalid-tag or the decoder's own reason otherwise).
+    The library (0.0.110) hands the application an abort instead, which nobody answers: the client retries until
+    it times out and the transaction is held until the application timeout."""
+
+    async def request(self, apdu: Any) -> None:
+        if isinstance(apdu, AbortPDU):
+            await super().request(apdu)
+            return
+        try:
+            xpdu = APCISequence.decode(apdu)
+        except Exception as exc:
+            if apdu.apduService not in confirmed_request_types:
+                reason = "unrecognizedService"
+            elif isinstance(exc, RejectException):
+                reason = exc.rejectReason
+            else:
+                reason = "invalidTag"
+            self.ssmSAP.counters["rejected"] += 1
+            await self.confirmation(RejectPDU(invoke_id=self.invokeID, reason=reason))
+            return
+        xpdu.pduSource = self.pdu_address
+        xpdu.pduDestination = None
+        await self.ssmSAP.sap_request(xpdu)
+
+
 class BoundedServiceAccessPoint(ApplicationServiceAccessPoint):
     def __init__(self, *args: Any, counters: dict[str, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.counters = counters
 
     async def confirmation(self, pdu: Any) -> None:
+        """Confirmed requests as the library takes them (a server transaction each), with ours: at most
+        ``MAX_TRANSACTIONS`` at once, undecodable ones rejected.  Everything else: the library's way."""
         data = pdu.pduData
-        if data and data[0] >> 4 == 0 and len(self.serverTransactions) >= MAX_TRANSACTIONS:
+        if not data or data[0] >> 4 != 0:
+            await super().confirmation(pdu)
+            return
+        if len(self.serverTransactions) >= MAX_TRANSACTIONS:
             self.counters["dropped_busy"] += 1  # a new confirmed request while MAX_TRANSACTIONS are open
             return
-        await super().confirmation(pdu)
+        apdu = APDU.decode(pdu)
+        for tr in self.serverTransactions:
+            if apdu.apduInvokeID == tr.invokeID and apdu.pduSource == tr.pdu_address:
+                break
+        else:
+            tr = RejectingServerSSM(self, apdu.pduSource)
+            self.serverTransactions.append(tr)
+        await tr.indication(apdu)
 
 
 WriteHandler = Callable[[BinaryOutput, Any, Any], Awaitable[None]]
