@@ -48,7 +48,7 @@ class BacnetClient:
 
         async def build():
             device = DeviceObject(objectIdentifier=("device", self.instance), objectName="test client",
-                                  vendorIdentifier=999)
+                                  vendorIdentifier=999, maxApduLengthAccepted=1476)  # BACnet/IP's largest
             port = NetworkPortObject(f"127.0.0.1/8:{self.port}", objectIdentifier=("network-port", 1),
                                      objectName="client port")
             app = EventCatcher.from_object_list([device, port])
