@@ -1,6 +1,6 @@
 """BACnet/IP ReadPropertyMultiple throughput: bmsgw's device against bacpypes3's own sample server, same run.
 
-The gateway runs the default bank (4 strings x 120 batteries, 1,495 BACnet objects) on the simulator, polling
+The gateway runs the default bank (4 strings x 120 batteries, 1,498 BACnet objects) on the simulator, polling
 as usual, with the BACnet face on 127.0.0.1.  The reference is a server built the way bacpypes3's samples
 build one (``SimpleArgumentParser`` + ``Application.from_args``, the library's local objects from
 ``bacpypes3.local``: every property held in the object), in a child process, serving the same objects as one
