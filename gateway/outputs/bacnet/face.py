@@ -251,7 +251,8 @@ class BacnetService(Service):
         if structural == {"writes"} and {k for k in cfg["writes"] if cfg["writes"][k] != old["writes"][k]} \
                 <= LIVE_WRITE_KEYS:
             structural = set()
-        site_changed = "site" in changed
+        if cfg["device"]["instance"] != old["device"]["instance"]:
+            structural.add("device")  # the application indexes its objects by identifier: a new device
         if not structural and self.app is not None:
             self._apply_live(self.app, cfg, config)
             self.cfg = cfg
@@ -286,14 +287,16 @@ class BacnetService(Service):
         result.notes.append(f"bacnet: a new device application serves {len(new.objectIdentifier)} objects on "
                             f"{self.endpoints()[0]}" + (f"; {held} COV subscription(s) ended, their clients "
                                                         "subscribe again" if held else ""))
-        del site_changed
         return result
 
     def _apply_live(self, app: GatewayApplication, cfg: dict, config: Config) -> None:
         device, dev = app.device_object, cfg["device"]
         assert device is not None
-        device.objectName = device_name(cfg, config)
-        device.objectIdentifier = ObjectIdentifier(("device", dev["instance"]))
+        name = device_name(cfg, config)
+        if name != device.objectName:  # the application finds objects by name too (Who-Has)
+            app.objectName.pop(device.objectName, None)
+            device.objectName = name
+            app.objectName[name] = device
         for key, prop in (("vendor_name", "vendorName"), ("vendor_identifier", "vendorIdentifier"),
                           ("model_name", "modelName"), ("location", "location")):
             setattr(device, prop, dev[key])

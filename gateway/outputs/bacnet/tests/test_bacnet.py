@@ -323,10 +323,57 @@ def test_reload_applies_identity_live_and_rebuilds_for_new_objects(tmp_path):
         assert report is not None and not report.failed and any("new device application" in n for n in report.notes)
         assert len(client.read(port, f"device,{DEVICE}", "object-list")) == before - 12
         assert client.read(port, f"device,{DEVICE}", "object-name") == "battery room east"
+        data["bacnet"]["device"]["instance"] = DEVICE + 1
+        path.write_text(yaml.safe_dump(data))
+        report = gt.call(gw.reload_file())
+        assert report is not None and not report.failed and any("new device application" in n for n in report.notes)
+        assert client.read(port, f"device,{DEVICE + 1}", "object-name") == "battery room east"
+        assert client.who_is(port, DEVICE + 1) and client.who_is(port, DEVICE, timeout=1) == []
         data["bacnet"]["enabled"] = False
         path.write_text(yaml.safe_dump(data))
         gt.call(gw.reload_file())
-        assert client.who_is(port, DEVICE, timeout=1) == []
+        assert client.who_is(port, DEVICE + 1, timeout=1) == []
+
+
+def test_the_default_bank_is_served_whole(tmp_path):
+    """The repository's bank, 4 strings x 120 batteries: 1,498 objects listed; the objects of battery 120 of
+    string 4 read with ReadPropertyMultiple (one with a value, the others not read yet: communication-failure)."""
+    port = free_udp_port()
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["bacnet"] = {"enabled": True, "address": "127.0.0.1/8", "port": port}
+    data["gateway"] = {**data.get("gateway", {}), "state_dir": str(tmp_path / "var")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    gw = Gateway(path, simulator=False, port_overrides={f"bus{i}": "x" for i in range(1, 5)})
+    svc = BacnetService(gw, gw.config.section("bacnet"))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    voltage = PointRef("cell.voltage", 4, 120)
+
+    async def start():
+        await svc.start()
+        gw.store.put(voltage, 2.25)
+
+    try:
+        asyncio.run_coroutine_threadsafe(start(), loop).result(60)
+        with BacnetClient() as client:
+            assert client.read(port, f"device,{DEVICE}", "object-list[0]") == 1498
+            assert len(client.read(port, f"device,{DEVICE}", "object-list")) == 1498
+            catalog = gw.catalog
+            oids = [f"analog-input,{object_instance(catalog[f], PointRef(f, 4, 120))}"
+                    for f in ("cell.voltage", "cell.temperature", "cell.ohmic")]
+            assert oids[0] == "analog-input,4000120"
+            got = values(client.rpm(port, [(oid, ["object-name", "present-value", "reliability"]) for oid in oids]))
+            assert got[(oids[0], "object-name")] == "String 4 battery 120 voltage"
+            assert got[(oids[0], "present-value")] == pytest.approx(2.25)
+            assert str(got[(oids[0], "reliability")]) == "no-fault-detected"
+            assert str(got[(oids[2], "reliability")]) == "communication-failure"
+    finally:
+        asyncio.run_coroutine_threadsafe(svc.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 # -- stable numbers and the EDE file -------------------------------------------------------------------------
