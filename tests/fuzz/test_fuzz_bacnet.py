@@ -80,7 +80,7 @@ def captured_seeds() -> dict[str, bytes]:
         to = Address(f"127.0.0.1:{trap.getsockname()[1]}")
         app = client.app
         ai, bo = "analog-input,1000001", "binary-output,100510"
-        many = [x for i in range(1, 160) for x in (f"analog-input,{1_000_000 + i}", ["all"])]
+        many = [x for i in range(1, 400) for x in (f"analog-input,{1_000_000 + i}", ["all"])]
         requests = {
             "read": lambda: app.read_property(to, f"device,{DEVICE}", "object-name"),
             "read_index": lambda: app.read_property(to, f"device,{DEVICE}", "object-list", 3),

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 BVLL_TYPE_BIP = 0x81  # the first octet of every BACnet/IP datagram (Annex J)
 MAX_TRANSACTIONS = 64  # confirmed requests being answered at once (each may hold a segmented answer)
 SERVICES_EXECUTED = ("readProperty", "readPropertyMultiple", "writeProperty", "subscribeCOV", "whoIs", "whoHas")
+WILDCARD_DEVICE = ("device", 4194303)  # "this device", whatever its instance
 PROPERTY_ALL = (PropertyIdentifier.all, PropertyIdentifier.required, PropertyIdentifier.optional)
 
 
@@ -252,13 +253,21 @@ class GatewayApplication(Application):
         """Other devices' I-Am: not cached (we ask nobody anything by device instance)."""
 
     async def do_ReadPropertyMultipleRequest(self, apdu: Any) -> None:
+        """Counted before it is answered (``max_request_values``).  `all`, `required` or `optional` of an object
+        that does not exist is asked as its object-identifier: the library (0.0.110) raises on it when another
+        object of the request exists, where the answer is an unknown-object error for that object."""
         values = 0
         for spec in apdu.listOfReadAccessSpecs:
-            obj = self.get_object_id(spec.objectIdentifier)
+            oid = spec.objectIdentifier
+            obj = self.device_object if oid == WILDCARD_DEVICE else self.get_object_id(oid)
             for ref in spec.listOfPropertyReferences:
-                if ref.propertyIdentifier in PROPERTY_ALL and obj is not None:
+                if ref.propertyIdentifier not in PROPERTY_ALL:
+                    values += 1
+                elif obj is not None:
                     values += len(getattr(obj, "_served", None) or obj._elements)
                 else:
+                    ref.propertyIdentifier = PropertyIdentifier.objectIdentifier
+                    ref.propertyArrayIndex = None
                     values += 1
         if values > self.max_request_values:
             self.counters["refused_large"] += 1

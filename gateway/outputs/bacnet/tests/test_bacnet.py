@@ -144,6 +144,11 @@ def test_errors_for_what_is_not_there(still):
     assert isinstance(missing, ErrorRejectAbortNack) and "unknown-object" in str(missing)
     no_prop = client.read(port, "analog-input,1000001", "priority-array")
     assert isinstance(no_prop, ErrorRejectAbortNack) and "unknown-property" in str(no_prop)
+    # `all` of an object that is not there, beside one that is: an unknown-object error for that object only
+    mixed = client.rpm(port, [("analog-input,7", ["all"]), (f"device,{DEVICE}", ["object-name"])])
+    assert [(str(o), str(p)) for o, p, _i, _v in mixed] == [("analog-input,7", "object-identifier"),
+                                                          (f"device,{DEVICE}", "object-name")]
+    assert str(mixed[0][3].errorCode) == "unknown-object" and mixed[1][3] == "bmsgw-site"
     # more values than max_request_values (500 here) in one ReadPropertyMultiple: aborted
     every = [x for i in range(1, 41) for x in (f"analog-input,{1_000_000 + i % 8 + 1}", ["all"])]
     too_many = client.run(client.app.read_property_multiple(Address(f"127.0.0.1:{port}"), every))
