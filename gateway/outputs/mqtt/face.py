@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 # Home Assistant asks for a random delay before a device answers its birth message with its configs, so that
 # the devices of a site do not all answer at once.
 BIRTH_JITTER_S = 2.0
+# Birth messages closer together than this are answered once (later, not dropped): anyone who may publish on
+# the broker cannot make the gateway send its 1 MB of configs over and over.
+BIRTH_MIN_INTERVAL_S = 30.0
 
 
 def _ts(t: float) -> float:
@@ -333,6 +336,8 @@ class MqttUploader:
         # this uploader started, the message ids of the configs the broker has not acknowledged yet, and the
         # announcement they belong to (recorded on disk once all are acknowledged)
         self._announce_at: float | None = None
+        self._announced_at = -math.inf  # when the last announcement started (monotonic)
+        self.birth_min_interval_s = BIRTH_MIN_INTERVAL_S
         self._announced = False
         self._discovery_mids: set[int] = set()
         self._round: tuple[set[str], int, int] | None = None
@@ -439,12 +444,16 @@ class MqttUploader:
         plan = self.plan
         if plan is None or msg.topic != plan.birth_topic or msg.retain or msg.payload.strip() != b"online":
             return
-        log.info("mqtt: Home Assistant is online (%s): announcing the discovery configs again", msg.topic)
         with self._cv:
-            due = time.monotonic() + random.uniform(0, BIRTH_JITTER_S)
-            if self._announce_at is None or due < self._announce_at:
-                self._announce_at = due
+            if self._announce_at is not None:  # an announcement is due already: it answers this birth too
+                return
+            now = time.monotonic()
+            self._announce_at = max(now + random.uniform(0, BIRTH_JITTER_S),
+                                    self._announced_at + self.birth_min_interval_s)
+            delay = self._announce_at - now
             self._cv.notify_all()
+        log.info("mqtt: Home Assistant is online (%s): announcing the discovery configs again in %.1f s", msg.topic,
+                 delay)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # called by paho's network thread with its own locks held: only memory work here
@@ -493,6 +502,7 @@ class MqttUploader:
                 announce = self._announce_due()
                 if announce:
                     self._announce_at = None
+                    self._announced_at = time.monotonic()
                 done, self._round_done = self._round_done, None
             if done is not None:
                 self._announced_all(*done)

@@ -286,6 +286,7 @@ def test_home_assistant_birth_reannounces_and_removed_strings_and_discovery_off_
         per_string = 11 + 3 * 3
         with GatewayThread(ha_config(tmp_path, broker.port, strings=2)) as gt:
             announced(gt)
+            gt.gateway.service("mqtt").uploader.birth_min_interval_s = 0  # the birth is answered at once
             assert len(retained(broker.port, "homeassistant/+/bmsgw_demo/+/config", "late1")) == 13 + 2 * per_string
             first = len(ha.snapshot())
             # Home Assistant restarts: its birth message asks for the configs again
@@ -311,12 +312,39 @@ def test_home_assistant_birth_reannounces_and_removed_strings_and_discovery_off_
         ha.close()
 
 
+def test_a_storm_of_birth_messages_is_answered_once_and_not_sooner_than_the_minimum_interval(tmp_path):
+    """Anyone who may publish on the broker could send Home Assistant's birth message in a loop: each would make
+    the gateway send all its configs (1 MB on a full bank).  Births while an announcement is due are answered by
+    it; the next one waits until the minimum interval since the last announcement has passed."""
+    interval = 3.0
+    with Mosquitto(tmp_path / "broker") as broker, \
+            GatewayThread(ha_config(tmp_path, broker.port, strings=1, cells=2)) as gt:
+        count = 13 + 11 + 3 * 2
+        announced(gt)
+        uploader = gt.gateway.service("mqtt").uploader
+        uploader.birth_min_interval_s = interval
+        ha = Subscriber(broker.port, topic="homeassistant/+/bmsgw_demo/+/config", client_id="ha")
+        ha.wait_connected()
+        ha.wait_for(lambda s: len(s.snapshot()) >= count, what="the retained configs")
+        for _ in range(20):
+            ha.client.publish("homeassistant/status", "online", qos=1)
+        announced(gt, 2)
+        second = uploader._announced_at  # when the second announcement started
+        ha.client.publish("homeassistant/status", "online", qos=1)  # right after an announcement: waits
+        announced(gt, 3)
+        assert uploader._announced_at - second >= interval
+        ha.wait_for(lambda s: len(s.snapshot()) >= 3 * count, what="the configs of three announcements")
+        assert discovery_status(gt)["announcements"] == 3 and len(ha.snapshot()) == 3 * count
+        ha.close()
+
+
 def test_discovery_changes_apply_live_on_the_same_connection(tmp_path):
     with Mosquitto(tmp_path / "broker") as broker, \
             GatewayThread(ha_config(tmp_path, broker.port, strings=1, cells=2)) as gt:
         gw = gt.gateway
         announced(gt)
         uploader = gw.service("mqtt").uploader
+        uploader.birth_min_interval_s = 0  # the birth below is answered at once
         count = 13 + 11 + 3 * 2
         assert len(retained(broker.port, "homeassistant/#", "a")) == count
 
