@@ -23,6 +23,11 @@ RULES = EXAMPLES / "prometheus-rules.yml"
 DASHBOARD = EXAMPLES / "grafana-dashboard.json"
 # Grafana's $__rate_interval is at least 4 scrape intervals; the test's Prometheus scrapes every second
 RATE_INTERVAL = "15s"
+# a rule's final comparison with a number: taken off, what is left must return series from a running gateway
+THRESHOLD = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[0-9.]+$")
+# the rules whose condition holds on the test's bank: floating, its sensors answering, its room above a warning
+# and a critical limit; every other alert is expected to stay empty on such a bank
+EXPECTED_ON_A_HEALTHY_BANK = {"BmsAlarmWarning", "BmsAlarmCritical"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -152,9 +157,11 @@ def substitute(text: str, values: dict[str, list[str]]) -> str:
 def test_every_dashboard_query_returns_data_from_a_prometheus_that_scraped_the_gateway(tmp_path):
     over = {"site": {"id": "demo", "name": "Demo room"},
             "gateway": {"poll": {"slow_s": 1}}, "analytics": {"interval_s": 0.5},
-            # a real alarm of the gateway's engine: the room at 22 C is above a 15 C warning at once
+            # real alarms of the gateway's engine: the room at 22 C is above a 15 C warning at once, its
+            # humidity (about 45 %) above a 10 % critical limit
             "alarms": {"rules": {"ambient_temperature": {"on_delay_s": 0, "high": {"warning": 15.0,
-                                                                                    "critical": 35.0}}}}}
+                                                                                    "critical": 35.0}},
+                                 "ambient_humidity": {"on_delay_s": 0, "high": {"warning": 5.0, "critical": 10.0}}}}}
     with Mosquitto(tmp_path / "broker") as broker:
         over["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": broker.port, "interval_s": 0.5}
         path = write_config(tmp_path, base=small_bank(strings=2, cells=4), overrides=over)
@@ -165,7 +172,8 @@ def test_every_dashboard_query_returns_data_from_a_prometheus_that_scraped_the_g
                 # two scrapes with every kind of value: rates, the slow ohmic poll, analytics, the alarm
                 for ready in (f"rate(bms_gateway_bus_timeouts_total[{RATE_INTERVAL}])", "bms_cell_ohmic_ohms",
                               "bms_cell_voltage_average_deviation_volts", "bms_alarm_active",
-                              "bms_gateway_mqtt_queued", 'ALERTS{alertname="BmsAlarmWarning",alertstate="firing"}'):
+                              "bms_gateway_mqtt_queued", 'ALERTS{alertname="BmsAlarmWarning",alertstate="firing"}',
+                              'ALERTS{alertname="BmsAlarmCritical",alertstate="firing"}'):
                     prom.wait(ready)
                 dash = json.loads(DASHBOARD.read_text())
                 values: dict[str, list[str]] = {}
@@ -192,7 +200,17 @@ def test_every_dashboard_query_returns_data_from_a_prometheus_that_scraped_the_g
                         if not result["result"]:
                             empty.append(f"{panel['title']} [{t['refId']}]: {expr}")
                 assert empty == [] and checked >= 30
-                # the rules: every one evaluates against the real series; the gateway's alarm fires its alert
+                # the rules: each one's expression without its threshold returns data (the metrics exist, with
+                # those labels); with it, only the alert of the room's alarm holds on this healthy, floating bank
+                exprs = {r["alert"]: " ".join(r["expr"].split()) for g in yaml.safe_load(RULES.read_text())["groups"]
+                         for r in g["rules"]}
+                for alert, expr in exprs.items():
+                    bare = THRESHOLD.sub("", expr)
+                    assert bare != expr, f"{alert}: no threshold found in {expr}"
+                    assert api(prom.base, "query", query=bare)["result"], f"{alert}: {bare} returns nothing"
+                holding = {a for a, e in exprs.items() if api(prom.base, "query", query=e)["result"]}
+                assert holding == EXPECTED_ON_A_HEALTHY_BANK, exprs
+                # every rule evaluates against the real series; the gateway's alarm fires its alert
                 groups = api(prom.base, "rules")["groups"]
                 rules = [r for g in groups for r in g["rules"]]
                 assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
@@ -203,6 +221,9 @@ def test_every_dashboard_query_returns_data_from_a_prometheus_that_scraped_the_g
                 number = room[0]["labels"]["alarm"]
                 assert room[0]["annotations"]["summary"] == \
                     f"room: io.ambient_temperature warning (alarm number {number})"
-                assert not any(a["labels"]["alertname"] == "BmsStringOnBattery" for a in alerts)  # floating
+                humid = [a for a in alerts if a["state"] == "firing" and a["labels"]["alertname"] == "BmsAlarmCritical"]
+                assert [a["labels"]["metric"] for a in humid] == ["io.ambient_humidity"], alerts
+                assert humid[0]["labels"]["severity"] == "critical"
+                assert {a["labels"]["alertname"] for a in alerts} == EXPECTED_ON_A_HEALTHY_BANK  # none else pending
             finally:
                 prom.stop()
