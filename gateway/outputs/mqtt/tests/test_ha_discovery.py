@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
 import time
 
 import jinja2
@@ -132,13 +134,15 @@ def rendered_problem(topic: str, doc: dict, result: str) -> str | None:
 
 
 # -- harness ---------------------------------------------------------------------------------------------------
-def ha_config(tmp_path, port: int, strings: int = 2, cells: int = 3, layout: str = "string", **discovery):
+def ha_config(tmp_path, port: int, strings: int = 2, cells: int = 3, layout: str = "string", username: str = "",
+              password_file: str = "", **discovery):
     over = {"site": {"id": "demo", "name": "Demo room"}, "prometheus": {"enabled": False},
             # the ohmic values and the strings' derived values (analytics) soon
             "gateway": {"poll": {"slow_s": 1}}, "analytics": {"interval_s": 0.5},
             "alarms": {"di": [{"channel": 1, "name": "Smoke detector", "active": "closed", "severity": "critical"}]},
             "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "interval_s": 0.25, "layout": layout,
                      "reconnect_min_s": 1, "reconnect_max_s": 1,
+                     **({"username": username, "password_file": password_file} if username else {}),
                      "discovery": {"enabled": True, **discovery}}}
     return write_config(tmp_path, base=small_bank(strings=strings, cells=cells), overrides=over)
 
@@ -229,6 +233,9 @@ def test_configs_are_retained_valid_and_every_template_renders_the_published_val
             assert results["homeassistant/binary_sensor/bmsgw_demo/string1_alarm/config"] in ("ON", "OFF")
             assert results["homeassistant/binary_sensor/bmsgw_demo/di1/config"] == "open"  # payload_off
             status_msg = latest(states)["bmsgw/demo/status"]
+        # the gateway stops: its retained status turns every entity unavailable (the will says the same)
+        states.wait_for(lambda s: latest(s)["bmsgw/demo/status"]["state"] != "online", what="the offline status")
+        offline_msg = latest(states)["bmsgw/demo/status"]
         states.close()
     # the samples Home Assistant builds its entities from
     volt = docs["homeassistant/sensor/bmsgw_demo/string1_voltage/config"]
@@ -240,6 +247,7 @@ def test_configs_are_retained_valid_and_every_template_renders_the_published_val
     assert volt["availability"] == [{"topic": "bmsgw/demo/status", "value_template": "{{ value_json['state'] }}",
                                      "payload_available": "online", "payload_not_available": "offline"}]
     assert render(volt["availability"][0]["value_template"], status_msg) == "online"
+    assert render(volt["availability"][0]["value_template"], offline_msg) == "offline"
     state = docs["homeassistant/sensor/bmsgw_demo/string1_state/config"]
     assert state["device_class"] == "enum" and state["options"] == ["unknown", "float", "charging", "discharging",
                                                                     "rest"]
@@ -381,3 +389,37 @@ def test_discovery_changes_apply_live_on_the_same_connection(tmp_path):
         gt.wait_for(lambda: not (tmp_path / "var" / RECORD_FILE).exists(), what="the configs to be cleared")
         assert retained(broker.port, "ha/discovery/#", "e") == {}
         assert gw.service("mqtt").uploader is uploader and uploader.connected
+
+
+def test_the_readmes_broker_acl_lets_the_gateway_announce_and_answer_home_assistant(tmp_path):
+    """The Mosquitto ACL the README gives the gateway's user, on a broker with passwords: the configs and the
+    values reach Home Assistant's user, and Home Assistant's birth message reaches the gateway."""
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "gateway" / "outputs" / "mqtt" / "README.md").read_text()
+    acl_text = re.search(r"Mosquitto's ACL file.*?```\n(.*?)```", readme, re.S).group(1)
+    assert acl_text.startswith("user bmsgw\n")
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    passwd, acl = folder / "passwd", folder / "acl"
+    for i, (user, password) in enumerate([("bmsgw", "gw pass"), ("homeassistant", "ha pass")]):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(passwd), user, password], check=True,
+                       capture_output=True)
+    os.chmod(passwd, 0o600)
+    acl.write_text(acl_text + "\nuser homeassistant\ntopic readwrite homeassistant/#\ntopic read bmsgw/#\n")
+    (tmp_path / "mqtt.pass").write_text("gw pass\n")
+    with Mosquitto(folder, extra=f"password_file {passwd}\nacl_file {acl}", anonymous=False) as broker:
+        ha = Subscriber(broker.port, topic="#", client_id="ha", auth=("homeassistant", "ha pass"))
+        ha.wait_connected()
+        path = ha_config(tmp_path, broker.port, strings=1, cells=2, username="bmsgw",
+                         password_file=str(tmp_path / "mqtt.pass"))
+        count = 13 + 11 + 3 * 2
+        with GatewayThread(path) as gt:
+            announced(gt)
+            gt.gateway.service("mqtt").uploader.birth_min_interval_s = 0
+            ha.wait_for(lambda s: sum(t.startswith("homeassistant/") for t, _, _ in s.snapshot()) >= count
+                        and "bmsgw/demo/string/1" in latest(s), what="the configs and the values")
+            ha.client.publish("homeassistant/status", "online", qos=1)
+            announced(gt, 2)  # the gateway read the birth message
+        assert sum(t.startswith("homeassistant/") and t.endswith("/config") for t, _, _ in ha.snapshot()) == 2 * count
+        ha.close()
