@@ -135,7 +135,7 @@ def rendered_problem(topic: str, doc: dict, result: str) -> str | None:
 
 # -- harness ---------------------------------------------------------------------------------------------------
 def ha_config(tmp_path, port: int, strings: int = 2, cells: int = 3, layout: str = "string", username: str = "",
-              password_file: str = "", **discovery):
+              password_file: str = "", profile: str = "bm-bcs-12", **discovery):
     over = {"site": {"id": "demo", "name": "Demo room"}, "prometheus": {"enabled": False},
             # the ohmic values and the strings' derived values (analytics) soon
             "gateway": {"poll": {"slow_s": 1}}, "analytics": {"interval_s": 0.5},
@@ -144,7 +144,11 @@ def ha_config(tmp_path, port: int, strings: int = 2, cells: int = 3, layout: str
                      "reconnect_min_s": 1, "reconnect_max_s": 1,
                      **({"username": username, "password_file": password_file} if username else {}),
                      "discovery": {"enabled": True, **discovery}}}
-    return write_config(tmp_path, base=small_bank(strings=strings, cells=cells), overrides=over)
+    base = small_bank(strings=strings, cells=cells, profile=profile)
+    if profile == "bm-bcs-02":  # the default bank's cells
+        for s in base["strings"]:
+            s["battery"] = {"model": "2V 500Ah VRLA", "nominal_voltage": 2, "capacity_ah": 500}
+    return write_config(tmp_path, base=base, overrides=over)
 
 
 def discovery_status(gt: GatewayThread) -> dict:
@@ -182,13 +186,15 @@ def latest(sub: Subscriber) -> dict[str, dict]:
 UNKNOWN_WHILE_FLOATING = ("soh", "runtime_remaining")
 
 
-@pytest.mark.parametrize("layout", ["string", "cell"])
-def test_configs_are_retained_valid_and_every_template_renders_the_published_value(tmp_path, layout):
+# 12 V blocs, and the default bank's 2 V cells (other scales, another model)
+@pytest.mark.parametrize(("layout", "profile", "model"), [("string", "bm-bcs-12", "12V VRLA"),
+                                                         ("cell", "bm-bcs-02", "2V 500Ah VRLA")])
+def test_configs_are_retained_valid_and_every_template_renders_the_published_value(tmp_path, layout, profile, model):
     strings, cells = (2, 3) if layout == "string" else (1, 2)
     with Mosquitto(tmp_path / "broker") as broker:
         states = Subscriber(broker.port, topic="bmsgw/#", client_id="states")
         states.wait_connected()
-        with GatewayThread(ha_config(tmp_path, broker.port, strings, cells, layout)) as gt:
+        with GatewayThread(ha_config(tmp_path, broker.port, strings, cells, layout, profile=profile)) as gt:
             announced(gt)
             status = discovery_status(gt)
             expected = 13 + strings * (11 + 3 * cells)  # gateway and room, per string, per battery
@@ -226,9 +232,9 @@ def test_configs_are_retained_valid_and_every_template_renders_the_published_val
             voltage = float(results["homeassistant/sensor/bmsgw_demo/string1_voltage/config"])
             assert abs(voltage - store.value(PointRef("string.voltage", 1))) < 0.05 * voltage
             cell2 = float(results["homeassistant/sensor/bmsgw_demo/string1_battery2_voltage/config"])
-            assert abs(cell2 - store.value(PointRef("cell.voltage", 1, 2))) < 0.5
+            assert abs(cell2 - store.value(PointRef("cell.voltage", 1, 2))) < 0.05 * cell2
             ohmic = float(results["homeassistant/sensor/bmsgw_demo/string1_battery2_ohmic/config"])
-            assert abs(ohmic - 1000 * store.value(PointRef("cell.ohmic", 1, 2))) < 0.5  # milliohm
+            assert abs(ohmic - 1000 * store.value(PointRef("cell.ohmic", 1, 2))) < 0.1 * ohmic  # milliohm
             assert results["homeassistant/sensor/bmsgw_demo/string1_state/config"] == "float"
             assert results["homeassistant/binary_sensor/bmsgw_demo/string1_alarm/config"] in ("ON", "OFF")
             assert results["homeassistant/binary_sensor/bmsgw_demo/di1/config"] == "open"  # payload_off
@@ -242,7 +248,7 @@ def test_configs_are_retained_valid_and_every_template_renders_the_published_val
     assert volt["device_class"] == "voltage" and volt["unit_of_measurement"] == "V"
     assert volt["state_class"] == "measurement" and volt["name"] == "Voltage"
     assert volt["device"] == {"identifiers": ["bmsgw_demo_string1"], "name": "String 1", "manufacturer": "bmsgw",
-                              "model": f"{cells} x 12V VRLA", "sw_version": volt["origin"]["sw_version"],
+                              "model": f"{cells} x {model}", "sw_version": volt["origin"]["sw_version"],
                               "via_device": "bmsgw_demo"}
     assert volt["availability"] == [{"topic": "bmsgw/demo/status", "value_template": "{{ value_json['state'] }}",
                                      "payload_available": "online", "payload_not_available": "offline"}]
