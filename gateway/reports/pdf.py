@@ -231,7 +231,7 @@ def _string_section(ctx: ReportContext, s: StringConfig, th: dict[str, Any]) -> 
         rows = [["raised", "cleared", "severity", "alarm"]]
         for a in ctx.alarms[:200]:
             rows.append([fmt_ts(a.get("raised"), True), fmt_ts(a.get("cleared"), True), a.get("severity", ""),
-                         str(a.get("text", ""))])
+                         str(a.get("message", ""))])
         story.append(_table(rows, [32 * mm, 32 * mm, 18 * mm, 92 * mm]))
         if len(ctx.alarms) > 200:
             story.append(Paragraph(f"... and {len(ctx.alarms) - 200} more (CSV export has them all)", SMALL))
