@@ -3,6 +3,7 @@ client this project did not write): ident, battery group, upsConfigLowBattTime s
 alarm table with its notifications, on a gateway running the simulated bank (2 strings x 6 batteries)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -167,6 +168,36 @@ def test_low_batt_time_is_set_through_the_write_path_and_raises_low_battery(env)
     assert ups(env, "upsBatteryStatus.0")["upsBatteryStatus.0"] == "batteryNormal"
     time.sleep(1.2)  # one more evaluation: no further notification
     assert len(receiver.notifications()) == since + 1
+
+
+def test_a_reload_keeps_the_rows_their_ids_and_the_set_low_batt_time(env):
+    """A changed snmp section starts a new agent: the alarm rows keep their ids and no notification repeats
+    them; the SET upsConfigLowBattTime stays; the new ident answers; upsIdentName is not writable over SNMP."""
+    gt = env["gt"]
+    gw = gt.gateway
+    receiver = env["receiver"]
+    minutes = int(ups(env, "upsEstimatedMinutesRemaining.0")["upsEstimatedMinutesRemaining.0"])
+    since = len(receiver.notifications())
+    assert snmpset(env, v3(OPERATOR), LOW_BATT, minutes + 30).returncode == 0
+    wait_note(env, "upsTrapAlarmEntryAdded", since, "upsAlarmLowBattery")
+    row = alarm_rows(env)["upsAlarmLowBattery"]
+    try:
+        doc = copy.deepcopy(gw.config.data)
+        doc["snmp"]["ups"]["ident"]["attached_devices"] = "Rack B1"
+        report = gt.call(gw.reload(gw.check(doc)), timeout=60)
+        assert "snmp" in report.applied, report.as_dict()
+        assert ups(env, "upsIdentAttachedDevices.0")["upsIdentAttachedDevices.0"] == "Rack B1"
+        assert alarm_rows(env) == {"upsAlarmLowBattery": row}
+        assert ups(env, "upsConfigLowBattTime.0")["upsConfigLowBattTime.0"] == str(minutes + 30)
+        name = subprocess.run(["snmpset", *v3(OPERATOR), *MIB_ARGS, "-t", "3", "-r", "1", env["snmp"].target,
+                               "UPS-MIB::upsIdentName.0", "s", "renamed"], capture_output=True, text=True,
+                              env=env["snmp"].env, timeout=60)
+        assert name.returncode != 0 and "notWritable" in name.stderr
+        time.sleep(1.2)  # the new agent evaluated the conditions at least once
+        assert notes_of(receiver, "upsTrapAlarmEntryAdded", since + 1) == []
+    finally:
+        assert snmpset(env, v3(OPERATOR), LOW_BATT, 5).returncode == 0
+    wait_note(env, "upsTrapAlarmEntryRemoved", since, "upsAlarmLowBattery")
 
 
 def test_alarm_engine_alarms_become_well_known_alarms(env):
