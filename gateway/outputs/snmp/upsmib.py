@@ -322,7 +322,7 @@ def ups_section(data: AgentData, battery: UpsBattery | None = None) -> Section:
 class UpsAlarmRow:
     alarm_id: int  # upsAlarmId: the row's index
     alarm: int  # upsWellKnownAlarms.N
-    onset_mono: float  # when the condition was detected (monotonic clock)
+    onset: float  # when the condition began (wall clock)
 
     @property
     def descr(self) -> tuple[int, ...]:
@@ -339,8 +339,14 @@ class UpsAlarms:
     depleted battery from ``UpsBattery``; battery bad, temperature bad and communications lost from the alarm
     engine's active alarms (``observe``).  A row is added when a condition starts and removed when it ends,
     each with ``upsTrapAlarmEntryAdded``/``Removed`` through ``notify``; ``upsTrapOnBattery`` goes out when the
-    bank goes on battery and every minute while it stays there.
+    bank goes on battery and every minute while it stays there.  The onset (upsAlarmTime) is when the
+    condition began: the alarm's raise time, the discharge's start; so a condition older than the agent reads
+    0, as RFC 1628 asks.  Low and depleted battery follow an estimate that wavers around the threshold: their
+    rows go only after ``CLEAR_AFTER_S`` without the condition (RFC 1628: a notification no more often than
+    every five seconds).
     """
+
+    CLEAR_AFTER_S = 5.0
 
     def __init__(self, data: AgentData, battery: UpsBattery, notify: Notify | None = None,
                  send_traps: bool = True) -> None:
@@ -349,7 +355,9 @@ class UpsAlarms:
         self.notify = notify
         self.send_traps = send_traps
         self.rows: dict[int, UpsAlarmRow] = {}  # by well-known alarm
-        self.events: dict[str, int] = {}  # active alarm-engine alarms behind a condition: alarm id -> well-known
+        # active alarm-engine alarms behind a condition: alarm id -> (well-known alarm, raised at)
+        self.events: dict[str, tuple[int, float]] = {}
+        self._absent: dict[int, float] = {}  # rows whose condition is gone, since when
         self._next = 1
         self._on_battery_sent = -math.inf
         self.changed: Callable[[], None] = lambda: None  # the index's rows must be rebuilt
@@ -357,6 +365,7 @@ class UpsAlarms:
     def take_over(self, old: UpsAlarms) -> None:
         """A reload's new agent: the same rows, ids and onsets (no notifications for what did not change)."""
         self.rows, self.events, self._next = dict(old.rows), dict(old.events), old._next
+        self._absent = dict(old._absent)
         self._on_battery_sent = old._on_battery_sent
         self.changed()
 
@@ -368,30 +377,43 @@ class UpsAlarms:
             alarm = BATTERY_BAD
         key = str(getattr(event, "alarm_id", ""))
         if getattr(event, "raised", True) and alarm is not None:
-            self.events[key] = alarm
+            onset = getattr(event, "raised_ts", None) or getattr(event, "ts", None) or time.time()
+            self.events[key] = (alarm, float(onset))
         else:
             self.events.pop(key, None)  # cleared, or no longer critical
 
-    def conditions(self) -> set[int]:
-        out = set(self.events.values())
+    def conditions(self, now: float) -> dict[int, float]:
+        """The well-known alarms in effect, each with when it began (wall clock)."""
+        out: dict[int, float] = {}
+        for alarm, onset in self.events.values():
+            out[alarm] = min(onset, out.get(alarm, onset))
         status = self.battery.status_code()
         if self.battery.discharging():
-            out.add(ON_BATTERY)
+            seconds = self.battery.seconds_on_battery()[1]
+            out[ON_BATTERY] = now - (seconds if isinstance(seconds, int) else 0)
         if status in (LOW, DEPLETED):
-            out.add(LOW_BATTERY)
+            out[LOW_BATTERY] = now
         if status == DEPLETED:
-            out.add(DEPLETED_BATTERY)
+            out[DEPLETED_BATTERY] = now
         return out
 
-    def evaluate(self, now_mono: float | None = None) -> None:
-        now = time.monotonic() if now_mono is None else now_mono
-        wanted = self.conditions()
+    def evaluate(self, now: float | None = None) -> None:
+        """Add and remove rows (with their notifications) for the conditions at ``now`` (wall clock)."""
+        now = time.time() if now is None else now
+        wanted = self.conditions(now)
         added = [a for a in sorted(wanted) if a not in self.rows]
-        removed = [self.rows[a] for a in sorted(self.rows) if a not in wanted]
-        for row in removed:
-            del self.rows[row.alarm]
+        removed = []
+        for alarm in sorted(self.rows):
+            if alarm in wanted:
+                self._absent.pop(alarm, None)
+                continue
+            since = self._absent.setdefault(alarm, now)
+            if alarm in (LOW_BATTERY, DEPLETED_BATTERY) and now - since < self.CLEAR_AFTER_S:
+                continue  # the estimate may come back under the threshold: not yet
+            removed.append(self.rows.pop(alarm))
+            del self._absent[alarm]
         for alarm in added:
-            self.rows[alarm] = UpsAlarmRow(self._new_id(), alarm, now)
+            self.rows[alarm] = UpsAlarmRow(self._new_id(), alarm, wanted[alarm])
         if added or removed:
             self.changed()
         for row in removed:
@@ -399,8 +421,9 @@ class UpsAlarms:
         for alarm in added:  # RFC 1628: not for upsAlarmOnBattery, which has upsTrapOnBattery
             if alarm != ON_BATTERY:
                 self._trap(TRAP_ALARM_ADDED, self.rows[alarm], "added")
-        if ON_BATTERY in self.rows and now - self._on_battery_sent >= ON_BATTERY_RESEND_S:
-            self._on_battery_sent = now
+        mono = time.monotonic()  # the resend interval does not follow the wall clock's jumps
+        if ON_BATTERY in self.rows and mono - self._on_battery_sent >= ON_BATTERY_RESEND_S:
+            self._on_battery_sent = mono
             self._trap_on_battery()
         elif ON_BATTERY not in self.rows:
             self._on_battery_sent = -math.inf
@@ -434,8 +457,7 @@ class UpsAlarms:
 
     def stamp(self, row: UpsAlarmRow) -> int:
         """upsAlarmTime: sysUpTime at the onset; 0 when it was before this agent started."""
-        ticks = (row.onset_mono - self.data.started_mono) * 100
-        return int(ticks) & 0xFFFFFFFF if ticks > 0 else 0
+        return self.data.stamp(row.onset)
 
     def section(self) -> Section:
         sec = Section()

@@ -13,7 +13,22 @@ import pytest
 
 from gateway import __version__
 from gateway.hookspecs import AlarmEvent
-from gateway.outputs.snmp.upsmib import LowBattTime, UpsAlarmRow, UpsAlarms
+from gateway.outputs.snmp import ber
+from gateway.outputs.snmp.sections import AgentData
+from gateway.outputs.snmp.upsmib import (
+    LOW,
+    NORMAL,
+    ON_BATTERY,
+    TEMP_BAD,
+    TRAP_ALARM_ADDED,
+    TRAP_ALARM_REMOVED,
+    TRAP_ON_BATTERY,
+    UPS_ALARM_ENTRY,
+    UPS_WELL_KNOWN,
+    LowBattTime,
+    UpsAlarmRow,
+    UpsAlarms,
+)
 from gateway.points import PointRef
 from tests.snmp_support import MIB_ARGS, V3_USER, NetSnmp, TrapReceiver, free_udp_port, v2c, v3
 from tests.support import GatewayThread, small_bank, write_config
@@ -316,15 +331,65 @@ def test_low_batt_time_persists_until_the_configured_value_is_edited(tmp_path):
     assert running.minutes == 3 and LowBattTime(path, 3).minutes == 3
 
 
+class FakeBattery:
+    """What UpsAlarms asks of the battery group, set by the test."""
+
+    def __init__(self) -> None:
+        self.status, self.on, self.seconds = NORMAL, False, 0
+
+    def status_code(self) -> int:
+        return self.status
+
+    def discharging(self) -> bool:
+        return self.on
+
+    def seconds_on_battery(self):
+        return ber.INTEGER, self.seconds
+
+    def minutes_remaining(self):
+        return ber.INTEGER, 3
+
+
+def fake_table() -> tuple[UpsAlarms, FakeBattery, list[tuple]]:
+    data = AgentData(store=None, pointmap=None, topology=None, base=(), site_name="", system={}, ups={},  # type: ignore[arg-type]
+                     entity_points=[], poll={})
+    battery = FakeBattery()
+    sent: list[tuple] = []
+    table = UpsAlarms(data, battery, notify=lambda trap, values, what: sent.append((trap, values)))  # type: ignore[arg-type]
+    return table, battery, sent
+
+
+def test_alarm_time_is_the_onset_and_zero_when_before_the_agent():
+    """upsAlarmTime is sysUpTime when the condition began: a discharge that started before the agent reads 0
+    (RFC 1628), an alarm raised after it reads its own time; on battery is announced by upsTrapOnBattery."""
+    table, battery, sent = fake_table()
+    start = table.data.started
+    battery.on, battery.seconds = True, 100
+    table.evaluate(start + 5)
+    assert table.stamp(table.rows[ON_BATTERY]) == 0
+    assert [trap for trap, _ in sent] == [TRAP_ON_BATTERY]
+    table.observe(AlarmEvent(alarm_id=7, object="room", metric="io.ambient_temperature", value=36.0, threshold=35.0,
+                             severity="warning", text="warm", raised=True, ts=start + 12.5,
+                             rule="ambient_temperature"))
+    table.evaluate(start + 13)
+    assert table.stamp(table.rows[TEMP_BAD]) == 1250
+    assert [trap for trap, _ in sent] == [TRAP_ON_BATTERY, TRAP_ALARM_ADDED]
+    assert sent[-1][1][1] == (UPS_ALARM_ENTRY + (2, 2), (ber.OID, UPS_WELL_KNOWN + (TEMP_BAD,)))
+
+
+def test_a_wavering_run_time_adds_and_removes_the_low_battery_row_once():
+    """The estimate hovers around upsConfigLowBattTime: one row, one added and one removed notification."""
+    table, battery, sent = fake_table()
+    t0 = table.data.started + 60
+    for i, status in enumerate([LOW, NORMAL, LOW, NORMAL, LOW] + [NORMAL] * 10):
+        battery.status = status
+        table.evaluate(t0 + i)
+    assert [trap for trap, _ in sent] == [TRAP_ALARM_ADDED, TRAP_ALARM_REMOVED]
+    assert table.rows == {}
+
+
 def test_alarm_ids_grow_and_wrap_to_the_first_free_value():
-    class Battery:
-        def status_code(self):
-            return 2
-
-        def discharging(self):
-            return False
-
-    table = UpsAlarms(data=None, battery=Battery())  # type: ignore[arg-type]
+    table, _battery, _sent = fake_table()
     table._next = 2147483647
     table.rows[5] = UpsAlarmRow(1, 5, 0.0)
     assert table._new_id() == 2147483647
