@@ -170,9 +170,14 @@ class UpsBattery:
         self.strings = [(s.id, s.battery.capacity_ah) for s in data.topology.strings]
         self.cells = [(s.id, c) for s in data.topology.strings for c in range(1, s.cells + 1)]
         self.discharging_code = string_states(data.pointmap.catalog).discharging
+        self._refs: dict[tuple[str, int | None], PointRef] = {}  # made once: a request reads a few dozen
 
     def _value(self, point: str, string: int | None = None) -> float | None:
-        return _good(self.data.store.get(PointRef(point, string)))
+        key = (point, string)
+        ref = self._refs.get(key)
+        if ref is None:
+            ref = self._refs[key] = PointRef(point, string)
+        return _good(self.data.store.get(ref))
 
     def _strings(self, point: str) -> list[float]:
         return [v for v in (self._value(point, s) for s, _cap in self.strings) if v is not None]
