@@ -167,6 +167,7 @@ def test_low_batt_time_is_set_through_the_write_path_and_raises_low_battery(env)
     added = wait_note(env, "upsTrapAlarmEntryAdded", since, "upsAlarmLowBattery")
     values = ups(env, "upsBatteryStatus.0", "upsAlarmsPresent.0")
     assert values == {"upsBatteryStatus.0": "batteryLow", "upsAlarmsPresent.0": "1"}
+    assert set(nut_snmp_ups(env)["ups.status"].split()) == {"OL", "LB"}  # LB with OB: what upsmon shuts down on
     rows = alarm_rows(env)
     row = rows["upsAlarmLowBattery"]
     assert added[f"upsAlarmId.{row}"] == f"INTEGER: {row}"
