@@ -37,7 +37,7 @@ __all__ = ["HistoryDB", "HistoryError", "Series", "SeriesInfo", "Tier", "history
 
 # Defaults sized for the BM-BMS maximum (480 batteries, about 30 families stored) on an 8 GB card:
 # raw 60 s samples for 30 days, 15 min for a year, 1 h for 5 years, 1 day for 20 years; see bench/history.py
-# and the README for the figures (about 1.4 GB for 5 years).
+# and docs/analytics.md for the figures (about 1.4 GB for 5 years).
 DEFAULT_TIERS = [{"seconds": 900, "retention_days": 366}, {"seconds": 3600, "retention_days": 1827},
                  {"seconds": 86400, "retention_days": 7305}]
 
