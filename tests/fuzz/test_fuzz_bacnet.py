@@ -72,45 +72,45 @@ def device(tmp_path_factory):
 
 
 def captured_seeds() -> dict[str, bytes]:
-    """What bacpypes3's client sends (to a socket of ours that never answers), by what it asks."""
+    """What bacpypes3's client sends (to a socket of ours that never answers), by what it asks.  A socket for
+    each request, so that the client's retries of one are never taken for the next."""
     out: dict[str, bytes] = {}
-    with BacnetClient(instance=4000009) as client, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as trap:
-        trap.bind(("127.0.0.1", 0))
-        trap.settimeout(5)
-        to = Address(f"127.0.0.1:{trap.getsockname()[1]}")
-        app = client.app
-        ai, bo = "analog-input,1000001", "binary-output,100510"
-        many = [x for i in range(1, 400) for x in (f"analog-input,{1_000_000 + i}", ["all"])]
-        requests = {
-            "read": lambda: app.read_property(to, f"device,{DEVICE}", "object-name"),
-            "read_index": lambda: app.read_property(to, f"device,{DEVICE}", "object-list", 3),
-            "rpm": lambda: app.read_property_multiple(to, [ai, ["present-value", "status-flags"],
-                                                           f"device,{DEVICE}", ["all"]]),
-            "rpm_segmented": lambda: app.read_property_multiple(to, many),  # past 1,024 octets: sent in segments
-            "write_relay": lambda: app.write_property(to, bo, "present-value", "active", priority=8),
-            "write_name": lambda: app.write_property(to, f"device,{DEVICE}", "object-name", "x" * 200),
-            "subscribe": lambda: app.request(SubscribeCOVRequest(
-                subscriberProcessIdentifier=5, monitoredObjectIdentifier=ObjectIdentifier(ai),
-                issueConfirmedNotifications=False, lifetime=60, destination=to)),
-            "dcc": lambda: app.request(DeviceCommunicationControlRequest(enableDisable="disable", destination=to)),
-            "reinitialize": lambda: app.request(ReinitializeDeviceRequest(reinitializedStateOfDevice="coldstart",
-                                                                          destination=to)),
-            "who_is": lambda: app.request(WhoIsRequest(destination=to, deviceInstanceRangeLowLimit=0,
-                                                       deviceInstanceRangeHighLimit=4194303)),
-        }
+    ai, bo = "analog-input,1000001", "binary-output,100510"
+    many = [x for i in range(1, 400) for x in (f"analog-input,{1_000_000 + i}", ["all"])]
+    requests = {
+        "read": lambda app, to: app.read_property(to, f"device,{DEVICE}", "object-name"),
+        "read_index": lambda app, to: app.read_property(to, f"device,{DEVICE}", "object-list", 3),
+        "rpm": lambda app, to: app.read_property_multiple(to, [ai, ["present-value", "status-flags"],
+                                                               f"device,{DEVICE}", ["all"]]),
+        "rpm_segmented": lambda app, to: app.read_property_multiple(to, many),  # past 1,476 octets: in segments
+        "write_relay": lambda app, to: app.write_property(to, bo, "present-value", "active", priority=8),
+        "write_name": lambda app, to: app.write_property(to, f"device,{DEVICE}", "object-name", "x" * 200),
+        "subscribe": lambda app, to: app.request(SubscribeCOVRequest(
+            subscriberProcessIdentifier=5, monitoredObjectIdentifier=ObjectIdentifier(ai),
+            issueConfirmedNotifications=False, lifetime=60, destination=to)),
+        "dcc": lambda app, to: app.request(DeviceCommunicationControlRequest(enableDisable="disable",
+                                                                             destination=to)),
+        "reinitialize": lambda app, to: app.request(ReinitializeDeviceRequest(
+            reinitializedStateOfDevice="coldstart", destination=to)),
+        "who_is": lambda app, to: app.request(WhoIsRequest(destination=to, deviceInstanceRangeLowLimit=0,
+                                                           deviceInstanceRangeHighLimit=4194303)),
+    }
 
-        async def send(make) -> None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(make(), 0.3)
+    async def send(make, app, to) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(make(app, to), 0.3)
 
+    with BacnetClient(instance=4000009) as client:
         for label, make in requests.items():
-            trap.settimeout(5)
-            client.run(send(make))
-            out[label] = trap.recvfrom(65535)[0]
-            trap.settimeout(0.3)
-            with contextlib.suppress(TimeoutError):
-                while True:  # the client's retries
-                    trap.recvfrom(65535)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as trap:
+                trap.bind(("127.0.0.1", 0))
+                trap.settimeout(10)
+                client.run(send(make, client.app, Address(f"127.0.0.1:{trap.getsockname()[1]}")))
+                out[label] = trap.recvfrom(65535)[0]
+    services = {"read": 12, "read_index": 12, "rpm": 14, "write_relay": 15, "write_name": 15, "subscribe": 5,
+                "dcc": 17, "reinitialize": 20}
+    assert {k: out[k][APDU_AT + 3] for k in services} == services
+    assert out["rpm_segmented"][APDU_AT] & 0x08 and out["who_is"][APDU_AT:APDU_AT + 2] == b"\x10\x08"
     rpm = out["rpm"]
     stretched = bytearray(rpm + rpm[APDU_AT + 4:] * 30)  # one datagram, no segmentation, far past 1,476 octets
     stretched[2:4] = len(stretched).to_bytes(2, "big")
@@ -242,27 +242,40 @@ def test_the_seeds_get_the_answers_a_bacnet_device_gives(device):
 
 
 def answers_to(device, seed: bytes) -> list:
-    """The answers to ``seed`` from a socket of its own: those that carry its invoke ID (an I-Am for a Who-Is)."""
+    """The answers to ``seed`` from a socket of its own: those that carry its invoke ID (an I-Am for a Who-Is).
+    Every seed here is answered: wait for its answer (the stack may answer a later request first), then 0.3 s
+    more for any second one."""
+    confirmed = seed[APDU_AT] >> 4 == 0
+
+    def mine(apdu) -> bool:
+        if confirmed:
+            return getattr(apdu, "apduInvokeID", None) == seed[APDU_AT + 2] and not (
+                isinstance(apdu, ComplexAckPDU) and apdu.apduInvokeID == 77)
+        return isinstance(apdu, UnconfirmedRequestPDU)
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        sock.settimeout(5)
         sock.sendto(seed, ("127.0.0.1", device["port"]))
         sock.sendto(with_invoke_id(device["probe"], 77), ("127.0.0.1", device["port"]))
-        got, end = [], None
-        while end is None or time.monotonic() < end:
-            sock.settimeout(5 if end is None else max(0.01, end - time.monotonic()))
+        got: list = []
+        probed, deadline, end = False, time.monotonic() + 30, None
+        while True:
+            now = time.monotonic()
+            if end is None and probed and any(mine(a) for a in got):
+                end = now + 0.3
+            if end is not None and now >= end:
+                break
+            assert now < deadline, f"no answer to {seed.hex()} (probe answered: {probed}; got {got})"
+            sock.settimeout(max(0.01, (end or deadline) - now))
             try:
                 apdu = check_answer(sock.recvfrom(65535)[0])
             except TimeoutError:
-                assert end is not None, "no answer to the ReadProperty after the seed"
-                break
+                continue
             if isinstance(apdu, ComplexAckPDU) and apdu.apduInvokeID == 77:
-                end = time.monotonic() + 0.3  # late answers to the seed
+                probed = True
             else:
                 got.append(apdu)
-    if seed[APDU_AT] >> 4 == 0:
-        return [a for a in got if getattr(a, "apduInvokeID", None) == seed[APDU_AT + 2]]
-    return [a for a in got if isinstance(a, UnconfirmedRequestPDU)]
+    return [a for a in got if mine(a)]
 
 
 @given(data=st.data())
