@@ -40,7 +40,7 @@ from ...points import PointRef
 from ...service import ReloadResult, Service, StartError
 from .objects import ObjectPlan, plan_objects
 from .schema import SECTION
-from .stack import BoundLinkLayer, GatewayApplication, bind_sockets
+from .stack import MAX_APDU, BoundLinkLayer, GatewayApplication, bind_sockets
 from .store_objects import ACTIVE, INACTIVE, NORMAL, BinaryOutput, StoreObject, reliability_of, store_object
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_APDU = 1476  # BACnet/IP's largest APDU
 NOTIFICATION_CLASS = 1
 ArrayOfObjectIdentifier = ArrayOf(ObjectIdentifier)
 SERVED_TYPES = ("device", "analogInput", "binaryInput", "binaryOutput", "multiStateInput", "notificationClass",

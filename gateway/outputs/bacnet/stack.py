@@ -9,7 +9,8 @@ What differs from ``Application.from_object_list`` and why:
 - Confirmed requests held at once are capped (``MAX_TRANSACTIONS``): a flood of requests from forged addresses
   cannot pile up segmentation state machines; past the cap a request is dropped like a lost datagram.
 - Segmented requests are refused (segmentation-supported: segmented-transmit): a request is at most one APDU of
-  1,476 bytes.  Answers may be segmented, within what the client accepts (the library aborts with
+  1,476 bytes (a longer one is rejected: buffer-overflow).
+  Answers may be segmented, within what the client accepts (the library aborts with
   apdu-too-long or segmentation-not-supported otherwise), and ReadPropertyMultiple asks for at most
   ``max_request_values`` values (``all`` counts every property of its object).
 - Writes: WriteProperty reaches ``Gateway.write`` for a binary-output served from the store and is refused for
@@ -51,6 +52,7 @@ from .store_objects import BinaryOutput, StoreObject
 log = logging.getLogger(__name__)
 
 BVLL_TYPE_BIP = 0x81  # the first octet of every BACnet/IP datagram (Annex J)
+MAX_APDU = 1476  # BACnet/IP's largest APDU: what the device accepts in one request
 MAX_TRANSACTIONS = 64  # confirmed requests being answered at once (each may hold a segmented answer)
 SERVICES_EXECUTED = ("readProperty", "readPropertyMultiple", "writeProperty", "subscribeCOV", "whoIs", "whoHas")
 WILDCARD_DEVICE = ("device", 4194303)  # "this device", whatever its instance
@@ -176,6 +178,13 @@ class BoundedServiceAccessPoint(ApplicationServiceAccessPoint):
             self.counters["dropped_busy"] += 1  # a new confirmed request while MAX_TRANSACTIONS are open
             return
         apdu = APDU.decode(pdu)
+        if not apdu.apduSeg and len(data) > MAX_APDU:
+            # longer than the device accepts (its I-Am says so): buffer-overflow, with no transaction
+            self.counters["rejected"] += 1
+            reject = RejectPDU(invoke_id=apdu.apduInvokeID, reason="bufferOverflow")
+            reject.pduDestination = apdu.pduSource
+            await self.request(reject)
+            return
         for tr in self.serverTransactions:
             if apdu.apduInvokeID == tr.invokeID and apdu.pduSource == tr.pdu_address:
                 break
