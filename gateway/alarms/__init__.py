@@ -24,6 +24,7 @@ from ..service import ReloadResult, Service
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
 from .rules import SCHEMA, check as check_rules, ohmic_levels
+from .setpoints import Setpoints
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -94,6 +95,12 @@ class AlarmService(Service):
         return [_row(r["id"], r["severity"], r["text"], r["raised_ts"], r["cleared_ts"] is None, r["metric"],
                      r["string"], r["cell"], r["channel"], r["value"], r["threshold"], r["cleared_ts"], r["acked_by"],
                      r["acked_ts"]) for r in mgr.history(limit)]
+
+    @hookimpl
+    def bmsgw_setpoints(self) -> Setpoints:
+        """The setpoint table of the running configuration (the web face's setpoints page)."""
+        gw = self.gateway
+        return Setpoints(gw.config, gw.catalog, gw.profiles)
 
     @hookimpl
     def bmsgw_commands(self) -> list[Command]:

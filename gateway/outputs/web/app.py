@@ -154,8 +154,10 @@ def create_app(context: WebContext) -> Flask:
 
     from .api import api
     from .pages import pages
+    from .setpoints import setpoints
 
     app.register_blueprint(pages)
+    app.register_blueprint(setpoints)
     app.register_blueprint(api, url_prefix="/api/v1")
 
     @app.before_request
