@@ -158,8 +158,6 @@ class Setpoints:
             spec = self.catalog.get(rule.point) if self.catalog is not None else None
             unit = spec.unit if spec is not None else ""
             notes = []
-            if rule.float_only:
-                notes.append("on float only")
             if rule.reference:
                 notes.append(f"above {rule.reference}")
             if rule.average > 1:
@@ -171,12 +169,12 @@ class Setpoints:
             rows.append(Row(rule.id, _row_label(rule), rule.point, unit, cells, notes))
         return rows
 
-    def sensor_range(self, point: str) -> tuple[float, float] | None:
-        """What the sensors in use can measure of ``point``: the union of their registers' valid ranges (or the
-        point's own), None when nothing says."""
+    def sensor_range(self, point: str, string: int | None = None) -> tuple[float, float] | None:
+        """What the sensors of ``string`` (None: all) can measure of ``point``: the union of their registers'
+        valid ranges (or the point's own), None when nothing says."""
         spec = self.catalog.get(point) if self.catalog is not None else None
         lo, hi = math.inf, -math.inf
-        used = {d.profile for d in self.topology.devices}
+        used = {d.profile for d in self.topology.devices if string is None or d.string == string}
         for name in used:
             prof = self.profiles.get(name)
             for reg in getattr(prof, "registers", ()):
@@ -218,7 +216,7 @@ class Setpoints:
                 continue
             v = {c.field: changes.get((rid, c.field), c.value) for c in row.cells}
             rule = self.rules.by_id.get((rid, string))
-            rng = self.sensor_range(row.point) if rule is not None and not rule.reference else None
+            rng = self.sensor_range(row.point, string) if rule is not None and not rule.reference else None
             unit = f" {row.unit}" if row.unit else ""
             for name in FIELDS[:4]:
                 value = v[name]
@@ -290,16 +288,14 @@ class Setpoints:
 
 def _row_label(rule: Rule) -> str:
     label = rule.label
-    if rule.float_only:
+    if rule.float_only and "float" not in label:
         label += " (on float)"
     if rule.reference:
         label += " over ambient"
-    if rule.id == "cell_ohmic_baseline_critical":
-        label += " vs baseline (critical)"
-    elif rule.id == "cell_ohmic_baseline":
-        label += " vs baseline (%)"
-    elif rule.id == "cell_ohmic_average":
-        label += " vs string average (%)"
+    label += {"cell_voltage_discharge": " (end of discharge)", "string_voltage_discharge": " (end of discharge)",
+              "cell_ohmic_baseline": " over its baseline",
+              "cell_ohmic_baseline_critical": " over its baseline (critical)",
+              "cell_ohmic_average": " over the string average"}.get(rule.id, "")
     prefix = "string " if rule.point.startswith("string.") and not rule.label.startswith("string") else ""
     return prefix + label
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 setpoints = Blueprint("setpoints", __name__)
 
 ROOM = "room"
-SOURCE_TITLES = {"default": "the built-in default (IEEE 1188 for VRLA, scaled to the string's batteries)",
+SOURCE_TITLES = {"default": "the built-in default",
                  "analytics": "the analytics' ohmic thresholds (analytics.thresholds)",
                  "site": "the site's override (alarms.rules)", "model": "the battery model's override (alarms.models)",
                  "string": "the string's override (alarms.strings)"}

@@ -45,7 +45,8 @@ def test_setpoints_page_edits_limits_live_names_problems_and_is_read_only_for_vi
         html = page.text
         assert 'href="/setpoints"' in admin.get("/").text, "linked in the navigation"
         # 12 V units: IEEE 1188's 2.32 / 2.35 V per cell times 6; the ohmic levels are the analytics' thresholds
-        assert cell(html, "cell_voltage_float", "high.warning").startswith("13.92 IEEE 1188, 6 × 2 V")
+        assert cell(html, "cell_voltage_float", "high.warning") == "13.92 default"
+        assert 'title="IEEE 1188, 6 × 2 V: the built-in default' in html
         assert cell(html, "cell_voltage_float", "low.critical").startswith("12.78 ")
         assert cell(html, "cell_voltage_float", "on_delay_s").startswith("300 ")
         assert cell(html, "cell_ohmic_baseline", "high.warning") == "20 analytics.thresholds"
@@ -96,7 +97,7 @@ def test_setpoints_page_edits_limits_live_names_problems_and_is_read_only_for_vi
         data = {**form_of(html), "scope": "string", "reset.cell_temperature": "1"}
         assert admin.post("/setpoints?string=1", data=data, allow_redirects=False).status_code == 302
         html = admin.get("/setpoints?string=1").text
-        assert cell(html, "cell_temperature", "high.warning").startswith("40 IEEE 1188")
+        assert cell(html, "cell_temperature", "high.warning").startswith("40 default")
 
         # a viewer reads the same table, without a field to edit, and cannot post one
         viewer = w.user("vic", "viewer")
@@ -113,3 +114,53 @@ def test_setpoints_page_edits_limits_live_names_problems_and_is_read_only_for_vi
         assert r.status_code == 403
         assert yaml.safe_load(gw.config.path.read_text())["alarms"]["rules"]["ambient_temperature"]["high"] == \
             {"warning": 15.0}
+
+
+def test_setpoints_in_chromium_edit_a_limit_and_see_it_applied(tmp_path):
+    """Debian's chromium (Playwright, no download): an admin edits a limit in the table, a bad value is named
+    next to its cell, a good one is applied and the alarm it raises is on the alarms page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.web_support import ARTIFACTS, PASSWORD
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with web_gateway(tmp_path, cells=4, alarms=False, overrides=REAL_ALARMS) as w, sync_playwright() as p:
+        w.ctx.users.add("ada", "admin", PASSWORD)
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP too
+            page.goto(w.url + "login")
+            page.fill("input[name=username]", "ada")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(w.url)
+            page.click("nav >> text=Setpoints")
+            expect(page.locator("h1")).to_have_text("Setpoints")
+            expect(page.locator("#v-cell_voltage_float-high-warning")).to_have_value("13.92")
+            page.screenshot(path=str(ARTIFACTS / "setpoints-string.png"), full_page=True)
+            page.click(".tabs >> text=Room")
+            warning = page.locator("#v-ambient_temperature-high-warning")
+            expect(warning).to_have_value("27")
+            warning.fill("40")  # above the critical limit of 35: refused, said next to the cell
+            page.click("form.setpoints button[type=submit]")
+            expect(page.locator("#rule-ambient_temperature td.bad .error")).to_contain_text(
+                "the high warning must not be above the high critical limit (40 C vs 35 C)")
+            assert errors == ["Failed to load resource: the server responded with a status of 400 (BAD REQUEST)"]
+            errors.clear()  # the refused form's answer is a 400 on purpose
+            page.locator("#v-ambient_temperature-high-warning").fill("15")
+            page.locator("#v-ambient_temperature-on_delay_s").fill("0")
+            page.click("form.setpoints button[type=submit]")
+            expect(page.locator(".flash.ok")).to_contain_text("Saved. Applied now: alarms.")
+            expect(page.locator("#v-ambient_temperature-high-warning")).to_have_value("15")
+            expect(page.locator("#rule-ambient_temperature [data-field='high.warning'] .src")).to_have_text("site")
+            page.screenshot(path=str(ARTIFACTS / "setpoints.png"), full_page=True)
+            page.click("nav >> text=Alarms")
+            expect(page.locator("table.alarms").first).to_contain_text("mbient temperature")
+            assert not errors, errors
+        finally:
+            browser.close()
