@@ -204,11 +204,15 @@ def cmd_dump(args) -> int:
 
     from .dump import DumpError, default_case_name, dump_registers, parse_range, render_text, write_golden
     from .modbus.transport import RtuTransport
-    from .topology import BusConfig
+    from .topology import MAX_CELLS, BusConfig
 
     first, last = parse_range(args.range)
     if not 1 <= args.address <= 247:
         raise GatewayError(f"bad --address {args.address}: a Modbus RTU slave address is 1-247")
+    for name, value, lo, hi in (("--timeout-ms", args.timeout_ms, 10, 10000), ("--retries", args.retries, 0, 10),
+                                ("--cells", args.cells, 1, MAX_CELLS)):
+        if not lo <= value <= hi:
+            raise GatewayError(f"bad {name} {value}: {lo}-{hi}")
     profile = None
     if args.profile:
         profiles = _known_profiles(args.config)

@@ -121,3 +121,7 @@ def test_a_silent_address_a_refused_table_and_bad_ports_say_so(sim, capsys, tmp_
     assert code == 2 and "cannot open /dev/does-not-exist: no such device" in err
     code, out, err = dump(capsys, "--port", port, "--address", 3, "--profile", "no-such-sensor")
     assert code == 2 and "unknown --profile 'no-such-sensor'" in err
+    code, out, err = dump(capsys, "--port", port, "--address", 300)
+    assert code == 2 and "bad --address 300: a Modbus RTU slave address is 1-247" in err
+    code, out, err = dump(capsys, "--port", port, "--address", 3, "--timeout-ms", 0)
+    assert code == 2 and "bad --timeout-ms 0: 10-10000" in err
