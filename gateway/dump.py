@@ -24,7 +24,8 @@ from .modbus.rtu import (
     ExceptionResponse,
     FrameError,
     ModbusError,
-    TimeoutError_,
+    NoReply,
+    PortUnavailable,
     read_request,
 )
 from .profiles import DeviceProfile
@@ -105,11 +106,14 @@ async def dump_registers(transport, unit: int, table: str, first: int, last: int
                     continue  # busy: ask again
                 raise DumpError(f"address {unit} answered the read of {table} registers {address}-"
                                 f"{address + count - 1} with {exception_text(exc.code)}", result) from None
-            except (TimeoutError_, FrameError) as exc:
+            except PortUnavailable as exc:
+                raise DumpError(f"{transport.port} failed ({exc}): {len(result.words)} registers read before",
+                                result) from None
+            except (NoReply, FrameError) as exc:
                 if attempt < retries:
                     continue
                 if not result.words and not result.refused:
-                    why = ("no answer" if isinstance(exc, TimeoutError_) else f"no valid answer ({exc})")
+                    why = ("no answer" if isinstance(exc, NoReply) else f"no valid answer ({exc})")
                     raise DumpError(f"{why} from address {unit} on {transport.port} at {transport.bus.baud} baud "
                                     f"8{transport.bus.parity}{transport.bus.stopbits} after {retries + 1} tries: "
                                     f"check the address, the baud rate and parity, the wiring (A and B swapped?) "

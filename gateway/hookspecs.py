@@ -202,9 +202,10 @@ class GatewaySpecs:
         Called once per report, in the report's process (the gateway itself may or may not be running: read
         what the alarm plugin persisted under ``config.state_dir``).  Return None when this plugin keeps no
         alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
-        first, as dicts with at least ``raised`` (unix s), ``cleared`` (unix s or None), ``severity``
-        ("warning" or "critical") and ``text``, and where known ``point``, ``string``, ``cell``, ``value``,
-        ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and bank-wide ones.
+        first, as dicts shaped as ``bmsgw_alarms`` returns them: at least ``raised`` (Unix s), ``cleared`` (Unix s
+        or None), ``severity`` ("warning" or "critical") and ``message``, and where known ``point``, ``string``,
+        ``cell``, ``value``, ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and
+        bank-wide ones.
         """
 
     @hookspec(firstresult=True)

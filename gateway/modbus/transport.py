@@ -24,7 +24,8 @@ from .rtu import (
     ExceptionResponse,
     FrameError,
     ModbusError,
-    TimeoutError_,
+    NoReply,
+    PortUnavailable,
     crc_ok,
     frame_wire_time,
     parse_reply,
@@ -191,7 +192,7 @@ class RtuTransport:
         waiter = self._waiter
         self.close()
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError_(f"port error: {why}"))
+            waiter.set_exception(PortUnavailable(f"port error: {why}"))
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
@@ -200,7 +201,7 @@ class RtuTransport:
 
     async def _transact(self, request: bytes) -> list[int]:
         if self._serial is None:
-            raise TimeoutError_("port is not open")
+            raise PortUnavailable("port is not open")
         bus = self.bus
         unit = request[0]
         not_before = self._idle_since + bus.silence
@@ -217,7 +218,7 @@ class RtuTransport:
         await self._sleeper.sleep_until(not_before)
         loop = self._loop
         if self._serial is None or loop is None:
-            raise TimeoutError_("port is not open")
+            raise PortUnavailable("port is not open")
         buf = self._buf
         if buf:  # whatever arrived since the last reply belongs to nobody; a whole frame is someone's late reply
             if any(len(buf) >= n and crc_ok(bytes(buf[:n])) for n in _frame_lengths(buf)):
@@ -239,7 +240,7 @@ class RtuTransport:
             sent = time.monotonic()
         except OSError as exc:
             self._waiter = None
-            err = TimeoutError_(f"write failed: {exc}")
+            err = PortUnavailable(f"write failed: {exc}")
             counters.count(err)
             self._port_lost(f"write failed: {exc}")
             raise err from None
@@ -309,4 +310,4 @@ def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError_("no reply"))
+        waiter.set_exception(NoReply("no reply"))

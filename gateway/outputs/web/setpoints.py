@@ -15,7 +15,7 @@ from flask import Blueprint, g, make_response, redirect, render_template, reques
 
 from gateway.errors import ConfigError
 
-from .app import ctx, flash, requires
+from .context import ctx, flash, requires
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ from gateway.app import Gateway
 from gateway.config import parse_listen
 from gateway.errors import GatewayError
 from gateway.outputs.web import auth as auth_mod
-from gateway.outputs.web.app import WebContext, create_app, is_local
+from gateway.outputs.web.app import create_app
 from gateway.outputs.web.auth import AuthError, LoginThrottle, SessionStore, User, UserStore
 from gateway.outputs.web.configedit import FieldError, form_fields, parse_form
+from gateway.outputs.web.context import WebContext, is_local
 from gateway.outputs.web.schema import SCHEMA
 from gateway.outputs.web.sources import LiveBuffer, decimate
 from gateway.outputs.web.xmlout import to_xml
