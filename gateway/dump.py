@@ -35,6 +35,9 @@ EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal
                    0x0A: "gateway path unavailable", 0x0B: "gateway target device failed to respond"}
 # the codes that say "not this part of the range": the request is split to find what can be read
 REFUSED_RANGE = (2, 3)
+# a refused request of at most this many registers is asked register by register (a run of refused registers
+# costs one request each, not the 2n-1 of halving down to them)
+SINGLES_BELOW = 16
 
 
 def exception_text(code: int) -> str:
@@ -93,6 +96,10 @@ async def dump_registers(transport, unit: int, table: str, first: int, last: int
                     if count == 1:
                         result.refused[address] = exc.code
                         break
+                    if count <= SINGLES_BELOW:  # halving on would cost up to 2n-1 requests: n instead
+                        for a in range(address, address + count):
+                            await read(a, 1)
+                        return
                     half = count // 2
                     await read(address, half)
                     await read(address + half, count - half)
