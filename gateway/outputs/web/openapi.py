@@ -52,6 +52,46 @@ SCHEMAS: dict[str, dict] = {
     "CellList": {"type": "object", "required": ["string", "cells"],
                  "properties": {"string": {"type": "integer"},
                                 "cells": {"type": "array", "items": {"$ref": "#/components/schemas/Cell"}}}},
+    "BatteryRow": {
+        "type": "object", "required": ["cell", "verdict", "stale", "alarm_level"],
+        "properties": {
+            "cell": {"type": "integer"}, "voltage": NUM, "temperature": NUM,
+            "ohmic": {**NUM, "description": "ohm"}, "ohmic_baseline": {**NUM, "description": "ohm"},
+            "ohmic_baseline_deviation": {**NUM, "description": "% over the baseline"},
+            "ohmic_average_deviation": {**NUM, "description": "% from the string average"},
+            "voltage_average_deviation": {**NUM, "description": "V from the string average"},
+            "soh": NUM, "eol_date": {**NUM, "description": "predicted replacement date, Unix seconds"},
+            "eol_date_early": NUM, "eol_date_late": NUM,
+            "alarm_level": {**INT_OR_NULL, "description": "0 normal, 1 warning, 2 critical"},
+            "alarm": {"type": ["string", "null"]}, "diagnosis": {"type": ["string", "null"]},
+            "verdict": {"enum": ["good", "warning", "replace", "critical", "no baseline"],
+                        "description": "the ohmic rise over the baseline against the analytics thresholds"},
+            "stale": {"type": "boolean", "description": "a measured value is missing or not GOOD"},
+        },
+    },
+    "BatteryTable": {
+        "type": "object", "required": ["string", "name", "thresholds", "now", "batteries"],
+        "properties": {
+            "string": {"type": "integer"}, "name": {"type": "string"}, "now": {"type": "number"},
+            "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
+            "batteries": {"type": "array", "items": {"$ref": "#/components/schemas/BatteryRow"}},
+        },
+    },
+    "BatteryForecast": {
+        "type": "object", "required": ["string", "cell", "measured", "fit", "extrapolation", "thresholds"],
+        "properties": {
+            "string": {"type": "integer"}, "cell": {"type": "integer"}, "unit": {"type": "string"},
+            "now": {"type": "number"}, "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
+            "baseline": NUM, "replace_level": NUM, "critical_level": NUM, "eol": NUM, "early": NUM, "late": NUM,
+            "verdict": {"type": "string"}, "deviation_pct": NUM, "ohmic": NUM,
+            "source": {"type": ["string", "null"], "description": "what limits the life: ohmic, emf or life"},
+            "model": {"type": ["string", "null"]}, "fitted": NUM, "history_source": {"type": "string"},
+            "measured": {"$ref": "#/components/schemas/Samples"}, "fit": {"$ref": "#/components/schemas/Samples"},
+            "extrapolation": {"$ref": "#/components/schemas/Samples"},
+        },
+    },
+    "Samples": {"type": "array", "items": {"type": "object", "required": ["t", "v"],
+                                           "properties": {"t": {"type": "number"}, "v": NUM}}},
     "History": {
         "type": "object", "required": ["point", "unit", "from", "to", "source", "samples"],
         "properties": {

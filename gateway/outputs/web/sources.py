@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 from array import array
 from typing import Any
@@ -144,6 +145,27 @@ class Sources:
         if self.buffer is not None and ref in self.buffer:
             return "memory", self.buffer.query(ref, start, end, max_points)
         return "none", []
+
+    # -- analytics --------------------------------------------------------------------------------------------
+    def forecast(self, string: int, cell: int) -> dict[str, Any] | None:
+        """The analytics' last forecast of one battery as it saved it (the fitted curve, its source, the dates),
+        read from its state file like the reports do; None when analytics keeps no state or has no forecast."""
+        from gateway.analytics import open_state, state_path
+
+        if not state_path(self.gateway.config).exists():
+            return None
+        try:
+            state = open_state(self.gateway.config, readonly=True)
+        except (OSError, sqlite3.Error):
+            log.exception("the analytics state could not be opened")
+            return None
+        try:
+            return state.forecasts(string).get((string, cell))
+        except sqlite3.Error:
+            log.exception("the analytics state could not be read")
+            return None
+        finally:
+            state.close()
 
     # -- alarms ----------------------------------------------------------------------------------------------
     @property
