@@ -444,6 +444,7 @@
         svg("line", { x1: f.x(v), x2: f.x(v), y1: f.m.t, y2: f.H - f.m.b, "class": "limit", stroke: VERDICT_COLORS[t[1]] }, f.g);
       });
       svg("line", { x1: f.m.l, x2: f.W - f.m.r, y1: f.y(now), y2: f.y(now), "class": "now" }, f.g);
+      svg("text", { x: f.W - f.m.r - 4, y: f.y(now) - 4, "text-anchor": "end", "class": "linelabel" }, f.g, "today");
       // the worse verdicts drawn last, on top: the batteries that matter stay clickable where points crowd
       var rank = { "no baseline": 0, good: 1, warning: 2, replace: 3, critical: 4 };
       pts.sort(function (a, b) { return (rank[a.v] || 0) - (rank[b.v] || 0) || b.y - a.y; });
