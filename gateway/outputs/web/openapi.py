@@ -219,6 +219,18 @@ def build(operations, document_schema: dict, site_name: str = "") -> dict:
         if op.body is not None:
             item["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
         paths.setdefault(op.openapi_path, {})[op.method.lower()] = item
+    error_content = _content(error)
+    paths["/strings/{string_id}/batteries.csv"] = {"get": {
+        "operationId": "batteries_csv", "summary": "A string's data table as CSV (a file to download)",
+        "tags": ["bank"],
+        "description": "The columns of GET /strings/{string_id}/batteries: ohmic values in milliohm, dates as "
+                       "YYYY-MM-DD (UTC), empty where there is no value yet.",
+        "parameters": [{"name": "string_id", "in": "path", "required": True,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 4}, "description": "string number"}],
+        "responses": {"200": {"description": "OK", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      **{str(code): {"description": ERROR_TEXT[code], "content": error_content}
+                         for code in (401, 403, 404)},
+                      "default": {"description": "Error", "content": error_content}}}}
     paths["/openapi.json"] = {"get": {
         "operationId": "openapi", "summary": "This document", "tags": ["gateway"], "security": [],
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
