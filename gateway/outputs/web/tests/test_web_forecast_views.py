@@ -22,7 +22,7 @@ from gateway.analytics.state import DAY_S, Baseline, StateDB
 from gateway.hookspecs import hookimpl
 from gateway.points import PointRef, Quality, Reading
 from tests.support import GatewayThread, free_port, small_bank, write_config
-from tests.web_support import ARTIFACTS, PASSWORD, Client
+from tests.web_support import ARTIFACTS, PASSWORD, Client, web_gateway
 
 from .test_web_browser import ARGS, CHROMIUM
 
@@ -256,3 +256,19 @@ def test_the_forecast_page_scatters_the_whole_bank(web, browser):
     page.locator(f"#scatter g.pt[data-cell='{WORST}'] circle").click()
     page.wait_for_url(f"**/strings/1/batteries/{WORST}")
     assert not errors
+
+
+def test_without_analytics_the_views_say_what_is_missing(tmp_path):
+    """No analytics (no baselines, no fit): the table has its measured columns and no verdict, the curve endpoint
+    answers with what there is, the battery page still opens."""
+    with web_gateway(tmp_path, strings=1, cells=8, overrides={"analytics": {"enabled": False}}) as w:
+        viewer = w.user("vera", "viewer")
+        rows = viewer.get("/api/v1/strings/1/batteries").json()["batteries"]
+        assert len(rows) == 8 and all(r["verdict"] == "no baseline" for r in rows)
+        assert all(r["voltage"] is not None for r in rows)
+        body = viewer.get("/api/v1/strings/1/cells/3/forecast").json()
+        assert body["fit"] == [] and body["extrapolation"] == [] and body["baseline"] is None
+        assert body["eol"] is not None  # the stand-in alarm engine's forecast dates are shown as they are
+        assert viewer.get("/strings/1/batteries/3").status_code == 200
+        assert viewer.get("/strings/1/batteries/9").status_code == 404
+        assert viewer.get("/api/v1/strings/1/cells/9/forecast").status_code == 404
