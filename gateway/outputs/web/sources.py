@@ -152,6 +152,8 @@ class Sources:
         read from its state file like the reports do; None when analytics keeps no state or has no forecast."""
         from gateway.analytics import open_state, state_path
 
+        if not self.gateway.config.section("analytics"):  # the analytics plugin is not loaded
+            return None
         if not state_path(self.gateway.config).exists():
             return None
         try:

@@ -261,7 +261,8 @@ def test_the_forecast_page_scatters_the_whole_bank(web, browser):
 def test_without_analytics_the_views_say_what_is_missing(tmp_path):
     """No analytics (no baselines, no fit): the table has its measured columns and no verdict, the curve endpoint
     answers with what there is, the battery page still opens."""
-    with web_gateway(tmp_path, strings=1, cells=8, overrides={"analytics": {"enabled": False}}) as w:
+    no_analytics = {"plugins": {"disable": ["gateway.alarms", "gateway.history", "gateway.analytics"]}}
+    with web_gateway(tmp_path, strings=1, cells=8, overrides=no_analytics) as w:
         viewer = w.user("vera", "viewer")
         rows = viewer.get("/api/v1/strings/1/batteries").json()["batteries"]
         assert len(rows) == 8 and all(r["verdict"] == "no baseline" for r in rows)
