@@ -23,6 +23,7 @@ from .data import predicted_curve, table_csv
 from .errors import error_response, respond
 
 api = Blueprint("api", __name__)
+YEAR_S = 365.25 * 86400.0
 
 @dataclass(frozen=True)
 class Param:
@@ -224,8 +225,20 @@ def batteries(string_id: int):
     same table as CSV at ``/api/v1/strings/{string_id}/batteries.csv``."""
     _string(string_id)
     c = ctx()
+    now = time.time()
     return {"string": string_id, "name": c.view.topology.string(string_id).name,
-            "thresholds": c.table.thresholds(), "now": time.time(), "batteries": c.table.rows(string_id)}
+            "thresholds": c.table.thresholds(), "now": now, "batteries": _battery_rows(string_id, now)}
+
+
+def _battery_rows(string_id: int, now: float) -> list[dict]:
+    """The data table's rows (the point store) with each battery's years in service (the analytics' state)."""
+    c = ctx()
+    rows = c.table.rows(string_id)
+    since = c.sources.in_service_since(string_id)
+    for row in rows:
+        first = since.get(row["cell"])
+        row["age_years"] = round(max(0.0, now - first) / YEAR_S, 4) if first is not None else None
+    return rows
 
 
 @api.route("/strings/<int:string_id>/batteries.csv")
@@ -234,7 +247,7 @@ def batteries_csv(string_id: int):
     c = ctx()
     if not c.view.has_string(string_id):
         return error_response(404, f"no string {string_id}")
-    resp = make_response(table_csv(string_id, c.table.rows(string_id)))
+    resp = make_response(table_csv(string_id, _battery_rows(string_id, time.time())))
     resp.mimetype = "text/csv"
     stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
     resp.headers["Content-Disposition"] = f'attachment; filename="string{string_id}-batteries-{stamp}.csv"'

@@ -220,7 +220,7 @@ CSV_COLUMNS = (
     ("voltage_vs_string_avg_V", "voltage_average_deviation", 3), ("soh_pct", "soh", 1),
     ("replace_by", "eol_date", "date"), ("replace_early", "eol_date_early", "date"),
     ("replace_late", "eol_date_late", "date"), ("verdict", "verdict", None), ("alarm", "alarm", None),
-    ("diagnosis", "diagnosis", None),
+    ("diagnosis", "diagnosis", None), ("years_in_service", "age_years", 2),
 )
 
 

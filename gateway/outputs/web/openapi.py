@@ -67,6 +67,7 @@ SCHEMAS: dict[str, dict] = {
             "verdict": {"enum": ["good", "warning", "replace", "critical", "no baseline"],
                         "description": "the ohmic rise over the baseline against the analytics thresholds"},
             "stale": {"type": "boolean", "description": "a measured value is missing or not GOOD"},
+            "age_years": {**NUM, "description": "years in service (since installation, replacement or first seen)"},
         },
     },
     "BatteryTable": {

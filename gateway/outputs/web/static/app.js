@@ -406,39 +406,43 @@
   /* ---- forecast scatter: replacement date against the ohmic rise, coloured by verdict, early–late bars ---- */
   function initScatter(el) {
     var apis = el.dataset.apis ? el.dataset.apis.split(",") : [], info = document.getElementById("scatter-info");
-    var pick = document.getElementById("scatter-string"), bodies = [];
+    var pick = document.getElementById("scatter-string"), across = document.getElementById("scatter-x"), bodies = [];
 
     function draw() {
-      var want = pick ? pick.value : "";
+      var want = pick ? pick.value : "", age = across && across.value === "age";
       var pts = [], noDate = 0, noBase = 0, th = null;
       bodies.forEach(function (b) {
         if (want && String(b.string) !== want) return;
         th = th || b.thresholds;
         b.batteries.forEach(function (r) {
           if (r.eol_date == null) { noDate++; return; }
-          if (r.ohmic_baseline_deviation == null) { noBase++; return; }
-          pts.push({ s: b.string, c: r.cell, x: r.ohmic_baseline_deviation, y: r.eol_date,
-                     lo: r.eol_date_early, hi: r.eol_date_late, v: r.verdict });
+          var x = age ? r.age_years : r.ohmic_baseline_deviation;
+          if (x == null) { noBase++; return; }
+          pts.push({ s: b.string, c: r.cell, x: x, y: r.eol_date, lo: r.eol_date_early, hi: r.eol_date_late, v: r.verdict,
+                     rise: r.ohmic_baseline_deviation });
         });
       });
+      el.dataset.across = age ? "age" : "rise";
       el.dataset.points = String(pts.length);
       if (!pts.length) {
         el.textContent = "";
-        info.textContent = "No forecast yet: the analytics module publishes one per battery once it has enough ohmic history" +
-          " since the battery's baseline.";
+        info.textContent = noBase && !age ? noBase + " batteries have a replacement date but no ohmic baseline yet: show them " +
+          "across their years in service." : "No forecast yet: the analytics module publishes one per battery once it has enough " +
+          "ohmic history since the battery's baseline.";
         return;
       }
       var now = Date.now() / 1000;
       var xs = pts.map(function (p) { return p.x; }), ys = [];
       pts.forEach(function (p) { ys.push(p.y); if (p.lo != null) ys.push(p.lo); if (p.hi != null) ys.push(p.hi); });
-      var xlo = Math.min(0, Math.min.apply(null, xs)), xhi = Math.max(th.replace_pct * 1.1, Math.max.apply(null, xs));
+      var xlo = Math.min(0, Math.min.apply(null, xs)), xhi = Math.max(age ? 1 : th.replace_pct * 1.1, Math.max.apply(null, xs));
       var pad = (xhi - xlo) * 0.05;
       var ylo = Math.min(now, Math.min.apply(null, ys)), yhi = Math.max.apply(null, ys);
       var ypad = Math.max((yhi - ylo) * 0.05, 30 * 86400);
       var f = frame(el, [xlo - pad, xhi + pad], [ylo - ypad, yhi + ypad], {
-        yTime: true, xLabel: function (v) { return (v > 0 ? "+" : "") + v + " %"; }, left: 70,
-        xTitle: "ohmic value over its baseline", yTitle: "predicted replacement", label: "forecast scatter", height: 380 });
-      [["warning_pct", "warning"], ["replace_pct", "replace"], ["critical_pct", "critical"]].forEach(function (t) {
+        yTime: true, left: 70, yTitle: "predicted replacement", label: "forecast scatter", height: 380,
+        xLabel: age ? function (v) { return v + " y"; } : function (v) { return (v > 0 ? "+" : "") + v + " %"; },
+        xTitle: age ? "years in service" : "ohmic value over its baseline" });
+      (age ? [] : [["warning_pct", "warning"], ["replace_pct", "replace"], ["critical_pct", "critical"]]).forEach(function (t) {
         var v = th[t[0]];
         if (v < xlo - pad || v > xhi + pad) return;
         svg("line", { x1: f.x(v), x2: f.x(v), y1: f.m.t, y2: f.H - f.m.b, "class": "limit", stroke: VERDICT_COLORS[t[1]] }, f.g);
@@ -456,13 +460,15 @@
           [p.lo, p.hi].forEach(function (t) { svg("line", { x1: cx - 4, x2: cx + 4, y1: f.y(t), y2: f.y(t), stroke: col, "class": "errbar" }, g); });
         }
         svg("circle", { cx: cx, cy: f.y(p.y), r: 6, fill: col }, g);
-        svg("title", {}, g, "String " + p.s + " battery " + p.c + ": " + (p.x >= 0 ? "+" : "") + fmt(p.x, 1) + " % over the baseline, replace by " +
+        svg("title", {}, g, "String " + p.s + " battery " + p.c + ": " + (p.rise == null ? "no baseline" : (p.rise >= 0 ? "+" : "") + fmt(p.rise, 1) + " % over the baseline") +
+            (age ? ", " + fmt(p.x, 1) + " years in service" : "") + ", replace by " +
             dateText(p.y) + (p.lo != null ? " (" + dateText(p.lo) + " – " + dateText(p.hi) + ")" : "") + ", " + p.v);
         var open = function () { location.href = batteryUrl(el.dataset.battery, p.s, p.c); };
         g.addEventListener("click", open);
         g.addEventListener("keydown", function (ev) { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); open(); } });
       });
-      info.textContent = pts.length + " batteries with a forecast" + (noBase ? ", " + noBase + " dated without a baseline (life budget)" : "") +
+      info.textContent = pts.length + " batteries with a forecast" +
+        (noBase ? ", " + noBase + (age ? " whose time in service is not known" : " dated without a baseline (from the temperature life budget)") : "") +
         (noDate ? ", " + noDate + " with no replacement date within the forecast horizon" : "") + ".";
     }
 
@@ -471,6 +477,7 @@
       draw();
     }).catch(function (e) { info.textContent = "Could not load: " + e.message; });
     if (pick) pick.addEventListener("change", draw);
+    if (across) across.addEventListener("change", draw);
     onResize(function () { if (bodies.length) draw(); });
   }
 

@@ -156,6 +156,7 @@ def test_the_table_and_its_csv_come_from_one_request_with_every_battery(web):
     rows = {r["cell"]: r for r in body["batteries"]}
     assert len(rows) == CELLS
     assert all(r["ohmic_baseline_deviation"] is not None and r["voltage"] is not None for r in rows.values())
+    assert all(0 <= r["age_years"] < 0.01 for r in rows.values())  # in service since this gateway first saw them
     worst = rows[WORST]
     assert worst["alarm"] == "critical" and worst["verdict"] == "warning"  # +28 %: over 20 %, under 30 %
     assert abs(worst["ohmic_baseline_deviation"] - 28.0) < 2.0
@@ -167,7 +168,7 @@ def test_the_table_and_its_csv_come_from_one_request_with_every_battery(web):
     table = list(csv.DictReader(io.StringIO(r.text)))
     assert len(table) == CELLS
     line = next(t for t in table if t["battery"] == str(WORST))
-    assert line["alarm"] == "critical" and line["replace_by"][:2] == "20"
+    assert line["alarm"] == "critical" and line["replace_by"][:2] == "20" and line["years_in_service"] == "0.00"
     assert abs(float(line["ohmic_mOhm"]) - worst["ohmic"] * 1000) < 0.01
     assert requests.get(url(web) + "api/v1/strings/1/batteries.csv", timeout=10).status_code == 401
     assert viewer.get("/api/v1/strings/9/batteries.csv").status_code == 404
@@ -219,6 +220,14 @@ def test_the_scatter_draws_the_forecasts_and_a_tap_opens_the_battery(web, browse
     # the colour is the verdict's
     assert point.locator("circle").get_attribute("fill") == "#e6a100"
     shot(page, "21-string-scatter")
+    page.select_option("#scatter-x", "age")  # across the years in service: the same batteries, no verdict lines
+    expect(scatter).to_have_attribute("data-across", "age")
+    expect(scatter).to_have_attribute("data-points", str(dated))
+    assert scatter.locator("line.limit").count() == 0
+    page.select_option("#scatter-x", "rise")
+    expect(scatter).to_have_attribute("data-across", "rise")
+    assert scatter.locator("line.limit").count() == 2  # warning and replace (critical, +50 %, is off the chart)
+    point = scatter.locator(f"g.pt[data-cell='{WORST}']")
     point.locator("circle").click()
     page.wait_for_url(f"**/strings/1/batteries/{WORST}")
     expect(page.locator("h1")).to_contain_text(f"battery {WORST}")
