@@ -102,4 +102,8 @@ def one_bus(devices_by_string: dict[int, list[dict]], cells: int = 4, nominal: i
             "strings": [{"id": sid, "cells": cells, "battery": {"nominal_voltage": nominal},
                          "devices": [dict(d, bus="bus1") for d in devs]}
                         for sid, devs in devices_by_string.items()],
-            "bank": {"devices": [dict(d, bus="bus1") for d in bank]}}
+            "bank": {"devices": [dict(d, bus="bus1") for d in bank]},
+            # these tests prove the register path (encoding, decoding, block reads) against the simulator's
+            # ground truth: its sensors are perfect here; the sensors' datasheet errors are proven in
+            # tests/test_realism.py and tests/test_strings.py
+            "simulator": {"sensor_errors": False}}
