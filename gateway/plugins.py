@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.web",
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
+    "gateway.outputs.nut",
     "gateway.secretfiles",
 )
 

@@ -13,6 +13,7 @@ import http.client
 import socket
 import ssl
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ HTTP_HEAD = b"GET %s HTTP/1.1\r\nHost: gateway\r\nUser-Agent: slo"
 HTTP_TRICKLE = b"wloris-abcdefghijklmnopqrstuvwxyz"
 # half an MBAP header, then a frame announcing 254 bytes (8 minutes at a byte every 2 s)
 MODBUS_HEAD, MODBUS_TRICKLE = b"\x00\x01\x00", b"\x00\x00\xfe\x01" + bytes(253)
+# half a NUT request line, then letters that never end it
+NUT_HEAD, NUT_TRICKLE = b"LIST VAR ban", b"kkkkkkkkkkkkkkkk"
 # the start of a TLS record of 512 bytes, then zeros: a handshake that never completes
 TLS_HEAD, TLS_TRICKLE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", bytes(64)
 
@@ -122,6 +125,19 @@ def test_prometheus_answers_a_scrape_while_200_slow_clients_trickle(gateway):
     svc = service(gateway, "PrometheusService")
     serve_under_attack(svc.port, HTTP_HEAD % b"/metrics", HTTP_TRICKLE, lambda: http_status(svc.port, "/metrics"),
                        lambda: {**svc.status(), "max_connections": svc.limits.max_connections}, 200)
+
+
+def test_nut_answers_upsc_while_200_slow_clients_trickle(gateway):
+    svc = service(gateway, "NutService")
+
+    def upsc_status() -> str:
+        r = subprocess.run(["upsc", f"string1@127.0.0.1:{svc.port}", "device.type"], capture_output=True, text=True,
+                           timeout=10)
+        return r.stdout.strip() or r.stderr.strip()
+
+    serve_under_attack(svc.port, NUT_HEAD, NUT_TRICKLE, upsc_status,
+                       lambda: {**svc.status(), "max_connections": svc.limits.max_connections}, "ups")
+    assert svc.status()["evicted"] > 0
 
 
 def test_the_https_page_answers_while_200_handshakes_trickle(tmp_path):
