@@ -37,7 +37,8 @@ from tests.notify_peers import WebhookReceiver
 from tests.snmp_support import TrapReceiver
 from tests.support import GatewayThread, write_config
 
-CRITICAL = 14.10  # 12 V unit: 2.35 V per cell
+CRITICAL = 2.35  # the default bank's 2 V cells: 2.35 V per cell
+PUSH = 0.15  # V: a cell pushed from its float voltage (about 2.25 V) over the critical setpoint
 
 
 class HookClock:
@@ -129,7 +130,7 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
             gw.store.subscribe(listener)
             posts_before, traps_before = len(hook.times), len(traps.lines)
             with model.lock:
-                model.battery(string, cell).float_offset += 1.0
+                model.battery(string, cell).float_offset += PUSH
             gt.wait_for(lambda key=(string, cell): key in clock.raised, timeout=30, what="critical alarm")
             hook_t, alarm_id = clock.raised[(string, cell)]
             def delivered(alarm_id=alarm_id, since=posts_before):
@@ -147,7 +148,7 @@ def run(trials: int, on_delay: float, hook: WebhookReceiver, traps: TrapClock, t
             results.append({"poll": poll_t, "hook": hook_t, "http": http_t, "trap": trap_t,
                             "posts": len(hook.times) - posts_before})
             with model.lock:
-                model.battery(string, cell).float_offset -= 1.0
+                model.battery(string, cell).float_offset -= PUSH
             gt.wait_for(lambda key=(string, cell): key in clock.cleared, timeout=30, what="clear")
         mgr = alarms.get_manager(gw)
         scans = max(1, gw.engine.poll_cycles / len(gw.engine.buses))

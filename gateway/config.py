@@ -33,6 +33,13 @@ _device_item = {
     },
 }
 
+# the fields of gateway.sim.model.SensorErrors a config may set (numbers; offsets per string are their own keys)
+_SENSOR_ERROR_KEYS = (
+    "current_offset_max_a", "current_gain_pct", "current_noise_a", "current_drift_a_per_c", "voltage_gain_pct",
+    "voltage_step_v", "voltage_noise_pct", "string_voltage_gain_pct", "bank_voltage_gain_pct",
+    "temperature_offset_c", "temperature_noise_c", "ohmic_repeatability_pct", "ohmic_repeatability_ohm",
+    "ohmic_conformity_pct", "ohmic_conformity_ohm")
+
 CORE_SCHEMA: dict[str, Any] = {
     "site": {
         "type": "object", "additionalProperties": False, "default": {},
@@ -103,6 +110,38 @@ CORE_SCHEMA: dict[str, Any] = {
             "ohmic_test_interval_s": {"type": "number", "minimum": 60, "default": 86400,
                                       "description": "the cell sensors run an ohmic test this often (simulated "
                                                      "seconds) and report its result until the next one"},
+            "sensor_errors": {
+                "description": "the datasheets' sensor errors (README, 'The simulator'): true, false (perfect "
+                               "sensors), or a mapping overriding some of them",
+                "default": True,
+                "oneOf": [{"type": "boolean"}, {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {k: {"type": "number", "minimum": 0, "maximum": 100} for k in _SENSOR_ERROR_KEYS}}],
+            },
+            "current_offset_a": {"type": ["number", "null"], "minimum": -100, "maximum": 100, "default": None,
+                                 "description": "zero offset of every string's hall current sensor (A); null: each "
+                                                "sensor has its own, within +-current_offset_max_a"},
+            "current_offsets": {"type": "object", "default": {}, "additionalProperties": False,
+                                "patternProperties": {"^[1-9][0-9]?$": {"type": "number", "minimum": -100,
+                                                                        "maximum": 100}},
+                                "description": "per string id: that string sensor's zero offset (A)"},
+            "scenarios": {
+                "type": "array", "maxItems": 32, "default": [],
+                "description": "events the simulated bank goes through: a thermal runaway, a stuck sensor, a "
+                               "sensor out of its range",
+                "items": {
+                    "type": "object", "additionalProperties": False, "required": ["kind"],
+                    "properties": {
+                        "kind": {"enum": ["thermal_runaway", "stuck", "out_of_range"]},
+                        "after_s": {"type": "number", "minimum": 0, "default": 0,
+                                    "description": "simulated seconds after the simulator starts"},
+                        "string": {"type": "integer", "minimum": 1, "maximum": MAX_STRINGS},
+                        "cell": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS},
+                        "point": {"type": "string", "pattern": "^[a-z][a-z0-9_.]{1,63}$"},
+                        "value": {"type": "number"},
+                    },
+                },
+            },
         },
     },
     "buses": {

@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.io_module",
     "gateway.outputs.modbus_tcp",
     "gateway.outputs.snmp",
+    "gateway.strings",
     "gateway.alarms",
     "gateway.notify",
     "gateway.notify.mail",

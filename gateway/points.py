@@ -99,6 +99,9 @@ class Reading:
 
 
 Listener = Callable[[list[tuple[PointRef, Reading]]], None]
+# An ingest transform: (ref, reading, fresh) -> the items to store instead.  ``fresh`` is False when only the
+# quality of a stored reading changes (``mark``): the value is the one the transform returned before.
+Transform = Callable[[PointRef, Reading, bool], list[tuple[PointRef, Reading]]]
 
 
 class PointStore:
@@ -112,6 +115,11 @@ class PointStore:
       since generation ``seen`` -- work proportional to what changed, nothing done while nobody asks;
     - listeners (``subscribe``), for consumers that must see every batch as it comes (alarms, history): called
       after each batch in the writer's context, they must be quick (queue the work, do not do I/O).
+
+    An ingest transform (``add_transform``) sees every reading of one point family before it is stored and
+    says what is stored instead: the string supervision stores the offset-corrected string current, with the
+    measured one beside it, so that every reader (faces, history, alarms, analytics) sees one current; the
+    feed and the listeners get what was stored.
     """
 
     # The change feed keeps the refs of the last batches, at most this many refs per point in the store (and
@@ -123,15 +131,41 @@ class PointStore:
         self._readings: dict[PointRef, Reading] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._transforms: dict[str, Transform] = {}
         self.generation = 0  # bumped on every batch; lets readers cache renderings per generation
         self._feed: deque[tuple[int, tuple[PointRef, ...]]] = deque()
         self._feed_refs = 0
+
+    def add_transform(self, point: str, transform: Transform) -> None:
+        """Pass every reading of family ``point`` through ``transform`` before it is stored (one per family)."""
+        if point in self._transforms and self._transforms[point] is not transform:
+            raise ValueError(f"{point} already has an ingest transform")
+        self._transforms[point] = transform
+
+    def remove_transform(self, point: str) -> None:
+        self._transforms.pop(point, None)
+
+    def _transformed(self, batch: list[tuple[PointRef, Reading]], fresh: bool) -> list[tuple[PointRef, Reading]]:
+        transforms = self._transforms
+        out: list[tuple[PointRef, Reading]] = []
+        for item in batch:
+            fn = transforms.get(item[0].point)
+            if fn is None:
+                out.append(item)
+            else:
+                out.extend(fn(item[0], item[1], fresh))
+        return out
 
     def put(self, ref: PointRef, value: float | None, quality: Quality = Quality.GOOD, ts: float | None = None) -> None:
         self.put_many([(ref, Reading(value, quality, time.time() if ts is None else ts))])
 
     def put_many(self, items: Iterable[tuple[PointRef, Reading]]) -> None:
         batch = list(items)
+        if self._transforms and batch:
+            batch = self._transformed(batch, True)
+        self._publish(batch)
+
+    def _publish(self, batch: list[tuple[PointRef, Reading]]) -> None:
         if not batch:
             return
         refs = tuple(ref for ref, _ in batch)
@@ -158,9 +192,11 @@ class PointStore:
                 old = self._readings.get(ref)
                 if old is not None and old.quality is not quality:
                     batch.append((ref, Reading(old.value, quality, old.ts)))
-        if batch:
-            self.put_many(batch)
-        return [ref for ref, _ in batch]
+        changed = [ref for ref, _ in batch]
+        if self._transforms and batch:
+            batch = self._transformed(batch, False)
+        self._publish(batch)
+        return changed
 
     def changes_since(self, generation: int) -> tuple[int, set[PointRef] | None]:
         """``(current generation, the points written after generation)``; the set is None when ``generation``

@@ -88,12 +88,9 @@ def _datasheet_rows() -> dict:
     return out
 
 
-# Where a profile deliberately accepts more than its datasheet, the profile file must say why.
-WIDENED = {
-    ("bm-smd", "string.voltage"): "800 V",  # 120 x 12 V units per string float near 1,620 V
-    ("bm-smd-concentrator", "string.voltage"): "800 V",
-    ("btek-cmu", "bank.voltage"): "600 V",
-}
+# Where a profile deliberately accepts more than its datasheet, the profile file must say why (none does: a
+# reading beyond the sensor's rating is OUT_OF_RANGE).
+WIDENED: dict[tuple[str, str], str] = {}
 
 
 def test_profile_ranges_and_resolutions_match_the_datasheets():
@@ -223,9 +220,9 @@ def test_a_site_profile_of_the_same_name_overrides_the_built_in(tmp_path):
     d = tmp_path / "site-profiles"
     d.mkdir()
     text = (ROOT / "plugins" / "string_sensor" / "profiles" / "bm-smd.yaml").read_text()
-    (d / "bm-smd.yaml").write_text(text.replace("range: [0, 2000]", "range: [0, 800]"))
+    (d / "bm-smd.yaml").write_text(text.replace("range: [0, 800]", "range: [0, 600]"))
     cfg = small_bank(strings=1, cells=2)
     cfg["plugins"] = {"profile_dirs": [str(d)]}
     gw = offline_gateway(write_config(tmp_path, base=cfg))
     reg = next(r for r in gw.profiles["bm-smd"].registers if r.point == "string.voltage")
-    assert reg.valid_range == (0, 800) and gw.profiles["bm-smd"].source == str(d / "bm-smd.yaml")
+    assert reg.valid_range == (0, 600) and gw.profiles["bm-smd"].source == str(d / "bm-smd.yaml")

@@ -23,7 +23,7 @@ from ..points import PointRef
 from ..service import ReloadResult, Service
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA, check as check_rules
+from .rules import SCHEMA, check as check_rules, ohmic_levels
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -53,7 +53,7 @@ class AlarmService(Service):
     """The alarm engine of one gateway: rules evaluated on every store batch, the active table, the log."""
 
     name = "alarms"
-    sections = ("alarms",)
+    sections = ("alarms", "analytics")  # analytics.thresholds are the ohmic rules' levels
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -68,7 +68,7 @@ class AlarmService(Service):
     async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
         """New setpoints, delays and float policy apply at once: the rules are resolved again and every
         point's present value is judged by them (an on-delay starts now)."""
-        self.manager.reload(config.section("alarms"))
+        self.manager.reload(config.section("alarms"), config.section("analytics"))
         return ReloadResult()
 
     def status(self) -> dict[str, Any]:
@@ -136,7 +136,8 @@ def bmsgw_check_config(gateway_config: Config, catalog: Catalog) -> list[str]:
     if not section.get("enabled", True):
         return []
     return [f"{e.path}: {e.message}" for e in check_rules(section, gateway_config.topology, catalog,
-                                                          str(gateway_config.path))]
+                                                          str(gateway_config.path),
+                                                          ohmic_levels(gateway_config.section("analytics")))]
 
 
 @hookimpl

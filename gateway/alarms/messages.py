@@ -11,11 +11,14 @@ from .model import AlarmKey
 _PHRASE = {
     ("string_current", "high"): "charging too fast",
     ("string_current", "low"): "discharging",
+    ("string_current_imbalance", "high"): "more than its share",
+    ("string_current_imbalance", "low"): "less than its share",
     ("cell_voltage_discharge", "low"): "near the end of discharge",
     ("string_voltage_discharge", "low"): "near the end of discharge",
     ("cell_soc", "low"): "low", ("string_soc", "low"): "low",
     ("cell_soh", "low"): "low", ("string_soh", "low"): "low",
 }
+_OHMIC_DEVIATION_RULES = ("cell_ohmic_baseline", "cell_ohmic_baseline_critical", "cell_ohmic_average")
 
 
 def format_value(value: float | None, unit: str, signed: bool = False) -> str:
@@ -92,8 +95,8 @@ class Messages:
     def _value_phrase(self, key: AlarmKey, rule, value: float | None, raw: float | None) -> tuple[str, str]:
         """(what, how much): ("ohmic value", "6.1 mOhm, +34 % over baseline")."""
         unit = self.unit_of(key.point)
-        if rule.id in ("cell_ohmic_baseline", "cell_ohmic_average"):
-            where = "baseline" if rule.id == "cell_ohmic_baseline" else "the string average"
+        if rule.id in _OHMIC_DEVIATION_RULES:
+            where = "the string average" if rule.id == "cell_ohmic_average" else "baseline"
             ohm = self.value_of(PointRef("cell.ohmic", key.string, key.cell))
             rel = "over" if (value or 0) >= 0 else "under"
             dev = f"{format_value(value, '%', signed=True)} {rel} {where}"
@@ -106,8 +109,10 @@ class Messages:
 
     def _threshold(self, key: AlarmKey, rule, threshold: float) -> str:
         unit = self.unit_of(key.point)
-        signed = key.point.endswith("deviation") or bool(rule.reference)
+        signed = key.point.endswith("deviation") or key.point.endswith("imbalance") or bool(rule.reference)
         word = "alarm" if key.severity == "critical" else "warning"
+        if rule.id == "cell_ohmic_baseline_critical":
+            word = "critical"
         return f"{word} at {format_value(threshold, unit, signed)}"
 
     def raised(self, key: AlarmKey, rule, value: float | None, raw: float | None, threshold: float) -> str:
@@ -119,7 +124,7 @@ class Messages:
         if rule.kind == "state":
             return f"{name}: {self._state_text(key, rule, True)}"
         phrase = _PHRASE.get((rule.id, key.side))
-        relative = rule.id in ("cell_ohmic_baseline", "cell_ohmic_average") or rule.reference
+        relative = rule.id in _OHMIC_DEVIATION_RULES or rule.reference
         if relative or key.point.endswith("deviation"):
             phrase = None  # the value phrase already says which way
         elif phrase is None:
@@ -149,6 +154,18 @@ class Messages:
             return f"{rule.name or rule.label} contact {state}"
         if rule.id == "device_comm":
             return "stopped answering" if raised else "answers again"
+        if rule.id == "string_on_battery":
+            return "on battery: the string discharges (mains lost?)" if raised else "off battery: no longer discharging"
+        if rule.point == "string.thermal_runaway":
+            if not raised:
+                return "thermal runaway watch back to normal"
+            ref = PointRef("string.current", key.string)
+            current, normal = self.value_of(ref), self.value_of(PointRef("string.float_current_normal", key.string))
+            why = {1: "float current over 3x its normal", 2: "float current rising with the temperature"}.get(
+                int(self.value_of(PointRef(rule.point, key.string)) or 1), "float current over 3x its normal")
+            figures = (f" ({format_value(current, 'A')}, normal {format_value(normal, 'A')})"
+                       if current is not None and normal is not None else "")
+            return f"THERMAL RUNAWAY suspected: {why}{figures}; check the charger and the batteries now"
         if rule.point == "gateway.history_fault":
             if not raised:
                 return "history is written again"

@@ -24,6 +24,7 @@ from ..hookspecs import hookimpl
 from ..pointmap import require_position
 from ..points import PointRef
 from ..service import ReloadResult, Service
+from ..strings.states import string_states
 from .engine import Analytics, parse_date
 from .state import DAY_S, Baseline, StateDB
 
@@ -67,12 +68,8 @@ ANALYTICS_SCHEMA = _obj({
     "soc": _obj({
         "peukert": _n(1.25, 1.0, 1.6), "rated_hours": _n(20, 1, 100),
         "charge_efficiency": _n(0.95, 0.5, 1.0), "temp_coeff": _n(0.005, 0, 0.05, "capacity change per C"),
-        "tail_current_pct": _n(1.0, 0.01, 10, "of C: float below it counts towards the 100 % anchor"),
-        "anchor_hold_s": _n(3600, 0, 86400), "rest_hours": _n(24, 0.1, 720),
-        "discharge_threshold_pct": _n(0.5, 0.01, 50, "of C: a discharge current beyond it is a discharge"),
-        "float_min_v_per_cell": _n(2.17, 1.5, 2.6,
-                                   "above the full-charge open-circuit voltage (2.14 V): float, below: rest"),
-        "end_voltage_per_cell": _n(1.75, 1.0, 2.1),
+        "anchor_hold_s": _n(3600, 0, 86400, "on float (string.state, see string_state) this long: 100 %"),
+        "rest_hours": _n(24, 0.1, 720), "end_voltage_per_cell": _n(1.75, 1.0, 2.1),
         "min_test_depth_pct": _n(10, 1, 100, "a discharge this deep (from a known SOC) is a capacity test"),
     }),
     "float": _obj({"v_per_cell": _n(2.25, 2.0, 2.5, "float setpoint at 25 C"),
@@ -143,7 +140,8 @@ class AnalyticsService(Service):
     async def start(self) -> None:
         gw = self.gateway
         state = self.state = StateDB(state_path(gw.config))
-        engine = self.engine = Analytics(gw.topology.strings, self.cfg, state, gw.store)
+        engine = self.engine = Analytics(gw.topology.strings, self.cfg, state, gw.store,
+                                         states=string_states(gw.catalog))
         gw.store.subscribe(engine.observe)
         self._task = asyncio.create_task(self._run(engine, state), name="analytics")
 

@@ -19,16 +19,18 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
+from ..strings.states import StringStates, string_states
 from ..topology import StringConfig
 from . import diagnosis as dg
-from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years
-from .soc import FLOAT, REST, SocParams, StringSoc, soc_from_ocv
+from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years, plausible_curves
+from .soc import SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
 log = logging.getLogger(__name__)
 
 _GOOD = Quality.GOOD
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
+SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
 
 
 def parse_date(text: str | None) -> float | None:
@@ -48,30 +50,29 @@ def soc_params(s: StringConfig, sc: dict) -> SocParams:
     return SocParams(
         capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
         peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
-        temp_coeff=sc["temp_coeff"], tail_current_pct=sc["tail_current_pct"],
-        anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
-        discharge_threshold_pct=sc["discharge_threshold_pct"],
-        float_min_v_per_cell=sc["float_min_v_per_cell"], min_test_depth_pct=sc["min_test_depth_pct"],
-        end_voltage_per_cell=sc["end_voltage_per_cell"])
+        temp_coeff=sc["temp_coeff"], anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
+        min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
 
 
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
-                 now: float | None = None) -> None:
+                 now: float | None = None, states: StringStates | None = None) -> None:
+        """``states``: the codes of ``string.state`` (default: profiles/points.yaml's)."""
         now = time.time() if now is None else now
         self.cfg = cfg
+        self.codes = states or string_states()
         self.state = state
         self.store = store
         self.strings = {s.id: s for s in strings}
         self.install_ts: dict[int, float | None] = {}
         saved = state.load_soc()
-        self.soc: dict[int, StringSoc] = {s.id: StringSoc(s.id, soc_params(s, cfg["soc"]), saved.get(s.id))
-                                          for s in strings}
+        self.soc: dict[int, StringSoc] = {
+            s.id: StringSoc(s.id, soc_params(s, cfg["soc"]), self.codes, saved.get(s.id)) for s in strings}
         self._take_settings(cfg)
         self.refs = {p: {(s.id, c): PointRef(p, s.id, c) for s in strings for c in range(1, s.cells + 1)}
                      for p in CELL_INPUTS}
         self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
-                            for p in ("string.voltage", "string.current")}
+                            for p in ("string.voltage", "string.current", "string.state")}
         self.ambient_ref = PointRef("io.ambient_temperature")
         self._seen: dict[tuple, float] = {}
         self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
@@ -98,6 +99,7 @@ class Analytics:
         self.life_used = {k: v[0] for k, v in life.items()}
         self.first_seen = {k: v[2] for k, v in life.items()}
         self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
+        self.recent_tests: dict[tuple[int, int], deque[float]] = {}  # the last ohmic test results per battery
         self._gen = state.generation()
 
     def _take_settings(self, cfg: dict) -> None:
@@ -122,7 +124,7 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub):
+                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests):
                     d.pop(key, None)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
         self._persist("the life budget", self.save_life, now)
@@ -154,7 +156,7 @@ class Analytics:
             if point == "string.current":
                 soc.on_current(value, ts)
             elif soc.event is not None and ts >= soc.event.start:
-                soc.event.add_voltage(cell, value, soc._last_i or 0.0)
+                soc.event.add_voltage(cell, value, soc._last_i or 0.0, soc.soc)
 
     # -- the periodic computation ---------------------------------------------------------------------------------
     def _good(self, ref: PointRef) -> float | None:
@@ -238,9 +240,9 @@ class Analytics:
             put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
             put("string.cell_ohmic_avg", o_avg, sid)
 
-            # state of charge and operating state
+            # state of charge, following the string's state (the string supervision's)
             soc = self.soc[sid]
-            current = self._good(self.string_refs[("string.current", sid)])
+            state = self._good(self.string_refs[("string.state", sid)])
             string_v = self._good(self.string_refs[("string.voltage", sid)])
             if string_v is not None:
                 v_cell = string_v / (s.cells * n)
@@ -249,19 +251,18 @@ class Analytics:
             else:
                 v_cell = None
             temp = ambient if ambient is not None else (_mean(temps.values()))
-            finished = soc.update(now, current, v_cell, temp, volts)
+            finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
             if finished is not None:
                 self._record_discharge(finished)
             o = soc.outputs(now)
             put("string.soc", o["soc"], sid)
-            put("string.state", o["state"], sid)
             put("string.since_full_charge", o["since_full_charge"], sid)
-            put("string.on_battery_time", o["on_battery_time"], sid)
             put("string.runtime_remaining", o["runtime_remaining"], sid)
 
             # per battery
             cell_sohs = []
-            on_float = soc.state == FLOAT
+            on_float = soc.state == self.codes.floating
+            resting = on_float or soc.state == self.codes.rest
             for c in range(1, s.cells + 1):
                 key = (sid, c)
                 v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
@@ -273,13 +274,20 @@ class Analytics:
                 put("cell.ohmic_baseline", base.ohmic if base else None, sid, c)
                 dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
                 put("cell.ohmic_baseline_deviation", dev, sid, c)
+                # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test
+                # scatters by 5-10 %)
+                tests = self.recent_tests.get(key)
+                if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
+                    if tests is None:
+                        tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
+                    tests.append(ohm)
                 soh = None
-                if dev is not None:
-                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(dev, 0.0) / th["replace_pct"]))
+                if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
+                    robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
+                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
                     cell_sohs.append(soh)
                 put("cell.soh", soh, sid, c)
-                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and soc.state in (FLOAT, REST) else None,
-                    sid, c)
+                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c)
                 eol, early, late = self.fc_pub.get(key, (None, None, None))
                 put("cell.eol_date", eol, sid, c)
                 put("cell.eol_date_early", early, sid, c)
@@ -488,8 +496,9 @@ class Analytics:
             if len(pts) >= fcfg["min_days"] and (pts[-1][0] - pts[0][0]) * 365.25 >= 0.8 * fcfg["min_days"]:
                 x, y = [p[0] for p in pts], [p[1] for p in pts]
                 trend = fit_trend(x, y)
-                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend)
-                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend)
+                curves = plausible_curves(x, y)
+                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend, curves=curves)
+                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend, curves=curves)
                 if f30.fit is not None:
                     out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
                                slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))

@@ -16,7 +16,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 from reportlab.platypus.flowables import Flowable
 
-from ..analytics.soc import STATE_NAMES
+from ..strings.states import string_states
 from .data import Progress, ReportContext, fmt_ts
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def _string_section(ctx: ReportContext, s: StringConfig, th: dict[str, Any]) -> 
     summary = [["", "at the end of the period", "", ""],
                ["SOC", _fmt(ctx.string_value("string.soc", sid), "%", 1),
                 "SOH", _fmt(ctx.string_value("string.soh", sid), "%", 1)],
-               ["state", STATE_NAMES.get(int(state), "-") if state is not None else "-",
+               ["state", string_states().name(state),
                 "since full charge", _fmt(since / 3600 if since is not None else None, "h", 1)],
                ["string voltage", _fmt(ctx.string_value("string.voltage", sid), "V", 1),
                 "string current", _fmt(ctx.string_value("string.current", sid), "A", 1)],

@@ -36,7 +36,7 @@ from ..modbus.timer import set_timer_slack
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
-from .model import BankModel
+from .model import BankModel, SensorErrors
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ class Simulator:
                  wire_time: bool = True, time_scale: float = 1.0, weak_cells: int = 3,
                  discharge_every_s: float = 0.0, discharge_duration_s: float = 1800.0,
                  buses: list[str] | None = None, model: BankModel | None = None,
-                 encode_hook: Callable | None = None, ohmic_test_interval_s: float = 86400.0) -> None:
+                 encode_hook: Callable | None = None, ohmic_test_interval_s: float = 86400.0,
+                 errors: SensorErrors | None = None, scenarios: list[dict] | None = None) -> None:
         import random
 
         self.topology = topology
@@ -174,7 +175,10 @@ class Simulator:
         self.model = model or BankModel(
             [(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit) for s in topology.strings],
             seed=seed, weak_cells=weak_cells, discharge_every_s=discharge_every_s,
-            discharge_duration_s=discharge_duration_s, ohmic_test_interval_s=ohmic_test_interval_s)
+            discharge_duration_s=discharge_duration_s, ohmic_test_interval_s=ohmic_test_interval_s, errors=errors)
+        for sc in scenarios or []:
+            args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
+            self.model.schedule_scenario(self.model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
         self._wall0 = time.time()
         self._sim0 = self.model.t
         names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
@@ -408,12 +412,31 @@ def _exception(unit: int, function: int, code: int) -> bytes:
     return with_crc(bytes([unit, function | 0x80, code]))
 
 
+def model_from_config(config, **overrides) -> BankModel:
+    """The simulated bank of a config (its strings, the simulator section's seed, errors and scenarios), for
+    simulated-time runs that need no serial ports (``gateway.simrun``)."""
+    sim = config.section("simulator")
+    kwargs = {"seed": sim.get("seed", 1), "weak_cells": sim.get("weak_cells", 3),
+              "discharge_every_s": sim.get("discharge_every_s", 0.0),
+              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
+              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0),
+              "errors": SensorErrors.from_config(sim)}
+    kwargs.update(overrides)
+    model = BankModel([(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit)
+                       for s in config.topology.strings], **kwargs)
+    for sc in sim.get("scenarios") or []:
+        args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
+        model.schedule_scenario(model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
+    return model
+
+
 def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
     sim = config.section("simulator")
     kwargs = {"seed": sim.get("seed", 1), "wire_time": sim.get("wire_time", True),
               "time_scale": sim.get("time_scale", 1.0), "weak_cells": sim.get("weak_cells", 3),
               "discharge_every_s": sim.get("discharge_every_s", 0.0),
               "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
-              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0)}
+              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0),
+              "errors": SensorErrors.from_config(sim), "scenarios": sim.get("scenarios") or []}
     kwargs.update(overrides)
     return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

@@ -80,8 +80,6 @@ SCHEMA = {
                 "low_charge_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 40},
                 "depleted_charge_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 10},
                 "low_minutes_remaining": {"type": "number", "minimum": 0, "default": 5},
-                "discharge_current_a": {"type": "number", "minimum": 0, "default": 1.0,
-                                        "description": "the bank counts as on battery below minus this current"},
             },
         },
         "entity_sensors": {"type": "array", "items": {"type": "string"}, "default": DEFAULT_ENTITY_SENSORS,

@@ -15,6 +15,7 @@ from ... import __version__
 from ...modbus.codecs import northbound_words
 from ...pointmap import PointMap, require_position
 from ...points import PointRef, PointSpec, PointStore, Quality, Reading
+from ...strings.states import string_states
 from ...topology import Topology
 from . import ber
 from .mib import ALARM_GROUP, decimals, value_range
@@ -199,6 +200,7 @@ class UpsBattery:
         self.data = data
         self.strings = [s.id for s in data.topology.strings]
         self.cells = [(s.id, c) for s in data.topology.strings for c in range(1, s.cells + 1)]
+        self.discharging_code = string_states(data.pointmap.catalog).discharging
 
     def _strings(self, point: str) -> list[float]:
         store = self.data.store
@@ -222,11 +224,8 @@ class UpsBattery:
         return ber.INTEGER, 2
 
     def discharging(self) -> bool:
-        states = self._strings("string.state")
-        if states:
-            return any(int(s) == 3 for s in states)
-        currents = self._strings("string.current")
-        return bool(currents) and sum(currents) < -self.data.ups["discharge_current_a"]
+        """On battery: a string the string supervision classifies as discharging (``string.state``)."""
+        return any(int(s) == self.discharging_code for s in self._strings("string.state"))
 
     def seconds_on_battery(self) -> Value:
         times = self._strings("string.on_battery_time")

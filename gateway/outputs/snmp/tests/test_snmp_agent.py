@@ -40,6 +40,8 @@ def env(tmp_path_factory):
         "gateway": {"poll": {"stale_after_cycles": 2, "lost_retry_s": 0.2}},
         # these tests announce alarms themselves; the alarm engine's own would change the counts
         "alarms": {"enabled": False},
+        # the hall clamps' zero offset of a real bank: the floating bank must not look on battery
+        "simulator": {"current_offset_a": -3.0},
     }
     path = write_config(tmp, cfg, base=small_bank(STRINGS, CELLS))
     gt = GatewayThread(path).start()
@@ -109,7 +111,9 @@ def test_ups_battery_group_and_entity_sensors(env):
             "upsBatteryStatus", "upsSecondsOnBattery", "upsEstimatedChargeRemaining", "upsBatteryVoltage",
             "upsBatteryCurrent", "upsBatteryTemperature")), opts="-OQsU")
         assert ups["upsBatteryStatus.0"] == "batteryNormal"
-        assert ups["upsSecondsOnBattery.0"] == "0"
+        assert ups["upsSecondsOnBattery.0"] == "0"  # a -3 A offset on a floating bank is not a discharge
+        states = env["snmp"].walk(v2c(), "BMSGW-MIB::bmsgwStringState", opts="-OQsU")
+        assert states == {f"bmsgwStringState.{s}": "float" for s in range(1, STRINGS + 1)}
         assert int(ups["upsEstimatedChargeRemaining.0"]) == round(gw.store.value(PointRef("string.sensor_soc", 1)))
         assert int(ups["upsBatteryVoltage.0"]) == round(gw.store.value(PointRef("bank.voltage")) * 10)
         assert int(ups["upsBatteryTemperature.0"]) == round(gw.store.value(PointRef("io.ambient_temperature")))
@@ -380,6 +384,28 @@ def test_alarm_storm_fills_the_table_once(env):
         assert len(ids) == 150 and "bmsgwAlarmId.1" not in ids and "bmsgwAlarmId.2" in ids
     finally:
         gt.call(agent.stop())
+
+
+def test_on_battery_follows_the_string_state(env):
+    """Mains lost: the string supervision classifies a discharge and the UPS-MIB says on battery; back on float,
+    not any more.  (The last test of the module's gateway: its simulated string is put back on float by
+    hand.)"""
+    gt = env["gt"]
+    model = gt.gateway.simulator.model
+    store = gt.gateway.store
+    model.set_mode(1, "discharge", 25.0)
+    try:
+        gt.wait_for(lambda: (store.value(PointRef("string.on_battery_time", 1)) or 0.0) >= 2.0, timeout=30,
+                    what="on battery")
+        ups = env["snmp"].get(v2c(), "UPS-MIB::upsSecondsOnBattery.0", "BMSGW-MIB::bmsgwStringState.1",
+                              opts="-OQsU")
+        assert int(ups["upsSecondsOnBattery.0"]) > 0 and ups["bmsgwStringState.1"] == "discharging"
+    finally:
+        with model.lock:
+            model.strings[1].soc = 1.0
+            model.set_mode(1, "float")
+    gt.wait_for(lambda: env["snmp"].get(v2c(), "UPS-MIB::upsSecondsOnBattery.0", opts="-OQsU")
+                ["upsSecondsOnBattery.0"] == "0", timeout=30, what="off battery")
 
 
 def test_snmp_set_runs_commands_for_v3_users_whose_role_allows_it(tmp_path):
