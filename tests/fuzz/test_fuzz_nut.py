@@ -31,7 +31,8 @@ ERRORS = {"ACCESS-DENIED", "UNKNOWN-UPS", "VAR-NOT-SUPPORTED", "CMD-NOT-SUPPORTE
           "USERNAME-REQUIRED", "PASSWORD-REQUIRED", "UNKNOWN-COMMAND", "UNKNOWN"}
 # one answer line (other than a list block): what the server may say
 ANSWER = re.compile(r'(OK( Goodbye)?|ERR [A-Z-]+|1\.3|ON|OFF|bmsgw .*|Commands: .*|NUMLOGINS \S+ \d+|'
-                    r'(VAR|DESC|CMDDESC) \S+ \S+ "(\\.|[^"\\])*"|UPSDESC \S+ "(\\.|[^"\\])*"|TYPE \S+ \S+ (NUMBER|STRING:\d+))')
+                    r'(VAR|DESC|CMDDESC) \S+ \S+ "(\\.|[^"\\])*"|UPSDESC \S+ "(\\.|[^"\\])*"|'
+                    r'TYPE \S+ \S+ (NUMBER|STRING:\d+))')
 LIST_ITEM = re.compile(r'(UPS \S+ "(\\.|[^"\\])*"|VAR \S+ \S+ "(\\.|[^"\\])*"|CLIENT \S+ \S+)')
 
 
@@ -39,7 +40,8 @@ LIST_ITEM = re.compile(r'(UPS \S+ "(\\.|[^"\\])*"|VAR \S+ \S+ "(\\.|[^"\\])*"|CL
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz-nut")
     port = free_port()
-    over = {"nut": {"listen": f"127.0.0.1:{port}", "users": [{"name": "nas", "password_hash": hash_password("p4ssw0rd!")}],
+    users = [{"name": "nas", "password_hash": hash_password("p4ssw0rd!")}]
+    over = {"nut": {"listen": f"127.0.0.1:{port}", "users": users,
                     "limits": {"request_timeout_s": 2, "max_connections": 8}},
             "web": {"enabled": False}, "snmp": {"enabled": False}, "prometheus": {"enabled": False},
             "modbus_tcp": {"enabled": False}}

@@ -36,7 +36,7 @@ from ...service import ReloadResult, Service, StartError
 from . import protocol as p
 from .protocol import LineError, error, quote, split_words
 from .schema import DEFAULT_LIMITS, MAX_LINE_BYTES, SECTION
-from .variables import Device, Model, ReplaceAlarms
+from .variables import Device, Model, StatusAlarms
 
 if TYPE_CHECKING:
     from ...app import Gateway
@@ -110,7 +110,7 @@ class NutService(Service):
         self.gateway = gateway
         src = str(gateway.config.path)
         host, port = listen_address(cfg["listen"], src)
-        self.alarms = ReplaceAlarms()
+        self.alarms = StatusAlarms()
         self.counters = {"requests": 0, "errors": 0, "logins": 0, "refused_logins": 0, "tls_upgrades": 0,
                          "protocol_errors": 0}
         self.refusals = LogLimiter(log, "nut")
@@ -230,7 +230,8 @@ class NutService(Service):
 
     @hookimpl
     def bmsgw_alarm_event(self, event: Any) -> None:
-        self.alarms.event(event.alarm_id, event.metric, event.severity, event.string, event.cell, event.raised)
+        self.alarms.event(event.alarm_id, event.metric, event.severity, event.string, event.cell, event.raised,
+                          event.value, event.threshold)
 
     # -- requests ----------------------------------------------------------------------------------------------
     def answer(self, conn: NutConnection, line: bytes) -> Answer:
@@ -613,16 +614,18 @@ class NutConnection(BoundedConnection):
         try:
             transport = await self.loop.start_tls(self.transport, self, context, server_side=True,
                                                   ssl_handshake_timeout=self.server.limits.request_timeout_s)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError, RuntimeError) as exc:
             log.debug("nut: TLS handshake with %s failed: %s", self.peer, exc)
             self.pending = None
             self.abort()
             return
         self.pending = None
-        if self.closed:
-            transport.abort()
+        if transport is None or self.closed:  # the loop gave no TLS transport, or the client left meanwhile
+            if transport is not None:
+                transport.abort()
+            self.abort()
             return
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self.tls = True
         self.service.counters["tls_upgrades"] += 1
         self.between_requests()

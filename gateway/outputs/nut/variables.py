@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...points import PointRef, PointStore
+from ...strings import StringStates, string_states
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -29,6 +30,7 @@ STRING_PREFIX = "string"
 STRING_SIZE = 64  # TYPE ... STRING:n of the text variables
 BATTERY_TYPE = {"vrla": "PbAc", "vented": "PbAc"}  # NUT's name for lead-acid chemistry
 REPLACE_METRICS = frozenset({"cell.soh", "string.soh"})  # a critical alarm on these: the battery needs replacing
+LOW_VOLTAGE_METRICS = frozenset({"cell.voltage", "string.voltage"})  # low, on battery: the end of discharge is near
 
 Reader = Callable[[], "str | None"]
 
@@ -69,43 +71,57 @@ def const(text: str) -> Reader:
     return lambda: text
 
 
-# -- battery-replacement alarms -----------------------------------------------------------------------------------
-class ReplaceAlarms:
-    """The active critical state-of-health alarms (``cell.soh``, ``string.soh``): a battery past its replacement
-    threshold, as the alarm engine decides it (its setpoints, delays and hysteresis).  Seeded from the active
-    table at start and kept by the alarm events; ``known`` is False when no alarm engine runs here."""
+# -- the alarms ups.status reads -------------------------------------------------------------------------------
+class StatusAlarms:
+    """The active alarms ``ups.status`` reads, as the alarm engine decides them (its setpoints, delays and
+    hysteresis): critical state-of-health alarms (``cell.soh``, ``string.soh``: a battery past its replacement
+    threshold, RB) and low battery-voltage alarms (``cell.voltage``, ``string.voltage`` below their setpoint: on
+    battery, the end-of-discharge alarms, LB).  Seeded from the active table at start and kept by the alarm
+    events; ``known`` is False when no alarm engine runs here."""
 
     def __init__(self) -> None:
         self.known = False
-        self._active: dict[str, tuple[str, int | None, int | None]] = {}  # alarm id -> (metric, string, cell)
+        self._replace: dict[str, tuple[str, int | None, int | None]] = {}  # alarm id -> (metric, string, cell)
+        self._low_voltage: dict[str, int | None] = {}  # alarm id -> string
 
     def seed(self, rows: list[dict[str, Any]] | None) -> None:
-        self._active.clear()
+        self._replace.clear()
+        self._low_voltage.clear()
         self.known = rows is not None
         for row in rows or ():
             self._note(str(row.get("id")), row.get("point"), row.get("severity"), row.get("string"), row.get("cell"),
-                       bool(row.get("active", True)))
+                       bool(row.get("active", True)), row.get("value"), row.get("threshold"))
 
     def event(self, alarm_id: Any, metric: str | None, severity: str | None, string: int | None, cell: int | None,
-              raised: bool) -> None:
+              raised: bool, value: float | None = None, threshold: float | None = None) -> None:
         self.known = True
-        self._note(str(alarm_id), metric, severity, string, cell, raised)
+        self._note(str(alarm_id), metric, severity, string, cell, raised, value, threshold)
 
-    def _note(self, alarm_id: str, metric: Any, severity: Any, string: Any, cell: Any, raised: bool) -> None:
+    def _note(self, alarm_id: str, metric: Any, severity: Any, string: Any, cell: Any, raised: bool,
+              value: Any, threshold: Any) -> None:
         if raised and metric in REPLACE_METRICS and severity == "critical":
-            self._active[alarm_id] = (metric, string, cell)
+            self._replace[alarm_id] = (metric, string, cell)
         else:
-            self._active.pop(alarm_id, None)
+            self._replace.pop(alarm_id, None)
+        if raised and metric in LOW_VOLTAGE_METRICS and isinstance(value, int | float) and \
+                isinstance(threshold, int | float) and value <= threshold:
+            self._low_voltage[alarm_id] = string
+        else:
+            self._low_voltage.pop(alarm_id, None)
 
     def bad_batteries(self, string: int | None = None) -> int | None:
         """Batteries with an active critical ``cell.soh`` alarm (of one string, or all); None when unknown."""
         if not self.known:
             return None
-        return len({(s, c) for metric, s, c in self._active.values()
+        return len({(s, c) for metric, s, c in self._replace.values()
                     if metric == "cell.soh" and (string is None or s == string)})
 
     def replace(self, string: int | None = None) -> bool:
-        return any(string is None or s == string for _m, s, _c in self._active.values())
+        return any(string is None or s == string for _m, s, _c in self._replace.values())
+
+    def low_voltage(self, string: int | None = None) -> bool:
+        """A low-voltage alarm of a battery or the string (of one string, or any) is active."""
+        return any(string is None or s == string for s in self._low_voltage.values())
 
 
 # -- the devices --------------------------------------------------------------------------------------------------
@@ -113,13 +129,13 @@ class Model:
     """The devices a config serves, built from the point map and the config; values read at request time."""
 
     def __init__(self, store: PointStore, pointmap: PointMap, config: Config, cfg: dict[str, Any],
-                 alarms: ReplaceAlarms) -> None:
+                 alarms: StatusAlarms) -> None:
         self.store, self.pointmap, self.alarms = store, pointmap, alarms
         self.catalog = pointmap.catalog
         low = cfg["low_battery"]
         self.charge_low, self.runtime_low = float(low["charge_pct"]), float(low["runtime_s"])
-        state_spec = self.catalog.get("string.state")
-        self.state_labels: dict[int, str] = dict(state_spec.states) if state_spec is not None else {}
+        # the codes of the one string-state classifier (gateway/strings), never numbers or names of our own
+        self.codes: StringStates | None = string_states(self.catalog) if "string.state" in self.catalog else None
         site = config.section("site")
         analytics = config.section("analytics")
         strings = pointmap.topology.strings
@@ -144,18 +160,28 @@ class Model:
         return self.store.value(ref)
 
     def state(self, sid: int) -> str | None:
-        """The string's operating state label (float, charging, discharging, rest); None when not known."""
+        """The string's operating state as the string classifier publishes it (``string.state``): one of
+        ``floating``, ``charging``, ``discharging``, ``rest``; None when not known."""
+        codes = self.codes
         v = self.value(PointRef("string.state", sid))
-        label = self.state_labels.get(int(v)) if v is not None else None
-        return None if label in (None, "unknown") else label
+        if codes is None or v is None:
+            return None
+        return {codes.floating: "floating", codes.charging: "charging", codes.discharging: "discharging",
+                codes.rest: "rest"}.get(int(v))
+
+    def _reader(self, ref: PointRef, decimals: int, factor: float = 1.0) -> Reader:
+        """The variable's text from the point's value now (None while it is not known)."""
+        return lambda: fixed(_scaled(self.value(ref), factor), decimals)
 
     def _known(self, point: str, sids: Iterable[int]) -> list[float]:
         return [v for v in (self.value(PointRef(point, s)) for s in sids) if v is not None]
 
     # -- status -----------------------------------------------------------------------------------------------
-    def status(self, states: list[str], charge: float | None, runtime: float | None, replace: bool) -> str | None:
-        """``ups.status`` from the operating states of the strings concerned (those known), their charge and
-        run time, and whether a battery needs replacing."""
+    def status(self, states: list[str], charge: float | None, runtime: float | None, replace: bool,
+               low_voltage: bool = False) -> str | None:
+        """``ups.status`` from the operating states of the strings concerned (those known, from the string
+        classifier), their charge and run time against battery.charge.low / battery.runtime.low, the
+        end-of-discharge voltage alarms, and whether a battery needs replacing."""
         if not states:
             return None
         on_battery = "discharging" in states
@@ -163,7 +189,7 @@ class Model:
         if not on_battery and "charging" in states:
             tokens.append("CHRG")
         if (charge is not None and charge <= self.charge_low) or \
-                (on_battery and runtime is not None and runtime <= self.runtime_low):
+                (on_battery and runtime is not None and runtime <= self.runtime_low) or (on_battery and low_voltage):
             tokens.append("LB")
         if replace:
             tokens.append("RB")
@@ -172,7 +198,7 @@ class Model:
     @staticmethod
     def charger_status(states: list[str]) -> str | None:
         """battery.charger.status (nut-names.txt): charging, discharging, floating or resting."""
-        for label, word in (("discharging", "discharging"), ("charging", "charging"), ("float", "floating"),
+        for label, word in (("discharging", "discharging"), ("charging", "charging"), ("floating", "floating"),
                             ("rest", "resting")):
             if label in states:
                 return word
@@ -197,7 +223,8 @@ class Model:
         def status() -> str | None:
             state = self.state(sid)
             return self.status([state] if state else [], self.value(PointRef("string.soc", sid)),
-                               self.value(PointRef("string.runtime_remaining", sid)), self.alarms.replace(sid))
+                               self.value(PointRef("string.runtime_remaining", sid)), self.alarms.replace(sid),
+                               self.alarms.low_voltage(sid))
 
         if self.has(PointRef("string.state", sid)):
             add("ups.status", "UPS status", status, STRING_SIZE)
@@ -207,8 +234,8 @@ class Model:
         point("battery.runtime", "Battery runtime (seconds)", "string.runtime_remaining", 0)
         point("battery.voltage", "Battery voltage (V)", "string.voltage", 2)
         point("battery.current", "Battery current (A); negative: discharging", "string.current", 2)
-        point("battery.temperature", "Battery temperature (degrees C): the warmest battery", "string.cell_temperature_max",
-              1)
+        point("battery.temperature", "Battery temperature (degrees C): the warmest battery",
+              "string.cell_temperature_max", 1)
         point("experimental.battery.soh", "Battery string state of health (percent)", "string.soh", 1)
         self._settings(add, cfg)
         add("battery.voltage.nominal", "Nominal battery voltage (V)", const(number(s.cells * bat.nominal_voltage)))
@@ -235,8 +262,7 @@ class Model:
                 ("cell.soh", "soh", "state of health (percent)", 1.0, 1)):
             ref = PointRef(family, sid, c)
             if self.has(ref):
-                add(f"{base}.{suffix}", f"Battery {c} {description}",
-                    lambda ref=ref, f=factor, d=decimals: fixed(_scaled(self.value(ref), f), d))
+                add(f"{base}.{suffix}", f"Battery {c} {description}", self._reader(ref, decimals, factor))
         ref = PointRef("cell.alarm_level", sid, c)
         spec = self.catalog.get("cell.alarm_level")
         if self.has(ref) and spec is not None:
@@ -286,7 +312,8 @@ class Model:
 
         if any_has("string.state"):
             add("ups.status", "UPS status",
-                lambda: self.status(states(), charge(), runtime(), self.alarms.replace()), STRING_SIZE)
+                lambda: self.status(states(), charge(), runtime(), self.alarms.replace(),
+                                    self.alarms.low_voltage()), STRING_SIZE)
             add("battery.charger.status", "Status of the battery charger", lambda: self.charger_status(states()),
                 STRING_SIZE)
         if any_has("string.soc"):
@@ -306,7 +333,7 @@ class Model:
                 ("io.ambient_humidity", "ambient.humidity", "Ambient relative humidity (percent)", 1)):
             ref = PointRef(family)
             if self.has(ref):
-                add(name, description, lambda ref=ref, d=decimals: fixed(self.value(ref), d))
+                add(name, description, self._reader(ref, decimals))
         self._settings(add, cfg)
         nominal = {s.cells * s.battery.nominal_voltage for s in strings}
         if len(nominal) == 1:  # strings in parallel share one nominal voltage; different ones have none
