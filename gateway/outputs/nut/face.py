@@ -117,7 +117,6 @@ class NutService(Service):
         self.throttle = LoginThrottle()
         self.logins: dict[NutConnection, int] = {}  # connection -> the device key it logged into
         self._kdf = threading.BoundedSemaphore(1)  # an argon2 check takes 64 MiB for a moment: one at a time
-        self._hasher: Any = None
         self._dummy_hash: str | None = None
         self.tls_context: ssl.SSLContext | None = None
         self.tls_source = ""
@@ -425,23 +424,17 @@ class NutService(Service):
         return "OK\n"
 
     def _check_password(self, pw_hash: str | None, password: str) -> bool:
-        """The argon2 check of ``bmsgw user hash``'s hashes (argon2-cffi, as the web face); an unknown user costs
-        the same time, so the answer does not tell which names exist."""
-        from argon2 import PasswordHasher
-        from argon2.exceptions import InvalidHashError, VerificationError
+        """The check of ``bmsgw user hash``'s argon2 hashes, the web face's (``web/auth.py``), one NUT check at a
+        time; an unknown user costs the same time, so the answer does not tell which names exist."""
+        from ..web.auth import hash_password, verify_password
 
         with self._kdf:
-            if self._hasher is None:
-                self._hasher = PasswordHasher()
             if pw_hash is None:
                 if self._dummy_hash is None:
-                    self._dummy_hash = self._hasher.hash(secrets.token_hex(8))
-                pw_hash = self._dummy_hash
-                password = "\0" + password  # never matches
-            try:
-                return bool(self._hasher.verify(pw_hash, password))
-            except (VerificationError, InvalidHashError):
+                    self._dummy_hash = hash_password(secrets.token_hex(16))
+                verify_password(self._dummy_hash, password)
                 return False
+            return verify_password(pw_hash, password)
 
     def _logout(self, conn: NutConnection, args: list[str]) -> Answer:
         if args:
