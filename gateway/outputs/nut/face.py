@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 NETVER = "1.3"  # the protocol version of NUT 2.8 (net-protocol.txt, "Revision history")
 HELP = "Commands: HELP VER NETVER PROTVER GET LIST LOGIN LOGOUT USERNAME PASSWORD STARTTLS\n"
 MAX_BACKLOG = 64 * 1024  # bytes of pipelined requests held while an answer is pending, then reading pauses
+# lines answered in one turn of the event loop: a client pipelining thousands of LIST VAR takes its turn with the
+# other clients and the gateway's polling instead of holding the loop for seconds (on the controller)
+LINES_PER_TURN = 32
 LOGIN_FAILURES, LOGIN_WINDOW_S = 5, 300.0  # per client address
 MAX_THROTTLED_ADDRESSES = 4096
 # commands that need USERNAME and PASSWORD first (upsd's FLAG_USER), checked before their arguments
@@ -498,6 +501,7 @@ class NutConnection(BoundedConnection):
         self.tls = False
         self.tracking = False
         self.pending: asyncio.Future[None] | None = None  # a LOGIN being checked, a TLS handshake
+        self.resuming = False  # more lines to answer at the loop's next turn
         self.reading_paused = False
         self.eof = False
 
@@ -507,7 +511,7 @@ class NutConnection(BoundedConnection):
     def eof_received(self) -> bool | None:
         """The client will send no more (``nc -N``): answer what it sent, then close."""
         self.eof = True
-        if self.pending is None and not self.writing_paused:
+        if self.pending is None and not self.writing_paused and not self.resuming:
             self._process()
             return None
         return True  # closed once the pending answer and the requests held back are answered
@@ -519,13 +523,14 @@ class NutConnection(BoundedConnection):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.pending is None and not self.closed:
+        if self.pending is None and not self.closed and not self.resuming:
             self._process()
 
     def _update_reading(self) -> None:
         if self.closed:
             return
-        want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
+        want_pause = self.writing_paused or ((self.pending is not None or self.resuming) and
+                                             len(self.buf) > MAX_BACKLOG)
         if want_pause == self.reading_paused:
             return
         self.reading_paused = want_pause
@@ -539,19 +544,26 @@ class NutConnection(BoundedConnection):
         if self.closed:
             return
         self.buf += data
-        if self.pending is None:
+        if self.pending is None and not self.resuming:
             self._process()
         else:
             self._update_reading()
 
     def _process(self) -> None:
         buf = self.buf
+        answered = 0
         while not self.closed and self.pending is None and not self.writing_paused:
             end = buf.find(b"\n", 0, MAX_LINE_BYTES + 1)
             if end < 0:
                 break
+            if answered == LINES_PER_TURN:  # the others' turn: carry on at the loop's next turn
+                self.resuming = True
+                self.loop.call_soon(self._resume)
+                self._update_reading()
+                return
             line = bytes(buf[:end])
             del buf[:end + 1]
+            answered += 1
             self.request_complete()  # only whole lines count: a byte-a-minute client times out
             self._send(self.service.answer(self, line))
         if self.closed:
@@ -571,6 +583,13 @@ class NutConnection(BoundedConnection):
             self.close()  # the client half-closed: every whole line it sent is answered
             return
         self._update_reading()
+
+    def _resume(self) -> None:
+        self.resuming = False
+        if not self.closed and self.pending is None:
+            self._process()
+        elif not self.closed:
+            self._update_reading()
 
     def _send(self, answer: Answer) -> None:
         if isinstance(answer, str):

@@ -12,6 +12,8 @@ from __future__ import annotations
 MAX_WORDS = 32
 _SPACE = frozenset(b" \t\r\v\f")
 _ESCAPED = frozenset('#\\"')
+# the bytes of a line that needs no quoting rules: printable ASCII but " \ # =, and blanks
+_PLAIN = bytes(sorted(set(range(0x21, 0x7F)) - set(b'"\\#=') | set(b" \t\r\v\f")))
 
 # the error names of net-protocol.txt ("Error responses") this server sends
 ACCESS_DENIED = "ACCESS-DENIED"
@@ -36,6 +38,8 @@ class LineError(ValueError):
 
 def split_words(line: bytes) -> list[str]:
     """The words of one request line (its newline removed), as upsd's parser reads them."""
+    if not line.translate(None, _PLAIN):  # nothing quoted, escaped, commented or dropped: split at the blanks
+        return line.decode("ascii").split()[:MAX_WORDS]
     words: list[str] = []
     word: list[str] | None = None  # the word being collected (None: between words)
     quoted = escaped = False
