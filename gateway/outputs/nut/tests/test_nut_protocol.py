@@ -13,10 +13,13 @@ from gateway.outputs.nut.face import Close, LoginThrottle, NutService, StartTls
 from gateway.outputs.nut.protocol import LineError, quote, split_words
 from gateway.outputs.web.auth import hash_password
 from gateway.points import PointRef, Quality
+from gateway.strings import string_states
 from tests.support import small_bank, write_config
 
 PASSWORD = "nas-password-1"
-FLOAT, CHARGING, DISCHARGING, REST = 1.0, 2.0, 3.0, 4.0  # string.state (profiles/points.yaml)
+_CODES = string_states()  # string.state's codes, as the string classifier publishes them
+FLOAT, CHARGING, DISCHARGING, REST = (float(c) for c in (_CODES.floating, _CODES.charging, _CODES.discharging,
+                                                         _CODES.rest))
 
 
 class Conn:
@@ -160,6 +163,34 @@ def test_ups_status_follows_the_string_state_point_and_the_low_battery_settings(
     put(gw, {("string.state", 2): 0.0})  # unknown
     assert status() == "ERR DATA-STALE\n"
     assert "ups.status" not in ask(svc, c, "LIST VAR bank")
+
+
+def test_an_end_of_discharge_voltage_alarm_on_battery_is_low_battery(face):
+    """The run-time estimate may be optimistic (aged batteries, a load step): a battery or string at its end
+    voltage (the alarm engine's low cell.voltage / string.voltage alarm) says LB on battery, whatever the
+    estimate."""
+    gw, svc = face
+    c = Conn()
+    floating(gw, {("string.state", 1): DISCHARGING, ("string.state", 2): DISCHARGING,
+                  ("string.runtime_remaining", 1): 1800.0, ("string.runtime_remaining", 2): 1700.0})
+    svc.alarms.seed([])
+    assert ask(svc, c, "GET VAR bank ups.status") == 'VAR bank ups.status "OB DISCHRG"\n'
+    svc.alarms.event(21, "cell.voltage", "warning", 2, 4, True, value=10.79, threshold=10.8)  # 1.80 V per cell
+    assert ask(svc, c, "GET VAR bank ups.status") == 'VAR bank ups.status "OB DISCHRG LB"\n'
+    assert ask(svc, c, "GET VAR string2 ups.status") == 'VAR string2 ups.status "OB DISCHRG LB"\n'
+    assert ask(svc, c, "GET VAR string1 ups.status") == 'VAR string1 ups.status "OB DISCHRG"\n'
+    svc.alarms.event(22, "cell.temperature", "warning", 1, 1, True, value=41.0, threshold=40.0)  # not a voltage
+    svc.alarms.event(23, "string.voltage", "warning", 1, None, True, value=29.0, threshold=28.8)  # a high one
+    assert ask(svc, c, "GET VAR string1 ups.status") == 'VAR string1 ups.status "OB DISCHRG"\n'
+    svc.alarms.event(21, "cell.voltage", "warning", 2, 4, False, value=11.2, threshold=10.8)  # cleared
+    assert ask(svc, c, "GET VAR bank ups.status") == 'VAR bank ups.status "OB DISCHRG"\n'
+    # seeded from the active table at start (a gateway restarted during a discharge)
+    svc.alarms.seed([{"id": 30, "point": "string.voltage", "severity": "critical", "string": 1, "cell": None,
+                      "active": True, "value": 26.0, "threshold": 26.25}])
+    assert ask(svc, c, "GET VAR string1 ups.status") == 'VAR string1 ups.status "OB DISCHRG LB"\n'
+    # on the mains, a low float voltage is the float rule's business, not low battery
+    floating(gw)
+    assert ask(svc, c, "GET VAR string1 ups.status") == 'VAR string1 ups.status "OL"\n'
 
 
 def test_a_rest_state_is_on_line_and_resting(face):
