@@ -12,6 +12,8 @@ from __future__ import annotations
 MAX_WORDS = 32
 _SPACE = frozenset(b" \t\r\v\f")
 _ESCAPED = frozenset('#\\"')
+# how a value is written between quotes: " \ # escaped, control characters left out
+_QUOTING = str.maketrans({**{ch: "\\" + ch for ch in _ESCAPED}, **{chr(i): None for i in (*range(0x20), 0x7F)}})
 # the bytes of a line that needs no quoting rules: printable ASCII but " \ # =, and blanks
 _PLAIN = bytes(sorted(set(range(0x21, 0x7F)) - set(b'"\\#=') | set(b" \t\r\v\f")))
 
@@ -97,15 +99,7 @@ def split_words(line: bytes) -> list[str]:
 def quote(text: str) -> str:
     """``text`` between double quotes, escaped as upsd does (``\\"``, ``\\\\``, ``\\#``); control characters,
     which would break the line, are left out."""
-    out = ['"']
-    for ch in text:
-        if ch < " " or ch == "\x7f":
-            continue
-        if ch in _ESCAPED:
-            out.append("\\")
-        out.append(ch)
-    out.append('"')
-    return "".join(out)
+    return f'"{text.translate(_QUOTING)}"'
 
 
 def error(name: str) -> str:
