@@ -121,10 +121,11 @@ def test_a_line_longer_than_512_bytes_is_refused_and_the_connection_closed(bank)
 
 def test_a_client_pipelining_thousands_of_requests_does_not_hold_the_others(bank):
     """3000 LIST VAR sent at once by one client are answered a few dozen per turn of the event loop: another
-    client's NETVER is answered long before the last of them."""
+    client's NETVER, sent just after them, is answered long before the last of them."""
     gt, port = bank
     count, ends = 3000, [0]
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as busy:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as busy, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as other:
         def read_all() -> None:
             tail = b""
             while chunk := busy.recv(1 << 20):
@@ -134,11 +135,10 @@ def test_a_client_pipelining_thousands_of_requests_does_not_hold_the_others(bank
         reader = threading.Thread(target=read_all)
         reader.start()
         busy.sendall(b"LIST VAR string1\n" * count)
+        other.sendall(b"NETVER\n")
+        assert other.recv(64) == b"1.3\n"
+        answered_meanwhile = ends[0]
         busy.shutdown(socket.SHUT_WR)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as other:
-            other.sendall(b"NETVER\n")
-            assert other.recv(64) == b"1.3\n"
-            answered_meanwhile = ends[0]
         reader.join(timeout=60)
     assert ends[0] == count
     assert answered_meanwhile < count / 2, f"{answered_meanwhile} of {count} lists answered before a NETVER"
