@@ -33,9 +33,10 @@ _USER: dict[str, Any] = {
 _SECTION_SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False, "default": {},
     "properties": {
-        "enabled": {"type": "boolean", "default": True,
+        "enabled": {"type": "boolean", "default": False,
                     "description": "serve the bank with the Network UPS Tools protocol (upsc, upsmon, NAS, Home "
-                                   "Assistant); read-only"},
+                                   "Assistant); read-only.  Off unless the config turns it on, so an upgraded "
+                                   "installation does not start serving (or fight a local upsd for port 3493)"},
         "listen": {"type": "string", "pattern": LISTEN_PATTERN, "default": "127.0.0.1:3493",
                    "description": "host:port ([v6-address]:port); 3493 is NUT's port, 0.0.0.0:3493 for the LAN"},
         "users": {"type": "array", "items": _USER, "default": [], "maxItems": 100,

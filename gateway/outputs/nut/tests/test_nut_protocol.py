@@ -380,3 +380,16 @@ def test_its_section_is_checked_with_the_config(tmp_path, password_hash):
         path = write_config(tmp_path, {"nut": section}, base=small_bank(1, 2))
         with pytest.raises(ConfigError, match=key):
             Gateway(path, simulator=False, port_overrides={"bus1": "/dev/null"}).check()
+
+
+def test_a_config_without_a_nut_section_serves_no_nut(tmp_path):
+    """An installation upgraded with its own config (no `nut` section) does not start serving NUT."""
+    import yaml
+
+    path = write_config(tmp_path, base=small_bank(1, 2))
+    data = yaml.safe_load(path.read_text())
+    del data["nut"]
+    path.write_text(yaml.safe_dump(data))
+    gw = Gateway(path, simulator=False, port_overrides={"bus1": "/dev/null"})
+    assert gw.config.section("nut")["enabled"] is False
+    assert not any(isinstance(s, NutService) for s in gw.services.values())
