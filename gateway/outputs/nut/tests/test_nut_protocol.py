@@ -387,9 +387,11 @@ def test_a_config_without_a_nut_section_serves_no_nut(tmp_path):
     import yaml
 
     path = write_config(tmp_path, base=small_bank(1, 2))
+    gw = Gateway(path, simulator=False, port_overrides={"bus1": "/dev/null"})
+    assert any(isinstance(s, NutService) for s in gw._new_services())  # this repo's config.yaml: on
     data = yaml.safe_load(path.read_text())
     del data["nut"]
     path.write_text(yaml.safe_dump(data))
     gw = Gateway(path, simulator=False, port_overrides={"bus1": "/dev/null"})
     assert gw.config.section("nut")["enabled"] is False
-    assert not any(isinstance(s, NutService) for s in gw.services.values())
+    assert not any(isinstance(s, NutService) for s in gw._new_services())
