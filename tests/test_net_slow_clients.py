@@ -68,7 +68,7 @@ def serve_under_attack(port: int, head: bytes, trickle: bytes, probe: Callable[[
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    path = write_config(tmp_path_factory.mktemp("slow-clients"), {"snmp": {"enabled": False}},
+    path = write_config(tmp_path_factory.mktemp("slow-clients"), {"snmp": {"enabled": False}, "nut": {"enabled": True}},
                         base=small_bank(1, 4))
     with GatewayThread(path) as gt:
         yield gt

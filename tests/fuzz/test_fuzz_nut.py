@@ -40,7 +40,7 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz-nut")
     port = free_port()
     users = [{"name": "nas", "password_hash": hash_password("p4ssw0rd!")}]
-    over = {"nut": {"listen": f"127.0.0.1:{port}", "users": users,
+    over = {"nut": {"enabled": True, "listen": f"127.0.0.1:{port}", "users": users,
                     "limits": {"request_timeout_s": 2, "max_connections": 8}},
             "web": {"enabled": False}, "snmp": {"enabled": False}, "prometheus": {"enabled": False},
             "modbus_tcp": {"enabled": False}}

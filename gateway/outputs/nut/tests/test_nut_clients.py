@@ -54,7 +54,7 @@ def bank(tmp_path_factory):
     """Two floating strings of 4 batteries (the simulator floats by default), a NUT user."""
     tmp = tmp_path_factory.mktemp("nut")
     users = [{"name": "nas", "password_hash": hash_password(PASSWORD)}]
-    path = write_config(tmp, {"nut": {"users": users}}, base=small_bank(2, 4))
+    path = write_config(tmp, {"nut": {"enabled": True, "users": users}}, base=small_bank(2, 4))
     with GatewayThread(path) as gt:
         gt.wait_for(lambda: nut_status(gt) == "OL", what="the analytics to find the bank floating")
         yield gt, gt.gateway.service("nut").port
@@ -157,8 +157,8 @@ def test_a_client_that_half_closes_gets_every_answer_then_the_end(bank):
 
 
 def test_upsc_talks_tls_when_the_web_face_has_a_certificate(tmp_path):
-    path = write_config(tmp_path, {"web": {"tls": {"enabled": True}}, "nut": {"limits": {"request_timeout_s": 1}}},
-                        base=small_bank(1, 2))
+    path = write_config(tmp_path, {"web": {"tls": {"enabled": True}},
+                                   "nut": {"enabled": True, "limits": {"request_timeout_s": 1}}}, base=small_bank(1, 2))
     with GatewayThread(path, wait_points=None) as gt:
         svc = gt.gateway.service("nut")
         host = f"127.0.0.1:{svc.port}"
@@ -193,7 +193,7 @@ def test_upsc_talks_tls_when_the_web_face_has_a_certificate(tmp_path):
 
 def test_settings_apply_live_users_allow_list_low_battery_and_listen(tmp_path):
     port, new_port = free_port(), free_port()
-    path = write_config(tmp_path, {"nut": {"listen": f"127.0.0.1:{port}"}}, base=small_bank(1, 2))
+    path = write_config(tmp_path, {"nut": {"enabled": True, "listen": f"127.0.0.1:{port}"}}, base=small_bank(1, 2))
     with GatewayThread(path) as gt, socket.socket() as busy:
         gw = gt.gateway
         gt.wait_for(lambda: nut_status(gt) == "OL", what="the bank floating")
@@ -240,7 +240,7 @@ def test_a_busy_port_refuses_start_up_with_the_key_and_the_reason(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        path = write_config(tmp_path, {"nut": {"listen": f"127.0.0.1:{busy.getsockname()[1]}"}},
+        path = write_config(tmp_path, {"nut": {"enabled": True, "listen": f"127.0.0.1:{busy.getsockname()[1]}"}},
                             base=small_bank(1, 2))
         gt = GatewayThread(path, wait_points=None)
         try:
@@ -308,7 +308,7 @@ def test_upsmon_as_a_secondary_shuts_its_host_down_when_the_bank_discharges_to_l
     load grows to 40 A (the run-time estimate falls under 300 s: OB DISCHRG LB) and upsmon runs its shutdown
     command."""
     users = [{"name": "nas", "password_hash": hash_password(PASSWORD)}]
-    path = write_config(tmp_path, {"nut": {"users": users}}, base=ups_battery_bank())
+    path = write_config(tmp_path, {"nut": {"enabled": True, "users": users}}, base=ups_battery_bank())
     with GatewayThread(path) as gt, tempfile.TemporaryDirectory(prefix="bmsgw-upsmon-") as private:
         svc = gt.gateway.service("nut")
         model = gt.gateway.simulator.model

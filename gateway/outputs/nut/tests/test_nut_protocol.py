@@ -383,12 +383,17 @@ def test_its_section_is_checked_with_the_config(tmp_path, password_hash):
 
 
 def test_a_config_without_a_nut_section_serves_no_nut(tmp_path):
-    """An installation upgraded with its own config (no `nut` section) does not start serving NUT."""
+    """An installation upgraded with its own config (no `nut` section) does not start serving NUT; this
+    repository's config.yaml turns it on."""
     import yaml
 
-    path = write_config(tmp_path, base=small_bank(1, 2))
+    from tests.support import DEFAULT_CONFIG
+
+    assert yaml.safe_load(DEFAULT_CONFIG.read_text())["nut"]["enabled"] is True
+
+    path = write_config(tmp_path, {"nut": {"enabled": True}}, base=small_bank(1, 2))
     gw = Gateway(path, simulator=False, port_overrides={"bus1": "/dev/null"})
-    assert any(isinstance(s, NutService) for s in gw._new_services())  # this repo's config.yaml: on
+    assert any(isinstance(s, NutService) for s in gw._new_services())
     data = yaml.safe_load(path.read_text())
     del data["nut"]
     path.write_text(yaml.safe_dump(data))
