@@ -358,3 +358,22 @@ def test_upsmon_as_a_secondary_shuts_its_host_down_when_the_bank_discharges_to_l
     assert "Executing automatic power-fail shutdown" in text
     assert "ONBATT" in notes and "LOWBATT" in notes and "SHUTDOWN" in notes
     assert shutdowns == 1
+
+
+def test_an_end_of_discharge_alarm_of_the_alarm_engine_says_lb_on_battery(tmp_path):
+    """The alarm engine's events reach the face: with the end-of-discharge warning raised to 14 V per 12 V unit
+    (above float, so it is active from the start), the floating bank still reads OL; on battery it reads LB at
+    once, with hours of run time left by the estimate."""
+    rules = {"cell_voltage_discharge": {"low": {"warning": 14.0, "critical": None}}}
+    path = write_config(tmp_path, {"nut": {"enabled": True}, "alarms": {"rules": rules}}, base=small_bank(1, 2))
+    with GatewayThread(path) as gt:
+        svc = gt.gateway.service("nut")
+        gt.wait_for(lambda: svc.alarms.low_voltage(1), what="the end-of-discharge alarm to reach the NUT face")
+        gt.wait_for(lambda: nut_status(gt) == "OL", what="the bank floating")
+        gt.gateway.simulator.model.start_scenario("mains_failure", value=25.0)  # C/4: about 3 hours
+        gt.wait_for(lambda: (nut_status(gt) or "").startswith("OB"), what="the bank on battery")
+        assert nut_status(gt) == "OB DISCHRG LB"
+        gt.wait_for(lambda: gt.gateway.store.value(PointRef("string.runtime_remaining", 1)) is not None,
+                    what="a run-time estimate")
+        assert gt.gateway.store.value(PointRef("string.runtime_remaining", 1)) > 3600
+        assert upsc(f"bank@127.0.0.1:{svc.port}", "ups.status").stdout == "OB DISCHRG LB\n"
