@@ -128,11 +128,13 @@ CORE_SCHEMA: dict[str, Any] = {
             "scenarios": {
                 "type": "array", "maxItems": 32, "default": [],
                 "description": "events the simulated bank goes through: a thermal runaway, a stuck sensor, a "
-                               "sensor out of its range",
+                               "sensor out of its range, a mains failure (the strings discharge at `value` A, or "
+                               "their string alone) and the mains' return",
                 "items": {
                     "type": "object", "additionalProperties": False, "required": ["kind"],
                     "properties": {
-                        "kind": {"enum": ["thermal_runaway", "stuck", "out_of_range"]},
+                        "kind": {"enum": ["thermal_runaway", "stuck", "out_of_range", "mains_failure",
+                                          "mains_return"]},
                         "after_s": {"type": "number", "minimum": 0, "default": 0,
                                     "description": "simulated seconds after the simulator starts"},
                         "string": {"type": "integer", "minimum": 1, "maximum": MAX_STRINGS},

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
     "gateway.outputs.bacnet",
+    "gateway.outputs.nut",
     "gateway.secretfiles",
 )
 

@@ -43,7 +43,7 @@ def small_bank(strings: int = 1, cells: int = 8, profile: str = "bm-bcs-12") -> 
 
 
 LISTENING_FACES = {"snmp": socket.SOCK_DGRAM, "modbus_tcp": socket.SOCK_STREAM, "web": socket.SOCK_STREAM,
-                   "prometheus": socket.SOCK_STREAM}
+                   "prometheus": socket.SOCK_STREAM, "nut": socket.SOCK_STREAM}
 
 
 def write_config(tmp_path: Path, overrides: dict | None = None, base: dict | None = None,
