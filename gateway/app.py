@@ -362,6 +362,7 @@ class Gateway:
         if not p.needed:
             if p.skip_reason and bf.read_marker(p.state_dir) is None:
                 bf.skip(p)
+            self.backfill_status = bf.status_from_marker(p)
             return
 
         def progress(info: dict[str, Any]) -> None:

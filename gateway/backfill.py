@@ -51,7 +51,7 @@ STAGING = ".backfill"
 HOT_BATTERY = (2, 37)  # the battery that deteriorates (clipped to the bank)
 HOT_OFFSET_C = 3.5  # it runs this much warmer than its neighbours
 HOT_RISE = 0.24  # its ohmic value at the end of the back-fill over its baseline (warning at +20 %, replace at +30 %)
-STATE_FILES = ("history", "analytics", "alarms", "strings")
+EVENT_S = 9 * 3600.0  # an event with its recharge and the SOC's anchoring on float takes at most this long
 
 
 @dataclass
@@ -190,6 +190,18 @@ def skip(p: Plan) -> None:
     log.info("back-fill of simulated history skipped: %s", p.skip_reason)
 
 
+def status_from_marker(p: Plan) -> dict[str, Any]:
+    """What ``status()`` says of an earlier back-fill: its state, its summary, the simulated history's span."""
+    marker = read_marker(p.state_dir) or {}
+    out: dict[str, Any] = {**(marker.get("summary") or {}), "state": marker.get("state", "done")}
+    if marker.get("state") == "done":
+        out.update(simulated_from=_date(p.epoch), simulated_until=_date(p.end))
+    for key in ("reason", "error"):
+        if marker.get(key):
+            out[key] = marker[key]
+    return out
+
+
 def failed(p: Plan, error: BaseException) -> None:
     """A back-fill that failed (a bug, a full card) is not tried at every start: delete the marker to retry."""
     shutil.rmtree(p.state_dir / STAGING, ignore_errors=True)
@@ -303,7 +315,8 @@ class Backfill:
         self._install()
         elapsed = time.monotonic() - self.started
         self.summary.update(state="done", percent=100, elapsed_s=round(elapsed, 1),
-                            cpu_s=round(time.process_time() - self.cpu0, 1), days=p.days)
+                            cpu_s=round(time.process_time() - self.cpu0, 1), days=p.days,
+                            simulated_from=_date(p.epoch), simulated_until=_date(p.end))
         write_marker(p.state_dir, {"state": "done", "epoch": p.epoch, "end": p.end, "days": p.days,
                                    "story": p.story, "finished": time.time(), "summary": self.summary})
         log.info("back-fill done in %.0f s: %g simulated days, %d discharges (%d capacity tests), %d alarm log "
@@ -346,7 +359,8 @@ class Backfill:
         a = sim.analytics
         events = a.events_finished if a is not None else []
         fcs = a.state.forecasts() if a is not None else {}
-        return {"discharges": len(events), "capacity_tests": sum(bool(e.get("capacity_test")) for e in events),
+        return {"discharges": _failures(events), "capacity_tests": _failures([e for e in events
+                                                                            if e.get("capacity_test")]),
                 "alarm_log": len(sim.alarm_log()), "baselines": len(a.baselines) if a is not None else 0,
                 "forecasts": sum(1 for f in fcs.values() if f.get("eol_ts") is not None),
                 "hot_battery": f"string {self.plan.story.get('string')} battery {self.plan.story.get('cell')}"}
@@ -388,6 +402,7 @@ class Backfill:
         a = sim.analytics
         if a is not None:  # readings every few days: the temperature life budget counts the whole gap
             a.max_gap_s = max(DAY, (max((b - a_ for a_, b in zip(jumps, jumps[1:], strict=False)), default=DAY)))
+            a.republish_s = 366 * DAY  # an unchanged derived value is not put again (no face watches it go stale)
         last_flush = [sim.model.t]
 
         def flush(t: float) -> None:
@@ -397,11 +412,16 @@ class Backfill:
 
         self._report(sim.model.t, force=True)
         pending = list(events)
+
+        def event(at: float, kind: str) -> None:
+            at = max(at, sim.model.t)
+            if at + EVENT_S <= self.plan.end:  # (a short back-fill may have no room left for the last ones)
+                self._event(sim, at, kind, flush)
+            self._report(sim.model.t, event_units)
+
         for t in jumps:
             while pending and pending[0][0] <= t:
-                at, kind = pending.pop(0)
-                self._event(sim, max(at, sim.model.t), kind, flush)
-                self._report(sim.model.t, event_units)
+                event(*pending.pop(0))
             if t <= sim.model.t:
                 self._report(sim.model.t, 1.0)
                 continue
@@ -410,9 +430,7 @@ class Backfill:
             last_flush[0] = t
             self._report(t, 1.0)
         for at, kind in pending:
-            if at < self.plan.end - 3 * 3600:
-                self._event(sim, max(at, sim.model.t), kind, flush)
-            self._report(sim.model.t, event_units)
+            event(at, kind)
         if sim.model.t < self.plan.end:
             sim.jump(self.plan.end)
 
@@ -423,7 +441,7 @@ class Backfill:
 
         model = sim.model
         busy = Cadence(step_s=30.0, cells_s=300.0, ohmic_s=DAY, cells_idle_s=1800.0)
-        slow = Cadence(step_s=300.0, cells_s=1800.0, ohmic_s=DAY, cells_idle_s=1800.0)
+        slow = Cadence(step_s=600.0, cells_s=1800.0, ohmic_s=DAY, cells_idle_s=1800.0)
         hold = slow
         sim.jump(at - 300.0)
         sim.cadence, sim._analytics_every = slow, 900.0
@@ -436,7 +454,7 @@ class Backfill:
             onset = model.t
             while model.t - onset < 3600.0 and not any(
                     al.key.rule == "string_thermal_runaway" for al in sim.alarm_table()):
-                sim.run_for(120.0, on_step=flush)
+                sim.run_for(600.0, on_step=flush)
             log.info("back-fill: thermal runaway on string %s on %s, alarm after %.0f min", sid, _date(onset),
                      (model.t - onset) / 60.0)
             sim.run_for(600.0, on_step=flush)  # the operator comes, finds the hot string, lowers its float voltage
@@ -457,11 +475,18 @@ class Backfill:
                 model.set_mode(sid, "recharge")
         sim.cadence, sim._analytics_every = slow, 900.0
         limit = model.t + 2 * DAY
+        # (in long stretches: every run_for reads every battery once at its start)
         while model.t < limit and any(st.mode != "float" for st in model.strings.values()):
-            sim.run_for(900.0, on_step=flush)
+            sim.run_for(2 * 3600.0, on_step=flush)
         anchor = float(self.config.section("analytics").get("soc", {}).get("anchor_hold_s", 3600.0))
         sim.cadence = hold
         sim.run_for(anchor + 900.0, on_step=flush)  # back on float long enough for the SOC to be anchored at 100 %
+
+
+def _failures(events: list[dict]) -> int:
+    """Every string discharges in a mains failure: the failures, counted once (their events start together)."""
+    starts = sorted(e["start"] for e in events)
+    return sum(1 for i, t in enumerate(starts) if i == 0 or t - starts[i - 1] > 3600.0)
 
 
 def _with_state_dir(config: Config, state_dir: Path) -> Config:
