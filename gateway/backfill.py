@@ -319,8 +319,8 @@ class Backfill:
                             simulated_from=_date(p.epoch), simulated_until=_date(p.end))
         write_marker(p.state_dir, {"state": "done", "epoch": p.epoch, "end": p.end, "days": p.days,
                                    "story": p.story, "finished": time.time(), "summary": self.summary})
-        log.info("back-fill done in %.0f s: %g simulated days, %d discharges (%d capacity tests), %d alarm log "
-                 "entries, %d baselines, %d forecasts; starting the faces", elapsed, p.days,
+        log.info("back-fill done in %.0f s: %g simulated day%s, %d discharges (%d capacity tests), %d alarm log "
+                 "entries, %d baselines, %d forecasts; starting the faces", elapsed, p.days, "" if p.days == 1 else "s",
                  self.summary["discharges"], self.summary["capacity_tests"], self.summary["alarm_log"],
                  self.summary["baselines"], self.summary["forecasts"])
         if self.progress is not None:
@@ -452,17 +452,22 @@ class Backfill:
             sim.cadence, sim._analytics_every = Cadence(step_s=30.0, cells_s=300.0, ohmic_s=DAY), 600.0
             model.start_thermal_runaway(sid)
             onset = model.t
-            while model.t - onset < 3600.0 and not any(
-                    al.key.rule == "string_thermal_runaway" for al in sim.alarm_table()):
-                sim.run_for(600.0, on_step=flush)
-            log.info("back-fill: thermal runaway on string %s on %s, alarm after %.0f min", sid, _date(onset),
-                     (model.t - onset) / 60.0)
-            sim.run_for(600.0, on_step=flush)  # the operator comes, finds the hot string, lowers its float voltage
+            found: list[float] = []
+
+            def watch(t: float) -> None:
+                flush(t)
+                if not found and any(al.key.rule == "string_thermal_runaway" for al in sim.alarm_table()):
+                    found.append(t)
+                    log.info("back-fill: thermal runaway on string %s on %s, critical alarm after %.0f min", sid,
+                             _date(onset), (t - onset) / 60.0)
+                # the operator comes 10 minutes after the alarm, finds the hot string, lowers its float voltage
+                if found and t >= found[0] + 600.0 and model.strings[sid].runaway_since is not None:
+                    model.stop_thermal_runaway(sid)
+
+            sim.run_for(4200.0, on_step=watch)
             model.stop_thermal_runaway(sid)
-            sim.cadence, sim._analytics_every = Cadence(step_s=60.0, cells_s=600.0, ohmic_s=DAY), 900.0
-            sim.run_for(1800.0, on_step=flush)  # the heat goes, the alarm clears
-            sim.cadence = slow
-            sim.run_for(3600.0, on_step=flush)
+            sim.cadence, sim._analytics_every = slow, 900.0
+            sim.run_for(5400.0, on_step=flush)  # the heat goes, the alarms clear
             return
         amps, minutes = {"blip": (150.0, 4.0), "capacity_test": (None, 45.0), "outage": (150.0, 8.0)}[kind]
         sim.cadence, sim._analytics_every = busy, 300.0
