@@ -504,8 +504,11 @@ class Analytics:
                 f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend, curves=curves)
                 f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend, curves=curves)
                 if f30.fit is not None:
-                    out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
-                               slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))
+                    fit = f30.fit
+                    out.update(model=fit.model, level_pct=fit.value(0.0), slope_pct_per_year=fit.slope(0.0),
+                               days=len(pts))
+                    # the curve itself (x: years from this run, y: % over the baseline), for a chart of it
+                    out["fit"] = {"model": fit.model, "c": fit.c, "b": fit.b, "k": fit.k, "m": fit.m}
                 out["critical_years"] = f50.years
                 out["critical_ts"] = now + f50.years * YEAR_S if f50.years is not None else None
                 out["evidence"] += f30.evidence
