@@ -128,7 +128,7 @@ CORE_SCHEMA: dict[str, Any] = {
             "backfill_days": {"type": "number", "minimum": 0, "maximum": 3650, "default": 0,
                               "description": "the first start of a simulated bank back-fills this many days of "
                                              "simulated history through the recording, analytics and alarms "
-                                             "(README, 'The lived-in demo'); 0 = off; never with a real bus"},
+                                             "(docs/simulator.md, the lived-in demo); 0 = off; never with a real bus"},
             "scenarios": {
                 "type": "array", "maxItems": 32, "default": [],
                 "description": "events the simulated bank goes through: a thermal runaway, a stuck sensor, a "
