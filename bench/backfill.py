@@ -40,7 +40,7 @@ def main() -> None:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     s = gw.backfill_status or {}
     load = os.getloadavg()[0]
-    print(f"made: {s.get('discharges')} string discharges ({s.get('capacity_tests')} capacity tests), "
+    print(f"made: {s.get('discharges')} mains failures ({s.get('capacity_tests')} capacity tests), "
           f"{s.get('alarm_log')} alarm log entries, {s.get('baselines')} baselines, {s.get('forecasts')} dated "
           f"forecasts; {s.get('hot_battery')} drying out")
     print(f"machine load average {load:.1f} on {os.cpu_count()} cores")
