@@ -125,6 +125,10 @@ CORE_SCHEMA: dict[str, Any] = {
                                 "patternProperties": {"^[1-9][0-9]?$": {"type": "number", "minimum": -100,
                                                                         "maximum": 100}},
                                 "description": "per string id: that string sensor's zero offset (A)"},
+            "backfill_days": {"type": "number", "minimum": 0, "maximum": 3650, "default": 0,
+                              "description": "the first start of a simulated bank back-fills this many days of "
+                                             "simulated history through the recording, analytics and alarms "
+                                             "(docs/simulator.md, the lived-in demo); 0 = off; never with a real bus"},
             "scenarios": {
                 "type": "array", "maxItems": 32, "default": [],
                 "description": "events the simulated bank goes through: a thermal runaway, a stuck sensor, a "

@@ -151,7 +151,9 @@ SCHEMAS: dict[str, dict] = {
     "Status": {
         "type": "object", "required": ["site", "uptime_s", "points", "readings", "buses"],
         "properties": {"site": {"type": "object"}, "uptime_s": {"type": "number"}, "points": {"type": "integer"},
-                       "readings": {"type": "integer"}, "buses": {"type": "object"}, "web": {"type": "object"}},
+                       "readings": {"type": "integer"}, "buses": {"type": "object"}, "web": {"type": "object"},
+                       "backfill": {"type": "object", "description": "the demo's simulated history (simulator."
+                                    "backfill_days): state running/done/skipped/failed, percent, simulated_from"}},
     },
     "ConfigDocument": {"type": "object", "required": ["path", "config"],
                        "properties": {"path": {"type": "string"}, "config": {"type": "object"}}},
