@@ -6,14 +6,14 @@ Prometheus, MQTT to a local mosquitto when one is installed, and whatever other 
 sensors in a process of their own (`bmsgw simulate`), no client connected.  After the first complete poll
 cycle of every bus and a warm-up, the gateway's CPU seconds (/proc/PID/stat, user + system) over the window
 give its share of one core of this machine; py-spy (pinned in the lock, dev extra), recording the gateway
-from outside without pausing it, splits it per component: each busy sample counts for the deepest frame of
-the gateway's own code on its stack (engine, analytics, alarms, history, strings, the store's fan-out, each
-face under gateway/outputs, the faces' servers in gateway/net).  Also printed: RSS
+from outside without pausing it, splits it per component: each sample of a thread holding the GIL counts for
+the deepest frame of the gateway's own code on its stack (engine, analytics, alarms, history, strings, the
+store's fan-out, each face under gateway/outputs, the faces' servers in gateway/net).  Also printed: RSS
 (and its peak), start-up to the first complete poll cycle, the poll cycles missed, and the share on a core 20x
 slower (the BM-BMS controller's Cortex-A8 at 800 MHz, DOMAIN.md).  The machine may be shared: the load
 average is printed; CPU seconds, not wall time, are what is counted.
 
-    .venv/bin/python bench/controller_budget.py [--seconds 120] [--warmup 20] [--batteries 480] [--fast-s 5]
+    .venv/bin/python bench/controller_budget.py [--seconds 120] [--warmup 75] [--batteries 480] [--fast-s 5]
     .venv/bin/python bench/controller_budget.py --variants     # also 1 battery, 2 x 480, fast_s 1
 
 Before issue 18's changes (this machine, 2 cores shared with other work, load average about 10):
@@ -182,15 +182,15 @@ class Profiler:
     """py-spy (pinned in the lock) recording the gateway for ``seconds``, without pausing it; None when py-spy
     is missing (the bench then prints the total only)."""
 
-    def __init__(self, pid: int, seconds: float, out: Path, rate: int) -> None:
+    def __init__(self, pid: int, seconds: float, out: Path, rate: int, gil: bool) -> None:
         exe = Path(sys.executable).parent / "py-spy"
         self.out = out
         self.proc: subprocess.Popen | None = None
         if exe.exists():
             self.proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--duration", str(int(seconds)),
                                           "--rate", str(rate), "--nonblocking", "--format", "raw", "--full-filenames",
-                                          "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True)
+                                          *(["--gil"] if gil else []), "--output", str(out)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def result(self) -> tuple[dict[str, int], dict[str, int]] | None:
         if self.proc is None:
@@ -224,7 +224,7 @@ class Result:
 
 
 def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float, warmup: float,
-            keep: Path | None, rate: int) -> Result:
+            keep: Path | None, rate: int, gil: bool) -> Result:
     folder = Path(tempfile.mkdtemp(prefix="bmsgw-budget-"))
     result = Result(label, strings * cells)
     broker = Broker.start(folder)
@@ -259,7 +259,7 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
                         raise RuntimeError(f"no complete poll cycle within 180 s:\n{text[-3000:]}")
                     time.sleep(0.05)
                 time.sleep(warmup)
-                profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate)
+                profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil)
                 c0, t0 = proc_cpu_s(proc.pid), time.monotonic()
                 time.sleep(seconds)
                 c1, t1 = proc_cpu_s(proc.pid), time.monotonic()
@@ -313,14 +313,18 @@ def report(r: Result, detail: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=120.0, help="steady-state window (default 120)")
-    ap.add_argument("--warmup", type=float, default=20.0,
-                    help="seconds after the first complete poll cycle before the window opens (default 20)")
+    ap.add_argument("--warmup", type=float, default=75.0,
+                    help="seconds after the first complete poll cycle before the window opens (default 75: past "
+                         "the analytics' first forecast run, analytics.jobs_delay_s, which then runs every 6 h)")
     ap.add_argument("--batteries", type=int, choices=(1, 480, 960), default=480,
                     help="1 battery, the default bank (4 x 120) or 2 x 480 (8 x 120 on 8 buses)")
     ap.add_argument("--fast-s", type=float, default=5.0, help="gateway.poll.fast_s (default 5, as shipped)")
     ap.add_argument("--variants", action="store_true",
                     help="after the default bank: 1 battery, 2 x 480 batteries and fast_s 1, each in its own run")
     ap.add_argument("--rate", type=int, default=200, help="py-spy's samples per second (default 200)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count the samples of threads in a system call too (py-spy without --gil): on a loaded "
+                         "machine these are mostly a thread waiting for a CPU after waking another process")
     ap.add_argument("--detail", type=int, default=0, metavar="N",
                     help="also print the N functions that took most CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep each run's folder (config, log, profile) here")
@@ -331,7 +335,7 @@ def main() -> None:
         runs += [("1 battery", 1, 1, 5.0), ("2 x 480 batteries", 8, 120, 5.0), ("480 batteries, fast_s 1", 4, 120, 1.0)]
     results = []
     for label, strings, cells, fast_s in runs:
-        r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate)
+        r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate, not args.syscalls)
         report(r, args.detail)
         results.append(r)
     if len(results) > 1:
