@@ -19,7 +19,7 @@ debian/check-imports.py then imports every module of the application and every c
 the staging tree (after dh_strip), so a missing library or a broken binary fails the build, not the box.
 
 Environment: BMSGW_PIP_OPTS replaces the default pip options (`--only-binary=:all:`), e.g. to add a wheel
-index for armhf or to allow building from source (see README, "Installing on the controller").
+index for armhf or to allow building from source (see docs/install.md).
 """
 from __future__ import annotations
 

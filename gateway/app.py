@@ -166,7 +166,7 @@ class Gateway:
         self.started_at = time.time()
         self.simulator = None
         sim_cfg = self.config.section("simulator")
-        use_sim = sim_cfg.get("enabled", False) if simulator is None else simulator
+        use_sim = sim_cfg["enabled"] if simulator is None else simulator
         ports = dict(port_overrides or {})
         sim_buses = [b.name for b in self.topology.buses if b.port == "sim" and b.name not in ports]
         if sim_buses and not use_sim:

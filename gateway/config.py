@@ -111,7 +111,7 @@ CORE_SCHEMA: dict[str, Any] = {
                                       "description": "the cell sensors run an ohmic test this often (simulated "
                                                      "seconds) and report its result until the next one"},
             "sensor_errors": {
-                "description": "the datasheets' sensor errors (README, 'The simulator'): true, false (perfect "
+                "description": "the datasheets' sensor errors (docs/simulator.md): true, false (perfect "
                                "sensors), or a mapping overriding some of them",
                 "default": True,
                 "oneOf": [{"type": "boolean"}, {

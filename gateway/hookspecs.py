@@ -202,9 +202,10 @@ class GatewaySpecs:
         Called once per report, in the report's process (the gateway itself may or may not be running: read
         what the alarm plugin persisted under ``config.state_dir``).  Return None when this plugin keeps no
         alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
-        first, as dicts with at least ``raised`` (unix s), ``cleared`` (unix s or None), ``severity``
-        ("warning" or "critical") and ``text``, and where known ``point``, ``string``, ``cell``, ``value``,
-        ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and bank-wide ones.
+        first, as dicts shaped as ``bmsgw_alarms`` returns them: at least ``raised`` (Unix s), ``cleared`` (Unix s
+        or None), ``severity`` ("warning" or "critical") and ``message``, and where known ``point``, ``string``,
+        ``cell``, ``value``, ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and
+        bank-wide ones.
         """
 
     @hookspec(firstresult=True)
@@ -239,6 +240,15 @@ class GatewaySpecs:
         ``raised`` (Unix s), ``active`` (bool), and where known ``point``, ``string``, ``cell``,
         ``channel``, ``value``, ``threshold``, ``cleared`` (Unix s), ``acknowledged_by`` (str),
         ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
+        """
+
+    @hookspec(firstresult=True)
+    def bmsgw_setpoints(self, gateway: Gateway) -> Any | None:
+        """The alarm setpoints as a table, for the web face's setpoints page: an object with ``strings()``,
+        ``table(string)`` (rows of one string's rules, or the room's with None), ``scopes(string)``,
+        ``check(string, scope, changes)`` and ``edit(document, string, scope, changes, resets)`` (see
+        ``gateway.alarms.setpoints.Setpoints``), computed from the running configuration.  Called from a web
+        server thread.  Return None when no alarm engine is installed.
         """
 
     @hookspec

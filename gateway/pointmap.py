@@ -1,7 +1,7 @@
 """The point map: one stable address, OID, metric name and JSON path for every point.
 
 Every northbound face reads the point store through this map.  Addresses come from a formula over the
-family's catalog slot and the point's place in the topology (see profiles/points.yaml and the README), so
+family's catalog slot and the point's place in the topology (see profiles/points.yaml and docs/register-map.md), so
 adding a string, a cell or a new sensor type never moves a point that exists.
 """
 from __future__ import annotations

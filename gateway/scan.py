@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .modbus import codecs
-from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, TimeoutError_, read_request
+from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, NoReply, read_request
 from .modbus.transport import RtuTransport
 from .profiles import DeviceProfile
 from .topology import MAX_CELLS, MAX_STRINGS, BusConfig
@@ -75,7 +75,7 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
             except ExceptionResponse:
                 answered = answered or Found(unit, None, ())
                 continue
-            except TimeoutError_:
+            except NoReply:
                 if answered is None:
                     break  # nobody at this id (a device answers every request, if only with an exception)
                 continue

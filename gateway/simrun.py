@@ -22,6 +22,7 @@ serves).  For tests, benches (``bench/realism.py``) and back-filling history.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,14 +141,17 @@ class SimulatedGateway:
 
     def ups(self) -> dict[str, int | None]:
         """The UPS-MIB battery group as the SNMP agent serves it (upsBatteryStatus, upsSecondsOnBattery, ...)."""
-        from .outputs.snmp.sections import AgentData, UpsBattery
+        from .outputs.snmp.agent import soc_model
+        from .outputs.snmp.sections import AgentData
+        from .outputs.snmp.upsmib import UpsBattery
 
         cfg = self.gateway.config.section("snmp")
+        peukert, rated_hours = soc_model(self.gateway.config)
         data = AgentData(store=self.store, pointmap=self.gateway.pointmap, topology=self.gateway.topology,
-                         base=(1, 3, 6, 1, 4, 1, 32473), site_name="", system=cfg.get("system", {}),
-                         ups=cfg.get("ups", {"low_charge_percent": 40, "depleted_charge_percent": 10,
-                                              "low_minutes_remaining": 5}),
-                         entity_points=[], poll=self.gateway.config.data["gateway"]["poll"])
+                         base=(1, 3, 6, 1, 4, 1, 32473), site_name="", system=cfg["system"], ups=cfg["ups"],
+                         entity_points=[], poll=self.gateway.config.data["gateway"]["poll"],
+                         low_batt_time=lambda: max(1, math.ceil(cfg["ups"]["low_minutes_remaining"])),
+                         peukert=peukert, rated_hours=rated_hours)
         ups = UpsBattery(data)
 
         def val(fn) -> int | None:

@@ -129,3 +129,14 @@ class GatewayThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def section_with_defaults(name: str, data: dict) -> dict:
+    """A config section as the gateway hands it to its services: ``data`` with the schema's defaults filled in."""
+    from gateway.config import fill_defaults, full_schema
+    from gateway.plugins import make_plugin_manager
+
+    extra: dict = {}
+    for part in make_plugin_manager().hook.bmsgw_config_schema():
+        extra.update(part)
+    return fill_defaults(full_schema(extra)["properties"][name], copy.deepcopy(data))

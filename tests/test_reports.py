@@ -26,7 +26,7 @@ from gateway.hookspecs import hookimpl
 @hookimpl
 def bmsgw_alarm_log(config, start, end, string):
     return [{"raised": start + 3600, "cleared": start + 7200, "severity": "critical",
-             "text": "String 1 cell 7: ohmic value +34 % over baseline (alarm at +30 %)"}]
+             "message": "String 1 cell 7: ohmic value +34 % over baseline (alarm at +30 %)"}]
 '''
 
 

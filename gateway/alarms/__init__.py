@@ -21,9 +21,11 @@ from ..commands import Command, Principal
 from ..hookspecs import hookimpl
 from ..points import PointRef
 from ..service import ReloadResult, Service
+from .log import record_of
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
 from .rules import SCHEMA, check as check_rules, ohmic_levels
+from .setpoints import Setpoints
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -87,13 +89,14 @@ class AlarmService(Service):
         """The active table or the log for the web page and REST (called from web threads)."""
         mgr = self.manager
         if active:
-            return [_row(a.alarm_id, a.severity, a.text, a.raised_ts, True, a.metric, a.key.string, a.key.cell,
-                         a.key.channel, a.last_value if a.last_value is not None else a.value, a.threshold,
-                         acked_by=a.acknowledged_by, acked_ts=a.acknowledged_ts)
-                    for a in mgr.active()[:max(0, limit)]]
-        return [_row(r["id"], r["severity"], r["text"], r["raised_ts"], r["cleared_ts"] is None, r["metric"],
-                     r["string"], r["cell"], r["channel"], r["value"], r["threshold"], r["cleared_ts"], r["acked_by"],
-                     r["acked_ts"]) for r in mgr.history(limit)]
+            return [a.record() for a in mgr.active()[:max(0, limit)]]
+        return [record_of(r) for r in mgr.history(limit)]
+
+    @hookimpl
+    def bmsgw_setpoints(self) -> Setpoints:
+        """The setpoint table of the running configuration (the web face's setpoints page)."""
+        gw = self.gateway
+        return Setpoints(gw.config, gw.catalog, gw.profiles)
 
     @hookimpl
     def bmsgw_commands(self) -> list[Command]:
@@ -145,35 +148,14 @@ def bmsgw_services(gateway: Gateway) -> list[Service]:
     return [AlarmService(gateway)] if gateway.config.section("alarms").get("enabled", True) else []
 
 
-def _row(alarm_id, severity, text, raised, active, point, string, cell, channel, value, threshold,
-         cleared=None, acked_by=None, acked_ts=None) -> dict:
-    return {"id": str(alarm_id), "severity": severity, "message": text, "raised": raised, "active": active,
-            "point": point, "string": string, "cell": cell, "channel": channel, "value": value,
-            "threshold": threshold, "cleared": cleared, "acknowledged_by": acked_by, "acknowledged": acked_ts}
-
 
 @hookimpl
 def bmsgw_alarm_log(config, start: float, end: float, string: int | None) -> list[dict] | None:
     """Alarms raised in [start, end] for reports, read from the log on disk (the gateway may be stopped)."""
-    import sqlite3
+    from .log import read_period
 
     path = config.state_dir / LOG_FILE
-    if not path.exists():
-        return None
-    sql = "SELECT * FROM alarms WHERE raised_ts >= ? AND raised_ts <= ?"
-    params: list = [start, end]
-    if string is not None:
-        sql += " AND (string = ? OR string IS NULL)"
-        params.append(string)
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        rows = db.execute(sql + " ORDER BY raised_ts", params).fetchall()
-    finally:
-        db.close()
-    return [{"raised": r["raised_ts"], "cleared": r["cleared_ts"], "severity": r["severity"], "text": r["text"],
-             "point": r["metric"], "string": r["string"], "cell": r["cell"], "value": r["value"],
-             "threshold": r["threshold"], "acknowledged_by": r["acked_by"]} for r in rows]
+    return read_period(path, start, end, string) if path.exists() else None
 
 
 @hookimpl

@@ -52,8 +52,14 @@ class ModbusError(Exception):
     kind = "error"
 
 
-class TimeoutError_(ModbusError):
+class NoReply(ModbusError):
+    """The device did not answer within the bus's timeout."""
     kind = "timeout"
+
+
+class PortUnavailable(NoReply):
+    """The serial port is not open, or failed while sending: no reply can come.  Handled as silence on the bus
+    (the device's other reads are not tried, the bus counts it with the timeouts) until the port is back."""
 
 
 class FrameError(ModbusError):

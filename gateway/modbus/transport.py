@@ -24,7 +24,8 @@ from .rtu import (
     ExceptionResponse,
     FrameError,
     ModbusError,
-    TimeoutError_,
+    NoReply,
+    PortUnavailable,
     crc_ok,
     frame_wire_time,
     parse_reply,
@@ -97,10 +98,13 @@ class RtuTransport:
         ser.bytesize = bus.bytesize
         ser.timeout = 0
         ser.write_timeout = 0
+        # an advisory lock (flock): a second program on the same bus (a `bmsgw dump` while the gateway polls)
+        # would garble both's frames; it is told the port is busy instead
+        ser.exclusive = True
         try:
             ser.open()
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise PortError(f"bus {bus.name}: cannot open {self.port}: {exc}") from None
+            raise PortError(f"bus {bus.name}: cannot open {self.port}: {_open_problem(exc)}") from None
         if bus.rs485:
             # The kernel drives the transceiver's direction pin (TIOCSRS485): exact timing, no user-space RTS.
             try:
@@ -188,7 +192,7 @@ class RtuTransport:
         waiter = self._waiter
         self.close()
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError_(f"port error: {why}"))
+            waiter.set_exception(PortUnavailable(f"port error: {why}"))
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
@@ -197,7 +201,7 @@ class RtuTransport:
 
     async def _transact(self, request: bytes) -> list[int]:
         if self._serial is None:
-            raise TimeoutError_("port is not open")
+            raise PortUnavailable("port is not open")
         bus = self.bus
         unit = request[0]
         not_before = self._idle_since + bus.silence
@@ -214,7 +218,7 @@ class RtuTransport:
         await self._sleeper.sleep_until(not_before)
         loop = self._loop
         if self._serial is None or loop is None:
-            raise TimeoutError_("port is not open")
+            raise PortUnavailable("port is not open")
         buf = self._buf
         if buf:  # whatever arrived since the last reply belongs to nobody; a whole frame is someone's late reply
             if any(len(buf) >= n and crc_ok(bytes(buf[:n])) for n in _frame_lengths(buf)):
@@ -236,7 +240,7 @@ class RtuTransport:
             sent = time.monotonic()
         except OSError as exc:
             self._waiter = None
-            err = TimeoutError_(f"write failed: {exc}")
+            err = PortUnavailable(f"write failed: {exc}")
             counters.count(err)
             self._port_lost(f"write failed: {exc}")
             raise err from None
@@ -280,6 +284,19 @@ class RtuTransport:
         return words
 
 
+def _open_problem(exc: Exception) -> str:
+    """Why a port did not open, in words that say what to do."""
+    text = str(exc)
+    errno_ = getattr(exc, "errno", None)
+    if "exclusively lock" in text or errno_ == 16:
+        return "the port is busy: another program has it open (a running bmsgw? stop it first)"
+    if errno_ == 2 or "No such file" in text:
+        return "no such device (is the adapter plugged in? `ls /dev/ttyS* /dev/ttyUSB*`)"
+    if errno_ == 13 or "Permission denied" in text:
+        return "permission denied (add the user to the dialout group)"
+    return text
+
+
 def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
     """Lengths a reply starting at ``buf`` may have (exception, read, write echo)."""
     if len(buf) < 3:
@@ -293,4 +310,4 @@ def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError_("no reply"))
+        waiter.set_exception(NoReply("no reply"))

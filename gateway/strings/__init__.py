@@ -131,7 +131,7 @@ class StringService(Service):
             except Exception:
                 self.errors += 1
                 log.exception("string supervision: tick failed")
-            await asyncio.sleep(float(supervisor.section.get("interval_s", 10)))
+            await asyncio.sleep(float(supervisor.section["interval_s"]))
 
     async def stop(self) -> None:
         if self._task is not None:

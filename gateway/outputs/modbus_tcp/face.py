@@ -8,7 +8,7 @@ where it helps: the exception and device-information constants and the FC43/14 r
 The register image (one word per protocol address, both tables) is encoded from the point store through
 the point map: fully once at start, then only the points a store batch changed, lazily on the first request
 after that batch.  A read is a bounds check and a slice of the image.  The rules (what a gap answers, when
-exception 02 comes, unit ids, writes) are documented in the README's "Modbus TCP" section.
+exception 02 comes, unit ids, writes) are documented in README.md beside this file.
 """
 from __future__ import annotations
 

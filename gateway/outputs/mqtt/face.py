@@ -10,6 +10,10 @@ Topics (``<prefix>`` is ``mqtt.topic_prefix``, ``bmsgw`` by default; ``<site>`` 
   <prefix>/<site>/string/<s>/cell/<c>   one battery (layout: cell)
   <prefix>/<site>/alarms                alarm raised / cleared events
 
+With ``mqtt.discovery.enabled``, retained Home Assistant discovery configs for those topics as well
+(``discovery.py``): announced at the first connection, again when Home Assistant says it is back
+(``<discovery prefix>/status`` ``online``) and when the discovery settings change.
+
 Every payload is JSON with ``seq`` (one counter for all queued messages of the gateway: gaps and duplicates
 show), ``site`` and ``ts`` (Unix time the message was composed); each value carries its ``unit`` and the
 ``ts`` it was measured; values that are not GOOD are ``null`` with their ``quality``.  Data and alarms are
@@ -23,6 +27,7 @@ import enum
 import json
 import logging
 import math
+import random
 import ssl
 import threading
 import time
@@ -38,6 +43,7 @@ from ...hookspecs import hookimpl
 from ...points import PointRef, Quality, Reading
 from ...secretfiles import read_secret
 from ...service import ReloadResult, Service
+from .discovery import RECORD_FILE, DiscoveryPlan, DiscoveryRecord
 from .queue import MessageQueue
 
 if TYPE_CHECKING:
@@ -46,6 +52,13 @@ if TYPE_CHECKING:
     from ...pointmap import MappedPoint
 
 log = logging.getLogger(__name__)
+# Home Assistant asks for a random delay before a device answers its birth message with its configs, so that
+# the devices of a site do not all answer at once.
+BIRTH_JITTER_S = 2.0
+# Birth messages closer together than this are answered once (later, not dropped): anyone who may publish on
+# the broker cannot make the gateway send its 1 MB of configs over and over.
+BIRTH_MIN_INTERVAL_S = 30.0
+
 
 def _ts(t: float) -> float:
     return round(t, 3)
@@ -210,6 +223,11 @@ class PayloadBuilder:
         return self.topic("alarms"), doc, False
 
 
+def _connection_settings(cfg: dict) -> dict:
+    """What a new connection is needed for: everything but the discovery settings."""
+    return {k: v for k, v in cfg.items() if k != "discovery"}
+
+
 def _plain(v: Any) -> Any:
     """An event attribute as JSON: numbers and text as they are, enums by value, anything else as text."""
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -223,7 +241,8 @@ class MqttService(Service):
     """The MQTT face: an uploader to the broker, replaced by a new one when its settings change."""
 
     name = "mqtt"
-    sections = ("mqtt", "site")
+    # alarms: the names of the dry contacts (alarms.di) name their Home Assistant entities
+    sections = ("mqtt", "site", "alarms")
     face = True
 
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
@@ -239,10 +258,16 @@ class MqttService(Service):
     async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
         """Broker, credentials, TLS, topics, layout, intervals: the uploader disconnects (its queue is on
         disk: nothing is lost) and a new one connects with the new settings.  A new queue file waits for a
-        restart."""
+        restart.  Home Assistant discovery (``mqtt.discovery``, the contact names of ``alarms.di``) changes on
+        the running connection: the configs are announced again and those no longer announced cleared."""
         cfg = config.section("mqtt")
         result = ReloadResult()
         old = self.uploader
+        if "site" not in changed and _connection_settings(cfg) == _connection_settings(old.cfg):
+            note = await asyncio.to_thread(old.set_discovery, cfg)
+            if note:
+                result.notes.append(note)
+            return result
         if cfg["queue"]["file"] != old.cfg["queue"]["file"]:
             result.restart.append("mqtt.queue.file")
             cfg = {**cfg, "queue": {**cfg["queue"], "file": old.cfg["queue"]["file"]}}
@@ -297,6 +322,8 @@ class MqttUploader:
         qcfg = cfg["queue"]
         self.queue = MessageQueue(gateway.config.state_dir / qcfg["file"], max_messages=qcfg["max_messages"],
                                   max_bytes=int(qcfg["max_mb"] * (1 << 20)))
+        self.record = DiscoveryRecord(gateway.config.state_dir / RECORD_FILE)
+        self.plan = self._discovery_plan(cfg)
         self.client = self._make_client()
         self.connected = False
         self.last_error = ""
@@ -305,9 +332,24 @@ class MqttUploader:
         self._early: set[int] = set()  # acknowledged before we saw the message id
         self._own: set[int] = set()  # status messages (not from the queue)
         self._resync = False
+        # Home Assistant discovery: when the next announcement is due (monotonic), whether one completed since
+        # this uploader started, the message ids of the configs the broker has not acknowledged yet, and the
+        # announcement they belong to (recorded on disk once all are acknowledged)
+        self._announce_at: float | None = None
+        self._announced_at = -math.inf  # when the last announcement started (monotonic)
+        self.birth_min_interval_s = BIRTH_MIN_INTERVAL_S
+        self._announced = False
+        self._discovery_mids: set[int] = set()
+        self._round: tuple[set[str], int, int] | None = None
+        self._round_done: tuple[set[str], int, int] | None = None
+        self.discovery_stats = {"announcements": 0, "configs": 0, "cleared": 0}
         self._stopping = False
         self._sender: threading.Thread | None = None
         self._producer: asyncio.Task | None = None
+
+    def _discovery_plan(self, cfg: dict) -> DiscoveryPlan | None:
+        dcfg = cfg["discovery"]
+        return DiscoveryPlan(self.gateway, dcfg, self.builder, self.status_topic) if dcfg["enabled"] else None
 
     # -- the client ------------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -343,6 +385,7 @@ class MqttUploader:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
@@ -363,11 +406,19 @@ class MqttUploader:
         log.info("mqtt: connected to %s:%d", self.host, self.port)
         self.last_error = ""
         info = client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        plan = self.plan
+        if plan is not None:
+            client.subscribe(plan.birth_topic, qos=1)
         with self._cv:
             self._own.add(info.mid)
             self.connected = True
             self.queue.set_link(True)
             self._resync = self.queue.inflight > 0  # paho re-sends those first; new ones wait for their acks
+            # Discovery (or clearing what an earlier run announced) once per uploader: the configs are retained,
+            # and Home Assistant's birth message asks for them again after it or the broker restarted.  An
+            # announcement cut by a disconnection is finished by paho, which re-sends what was not acknowledged.
+            if not self._announced and self._round is None:
+                self._announce_at = time.monotonic()
             self._cv.notify_all()
 
     def _on_connect_fail(self, client, userdata) -> None:
@@ -386,11 +437,35 @@ class MqttUploader:
             log.warning("mqtt: lost the connection to %s:%d (%s); queueing on disk", self.host, self.port,
                         reason_code)
 
+    def _on_message(self, client, userdata, msg) -> None:
+        """Home Assistant's birth message (``<prefix>/status`` ``online``, published each time it connects):
+        announce again after a short random delay.  A retained copy comes with every new subscription: the
+        announcement at connection time covers it."""
+        plan = self.plan
+        if plan is None or msg.topic != plan.birth_topic or msg.retain or msg.payload.strip() != b"online":
+            return
+        with self._cv:
+            if self._announce_at is not None:  # an announcement is due already: it answers this birth too
+                return
+            now = time.monotonic()
+            self._announce_at = max(now + random.uniform(0, BIRTH_JITTER_S),
+                                    self._announced_at + self.birth_min_interval_s)
+            delay = self._announce_at - now
+            self._cv.notify_all()
+        log.info("mqtt: Home Assistant is online (%s): announcing the discovery configs again in %.1f s", msg.topic,
+                 delay)
+
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # called by paho's network thread with its own locks held: only memory work here
         with self._cv:
             if mid in self._own:
                 self._own.discard(mid)
+                return
+            if mid in self._discovery_mids:
+                self._discovery_mids.discard(mid)
+                if not self._discovery_mids and self._round is not None:
+                    self._round_done, self._round = self._round, None
+                    self._cv.notify_all()
                 return
             seq = self._mids.pop(mid, None)
             if seq is None:
@@ -400,6 +475,9 @@ class MqttUploader:
             self._cv.notify_all()
 
     # -- the sender thread -----------------------------------------------------------------------------------
+    def _announce_due(self) -> bool:
+        return self.connected and self._announce_at is not None and time.monotonic() >= self._announce_at
+
     def _send_loop(self) -> None:
         q = self.queue
         while True:
@@ -411,13 +489,25 @@ class MqttUploader:
                         self._resync = False
                     if not self.connected and q.link_up:
                         break
-                    if q.has_deletes:
+                    if q.has_deletes or self._round_done is not None or self._announce_due():
                         break
                     if self.connected and not self._resync and q.inflight < self.window and q.pending:
                         break
-                    self._cv.wait(1.0)
+                    wait = 1.0
+                    if self.connected and self._announce_at is not None:
+                        wait = min(wait, max(0.0, self._announce_at - time.monotonic()))
+                    self._cv.wait(wait)
                 connected, room = self.connected, self.window - q.inflight
                 ready = connected and not self._resync
+                announce = self._announce_due()
+                if announce:
+                    self._announce_at = None
+                    self._announced_at = time.monotonic()
+                done, self._round_done = self._round_done, None
+            if done is not None:
+                self._announced_all(*done)
+            if announce:
+                self._announce()
             if not connected and q.link_up:
                 q.set_link(False)  # what waits in memory goes to disk
             q.flush()
@@ -431,6 +521,79 @@ class MqttUploader:
                         q.ack(m.seq)
                     else:
                         self._mids[info.mid] = m.seq
+
+    # -- Home Assistant discovery (in the sender thread) ------------------------------------------------------
+    def _announce(self) -> None:
+        """Publish every config (retained) and clear, with an empty retained payload, every config topic the
+        record holds that is no longer announced (a string removed, another prefix, discovery switched off).
+        The record first grows to hold both; it shrinks to the new set once the broker acknowledged all."""
+        plan = self.plan
+        try:
+            configs = plan.configs() if plan is not None else {}
+        except Exception:
+            log.exception("mqtt: composing the Home Assistant discovery configs failed")
+            return
+        previous = self.record.load()
+        stale = sorted(previous - configs.keys())
+        if not configs and not stale:
+            with self._cv:
+                self._announced = True
+            return
+        try:
+            if not previous >= configs.keys():
+                self.record.save(previous | configs.keys())
+        except OSError as exc:
+            log.warning("mqtt: cannot record the discovery topics in %s: %s", self.record.path, exc)
+        mids = set()
+        for topic, payload in [*configs.items(), *((t, b"") for t in stale)]:
+            mids.add(self.client.publish(topic, payload, qos=1, retain=True).mid)
+        with self._cv:
+            early = mids & self._early  # acknowledged before we knew the message ids
+            self._early -= early
+            self._discovery_mids |= mids - early
+            self._round = (set(configs), len(configs), len(stale))
+            if not self._discovery_mids:
+                self._round_done, self._round = self._round, None
+                self._cv.notify_all()
+
+    def _announced_all(self, topics: set[str], configs: int, cleared: int) -> None:
+        """The broker acknowledged an announcement: the record keeps only what is announced now."""
+        try:
+            self.record.save(topics)
+        except OSError as exc:
+            log.warning("mqtt: cannot record the discovery topics in %s: %s", self.record.path, exc)
+        with self._cv:
+            self._announced = True
+        stats = self.discovery_stats
+        stats["announcements"] += 1
+        stats["configs"], stats["cleared"] = configs, cleared
+        plan = self.plan
+        where = f"under {plan.prefix}/" if plan is not None else "(discovery is off)"
+        log.info("mqtt: Home Assistant discovery: %d configs announced %s, %d cleared", configs, where, cleared)
+
+    def set_discovery(self, cfg: dict) -> str | None:
+        """A reload that changed only ``mqtt.discovery`` (or the dry contacts' names): announce the new configs
+        on the running connection, clear the old ones (another prefix, discovery off).  Returns a note for the
+        reload's answer, None when Home Assistant sees no difference."""
+        old, new = self.plan, self._discovery_plan(cfg)
+        self.cfg = cfg
+        if (old is None and new is None) or (old is not None and new is not None
+                                             and old.configs() == new.configs()):
+            self.plan = new
+            return None
+        self.plan = new
+        if self.connected:
+            if old is not None and (new is None or new.birth_topic != old.birth_topic):
+                self.client.unsubscribe(old.birth_topic)
+            if new is not None and (old is None or new.birth_topic != old.birth_topic):
+                self.client.subscribe(new.birth_topic, qos=1)
+        with self._cv:
+            self._announced = False
+            self._announce_at = time.monotonic()
+            self._cv.notify_all()
+        if new is None:
+            return "mqtt: Home Assistant discovery is off; its configs are cleared from the broker"
+        return f"mqtt: Home Assistant discovery configs announced again under {new.prefix}/"
 
     def _wake(self) -> None:
         with self._cv:
@@ -523,4 +686,8 @@ class MqttUploader:
                **self.queue.stats()}
         if self.last_error:
             out["last_error"] = self.last_error
+        plan = self.plan
+        if plan is not None:
+            out["discovery"] = {"prefix": plan.prefix, "node_id": plan.node, "announced": self._announced,
+                                **self.discovery_stats}
         return out

@@ -45,6 +45,21 @@ SCHEMA = {
             "max_inflight": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 64},
             "reconnect_min_s": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 1},
             "reconnect_max_s": {"type": "number", "minimum": 0.1, "maximum": 3600, "default": 60},
+            "discovery": {
+                "type": "object", "additionalProperties": False, "default": {},
+                "description": "Home Assistant MQTT discovery: retained configs that make the gateway, its strings "
+                               "and its batteries Home Assistant devices and entities",
+                "properties": {
+                    "enabled": {"type": "boolean", "default": False},
+                    # a topic level or several, without wildcards and without a leading or trailing slash
+                    "prefix": {"type": "string", "pattern": "^[^#+/\\x00]([^#+\\x00]{0,126}[^#+/\\x00])?$",
+                               "default": "homeassistant",
+                               "description": "Home Assistant's discovery prefix (its MQTT options)"},
+                    "batteries": {"type": "boolean", "default": True,
+                                  "description": "an entity per battery for voltage, temperature and ohmic value, "
+                                                 "announced disabled: enable the ones to watch in Home Assistant"},
+                },
+            },
             "queue": {
                 "type": "object", "additionalProperties": False, "default": {},
                 "properties": {

@@ -11,21 +11,17 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from flask import Blueprint, g, jsonify, make_response, request
+from flask import Blueprint, g, jsonify, request
 
 from gateway.commands import NotWritable, WriteDenied, WriteError, WriteFailed, WriteRejected
 from gateway.errors import ConfigError, GatewayError
 from gateway.regmap import COLUMNS, rows
 
-from .app import requires
-from .xmlout import to_xml
+from .context import ctx, principal, requires
+from .errors import error_response, respond
 
 api = Blueprint("api", __name__)
-
-XML_TYPES = ("application/xml", "text/xml")
-
 
 @dataclass(frozen=True)
 class Param:
@@ -64,45 +60,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.field = field
-
-
-# -- formats ---------------------------------------------------------------------------------------------------
-def response_format() -> str:
-    fmt = request.args.get("format")
-    if fmt in ("json", "xml"):
-        return fmt
-    best = request.accept_mimetypes.best_match(["application/json", *XML_TYPES], default="application/json")
-    return "xml" if best in XML_TYPES else "json"
-
-
-def wants_machine_format() -> bool:
-    """A non-API URL asked for by a program (it prefers JSON/XML over HTML)."""
-    best = request.accept_mimetypes.best_match(["text/html", "application/json", *XML_TYPES])
-    return best is not None and best != "text/html"
-
-
-def respond(data: Any, status: int = 200, root: str = "response"):
-    fmt = request.args.get("format")
-    fmt = fmt if fmt in ("json", "xml") else response_format()
-    if fmt == "xml":
-        resp = make_response(to_xml(data, root), status)
-        resp.mimetype = "application/xml"
-        return resp
-    resp = jsonify(data)
-    resp.status_code = status
-    return resp
-
-
-def error_response(status: int, message: str, field: str | None = None):
-    body = {"status": status, "message": message}
-    if field:
-        body["field"] = field
-    try:
-        return respond(body, status, root="error")
-    except Exception:  # never let an error turn into a stack trace
-        resp = jsonify(body)
-        resp.status_code = status
-        return resp
 
 
 # -- parameters ------------------------------------------------------------------------------------------------
@@ -191,14 +148,10 @@ def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _ctx():
-    from .app import ctx
-
-    return ctx()
 
 
 def _view():
-    return _ctx().view
+    return ctx().view
 
 
 STRING_ID = Param("string_id", {"type": "integer", "minimum": 1, "maximum": 4}, "path", True, "string number")
@@ -228,7 +181,7 @@ def _cell(string_id: int, cell: int) -> None:
 @operation("/status", "GET", "Gateway status", ref("Status"), tag="gateway")
 def status():
     """Site, uptime, number of points, per-bus counters and every plugin's status."""
-    c = _ctx()
+    c = ctx()
     out = dict(c.gateway.status())
     history = "history module" if c.sources.history_plugged else "in-memory buffer"
     out["web"] = {**(out.get("web") or {}), "history": history,
@@ -263,7 +216,7 @@ def cell(string_id: int, cell: int):
 
 
 def _history(point: str, string_id, cell_no, channel, frm, to, max_points):
-    c = _ctx()
+    c = ctx()
     entry = c.view.resolve(point, string_id, cell_no, channel)
     if entry is None:
         where = " ".join(f"{k}={v}" for k, v in (("string", string_id), ("cell", cell_no), ("channel", channel))
@@ -318,7 +271,7 @@ def history(point: str, string, cell, channel, max_points: int, **kw):
                    Param("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500})])
 def alarms(state: str, limit: int):
     """``available`` is false when no alarm engine is installed."""
-    result = _ctx().sources.alarms(active=state == "active", limit=limit)
+    result = ctx().sources.alarms(active=state == "active", limit=limit)
     return {"available": result is not None, "state": state, "alarms": list(result or [])[:limit]}
 
 
@@ -328,10 +281,8 @@ def alarms(state: str, limit: int):
            role="operator", errors=(404, 503))
 def acknowledge(alarm_id: str):
     """Needs the operator role. With a session, send the page's CSRF token in ``X-CSRF-Token``."""
-    from .app import principal
-
     user = g.user.name
-    result = _ctx().sources.acknowledge(alarm_id, principal())
+    result = ctx().sources.acknowledge(alarm_id, principal())
     if result is None:
         raise ApiError(503, "no alarm engine is installed")
     if not result:
@@ -361,8 +312,6 @@ def write_point(path: str):
     """Through the gateway's one write path: the command's own role is checked (403 names it), the value
     against what the point takes (400), and the write is logged with who did it.  502: a device did not
     answer (the relay's I/O module)."""
-    from .app import principal
-
     entry = _view().writable.get(path)
     if entry is None:
         raise ApiError(404, f"no writable point {path!r}; GET /api/v1/commands lists them", "path")
@@ -374,7 +323,7 @@ def write_point(path: str):
         raise ApiError(400, 'expected {"value": NUMBER}', "value")
     by = principal()
     try:
-        done = _ctx().gateway.write_from_thread(entry.ref, value, by)
+        done = ctx().gateway.write_from_thread(entry.ref, value, by)
     except WriteError as exc:
         status = next((code for cls, code in WRITE_STATUS if isinstance(exc, cls)), 500)
         raise ApiError(status, str(exc), "value" if status == 400 else None) from None
@@ -396,7 +345,7 @@ def io():
                    Param("limit", {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1000})])
 def registers(table, point, offset: int, limit: int):
     out = []
-    for r in rows(_ctx().gateway.pointmap):
+    for r in rows(ctx().gateway.pointmap):
         if (table and r["table"] != table) or (point and r["point"] != point):
             continue
         out.append({k: (None if r[k] == "" and k in ("string", "cell", "channel") else r[k]) for k in COLUMNS})
@@ -408,7 +357,7 @@ def get_config():
     """As written in the file (defaults not filled in). Needs the admin role."""
     from .configedit import read_document
 
-    c = _ctx()
+    c = ctx()
     return {"path": str(c.gateway.config.path), "config": read_document(c.gateway)}
 
 
@@ -428,7 +377,7 @@ def put_config():
         raise ApiError(400, "the JSON document is nested too deeply", "config") from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ApiError(400, 'expected {"config": {...the whole document...}}', "config")
-    c = _ctx()
+    c = ctx()
     try:
         return save_and_reload(c.gateway, data["config"], g.user.name)
     except ConfigError as exc:
@@ -440,7 +389,7 @@ def put_config():
 def config_schema():
     from .configedit import document_schema
 
-    return document_schema(_ctx().gateway)
+    return document_schema(ctx().gateway)
 
 
 @api.route("/openapi.json")
@@ -449,5 +398,5 @@ def openapi():
     from .configedit import document_schema
     from .openapi import build
 
-    c = _ctx()
+    c = ctx()
     return jsonify(build(OPERATIONS, document_schema(c.gateway), c.gateway.config.section("site").get("name", "")))

@@ -21,7 +21,8 @@ from gateway.net.tls import TlsSettings, server_context
 from gateway.secretfiles import exposure
 from gateway.service import ReloadResult, Service, StartError
 
-from .app import WebContext, create_app, security_headers
+from .app import create_app
+from .context import WebContext, security_headers
 from .schema import WebSettings
 
 log = logging.getLogger(__name__)

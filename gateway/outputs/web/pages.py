@@ -10,7 +10,8 @@ from flask import Blueprint, g, make_response, redirect, render_template, reques
 from gateway.commands import WriteError
 from gateway.errors import ConfigError, GatewayError
 
-from .app import (
+from .auth import AuthError, DeviceKeys
+from .context import (
     PRELOGIN_COOKIE,
     SESSION_COOKIE,
     ctx,
@@ -22,7 +23,6 @@ from .app import (
     set_device_cookie,
     set_session_cookie,
 )
-from .auth import AuthError, DeviceKeys
 
 log = logging.getLogger(__name__)
 
