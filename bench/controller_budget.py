@@ -16,10 +16,13 @@ average is printed; CPU seconds, not wall time, are what is counted.
     .venv/bin/python bench/controller_budget.py [--seconds 120] [--warmup 75] [--batteries 480] [--fast-s 5]
     .venv/bin/python bench/controller_budget.py --variants     # also 1 battery, 2 x 480, fast_s 1
 
-Before issue 18's changes (this machine, 2 cores shared with other work, load average about 10):
-    CPU 6.19 % of one core (7.43 s in 120 s; 124 % of the controller), RSS 125.5 MB, start-up 9.7 s;
-    engine 34 %, history 19 % (the store listener's queue hand-off), MQTT 15 %, analytics 13 %, other 8 %,
-    alarms 4 %, store fan-out 4 %, core 3 %, web 1 %.
+Measured on this machine (2 cores shared with other work, load average 10-18, so CPU seconds run slow and
+vary by about 20 % from run to run; `--tree` measures another checkout under the same load):
+    before issue 18: CPU 6.19 % of one core, RSS 125.5 MB, start-up 9.7 s; engine 34 %, history 19 % (the
+    store listener's queue hand-off), MQTT 15 %, analytics 13 %, the rest alarms, store fan-out, web.
+    after: 4.8-5.6 % of one core, RSS 116-117 MB; engine 25-29 %, MQTT 22-24 %, analytics 15 %, alarms 9-10 %,
+    event loop 10 %, store fan-out 6-10 %, history 3 %.  1 battery: 0.4 %, 66 MB; 4 x 240: 10.8 %, 170 MB;
+    fast_s 1: 17 % (MQTT publishes every cycle: 39 % of it).
 
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
@@ -40,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from _common import BMSGW, ROOT, SimProcess
+from _common import ROOT, SimProcess
 
 CPU_TARGET_PCT = 1.5
 RSS_TARGET_MB = 80.0
@@ -133,9 +136,9 @@ COMPONENTS = {
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*):(?P<line>\d+)\)$")
 
 
-def component_of(path: str) -> str | None:
+def component_of(path: str, tree: Path = ROOT) -> str | None:
     """The component a source file belongs to, None for code outside the gateway (stdlib, libraries)."""
-    gateway, plugins = str(ROOT / "gateway") + os.sep, str(ROOT / "plugins") + os.sep
+    gateway, plugins = str(tree / "gateway") + os.sep, str(tree / "plugins") + os.sep
     if path.startswith(gateway):
         parts = path[len(gateway):].removesuffix(".py").split(os.sep)
         if parts[0] == "outputs" and len(parts) > 1:
@@ -146,7 +149,7 @@ def component_of(path: str) -> str | None:
     return None
 
 
-def split_profile(raw: str) -> tuple[dict[str, int], dict[str, int]]:
+def split_profile(raw: str, tree: Path = ROOT) -> tuple[dict[str, int], dict[str, int]]:
     """py-spy's raw (collapsed) stacks -> samples per component and per function: each stack counts for the
     deepest frame of the gateway's own code on it (a library or the standard library working for the gateway
     counts for the part that called it); "other" for stacks with none (the event loop, a library's thread)."""
@@ -161,11 +164,11 @@ def split_profile(raw: str) -> tuple[dict[str, int], dict[str, int]]:
             m = FRAME.match(frame)
             if m is None:
                 continue
-            found = component_of(m["file"])
+            found = component_of(m["file"], tree)
             if found == "core" and m["file"].endswith(os.sep + "cli.py"):
                 found = "event loop"  # `bmsgw run`'s asyncio.run: the loop's own work between callbacks
             if found is not None:
-                name, where = found, f"{os.path.relpath(m['file'], ROOT)}:{m['func']}"
+                name, where = found, f"{os.path.relpath(m['file'], tree)}:{m['func']}"
                 break
             if not where:
                 where = f"{os.path.basename(m['file'])}:{m['func']}"
@@ -179,7 +182,8 @@ class Profiler:
     """py-spy (pinned in the lock) recording the gateway for ``seconds``, without pausing it; None when py-spy
     is missing (the bench then prints the total only)."""
 
-    def __init__(self, pid: int, seconds: float, out: Path, rate: int, gil: bool) -> None:
+    def __init__(self, pid: int, seconds: float, out: Path, rate: int, gil: bool, tree: Path) -> None:
+        self.tree = tree
         exe = Path(sys.executable).parent / "py-spy"
         self.out = out
         self.proc: subprocess.Popen | None = None
@@ -196,7 +200,7 @@ class Profiler:
         if self.proc.returncode != 0 or not self.out.exists():
             print(f"   (py-spy failed: {err.strip()[-300:]})")
             return None
-        return split_profile(self.out.read_text())
+        return split_profile(self.out.read_text(), self.tree)
 
 
 @dataclass
@@ -221,7 +225,7 @@ class Result:
 
 
 def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float, warmup: float,
-            keep: Path | None, rate: int, gil: bool) -> Result:
+            keep: Path | None, rate: int, gil: bool, tree: Path = ROOT) -> Result:
     folder = Path(tempfile.mkdtemp(prefix="bmsgw-budget-"))
     result = Result(label, strings * cells)
     broker = Broker.start(folder)
@@ -241,7 +245,8 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
             log_path = folder / "gateway.log"
             with open(log_path, "w") as log:
                 started = time.monotonic()
-                proc = subprocess.Popen([BMSGW, "run", "--config", str(config)],
+                # `python -m gateway` in the tree measured (another checkout: an A/B on the same machine state)
+                proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=tree,
                                         stdout=subprocess.DEVNULL, stderr=log)
             try:
                 deadline = started + 180
@@ -256,7 +261,7 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
                         raise RuntimeError(f"no complete poll cycle within 180 s:\n{text[-3000:]}")
                     time.sleep(0.05)
                 time.sleep(warmup)
-                profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil)
+                profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil, tree)
                 c0, t0 = proc_cpu_s(proc.pid), time.monotonic()
                 time.sleep(seconds)
                 c1, t1 = proc_cpu_s(proc.pid), time.monotonic()
@@ -323,6 +328,9 @@ def main() -> None:
     ap.add_argument("--syscalls", action="store_true",
                     help="count the samples of threads in a system call too (py-spy without --gil): on a loaded "
                          "machine these are mostly a thread waiting for a CPU after waking another process")
+    ap.add_argument("--tree", type=Path, default=ROOT,
+                    help="the checkout whose gateway is measured (default this one): e.g. a worktree of an older "
+                         "commit, for a comparison under the same load (the simulator is always this checkout's)")
     ap.add_argument("--detail", type=int, default=0, metavar="N",
                     help="also print the N functions that took most CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep each run's folder (config, log, profile) here")
@@ -333,7 +341,8 @@ def main() -> None:
         runs += [("1 battery", 1, 1, 5.0), ("2 x 480 batteries", 4, 240, 5.0), ("480 batteries, fast_s 1", 4, 120, 1.0)]
     results = []
     for label, strings, cells, fast_s in runs:
-        r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate, not args.syscalls)
+        r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate, not args.syscalls,
+                    args.tree.resolve())
         report(r, args.detail)
         results.append(r)
     if len(results) > 1:
