@@ -57,11 +57,11 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def bank(strings: int, cells: int, fast_s: float) -> dict:
+def bank(strings: int, cells: int, fast_s: float, tree: Path = ROOT) -> dict:
     """The default config with ``strings`` strings (at most 4, the register map's) of ``cells`` batteries
     (up to 240 on a bus: the charger monitor and the I/O module move to the top addresses), every face on a
-    free port."""
-    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    free port; from ``tree``'s config.yaml."""
+    data = yaml.safe_load((tree / "config.yaml").read_text())
     data["strings"] = data["strings"][:strings]
     data["buses"] = data["buses"][:strings]
     for s in data["strings"]:
@@ -230,7 +230,7 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
     result = Result(label, strings * cells)
     broker = Broker.start(folder)
     try:
-        data = bank(strings, cells, fast_s)
+        data = bank(strings, cells, fast_s, tree)
         if broker.proc is not None:
             data["mqtt"].update(enabled=True, host="127.0.0.1", port=broker.port)
         sim_data = {**data, "gateway": {**data["gateway"], "state_dir": str(folder / "sim")}}
