@@ -79,6 +79,8 @@ class Analytics:
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
         self._last_pub: dict[tuple, tuple[float | None, float]] = {}
+        # per battery: (the slow inputs its outputs were worked out from, when all are put again, its SOH)
+        self._slow: dict[tuple[int, int], tuple[tuple, float, float | None]] = {}
         self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
@@ -127,7 +129,8 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests):
+                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests,
+                          self._slow):
                     d.pop(key, None)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
         self._persist("the life budget", self.save_life, now)
@@ -199,11 +202,12 @@ class Analytics:
         refs = self._out_refs
         last = self._last_pub
         republish = self.republish_s
+        slow_state = self._slow
 
-        def put(point: str, value: float | None, string: int, cell: int | None = None) -> None:
-            key = (point, string, cell)  # plain tuples hash in C; PointRef's hash is Python code
+        def put(point: str, value: float | None, string: int, cell: int | None = None, force: bool = False) -> None:
+            key = (point, string, cell)  # plain tuples hash in C
             old = last.get(key)
-            if old is not None and old[0] == value and now - old[1] < republish:
+            if old is not None and old[0] == value and now - old[1] < republish and not force:
                 return
             last[key] = (value, now)
             ref = refs.get(key)
@@ -271,31 +275,23 @@ class Analytics:
                 v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
                 put("cell.voltage_average_deviation",
                     (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
-                put("cell.ohmic_average_deviation",
-                    (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c)
+                # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out
+                # again only when one of them changed, and every republish_s all put again (as unchanged values
+                # are); in between a battery costs one comparison here, not nine values.
                 base = self.baselines.get(key)
-                put("cell.ohmic_baseline", base.ohmic if base else None, sid, c)
-                dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
-                put("cell.ohmic_baseline_deviation", dev, sid, c)
-                # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test
-                # scatters by 5-10 %)
-                tests = self.recent_tests.get(key)
-                if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
-                    if tests is None:
-                        tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
-                    tests.append(ohm)
-                soh = None
-                if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
-                    robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
-                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
+                fc = self.fc_pub.get(key)
+                verdict = self.dg_pub.get(key)
+                slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, th["replace_pct"])
+                slow = slow_state.get(key)
+                if slow is None or now >= slow[1]:
+                    slow = slow_state[key] = (slow_inputs, now + republish, self._slow_outputs(
+                        key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, True))
+                elif slow[0] != slow_inputs:
+                    slow = slow_state[key] = (slow_inputs, slow[1], self._slow_outputs(
+                        key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, False))
+                soh = slow[2]
+                if soh is not None:
                     cell_sohs.append(soh)
-                put("cell.soh", soh, sid, c)
-                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c)
-                eol, early, late = self.fc_pub.get(key, (None, None, None))
-                put("cell.eol_date", eol, sid, c)
-                put("cell.eol_date_early", early, sid, c)
-                put("cell.eol_date_late", late, sid, c)
-                put("cell.diagnosis", self.dg_pub.get(key), sid, c)
                 # daily aggregates (each new reading once)
                 acc = self.acc.get(key)
                 if acc is None:
@@ -335,6 +331,35 @@ class Analytics:
             self._persist("the life budget", self.save_life, now)
             self._next_life_save = now + 600.0
         return out
+
+    def _slow_outputs(self, key: tuple[int, int], sid: int, c: int, n: int, ohm: float | None, o_avg: float | None,
+                      base: Baseline | None, emf: float | None, resting: bool, fc: tuple | None, verdict: float | None,
+                      th: dict, put, force: bool) -> float | None:
+        """A battery's outputs from its slow inputs (``force``: put them all, changed or not); returns its SOH."""
+        put("cell.ohmic_average_deviation",
+            (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c, force)
+        put("cell.ohmic_baseline", base.ohmic if base else None, sid, c, force)
+        dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
+        put("cell.ohmic_baseline_deviation", dev, sid, c, force)
+        # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test scatters by
+        # 5-10 %)
+        tests = self.recent_tests.get(key)
+        if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
+            if tests is None:
+                tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
+            tests.append(ohm)
+        soh = None
+        if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
+            robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
+            soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
+        put("cell.soh", soh, sid, c, force)
+        put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c, force)
+        eol, early, late = fc if fc is not None else (None, None, None)
+        put("cell.eol_date", eol, sid, c, force)
+        put("cell.eol_date_early", early, sid, c, force)
+        put("cell.eol_date_late", late, sid, c, force)
+        put("cell.diagnosis", verdict, sid, c, force)
+        return soh
 
     def _persist(self, what: str, fn, *args):
         """Save to the state database without stopping the computation: a full disk (or another write error)

@@ -240,7 +240,7 @@ class HistoryService(Service):
         out = {"path": str(self.db.path) if self.db else str(db_path(self.gateway.config)),
                "size_bytes": self.db.size_bytes() if self.db else 0}
         if w is not None:
-            out.update(queued=w.queue.qsize(), dropped=w.dropped, errors=w.errors,
+            out.update(queued=len(w.queue), dropped=w.dropped, errors=w.errors,
                        fault=("ok", "disk full", "write error")[w.fault], last_error=w.last_error if w.fault else None)
             r = w.recorder
             if r is not None:

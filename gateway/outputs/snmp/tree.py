@@ -74,6 +74,23 @@ class Entry:
         return enc
 
 
+class StaticEntry(Entry):
+    """An instance whose value never changes (a description, a table's fixed column): the value itself, not
+    a closure around it -- tens of thousands of them on a full bank (the entPhysical rows, the names)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, oid: tuple[int, ...], value: Value | None) -> None:
+        self.oid = oid
+        self._oid_tlv = None
+        self.enc = _UNSET
+        self.volatile = False
+        self.value = value
+
+    def fn(self) -> Value | None:  # a method where Entry has a per-instance function
+        return self.value
+
+
 class Section:
     """Instances collected by a builder before they go into the index."""
 
@@ -92,10 +109,8 @@ class Section:
             self.deps.append((dep, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        def fixed() -> Value | None:
-            return value
-
-        self.add(obj, index, fixed)
+        self.entries.append(StaticEntry(obj + index, value))
+        self.objects[obj] = True
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
