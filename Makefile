@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # that rebuilding the venv does not run apt again.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
 	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv python3-packaging \
-	systemd nut-snmp
+	systemd nut-snmp nut-client
 APT_STAMP := .apt-installed
 
 .PHONY: install system-deps run lint test bench screenshots regmap lock deb deb-copyright clean

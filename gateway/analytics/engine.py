@@ -82,6 +82,9 @@ class Analytics:
         self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
+        # the longest time between two ticks counted in the temperature life budget: beyond it the gateway was
+        # off and the temperatures unknown (a back-fill that reads every few days raises it)
+        self.max_gap_s = 86400.0
         self._gen = -1
         self._next_gen_check = 0.0
         self._next_baseline_check = 0.0
@@ -183,7 +186,7 @@ class Analytics:
         if day != self.acc_day:
             self._persist("the daily aggregates", self.flush_daily)
             self.acc_day = day
-        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), 86400.0)
+        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), self.max_gap_s)
         self.last_tick = now
         cfg = self.cfg
         th = cfg["thresholds"]
@@ -421,10 +424,11 @@ class Analytics:
                 b = Baseline(sid, c, statistics.median(ohmics), now, "auto",
                              _mean(r.temp for r in rows if r.temp is not None),
                              _median_or_none([r.emf for r in rows]))
-                self.state.set_baseline(b)
-                self.baselines[key] = b
                 taken.append(b)
         if taken:
+            self.state.set_baselines(taken)  # one transaction: a whole bank settles on the same day
+            for b in taken:
+                self.baselines[(b.string, b.cell)] = b
             self._gen = self.state.generation()
             log.info("IEEE 1188 baselines taken for %d batteries", len(taken))
         return taken
@@ -500,8 +504,11 @@ class Analytics:
                 f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend, curves=curves)
                 f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend, curves=curves)
                 if f30.fit is not None:
-                    out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
-                               slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))
+                    fit = f30.fit
+                    out.update(model=fit.model, level_pct=fit.value(0.0), slope_pct_per_year=fit.slope(0.0),
+                               days=len(pts))
+                    # the curve itself (x: years from this run, y: % over the baseline), for a chart of it
+                    out["fit"] = {"model": fit.model, "c": fit.c, "b": fit.b, "k": fit.k, "m": fit.m}
                 out["critical_years"] = f50.years
                 out["critical_ts"] = now + f50.years * YEAR_S if f50.years is not None else None
                 out["evidence"] += f30.evidence

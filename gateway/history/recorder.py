@@ -170,7 +170,8 @@ class Recorder:
                     self._emit_raw(st)
                     st.slot = slot
             if slot == st.slot:
-                _grow(st.values, idx, None)
+                if idx >= len(st.values):  # (checked here: a call per reading costs a bank's worth of time)
+                    _grow(st.values, idx, None)
                 st.values[idx] = iv
             if self.finest:
                 bucket = int(ts // self.finest)
@@ -179,14 +180,18 @@ class Recorder:
                         continue
                     self._emit_roll(st)
                     st.bucket = bucket
-                _grow(st.lo, idx, None)
-                _grow(st.hi, idx, None)
-                _grow(st.total, idx, 0)
-                _grow(st.count, idx, 0)
-                if st.lo[idx] is None or iv < st.lo[idx]:
-                    st.lo[idx] = iv
-                if st.hi[idx] is None or iv > st.hi[idx]:
-                    st.hi[idx] = iv
+                lo, hi = st.lo, st.hi
+                if idx >= len(st.count):  # the four grow together (emptied together by _emit_roll)
+                    _grow(lo, idx, None)
+                    _grow(hi, idx, None)
+                    _grow(st.total, idx, 0)
+                    _grow(st.count, idx, 0)
+                old = lo[idx]
+                if old is None or iv < old:
+                    lo[idx] = iv
+                old = hi[idx]
+                if old is None or iv > old:
+                    hi[idx] = iv
                 st.total[idx] += iv
                 st.count[idx] += 1
             self.readings += 1

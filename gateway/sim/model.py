@@ -391,7 +391,7 @@ class BankModel:
         return 1.0 + 0.005 * (self.ambient() - 25.0)
 
     # -- scenarios -------------------------------------------------------------------------------------------
-    SCENARIOS = ("thermal_runaway", "stuck", "out_of_range")
+    SCENARIOS = ("thermal_runaway", "stuck", "out_of_range", "mains_failure", "mains_return")
 
     def schedule_scenario(self, at: float, kind: str, **args) -> None:
         """Start scenario ``kind`` (one of ``SCENARIOS``, with ``start_scenario``'s arguments) at simulated time
@@ -405,7 +405,19 @@ class BankModel:
     def start_scenario(self, kind: str, string: int | None = None, cell: int | None = None,
                        point: str | None = None, value: float | None = None) -> None:
         """``thermal_runaway`` of ``string``; ``stuck``: the sensor of ``point`` (``string``, ``cell``) freezes;
-        ``out_of_range``: it reports ``value``, beyond its measuring range."""
+        ``out_of_range``: it reports ``value``, beyond its measuring range; ``mains_failure``: ``string`` (or
+        every string) discharges, at ``value`` A (or its discharge current), until its end voltage or
+        ``mains_return`` (the charger recharges it)."""
+        if kind in ("mains_failure", "mains_return"):
+            with self.lock:
+                if string is not None and string not in self.strings:
+                    raise ValueError(f"scenario {kind!r}: no string {string}")
+                for sid in [string] if string is not None else list(self.strings):
+                    if kind == "mains_failure":
+                        self.set_mode(sid, "discharge", value)
+                    else:
+                        self.set_mode(sid, "recharge")
+            return
         if kind == "thermal_runaway" and string is not None:
             self.start_thermal_runaway(string)
         elif kind == "stuck" and point is not None:

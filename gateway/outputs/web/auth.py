@@ -85,6 +85,12 @@ def _verify(pw_hash: str, password: str) -> bool:
         return False
 
 
+def verify_password(pw_hash: str, password: str) -> bool:
+    """Whether ``password`` matches an argon2 hash of ``bmsgw user hash`` (for the other faces' users: NUT ...);
+    shares the web face's bound on concurrent checks."""
+    return _verify(pw_hash, password)
+
+
 def _token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
