@@ -53,6 +53,7 @@ class DeviceState:
     comm_ref: PointRef | None
     fast_blocks: list[Block] = field(default_factory=list)  # a fast-only cycle
     fast_requests: list[bytes] = field(default_factory=list)
+    write_refs: tuple[PointRef, ...] = ()  # write-only registers' points (``poll: never``): never read
     address: int = 0  # where it answers now (the configured address unless discovery adopted another)
     failures: int = 0
     lost: bool = False
@@ -177,9 +178,12 @@ class Engine:
     # -- planning --------------------------------------------------------------------------------------------
     def _device_state(self, dev: DeviceConfig) -> DeviceState:
         prof = self.profiles[dev.profile]
-        entries, refs = [], []
+        entries, refs, write_refs = [], [], []
         for reg in prof.registers:
             for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
+                if reg.poll == "never":  # a command the device carries out (start an ohmic test): only written
+                    write_refs.append(ref)
+                    continue
                 address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
                 entries.append((reg.table, address, reg.count, reg.poll, reg, ref))
                 refs.append(ref)
@@ -190,7 +194,8 @@ class Engine:
             comm_ref = PointRef("cell.comm_status", dev.string, dev.cell)
         elif prof.scope == "string":
             comm_ref = PointRef("string.comm_status", dev.string)
-        ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks)
+        ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks,
+                         write_refs=tuple(write_refs))
         ds.readdress(dev.address)
         return ds
 
@@ -573,7 +578,7 @@ class Engine:
     def writable(self, ref: PointRef) -> tuple[BusState, DeviceState, RegisterSpec] | None:
         for bs in self.buses.values():
             for ds in bs.devices:
-                if ref not in ds.refs:
+                if ref not in ds.refs and ref not in ds.write_refs:
                     continue
                 for reg in ds.profile.registers:
                     if reg.point == ref.point and reg.writable and (reg.channel is None or reg.channel == ref.channel):
@@ -597,5 +602,13 @@ class Engine:
             await bs.transport.transact(request)
         except ModbusError as exc:
             raise DeviceWriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
-        self.store.put(ref, float(value), Quality.GOOD)
+        if reg.poll != "never":  # a write-only register has no state to show
+            self.store.put(ref, float(value), Quality.GOOD)
+
+    def read_slow_soon(self, refs: list[PointRef]) -> None:
+        """The next cycle of the buses holding ``refs`` reads the slow registers too (after an ohmic test
+        started on demand, its results are wanted now, not at the next slow period)."""
+        for bs in self.buses.values():
+            if any(ref in ds.refs or ref in ds.write_refs for ds in bs.devices for ref in refs):
+                bs.next_slow = 0.0
 

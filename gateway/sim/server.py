@@ -396,7 +396,7 @@ class Simulator:
                 value = codecs.decode([raw], reg)
                 if value is None:  # the register's not-available code is no value to act on
                     return False
-                self.model.write(ref.point, value, ref.channel)
+                self.model.write(ref.point, value, ref.channel, ref.string, ref.cell)
         return True
 
 
