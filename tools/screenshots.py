@@ -52,13 +52,16 @@ def demo_config(folder: Path, port: int) -> Path:
 
 
 def forecasts(base: str, opener) -> int:
-    """Batteries of string 1 with a predicted replacement date (0 while the back-fill runs)."""
+    """Batteries of string 1 showing everything the pictures show: a voltage read by the live poll, a
+    deviation from their baseline and a predicted replacement date (0 while the back-fill runs)."""
     try:
         with opener.open(base + "api/v1/strings/1/cells", timeout=10) as r:
             body = json.load(r)
     except OSError:
         return 0
-    return sum(1 for c in body.get("cells", []) if (c.get("points", {}).get("eol_date") or {}).get("value"))
+    wanted = ("voltage", "ohmic_baseline_deviation", "eol_date")
+    return sum(1 for c in body.get("cells", [])
+               if all((c.get("points", {}).get(name) or {}).get("value") is not None for name in wanted))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                 opener = urllib.request.build_opener()
                 opener.addheaders = [("Cookie", cookies), ("Accept", "application/json")]
                 deadline = time.monotonic() + args.wait
-                while (n := forecasts(base, opener)) == 0 and time.monotonic() < deadline:
+                while (n := forecasts(base, opener)) < 120 and time.monotonic() < deadline:
                     print(f"\rwaiting for the back-fill's forecasts ... {deadline - time.monotonic():.0f} s left",
                           end="", file=sys.stderr, flush=True)
                     time.sleep(2)
                 print(f"\r{n} batteries of string 1 have a forecast" + " " * 30, file=sys.stderr)
+                time.sleep(3 * 5)  # a few poll cycles more: the string summaries follow their batteries
                 for name, path, ready in PAGES:
                     page.goto(base + path)
                     page.wait_for_selector(ready)
