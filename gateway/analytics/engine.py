@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..strings.states import StringStates, string_states
@@ -52,6 +53,34 @@ def soc_params(s: StringConfig, sc: dict) -> SocParams:
         peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
         temp_coeff=sc["temp_coeff"], anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
         min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
+
+
+class _Put(Protocol):
+    def __call__(self, point: str, value: float | None, string: int, cell: int | None = None,
+                 force: bool = False) -> None: ...
+
+
+class _Outputs:
+    """The readings of one tick: a value goes out when it changed, or when republish_s passed since it last
+    went out (``force``: now anyway)."""
+
+    __slots__ = ("last", "now", "out", "refs", "republish")
+
+    def __init__(self, now: float, last: dict, refs: dict, republish: float) -> None:
+        self.now, self.last, self.refs, self.republish = now, last, refs, republish
+        self.out: list[tuple[PointRef, Reading]] = []
+
+    def put(self, point: str, value: float | None, string: int, cell: int | None = None, force: bool = False) -> None:
+        key = (point, string, cell)  # plain tuples hash in C
+        old = self.last.get(key)
+        now = self.now
+        if old is not None and old[0] == value and now - old[1] < self.republish and not force:
+            return
+        self.last[key] = (value, now)
+        ref = self.refs.get(key)
+        if ref is None:
+            ref = self.refs[key] = PointRef(point, string, cell)
+        self.out.append((ref, Reading(value, _GOOD, now)))
 
 
 class Analytics:
@@ -181,6 +210,20 @@ class Analytics:
         return out
 
     def _tick(self, now: float) -> list[tuple[PointRef, Reading]]:
+        """One pass over the bank: each string's summary, state of charge and batteries; what changed (or is
+        due again after republish_s) is returned to be put in the store."""
+        self._housekeeping(now)
+        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), self.max_gap_s)
+        self.last_tick = now
+        outputs = _Outputs(now, self._last_pub, self._out_refs, self.republish_s)
+        ambient = self._good(self.ambient_ref)
+        for sid, s in self.strings.items():
+            self._tick_string(now, dt_s, sid, s, ambient, outputs.put)
+        self._save_due(now)
+        return outputs.out
+
+    def _housekeeping(self, now: float) -> None:
+        """Take what other threads queued, notice state written by another process, close a day's aggregates."""
         self._drain()
         if now >= self._next_gen_check:
             self.check_external(now)
@@ -189,138 +232,136 @@ class Analytics:
         if day != self.acc_day:
             self._persist("the daily aggregates", self.flush_daily)
             self.acc_day = day
-        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), self.max_gap_s)
-        self.last_tick = now
+
+    def _cell_inputs(self, sid: int, s: StringConfig) -> tuple[list[dict[int, float]], list[set[int]]]:
+        """The string's GOOD battery readings (voltage, temperature, ohmic, EMF) by battery, and per input the
+        batteries whose reading is new since the daily aggregates last counted it."""
+        get = self.store.get
+        seen = self._seen
+        values: list[dict[int, float]] = [{}, {}, {}, {}]
+        new: list[set[int]] = [set(), set(), set(), set()]
+        inputs = [(self.refs[point], values[k], new[k], point) for k, point in enumerate(
+            ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf"))]
+        for c in range(1, s.cells + 1):
+            key = (sid, c)
+            for refs, dest, fresh, point in inputs:
+                r = get(refs[key])
+                if r is not None and r.quality is _GOOD and r.value is not None:
+                    dest[c] = r.value
+                    seen_key = (point, sid, c)
+                    if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
+                        seen[seen_key] = r.ts
+                        fresh.add(c)
+        return values, new
+
+    def _tick_string(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
+                     put: _Put) -> None:
+        (volts, temps, ohms, emfs), new = self._cell_inputs(sid, s)
+        v_avg = _mean(volts.values())
+        o_avg = _mean(ohms.values())
+        put("string.cell_voltage_avg", v_avg, sid)
+        put("string.cell_voltage_min", min(volts.values()) if volts else None, sid)
+        put("string.cell_voltage_max", max(volts.values()) if volts else None, sid)
+        put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
+        put("string.cell_ohmic_avg", o_avg, sid)
+        soc = self._tick_soc(now, sid, s, ambient, volts, temps, v_avg, put)
+        cell_sohs = self._tick_batteries(now, dt_s, sid, s, ambient, (volts, temps, ohms, emfs), new, v_avg,
+                                         o_avg, soc.state, put)
+        cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= self.cfg["forecast"][
+            "capacity_valid_days"] * DAY_S else None
+        put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
+
+    def _tick_soc(self, now: float, sid: int, s: StringConfig, ambient: float | None, volts: dict[int, float],
+                  temps: dict[int, float], v_avg: float | None, put: _Put) -> StringSoc:
+        """The string's state of charge, following its state (the string supervision's); a discharge that
+        ended is recorded."""
+        n = s.battery.cells_per_unit
+        soc = self.soc[sid]
+        state = self._good(self.string_refs[("string.state", sid)])
+        string_v = self._good(self.string_refs[("string.voltage", sid)])
+        if string_v is not None:
+            v_cell = string_v / (s.cells * n)
+        elif v_avg is not None and len(volts) >= 0.8 * s.cells:
+            v_cell = v_avg / n
+        else:
+            v_cell = None
+        temp = ambient if ambient is not None else (_mean(temps.values()))
+        finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
+        if finished is not None:
+            self._record_discharge(finished)
+        o = soc.outputs(now)
+        put("string.soc", o["soc"], sid)
+        put("string.since_full_charge", o["since_full_charge"], sid)
+        put("string.runtime_remaining", o["runtime_remaining"], sid)
+        return soc
+
+    def _tick_batteries(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
+                        readings: Sequence[dict[int, float]], new: Sequence[set[int]], v_avg: float | None,
+                        o_avg: float | None, soc_state: int | None, put: _Put) -> list[float]:
+        """Each battery's outputs, its daily aggregates and its temperature life budget; returns their SOHs."""
+        volts, temps, ohms, emfs = readings
+        new_v, new_t, new_o, new_e = new
         cfg = self.cfg
         th = cfg["thresholds"]
         fl = cfg["float"]
-        ambient = self._good(self.ambient_ref)
-        out: list[tuple[PointRef, Reading]] = []
-        get = self.store.get
-        seen = self._seen
-
-        refs = self._out_refs
-        last = self._last_pub
-        republish = self.republish_s
+        n = s.battery.cells_per_unit
+        t_med = statistics.median(temps.values()) if temps else None
         slow_state = self._slow
+        republish = self.republish_s
+        cell_sohs = []
+        on_float = soc_state == self.codes.floating
+        resting = on_float or soc_state == self.codes.rest
+        for c in range(1, s.cells + 1):
+            key = (sid, c)
+            v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
+            put("cell.voltage_average_deviation",
+                (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+            # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out
+            # again only when one of them changed, and every republish_s all put again (as unchanged values
+            # are); in between a battery costs one comparison here, not nine values.
+            base = self.baselines.get(key)
+            fc = self.fc_pub.get(key)
+            verdict = self.dg_pub.get(key)
+            slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, th["replace_pct"])
+            slow = slow_state.get(key)
+            if slow is None or now >= slow[1]:
+                slow = slow_state[key] = (slow_inputs, now + republish, self._slow_outputs(
+                    key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, True))
+            elif slow[0] != slow_inputs:
+                slow = slow_state[key] = (slow_inputs, slow[1], self._slow_outputs(
+                    key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, False))
+            soh = slow[2]
+            if soh is not None:
+                cell_sohs.append(soh)
+            # daily aggregates (each new reading once)
+            acc = self.acc.get(key)
+            if acc is None:
+                acc = self.acc[key] = {}
+            if c in new_o:
+                _add(acc, "ohmic", ohm)
+            if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
+                _add(acc, "temp", t)
+                ref_t = ambient if ambient is not None else t_med
+                if ref_t is not None:
+                    _add(acc, "temp_rise", t - ref_t)
+            if on_float and c in new_v and v is not None:
+                _add(acc, "v_float", v)
+                if v_avg is not None:
+                    _add(acc, "v_dev", v - v_avg)
+                tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
+                _add(acc, "setpoint", n * (fl["v_per_cell"] + fl["temp_comp_v_per_c"] * (tc - 25.0)))
+            if on_float and c in new_e:
+                _add(acc, "emf", emf)
+            # temperature life budget (25 C-equivalent years)
+            if t is not None:
+                if key not in self.first_seen:
+                    self._first_seen(key, now)
+                self.life_used[key] = self.life_used.get(key, 0.0) + dt_s / YEAR_S * aging_factor(
+                    t, cfg["halving_c"])
+        return cell_sohs
 
-        def put(point: str, value: float | None, string: int, cell: int | None = None, force: bool = False) -> None:
-            key = (point, string, cell)  # plain tuples hash in C
-            old = last.get(key)
-            if old is not None and old[0] == value and now - old[1] < republish and not force:
-                return
-            last[key] = (value, now)
-            ref = refs.get(key)
-            if ref is None:
-                ref = refs[key] = PointRef(point, string, cell)
-            out.append((ref, Reading(value, _GOOD, now)))
-
-        for sid, s in self.strings.items():
-            n = s.battery.cells_per_unit
-            volts: dict[int, float] = {}
-            temps: dict[int, float] = {}
-            ohms: dict[int, float] = {}
-            emfs: dict[int, float] = {}
-            # the cells with a reading not counted in the daily aggregates yet, per input
-            new_v: set[int] = set()
-            new_t: set[int] = set()
-            new_o: set[int] = set()
-            new_e: set[int] = set()
-            inputs = (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
-                      ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e))
-            for c in range(1, s.cells + 1):
-                key = (sid, c)
-                for point, dest, new in inputs:
-                    r = get(self.refs[point][key])
-                    if r is not None and r.quality is _GOOD and r.value is not None:
-                        dest[c] = r.value
-                        seen_key = (point, sid, c)
-                        if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
-                            seen[seen_key] = r.ts
-                            new.add(c)
-            v_avg = _mean(volts.values())
-            t_med = statistics.median(temps.values()) if temps else None
-            o_avg = _mean(ohms.values())
-            put("string.cell_voltage_avg", v_avg, sid)
-            put("string.cell_voltage_min", min(volts.values()) if volts else None, sid)
-            put("string.cell_voltage_max", max(volts.values()) if volts else None, sid)
-            put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
-            put("string.cell_ohmic_avg", o_avg, sid)
-
-            # state of charge, following the string's state (the string supervision's)
-            soc = self.soc[sid]
-            state = self._good(self.string_refs[("string.state", sid)])
-            string_v = self._good(self.string_refs[("string.voltage", sid)])
-            if string_v is not None:
-                v_cell = string_v / (s.cells * n)
-            elif v_avg is not None and len(volts) >= 0.8 * s.cells:
-                v_cell = v_avg / n
-            else:
-                v_cell = None
-            temp = ambient if ambient is not None else (_mean(temps.values()))
-            finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
-            if finished is not None:
-                self._record_discharge(finished)
-            o = soc.outputs(now)
-            put("string.soc", o["soc"], sid)
-            put("string.since_full_charge", o["since_full_charge"], sid)
-            put("string.runtime_remaining", o["runtime_remaining"], sid)
-
-            # per battery
-            cell_sohs = []
-            on_float = soc.state == self.codes.floating
-            resting = on_float or soc.state == self.codes.rest
-            for c in range(1, s.cells + 1):
-                key = (sid, c)
-                v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
-                put("cell.voltage_average_deviation",
-                    (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
-                # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out
-                # again only when one of them changed, and every republish_s all put again (as unchanged values
-                # are); in between a battery costs one comparison here, not nine values.
-                base = self.baselines.get(key)
-                fc = self.fc_pub.get(key)
-                verdict = self.dg_pub.get(key)
-                slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, th["replace_pct"])
-                slow = slow_state.get(key)
-                if slow is None or now >= slow[1]:
-                    slow = slow_state[key] = (slow_inputs, now + republish, self._slow_outputs(
-                        key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, True))
-                elif slow[0] != slow_inputs:
-                    slow = slow_state[key] = (slow_inputs, slow[1], self._slow_outputs(
-                        key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, False))
-                soh = slow[2]
-                if soh is not None:
-                    cell_sohs.append(soh)
-                # daily aggregates (each new reading once)
-                acc = self.acc.get(key)
-                if acc is None:
-                    acc = self.acc[key] = {}
-                if c in new_o:
-                    _add(acc, "ohmic", ohm)
-                if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
-                    _add(acc, "temp", t)
-                    ref_t = ambient if ambient is not None else t_med
-                    if ref_t is not None:
-                        _add(acc, "temp_rise", t - ref_t)
-                if on_float and c in new_v and v is not None:
-                    _add(acc, "v_float", v)
-                    if v_avg is not None:
-                        _add(acc, "v_dev", v - v_avg)
-                    tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
-                    _add(acc, "setpoint", n * (fl["v_per_cell"] + fl["temp_comp_v_per_c"] * (tc - 25.0)))
-                if on_float and c in new_e:
-                    _add(acc, "emf", emf)
-                # temperature life budget (25 C-equivalent years)
-                if t is not None:
-                    if key not in self.first_seen:
-                        self._first_seen(key, now)
-                    self.life_used[key] = self.life_used.get(key, 0.0) + dt_s / YEAR_S * aging_factor(
-                        t, cfg["halving_c"])
-            cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= cfg["forecast"][
-                "capacity_valid_days"] * DAY_S else None
-            put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
-
+    def _save_due(self, now: float) -> None:
+        """Baselines checked hourly, the state of charge saved every minute, the life budget every 10 minutes."""
         if now >= self._next_baseline_check:
             self._persist("baselines", self.auto_baselines, now)
             self._next_baseline_check = now + 3600.0
@@ -330,7 +371,6 @@ class Analytics:
         if now >= self._next_life_save:
             self._persist("the life budget", self.save_life, now)
             self._next_life_save = now + 600.0
-        return out
 
     def _slow_outputs(self, key: tuple[int, int], sid: int, c: int, n: int, ohm: float | None, o_avg: float | None,
                       base: Baseline | None, emf: float | None, resting: bool, fc: tuple | None, verdict: float | None,
