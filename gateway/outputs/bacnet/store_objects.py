@@ -15,6 +15,7 @@ store's change feed says their point was written, so the work follows what chang
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -70,8 +71,9 @@ def reliability_of(reading: Reading | None, low: float | None, high: float | Non
     return NO_FAULT
 
 
-class StoreObject:
-    """A BACnet object whose values are the store's reading of one point (see the module docstring)."""
+class StoreObject(ABC):
+    """A BACnet object whose values are the store's reading of one point (see the module docstring); each kind
+    of object (analog, binary, multi-state) says how the reading becomes its present value."""
 
     _object_class: type = bacnet_object.Object  # the library class whose property types this object serves
     _elements: dict[str, Any] = bacnet_object.Object._elements
@@ -159,8 +161,8 @@ class StoreObject:
         return Boolean(False)
 
     @property
-    def presentValue(self) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def presentValue(self) -> Any: ...
 
     # -- COV -------------------------------------------------------------------------------------------------
     def prime(self) -> None:
