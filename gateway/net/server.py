@@ -124,8 +124,19 @@ class BoundedConnection(asyncio.Protocol):
         self.send_blocked_since: float | None = None  # the transport's buffer is full since then
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self.reading_paused = False  # the face stopped reading from the client (its backlog is full)
 
     # -- for the face ----------------------------------------------------------------------------------------
+    def set_reading_paused(self, paused: bool) -> None:
+        """Stop or resume reading from the client (the transport is told only when that changes)."""
+        if paused == self.reading_paused:
+            return
+        self.reading_paused = paused
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
     def opened(self) -> None:
         """The connection was admitted (``self.transport``, ``self.peer`` are set)."""
 

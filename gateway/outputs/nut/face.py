@@ -504,7 +504,6 @@ class NutConnection(BoundedConnection):
         self.tracking = False
         self.pending: asyncio.Future[None] | None = None  # a LOGIN being checked, a TLS handshake
         self.resuming = False  # more lines to answer at the loop's next turn
-        self.reading_paused = False
         self.eof = False
 
     def lost(self, exc: Exception | None) -> None:
@@ -531,15 +530,8 @@ class NutConnection(BoundedConnection):
     def _update_reading(self) -> None:
         if self.closed:
             return
-        want_pause = self.writing_paused or ((self.pending is not None or self.resuming) and
-                                             len(self.buf) > MAX_BACKLOG)
-        if want_pause == self.reading_paused:
-            return
-        self.reading_paused = want_pause
-        if want_pause:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+        self.set_reading_paused(self.writing_paused or ((self.pending is not None or self.resuming) and
+                                                        len(self.buf) > MAX_BACKLOG))
 
     # -- requests ----------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
