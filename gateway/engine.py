@@ -97,6 +97,9 @@ class BusState:
     search_ids: list[int] = field(default_factory=list)  # addresses still to try in this search sweep
     search_found: dict[int, str | None] = field(default_factory=dict)  # unconfigured ones that answered
     search_next: float = 0.0  # when the next search sweep may start (time.monotonic)
+    # readings of this cycle not in the store yet: published together (see Engine.PUBLISH_S)
+    unpublished: list = field(default_factory=list)
+    unpublished_since: float = 0.0  # when the oldest of them was read (time.monotonic)
 
     def may_probe(self, until: float | None) -> bool:
         """May the bus spend a timeout on a device that may not answer?  Yes when the bus would idle that long
@@ -166,6 +169,12 @@ class Engine:
     PROBE_SHARE = 0.05
     # on a bus that did not answer at all the cycle before, this many silent devices make it a silent cycle
     SILENT_PROBES = 3
+    # A bus's readings go into the store together, at the end of its cycle or once the oldest has waited this
+    # long: every store write wakes each listener (alarms, history, web, analytics), and one write per device
+    # (hundreds per cycle) cost more than the readings themselves.  Anything else the engine writes about a
+    # device (its quality, its communication status) publishes the waiting readings first, so the store sees
+    # the same sequence of values as with one write per device.
+    PUBLISH_S = 1.0
 
     def __init__(self, topology: Topology, profiles: dict[str, DeviceProfile], store: PointStore,
                  poll: dict, ports: dict[str, str] | None = None,
@@ -270,6 +279,7 @@ class Engine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for bs in self.buses.values():
+            self._publish_readings(bs)
             bs.task = None
             if bs.transport:
                 bs.transport.close()
@@ -439,6 +449,7 @@ class Engine:
             comeback = not ds.lost  # it answers again: so may the others (a bus plugged in again)
 
     def _end_cycle(self, bs: BusState, start: float, busy: float, tried: int) -> None:
+        self._publish_readings(bs)
         bs.probe_credit = min(bs.probe_credit + self.PROBE_SHARE * busy, bs.bus.timeout_ms / 1000.0)
         bs.cycles += 1
         self.poll_cycles += 1
@@ -490,14 +501,32 @@ class Engine:
         reads.todo = again
 
     def _finish(self, reads: _Reads) -> None:
+        ds = reads.ds
+        bs = self.buses.get(ds.device.bus)
         if reads.batch:
-            self.store.put_many(reads.batch)
+            if bs is None:
+                self.store.put_many(reads.batch)
+            else:
+                if not bs.unpublished:
+                    bs.unpublished_since = time.monotonic()
+                bs.unpublished.extend(reads.batch)
         failed = reads.refused + [block for block, _ in reads.todo]
+        ok = not failed
+        if bs is not None and bs.unpublished and (
+                not ok or ds.lost or (ds.comm_ref is not None and self.store.get(ds.comm_ref) is None)
+                or time.monotonic() - bs.unpublished_since >= self.PUBLISH_S):
+            self._publish_readings(bs)  # _account writes about this device: its readings go first
         if reads.batch or reads.refused:
             failed_refs = [item.ref for block in failed for item in block.items]
         else:  # not a word from it: none of its values is current, those read every slow_s neither
-            failed_refs = list(reads.ds.refs)
-        self._account(reads.ds, not failed, reads.error, failed_refs, reads.ts)
+            failed_refs = list(ds.refs)
+        self._account(ds, ok, reads.error, failed_refs, reads.ts)
+
+    def _publish_readings(self, bs: BusState) -> None:
+        """Put the bus's waiting readings into the store, in the order they were read."""
+        if bs.unpublished:
+            batch, bs.unpublished = bs.unpublished, []
+            self.store.put_many(batch)
 
     def _decode_block(self, ds: DeviceState, block: Block, words: list[int], ts: float, batch: list) -> None:
         hook = self.decode_hook
@@ -630,6 +659,7 @@ class Engine:
         except ModbusError as exc:
             raise DeviceWriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
         if reg.poll != "never":  # a write-only register has no state to show
+            self._publish_readings(bs)  # a value read before the write must not land after it
             self.store.put(ref, float(value), Quality.GOOD)
 
     def read_slow_soon(self, refs: list[PointRef]) -> None:

@@ -337,6 +337,36 @@ def test_write_point_drives_the_alarm_relay_and_refuses_the_rest(tmp_path):
     assert seen == {"model": 1, "store": 1.0}
 
 
+def test_a_cycle_publishes_its_readings_together_in_order_and_all_by_its_end(tmp_path):
+    """Each store write wakes every listener (alarms, history, web, analytics): a bus's readings go in together,
+    not one write per sensor; none is lost or reordered, and a sensor that fails (retried after the others)
+    has its STALE published after the values read before it."""
+    seen = {}
+
+    async def then(gw):
+        batches = []
+        gw.store.subscribe(lambda batch: batches.append(list(batch)))
+        gw.simulator.set_fault("bus1", 3, "no_answer")  # cell 2's sensor, between cells 1 and 3
+        before = gw.store.snapshot()
+        await gw.engine.poll_once(slow=False)
+        seen["store"] = gw.store.snapshot()
+        seen["before"] = before
+        seen["batches"] = batches
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    volts = [PointRef("cell.voltage", 1, c) for c in (1, 2, 3, 4)]
+    events = [(n, ref, r.quality) for n, batch in enumerate(seen["batches"]) for ref, r in batch if ref in volts]
+    writes = {n for n, _, _ in events}
+    assert len(writes) <= 3, f"{len(writes)} writes for 4 cell voltages"
+    order = [(str(ref), q.value) for _, ref, q in events]
+    assert order == [("cell.voltage string=1 cell=1", "GOOD"), ("cell.voltage string=1 cell=3", "GOOD"),
+                     ("cell.voltage string=1 cell=4", "GOOD"), ("cell.voltage string=1 cell=2", "STALE")]
+    store, before = seen["store"], seen["before"]
+    for ref in (volts[0], volts[2], volts[3]):  # all in the store when the cycle is over, newer than before
+        assert store[ref].quality is Quality.GOOD and store[ref].ts > before[ref].ts
+    assert store[volts[1]].quality is Quality.STALE and store[volts[1]].ts == before[volts[1]].ts
+
+
 # -- the port ------------------------------------------------------------------------------------------------
 def test_rs485_mode_on_a_port_that_refuses_it_is_a_clear_error_not_a_crash(tmp_path, caplog):
     """A pseudo-terminal refuses TIOCSRS485 like a USB adapter without direction control would."""

@@ -13,6 +13,7 @@ import ctypes.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Literal
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,11 @@ class PreciseSleeper:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: asyncio.Future[None] | None = None
         self._libc: ctypes.CDLL | None = None  # the timerfd in use: libc's, or (None) the os module's
+        # libc's timerfd_settime with its argument types declared and one itimerspec reused: arming is once per
+        # transaction, and building the structures and converting the arguments each time cost twice the call
+        self._settime: Callable[..., int] | None = None
+        self._spec = _Itimerspec()
+        self._spec_ref = ctypes.byref(self._spec)
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> bool:
         if _LIBC is False:
@@ -86,6 +92,9 @@ class PreciseSleeper:
             fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, flags)
             if fd < 0:
                 return False
+            settime = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec),
+                                       ctypes.c_void_p, use_errno=True)(("timerfd_settime", _LIBC))
+            self._settime = settime
         self._fd = fd
         self._loop = loop
         loop.add_reader(fd, self._fired)
@@ -108,8 +117,11 @@ class PreciseSleeper:
             initial = sec * 1_000_000_000 + nsec
             os.timerfd_settime_ns(self._fd, flags=os.TFD_TIMER_ABSTIME, initial=initial)  # type: ignore[attr-defined]  # 3.13+
             return
-        spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, nsec))
-        if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        value = self._spec.it_value  # it_interval stays 0: one shot
+        value.tv_sec = sec
+        value.tv_nsec = nsec
+        settime = self._settime
+        if settime is None or settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
     async def sleep_until(self, deadline: float) -> None:
