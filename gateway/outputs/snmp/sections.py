@@ -101,17 +101,22 @@ class AgentData:
 def gauge_fn(store: PointStore, ref: PointRef, spec: PointSpec) -> Callable[[], tuple[int, int] | None]:
     """A point's value as its register integer, or None while not available (never a stale number).
 
-    This is ``register_int`` unrolled for the hot path (a cold walk encodes every value of the bank);
-    tests/test_snmp_fastpath.py checks both give the same integers.
+    ``gauge_codec`` on the point's reading; tests/test_snmp_fastpath.py checks it gives ``register_int``'s
+    integers.
     """
+    codec, get = gauge_codec(spec), store.get
+    return lambda: codec(get(ref))
+
+
+def gauge_codec(spec: PointSpec) -> Callable[[Reading | None], tuple[int, int] | None]:
+    """A reading of family ``spec`` as its register integer, or None while not available: ``register_int``
+    unrolled for the hot path (a cold walk encodes every value of the bank); one per family."""
     tag = ber.GAUGE32 if spec.dtype == "uint32" else ber.INTEGER
     lo, hi = value_range(spec.dtype)
     scale = spec.scale
-    get = store.get
     good_q = Quality.GOOD
 
-    def fn():
-        reading = get(ref)
+    def codec(reading: Reading | None) -> tuple[int, int] | None:
         if reading is None or reading.quality is not good_q:
             return None
         v = reading.value
@@ -119,43 +124,43 @@ def gauge_fn(store: PointStore, ref: PointRef, spec: PointSpec) -> Callable[[], 
             return None
         raw = int(round(v / scale))
         return tag, lo if raw < lo else hi if raw > hi else raw
-    return fn
+    return codec
+
+
+def counter_codec(reading: Reading | None) -> Value | None:
+    """A counter point as a Counter32 (wrapping), or None while not available."""
+    value = good(reading)
+    return None if value is None else (ber.COUNTER32, int(value) & 0xFFFFFFFF)
+
+
+def state_codec(spec: PointSpec) -> Callable[[Reading | None], Value]:
+    """An enumerated point: always an INTEGER (notAvailable is one of the values)."""
+    return lambda reading: (ber.INTEGER, register_int(spec, reading))
 
 
 def vendor_section(data: AgentData) -> Section:
     sec = Section()
     objects = data.base + (1,)
-    store = data.store
+    get = data.store.get
+    codecs: dict[PointSpec, Callable[[Reading | None], Value | None]] = {}  # one per family
     for e in data.pointmap:
         spec = e.spec
         obj = objects + (e.oid[:3] if spec.scope in ("cell", "string") or spec.channels else e.oid[:2])
         index = e.oid[len(obj) - len(objects):]
-        if spec.kind == "counter":
-            fn = counter_fn(store, e.ref)
-        elif spec.kind == "state" and spec.states:
-            fn = state_fn(store, e.ref, spec)
-        else:
-            fn = gauge_fn(store, e.ref, spec)
-        sec.add(obj, index, fn, dep=e.ref)
+        codec = codecs.get(spec)
+        if codec is None:
+            if spec.kind == "counter":
+                codec = counter_codec
+            elif spec.kind == "state" and spec.states:
+                codec = state_codec(spec)
+            else:
+                codec = gauge_codec(spec)
+            codecs[spec] = codec
+        sec.point(obj, index, get, e.ref, codec)
     for e in data.pointmap.commands:  # writable names, not values: they read 0 (SET carries them out)
         obj = objects + (e.oid[:3] if e.spec.scope == "string" else e.oid[:2])
         sec.static(obj, e.oid[len(obj) - len(objects):], (ber.GAUGE32 if e.spec.dtype == "uint32" else ber.INTEGER, 0))
     return sec
-
-
-def counter_fn(store: PointStore, ref: PointRef) -> ValueFn:
-    """A counter point as a Counter32 (wrapping), or None while not available."""
-    def fn() -> Value | None:
-        value = good(store.get(ref))
-        return None if value is None else (ber.COUNTER32, int(value) & 0xFFFFFFFF)
-    return fn
-
-
-def state_fn(store: PointStore, ref: PointRef, spec: PointSpec) -> ValueFn:
-    """An enumerated point: always an INTEGER (notAvailable is one of the values)."""
-    def fn() -> Value:
-        return ber.INTEGER, register_int(spec, store.get(ref))
-    return fn
 
 
 def snmp_counter_fn(data: AgentData, name: str) -> ValueFn:
