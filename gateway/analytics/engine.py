@@ -103,7 +103,12 @@ class Analytics:
         self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
                             for p in ("string.voltage", "string.current", "string.state")}
         self.ambient_ref = PointRef("io.ambient_temperature")
-        self._seen: dict[tuple, float] = {}
+        # per string, per input (CELL_INPUTS' order): its refs by battery number, and the timestamp of the reading
+        # of each battery last counted in the daily aggregates (index 0 unused); lists, not dicts keyed by tuples:
+        # every tick reads every battery's inputs
+        self._inputs: dict[int, list[tuple[list[PointRef | None], list[float]]]] = {
+            s.id: [([None, *(self.refs[p][(s.id, c)] for c in range(1, s.cells + 1))], [-1.0] * (s.cells + 1))
+                   for p in CELL_INPUTS] for s in strings}
         self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
@@ -237,20 +242,16 @@ class Analytics:
         """The string's GOOD battery readings (voltage, temperature, ohmic, EMF) by battery, and per input the
         batteries whose reading is new since the daily aggregates last counted it."""
         get = self.store.get
-        seen = self._seen
         values: list[dict[int, float]] = [{}, {}, {}, {}]
         new: list[set[int]] = [set(), set(), set(), set()]
-        inputs = [(self.refs[point], values[k], new[k], point) for k, point in enumerate(
-            ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf"))]
-        for c in range(1, s.cells + 1):
-            key = (sid, c)
-            for refs, dest, fresh, point in inputs:
-                r = get(refs[key])
+        cells = range(1, s.cells + 1)
+        for (refs, seen), dest, fresh in zip(self._inputs[sid], values, new, strict=True):
+            for c in cells:
+                r = get(refs[c])  # type: ignore[arg-type]  # refs[0] only is None
                 if r is not None and r.quality is _GOOD and r.value is not None:
                     dest[c] = r.value
-                    seen_key = (point, sid, c)
-                    if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
-                        seen[seen_key] = r.ts
+                    if seen[c] < r.ts:  # a reading not counted in the daily aggregates yet
+                        seen[c] = r.ts
                         fresh.add(c)
         return values, new
 

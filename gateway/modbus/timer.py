@@ -92,8 +92,10 @@ class PreciseSleeper:
             fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, flags)
             if fd < 0:
                 return False
-            settime = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec),
-                                       ctypes.c_void_p, use_errno=True)(("timerfd_settime", _LIBC))
+            # called holding the GIL (PyDLL): the call returns at once, and releasing the GIL around it let the
+            # gateway's other threads take it in the middle of each transaction
+            settime = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec),
+                                        ctypes.c_void_p)(("timerfd_settime", ctypes.PyDLL(_LIBC._name)))
             self._settime = settime
         self._fd = fd
         self._loop = loop
@@ -121,8 +123,9 @@ class PreciseSleeper:
         value.tv_sec = sec
         value.tv_nsec = nsec
         settime = self._settime
-        if settime is None or settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        if (settime is None or settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0) and \
+                self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")  # (again through libc: it keeps errno)
 
     async def sleep_until(self, deadline: float) -> None:
         delay = deadline - time.monotonic()
