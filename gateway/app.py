@@ -190,7 +190,8 @@ class Gateway:
                              ports=ports,
                              decode_hook=self._decode if decode_impls else None,
                              comm_callback=self._on_comm_event,
-                             discovery=self.config.data["gateway"]["discovery"])
+                             discovery=self.config.data["gateway"]["discovery"],
+                             canonical=self.pointmap.canonical)
         self.services: dict[str, Service] = {}  # running, in start order
         self.loop: asyncio.AbstractEventLoop | None = None
         self._shared: dict[Callable[..., Any], Any] = {}

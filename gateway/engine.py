@@ -180,8 +180,10 @@ class Engine:
                  poll: dict, ports: dict[str, str] | None = None,
                  decode_hook: Callable | None = None,
                  comm_callback: Callable[[CommEvent], None] | None = None,
-                 discovery: dict | None = None) -> None:
+                 discovery: dict | None = None, canonical: Callable[[PointRef], PointRef] | None = None) -> None:
+        """``canonical``: the PointRef object to store each point under (``PointMap.canonical``)."""
         self.topology = topology
+        self.canonical = canonical or (lambda ref: ref)
         self.profiles = profiles
         self.store = store
         self.buses: dict[str, BusState] = {}
@@ -213,8 +215,9 @@ class Engine:
     def _device_state(self, dev: DeviceConfig) -> DeviceState:
         prof = self.profiles[dev.profile]
         entries, refs, write_refs = [], [], []
+        canonical = self.canonical
         for reg in prof.registers:
-            for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
+            for k, ref in enumerate(map(canonical, device_refs(prof, reg, dev, self.topology))):
                 if reg.poll == "never":  # a command the device carries out (start an ohmic test): only written
                     write_refs.append(ref)
                     continue
@@ -225,9 +228,9 @@ class Engine:
         fast_blocks = plan([e for e in entries if e[3] == "fast"], prof.max_block, prof.max_gap)
         comm_ref = None
         if prof.scope == "cell":
-            comm_ref = PointRef("cell.comm_status", dev.string, dev.cell)
+            comm_ref = canonical(PointRef("cell.comm_status", dev.string, dev.cell))
         elif prof.scope == "string":
-            comm_ref = PointRef("string.comm_status", dev.string)
+            comm_ref = canonical(PointRef("string.comm_status", dev.string))
         ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks,
                          write_refs=tuple(write_refs))
         ds.readdress(dev.address)

@@ -276,6 +276,14 @@ class PointMap:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def canonical(self, ref: PointRef) -> PointRef:
+        """The point map's own PointRef object equal to ``ref`` (``ref`` itself when the map has none).  A dict
+        finds a key given as the very object at once; an equal but distinct one it compares with
+        ``PointRef.__eq__``, a Python call: a writer storing under these objects saves every face that looks
+        points up by its point map entries that call."""
+        entry = self.by_ref.get(ref)
+        return ref if entry is None else entry.ref
+
     def refs(self, point: str | None = None, string: int | None = None) -> list[PointRef]:
         return [e.ref for e in self.entries
                 if (point is None or e.ref.point == point) and (string is None or e.ref.string == string)]

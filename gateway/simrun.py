@@ -85,7 +85,7 @@ class SimulatedGateway:
 
             self.analytics = Analytics(gw.topology.strings, gw.config.section("analytics"),
                                        StateDB(state_path(gw.config)), gw.store, now=self.now,
-                                       states=string_states(gw.catalog))
+                                       states=string_states(gw.catalog), canonical=gw.pointmap.canonical)
             gw.store.subscribe(self.analytics.observe)
             # unchanged derived values are put again every 30 busy ticks (the gateway: every minute)
             self.analytics.republish_s = max(self.analytics.republish_s, 30.0 * analytics_every_s)

@@ -105,6 +105,20 @@ def test_every_point_has_its_own_registers_oid_metric_and_path():
     assert all(pm.by_address[e.address] is e for e in pm)
 
 
+def test_the_engine_stores_polled_points_under_the_point_maps_own_refs():
+    """A face looking a point up by its point map entry finds the store's key as the very same object (a dict
+    then skips PointRef.__eq__, a Python call): the engine polls under the map's PointRef objects."""
+    gw = offline_gateway(DEFAULT_CONFIG)
+    pm = gw.pointmap
+    polled = [ref for ds in gw.engine.device_states() for ref in (*ds.refs, ds.comm_ref) if ref is not None]
+    assert len(polled) > 1000
+    assert all(pm.by_ref[ref].ref is ref for ref in polled)
+    equal = PointRef("cell.voltage", 1, 1)
+    assert pm.canonical(equal) is pm.by_ref[equal].ref and pm.canonical(equal) is not equal
+    unknown = PointRef("cell.voltage", 99, 1)
+    assert pm.canonical(unknown) is unknown
+
+
 def test_metric_names_use_base_units_and_say_counters():
     gw = offline_gateway(DEFAULT_CONFIG)
     by_id = {e.spec.id: e for e in gw.pointmap}

@@ -141,7 +141,7 @@ class AnalyticsService(Service):
         gw = self.gateway
         state = self.state = StateDB(state_path(gw.config))
         engine = self.engine = Analytics(gw.topology.strings, self.cfg, state, gw.store,
-                                         states=string_states(gw.catalog))
+                                         states=string_states(gw.catalog), canonical=gw.pointmap.canonical)
         gw.store.subscribe(engine.observe)
         self._task = asyncio.create_task(self._run(engine, state), name="analytics")
 

@@ -16,7 +16,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ..points import PointRef, PointStore, Quality, Reading
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 _GOOD = Quality.GOOD
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
 SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
+
+
+def _same(ref: PointRef) -> PointRef:
+    return ref
 
 
 def parse_date(text: str | None) -> float | None:
@@ -64,10 +68,12 @@ class _Outputs:
     """The readings of one tick: a value goes out when it changed, or when republish_s passed since it last
     went out (``force``: now anyway)."""
 
-    __slots__ = ("last", "now", "out", "refs", "republish")
+    __slots__ = ("canonical", "last", "now", "out", "refs", "republish")
 
-    def __init__(self, now: float, last: dict, refs: dict, republish: float) -> None:
+    def __init__(self, now: float, last: dict, refs: dict, republish: float,
+                 canonical: Callable[[PointRef], PointRef]) -> None:
         self.now, self.last, self.refs, self.republish = now, last, refs, republish
+        self.canonical = canonical
         self.out: list[tuple[PointRef, Reading]] = []
 
     def put(self, point: str, value: float | None, string: int, cell: int | None = None, force: bool = False) -> None:
@@ -79,15 +85,19 @@ class _Outputs:
         self.last[key] = (value, now)
         ref = self.refs.get(key)
         if ref is None:
-            ref = self.refs[key] = PointRef(point, string, cell)
+            ref = self.refs[key] = self.canonical(PointRef(point, string, cell))
         self.out.append((ref, Reading(value, _GOOD, now)))
 
 
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
-                 now: float | None = None, states: StringStates | None = None) -> None:
-        """``states``: the codes of ``string.state`` (default: profiles/points.yaml's)."""
+                 now: float | None = None, states: StringStates | None = None,
+                 canonical: Callable[[PointRef], PointRef] | None = None) -> None:
+        """``states``: the codes of ``string.state`` (default: profiles/points.yaml's); ``canonical``: the
+        PointRef object to read and put each point as (``PointMap.canonical``: the store's keys, found by
+        identity)."""
         now = time.time() if now is None else now
+        self.canonical = canonical = canonical or _same
         self.cfg = cfg
         self.codes = states or string_states()
         self.state = state
@@ -98,11 +108,11 @@ class Analytics:
         self.soc: dict[int, StringSoc] = {
             s.id: StringSoc(s.id, soc_params(s, cfg["soc"]), self.codes, saved.get(s.id)) for s in strings}
         self._take_settings(cfg)
-        self.refs = {p: {(s.id, c): PointRef(p, s.id, c) for s in strings for c in range(1, s.cells + 1)}
+        self.refs = {p: {(s.id, c): canonical(PointRef(p, s.id, c)) for s in strings for c in range(1, s.cells + 1)}
                      for p in CELL_INPUTS}
-        self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
+        self.string_refs = {(p, s.id): canonical(PointRef(p, s.id)) for s in strings
                             for p in ("string.voltage", "string.current", "string.state")}
-        self.ambient_ref = PointRef("io.ambient_temperature")
+        self.ambient_ref = canonical(PointRef("io.ambient_temperature"))
         # per string, per input (CELL_INPUTS' order): its refs by battery number, and the timestamp of the reading
         # of each battery last counted in the daily aggregates (index 0 unused); lists, not dicts keyed by tuples:
         # every tick reads every battery's inputs
@@ -220,7 +230,7 @@ class Analytics:
         self._housekeeping(now)
         dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), self.max_gap_s)
         self.last_tick = now
-        outputs = _Outputs(now, self._last_pub, self._out_refs, self.republish_s)
+        outputs = _Outputs(now, self._last_pub, self._out_refs, self.republish_s, self.canonical)
         ambient = self._good(self.ambient_ref)
         for sid, s in self.strings.items():
             self._tick_string(now, dt_s, sid, s, ambient, outputs.put)

@@ -102,7 +102,8 @@ def make_supervisor(gateway: Gateway, persist: bool = True) -> StringSupervisor:
     measured = [e.ref for e in gateway.pointmap if e.spec.source != "derived"]
     sup = StringSupervisor(gateway.topology.strings, gateway.config.section("string_state"), gateway.store,
                            string_states(gateway.catalog),
-                           gateway.config.state_dir / STATE_FILE if persist else None, measured=measured)
+                           gateway.config.state_dir / STATE_FILE if persist else None, measured=measured,
+                           canonical=gateway.pointmap.canonical)
     sup.install()
     return sup
 

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ..points import PointRef, PointStore, Quality, Reading
@@ -56,7 +56,9 @@ class StringSupervisor:
 
     def __init__(self, strings: Sequence[StringConfig], section: dict, store: PointStore, states: StringStates,
                  state_path: Path | None = None, measured: Iterable[PointRef] | None = None,
-                 republish_s: float = 60.0) -> None:
+                 republish_s: float = 60.0, canonical: Callable[[PointRef], PointRef] | None = None) -> None:
+        """``canonical``: the PointRef object to put each derived point as (``PointMap.canonical``)."""
+        self.canonical = canonical or (lambda ref: ref)
         self.section = section
         self.store = store
         self.states = states
@@ -162,7 +164,7 @@ class StringSupervisor:
         key = (point, sid)
         ref = self._refs.get(key)
         if ref is None:
-            ref = self._refs[key] = PointRef(point, sid)
+            ref = self._refs[key] = self.canonical(PointRef(point, sid))
         return ref
 
     def _changed(self, point: str, sid: int, value: float | None, ts: float, out: list, tol: float = 0.0,
