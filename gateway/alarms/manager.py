@@ -45,10 +45,14 @@ def call_each(hook, **kwargs) -> None:
 
 
 class AlarmManager:
-    """``clock``: where "now" comes from (wall clock; a simulated-time run passes its own and calls ``drive``)."""
+    """``clock``: where "now" comes from (wall clock; a simulated-time run passes its own and calls ``drive``).
+    ``incremental``: judge only the points whose value changed and look only at the delays that are due
+    (``Evaluator``); False is the plain path, every reading judged (the differential test compares them)."""
 
-    def __init__(self, gateway: Gateway, section: dict, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, gateway: Gateway, section: dict, clock: Callable[[], float] = time.time,
+                 incremental: bool = True) -> None:
         self.gateway = gateway
+        self.incremental = incremental
         self.store = gateway.store
         self.section = section
         self.clock = clock
@@ -56,7 +60,8 @@ class AlarmManager:
         catalog = gateway.catalog
         self.rules = resolve(section, topo, catalog, src=str(gateway.config.path),
                              ohmic=ohmic_levels(gateway.config.section("analytics")))
-        self.evaluator = Evaluator(self.rules, FloatPolicy.from_section(section), string_states(catalog))
+        self.evaluator = Evaluator(self.rules, FloatPolicy.from_section(section), string_states(catalog),
+                                   incremental=incremental)
         self.messages = Messages(topo, lambda pid: catalog[pid].unit if pid in catalog else "", self.store.value,
                                  {d.key: d.label for d in topo.devices})
         self.log = AlarmLog(gateway.config.state_dir / LOG_FILE)
@@ -118,7 +123,8 @@ class AlarmManager:
         topo, catalog = self.gateway.topology, self.gateway.catalog
         analytics = self.gateway.config.section("analytics") if analytics_section is None else analytics_section
         rules = resolve(section, topo, catalog, src=str(self.gateway.config.path), ohmic=ohmic_levels(analytics))
-        evaluator = Evaluator(rules, FloatPolicy.from_section(section), string_states(catalog))
+        evaluator = Evaluator(rules, FloatPolicy.from_section(section), string_states(catalog),
+                              incremental=self.incremental)
         evaluator.carry_over(self.evaluator)
         with self._lock:
             alarms = list(self._active.values())
@@ -245,7 +251,7 @@ class AlarmManager:
                     out.extend(ev.update("device", None, None, None, 0.0, reading.ts, device=dkey))
             if (point, ref.string) not in index:
                 continue
-            out.extend(ev.update(point, ref.string, ref.cell, ref.channel, value, reading.ts, self._reference))
+            out.extend(ev.update_ref(ref, value, reading.ts, self._reference))
         return out
 
     def _reference(self, pid: str) -> float | None:
@@ -379,7 +385,7 @@ class AlarmManager:
         for a in rows:
             c = conds.get(a.key)
             if c is not None and c.value is not None:
-                a.last_value, a.last_ts = c.value, c.ts
+                a.last_value, a.last_ts = c.value, self.evaluator.last_seen(c)
         rows.sort(key=lambda a: (-a.level, a.raised_ts, a.alarm_id))
         return rows
 
