@@ -31,6 +31,7 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -44,12 +45,13 @@ from ...points import PointRef, Quality, Reading
 from ...secretfiles import read_secret
 from ...service import ReloadResult, Service
 from .discovery import RECORD_FILE, DiscoveryPlan, DiscoveryRecord
-from .queue import MessageQueue
+from .queue import Encoded, MessageQueue
 
 if TYPE_CHECKING:
     from ...app import Gateway
     from ...config import Config
     from ...pointmap import MappedPoint
+    from ...points import PointStore
 
 log = logging.getLogger(__name__)
 # Home Assistant asks for a random delay before a device answers its birth message with its configs, so that
@@ -223,6 +225,159 @@ class PayloadBuilder:
         return self.topic("alarms"), doc, False
 
 
+def _dumps(obj: Any) -> str:
+    """JSON as the queue encodes a document (compact)."""
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+class _Column:
+    """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
+
+    __slots__ = ("name", "probe", "values", "quality", "low", "high", "present", "text", "bad", "first", "last",
+                 "dirty")
+
+    def __init__(self, name: str, probe: _Value, count: int) -> None:
+        self.name = name
+        self.probe = probe  # unit and resolution (the same for every battery of the column)
+        self.values: list[float | None] = [None] * count
+        self.quality: list[str | None] = [None] * count  # the quality of a reading that is not GOOD
+        self.low = [math.inf] * count  # reading times (inf / -inf: no reading)
+        self.high = [-math.inf] * count
+        self.present = 0
+        self.text = "[]"
+        self.bad: dict[str, str] = {}
+        self.first, self.last = math.inf, -math.inf
+        self.dirty = False
+
+    def set(self, i: int, r: Reading) -> None:
+        if self.low[i] == math.inf:
+            self.present += 1
+        self.values[i] = self.probe.number(r)
+        self.quality[i] = None if r.quality is Quality.GOOD else r.quality.value
+        self.low[i] = self.high[i] = r.ts
+        self.dirty = True
+
+    def refresh(self) -> None:
+        self.text = _dumps(self.values)
+        self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
+        self.first, self.last = min(self.low), max(self.high)
+        self.dirty = False
+
+
+class FeedPayloads:
+    """The messages of ``PayloadBuilder.messages``, byte for byte, kept up to date from the store's change feed:
+    each topic's document (without its head) is kept encoded and encoded again only when one of its points was
+    written; a string's cells document only re-encodes the columns written to.  A cycle costs what changed."""
+
+    def __init__(self, builder: PayloadBuilder, store: PointStore) -> None:
+        self.builder = builder
+        self.store = store
+        self.generation = -1
+        self._order: list[tuple[Any, str]] = []  # (key, topic) in the order messages are sent
+        self._compose: dict[Any, Callable[[], str | None]] = {}
+        self._tails: dict[Any, str | None] = {}
+        self._owner: dict[PointRef, Any] = {}  # point -> the key of the topic it is in
+        self._cells: dict[PointRef, tuple[_Column, int, Any]] = {}  # point -> its column and place
+        self._dirty: set[Any] = set()
+        b = builder
+        for scope in ("gateway", "bank"):
+            self._topic(scope, b.topic(scope), b.scoped[scope], {})
+        for s in b.topology.strings:
+            self._topic(("string", s.id), b.topic("string", s.id), b.strings[s.id], {"string": s.id, "name": s.name})
+            if b.layout == "cell":
+                for c in range(1, s.cells + 1):
+                    groups = {name: [v] for name, column in b.cells[s.id].items() if (v := column[c - 1]) is not None}
+                    self._topic(("cell", s.id, c), b.topic("string", s.id, "cell", c), groups,
+                                {"string": s.id, "cell": c}, cell=True)
+            else:
+                self._cells_topic(s.id, s.cells)
+
+    def _topic(self, key: Any, topic: str, groups: dict[str, list[_Value]], fields: dict[str, Any],
+               cell: bool = False) -> None:
+        """A topic of values (``fields`` come before them); ``cell``: one battery's, every value an entry."""
+        store = self.store
+
+        def compose() -> str | None:
+            if cell:  # one battery: each value as an entry of its own, channels or not
+                values = {}
+                for name, (v,) in groups.items():
+                    r = store.get(v.ref)
+                    if r is not None:
+                        values[name] = v.entry(r)
+            else:
+                values = PayloadBuilder._values(groups, store)
+            return _dumps({**fields, "values": values})[1:-1] if values else None
+
+        self._order.append((key, topic))
+        self._compose[key] = compose
+        for vals in groups.values():
+            for v in vals:
+                self._owner[v.ref] = key
+
+    def _cells_topic(self, sid: int, count: int) -> None:
+        key = ("cells", sid)
+        columns: list[_Column] = []
+        for name, column in self.builder.cells[sid].items():
+            probe = next((v for v in column if v is not None), None)
+            if probe is None:
+                continue
+            col = _Column(name, probe, count)
+            columns.append(col)
+            for i, v in enumerate(column):
+                if v is not None:
+                    self._cells[v.ref] = (col, i, key)
+
+        def compose() -> str | None:
+            cols = []
+            for col in columns:
+                if col.dirty:
+                    col.refresh()
+                if col.present:
+                    cols.append(col)
+            if not cols:
+                return None
+            measured = [_ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))]
+            units = {c.name: c.probe.unit for c in cols if c.probe.unit}
+            values = ",".join(f"{_dumps(c.name)}:{c.text}" for c in cols)
+            text = (f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":{_dumps(measured)},'
+                    f'"units":{_dumps(units)},"values":{{{values}}}')
+            quality = {c.name: c.bad for c in cols if c.bad}
+            return text + f',"quality":{_dumps(quality)}' if quality else text
+
+        self._order.append((key, self.builder.topic("string", sid, "cells")))
+        self._compose[key] = compose
+
+    def messages(self, now: float) -> list[tuple[str, Encoded, bool]]:
+        """``(topic, document, is_values)`` for every topic that has something to say, as ``messages`` gives
+        them for the store as it is now."""
+        store = self.store
+        generation, changed = store.changes_since(self.generation)
+        dirty = self._dirty
+        if changed is None:  # the first cycle, or the feed no longer reaches back: read everything
+            changed = set(self._cells)
+            dirty.update(self._compose)
+        cells, owner, get = self._cells, self._owner, store.get
+        for ref in changed:
+            hit = cells.get(ref)
+            if hit is not None:
+                r = get(ref)
+                if r is not None:
+                    hit[0].set(hit[1], r)
+                    dirty.add(hit[2])
+            else:
+                key = owner.get(ref)
+                if key is not None:
+                    dirty.add(key)
+        self.generation = generation
+        tails = self._tails
+        for key in dirty:
+            tails[key] = self._compose[key]()
+        dirty.clear()
+        head = _dumps({"site": self.builder.site, "ts": _ts(now)})[:-1] + ","
+        return [(topic, Encoded(head + tail + "}"), True) for key, topic in self._order
+                if (tail := tails.get(key)) is not None]
+
+
 def _connection_settings(cfg: dict) -> dict:
     """What a new connection is needed for: everything but the discovery settings."""
     return {k: v for k, v in cfg.items() if k != "discovery"}
@@ -302,6 +457,7 @@ class MqttUploader:
         self.host = cfg["host"]
         self.port = cfg["port"] or (8883 if self.tls else 1883)
         self.builder = PayloadBuilder(gateway, cfg["topic_prefix"], cfg["layout"])
+        self.payloads = FeedPayloads(self.builder, gateway.store)
         self.status_topic = self.builder.topic("status")
         interval = float(cfg["interval_s"]) or float(gateway.config.data["gateway"]["poll"]["fast_s"])
         self.interval = max(interval, 0.1)
@@ -610,7 +766,7 @@ class MqttUploader:
             if next_at < loop.time():  # fell behind (a slow disk): skip, do not burst
                 next_at = loop.time() + self.interval
             try:
-                msgs = self.builder.messages(self.gateway.store.snapshot(), time.time())
+                msgs = self.payloads.messages(time.time())
                 items = [(topic, doc, retain and is_values) for topic, doc, is_values in msgs]
                 if items:
                     await asyncio.to_thread(self.queue.put_many, items)
