@@ -233,12 +233,13 @@ def _dumps(obj: Any) -> str:
 class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
-    __slots__ = ("name", "probe", "values", "quality", "low", "high", "present", "text", "bad", "first", "last",
-                 "dirty")
+    __slots__ = ("name", "probe", "places", "values", "quality", "low", "high", "present", "text", "bad", "first",
+                 "last", "dirty")
 
     def __init__(self, name: str, probe: _Value, count: int) -> None:
         self.name = name
         self.probe = probe  # unit and resolution (the same for every battery of the column)
+        self.places = probe.places
         self.values: list[float | None] = [None] * count
         self.quality: list[str | None] = [None] * count  # the quality of a reading that is not GOOD
         self.low = [math.inf] * count  # reading times (inf / -inf: no reading)
@@ -248,14 +249,6 @@ class _Column:
         self.bad: dict[str, str] = {}
         self.first, self.last = math.inf, -math.inf
         self.dirty = False
-
-    def set(self, i: int, r: Reading) -> None:
-        if self.low[i] == math.inf:
-            self.present += 1
-        self.values[i] = self.probe.number(r)
-        self.quality[i] = None if r.quality is Quality.GOOD else r.quality.value
-        self.low[i] = self.high[i] = r.ts
-        self.dirty = True
 
     def refresh(self) -> None:
         self.text = _dumps(self.values)
@@ -357,13 +350,28 @@ class FeedPayloads:
             changed = set(self._cells)
             dirty.update(self._compose)
         cells, owner, get = self._cells, self._owner, store.get
+        good, finite, inf = Quality.GOOD, math.isfinite, math.inf
         for ref in changed:
             hit = cells.get(ref)
             if hit is not None:
                 r = get(ref)
-                if r is not None:
-                    hit[0].set(hit[1], r)
-                    dirty.add(hit[2])
+                if r is None:
+                    continue
+                col, i, key = hit
+                # _Column.set, inlined: this runs for every battery written since the last cycle
+                if col.low[i] == inf:
+                    col.present += 1
+                v, q = r.value, r.quality
+                if q is good:
+                    col.quality[i] = None
+                    col.values[i] = (v if col.places is None else round(v, col.places)) \
+                        if v is not None and finite(v) else None
+                else:
+                    col.quality[i], col.values[i] = q.value, None
+                col.low[i] = col.high[i] = r.ts
+                if not col.dirty:
+                    col.dirty = True
+                    dirty.add(key)
             else:
                 key = owner.get(ref)
                 if key is not None:

@@ -93,5 +93,5 @@ def test_a_cycle_encodes_only_what_changed(tmp_path):
     def body(doc):  # without the head (site and the time the message is composed)
         return doc.text.split(",", 2)[2]
 
-    changed = [topic for (topic, a, _), (_, b, _) in zip(first, second) if body(a) != body(b)]
+    changed = [topic for (topic, a, _), (_, b, _) in zip(first, second, strict=True) if body(a) != body(b)]
     assert changed == ["bmsgw/demo/string/2/cells"]
