@@ -45,6 +45,7 @@ class Condition:
     waiting: bool = False  # in the evaluator's pending set
     hysteresis: float = 0.0  # the rule's, plus its relative part of this threshold
     owner: _Slot | None = None  # the point's slot (its count of waiting conditions)
+    high: bool = True  # key.side == "high"
 
     @property
     def delay(self) -> float:
@@ -220,6 +221,7 @@ class Evaluator:
         slot.last, slot.judged_at, slot.seen_at = value, ts, ts
         if slot.float_only:
             slot.suppressed = self.suppressed(string, ts) is not None
+        quiet = self.incremental
         for rule, conds in slot.rules:
             compared = value
             if rule.match_state is not None:
@@ -234,13 +236,16 @@ class Evaluator:
                 if ref is None:
                     continue
                 compared = value - ref
-            if rule.float_only and self.suppressed(string, ts):
+            if rule.float_only and slot.suppressed:
                 for c in conds:
                     if c.cond and not c.active:  # a pending raise is cancelled
                         c.cond, c.since = False, ts
                         self._unpend(c)
                 continue
             for c in conds:
+                if quiet and not c.cond and not c.active and (compared <= c.threshold if c.high
+                                                              else compared >= c.threshold):
+                    continue  # stays quiet: nothing to record (its last value shows only once it is set)
                 t = self._step(c, compared, value, ts)
                 if t is not None:
                     out.append(t)
@@ -259,6 +264,7 @@ class Evaluator:
                 if c is None:
                     c = self.conditions[key] = Condition(key, rule, threshold)
                 c.hysteresis = rule.hysteresis + rule.hysteresis_rel * abs(threshold)
+                c.high = side == "high"
                 c.owner = slot
                 if c.waiting:
                     slot.waiting += 1
@@ -389,7 +395,7 @@ class Evaluator:
         for side, severity, threshold in rule.conditions():
             if side == key.side and severity == key.severity:
                 c = Condition(key, rule, threshold, cond=True, since=since, active=True, value=value, ts=since,
-                              hysteresis=rule.hysteresis + rule.hysteresis_rel * abs(threshold))
+                              hysteresis=rule.hysteresis + rule.hysteresis_rel * abs(threshold), high=side == "high")
                 old = self.conditions.get(key)
                 if old is not None:
                     self._unpend(old)
