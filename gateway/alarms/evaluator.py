@@ -12,7 +12,8 @@ Each setpoint of each rule on each point is one ``Condition``:
 Work proportional to what changed (``incremental``, the default): a point whose value is the one last judged
 is not judged again (its conditions' states cannot change on the same value), unless something else can change
 the verdict: a condition of it is waiting for its delay, a rule compares it with a reference point, or the
-float suppression of its string started or ended since.  The delays' deadlines are kept in a heap, so
+float suppression of its string started or ended since; and of a point judged, a condition that stays quiet (not
+set, not raised, the value not beyond its setpoint) is left as it is.  The delays' deadlines are kept in a heap, so
 ``next_deadline`` and ``tick`` look at what is due, not at every waiting condition.  ``incremental=False`` is
 the plain path (every reading judged, every waiting condition scanned), kept for the differential test.
 """
@@ -321,9 +322,10 @@ class Evaluator:
         self.pending.add(c.key)
         if c.owner is not None:
             c.owner.waiting += 1
-        if c.rule.float_only:
-            self._pending_float.add(c.key)
-        heapq.heappush(self._deadlines, (c.since + c.delay, next(self._order), c))
+        if self.incremental:
+            if c.rule.float_only:
+                self._pending_float.add(c.key)
+            heapq.heappush(self._deadlines, (c.since + c.delay, next(self._order), c))
 
     def _settle(self, c: Condition, now: float) -> Transition | None:
         if c.cond == c.active:
