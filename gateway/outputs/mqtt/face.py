@@ -234,7 +234,7 @@ class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
     __slots__ = ("name", "probe", "places", "values", "quality", "low", "high", "present", "text", "bad", "first",
-                 "last", "dirty")
+                 "last", "dirty", "changed")
 
     def __init__(self, name: str, probe: _Value, count: int) -> None:
         self.name = name
@@ -248,11 +248,14 @@ class _Column:
         self.text = "[]"
         self.bad: dict[str, str] = {}
         self.first, self.last = math.inf, -math.inf
-        self.dirty = False
+        self.dirty = False  # a battery was written to (its reading time at least)
+        self.changed = False  # ... a value or a quality too: encode the column again
 
     def refresh(self) -> None:
-        self.text = _dumps(self.values)
-        self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
+        if self.changed:
+            self.text = _dumps(self.values)
+            self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
+            self.changed = False
         self.first, self.last = min(self.low), max(self.high)
         self.dirty = False
 
@@ -361,13 +364,20 @@ class FeedPayloads:
                 # _Column.set, inlined: this runs for every battery written since the last cycle
                 if col.low[i] == inf:
                     col.present += 1
+                    col.changed = True
                 v, q = r.value, r.quality
                 if q is good:
-                    col.quality[i] = None
-                    col.values[i] = (v if col.places is None else round(v, col.places)) \
-                        if v is not None and finite(v) else None
+                    new = (v if col.places is None else round(v, col.places)) if v is not None and finite(v) else None
+                    quality = None
                 else:
-                    col.quality[i], col.values[i] = q.value, None
+                    new, quality = None, q.value
+                old = col.values[i]
+                # most polls read the value they read before: the column's text stays (13 and 13.0, 0.0 and -0.0
+                # are equal but not written alike)
+                if new != old or type(new) is not type(old) or (not new and str(new) != str(old)) \
+                        or quality != col.quality[i]:
+                    col.values[i], col.quality[i] = new, quality
+                    col.changed = True
                 col.low[i] = col.high[i] = r.ts
                 if not col.dirty:
                     col.dirty = True
