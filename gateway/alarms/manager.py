@@ -251,7 +251,9 @@ class AlarmManager:
                     out.extend(ev.update("device", None, None, None, 0.0, reading.ts, device=dkey))
             if (point, ref.string) not in index:
                 continue
-            out.extend(ev.update_ref(ref, value, reading.ts, self._reference))
+            transitions = ev.update_ref(ref, value, reading.ts, self._reference)
+            if transitions:
+                out.extend(transitions)
         return out
 
     def _reference(self, pid: str) -> float | None:
