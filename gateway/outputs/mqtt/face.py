@@ -18,6 +18,10 @@ Every payload is JSON with ``seq`` (one counter for all queued messages of the g
 show), ``site`` and ``ts`` (Unix time the message was composed); each value carries its ``unit`` and the
 ``ts`` it was measured; values that are not GOOD are ``null`` with their ``quality``.  Data and alarms are
 published with QoS 1 through the store-and-forward queue (``queue.py``); the status is published directly.
+
+A publish cycle costs what changed (``FeedPayloads``): each topic's document is kept encoded and re-encoded from
+the store's change feed, byte for byte what ``PayloadBuilder.messages`` composes from a snapshot (the plain
+path, kept for ``tests/test_feed_payloads.py`` and ``bench/mqtt.py``).
 """
 from __future__ import annotations
 
