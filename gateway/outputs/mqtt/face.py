@@ -35,7 +35,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -237,12 +237,17 @@ def _dumps(obj: Any) -> str:
 class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
-    __slots__ = ("name", "probe", "places", "values", "quality", "low", "high", "present", "text", "bad", "first",
-                 "last", "dirty", "changed")
+    __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
+                 "present", "text", "bad", "first", "last", "changed")
 
-    def __init__(self, name: str, probe: _Value, count: int) -> None:
+    def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
+        count = len(column)
         self.name = name
-        self.probe = probe  # unit and resolution (the same for every battery of the column)
+        self.key = key  # the topic's
+        self.refs = [v.ref if v is not None else None for v in column]
+        self.members = frozenset(ref for ref in self.refs if ref is not None)
+        self.index = {ref: i for i, ref in enumerate(self.refs) if ref is not None}
+        self.unit = probe.unit  # unit and resolution: the same for every battery of the column
         self.places = probe.places
         self.values: list[float | None] = [None] * count
         self.quality: list[str | None] = [None] * count  # the quality of a reading that is not GOOD
@@ -252,8 +257,55 @@ class _Column:
         self.text = "[]"
         self.bad: dict[str, str] = {}
         self.first, self.last = math.inf, -math.inf
-        self.dirty = False  # a battery was written to (its reading time at least)
-        self.changed = False  # ... a value or a quality too: encode the column again
+        self.changed = False  # a value or a quality changed: encode the column again
+
+    def read_all(self, get: Callable[[PointRef], Reading | None]) -> None:
+        """Every battery's reading (most of the column was written): as ``PayloadBuilder`` reads a column."""
+        readings = [get(ref) if ref is not None else None for ref in self.refs]
+        places, finite, good, inf = self.places, math.isfinite, Quality.GOOD, math.inf
+        if places is None:
+            values = [r.value if r is not None and r.quality is good and r.value is not None
+                      and finite(r.value) else None for r in readings]
+        else:
+            values = [round(r.value, places) if r is not None and r.quality is good and r.value is not None
+                      and finite(r.value) else None for r in readings]
+        quality = [r.quality.value if r is not None and r.quality is not good else None for r in readings]
+        # most polls read the values read before: then the text stays (unless a zero or a type could be written
+        # otherwise: 0.0 and -0.0, 13 and 13.0 are equal)
+        if values != self.values or quality != self.quality or 0 in values \
+                or list(map(type, values)) != list(map(type, self.values)):
+            self.values, self.quality = values, quality
+            self.changed = True
+        self.low = [r.ts if r is not None else inf for r in readings]
+        self.high = [r.ts if r is not None else -inf for r in readings]
+        self.present = len(list(filter(None, readings)))  # (count(None) would compare every reading with None)
+
+    def read(self, refs: AbstractSet[PointRef], get: Callable[[PointRef], Reading | None]) -> None:
+        """The readings of a few batteries.  Most polls read the value read before: then only the column's time
+        range moves, its text stays."""
+        good, finite, inf, places = Quality.GOOD, math.isfinite, math.inf, self.places
+        values, qualities = self.values, self.quality
+        for ref in refs:
+            r = get(ref)
+            if r is None:
+                continue
+            i = self.index[ref]
+            if self.low[i] == inf:
+                self.present += 1
+                self.changed = True
+            v, q = r.value, r.quality
+            if q is good:
+                new = (v if places is None else round(v, places)) if v is not None and finite(v) else None
+                quality = None
+            else:
+                new, quality = None, q.value
+            old = values[i]
+            # 13 and 13.0, 0.0 and -0.0 are equal but not written alike
+            if new != old or type(new) is not type(old) or (not new and str(new) != str(old)) \
+                    or quality != qualities[i]:
+                values[i], qualities[i] = new, quality
+                self.changed = True
+            self.low[i] = self.high[i] = r.ts
 
     def refresh(self) -> None:
         if self.changed:
@@ -261,13 +313,14 @@ class _Column:
             self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
             self.changed = False
         self.first, self.last = min(self.low), max(self.high)
-        self.dirty = False
 
 
 class FeedPayloads:
     """The messages of ``PayloadBuilder.messages``, byte for byte, kept up to date from the store's change feed:
     each topic's document (without its head) is kept encoded and encoded again only when one of its points was
-    written; a string's cells document only re-encodes the columns written to.  A cycle costs what changed."""
+    written; of a string's cells document only the columns written to are read again (a column mostly written
+    to at once, as the plain path does; a few batteries of it one by one) and encoded again when a value or a
+    quality changed.  Which topics and columns were written is found with set operations on the feed's points."""
 
     def __init__(self, builder: PayloadBuilder, store: PointStore) -> None:
         self.builder = builder
@@ -276,9 +329,8 @@ class FeedPayloads:
         self._order: list[tuple[Any, str]] = []  # (key, topic) in the order messages are sent
         self._compose: dict[Any, Callable[[], str | None]] = {}
         self._tails: dict[Any, str | None] = {}
-        self._owner: dict[PointRef, Any] = {}  # point -> the key of the topic it is in
-        self._cells: dict[PointRef, tuple[_Column, int, Any]] = {}  # point -> its column and place
-        self._dirty: set[Any] = set()
+        self._members: dict[Any, frozenset[PointRef]] = {}  # topic key -> its points (not the cells documents')
+        self._columns: list[_Column] = []
         b = builder
         for scope in ("gateway", "bank"):
             self._topic(scope, b.topic(scope), b.scoped[scope], {})
@@ -310,34 +362,23 @@ class FeedPayloads:
 
         self._order.append((key, topic))
         self._compose[key] = compose
-        for vals in groups.values():
-            for v in vals:
-                self._owner[v.ref] = key
+        self._members[key] = frozenset(v.ref for vals in groups.values() for v in vals)
 
     def _cells_topic(self, sid: int, count: int) -> None:
         key = ("cells", sid)
         columns: list[_Column] = []
         for name, column in self.builder.cells[sid].items():
             probe = next((v for v in column if v is not None), None)
-            if probe is None:
-                continue
-            col = _Column(name, probe, count)
-            columns.append(col)
-            for i, v in enumerate(column):
-                if v is not None:
-                    self._cells[v.ref] = (col, i, key)
+            if probe is not None:
+                columns.append(_Column(name, key, column, probe))
+        self._columns.extend(columns)
 
         def compose() -> str | None:
-            cols = []
-            for col in columns:
-                if col.dirty:
-                    col.refresh()
-                if col.present:
-                    cols.append(col)
+            cols = [col for col in columns if col.present]
             if not cols:
                 return None
             measured = [_ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))]
-            units = {c.name: c.probe.unit for c in cols if c.probe.unit}
+            units = {c.name: c.unit for c in cols if c.unit}
             values = ",".join(f"{_dumps(c.name)}:{c.text}" for c in cols)
             text = (f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":{_dumps(measured)},'
                     f'"units":{_dumps(units)},"values":{{{values}}}')
@@ -352,49 +393,25 @@ class FeedPayloads:
         them for the store as it is now."""
         store = self.store
         generation, changed = store.changes_since(self.generation)
-        dirty = self._dirty
-        if changed is None:  # the first cycle, or the feed no longer reaches back: read everything
-            changed = set(self._cells)
-            dirty.update(self._compose)
-        cells, owner, get = self._cells, self._owner, store.get
-        good, finite, inf = Quality.GOOD, math.isfinite, math.inf
-        for ref in changed:
-            hit = cells.get(ref)
-            if hit is not None:
-                r = get(ref)
-                if r is None:
-                    continue
-                col, i, key = hit
-                # _Column.set, inlined: this runs for every battery written since the last cycle
-                if col.low[i] == inf:
-                    col.present += 1
-                    col.changed = True
-                v, q = r.value, r.quality
-                if q is good:
-                    new = (v if col.places is None else round(v, col.places)) if v is not None and finite(v) else None
-                    quality = None
-                else:
-                    new, quality = None, q.value
-                old = col.values[i]
-                # most polls read the value they read before: the column's text stays (13 and 13.0, 0.0 and -0.0
-                # are equal but not written alike)
-                if new != old or type(new) is not type(old) or (not new and str(new) != str(old)) \
-                        or quality != col.quality[i]:
-                    col.values[i], col.quality[i] = new, quality
-                    col.changed = True
-                col.low[i] = col.high[i] = r.ts
-                if not col.dirty:
-                    col.dirty = True
-                    dirty.add(key)
+        get = store.get
+        dirty = set()
+        for key, members in self._members.items():
+            if changed is None or not changed.isdisjoint(members):
+                dirty.add(key)
+        for col in self._columns:
+            written = col.members if changed is None else changed.intersection(col.members)
+            if not written:
+                continue
+            if 4 * len(written) > len(col.members):
+                col.read_all(get)
             else:
-                key = owner.get(ref)
-                if key is not None:
-                    dirty.add(key)
+                col.read(written, get)
+            col.refresh()
+            dirty.add(col.key)
         self.generation = generation
         tails = self._tails
         for key in dirty:
             tails[key] = self._compose[key]()
-        dirty.clear()
         head = _dumps({"site": self.builder.site, "ts": _ts(now)})[:-1] + ","
         return [(topic, Encoded(head + tail + "}"), True) for key, topic in self._order
                 if (tail := tails.get(key)) is not None]

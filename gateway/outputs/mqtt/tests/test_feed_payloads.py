@@ -90,7 +90,7 @@ def test_a_cycle_encodes_only_what_changed(tmp_path):
 
     store.put(PointRef("cell.voltage", 2, 3), 2.5, ts=now + 5)
     store.put(PointRef("cell.temperature", 2, 3), 1.0, ts=now + 5)  # read again: only its time is new
-    columns = {col.name: col for col, _, key in payloads._cells.values() if key == ("cells", 2)}
+    columns = {col.name: col for col in payloads._columns if col.key == ("cells", 2)}
     texts = {name: col.text for name, col in columns.items()}
     second = payloads.messages(now + 5)
     assert calls == [("cells", 2)]
