@@ -11,8 +11,8 @@ Each setpoint of each rule on each point is one ``Condition``:
 
 Work proportional to what changed (``incremental``, the default): a point whose value is the one last judged
 is not judged again (its conditions' states cannot change on the same value), unless something else can change
-the verdict: a condition of it is waiting for its delay, a rule compares it with a reference point, or the
-float suppression of its string started or ended since; and of a point judged, a condition that stays quiet (not
+the verdict: a condition of it is waiting for its delay, the reference point a rule compares it with changed, or
+the float suppression of its string started or ended since; and of a point judged, a condition that stays quiet (not
 set, not raised, the value not beyond its setpoint) is left as it is.  The delays' deadlines are kept in a heap, so
 ``next_deadline`` and ``tick`` look at what is due, not at every waiting condition.  ``incremental=False`` is
 the plain path (every reading judged, every waiting condition scanned), kept for the differential test.
@@ -66,7 +66,8 @@ class _Slot:
 
     rules: list[tuple[Rule, list[Condition]]] = field(default_factory=list)
     last: float | None = None  # the value last judged (None: never, or judge again)
-    volatile: bool = False  # a rule compares with a reference point: judge every reading
+    references: tuple[str, ...] = ()  # the reference points its rules compare with (cell temperature: ambient)
+    reference_values: tuple[float | None, ...] | None = None  # their values at the last judgement
     float_only: bool = False  # a rule is suppressed off float: judge again when the suppression starts or ends
     suppressed: bool = False  # the string's float suppression at the last judgement
     waiting: int = 0  # conditions waiting for their delay: judge every reading (as the plain path does)
@@ -184,7 +185,7 @@ class Evaluator:
             slot = self._slot(point, string, cell, channel, device)
         if not slot.rules:
             return []
-        if self.incremental and self._unchanged(slot, string, value, ts):
+        if self.incremental and self._unchanged(slot, string, value, ts, reference):
             slot.seen_at = ts
             return []
         return self._judge(slot, point, string, cell, channel, value, ts, reference)
@@ -198,15 +199,19 @@ class Evaluator:
                 or self._slot(ref.point, ref.string, ref.cell, ref.channel, "")
         if not slot.rules:
             return []
-        if self.incremental and self._unchanged(slot, ref.string, value, ts):
+        if self.incremental and self._unchanged(slot, ref.string, value, ts, reference):
             slot.seen_at = ts
             return []
         return self._judge(slot, ref.point, ref.string, ref.cell, ref.channel, value, ts, reference)
 
-    def _unchanged(self, slot: _Slot, string: int | None, value: float, ts: float) -> bool:
-        """The point's verdict cannot change: the same value as last judged, nothing waiting on it, no
-        reference, and its string's float suppression as it was."""
-        if value != slot.last or slot.waiting or slot.volatile:
+    def _unchanged(self, slot: _Slot, string: int | None, value: float, ts: float,
+                   reference: Callable[[str], float | None] | None) -> bool:
+        """The point's verdict cannot change: the same value as last judged, nothing waiting on it, its
+        reference points' values and its string's float suppression as they were."""
+        if value != slot.last or slot.waiting:
+            return False
+        if slot.references and (reference is None or slot.reference_values != tuple(
+                reference(pid) for pid in slot.references)):
             return False
         return not slot.float_only or (self.suppressed(string, ts) is not None) == slot.suppressed
 
@@ -222,6 +227,8 @@ class Evaluator:
         slot.last, slot.judged_at, slot.seen_at = value, ts, ts
         if slot.float_only:
             slot.suppressed = self.suppressed(string, ts) is not None
+        if slot.references and reference is not None:
+            slot.reference_values = tuple(reference(pid) for pid in slot.references)
         quiet = self.incremental
         for rule, conds in slot.rules:
             compared = value
@@ -271,7 +278,8 @@ class Evaluator:
                     slot.waiting += 1
                 conds.append(c)
             slot.rules.append((rule, conds))
-            slot.volatile = slot.volatile or bool(rule.reference)
+            if rule.reference and rule.reference not in slot.references:
+                slot.references += (rule.reference,)
             slot.float_only = slot.float_only or rule.float_only
         self._slots[(point, string, cell, channel, device)] = slot
         return slot
