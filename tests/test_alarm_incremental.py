@@ -79,7 +79,7 @@ def summary(events):
                    e.text) for e in events)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_incremental_evaluation_raises_and_clears_as_the_plain_one(tmp_path, seed):
     plain_gw, plain, plain_rec, plain_clock = manager(tmp_path / "plain", incremental=False)
     inc_gw, inc, inc_rec, inc_clock = manager(tmp_path / "inc", incremental=True)
