@@ -277,8 +277,10 @@ class _Column:
             self.values, self.quality = values, quality
             self.changed = True
         self.low = [r.ts if r is not None else inf for r in readings]
-        self.high = [r.ts if r is not None else -inf for r in readings]
         self.present = len(list(filter(None, readings)))  # (count(None) would compare every reading with None)
+        # every battery read (the usual case): the earliest and the latest time are one list
+        self.high = self.low if self.present == len(readings) else [r.ts if r is not None else -inf
+                                                                    for r in readings]
 
     def read(self, refs: AbstractSet[PointRef], get: Callable[[PointRef], Reading | None]) -> None:
         """The readings of a few batteries.  Most polls read the value read before: then only the column's time
@@ -331,6 +333,7 @@ class FeedPayloads:
         self._tails: dict[Any, str | None] = {}
         self._members: dict[Any, frozenset[PointRef]] = {}  # topic key -> its points (not the cells documents')
         self._columns: list[_Column] = []
+        self._cell_points = 0
         b = builder
         for scope in ("gateway", "bank"):
             self._topic(scope, b.topic(scope), b.scoped[scope], {})
@@ -372,6 +375,7 @@ class FeedPayloads:
             if probe is not None:
                 columns.append(_Column(name, key, column, probe))
         self._columns.extend(columns)
+        self._cell_points += sum(len(col.members) for col in columns)
 
         def compose() -> str | None:
             cols = [col for col in columns if col.present]
@@ -398,8 +402,10 @@ class FeedPayloads:
         for key, members in self._members.items():
             if changed is None or not changed.isdisjoint(members):
                 dirty.add(key)
+        # most of the bank written (the first cycle, or the feed no longer reaches back): every column read
+        everything = changed is None or len(changed) > self._cell_points // 2
         for col in self._columns:
-            written = col.members if changed is None else changed.intersection(col.members)
+            written = col.members if everything else changed.intersection(col.members)  # type: ignore[union-attr]
             if not written:
                 continue
             if 4 * len(written) > len(col.members):
