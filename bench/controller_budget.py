@@ -29,9 +29,9 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     5.25 % (engine 1.68-1.77: the run was slower, CPU seconds vary ~20 %; MQTT 0.71-0.78, alarms 0.46-0.49 %),
     RSS 122.8 MB.  Against the engine in the same run, MQTT went from 61 % to 42 % of the engine's share, alarms
     from 32 % to 29 %.  The simulated bank writes 5 of the 18 cell columns (2500 of 8300 points) every 5 s cycle;
-    on that pattern a publish cycle costs 8 ms instead of 18 ms and an alarm evaluation 11 ms instead of 18 ms
-    (micro-measurements; the last changes, a column read whole when mostly written and a reference point's value
-    kept, came after the three runs of this bench).
+    on that pattern a publish cycle costs 8-10 ms instead of 18-22 ms and an alarm evaluation 11 ms instead of
+    16-18 ms (bench/changed_work.py, both paths in one process on the same store states).  The last changes (a
+    column read whole when mostly written, a reference point's value kept) came after the runs above.
 
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
