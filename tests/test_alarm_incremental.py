@@ -1,13 +1,16 @@
 """The incremental alarm evaluation (only the points whose value changed, the delays' deadlines in a heap)
 against the plain one (every reading judged, every waiting condition scanned): the same random sequence of
-store states and clock steps, through two alarm managers in simulated time, raises and clears the same alarms
-at the same times with the same values, and leaves the same active table."""
+store states, clock steps, ohmic tests and devices lost and found, through two alarm managers in simulated
+time, raises and clears the same alarms at the same times with the same values, and leaves the same active
+table.  Every rule kind is driven: setpoints with hysteresis and delays, state and enumerated-state rules, the
+reference rule (cell over ambient temperature), float-only rules, the averaged ohmic rules, device alarms."""
 import random
 
 import pytest
 
 from gateway.alarms.manager import AlarmManager
 from gateway.app import Gateway
+from gateway.engine import CommEvent
 from gateway.hookspecs import hookimpl
 from gateway.points import Quality, Reading
 from gateway.strings import string_states
@@ -54,8 +57,9 @@ def candidates(mgr, ref):
     return sorted(round(v, 4) for v in values) or [0.0, 1.0]
 
 
-def steps(seed, refs, pick, n=200):
-    """(clock step, [(ref, reading)], ohmic test of a string or None) for ``n`` steps."""
+def steps(seed, refs, pick, devices, n=200):
+    """(clock step, [(ref, reading)], ohmic test of a string or None, a device lost or found or None) for
+    ``n`` steps."""
     rng = random.Random(seed)
     now = 1_000_000.0
     last = {}
@@ -71,7 +75,12 @@ def steps(seed, refs, pick, n=200):
             batch.append((ref, Reading(last[ref], quality, now - rng.uniform(0, 4))))
         rng.shuffle(batch)
         ohmic = rng.choice([1, 2]) if rng.random() < 0.03 else None
-        yield now, batch, ohmic
+        comm = None
+        if rng.random() < 0.1:  # a device stops answering, answers again, or answers at another address
+            device = rng.choice(devices)
+            lost = rng.random() < 0.5
+            comm = CommEvent(device, lost, now, "test", (), 0 if lost else rng.choice([0, device.address, 77]))
+        yield now, batch, ohmic, comm
 
 
 def summary(events):
@@ -90,11 +99,14 @@ def test_incremental_evaluation_raises_and_clears_as_the_plain_one(tmp_path, see
     assert any(r.point == "cell.voltage" for r in refs) and any(r.point == "io.ambient_temperature" for r in refs)
     pick = {ref: candidates(plain, ref) for ref in refs}
     raised = 0
-    for now, batch, ohmic in steps(seed, refs, pick):
+    devices = list(plain_gw.topology.devices)
+    for now, batch, ohmic, comm in steps(seed, refs, pick, devices):
         for gw, mgr, clock in ((plain_gw, plain, plain_clock), (inc_gw, inc, inc_clock)):
             clock["now"] = now
             if ohmic is not None:
                 mgr.ohmic_test(ohmic, now)
+            if comm is not None:
+                mgr.on_comm_event(comm)
             gw.store.put_many(batch)
             mgr.drive(now)
         assert summary(inc_rec.events) == summary(plain_rec.events), f"at t={now}"
@@ -111,6 +123,7 @@ def test_incremental_evaluation_raises_and_clears_as_the_plain_one(tmp_path, see
             {r: v.value for r, v in inc_gw.store.snapshot().items() if r.point in levels}
     assert raised >= 20  # the sequence did exercise the rules
     assert any(not e.raised for e in plain_rec.events)
+    assert {"device_comm", "device_address"} <= {k.rule for k in plain.evaluator.conditions}  # device alarms too
     # and the incremental one judged fewer readings
     assert inc.evaluator.judged < plain.evaluator.judged * 0.7
     plain.stop()
