@@ -9,11 +9,6 @@ LOCK := requirements.lock
 # survives), then the project itself goes in; a change to pyproject.toml alone only reinstalls the project.
 LOCK_STAMP := $(VENV)/.lock-installed
 STAMP := $(VENV)/.installed
-# System tools the tests talk to as real peers; installed once, on demand. The stamp lives outside .venv, so
-# that rebuilding the venv does not run apt again.
-APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
-	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv python3-packaging \
-	systemd $(ARM_APT_PACKAGES)
 # The packages for the controllers (make deb ARCH=arm64|armhf, tests/test_deb_arm.py): Debian 12 roots of those
 # architectures (mmdebstrap) run under qemu-user; the cross build strips with the target's binutils and
 # dpkg-shlibdeps reads the target's libraries from this machine's dpkg (multiarch: `dpkg --add-architecture`).
@@ -21,6 +16,11 @@ FOREIGN_ARCHES := arm64 armhf
 ARM_APT_PACKAGES := qemu-user-static binfmt-support arch-test mmdebstrap \
 	$(foreach a,$(FOREIGN_ARCHES),binutils-for-host:$(a) libc6:$(a) libgcc-s1:$(a) libstdc++6:$(a) zlib1g:$(a)) \
 	libffi8:armhf
+# System tools the tests talk to as real peers; installed once, on demand. The stamp lives outside .venv, so
+# that rebuilding the venv does not run apt again.
+APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
+	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv python3-packaging \
+	systemd $(ARM_APT_PACKAGES)
 APT_STAMP := .apt-installed
 
 .PHONY: install system-deps run test bench regmap lock deb debs deb-copyright clean
