@@ -195,6 +195,7 @@ def tidy_venv(venv: Path) -> None:
                          (f"python3.{sys.version_info.minor}", "python3")):
         (bindir / name).unlink(missing_ok=True)
         (bindir / name).symlink_to(target)
+    prune_records(site_packages(venv))
     include = venv / "include"
     if include.is_dir() and not any(p.is_file() for p in include.rglob("*")):
         shutil.rmtree(include)
@@ -211,6 +212,17 @@ def tidy_venv(venv: Path) -> None:
         f'exec {APPLIB}/bin/python3 -I -m gateway "$@"\n')
     launcher.chmod(0o755)
     (site_packages(venv) / "bmsgw-app.pth").write_text(APPSHARE + "\n")
+
+
+def prune_records(site: Path) -> None:
+    """Drop from each RECORD the files that are gone (the console scripts removed above): their hashes depend on
+    the staging path in their #! line, so keeping them would make the package's bytes depend on where it was
+    built, and RECORD would list files the package does not have."""
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if os.path.lexists(os.path.normpath(site / line.rsplit(",", 2)[0]))]
+        if kept != lines:
+            record.write_text("".join(kept))
 
 
 def site_packages(venv: Path) -> Path:
