@@ -1,28 +1,33 @@
 #!/usr/bin/python3
-"""Build the armhf wheels PyPI does not publish, from their pinned sdists, in a Debian 12 armhf root under qemu.
+"""Build the armhf wheels PyPI does not publish, from their pinned sdists, with Debian's armhf cross compiler.
 
 Four runtime packages of requirements.lock have no armv7l wheel: argon2-cffi-bindings, cffi, Pillow and
 PyYAML. debian/build-app.py asks this module for them when it builds the armhf package; everything else comes
 from PyPI's armv7l or pure wheels, as for the other architectures. How each is built, and why (README,
 "Installing on the controller"):
 
-- the sdist is the lock's: pip downloads it inside the root with --require-hashes against the lock's hashes;
-- the build backends are the lock's (the `wheel-build` extra with setuptools and pip): downloaded here with
-  --require-hashes and installed in a venv in the root; the builds run with --no-build-isolation, so no
-  backend is fetched at whatever version is newest;
-- the compiler, CMake and the headers are Debian 12's armhf packages, in a root made for building
-  (debian/emulation.py, ARMHF_BUILD_PACKAGES), so the extensions link the same libc, libffi and zlib as the controller's Debian 12;
+- the sdist is the lock's: downloaded with --require-hashes against the lock's hashes;
+- the build backends are the lock's (the `wheel-build` extra with setuptools and pip): installed with
+  --require-hashes in a venv of this machine's python3 (3.11, Debian 12's, as on the controller); the builds run
+  with --no-build-isolation, so no backend is fetched at whatever version is newest;
+- the compiler is Debian 12's cross compiler for armhf (gcc-arm-linux-gnueabihf: the same GCC 12 as the armhf
+  `gcc`, running natively instead of under qemu, minutes faster), and the headers and libraries are Debian 12's
+  armhf packages unpacked into a sysroot (debian/emulation.py, SYSROOT_PACKAGES); Python's own cross-build
+  hooks (_PYTHON_HOST_PLATFORM, _PYTHON_SYSCONFIGDATA_NAME with the armhf interpreter's sysconfig data from that
+  sysroot) give the extensions the armhf interpreter's suffix, flags and wheel tag, and CMake (argon2) gets a
+  toolchain file; so the extensions link the same libc, libffi and zlib as the controller's Debian 12;
 - nothing may need a library that a bare Debian 12 with python3 lacks (the package installs with one
-  `dpkg -i` and nothing fetched): Pillow is built with zlib only (`-C jpeg=disable`; the gateway uses Pillow
-  only through ReportLab's vector charts) and PyYAML without libyaml (its pure-Python loader, which
-  gateway/profiles.py falls back to); argon2-cffi-bindings compiles its bundled libargon2, cffi uses libffi8,
-  which python3 itself needs;
-- each sdist is unpacked and built in a fixed folder with a fixed SOURCE_DATE_EPOCH, so the same inputs give
-  the same binaries.
+  `dpkg -i` and nothing fetched): Pillow is built with zlib only (`-C jpeg=disable`, every other optional
+  library disabled, and no look into this machine's own library folders: `-C platform-guessing=disable`; the
+  gateway uses Pillow only through ReportLab's vector charts) and PyYAML without libyaml (its pure-Python
+  loader, which gateway/profiles.py falls back to); argon2-cffi-bindings compiles its bundled libargon2 (the
+  portable implementation: SSE2 is x86's), cffi uses libffi8, which python3 itself needs;
+- the build folders are mapped to fixed names in the binaries (-ffile-prefix-map) and SOURCE_DATE_EPOCH is
+  fixed, so the same inputs give the same wheels, byte for byte, wherever they are built.
 
 The wheels are cached in $BMSGW_CACHE (debian/emulation.py) under a key of everything that chose them (the
-root, the pins with their hashes, the build options, this file); their sha256s are recorded when built and
-checked each time they are used. Building them takes minutes under emulation; a cached set takes nothing.
+sysroot, the pins with their hashes, the build options, the compiler, this file); their sha256s are recorded
+when built and checked each time they are used. Building them takes about a minute of CPU.
 
     debian/armhf-wheels.py      build (or find) the wheels and print their folder
 """
@@ -48,20 +53,32 @@ import lockfile  # debian/ is not a package: after the sys.path line above
 emulation = runpy.run_path(str(HERE / "emulation.py"))
 
 ARCH = "armhf"
+TRIPLET = "arm-linux-gnueabihf"  # Debian's multiarch name for armhf: the cross tools' prefix
+# Pillow: zlib only (see above); the optional libraries it would otherwise look for, each disabled by name.
+PILLOW_OFF = ("jpeg", "tiff", "freetype", "raqm", "lcms", "webp", "jpeg2000", "imagequant", "xcb", "avif")
 # In the order they are built; the value is pip's extra options for that build.
 FROM_SOURCE = {
     "cffi": [],
     "argon2-cffi-bindings": [],
-    "pillow": ["-C", "zlib=enable", "-C", "jpeg=disable"],
+    "pillow": ["-C", "zlib=enable", "-C", "platform-guessing=disable",
+               *(opt for lib in PILLOW_OFF for opt in ("-C", f"{lib}=disable"))],
     "pyyaml": [],
 }
 # The backends: pyproject.toml's `wheel-build` extra, setuptools, and the pip that runs them.
 BACKEND_ROOTS = ("wheel-build", "setuptools", "pip")
-PLATFORMS = ("linux_armv7l",)  # pure wheels only, for the backends
+# Debian 12's interpreter, the controller's: its venv runs the backends (not whatever python3 is first on PATH)
+SYSTEM_PYTHON = "/usr/bin/python3"
 SOURCE_DATE_EPOCH = "1700000000"  # any fixed time: the wheels' files are the same whenever they are built
-MARKER_ENV = {"platform_machine": "armv7l", "python_version": "3.11", "python_full_version": "3.11.2",
-              "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
-              "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+# CMake (argon2-cffi-bindings, through scikit-build-core) cross-compiling into the sysroot.
+TOOLCHAIN = """set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR armv7l)
+set(CMAKE_SYSROOT {sysroot})
+set(CMAKE_C_COMPILER {triplet}-gcc)
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
+"""
 
 
 def run(*cmd, **kw) -> subprocess.CompletedProcess:
@@ -76,7 +93,8 @@ def wheel_requires(wheel: Path) -> list[str]:
 
 
 def backend_pins(lock: dict, pip: Path, dl: Path) -> list:
-    """The backends and everything they need (the lock's pins), their wheels downloaded into ``dl``."""
+    """The backends and everything they need on this machine (the lock's pins), their wheels downloaded into
+    ``dl``."""
     import tomllib
     project = tomllib.loads((SRC / "pyproject.toml").read_text())["project"]
     roots = [r for name in BACKEND_ROOTS
@@ -88,7 +106,6 @@ def backend_pins(lock: dict, pip: Path, dl: Path) -> list:
             req.write("".join(p.requirement_line() + "\n" for p in pins))
             req.flush()
             run(pip, "download", "--quiet", "--no-deps", "--only-binary=:all:", "--require-hashes",
-                *(f"--platform={p}" for p in PLATFORMS), "--python-version=3.11", "--implementation=cp",
                 "-r", req.name, "-d", dl)
         found = {}
         for wheel in dl.glob("*.whl"):
@@ -98,15 +115,27 @@ def backend_pins(lock: dict, pip: Path, dl: Path) -> list:
                     found[pin.name] = wheel_requires(wheel)
         return found
 
-    return lockfile.runtime_closure(roots, lock, download_then_read, MARKER_ENV)
+    return lockfile.runtime_closure(roots, lock, download_then_read)
 
 
-def cache_key(root_tar: Path, sources: list, backends: list) -> str:
+def cross_tools() -> dict[str, str]:
+    """The versions of the native tools that make the binaries (part of the cache key), or exit naming the
+    package to install."""
+    versions = {}
+    for tool, package in ((f"{TRIPLET}-gcc", f"gcc-{TRIPLET}"), ("cmake", "cmake")):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} missing: apt-get install {package} (or `make system-deps`)")
+        versions[tool] = subprocess.run([tool, "--version"], capture_output=True, text=True,
+                                        check=True).stdout.splitlines()[0]
+    return versions
+
+
+def cache_key(sysroot_tar: Path, sources: list, backends: list, tools: dict[str, str]) -> str:
     h = hashlib.sha256()
-    h.update(root_tar.name.encode() + b"\0")
+    h.update(sysroot_tar.name.encode() + b"\0")
     for pin in [*sources, *backends]:
         h.update(pin.requirement_line().encode() + b"\0")
-    h.update(json.dumps(FROM_SOURCE, sort_keys=True).encode())
+    h.update(json.dumps([FROM_SOURCE, tools], sort_keys=True).encode())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -119,58 +148,69 @@ def checked(folder: Path) -> Path:
     return folder
 
 
-# Run inside the root: the backends' venv, then each sdist downloaded (hash-checked), unpacked in a fixed
-# folder and built there.
-BUILD_SCRIPT = r"""
-set -eu
-cd /build
-python3 -m venv --without-pip env
-env/bin/python dl/$(cd dl && ls pip-*.whl)/pip install --quiet --no-compile --no-index --find-links dl \
-    --no-deps --require-hashes -r backends.txt
-env/bin/pip download --quiet --no-deps --no-binary=:all: --no-build-isolation --require-hashes -r sdists.txt \
-    -d sdists
-mkdir -p src wheels
-while read -r name file opts; do
-    mkdir "src/$name"
-    tar -xzf "sdists/$file" -C "src/$name" --strip-components=1
-    echo "building $name (under emulation: minutes)"
-    env/bin/pip wheel --quiet --no-deps --no-build-isolation --no-index $opts -w wheels "src/$name"
-done < plan.txt
-"""
+def cross_env(work: Path, sysroot: Path) -> dict[str, str]:
+    """The environment that makes this machine's python3 build armhf extensions."""
+    sysconfig_dir = work / "sysconfig"  # only the armhf sysconfig data, not the rest of the armhf stdlib
+    sysconfig_dir.mkdir()
+    name = f"_sysconfigdata__linux_{TRIPLET}"
+    shutil.copy(sysroot / f"usr/lib/python3.11/{name}.py", sysconfig_dir)
+    toolchain = work / "toolchain.cmake"
+    toolchain.write_text(TOOLCHAIN.format(sysroot=sysroot, triplet=TRIPLET))
+    cc = f"{TRIPLET}-gcc --sysroot={sysroot}"
+    # Paths in the binaries: the source folders as ".", the sysroot as "/".
+    flags = f"-I{sysroot}/usr/include/python3.11 -ffile-prefix-map={work}/src=. -ffile-prefix-map={sysroot}=/"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "LANG": "C.UTF-8",
+        "_PYTHON_HOST_PLATFORM": "linux-armv7l", "_PYTHON_SYSCONFIGDATA_NAME": name, "PYTHONPATH": str(sysconfig_dir),
+        "CC": cc, "LDSHARED": f"{cc} -shared -Wl,-O1 -Wl,-Bsymbolic-functions", "CFLAGS": flags,
+        "PKG_CONFIG_LIBDIR": f"{sysroot}/usr/lib/{TRIPLET}/pkgconfig:{sysroot}/usr/share/pkgconfig",
+        "PKG_CONFIG_SYSROOT_DIR": str(sysroot),
+        "CMAKE_TOOLCHAIN_FILE": str(toolchain), "CMAKE_GENERATOR": "Unix Makefiles",
+        "ARGON2_CFFI_USE_SSE2": "0",
+        "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PYTHONHASHSEED": "0",
+        "MAX_CONCURRENCY": str(os.cpu_count() or 1), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+    }
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT", "http_proxy", "https_proxy",
+                "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+    return env
 
 
-def build(root_tar: Path, sources: list, backends: list, dl: Path, out: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="bmsgw-armhf-root-") as tmp:
-        root = emulation["extract"](root_tar, Path(tmp) / "root")
-        work = root / "build"
-        shutil.copytree(dl, work / "dl")
-        (work / "backends.txt").write_text("".join(p.requirement_line() + "\n" for p in backends))
-        (work / "sdists.txt").write_text("".join(p.requirement_line() + "\n" for p in sources))
-        plan = []
+def build(sysroot_tar: Path, sources: list, backends: list, dl: Path, out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="bmsgw-armhf-build-") as tmp:
+        work = Path(tmp)
+        sysroot = emulation["extract"](sysroot_tar, work / "sysroot")
+        env = cross_env(work, sysroot)
+        # The backends' venv: this machine's python3, the lock's backends (hash-checked wheels).
+        run(SYSTEM_PYTHON, "-m", "venv", "--without-pip", work / "env")
+        backends_txt = work / "backends.txt"
+        backends_txt.write_text("".join(p.requirement_line() + "\n" for p in backends))
+        pip_wheel = next(dl.glob("pip-*.whl"))
+        run(work / "env/bin/python", pip_wheel / "pip", "install", "--quiet", "--no-compile", "--no-index",
+            "--find-links", dl, "--no-deps", "--require-hashes", "-r", backends_txt)
+        sdists_txt = work / "sdists.txt"
+        sdists_txt.write_text("".join(p.requirement_line() + "\n" for p in sources))
+        pip = [work / "env/bin/python", "-m", "pip"]
+        run(*pip, "download", "--quiet", "--no-deps", "--no-binary=:all:", "--no-build-isolation",
+            "--require-hashes", "-r", sdists_txt, "-d", work / "sdists")
+        wheels_dir = work / "wheels"
         for pin in sources:
-            plan.append(f"{pin.name} {pin.name.replace('-', '_')}-{pin.version}.tar.gz "
-                        + " ".join(FROM_SOURCE[pin.name]))
-        (work / "plan.txt").write_text("\n".join(plan) + "\n")
-        env = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "MAX_CONCURRENCY": str(os.cpu_count() or 1),
-               "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-               # paths in the binaries: the fixed source folders, relative
-               "CFLAGS": "-ffile-prefix-map=/build/src=.", "CXXFLAGS": "-ffile-prefix-map=/build/src=."}
-        # The certificates this machine trusts (pip's own bundle may not know a proxy's), for pip in the root.
-        ca = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
-        if ca.is_file():
-            shutil.copy(ca, work / "ca-certificates.crt")
-            env["PIP_CERT"] = "/build/ca-certificates.crt"
-        for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "http_proxy", "https_proxy",
-                    "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
-            if os.environ.get(var) and "file:" not in os.environ[var]:
-                env[var] = os.environ[var]
-        res = emulation["in_root"](root, ["sh", "-c", BUILD_SCRIPT], network=True, env=env)
-        if res.returncode != 0:
-            sys.exit(f"building the armhf wheels failed (exit {res.returncode}, see above)")
-        wheels = sorted((work / "wheels").glob("*.whl"))
+            sdist = next((work / "sdists").glob(f"{pin.name.replace('-', '_')}-{pin.version}.tar.gz"))
+            src = work / "src" / pin.name
+            src.mkdir(parents=True)
+            run("tar", "-xzf", sdist, "-C", src, "--strip-components=1")
+            # the cross environment only here: pip's own downloads and the venv above are this machine's
+            run(*pip, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+                *FROM_SOURCE[pin.name], "-w", wheels_dir, src, env=env)
+        wheels = sorted(wheels_dir.glob("*.whl"))
         built = {lockfile.canonicalize_name(w.name.split("-")[0]) for w in wheels}
         if built != {p.name for p in sources}:
             sys.exit(f"the armhf build gave {sorted(built)}, not {sorted(p.name for p in sources)}")
+        bad = [w.name for w in wheels if not w.name.endswith(("-linux_armv7l.whl"))]
+        if bad:
+            sys.exit(f"not armhf wheels: {bad}")
         partial = out.with_name(out.name + f".partial-{os.getpid()}")
         partial.mkdir(parents=True)
         for wheel in wheels:
@@ -185,13 +225,14 @@ def armhf_wheels(pip: Path | None = None) -> Path:
     pip = pip or Path(shutil.which("pip3") or "pip3")
     lock = lockfile.read_lock(SRC / "requirements.lock")
     sources = [lock[name] for name in FROM_SOURCE]
-    root_tar = emulation["root_tarball"](ARCH, emulation["ARMHF_BUILD_PACKAGES"])
+    tools = cross_tools()
+    sysroot_tar = emulation["root_tarball"](ARCH, emulation["SYSROOT_PACKAGES"], emulation["SYSROOT_VARIANT"])
     with tempfile.TemporaryDirectory(prefix="bmsgw-backends-") as tmp:
         dl = Path(tmp)
         backends = backend_pins(lock, pip, dl)
-        out = emulation["cache_dir"]() / f"armhf-wheels-{cache_key(root_tar, sources, backends)}"
+        out = emulation["cache_dir"]() / f"armhf-wheels-{cache_key(sysroot_tar, sources, backends, tools)}"
         if not out.exists():
-            build(root_tar, sources, backends, dl, out)
+            build(sysroot_tar, sources, backends, dl, out)
     return checked(out)
 
 

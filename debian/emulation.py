@@ -2,8 +2,10 @@
 """Debian 12 roots of the controller's architectures (arm64, armhf), run on this machine under qemu-user.
 
 The package build uses them to check what it cannot check natively (the bundled venv imports and `pip check`s
-under the target's own interpreter) and to build the armhf wheels PyPI does not publish
-(debian/armhf-wheels.py); tests/test_deb_arm.py installs the .deb into a fresh copy of one.
+under the target's own interpreter); tests/test_deb_arm.py installs the .deb into a fresh copy of one.
+The armhf wheels PyPI does not publish are cross-compiled natively (debian/armhf-wheels.py) against a sysroot:
+Debian 12's armhf headers and libraries, unpacked by `mmdebstrap --variant=extract` (nothing runs in it, so
+it needs no emulation and takes only the download).
 
 A root is made once by `mmdebstrap --variant=apt` (Essential packages, apt, and the packages named) and kept
 as a tarball in the cache folder ($BMSGW_CACHE, default /var/cache/bmsgw), named after a hash of everything
@@ -36,9 +38,11 @@ VARIANT = "apt"  # Essential packages and apt: the smallest root apt can install
 # systemd's own is the standalone one, without systemd as PID 1 which a chroot cannot have). Nothing else: the
 # test proves the .deb installs with one dpkg -i and nothing fetched.
 RUN_PACKAGES = ("python3", "passwd", "systemd-standalone-sysusers")
-# The armhf root in which debian/armhf-wheels.py builds the four packages PyPI has no armv7l wheel of: Debian
-# 12's compiler, CMake and headers (and nothing they would link that the controller lacks).
-ARMHF_BUILD_PACKAGES = (*RUN_PACKAGES, "gcc", "g++", "make", "cmake", "python3-dev", "libffi-dev", "zlib1g-dev")
+# The sysroot against which debian/armhf-wheels.py cross-compiles the four packages PyPI has no armv7l wheel of:
+# Debian 12's armhf C library, Python headers (and sysconfig data), libffi and zlib, exactly what the controller's
+# Debian 12 links them against; only unpacked (variant extract), never run.
+SYSROOT_PACKAGES = ("libc6-dev", "libpython3.11-dev", "libffi-dev", "zlib1g-dev")
+SYSROOT_VARIANT = "extract"
 QEMU_NAMES = {"arm64": "aarch64", "armhf": "arm", "amd64": "x86_64"}
 # What `uname -m` (and Python's platform.machine()) says in a root of that architecture under qemu-user.
 MACHINES = {"arm64": "aarch64", "armhf": "armv7l", "amd64": "x86_64"}
@@ -96,25 +100,28 @@ def ensure_emulation(arch: str) -> None:
                              "handler must be registered (update-binfmts --enable, as root)")
 
 
-def root_key(arch: str, packages: Sequence[str]) -> str:
-    spec = {"format": FORMAT, "suite": SUITE, "variant": VARIANT, "arch": arch, "packages": sorted(set(packages))}
+def root_key(arch: str, packages: Sequence[str], variant: str = VARIANT) -> str:
+    spec = {"format": FORMAT, "suite": SUITE, "variant": variant, "arch": arch, "packages": sorted(set(packages))}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def root_tarball(arch: str, packages: Sequence[str] = RUN_PACKAGES) -> Path:
-    """The cached tarball of a Debian 12 root of ``arch`` holding ``packages``, made when missing (minutes)."""
-    ensure_emulation(arch)
+def root_tarball(arch: str, packages: Sequence[str] = RUN_PACKAGES, variant: str = VARIANT) -> Path:
+    """The cached tarball of a Debian 12 root of ``arch`` holding ``packages``, made when missing (minutes).
+    ``variant`` extract: the packages' files only, unpacked natively (a sysroot: nothing in it ever runs)."""
+    if variant != SYSROOT_VARIANT:
+        ensure_emulation(arch)
     cache = cache_dir()
-    tarball = cache / f"debian12-{arch}-{root_key(arch, packages)}.tar"
+    kind = "sysroot" if variant == SYSROOT_VARIANT else "debian12"
+    tarball = cache / f"{kind}-{arch}-{root_key(arch, packages, variant)}.tar"
     if tarball.exists():
         return tarball
     cache.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_name(f"{tarball.stem}.partial-{os.getpid()}.tar")  # mmdebstrap: .tar means a tarball
-    print(f"emulation: making a Debian 12 {arch} root with {', '.join(packages)} (cached as {tarball})",
+    print(f"emulation: making a Debian 12 {arch} {kind} with {', '.join(packages)} (cached as {tarball})",
           file=sys.stderr, flush=True)
     # No mirror given: mmdebstrap's default, with the suite's updates and security archives for a stable release.
     # stdin closed: mmdebstrap would otherwise read a sources.list from a stdin that is not a terminal.
-    cmd = ["mmdebstrap", "--quiet", f"--variant={VARIANT}", f"--arch={arch}", f"--include={','.join(packages)}",
+    cmd = ["mmdebstrap", "--quiet", f"--variant={variant}", f"--arch={arch}", f"--include={','.join(packages)}",
            # documentation and apt's downloaded lists take room and no test reads them
            "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
            "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
@@ -128,22 +135,22 @@ def root_tarball(arch: str, packages: Sequence[str] = RUN_PACKAGES) -> Path:
     return tarball
 
 
-def roots_for(arches: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """The roots (architecture, packages) that building packages for ``arches`` on this machine needs."""
+def roots_for(arches: Sequence[str]) -> list[tuple[str, tuple[str, ...], str]]:
+    """The roots (architecture, packages, variant) that building packages for ``arches`` on this machine needs."""
     foreign = [arch for arch in dict.fromkeys(arches) if arch != host_arch()]
-    specs = [(arch, RUN_PACKAGES) for arch in foreign]
+    specs = [(arch, RUN_PACKAGES, VARIANT) for arch in foreign]
     if "armhf" in foreign:
-        specs.append(("armhf", ARMHF_BUILD_PACKAGES))
+        specs.append(("armhf", SYSROOT_PACKAGES, SYSROOT_VARIANT))
     return specs
 
 
 def prepare_roots(arches: Sequence[str]) -> None:
     """Make the missing roots for ``arches`` side by side: on a fresh machine they are most of the time."""
     specs = roots_for(arches)
-    for arch in dict.fromkeys(arch for arch, _ in specs):
+    for arch in dict.fromkeys(arch for arch, _, variant in specs if variant != SYSROOT_VARIANT):
         ensure_emulation(arch)
     with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-        for future in [pool.submit(root_tarball, arch, packages) for arch, packages in specs]:
+        for future in [pool.submit(root_tarball, *spec) for spec in specs]:
             future.result()
 
 
