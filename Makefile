@@ -12,10 +12,12 @@ STAMP := $(VENV)/.installed
 # The packages for the controllers (make deb ARCH=arm64|armhf, tests/test_deb_arm.py): Debian 12 roots of those
 # architectures (mmdebstrap) run under qemu-user; the cross build strips with the target's binutils and
 # dpkg-shlibdeps reads the target's libraries from this machine's dpkg (multiarch: `dpkg --add-architecture`).
+# armhf's four source-only wheels are cross-compiled natively (debian/armhf-wheels.py): Debian's armhf cross
+# compiler, and CMake for argon2-cffi-bindings.
 FOREIGN_ARCHES := arm64 armhf
 ARM_APT_PACKAGES := qemu-user-static binfmt-support arch-test mmdebstrap \
 	$(foreach a,$(FOREIGN_ARCHES),binutils-for-host:$(a) libc6:$(a) libgcc-s1:$(a) libstdc++6:$(a) zlib1g:$(a)) \
-	libffi8:armhf
+	libffi8:armhf gcc-arm-linux-gnueabihf cmake make
 # System tools the tests talk to as real peers; installed once, on demand. The stamp lives outside .venv, so
 # that rebuilding the venv does not run apt again.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
@@ -23,7 +25,7 @@ APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients
 	systemd $(ARM_APT_PACKAGES)
 APT_STAMP := .apt-installed
 
-.PHONY: install system-deps run test bench regmap lock deb debs deb-copyright clean
+.PHONY: install system-deps run lint test bench regmap lock deb debs deb-copyright clean
 
 # --only-binary: a source build would fetch its build backend unpinned. --no-deps: the lock is the whole set
 # (pip check proves it is complete). The lock pins pip and setuptools too: pip replaces the venv's bundled
@@ -79,7 +81,13 @@ CONFIG ?= config.yaml
 run: $(STAMP)
 	$(BIN)/bmsgw run --config $(CONFIG)
 
+# ruff and mypy as pyproject.toml configures them (gateway/ and plugins/ for mypy); both must pass.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 test: $(STAMP) $(APT_STAMP)
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

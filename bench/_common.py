@@ -71,7 +71,7 @@ class SimProcess:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "SimProcess":
+    def __enter__(self) -> SimProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -31,9 +31,9 @@ from gateway.points import PointRef
 
 def sim_process(config: str, conn) -> None:
     """The simulator in a child process: sends its ports, then obeys (method, args) until None."""
-    from gateway.cli import _all_ports_dummy
+    from gateway.cliargs import unopened_ports
 
-    gw = Gateway(config, simulator=False, port_overrides=_all_ports_dummy(config))
+    gw = Gateway(config, simulator=False, port_overrides=unopened_ports(config))
     sim = gw.make_simulator()
     sim.start()
     conn.send(sim.ports())
@@ -115,10 +115,11 @@ class Refresh:
         return statistics.mean(out)
 
 
-async def until(pred, timeout: float) -> float:
+async def until(pred, within_s: float) -> float:
+    """Seconds until ``pred()`` holds, checked every 20 ms; RuntimeError after ``within_s``."""
     t0 = time.monotonic()
     while not pred():
-        if time.monotonic() - t0 > timeout:
+        if time.monotonic() - t0 > within_s:
             raise RuntimeError("condition not reached")
         await asyncio.sleep(0.02)
     return time.monotonic() - t0
@@ -176,7 +177,7 @@ async def run(args, gw: Gateway, sim: Sim, twin: Child) -> list[tuple[str, float
                 sim(*do(a, k))
         want = len(bus1.devices) if unplug else len(faulty)
         try:
-            await until(lambda: sum(d.lost for d in bus1.devices) >= want, 60)
+            await until(lambda want=want: sum(d.lost for d in bus1.devices) >= want, 60)
         except RuntimeError:
             print(f"{label:>36}: NOT all declared lost within 60 s ({sum(d.lost for d in bus1.devices)} of {want})")
         onset_s, onset_cycles = time.monotonic() - t0, bus1.cycles - c0

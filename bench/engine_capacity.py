@@ -37,7 +37,7 @@ async def run_bare(gw: Gateway, seconds: float) -> tuple[float, float, int]:
 
     async def one_bus(bs) -> int:
         n = 0
-        requests = [r for ds in bs.devices for r, b in zip(ds.requests, ds.blocks) if b.poll == "fast"]
+        requests = [r for ds in bs.devices for r, b in zip(ds.requests, ds.blocks, strict=True) if b.poll == "fast"]
         while now() - t0 < seconds:
             for r in requests:
                 await bs.transport.transact(r)
@@ -59,7 +59,7 @@ def main() -> None:
         for name, fn in (("bare transport", run_bare), ("engine", run_engine)):
             gw = Gateway(cfg, simulator=False, port_overrides=sim.ports)
 
-            async def go():
+            async def go(fn=fn, gw=gw):
                 try:
                     return await fn(gw, args.seconds)
                 finally:

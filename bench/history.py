@@ -20,10 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.history import open_history  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector  # noqa: E402
-from gateway.history.recorder import PointFilter  # noqa: E402
+from gateway.app import Gateway
+from gateway.history import open_history
+from gateway.history.db import EPOCH, HistoryDB, axis_of, encode_vector
+from gateway.history.recorder import PointFilter
+from gateway.sim.model import new_unit_ohmic
 
 DAY = 86400
 YEAR_DAYS = 365
@@ -48,9 +49,22 @@ def recorded_series(gw: Gateway) -> list[dict]:
     return list(out.values())
 
 
+def typical_values(gw: Gateway) -> dict[str, float]:
+    """Values of the configured bank (its first string's batteries on float), the magnitudes the encoding stores."""
+    s = gw.topology.strings[0]
+    n, cells = s.battery.cells_per_unit, s.cells
+    unit_float = 2.25 * n
+    return {"cell.voltage": unit_float, "cell.temperature": 25.0,
+            "cell.ohmic": new_unit_ohmic(s.battery.capacity_ah, n), "cell.emf": 2.14 * n,
+            "string.voltage": cells * unit_float, "string.current": 0.0005 * s.battery.capacity_ah,
+            "bank.voltage": cells * unit_float}
+
+
+TYPICAL: dict[str, float] = {}
+
+
 def typical(point: str) -> float:
-    return {"cell.voltage": 13.5, "cell.temperature": 25.0, "cell.ohmic": 0.0042, "cell.emf": 12.85,
-            "string.voltage": 1620.0, "string.current": 0.05, "bank.voltage": 1620.0}.get(point, 50.0)
+    return TYPICAL.get(point, 50.0)
 
 
 def blob_pool(series: dict, rollup: bool, rng: random.Random, n: int = 24) -> list[bytes]:
@@ -113,7 +127,9 @@ def fill_baseline(path: Path, cells: int, end: float) -> tuple[object, int]:
     c.execute("CREATE TABLE samples(pid INTEGER, ts INTEGER, value REAL, PRIMARY KEY(pid, ts)) WITHOUT ROWID")
     rng = random.Random(2)
     t0 = int(end // 3600 * 3600) - YEAR_DAYS * DAY
-    rows = [(pid, t, 13.5 + rng.gauss(0, 0.01)) for pid in range(1, cells + 1) for t in range(t0, t0 + YEAR_DAYS * DAY, 3600)]
+    volts = typical("cell.voltage")
+    hours = range(t0, t0 + YEAR_DAYS * DAY, 3600)
+    rows = [(pid, t, volts + rng.gauss(0, 0.01)) for pid in range(1, cells + 1) for t in hours]
     c.execute("BEGIN")
     c.executemany("INSERT INTO samples VALUES (?,?,?)", rows)
     c.execute("COMMIT")
@@ -131,6 +147,7 @@ def timed(fn, repeat: int = 15) -> float:
 
 def main() -> None:
     gw = Gateway(ROOT / "config.yaml", simulator=False, port_overrides={f"bus{i}": "(bench)" for i in range(1, 9)})
+    TYPICAL.update(typical_values(gw))
     cfg = gw.config.section("history")
     series = recorded_series(gw)
     cell_series = [s for s in series if s["axis"] == "cell"]

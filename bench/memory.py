@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from _common import BMSGW, ROOT, SimProcess, write_config
 
 
@@ -30,25 +29,25 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def measure(config: Path, settle: float, buses: int) -> tuple[float, float]:
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log")
-    proc = subprocess.Popen([BMSGW, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=log, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            text = Path(log.name).read_text()
-            if text.count("first poll cycle took") >= buses:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"bmsgw run exited:\n{text}")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("no complete poll cycle within 120 s")
-        time.sleep(settle)  # a few more cycles (fast 5 s, slow values on the first cycle)
-        return rss_mb(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        log.close()
+    with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
+        proc = subprocess.Popen([BMSGW, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=log,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                text = Path(log.name).read_text()
+                if text.count("first poll cycle took") >= buses:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"bmsgw run exited:\n{text}")
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("no complete poll cycle within 120 s")
+            time.sleep(settle)  # a few more cycles (fast 5 s, slow values on the first cycle)
+            return rss_mb(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
 
 
 def bank(strings: int, cells: int, ports: dict[str, str] | None) -> dict:

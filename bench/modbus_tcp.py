@@ -125,6 +125,9 @@ def start_bmsgw(tmp: Path, port: int, ports: dict[str, str] | None) -> subproces
     data["gateway"]["state_dir"] = str(tmp / "var")
     data["gateway"]["log_level"] = "WARNING"
     data["modbus_tcp"] = {**data.get("modbus_tcp", {}), "listen": f"127.0.0.1:{port}"}
+    # two gateways run side by side: each face on a port of its own (a taken port refuses start-up)
+    for section in ("web", "prometheus", "snmp"):
+        data[section] = {**data.get(section, {}), "listen": f"127.0.0.1:{free_port()}"}
     cfg = tmp / "config.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     return subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "WARNING", "run", "--config", str(cfg)],
@@ -169,13 +172,19 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     p.kill()
     b, o, q = statistics.median(base), statistics.median(ours), statistics.median(quiet)
-    print(f"client: raw socket, sequential FC4 reads of {COUNT} registers, {args.rounds} rounds x {args.seconds:g} s, cpus={os.cpu_count()}")
-    print(f"baseline stock pymodbus 3.16.1 server, plain data block: {b:,.0f} requests/s  (rounds: {', '.join(f'{x:,.0f}' for x in base)})")
-    print(f"bmsgw modbus_tcp, default config, store not changing:    {q:,.0f} requests/s  (rounds: {', '.join(f'{x:,.0f}' for x in quiet)})")
-    print(f"bmsgw modbus_tcp, default config, polling live:          {o:,.0f} requests/s  (rounds: {', '.join(f'{x:,.0f}' for x in ours)})")
-    print("(all servers run during every round: the live gateway's polling and the simulator load the machine for all)")
+    def listed(rates: list[float]) -> str:
+        return ", ".join(f"{x:,.0f}" for x in rates)
+
+    print(f"client: raw socket, sequential FC4 reads of {COUNT} registers, {args.rounds} rounds x {args.seconds:g} s, "
+          f"cpus={os.cpu_count()}")
+    print(f"baseline stock pymodbus 3.16.1 server, plain data block: {b:,.0f} requests/s  (rounds: {listed(base)})")
+    print(f"bmsgw modbus_tcp, default config, store not changing:    {q:,.0f} requests/s  (rounds: {listed(quiet)})")
+    print(f"bmsgw modbus_tcp, default config, polling live:          {o:,.0f} requests/s  (rounds: {listed(ours)})")
+    print("(all servers run during every round: the live gateway's polling and the simulator load the machine "
+          "for all)")
     print(f"store not changing: {q / b:.2f}x the baseline")
-    print(f"modbus_tcp 100-register reads, polling live: {o / b:.2f}x the stock pymodbus server ({o:,.0f} vs {b:,.0f} requests/s)")
+    print(f"modbus_tcp 100-register reads, polling live: {o / b:.2f}x the stock pymodbus server "
+          f"({o:,.0f} vs {b:,.0f} requests/s)")
     return 0
 
 

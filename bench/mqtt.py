@@ -31,14 +31,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.outputs.mqtt import MqttService  # noqa: E402
-from gateway.points import Quality, Reading  # noqa: E402
-from tests.mqtt_peers import Mosquitto  # noqa: E402  (the tests' broker harness)
-from tests.support import free_port  # noqa: E402
+from gateway.app import Gateway
+from gateway.outputs.mqtt.face import MqttUploader
+from gateway.points import Quality, Reading
+from tests.mqtt_peers import Mosquitto
+from tests.support import free_port
 
 TYPICAL = {"V": (12.0, 14.0), "C": (20.0, 35.0), "ohm": (0.003, 0.008), "A": (-50.0, 50.0), "%": (50.0, 100.0)}
 WINDOW = 64
@@ -81,14 +81,14 @@ class Loop:
         self.loop.close()
 
 
-def cycles(svc: MqttService, count: int, period_s: float, start: float):
+def cycles(svc: MqttUploader, count: int, period_s: float, start: float):
     """``count`` publish cycles of the live snapshot, stamped ``period_s`` apart from ``start``."""
     snap = svc.gateway.store.snapshot()
     for k in range(count):
         yield [(t, doc, False) for t, doc, _ in svc.builder.messages(snap, start + k * period_s)]
 
 
-def wait_drained(svc: MqttService, total_sent: int, timeout: float = 3600) -> float:
+def wait_drained(svc: MqttUploader, total_sent: int, timeout: float = 3600) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         q = svc.queue
@@ -163,7 +163,7 @@ def main() -> None:
         try:
             # -- throughput with the link up --------------------------------------------------------------------
             gw = gateway(tmp, port, args.layout, "throughput.sqlite")
-            svc = MqttService(gw, gw.config.section("mqtt"))
+            svc = MqttUploader(gw, gw.config.section("mqtt"))
             loop.run(svc.start())
             while not svc.connected:
                 time.sleep(0.01)
@@ -190,7 +190,7 @@ def main() -> None:
             hour = args.hour_cycles or int(3600 / fast_s)
             broker.stop()
             gw2 = gateway(tmp, port, args.layout, "hour.sqlite")
-            svc2 = MqttService(gw2, gw2.config.section("mqtt"))
+            svc2 = MqttUploader(gw2, gw2.config.section("mqtt"))
             loop.run(svc2.start())
             q0 = time.monotonic()
             total = 0
@@ -215,17 +215,20 @@ def main() -> None:
             loop.close()
             broker.stop()
 
-    print(f"layout {args.layout}: {per_cycle} messages per cycle, {size / n_msgs / 1024:.1f} KiB per message on average")
-    print(f"throughput, bare paho serialising from memory (baseline): {n_msgs / bare_s:9.0f} msg/s  {size / bare_s / 1e6:6.1f} MB/s  1.00x")
-    print(f"throughput, bmsgw uploader (queue + QoS 1):               {n_msgs / ours_s:9.0f} msg/s  {size / ours_s / 1e6:6.1f} MB/s  "
-          f"{bare_s / ours_s:.2f}x")
+    print(f"layout {args.layout}: {per_cycle} messages per cycle, {size / n_msgs / 1024:.1f} KiB per message "
+          "on average")
+    print(f"throughput, bare paho serialising from memory (baseline): {n_msgs / bare_s:9.0f} msg/s  "
+          f"{size / bare_s / 1e6:6.1f} MB/s  1.00x")
+    print(f"throughput, bmsgw uploader (queue + QoS 1):               {n_msgs / ours_s:9.0f} msg/s  "
+          f"{size / ours_s / 1e6:6.1f} MB/s  {bare_s / ours_s:.2f}x")
     span = hour * fast_s
     what = "one hour" if span == 3600 else f"{span / 60:g} min"
     print(f"{what} = {hour} cycles at {fast_s:g} s = {total} messages, {hour_mb:.1f} MB of JSON payloads; "
           f"queued on disk in "
           f"{queue_s:.1f} s ({on_disk['on_disk']} rows, file {disk_mb:.1f} MB)")
     print(f"catch-up, bare paho from memory, serialising not counted (baseline): {bare_hour_s:7.1f} s   1.00x")
-    print(f"catch-up, bmsgw from disk after reconnect:                           {catchup_s:7.1f} s   {bare_hour_s / catchup_s:.2f}x")
+    print(f"catch-up, bmsgw from disk after reconnect:                           {catchup_s:7.1f} s   "
+          f"{bare_hour_s / catchup_s:.2f}x")
     print(f"MQTT ({args.layout} layout, {gw.topology.cell_count} batteries): {n_msgs / ours_s:.0f} msg/s to a local "
           f"mosquitto ({bare_s / ours_s:.2f}x bare paho); {what} of queued data ({total} messages, {hour_mb:.0f} MB) "
           f"caught up in {catchup_s:.1f} s after reconnect ({span / catchup_s:.0f}x real time, "

@@ -39,11 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
+import yaml
 
-from bench._common import BMSGW  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, encode_vector  # noqa: E402
-from tests.powerloss import PowerLoss  # noqa: E402
+from bench._common import BMSGW
+from gateway.history.db import EPOCH, HistoryDB, encode_vector
+from tests.powerloss import PowerLoss
 
 COMMIT = re.compile(r"history: commit (\d+) durable: (\d+) values, (\d+) raw rows(?: \(t (\d+)\.\.(\d+)\))?")
 
@@ -157,7 +157,8 @@ class GatewayKills:
         db = sqlite3.connect(var / "history.sqlite", timeout=30)
         try:
             for rows, a, b in self.commits:
-                have = db.execute("SELECT count(*) FROM raw WHERE t >= ? AND t <= ?", (a - EPOCH, b - EPOCH)).fetchone()[0]
+                have = db.execute("SELECT count(*) FROM raw WHERE t >= ? AND t <= ?",
+                                  (a - EPOCH, b - EPOCH)).fetchone()[0]
                 if have < rows:
                     raise SystemExit(f"a durable commit of {rows} raw rows (t {a}..{b}) has {have} after the kill")
         finally:
@@ -210,7 +211,8 @@ def main() -> int:
         for _ in range(args.gateway_kills):
             g.cycle()
         rows = sum(r for r, _, _ in g.commits)
-        print(f"   {g.kills} kills in {time.monotonic() - t0:.0f} s: {len(g.commits)} durable commits ({rows} raw rows) "
+        print(f"   {g.kills} kills in {time.monotonic() - t0:.0f} s: {len(g.commits)} durable commits "
+              f"({rows} raw rows) "
               f"all present, every database passes integrity_check, {g.saves} config saves acknowledged, "
               f"the file always the last acknowledged or the one in flight", flush=True)
         full, normal = commit_cost(folder)

@@ -13,10 +13,14 @@ machine does not count.  Run: .venv/bin/python bench/prometheus_scrape.py [--rou
 from __future__ import annotations
 
 import argparse
+import asyncio
+import http.client
 import random
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,12 +29,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import prometheus_client  # noqa: E402
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest  # noqa: E402
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from gateway.app import Gateway  # noqa: E402
-from gateway.exposition import BankCollector, exposition_for, render_metrics  # noqa: E402
-from gateway.points import Quality, Reading  # noqa: E402
+from gateway.app import Gateway
+from gateway.exposition import BankCollector, exposition_for, render_metrics
+from gateway.outputs.prometheus.face import PrometheusService
+from gateway.points import Quality, Reading
 
 TYPICAL = {"V": (12.0, 14.0), "C": (20.0, 35.0), "ohm": (0.003, 0.008), "A": (-50.0, 50.0), "%": (50.0, 100.0),
            "s": (0.0, 100000.0), "unix_s": (1.7e9, 2.0e9)}
@@ -92,6 +97,37 @@ def interleaved(cases: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
+def http_scrapes(gw: Gateway, rounds: int) -> tuple[float, float]:
+    """The face's own HTTP server answering GET /metrics for the unchanged store (so no render): median CPU ms
+    of this process (server and client) and median wall ms per scrape, over one client connection that
+    is kept alive when the server allows it (as Prometheus does)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = PrometheusService(gw, {**gw.config.section("prometheus"), "listen": f"127.0.0.1:{port}"})
+    asyncio.run_coroutine_threadsafe(service.start(), loop).result(30)
+    cpu, wall = [], []
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        for _ in range(rounds + 1):
+            t0, c0 = time.perf_counter(), time.process_time()
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            body = resp.read()
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - t0)
+            assert resp.status == 200 and body
+        conn.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(service.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    return statistics.median(cpu[1:]) * 1000, statistics.median(wall[1:]) * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=31)
@@ -135,14 +171,18 @@ def main() -> None:
         baseline, collector, cold, typical, cached = (figures[k] for k in
                                                       ("baseline", "collector", "cold", "typical", "cached"))
         gz = len(exp.render(gzipped=True))
+        http_cpu, http_wall = http_scrapes(gw, args.rounds * 3)
 
     print(f"series: {series} ({gw.topology.cell_count} batteries, {len(gw.pointmap)} mapped points); "
-          f"body {len(body) / 1024:.0f} KiB, gzip {gz / 1024:.0f} KiB; plain registry body {len(plain_body) / 1024:.0f} KiB")
+          f"body {len(body) / 1024:.0f} KiB, gzip {gz / 1024:.0f} KiB; "
+          f"plain registry body {len(plain_body) / 1024:.0f} KiB")
     print(f"baseline generate_latest, plain registry:      {baseline:8.2f} ms   1.00x")
     print(f"generate_latest, bmsgw custom collector:       {collector:8.2f} ms   {baseline / collector:.2f}x")
     print(f"bmsgw fast path, every reading new:            {cold:8.2f} ms   {baseline / cold:.2f}x")
     print(f"bmsgw fast path, after a fast poll cycle:      {typical:8.2f} ms   {baseline / typical:.2f}x")
     print(f"bmsgw fast path, unchanged store (cached):     {cached:8.4f} ms   (no render)")
+    print(f"GET /metrics over HTTP from the face's server (cached body): {http_cpu:.2f} ms CPU, "
+          f"{http_wall:.2f} ms wall per scrape")
     print(f"scrape of {gw.topology.cell_count} batteries ({series} series, {len(body) / 1024:.0f} KiB): fast path "
           f"{cold:.1f} ms (every reading new) vs generate_latest on a plain registry {baseline:.1f} ms: "
           f"{baseline / cold:.1f}x faster")

@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.outputs.snmp.agent import SnmpAgent  # noqa: E402
-from gateway.points import Quality, Reading  # noqa: E402
-from tests.snmp_support import free_udp_port, net_snmp_env  # noqa: E402
-from tests.support import GatewayThread, write_config  # noqa: E402
+from gateway.outputs.snmp.agent import SnmpAgent
+from gateway.points import Quality, Reading
+from tests.snmp_support import free_udp_port, net_snmp_env
+from tests.support import GatewayThread, write_config
 
 RUNS = 5
 REPS = 50
@@ -144,8 +144,8 @@ def main() -> None:
                 }
                 cells = walk(v2c, port, cell_table, env)[0]
                 rates = {label: [] for label in cases}
-                counts, cpu = {}, {label: 0.0 for label in cases}
-                for label, (auth, where, oid, _b) in cases.items():  # warm-up
+                counts, cpu = {}, dict.fromkeys(cases, 0.0)
+                for auth, where, oid, _b in cases.values():  # warm-up
                     walk(auth, where, oid, env)
                 # interleaved: every run measures each case once, so a busy machine slows all of them alike
                 for _ in range(RUNS):
@@ -159,7 +159,8 @@ def main() -> None:
                 snmpd.wait(10)
             gt.call(slow.stop())
         med = {label: statistics.median(r) for label, r in rates.items()}
-        ratio = {label: statistics.median(a / b for a, b in zip(rates[label], rates["snmpd"])) for label in rates}
+        ratio = {label: statistics.median(a / b for a, b in zip(rates[label], rates["snmpd"], strict=True))
+                 for label in rates}
         print(f"cell table: {cells} varbinds per walk ({gw.topology.cell_count} batteries, every column); snmpd: "
               f"hrSWInstalledTable {counts['snmpd']} varbinds per walk, repeated to >= {cells}; "
               f"snmpbulkwalk -Cr{REPS}; medians of {RUNS} interleaved runs (ratio: median of the per-run ratios)")

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.soak.load import Plan, report, run  # noqa: E402
+from tests.soak.load import Plan, report, run
 
 
 def main() -> int:

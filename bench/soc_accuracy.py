@@ -1,7 +1,8 @@
 """SOC error against the simulator's ground truth over discharge/recharge cycles, in accelerated simulated time.
 
-One string of 24 x 12 V 100 Ah units with a weak unit (the string has about 85 % of its rated capacity), on
-float, then three cycles: a discharge at C/4 (25 A) for 90 minutes and the charger's recharge back to float.
+One string of 24 x 12 V 100 Ah units with a weak unit (the string has about 85 % of its rated capacity), the
+sensors' datasheet errors on (a hall zero offset within +-3 A, gain errors), on float, then three cycles: a
+discharge at C/4 (25 A) for 90 minutes and the charger's recharge back to float.
 The gateway's estimator (Peukert, charge efficiency, float anchoring, capacity learnt from the first
 discharge) is compared with a baseline measured in the same run: plain coulomb counting against the rated
 capacity (no Peukert, no efficiency, no capacity learning; the same float anchoring).
@@ -18,15 +19,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.analytics import ANALYTICS_SCHEMA  # noqa: E402
-from gateway.analytics.engine import Analytics  # noqa: E402
-from gateway.analytics.simulate import run  # noqa: E402
-from gateway.analytics.soc import SocParams, StringSoc  # noqa: E402
-from gateway.analytics.state import StateDB  # noqa: E402
-from gateway.config import fill_defaults  # noqa: E402
-from gateway.points import PointRef, PointStore  # noqa: E402
-from gateway.sim.model import BankModel  # noqa: E402
-from gateway.topology import BatteryConfig, StringConfig  # noqa: E402
+from gateway.analytics import ANALYTICS_SCHEMA
+from gateway.analytics.engine import Analytics
+from gateway.analytics.simulate import run
+from gateway.analytics.soc import SocParams, StringSoc
+from gateway.analytics.state import StateDB
+from gateway.config import fill_defaults
+from gateway.points import PointRef, PointStore
+from gateway.sim.model import BankModel
+from gateway.strings import SCHEMA as STRINGS_SCHEMA, StringSupervisor, string_states
+from gateway.topology import BatteryConfig, StringConfig
 
 CELLS = 24
 CYCLES = 3
@@ -35,11 +37,16 @@ CYCLES = 3
 def main() -> None:
     model = BankModel([(1, CELLS, 100.0, 6)], seed=3, weak_cells=1, discharge_duration_s=5400)
     store = PointStore()
+    strings = [StringConfig(1, CELLS, "bench", BatteryConfig(capacity_ah=100.0))]
+    states = string_states()
+    # the string supervision at the store's door: the corrected current and the state the analytics follow
+    StringSupervisor(strings, fill_defaults(STRINGS_SCHEMA, {}), store, states).install()
     with tempfile.TemporaryDirectory() as tmp:
-        an = Analytics([StringConfig(1, CELLS, "bench", BatteryConfig(capacity_ah=100.0))],
-                       fill_defaults(ANALYTICS_SCHEMA, {}), StateDB(Path(tmp) / "a.sqlite"), store, now=model.t)
+        an = Analytics(strings, fill_defaults(ANALYTICS_SCHEMA, {}), StateDB(Path(tmp) / "a.sqlite"), store,
+                       now=model.t)
         store.subscribe(an.observe)
-        naive = StringSoc(1, SocParams(capacity_ah=100.0, peukert=1.0, charge_efficiency=1.0, min_test_depth_pct=1e9))
+        naive = StringSoc(1, SocParams(capacity_ah=100.0, peukert=1.0, charge_efficiency=1.0, min_test_depth_pct=1e9),
+                          states)
 
         def naive_listener(batch):
             for ref, r in batch:
@@ -51,7 +58,7 @@ def main() -> None:
         def step(t: float) -> None:
             truth = model.truth()["strings"][1]["soc"]
             sv = store.value(PointRef("string.voltage", 1))
-            naive.update(t, store.value(PointRef("string.current", 1)), sv / (CELLS * 6) if sv else None, None, {})
+            naive.update(t, store.value(PointRef("string.state", 1)), sv / (CELLS * 6) if sv else None, None, {})
             errors.append((an.soc[1].soc - truth, naive.soc - truth))
 
         t0 = time.perf_counter()

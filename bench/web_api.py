@@ -14,9 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
+import requests
 
-from tests.support import GatewayThread, free_port, write_config  # noqa: E402
+from tests.support import GatewayThread, free_port, write_config
 
 ROUNDS = 40
 
@@ -36,9 +36,7 @@ def main() -> None:
         port = free_port()
         path = write_config(Path(tmp), overrides={"web": {"listen": f"127.0.0.1:{port}"}})
         with GatewayThread(path) as gt:
-            from gateway.outputs.web import _services
-
-            ctx = _services[gt.gateway].ctx
+            ctx = gt.gateway.service("web").ctx
             token = ctx.users.add_token("bench", "viewer")[1]
             hdr = {"Authorization": f"Bearer {token}"}
             base = f"http://127.0.0.1:{port}/api/v1/"

@@ -268,9 +268,7 @@ def normalise_modes(dest: Path) -> None:
         for p in [path, *path.rglob("*")]:
             if p.is_symlink():
                 continue
-            if p.is_dir():
-                p.chmod(0o755)
-            elif p.name == "bmsgw" and p.parent.name == "bin":
+            if p.is_dir() or (p.name == "bmsgw" and p.parent.name == "bin"):  # folders and the launcher
                 p.chmod(0o755)
             else:
                 p.chmod(0o644)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from typing import Any
 
 from . import __version__
 from .cliargs import add_config_option, config_path, offline_gateway
@@ -31,18 +32,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    from .app import check_sim_ports
+    from .app import ConfigProblems
 
     path = config_path(args)
     gw = offline_gateway(path)
-    check_sim_ports(gw.config)
-    # the faces check their own sections (addresses, cross-field rules) when `run` builds them: build them
-    # here too (nothing is bound or opened), so a config check-config passes is one `run` accepts
-    gw.pm.hook.bmsgw_services(gateway=gw)
-    problems = gw.config_problems()
-    for problem in problems:
-        print(f"bmsgw: {problem}", file=sys.stderr)
-    if problems:
+    try:  # every check `bmsgw run` makes; nothing is built, opened or written
+        gw.check()
+    except ConfigProblems as exc:
+        for problem in exc.problems:
+            print(f"bmsgw: {problem}", file=sys.stderr)
         return 2
     topo = gw.topology
     print(f"{path}: valid: {len(topo.strings)} strings, {topo.cell_count} batteries, {len(topo.devices)} devices "
@@ -100,7 +98,7 @@ def cmd_simulate(args) -> int:
     import threading
 
     gw = offline_gateway(config_path(args))
-    overrides = {}
+    overrides: dict[str, Any] = {}  # Simulator keyword arguments
     if args.no_wire_time:
         overrides["wire_time"] = False
     if args.time_scale:

@@ -31,11 +31,13 @@ def unopened_ports(path: str) -> dict[str, str]:
     from .config import read_raw
 
     raw = read_raw(path)
-    buses = raw.get("buses") if isinstance(raw.get("buses"), list) else []
+    buses = raw.get("buses")
+    if not isinstance(buses, list):
+        buses = []
     return {b["name"]: "(not opened)" for b in buses if isinstance(b, dict) and isinstance(b.get("name"), str)}
 
 
-def offline_gateway(path: str) -> "Gateway":
+def offline_gateway(path: str) -> Gateway:
     """The gateway the config at ``path`` describes, with no port opened and no simulator: for commands that
     read the config, the state files or the point map while (or instead of) ``bmsgw run`` runs."""
     from .app import Gateway

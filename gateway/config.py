@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,7 @@ import jsonschema
 
 from .errors import ConfigError, key_path
 from .profiles import DeviceProfile, check_size, load_yaml, non_finite, schema_error
-from .topology import (MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig,
-                       Topology)
+from .topology import MAX_BUSES, MAX_CELLS, MAX_STRINGS, BatteryConfig, BusConfig, DeviceConfig, StringConfig, Topology
 
 _device_item = {
     "type": "object",
@@ -33,6 +33,13 @@ _device_item = {
     },
 }
 
+# the fields of gateway.sim.model.SensorErrors a config may set (numbers; offsets per string are their own keys)
+_SENSOR_ERROR_KEYS = (
+    "current_offset_max_a", "current_gain_pct", "current_noise_a", "current_drift_a_per_c", "voltage_gain_pct",
+    "voltage_step_v", "voltage_noise_pct", "string_voltage_gain_pct", "bank_voltage_gain_pct",
+    "temperature_offset_c", "temperature_noise_c", "ohmic_repeatability_pct", "ohmic_repeatability_ohm",
+    "ohmic_conformity_pct", "ohmic_conformity_ohm")
+
 CORE_SCHEMA: dict[str, Any] = {
     "site": {
         "type": "object", "additionalProperties": False, "default": {},
@@ -44,7 +51,8 @@ CORE_SCHEMA: dict[str, Any] = {
     "gateway": {
         "type": "object", "additionalProperties": False, "default": {},
         "properties": {
-            "state_dir": {"type": "string", "default": "var", "description": "writable data directory (relative to the config file)"},
+            "state_dir": {"type": "string", "default": "var",
+                          "description": "writable data directory (relative to the config file)"},
             "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
             "poll": {
                 "type": "object", "additionalProperties": False, "default": {},
@@ -89,9 +97,11 @@ CORE_SCHEMA: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "default": {},
         "properties": {
             "enabled": {"type": "boolean", "default": False,
-                        "description": "run the built-in simulated bank on pseudo-terminals for buses whose port is 'sim'"},
+                        "description": "run the built-in simulated bank on pseudo-terminals for buses whose port "
+                                       "is 'sim'"},
             "seed": {"type": "integer", "default": 1},
-            "wire_time": {"type": "boolean", "default": True, "description": "answer no faster than the baud rate allows"},
+            "wire_time": {"type": "boolean", "default": True,
+                          "description": "answer no faster than the baud rate allows"},
             "time_scale": {"type": "number", "minimum": 0.01, "maximum": 100000, "default": 1.0},
             "weak_cells": {"type": "integer", "minimum": 0, "maximum": 50, "default": 3},
             "discharge_every_s": {"type": "number", "minimum": 0, "default": 0,
@@ -100,6 +110,38 @@ CORE_SCHEMA: dict[str, Any] = {
             "ohmic_test_interval_s": {"type": "number", "minimum": 60, "default": 86400,
                                       "description": "the cell sensors run an ohmic test this often (simulated "
                                                      "seconds) and report its result until the next one"},
+            "sensor_errors": {
+                "description": "the datasheets' sensor errors (README, 'The simulator'): true, false (perfect "
+                               "sensors), or a mapping overriding some of them",
+                "default": True,
+                "oneOf": [{"type": "boolean"}, {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {k: {"type": "number", "minimum": 0, "maximum": 100} for k in _SENSOR_ERROR_KEYS}}],
+            },
+            "current_offset_a": {"type": ["number", "null"], "minimum": -100, "maximum": 100, "default": None,
+                                 "description": "zero offset of every string's hall current sensor (A); null: each "
+                                                "sensor has its own, within +-current_offset_max_a"},
+            "current_offsets": {"type": "object", "default": {}, "additionalProperties": False,
+                                "patternProperties": {"^[1-9][0-9]?$": {"type": "number", "minimum": -100,
+                                                                        "maximum": 100}},
+                                "description": "per string id: that string sensor's zero offset (A)"},
+            "scenarios": {
+                "type": "array", "maxItems": 32, "default": [],
+                "description": "events the simulated bank goes through: a thermal runaway, a stuck sensor, a "
+                               "sensor out of its range",
+                "items": {
+                    "type": "object", "additionalProperties": False, "required": ["kind"],
+                    "properties": {
+                        "kind": {"enum": ["thermal_runaway", "stuck", "out_of_range"]},
+                        "after_s": {"type": "number", "minimum": 0, "default": 0,
+                                    "description": "simulated seconds after the simulator starts"},
+                        "string": {"type": "integer", "minimum": 1, "maximum": MAX_STRINGS},
+                        "cell": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS},
+                        "point": {"type": "string", "pattern": "^[a-z][a-z0-9_.]{1,63}$"},
+                        "value": {"type": "number"},
+                    },
+                },
+            },
         },
     },
     "buses": {
@@ -150,10 +192,11 @@ CORE_SCHEMA: dict[str, Any] = {
 _LISTEN = re.compile(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: object) -> tuple[str, int]:
     """A face's ``listen`` setting: ``127.0.0.1:5020``, ``[::1]:5020`` or ``localhost:5020`` -> (host, port).
 
-    Raises ValueError saying what is wrong; each face wraps it into a ConfigError naming its own key.
+    Raises ValueError saying what is wrong (also for a value that is not a string at all); each face wraps it
+    into a ConfigError naming its own key.
     """
     m = _LISTEN.fullmatch(text) if isinstance(text, str) else None
     if not m:
@@ -173,22 +216,23 @@ def parse_networks(items: list[str], src: str, key: str) -> list[ipaddress.IPv4N
         try:
             out.append(ipaddress.ip_network(item, strict=False))
         except (TypeError, ValueError):
-            raise ConfigError(src, f"{key}[{i}]", f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+            raise ConfigError(src, f"{key}[{i}]",
+                              f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
     return out
 
 
-def address_allowed(client: str, networks: list) -> bool:
+def address_allowed(client: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     """Whether a client address (an IPv6 scope and the IPv4-mapped form allowed for) is in ``networks``."""
     try:
         addr = ipaddress.ip_address(client.split("%", 1)[0])
     except ValueError:
         return False
-    if getattr(addr, "ipv4_mapped", None) is not None:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr in net for net in networks)
 
 
-def fill_defaults(schema: dict, data: Any) -> Any:
+def fill_defaults(schema: dict[str, Any], data: Any) -> Any:
     """Fill ``default`` values of object properties, recursively (arrays of objects too)."""
     if isinstance(data, dict) and schema.get("type") == "object":
         for key, sub in schema.get("properties", {}).items():
@@ -201,7 +245,7 @@ def fill_defaults(schema: dict, data: Any) -> Any:
     return data
 
 
-def full_schema(extra_sections: dict[str, dict]) -> dict:
+def full_schema(extra_sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     props = dict(CORE_SCHEMA)
     for name, sub in extra_sections.items():
         if name in props:
@@ -213,11 +257,11 @@ def full_schema(extra_sections: dict[str, dict]) -> dict:
 @dataclass
 class Config:
     path: Path
-    data: dict
+    data: dict[str, Any]
     topology: Topology
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
 
-    def section(self, name: str) -> dict:
+    def section(self, name: str) -> dict[str, Any]:
         return self.data.get(name) or {}
 
     @property
@@ -234,7 +278,7 @@ class Config:
         return self.resolve(self.data["gateway"]["state_dir"])
 
 
-def validate_value(data: Any, schema: dict, src: str, prefix: str = "") -> Any:
+def validate_value(data: Any, schema: dict[str, Any], src: str, prefix: str = "") -> Any:
     """Check ``data`` against ``schema``; the first error becomes a ConfigError at ``prefix.key.path``."""
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
@@ -247,7 +291,7 @@ def validate_value(data: Any, schema: dict, src: str, prefix: str = "") -> Any:
     return copy.deepcopy(data)
 
 
-def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
+def validate(data: Any, src: str, extra_sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -267,11 +311,12 @@ def validate(data: Any, src: str, extra_sections: dict[str, dict]) -> dict:
             raise ConfigError(src, str(unknown[0]), f"unknown section (a typo, or a plugin that is not installed?); "
                                                      f"known sections: {known}")
         raise schema_error(src, err)
-    return fill_defaults(schema, copy.deepcopy(data))
+    filled: dict[str, Any] = fill_defaults(schema, copy.deepcopy(data))  # a dict in, the same dict out
+    return filled
 
 
-def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> Topology:
-    buses = []
+def build_topology(data: dict[str, Any], src: str, profiles: dict[str, DeviceProfile]) -> Topology:
+    buses: list[BusConfig] = []
     for i, b in enumerate(data["buses"]):
         if any(x.name == b["name"] for x in buses):
             raise ConfigError(src, f"buses[{i}].name", f"bus name {b['name']!r} is used twice")
@@ -279,9 +324,12 @@ def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> 
                                stopbits=b["stopbits"], timeout_ms=b["timeout_ms"], retries=b["retries"],
                                rs485=b["rs485"], silence_ms=b.get("silence_ms"), index=i + 1))
     bus_names = {b.name for b in buses}
-    strings, devices, used = [], [], {}
+    strings: list[StringConfig] = []
+    devices: list[DeviceConfig] = []
+    used: dict[tuple[str, int], str] = {}  # (bus, address) -> key path of the device there
 
-    def add_device(path: str, d: dict, scope_ok: tuple[str, ...], string: int | None, cells: int | None):
+    def add_device(path: str, d: dict[str, Any], scope_ok: tuple[str, ...], string: int | None,
+                   cells: int | None) -> None:
         prof = profiles.get(d["profile"])
         if prof is None:
             raise ConfigError(src, f"{path}.profile",
@@ -291,14 +339,17 @@ def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> 
                               f"profile {prof.name} measures a {prof.scope}; it cannot be placed here (expected a "
                               f"{' or '.join(scope_ok)} device)")
         if d["bus"] not in bus_names:
-            raise ConfigError(src, f"{path}.bus", f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
+            raise ConfigError(src, f"{path}.bus",
+                              f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
         if prof.scope == "cell":
             first = d.get("first_cell", 1)
             count = d.get("count", cells - first + 1)
             if first + count - 1 > cells:
-                raise ConfigError(src, f"{path}.count", f"cells {first}..{first + count - 1} exceed the string's {cells} cells")
+                raise ConfigError(src, f"{path}.count",
+                                  f"cells {first}..{first + count - 1} exceed the string's {cells} cells")
             if d["address"] + count - 1 > 247:
-                raise ConfigError(src, f"{path}.count", f"addresses {d['address']}..{d['address'] + count - 1} exceed 247")
+                raise ConfigError(src, f"{path}.count",
+                                  f"addresses {d['address']}..{d['address'] + count - 1} exceed 247")
             items = [(d["address"] + k, first + k) for k in range(count)]
         else:
             if "count" in d:
@@ -307,7 +358,8 @@ def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> 
         for addr, cell in items:
             key = (d["bus"], addr)
             if key in used:
-                raise ConfigError(src, f"{path}.address", f"address {addr} on {d['bus']} is already used by {used[key]}")
+                raise ConfigError(src, f"{path}.address",
+                                  f"address {addr} on {d['bus']} is already used by {used[key]}")
             used[key] = path
             devices.append(DeviceConfig(profile=prof.name, bus=d["bus"], address=addr, string=string, cell=cell,
                                         name=d.get("name", "")))
@@ -332,14 +384,14 @@ def build_topology(data: dict, src: str, profiles: dict[str, DeviceProfile]) -> 
 
 
 def load_config(path: str | Path, profiles: dict[str, DeviceProfile],
-                extra_sections: dict[str, dict] | None = None) -> Config:
+                extra_sections: dict[str, dict[str, Any]] | None = None) -> Config:
     path = Path(path)
     data = validate(load_yaml(path), str(path), extra_sections or {})
     topology = build_topology(data, str(path), profiles)
     return Config(path=path, data=data, topology=topology, profiles=profiles)
 
 
-def read_raw(path: str | Path) -> dict:
+def read_raw(path: str | Path) -> dict[str, Any]:
     """The file's data before validation (used to find plugin folders before the schema is complete)."""
     data = load_yaml(Path(path))
     return data if isinstance(data, dict) else {}

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+from .discovery import Discovery, DiscoveryReport
 from .modbus import codecs
 from .modbus.planner import Block, plan
-from .modbus.rtu import (ExceptionResponse, ModbusError, read_request, write_multiple_request,
-                         write_single_request)
+from .modbus.rtu import ExceptionResponse, ModbusError, read_request, write_multiple_request, write_single_request
 from .modbus.transport import PortError, RtuTransport
 from .pointmap import device_refs
 from .points import PointRef, PointStore, Quality, Reading
@@ -60,6 +60,12 @@ class DeviceState:
     last_ok: float = 0.0
     last_error: str = ""
 
+    def readdress(self, address: int) -> None:
+        """Poll this device at ``address`` from now on (discovery adopted it there, or it is back)."""
+        self.address = address
+        self.requests = [read_request(address, b.function, b.start, b.count) for b in self.blocks]
+        self.fast_requests = [read_request(address, b.function, b.start, b.count) for b in self.fast_blocks]
+
 
 @dataclass(slots=True)
 class BusState:
@@ -91,6 +97,19 @@ class BusState:
     search_found: dict[int, str | None] = field(default_factory=dict)  # unconfigured ones that answered
     search_next: float = 0.0  # when the next search sweep may start (time.monotonic)
 
+    def may_probe(self, until: float | None) -> bool:
+        """May the bus spend a timeout on a device that may not answer?  Yes when the bus would idle that long
+        before its next cycle anyway, else only within the share of its time granted to such tries."""
+        if until is not None and time.monotonic() + self.bus.timeout_ms / 1000.0 <= until:
+            return True
+        return self.probe_credit > 0
+
+    def charge(self, t0: float, until: float | None) -> None:
+        """Count a try's time against the probe share, unless the bus had that time to spare."""
+        end = time.monotonic()
+        if until is None or end > until:
+            self.probe_credit -= end - t0
+
 
 @dataclass(slots=True)
 class _Reads:
@@ -107,27 +126,8 @@ class _Reads:
     answered: bool = False  # something came back from it (values or an exception) in the last try
 
 
-@dataclass(frozen=True, slots=True)
-class DiscoveryReport:
-    """What a discovery scan of one bus found, compared with the configured devices."""
-
-    bus: str
-    found: dict[int, str | None]  # address -> profile name (None: answers, but matches no profile)
-    matching: tuple[int, ...]  # configured and identified as configured
-    missing: tuple[int, ...]  # configured, no answer
-    wrong_model: dict[int, str | None]  # configured address answering as another model
-    unconfigured: dict[int, str | None]  # answering, not in the config
-    adopted: dict[int, int]  # configured address -> address it now answers at (readdressed sensor)
-
-    def as_dict(self) -> dict:
-        return {"found": len(self.found), "matching": len(self.matching), "missing": list(self.missing),
-                "wrong_model": {str(k): v for k, v in self.wrong_model.items()},
-                "unconfigured": {str(k): v for k, v in self.unconfigured.items()},
-                "adopted": {str(k): v for k, v in self.adopted.items()}}
-
-
-class WriteError(Exception):
-    pass
+class DeviceWriteError(Exception):
+    """A write to a device that was not carried out (the bus is not open, the device did not answer)."""
 
 
 LATE_FRACTION = 0.1  # a cycle that starts later than this share of the interval after its slot is late
@@ -154,6 +154,7 @@ class Engine:
         self.decode_hook = decode_hook
         self.comm_callback = comm_callback
         self.discovery = dict(discovery or {})  # {on_start, ids: "1-247", adopt, search, search_every_s}
+        self.finder = Discovery(self)
         self.started = time.time()
         self.poll_cycles = 0
         ports = ports or {}
@@ -190,14 +191,8 @@ class Engine:
         elif prof.scope == "string":
             comm_ref = PointRef("string.comm_status", dev.string)
         ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks)
-        self._readdress(ds, dev.address)
+        ds.readdress(dev.address)
         return ds
-
-    @staticmethod
-    def _readdress(ds: DeviceState, address: int) -> None:
-        ds.address = address
-        ds.requests = [read_request(address, b.function, b.start, b.count) for b in ds.blocks]
-        ds.fast_requests = [read_request(address, b.function, b.start, b.count) for b in ds.fast_blocks]
 
     def plan_summary(self) -> dict[str, dict]:
         out = {}
@@ -211,14 +206,16 @@ class Engine:
         for bs in self.buses.values():
             self._open_bus(bs)
 
-    def _open_bus(self, bs: BusState) -> bool:
-        """Open the bus's port; a missing adapter is reported once and retried every cycle, never fatal."""
-        if bs.transport is not None and bs.transport.is_open:
-            return True
-        if bs.transport is None:
-            bs.transport = RtuTransport(bs.bus, bs.port)
+    def _open_bus(self, bs: BusState) -> RtuTransport | None:
+        """The bus's open transport; None when the port cannot be opened (reported once, retried every cycle,
+        never fatal)."""
+        transport = bs.transport
+        if transport is not None and transport.is_open:
+            return transport
+        if transport is None:
+            transport = bs.transport = RtuTransport(bs.bus, bs.port)
         try:
-            bs.transport.open()
+            transport.open()
         except Exception as exc:
             msg = str(exc) if isinstance(exc, PortError) else f"bus {bs.bus.name}: cannot open {bs.port}: {exc}"
             if msg != bs.open_error:
@@ -226,11 +223,11 @@ class Engine:
                 del bs.errors[:-20]
                 log.error("%s", msg)
             bs.open_error = msg
-            return False
+            return None
         if bs.open_error:
             log.info("bus %s: %s is open again", bs.bus.name, bs.port)
         bs.open_error = ""
-        return True
+        return transport
 
     async def start(self) -> None:
         await self.open()
@@ -255,7 +252,7 @@ class Engine:
     async def _bus_loop(self, bs: BusState) -> None:
         if self.discovery.get("on_start"):
             try:
-                await self.discover_bus(bs.bus.name)
+                await self.finder.discover_bus(bs.bus.name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -304,125 +301,9 @@ class Engine:
             bs.late += 1
         return due
 
-    # -- discovery -------------------------------------------------------------------------------------------
     async def discover(self, ids: str | None = None) -> dict[str, DiscoveryReport]:
-        """Scan every bus (in parallel) for ``ids`` (default: the config's ``gateway.discovery.ids``), compare
-        with the configured devices, and adopt unambiguously readdressed sensors.  One report per bus."""
-        await self.open()
-        reports = await asyncio.gather(*(self.discover_bus(name, ids) for name in self.buses))
-        return dict(zip(self.buses, reports))
-
-    async def discover_bus(self, name: str, ids: str | None = None) -> DiscoveryReport:
-        from .scan import parse_ids, scan_bus
-
-        bs = self.buses[name]
-        if not self._open_bus(bs):
-            raise PortError(bs.open_error)
-        wanted = parse_ids(ids or self.discovery.get("ids") or "1-247")
-        counters = bs.transport.counters
-        before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
-        try:
-            found = await scan_bus(bs.transport, self.profiles, wanted)
-        finally:
-            # silence from ids nobody uses is what a scan expects: it is not a communication fault
-            counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
-        report = self._compare(bs, {f.address: (f.profile.name if f.profile else None) for f in found}, set(wanted))
-        bs.discovery = report.as_dict()
-        log.info("bus %s: discovery found %d devices, %d as configured", name, len(report.found), len(report.matching))
-        for addr in report.missing:
-            log.warning("bus %s: configured address %d does not answer", name, addr)
-        for addr, prof in report.wrong_model.items():
-            log.warning("bus %s: address %d answers as %s, not as configured", name, addr, prof or "an unknown model")
-        for addr, prof in report.unconfigured.items():
-            log.warning("bus %s: address %d (%s) answers but is not configured", name, addr, prof or "unknown model")
-        for old, new in report.adopted.items():
-            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there", name, old, new)
-        return report
-
-    def _compare(self, bs: BusState, found: dict[int, str | None], scanned: set[int]) -> DiscoveryReport:
-        by_addr = {ds.device.address: ds for ds in bs.devices}
-        matching, missing, wrong = [], [], {}
-        for addr, ds in by_addr.items():
-            if addr not in scanned:
-                continue
-            if addr not in found:
-                missing.append(addr)
-            elif found[addr] == ds.profile.name:
-                matching.append(addr)
-            else:
-                wrong[addr] = found[addr]
-        unconfigured = {a: p for a, p in found.items() if a not in by_addr}
-        for addr, ds in by_addr.items():
-            if ds.address != addr and addr in matching:
-                self._readdress(ds, addr)  # back at its configured address
-        adopted = self._adopt([by_addr[a] for a in missing], unconfigured)
-        return DiscoveryReport(bs.bus.name, dict(sorted(found.items())), tuple(sorted(matching)),
-                               tuple(sorted(missing)), wrong, unconfigured, adopted)
-
-    def _adopt(self, missing: list[DeviceState], unconfigured: dict[int, str | None]) -> dict[int, int]:
-        """Poll a missing sensor where a new one of its model answers, when it cannot be anyone else: one
-        sensor of that model missing, one new one found (``discovery.adopt``).  Returns {configured: new}."""
-        adopted: dict[int, int] = {}
-        if not self.discovery.get("adopt", True):
-            return adopted
-        for ds in missing:
-            candidates = [a for a, p in unconfigured.items() if p == ds.profile.name]
-            lost_alike = [d for d in missing if d.profile.name == ds.profile.name]
-            if len(candidates) == 1 and len(lost_alike) == 1:
-                self._readdress(ds, candidates[0])
-                adopted[ds.device.address] = candidates[0]
-                ds.next_try = 0.0
-        return adopted
-
-    async def _search(self, bs: BusState, until: float | None) -> None:
-        """While a device of the bus is lost, try one address after another that nobody is polled at (within
-        the probe budget), for a sensor that was replaced by one set to another address; after a whole sweep,
-        adopt what can be adopted, say what was found, and rest ``discovery.search_every_s``."""
-        from .scan import parse_ids, scan_bus
-
-        if not self.discovery.get("search", True) or bs.transport is None or not bs.transport.is_open:
-            return
-        lost = [ds for ds in bs.devices if ds.lost]
-        if not lost:  # found, or back: nothing to look for
-            bs.search_ids = []
-            return
-        if not bs.search_ids:
-            if time.monotonic() < bs.search_next:
-                return
-            used = {ds.address for ds in bs.devices}
-            bs.search_ids = [a for a in parse_ids(self.discovery.get("ids") or "1-247") if a not in used]
-            bs.search_found = {}
-            bs.search_next = float("inf")  # until this sweep ends
-            log.info("bus %s: looking for %d lost device(s) at %d other addresses", bs.bus.name, len(lost),
-                     len(bs.search_ids))
-        counters = bs.transport.counters
-        while bs.search_ids and self._may_probe(bs, until):
-            addr = bs.search_ids.pop(0)
-            before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
-            t0 = time.monotonic()
-            try:
-                found = await scan_bus(bs.transport, self.profiles, [addr])
-            finally:
-                # silence from an address nobody uses is what a search expects: not a communication fault
-                counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
-            self._charge(bs, t0, until)
-            for f in found:
-                bs.search_found[f.address] = f.profile.name if f.profile else None
-        if bs.search_ids:
-            return
-        bs.search_next = time.monotonic() + float(self.discovery.get("search_every_s", 300))
-        found = dict(sorted(bs.search_found.items()))
-        adopted = self._adopt(lost, found)
-        rest = {a: p for a, p in found.items() if a not in adopted.values()}
-        bs.discovery = DiscoveryReport(bs.bus.name, found, (), tuple(sorted(d.device.address for d in lost)), {},
-                                       rest, adopted).as_dict()
-        for old, new in adopted.items():
-            log.warning("bus %s: the sensor configured at address %d now answers at %d; polling it there "
-                        "(set address %d in the config)", bs.bus.name, old, new, new)
-        for addr, prof in rest.items():
-            log.warning("bus %s: address %d (%s) answers but is not configured%s", bs.bus.name, addr,
-                        prof or "unknown model", "" if prof not in {d.profile.name for d in lost} else
-                        ": it may replace one of the lost sensors of that model; set its address in the config")
+        """Scan every bus for ``ids``; see ``Discovery.discover``."""
+        return await self.finder.discover(ids)
 
     # -- polling ---------------------------------------------------------------------------------------------
     async def _poll_bus(self, bs: BusState, slow: bool, force: bool = False, until: float | None = None) -> None:
@@ -509,7 +390,7 @@ class Engine:
             if not (force or comeback):
                 if ds.next_try > now:
                     break
-                if alive and not self._may_probe(bs, until):
+                if alive and not bs.may_probe(until):
                     break
                 if not alive and probes >= self.SILENT_PROBES:
                     break
@@ -522,10 +403,10 @@ class Engine:
             self._finish(reads)
             probes += 1
             if alive and not comeback:
-                self._charge(bs, t0, until)
+                bs.charge(t0, until)
             comeback = not ds.lost  # it answers again: so may the others (a bus plugged in again)
         if not force and alive:
-            await self._search(bs, until)
+            await self.finder.search(bs, until)
         bs.probe_credit = min(bs.probe_credit + self.PROBE_SHARE * busy, bs.bus.timeout_ms / 1000.0)
         bs.cycles += 1
         self.poll_cycles += 1
@@ -537,26 +418,11 @@ class Engine:
                      sum(1 for d in bs.devices if d.failures == 0), len(bs.devices))
         self._publish_bus(bs)
 
-    @staticmethod
-    def _may_probe(bs: BusState, until: float | None) -> bool:
-        """May the bus spend a timeout on a device that may not answer?  Yes when the bus would idle that long
-        before its next cycle anyway, else only within the share of its time granted to such tries."""
-        if until is not None and time.monotonic() + bs.bus.timeout_ms / 1000.0 <= until:
-            return True
-        return bs.probe_credit > 0
-
-    @staticmethod
-    def _charge(bs: BusState, t0: float, until: float | None) -> None:
-        """Count a try's time against the probe share, unless the bus had that time to spare."""
-        end = time.monotonic()
-        if until is None or end > until:
-            bs.probe_credit -= end - t0
-
     def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
         if slow:
-            todo = list(zip(ds.blocks, ds.requests))
+            todo = list(zip(ds.blocks, ds.requests, strict=True))
         else:
-            todo = list(zip(ds.fast_blocks, ds.fast_requests))
+            todo = list(zip(ds.fast_blocks, ds.fast_requests, strict=True))
         if not todo:  # nothing of this device is due: no news about it either
             return None
         return _Reads(ds, todo, retries, time.time())
@@ -718,10 +584,10 @@ class Engine:
         """Write a writable point to its device (e.g. the alarm relay) and publish the new value."""
         target = self.writable(ref)
         if target is None:
-            raise WriteError(f"{ref} is not writable")
+            raise DeviceWriteError(f"{ref} is not writable")
         bs, ds, reg = target
         if bs.transport is None or not bs.transport.is_open:
-            raise WriteError(f"bus {bs.bus.name} is not open")
+            raise DeviceWriteError(f"bus {bs.bus.name} is not open")
         words = codecs.encode(value, reg)
         if len(words) == 1:
             request = write_single_request(ds.address, reg.address, words[0])
@@ -730,6 +596,6 @@ class Engine:
         try:
             await bs.transport.transact(request)
         except ModbusError as exc:
-            raise WriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
+            raise DeviceWriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
         self.store.put(ref, float(value), Quality.GOOD)
 

@@ -1,6 +1,8 @@
 """Errors a user can act on: each names the file, the key path and what was expected."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 MAX_MESSAGE = 400  # characters of a ConfigError's message: a line or two on a terminal
 
 
@@ -26,7 +28,7 @@ class ConfigError(GatewayError):
         super().__init__(f"{file}: {self.path}: {self.message}")
 
 
-def key_path(parts) -> str:
+def key_path(parts: Iterable[str | int]) -> str:
     """``['strings', 0, 'cells']`` -> ``strings[0].cells``."""
     out = ""
     for part in parts:

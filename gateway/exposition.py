@@ -23,10 +23,10 @@ import math
 import re
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -198,7 +198,7 @@ class PointFamily(Family):
 
     def samples(self, ctx):
         snap, good, factor, places = ctx.snapshot, Quality.GOOD, self.factor, self.places
-        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes):
+        for ref, labels, prefix in zip(self.refs, self.labels, self.prefixes, strict=True):
             r = snap.get(ref)
             if r is None or r.quality is not good or r.value is None:
                 continue
@@ -341,11 +341,12 @@ class ExpositionModel:
                           for b in topology.buses]),
             QualityFamily(), AlarmActiveFamily(), AlarmEventsFamily(),
         ]
-        for fam in statics:
-            if fam.name in families:
-                log.warning("metric %s is defined by a point family too; the gateway's own is left out", fam.name)
+        for static in statics:
+            if static.name in families:
+                log.warning("metric %s is defined by a point family too; the gateway's own is left out",
+                            static.name)
                 continue
-            families[fam.name] = fam
+            families[static.name] = static
         self.families: list[Family] = [families[k] for k in sorted(families, key=lambda n: families[n].exported)]
 
     def render(self, ctx: RenderContext) -> bytes:
@@ -384,6 +385,7 @@ class Exposition:
 
     def __init__(self, gateway: Gateway) -> None:
         self.store = gateway.store
+        self._pointmap, self._topology = gateway.pointmap, gateway.topology
         self.model = ExpositionModel(gateway.pointmap, gateway.topology, gateway.config.section("site"))
         self.alarms = AlarmBoard()
         self._lock = threading.Lock()
@@ -392,6 +394,12 @@ class Exposition:
         self._gzip: bytes | None = None
         self.renders = 0
         self.last_render_s = 0.0
+
+    def set_site(self, site: dict) -> None:
+        """A renamed site (a config reload): its labels in the next render."""
+        model = ExpositionModel(self._pointmap, self._topology, site)
+        with self._lock:
+            self.model, self._key = model, None
 
     def context(self, snapshot: Snapshot | None = None) -> RenderContext:
         active, events = self.alarms.state()
@@ -416,18 +424,9 @@ class Exposition:
             return self._gzip
 
 
-_expositions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_expositions_lock = threading.Lock()
-
-
 def exposition_for(gateway: Gateway) -> Exposition:
     """The gateway's exposition (created on first use; one per gateway, shared by every face)."""
-    with _expositions_lock:
-        exp = _expositions.get(gateway)
-        if exp is None:
-            exp = Exposition(gateway)
-            _expositions[gateway] = exp
-        return exp
+    return gateway.shared(Exposition)
 
 
 def render_metrics(gateway: Gateway) -> tuple[bytes, str]:

@@ -19,13 +19,15 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any
 
 DEFAULT_MODE = 0o644
+StrPath = str | os.PathLike[str]
 
 
-def fsync_dir(folder: str | os.PathLike) -> None:
+def fsync_dir(folder: StrPath) -> None:
     """Make a rename or a new file in ``folder`` durable (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -61,8 +63,8 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", *, file_mode: int | None = None,
-                encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
+def atomic_open(path: StrPath, mode: str = "w", *, file_mode: int | None = None,
+                encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO[Any]]:
     """Write ``path`` through a file object; it replaces ``path`` only when the block ends without an error.
 
     ``mode`` is "w" (text) or "wb"; ``file_mode`` the permission bits (default: those of the file it
@@ -76,8 +78,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, file_mode: int | No
     perms = _final_mode(path, file_mode)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        kwargs = {} if mode == "wb" else {"encoding": encoding, "newline": newline}
-        with os.fdopen(fd, mode, **kwargs) as fh:
+        fh: IO[Any] = os.fdopen(fd, "wb") if mode == "wb" else os.fdopen(fd, "w", encoding=encoding, newline=newline)
+        with fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -90,7 +92,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, file_mode: int | No
     fsync_dir(folder)
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes, *, mode: int | None = None,
+def atomic_write(path: StrPath, data: str | bytes, *, mode: int | None = None,
                  backup: bool = False) -> None:
     """Replace ``path`` with ``data`` (str is written as UTF-8) in one step.
 
@@ -110,7 +112,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, mode: int | None
         fh.write(payload)
 
 
-def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+def replace_durably(tmp: StrPath, path: StrPath) -> None:
     """For a file another library wrote itself at ``tmp`` (a PDF): fsync it, rename it over ``path`` (same
     folder), fsync the folder."""
     fd = os.open(tmp, os.O_RDONLY)
@@ -122,7 +124,7 @@ def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync_dir(Path(path).parent)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, name: str, min_age_s: float = 60.0) -> int:
+def remove_stale_temporaries(folder: StrPath, name: str, min_age_s: float = 60.0) -> int:
     """Delete the temporary files that writes of ``name`` left in ``folder`` when the process was killed
     mid-write; returns how many.  Only files older than ``min_age_s`` go, so a write in progress in another
     process (the CLI beside the service) keeps its file."""

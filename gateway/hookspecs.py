@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -19,12 +19,14 @@ if TYPE_CHECKING:
     import argparse
 
     from .app import Gateway
+    from .commands import Command
     from .config import Config
     from .engine import CommEvent
     from .notify.base import Notifier
     from .pointmap import Catalog
     from .points import PointSpec
     from .profiles import DeviceProfile, RegisterSpec
+    from .service import Service
 
 PROJECT = "bmsgw"
 LEVEL = {"normal": 0, "warning": 1, "critical": 2}  # alarm severities, ordered
@@ -32,19 +34,10 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-class Service(Protocol):
-    """A long-running face (a server, an uploader).  ``bmsgw run`` starts it after the engine, in the
-    gateway's event loop, and stops it on shutdown."""
+class Subcommands(Protocol):
+    """What ``bmsgw_cli_commands`` gets: argparse's group of ``bmsgw`` sub-commands."""
 
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def endpoints(self) -> list[str]:
-        """Human-readable places it listens or sends to, e.g. ``modbus-tcp://127.0.0.1:5020``."""
-        ...
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +81,7 @@ class AlarmEvent:
             return None
         return PointRef(self.metric, self.string, self.cell, self.channel)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -111,7 +104,7 @@ class GatewaySpecs:
         """
 
     @hookspec
-    def bmsgw_config_schema(self) -> dict[str, dict]:
+    def bmsgw_config_schema(self) -> dict[str, dict[str, Any]]:
         """Config sections this plugin owns: ``{section name: JSON Schema}``.
 
         Called once before the config file is validated; ``default`` values in the schema are filled in, so
@@ -130,9 +123,26 @@ class GatewaySpecs:
 
     @hookspec
     def bmsgw_services(self, gateway: Gateway) -> list[Service]:
-        """Long-running faces to start with ``bmsgw run`` (after the engine is created, before polling).
+        """The long-running parts this plugin brings (``gateway.service.Service``): faces, engines, uploaders.
 
-        Return [] when the plugin's config section turns it off.
+        Called by ``Gateway.start`` (``bmsgw run``) once the store, map and engine exist, before polling; and
+        by ``Gateway.reload`` for a plugin whose section was off and is now on.  Return [] when the plugin's
+        config section turns it off.  The gateway owns what is returned: it registers each service in the
+        plugin manager (so the service's own ``@hookimpl`` methods are called with its state), starts them in
+        the order their ``after`` names ask for, calls ``reload`` when a section in their ``sections``
+        changes, and stops them in reverse order.  A service that cannot start (a port in use) raises: start-up
+        stops with its name, the address and the reason.  Construct cheaply; open, bind and spawn in ``start``.
+        """
+
+    @hookspec
+    def bmsgw_commands(self, gateway: Gateway) -> list[Command]:
+        """The writable point families this plugin carries out (``gateway.commands.Command``): an alarm
+        acknowledge, a baseline reset, a current zero ...
+
+        Called by ``Gateway.write`` (the one path of every write: Modbus, REST, the web page, SNMP SET) to find
+        the owner of the point written; the gateway has already checked that the point is writable and exists,
+        the writer's role and the value against the family's states and range.  Writable device registers
+        (``writable: true`` in a profile) need no command: the engine writes them.  Return [] when off.
         """
 
     @hookspec
@@ -146,25 +156,12 @@ class GatewaySpecs:
         loop, once per transition; must not block."""
 
     @hookspec
-    def bmsgw_cli_commands(self, subparsers: argparse._SubParsersAction) -> None:
+    def bmsgw_cli_commands(self, subparsers: Subcommands) -> None:
         """Add sub-commands to ``bmsgw``.  Each parser must ``set_defaults(func=callable(args) -> int)``."""
 
     @hookspec
     def bmsgw_status(self, gateway: Gateway) -> dict[str, Any]:
         """A plugin's status for ``/api/v1/status`` and the log: ``{name: json-able value}``."""
-
-    @hookspec
-    def bmsgw_modbus_write_handlers(self, gateway: Gateway) -> list[ModbusWriteHandler]:
-        """Holding registers a plugin accepts Modbus TCP writes to (a command such as an alarm acknowledge).
-
-        Called once by the Modbus TCP face when it starts.  Writes reach a handler only when
-        ``modbus_tcp.writes.enabled`` is on and the client is in ``modbus_tcp.writes.allow_from``; everything
-        else is refused with exception 02 and logged.  A register may not lie inside the point map (writable
-        points of the map, like ``io.do``, are written to their device by the face itself) nor be claimed
-        twice.  Reserved command registers (README, "Modbus TCP"): ``MODBUS_ALARM_ACK_REGISTER`` (9000) alarm
-        acknowledge, ``MODBUS_BASELINE_RESET_REGISTER`` (9100) + (string - 1) a string's baseline reset.
-        A command register reads 0 over FC3 and is not in the input table.
-        """
 
     @hookspec
     def bmsgw_alarm_event(self, gateway: Gateway, event: AlarmEvent) -> None:
@@ -182,9 +179,9 @@ class GatewaySpecs:
         """Someone acknowledged an active alarm (``event.acknowledged_by`` / ``event.acknowledged_ts`` are set,
         ``event.raised`` is True, ``event.ts`` is the acknowledgement time).
 
-        Called by ``gateway.alarms`` in the gateway's event loop after ``acknowledge(alarm_id, by)``
-        (from the web, REST or a Modbus write).  The alarm relay uses it to silence the horn.  Must not
-        block; the return value is ignored.
+        Called by ``gateway.alarms`` in the gateway's event loop after an acknowledgement (the command points
+        ``gateway.acknowledge_alarm``/``gateway.acknowledge_alarms`` written from any face).  The alarm relay
+        uses it to silence the horn.  Must not block; the return value is ignored.
         """
 
     @hookspec
@@ -198,15 +195,17 @@ class GatewaySpecs:
         """
 
     @hookspec(firstresult=True)
-    def bmsgw_alarm_log(self, config: Config, start: float, end: float, string: int | None) -> list[dict] | None:
+    def bmsgw_alarm_log(self, config: Config, start: float, end: float,
+                        string: int | None) -> list[dict[str, Any]] | None:
         """The alarm log of a period, for reports (``bmsgw report``, ``gateway.reports.make_report``).
 
         Called once per report, in the report's process (the gateway itself may or may not be running: read
         what the alarm plugin persisted under ``config.state_dir``).  Return None when this plugin keeps no
         alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
-        first, as dicts with at least ``raised`` (unix s), ``cleared`` (unix s or None), ``severity``
-        ("warning" or "critical") and ``text``, and where known ``point``, ``string``, ``cell``, ``value``,
-        ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and bank-wide ones.
+        first, as dicts shaped as ``bmsgw_alarms`` returns them: at least ``raised`` (Unix s), ``cleared`` (Unix s
+        or None), ``severity`` ("warning" or "critical") and ``message``, and where known ``point``, ``string``,
+        ``cell``, ``value``, ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and
+        bank-wide ones.
         """
 
     @hookspec(firstresult=True)
@@ -243,35 +242,6 @@ class GatewaySpecs:
         ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
         """
 
-    @hookspec(firstresult=True)
-    def bmsgw_alarm_acknowledge(self, gateway: Gateway, alarm_id: str, user: str) -> bool | None:
-        """Acknowledge an alarm on behalf of ``user`` (from the web page or ``POST /api/v1/alarms/{id}/
-        acknowledge``).  Called from a web server thread (hand the change over to the event loop if the engine
-        needs that).  Return True when the alarm was acknowledged (or already was), False when no active alarm
-        has that id, None when no alarm engine is installed.
-        """
-
-    @hookspec
-    def bmsgw_config_reloaded(self, gateway: Gateway, sections: list[str]) -> None:
-        """The configuration was saved and reloaded while running (``gateway.config`` is the new one).
-
-        Called in the event loop after the web page or ``PUT /api/v1/config`` saved a valid file, with the
-        names of the sections that changed.  A plugin re-reads its section here (thresholds, notification
-        targets ...) without restarting polling.  Changes to buses, strings, bank, plugins and simulator need
-        a restart; the gateway keeps the running topology until then.
-        """
-
-    @hookspec
-    def bmsgw_provision(self, gateway: Gateway) -> list[Path]:
-        """Create the secrets, keys and certificates this plugin needs, once, before the service first runs.
-
-        Called by ``bmsgw provision`` (the Debian package's postinst runs it as the service user on every
-        configure, after the state directory exists).  Create only what is missing under
-        ``gateway.config.state_dir`` (or a path from the plugin's config section) and never replace an
-        existing file, so upgrades keep the operator's keys; write secrets readable by the owner only.
-        Return the paths created by this call ([] when everything was already there).
-        """
-
     @hookspec
     def bmsgw_check_config(self, gateway_config: Config, catalog: Catalog) -> list[str]:
         """What is wrong in this plugin's config section beyond its JSON schema (which the core checks
@@ -286,26 +256,3 @@ class GatewaySpecs:
         [] when the section is fine.  Any problem makes check-config list them all and exit 2, keeps the
         gateway from starting and the web page from saving.
         """
-
-
-# Command registers reserved in the Modbus TCP holding table (README, "Modbus TCP"); the modules that act on them
-# register a ModbusWriteHandler at these addresses through ``bmsgw_modbus_write_handlers``.
-MODBUS_ALARM_ACK_REGISTER = 9000  # write 1: acknowledge every active alarm
-MODBUS_BASELINE_RESET_REGISTER = 9100  # + (string - 1); write a battery number: reset its ohmic baseline
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusWriteHandler:
-    """A writable holding register (or ``count`` consecutive ones) and what a write to it does.
-
-    ``handler(words, client)`` gets the written words (``count`` of them) and the client's IP address; it may
-    be a coroutine function (run in the gateway's event loop) and should be quick.  It returns None when done,
-    raises ``ValueError`` for a value it does not accept (the client gets exception 03), any other exception
-    for a failure (exception 04, logged).
-    """
-
-    address: int  # 0-based holding register address
-    name: str  # short id for logs and the register list, e.g. "alarm.acknowledge"
-    description: str
-    handler: Callable[[list[int], str], Awaitable[None] | None]
-    count: int = 1

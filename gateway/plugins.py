@@ -5,8 +5,8 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pluggy
 
@@ -25,7 +25,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.cmu",
     "plugins.io_module",
     "gateway.outputs.modbus_tcp",
-    "gateway.outputs.snmp_agent",
+    "gateway.outputs.snmp",
+    "gateway.strings",
     "gateway.alarms",
     "gateway.notify",
     "gateway.notify.mail",
@@ -38,7 +39,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.web",
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
-    "gateway.provision",
     "gateway.secretfiles",
 )
 

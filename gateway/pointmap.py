@@ -6,21 +6,25 @@ adding a string, a cell or a new sensor type never moves a point that exists.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import GatewayError
 from .points import PointRef, PointSpec
-from .profiles import DeviceProfile
-from .topology import MAX_CELLS, Topology
+from .profiles import DeviceProfile, RegisterSpec
+from .topology import MAX_CELLS, DeviceConfig, Topology
 
-CELL_BASE, STRING_BASE, BANK_BASE, GATEWAY_BASE = 10000, 3000, 1000, 0
-CELL_SLOT_SIZE, STRING_SIZE, CHANNEL_SLOT_SIZE = 1024, 500, 16
+CELL_BASE, STRING_BASE, BANK_BASE, GATEWAY_BASE, COMMAND_BASE = 10000, 3000, 1000, 0, 9000
+CELL_SLOT_SIZE, STRING_SIZE, CHANNEL_SLOT_SIZE, COMMAND_SLOT_SIZE = 1024, 500, 16, 100
 SLOT_LIMIT = {"cell": 54, "string": 250, "bank": 125, "gateway": 62}
+# Command families (kind: command) have slots of their own, 0..9: holding registers 9000 + slot*100 + index
+# (the string, or the channel, counted from 0), read 0 and never in the input table.
+COMMAND_SLOT_LIMIT = 10
 # Slots kept free for third-party families (profiles/points.yaml): the core and its faces never take them.
 THIRD_PARTY_SLOTS = {"cell": "40-53", "string": "150-249", "bank": "100-124", "gateway": "40-61"}
 # OID suffixes below the MIB's objects node: (table, entry, column, index...) or (group, column, 0).
 OID_GATEWAY, OID_BUS_TABLE, OID_BANK, OID_BANK_CHANNEL_TABLE, OID_STRING_TABLE, OID_CELL_TABLE = 1, 2, 3, 4, 5, 6
+OID_COMMANDS, OID_STRING_COMMAND_TABLE = 8, 9  # 7 is the MIB's own alarm group
 
 _UNIT_SUFFIX = {"V": ("volts", 1.0), "A": ("amperes", 1.0), "C": ("celsius", 1.0), "ohm": ("ohms", 1.0),
                 "%": ("ratio", 0.01), "s": ("seconds", 1.0), "Ah": ("ampere_hours", 1.0),
@@ -47,13 +51,22 @@ class Catalog:
             if old == spec:
                 return
             raise CatalogError(f"point family {spec.id} is already defined differently by {self._origin[spec.id]}")
-        limit = SLOT_LIMIT[spec.scope]
+        if spec.kind == "command":
+            if spec.scope == "cell":
+                raise CatalogError(f"{spec.id}: a command is a gateway, bank or string command (name the battery "
+                                   "in the value written)")
+            if not spec.writable:
+                raise CatalogError(f"{spec.id}: a command family must be writable")
+        limit = COMMAND_SLOT_LIMIT if spec.kind == "command" else SLOT_LIMIT[spec.scope]
         span = range(spec.slot, spec.slot + (spec.width if spec.scope == "cell" else 1))
         if span.stop > limit:
-            raise CatalogError(f"{spec.id}: slot {spec.slot} is outside 0..{limit - 1} for scope {spec.scope}"
+            raise CatalogError(f"{spec.id}: slot {spec.slot} is outside 0..{limit - 1} for "
+                               + ("commands" if spec.kind == "command" else f"scope {spec.scope}")
                                + (" (a 32-bit cell family takes two slots)" if spec.width == 2 else ""))
         for other in self._specs.values():
-            if other.scope != spec.scope:
+            if (other.kind == "command") != (spec.kind == "command"):
+                continue  # commands have a slot space of their own
+            if spec.kind != "command" and other.scope != spec.scope:
                 continue
             other_span = range(other.slot, other.slot + (other.width if other.scope == "cell" else 1))
             if set(span) & set(other_span):
@@ -74,33 +87,49 @@ class Catalog:
     def __contains__(self, pid: str) -> bool:
         return pid in self._specs
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[PointSpec]:
         return iter(self._specs.values())
+
+
+def require_position(value: int | None, owner: object, key: str) -> int:
+    """A 1-based position the scope needs; a ref or device without it is a bug where it was made."""
+    if value is None:
+        raise ValueError(f"{owner}: a {key} number is needed for this scope")
+    return value
 
 
 def register_address(spec: PointSpec, ref: PointRef) -> int:
     """The 0-based Modbus register address of a point: the formula in profiles/points.yaml."""
+    if spec.kind == "command":
+        index = (ref.string or ref.channel or 1) - 1
+        return COMMAND_BASE + spec.slot * COMMAND_SLOT_SIZE + index * spec.width
     if spec.scope == "cell":
-        index = (ref.string - 1) * MAX_CELLS + (ref.cell - 1)
+        string, cell = require_position(ref.string, ref, "string"), require_position(ref.cell, ref, "cell")
+        index = (string - 1) * MAX_CELLS + (cell - 1)
         return CELL_BASE + spec.slot * CELL_SLOT_SIZE + index * spec.width
     if spec.scope == "string":
-        return STRING_BASE + (ref.string - 1) * STRING_SIZE + spec.slot * 2
+        return STRING_BASE + (require_position(ref.string, ref, "string") - 1) * STRING_SIZE + spec.slot * 2
     base = BANK_BASE if spec.scope == "bank" else GATEWAY_BASE
     return base + spec.slot * CHANNEL_SLOT_SIZE + ((ref.channel or 1) - 1) * 2
 
 
 def oid_suffix(spec: PointSpec, ref: PointRef) -> tuple[int, ...]:
     """OID below the MIB's objects node; table columns start at 2 (cell table: 3) after the index columns."""
+    if spec.kind == "command":
+        if spec.scope == "string":
+            return (OID_STRING_COMMAND_TABLE, 1, spec.slot + 2, require_position(ref.string, ref, "string"))
+        return (OID_COMMANDS, spec.slot + 1, ref.channel or 0)
     if spec.scope == "cell":
-        return (OID_CELL_TABLE, 1, spec.slot + 3, ref.string, ref.cell)
+        return (OID_CELL_TABLE, 1, spec.slot + 3,
+                require_position(ref.string, ref, "string"), require_position(ref.cell, ref, "cell"))
     if spec.scope == "string":
-        return (OID_STRING_TABLE, 1, spec.slot + 2, ref.string)
+        return (OID_STRING_TABLE, 1, spec.slot + 2, require_position(ref.string, ref, "string"))
     if spec.scope == "bank":
         if spec.channels:
-            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, ref.channel)
+            return (OID_BANK_CHANNEL_TABLE, 1, spec.slot + 2, require_position(ref.channel, ref, "channel"))
         return (OID_BANK, spec.slot + 1, 0)
     if spec.channels:
-        return (OID_BUS_TABLE, 1, spec.slot + 2, ref.channel)
+        return (OID_BUS_TABLE, 1, spec.slot + 2, require_position(ref.channel, ref, "channel"))
     return (OID_GATEWAY, spec.slot + 1, 0)
 
 
@@ -119,6 +148,9 @@ def metric_name(spec: PointSpec) -> tuple[str, float]:
 
 def json_path(spec: PointSpec, ref: PointRef) -> str:
     name = spec.name.replace(".", "/")
+    if spec.kind == "command":
+        head = f"/strings/{ref.string}" if spec.scope == "string" else ""
+        return f"{head}/commands/{name}" + (f"/{ref.channel}" if ref.channel is not None else "")
     if spec.scope == "cell":
         return f"/strings/{ref.string}/cells/{ref.cell}/{name}"
     if spec.scope == "string":
@@ -157,7 +189,13 @@ class PointMap:
                  buses: int | None = None) -> None:
         self.catalog = catalog
         self.topology = topology
-        refs = set(self._measured_refs(topology, profiles))
+        self._devices: dict[PointRef, DeviceConfig] = {}  # measured point -> the device that measures it
+        for dev in topology.devices:
+            prof = profiles[dev.profile]
+            for reg in prof.registers:
+                for ref in device_refs(prof, reg, dev, topology):
+                    self._devices[ref] = dev
+        refs = set(self._devices)
         refs.update(self._derived_refs(catalog, topology, buses if buses is not None else len(topology.buses)))
         entries = []
         for ref in refs:
@@ -170,17 +208,44 @@ class PointMap:
         self.by_ref: dict[PointRef, MappedPoint] = {e.ref: e for e in entries}
         self.by_address: dict[int, MappedPoint] = {e.address: e for e in entries}
         self.by_oid: dict[tuple[int, ...], MappedPoint] = {e.oid: e for e in entries}
+        # Commands are writable names, not values: apart from the points every face reads and publishes.
+        commands = []
+        for ref in self._command_refs(catalog, topology):
+            spec = catalog[ref.point]
+            commands.append(MappedPoint(ref, spec, register_address(spec, ref), oid_suffix(spec, ref), "", 1.0,
+                                        metric_labels(spec, ref), json_path(spec, ref)))
+        commands.sort(key=lambda e: e.address)
+        self.commands: tuple[MappedPoint, ...] = tuple(commands)
+        self._commands_by_ref = {e.ref: e for e in commands}
 
-    def _measured_refs(self, topology: Topology, profiles: dict[str, DeviceProfile]):
-        for dev in topology.devices:
-            prof = profiles[dev.profile]
-            for reg in prof.registers:
-                yield from device_refs(prof, reg, dev, topology)
+    def get(self, ref: PointRef) -> MappedPoint | None:
+        return self.by_ref.get(ref)
+
+    def command(self, ref: PointRef) -> MappedPoint | None:
+        return self._commands_by_ref.get(ref)
 
     @staticmethod
-    def _derived_refs(catalog: Catalog, topology: Topology, buses: int):
+    def _command_refs(catalog: Catalog, topology: Topology) -> Iterator[PointRef]:
         for spec in catalog:
-            if spec.source != "derived":
+            if spec.kind != "command":
+                continue
+            if spec.scope == "string":
+                for s in topology.strings:
+                    yield PointRef(spec.id, s.id)
+            elif spec.channels > 0:
+                for ch in range(1, spec.channels + 1):
+                    yield PointRef(spec.id, channel=ch)
+            else:
+                yield PointRef(spec.id)
+
+    def device_of(self, ref: PointRef) -> DeviceConfig | None:
+        """The configured device that measures ``ref`` (None for a derived point)."""
+        return self._devices.get(ref)
+
+    @staticmethod
+    def _derived_refs(catalog: Catalog, topology: Topology, buses: int) -> Iterator[PointRef]:
+        for spec in catalog:
+            if spec.source != "derived" or spec.kind == "command":
                 continue
             if spec.scope == "cell":
                 for s in topology.strings:
@@ -197,7 +262,7 @@ class PointMap:
                 else:
                     yield PointRef(spec.id)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[MappedPoint]:
         return iter(self.entries)
 
     def __len__(self) -> int:
@@ -208,10 +273,10 @@ class PointMap:
                 if (point is None or e.ref.point == point) and (string is None or e.ref.string == string)]
 
 
-def device_refs(prof: DeviceProfile, reg, dev, topology: Topology):
+def device_refs(prof: DeviceProfile, reg: RegisterSpec, dev: DeviceConfig, topology: Topology) -> Iterator[PointRef]:
     """The points one register of one device fills (a concentrator register fills one per cell)."""
     if reg.per_cell_stride:
-        for c in range(1, topology.string(dev.string).cells + 1):
+        for c in range(1, topology.string(require_position(dev.string, dev.label, "string")).cells + 1):
             yield PointRef(reg.point, dev.string, c)
     elif prof.scope == "cell":
         yield PointRef(reg.point, dev.string, dev.cell)

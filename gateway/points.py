@@ -10,8 +10,9 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -98,32 +99,85 @@ class Reading:
 
 
 Listener = Callable[[list[tuple[PointRef, Reading]]], None]
+# An ingest transform: (ref, reading, fresh) -> the items to store instead.  ``fresh`` is False when only the
+# quality of a stored reading changes (``mark``): the value is the one the transform returned before.
+Transform = Callable[[PointRef, Reading, bool], list[tuple[PointRef, Reading]]]
 
 
 class PointStore:
     """The live snapshot of the bank.
 
     Writers (the engine, analytics) call ``put_many`` from the event loop; readers on any thread call
-    ``get``/``snapshot``.  Listeners are called after each batch in the writer's context and must be quick
-    (queue the work, do not do I/O).
+    ``get``/``snapshot``.  Two ways to follow changes:
+
+    - the change feed, for faces that answer requests from a cached image (a register image, encoded
+      varbinds): ``generation, changed = store.changes_since(seen)`` at request time gives the points written
+      since generation ``seen`` -- work proportional to what changed, nothing done while nobody asks;
+    - listeners (``subscribe``), for consumers that must see every batch as it comes (alarms, history): called
+      after each batch in the writer's context, they must be quick (queue the work, do not do I/O).
+
+    An ingest transform (``add_transform``) sees every reading of one point family before it is stored and
+    says what is stored instead: the string supervision stores the offset-corrected string current, with the
+    measured one beside it, so that every reader (faces, history, alarms, analytics) sees one current; the
+    feed and the listeners get what was stored.
     """
+
+    # The change feed keeps the refs of the last batches, at most this many refs per point in the store (and
+    # at least MIN_FEED refs): a reader further behind reads everything again, which is correct, only slower.
+    FEED_PER_POINT = 4
+    MIN_FEED = 4096
 
     def __init__(self) -> None:
         self._readings: dict[PointRef, Reading] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._transforms: dict[str, Transform] = {}
         self.generation = 0  # bumped on every batch; lets readers cache renderings per generation
+        self._feed: deque[tuple[int, tuple[PointRef, ...]]] = deque()
+        self._feed_refs = 0
+
+    def add_transform(self, point: str, transform: Transform) -> None:
+        """Pass every reading of family ``point`` through ``transform`` before it is stored (one per family)."""
+        if point in self._transforms and self._transforms[point] is not transform:
+            raise ValueError(f"{point} already has an ingest transform")
+        self._transforms[point] = transform
+
+    def remove_transform(self, point: str) -> None:
+        self._transforms.pop(point, None)
+
+    def _transformed(self, batch: list[tuple[PointRef, Reading]], fresh: bool) -> list[tuple[PointRef, Reading]]:
+        transforms = self._transforms
+        out: list[tuple[PointRef, Reading]] = []
+        for item in batch:
+            fn = transforms.get(item[0].point)
+            if fn is None:
+                out.append(item)
+            else:
+                out.extend(fn(item[0], item[1], fresh))
+        return out
 
     def put(self, ref: PointRef, value: float | None, quality: Quality = Quality.GOOD, ts: float | None = None) -> None:
         self.put_many([(ref, Reading(value, quality, time.time() if ts is None else ts))])
 
     def put_many(self, items: Iterable[tuple[PointRef, Reading]]) -> None:
         batch = list(items)
+        if self._transforms and batch:
+            batch = self._transformed(batch, True)
+        self._publish(batch)
+
+    def _publish(self, batch: list[tuple[PointRef, Reading]]) -> None:
         if not batch:
             return
+        refs = tuple(ref for ref, _ in batch)
         with self._lock:
             self._readings.update(batch)
             self.generation += 1
+            feed = self._feed
+            feed.append((self.generation, refs))
+            self._feed_refs += len(refs)
+            limit = max(self.MIN_FEED, self.FEED_PER_POINT * len(self._readings))
+            while self._feed_refs > limit and len(feed) > 1:
+                self._feed_refs -= len(feed.popleft()[1])
         for listener in self._listeners:
             try:
                 listener(batch)
@@ -138,9 +192,28 @@ class PointStore:
                 old = self._readings.get(ref)
                 if old is not None and old.quality is not quality:
                     batch.append((ref, Reading(old.value, quality, old.ts)))
-        if batch:
-            self.put_many(batch)
-        return [ref for ref, _ in batch]
+        changed = [ref for ref, _ in batch]
+        if self._transforms and batch:
+            batch = self._transformed(batch, False)
+        self._publish(batch)
+        return changed
+
+    def changes_since(self, generation: int) -> tuple[int, set[PointRef] | None]:
+        """``(current generation, the points written after generation)``; the set is None when ``generation``
+        is older than the feed keeps (or unknown, e.g. -1): the caller then reads everything.  Any thread."""
+        with self._lock:
+            current = self.generation
+            if generation >= current:
+                return current, set()
+            feed = self._feed
+            if generation < 0 or not feed or feed[0][0] > generation + 1:
+                return current, None
+            changed: set[PointRef] = set()
+            for gen, refs in reversed(feed):
+                if gen <= generation:
+                    break
+                changed.update(refs)
+            return current, changed
 
     def get(self, ref: PointRef) -> Reading | None:
         return self._readings.get(ref)

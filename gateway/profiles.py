@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import yaml
@@ -98,15 +99,21 @@ def _validator() -> jsonschema.Draft202012Validator:
     return _schema_validator
 
 
-class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+if TYPE_CHECKING:  # the C loader has the pure-Python one's interface; the stubs only know that one as a class
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _YamlLoader(_SafeLoader):
     """PyYAML's safe loader, on libyaml when PyYAML has it (the wheels do: about 14x faster than the pure-Python
     parser, which was most of the gateway's start-up time on the target), refusing duplicate keys: YAML says
     they are an error, PyYAML silently keeps the last one (a second ``modbus_tcp:`` section would replace the
     first without a word)."""
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: set = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        if isinstance(node, yaml.MappingNode):  # the base class refuses anything else with its own message
+            seen: set[Any] = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue  # <<: *defaults; the keys written next to it override the merged ones, as intended
@@ -127,10 +134,10 @@ MAX_YAML_VALUES = 200_000  # values of a document once its aliases are expanded 
 MAX_YAML_DEPTH = 64
 
 
-def check_size(data, src: str, where: str = "") -> None:
+def check_size(data: Any, src: str, where: str = "") -> None:
     """Refuse documents that would hang or crash the checks that walk them: an alias that contains itself,
     aliases that multiply into millions of values ("billion laughs"), absurd nesting."""
-    count, stack = 0, [(data, 1)]
+    count, stack = 0, [(data, 1)]  # (node, depth)
     while stack:
         node, depth = stack.pop()
         count += 1
@@ -161,7 +168,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
     return "", str(exc).split("\n", 1)[0]
 
 
-def parse_yaml(text: str | bytes, src: str):
+def parse_yaml(text: str | bytes, src: str) -> Any:
     """The data of a YAML document (a file's bytes, or a text from a form); ConfigError naming ``src`` and the
     line when it is not valid YAML, or too large or deep to be checked safely."""
     try:
@@ -175,7 +182,7 @@ def parse_yaml(text: str | bytes, src: str):
     return data
 
 
-def load_yaml(path: Path):
+def load_yaml(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -183,7 +190,7 @@ def load_yaml(path: Path):
     return parse_yaml(raw, str(path))
 
 
-def non_finite(data: Any, path: tuple = ()) -> tuple | None:
+def non_finite(data: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
     """The key path of the first NaN or infinite number in ``data`` (YAML's .nan/.inf), or None.
 
     JSON Schema lets them through (every comparison with NaN is false), and no setting means them."""
@@ -202,7 +209,7 @@ def schema_error(path: str, error: jsonschema.ValidationError) -> ConfigError:
     return ConfigError(path, where, error.message)
 
 
-def point_spec_from_dict(d: dict) -> PointSpec:
+def point_spec_from_dict(d: dict[str, Any]) -> PointSpec:
     rng = d.get("range")
     return PointSpec(
         id=d["id"], scope=d["scope"], unit=d["unit"], description=d.get("description", ""), slot=d["slot"],
@@ -213,7 +220,7 @@ def point_spec_from_dict(d: dict) -> PointSpec:
     )
 
 
-def parse_profile(data, path: Path) -> DeviceProfile:
+def parse_profile(data: Any, path: Path) -> DeviceProfile:
     src = str(path)
     if not isinstance(data, dict):
         raise ConfigError(src, "", "expected a mapping with model, vendor, family, scope and registers")
@@ -230,7 +237,8 @@ def parse_profile(data, path: Path) -> DeviceProfile:
         if rng and rng[0] > rng[1]:
             raise ConfigError(src, f"registers[{i}].range", f"expected [low, high], got {rng}")
         if r.get("per_cell") and data["scope"] != "string":
-            raise ConfigError(src, f"registers[{i}].per_cell", "only a string-scope device can serve the cells of its string")
+            raise ConfigError(src, f"registers[{i}].per_cell",
+                              "only a string-scope device can serve the cells of its string")
         registers.append(RegisterSpec(
             point=r["point"], table=r["table"], address=r["address"], dtype=r["type"],
             scale=float(r.get("scale", 1)), offset=float(r.get("offset", 0)),

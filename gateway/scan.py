@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, TimeoutError_, read_request
+from .modbus import codecs
+from .modbus.rtu import FUNCTION_FOR_TABLE, ExceptionResponse, ModbusError, NoReply, read_request
 from .modbus.transport import RtuTransport
 from .profiles import DeviceProfile
 from .topology import MAX_CELLS, MAX_STRINGS, BusConfig
@@ -16,6 +19,7 @@ class Found:
     address: int
     profile: DeviceProfile | None  # None: something answered, but no profile matches its identity
     words: tuple[int, ...]
+    voltage: float | None = None  # a cell sensor's battery voltage, read once identified
 
     @property
     def firmware(self) -> str:
@@ -71,7 +75,7 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
             except ExceptionResponse:
                 answered = answered or Found(unit, None, ())
                 continue
-            except TimeoutError_:
+            except NoReply:
                 if answered is None:
                     break  # nobody at this id (a device answers every request, if only with an exception)
                 continue
@@ -80,7 +84,7 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
             match = next((p for p in profiles.values() if p.identity is not None
                           and p.identity.location == (table, address, count) and p.identity.matches(words)), None)
             if match is not None:
-                answered = Found(unit, match, tuple(words))
+                answered = Found(unit, match, tuple(words), await _battery_voltage(transport, unit, match))
                 break
             answered = answered or Found(unit, None, tuple(words))
         if answered is not None:
@@ -91,8 +95,38 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
     return found
 
 
+async def _battery_voltage(transport: RtuTransport, unit: int, profile: DeviceProfile) -> float | None:
+    """A cell sensor's battery voltage (None: not a cell sensor, or no answer): the battery's size comes from
+    it, not from the profile (a BMU-H serves 6 V and 12 V units)."""
+    if profile.scope != "cell":
+        return None
+    reg = next((r for r in profile.registers if r.point == "cell.voltage" and not r.per_cell_stride), None)
+    if reg is None:
+        return None
+    try:
+        words = await transport.transact(read_request(unit, FUNCTION_FOR_TABLE[reg.table], reg.address, reg.count))
+    except ModbusError:
+        return None
+    value = codecs.decode(words, reg)
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+NOMINAL_CELLS = {2: 1, 6: 3, 12: 6}  # nominal voltage -> 2 V cells per unit
+
+
+def nominal_from_voltage(volts: float | None) -> int | None:
+    """The nominal voltage (2, 6 or 12 V) of a lead-acid unit reading ``volts``: the one whose voltage per cell
+    is nearest 2.17 V (float 2.23-2.27, open circuit 2.14, end of discharge 1.75 per cell: the three sizes'
+    ranges do not overlap)."""
+    if volts is None or volts <= 0:
+        return None
+    return min(NOMINAL_CELLS, key=lambda nominal: abs(math.log(volts / (2.17 * NOMINAL_CELLS[nominal]))))
+
+
 def _describe(f: Found) -> str:
     prof = f.profile
+    if prof is None:
+        return "matches no known profile"
     model = prof.model if prof.model.startswith(prof.vendor) else f"{prof.vendor} {prof.model}"
     note = f"{model}, {prof.scope}"
     if f.firmware:
@@ -108,7 +142,7 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
              "buses:",
              f"  - {{name: {bus.name}, port: {bus.port}, baud: {bus.baud}, parity: {bus.parity}}}"]
     strings: list[dict] = []  # {"sensor": Found | None, "cells": [runs of consecutive cell sensors]}
-    bank: list[Found] = []
+    bank: list[tuple[Found, DeviceProfile]] = []
     unknown: list[Found] = []
     for f in found:
         prof = f.profile
@@ -127,7 +161,7 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
             else:
                 runs.append([f])
         else:
-            bank.append(f)
+            bank.append((f, prof))
     if len(strings) > MAX_STRINGS:
         lines.append(f"# more than {MAX_STRINGS} strings: only the first {MAX_STRINGS} are listed")
         strings = strings[:MAX_STRINGS]
@@ -136,14 +170,20 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
         sensor, runs = st["sensor"], st["runs"]
         cells = sum(len(r) for r in runs)
         concentrator = sensor is not None and sensor.profile.concentrator
-        nominal = next((r[0].profile.nominal_voltage for r in runs if r[0].profile.nominal_voltage), None)
+        measured = [f.voltage for r in runs for f in r if f.voltage is not None]
+        nominal = nominal_from_voltage(statistics.median(measured)) if measured else None
+        guessed = nominal is None
+        if guessed:  # nothing measured: the profile's size, to check
+            nominal = next((r[0].profile.nominal_voltage for r in runs if r[0].profile.nominal_voltage), None)
         if not cells:
             cells = 1 if not concentrator else 120
         lines.append(f"  - id: {sid}")
         note = "  # the number of batteries the string sensor serves: check" if concentrator and not runs else ""
         lines.append(f"    cells: {min(cells, MAX_CELLS)}{note}")
         if nominal in (2, 6, 12):
-            lines.append(f"    battery: {{nominal_voltage: {int(nominal)}}}")
+            how = ("the sensor profile's size: check" if guessed else
+                   f"from the batteries' voltage, median {statistics.median(measured):.2f} V")
+            lines.append(f"    battery: {{nominal_voltage: {int(nominal)}}}  # {how}")
         lines.append("    devices:")
         if sensor is not None:
             lines.append(f"      - {{profile: {sensor.profile.name}, bus: {bus.name}, address: {sensor.address}}}"
@@ -157,9 +197,10 @@ def config_fragment(found: list[Found], bus: BusConfig) -> str:
             first_cell += len(run)
     lines.append("bank:")
     lines.append("  devices:" if bank else "  devices: []")
-    for f in bank:
+    for f, prof in bank:
         serial = f", serial {f.serial}" if f.serial is not None else ""
-        lines.append(f"    - {{profile: {f.profile.name}, bus: {bus.name}, address: {f.address}}}  # {_describe(f)}{serial}")
+        entry = f"{{profile: {prof.name}, bus: {bus.name}, address: {f.address}}}"
+        lines.append(f"    - {entry}  # {_describe(f)}{serial}")
     for f in unknown:
         lines.append(f"# address {f.address}: answers, but matches no known profile")
     return "\n".join(lines) + "\n"

@@ -13,17 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ConfigError
 from .hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
-
-_findings: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 def exposure(path: str | Path) -> str | None:
     """Why ``path`` can be read by users other than the gateway's, or None when it cannot (or does not exist)."""
@@ -86,10 +83,7 @@ def secret_keys(schema: dict, data: Any, prefix: str = "") -> Iterator[str]:
 def config_schema(gateway) -> dict:
     from .config import full_schema
 
-    sections: dict[str, dict] = {}
-    for result in gateway.pm.hook.bmsgw_config_schema():
-        sections.update(result or {})
-    return full_schema(sections)
+    return full_schema(gateway.extra_sections)
 
 
 def check_config(gateway) -> list[str]:
@@ -105,15 +99,13 @@ def check_config(gateway) -> list[str]:
 
 @hookimpl
 def bmsgw_gateway_ready(gateway) -> None:
-    found = check_config(gateway)
-    _findings[gateway] = found
-    for msg in found:
+    for msg in check_config(gateway):
         log.warning("%s", msg)
 
 
 @hookimpl
 def bmsgw_status(gateway) -> dict:
-    found = _findings.get(gateway)
+    found = check_config(gateway)  # a stat and a walk over the config: the file's mode may change meanwhile
     return {"secrets": {"warnings": found}} if found else {}
 
 

@@ -1,63 +1,8 @@
-import os
+"""Paths the test modules share (the fixtures and the CI guard are in the repository's root conftest.py,
+so the tests beside the faces and device families get them too)."""
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_CONFIG = ROOT / "config.yaml"
-
-
-@pytest.fixture
-def bmsgw_env():
-    """Environment for running the `bmsgw` console script of this checkout's venv."""
-    env = dict(os.environ)
-    env.pop("BMSGW_CONFIG", None)
-    return env
-
-
-@pytest.fixture
-def venv_bin():
-    return Path(sys.executable).parent
-
-
-ARM_TESTS = "tests/test_deb_arm.py::"
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The ARM packages' tests last, and their emulated work (tests/arm_pipeline.py) started now, in the
-    background, so that it overlaps with every other test instead of adding minutes after them."""
-    arm = [item for item in items if item.nodeid.startswith(ARM_TESTS)]
-    if not arm:
-        return
-    items[:] = [item for item in items if not item.nodeid.startswith(ARM_TESTS)] + arm
-    if any("arm_results" in getattr(item, "fixturenames", ()) for item in arm):
-        from tests.arm_pipeline import Worker
-        from tests.test_deb_arm import WORKER_KEY
-
-        config.stash[WORKER_KEY] = Worker()
-
-
-def pytest_unconfigure(config):
-    """The pipeline never outlives the session (an interrupted run stops it and removes its roots)."""
-    from tests.test_deb_arm import WORKER_KEY
-
-    worker = config.stash.get(WORKER_KEY, None)
-    if worker is not None:
-        worker.close()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """On CI (.ci/run sets BMSGW_CI) a green run must have run tests, and every one of them: a skipped
-    test means a peer or a privilege is missing, which the set-up should have provided."""
-    if not os.environ.get("BMSGW_CI") or exitstatus != 0:
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    if session.testscollected == 0 or skipped:
-        if reporter:
-            reporter.ensure_newline()
-            reporter.write_line(f"CI: {session.testscollected} tests collected, {skipped} skipped: failing the run",
-                                red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED

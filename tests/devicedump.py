@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def assert_matches_truth(gw, point: str, rel: float = 0.0, abs_: float = 0.0, re
     many were checked."""
     model = gw.simulator.model
     snap = gw.store.snapshot()
-    refs = refs or [r for r in gw.pointmap.refs(point)]
+    refs = refs or list(gw.pointmap.refs(point))
     assert refs, f"no {point} points"
     for ref in refs:
         reading = snap.get(ref)
@@ -109,7 +110,7 @@ def assert_matches_truth(gw, point: str, rel: float = 0.0, abs_: float = 0.0, re
     return len(refs)
 
 
-def one_bus(devices_by_string: dict[int, list[dict]], cells: int = 4, nominal: int = 12, bank: list[dict] = (),
+def one_bus(devices_by_string: dict[int, list[dict]], cells: int = 4, nominal: int = 12, bank: Sequence[dict] = (),
             baud: int = 115200) -> dict:
     """A config with one simulated bus: strings of ``cells`` units with the given devices, and bank devices."""
     return {"buses": [{"name": "bus1", "port": "sim", "baud": baud, "timeout_ms": 200, "retries": 1}],

@@ -55,7 +55,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n{listener_extra}\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         try:
@@ -73,7 +73,7 @@ class Mosquitto:
             self.proc = None
             wait_port(self.port, up=False)
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -154,7 +154,7 @@ def _write_pem(path: Path, obj) -> str:
 def make_pki(folder: Path) -> dict[str, str]:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all made here."""
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bmsgw test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -182,6 +182,8 @@ def make_pki(folder: Path) -> dict[str, str]:
 
     skey, scert = leaf("localhost", True)
     ckey, ccert = leaf("gateway-demo", False)
-    return {"ca": _write_pem(folder / "ca.pem", ca), "server_cert": _write_pem(folder / "server.pem", scert),
-            "server_key": _write_pem(folder / "server.key", skey), "client_cert": _write_pem(folder / "client.pem", ccert),
+    return {"ca": _write_pem(folder / "ca.pem", ca),
+            "server_cert": _write_pem(folder / "server.pem", scert),
+            "server_key": _write_pem(folder / "server.key", skey),
+            "client_cert": _write_pem(folder / "client.pem", ccert),
             "client_key": _write_pem(folder / "client.key", ckey)}

@@ -3,6 +3,7 @@ an HTTP receiver (http.server), an SMTP server with STARTTLS and login (aiosmtpd
 cryptography) and a simulated 4G modem that checks the AT dialogue."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -41,7 +42,7 @@ class WebhookReceiver:
         recv = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 with recv.lock:
@@ -61,7 +62,7 @@ class WebhookReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         self.thread.start()
         return self
 
@@ -79,7 +80,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost: (cert.pem, key.pem)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
@@ -109,7 +110,7 @@ class SmtpServer:
         server = self
 
         class Handler:
-            async def handle_DATA(self, srv, session, envelope):  # noqa: N802 (aiosmtpd's name)
+            async def handle_DATA(self, srv, session, envelope):
                 server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), session.ssl is not None,
                                          session.authenticated))
                 server.messages.append(message_from_bytes(envelope.original_content, policy=default_policy))
@@ -125,7 +126,7 @@ class SmtpServer:
                                      require_starttls=True, auth_required=True, authenticator=authenticator,
                                      auth_require_tls=True)
 
-    def __enter__(self) -> "SmtpServer":
+    def __enter__(self) -> SmtpServer:
         self.controller.start()
         return self
 
@@ -249,7 +250,7 @@ class SimulatedModem(threading.Thread):
         self.sms.append((number, text))
         self._send(f"\r\n+CMGS: {len(self.sms)}\r\n\r\nOK\r\n")
 
-    def __enter__(self) -> "SimulatedModem":
+    def __enter__(self) -> SimulatedModem:
         self.start()
         return self
 
@@ -257,7 +258,5 @@ class SimulatedModem(threading.Thread):
         self._halt.set()
         self.join(timeout=2)
         for fd in (self.master, self._slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

@@ -39,10 +39,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import fsutil  # noqa: E402
-from gateway.history.db import EPOCH, HistoryDB, decode_vector, encode_vector  # noqa: E402
-from gateway.history.recorder import HistoryWriter, PointFilter, Recorder  # noqa: E402
-from gateway.points import PointRef, PointSpec, Quality, Reading  # noqa: E402
+from gateway import fsutil
+from gateway.history.db import EPOCH, HistoryDB, decode_vector, encode_vector
+from gateway.history.recorder import HistoryWriter, PointFilter, Recorder
+from gateway.points import PointRef, PointSpec, Quality, Reading
 
 CELLS = 8
 STRINGS = 2
@@ -229,7 +229,7 @@ class PowerLoss:
             for n, v in rolls.values():
                 vec = decode_vector(v)
                 k = len(vec) // 3
-                assert n > 0 and all(lo <= m <= hi for lo, m, hi in zip(vec[:k], vec[k:2 * k], vec[2 * k:])
+                assert n > 0 and all(lo <= m <= hi for lo, m, hi in zip(vec[:k], vec[k:2 * k], vec[2 * k:], strict=True)
                                      if m is not None)
         finally:
             db.close()

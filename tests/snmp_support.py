@@ -7,6 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from pyasn1.codec.ber import encoder
+from pysnmp.proto.api import v2c as v2c_api
+
 from tests.conftest import ROOT
 
 MIBS = ROOT / "mibs"
@@ -98,7 +101,7 @@ class TrapReceiver:
             "format2 NOTIFICATION %P\\t%v\\n\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "TrapReceiver":
+    def start(self) -> TrapReceiver:
         env = net_snmp_env(self.tmp)
         self.proc = subprocess.Popen(
             ["snmptrapd", "-f", "-n", "-C", "-c", str(self.conf), *MIB_ARGS, "-Lf", str(self.log),
@@ -150,8 +153,27 @@ class TrapReceiver:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def __enter__(self) -> "TrapReceiver":
+    def __enter__(self) -> TrapReceiver:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def request(kind: str, oids, request_id: int = 4242, non_repeaters: int = 0, max_repetitions: int = 10,
+            community: str = "public") -> bytes:
+    """An SNMPv2c GET, GETNEXT or GETBULK message, encoded by pysnmp (the fast path's tests and fuzzers)."""
+    pdu = {"get": v2c_api.GetRequestPDU, "next": v2c_api.GetNextRequestPDU, "bulk": v2c_api.GetBulkRequestPDU}[kind]()
+    if kind == "bulk":
+        v2c_api.apiBulkPDU.set_defaults(pdu)
+        v2c_api.apiBulkPDU.set_non_repeaters(pdu, non_repeaters)
+        v2c_api.apiBulkPDU.set_max_repetitions(pdu, max_repetitions)
+    else:
+        v2c_api.apiPDU.set_defaults(pdu)
+    v2c_api.apiPDU.set_request_id(pdu, request_id)
+    v2c_api.apiPDU.set_varbinds(pdu, [(oid, v2c_api.null) for oid in oids])
+    msg = v2c_api.Message()
+    v2c_api.apiMessage.set_defaults(msg)
+    v2c_api.apiMessage.set_community(msg, community)
+    v2c_api.apiMessage.set_pdu(msg, pdu)
+    return encoder.encode(msg)

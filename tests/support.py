@@ -93,11 +93,12 @@ class GatewayThread:
         """Run a coroutine in the gateway's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def start(self) -> "GatewayThread":
+    def start(self) -> GatewayThread:
         self._thread.start()
-        self.call(self.gateway.start(services=self.services), timeout=self.timeout)
+        self.call(self.gateway.start(faces=self.services), timeout=self.timeout)
         if self.wait_points:
-            self.wait_for(lambda: self.count_good(self.wait_points) >= len(self.gateway.pointmap.refs(self.wait_points)),
+            expected = len(self.gateway.pointmap.refs(self.wait_points))
+            self.wait_for(lambda: self.count_good(self.wait_points) >= expected,
                           what=f"every {self.wait_points} to be read")
         return self
 
@@ -123,7 +124,7 @@ class GatewayThread:
             self._thread.join(timeout=10)
             self.loop.close()
 
-    def __enter__(self) -> "GatewayThread":
+    def __enter__(self) -> GatewayThread:
         return self.start()
 
     def __exit__(self, *exc) -> None:

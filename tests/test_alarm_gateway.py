@@ -2,6 +2,7 @@
 raised, published, switches the real relay (the simulator's DO), reaches a webhook, is acknowledged, clears,
 and survives a restart; communication loss per sensor, per bus and per bank device; dry contacts."""
 import time
+from itertools import pairwise
 
 from gateway import alarms
 from gateway.hookspecs import hookimpl
@@ -48,7 +49,8 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             gw = gt.gateway
             mgr = alarms.get_manager(gw)
             model = gw.simulator.model
-            assert mgr.active() == [] and level(gw, "bank.alarm_level") == 0 and level(gw, "cell.alarm_level", 1, 3) == 0
+            assert mgr.active() == []
+            assert level(gw, "bank.alarm_level") == 0 and level(gw, "cell.alarm_level", 1, 3) == 0
             model.battery(1, 3).float_offset += 1.0  # 13.4 V -> 14.4 V: over 13.92 (warning) and 14.10 (critical)
             gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="two alarms")
             crit, warn = mgr.active()
@@ -249,7 +251,7 @@ def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_pat
         for i in range(10):  # 14.14 V, 14.08 V, ... around the 14.10 V setpoint (hysteresis 0.03 V, off-delay 3 s)
             drive(14.14 if i % 2 == 0 else 14.08)
         above = [v > 14.10 for v in seen[-10:]]
-        assert sum(a != b for a, b in zip(above, above[1:])) >= 7  # the value really crossed, again and again
+        assert sum(a != b for a, b in pairwise(above)) >= 7  # the value really crossed, again and again
         crit = [e for e in rec.events if e.cell == 1 and e.severity == "critical"]
         assert [e.raised for e in crit] == [True]  # one alarm, no flapping
         drive(13.5)

@@ -8,7 +8,10 @@ from gateway.alarms.model import AlarmKey
 from gateway.alarms.rules import Levels, Rule, RuleSet, resolve
 from gateway.errors import ConfigError
 from gateway.points import PointRef
+from gateway.strings import string_states
 from gateway.topology import BatteryConfig, StringConfig, Topology
+
+STATES = string_states()
 
 
 def topo(*nominals, cells=4):
@@ -125,25 +128,25 @@ def test_low_side_and_reference_rules():
 
 def float_evaluator(**policy):
     rs = ruleset({"rules": {"cell_voltage_float": {"on_delay_s": 0, "off_delay_s": 0}}})
-    return Evaluator(rs, {1: 100.0}, FloatPolicy(**policy))
+    return Evaluator(rs, FloatPolicy(**policy))
 
 
 def test_float_voltage_rules_rest_while_discharging_recharging_and_settling():
     ev = float_evaluator(settle_s=300)
-    ev.observe_current(1, -25.0, 0)  # discharging (positive = charging)
+    ev.observe_state(1, STATES.discharging, 0)  # string.state, from the string supervision
     assert ev.suppressed(1, 0) == "discharging"
     assert ev.update("cell.voltage", 1, 1, None, 12.0, 1) == []  # below 12.78 V, but that is a discharge
-    ev.observe_current(1, 10.0, 100)
-    assert ev.suppressed(1, 100) == "recharging"
+    ev.observe_state(1, STATES.charging, 100)
+    assert ev.suppressed(1, 100) == "charging"
     assert ev.update("cell.voltage", 1, 1, None, 14.3, 101) == []
-    ev.observe_current(1, 0.05, 200)  # float again: 5 min to settle
+    ev.observe_state(1, STATES.floating, 200)  # float again: 5 min to settle
     assert ev.suppressed(1, 300) == "settling after a discharge or recharge"
     assert ev.update("cell.voltage", 1, 1, None, 12.5, 300) == []
     assert ev.suppressed(1, 501) is None
     out = ev.update("cell.voltage", 1, 1, None, 12.5, 501)
     assert {(t.key.side, t.key.severity) for t in out} == {("low", "warning"), ("low", "critical")}
     # the end-of-discharge rule is never suppressed
-    ev.observe_current(1, -25.0, 600)
+    ev.observe_state(1, STATES.discharging, 600)
     out = ev.update("cell.voltage", 1, 2, None, 10.4, 600) + ev.update("cell.voltage", 1, 2, None, 10.4, 610)
     assert {(t.rule.id, t.key.severity) for t in out} == {("cell_voltage_discharge", "warning"),
                                                          ("cell_voltage_discharge", "critical")}
@@ -162,10 +165,10 @@ def test_float_voltage_rules_rest_after_an_ohmic_test():
 
 def test_a_pending_raise_is_cancelled_when_the_string_starts_to_discharge():
     rs = ruleset({})  # float rule with its 300 s on-delay
-    ev = Evaluator(rs, {1: 100.0})
+    ev = Evaluator(rs)
     assert ev.update("cell.voltage", 1, 1, None, 12.6, 0) == []
     assert ev.pending
-    ev.observe_current(1, -25.0, 100)
+    ev.observe_state(1, STATES.discharging, 100)
     assert ev.tick(400) == []
     assert not any(c.cond for c in ev.conditions.values() if c.rule.id == "cell_voltage_float")
 
@@ -189,9 +192,9 @@ def test_messages_read_like_a_person_wrote_them():
     key = AlarmKey("cell_temperature_ambient", "high", "warning", "cell.temperature", 1, 7)
     assert msgs.raised(key, rs.rule("cell_temperature_ambient", 1), 5.2, 29.2, 3.0) == \
         "String 1 cell 7: temperature 29.2 °C, 5.2 °C above ambient (warning at +3.0 °C)"
-    key = AlarmKey("string_current", "low", "warning", "string.current", 1)
-    assert msgs.raised(key, rs.rule("string_current", 1), -25.0, -25.0, -2.0) == \
-        "String 1: current -25.0 A, discharging (warning at -2.0 A)"
+    key = AlarmKey("string_on_battery", "high", "warning", "string.state", 1)
+    assert msgs.raised(key, rs.rule("string_on_battery", 1), 1.0, 3.0, 0.5) == \
+        "String 1: on battery: the string discharges (mains lost?)"
     key = AlarmKey("device_comm", "high", "warning", "device", device="bus1:200")
     assert msgs.raised(key, rs.rule("device_comm", None), 1, 1, 0.5) == \
         "charger monitor at bus1 address 200: stopped answering"

@@ -20,7 +20,9 @@ def test_analytics_publish_derived_points_in_the_gateway(tmp_path, venv_bin, bms
                         overrides={"analytics": {"interval_s": 0.2}, "history": {"enabled": False}})
     with GatewayThread(path) as gt:
         gw = gt.gateway
-        v = lambda p, s=1, c=None: gw.store.value(PointRef(p, s, c))  # noqa: E731
+        def v(p, s=1, c=None):
+            return gw.store.value(PointRef(p, s, c))
+
         gt.wait_for(lambda: v("string.cell_voltage_avg") is not None and v("string.state") == 1, timeout=30,
                     what="string aggregates and state")
         volts = [v("cell.voltage", 1, c) for c in range(1, 7)]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.analytics.simulate import run
-from gateway.analytics.soc import DISCHARGING, FLOAT, REST, SocParams, StringSoc, ocv_per_cell, soc_from_ocv
+from gateway.analytics.soc import SocParams, StringSoc, ocv_per_cell, soc_from_ocv
 from gateway.points import PointRef
 from gateway.sim.model import BankModel
+from gateway.strings import string_states
 from tests.analytics_support import make_analytics
+
+STATES = string_states()
 
 
 def test_ocv_table_round_trips():
@@ -43,7 +46,7 @@ def test_soc_tracks_the_true_soc_over_discharge_recharge_cycles(tmp_path):
         model.set_mode(1, "discharge", 25.0)
         run(model, store, an, model.t + 600)
         # on battery: state, time on battery and runtime at the present current are published
-        assert store.value(PointRef("string.state", 1)) == DISCHARGING
+        assert store.value(PointRef("string.state", 1)) == STATES.discharging
         assert 550 <= store.value(PointRef("string.on_battery_time", 1)) <= 610
         runtime = store.value(PointRef("string.runtime_remaining", 1))
         assert 2 * 3600 < runtime < 4 * 3600
@@ -55,7 +58,7 @@ def test_soc_tracks_the_true_soc_over_discharge_recharge_cycles(tmp_path):
     assert event["capacity_test"] and event["soh_pct"] == pytest.approx(truth_cap, abs=4)
     assert event["ah"] == pytest.approx(25 * 1.5, rel=0.02)
     assert cycles[1] <= 3.0, f"SOC error {cycles[1]:.2f} pp over the second cycle"
-    assert FLOAT in states and store.value(PointRef("string.state", 1)) == FLOAT
+    assert STATES.floating in states and store.value(PointRef("string.state", 1)) == STATES.floating
     assert store.value(PointRef("string.soh", 1)) == pytest.approx(event["soh_pct"])
     # cells ranked by voltage sag, the weak one (lowest capacity) among the strings's units
     assert len(event["sag"]) == 12 and event["sag"][0]["sag"] >= event["sag"][-1]["sag"] > 0
@@ -68,14 +71,14 @@ def test_soc_tracks_the_true_soc_over_discharge_recharge_cycles(tmp_path):
 
 def test_rest_voltage_corrects_after_a_day_at_rest():
     p = SocParams(capacity_ah=100.0, rest_hours=24)
-    s = StringSoc(1, p)
+    s = StringSoc(1, p, STATES)
     s.soc = 90.0
     t = 0.0
     for _ in range(26 * 60):
         s.on_current(0.0, t)
-        s.update(t, 0.0, ocv_per_cell(60.0), 25.0, {})
+        s.update(t, STATES.rest, ocv_per_cell(60.0), 25.0, {})
         t += 60
-    assert s.state == REST and s.soc == pytest.approx(60.0, abs=0.5) and s.anchor_kind == "rest"
+    assert s.state == STATES.rest and s.soc == pytest.approx(60.0, abs=0.5) and s.anchor_kind == "rest"
 
 
 def test_a_shallow_or_unanchored_discharge_is_not_a_capacity_test(tmp_path):

@@ -130,8 +130,8 @@ class Child:
 
     def __init__(self, args, tmp_path: Path, name: str, **kwargs) -> None:
         self.log_path = tmp_path / f"{name}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT, **kwargs)
+        with open(self.log_path, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, **kwargs)
 
     def text(self) -> str:
         return self.log_path.read_text()
@@ -149,16 +149,12 @@ class Child:
 
     def stop(self, pid: int | None = None, timeout: float = 30) -> int:
         os.kill(pid or self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.log.close()
+        return self.proc.wait(timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self.log.close()
 
 
 def test_simulate_prints_ptys_that_mbpoll_can_read(tmp_path):
@@ -192,9 +188,10 @@ ECHO_FACE = '''
 import asyncio
 
 from gateway.hookspecs import hookimpl
+from gateway.service import Service
 
 
-class Echo:
+class Echo(Service):
     name = "echo"
 
     def __init__(self, port):

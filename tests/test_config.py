@@ -34,7 +34,14 @@ def test_the_default_config_is_the_bm_bms_maximum():
     assert [s.cells for s in topo.strings] == [120, 120, 120, 120] and topo.cell_count == 480
     assert len(topo.buses) == 4 and all(b.port == "sim" and b.baud == 115200 for b in topo.buses)
     profiles = sorted({d.profile for d in topo.devices})
-    assert profiles == ["bm-bcs-12", "bm-io", "bm-smd", "btek-cmu"]
+    assert profiles == ["bm-bcs-02", "bm-io", "bm-smd", "btek-cmu"]
+    # a bank a UPS could have: 2 V cells, about 270 V on float per string, inside the sensors' 0-800 V (SMD)
+    # and 0-600 V (CMU)
+    assert {(s.battery.nominal_voltage, s.battery.capacity_ah) for s in topo.strings} == {(2.0, 500.0)}
+    float_v = 120 * 2.25
+    smd = next(r for r in cfg.profiles["bm-smd"].registers if r.point == "string.voltage").valid_range
+    cmu = next(r for r in cfg.profiles["btek-cmu"].registers if r.point == "bank.voltage").valid_range
+    assert smd == (0, 800) and cmu == (0, 600) and 260 < float_v < 280
     assert cfg.section("simulator")["enabled"] is True
 
 
@@ -79,12 +86,14 @@ def test_cell_sensor_runs_expand_to_one_device_per_battery(tmp_path):
       "strings": [{"id": 1, "cells": 4, "devices": [{"profile": "bm-bcs-12", "bus": "rs9", "address": 1}]}]},
      "strings[0].devices[0].bus", "unknown bus 'rs9'"),
     ({"buses": [{"name": "rs1", "port": "x"}],
-      "strings": [{"id": 1, "cells": 4, "devices": [{"profile": "bm-bcs-12", "bus": "rs1", "address": 1, "count": 5}]}]},
+      "strings": [{"id": 1, "cells": 4,
+                   "devices": [{"profile": "bm-bcs-12", "bus": "rs1", "address": 1, "count": 5}]}]},
      "strings[0].devices[0].count", "exceed the string's 4 cells"),
     ({"buses": [{"name": "rs1", "port": "x"}],
       "strings": [{"id": 1, "cells": 20, "devices": [{"profile": "bm-bcs-12", "bus": "rs1", "address": 240}]}]},
      "strings[0].devices[0].count", "exceed 247"),
-    ({"buses": [{"name": "rs1", "port": "x"}], "bank": {"devices": [{"profile": "bm-smd", "bus": "rs1", "address": 1}]}},
+    ({"buses": [{"name": "rs1", "port": "x"}],
+      "bank": {"devices": [{"profile": "bm-smd", "bus": "rs1", "address": 1}]}},
      "bank.devices[0].profile", "measures a string"),
     ({"buses": [{"name": "rs1", "port": "x"}],
       "strings": [{"id": 1, "cells": 2, "devices": [{"profile": "bm-smd", "bus": "rs1", "address": 1, "count": 2}]}]},

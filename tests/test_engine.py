@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gateway.engine import WriteError
+from gateway.engine import DeviceWriteError as WriteError
 from gateway.modbus.planner import plan
 from gateway.points import PointRef, Quality
 from gateway.profiles import RegisterSpec
@@ -445,7 +445,8 @@ def test_poll_settings_applied_while_running_take_effect_at_once(tmp_path):
     now, not after the hour the old one still had to run."""
     from tests.support import GatewayThread, write_config
 
-    path = write_config(tmp_path, base=small_bank(strings=1, cells=2), overrides={"gateway": {"poll": {"slow_s": 3600}}})
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=2),
+                        overrides={"gateway": {"poll": {"slow_s": 3600}}})
     with GatewayThread(path) as gt:
         gw = gt.gateway
         ref = PointRef("cell.ohmic", 1, 1)

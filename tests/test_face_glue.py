@@ -2,9 +2,11 @@
 acknowledge over Modbus and through the web's hooks, the alarm log in reports, history for trends."""
 import time
 
+import pytest
 from pymodbus.client import ModbusTcpClient
 
 from gateway.alarms import bmsgw_alarm_log
+from gateway.commands import Principal, WriteDenied, WriteRejected
 from gateway.points import PointRef
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
@@ -35,8 +37,12 @@ def test_alarm_acknowledge_over_modbus_and_web_history_and_report_log(tmp_path):
             assert not client.write_register(9100, 2).isError()  # baseline reset of battery 2
         gt.wait_for(lambda: (ambient_alarm() or {}).get("acknowledged_by") == "modbus 127.0.0.1", timeout=10,
                     what="the Modbus acknowledgement")
-        assert gw.pm.hook.bmsgw_alarm_acknowledge(gateway=gw, alarm_id="424242", user="alice") is False
-        assert gw.pm.hook.bmsgw_alarm_acknowledge(gateway=gw, alarm_id=ambient_alarm()["id"], user="alice") is True
+        alice, ack = Principal("alice", "operator", "web"), PointRef("gateway.acknowledge_alarm")
+        with pytest.raises(WriteRejected, match="no active alarm"):
+            gw.write_from_thread(ack, 424242, alice)
+        assert "acknowledged already" in gw.write_from_thread(ack, int(ambient_alarm()["id"]), alice)
+        with pytest.raises(WriteDenied):
+            gw.write_from_thread(ack, int(ambient_alarm()["id"]), Principal("eve", "viewer", "web"))
 
         now = time.time()
         samples = gw.pm.hook.bmsgw_history_query(gateway=gw, ref=PointRef("cell.voltage", 1, 1), start=now - 3600,

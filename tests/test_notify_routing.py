@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from gateway import notify
 from gateway.alarms.model import AlarmEvent
 from gateway.errors import ConfigError
-from gateway import notify
 from gateway.notify import parse_routes
 from gateway.notify.base import Ack, Notifier
 from gateway.notify.dispatch import RetryPolicy, Worker
@@ -97,7 +97,7 @@ def test_routes_are_checked_against_the_notifiers():
     cfg = {"routes": [{"name": "team", "recipients": {"webhook": ["x"]}}]}
     with pytest.raises(ConfigError, match="takes no recipients"):
         parse_routes(cfg, {"webhook": web})
-    with pytest.raises(ConfigError, match="notify.webhook.url"):
+    with pytest.raises(ConfigError, match=r"notify\.webhook\.url"):
         WebhookNotifier({"url": "ftp://example.com/"}, {})
 
 

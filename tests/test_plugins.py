@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from gateway.errors import ConfigError, GatewayError
-from gateway.points import PointRef, Quality
 from gateway.plugins import ENTRY_POINT_GROUP
+from gateway.points import PointRef, Quality
 from tests.coretools import bmsgw, offline_gateway
 from tests.devicedump import one_bus, poll_on_simulator
 from tests.support import write_config
@@ -167,7 +167,8 @@ CC_PROFILE = {
     "model": "CC-1", "vendor": "Acme", "family": "acme_cc", "scope": "cell", "nominal_voltage": 12,
     "registers": [{"point": "cell.voltage", "table": "input", "address": 0, "type": "uint16", "scale": 0.001,
                    "range": [7.5, 15.6]},
-                  {"point": "cell.conductance", "table": "input", "address": 1, "type": "uint16", "range": [100, 5000]}],
+                  {"point": "cell.conductance", "table": "input", "address": 1, "type": "uint16",
+                   "range": [100, 5000]}],
 }
 
 

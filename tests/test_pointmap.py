@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_every_point_has_its_own_registers_oid_metric_and_path():
     pm = gw.pointmap
     assert len(pm) > 8000
     spans = sorted((e.address, e.address + e.spec.width, e.ref) for e in pm)
-    for (a0, a1, r0), (b0, _, r1) in zip(spans, spans[1:]):
+    for (_, a1, r0), (b0, _, r1) in pairwise(spans):
         assert a1 <= b0, f"{r0} and {r1} overlap"
     assert spans[-1][1] <= 65536
     assert len({e.oid for e in pm}) == len(pm)

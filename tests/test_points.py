@@ -99,3 +99,31 @@ def test_readers_on_other_threads_see_whole_batches():
         t.join()
     assert not errors
     assert store.generation == 300
+
+
+def test_the_change_feed_gives_what_was_written_since_a_generation():
+    store = PointStore()
+    a, b, c = PointRef("cell.voltage", 1, 1), PointRef("cell.voltage", 1, 2), PointRef("string.current", 1)
+    gen, changed = store.changes_since(-1)
+    assert (gen, changed) == (0, None)  # never seen: read everything
+    store.put_many([(a, Reading(2.2, Quality.GOOD, 1.0)), (b, Reading(2.3, Quality.GOOD, 1.0))])
+    seen = store.generation
+    store.put(c, -1.5)
+    store.put(a, 2.25)
+    gen, changed = store.changes_since(seen)
+    assert gen == store.generation and changed == {a, c}
+    assert store.changes_since(gen) == (gen, set())  # nothing since
+
+
+def test_the_change_feed_says_so_when_a_reader_fell_too_far_behind():
+    store = PointStore()
+    store.MIN_FEED = 10
+    refs = [PointRef("cell.voltage", 1, c) for c in range(1, 4)]
+    store.put_many([(r, Reading(2.2, Quality.GOOD, 0.0)) for r in refs])
+    early = store.generation
+    for k in range(20):  # 20 single-point batches: more than the feed keeps for a 3-point store
+        store.put(refs[k % 3], 2.2 + k / 1000)
+    gen, changed = store.changes_since(early)
+    assert changed is None and gen == store.generation  # the reader must read everything again
+    gen2, changed = store.changes_since(gen - 2)
+    assert changed == {refs[18 % 3], refs[19 % 3]}

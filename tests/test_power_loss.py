@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from gateway import fsutil
-from gateway.analytics import _running as analytics_running
 from gateway.history import history_for, service_for
 from gateway.history.db import EPOCH, HistoryDB, encode_vector, is_disk_full
 from gateway.history.recorder import FAULT_ERROR, FAULT_OK, HistoryWriter, PointFilter, Recorder
@@ -72,10 +71,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
         fsutil.atomic_write(p, "new" * 1000)
     assert err.value.errno == errno.ENOSPC
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["users.json"]
-    with pytest.raises(RuntimeError):
-        with fsutil.atomic_open(p, "w") as fh:
-            fh.write("half")
-            raise RuntimeError("the producer failed")
+    with pytest.raises(RuntimeError), fsutil.atomic_open(p, "w") as fh:
+        fh.write("half")
+        raise RuntimeError("the producer failed")
     assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["users.json"]
 
 
@@ -97,7 +95,8 @@ T0 = 1_790_000_000
 
 
 def _batch(t: int, cells: int = 4) -> list:
-    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5)) for c in range(1, cells + 1)]
+    return [(PointRef("cell.voltage", 1, c), Reading(13.0 + c / 1000, Quality.GOOD, t + 0.5))
+            for c in range(1, cells + 1)]
 
 
 def test_rows_wait_bounded_while_the_disk_is_full_and_the_commit_says_what_is_on_disk(tmp_path, monkeypatch):
@@ -242,7 +241,7 @@ def _full(gt: GatewayThread, events: AlarmEvents):
     assert st["fault"] == "disk full" and "full" in st["last_error"]
     cycles = gw.store.value(PointRef("gateway.poll_cycles"))
     gt.wait_for(lambda: gw.store.value(PointRef("gateway.poll_cycles")) > cycles + 3, what="polling")
-    an = analytics_running[gw]
+    an = gw.service("analytics")
     ticks, errors = an.engine.last_tick, an.errors
     gt.wait_for(lambda: an.engine.last_tick > ticks + 1, what="analytics going on")
     assert an.errors == errors
@@ -302,7 +301,7 @@ def _full_disk_scenario(tmp_path, how: str) -> None:
             gt, events = _started(path)
             try:
                 alarm = _full(gt, events)
-                an = analytics_running[gt.gateway]
+                an = gt.gateway.service("analytics")
                 assert an.state.exclusive  # its file opened for the gateway alone: no room for the WAL index
                 filler.unlink()
                 _room_again(gt, events, alarm, _writes(gt.gateway))

@@ -74,8 +74,8 @@ def _datasheet_rows() -> dict:
                                   "cell.ohmic": (float(ohm[1]) / 1000, float(ohm[2]) / 1000)}
     smd = re.search(r"BM-BMS\t0 ~ (\d+)VDC[^\t]*\t-(\d+) ~ (\d+)A by hall sensor", bm)
     out["bm-smd"] = {"string.voltage": (0.0, float(smd[1])), "string.current": (-float(smd[2]), float(smd[3]))}
-    row = re.compile(r"(L|H) type\t[^\t]+\t([\d.]+)~([\d.]+)V\t(-?\d+)~(\d+)°C\t([\d.]+)~([\d.]+)mΩ\t([\d.]+)V\t[^\t]+\t"
-                     r"([\d.]+)°C\t[^\t]+\t([\d.]+)mΩ")
+    row = re.compile(r"(L|H) type\t[^\t]+\t([\d.]+)~([\d.]+)V\t(-?\d+)~(\d+)°C\t([\d.]+)~([\d.]+)mΩ\t"
+                     r"([\d.]+)V\t[^\t]+\t([\d.]+)°C\t[^\t]+\t([\d.]+)mΩ")
     for t, vlo, vhi, tlo, thi, rlo, rhi, vres, tres, rres in row.findall(btek):
         out[f"btek-bmu-{t.lower()}"] = {
             "cell.voltage": (float(vlo), float(vhi)), "cell.temperature": (float(tlo), float(thi)),
@@ -88,12 +88,9 @@ def _datasheet_rows() -> dict:
     return out
 
 
-# Where a profile deliberately accepts more than its datasheet, the profile file must say why.
-WIDENED = {
-    ("bm-smd", "string.voltage"): "800 V",  # 120 x 12 V units per string float near 1,620 V
-    ("bm-smd-concentrator", "string.voltage"): "800 V",
-    ("btek-cmu", "bank.voltage"): "600 V",
-}
+# Where a profile deliberately accepts more than its datasheet, the profile file must say why (none does: a
+# reading beyond the sensor's rating is OUT_OF_RANGE).
+WIDENED: dict[tuple[str, str], str] = {}
 
 
 def test_profile_ranges_and_resolutions_match_the_datasheets():
@@ -125,7 +122,8 @@ def test_profile_ranges_and_resolutions_match_the_datasheets():
 
 
 def test_every_hook_is_typed_and_documented():
-    specs = [(n, f) for n, f in inspect.getmembers(hookspecs.GatewaySpecs, inspect.isfunction) if n.startswith("bmsgw_")]
+    specs = [(n, f) for n, f in inspect.getmembers(hookspecs.GatewaySpecs, inspect.isfunction)
+             if n.startswith("bmsgw_")]
     assert len(specs) >= 10
     for name, fn in specs:
         doc = inspect.getdoc(fn)
@@ -222,9 +220,9 @@ def test_a_site_profile_of_the_same_name_overrides_the_built_in(tmp_path):
     d = tmp_path / "site-profiles"
     d.mkdir()
     text = (ROOT / "plugins" / "string_sensor" / "profiles" / "bm-smd.yaml").read_text()
-    (d / "bm-smd.yaml").write_text(text.replace("range: [0, 2000]", "range: [0, 800]"))
+    (d / "bm-smd.yaml").write_text(text.replace("range: [0, 800]", "range: [0, 600]"))
     cfg = small_bank(strings=1, cells=2)
     cfg["plugins"] = {"profile_dirs": [str(d)]}
     gw = offline_gateway(write_config(tmp_path, base=cfg))
     reg = next(r for r in gw.profiles["bm-smd"].registers if r.point == "string.voltage")
-    assert reg.valid_range == (0, 800) and gw.profiles["bm-smd"].source == str(d / "bm-smd.yaml")
+    assert reg.valid_range == (0, 600) and gw.profiles["bm-smd"].source == str(d / "bm-smd.yaml")

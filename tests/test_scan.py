@@ -76,3 +76,31 @@ def test_scan_refuses_bad_ids_and_missing_ports():
     assert out.returncode == 2 and "within 1-247" in out.stderr
     out = bmsgw("scan", "--port", "/dev/does-not-exist", "--ids", "1")
     assert out.returncode == 2 and "cannot open /dev/does-not-exist" in out.stderr
+
+
+SIX_VOLT_BMU = {
+    "buses": [{"name": "bus1", "port": "sim", "baud": 115200}],
+    "strings": [{"id": 1, "cells": 3, "battery": {"nominal_voltage": 6},
+                 "devices": [{"profile": "btek-bmu-h", "bus": "bus1", "address": 2, "count": 3}]}],
+    "simulator": {"enabled": True, "wire_time": False},
+}
+
+
+def test_scan_takes_the_battery_size_from_the_measured_voltage_not_the_profile(tmp_path):
+    """A BMU-H serves 6 V and 12 V units and its profile says 12 V: pasted as it was, every 6 V unit would
+    sit under the 12.78 V critical limit.  The scan reads each battery's voltage and proposes 6 V."""
+    gw = offline_gateway(write_config(tmp_path, base=SIX_VOLT_BMU, fast=False))
+    assert gw.profiles["btek-bmu-h"].nominal_voltage == 12
+    sim = gw.make_simulator().start()
+    try:
+        out = bmsgw("scan", "--port", sim.ports()["bus1"], "--baud", "115200", "--ids", "1-5")
+    finally:
+        sim.stop()
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load(out.stdout)
+    assert data["strings"][0]["battery"] == {"nominal_voltage": 6}
+    assert "from the batteries' voltage, median 6." in out.stdout
+    path = tmp_path / "scanned.yaml"
+    path.write_text(out.stdout)
+    check = bmsgw("check-config", "--config", path)
+    assert check.returncode == 0, check.stderr

@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 
 from gateway import secretfiles
 from gateway.app import Gateway
-from gateway.outputs.modbus_tcp import ModbusTcpService
+from gateway.outputs.modbus_tcp.face import ModbusTcpService
 from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.outputs.web.auth import DeviceKeys, LoginThrottle
 from gateway.points import PointRef
@@ -108,7 +108,7 @@ def set_cookies(resp) -> dict[str, str]:
 
 # -- SNMP ------------------------------------------------------------------------------------------------------
 def snmp_port(w) -> int:
-    return next(s for s in w.gateway.services if isinstance(s, SnmpAgent)).bound[1]
+    return w.gateway.service('snmp').agent.bound[1]
 
 
 def test_snmpv3_authpriv_answers_net_snmp_and_wrong_keys_or_levels_get_nothing(sec):
@@ -130,7 +130,7 @@ def test_snmpv3_authpriv_answers_net_snmp_and_wrong_keys_or_levels_get_nothing(s
     # the right user without privacy, or without authentication: the agent insists on authPriv
     refused(["-v3", "-l", "authNoPriv", "-u", "nms", "-a", "SHA-256", "-A", "auth-secret-1"])
     refused(["-v3", "-l", "noAuthNoPriv", "-u", "nms"])
-    counters = next(s for s in sec.gateway.services if isinstance(s, SnmpAgent)).counters()
+    counters = sec.gateway.service('snmp').agent.counters()
     assert counters["usmStatsWrongDigests"] >= 1 and counters["usmStatsDecryptionErrors"] >= 1
     assert counters["usmStatsUnknownUserNames"] >= 1
 
@@ -171,11 +171,11 @@ def test_snmp_v2c_when_on_answers_only_allow_from_and_v1_never(sec, caplog):
     # a well-known community open to every address is called out at start (and the allow-list is the cure)
     caplog.set_level(logging.WARNING, logger="gateway.outputs.snmp.agent")
     open_agent = SnmpAgent(sec.gateway, {**cfg, "v2c": {"community": "public", "allow_from": []}})
-    open_agent.bound = ("192.0.2.1", 161)  # as if it listened on a LAN address (the test binds nothing there)
-    open_agent._warn_open_community()
+    lan = ("192.0.2.1", 161)  # as if it listened on a LAN address (the test binds nothing there)
+    open_agent._warn_open_community(lan)
     assert "the well-known community 'public' from any address" in caplog.text
     caplog.clear()
-    SnmpAgent(sec.gateway, cfg)._warn_open_community()
+    SnmpAgent(sec.gateway, cfg)._warn_open_community(lan)
     assert caplog.text == ""
 
 
@@ -203,7 +203,7 @@ def raw(port: int, pdu: bytes, source: str = "127.0.0.1") -> bytes:
 
 
 def test_modbus_writes_are_off_by_default_and_refused_with_exception_02(sec):
-    svc = next(s for s in sec.gateway.services if isinstance(s, ModbusTcpService))
+    svc = sec.gateway.service('modbus_tcp')
     assert svc.writes_enabled is False
     port, relay = svc.port, relay_address(sec)
     model = sec.gateway.simulator.model
@@ -223,7 +223,7 @@ def test_modbus_writes_are_off_by_default_and_refused_with_exception_02(sec):
 
 def test_modbus_writes_when_on_only_from_writes_allow_from(sec):
     cfg = {**sec.gateway.config.section("modbus_tcp"), "listen": f"127.0.0.1:{free_port()}",
-           "writes": {"enabled": True, "allow_from": ["127.0.0.1/32"]}}
+           "writes": {"enabled": True, "allow_from": ["127.0.0.1/32"], "role": "operator"}}
     svc = ModbusTcpService(sec.gateway, cfg)
     sec.gt.call(svc.start())
     model, relay = sec.gateway.simulator.model, relay_address(sec)
@@ -245,7 +245,7 @@ def test_modbus_writes_when_on_only_from_writes_allow_from(sec):
         sec.gt.call(svc.stop())
     # on, with an empty allow-list: nobody may write
     svc = ModbusTcpService(sec.gateway, {**cfg, "listen": f"127.0.0.1:{free_port()}",
-                                         "writes": {"enabled": True, "allow_from": []}})
+                                         "writes": {"enabled": True, "allow_from": [], "role": "operator"}})
     sec.gt.call(svc.start())
     try:
         assert raw(svc.port, struct.pack(">BHH", 6, relay, 0)) == bytes([0x86, 0x02])
@@ -340,7 +340,8 @@ def test_account_page_throttles_current_password_guesses(sec, clocks):
     sec.ctx.users.add("cora", "operator", PASSWORD)
     c = browser(sec, "127.0.0.41").login("cora")
     for _ in range(LOGIN["max_failures"]):
-        c.form("/account", "/account", {"current": "guess-guess", "password": "new-pass-123", "password2": "new-pass-123"})
+        c.form("/account", "/account",
+               {"current": "guess-guess", "password": "new-pass-123", "password2": "new-pass-123"})
     c.form("/account", "/account", {"current": PASSWORD, "password": "new-pass-123", "password2": "new-pass-123"})
     assert "Too many wrong passwords" in c.get("/account").text
     assert sec.ctx.users.authenticate("cora", PASSWORD) is not None  # not changed
@@ -379,11 +380,11 @@ def test_session_settings_change_with_a_config_reload(sec):
     try:
         ctx.gateway.config.data["web"] = {**saved, "session": {"idle_minutes": 7, "max_hours": 2},
                                           "login": {**saved["login"], "max_failures_per_user": 9}}
-        ctx.reload()
+        ctx.reload(ctx.gateway.config)
         assert (ctx.sessions.idle_s, ctx.sessions.max_age_s, ctx.throttle.max_failures_per_user) == (420, 7200, 9)
     finally:
         ctx.gateway.config.data["web"] = saved
-        ctx.reload()
+        ctx.reload(ctx.gateway.config)
 
 
 # -- web: CSRF and headers on every route ------------------------------------------------------------------------
@@ -394,7 +395,7 @@ def _url(rule) -> str:
             ("app.js" if name == "filename" else "site")
     path = rule.rule
     for name, value in values.items():
-        path = re.sub(r"<(?:[^:<>]+:)?%s>" % name, str(value), path)
+        path = re.sub(rf"<(?:[^:<>]+:)?{name}>", str(value), path)
     return path
 
 
@@ -499,7 +500,7 @@ def test_a_tls_key_of_your_own_readable_by_others_is_reported(tmp_path, caplog):
 
     cert, key = ensure_self_signed(tmp_path / "own", "127.0.0.1")
     os.chmod(key, 0o644)
-    caplog.set_level(logging.WARNING, logger="gateway.outputs.web.server")
+    caplog.set_level(logging.WARNING, logger="gateway.outputs.web.face")
     with web_gateway(tmp_path, cells=2, alarms=False,
                      web={"tls": {"enabled": True, "cert": str(cert), "key": str(key)}}) as w:
         assert w.url.startswith("https://")
@@ -572,14 +573,14 @@ def test_config_with_secrets_readable_by_others_is_reported(sec, tmp_path, caplo
     caplog.clear()
     os.chmod(pw, 0o600)
     assert secretfiles.read_secret(pw, "mqtt.password_file") == "s3cret" and caplog.text == ""
-    from gateway.outputs.mqtt import MqttService
+    from gateway.outputs.mqtt.face import MqttService
 
     os.chmod(pw, 0o644)
     (tmp_path / "mq").mkdir()
     mq = write_config(tmp_path / "mq", {"mqtt": {"enabled": True, "username": "u", "password_file": str(pw)}},
                       base=small_bank(1, 2))
     gw = Gateway(mq, simulator=False, port_overrides={"bus1": "x"})
-    assert MqttService(gw, gw.config.section("mqtt")).password == "s3cret"
+    assert MqttService(gw, gw.config.section("mqtt")).uploader.password == "s3cret"
     assert "mqtt.password_file" in caplog.text
     # `bmsgw check-config` says it too (the config is valid: exit 0)
     env = {k: v for k, v in os.environ.items() if k != "BMSGW_CONFIG"}

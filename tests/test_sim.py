@@ -7,7 +7,7 @@ import pytest
 
 from gateway.modbus.rtu import ExceptionResponse, frame_wire_time, read_request, with_crc, write_single_request
 from gateway.modbus.transport import RtuTransport
-from gateway.sim.model import BankModel
+from gateway.sim.model import BankModel, SensorErrors
 from gateway.topology import BusConfig
 from tests.coretools import offline_gateway
 from tests.devicedump import one_bus
@@ -104,16 +104,19 @@ def test_a_sensor_holds_its_ohmic_test_result_until_the_next_test():
     assert m.true_ohmic(1, weak) > m.true_ohmic(1, weak, m.t - 20 * 3600)  # while the truth moved on
     m.advance_to(m.t + 4 * 3600)  # a day after the last test: the sensors test again
     second = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
-    assert all(a != b for a, b in zip(first, second))
+    assert all(a != b for a, b in zip(first, second, strict=True))
     assert m.last_ohmic_test(1) == NOON + 86400
-    # each result is the truth at its test, within the test's repeatability (0.5 %, 4 sigma)
+    # each result is what its sensor reads of the truth at its test (its conformity error included), within
+    # the test's repeatability (1 % +- 25 micro-ohm as 2 sigma): 4 sigma
     for c, v in enumerate(second, 1):
-        assert v == pytest.approx(m.true_ohmic(1, c, NOON + 86400), rel=0.02)
+        expected = m.sensor_ohmic(1, c, NOON + 86400)
+        assert v == pytest.approx(expected, abs=4 * m.errors.ohmic_test_sigma(expected))
+        assert v == pytest.approx(m.true_ohmic(1, c, NOON + 86400), rel=0.015 + 25e-6 / expected + 0.02)
     # a test run on demand (one string) gives a new result at once, and holds it too
     m.advance_to(m.t + 600)
     m.run_ohmic_test(1)
     third = [m.measure("cell.ohmic", 1, c) for c in range(1, 5)]
-    assert all(a != b for a, b in zip(second, third)) and m.last_ohmic_test(1) == m.t
+    assert all(a != b for a, b in zip(second, third, strict=True)) and m.last_ohmic_test(1) == m.t
     m.advance_to(m.t + 600)
     assert [m.measure("cell.ohmic", 1, c) for c in range(1, 5)] == third
 
@@ -221,7 +224,8 @@ def test_over_modbus_the_ohmic_register_holds_between_tests(tmp_path):
         again, _, _ = transact_all(port, 9600, [read_request(2, 4, 2, 2)] * 3)
     assert len({tuple(r) for r in again}) == 1 and again[0] != reads[0]
     micro_ohm = (again[0][0] << 16) | again[0][1]
-    assert micro_ohm / 1e6 == pytest.approx(model.true_ohmic(1, 1), rel=0.02)
+    expected = model.sensor_ohmic(1, 1)
+    assert micro_ohm / 1e6 == pytest.approx(expected, abs=4 * model.errors.ohmic_test_sigma(expected) + 1e-6)
 
 
 def test_unknown_faults_and_buses_are_refused(tmp_path):
@@ -234,3 +238,67 @@ def test_unknown_faults_and_buses_are_refused(tmp_path):
             sim.set_fault("bus9", None, "unplugged")
     finally:
         sim.stop()
+
+
+@pytest.mark.parametrize("cpu", [1, 3, 6])
+def test_a_failed_cell_takes_one_cells_voltage_off_its_unit_whatever_its_size(cpu):
+    m = bank(cells=4, cpu=cpu, weak_cells=0, errors=SensorErrors.none())
+    healthy = m.cell_voltage(1, 2)
+    m.battery(1, 2).failed_cell = True
+    m.refresh()
+    assert healthy - m.cell_voltage(1, 2) == pytest.approx(healthy / cpu, rel=0.01)  # about 2.25 V on float
+    m.set_mode(1, "discharge", 25.0)
+    m.advance_to(m.t + 600)
+    loaded = m.cell_voltage(1, 1)
+    assert loaded - m.cell_voltage(1, 2) == pytest.approx(loaded / cpu, rel=0.02)  # one cell under load, not two
+
+
+@pytest.mark.parametrize("amps, end", [(125.0, 1.80), (835.0, 1.75)])
+def test_a_discharge_ends_through_the_knee_at_its_rates_end_voltage(amps, end):
+    """2 V 500 Ah cells: at C/4 the voltage reaches 1.80 V per cell, at the 15-minute rate 1.75 V, when the
+    Peukert-corrected charge is used up; it falls steeply in the last per cents, and the UPS cuts at 1.70 V."""
+    m = BankModel([(1, 10, 500.0, 1)], t0=NOON, weak_cells=0, discharge_duration_s=1e9, errors=SensorErrors.none())
+    m.set_mode(1, "discharge", amps)
+    volts = []
+    step = 10.0 if amps < 200 else 1.0  # the 15-minute rate drains 1 % of the charge in 9 s
+    while m.strings[1].mode == "discharge":
+        m.advance_to(m.t + step)
+        volts.append((m.strings[1].soc, m.string_voltage(1) / 10))
+    at_empty = next(v for soc, v in volts if soc <= 0.0)
+    assert at_empty == pytest.approx(end, abs=0.01)
+    before = next(v for soc, v in volts if soc <= 0.10)
+    assert before - at_empty > 0.05  # the knee: more than 50 mV in the last 10 % of the charge
+    assert min(v for _, v in volts) <= 1.72 and m.strings[1].mode == "recharge"  # the UPS cut off at 1.70
+
+
+def test_the_sensor_errors_can_be_set_and_turned_off(tmp_path):
+    from gateway.config import CORE_SCHEMA, fill_defaults
+
+    errors = SensorErrors.from_config(fill_defaults(CORE_SCHEMA["simulator"], {
+        "current_offset_a": -3.0, "current_offsets": {"2": 5.0}, "sensor_errors": {"current_gain_pct": 0}}))
+    m = BankModel([(1, 2, 500.0, 1), (2, 2, 500.0, 1)], t0=NOON, errors=errors)
+    assert m.calibration[("string.current", 1, None)].offset == -3.0
+    assert m.calibration[("string.current", 2, None)].offset == 5.0
+    assert m.calibration[("string.current", 1, None)].gain == 0.0 and errors.voltage_gain_pct == 0.2
+    perfect = BankModel([(1, 2, 500.0, 1)], t0=NOON, errors=SensorErrors.from_config({"sensor_errors": False}))
+    for point in ("string.current", "string.voltage", "cell.voltage", "cell.temperature", "cell.ohmic"):
+        cell = 1 if point.startswith("cell.") else None
+        assert perfect.measure(point, 1, cell) == pytest.approx(perfect.value(point, 1, cell)), point
+    with pytest.raises(Exception, match="sensor_errors"):
+        offline_gateway(write_config(tmp_path, base=dict(one_bus({1: []}, cells=1),
+                                                          simulator={"sensor_errors": {"gain": 1}})))
+
+
+def test_scenarios_a_stuck_sensor_and_one_out_of_its_range():
+    m = bank(cells=3, weak_cells=0)
+    m.schedule_scenario(m.t + 60, "stuck", point="cell.voltage", string=1, cell=2)
+    m.schedule_scenario(m.t + 60, "out_of_range", point="cell.voltage", string=1, cell=3, value=20.0)
+    m.schedule_scenario(m.t + 60, "thermal_runaway", string=1)
+    m.advance_to(m.t + 70)
+    stuck = m.overrides[("cell.voltage", 1, 2, None)]
+    m.battery(1, 2).float_offset += 0.5
+    assert m.overrides[("cell.voltage", 1, 2, None)] == stuck and m.overrides[("cell.voltage", 1, 3, None)] == 20.0
+    m.advance_to(m.t + 1800)
+    assert m.truth()["strings"][1]["runaway_current"] > 3 * m.strings[1].float_current
+    with pytest.raises(ValueError, match="unknown scenario"):
+        m.schedule_scenario(m.t, "fire")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+from gateway.commands import Command
 from gateway.hookspecs import hookimpl
 from gateway.points import PointRef
 from tests.support import GatewayThread, free_port, small_bank, write_config
@@ -18,7 +19,8 @@ PASSWORD = "correct-horse-42"
 
 
 class FakeAlarmEngine:
-    """The alarm engine's side of the hooks (bmsgw_alarms / bmsgw_alarm_acknowledge), with a fixed table.
+    """The alarm engine's side of the contract (``bmsgw_alarms``, and the ``gateway.acknowledge_alarm`` command
+    written through ``Gateway.write``), with a fixed table.
 
     Also plays the alarm engine's and analytics' part in the store: cell.alarm_level for the alarmed
     batteries and a cell.eol_date forecast for every battery, so the charts have something to colour.
@@ -27,17 +29,17 @@ class FakeAlarmEngine:
     def __init__(self) -> None:
         now = time.time()
         self.table = {
-            "a-37-ohmic": {"id": "a-37-ohmic", "severity": "critical", "active": True, "raised": now - 600,
+            "37": {"id": "37", "severity": "critical", "active": True, "raised": now - 600,
                            "point": "cell.ohmic", "string": 1, "cell": 37, "value": 0.0061, "threshold": 0.0058,
-                           "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"},
-            "a-12-volt": {"id": "a-12-volt", "severity": "warning", "active": True, "raised": now - 300,
+                           "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline "
+                                      "(alarm at +30 %)"},
+            "12": {"id": "12", "severity": "warning", "active": True, "raised": now - 300,
                           "point": "cell.voltage", "string": 1, "cell": 12, "value": 13.05, "threshold": 13.1,
                           "message": "String 1 battery 12: voltage 13.05 V, 0.35 V below the string average"},
-            "a-old": {"id": "a-old", "severity": "warning", "active": False, "raised": now - 86400,
+            "3": {"id": "3", "severity": "warning", "active": False, "raised": now - 86400,
                       "cleared": now - 80000, "message": "Ambient temperature 28.1 C above 27 C"},
         }
         self.acks: list[tuple[str, str]] = []
-        self.reloads: list[list[str]] = []
         self.fail = False
 
     @hookimpl
@@ -48,17 +50,17 @@ class FakeAlarmEngine:
         return sorted(rows, key=lambda a: -a["raised"])[:limit]
 
     @hookimpl
-    def bmsgw_alarm_acknowledge(self, gateway, alarm_id, user):
-        alarm = self.table.get(alarm_id)
-        if alarm is None:
-            return False
-        alarm["acknowledged_by"], alarm["acknowledged"] = user, time.time()
-        self.acks.append((alarm_id, user))
-        return True
+    def bmsgw_commands(self, gateway):
+        def acknowledge(ref, value, by):
+            alarm_id = str(int(value))
+            alarm = self.table.get(alarm_id)
+            if alarm is None or not alarm["active"]:
+                raise ValueError(f"no active alarm has the number {alarm_id}")
+            alarm["acknowledged_by"], alarm["acknowledged"] = by.name, time.time()
+            self.acks.append((alarm_id, by.name))
+            return f"alarm {alarm_id} acknowledged"
 
-    @hookimpl
-    def bmsgw_config_reloaded(self, gateway, sections):
-        self.reloads.append(list(sections))
+        return [Command("gateway.acknowledge_alarm", acknowledge)]
 
     def publish(self, gateway) -> None:
         """Alarm levels and forecasts into the store, as the alarm engine and analytics would."""
@@ -97,19 +99,17 @@ class WebGateway:
     """A running gateway with its web face; ``url`` ends with a slash."""
 
     def __init__(self, gt: GatewayThread, alarms: FakeAlarmEngine | None) -> None:
-        from gateway.outputs.web import _services
-
         self.gt = gt
         self.gateway = gt.gateway
         self.alarms = alarms
-        self.service = _services[gt.gateway]
+        self.service = gt.gateway.service("web")
         self.ctx = self.service.ctx
         self.url = self.service.url
 
     def token(self, role: str = "admin") -> str:
         return self.ctx.users.add_token(f"t-{role}-{time.monotonic_ns() % 10**9}", role)[1]
 
-    def user(self, name: str, role: str) -> "Client":
+    def user(self, name: str, role: str) -> Client:
         if self.ctx.users.get(name) is None:
             self.ctx.users.add(name, role, PASSWORD)
         return Client(self.url).login(name, PASSWORD)
@@ -158,7 +158,7 @@ class Client(requests.Session):
         assert m, f"no CSRF token on {page}"
         return m.group(1)
 
-    def login(self, name: str, password: str = PASSWORD) -> "Client":
+    def login(self, name: str, password: str = PASSWORD) -> Client:
         token = self.csrf("/login")
         r = self.post("/login", data={"csrf": token, "username": name, "password": password}, allow_redirects=False)
         assert r.status_code == 302, (r.status_code, r.text[:500])

@@ -15,52 +15,108 @@ import json
 import logging
 import sys
 import time
-import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..commands import Command, Principal
 from ..hookspecs import hookimpl
+from ..points import PointRef
+from ..service import ReloadResult, Service
+from .log import record_of
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import SCHEMA, check as check_rules
+from .rules import SCHEMA, check as check_rules, ohmic_levels
 
 if TYPE_CHECKING:
     from ..app import Gateway
+    from ..config import Config
+    from ..engine import CommEvent
+    from ..pointmap import Catalog
 
 log = logging.getLogger(__name__)
 
-_managers: "weakref.WeakKeyDictionary[Gateway, AlarmManager]" = weakref.WeakKeyDictionary()
-
 
 def get_manager(gateway: Gateway) -> AlarmManager | None:
-    """The gateway's alarm manager (created when the gateway starts; None when ``alarms.enabled`` is off)."""
-    return _managers.get(gateway)
+    """The gateway's alarm manager while it runs (None when ``alarms.enabled`` is off)."""
+    svc = gateway.service("alarms")
+    return svc.manager if isinstance(svc, AlarmService) else None
 
 
 def acknowledge(gateway: Gateway, alarm_id: int, by: str) -> bool:
     """Acknowledge alarm ``alarm_id`` as ``by``; True if acknowledged now, False if it already was.
     Raises ``UnknownAlarm`` (a KeyError) when no such alarm is active, ``ValueError`` for an empty ``by``."""
-    mgr = _managers.get(gateway)
+    mgr = get_manager(gateway)
     if mgr is None:
         raise UnknownAlarm(alarm_id)
     return mgr.acknowledge(alarm_id, by)
 
 
-class AlarmService:
-    """Closes the alarm log cleanly when ``bmsgw run`` stops."""
+class AlarmService(Service):
+    """The alarm engine of one gateway: rules evaluated on every store batch, the active table, the log."""
 
     name = "alarms"
+    sections = ("alarms", "analytics")  # analytics.thresholds are the ohmic rules' levels
 
-    def __init__(self, manager: AlarmManager) -> None:
-        self.manager = manager
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.manager = AlarmManager(gateway, gateway.config.section("alarms"))
 
     async def start(self) -> None:
-        return None
+        self.manager.start(self.gateway.loop)
 
     async def stop(self) -> None:
         self.manager.stop()
 
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """New setpoints, delays and float policy apply at once: the rules are resolved again and every
+        point's present value is judged by them (an on-delay starts now)."""
+        self.manager.reload(config.section("alarms"), config.section("analytics"))
+        return ReloadResult()
+
+    def status(self) -> dict[str, Any]:
+        return self.manager.status()
+
     def endpoints(self) -> list[str]:
         return [f"log {self.manager.log.path}"]
+
+    @hookimpl
+    def bmsgw_comm_event(self, event: CommEvent) -> None:
+        if self.manager.started:
+            self.manager.on_comm_event(event)
+
+    @hookimpl
+    def bmsgw_alarms(self, active: bool, limit: int) -> list[dict[str, Any]]:
+        """The active table or the log for the web page and REST (called from web threads)."""
+        mgr = self.manager
+        if active:
+            return [a.record() for a in mgr.active()[:max(0, limit)]]
+        return [record_of(r) for r in mgr.history(limit)]
+
+    @hookimpl
+    def bmsgw_commands(self) -> list[Command]:
+        """``gateway.acknowledge_alarms`` (Modbus 9000: write 1) and ``gateway.acknowledge_alarm`` (write an
+        alarm's number): for operators, from any face."""
+        mgr = self.manager
+
+        def acknowledge_all(ref: PointRef, value: float, by: Principal) -> str:
+            n = mgr.acknowledge_all(principal_label(by))
+            return f"{n} alarm(s) acknowledged"
+
+        def acknowledge_one(ref: PointRef, value: float, by: Principal) -> str:
+            try:
+                now = mgr.acknowledge(int(value), principal_label(by))
+            except UnknownAlarm:
+                raise ValueError(f"no active alarm has the number {value:g}") from None
+            return f"alarm {value:g} acknowledged" if now else f"alarm {value:g} was acknowledged already"
+
+        return [Command("gateway.acknowledge_alarms", acknowledge_all, role="operator"),
+                Command("gateway.acknowledge_alarm", acknowledge_one, role="operator")]
+
+
+def principal_label(by: Principal) -> str:
+    """Who acknowledged, as the alarm log and the web page show it: the user, or the face and the address."""
+    if by.via in ("modbus", "snmp") and by.address:
+        return f"{by.via} {by.address}" if by.name in ("", by.via) else f"{by.name} ({by.via} {by.address})"
+    return by.name
 
 
 # -- hooks ---------------------------------------------------------------------------------------------------
@@ -70,121 +126,29 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_check_config(gateway_config, catalog) -> list[str]:
+def bmsgw_check_config(gateway_config: Config, catalog: Catalog) -> list[str]:
     """The rules' problems: unknown point families, setpoints in the wrong order, unknown strings, DI channels."""
     section = gateway_config.section("alarms")
     if not section.get("enabled", True):
         return []
     return [f"{e.path}: {e.message}" for e in check_rules(section, gateway_config.topology, catalog,
-                                                          str(gateway_config.path))]
+                                                          str(gateway_config.path),
+                                                          ohmic_levels(gateway_config.section("analytics")))]
 
 
 @hookimpl
-def bmsgw_gateway_ready(gateway: Gateway) -> None:
-    section = gateway.config.section("alarms")
-    if not section.get("enabled", True):
-        return
-    mgr = _managers.get(gateway)
-    if mgr is None:
-        mgr = _managers[gateway] = AlarmManager(gateway, section)
-    mgr.start(gateway.loop)
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    return [AlarmService(gateway)] if gateway.config.section("alarms").get("enabled", True) else []
 
-
-@hookimpl
-def bmsgw_comm_event(gateway: Gateway, event) -> None:
-    mgr = _managers.get(gateway)
-    if mgr is not None and mgr.started:
-        mgr.on_comm_event(event)
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    mgr = _managers.get(gateway)
-    return [AlarmService(mgr)] if mgr is not None else []
-
-
-def _row(alarm_id, severity, text, raised, active, point, string, cell, channel, value, threshold,
-         cleared=None, acked_by=None, acked_ts=None) -> dict:
-    return {"id": str(alarm_id), "severity": severity, "message": text, "raised": raised, "active": active,
-            "point": point, "string": string, "cell": cell, "channel": channel, "value": value,
-            "threshold": threshold, "cleared": cleared, "acknowledged_by": acked_by, "acknowledged": acked_ts}
-
-
-@hookimpl
-def bmsgw_alarms(gateway: Gateway, active: bool, limit: int) -> list[dict] | None:
-    """The active table or the log for the web page and REST (called from web threads)."""
-    mgr = _managers.get(gateway)
-    if mgr is None:
-        return None
-    if active:
-        return [_row(a.alarm_id, a.severity, a.text, a.raised_ts, True, a.metric, a.key.string, a.key.cell,
-                     a.key.channel, a.last_value if a.last_value is not None else a.value, a.threshold,
-                     acked_by=a.acknowledged_by, acked_ts=a.acknowledged_ts)
-                for a in mgr.active()[:max(0, limit)]]
-    return [_row(r["id"], r["severity"], r["text"],
-                 r["raised_ts"], r["cleared_ts"] is None, r["metric"], r["string"], r["cell"], r["channel"],
-                 r["value"], r["threshold"], r["cleared_ts"], r["acked_by"], r["acked_ts"])
-            for r in mgr.history(limit)]
-
-
-@hookimpl
-def bmsgw_alarm_acknowledge(gateway: Gateway, alarm_id: str, user: str) -> bool | None:
-    if _managers.get(gateway) is None:
-        return None
-    try:
-        acknowledge(gateway, int(alarm_id), user)
-    except (UnknownAlarm, ValueError):
-        return False
-    return True  # acknowledged now, or it already was
-
-
-@hookimpl
-def bmsgw_modbus_write_handlers(gateway: Gateway) -> list:
-    """Holding register 9000: write 1 to acknowledge every active alarm (when Modbus writes are enabled)."""
-    from ..hookspecs import MODBUS_ALARM_ACK_REGISTER, ModbusWriteHandler
-
-    mgr = _managers.get(gateway)
-    if mgr is None:
-        return []
-
-    def acknowledge_all(words: list[int], client: str) -> None:
-        if words != [1]:
-            raise ValueError("write 1 to acknowledge every active alarm")
-        n = mgr.acknowledge_all(f"modbus {client}")
-        log.info("Modbus client %s acknowledged %d alarm(s)", client, n)
-
-    return [ModbusWriteHandler(MODBUS_ALARM_ACK_REGISTER, "alarm.acknowledge",
-                               "write 1: acknowledge every active alarm", acknowledge_all)]
 
 
 @hookimpl
 def bmsgw_alarm_log(config, start: float, end: float, string: int | None) -> list[dict] | None:
     """Alarms raised in [start, end] for reports, read from the log on disk (the gateway may be stopped)."""
-    import sqlite3
+    from .log import read_period
 
     path = config.state_dir / LOG_FILE
-    if not path.exists():
-        return None
-    sql = "SELECT * FROM alarms WHERE raised_ts >= ? AND raised_ts <= ?"
-    params: list = [start, end]
-    if string is not None:
-        sql += " AND (string = ? OR string IS NULL)"
-        params.append(string)
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        rows = db.execute(sql + " ORDER BY raised_ts", params).fetchall()
-    finally:
-        db.close()
-    return [{"raised": r["raised_ts"], "cleared": r["cleared_ts"], "severity": r["severity"], "text": r["text"],
-             "point": r["metric"], "string": r["string"], "cell": r["cell"], "value": r["value"],
-             "threshold": r["threshold"], "acknowledged_by": r["acked_by"]} for r in rows]
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    mgr = _managers.get(gateway)
-    return {"alarms": mgr.status()} if mgr is not None else {}
+    return read_period(path, start, end, string) if path.exists() else None
 
 
 @hookimpl
@@ -223,4 +187,5 @@ def _cmd_alarms(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ActiveAlarm", "AlarmEvent", "AlarmKey", "AlarmManager", "UnknownAlarm", "acknowledge", "get_manager"]
+__all__ = ["ActiveAlarm", "AlarmEvent", "AlarmKey", "AlarmManager", "AlarmService", "UnknownAlarm", "acknowledge",
+           "get_manager"]

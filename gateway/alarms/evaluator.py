@@ -11,9 +11,12 @@ Each setpoint of each rule on each point is one ``Condition``:
 """
 from __future__ import annotations
 
+import statistics
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from ..strings.states import StringStates, string_states
 from .model import AlarmKey
 from .rules import Rule, RuleSet
 
@@ -30,6 +33,7 @@ class Condition:
     raw: float | None = None  # last value of the point itself
     ts: float = 0.0
     waiting: bool = False  # in the evaluator's pending set
+    hysteresis: float = 0.0  # the rule's, plus its relative part of this threshold
 
     @property
     def delay(self) -> float:
@@ -56,54 +60,58 @@ class Transition:
 
 @dataclass(slots=True)
 class StringMode:
-    """Whether a string is on float, for the float-voltage rules (string.current: positive = charging)."""
+    """Whether a string is on float, for the float-voltage rules: its ``string.state`` (the string supervision's
+    classifier, the one definition of float, charging, discharging and rest)."""
 
-    mode: str = "float"  # float | charge | discharge
+    state: int | None = None  # None: not known (float rules apply)
     left_at: float | None = None  # when it last came back to float
     ohmic_test_at: float | None = None
 
 
 @dataclass
 class FloatPolicy:
-    charge_above_c: float = 0.005
-    discharge_below_c: float = 0.002
     settle_s: float = 300.0
     ohmic_detect: str = "value_change"
     ohmic_suppress_s: float = 1800.0
 
     @classmethod
-    def from_section(cls, section: dict) -> "FloatPolicy":
+    def from_section(cls, section: dict) -> FloatPolicy:
         fd = section.get("float_detection", {}) or {}
         ot = section.get("ohmic_test", {}) or {}
-        return cls(fd.get("charge_above_c", 0.005), fd.get("discharge_below_c", 0.002), fd.get("settle_s", 300.0),
-                   ot.get("detect", "value_change"), ot.get("suppress_s", 1800.0))
+        return cls(fd.get("settle_s", 300.0), ot.get("detect", "value_change"), ot.get("suppress_s", 1800.0))
 
 
 class Evaluator:
-    def __init__(self, rules: RuleSet, capacities: dict[int, float] | None = None,
-                 policy: FloatPolicy | None = None) -> None:
+    def __init__(self, rules: RuleSet, policy: FloatPolicy | None = None, states: StringStates | None = None) -> None:
         self.rules = rules
-        self.capacities = capacities or {}
         self.policy = policy or FloatPolicy()
+        self.codes = states or string_states()
         self.conditions: dict[AlarmKey, Condition] = {}
         self.pending: set[AlarmKey] = set()
         self.strings: dict[int, StringMode] = {}
         self._ohmic: dict[tuple[int, int], float] = {}
         self._slots: dict[tuple, list[tuple[Rule, list[Condition]]]] = {}
+        self._samples: dict[tuple, deque[float]] = {}  # (N, point, string, cell, channel) -> last N new values
+
+    def carry_over(self, old: Evaluator) -> None:
+        """What the evaluator learnt that does not depend on the rules (string modes, the last ohmic values),
+        taken from the evaluator it replaces at a config reload."""
+        self.strings = old.strings
+        self._ohmic = old._ohmic
+        self._samples = old._samples  # the last ohmic tests the averaged rules judge
 
     # -- string mode ---------------------------------------------------------------------------------------
-    def observe_current(self, string: int, current: float, ts: float) -> None:
+    def observe_state(self, string: int, state: float | None, ts: float) -> None:
+        """A ``string.state`` value of the string (None: not known)."""
         st = self.strings.setdefault(string, StringMode())
-        cap = self.capacities.get(string, 100.0)
-        if current > self.policy.charge_above_c * cap:
-            mode = "charge"
-        elif current < -self.policy.discharge_below_c * cap:
-            mode = "discharge"
-        else:
-            mode = "float"
-        if mode == "float" and st.mode != "float":
+        code = None if state is None else int(state)
+        if code == self.codes.unknown:
+            code = None
+        floating = code is None or code == self.codes.floating
+        was_floating = st.state is None or st.state == self.codes.floating
+        if floating and not was_floating:
             st.left_at = ts
-        st.mode = mode
+        st.state = code
 
     def observe_ohmic(self, string: int, cell: int, value: float, ts: float) -> None:
         if self.policy.ohmic_detect == "off":
@@ -122,10 +130,8 @@ class Evaluator:
         st = self.strings.get(string) if string is not None else None
         if st is None:
             return None
-        if st.mode == "discharge":
-            return "discharging"
-        if st.mode == "charge":
-            return "recharging"
+        if st.state is not None and st.state != self.codes.floating:
+            return self.codes.name(st.state)
         if st.left_at is not None and ts - st.left_at < self.policy.settle_s:
             return "settling after a discharge or recharge"
         if st.ohmic_test_at is not None and 0 <= ts - st.ohmic_test_at < self.policy.ohmic_suppress_s:
@@ -145,6 +151,13 @@ class Evaluator:
         out: list[Transition] = []
         for rule, conds in slot:
             compared = value
+            if rule.match_state is not None:
+                compared = 1.0 if round(value) == rule.match_state else 0.0
+            if rule.average > 1:
+                judged = self._median(rule.average, point, string, cell, channel, value)
+                if judged is None:
+                    continue  # no verdict from fewer tests
+                compared = judged
             if rule.reference:
                 ref = reference(rule.reference) if reference is not None else None
                 if ref is None:
@@ -174,14 +187,26 @@ class Evaluator:
                 c = self.conditions.get(key)
                 if c is None:
                     c = self.conditions[key] = Condition(key, rule, threshold)
+                c.hysteresis = rule.hysteresis + rule.hysteresis_rel * abs(threshold)
                 conds.append(c)
             slot.append((rule, conds))
         self._slots[(point, string, cell, channel, device)] = slot
         return slot
 
+    def _median(self, n: int, point: str, string, cell, channel, value: float) -> float | None:
+        """The median of the last ``n`` new values of a point (a value repeated, as a held ohmic test result is
+        on every poll, counts once), None until there are ``n``."""
+        key = (n, point, string, cell, channel)
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = deque(maxlen=n)
+        if not samples or samples[-1] != value:
+            samples.append(value)
+        return statistics.median(samples) if len(samples) == n else None
+
     def _step(self, c: Condition, value: float, raw: float, ts: float) -> Transition | None:
-        rule, t = c.rule, c.threshold
-        h = rule.hysteresis
+        t = c.threshold
+        h = c.hysteresis
         if c.key.side == "high":
             beyond, back = value > t, value <= t - h
         else:
@@ -237,7 +262,8 @@ class Evaluator:
             return None
         for side, severity, threshold in rule.conditions():
             if side == key.side and severity == key.severity:
-                c = Condition(key, rule, threshold, cond=True, since=since, active=True, value=value, ts=since)
+                c = Condition(key, rule, threshold, cond=True, since=since, active=True, value=value, ts=since,
+                              hysteresis=rule.hysteresis + rule.hysteresis_rel * abs(threshold))
                 self.conditions[key] = c
                 self._slots.clear()
                 return c

@@ -10,11 +10,12 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
-from .model import ActiveAlarm, AlarmKey
+from .model import ActiveAlarm, AlarmKey, alarm_record
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,11 @@ class AlarmLog:
 
     def _process(self, db: sqlite3.Connection | None, batch: list) -> None:
         stmts = [i for i in batch if isinstance(i, tuple)]
-        if stmts and (db is None or not self._prepare()):
+        if stmts and db is not None and self._prepare():
+            self._write(db, stmts)
+        elif stmts:
             self.errors += 1
             log.debug("alarm log %s unavailable: %d writes lost", self.path, len(stmts))
-        elif stmts:
-            self._write(db, stmts)
         for i in batch:
             if isinstance(i, threading.Event):
                 i.set()
@@ -234,6 +235,30 @@ class AlarmLog:
             return []
         with self._session() as db:
             return [dict(r) for r in db.execute(sql, params).fetchall()]
+
+
+def record_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A logged alarm as the gateway hands alarms out (web page, REST, reports): the one vocabulary that
+    ``ActiveAlarm.record`` also speaks."""
+    return alarm_record(row["id"], row["severity"], row["text"], row["raised_ts"], row["metric"], row["string"],
+                        row["cell"], row["channel"], row["value"], row["threshold"], row["cleared_ts"],
+                        row["acked_by"], row["acked_ts"])
+
+
+def read_period(path: Path, start: float, end: float, string: int | None = None) -> list[dict[str, Any]]:
+    """The alarms raised in [start, end], oldest first, read-only (for reports: the gateway may be stopped);
+    ``string``: that string's and the bank-wide ones."""
+    sql = "SELECT * FROM alarms WHERE raised_ts >= ? AND raised_ts <= ?"
+    params: list = [start, end]
+    if string is not None:
+        sql += " AND (string = ? OR string IS NULL)"
+        params.append(string)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return [record_of(r) for r in db.execute(sql + " ORDER BY raised_ts", params).fetchall()]
+    finally:
+        db.close()
 
 
 def key_of(row: dict) -> AlarmKey:

@@ -8,18 +8,21 @@ so polling never waits for it; the log is written by its own thread.  ``acknowle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..points import PointRef, Quality, Reading
+from ..strings.states import string_states
 from .evaluator import Evaluator, FloatPolicy, Transition
 from .log import AlarmLog, alarm_of
 from .messages import Messages
 from .model import LEVEL, ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
-from .rules import OWN_POINTS, resolve
+from .rules import OWN_POINTS, ohmic_levels, resolve
 from .timer import DeadlineTimer
 
 if TYPE_CHECKING:
@@ -42,15 +45,18 @@ def call_each(hook, **kwargs) -> None:
 
 
 class AlarmManager:
-    def __init__(self, gateway: Gateway, section: dict) -> None:
+    """``clock``: where "now" comes from (wall clock; a simulated-time run passes its own and calls ``drive``)."""
+
+    def __init__(self, gateway: Gateway, section: dict, clock: Callable[[], float] = time.time) -> None:
         self.gateway = gateway
         self.store = gateway.store
         self.section = section
+        self.clock = clock
         topo = gateway.topology
         catalog = gateway.catalog
-        self.rules = resolve(section, topo, catalog, src=str(gateway.config.path))
-        self.evaluator = Evaluator(self.rules, {s.id: s.battery.capacity_ah for s in topo.strings},
-                                   FloatPolicy.from_section(section))
+        self.rules = resolve(section, topo, catalog, src=str(gateway.config.path),
+                             ohmic=ohmic_levels(gateway.config.section("analytics")))
+        self.evaluator = Evaluator(self.rules, FloatPolicy.from_section(section), string_states(catalog))
         self.messages = Messages(topo, lambda pid: catalog[pid].unit if pid in catalog else "", self.store.value,
                                  {d.key: d.label for d in topo.devices})
         self.log = AlarmLog(gateway.config.state_dir / LOG_FILE)
@@ -63,8 +69,8 @@ class AlarmManager:
         self._published: dict[PointRef, float] = {}
         self._lost_devices: set[str] = set()
         # bank devices (charger monitor, I/O module): their points tell that a lost device answers again
-        self._ref_device = {ref: ds.device.key for ds in gateway.engine.device_states() if ds.device.string is None
-                            for ref in ds.refs}
+        self._ref_device = {e.ref: dev.key for e in gateway.pointmap
+                            if (dev := gateway.pointmap.device_of(e.ref)) is not None and dev.string is None}
         self._level_refs = {pid: gateway.pointmap.refs(pid) for pid in OWN_POINTS if pid in catalog}
         self._references = {r.reference: PointRef(r.reference) for rules in self.rules.index.values() for r in rules
                             if r.reference}
@@ -77,12 +83,13 @@ class AlarmManager:
         self.started = False
 
     # -- life cycle ------------------------------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None, driven: bool = False) -> None:
         """Restore the alarms that were active at the last stop, publish the levels, subscribe to the store.
-        Called from ``bmsgw_gateway_ready`` in the gateway's event loop."""
+        Called from ``bmsgw_gateway_ready`` in the gateway's event loop; ``driven``: no loop, the caller runs
+        the evaluation with ``drive(now)`` (a simulated-time run)."""
         if self.started:
             return
-        self.loop = loop or asyncio.get_running_loop()
+        self.loop = None if driven else (loop or asyncio.get_running_loop())
         self._loop_thread = threading.get_ident()
         pruned = self.log.prune(self.section.get("log_keep_days", 730))
         if pruned:
@@ -102,8 +109,41 @@ class AlarmManager:
         self.log.close()
         self.started = False
 
+    def reload(self, section: dict, analytics_section: dict | None = None) -> None:
+        """New rules while running (the section passed ``check``; ``analytics_section``: the analytics' new
+        section, whose thresholds are the ohmic rules' levels), in the event loop.  The active alarms whose
+        rule still exists carry on (their on- and off-delays with them); the others end now.  Then the
+        present value of every point is judged by the new rules, so a lowered setpoint raises without waiting
+        for the point to change (after its on-delay, like any alarm)."""
+        topo, catalog = self.gateway.topology, self.gateway.catalog
+        analytics = self.gateway.config.section("analytics") if analytics_section is None else analytics_section
+        rules = resolve(section, topo, catalog, src=str(self.gateway.config.path), ohmic=ohmic_levels(analytics))
+        evaluator = Evaluator(rules, FloatPolicy.from_section(section), string_states(catalog))
+        evaluator.carry_over(self.evaluator)
+        with self._lock:
+            alarms = list(self._active.values())
+        gone = [a for a in alarms if evaluator.restore(a.key, a.value, a.raised_ts) is None]
+        self.section, self.rules, self.evaluator = section, rules, evaluator
+        self._references = {r.reference: PointRef(r.reference) for rs in rules.index.values() for r in rs
+                            if r.reference}
+        now = self.clock()
+        for a in gone:
+            self._end(a, f"{a.object}: alarm ended, its rule is no longer configured", now)
+        self._on_batch([(ref, r) for ref, r in self.store.snapshot().items() if r.quality is Quality.GOOD])
+
+    def _end(self, a: ActiveAlarm, text: str, ts: float) -> None:
+        """An active alarm ends without its condition resetting (its rule was removed)."""
+        with self._lock:
+            self._by_key.pop(a.key, None)
+            self._active.pop(a.alarm_id, None)
+        self.log.record_clear(a.alarm_id, ts, None, text)
+        self._publish_levels()
+        self.events += 1
+        log.info("alarm %d cleared %s: %s", a.alarm_id, a.object, text)
+        call_each(self.gateway.pm.hook.bmsgw_alarm_event, gateway=self.gateway, event=a.event(False, ts, text=text))
+
     def _restore(self) -> None:
-        now = time.time()
+        now = self.clock()
         restored = dropped = 0
         devices = {d.key for d in self.gateway.topology.devices}
         for row in self.log.load_active():
@@ -167,7 +207,12 @@ class AlarmManager:
 
     def ohmic_test(self, string: int, ts: float | None = None) -> None:
         """Tell the alarms that the string's sensors ran an ohmic test (float-voltage rules rest a while)."""
-        self.evaluator.ohmic_test(string, time.time() if ts is None else ts)
+        self.evaluator.ohmic_test(string, self.clock() if ts is None else ts)
+
+    def drive(self, now: float) -> None:
+        """Evaluate what the store published and raise or clear what is due by ``now`` (``start(driven=True)``)."""
+        self._drain()
+        self._apply(self.evaluator.tick(now))
 
     def _drain(self) -> None:
         self._scheduled = False
@@ -189,9 +234,9 @@ class AlarmManager:
             if reading.quality is not Quality.GOOD or reading.value is None or point in OWN_POINTS:
                 continue
             value = reading.value
-            if point == "string.current":
-                ev.observe_current(ref.string, value, reading.ts)
-            elif point == "cell.ohmic":
+            if point == "string.state" and ref.string is not None:
+                ev.observe_state(ref.string, value, reading.ts)
+            elif point == "cell.ohmic" and ref.string is not None and ref.cell is not None:
                 ev.observe_ohmic(ref.string, ref.cell, value, reading.ts)
             if self._lost_devices:
                 dkey = self._ref_device.get(ref)
@@ -212,7 +257,7 @@ class AlarmManager:
         self._timer.arm(self.loop, self.evaluator.next_deadline())
 
     def _on_timer(self) -> None:
-        self._apply(self.evaluator.tick(time.time()))
+        self._apply(self.evaluator.tick(self.clock()))
         self._reschedule()
 
     # -- transitions -----------------------------------------------------------------------------------------
@@ -262,10 +307,12 @@ class AlarmManager:
         with self._lock:
             alarms = list(self._active.values())
         want: dict[PointRef, float] = {}
-        for pid, refs in self._level_refs.items():
+        for refs in self._level_refs.values():
             for ref in refs:
                 want[ref] = 0.0
-        cells, strings, top = {}, {}, 0
+        cells: dict[tuple[int, int], int] = {}
+        strings: dict[int, int] = {}
+        top = 0
         for a in alarms:
             lvl = a.level
             k = a.key
@@ -280,12 +327,12 @@ class AlarmManager:
             want[PointRef("string.alarm_level", s)] = float(lvl)
         want[PointRef("bank.alarms_active")] = float(len(alarms))
         want[PointRef("bank.alarm_level")] = float(top)
-        ts = time.time()
-        changed = [(ref, Reading(v, Quality.GOOD, ts)) for ref, v in want.items()
-                   if self._published.get(ref) != v and (ref in self.gateway.pointmap.by_ref)]
+        ts = self.clock()
+        changed = {ref: v for ref, v in want.items()
+                   if self._published.get(ref) != v and (ref in self.gateway.pointmap.by_ref)}
         if changed:
-            self._published.update((ref, r.value) for ref, r in changed)
-            self.store.put_many(changed)
+            self._published.update(changed)
+            self.store.put_many((ref, Reading(v, Quality.GOOD, ts)) for ref, v in changed.items())
 
     # -- acknowledge and read (any thread) -------------------------------------------------------------------
     def acknowledge(self, alarm_id: int, by: str) -> bool:
@@ -301,7 +348,7 @@ class AlarmManager:
             alarm_id = int(alarm_id)
         except (TypeError, ValueError):
             raise UnknownAlarm(alarm_id) from None
-        ts = time.time()
+        ts = self.clock()
         with self._lock:
             a = self._active.get(alarm_id)
             if a is None:
@@ -320,10 +367,8 @@ class AlarmManager:
         n = 0
         for a in self.active():
             if not a.acknowledged and (severity is None or a.severity == severity):
-                try:
+                with contextlib.suppress(UnknownAlarm):  # cleared meanwhile
                     n += bool(self.acknowledge(a.alarm_id, by))
-                except UnknownAlarm:
-                    pass  # cleared meanwhile
         return n
 
     def active(self) -> list[ActiveAlarm]:

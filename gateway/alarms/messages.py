@@ -1,7 +1,7 @@
 """Sentences a person understands: "String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..points import PointRef
 from ..topology import Topology
@@ -11,11 +11,14 @@ from .model import AlarmKey
 _PHRASE = {
     ("string_current", "high"): "charging too fast",
     ("string_current", "low"): "discharging",
+    ("string_current_imbalance", "high"): "more than its share",
+    ("string_current_imbalance", "low"): "less than its share",
     ("cell_voltage_discharge", "low"): "near the end of discharge",
     ("string_voltage_discharge", "low"): "near the end of discharge",
     ("cell_soc", "low"): "low", ("string_soc", "low"): "low",
     ("cell_soh", "low"): "low", ("string_soh", "low"): "low",
 }
+_OHMIC_DEVIATION_RULES = ("cell_ohmic_baseline", "cell_ohmic_baseline_critical", "cell_ohmic_average")
 
 
 def format_value(value: float | None, unit: str, signed: bool = False) -> str:
@@ -58,7 +61,7 @@ class Messages:
         if key.device:
             return f"device {key.device}"
         if key.point.startswith("gateway.bus"):
-            return f"bus {self.bus_names.get(key.channel, key.channel)}"
+            return f"bus {self._bus_name(key.channel)}"
         if key.point.startswith("gateway."):
             return "gateway"
         if key.point == "io.di":
@@ -66,6 +69,10 @@ class Messages:
         if key.point.startswith("io."):
             return "room"
         return "bank"
+
+    def _bus_name(self, channel: int | None) -> str | int | None:
+        """The configured name of bus number ``channel`` (the number when there is no such bus)."""
+        return self.bus_names.get(channel, channel) if channel is not None else None
 
     def object_name(self, key: AlarmKey) -> str:
         if key.string is not None:
@@ -77,7 +84,7 @@ class Messages:
         if key.device:
             return self.devices.get(key.device, f"Device {key.device}")
         if key.point.startswith("gateway.bus"):
-            return f"Bus {self.bus_names.get(key.channel, key.channel)}"
+            return f"Bus {self._bus_name(key.channel)}"
         if key.point.startswith("gateway."):
             return "Gateway"
         if key.point.startswith("io."):
@@ -88,8 +95,8 @@ class Messages:
     def _value_phrase(self, key: AlarmKey, rule, value: float | None, raw: float | None) -> tuple[str, str]:
         """(what, how much): ("ohmic value", "6.1 mOhm, +34 % over baseline")."""
         unit = self.unit_of(key.point)
-        if rule.id in ("cell_ohmic_baseline", "cell_ohmic_average"):
-            where = "baseline" if rule.id == "cell_ohmic_baseline" else "the string average"
+        if rule.id in _OHMIC_DEVIATION_RULES:
+            where = "the string average" if rule.id == "cell_ohmic_average" else "baseline"
             ohm = self.value_of(PointRef("cell.ohmic", key.string, key.cell))
             rel = "over" if (value or 0) >= 0 else "under"
             dev = f"{format_value(value, '%', signed=True)} {rel} {where}"
@@ -102,8 +109,10 @@ class Messages:
 
     def _threshold(self, key: AlarmKey, rule, threshold: float) -> str:
         unit = self.unit_of(key.point)
-        signed = key.point.endswith("deviation") or bool(rule.reference)
+        signed = key.point.endswith("deviation") or key.point.endswith("imbalance") or bool(rule.reference)
         word = "alarm" if key.severity == "critical" else "warning"
+        if rule.id == "cell_ohmic_baseline_critical":
+            word = "critical"
         return f"{word} at {format_value(threshold, unit, signed)}"
 
     def raised(self, key: AlarmKey, rule, value: float | None, raw: float | None, threshold: float) -> str:
@@ -115,7 +124,8 @@ class Messages:
         if rule.kind == "state":
             return f"{name}: {self._state_text(key, rule, True)}"
         phrase = _PHRASE.get((rule.id, key.side))
-        if rule.id in ("cell_ohmic_baseline", "cell_ohmic_average") or rule.reference or key.point.endswith("deviation"):
+        relative = rule.id in _OHMIC_DEVIATION_RULES or rule.reference
+        if relative or key.point.endswith("deviation"):
             phrase = None  # the value phrase already says which way
         elif phrase is None:
             phrase = "too high" if key.side == "high" else "too low"
@@ -139,10 +149,23 @@ class Messages:
 
     def _state_text(self, key: AlarmKey, rule, raised: bool) -> str:
         if rule.point == "io.di":
-            state = ("closed" if rule.active_state else "open") if raised else ("open" if rule.active_state else "closed")
+            closed = bool(rule.active_state) == raised  # the contact is in its active state while raised
+            state = "closed" if closed else "open"
             return f"{rule.name or rule.label} contact {state}"
         if rule.id == "device_comm":
             return "stopped answering" if raised else "answers again"
+        if rule.id == "string_on_battery":
+            return "on battery: the string discharges (mains lost?)" if raised else "off battery: no longer discharging"
+        if rule.point == "string.thermal_runaway":
+            if not raised:
+                return "thermal runaway watch back to normal"
+            ref = PointRef("string.current", key.string)
+            current, normal = self.value_of(ref), self.value_of(PointRef("string.float_current_normal", key.string))
+            why = {1: "float current over 3x its normal", 2: "float current rising with the temperature"}.get(
+                int(self.value_of(PointRef(rule.point, key.string)) or 1), "float current over 3x its normal")
+            figures = (f" ({format_value(current, 'A')}, normal {format_value(normal, 'A')})"
+                       if current is not None and normal is not None else "")
+            return f"THERMAL RUNAWAY suspected: {why}{figures}; check the charger and the batteries now"
         if rule.point == "gateway.history_fault":
             if not raised:
                 return "history is written again"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..hookspecs import LEVEL, AlarmEvent  # the record on the hook is part of the contract
 
@@ -67,6 +68,13 @@ class ActiveAlarm:
                           channel=self.key.channel, raised_ts=self.raised_ts,
                           acknowledged_by=self.acknowledged_by, acknowledged_ts=self.acknowledged_ts)
 
+    def record(self) -> dict[str, Any]:
+        """As the gateway hands alarms out (web page, REST, reports): see ``alarm_record``."""
+        return alarm_record(self.alarm_id, self.severity, self.text, self.raised_ts, self.metric, self.key.string,
+                            self.key.cell, self.key.channel,
+                            self.last_value if self.last_value is not None else self.value, self.threshold,
+                            None, self.acknowledged_by, self.acknowledged_ts)
+
     def to_dict(self) -> dict:
         return {"alarm_id": self.alarm_id, "rule": self.key.rule, "side": self.key.side, "severity": self.severity,
                 "object": self.object, "metric": self.metric, "unit": self.unit, "string": self.key.string,
@@ -75,10 +83,23 @@ class ActiveAlarm:
                 "raised_ts": self.raised_ts, "text": self.text, "acknowledged": self.acknowledged,
                 "acknowledged_by": self.acknowledged_by, "acknowledged_ts": self.acknowledged_ts}
 
-    def copy(self) -> "ActiveAlarm":
+    def copy(self) -> ActiveAlarm:
         return ActiveAlarm(self.alarm_id, self.key, self.object, self.metric, self.unit, self.severity, self.threshold,
                            self.value, self.raised_ts, self.text, self.last_value, self.last_ts,
                            self.acknowledged_by, self.acknowledged_ts)
+
+
+def alarm_record(alarm_id: int | str, severity: str, text: str, raised_ts: float, metric: str,
+                 string: int | None, cell: int | None, channel: int | None, value: float | None,
+                 threshold: float | None, cleared_ts: float | None, acknowledged_by: str | None,
+                 acknowledged_ts: float | None) -> dict[str, Any]:
+    """The one shape of an alarm outside the engine (``bmsgw_alarms``, ``bmsgw_alarm_log``, ``/api/v1/alarms``,
+    reports): ``message`` is the text, ``point`` the point family, ``raised``/``cleared``/``acknowledged`` Unix
+    seconds, ``acknowledged_by`` who."""
+    return {"id": str(alarm_id), "severity": severity, "message": text, "raised": raised_ts,
+            "active": cleared_ts is None, "point": metric, "string": string, "cell": cell, "channel": channel,
+            "value": value, "threshold": threshold, "cleared": cleared_ts, "acknowledged_by": acknowledged_by,
+            "acknowledged": acknowledged_ts}
 
 
 class UnknownAlarm(KeyError):

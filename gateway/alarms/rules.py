@@ -8,16 +8,30 @@ of 2 V cells per unit (n = nominal voltage / 2: 1, 3 or 6).  The config override
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 
 from ..errors import ConfigError
+from ..strings.states import StringStates, string_states
 from ..topology import MAX_STRINGS, StringConfig, Topology
 
 # deviation from the string average by nominal voltage: (warning, alarm) in V (DOMAIN.md section 3)
 AVERAGE_DEVIATION_V = {2: (0.05, 0.10), 6: (0.10, 0.20), 12: (0.20, 0.40)}
 # families the alarm system publishes itself: never evaluated
 OWN_POINTS = frozenset({"cell.alarm_level", "string.alarm_level", "bank.alarms_active", "bank.alarm_level"})
+# ohmic rise over the baseline (%): warning, replace, critical -- from analytics.thresholds (DOMAIN.md section 2)
+OHMIC_LEVELS = (20.0, 30.0, 50.0)
+# a cell sensor tests each unit once a day and one test on a 2 V cell scatters by 8-17 %: ohmic rules judge the
+# median of this many tests (DOMAIN.md section 9)
+OHMIC_TESTS_AVERAGED = 7
+
+
+def ohmic_levels(analytics_section: dict | None) -> tuple[float, float, float]:
+    """The analytics' ``thresholds`` (warning_pct, replace_pct, critical_pct), the ohmic rules' defaults."""
+    th = (analytics_section or {}).get("thresholds") or {}
+    return (float(th.get("warning_pct", OHMIC_LEVELS[0])), float(th.get("replace_pct", OHMIC_LEVELS[1])),
+            float(th.get("critical_pct", OHMIC_LEVELS[2])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +51,12 @@ class Rule:
     """A setpoint rule on one point family.
 
     ``kind`` "value" compares numbers; "state" is an on/off point (a contact, a communication status) that is
-    in alarm when it equals ``active_state``, at ``severity``.  ``reference``: compare the value minus this
-    bank point's value (cell temperature over ambient).  ``float_only``: suppressed while the string is not
-    on float (discharge, recharge, settling) and after an ohmic test.
+    in alarm when it equals ``active_state``, at ``severity`` (or, with ``match_state``, when an enumerated
+    point such as ``string.state`` has that code).  ``reference``: compare the value minus this bank point's
+    value (cell temperature over ambient).  ``float_only``: suppressed while the string is not on float
+    (``string.state``: discharging, charging, at rest, settling) and after an ohmic test.  ``average``: judge
+    the median of the last this many new values (ohmic tests), not one.  ``hysteresis_rel``: a hysteresis of
+    this fraction of each setpoint, on top of ``hysteresis``.
     """
 
     id: str
@@ -58,6 +75,9 @@ class Rule:
     severity: str = "warning"  # state rules
     channel: int | None = None  # bank points with channels (DI): only this channel
     name: str = ""  # state rules: what the contact is ("Room door")
+    match_state: int | None = None  # state rules on an enumerated point: in alarm at this code
+    average: int = 0  # median of the last N new values (0, 1: each value)
+    hysteresis_rel: float = 0.0
 
     def conditions(self) -> list[tuple[str, str, float]]:
         """(side, severity, threshold) of every setpoint the rule has."""
@@ -81,8 +101,12 @@ def _r(rule_id: str, point: str, label: str, **kw) -> Rule:
     return Rule(rule_id, point, label, **kw)
 
 
-def string_rules(s: StringConfig) -> dict[str, Rule]:
-    """The built-in rules of one string, scaled to its battery model."""
+def string_rules(s: StringConfig, ohmic: tuple[float, float, float] = OHMIC_LEVELS,
+                 states: StringStates | None = None) -> dict[str, Rule]:
+    """The built-in rules of one string, scaled to its battery model; ``ohmic``: the analytics' thresholds."""
+    states = states or string_states()
+    warn_pct, replace_pct, critical_pct = ohmic
+    tests = OHMIC_TESTS_AVERAGED
     n = s.battery.cells_per_unit  # 2 V cells per unit
     units = s.cells
     cap = s.battery.capacity_ah
@@ -94,8 +118,10 @@ def string_rules(s: StringConfig) -> dict[str, Rule]:
         _r("cell_voltage_float", "cell.voltage", "voltage on float", high=(2.32 * n, 2.35 * n),
            low=(2.18 * n, 2.13 * n), hysteresis=0.005 * n, on_delay_s=300, off_delay_s=60, float_only=True),
         # end of discharge (proposal: 1.80 / 1.75 V per cell), always evaluated
+        # no on-delay: at a high rate the knee takes the voltage past the end voltage in seconds, and a load step
+        # never dips a charged battery this far
         _r("cell_voltage_discharge", "cell.voltage", "voltage", low=(1.80 * n, 1.75 * n), hysteresis=0.02 * n,
-           on_delay_s=10, off_delay_s=60),
+           off_delay_s=60),
         _r("cell_voltage_deviation", "cell.voltage_average_deviation", "voltage deviation from the string average",
            high=(dev_w, dev_a), low=(-dev_w, -dev_a), hysteresis=dev_w * 0.1, on_delay_s=300, off_delay_s=60,
            float_only=True),
@@ -103,10 +129,19 @@ def string_rules(s: StringConfig) -> dict[str, Rule]:
            hysteresis=1.0, on_delay_s=60, off_delay_s=60),
         _r("cell_temperature_ambient", "cell.temperature", "temperature", high=(3.0, 10.0), hysteresis=0.5,
            on_delay_s=300, off_delay_s=60, reference="io.ambient_temperature"),
-        # absolute ohmic limits come from the battery's datasheet: none by default
-        _r("cell_ohmic", "cell.ohmic", "ohmic value", hysteresis=0.00005),
-        _r("cell_ohmic_baseline", "cell.ohmic_baseline_deviation", "ohmic value", high=(20.0, 30.0), hysteresis=2.0),
-        _r("cell_ohmic_average", "cell.ohmic_average_deviation", "ohmic value", high=(20.0, 30.0), hysteresis=2.0),
+        # cell-to-cell spread over 3 C: ventilation (DOMAIN.md section 4)
+        _r("cell_temperature_spread", "string.cell_temperature_spread", "cell-to-cell temperature spread",
+           high=(3.0, None), hysteresis=0.5, on_delay_s=600, off_delay_s=300),
+        # ohmic rules judge the median of the last tests, with a hysteresis relative to the setpoint.  Absolute
+        # limits come from the battery's datasheet: none by default
+        _r("cell_ohmic", "cell.ohmic", "ohmic value", average=tests, hysteresis_rel=0.05),
+        _r("cell_ohmic_baseline", "cell.ohmic_baseline_deviation", "ohmic value", high=(warn_pct, replace_pct),
+           average=tests, hysteresis_rel=0.1),
+        _r("cell_ohmic_baseline_critical", "cell.ohmic_baseline_deviation", "ohmic value", high=(None, critical_pct),
+           average=tests, hysteresis_rel=0.1),
+        # against the string average (proposal: +30 %; a 2 V cell's sensor alone may read 10 % off, conformity)
+        _r("cell_ohmic_average", "cell.ohmic_average_deviation", "ohmic value", high=(30.0, 50.0), average=tests,
+           hysteresis_rel=0.1),
         _r("cell_soc", "cell.soc", "state of charge", low=(80.0, 50.0), hysteresis=2.0, on_delay_s=60,
            off_delay_s=60),
         _r("cell_soh", "cell.soh", "state of health", low=(90.0, 80.0), hysteresis=1.0),
@@ -115,10 +150,19 @@ def string_rules(s: StringConfig) -> dict[str, Rule]:
            2.35 * per_string), low=(2.18 * per_string, 2.13 * per_string), hysteresis=0.005 * per_string,
            on_delay_s=300, off_delay_s=60, float_only=True),
         _r("string_voltage_discharge", "string.voltage", "string voltage", low=(1.80 * per_string, 1.75 * per_string),
-           hysteresis=0.02 * per_string, on_delay_s=10, off_delay_s=60),
-        # charge current too high (0.15 C / 0.25 C); discharging at all is worth a warning (mains lost)
-        _r("string_current", "string.current", "current", high=(0.15 * cap, 0.25 * cap), low=(-0.02 * cap, None),
-           hysteresis=0.005 * cap, on_delay_s=10, off_delay_s=30),
+           hysteresis=0.02 * per_string, off_delay_s=60),
+        # charge current too high (0.15 C / 0.25 C)
+        _r("string_current", "string.current", "current", high=(0.15 * cap, 0.25 * cap), hysteresis=0.005 * cap,
+           on_delay_s=10, off_delay_s=30),
+        # on battery (mains lost): the string supervision says the string discharges
+        _r("string_on_battery", "string.state", "on battery", kind="state", match_state=states.discharging,
+           severity="warning", on_delay_s=10, off_delay_s=30),
+        # thermal runaway: float current over 3x its normal, or rising with the temperature (DOMAIN.md section 4)
+        _r("string_thermal_runaway", "string.thermal_runaway", "thermal runaway", kind="state", severity="critical",
+           on_delay_s=60, off_delay_s=600),
+        # parallel strings should share a discharge or a recharge (proposal: 25 % / 50 % off their mean)
+        _r("string_current_imbalance", "string.current_imbalance", "current imbalance", high=(25.0, 50.0),
+           low=(-25.0, -50.0), hysteresis=5.0, on_delay_s=60, off_delay_s=60),
         _r("string_soc", "string.soc", "state of charge", low=(80.0, 50.0), hysteresis=2.0, on_delay_s=60,
            off_delay_s=60),
         _r("string_soh", "string.soh", "state of health", low=(90.0, 80.0), hysteresis=1.0),
@@ -149,7 +193,7 @@ def bank_rules() -> dict[str, Rule]:
 BANK_RULE_IDS = frozenset(bank_rules())
 # families of device alarms fed by communication events, not by points
 DEVICE_POINTS = frozenset({"device", "device_address"})
-STRING_RULE_IDS = frozenset(string_rules(StringConfig(1, 1)))
+STRING_RULE_IDS = frozenset(string_rules(StringConfig(1, 1), OHMIC_LEVELS, StringStates(0, 1, 2, 3, 4, ())))
 
 
 # -- config --------------------------------------------------------------------------------------------------
@@ -166,6 +210,10 @@ RULE_SCHEMA = {
         "high": _levels,
         "low": _levels,
         "hysteresis": {"type": "number", "minimum": 0},
+        "hysteresis_pct": {"type": "number", "minimum": 0, "maximum": 100,
+                           "description": "a hysteresis of this % of each setpoint, on top of `hysteresis`"},
+        "average": {"type": "integer", "minimum": 0, "maximum": 60,
+                    "description": "judge the median of the last N new values (ohmic tests), not each value"},
         "on_delay_s": {"type": "number", "minimum": 0, "maximum": 86400},
         "off_delay_s": {"type": "number", "minimum": 0, "maximum": 86400},
         "float_only": {"type": "boolean"},
@@ -184,12 +232,9 @@ SCHEMA = {
                           "description": "alarms cleared longer ago than this are removed from the log"},
         "float_detection": {
             "type": "object", "additionalProperties": False, "default": {},
-            "description": "when float-voltage rules apply (string.current: positive = charging)",
+            "description": "float-voltage rules apply while string.state says float (the string supervision's "
+                           "classifier, config section string_state)",
             "properties": {
-                "charge_above_c": {"type": "number", "minimum": 0, "default": 0.005,
-                                   "description": "recharging above this current, in C (x capacity in Ah)"},
-                "discharge_below_c": {"type": "number", "minimum": 0, "default": 0.002,
-                                      "description": "discharging below minus this current, in C"},
                 "settle_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 300,
                              "description": "float rules wait this long after a discharge or recharge ends"},
             },
@@ -241,8 +286,18 @@ def _bad(errors: list[ConfigError] | None, exc: ConfigError) -> None:
     errors.append(exc)
 
 
-def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: str, catalog,
+@overload
+def _apply(rule: Rule, rid: str, over: dict[str, Any], src: str, path: str, catalog: Any,
+           errors: list[ConfigError] | None = None) -> Rule: ...
+@overload
+def _apply(rule: None, rid: str, over: dict[str, Any], src: str, path: str, catalog: Any,
+           errors: list[ConfigError] | None = None) -> Rule | None: ...
+
+
+def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: str, catalog: Any,
            errors: list[ConfigError] | None = None) -> Rule | None:
+    """``rule`` with the overrides of ``over`` (a new rule of the site's own when ``rule`` is None); None only
+    for a new rule that cannot be made, its problem collected in ``errors``."""
     if rule is None:
         point = over.get("point")
         if not point:
@@ -251,9 +306,12 @@ def _apply(rule: Rule | None, rid: str, over: dict[str, Any], src: str, path: st
             return None
         rule = Rule(rid, point, over.get("label") or point)
     changes: dict[str, Any] = {}
-    for key in ("enabled", "label", "hysteresis", "on_delay_s", "off_delay_s", "float_only", "reference", "severity"):
+    for key in ("enabled", "label", "hysteresis", "on_delay_s", "off_delay_s", "float_only", "reference", "severity",
+                "average"):
         if key in over:
             changes[key] = over[key]
+    if "hysteresis_pct" in over:
+        changes["hysteresis_rel"] = over["hysteresis_pct"] / 100.0
     if "point" in over and over["point"] != rule.point:
         changes["point"] = over["point"]
     for side in ("high", "low"):
@@ -328,7 +386,7 @@ class RuleSet:
             if r.enabled and r.conditions():
                 self.index.setdefault((r.point, None), []).append(r)
 
-    def rules_for(self, point: str, string: int | None) -> list[Rule]:
+    def rules_for(self, point: str, string: int | None) -> Sequence[Rule]:
         return self.index.get((point, string), ())
 
     def rule(self, rule_id: str, string: int | None) -> Rule | None:
@@ -336,9 +394,11 @@ class RuleSet:
 
 
 def resolve(section: dict, topology: Topology, catalog=None, src: str = "config",
-            errors: list[ConfigError] | None = None) -> RuleSet:
-    """Built-in defaults per battery model, then the site's, the model's and the string's overrides.
-    A problem raises a ConfigError, or with ``errors`` is added there and left out (to list them all)."""
+            errors: list[ConfigError] | None = None, ohmic: tuple[float, float, float] = OHMIC_LEVELS) -> RuleSet:
+    """Built-in defaults per battery model (the ohmic ones from ``ohmic``, the analytics' thresholds), then the
+    site's, the model's and the string's overrides.  A problem raises a ConfigError, or with ``errors`` is
+    added there and left out (to list them all)."""
+    states = string_states(catalog) if catalog is not None and "string.state" in catalog else string_states()
     section = copy.deepcopy(section)
     site = section.get("rules", {}) or {}
     models = {m["model"]: m.get("rules", {}) or {} for m in section.get("models", []) or []}
@@ -352,7 +412,7 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
         strings[s["id"]] = (i, s.get("rules", {}) or {})
     per_string = {}
     for s in topology.strings:
-        rules = _overlay(string_rules(s), site, src, "alarms.rules", catalog, False, False, errors)
+        rules = _overlay(string_rules(s, ohmic, states), site, src, "alarms.rules", catalog, False, False, errors)
         if s.battery.model in models:
             idx = [m["model"] for m in section["models"]].index(s.battery.model)
             rules = _overlay(rules, models[s.battery.model], src, f"alarms.models[{idx}].rules", catalog, False, True,
@@ -373,15 +433,17 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
         if rid in bank:
             _bad(errors, ConfigError(src, f"alarms.di[{i}].channel", f"DI {ch} is listed twice"))
             continue
-        bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=1 if d.get("active", "closed") == "closed" else 0,
+        active_state = 1 if d.get("active", "closed") == "closed" else 0
+        bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=active_state,
                          severity=d.get("severity", "warning"), on_delay_s=d.get("on_delay_s", 0),
                          off_delay_s=d.get("off_delay_s", 0), channel=ch, name=name)
     return RuleSet(per_string, bank)
 
 
-def check(section: dict, topology: Topology, catalog=None, src: str = "config") -> list[ConfigError]:
+def check(section: dict, topology: Topology, catalog=None, src: str = "config",
+          ohmic: tuple[float, float, float] = OHMIC_LEVELS) -> list[ConfigError]:
     """Every problem ``resolve`` would stop at, not only the first (for check-config); a site-wide rule is
     applied to every string, so its problem is listed once."""
     errors: list[ConfigError] = []
-    resolve(section, topology, catalog, src, errors)
+    resolve(section, topology, catalog, src, errors, ohmic)
     return list({(e.path, e.message): e for e in errors}.values())

@@ -10,16 +10,21 @@ forecasts(), diagnoses(), events(), record_replacement(), set_baseline(), record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
 import statistics
 import time
-import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..commands import Command, Principal, WriteFailed
 from ..errors import GatewayError
 from ..hookspecs import hookimpl
+from ..pointmap import require_position
+from ..points import PointRef
+from ..service import ReloadResult, Service
+from ..strings.states import string_states
 from .engine import Analytics, parse_date
 from .state import DAY_S, Baseline, StateDB
 
@@ -63,10 +68,8 @@ ANALYTICS_SCHEMA = _obj({
     "soc": _obj({
         "peukert": _n(1.25, 1.0, 1.6), "rated_hours": _n(20, 1, 100),
         "charge_efficiency": _n(0.95, 0.5, 1.0), "temp_coeff": _n(0.005, 0, 0.05, "capacity change per C"),
-        "tail_current_pct": _n(1.0, 0.01, 10, "of C: float below it counts towards the 100 % anchor"),
-        "anchor_hold_s": _n(3600, 0, 86400), "rest_hours": _n(24, 0.1, 720),
-        "discharge_threshold_pct": _n(0.5, 0.01, 50, "of C: a discharge current beyond it is a discharge"),
-        "float_min_v_per_cell": _n(2.17, 1.5, 2.6, "above the full-charge open-circuit voltage (2.14 V): float, below: rest"), "end_voltage_per_cell": _n(1.75, 1.0, 2.1),
+        "anchor_hold_s": _n(3600, 0, 86400, "on float (string.state, see string_state) this long: 100 %"),
+        "rest_hours": _n(24, 0.1, 720), "end_voltage_per_cell": _n(1.75, 1.0, 2.1),
         "min_test_depth_pct": _n(10, 1, 100, "a discharge this deep (from a known SOC) is a capacity test"),
     }),
     "float": _obj({"v_per_cell": _n(2.25, 2.0, 2.5, "float setpoint at 25 C"),
@@ -85,21 +88,19 @@ ANALYTICS_SCHEMA = _obj({
                        "undercharge_v_per_cell": _n(0.05, 0.005, 1)}),
 })
 
-_running: "weakref.WeakKeyDictionary[Gateway, AnalyticsService]" = weakref.WeakKeyDictionary()
-
-
-def state_path(config: "Config") -> Path:
+def state_path(config: Config) -> Path:
     p = Path(config.section("analytics").get("path", "analytics.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
 
 
-def open_state(config: "Config", readonly: bool = False) -> StateDB:
+def open_state(config: Config, readonly: bool = False) -> StateDB:
     return StateDB(state_path(config), readonly=readonly)
 
 
-def analytics_for(gateway: "Gateway") -> Analytics | None:
-    svc = _running.get(gateway)
-    return svc.engine if svc is not None else None
+def analytics_for(gateway: Gateway) -> Analytics | None:
+    """The running analytics engine of a gateway (None when analytics is off or not started)."""
+    svc = gateway.service("analytics")
+    return svc.engine if isinstance(svc, AnalyticsService) else None
 
 
 def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = None,
@@ -111,7 +112,7 @@ def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = N
         if not rows:
             raise GatewayError(f"string {string} battery {cell}: no ohmic readings in the last 7 days to take a "
                                f"baseline from; give the value")
-        ohmic = statistics.median(r.ohmic for r in rows)
+        ohmic = statistics.median([r.ohmic for r in rows if r.ohmic is not None])
     if not 1e-6 <= ohmic <= 1.0:
         raise GatewayError(f"baseline {ohmic} ohm is outside 1 micro-ohm .. 1 ohm (give ohm, e.g. 0.0042)")
     temps = [r.temp for r in rows if r.temp is not None]
@@ -122,10 +123,13 @@ def set_baseline(state: StateDB, string: int, cell: int, ohmic: float | None = N
     return b
 
 
-class AnalyticsService:
-    name = "analytics"
+class AnalyticsService(Service):
+    """SOC/SOH, baselines, forecasts and diagnoses of one gateway, computed every ``interval_s``."""
 
-    def __init__(self, gateway: "Gateway") -> None:
+    name = "analytics"
+    sections = ("analytics",)
+
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.cfg = gateway.config.section("analytics")
         self.state: StateDB | None = None
@@ -135,14 +139,13 @@ class AnalyticsService:
 
     async def start(self) -> None:
         gw = self.gateway
-        self.state = StateDB(state_path(gw.config))
-        self.engine = Analytics(gw.topology.strings, self.cfg, self.state, gw.store)
-        gw.store.subscribe(self.engine.observe)
-        self._task = asyncio.create_task(self._run(), name="analytics")
-        _running[gw] = self
+        state = self.state = StateDB(state_path(gw.config))
+        engine = self.engine = Analytics(gw.topology.strings, self.cfg, state, gw.store,
+                                         states=string_states(gw.catalog))
+        gw.store.subscribe(engine.observe)
+        self._task = asyncio.create_task(self._run(engine, state), name="analytics")
 
-    async def _run(self) -> None:
-        engine = self.engine
+    async def _run(self, engine: Analytics, state: StateDB) -> None:
         gw = self.gateway
         while True:
             now = time.time()
@@ -156,36 +159,62 @@ class AnalyticsService:
             except Exception:
                 self.errors += 1
                 log.exception("analytics: tick failed")
-            if self.state.exclusive:  # opened on a full card: share it again as soon as there is room
-                await asyncio.to_thread(self.state.share)
+            if state.exclusive:  # opened on a full card: share it again as soon as there is room
+                await asyncio.to_thread(state.share)
             await asyncio.sleep(self.cfg["interval_s"])
+
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Thresholds, SOC parameters, intervals apply from the next tick; what was learnt carries on (SOC,
+        open discharges, baselines, trends).  A new ``path`` (the state file) waits for a restart."""
+        cfg = config.section("analytics")
+        result = ReloadResult()
+        if cfg["path"] != self.cfg["path"]:
+            result.restart.append("analytics.path")
+            cfg = {**cfg, "path": self.cfg["path"]}
+        self.cfg = cfg
+        if self.engine is not None:
+            self.engine.apply_config(cfg)
+        return result
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self.engine is not None:
             self.gateway.store.unsubscribe(self.engine.observe)
             self.engine.close()
         if self.state is not None:
             self.state.close()
-        _running.pop(self.gateway, None)
 
     def endpoints(self) -> list[str]:
         return [f"sqlite://{self.state.path}"] if self.state is not None else []
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         e = self.engine
-        out = {"errors": self.errors}
+        out: dict[str, Any] = {"errors": self.errors}
         if e is not None:
             out["strings"] = {sid: {"soc": round(s.soc, 1), "state": s.state, "anchor": s.anchor_kind,
                                     "soh_capacity": s.soh_capacity} for sid, s in e.soc.items()}
             out["baselines"] = len(e.baselines)
             out["save_errors"] = e.persist_errors
         return out
+
+    @hookimpl
+    def bmsgw_commands(self) -> list[Command]:
+        """``string.reset_ohmic_baseline`` (Modbus 9100 + string - 1): write a battery number to forget its
+        baseline after a replacement; a new one is taken after the settling period."""
+        def reset(ref: PointRef, value: float, by: Principal) -> str:
+            string = self.gateway.topology.string(require_position(ref.string, ref, "string"))
+            cell = int(value)
+            if cell != value or not 1 <= cell <= string.cells:
+                raise ValueError(f"string {string.id} has batteries 1..{string.cells}, not {value:g}")
+            if self.state is None:
+                raise WriteFailed("the analytics state is not open")
+            self.state.clear_baseline(string.id, cell)
+            return f"string {string.id} battery {cell}: baseline cleared; a new one is taken after settling"
+
+        return [Command("string.reset_ohmic_baseline", reset, role="operator")]
 
 
 # -- hooks --------------------------------------------------------------------------------------------------
@@ -195,49 +224,17 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_modbus_write_handlers(gateway: "Gateway") -> list:
-    """Holding registers 9100 + (string - 1): write a battery number to reset its ohmic baseline (it is
-    taken again automatically after the settling period), when Modbus writes are enabled."""
-    from ..hookspecs import MODBUS_BASELINE_RESET_REGISTER, ModbusWriteHandler
-
-    svc = _running.get(gateway)
-    if svc is None or svc.state is None:
-        return []
-    handlers = []
-    for s in gateway.topology.strings:
-        def reset(words: list[int], client: str, string=s) -> None:
-            cell = words[0]
-            if not 1 <= cell <= string.cells:
-                raise ValueError(f"string {string.id} has batteries 1..{string.cells}, not {cell}")
-            svc.state.clear_baseline(string.id, cell)
-            log.info("Modbus client %s reset the baseline of string %d battery %d", client, string.id, cell)
-
-        handlers.append(ModbusWriteHandler(MODBUS_BASELINE_RESET_REGISTER + s.id - 1, f"baseline.reset.{s.id}",
-                                           f"write a battery number: reset its ohmic baseline in string {s.id}",
-                                           reset))
-    return handlers
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    return [AnalyticsService(gateway)] if gateway.config.section("analytics")["enabled"] else []
 
 
-@hookimpl
-def bmsgw_services(gateway: "Gateway") -> list:
-    if not gateway.config.section("analytics").get("enabled", True):
-        return []
-    return [AnalyticsService(gateway)]
-
-
-@hookimpl
-def bmsgw_status(gateway: "Gateway") -> dict:
-    svc = _running.get(gateway)
-    return {"analytics": svc.status()} if svc is not None else {}
-
-
-def _load_config(args) -> "Config":
+def _load_config(args) -> Config:
     from ..cliargs import config_path, offline_gateway
 
     return offline_gateway(config_path(args)).config
 
 
-def _check_battery(config: "Config", string: int, cell: int | None) -> None:
+def _check_battery(config: Config, string: int, cell: int | None) -> None:
     ids = {s.id: s for s in config.topology.strings}
     if string not in ids:
         raise GatewayError(f"no string {string}; configured: {', '.join(map(str, sorted(ids)))}")
@@ -257,7 +254,7 @@ def _when(text: str | None) -> float | None:
 def _fmt_ts(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
 
 
 def cmd_battery(args) -> int:
@@ -289,13 +286,13 @@ def cmd_battery(args) -> int:
                 if args.string is not None and s.id != args.string:
                     continue
                 for c in range(1, s.cells + 1):
-                    b = baselines.get((s.id, c))
+                    base = baselines.get((s.id, c))
                     f = forecasts.get((s.id, c), {})
                     diag = (f.get("diagnosis") or {}).get("label", "-")
                     rng = f"{_fmt_ts(f.get('early_ts'))}..{_fmt_ts(f.get('late_ts'))}" if f.get("eol_ts") else "-"
-                    baseline = f"{b.ohmic * 1000:.3f}" if b else "-"
+                    baseline = f"{base.ohmic * 1000:.3f}" if base else "-"
                     print(f"{s.id:>6} {c:>4} {baseline:>13} "
-                          f"{_fmt_ts(b.ts) if b else '-':>10} {b.source if b else '-':>6} "
+                          f"{_fmt_ts(base.ts) if base else '-':>10} {base.source if base else '-':>6} "
                           f"{_fmt_ts(f.get('eol_ts')):>10} {rng:>21}  {diag}")
             reps = state.replacements(args.string)
             if reps:

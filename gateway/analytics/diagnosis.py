@@ -13,8 +13,9 @@ Rules over the battery's daily aggregates (see ``state.DailyRow``) and its strin
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from itertools import pairwise
 
 from .state import DailyRow
 
@@ -114,7 +115,7 @@ def diagnose(rows: Sequence[DailyRow], string_days: dict[int, dict[str, float]],
         window = [v for d, v in ohm if d > last_day - 14]
         if len(window) >= 7 and not any(f.code == CONNECTION for f in findings):
             med = statistics.median(window)
-            diffs = [abs(x - y) for x, y in zip(window, window[1:])]
+            diffs = [abs(x - y) for x, y in pairwise(window)]
             scatter = 100.0 * statistics.median(diffs) / med if med else 0.0
             if scatter >= p.scatter_pct:
                 findings.append(Finding(CONNECTION, [f"ohmic readings scatter {scatter:.0f} % from day to day "

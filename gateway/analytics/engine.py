@@ -16,25 +16,27 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..points import PointRef, PointStore, Quality, Reading
+from ..strings.states import StringStates, string_states
 from ..topology import StringConfig
 from . import diagnosis as dg
-from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years
-from .soc import FLOAT, REST, SocParams, StringSoc, soc_from_ocv
+from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years, plausible_curves
+from .soc import SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
 log = logging.getLogger(__name__)
 
 _GOOD = Quality.GOOD
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
+SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
 
 
 def parse_date(text: str | None) -> float | None:
     if not text:
         return None
-    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    d = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     return d.timestamp()
 
 
@@ -43,41 +45,40 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def soc_params(s: StringConfig, sc: dict) -> SocParams:
+    """A string's SOC model from its battery and the ``analytics.soc`` settings."""
+    return SocParams(
+        capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
+        peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
+        temp_coeff=sc["temp_coeff"], anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
+        min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
+
+
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
-                 now: float | None = None) -> None:
+                 now: float | None = None, states: StringStates | None = None) -> None:
+        """``states``: the codes of ``string.state`` (default: profiles/points.yaml's)."""
         now = time.time() if now is None else now
         self.cfg = cfg
+        self.codes = states or string_states()
         self.state = state
         self.store = store
         self.strings = {s.id: s for s in strings}
         self.install_ts: dict[int, float | None] = {}
-        for s in strings:
-            self.install_ts[s.id] = parse_date(cfg.get("install_dates", {}).get(str(s.id)) or cfg.get("install_date"))
-        sc = cfg["soc"]
         saved = state.load_soc()
-        self.soc: dict[int, StringSoc] = {}
-        for s in strings:
-            params = SocParams(
-                capacity_ah=s.battery.capacity_ah, cells_per_unit=s.battery.cells_per_unit, units=s.cells,
-                peukert=sc["peukert"], rated_hours=sc["rated_hours"], charge_efficiency=sc["charge_efficiency"],
-                temp_coeff=sc["temp_coeff"], tail_current_pct=sc["tail_current_pct"],
-                anchor_hold_s=sc["anchor_hold_s"], rest_hours=sc["rest_hours"],
-                discharge_threshold_pct=sc["discharge_threshold_pct"],
-                float_min_v_per_cell=sc["float_min_v_per_cell"], min_test_depth_pct=sc["min_test_depth_pct"],
-                end_voltage_per_cell=sc["end_voltage_per_cell"])
-            self.soc[s.id] = StringSoc(s.id, params, saved.get(s.id))
+        self.soc: dict[int, StringSoc] = {
+            s.id: StringSoc(s.id, soc_params(s, cfg["soc"]), self.codes, saved.get(s.id)) for s in strings}
+        self._take_settings(cfg)
         self.refs = {p: {(s.id, c): PointRef(p, s.id, c) for s in strings for c in range(1, s.cells + 1)}
                      for p in CELL_INPUTS}
         self.string_refs = {(p, s.id): PointRef(p, s.id) for s in strings
-                            for p in ("string.voltage", "string.current")}
+                            for p in ("string.voltage", "string.current", "string.state")}
         self.ambient_ref = PointRef("io.ambient_temperature")
         self._seen: dict[tuple, float] = {}
         self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
         self._last_pub: dict[tuple, tuple[float | None, float]] = {}
-        self.republish_s = float(cfg.get("republish_s", 60.0))  # unchanged values are put again this often
         self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
@@ -98,7 +99,23 @@ class Analytics:
         self.life_used = {k: v[0] for k, v in life.items()}
         self.first_seen = {k: v[2] for k, v in life.items()}
         self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
+        self.recent_tests: dict[tuple[int, int], deque[float]] = {}  # the last ohmic test results per battery
         self._gen = state.generation()
+
+    def _take_settings(self, cfg: dict) -> None:
+        self.cfg = cfg
+        for sid in self.strings:
+            self.install_ts[sid] = parse_date(cfg.get("install_dates", {}).get(str(sid)) or cfg.get("install_date"))
+        self.republish_s = float(cfg.get("republish_s", 60.0))  # unchanged values are put again this often
+
+    def apply_config(self, cfg: dict) -> None:
+        """A changed ``analytics`` section while running (thresholds, SOC parameters, install dates): taken
+        between two ticks; what was learnt (SOC, open discharges, baselines, trends) carries on."""
+        with self.lock:
+            self._take_settings(cfg)
+            for sid, soc in self.soc.items():
+                soc.p = soc_params(self.strings[sid], cfg["soc"])
+            self.next_jobs = min(self.next_jobs, time.time())  # forecasts and verdicts with the new thresholds
 
     # -- external changes (CLI, web) ----------------------------------------------------------------------------
     def _reload(self, now: float) -> None:
@@ -107,7 +124,7 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub):
+                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests):
                     d.pop(key, None)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
         self._persist("the life budget", self.save_life, now)
@@ -139,12 +156,13 @@ class Analytics:
             if point == "string.current":
                 soc.on_current(value, ts)
             elif soc.event is not None and ts >= soc.event.start:
-                soc.event.add_voltage(cell, value, soc._last_i or 0.0)
+                soc.event.add_voltage(cell, value, soc._last_i or 0.0, soc.soc)
 
     # -- the periodic computation ---------------------------------------------------------------------------------
-    def _good(self, ref: PointRef) -> Reading | None:
+    def _good(self, ref: PointRef) -> float | None:
+        """The point's value when it is GOOD, else None."""
         r = self.store.get(ref)
-        return r if r is not None and r.quality is _GOOD and r.value is not None else None
+        return r.value if r is not None and r.quality is _GOOD else None
 
 
     def tick(self, now: float | None = None, publish: bool = True) -> list[tuple[PointRef, Reading]]:
@@ -170,8 +188,7 @@ class Analytics:
         cfg = self.cfg
         th = cfg["thresholds"]
         fl = cfg["float"]
-        amb_r = self._good(self.ambient_ref)
-        ambient = amb_r.value if amb_r is not None else None
+        ambient = self._good(self.ambient_ref)
         out: list[tuple[PointRef, Reading]] = []
         get = self.store.get
         seen = self._seen
@@ -197,7 +214,11 @@ class Analytics:
             temps: dict[int, float] = {}
             ohms: dict[int, float] = {}
             emfs: dict[int, float] = {}
-            new_v, new_t, new_o, new_e = set(), set(), set(), set()
+            # the cells with a reading not counted in the daily aggregates yet, per input
+            new_v: set[int] = set()
+            new_t: set[int] = set()
+            new_o: set[int] = set()
+            new_e: set[int] = set()
             inputs = (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
                       ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e))
             for c in range(1, s.cells + 1):
@@ -219,47 +240,54 @@ class Analytics:
             put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
             put("string.cell_ohmic_avg", o_avg, sid)
 
-            # state of charge and operating state
+            # state of charge, following the string's state (the string supervision's)
             soc = self.soc[sid]
-            cur_r = self._good(self.string_refs[("string.current", sid)])
-            sv_r = self._good(self.string_refs[("string.voltage", sid)])
-            if sv_r is not None:
-                v_cell = sv_r.value / (s.cells * n)
+            state = self._good(self.string_refs[("string.state", sid)])
+            string_v = self._good(self.string_refs[("string.voltage", sid)])
+            if string_v is not None:
+                v_cell = string_v / (s.cells * n)
             elif v_avg is not None and len(volts) >= 0.8 * s.cells:
                 v_cell = v_avg / n
             else:
                 v_cell = None
             temp = ambient if ambient is not None else (_mean(temps.values()))
-            finished = soc.update(now, cur_r.value if cur_r else None, v_cell, temp, volts)
+            finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
             if finished is not None:
                 self._record_discharge(finished)
             o = soc.outputs(now)
             put("string.soc", o["soc"], sid)
-            put("string.state", o["state"], sid)
             put("string.since_full_charge", o["since_full_charge"], sid)
-            put("string.on_battery_time", o["on_battery_time"], sid)
             put("string.runtime_remaining", o["runtime_remaining"], sid)
 
             # per battery
             cell_sohs = []
-            on_float = soc.state == FLOAT
+            on_float = soc.state == self.codes.floating
+            resting = on_float or soc.state == self.codes.rest
             for c in range(1, s.cells + 1):
                 key = (sid, c)
                 v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
-                put("cell.voltage_average_deviation", (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+                put("cell.voltage_average_deviation",
+                    (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
                 put("cell.ohmic_average_deviation",
                     (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c)
                 base = self.baselines.get(key)
                 put("cell.ohmic_baseline", base.ohmic if base else None, sid, c)
                 dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
                 put("cell.ohmic_baseline_deviation", dev, sid, c)
+                # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test
+                # scatters by 5-10 %)
+                tests = self.recent_tests.get(key)
+                if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
+                    if tests is None:
+                        tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
+                    tests.append(ohm)
                 soh = None
-                if dev is not None:
-                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(dev, 0.0) / th["replace_pct"]))
+                if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
+                    robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
+                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
                     cell_sohs.append(soh)
                 put("cell.soh", soh, sid, c)
-                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and soc.state in (FLOAT, REST) else None,
-                    sid, c)
+                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c)
                 eol, early, late = self.fc_pub.get(key, (None, None, None))
                 put("cell.eol_date", eol, sid, c)
                 put("cell.eol_date_early", early, sid, c)
@@ -271,12 +299,12 @@ class Analytics:
                     acc = self.acc[key] = {}
                 if c in new_o:
                     _add(acc, "ohmic", ohm)
-                if c in new_t:
+                if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
                     _add(acc, "temp", t)
                     ref_t = ambient if ambient is not None else t_med
                     if ref_t is not None:
                         _add(acc, "temp_rise", t - ref_t)
-                if on_float and c in new_v:
+                if on_float and c in new_v and v is not None:
                     _add(acc, "v_float", v)
                     if v_avg is not None:
                         _add(acc, "v_dev", v - v_avg)
@@ -387,9 +415,10 @@ class Analytics:
                 if seen is None or now - seen < bc["sample_days"] * DAY_S:
                     continue
                 rows = [r for r in rows_by_cell.get(c, []) if r.ohmic is not None]
+                ohmics = [r.ohmic for r in rows if r.ohmic is not None]
                 if len(rows) < max(2, bc["sample_days"] // 2):
                     continue
-                b = Baseline(sid, c, statistics.median(r.ohmic for r in rows), now, "auto",
+                b = Baseline(sid, c, statistics.median(ohmics), now, "auto",
                              _mean(r.temp for r in rows if r.temp is not None),
                              _median_or_none([r.emf for r in rows]))
                 self.state.set_baseline(b)
@@ -467,8 +496,9 @@ class Analytics:
             if len(pts) >= fcfg["min_days"] and (pts[-1][0] - pts[0][0]) * 365.25 >= 0.8 * fcfg["min_days"]:
                 x, y = [p[0] for p in pts], [p[1] for p in pts]
                 trend = fit_trend(x, y)
-                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend)
-                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend)
+                curves = plausible_curves(x, y)
+                f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend, curves=curves)
+                f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend, curves=curves)
                 if f30.fit is not None:
                     out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
                                slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))
@@ -490,12 +520,13 @@ class Analytics:
         used = self.life_used.get((sid, cell))
         if used is not None:
             temps = [r.temp for r in rows[-30:] if r.temp is not None]
-            factor = _mean(aging_factor(t, self.cfg["halving_c"]) for t in temps) if temps else 1.0
+            factors = [aging_factor(t, self.cfg["halving_c"]) for t in temps]
+            factor = sum(factors) / len(factors) if factors else 1.0
             left = life_budget_years(used, self.cfg["design_life_years"], factor)
             out.update(life_used_years=used, life_factor=factor, life_left_years=left)
             if left is not None:
                 cands.append(("life", left, 0.9 * left, 1.1 * left))
-        found = [cnd for cnd in cands if cnd[1] is not None]
+        found = [(src, years, early, late) for src, years, early, late in cands if years is not None]
         if found:
             source, years, early, late = min(found, key=lambda cnd: cnd[1])
             out.update(source=source, years=years, early_years=early, late_years=late)

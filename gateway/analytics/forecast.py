@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 YEAR_S = 365.25 * 86400.0
 _Z95 = 1.959964
@@ -109,7 +110,7 @@ def theil_sen(x: Sequence[float], y: Sequence[float], alpha: float = 0.05) -> tu
     slopes.sort()
     m = len(slopes)
     slope = slopes[m // 2] if m % 2 else 0.5 * (slopes[m // 2 - 1] + slopes[m // 2])
-    intercept = median([yi - slope * xi for xi, yi in zip(x, y)])
+    intercept = median([yi - slope * xi for xi, yi in zip(x, y, strict=True)])
     z = _Z95 if alpha == 0.05 else statistics.NormalDist().inv_cdf(1 - alpha / 2)
     c = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
     lo_i = max(0, int(math.floor((m - c) / 2)))
@@ -125,27 +126,28 @@ def runs_z(residuals: Sequence[float]) -> float:
     n2 = len(signs) - n1
     if n1 == 0 or n2 == 0:
         return 0.0
-    runs = 1 + sum(1 for a, b in zip(signs, signs[1:]) if a != b)
+    runs = 1 + sum(1 for a, b in pairwise(signs) if a != b)
     n = n1 + n2
     mean = 2.0 * n1 * n2 / n + 1
     var = 2.0 * n1 * n2 * (2.0 * n1 * n2 - n) / (n * n * (n - 1))
     return (runs - mean) / math.sqrt(var) if var > 0 else 0.0
 
 
-def huber_line(x: Sequence[float], y: Sequence[float], delta: float = 1.345, iterations: int = 20) -> tuple[float, float]:
+def huber_line(x: Sequence[float], y: Sequence[float], delta: float = 1.345,
+               iterations: int = 20) -> tuple[float, float]:
     """Huber M-estimate of a line (iteratively reweighted least squares); (slope, intercept)."""
     w = [1.0] * len(x)
     slope = intercept = 0.0
     for _ in range(iterations):
         sw = sum(w)
-        mx = sum(wi * xi for wi, xi in zip(w, x)) / sw
-        my = sum(wi * yi for wi, yi in zip(w, y)) / sw
-        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
+        mx = sum(wi * xi for wi, xi in zip(w, x, strict=True)) / sw
+        my = sum(wi * yi for wi, yi in zip(w, y, strict=True)) / sw
+        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x, strict=True))
         if sxx <= 0:
             break
-        new_slope = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y)) / sxx
+        new_slope = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y, strict=True)) / sxx
         new_intercept = my - new_slope * mx
-        res = [yi - (new_intercept + new_slope * xi) for xi, yi in zip(x, y)]
+        res = [yi - (new_intercept + new_slope * xi) for xi, yi in zip(x, y, strict=True)]
         s = mad_scale(res) or 1e-12
         w = [1.0 if abs(r) <= delta * s else delta * s / abs(r) for r in res]
         if abs(new_slope - slope) < 1e-12 and abs(new_intercept - intercept) < 1e-12:
@@ -184,14 +186,14 @@ def _exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple[Fit, float] | None
             continue
         if b <= 0:
             continue
-        err = sum(abs(yi - (c + b * zi)) for zi, yi in zip(z, y))
+        err = sum(abs(yi - (c + b * zi)) for zi, yi in zip(z, y, strict=True))
         if best is None or err < best[1]:
             best = (Fit("exponential", c, b, k), err)
     return best
 
 
 def _solve3(a: list[list[float]], v: list[float]) -> list[float] | None:
-    m = [row[:] + [vi] for row, vi in zip(a, v)]
+    m = [row[:] + [vi] for row, vi in zip(a, v, strict=True)]
     for col in range(3):
         piv = max(range(col, 3), key=lambda r: abs(m[r][col]))
         if abs(m[piv][col]) < 1e-12:
@@ -205,7 +207,7 @@ def _solve3(a: list[list[float]], v: list[float]) -> list[float] | None:
     return [m[r][3] / m[r][r] for r in range(3)]
 
 
-def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple["Fit", float] | None:
+def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple[Fit, float] | None:
     """The best ``c + m x + b exp(k x)`` (linear wear plus an accelerating part) over the k grid, least
     squares on the (median-thinned) points, with m >= 0 and b > 0."""
     best = None
@@ -213,15 +215,15 @@ def _lin_exp_fit(x: Sequence[float], y: Sequence[float]) -> tuple["Fit", float] 
     for k in _K_GRID:
         z = [math.exp(k * xi) for xi in x]
         cols = ([1.0] * n, x, z)
-        a = [[sum(p * q for p, q in zip(cols[r], cols[s])) for s in range(3)] for r in range(3)]
-        v = [sum(p * yi for p, yi in zip(cols[r], y)) for r in range(3)]
+        a = [[sum(p * q for p, q in zip(cols[r], cols[s], strict=True)) for s in range(3)] for r in range(3)]
+        v = [sum(p * yi for p, yi in zip(cols[r], y, strict=True)) for r in range(3)]
         sol = _solve3(a, v)
         if sol is None:
             continue
         c, m, b = sol
         if b <= 0 or m < 0:
             continue
-        err = sum(abs(yi - (c + m * xi + b * zi)) for xi, zi, yi in zip(x, z, y))
+        err = sum(abs(yi - (c + m * xi + b * zi)) for xi, zi, yi in zip(x, z, y, strict=True))
         if best is None or err < best[1]:
             best = (Fit("linear+exponential", c, b, k, m=m), err)
     return best
@@ -233,7 +235,7 @@ def fit_trend(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> t
     recent half's slope (per year)."""
     xs, ys = thin(x, y, max_points)
     slope, intercept, lo, hi = theil_sen(xs, ys)
-    res_lin = [yi - (intercept + slope * xi) for xi, yi in zip(xs, ys)]
+    res_lin = [yi - (intercept + slope * xi) for xi, yi in zip(xs, ys, strict=True)]
     line = Fit("linear", intercept, slope, scale=mad_scale(res_lin))
     n = len(xs)
     if n < 12 or slope <= 0:
@@ -253,24 +255,111 @@ def fit_trend(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> t
     # same-sign stretches (a bend the noise hides from the error sum)
     if err >= lin_err or (err > ACCEL_ERROR_RATIO * lin_err and runs_z(res_lin) > -2.5):
         return line, bounds
-    res = [yi - exp_fit.value(xi) for xi, yi in zip(xs, ys)]
+    res = [yi - exp_fit.value(xi) for xi, yi in zip(xs, ys, strict=True)]
     return Fit("exponential", exp_fit.c, exp_fit.b, exp_fit.k, mad_scale(res)), bounds
+
+
+def _ls_line(z: Sequence[float], y: Sequence[float]) -> tuple[float, float, float, float] | None:
+    """Least squares ``y = c + b z``: (b, c, sse, variance factor of b: 1 / sum((z - mean)^2))."""
+    n = len(z)
+    mz, my = sum(z) / n, sum(y) / n
+    szz = sum((zi - mz) ** 2 for zi in z)
+    if szz <= 0:
+        return None
+    b = sum((zi - mz) * (yi - my) for zi, yi in zip(z, y, strict=True)) / szz
+    c = my - b * mz
+    sse = sum((yi - c - b * zi) ** 2 for zi, yi in zip(z, y, strict=True))
+    return b, c, sse, 1.0 / szz
+
+
+def plausible_curves(x: Sequence[float], y: Sequence[float], max_points: int = 60) -> list[Fit]:
+    """Every curve the data cannot rule out.
+
+    A noisy year of ohmic tests pins the rise now, but hardly whether it accelerates: the line, the
+    exponentials ``c + b exp(k x)`` and the linear wear plus an exponential ``c + m x + b exp(k x)`` whose fit is
+    within the 95 % profile-likelihood bound of the best one (residual sum of squares within 3.84 noise
+    variances) are all plausible; the line and the exponentials also turned about the data's centre to the
+    ends of their rate's 95 % interval."""
+    xs, ys = thin(x, y, max_points)
+    n = len(xs)
+    if n < 8:
+        return []
+    fits: list[tuple[Fit, float, float, float]] = []  # (curve, sse, var factor of b, mean z)
+    my = sum(ys) / n
+    for k in [0.0, *_K_GRID]:
+        z = list(xs) if k == 0.0 else [math.exp(k * xi) for xi in xs]
+        line = _ls_line(z, ys)
+        if line is not None:
+            b, c, sse, vb = line
+            curve = Fit("linear", c, b) if k == 0.0 else Fit("exponential", c, b, k)
+            fits.append((curve, sse, vb, sum(z) / n))
+        if k == 0.0:
+            continue
+        cols = ([1.0] * n, xs, z)
+        a = [[sum(p * q for p, q in zip(cols[r], cols[t], strict=True)) for t in range(3)] for r in range(3)]
+        sol = _solve3(a, [sum(p * yi for p, yi in zip(cols[r], ys, strict=True)) for r in range(3)])
+        if sol is None or sol[1] < 0 or sol[2] <= 0:
+            continue
+        c, m, b = sol
+        sse = sum((yi - c - m * xi - b * zi) ** 2 for xi, zi, yi in zip(xs, z, ys, strict=True))
+        fits.append((Fit("linear+exponential", c, b, k, m=m), sse, 0.0, 0.0))
+    if not fits:
+        return []
+    best = min(f[1] for f in fits)
+    var = max(best / max(n - 4, 1), 1e-12)
+    out: list[Fit] = []
+    for curve, sse, vb, mz in fits:
+        if sse - best > 3.84 * var:
+            continue
+        if not vb:
+            out.append(curve)
+            continue
+        half = _Z95 * math.sqrt(var * vb)
+        out.extend(replace(curve, b=amp, c=my - amp * mz) for amp in (curve.b - half, curve.b + half))
+    return out
+
+
+def plausible_range(x: Sequence[float], y: Sequence[float], threshold: float, limit_years: float = 100.0,
+                    max_points: int = 60, curves: list[Fit] | None = None) -> tuple[float | None, float | None]:
+    """The (early, late) crossing of ``threshold`` over ``plausible_curves`` (computed once, passed in, for
+    several thresholds): the earliest and the latest (late None: one of them never crosses within
+    ``limit_years``)."""
+    if curves is None:
+        curves = plausible_curves(x, y, max_points)
+    if not curves:
+        return None, None
+    early: float | None = None
+    late: float | None = 0.0
+    for v in curves:
+        crossing = v.crossing(threshold, limit_years) if v.b > 0 or v.m > 0 else None
+        if crossing is None or crossing > limit_years:
+            late = None
+            continue
+        early = crossing if early is None else min(early, crossing)
+        if late is not None:
+            late = max(late, crossing)
+    return early, late
 
 
 def forecast_crossing(x: Sequence[float], y: Sequence[float], threshold: float, horizon_years: float = 3.0,
                       max_points: int = 60, min_spread: float = 0.1,
-                      trend: tuple[Fit, tuple[float, float, float]] | None = None) -> Forecast:
+                      trend: tuple[Fit, tuple[float, float, float]] | None = None,
+                      curves: list[Fit] | None = None) -> Forecast:
     """When does the trend of ``y`` reach ``threshold``?  ``x`` in years relative to now (<= 0).
 
     The range: for a line, Sen's 95 % interval of the slope (the early end from the recent half's slope when
     that is steeper); for an accelerating rise, the spread between
     the two curve models (pure exponential, and linear wear plus an exponential part; the estimate is their
     mean).  Never narrower than ``min_spread`` x the lead time either side: an extrapolation cannot be more
-    certain than the model behind it.  ``trend``: a ``fit_trend`` result to reuse for several thresholds."""
+    certain than the model behind it, nor narrower than the crossings of every curve the data cannot rule out
+    (``plausible_curves``; a noisy year of 2 V-cell tests hides an acceleration).  ``trend``: a ``fit_trend``
+    result, ``curves``: a ``plausible_curves`` result, to reuse for several thresholds."""
     if len(x) < 2:
         return Forecast(threshold, None, None, None, None, len(x), ["not enough data for a trend"])
     fit, (slo, shi, recent_hi) = trend or fit_trend(x, y, max_points)
     now_level = fit.value(0.0)
+    early: float | None
+    late: float | None
     if fit.model == "linear":
         years = fit.crossing(threshold)
         if years == 0.0:
@@ -289,9 +378,17 @@ def forecast_crossing(x: Sequence[float], y: Sequence[float], threshold: float, 
         early = min(found) if found else None
         late = max(found) if len(found) == 2 else None
     if years is not None:
+        # the range holds every curve the data cannot rule out (an acceleration a noisy year hides included);
+        # when one of them never crosses, the range has no late end (None)
+        p_early, p_late = plausible_range(x, y, threshold, max_points=max_points, curves=curves)
+        open_ended = p_early is not None and p_late is None
+        if p_early is not None:
+            early = p_early if early is None else min(early, p_early)
+        if p_late is not None and late is not None:
+            late = max(late, p_late)
         floor = min_spread * years
         early = years - floor if early is None else min(early, years - floor)
-        late = years + floor if late is None else max(late, years + floor)
+        late = None if open_ended else (years + floor if late is None else max(late, years + floor))
         early = max(0.0, early)
     evidence = [f"{fit.model} trend over {abs(min(x)) * 365.25:.0f} days: {now_level:+.1f} % now, "
                 f"rising {fit.slope(0.0):.1f} %/year"]

@@ -1,9 +1,11 @@
 """State of charge per string, and discharges analysed as capacity tests.
 
-Coulomb counting on the string current: discharge with the Peukert correction (exponent 1.25 unless
-configured; referred to the rated C20 current), charge with the charge efficiency (95 %), against the usable
-capacity = rated x SOH x (1 + 0.005 x (T - 25)).  Re-anchored to 100 % after an hour on float below the tail
-current; corrected from the resting voltage after 24 h at rest.  A discharge is tracked from the current:
+Coulomb counting on the string current (the offset-corrected one the point store holds): discharge with the
+Peukert correction (exponent 1.25 unless configured; referred to the rated C20 current), charge with the charge
+efficiency (95 %), against the usable capacity = rated x SOH x (1 + 0.005 x (T - 25)).  The string's state is
+the string supervision's (``string.state``, gateway/strings): re-anchored to 100 % after an hour on float (float
+means below the tail current); corrected from the resting voltage after 24 h at rest.  A discharge is tracked
+from the state:
 delivered Ah, voltage sag per battery, and (deep enough, from a trusted start) an estimate of the string's
 capacity: the depth comes from the EMF at the end (voltage under load plus I x R, with R measured at the
 start of the discharge, where the SOC is known), the capacity = Peukert Ah / depth.
@@ -13,18 +15,18 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from ..strings.states import StringStates
 
 # Resting voltage -> SOC for a 12 V AGM unit (../shared/DOMAIN.md); per 2 V cell divide by 6.
 _OCV_12V = ((0.0, 11.80), (25.0, 12.00), (50.0, 12.30), (75.0, 12.60), (100.0, 12.85))
 OCV_PER_CELL = tuple((s, v / 6.0) for s, v in _OCV_12V)
 
-UNKNOWN, FLOAT, CHARGING, DISCHARGING, REST = 0, 1, 2, 3, 4
-STATE_NAMES = {UNKNOWN: "unknown", FLOAT: "float", CHARGING: "charging", DISCHARGING: "discharging", REST: "rest"}
-
-
 def ocv_per_cell(soc_pct: float) -> float:
     soc_pct = min(max(soc_pct, 0.0), 100.0)
-    for (s0, v0), (s1, v1) in zip(OCV_PER_CELL, OCV_PER_CELL[1:]):
+    for (s0, v0), (s1, v1) in pairwise(OCV_PER_CELL):
         if soc_pct <= s1:
             return v0 + (v1 - v0) * (soc_pct - s0) / (s1 - s0)
     return OCV_PER_CELL[-1][1]
@@ -34,7 +36,7 @@ def soc_from_ocv(v_per_cell: float) -> float:
     """SOC (%) from an open-circuit voltage per 2 V cell, clamped to 0..100."""
     if v_per_cell <= OCV_PER_CELL[0][1]:
         return 0.0
-    for (s0, v0), (s1, v1) in zip(OCV_PER_CELL, OCV_PER_CELL[1:]):
+    for (s0, v0), (s1, v1) in pairwise(OCV_PER_CELL):
         if v_per_cell <= v1:
             return s0 + (s1 - s0) * (v_per_cell - v0) / (v1 - v0)
     return 100.0
@@ -49,11 +51,8 @@ class SocParams:
     rated_hours: float = 20.0
     charge_efficiency: float = 0.95
     temp_coeff: float = 0.005
-    tail_current_pct: float = 1.0  # of C: below it on float counts towards the 100 % anchor
-    anchor_hold_s: float = 3600.0
+    anchor_hold_s: float = 3600.0  # on float this long: 100 %
     rest_hours: float = 24.0
-    discharge_threshold_pct: float = 0.5  # of C: a current below minus this is a discharge
-    float_min_v_per_cell: float = 2.17
     max_gap_s: float = 600.0  # current readings further apart are not integrated across
     min_test_depth_pct: float = 10.0
     end_voltage_per_cell: float = 1.75
@@ -81,8 +80,9 @@ class DischargeEvent:
     trusted: bool
     v_before: dict[int, float]
     v_min: dict[int, float] = field(default_factory=dict)
-    v_first: dict[int, tuple[float, float]] = field(default_factory=dict)  # cell -> (V, I) first under load
-    v_last: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # cell -> (V, I, SOC counted then) first under load: the cells may be read a while after the start
+    v_first: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    v_last: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # (V, I, Peukert Ah drained then)
     ah: float = 0.0
     ah_peukert: float = 0.0
     seconds: float = 0.0
@@ -93,13 +93,13 @@ class DischargeEvent:
     end: float | None = None
     last_current: float = 0.0
 
-    def add_voltage(self, cell: int, volts: float, current: float) -> None:
+    def add_voltage(self, cell: int, volts: float, current: float, soc: float | None = None) -> None:
         amps = -current
         if amps <= 0:
             return
         if cell not in self.v_first:
-            self.v_first[cell] = (volts, amps)
-        self.v_last[cell] = (volts, amps)
+            self.v_first[cell] = (volts, amps, self.soc_start if soc is None else soc)
+        self.v_last[cell] = (volts, amps, self.ah_peukert)
         old = self.v_min.get(cell)
         if old is None or volts < old:
             self.v_min[cell] = volts
@@ -114,18 +114,19 @@ class DischargeEvent:
 
 
 class StringSoc:
-    """SOC, operating state and discharge tracking of one string."""
+    """SOC and discharge tracking of one string, following the state the string supervision publishes."""
 
-    def __init__(self, string: int, params: SocParams, saved: dict | None = None) -> None:
+    def __init__(self, string: int, params: SocParams, states: StringStates, saved: dict | None = None) -> None:
         self.string = string
         self.p = params
+        self.codes = states
         self.soc = 100.0
         self.anchor_ts: float | None = None  # last 100 % anchor
         self.anchor_kind = "assumed"
         self.soh_capacity: float | None = None  # % from the last capacity test
         self.soh_ts: float | None = None
         self.last_discharge_current: float | None = None
-        self.state = UNKNOWN
+        self.state = states.unknown
         self.state_since: float | None = None
         self._float_since: float | None = None
         self._rest_since: float | None = None
@@ -181,42 +182,31 @@ class StringSoc:
         self.soc = min(max(self.soc, 0.0), 100.0)
 
     # -- state machine ------------------------------------------------------------------------------------------
-    def classify(self, current: float | None, v_per_cell: float | None) -> int:
-        c = self.p.capacity_ah
-        if current is None:
-            return UNKNOWN
-        if current <= -self.p.discharge_threshold_pct / 100.0 * c:
-            return DISCHARGING
-        if current >= self.p.tail_current_pct / 100.0 * c:
-            return CHARGING
-        if v_per_cell is None:
-            return UNKNOWN
-        return FLOAT if v_per_cell >= self.p.float_min_v_per_cell else REST
-
-    def update(self, now: float, current: float | None, v_per_cell: float | None, temp_c: float | None,
+    def update(self, now: float, state: int | None, v_per_cell: float | None, temp_c: float | None,
                cell_volts: dict[int, float]) -> dict | None:
-        """Advance the state machine.  Returns a finished discharge event's analysis, if one just ended."""
+        """Follow the string's state (``string.state``; None: not known).  Returns a finished discharge event's
+        analysis, if one just ended."""
+        codes = self.codes
         self.temp = temp_c
-        state = self.classify(current, v_per_cell)
+        state = codes.unknown if state is None else int(state)
         finished = None
         if state != self.state:
-            if self.state == DISCHARGING and self.event is not None:
-                finished = self._finish(now, v_per_cell)
-            if state == DISCHARGING:
+            if self.state == codes.discharging and self.event is not None:
+                finished = self._finish(self.event, now)
+            if state == codes.discharging:
                 trusted = self.anchor_ts is not None and now - self.anchor_ts <= self.p.trusted_anchor_s
                 self.event = DischargeEvent(self.string, now, self.soc, trusted, dict(cell_volts))
             self.state, self.state_since = state, now
-        if state == DISCHARGING and self.event is not None:
-            if temp_c is not None:
-                self.event.temps.append(temp_c)
-        if state == FLOAT and current is not None and current < self.p.tail_current_pct / 100.0 * self.p.capacity_ah:
+        if state == codes.discharging and self.event is not None and temp_c is not None:
+            self.event.temps.append(temp_c)
+        if state == codes.floating:
             if self._float_since is None:
                 self._float_since = now
             if now - self._float_since >= self.p.anchor_hold_s:
                 self.soc, self.anchor_ts, self.anchor_kind = 100.0, now, "float"
         else:
             self._float_since = None
-        if state == REST and v_per_cell is not None:
+        if state == codes.rest and v_per_cell is not None:
             if self._rest_since is None:
                 self._rest_since = now
             if now - self._rest_since >= self.p.rest_hours * 3600.0:
@@ -228,42 +218,45 @@ class StringSoc:
         return finished
 
     def outputs(self, now: float) -> dict[str, float | None]:
-        on_battery = now - self.event.start if self.state == DISCHARGING and self.event is not None else 0.0
-        if self.state == DISCHARGING and self._last_i is not None and self._last_i < 0:
+        amps: float | None
+        if self.state == self.codes.discharging and self._last_i is not None and self._last_i < 0:
             amps = -self._last_i
         else:
             amps = self.last_discharge_current
         runtime = None
         if amps:
             runtime = self.soc / 100.0 * self.usable_capacity() / self.p.peukert_current(amps) * 3600.0
-        return {"soc": self.soc, "state": float(self.state),
-                "since_full_charge": (now - self.anchor_ts) if self.anchor_ts is not None else None,
-                "on_battery_time": on_battery, "runtime_remaining": runtime}
+        return {"soc": self.soc, "since_full_charge": (now - self.anchor_ts) if self.anchor_ts is not None else None,
+                "runtime_remaining": runtime}
 
     # -- discharge analysis -------------------------------------------------------------------------------------
-    def _finish(self, now: float, v_per_cell: float | None) -> dict:
-        ev = self.event
+    def _finish(self, ev: DischargeEvent, now: float) -> dict[str, Any]:
         self.event = None
         ev.end = now
         result = analyse_discharge(ev, self.p, self.soc)
         if ev.seconds > 0:
             self.last_discharge_current = ev.i_sum / ev.seconds
-        if result.get("soc_end_voltage") is not None and result["depth_pct"] >= self.p.min_test_depth_pct:
-            self.soc = result["soc_end_voltage"]  # the voltage says where the discharge ended
         if result.get("capacity_test"):
             self.soh_capacity = result["soh_pct"]
             self.soh_ts = now
+        if result.get("soc_end_voltage") is not None and result["depth_pct"] >= self.p.min_test_depth_pct:
+            # the voltage says where the discharge was at the batteries' last reading; what was drained after it
+            # comes off too
+            after = result.get("ah_after_last_reading", 0.0) / max(self.usable_capacity(), 1e-9) * 100.0
+            self.soc = min(max(result["soc_end_voltage"] - after, 0.0), 100.0)
         return result
 
 
-def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> dict:
+def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> dict[str, Any]:
     """A finished discharge: delivered Ah, sag ranking and, when it qualifies, a capacity estimate."""
+    if ev.end is None:
+        raise ValueError("analyse_discharge: the discharge has not ended")
     mean_i = ev.i_sum / ev.seconds if ev.seconds else 0.0
     cv = math.sqrt(max(ev.i_sq / ev.seconds - mean_i ** 2, 0.0)) / mean_i if ev.seconds and mean_i else 1.0
     temp = statistics.fmean(ev.temps) if ev.temps else None
     sag = {c: ev.v_before[c] - v for c, v in ev.v_min.items() if c in ev.v_before}
     ranked = sorted(sag.items(), key=lambda kv: -kv[1])
-    out = {"string": ev.string, "start": ev.start, "end": ev.end, "duration_s": ev.end - ev.start,
+    out: dict[str, Any] = {"string": ev.string, "start": ev.start, "end": ev.end, "duration_s": ev.end - ev.start,
            "ah": ev.ah, "ah_peukert": ev.ah_peukert, "mean_current": mean_i, "max_current": ev.i_max,
            "current_cv": cv, "temperature": temp, "soc_start": ev.soc_start, "soc_end_counted": soc_counted,
            "trusted_start": ev.trusted, "rated_ah": p.capacity_ah,
@@ -276,9 +269,11 @@ def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> d
     if common:
         v1 = statistics.fmean(ev.v_first[c][0] for c in common) / n
         i1 = statistics.fmean(ev.v_first[c][1] for c in common)
+        soc1 = statistics.fmean(ev.v_first[c][2] for c in common)
         v2 = statistics.fmean(ev.v_last[c][0] for c in common) / n
         i2 = statistics.fmean(ev.v_last[c][1] for c in common)
-        r = (ocv_per_cell(ev.soc_start) - v1) / i1 if i1 > 0 else 0.0  # ohm per 2 V cell, polarisation included
+        ah2 = statistics.fmean(ev.v_last[c][2] for c in common)  # what had been drained by those readings
+        r = (ocv_per_cell(soc1) - v1) / i1 if i1 > 0 else 0.0  # ohm per 2 V cell, polarisation included
         emf_end = v2 + i2 * max(r, 0.0)
         soc_end = soc_from_ocv(emf_end)
         reached = v2 <= p.end_voltage_per_cell
@@ -286,7 +281,8 @@ def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> d
             soc_end = 0.0
         depth = ev.soc_start - soc_end
         out.update(soc_end_voltage=soc_end, depth_pct=depth, end_voltage_reached=reached,
-                   r_dynamic_per_cell=r, emf_end_per_cell=emf_end)
+                   r_dynamic_per_cell=r, emf_end_per_cell=emf_end,
+                   ah_after_last_reading=0.0 if reached else max(ev.ah_peukert - ah2, 0.0))
         reasons = []
         if not ev.trusted:
             reasons.append("the SOC at the start was not anchored")
@@ -297,7 +293,7 @@ def analyse_discharge(ev: DischargeEvent, p: SocParams, soc_counted: float) -> d
         if ev.seconds < p.min_test_s:
             reasons.append("too short")
         if not reasons:
-            cap_t = ev.ah_peukert / (depth / 100.0)
+            cap_t = (ah2 if not reached else ev.ah_peukert) / (depth / 100.0)
             cap_25 = cap_t / p.temp_factor(temp)
             out.update(capacity_test=True, capacity_ah=cap_25, soh_pct=100.0 * cap_25 / p.capacity_ah)
         else:

@@ -7,6 +7,7 @@ write to it (``bmsgw battery replace`` while the gateway runs): the running anal
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, overload
 
 DAY_S = 86400
 
@@ -75,9 +76,9 @@ class StateDB:
                                         isolation_level=None, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = None
+            shared: sqlite3.Connection | None = None
             try:
-                self.conn = self._connect()
+                shared = self.conn = self._connect()
                 self._create()
             except sqlite3.OperationalError as exc:
                 if not self.path.exists():
@@ -85,8 +86,8 @@ class StateDB:
                 # a full card: SQLite cannot create the shared WAL index (-shm) next to the file.  Opened for
                 # this process alone (the index in memory), every value is there and writes work again as
                 # soon as there is room; share() goes back to normal then.
-                if self.conn is not None:
-                    self.conn.close()
+                if shared is not None:
+                    shared.close()
                 self.conn = self._connect(exclusive=True)
                 self._create()
                 self.exclusive = True
@@ -176,6 +177,11 @@ class StateDB:
         return _Tx(self)
 
     # -- meta ------------------------------------------------------------------------------------------------
+    @overload
+    def meta(self, key: str, default: str) -> str: ...
+    @overload
+    def meta(self, key: str, default: None = None) -> str | None: ...
+
     def meta(self, key: str, default: str | None = None) -> str | None:
         rows = self._q("SELECT value FROM meta WHERE key=?", (key,))
         return rows[0][0] if rows else default
@@ -208,14 +214,15 @@ class StateDB:
             cur = self.conn.execute(
                 "INSERT INTO replacements(string, cell, ts, reason, old_baseline, recorded) VALUES (?,?,?,?,?,?)",
                 (string, cell, ts, reason.strip()[:500], old[0][0] if old else None, time.time()))
-            rid = cur.lastrowid
+            rid = _inserted_id(cur)
             for table in ("baselines", "forecasts", "diagnoses", "life"):
                 self.conn.execute(f"DELETE FROM {table} WHERE string=? AND cell=?", (string, cell))
             self.conn.execute("DELETE FROM daily WHERE string=? AND cell=? AND day < ?",
                               (string, cell, int(ts // DAY_S) + 1))
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)",
                               (str(int(self.meta("generation", "0")) + 1),))
-        return self.replacements(string, cell)[-1] if rid else None
+        # by id: a replacement recorded late (an earlier date) is not the last one in date order
+        return next(r for r in self.replacements(string, cell) if r.id == rid)
 
     def replacements(self, string: int | None = None, cell: int | None = None) -> list[Replacement]:
         sql = "SELECT id, string, cell, ts, reason, old_baseline, recorded FROM replacements"
@@ -226,7 +233,8 @@ class StateDB:
         return [Replacement(*r) for r in self._q(sql + " ORDER BY ts, id", args)]
 
     def last_replaced(self) -> dict[tuple[int, int], float]:
-        return {(s, c): ts for s, c, ts in self._q("SELECT string, cell, max(ts) FROM replacements GROUP BY string, cell")}
+        rows = self._q("SELECT string, cell, max(ts) FROM replacements GROUP BY string, cell")
+        return {(s, c): ts for s, c, ts in rows}
 
     def _bump(self) -> None:
         self.set_meta("generation", str(int(self.meta("generation", "0")) + 1))
@@ -245,10 +253,11 @@ class StateDB:
                     + " FROM daily WHERE string=? AND cell=? AND day=?", (string, cell, day)).fetchone()
                 merged = []
                 for i, f in enumerate(DAILY_FIELDS):
+                    mean: float | None
                     mean, n = vals.get(f, (None, 0))
                     if old is not None and old[2 * i + 1]:
                         om, on = old[2 * i], old[2 * i + 1]
-                        if n:
+                        if n and mean is not None:  # a new mean comes with its count
                             mean, n = (om * on + mean * n) / (on + n), on + n
                         else:
                             mean, n = om, on
@@ -279,11 +288,12 @@ class StateDB:
         with self.lock:
             cur = self.conn.execute("INSERT INTO events(string, kind, start, end, data) VALUES (?,?,?,?,?)",
                                     (string, kind, start, end, json.dumps(data)))
-            return cur.lastrowid
+            return _inserted_id(cur)
 
     def events(self, string: int | None = None, kind: str | None = None, start: float | None = None,
                end: float | None = None) -> list[dict]:
-        sql, args = "SELECT id, string, kind, start, end, data FROM events WHERE 1=1", []
+        sql = "SELECT id, string, kind, start, end, data FROM events WHERE 1=1"
+        args: list[Any] = []
         if string is not None:
             sql += " AND string=?"
             args.append(string)
@@ -327,21 +337,26 @@ class StateDB:
 
     def life(self) -> dict[tuple[int, int], tuple[float, float, float]]:
         """{(string, cell): (used 25 C-equivalent years, as of ts, first seen)}"""
-        return {(s, c): (u, ts, f) for s, c, u, ts, f in self._q("SELECT string, cell, used_years, ts, first_seen FROM life")}
+        rows = self._q("SELECT string, cell, used_years, ts, first_seen FROM life")
+        return {(s, c): (u, ts, f) for s, c, u, ts, f in rows}
 
     # -- maintenance log ---------------------------------------------------------------------------------------
     def record_maintenance(self, item: str, ts: float | None = None, string: int | None = None, note: str = "") -> int:
         with self.lock:
             cur = self.conn.execute("INSERT INTO maintenance(item, ts, string, note) VALUES (?,?,?,?)",
                                     (item, time.time() if ts is None else ts, string, note[:500]))
-            return cur.lastrowid
+            return _inserted_id(cur)
 
     def maintenance(self) -> list[dict[str, Any]]:
         return [{"id": i, "item": it, "ts": ts, "string": s, "note": n}
                 for i, it, ts, s, n in self._q("SELECT id, item, ts, string, note FROM maintenance ORDER BY ts")]
 
-    def iter_tables(self) -> Iterator[str]:
-        yield from (r[0] for r in self._q("SELECT name FROM sqlite_schema WHERE type='table'"))
+
+def _inserted_id(cur: sqlite3.Cursor) -> int:
+    """The rowid an INSERT just made (sqlite3 types it Optional: None only before any INSERT)."""
+    if cur.lastrowid is None:
+        raise sqlite3.DatabaseError("INSERT made no row")
+    return cur.lastrowid
 
 
 class _Tx:
@@ -371,7 +386,5 @@ class _Tx:
 def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back what is open without hiding the error that ended it (SQLITE_FULL may have rolled it back)."""
     if conn.in_transaction:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass

@@ -14,14 +14,15 @@ asked for: ``"raw"``, ``"15m"``, ``"1h"``, ``"1d"`` or a number of seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..points import PointRef
+from ..service import ReloadResult, Service
 from .db import HistoryDB, HistoryError, Series, SeriesInfo, Tier, tier_name
 from .recorder import FAULT_OK, HistoryWriter, PointFilter, Recorder
 
@@ -86,28 +87,39 @@ HISTORY_SCHEMA = {
     },
 }
 
-_running: "weakref.WeakKeyDictionary[Gateway, HistoryService]" = weakref.WeakKeyDictionary()
+# What a running history takes from a changed section; any other key waits for a restart (the file, the
+# tiers' layout and the series' raw intervals are fixed while the writer runs).
+LIVE_KEYS = ("enabled", "include", "exclude", "flush_s", "max_size_mb")
 
 
-def _check(config: "Config", cfg: dict) -> None:
-    prev = 0
+def tier_problems(cfg: dict) -> list[str]:
+    """What is wrong with ``history.tiers`` beyond the schema, each as ``key.path: what``."""
+    out, prev = [], 0
     for i, tier in enumerate(cfg["tiers"]):
         sec = tier["seconds"]
         if sec <= prev or (prev and sec % prev):
-            raise ConfigError(str(config.path), f"history.tiers[{i}].seconds",
-                              f"{sec} must be larger than and a multiple of the tier before ({prev})")
+            out.append(f"history.tiers[{i}].seconds: {sec} must be larger than and a multiple of the tier before "
+                       f"({prev})")
         if i and 0 < cfg["tiers"][i - 1].get("retention_days", 365) * 86400 < sec:
-            raise ConfigError(str(config.path), f"history.tiers[{i - 1}].retention_days",
-                              f"must keep at least one bucket of the next tier ({sec} s)")
+            out.append(f"history.tiers[{i - 1}].retention_days: must keep at least one bucket of the next tier "
+                       f"({sec} s)")
         prev = sec
+    return out
 
 
-def db_path(config: "Config") -> Path:
+def _check(config: Config, cfg: dict) -> None:
+    problems = tier_problems(cfg)
+    if problems:
+        where, _, message = problems[0].partition(": ")
+        raise ConfigError(str(config.path), where, message)
+
+
+def db_path(config: Config) -> Path:
     p = Path(config.section("history").get("path", "history.sqlite"))
     return p if p.is_absolute() else config.state_dir / p
 
 
-def open_history(config: "Config", readonly: bool = False) -> HistoryDB:
+def open_history(config: Config, readonly: bool = False) -> HistoryDB:
     """The history database the config describes (created unless ``readonly``)."""
     cfg = config.section("history")
     _check(config, cfg)
@@ -123,23 +135,25 @@ def _cap_bytes(cfg: dict) -> int | None:
     return int(mb * 1024 * 1024) if mb > 0 else None
 
 
-def history_for(gateway: "Gateway") -> HistoryDB | None:
+def history_for(gateway: Gateway) -> HistoryDB | None:
     """The history of a gateway: the running writer's database, or the file on disk read-only, or None."""
-    svc = _running.get(gateway)
-    if svc is not None:
+    svc = gateway.service("history")
+    if isinstance(svc, HistoryService):
         return svc.db  # None while the writer cannot open it (a full card)
     if not gateway.config.section("history").get("enabled", True) or not db_path(gateway.config).exists():
         return None
     return open_history(gateway.config, readonly=True)
 
 
-class HistoryService:
-    name = "history"
+class HistoryService(Service):
+    """Every recorded value of one gateway, kept for years in one SQLite file (a writer thread)."""
 
-    def __init__(self, gateway: "Gateway") -> None:
+    name = "history"
+    sections = ("history",)
+
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.cfg = gateway.config.section("history")
-        _check(gateway.config, self.cfg)
         self.db: HistoryDB | None = None
         self.writer: HistoryWriter | None = None
 
@@ -155,11 +169,10 @@ class HistoryService:
                                     open_error=error)
         gw.store.put(PointRef("gateway.history_writes"), 0.0)
         gw.store.put(PointRef("gateway.history_fault"), float(FAULT_OK))
-        _running[gw] = self
         self.writer.start()
         gw.store.subscribe(self.writer.submit)
         if recorder is not None:
-            log.info("history: recording to %s", self.db.path)
+            log.info("history: recording to %s", recorder.db.path)
 
     def _open_recorder(self) -> Recorder:
         """Open the database (in the thread that will write it) and the recorder that feeds it."""
@@ -174,10 +187,8 @@ class HistoryService:
     def _in_loop(self, fn, *args) -> None:
         loop = self.gateway.loop
         if loop is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (stopping)
                 loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop closed meanwhile (stopping)
-                pass
 
     def _flushed(self, recorder: Recorder) -> None:
         """The writer's acknowledgement: ``recorder.last_commit`` is on disk (called in the writer thread)."""
@@ -192,12 +203,22 @@ class HistoryService:
         """Writing failed or works again: ``gateway.history_fault`` carries it to the alarms and every face."""
         self._in_loop(self.gateway.store.put, PointRef("gateway.history_fault"), float(fault))
 
-    def reconfigure(self, cfg: dict) -> None:
-        """What the history takes while running: the size cap."""
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Live: what is recorded (include/exclude), how often it commits, the size cap.  The rest (the file,
+        the tiers, raw intervals and retention, the queue) waits for a restart."""
+        cfg = config.section("history")
+        result = ReloadResult(restart=[f"history.{k}" for k in sorted(set(cfg) | set(self.cfg))
+                                       if k not in LIVE_KEYS and cfg.get(k) != self.cfg.get(k)])
+        kept: dict[str, Any] = {k: (cfg if k in LIVE_KEYS else self.cfg).get(k) for k in set(cfg) | set(self.cfg)}
+        self.cfg = kept
         if self.db is not None:
-            self.db.set_max_bytes(_cap_bytes(cfg))
+            self.db.set_max_bytes(_cap_bytes(kept))
         if self.writer is not None:
+            self.writer.flush_s = kept["flush_s"]
+            if self.writer.recorder is not None:
+                self.writer.recorder.set_filter(PointFilter(kept["include"], kept["exclude"]))
             self.writer.request_flush()
+        return result
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Write what the writer holds now (tests, reports from the running gateway)."""
@@ -208,7 +229,6 @@ class HistoryService:
             self.gateway.store.unsubscribe(self.writer.submit)
             await asyncio.to_thread(self.writer.stop)
             self.writer = None
-        _running.pop(self.gateway, None)
         if self.db is not None:
             self.db.close()
 
@@ -230,8 +250,9 @@ class HistoryService:
         return out
 
 
-def service_for(gateway: "Gateway") -> HistoryService | None:
-    return _running.get(gateway)
+def service_for(gateway: Gateway) -> HistoryService | None:
+    svc = gateway.service("history")
+    return svc if isinstance(svc, HistoryService) else None
 
 
 # -- hooks --------------------------------------------------------------------------------------------------
@@ -241,21 +262,18 @@ def bmsgw_config_schema() -> dict[str, dict]:
 
 
 @hookimpl
-def bmsgw_services(gateway: "Gateway") -> list:
-    if not gateway.config.section("history").get("enabled", True):
-        return []
-    return [HistoryService(gateway)]
+def bmsgw_check_config(gateway_config: Config) -> list[str]:
+    cfg = gateway_config.section("history")
+    return tier_problems(cfg) if cfg["enabled"] else []
 
 
 @hookimpl
-def bmsgw_config_reloaded(gateway: "Gateway", sections: list[str]) -> None:
-    svc = _running.get(gateway)
-    if svc is not None and "history" in sections:
-        svc.reconfigure(gateway.config.section("history"))
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    return [HistoryService(gateway)] if gateway.config.section("history")["enabled"] else []
 
 
 @hookimpl
-def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
+def bmsgw_history_query(gateway: Gateway, ref, start: float, end: float,
                         max_points: int) -> list[tuple[float, float | None]] | None:
     """Stored means of one point for the web page and REST (thread-safe: a connection per thread).
 
@@ -268,7 +286,7 @@ def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
         return None
     if end <= start:
         return []
-    opened_here = _running.get(gateway) is None  # no writer: history_for opens the file read-only for us
+    opened_here = service_for(gateway) is None  # no writer: history_for opens the file read-only for us
     db = history_for(gateway)
     if db is None:
         return []  # recording, nothing written yet
@@ -277,10 +295,4 @@ def bmsgw_history_query(gateway: "Gateway", ref, start: float, end: float,
     finally:
         if opened_here:  # a page polling trends must not pile up open handles
             db.close()
-    return list(zip(series.t, series.mean))
-
-
-@hookimpl
-def bmsgw_status(gateway: "Gateway") -> dict:
-    svc = _running.get(gateway)
-    return {"history": svc.status()} if svc is not None else {}
+    return list(zip(series.t, series.mean, strict=True))

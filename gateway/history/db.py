@@ -19,6 +19,7 @@ Layout (why it is small and kind to an SD card):
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import math
@@ -27,9 +28,9 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 EPOCH = 1_577_836_800  # 2020-01-01T00:00:00Z: raw timestamps are stored relative to it
 _TYPES = ("h", "i", "q")
@@ -142,7 +143,7 @@ class Series:
         return len(self.t)
 
     def rows(self) -> Iterator[tuple[float, float, float, float]]:
-        return zip(self.t, self.mean, self.min, self.max)
+        return zip(self.t, self.mean, self.min, self.max, strict=True)
 
     def last(self) -> float | None:
         return self.mean[-1] if self.mean else None
@@ -286,9 +287,9 @@ class HistoryDB:
 
     # writes ----------------------------------------------------------------------------------------------
     def write(self, raw_rows: Sequence[tuple[int, int, bytes]] = (),
-              roll_rows: dict[int, Sequence[tuple[int, int, int, bytes]]] | None = None,
+              roll_rows: Mapping[int, Sequence[tuple[int, int, int, bytes]]] | None = None,
               merge: bool = False, *, merge_raw: Sequence[tuple[int, int, bytes]] = (),
-              merge_roll: dict[int, Sequence[tuple[int, int, int, bytes]]] | None = None) -> None:
+              merge_roll: Mapping[int, Sequence[tuple[int, int, int, bytes]]] | None = None) -> None:
         """Insert raw rows ``(unix t, sid, blob)`` and roll-up rows ``{seconds: [(sid, b, n, blob)]}`` in one
         transaction: when this returns, they are on disk (WAL, synchronous=FULL); when it raises, none is.
         ``merge``: rows may meet an existing row of the same key (a restart inside a bucket); they are merged
@@ -344,7 +345,7 @@ class HistoryDB:
             n = max(len(new), len(prev))
             new += [None] * (n - len(new))
             prev += [None] * (n - len(prev))
-            blob = encode_vector([a if a is not None else b for a, b in zip(new, prev)])
+            blob = encode_vector([a if a is not None else b for a, b in zip(new, prev, strict=True)])
         c.execute("INSERT OR REPLACE INTO raw(t, sid, v) VALUES (?,?,?)", (t, sid, blob))
 
     @staticmethod
@@ -499,10 +500,9 @@ class HistoryDB:
         if i == 0:
             return rows
         rolled = self.meta(f"rolled_{sec}")
-        if rolled is not None:
-            tail = int(rolled) + 1
-        else:  # never rolled by a recorder (an imported or copied file): what is stored is what there is
-            tail = rows[-1][0] + 1 if rows else b0
+        # never rolled by a recorder (an imported or copied file): what is stored is what there is
+        stored_end = rows[-1][0] + 1 if rows else b0
+        tail = int(rolled) + 1 if rolled is not None else stored_end
         if tail > b1:
             return rows
         finer = self.tiers[i - 1]
@@ -518,7 +518,8 @@ class HistoryDB:
         return rows
 
     def latest(self, point: str, string: int | None = None, cell: int | None = None,
-               channel: int | None = None, before: float | None = None, window_s: float = 86400.0) -> tuple[float, float] | None:
+               channel: int | None = None, before: float | None = None,
+               window_s: float = 86400.0) -> tuple[float, float] | None:
         """The last raw sample (time, value) at or before ``before`` within ``window_s``."""
         before = time.time() if before is None else before
         s = self.query(point, string, cell, channel, start=before - window_s, end=before, resolution="raw")
@@ -541,6 +542,7 @@ class HistoryDB:
             if strings and info.axis == "cell" and info.string not in strings:
                 continue
             un = unscaler(info.scale)
+            rows: Iterable[tuple[float, bytes]]
             if tier.seconds == 0:
                 rows = c.execute("SELECT t + ?, v FROM raw WHERE t>=? AND t<=? AND sid=?",
                                  (EPOCH, math.floor(start) - EPOCH, math.floor(end) - EPOCH, info.sid))
@@ -584,10 +586,8 @@ def _rollback(c: sqlite3.Connection) -> None:
     """Undo an open transaction without hiding the error that ended it: after SQLITE_FULL or an I/O error
     SQLite may already have rolled back, and a second ROLLBACK would raise "no transaction is active"."""
     if c.in_transaction:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             c.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
 
 # SQLITE_FULL: the card is full or the database reached its size cap; SQLITE_IOERR_SHMSIZE: the WAL index
@@ -625,9 +625,9 @@ def _decode_into(outs: dict[int, Series], rows: list[tuple[float, bytes]], parts
         for index, s in outs.items():
             if index >= n:
                 continue
-            means = arr[mid + index::width]
-            lows = arr[index::width] if parts == 3 else means
-            highs = arr[2 * n + index::width] if parts == 3 else means
+            means: Sequence[int] = arr[mid + index::width]
+            lows: Sequence[int] = arr[index::width] if parts == 3 else means
+            highs: Sequence[int] = arr[2 * n + index::width] if parts == 3 else means
             if na in means:
                 keep = [i for i, m in enumerate(means) if m != na]
                 s.t.extend(times[i] for i in keep)
@@ -678,9 +678,11 @@ def merge_rollups(parts: Sequence[tuple[int, bytes]]) -> tuple[bytes, int]:
             m = vec[k + i]
             if m is None:
                 continue
-            a, z = vec[i], vec[2 * k + i]
-            lo[i] = a if lo[i] is None or a < lo[i] else lo[i]
-            hi[i] = z if hi[i] is None or z > hi[i] else hi[i]
+            a, z, low, high = vec[i], vec[2 * k + i], lo[i], hi[i]
+            if a is not None and (low is None or a < low):
+                lo[i] = a
+            if z is not None and (high is None or z > high):
+                hi[i] = z
             acc[i] += m * max(n, 1)
             weight[i] += max(n, 1)
     means = [round(acc[i] / weight[i]) if weight[i] else None for i in range(width)]

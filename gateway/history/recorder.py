@@ -12,8 +12,10 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from itertools import pairwise
+from typing import Any, Protocol, runtime_checkable
 
 from ..points import PointRef, PointSpec, Quality, Reading
 from .db import HistoryDB, axis_of, encode_vector, is_disk_full, vector_index
@@ -77,12 +79,19 @@ class PointFilter:
                 and not any(self._match(spec, p) for p in self.exclude))
 
 
+@runtime_checkable
+class SpecSource(Protocol):
+    """Where the recorder looks up point families: the gateway's Catalog, or a mapping of them."""
+
+    def get(self, pid: str, /) -> PointSpec | None: ...
+
+
 class Recorder:
-    def __init__(self, db: HistoryDB, specs: Mapping[str, PointSpec] | Callable[[str], PointSpec | None],
+    def __init__(self, db: HistoryDB, specs: SpecSource | Callable[[str], PointSpec | None],
                  point_filter: Callable[[PointSpec], bool], raw_interval_s: float = 60,
                  intervals: Mapping[str, float] | None = None, max_pending_rows: int | None = None) -> None:
         self.db = db
-        self._spec = specs.get if hasattr(specs, "get") else specs
+        self._spec = specs.get if isinstance(specs, SpecSource) else specs
         self.filter = point_filter
         self.raw_interval_s = max(1, int(raw_interval_s))
         self.intervals = dict(intervals or {})
@@ -115,6 +124,11 @@ class Recorder:
             keep = spec if spec is not None and self.filter(spec) else None
             self._families[point] = keep
             return keep
+
+    def set_filter(self, point_filter: Callable[[PointSpec], bool]) -> None:
+        """Record what ``point_filter`` keeps from now on (a config reload); series already stored stay."""
+        self.filter = point_filter
+        self._families = {}
 
     def _interval_for(self, point: str) -> int:
         for pattern, seconds in self.intervals.items():
@@ -187,7 +201,7 @@ class Recorder:
 
     def _emit_roll(self, st: _SeriesState) -> None:
         if st.bucket >= 0 and any(st.count):
-            means = [round(t / n) if n else None for t, n in zip(st.total, st.count)]
+            means = [round(t / n) if n else None for t, n in zip(st.total, st.count, strict=True)]
             row = (st.sid, st.bucket, max(st.count), encode_vector(st.lo + means + st.hi),
                    3 * sum(1 for n in st.count if n))
             (self._roll_fresh if st.fresh_roll else self._roll_rows).append(row)
@@ -247,11 +261,10 @@ class Recorder:
             return
         dropped = 0
         # a series' "fresh" row (its first after the start) is older than its other rows: it goes first
-        for rows, k in ((self._raw_fresh, 3), (self._raw_rows, 3), (self._roll_fresh, 4), (self._roll_rows, 4)):
+        for rows in (self._raw_fresh, self._raw_rows, self._roll_fresh, self._roll_rows):
             n = min(excess, len(rows))
             if n:
-                dropped += sum(r[k] for r in rows[:n])
-                del rows[:n]
+                dropped += _drop_first(rows, n)
                 excess -= n
         self.values_dropped += dropped
         log.warning("history: %d values could not be written in time and were dropped (%d so far)", dropped,
@@ -259,7 +272,7 @@ class Recorder:
 
     def _roll_coarser(self, now: float) -> None:
         db = self.db
-        for finer, tier in zip(db.tiers, db.tiers[1:]):
+        for finer, tier in pairwise(db.tiers):
             sec = tier.seconds
             current = int(now // sec)
             key = f"rolled_{sec}"
@@ -275,6 +288,13 @@ class Recorder:
                 rolled_b = current - 1
             if rolled is None or int(rolled) != rolled_b:
                 db.set_meta(key, str(rolled_b))
+
+
+def _drop_first(rows: list[tuple[Any, ...]], n: int) -> int:
+    """Remove the first ``n`` pending rows; how many values they held (each row's last element)."""
+    values = sum(r[-1] for r in rows[:n])
+    del rows[:n]
+    return values
 
 
 FAULT_OK, FAULT_FULL, FAULT_ERROR = 0, 1, 2  # gateway.history_fault: writing / disk full / other write error
@@ -323,29 +343,26 @@ class HistoryWriter(threading.Thread):
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("history: writer is behind; %d batches dropped so far", self.dropped)
 
-    def _take_queued(self, block: bool) -> None:
+    def _take_queued(self, rec: Recorder, block: bool) -> None:
         try:
             batch = self.queue.get(timeout=0.2) if block else self.queue.get_nowait()
-            self.recorder.add(batch)
+            rec.add(batch)
             while True:  # drain what queued meanwhile
-                self.recorder.add(self.queue.get_nowait())
+                rec.add(self.queue.get_nowait())
         except queue.Empty:
             pass
         except Exception as exc:  # a new series could not be created (a full disk): that batch is lost
             self._failed(exc, "a batch could not be recorded")
 
-    def _open(self) -> bool:
-        """The recorder, opening the database if it is not open yet; False while that fails."""
-        if self.recorder is not None:
-            return True
+    def _open(self, opener: Callable[[], Recorder]) -> None:
+        """Open the database and its recorder; a failure is reported and retried at the next flush."""
         try:
-            self.recorder = self.opener()
+            self.recorder = opener()
         except Exception as exc:
             self._failed(exc, "the history database cannot be opened")
-            return False
+            return
         log.warning("history: the database is open now; recording")
         self._set_fault(FAULT_OK, None)
-        return True
 
     def _discard_queued(self) -> None:
         try:
@@ -360,30 +377,32 @@ class HistoryWriter(threading.Thread):
             self._failed(self._open_error, "the history database cannot be opened")
         next_flush = time.monotonic() + self.flush_s
         while not self._stop_event.is_set():
-            if self.recorder is None:
+            rec = self.recorder
+            if rec is None:
                 self._discard_queued()
                 if time.monotonic() >= next_flush or self._flush_now.is_set():
                     self._flush_now.clear()
-                    self._open()
+                    if self.opener is not None:  # (the constructor wants one when there is no recorder)
+                        self._open(self.opener)
                     next_flush = time.monotonic() + self.flush_s
                     self._notify_flushed()
                 else:
                     self._stop_event.wait(min(0.2, max(0.0, next_flush - time.monotonic())))
                 continue
-            self._take_queued(block=True)
+            self._take_queued(rec, block=True)
             if time.monotonic() >= next_flush or self._flush_now.is_set():
                 self._flush_now.clear()
-                self._do_flush(final=False)
+                self._do_flush(rec, final=False)
                 next_flush = time.monotonic() + self.flush_s
-        if self.recorder is None:
+        rec = self.recorder
+        if rec is None:
             self._notify_flushed()
             return
-        self._take_queued(block=False)
-        self._do_flush(final=True)
-        self.recorder.db.close()  # this thread's connection
+        self._take_queued(rec, block=False)
+        self._do_flush(rec, final=True)
+        rec.db.close()  # this thread's connection
 
-    def _do_flush(self, final: bool) -> None:
-        rec = self.recorder
+    def _do_flush(self, rec: Recorder, final: bool) -> None:
         commits = rec.commits
         error: Exception | None = None
         try:
@@ -415,12 +434,13 @@ class HistoryWriter(threading.Thread):
         if fault == self.fault:
             log.debug("history: %s (still): %s", what, exc)
             return
-        if fault == FAULT_FULL and self.recorder is None:
+        rec = self.recorder
+        if fault == FAULT_FULL and rec is None:
             log.error("history: %s: no room on the card (%s); polling goes on, opening is retried every %.0f s",
                       what, exc, self.flush_s)
-        elif fault == FAULT_FULL:
+        elif fault == FAULT_FULL and rec is not None:
             log.error("history: %s: %s is full (%s); rows are kept in memory (at most %d) and written when "
-                      "there is space again", what, self.recorder.db.path, exc, self.recorder.max_pending_rows)
+                      "there is space again", what, rec.db.path, exc, rec.max_pending_rows)
         else:
             log.error("history: %s", what, exc_info=exc)
         self.fault_since = time.time()

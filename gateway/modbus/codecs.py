@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..profiles import RegisterSpec
 
 _NOT_AVAILABLE = {"int16": 0x8000, "uint16": 0xFFFF, "int32": 0x80000000, "uint32": 0xFFFFFFFF}
 
 
-def raw_from_words(words, dtype: str, word_order: str):
+def raw_from_words(words: Sequence[int], dtype: str, word_order: str) -> int | float:
     """The raw integer (or float for float32) from 1 or 2 registers."""
     if dtype == "uint16":
         return words[0]
@@ -21,22 +26,20 @@ def raw_from_words(words, dtype: str, word_order: str):
     if dtype == "int32":
         return u - 0x100000000 if u & 0x80000000 else u
     if dtype == "float32":
-        return struct.unpack(">f", struct.pack(">I", u))[0]
+        value: float = struct.unpack(">f", struct.pack(">I", u))[0]
+        return value
     raise ValueError(f"unknown register type {dtype}")
 
 
-def words_from_raw(raw, dtype: str, word_order: str = "big") -> list[int]:
+def words_from_raw(raw: int | float, dtype: str, word_order: str = "big") -> list[int]:
     if dtype in ("uint16", "int16"):
         return [int(raw) & 0xFFFF]
-    if dtype == "float32":
-        u = struct.unpack(">I", struct.pack(">f", float(raw)))[0]
-    else:
-        u = int(raw) & 0xFFFFFFFF
+    u: int = struct.unpack(">I", struct.pack(">f", float(raw)))[0] if dtype == "float32" else int(raw) & 0xFFFFFFFF
     hi, lo = u >> 16, u & 0xFFFF
     return [hi, lo] if word_order == "big" else [lo, hi]
 
 
-def decode(words, reg) -> float | None:
+def decode(words: Sequence[int], reg: RegisterSpec) -> float | None:
     """Engineering value of a register spec, or None when the device says 'not available'."""
     raw = raw_from_words(words, reg.dtype, reg.word_order)
     if reg.dtype == "float32":
@@ -49,14 +52,14 @@ def decode(words, reg) -> float | None:
     return raw * reg.scale + reg.offset
 
 
-def raw_unsigned(words, reg) -> int:
+def raw_unsigned(words: Sequence[int], reg: RegisterSpec) -> int:
     if reg.dtype in ("uint16", "int16"):
         return words[0]
     hi, lo = (words[0], words[1]) if reg.word_order == "big" else (words[1], words[0])
     return (hi << 16) | lo
 
 
-def encode(value: float, reg) -> list[int]:
+def encode(value: float, reg: RegisterSpec) -> list[int]:
     """Registers a device would send for ``value`` (the simulator's side of ``decode``)."""
     if reg.bit is not None:
         return [(1 << reg.bit) if value else 0]
@@ -84,12 +87,6 @@ def northbound_words(value: float | None, dtype: str, scale: float) -> list[int]
         return [na] if dtype in ("int16", "uint16") else [na >> 16, na & 0xFFFF]
     raw = int(round(value / scale))
     lo, hi = limits(dtype)
-    if dtype.startswith("u"):
-        raw = max(lo, min(hi - 1, raw))
-    else:
-        raw = max(lo + 1, min(hi, raw))
+    # short of the not-available code: the top of an unsigned type, the bottom of a signed one
+    raw = max(lo, min(hi - 1, raw)) if dtype.startswith("u") else max(lo + 1, min(hi, raw))
     return words_from_raw(raw, dtype, "big")
-
-
-def not_available_words(dtype: str) -> list[int]:
-    return northbound_words(None, dtype, 1.0)

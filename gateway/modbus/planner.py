@@ -1,9 +1,17 @@
 """Block-read planner: merge a device's registers into as few reads as the protocol allows."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .rtu import FUNCTION_FOR_TABLE, MAX_READ
+
+if TYPE_CHECKING:
+    from ..points import PointRef
+    from ..profiles import RegisterSpec
+
+    PlanEntry = tuple[str, int, int, str, RegisterSpec, PointRef]  # (table, address, count, poll, reg, ref)
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,8 +19,8 @@ class Item:
     """One value inside a block: where it starts in the block, how to decode it, what point it fills."""
 
     offset: int
-    reg: object  # profiles.RegisterSpec
-    ref: object  # points.PointRef
+    reg: RegisterSpec
+    ref: PointRef
 
 
 @dataclass(slots=True)
@@ -28,14 +36,15 @@ class Block:
         return FUNCTION_FOR_TABLE[self.table]
 
 
-def plan(entries, max_block: int = MAX_READ, max_gap: int = 4, merge_poll: bool = False) -> list[Block]:
+def plan(entries: Iterable[PlanEntry], max_block: int = MAX_READ, max_gap: int = 4,
+         merge_poll: bool = False) -> list[Block]:
     """``entries``: (table, address, count, poll, reg, ref).  Contiguous or nearly contiguous registers of the
     same table and poll class become one read of at most ``max_block`` registers; a gap of up to ``max_gap``
     unused registers is read through rather than costing another request.  A value never straddles two
     blocks.  ``merge_poll``: plan for a cycle that reads both poll classes, so fast and slow registers share
     reads (the block's ``poll`` is then "fast" when it holds any fast register)."""
     max_block = min(max_block, MAX_READ)
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str], list[PlanEntry]] = {}
     for e in entries:
         groups.setdefault((e[0], "all" if merge_poll else e[3]), []).append(e)
     blocks: list[Block] = []
@@ -53,5 +62,5 @@ def plan(entries, max_block: int = MAX_READ, max_gap: int = 4, merge_poll: bool 
             current.items.append(Item(address - current.start, reg, ref))
     if merge_poll:
         for b in blocks:
-            b.poll = "fast" if any(getattr(i.reg, "poll", "fast") == "fast" for i in b.items) else "slow"
+            b.poll = "fast" if any(i.reg.poll == "fast" for i in b.items) else "slow"
     return blocks

@@ -52,8 +52,14 @@ class ModbusError(Exception):
     kind = "error"
 
 
-class TimeoutError_(ModbusError):
+class NoReply(ModbusError):
+    """The device did not answer within the bus's timeout."""
     kind = "timeout"
+
+
+class PortUnavailable(NoReply):
+    """The serial port is not open, or failed while sending: no reply can come.  Handled as silence on the bus
+    (the device's other reads are not tried, the bus counts it with the timeouts) until the port is back."""
 
 
 class FrameError(ModbusError):
@@ -95,7 +101,7 @@ def expected_length(request: bytes) -> int:
     return 8  # write single / write multiple echo 6 bytes + CRC
 
 
-def reply_length(request: bytes, head: bytes) -> int:
+def reply_length(request: bytes, head: bytes | bytearray) -> int:
     """Length of the reply given its first two bytes (exception replies are shorter)."""
     if len(head) >= 2 and head[1] & 0x80:
         return 5

@@ -13,6 +13,7 @@ import ctypes.util
 import logging
 import os
 import time
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
-def _load_libc():
+def _load_libc() -> ctypes.CDLL | Literal[False] | None:
+    """None: os has timerfd (3.13+); libc with timerfd_*; False: neither (asyncio.sleep it is)."""
     create = getattr(os, "timerfd_create", None)  # Python 3.13+ has it built in
     if create is not None:
         return None
@@ -55,7 +57,7 @@ def set_timer_slack(ns: int = 1000) -> bool:
     libc = _LIBC if _LIBC else None
     try:
         libc = libc or ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(_PR_SET_TIMERSLACK, ns, 0, 0, 0) == 0
+        return bool(libc.prctl(_PR_SET_TIMERSLACK, ns, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -69,14 +71,17 @@ class PreciseSleeper:
     def __init__(self) -> None:
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._future: asyncio.Future | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._libc: ctypes.CDLL | None = None  # the timerfd in use: libc's, or (None) the os module's
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> bool:
         if _LIBC is False:
             return False
+        self._libc = _LIBC
         flags = os.O_NONBLOCK | os.O_CLOEXEC
         if _LIBC is None:
-            fd = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)
+            # os.timerfd_* exist from Python 3.13 on; _LIBC is None only where os has them
+            fd = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)  # type: ignore[attr-defined]  # 3.13+
         else:
             fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, flags)
             if fd < 0:
@@ -99,11 +104,12 @@ class PreciseSleeper:
     def _arm(self, deadline: float) -> None:
         sec = int(deadline)
         nsec = int((deadline - sec) * 1e9)
-        if _LIBC is None:
-            os.timerfd_settime_ns(self._fd, flags=os.TFD_TIMER_ABSTIME, initial=sec * 1_000_000_000 + nsec)
+        if self._libc is None:
+            initial = sec * 1_000_000_000 + nsec
+            os.timerfd_settime_ns(self._fd, flags=os.TFD_TIMER_ABSTIME, initial=initial)  # type: ignore[attr-defined]  # 3.13+
             return
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(sec, nsec))
-        if _LIBC.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
     async def sleep_until(self, deadline: float) -> None:

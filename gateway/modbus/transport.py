@@ -18,8 +18,19 @@ import serial.rs485
 
 from ..errors import GatewayError
 from ..topology import BusConfig
-from .rtu import (ExceptionResponse, FrameError, ModbusError, TimeoutError_, crc_ok, parse_reply, reply_length,
-                  READ_HOLDING, READ_INPUT)
+from .rtu import (
+    READ_HOLDING,
+    READ_INPUT,
+    ExceptionResponse,
+    FrameError,
+    ModbusError,
+    NoReply,
+    PortUnavailable,
+    crc_ok,
+    frame_wire_time,
+    parse_reply,
+    reply_length,
+)
 from .timer import PreciseSleeper
 
 log = logging.getLogger(__name__)
@@ -62,7 +73,7 @@ class RtuTransport:
         self._serial: serial.Serial | None = None
         self._fd = -1
         self._buf = bytearray()
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._need = 0
         self._request = b""
         self._idle_since = 0.0
@@ -178,7 +189,7 @@ class RtuTransport:
         waiter = self._waiter
         self.close()
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError_(f"port error: {why}"))
+            waiter.set_exception(PortUnavailable(f"port error: {why}"))
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
@@ -187,12 +198,12 @@ class RtuTransport:
 
     async def _transact(self, request: bytes) -> list[int]:
         if self._serial is None:
-            raise TimeoutError_("port is not open")
+            raise PortUnavailable("port is not open")
         bus = self.bus
         unit = request[0]
         not_before = self._idle_since + bus.silence
         waiting = self._outstanding.get(unit)
-        drain = False
+        drain: deque[float] | None = None  # the late slave's outstanding requests, forgotten once waited for
         if waiting:
             gone = time.monotonic() - self._lateness.get(unit, MAX_LATENESS) - bus.timeout_ms / 1000.0
             while waiting and waiting[0] < gone:
@@ -200,37 +211,38 @@ class RtuTransport:
             if waiting and unit in self._lateness:  # a known-late slave: let its late replies come, and go
                 # (and half a timeout more: a slave's lateness varies a little, and so does our clock reading)
                 not_before = max(not_before, waiting[-1] + self._lateness[unit] + bus.timeout_ms / 2000.0)
-                drain = True
+                drain = waiting
         await self._sleeper.sleep_until(not_before)
-        if self._serial is None:
-            raise TimeoutError_("port is not open")
+        loop = self._loop
+        if self._serial is None or loop is None:
+            raise PortUnavailable("port is not open")
         buf = self._buf
         if buf:  # whatever arrived since the last reply belongs to nobody; a whole frame is someone's late reply
             if any(len(buf) >= n and crc_ok(bytes(buf[:n])) for n in _frame_lengths(buf)):
                 self._note_late(buf[0], self._idle_since)
             buf.clear()
             await self._sleeper.sleep_until(self._idle_since + bus.silence)
-        if drain:
-            waiting.clear()  # their late replies had their time: they came and were dropped, or never will
+        if drain is not None:
+            drain.clear()  # their late replies had their time: they came and were dropped, or never will
         self._request = request
         self._need = reply_length(request, b"")
-        waiter = self._loop.create_future()
+        waiter = loop.create_future()
         self._waiter = waiter
         counters = self.counters
         counters.requests += 1
         counters.bytes_out += len(request)
-        counters.wire_time += (len(request) + self._need) * bus.char_time + 2 * bus.silence + self.turnaround
+        counters.wire_time += frame_wire_time(len(request), self._need, bus.char_time, bus.silence, self.turnaround)
         try:
             os.write(self._fd, request)
             sent = time.monotonic()
         except OSError as exc:
             self._waiter = None
-            err = TimeoutError_(f"write failed: {exc}")
+            err = PortUnavailable(f"write failed: {exc}")
             counters.count(err)
             self._port_lost(f"write failed: {exc}")
             raise err from None
         timeout = bus.timeout_ms / 1000.0 + len(request) * bus.char_time
-        handle = self._loop.call_later(timeout, _expire, waiter)
+        handle = loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         except ModbusError as err:
@@ -280,6 +292,6 @@ def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
     return (8,)
 
 
-def _expire(waiter: asyncio.Future) -> None:
+def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError_("no reply"))
+        waiter.set_exception(NoReply("no reply"))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..alarms.model import AlarmEvent
 from ..alarms.timer import DeadlineTimer
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
+from ..service import ReloadResult, Service
 from . import mail, relay, sms, webhook
 from .base import Ack, DeliveryError, Message, Notifier, Sync
 from .dispatch import RetryPolicy, Worker
@@ -25,6 +26,7 @@ from .router import QuietHours, Route, Router, parse_hhmm
 
 if TYPE_CHECKING:
     from ..app import Gateway
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,38 @@ SCHEMA = {
 }
 
 
+# What the built-in notifiers take as recipients (None: it takes none, it gets every alarm of its severities).
+BUILTIN_RECIPIENTS = {"email": mail.recipient_problem, "sms": sms.recipient_problem, "relay": None, "webhook": None}
+
+
+def route_problems(section: dict) -> list[str]:
+    """What ``notify.routes`` gets wrong beyond its schema, for the built-in notifiers (a third-party
+    notifier's recipients are checked when it starts)."""
+    out, names = [], set()
+    for i, r in enumerate(section.get("routes", []) or []):
+        path = f"notify.routes[{i}]"
+        if r["name"] in names:
+            out.append(f"{path}.name: route {r['name']!r} is defined twice")
+        names.add(r["name"])
+        for nname, addrs in (r.get("recipients") or {}).items():
+            if nname not in BUILTIN_RECIPIENTS:
+                continue
+            check = BUILTIN_RECIPIENTS[nname]
+            if check is None:
+                out.append(f"{path}.recipients.{nname}: {nname} takes no recipients (it gets every alarm of its "
+                           "severities)")
+                continue
+            out.extend(f"{path}.recipients.{nname}[{j}]: {a!r}: {why}" for j, a in enumerate(addrs)
+                       if (why := check(a)))
+        q = r.get("quiet_hours")
+        if q:
+            try:
+                parse_hhmm(q["start"]), parse_hhmm(q["end"])
+            except ValueError as exc:
+                out.append(f"{path}.quiet_hours: {exc}")
+    return out
+
+
 def parse_routes(section: dict, notifiers: dict[str, Notifier], src: str = "config") -> list[Route]:
     routes, names = [], set()
     for i, r in enumerate(section.get("routes", []) or []):
@@ -135,7 +169,12 @@ class NotifyManager:
             except Exception:
                 log.exception("bmsgw_notifiers of plugin %s failed; its notifiers are off", impl.plugin_name)
                 continue
-            for n in result or []:
+            result = result or []
+            if not isinstance(result, Iterable):  # pluggy types a hook's result as object
+                log.error("bmsgw_notifiers of plugin %s returned a %s, not a list; its notifiers are off",
+                          impl.plugin_name, type(result).__name__)
+                continue
+            for n in result:
                 if n.name in notifiers:
                     raise ConfigError(str(gateway.config.path), "notify", f"two notifiers are named {n.name!r}")
                 notifiers[n.name] = n
@@ -155,6 +194,15 @@ class NotifyManager:
         self.events = 0
         self.messages = 0
         self.started = False
+
+    def take_over(self, old: NotifyManager) -> None:
+        """What the manager this one replaces (a config reload) knew that the new notifiers cannot: what the
+        relay switched on, so that it is switched off again when no alarm wants it any more."""
+        self.events, self.messages = old.events, old.messages
+        for name, w in self.workers.items():
+            prev = old.workers.get(name)
+            if prev is not None:
+                w.notifier.take_over(prev.notifier)
 
     def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
         if self.started:
@@ -211,10 +259,7 @@ class NotifyManager:
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every worker has nothing queued or waiting for a retry (tests, benchmarks, shutdown)."""
         deadline = time.monotonic() + timeout
-        for w in self.workers.values():
-            if not w.idle.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        return all(w.idle.wait(max(0.0, deadline - time.monotonic())) for w in self.workers.values())
 
     def status(self) -> dict:
         return {"notifiers": {name: w.status() for name, w in self.workers.items()},
@@ -222,27 +267,55 @@ class NotifyManager:
                 "events": self.events, "messages": self.messages}
 
 
-_managers: "weakref.WeakKeyDictionary[Gateway, NotifyManager]" = weakref.WeakKeyDictionary()
-
-
 def get_manager(gateway: Gateway) -> NotifyManager | None:
-    return _managers.get(gateway)
+    """The gateway's notification manager while it runs (None when ``notify.enabled`` is off)."""
+    svc = gateway.service("notify")
+    return svc.manager if isinstance(svc, NotifyService) else None
 
 
-class NotifyService:
+class NotifyService(Service):
+    """Routes alarm events to the notifiers (e-mail, SMS, relay, webhook), one worker thread each."""
+
     name = "notify"
+    sections = ("notify", "site")
+    after = ("alarms",)  # the relay reads the active-alarm table when it starts
 
-    def __init__(self, manager: NotifyManager) -> None:
-        self.manager = manager
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.manager = NotifyManager(gateway, gateway.config.section("notify"))
 
     async def start(self) -> None:
-        return None
+        self.manager.start(self.gateway.loop)
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.manager.stop)
 
+    async def reload(self, config: Config, changed: frozenset[str]) -> ReloadResult:
+        """Routes, notifiers, retry and rate limits: a new set of workers takes over; the old ones deliver what
+        they hold first (a digest still collecting goes out now), and the relay keeps what it switched on."""
+        old = self.manager
+        new = NotifyManager(self.gateway, config.section("notify"))
+        new.take_over(old)
+        await asyncio.get_running_loop().run_in_executor(None, old.stop)
+        new.start(self.gateway.loop)
+        self.manager = new
+        return ReloadResult()
+
+    def status(self) -> dict:
+        return self.manager.status()
+
     def endpoints(self) -> list[str]:
         return [f"{n.name}: {n.describe()}" for n in self.manager.notifiers.values()]
+
+    @hookimpl
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
+        if self.manager.started:
+            self.manager.on_event(event)
+
+    @hookimpl
+    def bmsgw_alarm_acknowledged(self, event: AlarmEvent) -> None:
+        if self.manager.started:
+            self.manager.on_ack(event)
 
 
 # -- hooks ---------------------------------------------------------------------------------------------------
@@ -251,41 +324,15 @@ def bmsgw_config_schema() -> dict[str, dict]:
     return {"notify": SCHEMA}
 
 
-@hookimpl(trylast=True)  # after the alarm manager exists (the relay reads its table at start)
-def bmsgw_gateway_ready(gateway: Gateway) -> None:
-    section = gateway.config.section("notify")
-    if not section.get("enabled", True):
-        return
-    mgr = _managers.get(gateway)
-    if mgr is None:
-        mgr = _managers[gateway] = NotifyManager(gateway, section)
-    mgr.start(gateway.loop)
+@hookimpl
+def bmsgw_check_config(gateway_config: Config) -> list[str]:
+    section = gateway_config.section("notify")
+    return route_problems(section) if section["enabled"] else []
 
 
 @hookimpl
-def bmsgw_alarm_event(gateway: Gateway, event: AlarmEvent) -> None:
-    mgr = _managers.get(gateway)
-    if mgr is not None and mgr.started:
-        mgr.on_event(event)
-
-
-@hookimpl
-def bmsgw_alarm_acknowledged(gateway: Gateway, event: AlarmEvent) -> None:
-    mgr = _managers.get(gateway)
-    if mgr is not None and mgr.started:
-        mgr.on_ack(event)
-
-
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list:
-    mgr = _managers.get(gateway)
-    return [NotifyService(mgr)] if mgr is not None else []
-
-
-@hookimpl
-def bmsgw_status(gateway: Gateway) -> dict:
-    mgr = _managers.get(gateway)
-    return {"notify": mgr.status()} if mgr is not None else {}
+def bmsgw_services(gateway: Gateway) -> list[Service]:
+    return [NotifyService(gateway)] if gateway.config.section("notify")["enabled"] else []
 
 
 @hookimpl

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Union
 
 from ..alarms.model import SEVERITIES, AlarmEvent
 
@@ -46,7 +45,7 @@ class Ack:
     event: AlarmEvent
 
 
-Item = Union[Message, AlarmEvent, Ack, Sync]
+Item = Message | AlarmEvent | Ack | Sync
 
 
 class Notifier(ABC):
@@ -74,6 +73,10 @@ class Notifier(ABC):
     def deliver(self, recipient: str | None, item: Item) -> None:
         """Send ``item`` to ``recipient``; raise DeliveryError when it could not be delivered."""
 
+    def take_over(self, old: Notifier) -> None:
+        """Carry over what matters from the notifier this one replaces at a config reload (default: nothing)."""
+        return None
+
     def check_recipient(self, recipient: str) -> str | None:
         """Why ``recipient`` is not a valid address for this notifier (None when it is)."""
         return None
@@ -82,7 +85,7 @@ class Notifier(ABC):
         """Where it sends to, for ``bmsgw run``'s start-up log (no secrets)."""
         return self.name
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 optional: a notifier with nothing to release keeps this no-op
         """Release ports and connections (called once, from the worker thread's owner, at shutdown)."""
 
 

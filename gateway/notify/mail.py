@@ -38,6 +38,22 @@ SCHEMA = {
 }
 
 
+def recipient_problem(recipient: str) -> str | None:
+    """Why ``recipient`` is not an e-mail address this notifier can send to (None when it is)."""
+    return None if _ADDRESS.match(recipient) else "not an e-mail address"
+
+
+def section_problems(cfg: dict, config) -> list[str]:
+    """What ``notify.email`` gets wrong beyond its schema (``bmsgw_check_config``)."""
+    out = []
+    if cfg.get("security") == "none" and cfg.get("username"):
+        out.append("notify.email.security: a login needs TLS: use starttls or tls")
+    for key in ("password_file", "ca_file"):
+        if cfg.get(key) and not config.resolve(cfg[key]).is_file():
+            out.append(f"notify.email.{key}: file {config.resolve(cfg[key])} does not exist")
+    return out
+
+
 class EmailNotifier(Notifier):
     name = "email"
     routed = True
@@ -66,7 +82,7 @@ class EmailNotifier(Notifier):
                 self.context.verify_mode = ssl.CERT_NONE
 
     def check_recipient(self, recipient: str) -> str | None:
-        return None if _ADDRESS.match(recipient) else "not an e-mail address"
+        return recipient_problem(recipient)
 
     def describe(self) -> str:
         return f"smtp://{self.host}:{self.port} ({self.security}{', login ' + self.username if self.username else ''})"
@@ -88,6 +104,7 @@ class EmailNotifier(Notifier):
             return
         em = self.compose(recipient, item)
         try:
+            client: smtplib.SMTP
             if self.security == "tls":
                 client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.context)
             else:
@@ -122,6 +139,12 @@ class EmailNotifier(Notifier):
 
 def _text(raw) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+@hookimpl
+def bmsgw_check_config(gateway_config) -> list[str]:
+    cfg = gateway_config.section("notify").get("email", {})
+    return section_problems(cfg, gateway_config) if cfg.get("enabled") else []
 
 
 @hookimpl

@@ -9,6 +9,7 @@ lock the SIM until its PUK is entered).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -87,17 +88,22 @@ class Modem:
 
     def close(self) -> None:
         if self.ser is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 self.ser.close()
-            except (serial.SerialException, OSError):
-                pass
         self.ser = None
         self.ready = False
 
+    def _open_port(self) -> serial.Serial:
+        """The open port; ModemError when a failed read or write has closed it meanwhile."""
+        if self.ser is None:
+            raise ModemError(f"{self.port}: the port is closed")
+        return self.ser
+
     def _write(self, data: bytes) -> None:
+        ser = self._open_port()
         try:
-            self.ser.write(data)
-            self.ser.flush()
+            ser.write(data)
+            ser.flush()
         except (serial.SerialException, OSError) as exc:
             self.close()
             raise ModemError(f"{self.port}: write failed: {exc}") from None
@@ -105,9 +111,10 @@ class Modem:
     def _read_until(self, done, timeout: float, what: str) -> bytes:
         buf = b""
         deadline = time.monotonic() + timeout
+        ser = self._open_port()
         while time.monotonic() < deadline:
             try:
-                chunk = self.ser.read(max(1, self.ser.in_waiting))
+                chunk = ser.read(max(1, ser.in_waiting))
             except (serial.SerialException, OSError) as exc:
                 self.close()
                 raise ModemError(f"{self.port}: read failed: {exc}") from None
@@ -123,14 +130,14 @@ class Modem:
         ``label`` names the command in errors instead of its text (a PIN must not reach the log)."""
         if self.ser is None:
             self.open()
-        self.ser.reset_input_buffer()
+        self._open_port().reset_input_buffer()
         self._write(cmd.encode("ascii") + b"\r")
         return self._final(label or cmd, timeout or self.timeout, echo=cmd)
 
     def _final(self, what: str, timeout: float, echo: str = "") -> list[str]:
         buf = self._read_until(_has_final, timeout, what)
         lines = [ln.strip() for ln in buf.decode("ascii", "replace").replace("\r", "\n").split("\n")]
-        info = []
+        info: list[str] = []
         for ln in lines:
             if not ln or ln == (echo or what):  # blank, or the echo of the command
                 continue
@@ -222,7 +229,7 @@ class Modem:
         if not self.ready:
             self.initialise()
         cmd = f'AT+CMGS="{number}"'
-        self.ser.reset_input_buffer()
+        self._open_port().reset_input_buffer()
         self._write(cmd.encode("ascii") + b"\r")
         buf = self._read_until(lambda b: b">" in b or _has_final(b), self.timeout, cmd)
         if b">" not in buf:

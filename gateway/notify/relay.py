@@ -2,16 +2,18 @@
 
 The relay follows the active-alarm table: on while an alarm of its severities is active (and, with
 ``silence_on_ack``, not yet acknowledged), off again when none is.  It never switches off a DO it did not
-switch on, so an operator or a Modbus client may use the output while no alarm wants it.  Each event just asks for a sync; the write goes
-through the engine (``gateway.engine.write_point``) in the gateway's event loop, from the worker thread.
+switch on, so an operator or a Modbus client may use the output while no alarm wants it.  Each event just asks
+for a sync; the write goes through ``Gateway.write`` like every write (as the principal "alarm relay"), in the
+gateway's event loop, from the worker thread.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from .. import alarms
+from ..commands import Principal, WriteError
+from ..errors import GatewayError
 from ..hookspecs import hookimpl
 from ..points import PointRef
 from .base import DeliveryError, Item, Notifier
@@ -34,6 +36,9 @@ SCHEMA = {
 }
 
 
+RELAY_PRINCIPAL = Principal("alarm relay", "operator", "notify")
+
+
 class RelayNotifier(Notifier):
     name = "relay"
     routed = False
@@ -50,6 +55,10 @@ class RelayNotifier(Notifier):
         self.state: bool | None = None
         self.switches = 0
         self.changed_at: float | None = None
+
+    def take_over(self, old: Notifier) -> None:
+        if isinstance(old, RelayNotifier) and old.ref == self.ref:
+            self.state, self.switches, self.changed_at = old.state, old.switches, old.changed_at
 
     def describe(self) -> str:
         return f"{self.ref.point} channel {self.ref.channel} on {', '.join(sorted(self.severities))} alarms"
@@ -68,16 +77,11 @@ class RelayNotifier(Notifier):
         current = self.gateway.store.value(self.ref)
         if self.state == on and current is not None and bool(current) == on:
             return
-        loop = self.gateway.loop
-        if loop is None or loop.is_closed():
-            raise DeliveryError("the gateway is not running")
-        fut = asyncio.run_coroutine_threadsafe(self.gateway.engine.write_point(self.ref, 1 if on else 0), loop)
         try:
-            fut.result(self.timeout)
+            self.gateway.write_from_thread(self.ref, 1 if on else 0, RELAY_PRINCIPAL, self.timeout)
         except TimeoutError:
-            fut.cancel()
             raise DeliveryError(f"writing {self.ref} timed out") from None
-        except Exception as exc:
+        except (WriteError, GatewayError) as exc:
             raise DeliveryError(f"switching the relay {'on' if on else 'off'} failed: {exc}") from None
         if self.state != on:
             self.switches += 1
@@ -93,7 +97,8 @@ def bmsgw_notifiers(gateway) -> list[Notifier]:
     if not cfg.get("enabled"):
         return []
     ref = PointRef(cfg["point"], channel=cfg["channel"])
-    if gateway.engine.writable(ref) is None:
+    spec = gateway.catalog.get(ref.point)
+    if spec is None or not spec.writable or gateway.pointmap.device_of(ref) is None:
         log.info("alarm relay: %s is not a writable point of this bank (no I/O module?); relay off", ref)
         return []
     return [RelayNotifier(gateway, cfg)]

@@ -23,8 +23,8 @@ MAX_DIGEST_LINES = 60
 def parse_hhmm(text: str) -> int:
     """``"22:30"`` -> minutes after midnight."""
     try:
-        h, m = text.split(":")
-        h, m = int(h), int(m)
+        hours, minutes = text.split(":")
+        h, m = int(hours), int(minutes)
     except (ValueError, AttributeError):
         raise ValueError(f"expected HH:MM, got {text!r}") from None
     if not (0 <= h <= 23 and 0 <= m <= 59):
@@ -185,7 +185,8 @@ def compose_digest(events: list[AlarmEvent], site: str, route: str, when: str) -
     summary = f"{len(raised)} alarms raised ({crit} critical), {len(cleared)} cleared {when}"
     lines = [f"{summary}: one message instead of {len(events)}.", ""]
     for e in sorted(events, key=lambda e: e.ts)[:MAX_DIGEST_LINES]:
-        lines.append(f"{time.strftime('%H:%M:%S', time.localtime(e.ts))}  #{e.alarm_id:<6} {status_word(e):<8} {e.text}")
+        clock = time.strftime("%H:%M:%S", time.localtime(e.ts))
+        lines.append(f"{clock}  #{e.alarm_id:<6} {status_word(e):<8} {e.text}")
     if len(events) > MAX_DIGEST_LINES:
         lines.append(f"... and {len(events) - MAX_DIGEST_LINES} more: see the alarm log (bmsgw alarms).")
     lines += ["", f"Site: {site}", "", "-- bmsgw battery monitoring gateway", ""]

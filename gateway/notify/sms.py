@@ -34,6 +34,11 @@ SCHEMA = {
 }
 
 
+def recipient_problem(recipient: str) -> str | None:
+    """Why ``recipient`` is not a phone number the modem can send to (None when it is)."""
+    return None if _NUMBER.match(recipient) else "not a phone number (digits, optionally with a leading +)"
+
+
 class SmsNotifier(Notifier):
     name = "sms"
     routed = True
@@ -50,7 +55,7 @@ class SmsNotifier(Notifier):
         self.sent = 0
 
     def check_recipient(self, recipient: str) -> str | None:
-        return None if _NUMBER.match(recipient) else "not a phone number (digits, optionally with a leading +)"
+        return recipient_problem(recipient)
 
     def describe(self) -> str:
         return f"modem {self.modem.port} at {self.modem.baud} baud"
@@ -70,6 +75,14 @@ class SmsNotifier(Notifier):
 
     def close(self) -> None:
         self.modem.close()
+
+
+@hookimpl
+def bmsgw_check_config(gateway_config) -> list[str]:
+    cfg = gateway_config.section("notify").get("sms", {})
+    if cfg.get("enabled") and cfg.get("pin_file") and not gateway_config.resolve(cfg["pin_file"]).is_file():
+        return [f"notify.sms.pin_file: file {gateway_config.resolve(cfg['pin_file'])} does not exist"]
+    return []
 
 
 @hookimpl

@@ -30,15 +30,22 @@ SCHEMA = {
 }
 
 
+def url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"expected an http:// or https:// URL, got {url!r}"
+    return None
+
+
 class WebhookNotifier(Notifier):
     name = "webhook"
     routed = False
 
     def __init__(self, cfg: dict, site: dict) -> None:
         url = cfg.get("url", "")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError("config", "notify.webhook.url", f"expected an http:// or https:// URL, got {url!r}")
+        problem = url_problem(url)
+        if problem:
+            raise ConfigError("config", "notify.webhook.url", problem)
         self.url = url
         self.severities = frozenset(cfg.get("severities", ["warning", "critical"]))
         self.acks = bool(cfg.get("acks", True))
@@ -76,6 +83,13 @@ class WebhookNotifier(Notifier):
             reason = getattr(exc, "reason", exc)
             raise DeliveryError(f"{self.describe()}: {reason}") from None
         self.posted += 1
+
+
+@hookimpl
+def bmsgw_check_config(gateway_config) -> list[str]:
+    cfg = gateway_config.section("notify").get("webhook", {})
+    problem = url_problem(cfg.get("url", "")) if cfg.get("enabled") else None
+    return [f"notify.webhook.url: {problem}"] if problem else []
 
 
 @hookimpl

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .. import fsutil
 from ..errors import GatewayError
@@ -29,7 +30,7 @@ KINDS = ("summary", "discharge")
 FORMATS = ("csv", "pdf")
 
 
-def make_report(gateway: "Gateway", start: float, end: float, fmt: str, out: str | Path, kind: str = "summary",
+def make_report(gateway: Gateway, start: float, end: float, fmt: str, out: str | Path, kind: str = "summary",
                 strings: list[int] | None = None, resolution: str = "auto", points: list[str] | None = None,
                 event: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Write a report to ``out``; returns what was written (``{"rows": n}`` or ``{"strings"/"events": n}``)."""

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import csv
-from typing import IO, Sequence
+from collections.abc import Sequence
+from typing import IO
 
 from .data import Progress, ReportContext, fmt_ts
 

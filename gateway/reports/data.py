@@ -5,11 +5,13 @@ import datetime as dt
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..analytics import open_state, state_path
 from ..analytics.ieee1188 import schedule
+from ..analytics.state import StateDB
 from ..history import HistoryDB, db_path, open_history
 
 if TYPE_CHECKING:
@@ -24,7 +26,7 @@ Progress = Callable[[str], None]
 def fmt_ts(ts: float | None, with_time: bool = False) -> str:
     if ts is None:
         return "-"
-    d = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    d = dt.datetime.fromtimestamp(ts, dt.UTC)
     return d.strftime("%Y-%m-%d %H:%M UTC" if with_time else "%Y-%m-%d")
 
 
@@ -40,22 +42,22 @@ def parse_when(text: str) -> float:
     except ValueError:
         raise ValueError(f"bad time {text!r}: expected YYYY-MM-DD, an ISO date-time or unix seconds") from None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
+        d = d.replace(tzinfo=dt.UTC)
     return d.timestamp()
 
 
 @dataclass
 class ReportContext:
-    gateway: "Gateway"
+    gateway: Gateway
     start: float
     end: float
     now: float = field(default_factory=time.time)
     history: HistoryDB | None = None
-    state: object | None = None
+    state: StateDB | None = None
     alarms: list[dict] | None = None  # None: no alarm log kept by any plugin
 
     @classmethod
-    def open(cls, gateway: "Gateway", start: float, end: float, strings: list[int] | None = None) -> "ReportContext":
+    def open(cls, gateway: Gateway, start: float, end: float, strings: list[int] | None = None) -> ReportContext:
         if end <= start:
             raise ValueError("--to must be after --from")
         ctx = cls(gateway, start, end)
@@ -81,7 +83,7 @@ class ReportContext:
     def site(self) -> str:
         return self.gateway.config.section("site").get("name", "")
 
-    def strings(self, only: list[int] | None = None) -> list["StringConfig"]:
+    def strings(self, only: list[int] | None = None) -> list[StringConfig]:
         out = [s for s in self.gateway.topology.strings if not only or s.id in only]
         if only and len(out) != len(set(only)):
             known = ", ".join(str(s.id) for s in self.gateway.topology.strings)
@@ -134,7 +136,7 @@ class ReportContext:
             return []
         return [r for r in self.state.replacements(string) if self.start <= r.ts <= self.end]
 
-    def maintenance(self, s: "StringConfig") -> list[dict]:
+    def maintenance(self, s: StringConfig) -> list[dict]:
         cfg = self.gateway.config.section("analytics")
         monitored = {e.ref.point for e in self.gateway.pointmap.entries
                      if e.spec.source == "measured" and (e.ref.string in (None, s.id))}

@@ -3,7 +3,8 @@ and a discharge-event report (batteries ranked by voltage sag, delivered Ah agai
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics.charts.lineplots import LinePlot
@@ -12,11 +13,14 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
-from reportlab.platypus import (KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table,
-                                TableStyle)
+from reportlab.platypus import KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus.flowables import Flowable
 
-from ..analytics.soc import STATE_NAMES
+from ..strings.states import string_states
 from .data import Progress, ReportContext, fmt_ts
+
+if TYPE_CHECKING:
+    from ..topology import StringConfig
 
 WIDTH = A4[0] - 36 * mm
 _STYLES = getSampleStyleSheet()
@@ -52,7 +56,8 @@ def bar_chart(values: dict[int, float], title: str, unit: str, colour=None, heig
     cells = sorted(values)
     data = [values[c] for c in cells]
     chart = VerticalBarChart()
-    chart.x, chart.y, chart.width, chart.height = 30, 18, WIDTH - 40, height - 34
+    # types-reportlab declares chart geometry as int; reportlab takes any number of points
+    chart.x, chart.y, chart.width, chart.height = 30, 18, WIDTH - 40, height - 34  # type: ignore[assignment]
     chart.data = [data]
     lo, hi = min(data), max(data)
     pad = (hi - lo) * 0.15 or abs(hi) * 0.02 or 1.0
@@ -62,7 +67,7 @@ def bar_chart(values: dict[int, float], title: str, unit: str, colour=None, heig
     chart.categoryAxis.categoryNames = [str(c) if (c == 1 or c % 10 == 0 or len(cells) <= 24) else "" for c in cells]
     chart.categoryAxis.labels.fontSize = 6
     chart.bars.strokeWidth = 0
-    chart.barSpacing = 0.5
+    chart.barSpacing = 0.5  # type: ignore[assignment]  # a float too (see above)
     chart.groupSpacing = 1 if len(cells) > 60 else 3
     chart.bars[0].fillColor = _OK
     if colour is not None:
@@ -82,8 +87,8 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], start: float,
         d.add(String(0, height / 2, "no data in this period", fontSize=8))
         return d
     plot = LinePlot()
-    plot.x, plot.y, plot.width, plot.height = 40, 20, WIDTH - 120, height - 36
-    plot.data = [[((ti - start) / 86400.0, vi) for ti, vi in zip(t, v)] for _, t, v in series]
+    plot.x, plot.y, plot.width, plot.height = 40, 20, WIDTH - 120, height - 36  # type: ignore[assignment]  # int in the stubs
+    plot.data = [[((ti - start) / 86400.0, vi) for ti, vi in zip(t, v, strict=True)] for _, t, v in series]
     span_days = max((end - start) / 86400.0, 1e-3)
     plot.xValueAxis.valueMin, plot.xValueAxis.valueMax = 0.0, span_days
     step = _nice_step(span_days / 6)
@@ -138,7 +143,7 @@ def string_report(ctx: ReportContext, strings: list[int] | None, out_path: str, 
     """The periodic report, one section per string.  Returns the number of strings reported."""
     cfg = ctx.gateway.config.section("analytics")
     th = cfg.get("thresholds", {})
-    story = []
+    story: list[Flowable] = []
     selected = ctx.strings(strings)
     for k, s in enumerate(selected):
         progress(f"string {s.id}: reading history and analytics ({k + 1}/{len(selected)})")
@@ -153,26 +158,39 @@ def string_report(ctx: ReportContext, strings: list[int] | None, out_path: str, 
     return len(selected)
 
 
-def _string_section(ctx: ReportContext, s, th: dict) -> list:
+def _string_section(ctx: ReportContext, s: StringConfig, th: dict[str, Any]) -> list[Flowable]:
+    """One string's pages: the summary, the bar charts, the trends, the period's alarms and discharges, the
+    IEEE 1188 items, the replacement forecast with its diagnosis, and the replacements."""
     sid = s.id
-    story = [Paragraph(f"{s.name}: battery report", H1),
+    snap = {name: ctx.cell_snapshot(f"cell.{name}", sid)
+            for name in ("voltage", "temperature", "ohmic", "ohmic_baseline_deviation")}
+    events = ctx.events(sid)
+    story: list[Flowable] = [Paragraph(f"{s.name}: battery report", H1),
              Paragraph(f"{ctx.site} &nbsp; | &nbsp; period {fmt_ts(ctx.start, True)} to {fmt_ts(ctx.end, True)} "
                        f"&nbsp; | &nbsp; {s.cells} x {s.battery.model} ({s.battery.nominal_voltage:g} V, "
                        f"{s.battery.capacity_ah:g} Ah) &nbsp; | &nbsp; generated {fmt_ts(ctx.now, True)}", SMALL),
              Spacer(1, 4 * mm)]
-    volts = ctx.cell_snapshot("cell.voltage", sid)
-    temps = ctx.cell_snapshot("cell.temperature", sid)
-    ohms = ctx.cell_snapshot("cell.ohmic", sid)
-    devs = ctx.cell_snapshot("cell.ohmic_baseline_deviation", sid)
-    forecasts = ctx.forecasts(sid)
+    story += _summary(ctx, s, snap, len(events))
+    story += _bar_charts(s, snap, th)
+    story += _trends(ctx, sid)
+    story += _alarms(ctx)
+    story += _discharges(events)
+    story += _maintenance(ctx, s)
+    story += _forecasts(ctx, ctx.forecasts(sid), th)
+    story += _replacements(ctx, sid)
+    return story
+
+
+def _summary(ctx: ReportContext, s: StringConfig, snap: dict[str, dict], discharges: int) -> list[Flowable]:
+    sid = s.id
+    volts, temps, ohms = snap["voltage"], snap["temperature"], snap["ohmic"]
     baselines = {k: b for k, b in ctx.baselines().items() if k[0] == sid}
-    events = ctx.events(sid)
     state = ctx.string_value("string.state", sid)
     since = ctx.string_value("string.since_full_charge", sid)
     summary = [["", "at the end of the period", "", ""],
                ["SOC", _fmt(ctx.string_value("string.soc", sid), "%", 1),
                 "SOH", _fmt(ctx.string_value("string.soh", sid), "%", 1)],
-               ["state", STATE_NAMES.get(int(state), "-") if state is not None else "-",
+               ["state", string_states().name(state),
                 "since full charge", _fmt(since / 3600 if since is not None else None, "h", 1)],
                ["string voltage", _fmt(ctx.string_value("string.voltage", sid), "V", 1),
                 "string current", _fmt(ctx.string_value("string.current", sid), "A", 1)],
@@ -181,22 +199,29 @@ def _string_section(ctx: ReportContext, s, th: dict) -> list:
                 "hottest negative post", _fmt(max(temps.values()) if temps else None, "C", 1)],
                ["ohmic average", _fmt(_avg(ohms.values()) * 1000 if ohms else None, "mOhm", 3),
                 "baselines taken", f"{len(baselines)} of {s.cells}"],
-               ["discharges in the period", str(len(events)),
+               ["discharges in the period", str(discharges),
                 "alarms in the period", "no alarm log" if ctx.alarms is None else str(len(ctx.alarms))]]
-    story += [_table(summary, [45 * mm, 45 * mm, 40 * mm, 44 * mm]), Spacer(1, 4 * mm)]
+    return [_table(summary, [45 * mm, 45 * mm, 40 * mm, 44 * mm]), Spacer(1, 4 * mm)]
 
+
+def _bar_charts(s: StringConfig, snap: dict[str, dict], th: dict[str, Any]) -> list[Flowable]:
+    volts, devs = snap["voltage"], snap["ohmic_baseline_deviation"]
     avg_v = _avg(volts.values()) if volts else None
-    story.append(bar_chart(volts, "Battery voltage", "V", colour=_voltage_colour(avg_v, s.battery.nominal_voltage)))
-    story.append(bar_chart(temps, "Negative-post temperature", "C"))
-    story.append(bar_chart({c: v * 1000 for c, v in ohms.items()}, "Ohmic value", "mOhm"))
+    story: list[Flowable] = [
+        bar_chart(volts, "Battery voltage", "V", colour=_voltage_colour(avg_v, s.battery.nominal_voltage)),
+        bar_chart(snap["temperature"], "Negative-post temperature", "C"),
+        bar_chart({c: v * 1000 for c, v in snap["ohmic"].items()}, "Ohmic value", "mOhm")]
     if devs:
         story.append(bar_chart(devs, "Ohmic change from the IEEE 1188 baseline", "%",
                                colour=_deviation_colour(th.get("warning_pct", 20), th.get("replace_pct", 30))))
     else:
         story.append(Paragraph("Ohmic change from baseline: no baselines yet (IEEE 1188: taken after the "
                                "settling period); no verdict without one.", SMALL))
+    return story
 
-    story += [Paragraph("Trends over the period", H2)]
+
+def _trends(ctx: ReportContext, sid: int) -> list[Flowable]:
+    story: list[Flowable] = [Paragraph("Trends over the period", H2)]
     for title, unit, items in (
             ("String voltage and current", "V, A", [("voltage", "string.voltage"), ("current", "string.current")]),
             ("Battery voltage: lowest, average, highest", "V", [("min", "string.cell_voltage_min"),
@@ -216,8 +241,11 @@ def _string_section(ctx: ReportContext, s, th: dict) -> list:
             story.append(line_chart(lines[1:], ctx.start, ctx.end, "String current", "A"))
         else:
             story.append(line_chart(lines, ctx.start, ctx.end, title, unit))
+    return story
 
-    story += [Paragraph("Alarms of the period", H2)]
+
+def _alarms(ctx: ReportContext) -> list[Flowable]:
+    story: list[Flowable] = [Paragraph("Alarms of the period", H2)]
     if ctx.alarms is None:
         story.append(Paragraph("no alarm log: no plugin keeps an alarm log on this gateway", SMALL))
     elif not ctx.alarms:
@@ -226,31 +254,36 @@ def _string_section(ctx: ReportContext, s, th: dict) -> list:
         rows = [["raised", "cleared", "severity", "alarm"]]
         for a in ctx.alarms[:200]:
             rows.append([fmt_ts(a.get("raised"), True), fmt_ts(a.get("cleared"), True), a.get("severity", ""),
-                         str(a.get("text", ""))])
+                         str(a.get("message", ""))])
         story.append(_table(rows, [32 * mm, 32 * mm, 18 * mm, 92 * mm]))
         if len(ctx.alarms) > 200:
             story.append(Paragraph(f"... and {len(ctx.alarms) - 200} more (CSV export has them all)", SMALL))
+    return story
 
-    story += [Paragraph("Discharges and capacity tests", H2)]
-    if events:
-        rows = [["start", "duration", "mean current", "Ah delivered", "of rating", "lowest battery", "capacity test"]]
-        for e in events:
-            cap = (f"SOH {e['soh_pct']:.1f} % ({e['capacity_ah']:.1f} Ah at 25 C)" if e.get("capacity_test")
-                   else e.get("not_a_capacity_test", "-"))
-            rows.append([fmt_ts(e["start"], True), f"{e['duration_s'] / 60:.0f} min", _fmt(e["mean_current"], "A", 1),
-                         _fmt(e["ah"], "Ah", 1), _fmt(e["delivered_pct_of_rating"], "%", 0),
-                         _fmt(e.get("min_voltage"), "V", 2), cap])
-        story.append(_table(rows, [30 * mm, 16 * mm, 20 * mm, 20 * mm, 14 * mm, 20 * mm, 54 * mm]))
-    else:
-        story.append(Paragraph("no discharge in this period", SMALL))
 
-    story += [Paragraph("IEEE 1188 maintenance", H2)]
+def _discharges(events: list[dict]) -> list[Flowable]:
+    story: list[Flowable] = [Paragraph("Discharges and capacity tests", H2)]
+    if not events:
+        return [*story, Paragraph("no discharge in this period", SMALL)]
+    rows = [["start", "duration", "mean current", "Ah delivered", "of rating", "lowest battery", "capacity test"]]
+    for e in events:
+        cap = (f"SOH {e['soh_pct']:.1f} % ({e['capacity_ah']:.1f} Ah at 25 C)" if e.get("capacity_test")
+               else e.get("not_a_capacity_test", "-"))
+        rows.append([fmt_ts(e["start"], True), f"{e['duration_s'] / 60:.0f} min", _fmt(e["mean_current"], "A", 1),
+                     _fmt(e["ah"], "Ah", 1), _fmt(e["delivered_pct_of_rating"], "%", 0),
+                     _fmt(e.get("min_voltage"), "V", 2), cap])
+    return [*story, _table(rows, [30 * mm, 16 * mm, 20 * mm, 20 * mm, 14 * mm, 20 * mm, 54 * mm])]
+
+
+def _maintenance(ctx: ReportContext, s: StringConfig) -> list[Flowable]:
     rows = [["item", "every", "status", "detail"]]
     for item in ctx.maintenance(s):
         rows.append([item["title"], f"{item['interval_days']} d", item["status"], item.get("detail", "")])
-    story.append(_table(rows, [75 * mm, 14 * mm, 20 * mm, 65 * mm]))
+    return [Paragraph("IEEE 1188 maintenance", H2), _table(rows, [75 * mm, 14 * mm, 20 * mm, 65 * mm])]
 
-    story += [Paragraph("Replacement forecast and diagnosis", H2)]
+
+def _forecasts(ctx: ReportContext, forecasts: dict, th: dict[str, Any]) -> list[Flowable]:
+    story: list[Flowable] = [Paragraph("Replacement forecast and diagnosis", H2)]
     horizon = ctx.gateway.config.section("analytics").get("forecast", {}).get("horizon_years", 3)
     dated = sorted(((k[1], f) for k, f in forecasts.items() if f.get("eol_ts")), key=lambda kv: kv[1]["eol_ts"])
     if dated:
@@ -272,14 +305,18 @@ def _string_section(ctx: ReportContext, s, th: dict) -> list:
         story += [Spacer(1, 3 * mm), _table(rows, [14 * mm, 32 * mm, 128 * mm])]
     else:
         story.append(Paragraph("all batteries healthy: no deterioration pattern found", SMALL))
-    reps = ctx.replacements(sid)
-    if reps:
-        rows = [["date", "battery", "reason", "old baseline"]]
-        for r in reps:
-            rows.append([fmt_ts(r.ts), str(r.cell), r.reason,
-                         _fmt(r.old_baseline * 1000 if r.old_baseline else None, "mOhm", 3)])
-        story += [Paragraph("Replacements in the period", H2), _table(rows, [24 * mm, 16 * mm, 104 * mm, 30 * mm])]
     return story
+
+
+def _replacements(ctx: ReportContext, sid: int) -> list[Flowable]:
+    reps = ctx.replacements(sid)
+    if not reps:
+        return []
+    rows = [["date", "battery", "reason", "old baseline"]]
+    for r in reps:
+        rows.append([fmt_ts(r.ts), str(r.cell), r.reason, _fmt(r.old_baseline * 1000 if r.old_baseline else None,
+                                                               "mOhm", 3)])
+    return [Paragraph("Replacements in the period", H2), _table(rows, [24 * mm, 16 * mm, 104 * mm, 30 * mm])]
 
 
 def _avg(values) -> float:
@@ -302,7 +339,7 @@ def _voltage_colour(avg: float | None, nominal: float):
 def discharge_report(ctx: ReportContext, strings: list[int] | None, out_path: str, progress: Progress,
                      event_id: int | None = None) -> int:
     """One section per discharge in the period (or just ``event_id``).  Returns the number of events."""
-    story = []
+    story: list[Flowable] = []
     count = 0
     for s in ctx.strings(strings):
         for e in ctx.events(s.id):
@@ -323,8 +360,8 @@ def discharge_report(ctx: ReportContext, strings: list[int] | None, out_path: st
     return count
 
 
-def _event_section(ctx: ReportContext, s, e: dict) -> list:
-    story = [Paragraph(f"{s.name}: discharge of {fmt_ts(e['start'], True)}", H1)]
+def _event_section(ctx: ReportContext, s: StringConfig, e: dict[str, Any]) -> list[Flowable]:
+    story: list[Flowable] = [Paragraph(f"{s.name}: discharge of {fmt_ts(e['start'], True)}", H1)]
     rows = [["", "", "", ""],
             ["duration", f"{e['duration_s'] / 60:.1f} min", "mean / peak current",
              f"{_fmt(e['mean_current'], 'A', 1)} / {_fmt(e['max_current'], 'A', 1)}"],

@@ -7,6 +7,7 @@ can be injected per bus or per device at any time.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -15,17 +16,27 @@ import struct
 import threading
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..modbus import codecs
+from ..modbus.rtu import (
+    DEVICE_FAILURE,
+    ILLEGAL_ADDRESS,
+    ILLEGAL_FUNCTION,
+    ILLEGAL_VALUE,
+    READ_HOLDING,
+    READ_INPUT,
+    WRITE_MULTIPLE,
+    WRITE_SINGLE,
+    crc_ok,
+    with_crc,
+)
 from ..modbus.timer import set_timer_slack
-from ..modbus.rtu import (DEVICE_FAILURE, ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, READ_HOLDING, READ_INPUT,
-                          WRITE_MULTIPLE, WRITE_SINGLE, crc_ok, with_crc)
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
-from .model import BankModel
+from .model import BankModel, SensorErrors
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +59,7 @@ class SimDevice:
 class SimBus:
     """One simulated RS485 bus: a pseudo-terminal and the devices on it.  Served by the simulator's thread."""
 
-    def __init__(self, sim: "Simulator", bus: BusConfig, devices: list[SimDevice]) -> None:
+    def __init__(self, sim: Simulator, bus: BusConfig, devices: list[SimDevice]) -> None:
         self.sim = sim
         self.bus = bus
         self.devices = {d.address: d for d in devices}
@@ -124,17 +135,13 @@ class SimBus:
         self.sim.schedule(due, self, reply)
 
     def write(self, frame: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self.master, frame)
-        except OSError:
-            pass
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def _request_length(buf: bytearray) -> int | None:
@@ -155,7 +162,8 @@ class Simulator:
                  wire_time: bool = True, time_scale: float = 1.0, weak_cells: int = 3,
                  discharge_every_s: float = 0.0, discharge_duration_s: float = 1800.0,
                  buses: list[str] | None = None, model: BankModel | None = None,
-                 encode_hook: Callable | None = None, ohmic_test_interval_s: float = 86400.0) -> None:
+                 encode_hook: Callable | None = None, ohmic_test_interval_s: float = 86400.0,
+                 errors: SensorErrors | None = None, scenarios: list[dict] | None = None) -> None:
         import random
 
         self.topology = topology
@@ -167,7 +175,10 @@ class Simulator:
         self.model = model or BankModel(
             [(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit) for s in topology.strings],
             seed=seed, weak_cells=weak_cells, discharge_every_s=discharge_every_s,
-            discharge_duration_s=discharge_duration_s, ohmic_test_interval_s=ohmic_test_interval_s)
+            discharge_duration_s=discharge_duration_s, ohmic_test_interval_s=ohmic_test_interval_s, errors=errors)
+        for sc in scenarios or []:
+            args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
+            self.model.schedule_scenario(self.model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
         self._wall0 = time.time()
         self._sim0 = self.model.t
         names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
@@ -207,7 +218,7 @@ class Simulator:
         return sd
 
     # -- life cycle ------------------------------------------------------------------------------------------
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._serve, name="simulator", daemon=True)
@@ -248,7 +259,7 @@ class Simulator:
             for fd in ready:
                 live[fd].on_readable()
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -361,9 +372,11 @@ class Simulator:
 
     def _identity_word(self, dev: SimDevice, w: int) -> int:
         ident = dev.profile.identity
+        if ident is None:  # identity entries exist only for a profile with an identity block
+            return 0
         if w == ident.model_offset:
             return ident.model_code
-        if ident.vendor_offset is not None and w == ident.vendor_offset:
+        if ident.vendor_offset is not None and ident.vendor_code is not None and w == ident.vendor_offset:
             return ident.vendor_code
         if ident.firmware_offset is not None and w == ident.firmware_offset:
             return 0x0103
@@ -380,7 +393,10 @@ class Simulator:
                 if entry[0] == "identity" or not entry[0].writable:
                     return False
                 reg, ref = entry[0], entry[1]
-                self.model.write(ref.point, codecs.decode([raw], reg), ref.channel)
+                value = codecs.decode([raw], reg)
+                if value is None:  # the register's not-available code is no value to act on
+                    return False
+                self.model.write(ref.point, value, ref.channel)
         return True
 
 
@@ -396,12 +412,31 @@ def _exception(unit: int, function: int, code: int) -> bytes:
     return with_crc(bytes([unit, function | 0x80, code]))
 
 
+def model_from_config(config, **overrides) -> BankModel:
+    """The simulated bank of a config (its strings, the simulator section's seed, errors and scenarios), for
+    simulated-time runs that need no serial ports (``gateway.simrun``)."""
+    sim = config.section("simulator")
+    kwargs = {"seed": sim.get("seed", 1), "weak_cells": sim.get("weak_cells", 3),
+              "discharge_every_s": sim.get("discharge_every_s", 0.0),
+              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
+              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0),
+              "errors": SensorErrors.from_config(sim)}
+    kwargs.update(overrides)
+    model = BankModel([(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit)
+                       for s in config.topology.strings], **kwargs)
+    for sc in sim.get("scenarios") or []:
+        args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
+        model.schedule_scenario(model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
+    return model
+
+
 def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
     sim = config.section("simulator")
-    kwargs = dict(seed=sim.get("seed", 1), wire_time=sim.get("wire_time", True),
-                  time_scale=sim.get("time_scale", 1.0), weak_cells=sim.get("weak_cells", 3),
-                  discharge_every_s=sim.get("discharge_every_s", 0.0),
-                  discharge_duration_s=sim.get("discharge_duration_s", 1800.0),
-                  ohmic_test_interval_s=sim.get("ohmic_test_interval_s", 86400.0))
+    kwargs = {"seed": sim.get("seed", 1), "wire_time": sim.get("wire_time", True),
+              "time_scale": sim.get("time_scale", 1.0), "weak_cells": sim.get("weak_cells", 3),
+              "discharge_every_s": sim.get("discharge_every_s", 0.0),
+              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
+              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0),
+              "errors": SensorErrors.from_config(sim), "scenarios": sim.get("scenarios") or []}
     kwargs.update(overrides)
     return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

@@ -1,4 +1,5 @@
-"""Cell sensors: BM BCS-02, BCS-06 and BCS-12: the device family's profiles, registered with the gateway through the hook contract."""
+"""Cell sensors: BM BCS-02, BCS-06 and BCS-12: the device family's profiles, registered with the gateway through the
+hook contract."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -37,7 +37,7 @@ class ErrorLog(logging.Handler):
     def new_since(self, n: int) -> list[str]:
         return [r.getMessage() for r in self.records[n:]]
 
-    def __enter__(self) -> "ErrorLog":
+    def __enter__(self) -> ErrorLog:
         logging.getLogger().addHandler(self)
         return self
 

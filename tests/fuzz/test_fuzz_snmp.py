@@ -16,8 +16,7 @@ import subprocess
 import threading
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from pyasn1.codec.ber import decoder
 from pysnmp.proto import api
 from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
@@ -27,9 +26,8 @@ from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.outputs.snmp.fastpath import FastPath
 from tests.fuzz.cases import fuzz_settings, ran
 from tests.fuzz.netcheck import ErrorLog, open_fds, rss_mib
-from tests.snmp_support import V3_USER, free_udp_port, net_snmp_env
+from tests.snmp_support import V3_USER, free_udp_port, net_snmp_env, request
 from tests.support import GatewayThread, small_bank, write_config
-from tests.test_snmp_fastpath import request
 
 BASE = (1, 3, 6, 1, 4, 1, 32473)
 SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
@@ -46,7 +44,7 @@ def agents(tmp_path_factory):
                               "prometheus": {"enabled": False}}, base=small_bank(1, 4))
     with ErrorLog() as errors, GatewayThread(path) as gt:
         gw = gt.gateway
-        fast = next(s for s in gw.services if isinstance(s, SnmpAgent))
+        fast = gw.service('snmp').agent
         slow = SnmpAgent(gw, {**gw.config.section("snmp"), "listen": f"127.0.0.1:{slow_port}", "fast_path": False})
         gt.call(slow.start())
         gt.call(gw.engine.stop())  # the store stands still: both agents must give the same bytes
@@ -150,8 +148,9 @@ def exchange(agents, port: int, data: bytes, request_id: int) -> list[bytes]:
     while True:
         try:
             answer = sock.recvfrom(65535)[0]
-        except socket.timeout:
-            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)")
+        except TimeoutError:
+            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)") \
+                from None
         if answer == probe_answer(agents, request_id, port):
             return answers
         answers.append(answer)
@@ -195,7 +194,10 @@ def test_any_datagram_gets_the_same_answer_from_both_paths(agents, data):
     for answer in fast + slow:
         check_answer(answer)
     # SNMPv3 reports carry each agent's own engine boots and time: only their number must agree
-    fast, slow = [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in fast], [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in slow]
+    def v3_as_one(answers):
+        return [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in answers]
+
+    fast, slow = v3_as_one(fast), v3_as_one(slow)
     assert fast == slow, f"fast path {fast}\n    pysnmp {slow}"
     new = agents["errors"].records[errors_before:]
     assert not new, [r.getMessage() for r in new]
@@ -242,12 +244,12 @@ def test_a_flood_of_garbage_from_many_sockets_leaves_the_agent_serving(agents):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(1)
     try:
-        for attempt in range(30):  # the first probes may find the socket buffer full of garbage
+        for _ in range(30):  # the first probes may find the socket buffer full of garbage
             sock.sendto(probe(99), ("127.0.0.1", port))
             try:
                 answer = sock.recvfrom(65535)[0]
                 break
-            except socket.timeout:
+            except TimeoutError:
                 continue
         else:
             raise AssertionError("the agent no longer answers after the flood")

@@ -124,9 +124,9 @@ class GatewayProcess:
         return proc.stdout
 
     def start(self, timeout: float = 180.0) -> None:
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(BIN / "bmsgw"), "run", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL)
+        with open(self.log_path, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen([str(BIN / "bmsgw"), "run", "--config", str(self.config)],
+                                         stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text()
@@ -135,7 +135,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bmsgw run exited ({self.proc.returncode}):\n{text[-3000:]}")
             time.sleep(0.2)
-        raise RuntimeError(f"no complete poll cycle on every bus within {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"no complete poll cycle on every bus within {timeout} s:\n"
+                           f"{self.log_path.read_text()[-3000:]}")
 
     @property
     def pid(self) -> int:
@@ -158,7 +159,6 @@ class GatewayProcess:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-            self._log.close()
             return self.proc.returncode
         finally:
             if self.sim is not None:
@@ -174,7 +174,7 @@ class GatewayProcess:
 def served_ranges(config: Path) -> list[list[int]]:
     """The register ranges the Modbus TCP face serves for this config (what a SCADA reads from the regmap)."""
     from gateway.app import Gateway
-    from gateway.outputs.modbus_tcp import served_ranges as ranges
+    from gateway.outputs.modbus_tcp.face import served_ranges as ranges
 
     data = yaml.safe_load(config.read_text())
     gw = Gateway(config, simulator=False, port_overrides={b["name"]: "(not opened)" for b in data["buses"]})
@@ -346,10 +346,11 @@ class PrometheusServer:
         self.log = folder / "prometheus.log"
         self.config = folder / "prometheus.yml"
         self.config.write_text(yaml.safe_dump({"global": {"scrape_interval": "10s"}}))
-        self.proc = subprocess.Popen(["prometheus", f"--config.file={self.config}",
-                                      f"--storage.tsdb.path={folder / 'tsdb'}",
-                                      f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        with open(self.log, "w") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(["prometheus", f"--config.file={self.config}",
+                                          f"--storage.tsdb.path={folder / 'tsdb'}",
+                                          f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def scrape(self, target: str, every: float) -> None:
@@ -902,8 +903,9 @@ def report(r: Result) -> list[str]:
         ratio = f" ({p50 / base:.1f}x idle {base * 1000:.1f} ms)" if base and p50 else ""
         lines.append(f"  {name:10s} {text}{ratio}; ok {f.ok}, errors {f.errors}"
                      + (f": {f.error_samples[:3]}" if f.errors else ""))
-    lines.append(f"gateway log: {len(r.log_problems)} ERROR lines{': ' + repr(r.log_problems[:3]) if r.log_problems else ''}; "
-                 f"exit code {r.exit_code}{'; ' + '; '.join(r.load_errors) if r.load_errors else ''}")
+    problems = ": " + repr(r.log_problems[:3]) if r.log_problems else ""
+    load_errors = "; " + "; ".join(r.load_errors) if r.load_errors else ""
+    lines.append(f"gateway log: {len(r.log_problems)} ERROR lines{problems}; exit code {r.exit_code}{load_errors}")
     lines.append(f"soak headline: {r.missed} poll cycles missed ({r.short_cycles} short of the schedule) in "
                  f"{r.load_s / 60:.1f} min under load, {r.face_errors} face errors, RSS {rs['load_start']:.1f} -> "
                  f"{rs['end']:.1f} MB ({r.rss_growth_mb:+.1f} MB after warm-up, {r.rss_slope_mb_h:+.2f} MB/h)")

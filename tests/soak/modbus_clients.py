@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import struct
@@ -80,10 +81,8 @@ class RawClient:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await self.writer.wait_closed()
-            except OSError:
-                pass
             self.writer = None
 
     async def read(self, function: int, address: int, count: int) -> None:
@@ -146,7 +145,7 @@ async def client_loop(k: int, args, reads: list[tuple[int, int]], totals: Totals
                 totals.registers += count
             else:
                 totals.passes += 1
-        except (OSError, ValueError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, ValueError, ConnectionError, asyncio.IncompleteReadError) as exc:
             totals.error(f"client {k} ({cls.__name__}): {type(exc).__name__}: {exc}")
             if client is not None:
                 await client.close()
@@ -159,10 +158,8 @@ async def client_loop(k: int, args, reads: list[tuple[int, int]], totals: Totals
             totals.slow_passes += 1
             due = time.monotonic()
         else:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
     if client is not None:
         await client.close()
 
@@ -184,7 +181,7 @@ async def main_async(args) -> None:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), args.report_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 print(json.dumps(totals.as_dict()), flush=True)
 
     await asyncio.gather(report(), *tasks)

@@ -20,7 +20,7 @@ class Latency:
         self.count += 1
         self.max = max(self.max, seconds)
 
-    def merge(self, other: "Latency") -> None:
+    def merge(self, other: Latency) -> None:
         self.buckets.update(other.buckets)
         self.count += other.count
         self.max = max(self.max, other.max)
@@ -40,7 +40,7 @@ class Latency:
         return {"buckets": {str(k): n for k, n in self.buckets.items()}, "count": self.count, "max": self.max}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Latency":
+    def from_dict(cls, data: dict) -> Latency:
         out = cls()
         out.buckets.update({int(k): n for k, n in data["buckets"].items()})
         out.count, out.max = data["count"], data["max"]

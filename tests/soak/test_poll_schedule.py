@@ -51,7 +51,8 @@ def test_a_blocked_event_loop_shows_as_missed_cycles_in_the_status_and_the_metri
         before = {name: c["cycles"] for name, c in gw.engine.counters().items()}
 
         async def block() -> None:
-            time.sleep(1.6)  # a CPU hog in the loop: over three slots of 0.5 s go by with no cycle started
+            # a CPU hog in the loop: over three slots of 0.5 s go by with no cycle started
+            time.sleep(1.6)  # noqa: ASYNC251 blocking the event loop is what this test does
 
         gt.call(block())
         gt.wait_for(lambda: all(c["cycles"] >= before[n] + 2 for n, c in gw.engine.counters().items()),
@@ -60,7 +61,7 @@ def test_a_blocked_event_loop_shows_as_missed_cycles_in_the_status_and_the_metri
         for ch, name in ((1, "bus1"), (2, "bus2")):
             c = counters[name]
             assert c["cycles_missed"] >= 1 and c["max_lag_s"] >= 0.5, c
-            gt.wait_for(lambda: gw.store.value(PointRef("gateway.bus_cycles_missed", channel=ch)) ==
+            gt.wait_for(lambda ch=ch, name=name: gw.store.value(PointRef("gateway.bus_cycles_missed", channel=ch)) ==
                         gw.engine.counters()[name]["cycles_missed"], what="the published counter")
         text = gt.call(asyncio.to_thread(lambda: render_metrics(gw)[0].decode()))
     assert 'bms_gateway_bus_cycles_missed_total{bus="1"}' in text

@@ -18,23 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from pysnmp.carrier.asyncio.dgram import udp
-from pysnmp.entity import config as snmp_config
-from pysnmp.entity import engine as snmp_engine
+from pysnmp.entity import config as snmp_config, engine as snmp_engine
 from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
 from pysnmp.proto import rfc1902
 from pysnmp.proto.api import v2c
+from pysnmp.smi import error as smi_error
 
 from ... import fsutil
+from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
 from ...config import address_allowed, parse_listen, parse_networks
-from ...errors import GatewayError
-from ...points import PointRef, Reading
-from .alarms import AlarmRow, AlarmTable
+from ...service import StartError
 from . import ber
+from .alarms import AlarmRow, AlarmTable
 from .controller import IndexController, to_pyasn1
 from .fastpath import FastPath
 from .mib import ENTERPRISES
-from .sections import (AgentData, alarm_prefix, entity_sections, system_section, ups_section,
-                       vendor_section)
+from .sections import AgentData, alarm_prefix, entity_sections, system_section, ups_section, vendor_section
 from .tree import OidIndex
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ READ_VIEW = (1, 3, 6, 1)
 STATE_FILE = "snmp-engine.json"
 
 
-class SnmpStartError(GatewayError):
+class SnmpStartError(StartError):
     pass
 
 
@@ -67,7 +66,7 @@ def resolve(host: str) -> str:
     """An IPv4 address for a host name or address (the agent and its targets speak UDP over IPv4)."""
     if not host:
         return "0.0.0.0"
-    return socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+    return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])  # AF_INET: (host, port)
 
 
 def default_engine_id(base: tuple[int, ...]) -> bytes:
@@ -100,6 +99,11 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
 
 
 WELL_KNOWN_COMMUNITIES = {b"public", b"private", b"community", b"snmp", b"admin", b"default"}
+
+
+def _usm_key(value: str, master: bool) -> rfc1902.OctetString | str:
+    """A USM key as pysnmp takes it: a master key as octets (the config gives it in hex), a passphrase as it is."""
+    return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if master else value
 
 
 class FastUdpTransport(udp.UdpAsyncioTransport):
@@ -172,6 +176,64 @@ class BulkResponder(cmdrsp.BulkCommandResponder):
         super().handle_management_operation(snmpEngine, stateReference, contextName, PDU)
 
 
+# RFC 3416 error-status values of a SET: what Gateway.write refused, in SNMP's words.
+_SET_ERRORS = ((WriteDenied, "noAccess"), (NotWritable, "notWritable"), (WriteRejected, "wrongValue"),
+               (WriteFailed, "commitFailed"), (WriteError, "genErr"))
+
+
+class SetResponder(cmdrsp.SetCommandResponder):
+    """SET for SNMPv3 users with write access: each variable written through ``Gateway.write``.
+
+    Who may write is decided here, not by VACM: pysnmp 7.1.30's VACM *returns* (instead of raising) its
+    notInView verdict for a view with no entries, so an empty write view lets every write through its check.
+    A SET is refused (noAccess) unless it comes over SNMPv3 (USM), ``snmp.writes.enabled`` is on and the
+    user's role is above viewer; ``Gateway.write`` then checks that role against the command and logs who did
+    it.  A write may reach a device over RS485, so the answer is sent from a task once the writes are done;
+    the variables are written in order and the first refusal ends the request (commands cannot be undone, so
+    a SET of several is not atomic)."""
+
+    agent: SnmpAgent
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._answering: set[int] = set()  # requests whose answer a task sends: their state must stay
+
+    def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
+        varbinds = v2c.apiPDU.get_varbinds(PDU)
+        request = snmpEngine.observer.get_execution_context("rfc3412.receiveMessage:request")
+        user = str(request["securityName"])
+        role = self.agent.write_role(int(request["securityModel"]), user)
+        if role is None:
+            raise smi_error.NoAccessError(name=varbinds[0][0] if varbinds else None, idx=0)
+        plan = [(idx, tuple(name), value) for idx, (name, value) in enumerate(varbinds)]
+        self._answering.add(stateReference)
+        task = asyncio.ensure_future(self._write(snmpEngine, stateReference, Principal(user, role, "snmp"),
+                                                 varbinds, plan))
+        self.agent.pending_sets.add(task)
+        task.add_done_callback(self.agent.pending_sets.discard)
+
+    def release_state_information(self, stateReference):
+        if stateReference not in self._answering:  # process_pdu releases it at once; the task does later
+            super().release_state_information(stateReference)
+
+    async def _write(self, engine, state_reference, by: Principal, varbinds, plan) -> None:
+        status: int | str = 0  # 0, or an RFC 3416 error-status name
+        index = 0
+        try:
+            for idx, oid, value in plan:
+                try:
+                    await self.agent.write_oid(oid, value, by)
+                except WriteError as exc:
+                    status = next(code for cls, code in _SET_ERRORS if isinstance(exc, cls))
+                    index = idx + 1
+                    log.info("SNMP SET by %s of %s refused: %s", by.name, ".".join(map(str, oid)), exc)
+                    break
+            self.send_varbinds(engine, state_reference, status, index, varbinds)
+        finally:
+            self._answering.discard(state_reference)
+            super().release_state_information(state_reference)
+
+
 class SnmpAgent:
     """The ``snmp`` face: one per gateway, started by ``bmsgw run``."""
 
@@ -194,35 +256,41 @@ class SnmpAgent:
             counters=self.counters, engine=self.engine_info)
         sections = [vendor_section(self.data), system_section(self.data), ups_section(self.data),
                     *entity_sections(self.data)]
-        self.index = OidIndex(sections, alarm_prefix(self.base))
+        self.index = OidIndex(sections, alarm_prefix(self.base), store=gateway.store)
         self.alarms = AlarmTable(self.data, self.index, gateway.pointmap, gateway.catalog)
         self.engine: snmp_engine.SnmpEngine | None = None
         self.transport: FastUdpTransport | None = None
         self.fast: FastPath | None = None
         self.bound: tuple[str, int] | None = None
+        self.sock: socket.socket | None = None
         self.engine_id = b""
         self.boots = 1
         self._targets: list[dict] = []
         self._ntf: ntforg.NotificationOriginator | None = None
         self.sent = {"traps": 0, "informs": 0, "informs_acknowledged": 0, "failed": 0}
         self.responders: list = []
-
-    # -- the store tells the index which cached encodings are out of date ------------------------------
-    def _on_batch(self, batch: list[tuple[PointRef, Reading]]) -> None:
-        invalidate = self.index.invalidate
-        for ref, _reading in batch:
-            invalidate(ref)
+        objects = self.base + (1,)
+        # the instance OID of every writable point: commands, and device points such as the relay
+        self.writable = {objects + e.oid: e for e in (*gateway.pointmap.commands,
+                                                      *(e for e in gateway.pointmap if e.spec.writable))}
+        self.pending_sets: set[asyncio.Task] = set()
 
     # -- start / stop ------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind ``snmp.listen`` (or take ``sock``, a socket bound there already: a reload hands over the old
+        agent's, so no request goes unanswered) and serve."""
         cfg = self.cfg
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((resolve(self.listen[0]), self.listen[1]))
-        except OSError as exc:
-            sock.close()
-            raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") from None
-        self.bound = sock.getsockname()[:2]
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((resolve(self.listen[0]), self.listen[1]))
+            except OSError as exc:
+                sock.close()
+                raise SnmpStartError(f"snmp.listen {cfg['listen']}: cannot bind UDP port: {exc.strerror or exc}") \
+                    from None
+        self.sock = sock
+        bound: tuple[str, int] = sock.getsockname()[:2]
+        self.bound = bound
         state_path = self.gateway.config.state_dir / STATE_FILE
         configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
         self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
@@ -249,21 +317,20 @@ class SnmpAgent:
         snmp_config.add_transport(engine, udp.SNMP_UDP_DOMAIN, transport)
         self.transport = transport
         try:
-            self._configure(engine, int(max_size.syntax))
+            self._configure(engine, transport, int(max_size.syntax))
         except Exception:
             await self.stop()
             raise
-        self.gateway.store.subscribe(self._on_batch)
-        self._warn_open_community()
+        self._warn_open_community(bound)
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
-                 "%d instances)", self.bound[0], self.bound[1], "on" if self.community else "off", len(self.users),
+                 "%d instances)", bound[0], bound[1], "on" if self.community else "off", len(self.users),
                  len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
 
-    def _warn_open_community(self) -> None:
+    def _warn_open_community(self, bound: tuple[str, int]) -> None:
         if not self.community or self.community_from is not None:
             return
         try:
-            local = ipaddress.ip_address(self.bound[0]).is_loopback
+            local = ipaddress.ip_address(bound[0]).is_loopback
         except ValueError:
             local = False
         if local:
@@ -272,9 +339,9 @@ class SnmpAgent:
             if self.community.lower() in WELL_KNOWN_COMMUNITIES else "its community"
         log.warning("SNMP: SNMPv2c answers %s from any address on %s:%d (communities cross the network in clear "
                     "text): set snmp.v2c.allow_from to the NMS's addresses, or turn v2c off (community: null) and "
-                    "use SNMPv3 users", what, self.bound[0], self.bound[1])
+                    "use SNMPv3 users", what, bound[0], bound[1])
 
-    def _configure(self, engine, max_message: int) -> None:
+    def _configure(self, engine: snmp_engine.SnmpEngine, transport: FastUdpTransport, max_message: int) -> None:
         cfg = self.cfg
         self._configure_security(engine)
         snmp_ctx = context.SnmpContext(engine)
@@ -282,13 +349,15 @@ class SnmpAgent:
         snmp_ctx.register_context_name(b"", IndexController(self.index))
         bulk = BulkResponder(engine, snmp_ctx)
         bulk.max_varbinds = cfg["max_bulk_varbinds"]
+        setter = SetResponder(engine, snmp_ctx)
+        setter.agent = self
         self.responders = [cmdrsp.GetCommandResponder(engine, snmp_ctx), cmdrsp.NextCommandResponder(engine, snmp_ctx),
-                           bulk, cmdrsp.SetCommandResponder(engine, snmp_ctx)]
+                           bulk, setter]
         self._configure_notifications(engine)
 
         if self.community and cfg["fast_path"]:
             self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], max_message)
-            self.transport.fast = self.fast
+            transport.fast = self.fast
 
     def _configure_security(self, engine) -> None:
         """Read access for the v2c community and the v3 users (notify access for users that send)."""
@@ -297,16 +366,13 @@ class SnmpAgent:
             snmp_config.add_v1_system(engine, "bmsgw-read", self.community.decode())
             snmp_config.add_vacm_user(engine, 2, "bmsgw-read", "noAuthNoPriv", readSubTree=READ_VIEW)
         for name, user in self.users.items():
-            key_type = snmp_config.USM_KEY_TYPE_MASTER if user["key_format"] == "master" else \
-                snmp_config.USM_KEY_TYPE_PASSPHRASE
-
-            def key(value: str):
-                return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if user["key_format"] == "master" \
-                    else value
-
-            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], key(user["auth_key"]), PRIV[user["priv"]],
-                                    key(user["priv_key"]), authKeyType=key_type, privKeyType=key_type)
+            master = user["key_format"] == "master"
+            key_type = snmp_config.USM_KEY_TYPE_MASTER if master else snmp_config.USM_KEY_TYPE_PASSPHRASE
+            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], _usm_key(user["auth_key"], master),
+                                    PRIV[user["priv"]], _usm_key(user["priv_key"], master),
+                                    authKeyType=key_type, privKeyType=key_type)
             snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
+                                      writeSubTree=self.base + (1,) if self.write_role(3, name) else (),
                                       notifySubTree=READ_VIEW if name in notify_users else ())
 
     def _configure_notifications(self, engine) -> None:
@@ -338,7 +404,6 @@ class SnmpAgent:
         self._ntf = ntforg.NotificationOriginator()
 
     async def stop(self) -> None:
-        self.gateway.store.unsubscribe(self._on_batch)
         if self.engine is not None:
             dispatcher = self.engine.transport_dispatcher
             if dispatcher is not None:
@@ -351,6 +416,26 @@ class SnmpAgent:
         out = [f"snmp://{host}:{port} ({'v2c and ' if self.community else ''}{len(self.users)} v3 user(s))"]
         out += [f"snmp {t['kind']} -> {t['where']} ({t['version']})" for t in self._targets]
         return out
+
+    # -- writes (SET) -----------------------------------------------------------------------------------
+    def write_role(self, security_model: int, user: str) -> str | None:
+        """The role a SET acts with, or None when it may not write at all: SNMPv3 users only, with
+        ``snmp.writes.enabled`` on and a role above viewer."""
+        if security_model != 3 or not self.cfg["writes"]["enabled"] or user not in self.users:
+            return None
+        role = self.users[user]["role"]
+        return role if role != "viewer" else None
+
+    async def write_oid(self, oid: tuple[int, ...], value, by: Principal) -> None:
+        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write."""
+        entry = self.writable.get(oid)
+        if entry is None:
+            raise NotWritable(f"{'.'.join(map(str, oid))} is not a writable object")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise WriteRejected(f"{entry.ref.point} takes a number") from None
+        await self.gateway.write(entry.ref, number * entry.spec.scale, by)
 
     # -- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -384,7 +469,8 @@ class SnmpAgent:
 
     def status(self) -> dict:
         c = self.counters()
-        return {"listen": "%s:%d" % (self.bound or self.listen), "engine_id": self.engine_id.hex(),
+        host, port = self.bound or self.listen
+        return {"listen": f"{host}:{port}", "engine_id": self.engine_id.hex(),
                 "boots": self.boots, "instances": len(self.index), "active_alarms": len(self.alarms.rows),
                 "bad_community": c.get("snmpInBadCommunityNames", 0),
                 "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",
@@ -421,6 +507,8 @@ class SnmpAgent:
                 self.sent["informs_acknowledged"] += 1
 
         try:
+            if self._ntf is None:
+                raise RuntimeError("the agent is not running")
             self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
         except Exception as exc:  # a broken target must not stop the others or the caller
             self.sent["failed"] += 1

@@ -38,15 +38,12 @@ def format_number(value: Any, unit: str) -> str:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
         return ""
-    if isinstance(value, (int, float)):
-        out = f"{value:.6g}"
-    else:
-        out = str(value)
+    out = f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
     return f"{out} {unit}".strip()[:64]
 
 
 def date_and_time(wall: float) -> bytes:
-    t = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(wall, dt.UTC)
     return (t.year.to_bytes(2, "big") + bytes((t.month, t.day, t.hour, t.minute, t.second, t.microsecond // 100000))
             + b"+\x00\x00")
 

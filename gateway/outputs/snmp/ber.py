@@ -1,7 +1,8 @@
 """The little BER the fast path needs: encode varbinds and responses, parse SNMPv2c read requests.
 
-Encodings are the ones pyasn1 produces (definite, minimal lengths; its two's-complement integers), so a response built here is byte-for-byte what pysnmp would send; tests/test_snmp_fastpath.py
-proves it.  The parser is strict: anything it does not fully understand is left to pysnmp.
+Encodings are the ones pyasn1 produces (definite, minimal lengths; its two's-complement integers), so a
+response built here is byte-for-byte what pysnmp would send; tests/test_snmp_fastpath.py proves it.  The
+parser is strict: anything it does not fully understand is left to pysnmp.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class FastPath:
     def _next(self, oid: tuple[int, ...]) -> tuple[bytes, int]:
         """(varbind, index position) of the instance after ``oid``; position -1 at the end of the MIB."""
         enc, pos = self._scan(bisect_right(self.index.oids, oid))
-        if pos >= 0:
+        if enc is not None:  # (then pos >= 0)
             return enc, pos
         return ber.encode_varbind(ber.encode_oid(oid), ber.encode_value(ber.END_OF_MIB_VIEW, None)), -1
 
@@ -73,12 +73,12 @@ class FastPath:
                 reps = min(reps, self.max_varbinds // cols)
             out = [self._next(oid)[0] for oid in req.oids[:nonrep]]
             if cols and reps:
-                # one chain per repeated varbind: (last OID, its index position or -1 at the end)
-                chains = [(oid, None) for oid in req.oids[nonrep:]]
+                # one chain per repeated varbind: (last OID, its index position; -1: not found yet, or the end)
+                chains = [(oid, -1) for oid in req.oids[nonrep:]]
                 for _ in range(reps):
                     for c, (oid, pos) in enumerate(chains):
                         enc = None
-                        if pos is not None and pos >= 0:  # walking on: the next position, no search
+                        if pos >= 0:  # walking on: the next position, no search
                             enc, pos = self._scan(pos + 1)
                         if enc is None:  # first step, or the end of the MIB (endOfMibView, repeated)
                             enc, pos = self._next(oid)

@@ -7,6 +7,8 @@ The object layout is the point map's (``gateway.pointmap.oid_suffix``): below ``
     5 string table     entry 1, column slot+2, index string
     6 cell table       entry 1, column slot+3, index string.cell
     7 alarms           active-alarm table and its last-changed time (this module's own)
+    8 commands         (slot+1).0: gateway commands (read-write; read 0)
+    9 string commands  entry 1, column slot+2, index string (read-write; read 0)
 
 Notifications sit at base.0, conformance at base.2.  ``mibs/BMSGW-MIB.txt`` is this module's output for
 the built-in catalog; ``bmsgw mib`` prints it for a site's catalog (profiles and plugins may add families).
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ...points import PointSpec
 from ...topology import MAX_BUSES, MAX_CELLS, MAX_CHANNELS, MAX_STRINGS
@@ -32,9 +34,10 @@ _UNITS = {"V": "V", "A": "A", "C": "degrees Celsius", "ohm": "ohm", "%": "percen
           "Ah": "Ah", "unix_s": "seconds since 1970-01-01T00:00:00Z"}
 
 # (OID group under bmsgwObjects, scope, has channels): node names and the index of each table.
-_SCALAR_GROUPS = {1: ("bmsgwGateway", "gateway"), 3: ("bmsgwBank", "bank")}
+_SCALAR_GROUPS = {1: ("bmsgwGateway", "gateway"), 3: ("bmsgwBank", "bank"), 8: ("bmsgwCommands", "gateway")}
 _TABLES = {
-    2: ("bmsgwBus", "gateway", [("bmsgwBusIndex", MAX_BUSES, "The bus number (1 = the first bus in the configuration).")],
+    2: ("bmsgwBus", "gateway",
+        [("bmsgwBusIndex", MAX_BUSES, "The bus number (1 = the first bus in the configuration).")],
         "Per-bus counters and state of the RS485 buses the gateway polls."),
     4: ("bmsgwChannel", "bank", [("bmsgwChannelIndex", MAX_CHANNELS, "The channel number of the input or output.")],
         "Bank-level inputs and outputs with several channels: the I/O module's dry contacts and relays."),
@@ -43,6 +46,9 @@ _TABLES = {
     6: ("bmsgwCell", "cell", [("bmsgwCellStringIndex", MAX_STRINGS, "The string the battery belongs to."),
                               ("bmsgwCellIndex", MAX_CELLS, "The battery's position in its string (1 = first).")],
         "One row per battery (monitored unit or cell) of every string."),
+    9: ("bmsgwStringCommand", "string",
+        [("bmsgwStringCommandIndex", MAX_STRINGS, "The string the command acts on.")],
+        "Commands that act on one string: written with SET (SNMPv3 users with write access), read 0."),
 }
 
 
@@ -79,6 +85,8 @@ def not_available_code(dtype: str) -> int:
 
 
 def group_and_scope(spec: PointSpec) -> int:
+    if spec.kind == "command":
+        return 9 if spec.scope == "string" else 8
     if spec.scope == "cell":
         return 6
     if spec.scope == "string":
@@ -166,6 +174,8 @@ class MibBuilder:
 
     def _object(self, spec: PointSpec) -> ObjectDef:
         name = object_name(spec)
+        if spec.kind == "command":
+            return self._command(spec, name)
         na = not_available_code(spec.dtype)
         units = _UNITS.get(spec.unit, spec.unit) if spec.unit else ""
         tc = None
@@ -197,9 +207,24 @@ class MibBuilder:
         syntax = f"{base} ({lo}..{hi})"
         return ObjectDef(name, spec, syntax, base, units, tc)
 
+    def _command(self, spec: PointSpec, name: str) -> ObjectDef:
+        """A command: the values it takes (its states, or its range), and 0, what it reads."""
+        if spec.states:
+            labels = sorted({(0, "idle"), *((v, enum_label(t)) for v, t in spec.states)})
+            body = ",\n".join(f"                    {lab}({val})" for val, lab in labels)
+            return ObjectDef(name, spec, "INTEGER {\n" + body + "\n                }", "INTEGER", "", None)
+        hi = int(spec.valid_range[1]) if spec.valid_range else value_range(spec.dtype)[1]
+        base = "Unsigned32" if spec.dtype == "uint32" else "Integer32"
+        self._use("SNMPv2-SMI", base)
+        return ObjectDef(name, spec, f"{base} (0..{hi})", base, "", None)
+
     # -- text ------------------------------------------------------------------------------------------------
     def _describe(self, obj: ObjectDef) -> str:
         spec = obj.spec
+        if spec.kind == "command":
+            return (spec.description.rstrip(".") + f". Command {spec.id}: reads 0; a SET carries it out "
+                    "through the gateway's one write path, for SNMPv3 users whose role allows it when "
+                    "snmp.writes.enabled is on, and is logged with the user's name.")
         text = spec.description.rstrip(".") + f". Point {spec.id}"
         if spec.unit and obj.units:
             text += f", in {obj.units}"
@@ -219,7 +244,8 @@ class MibBuilder:
         lines = [f"{obj.name} OBJECT-TYPE", f"    SYNTAX      {obj.syntax}"]
         if obj.units:
             lines.append(f'    UNITS       "{_ascii(obj.units)}"')
-        lines += ["    MAX-ACCESS  read-only", "    STATUS      current", "    DESCRIPTION",
+        access = "read-write" if obj.spec.writable else "read-only"
+        lines += [f"    MAX-ACCESS  {access}", "    STATUS      current", "    DESCRIPTION",
                   _wrap(self._describe(obj)), f"    ::= {{ {parent} {col} }}", ""]
         return "\n".join(lines)
 
@@ -229,7 +255,7 @@ class MibBuilder:
         base_tail = " ".join(str(x) for x in self.base[len(ENTERPRISES):])
         # scalars and tables from the catalog
         body: list[str] = ["bmsgwObjects OBJECT IDENTIFIER ::= { bmsgwMIB 1 }", ""]
-        for num in (1, 2, 3, 4, 5, 6):
+        for num in (1, 2, 3, 4, 5, 6, 8, 9):
             members = [o for o in self.objects if group_and_scope(o.spec) == num]
             if num in _SCALAR_GROUPS:
                 node, scope = _SCALAR_GROUPS[num]
@@ -276,7 +302,8 @@ class MibBuilder:
         order = ["SNMPv2-SMI", "SNMPv2-TC", "SNMPv2-CONF", "SNMP-FRAMEWORK-MIB"]
         for mod in order:
             syms = sorted(self.imports.get(mod, ()), key=lambda s: (s[0].islower(), s))
-            out.append("    " + ",\n    ".join(_chunks(syms)) + f"\n        FROM {mod}" + (";" if mod == order[-1] else ""))
+            end = ";" if mod == order[-1] else ""
+            out.append("    " + ",\n    ".join(_chunks(syms)) + f"\n        FROM {mod}{end}")
         out.append("")
         out.append(_IDENTITY.format(base=base_tail, updated=LAST_UPDATED))
         for tc in sorted(self.tcs):
@@ -310,7 +337,8 @@ class MibBuilder:
                      + ",\n".join(f"    {name:<{width}} {seq}" for name, seq, *_ in ALARM_COLUMNS) + "\n}\n")
         for col, (name, _seq, syntax, access, desc) in enumerate(ALARM_COLUMNS, start=1):
             parts.append(f"{name} OBJECT-TYPE\n    SYNTAX      {syntax}\n    MAX-ACCESS  {access}\n"
-                         f"    STATUS      current\n    DESCRIPTION\n{_wrap(desc)}\n    ::= {{ bmsgwAlarmEntry {col} }}\n")
+                         f"    STATUS      current\n    DESCRIPTION\n{_wrap(desc)}\n"
+                         f"    ::= {{ bmsgwAlarmEntry {col} }}\n")
         return "\n".join(parts)
 
     def _conformance(self, groups: dict[str, list[str]]) -> str:
@@ -319,7 +347,8 @@ class MibBuilder:
                  "bmsgwGroups      OBJECT IDENTIFIER ::= { bmsgwConformance 2 }", ""]
         names = list(groups) + ["bmsgwNotificationGroup"]
         parts.append("bmsgwCompliance MODULE-COMPLIANCE\n    STATUS      current\n    DESCRIPTION\n"
-                     + _wrap("A bmsgw gateway implements every group of this module.") + "\n    MODULE  -- this module\n"
+                     + _wrap("A bmsgw gateway implements every group of this module.")
+                     + "\n    MODULE  -- this module\n"
                      "        MANDATORY-GROUPS {\n            " + ",\n            ".join(names)
                      + "\n        }\n    ::= { bmsgwCompliances 1 }\n")
         for num, (gname, members) in enumerate(groups.items(), start=1):
@@ -327,7 +356,8 @@ class MibBuilder:
                     "bmsgwBankGroup": "Bank-level values: charger, room sensors.",
                     "bmsgwChannelGroup": "Bank inputs and outputs.", "bmsgwStringGroup": "Per-string values.",
                     "bmsgwCellGroup": "Per-battery values.",
-                    "bmsgwAlarmGroup": "The active-alarm table."}.get(gname, "Objects of " + gname + ".")
+                    "bmsgwAlarmGroup": "The active-alarm table.", "bmsgwCommandsGroup": "Gateway commands.",
+                    "bmsgwStringCommandGroup": "Per-string commands."}.get(gname, "Objects of " + gname + ".")
             parts.append(f"{gname} OBJECT-GROUP\n    OBJECTS {{\n        " + ",\n        ".join(members)
                          + f"\n    }}\n    STATUS      current\n    DESCRIPTION\n{_wrap(what)}\n"
                          f"    ::= {{ bmsgwGroups {num} }}\n")

@@ -8,17 +8,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ... import __version__
 from ...modbus.codecs import northbound_words
-from ...pointmap import PointMap
+from ...pointmap import PointMap, require_position
 from ...points import PointRef, PointSpec, PointStore, Quality, Reading
+from ...strings.states import string_states
 from ...topology import Topology
 from . import ber
 from .mib import ALARM_GROUP, decimals, value_range
-from .tree import Section, Value
+from .tree import Section, Value, ValueFn
 
 MIB2 = (1, 3, 6, 1, 2, 1)
 SYSTEM = MIB2 + (1,)
@@ -129,16 +130,38 @@ def vendor_section(data: AgentData) -> Section:
         obj = objects + (e.oid[:3] if spec.scope in ("cell", "string") or spec.channels else e.oid[:2])
         index = e.oid[len(obj) - len(objects):]
         if spec.kind == "counter":
-            def fn(ref=e.ref):
-                value = good(store.get(ref))
-                return None if value is None else (ber.COUNTER32, int(value) & 0xFFFFFFFF)
+            fn = counter_fn(store, e.ref)
         elif spec.kind == "state" and spec.states:
-            def fn(ref=e.ref, spec=spec):  # enumerated: notAvailable is one of the values
-                return ber.INTEGER, register_int(spec, store.get(ref))
+            fn = state_fn(store, e.ref, spec)
         else:
             fn = gauge_fn(store, e.ref, spec)
         sec.add(obj, index, fn, dep=e.ref)
+    for e in data.pointmap.commands:  # writable names, not values: they read 0 (SET carries them out)
+        obj = objects + (e.oid[:3] if e.spec.scope == "string" else e.oid[:2])
+        sec.static(obj, e.oid[len(obj) - len(objects):], (ber.GAUGE32 if e.spec.dtype == "uint32" else ber.INTEGER, 0))
     return sec
+
+
+def counter_fn(store: PointStore, ref: PointRef) -> ValueFn:
+    """A counter point as a Counter32 (wrapping), or None while not available."""
+    def fn() -> Value | None:
+        value = good(store.get(ref))
+        return None if value is None else (ber.COUNTER32, int(value) & 0xFFFFFFFF)
+    return fn
+
+
+def state_fn(store: PointStore, ref: PointRef, spec: PointSpec) -> ValueFn:
+    """An enumerated point: always an INTEGER (notAvailable is one of the values)."""
+    def fn() -> Value:
+        return ber.INTEGER, register_int(spec, store.get(ref))
+    return fn
+
+
+def snmp_counter_fn(data: AgentData, name: str) -> ValueFn:
+    """One of pysnmp's SNMP group counters, as a Counter32."""
+    def fn() -> Value:
+        return ber.COUNTER32, data.counters().get(name, 0) & 0xFFFFFFFF
+    return fn
 
 
 def system_section(data: AgentData) -> Section:
@@ -160,8 +183,7 @@ def system_section(data: AgentData) -> Section:
     for col, name in ((1, "snmpInPkts"), (3, "snmpInBadVersions"), (4, "snmpInBadCommunityNames"),
                       (5, "snmpInBadCommunityUses"), (6, "snmpInASNParseErrs"), (31, "snmpSilentDrops"),
                       (32, "snmpProxyDrops")):
-        sec.add(SNMP_GROUP + (col,), (0,),
-                lambda name=name: (ber.COUNTER32, data.counters().get(name, 0) & 0xFFFFFFFF), volatile=True)
+        sec.add(SNMP_GROUP + (col,), (0,), snmp_counter_fn(data, name), volatile=True)
     sec.static(SNMP_GROUP + (30,), (0,), (ber.INTEGER, 2))  # snmpEnableAuthenTraps: disabled
     sec.add(SNMP_ENGINE + (1,), (0,), lambda: (ber.OCTETS, data.engine().get("id", b"")), volatile=True)
     sec.add(SNMP_ENGINE + (2,), (0,), lambda: (ber.INTEGER, data.engine().get("boots", 1)), volatile=True)
@@ -178,6 +200,7 @@ class UpsBattery:
         self.data = data
         self.strings = [s.id for s in data.topology.strings]
         self.cells = [(s.id, c) for s in data.topology.strings for c in range(1, s.cells + 1)]
+        self.discharging_code = string_states(data.pointmap.catalog).discharging
 
     def _strings(self, point: str) -> list[float]:
         store = self.data.store
@@ -201,11 +224,8 @@ class UpsBattery:
         return ber.INTEGER, 2
 
     def discharging(self) -> bool:
-        states = self._strings("string.state")
-        if states:
-            return any(int(s) == 3 for s in states)
-        currents = self._strings("string.current")
-        return bool(currents) and sum(currents) < -self.data.ups["discharge_current_a"]
+        """On battery: a string the string supervision classifies as discharging (``string.state``)."""
+        return any(int(s) == self.discharging_code for s in self._strings("string.state"))
 
     def seconds_on_battery(self) -> Value:
         times = self._strings("string.on_battery_time")
@@ -297,13 +317,15 @@ def physical_rows(data: AgentData) -> list[PhysicalRow]:
         spec, ref = e.spec, e.ref
         what = spec.name.replace("_", " ").replace(".", " ")
         if spec.scope == "cell":
-            parent = STRING_BASE + ref.string
-            name = f"{names[ref.string]} battery {ref.cell} {what}"
-            descr = f"{spec.description}, string {ref.string} battery {ref.cell}"
+            sid = require_position(ref.string, ref, "string")
+            parent = STRING_BASE + sid
+            name = f"{names[sid]} battery {ref.cell} {what}"
+            descr = f"{spec.description}, string {sid} battery {ref.cell}"
         elif spec.scope == "string":
-            parent = STRING_BASE + ref.string
-            name = f"{names[ref.string]} {what}"
-            descr = f"{spec.description}, string {ref.string}"
+            sid = require_position(ref.string, ref, "string")
+            parent = STRING_BASE + sid
+            name = f"{names[sid]} {what}"
+            descr = f"{spec.description}, string {sid}"
         else:
             parent = BANK
             name = spec.description if ref.channel is None else f"{spec.description} {ref.channel}"
@@ -334,9 +356,9 @@ def entity_sections(data: AgentData) -> list[Section]:
                            (14, (ber.OCTETS, b"")), (15, (ber.OCTETS, b"")),
                            (16, (ber.INTEGER, FALSE)), (17, (ber.OCTETS, bytes(8))), (18, (ber.OCTETS, b""))):
             phys.static(ENT_PHYSICAL_ENTRY + (col,), idx, value)
-        if row.ref is None:
-            continue
         spec = row.spec
+        if row.ref is None or spec is None:  # not a sensor
+            continue
         kind, units = sensor_kind(spec)
         precision = decimals(spec.scale) or 0
         rate = int(float(data.poll["slow_s" if spec.poll == "slow" else "fast_s"]) * 1000)
@@ -344,23 +366,23 @@ def entity_sections(data: AgentData) -> list[Section]:
         sens.static(ENT_SENSOR_ENTRY + (2,), idx, (ber.INTEGER, _SCALE_UNITS))
         sens.static(ENT_SENSOR_ENTRY + (3,), idx, (ber.INTEGER, precision))
 
-        def value(ref=row.ref, factor=10 ** precision):
+        def sensor_value(ref: PointRef = row.ref, factor: int = 10 ** precision) -> Value:
             v = good(store.get(ref))
             if v is None:
                 return ber.INTEGER, 0
             return ber.INTEGER, max(-1000000000, min(1000000000, round(v * factor)))
 
-        def status(ref=row.ref):
+        def sensor_status(ref: PointRef = row.ref) -> Value:
             return ber.INTEGER, 1 if good(store.get(ref)) is not None else 2
 
-        def stamp(ref=row.ref):
+        def changed_at(ref: PointRef = row.ref) -> Value:
             reading = store.get(ref)
             return ber.TIMETICKS, 0 if reading is None else data.stamp(reading.ts)
 
-        sens.add(ENT_SENSOR_ENTRY + (4,), idx, value, dep=row.ref)
-        sens.add(ENT_SENSOR_ENTRY + (5,), idx, status, dep=row.ref)
+        sens.add(ENT_SENSOR_ENTRY + (4,), idx, sensor_value, dep=row.ref)
+        sens.add(ENT_SENSOR_ENTRY + (5,), idx, sensor_status, dep=row.ref)
         sens.static(ENT_SENSOR_ENTRY + (6,), idx, (ber.OCTETS, text(units)))
-        sens.add(ENT_SENSOR_ENTRY + (7,), idx, stamp, dep=row.ref)
+        sens.add(ENT_SENSOR_ENTRY + (7,), idx, changed_at, dep=row.ref)
         sens.static(ENT_SENSOR_ENTRY + (8,), idx, (ber.GAUGE32, rate))
     phys.static(ENT_LAST_CHANGE, (0,), (ber.TIMETICKS, 0))
     return [phys, sens]

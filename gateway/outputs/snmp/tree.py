@@ -4,20 +4,34 @@ Both answer paths read it: pysnmp (through ``controller.IndexController``) and t
 (``fastpath.FastPath``).  A value is ``(tag, python value)`` with the BER tags of ``ber``; a function
 returning None means the instance is absent right now (skipped by GETNEXT, noSuchInstance for GET).
 
-Instances whose value depends on one point of the store cache their encoded varbind until the store says
-that point changed (``invalidate``), so a walk encodes each value once per poll cycle, not once per request.
+Instances whose value depends on one point of the store cache their encoded varbind until the store's change
+feed says that point was written, so a walk encodes each value once per poll cycle, not once per request.
 """
 from __future__ import annotations
 
+import enum
 from bisect import bisect_left
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 from . import ber
+
+if TYPE_CHECKING:
+    from ...points import PointStore
 
 Value = tuple[int, object]
 ValueFn = Callable[[], Value | None]
 
-_UNSET = object()
+
+
+class _Unset(enum.Enum):
+    """An entry's varbind not encoded yet (None is taken: the instance is absent)."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 class Entry:
@@ -27,7 +41,7 @@ class Entry:
         self.oid = oid
         self._oid_tlv: bytes | None = None
         self.fn = fn
-        self.enc = _UNSET
+        self.enc: bytes | None | _Unset = _UNSET
         self.volatile = volatile
 
     @property
@@ -77,7 +91,10 @@ class Section:
             self.deps.append((dep, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        self.add(obj, index, lambda v=value: v)
+        def fixed() -> Value | None:
+            return value
+
+        self.add(obj, index, fixed)
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
@@ -87,7 +104,12 @@ class Section:
 class OidIndex:
     """Sorted instances from several sections; one dynamic section (the alarm rows) can be replaced."""
 
-    def __init__(self, sections: Iterable[Section], dynamic_prefix: tuple[int, ...]) -> None:
+    def __init__(self, sections: Iterable[Section], dynamic_prefix: tuple[int, ...],
+                 store: PointStore | None = None) -> None:
+        """``store``: the point store whose change feed tells which cached encodings are out of date (the
+        dependencies of the sections' entries are its PointRefs)."""
+        self.store = store
+        self._seen = -1  # the store generation the cached encodings are valid for
         self.objects: set[tuple[int, ...]] = set()
         self.deps: dict[object, list[Entry]] = {}
         static: list[Entry] = []
@@ -97,7 +119,7 @@ class OidIndex:
             for dep, entry in sec.deps:
                 self.deps.setdefault(dep, []).append(entry)
         static.sort(key=lambda e: e.oid)
-        for a, b in zip(static, static[1:]):
+        for a, b in pairwise(static):
             if a.oid == b.oid:
                 raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
         self._static = static
@@ -116,7 +138,21 @@ class OidIndex:
         self._pending = build
 
     def refresh(self) -> None:
-        """Called before answering a request."""
+        """Called before answering a request: forget the encodings of the points written since the last
+        request (the store's change feed; all of them when the feed does not reach back that far), and
+        rebuild the dynamic rows when they changed."""
+        store = self.store
+        if store is not None and store.generation != self._seen:
+            self._seen, changed = store.changes_since(self._seen)
+            if changed is None:
+                for entries in self.deps.values():
+                    for entry in entries:
+                        entry.enc = _UNSET
+            else:
+                deps = self.deps
+                for ref in changed:
+                    for entry in deps.get(ref, ()):
+                        entry.enc = _UNSET
         if self._pending is not None:
             build, self._pending = self._pending, None
             self.set_dynamic(build())

@@ -8,17 +8,13 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-import weakref
-from pathlib import Path
 
-from gateway import fsutil
+from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 
-from .settings import ROLES, SCHEMA, WebSettings
+from .schema import ROLES, SCHEMA, WebSettings
 
 log = logging.getLogger(__name__)
-
-_services: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @hookimpl
@@ -27,43 +23,28 @@ def bmsgw_config_schema():
 
 
 @hookimpl
-def bmsgw_gateway_ready(gateway):
-    from .app import sources_for
-
-    sec = gateway.config.section("web")
-    if not sec.get("enabled", True):
-        return
-    # what a save killed mid-write (a power cut) left beside the config file
-    path = Path(gateway.config.path)
-    fsutil.remove_stale_temporaries(path.parent, path.name)
-    s = WebSettings.from_section(sec, str(gateway.config.path))
-    sources_for(gateway).start_buffer(s.buffer_interval_s, s.buffer_samples)
+def bmsgw_check_config(gateway_config) -> list[str]:
+    sec = gateway_config.section("web")
+    try:
+        s = WebSettings.from_section(sec, str(gateway_config.path))
+    except ConfigError as exc:
+        return [f"{exc.path}: {exc.message}"]
+    if s.tls and bool(s.tls_cert) != bool(s.tls_key):
+        return ["web.tls: give both cert and key, or neither for a self-signed certificate"]
+    problems = []
+    for key, value in (("cert", s.tls_cert), ("key", s.tls_key)):
+        if s.tls and value and not gateway_config.resolve(value).is_file():
+            problems.append(f"web.tls.{key}: file {gateway_config.resolve(value)} does not exist")
+    return problems
 
 
 @hookimpl
 def bmsgw_services(gateway):
-    if not gateway.config.section("web").get("enabled", True):
+    if not gateway.config.section("web")["enabled"]:
         return []
-    from .server import WebService
+    from .face import WebService
 
-    svc = WebService(gateway)
-    _services[gateway] = svc
-    return [svc]
-
-
-@hookimpl
-def bmsgw_config_reloaded(gateway, sections):
-    svc = _services.get(gateway)
-    if svc is not None and "web" in sections:
-        svc.ctx.reload()
-
-
-@hookimpl
-def bmsgw_status(gateway):
-    svc = _services.get(gateway)
-    if svc is None:
-        return {}
-    return {"web": {"url": svc.url, "tls_fingerprint": svc.cert_fingerprint}}
+    return [WebService(gateway)]
 
 
 # -- bmsgw user / bmsgw token ------------------------------------------------------------------------------------

@@ -9,20 +9,19 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
-from flask import Blueprint, g, jsonify, make_response, request
+from flask import Blueprint, g, jsonify, request
 
-from gateway.errors import ConfigError
+from gateway.commands import NotWritable, WriteDenied, WriteError, WriteFailed, WriteRejected
+from gateway.errors import ConfigError, GatewayError
 from gateway.regmap import COLUMNS, rows
 
-from .xmlout import to_xml
+from .context import ctx, principal, requires
+from .errors import error_response, respond
 
 api = Blueprint("api", __name__)
-
-XML_TYPES = ("application/xml", "text/xml")
-
 
 @dataclass(frozen=True)
 class Param:
@@ -63,68 +62,31 @@ class ApiError(Exception):
         self.field = field
 
 
-# -- formats ---------------------------------------------------------------------------------------------------
-def response_format() -> str:
-    fmt = request.args.get("format")
-    if fmt in ("json", "xml"):
-        return fmt
-    best = request.accept_mimetypes.best_match(["application/json", *XML_TYPES], default="application/json")
-    return "xml" if best in XML_TYPES else "json"
-
-
-def wants_machine_format() -> bool:
-    """A non-API URL asked for by a program (it prefers JSON/XML over HTML)."""
-    best = request.accept_mimetypes.best_match(["text/html", "application/json", *XML_TYPES])
-    return best is not None and best != "text/html"
-
-
-def respond(data: Any, status: int = 200, root: str = "response"):
-    fmt = request.args.get("format")
-    fmt = fmt if fmt in ("json", "xml") else response_format()
-    if fmt == "xml":
-        resp = make_response(to_xml(data, root), status)
-        resp.mimetype = "application/xml"
-        return resp
-    resp = jsonify(data)
-    resp.status_code = status
-    return resp
-
-
-def error_response(status: int, message: str, field: str | None = None):
-    body = {"status": status, "message": message}
-    if field:
-        body["field"] = field
-    try:
-        return respond(body, status, root="error")
-    except Exception:  # never let an error turn into a stack trace
-        resp = jsonify(body)
-        resp.status_code = status
-        return resp
-
-
 # -- parameters ------------------------------------------------------------------------------------------------
-def _convert(p: Param, raw: str):
+def _convert(p: Param, raw: str) -> int | float | str:
     s = p.schema
     t = s.get("type")
+    value: int | float | str
     if t == "integer":
         if not re.fullmatch(r"[+-]?\d{1,18}", raw.strip()):
             raise ApiError(400, f"parameter {p.name}: expected an integer, got {raw[:40]!r}", p.name)
         value = int(raw)
     elif t == "number":
         try:
-            value = float(raw)
+            number = float(raw)
         except ValueError:
             raise ApiError(400, f"parameter {p.name}: expected a number, got {raw[:40]!r}", p.name) from None
-        if not math.isfinite(value):
+        if not math.isfinite(number):
             raise ApiError(400, f"parameter {p.name}: expected a finite number", p.name)
+        value = number
     else:
-        value = raw
-        if "maxLength" in s and len(value) > s["maxLength"]:
+        if "maxLength" in s and len(raw) > s["maxLength"]:
             raise ApiError(400, f"parameter {p.name}: at most {s['maxLength']} characters", p.name)
-        if "minLength" in s and len(value) < s["minLength"]:
+        if "minLength" in s and len(raw) < s["minLength"]:
             raise ApiError(400, f"parameter {p.name}: at least {s['minLength']} characters", p.name)
-        if "pattern" in s and not re.search(s["pattern"], value):
+        if "pattern" in s and not re.search(s["pattern"], raw):
             raise ApiError(400, f"parameter {p.name}: does not match {s['pattern']}", p.name)
+        value = raw
     if "enum" in s and value not in s["enum"]:
         raise ApiError(400, f"parameter {p.name}: one of {', '.join(map(str, s['enum']))}", p.name)
     if "minimum" in s and value < s["minimum"]:
@@ -175,7 +137,7 @@ def operation(rule: str, method: str, summary: str, response: dict, params=(), r
             return respond(result)
 
         view.__name__ = fn.__name__
-        view._bmsgw_role = role
+        requires(role)(view)
         api.add_url_rule(rule, fn.__name__, view, methods=[method])
         OPERATIONS.append(op)
         return fn
@@ -186,14 +148,10 @@ def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _ctx():
-    from .app import ctx
-
-    return ctx()
 
 
 def _view():
-    return _ctx().view
+    return ctx().view
 
 
 STRING_ID = Param("string_id", {"type": "integer", "minimum": 1, "maximum": 4}, "path", True, "string number")
@@ -201,7 +159,8 @@ CELL = Param("cell", {"type": "integer", "minimum": 1, "maximum": 256}, "path", 
 TIME_PARAMS = (
     Param("from", {"type": "number", "minimum": 0, "maximum": 32503680000},
           description="start, Unix seconds (default: one hour before `to`)"),
-    Param("to", {"type": "number", "minimum": 0, "maximum": 32503680000}, description="end, Unix seconds (default: now)"),
+    Param("to", {"type": "number", "minimum": 0, "maximum": 32503680000},
+          description="end, Unix seconds (default: now)"),
     Param("max_points", {"type": "integer", "minimum": 1, "maximum": 20000, "default": 500},
           description="at most this many samples; longer ranges are averaged down"),
 )
@@ -222,9 +181,10 @@ def _cell(string_id: int, cell: int) -> None:
 @operation("/status", "GET", "Gateway status", ref("Status"), tag="gateway")
 def status():
     """Site, uptime, number of points, per-bus counters and every plugin's status."""
-    c = _ctx()
+    c = ctx()
     out = dict(c.gateway.status())
-    out["web"] = {**(out.get("web") or {}), "history": "history module" if c.sources.history_plugged else "in-memory buffer",
+    history = "history module" if c.sources.history_plugged else "in-memory buffer"
+    out["web"] = {**(out.get("web") or {}), "history": history,
                   "alarms": c.sources.alarms_plugged, "sessions": len(c.sessions),
                   "user": g.user.name if g.get("user") else None}
     return out
@@ -256,7 +216,7 @@ def cell(string_id: int, cell: int):
 
 
 def _history(point: str, string_id, cell_no, channel, frm, to, max_points):
-    c = _ctx()
+    c = ctx()
     entry = c.view.resolve(point, string_id, cell_no, channel)
     if entry is None:
         where = " ".join(f"{k}={v}" for k, v in (("string", string_id), ("cell", cell_no), ("channel", channel))
@@ -311,7 +271,7 @@ def history(point: str, string, cell, channel, max_points: int, **kw):
                    Param("limit", {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500})])
 def alarms(state: str, limit: int):
     """``available`` is false when no alarm engine is installed."""
-    result = _ctx().sources.alarms(active=state == "active", limit=limit)
+    result = ctx().sources.alarms(active=state == "active", limit=limit)
     return {"available": result is not None, "state": state, "alarms": list(result or [])[:limit]}
 
 
@@ -322,12 +282,54 @@ def alarms(state: str, limit: int):
 def acknowledge(alarm_id: str):
     """Needs the operator role. With a session, send the page's CSRF token in ``X-CSRF-Token``."""
     user = g.user.name
-    result = _ctx().sources.acknowledge(alarm_id, user)
+    result = ctx().sources.acknowledge(alarm_id, principal())
     if result is None:
         raise ApiError(503, "no alarm engine is installed")
     if not result:
         raise ApiError(404, f"no alarm {alarm_id}")
     return {"id": alarm_id, "acknowledged": True, "by": user}
+
+
+@operation("/commands", "GET", "The commands and writable points, what they take and who may write them",
+           ref("CommandList"), tag="commands",
+           params=[Param("string", {"type": "integer", "minimum": 0, "maximum": 4},
+                         description="only this string's (0: the gateway's and the bank's)")])
+def commands(string: int | None):
+    return {"commands": _view().commands(string)}
+
+
+WRITE_STATUS = ((NotWritable, 404), (WriteDenied, 403), (WriteRejected, 400), (WriteFailed, 502))
+
+
+@operation("/points/<path:path>", "POST", "Write a writable point or run a command", ref("Written"), role="operator",
+           tag="commands", body={"type": "object", "required": ["value"], "additionalProperties": False,
+                                 "properties": {"value": {"type": "number"}}},
+           params=[Param("path", {"type": "string", "minLength": 1, "maxLength": 128,
+                                  "pattern": r"^[a-z0-9_/]+$"}, "path", True,
+                         "the point's JSON path, e.g. strings/1/commands/reset_ohmic_baseline (GET /commands)")],
+           errors=(400, 403, 404, 415, 502, 503))
+def write_point(path: str):
+    """Through the gateway's one write path: the command's own role is checked (403 names it), the value
+    against what the point takes (400), and the write is logged with who did it.  502: a device did not
+    answer (the relay's I/O module)."""
+    entry = _view().writable.get(path)
+    if entry is None:
+        raise ApiError(404, f"no writable point {path!r}; GET /api/v1/commands lists them", "path")
+    if not request.is_json:
+        raise ApiError(415, 'send {"value": NUMBER} as application/json')
+    data = request.get_json(silent=True)
+    value = data.get("value") if isinstance(data, dict) and set(data) == {"value"} else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, 'expected {"value": NUMBER}', "value")
+    by = principal()
+    try:
+        done = ctx().gateway.write_from_thread(entry.ref, value, by)
+    except WriteError as exc:
+        status = next((code for cls, code in WRITE_STATUS if isinstance(exc, cls)), 500)
+        raise ApiError(status, str(exc), "value" if status == 400 else None) from None
+    except GatewayError as exc:  # not running
+        raise ApiError(503, str(exc)) from None
+    return {"point": entry.spec.id, **entry.ref.keys(), "value": value, "result": done, "by": by.name}
 
 
 @operation("/io", "GET", "Charger monitor and room I/O (bank-level points)", ref("IoList"), tag="bank")
@@ -343,7 +345,7 @@ def io():
                    Param("limit", {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1000})])
 def registers(table, point, offset: int, limit: int):
     out = []
-    for r in rows(_ctx().gateway.pointmap):
+    for r in rows(ctx().gateway.pointmap):
         if (table and r["table"] != table) or (point and r["point"] != point):
             continue
         out.append({k: (None if r[k] == "" and k in ("string", "cell", "channel") else r[k]) for k in COLUMNS})
@@ -355,7 +357,7 @@ def get_config():
     """As written in the file (defaults not filled in). Needs the admin role."""
     from .configedit import read_document
 
-    c = _ctx()
+    c = ctx()
     return {"path": str(c.gateway.config.path), "config": read_document(c.gateway)}
 
 
@@ -375,7 +377,7 @@ def put_config():
         raise ApiError(400, "the JSON document is nested too deeply", "config") from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ApiError(400, 'expected {"config": {...the whole document...}}', "config")
-    c = _ctx()
+    c = ctx()
     try:
         return save_and_reload(c.gateway, data["config"], g.user.name)
     except ConfigError as exc:
@@ -387,16 +389,14 @@ def put_config():
 def config_schema():
     from .configedit import document_schema
 
-    return document_schema(_ctx().gateway)
+    return document_schema(ctx().gateway)
 
 
 @api.route("/openapi.json")
+@requires(None)
 def openapi():
     from .configedit import document_schema
     from .openapi import build
 
-    c = _ctx()
+    c = ctx()
     return jsonify(build(OPERATIONS, document_schema(c.gateway), c.gateway.config.section("site").get("name", "")))
-
-
-openapi._bmsgw_role = None

@@ -2,137 +2,34 @@
 pages (``pages.py``) and the REST API (``api.py``)."""
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import logging
-import secrets
-import weakref
 
-from flask import Flask, g, redirect, render_template, request, url_for
+from flask import Flask, current_app, g, redirect, request, url_for
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
-from .data import BankView
-from .settings import ROLES, WebSettings
-from .sources import Sources
+from gateway.exposition import metrics_response
+
+from .api import api
+from .auth import User
+from .context import (
+    PRELOGIN_COOKIE,
+    SESSION_COOKIE,
+    UNSAFE_METHODS,
+    WebContext,
+    csrf_binding,
+    csrf_token,
+    ctx,
+    is_api,
+    requires,
+    security_headers,
+    take_flashes,
+)
+from .errors import allow_header, deny
+from .pages import pages
+from .schema import ROLES
 
 log = logging.getLogger(__name__)
-
-SESSION_COOKIE = "bmsgw_session"
-PRELOGIN_COOKIE = "bmsgw_pre"
-UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-_sources: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
-}
-HSTS = "max-age=31536000"
-
-
-def security_headers(tls: bool) -> dict[str, str]:
-    """The headers every response carries: the app's (after_request) and the HTTP server's own error answers."""
-    return {**_HEADERS, "Strict-Transport-Security": HSTS} if tls else dict(_HEADERS)
-
-
-def requires(role: str | None):
-    """Decorator: the role a view needs (None: reachable without login)."""
-    def mark(fn):
-        fn._bmsgw_role = role
-        return fn
-    return mark
-
-
-def sources_for(gateway) -> Sources:
-    src = _sources.get(gateway)
-    if src is None:
-        src = _sources[gateway] = Sources(gateway)
-    return src
-
-
-class WebContext:
-    """Everything the views share for one gateway."""
-
-    def __init__(self, gateway) -> None:
-        self.gateway = gateway
-        self.settings = WebSettings.from_section(gateway.config.section("web"), str(gateway.config.path))
-        self.users = UserStore(gateway.config.state_dir, self.settings.config_users)
-        self.sessions = SessionStore(self.settings.idle_s, self.settings.max_age_s)
-        self.csrf = Csrf(secrets.token_bytes(32), self.settings.max_age_s)
-        self.throttle = LoginThrottle(self.settings.max_failures, self.settings.lockout_s,
-                                      self.settings.max_failures_per_client, self.settings.max_failures_per_user)
-        self.devices = DeviceKeys(gateway.config.state_dir / "web")
-        self.sources = sources_for(gateway)
-        self.view = BankView(gateway)
-
-    def reload(self) -> None:
-        """Apply a reloaded ``web`` section (what can change without re-binding the socket)."""
-        new = WebSettings.from_section(self.gateway.config.section("web"), str(self.gateway.config.path))
-        old = self.settings
-        self.settings = dataclasses.replace(new, host=old.host, port=old.port, threads=old.threads, tls=old.tls,
-                                            tls_cert=old.tls_cert, tls_key=old.tls_key)
-        self.users.config_users = {u["name"]: u for u in new.config_users}
-        self.sessions.idle_s, self.sessions.max_age_s = new.idle_s, new.max_age_s
-        th = self.throttle
-        th.max_failures, th.lockout_s = new.max_failures, new.lockout_s
-        th.max_failures_per_client, th.max_failures_per_user = new.max_failures_per_client, new.max_failures_per_user
-
-
-def ctx() -> WebContext:
-    from flask import current_app
-
-    return current_app.extensions["bmsgw"]
-
-
-def is_api() -> bool:
-    return request.path.startswith("/api/")
-
-
-def is_local(addr: str | None) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr or "")
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def csrf_binding() -> str | None:
-    sess = g.get("session")
-    if sess is not None:
-        return sess.sid
-    return request.cookies.get(PRELOGIN_COOKIE)
-
-
-def csrf_token() -> str:
-    """For templates: a token for this visitor (sets the pre-login cookie when there is no session)."""
-    binding = csrf_binding()
-    if binding is None:
-        binding = g.setdefault("new_prelogin", secrets.token_urlsafe(24))
-    return ctx().csrf.token(binding)
-
-
-def flash(kind: str, message: str) -> None:
-    sess = g.get("session")
-    if sess is not None:
-        sess.flash.append((kind, message))
-
-
-def take_flashes() -> list[tuple[str, str]]:
-    sess = g.get("session")
-    if sess is None:
-        return []
-    out, sess.flash[:] = list(sess.flash), []
-    return out
 
 
 def create_app(context: WebContext) -> Flask:
@@ -140,117 +37,113 @@ def create_app(context: WebContext) -> Flask:
     app.extensions["bmsgw"] = context
     app.config.update(MAX_CONTENT_LENGTH=context.settings.max_body, JSON_SORT_KEYS=False,
                       TEMPLATES_AUTO_RELOAD=False, PROPAGATE_EXCEPTIONS=False)
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # (Flask's default; a custom provider sorts as it likes)
+        app.json.sort_keys = False
     app.jinja_env.globals.update(csrf_token=csrf_token, take_flashes=take_flashes)
-
-    @app.context_processor
-    def common():
-        c = ctx()
-        return {"user": g.get("user"), "site": c.gateway.config.section("site"),
-                "strings": c.gateway.topology.strings, "roles": ROLES}
-
-    from .api import api
-    from .pages import pages
-
+    app.context_processor(_template_globals)
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api/v1")
-
-    @app.before_request
-    def authenticate():
-        c = ctx()
-        g.user, g.session, g.auth = None, None, None
-        token = _bearer()
-        if token is not None:
-            user = c.users.check_token(token)
-            if user is None:
-                return _deny(401, "invalid API token")
-            g.user, g.auth = user, "token"
-        else:
-            sess = c.sessions.get(request.cookies.get(SESSION_COOKIE))
-            if sess is not None:
-                current = c.users.get(sess.user)
-                if current is None:
-                    c.sessions.drop(sess.sid)
-                else:
-                    if current.role != sess.role:
-                        sess.role = current.role
-                    g.session, g.user, g.auth = sess, User(sess.user, sess.role, current.source), "session"
-        view = app.view_functions.get(request.endpoint) if request.endpoint else None
-        if view is None:
-            return None  # 404/405 follow; static files are handled below
-        role = getattr(view, "_bmsgw_role", "viewer")
-        if request.endpoint == "static":
-            role = None
-        if request.endpoint == "metrics" and c.settings.metrics_public:
-            role = None
-        if role is not None:
-            if g.user is None:
-                if is_api() or request.endpoint == "metrics":
-                    return _deny(401, "login or an API token needed")
-                return redirect(url_for("pages.login", next=request.full_path if request.args else request.path))
-            if not g.user.can(role):
-                return _deny(403, f"this needs the {role} role; you are {g.user.role}")
-        if request.method in UNSAFE_METHODS and g.auth != "token":
-            sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf")
-            if not c.csrf.valid(sent, csrf_binding()):
-                return _deny(403, "the form expired or did not come from this site (CSRF check failed); "
-                                  "reload the page and try again")
-        return None
-
-    @app.after_request
-    def headers(resp):
-        if g.get("new_prelogin") and not request.cookies.get(PRELOGIN_COOKIE):
-            resp.set_cookie(PRELOGIN_COOKIE, g.new_prelogin, httponly=True, samesite="Strict",
-                            secure=ctx().settings.tls, path="/")
-        h = resp.headers
-        for name, value in security_headers(ctx().settings.tls).items():
-            h[name] = value
-        if request.endpoint == "static" and resp.status_code in (200, 304):
-            h["Cache-Control"] = "public, max-age=3600"
-        else:
-            h["Cache-Control"] = "no-store"
-        return resp
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        return _deny(exc.code or 500, exc.description or exc.name, headers=_allow_header(exc))
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        log.exception("web request %s %s failed", request.method, request.path)
-        return _deny(500, "internal error; the gateway log has the details")
-
-    @app.route("/metrics")
-    @requires("viewer")
-    def metrics():
-        c = ctx()
-        if not c.settings.metrics_enabled:
-            return _deny(404, "/metrics is turned off (web.metrics.enabled)")
-        try:
-            from gateway import exposition
-        except ImportError:
-            return _deny(404, "the Prometheus exposition module is not installed")
-        if hasattr(exposition, "metrics_response"):  # (body, headers), gzip when the scraper accepts it
-            body, headers = exposition.metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
-        else:
-            out = exposition.render_metrics(c.gateway)
-            body, ctype = out if isinstance(out, tuple) else (out, "text/plain; version=0.0.4; charset=utf-8")
-            headers = [("Content-Type", ctype)]
-        resp = app.response_class(body.encode("utf-8") if isinstance(body, str) else body)
-        for name, value in headers:
-            resp.headers[name] = value
-        return resp
-
+    app.before_request(_authenticate)
+    app.after_request(_add_headers)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    app.add_url_rule("/metrics", "metrics", _metrics)
     return app
 
 
-def _allow_header(exc: HTTPException) -> dict:
-    try:
-        resp = exc.get_response()
-    except Exception:
-        return {}
-    allow = resp.headers.get("Allow")
-    return {"Allow": allow} if allow else {}
+def _template_globals() -> dict:
+    c = ctx()
+    return {"user": g.get("user"), "site": c.gateway.config.section("site"),
+            "strings": c.gateway.topology.strings, "roles": ROLES}
+
+
+def _authenticate():
+    """Who is asking (API token or session cookie), whether the view's role allows it, and the CSRF check."""
+    c = ctx()
+    g.user, g.session, g.auth = None, None, None
+    token = _bearer()
+    if token is not None:
+        user = c.users.check_token(token)
+        if user is None:
+            return deny(401, "invalid API token")
+        g.user, g.auth = user, "token"
+    else:
+        _resume_session()
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if view is None:
+        return None  # 404/405 follow; static files are handled below
+    role = _role_needed(view)
+    if role is not None:
+        if g.user is None:
+            if is_api() or request.endpoint == "metrics":
+                return deny(401, "login or an API token needed")
+            return redirect(url_for("pages.login", next=request.full_path if request.args else request.path))
+        if not g.user.can(role):
+            return deny(403, f"this needs the {role} role; you are {g.user.role}")
+    if request.method in UNSAFE_METHODS and g.auth != "token":
+        sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf")
+        if not c.csrf.valid(sent, csrf_binding()):
+            return deny(403, "the form expired or did not come from this site (CSRF check failed); "
+                             "reload the page and try again")
+    return None
+
+
+def _resume_session() -> None:
+    """The session the cookie names, with the user's present role (a user removed meanwhile ends it)."""
+    c = ctx()
+    sess = c.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if sess is None:
+        return
+    current = c.users.get(sess.user)
+    if current is None:
+        c.sessions.drop(sess.sid)
+        return
+    if current.role != sess.role:
+        sess.role = current.role
+    g.session, g.user, g.auth = sess, User(sess.user, sess.role, current.source), "session"
+
+
+def _role_needed(view) -> str | None:
+    if request.endpoint == "static":
+        return None
+    if request.endpoint == "metrics" and ctx().settings.metrics_public:
+        return None
+    return getattr(view, "_bmsgw_role", "viewer")
+
+
+def _add_headers(resp):
+    if g.get("new_prelogin") and not request.cookies.get(PRELOGIN_COOKIE):
+        resp.set_cookie(PRELOGIN_COOKIE, g.new_prelogin, httponly=True, samesite="Strict",
+                        secure=ctx().settings.tls, path="/")
+    h = resp.headers
+    for name, value in security_headers(ctx().settings.tls).items():
+        h[name] = value
+    if request.endpoint == "static" and resp.status_code in (200, 304):
+        h["Cache-Control"] = "public, max-age=3600"
+    else:
+        h["Cache-Control"] = "no-store"
+    return resp
+
+
+def _http_error(exc: HTTPException):
+    return deny(exc.code or 500, exc.description or exc.name, headers=allow_header(exc))
+
+
+def _unexpected(exc: Exception):
+    log.error("web request %s %s failed", request.method, request.path, exc_info=exc)
+    return deny(500, "internal error; the gateway log has the details")
+
+
+@requires("viewer")
+def _metrics():
+    c = ctx()
+    if not c.settings.metrics_enabled:
+        return deny(404, "/metrics is turned off (web.metrics.enabled)")
+    body, headers = metrics_response(c.gateway, request.headers.get("Accept-Encoding", ""))
+    resp = current_app.response_class(body)
+    for name, value in headers:
+        resp.headers[name] = value
+    return resp
 
 
 def _bearer() -> str | None:
@@ -258,52 +151,3 @@ def _bearer() -> str | None:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get("X-API-Token")
-
-
-def _deny(status: int, message: str, headers: dict | None = None):
-    """An error as the client wants it: JSON/XML for the API (and API-like clients), HTML for pages."""
-    from .api import error_response, wants_machine_format
-
-    if is_api() or request.endpoint == "metrics" or wants_machine_format():
-        resp = error_response(status, message)
-    else:
-        resp = app_error_page(status, message)
-    for k, v in (headers or {}).items():
-        resp.headers[k] = v
-    return resp
-
-
-def app_error_page(status: int, message: str):
-    from flask import make_response
-
-    titles = {400: "Bad request", 401: "Login needed", 403: "Not allowed", 404: "Not found",
-              405: "Method not allowed", 413: "Too large", 429: "Too many attempts", 500: "Internal error",
-              503: "Unavailable"}
-    try:
-        body = render_template("error.html", status=status, title=titles.get(status, "Error"), message=message)
-    except Exception:  # an error page must not fail in turn
-        log.exception("rendering the error page failed")
-        resp = make_response(f"{status} {titles.get(status, 'Error')}: {message}\n", status)
-        resp.mimetype = "text/plain"
-        return resp
-    return make_response(body, status)
-
-
-def login_user(user: User):
-    c = ctx()
-    sess = c.sessions.create(user)
-    g.session, g.user, g.auth = sess, user, "session"
-    return sess
-
-
-def set_session_cookie(resp, sess) -> None:
-    c = ctx()
-    resp.set_cookie(SESSION_COOKIE, sess.sid, httponly=True, samesite="Strict", secure=c.settings.tls, path="/",
-                    max_age=int(c.settings.max_age_s))
-
-
-def set_device_cookie(resp, user: str, device: str | None) -> None:
-    """Mark this browser as one that logged in as ``user`` (see LoginThrottle); sent to /login only."""
-    c = ctx()
-    resp.set_cookie(DeviceKeys.COOKIE, c.devices.issue(user, device), httponly=True, samesite="Strict",
-                    secure=c.settings.tls, path="/login", max_age=DeviceKeys.MAX_AGE_S)

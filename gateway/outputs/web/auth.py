@@ -31,7 +31,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from ... import fsutil
-from .settings import ROLES
+from .schema import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class UserStore:
         digest = _token_digest(token)
         self._load()
         with self._lock:
-            for tid, t in self._data["tokens"].items():
+            for t in self._data["tokens"].values():
                 if hmac.compare_digest(t["sha256"], digest):
                     return User(f"token:{t['label']}", t["role"], "token") if t["role"] in ROLES else None
         return None
@@ -354,7 +354,8 @@ class Csrf:
         if not token or not binding or len(token) > 256:
             return False
         try:
-            value = self._s.loads(token, max_age=self.max_age_s)
+            # itsdangerous compares max_age with the token's age; a float works (its stubs say int)
+            value = self._s.loads(token, max_age=self.max_age_s)  # type: ignore[arg-type]
         except BadSignature:
             return False
         return hmac.compare_digest(str(value), hashlib.sha256(binding.encode()).hexdigest())

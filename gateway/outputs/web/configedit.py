@@ -1,16 +1,17 @@
 """Editing the configuration from the web page and the REST API: validate, save atomically, reload live.
 
-- Validation is the gateway's own: ``gateway.config.validate`` over the whole document with every plugin's
-  section schema, then ``build_topology``; an error names the key path (``alarms.cell.voltage.high``).
+- Validation is the gateway's own, ``Gateway.check``: every check ``bmsgw run`` makes (schema, topology, every
+  plugin's checks), so the page cannot save a file the gateway would refuse; an error names the key path.
 - Saving keeps the file's comments and key order (ruamel.yaml round trip; only changed keys are touched),
   writes a temporary file in the same folder, fsyncs it, keeps the previous file as ``<name>.bak`` and
   renames the new one into place, so a power cut leaves either the old or the new file, never half of one.
-- Reloading swaps ``gateway.config`` and calls ``bmsgw_config_reloaded`` in the event loop; polling goes on.
-  Sections that shape the running bank (buses, strings, bank, plugins, simulator, gateway.state_dir) and the
-  web server's own socket settings are saved but applied at the next restart; the answer lists them.
+- Applying is ``Gateway.reload`` in the event loop; polling goes on.  The answer says what was applied live,
+  what waits for a restart (what nothing running can take: the bank's shape, a state file's place ...) and what
+  failed (a new listen address that cannot be bound: the old one is kept), each with its key.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
 import logging
@@ -23,15 +24,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from gateway import fsutil
-from gateway.config import Config, build_topology, full_schema, read_raw, validate
+from gateway.config import full_schema, read_raw
 from gateway.errors import ConfigError
 from gateway.profiles import parse_yaml
 
 log = logging.getLogger(__name__)
 
-RESTART_SECTIONS = ("buses", "strings", "bank", "plugins", "simulator")
-RESTART_KEYS = (("gateway", "state_dir"), ("web", "listen"), ("web", "tls"), ("web", "threads"),
-                ("web", "enabled"))
 _save_lock = threading.Lock()
 
 
@@ -42,34 +40,13 @@ class FieldError(ValueError):
         super().__init__(f"{path}: {message}")
 
 
-def extra_sections(gateway) -> dict[str, dict]:
-    sections: dict[str, dict] = {}
-    for result in gateway.pm.hook.bmsgw_config_schema():
-        sections.update(result or {})
-    return sections
-
-
 def document_schema(gateway) -> dict:
-    return full_schema(extra_sections(gateway))
+    return full_schema(gateway.extra_sections)
 
 
 def read_document(gateway) -> dict:
     """The config file as written (no defaults filled in)."""
     return read_raw(gateway.config.path)
-
-
-def check_document(gateway, data: Any) -> dict:
-    """The validated document with defaults; ConfigError naming the key path when it is not valid (also for
-    what a plugin finds wrong in its section: a file the gateway would not start with is never saved)."""
-    src = str(gateway.config.path)
-    validated = validate(data, src, extra_sections(gateway))
-    topology = build_topology(validated, src, gateway.profiles)
-    config = Config(path=gateway.config.path, data=validated, topology=topology, profiles=gateway.profiles)
-    for problems in gateway.pm.hook.bmsgw_check_config(gateway_config=config, catalog=gateway.catalog):
-        if problems:
-            where, _, message = problems[0].partition(": ")
-            raise ConfigError(src, where, message)
-    return validated
 
 
 # -- saving ----------------------------------------------------------------------------------------------------
@@ -145,69 +122,26 @@ def atomic_write(path: Path, text: str) -> None:
     fsutil.atomic_write(path, text, mode=mode, backup=True)
 
 
-# -- reloading -------------------------------------------------------------------------------------------------
-def _changed_sections(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def _restart_items(old: dict, new: dict) -> list[str]:
-    out = [s for s in RESTART_SECTIONS if old.get(s) != new.get(s)]
-    for sec, key in RESTART_KEYS:
-        if (old.get(sec) or {}).get(key) != (new.get(sec) or {}).get(key):
-            out.append(f"{sec}.{key}")
-    return out
-
-
+# -- saving and applying ----------------------------------------------------------------------------------------
 def save_and_reload(gateway, data: Any, user: str = "?") -> dict:
-    """Validate ``data`` (the whole document), save it, apply it; ConfigError when it is not valid."""
+    """Check ``data`` (the whole document) as ``bmsgw run`` would, save it, apply it: the answer is
+    ``{"saved": true, "changed", "applied", "restart_required", "failed", "notes"}``.  ConfigError (naming the
+    key path) when it does not pass the checks; nothing is saved then."""
     if not isinstance(data, dict):
         raise ConfigError(str(gateway.config.path), "", "expected a mapping of sections")
     with _save_lock:
-        validated = check_document(gateway, data)
-        old = gateway.config
-        path = Path(old.path)
+        new = gateway.check(data)
+        path = Path(gateway.config.path)
         try:
             atomic_write(path, render_document(path, data))
         except OSError as exc:
             raise ConfigError(str(path), "", f"cannot save: {exc.strerror or exc}") from None
-        changed = _changed_sections(old.data, validated)
-        restart = _restart_items(old.data, validated)
-        live = dict(validated)
-        for sec in RESTART_SECTIONS:
-            live[sec] = old.data.get(sec)
-        live["gateway"] = {**validated["gateway"], "state_dir": old.data["gateway"]["state_dir"]}
-        gateway.config = Config(path=old.path, data=live, topology=old.topology, profiles=old.profiles)
-    log.info("configuration saved by %s; changed: %s%s", user, ", ".join(changed) or "nothing",
-             f"; applied at the next restart: {', '.join(restart)}" if restart else "")
-    _apply_core(gateway, live)
-    if changed:
-        _call_in_loop(gateway, lambda: gateway.pm.hook.bmsgw_config_reloaded(gateway=gateway, sections=changed))
-    return {"saved": True, "changed": changed, "restart_required": restart}
-
-
-def _apply_core(gateway, data: dict) -> None:
-    """What the core can take while running: the log level, and the poll settings (the engine's own, in the
-    event loop)."""
-    gw = data["gateway"]
-    logging.getLogger().setLevel(gw["log_level"])
-    _call_in_loop(gateway, lambda: gateway.engine.apply_config(gw["poll"]))
-
-
-def _call_in_loop(gateway, fn) -> None:
-    import asyncio
-
-    loop = getattr(gateway, "loop", None)
-    if loop is None or not loop.is_running():
-        fn()
-        return
-
-    async def call():
-        fn()
-
-    try:
-        asyncio.run_coroutine_threadsafe(call(), loop).result(10)
-    except Exception:
-        log.exception("a plugin failed to apply the reloaded configuration")
+        log.info("configuration saved by %s", user)
+        if gateway.loop is not None and gateway.loop.is_running():
+            report = gateway.run_in_loop(gateway.reload(new), timeout=60)
+        else:  # not serving (a tool, a test): nothing runs that a change could reach but the config itself
+            report = asyncio.run(gateway.reload(new))
+    return {"saved": True, **report.as_dict()}
 
 
 # -- the form --------------------------------------------------------------------------------------------------
@@ -233,8 +167,10 @@ def form_fields(schema: dict, raw: Any, path: str) -> dict:
             "description": schema.get("description", ""), "default": schema.get("default")}
     if kind == "object":
         raw = raw if isinstance(raw, dict) else {}
+        # a deprecated key (still read, under a new name now) is shown only where the file has it
         node["children"] = [form_fields(sub, raw.get(key, MISSING), f"{path}.{key}")
-                            for key, sub in schema["properties"].items()]
+                            for key, sub in schema["properties"].items()
+                            if not sub.get("deprecated") or key in raw]
         return node
     # a key written in the file is posted back with a marker, so an empty string or a null stays as written
     node["present"] = raw is not MISSING

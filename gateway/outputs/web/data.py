@@ -47,6 +47,11 @@ class BankView:
                 self.by_string[e.ref.string].append(e)
             elif e.spec.scope == "bank":
                 self.bank.append(e)
+        # what may be written (Gateway.write decides whether it is carried out): commands and writable points,
+        # by their JSON path, which is also their REST path under /api/v1/points/
+        self.writable: dict[str, MappedPoint] = {
+            e.json_path.lstrip("/"): e for e in (*gateway.pointmap.commands,
+                                                 *(e for e in gateway.pointmap if e.spec.writable))}
 
     def string_ids(self) -> list[int]:
         return [s.id for s in self.topology.strings]
@@ -90,6 +95,24 @@ class BankView:
                 continue
             out.append({"point": e.spec.id, "channel": e.ref.channel, "description": e.spec.description,
                         **point_value(e, r)})
+        return out
+
+    def commands(self, string: int | None = None) -> list[dict]:
+        """The writable points a module here carries out (of one string, or the gateway's and the bank's when
+        ``string`` is 0), with what they take and the least role that may write them."""
+        owners = self.gateway.commands()
+        out = []
+        for path, e in self.writable.items():
+            spec, cmd = e.spec, owners.get(e.spec.id)
+            if cmd is None or (string is not None and (e.ref.string or 0) != string):
+                continue
+            item = {"path": path, "point": spec.id, **e.ref.keys(), "description": spec.description,
+                    "role": cmd.role, "modbus_register": e.address}
+            if spec.states:
+                item["values"] = {str(v): label for v, label in spec.states}
+            elif spec.valid_range:
+                item["range"] = list(spec.valid_range)
+            out.append(item)
         return out
 
     def resolve(self, point: str, string: int | None, cell: int | None, channel: int | None) -> MappedPoint | None:

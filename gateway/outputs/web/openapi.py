@@ -114,18 +114,43 @@ SCHEMAS: dict[str, dict] = {
     },
     "ConfigDocument": {"type": "object", "required": ["path", "config"],
                        "properties": {"path": {"type": "string"}, "config": {"type": "object"}}},
+    "CommandList": {
+        "type": "object", "required": ["commands"],
+        "properties": {"commands": {"type": "array", "items": {
+            "type": "object", "required": ["path", "point", "description", "role", "modbus_register"],
+            "properties": {"path": {"type": "string"}, "point": {"type": "string"}, "string": {"type": "integer"},
+                           "channel": {"type": "integer"}, "description": {"type": "string"},
+                           "role": {"type": "string", "enum": ["viewer", "operator", "admin"]},
+                           "modbus_register": {"type": "integer"},
+                           "values": {"type": "object", "additionalProperties": {"type": "string"}},
+                           "range": {"type": "array", "items": NUM}}}}},
+    },
+    "Written": {
+        "type": "object", "required": ["point", "value", "result", "by"],
+        "properties": {"point": {"type": "string"}, "string": {"type": "integer"}, "channel": {"type": "integer"},
+                       "value": NUM, "result": {"type": "string", "description": "what was done"},
+                       "by": {"type": "string"}},
+    },
     "ConfigSaved": {
-        "type": "object", "required": ["saved", "changed", "restart_required"],
+        "type": "object", "required": ["saved", "changed", "applied", "restart_required", "failed", "notes"],
         "properties": {"saved": {"type": "boolean"},
-                       "changed": {"type": "array", "items": {"type": "string"}},
+                       "changed": {"type": "array", "items": {"type": "string"}, "description": "sections changed"},
+                       "applied": {"type": "array", "items": {"type": "string"},
+                                   "description": "changed sections applied while running"},
                        "restart_required": {"type": "array", "items": {"type": "string"},
-                                            "description": "saved, applied at the next restart"}},
+                                            "description": "sections or keys saved, applied at the next restart"},
+                       "failed": {"type": "object", "additionalProperties": {"type": "string"},
+                                  "description": "key -> why the running setting was kept (e.g. a listen "
+                                                 "address that cannot be bound)"},
+                       "notes": {"type": "array", "items": {"type": "string"},
+                                 "description": "what else happened (clients disconnected, a face started)"}},
     },
 }
 
 ERROR_TEXT = {400: "Bad request (the message names the parameter or key)", 401: "Login or API token needed",
               403: "The user's role does not allow it (or the CSRF check failed)", 404: "Not found",
-              413: "Body too large", 415: "Body must be JSON", 503: "The module that answers this is not installed"}
+              413: "Body too large", 415: "Body must be JSON", 502: "A device did not answer the write",
+              503: "The module that answers this is not installed, or the gateway is not running"}
 
 
 def _content(schema: dict) -> dict:

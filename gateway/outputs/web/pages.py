@@ -7,11 +7,22 @@ import time
 
 from flask import Blueprint, g, make_response, redirect, render_template, request, url_for
 
-from gateway.errors import ConfigError
+from gateway.commands import WriteError
+from gateway.errors import ConfigError, GatewayError
 
-from .app import (PRELOGIN_COOKIE, SESSION_COOKIE, ctx, flash, is_local, login_user, requires,
-                  set_device_cookie, set_session_cookie)
 from .auth import AuthError, DeviceKeys
+from .context import (
+    PRELOGIN_COOKIE,
+    SESSION_COOKIE,
+    ctx,
+    flash,
+    is_local,
+    login_user,
+    principal,
+    requires,
+    set_device_cookie,
+    set_session_cookie,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +172,35 @@ def string_page(sid: int):
     c = ctx()
     if not c.view.has_string(sid):
         return _page("error.html", 404, status=404, title="Not found", message=f"There is no string {sid}.")
-    return _page("string.html", s=c.view.string(sid))
+    return _page("string.html", s=c.view.string(sid), commands={cmd["point"]: cmd for cmd in c.view.commands(sid)})
+
+
+@pages.route("/write/<path:path>", methods=["POST"])
+@requires("operator")
+def write_command(path: str):
+    """A command button or form of a page (reset a baseline, zero a current sensor, switch the relay ...):
+    through the gateway's one write path, then back to the page it came from."""
+    c = ctx()
+    entry = c.view.writable.get(path[:128])
+    back = request.form.get("next", "")
+    back = back if back.startswith("/") and not back.startswith("//") else url_for("pages.index")
+    if entry is None:
+        flash("error", f"There is no command {path!r}.")
+        return redirect(back)
+    try:
+        value = float(request.form.get("value", ""))
+    except ValueError:
+        flash("error", f"{entry.spec.description}: enter a number.")
+        return redirect(back)
+    try:
+        done = c.gateway.write_from_thread(entry.ref, value, principal())
+    except WriteError as exc:
+        flash("error", f"{entry.spec.description}: {exc}.")
+    except GatewayError as exc:
+        flash("error", f"{entry.spec.description}: {exc}.")
+    else:
+        flash("ok", f"{done[:1].upper()}{done[1:]}.")
+    return redirect(back)
 
 
 @pages.route("/trend")
@@ -180,7 +219,8 @@ def forecast():
 
 @pages.route("/io")
 def io_page():
-    return _page("io.html", io=ctx().view.io())
+    c = ctx()
+    return _page("io.html", io=c.view.io(), commands=c.view.commands(0))
 
 
 @pages.route("/alarms")
@@ -188,21 +228,21 @@ def alarms_page():
     c = ctx()
     active = c.sources.alarms(active=True, limit=500)
     log_rows = c.sources.alarms(active=False, limit=200) if active is not None else None
-    return _page("alarms.html", active=active, log_rows=log_rows, plugged=active is not None)
+    return _page("alarms.html", active=active, log_rows=log_rows, plugged=active is not None,
+                 commands=c.view.commands(0))
 
 
 @pages.route("/alarms/<alarm_id>/ack", methods=["POST"])
 @requires("operator")
 def alarm_ack(alarm_id: str):
     c = ctx()
-    result = c.sources.acknowledge(alarm_id[:128], g.user.name)
+    result = c.sources.acknowledge(alarm_id[:128], principal())
     if result is None:
         flash("error", "No alarm engine is installed.")
     elif not result:
         flash("error", f"Alarm {alarm_id} no longer exists.")
     else:
         flash("ok", f"Alarm {alarm_id} acknowledged.")
-        log.info("alarm %s acknowledged by %s", alarm_id, g.user.name)
     return redirect(url_for("pages.alarms_page"))
 
 
@@ -220,8 +260,15 @@ def config_index():
 @pages.route("/config/<section>", methods=["GET", "POST"])
 @requires("admin")
 def config_section(section: str):
-    from .configedit import MISSING, FieldError, document_schema, form_fields, read_document, save_and_reload, \
-        section_from_form
+    from .configedit import (
+        MISSING,
+        FieldError,
+        document_schema,
+        form_fields,
+        read_document,
+        save_and_reload,
+        section_from_form,
+    )
 
     c = ctx()
     props = document_schema(c.gateway)["properties"]
@@ -237,15 +284,24 @@ def config_section(section: str):
         except ConfigError as exc:
             error = {"path": exc.path, "message": exc.message}
         else:
-            msg = "Saved and applied." if result["changed"] else "Saved; nothing changed."
-            if result["restart_required"]:
-                msg += " Restart bmsgw to apply: " + ", ".join(result["restart_required"]) + "."
-            flash("ok", msg)
+            flash("ok", reload_summary(result))
             return redirect(url_for("pages.config_section", section=section))
         fields = form_fields(props[section], _submitted(props[section], request.form, section), section)
         return _page("config_section.html", 400, section=section, fields=fields, error=error)
     fields = form_fields(props[section], read_document(c.gateway).get(section, MISSING), section)
     return _page("config_section.html", section=section, fields=fields, error=None)
+
+
+def reload_summary(result: dict) -> str:
+    """What a save did, for the page: applied, waiting for a restart, not applied (and why)."""
+    if not result["changed"]:
+        return "Saved; nothing changed."
+    parts = [f"Saved. Applied now: {', '.join(result['applied'])}." if result["applied"] else "Saved."]
+    if result["restart_required"]:
+        parts.append("Restart bmsgw to apply: " + ", ".join(result["restart_required"]) + ".")
+    parts.extend(f"Not applied, {key}: {why}." for key, why in result["failed"].items())
+    parts.extend(f"{note}." for note in result["notes"])
+    return " ".join(parts)
 
 
 def _submitted(schema: dict, form, path: str):

@@ -5,8 +5,9 @@
   in-memory ring per point (``web.trend_buffer``: one sample every ``interval_s``, ``samples`` deep; 1 h by
   default) so trends still work, only over the recent past, and lost on restart.  Which families those are
   is asked once at start, with an empty time range (a plugin answers that without reading its storage).
-- Alarms: ``bmsgw_alarms`` / ``bmsgw_alarm_acknowledge`` (the alarm engine answers them, thread-safely: they
-  are called from the web server's threads).  With no alarm engine the pages say so; nothing is invented.
+- Alarms: ``bmsgw_alarms`` (the alarm engine answers it, thread-safely: it is called from the web server's
+  threads); acknowledging is a write like any other, through ``Gateway.write``.  With no alarm engine the pages
+  say so; nothing is invented.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import threading
 from array import array
 from typing import Any
 
+from gateway.commands import NotWritable, Principal, WriteRejected
 from gateway.points import PointRef, Quality
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ class LiveBuffer:
                     continue
                 i = ring[2]
                 ring[0][i] = reading.ts
-                ring[1][i] = reading.value if reading.quality is Quality.GOOD and reading.value is not None else math.nan
+                usable = reading.quality is Quality.GOOD and reading.value is not None
+                ring[1][i] = reading.value if usable else math.nan
                 ring[2] = (i + 1) % self.samples
                 ring[3] = min(ring[3] + 1, self.samples)
                 ring[4] = reading.ts
@@ -152,7 +155,19 @@ class Sources:
             return None
         return self.gateway.pm.hook.bmsgw_alarms(gateway=self.gateway, active=active, limit=limit)
 
-    def acknowledge(self, alarm_id: str, user: str) -> bool | None:
-        if not self.gateway.pm.hook.bmsgw_alarm_acknowledge.get_hookimpls():
+    def acknowledge(self, alarm_id: str, by: Principal) -> bool | None:
+        """Acknowledge through ``Gateway.write`` (``gateway.acknowledge_alarm``): True when done (or it already
+        was), False when no active alarm has that number, None when no alarm engine runs."""
+        if not self.alarms_plugged:
             return None
-        return self.gateway.pm.hook.bmsgw_alarm_acknowledge(gateway=self.gateway, alarm_id=alarm_id, user=user)
+        try:
+            number = int(alarm_id)
+        except ValueError:
+            return False
+        try:
+            self.gateway.write_from_thread(PointRef("gateway.acknowledge_alarm"), number, by)
+        except NotWritable:
+            return None
+        except WriteRejected:
+            return False
+        return True

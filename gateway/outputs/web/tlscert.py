@@ -44,7 +44,7 @@ def ensure_self_signed(folder: Path, listen_host: str) -> tuple[Path, Path]:
     names += [x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(ips)]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64]),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bmsgw (self-signed)")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject)
             .public_key(key.public_key())

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engine import WriteError
+from gateway.engine import DeviceWriteError as WriteError
 from gateway.points import PointRef
 from tests.devicedump import assert_matches_truth, check_dump, one_bus, poll_on_simulator
 
