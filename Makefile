@@ -13,11 +13,12 @@ STAMP := $(VENV)/.installed
 # architectures (mmdebstrap) run under qemu-user; the cross build strips with the target's binutils and
 # dpkg-shlibdeps reads the target's libraries from this machine's dpkg (multiarch: `dpkg --add-architecture`).
 # armhf's four source-only wheels are cross-compiled natively (debian/armhf-wheels.py): Debian's armhf cross
-# compiler, and CMake for argon2-cffi-bindings.
+# compiler with its C library headers (dpkg-genbuildinfo probes that compiler in every armhf build), and CMake
+# for argon2-cffi-bindings.
 FOREIGN_ARCHES := arm64 armhf
 ARM_APT_PACKAGES := qemu-user-static binfmt-support arch-test mmdebstrap \
 	$(foreach a,$(FOREIGN_ARCHES),binutils-for-host:$(a) libc6:$(a) libgcc-s1:$(a) libstdc++6:$(a) zlib1g:$(a)) \
-	libffi8:armhf gcc-arm-linux-gnueabihf cmake make
+	libffi8:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross cmake make
 # System tools the tests talk to as real peers; installed once, on demand. The stamp lives outside .venv, so
 # that rebuilding the venv does not run apt again.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \

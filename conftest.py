@@ -25,6 +25,7 @@ def venv_bin():
 ARM_TESTS = "tests/test_deb_arm.py::"
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: only a session that runs the ARM tests starts the work
 def pytest_collection_modifyitems(session, config, items):
     """The ARM packages' tests last, and their emulated work (tests/arm_pipeline.py) started now, in the
     background, so that it overlaps with every other test instead of adding minutes after them."""
@@ -32,7 +33,7 @@ def pytest_collection_modifyitems(session, config, items):
     if not arm:
         return
     items[:] = [item for item in items if not item.nodeid.startswith(ARM_TESTS)] + arm
-    if any("arm_results" in getattr(item, "fixturenames", ()) for item in arm):
+    if not config.option.collectonly and any("arm_results" in getattr(item, "fixturenames", ()) for item in arm):
         from tests.arm_pipeline import Worker
         from tests.test_deb_arm import WORKER_KEY
 

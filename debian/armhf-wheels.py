@@ -48,7 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent
 sys.path.insert(0, str(HERE))
-import lockfile  # debian/ is not a package: after the sys.path line above
+import lockfile  # noqa: E402  (debian/ is not a package: after the sys.path line above)
 
 emulation = runpy.run_path(str(HERE / "emulation.py"))
 
@@ -208,7 +208,7 @@ def build(sysroot_tar: Path, sources: list, backends: list, dl: Path, out: Path)
         built = {lockfile.canonicalize_name(w.name.split("-")[0]) for w in wheels}
         if built != {p.name for p in sources}:
             sys.exit(f"the armhf build gave {sorted(built)}, not {sorted(p.name for p in sources)}")
-        bad = [w.name for w in wheels if not w.name.endswith(("-linux_armv7l.whl"))]
+        bad = [w.name for w in wheels if not w.name.endswith("-linux_armv7l.whl")]
         if bad:
             sys.exit(f"not armhf wheels: {bad}")
         partial = out.with_name(out.name + f".partial-{os.getpid()}")

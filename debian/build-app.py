@@ -124,7 +124,7 @@ def install_runtime(py: Path, site: Path, env: dict[str, str], target: Target) -
     if target.cross and target.arch == "armhf":
         armhf = runpy.run_path(str(SRC / "debian" / "armhf-wheels.py"))
         wheels = armhf["armhf_wheels"](py.parent / "pip")
-        from_source = {name: wheels for name in armhf["FROM_SOURCE"]}
+        from_source = dict.fromkeys(armhf["FROM_SOURCE"], wheels)
 
     def pip_install(lines: list[str], *extra: str) -> None:
         with tempfile.NamedTemporaryFile("w", prefix="bmsgw-runtime-", suffix=".txt") as requirements:
