@@ -23,8 +23,8 @@ venv is made the same way (its layout does not depend on the architecture: bin/p
 system's interpreter), and the libraries are the target's wheels of the same pins, installed by this machine's
 pip for that platform (--platform manylinux_2_17..2_36_<machine> --python-version 3.11 --implementation cp,
 still --require-hashes). armhf's four packages without an armv7l wheel come from debian/armhf-wheels.py, built
-from the lock's sdists in an armhf root. `pip check` and the import check then run under the target's own
-interpreter, in a Debian 12 root of that architecture under qemu-user (debian/emulation.py).
+from the lock's sdists with Debian's armhf cross compiler. `pip check` and the import check then run under the
+target's own interpreter, in a Debian 12 root of that architecture under qemu-user (debian/emulation.py).
 
 Environment: BMSGW_PIP_OPTS replaces the default pip options (`--only-binary=:all:`), e.g. to use a wheel
 mirror (see README, "Installing on the controller").
