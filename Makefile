@@ -23,10 +23,10 @@ ARM_APT_PACKAGES := qemu-user-static binfmt-support arch-test mmdebstrap \
 # that rebuilding the venv does not run apt again.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
 	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv python3-packaging \
-	systemd $(ARM_APT_PACKAGES)
+	systemd nut-snmp nut-client $(ARM_APT_PACKAGES)
 APT_STAMP := .apt-installed
 
-.PHONY: install system-deps run lint test bench regmap lock deb debs deb-copyright clean
+.PHONY: install system-deps run lint test bench screenshots regmap lock deb debs deb-copyright clean
 
 # --only-binary: a source build would fetch its build backend unpinned. --no-deps: the lock is the whole set
 # (pip check proves it is complete). The lock pins pip and setuptools too: pip replaces the venv's bundled
@@ -45,13 +45,13 @@ $(STAMP): $(LOCK_STAMP) pyproject.toml
 install: $(STAMP)
 
 # After changing a dependency in pyproject.toml: resolve it into the lock with the uv the lock installed
-# (README, "Dependencies"), rebuild .venv from the new lock, and regenerate debian/copyright from it.
+# (docs/development.md), rebuild .venv from the new lock, and regenerate debian/copyright from it.
 # Pins already in the lock are kept; `make lock LOCK_OPTS=--upgrade` moves every package to its newest release.
 LOCK_OPTS ?=
 define LOCK_HEADER
 # Every Python package bmsgw installs (runtime, test, dev, build and wheel-build extras, transitive too),
 # pinned with the hashes of all its files: one lock for amd64, arm64 and armhf (uv pip compile --universal).
-# Written by `make lock` from pyproject.toml: never edit it by hand (README, "Dependencies").
+# Written by `make lock` from pyproject.toml: never edit it by hand (docs/development.md).
 endef
 export LOCK_HEADER
 # uv works on a copy (it keeps the pins it finds in its output file); the lock is replaced only when it changed,
@@ -93,6 +93,10 @@ test: $(STAMP) $(APT_STAMP)
 
 bench: $(STAMP)
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# the README's pictures, from the demo (config.yaml on the simulator) in Chromium: docs/images/*.png
+screenshots: $(STAMP) $(APT_STAMP)
+	$(BIN)/python tools/screenshots.py --out docs/images
 
 regmap: $(STAMP)
 	$(BIN)/bmsgw regmap --config config.yaml --format md

@@ -41,6 +41,9 @@ def write_config(data: dict, folder: Path | None = None) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="bmsgw-bench-"))
         atexit.register(shutil.rmtree, folder, True)
     data.setdefault("gateway", {})["state_dir"] = str(folder / "var")
+    if isinstance(data.get("simulator"), dict):
+        data["simulator"].setdefault("backfill_days", 0)  # a bench measures the running gateway, not the demo's
+        # first-start back-fill (bench/backfill.py does)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -9,7 +9,10 @@ Two servers, each in its own process, measured alternately in the same run:
 The client is a raw socket (pymodbus's client and mbpoll are slower than either server).  The last line
 printed is the headline: bmsgw's figure as a ratio of the baseline's.
 
-    .venv/bin/python bench/modbus_tcp.py [--seconds 2] [--rounds 3]
+Also measured: ``--clients`` (20) connections at once, each with one request outstanding, from a client
+process of its own, against the stock server and the live gateway.
+
+    .venv/bin/python bench/modbus_tcp.py [--seconds 2] [--rounds 3] [--clients 20]
 """
 from __future__ import annotations
 
@@ -95,6 +98,43 @@ def measure(port: int, address: int, seconds: float) -> float:
         return n / (time.perf_counter() - start)
 
 
+def measure_concurrent(port: int, address: int, seconds: float, clients: int) -> float:
+    """``clients`` connections at once, each reading sequentially (one request outstanding per connection), in
+    a client process of its own (asyncio); returns the total requests/s."""
+    out = subprocess.run([sys.executable, __file__, "--client-worker", f"{port},{address},{seconds},{clients}"],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def client_worker(spec: str) -> None:
+    port, address, seconds, clients = spec.split(",")
+    expected = 9 + 2 * COUNT
+
+    async def one(end: float) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        n, tid = 0, 0
+        loop = asyncio.get_running_loop()
+        while loop.time() < end:
+            tid = (tid + 1) & 0xFFFF
+            writer.write(struct.pack(">HHHBBHH", tid, 0, 6, 1, 4, int(address), COUNT))
+            reply = await reader.readexactly(expected)
+            if reply[7] != 4:
+                raise SystemExit(f"port {port}: exception answer {reply.hex()}")
+            n += 1
+        writer.close()
+        return n
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        counts = await asyncio.gather(*(one(start + float(seconds)) for _ in range(int(clients))))
+        print(sum(counts) / (loop.time() - start))
+
+    asyncio.run(main())
+
+
 def start_simulator(tmp: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     """``bmsgw simulate`` on the default config; returns the process and each bus's pseudo-terminal."""
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "simulate", "--config", str(ROOT / "config.yaml")],
@@ -138,10 +178,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one measurement")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per server (median reported)")
+    ap.add_argument("--clients", type=int, default=20, help="connections of the concurrent measurement (default 20)")
     ap.add_argument("--serve-pymodbus", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--client-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_pymodbus:
         serve_pymodbus(args.serve_pymodbus)
+        return 0
+    if args.client_worker:
+        client_worker(args.client_worker)
         return 0
 
     base_port, ours_port, quiet_port = free_port(), free_port(), free_port()
@@ -157,12 +202,14 @@ def main() -> int:
             wait_answering(base_port, 0)
             wait_answering(ours_port, 10000, timeout=120, need_data=True)
             wait_answering(quiet_port, 10000, timeout=120, need_data=True)
-            base, ours, quiet = [], [], []
+            base, ours, quiet, base_c, ours_c = [], [], [], [], []
             for _ in range(args.rounds + 1):  # the first round warms up and is not counted
                 base.append(measure(base_port, 0, args.seconds))
                 quiet.append(measure(quiet_port, 10000, args.seconds))
                 ours.append(measure(ours_port, 10000, args.seconds))
-            del base[0], quiet[0], ours[0]
+                base_c.append(measure_concurrent(base_port, 0, args.seconds, args.clients))
+                ours_c.append(measure_concurrent(ours_port, 10000, args.seconds, args.clients))
+            del base[0], quiet[0], ours[0], base_c[0], ours_c[0]
         finally:
             for p in reversed(procs):
                 p.terminate()
@@ -182,6 +229,10 @@ def main() -> int:
     print(f"bmsgw modbus_tcp, default config, polling live:          {o:,.0f} requests/s  (rounds: {listed(ours)})")
     print("(all servers run during every round: the live gateway's polling and the simulator load the machine "
           "for all)")
+    bc, oc = statistics.median(base_c), statistics.median(ours_c)
+    print(f"{args.clients} concurrent clients (one client process, asyncio): stock pymodbus {bc:,.0f} requests/s "
+          f"(rounds: {listed(base_c)}), bmsgw polling live {oc:,.0f} requests/s (rounds: {listed(ours_c)}): "
+          f"{oc / bc:.2f}x")
     print(f"store not changing: {q / b:.2f}x the baseline")
     print(f"modbus_tcp 100-register reads, polling live: {o / b:.2f}x the stock pymodbus server "
           f"({o:,.0f} vs {b:,.0f} requests/s)")

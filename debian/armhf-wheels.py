@@ -3,7 +3,7 @@
 
 Four runtime packages of requirements.lock have no armv7l wheel: argon2-cffi-bindings, cffi, Pillow and
 PyYAML. debian/build-app.py asks this module for them when it builds the armhf package; everything else comes
-from PyPI's armv7l or pure wheels, as for the other architectures. How each is built, and why (README,
+from PyPI's armv7l or pure wheels, as for the other architectures. How each is built, and why (docs/install.md,
 "Installing on the controller"):
 
 - the sdist is the lock's: downloaded with --require-hashes against the lock's hashes;

@@ -27,7 +27,7 @@ from the lock's sdists with Debian's armhf cross compiler. `pip check` and the i
 target's own interpreter, in a Debian 12 root of that architecture under qemu-user (debian/emulation.py).
 
 Environment: BMSGW_PIP_OPTS replaces the default pip options (`--only-binary=:all:`), e.g. to use a wheel
-mirror (see README, "Installing on the controller").
+mirror (see docs/install.md, "Installing on the controller").
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ class Gateway:
         self.started_at = time.time()
         self.simulator = None
         sim_cfg = self.config.section("simulator")
-        use_sim = sim_cfg.get("enabled", False) if simulator is None else simulator
+        use_sim = sim_cfg["enabled"] if simulator is None else simulator
         ports = dict(port_overrides or {})
         sim_buses = [b.name for b in self.topology.buses if b.port == "sim" and b.name not in ports]
         if sim_buses and not use_sim:
@@ -174,6 +174,14 @@ class Gateway:
             idx = next(i for i, b in enumerate(self.topology.buses) if b.name == sim_buses[0])
             raise ConfigError(str(config_path), f"buses[{idx}].port",
                               "port 'sim' needs the built-in simulator, but it is not started here")
+        # the lived-in demo: a wholly simulated bank back-fills its history at the first start (gateway.backfill)
+        self.backfill_plan = None
+        self.backfill_status: dict[str, Any] | None = None
+        self._backfill: Any = None
+        if sim_buses and len(sim_buses) == len(self.topology.buses):
+            from .backfill import plan
+
+            self.backfill_plan = plan(self.config)
         if sim_buses:
             self.simulator = self.make_simulator(sim_buses)
             ports.update(self.simulator.ports())
@@ -235,6 +243,11 @@ class Gateway:
         if self.pm.hook.bmsgw_encode_register.get_hookimpls():
             overrides.setdefault("encode_hook", self._encode)
         names = buses if buses is not None else [b.name for b in self.topology.buses]
+        backfill_plan = getattr(self, "backfill_plan", None)
+        if backfill_plan is not None and "model" not in overrides:
+            from .backfill import live_model
+
+            overrides["model"] = live_model(self.config, backfill_plan)  # the back-filled batteries, aged
         return simulator_from_config(self.config, buses=names, **overrides)
 
     def _on_comm_event(self, event: CommEvent) -> None:
@@ -323,6 +336,7 @@ class Gateway:
         its name, the address and the reason, after stopping what had started."""
         self.check(self.config.data)
         self.loop = asyncio.get_running_loop()
+        await self.backfill()
         if self.simulator is not None:
             self.simulator.start()
         self.pm.hook.bmsgw_gateway_ready(gateway=self)
@@ -335,6 +349,44 @@ class Gateway:
                 await self.stop()
                 raise
         await self.engine.start()
+
+    async def backfill(self) -> None:
+        """The first start of a wholly simulated bank with ``simulator.backfill_days``: its simulated history,
+        before anything else starts (``gateway.backfill``; progress in the log and in ``status()``).  A failure
+        is logged and the gateway starts without it; a stop request ends it (BackfillCancelled)."""
+        from . import backfill as bf
+
+        p = self.backfill_plan
+        if p is None:
+            return
+        if not p.needed:
+            if p.skip_reason and bf.read_marker(p.state_dir) is None:
+                bf.skip(p)
+            self.backfill_status = bf.status_from_marker(p)
+            return
+
+        def progress(info: dict[str, Any]) -> None:
+            self.backfill_status = info
+
+        self._backfill = job = bf.Backfill(self.config, p, progress)
+        self.backfill_status = {"state": "running", "percent": 0, "days": int(p.days)}
+        try:
+            await asyncio.to_thread(job.run)
+        except bf.BackfillCancelled:
+            raise
+        except Exception as exc:
+            log.exception("back-filling the simulated history failed; starting without it (delete %s to try "
+                          "again)", p.marker)
+            bf.failed(p, exc)
+            self.backfill_status = {"state": "failed", "error": str(exc)}
+        finally:
+            self._backfill = None
+        p.needed = False
+
+    def cancel_backfill(self) -> None:
+        job = self._backfill
+        if job is not None:
+            job.cancel()
 
     async def stop(self) -> None:
         await self.engine.stop()
@@ -353,6 +405,8 @@ class Gateway:
         out: dict[str, Any] = {"site": self.config.section("site"), "uptime_s": round(time.time() - self.started_at, 1),
                                "points": len(self.pointmap), "readings": len(self.store),
                                "buses": self.engine.counters()}
+        if self.backfill_status is not None:
+            out["backfill"] = dict(self.backfill_status)
         for svc in self.services.values():
             try:
                 st = svc.status()
@@ -536,8 +590,13 @@ class Gateway:
         reloads the config file."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_stop() -> None:
+            stop.set()
+            self.cancel_backfill()  # a first start's back-fill stops at its next step
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop)
         reloads: set[asyncio.Task[Any]] = set()
 
         def on_hup() -> None:

@@ -1,4 +1,5 @@
-"""``bmsgw``: run the gateway, poll once, simulate a bank, scan a bus, print the register map, check a config."""
+"""``bmsgw``: run the gateway, poll once, simulate a bank, scan a bus, dump a device's registers, print the register
+map, check a config."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from . import __version__
@@ -185,6 +187,95 @@ def cmd_scan(args) -> int:
     return 0 if found else 1
 
 
+def _known_profiles(config: str | None) -> dict:
+    """The profiles of ``config`` (its plugin and profile folders too), or the built-in and plugins' ones."""
+    from .profiles import PROFILES_DIR, load_profiles
+
+    if config:
+        return offline_gateway(config).profiles
+    from .plugins import make_plugin_manager
+
+    pm = make_plugin_manager()
+    return load_profiles([PROFILES_DIR] + [d for r in pm.hook.bmsgw_profile_dirs() for d in (r or [])])
+
+
+def cmd_dump(args) -> int:
+    from pathlib import Path
+
+    from .dump import DumpError, default_case_name, dump_registers, parse_range, render_text, write_golden
+    from .modbus.transport import RtuTransport
+    from .topology import MAX_CELLS, BusConfig
+
+    first, last = parse_range(args.range)
+    if not 1 <= args.address <= 247:
+        raise GatewayError(f"bad --address {args.address}: a Modbus RTU slave address is 1-247")
+    for name, value, lo, hi in (("--timeout-ms", args.timeout_ms, 10, 10000), ("--retries", args.retries, 0, 10),
+                                ("--cells", args.cells, 1, MAX_CELLS)):
+        if not lo <= value <= hi:
+            raise GatewayError(f"bad {name} {value}: {lo}-{hi}")
+    profile = None
+    if args.profile:
+        profiles = _known_profiles(args.config)
+        profile = profiles.get(args.profile)
+        if profile is None:
+            raise GatewayError(f"unknown --profile {args.profile!r}; known: {', '.join(sorted(profiles))}")
+    bus = BusConfig(name="dump", port=args.port, baud=args.baud, parity=args.parity, stopbits=args.stopbits,
+                    timeout_ms=args.timeout_ms, retries=args.retries)
+    tty = sys.stderr.isatty()
+    total = last - first + 1
+    shown = [-1]
+
+    def progress(result) -> None:
+        done = len(result.words) + len(result.refused)
+        if tty:
+            print(f"\rreading {args.table} registers: {done}/{total}", end="", file=sys.stderr, flush=True)
+        elif done == total or done * 10 // total > shown[0]:
+            shown[0] = done * 10 // total
+            print(f"read {done}/{total} registers ({len(result.refused)} refused)", file=sys.stderr, flush=True)
+
+    async def go():
+        transport = RtuTransport(bus)
+        transport.open()  # PortError says what is wrong: missing, busy, no permission
+        try:
+            return await dump_registers(transport, args.address, args.table, first, last, args.retries, progress)
+        finally:
+            transport.close()
+
+    try:
+        result = asyncio.run(go())
+        error = None
+    except DumpError as exc:
+        result, error = exc.result, exc
+    if tty:
+        print(file=sys.stderr)
+    if result is not None and result.words:
+        sys.stdout.write(render_text(result))
+        if profile is not None:
+            from .dump import expected_readings
+
+            registers = {args.table: {str(a): w for a, w in result.words.items()}}
+            in_table = {r.point for r in profile.registers if r.table == args.table}
+            print(f"# decoded with profile {profile.name}:")
+            for item in expected_readings(profile, registers, args.cells):
+                if item["point"] not in in_table:
+                    continue
+                where = "".join(f" {k}={item[k]}" for k in ("cell", "channel") if k in item)
+                value = "n/a" if item["value"] is None else f"{item['value']:.6g}"
+                print(f"#   {item['point']}{where} = {value} {item.get('quality', '')}".rstrip())
+        if args.json and error is None:
+            path = Path(args.json)
+            source = (f"bmsgw dump of address {args.address} on {args.port} at {args.baud} baud 8{args.parity}"
+                      f"{args.stopbits}, {time.strftime('%Y-%m-%d %H:%M')}")
+            doc = write_golden(path, result, source, args.case or default_case_name(result), profile, args.cells)
+            print(f"wrote {path}: {len(result.words)} {args.table} registers"
+                  + (f", {len(doc['cases'][-1]['expected'])} expected readings of {profile.name}" if profile
+                     else "; add --profile NAME to fill in the readings they decode to"), file=sys.stderr)
+    if error is not None:
+        print(f"bmsgw: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_regmap(args) -> int:
     from .regmap import render
 
@@ -236,6 +327,35 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     s.add_argument("--bus-name", default="bus1", help="name to give the bus in the fragment")
     s.add_argument("--config", "-c", default=None, help="config whose profile folders to use (optional)")
     s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser(
+        "dump", help="print a device's raw registers (hex and decimal); --json writes a profile's golden test",
+        description="Read a range of one device's input or holding registers through the gateway's RTU transport "
+                    "(requests of at most 125 registers; a range the device partly refuses is narrowed down to "
+                    "what it maps) and print them. Progress goes to stderr. Exit 0 when registers were read, 1 "
+                    "when the device is silent, refuses or fails, 2 for a bad argument or a port that cannot be "
+                    "opened (missing, busy, no permission). See docs/sensors.md.")
+    s.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyS1 or /dev/ttyUSB0")
+    s.add_argument("--baud", type=int, default=9600,
+                   choices=[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200])
+    s.add_argument("--parity", default="N", choices=["N", "E", "O"])
+    s.add_argument("--stopbits", type=int, default=1, choices=[1, 2])
+    s.add_argument("--address", type=int, required=True, help="the device's Modbus address (slave id), 1-247")
+    s.add_argument("--table", default="input", choices=["input", "holding"],
+                   help="input registers (function 04, default) or holding registers (function 03)")
+    s.add_argument("--range", default="0-124", help="registers FIRST-LAST to read (default 0-124)")
+    s.add_argument("--timeout-ms", type=int, default=300, help="wait this long for each answer (default 300)")
+    s.add_argument("--retries", type=int, default=2, help="ask again this often after no answer (default 2)")
+    s.add_argument("--json", metavar="FILE", default=None,
+                   help="also write the registers in the golden-test format (tests/devicedump.py); an existing "
+                        "file gets them added (run once per table)")
+    s.add_argument("--profile", default=None,
+                   help="decode the registers with this profile: printed, and written to --json as the expected "
+                        "readings")
+    s.add_argument("--cells", type=int, default=1, help="with --profile of a concentrator: batteries it serves")
+    s.add_argument("--case", default=None, help="the --json case's name (default: 'dump of address A on DATE')")
+    s.add_argument("--config", "-c", default=None, help="config whose profile folders to use (optional)")
+    s.set_defaults(func=cmd_dump)
 
     s = sub.add_parser("regmap", help="print the Modbus register map (with OIDs, metric names, JSON paths)")
     add_config_option(s)

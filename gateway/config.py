@@ -111,7 +111,7 @@ CORE_SCHEMA: dict[str, Any] = {
                                       "description": "the cell sensors run an ohmic test this often (simulated "
                                                      "seconds) and report its result until the next one"},
             "sensor_errors": {
-                "description": "the datasheets' sensor errors (README, 'The simulator'): true, false (perfect "
+                "description": "the datasheets' sensor errors (docs/simulator.md): true, false (perfect "
                                "sensors), or a mapping overriding some of them",
                 "default": True,
                 "oneOf": [{"type": "boolean"}, {
@@ -125,14 +125,20 @@ CORE_SCHEMA: dict[str, Any] = {
                                 "patternProperties": {"^[1-9][0-9]?$": {"type": "number", "minimum": -100,
                                                                         "maximum": 100}},
                                 "description": "per string id: that string sensor's zero offset (A)"},
+            "backfill_days": {"type": "number", "minimum": 0, "maximum": 3650, "default": 0,
+                              "description": "the first start of a simulated bank back-fills this many days of "
+                                             "simulated history through the recording, analytics and alarms "
+                                             "(docs/simulator.md, the lived-in demo); 0 = off; never with a real bus"},
             "scenarios": {
                 "type": "array", "maxItems": 32, "default": [],
                 "description": "events the simulated bank goes through: a thermal runaway, a stuck sensor, a "
-                               "sensor out of its range",
+                               "sensor out of its range, a mains failure (the strings discharge at `value` A, or "
+                               "their string alone) and the mains' return",
                 "items": {
                     "type": "object", "additionalProperties": False, "required": ["kind"],
                     "properties": {
-                        "kind": {"enum": ["thermal_runaway", "stuck", "out_of_range"]},
+                        "kind": {"enum": ["thermal_runaway", "stuck", "out_of_range", "mains_failure",
+                                          "mains_return"]},
                         "after_s": {"type": "number", "minimum": 0, "default": 0,
                                     "description": "simulated seconds after the simulator starts"},
                         "string": {"type": "integer", "minimum": 1, "maximum": MAX_STRINGS},

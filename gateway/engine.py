@@ -53,6 +53,7 @@ class DeviceState:
     comm_ref: PointRef | None
     fast_blocks: list[Block] = field(default_factory=list)  # a fast-only cycle
     fast_requests: list[bytes] = field(default_factory=list)
+    write_refs: tuple[PointRef, ...] = ()  # write-only registers' points (``poll: never``): never read
     address: int = 0  # where it answers now (the configured address unless discovery adopted another)
     failures: int = 0
     lost: bool = False
@@ -126,6 +127,31 @@ class _Reads:
     answered: bool = False  # something came back from it (values or an exception) in the last try
 
 
+class _Cycle:
+    """One poll cycle of a bus: its tries, the reads waiting for a retry, and how many devices in a row have
+    not answered (the bus may have fallen silent)."""
+
+    def __init__(self, engine: Engine, transport: RtuTransport | None) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.pending: list[_Reads] = []
+        self.tried = self.answered = self.run = 0
+
+    async def attempt(self, reads: _Reads) -> None:
+        """Try a device's reads once; what failed waits for a retry (not from a slave known to answer late)."""
+        self.tried += 1
+        await self.engine._attempt(self.transport, reads)
+        self.answered += reads.answered
+        self.run = 0 if reads.answered else self.run + 1
+        transport = self.transport
+        late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
+        if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
+            reads.tries_left -= 1
+            self.pending.append(reads)
+        else:
+            self.engine._finish(reads)
+
+
 class DeviceWriteError(Exception):
     """A write to a device that was not carried out (the bus is not open, the device did not answer)."""
 
@@ -177,9 +203,12 @@ class Engine:
     # -- planning --------------------------------------------------------------------------------------------
     def _device_state(self, dev: DeviceConfig) -> DeviceState:
         prof = self.profiles[dev.profile]
-        entries, refs = [], []
+        entries, refs, write_refs = [], [], []
         for reg in prof.registers:
             for k, ref in enumerate(device_refs(prof, reg, dev, self.topology)):
+                if reg.poll == "never":  # a command the device carries out (start an ohmic test): only written
+                    write_refs.append(ref)
+                    continue
                 address = reg.address + (k * reg.per_cell_stride if reg.per_cell_stride else 0)
                 entries.append((reg.table, address, reg.count, reg.poll, reg, ref))
                 refs.append(ref)
@@ -190,7 +219,8 @@ class Engine:
             comm_ref = PointRef("cell.comm_status", dev.string, dev.cell)
         elif prof.scope == "string":
             comm_ref = PointRef("string.comm_status", dev.string)
-        ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks)
+        ds = DeviceState(dev, prof, blocks, [], tuple(dict.fromkeys(refs)), comm_ref, fast_blocks,
+                         write_refs=tuple(write_refs))
         ds.readdress(dev.address)
         return ds
 
@@ -326,63 +356,65 @@ class Engine:
         every lost device is tried too.
         """
         start = time.monotonic()
-        transport = bs.transport
-        pending: list[_Reads] = []
-        n_tried = n_answered = run = 0  # run: devices in a row that did not answer, until now
+        cycle = _Cycle(self, bs.transport)
         lost_before = [ds for ds in bs.devices if ds.lost]
-
-        async def attempt(reads: _Reads) -> None:
-            nonlocal n_tried, n_answered, run
-            n_tried += 1
-            await self._attempt(transport, reads)
-            n_answered += reads.answered
-            run = 0 if reads.answered else run + 1
-            late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
-            if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
-                reads.tries_left -= 1
-                pending.append(reads)
-            else:
-                self._finish(reads)
-
         healthy = [ds for ds in bs.devices if not ds.failures and not ds.lost]
         suspects = [ds for ds in bs.devices if ds.failures and not ds.lost]
         if bs.silent and len(healthy) + len(suspects) > self.SILENT_PROBES:
-            every, k = healthy + suspects, self.SILENT_PROBES
-            check = [every[round(i * (len(every) - 1) / (k - 1))] for i in range(k)]
-            for ds in check:
-                reads = self._reads(ds, slow, 0)
-                if reads is not None:
-                    await attempt(reads)
-            rest = [ds for ds in every if ds not in check]
-            healthy = [ds for ds in healthy if ds not in check]
-            suspects = [ds for ds in suspects if ds not in check]
-            if not n_answered:  # still silent: the others would time out one by one
-                for ds in rest:
-                    reads = self._reads(ds, slow, 0)
-                    if reads is not None:
-                        reads.error = "no device on the bus answers (silent or garbled bus)"
-                        self._finish(reads)
-                healthy = suspects = []
+            healthy, suspects = await self._check_silent_bus(cycle, healthy, suspects, slow)
         for ds in healthy:
             reads = self._reads(ds, slow, bs.bus.retries)
             if reads is not None:
-                await attempt(reads)
+                await cycle.attempt(reads)
         bs.sweep_duration = time.monotonic() - start
         for ds in suspects:
             reads = self._reads(ds, slow, 0)
             if reads is not None:
-                await attempt(reads)
-        while pending:
-            batch = pending[:]
-            pending.clear()
-            for reads in batch:
-                if run >= self.SILENT_PROBES:  # the bus fell silent: retries would time out one by one
-                    self._finish(reads)
-                    continue
-                await attempt(reads)
-        bs.silent = run >= self.SILENT_PROBES
+                await cycle.attempt(reads)
+        await self._retry(cycle)
+        bs.silent = cycle.run >= self.SILENT_PROBES
         busy = time.monotonic() - start
         alive = any(not d.lost for d in bs.devices)
+        await self._try_lost(cycle, bs, lost_before, slow, alive, force, until)
+        if not force and alive:
+            await self.finder.search(bs, until)
+        self._end_cycle(bs, start, busy, cycle.tried)
+
+    async def _check_silent_bus(self, cycle: _Cycle, healthy: list[DeviceState], suspects: list[DeviceState],
+                                slow: bool) -> tuple[list[DeviceState], list[DeviceState]]:
+        """The bus was silent last cycle: try ``SILENT_PROBES`` devices spread over it; when none answers, the
+        others fail without a try.  Returns the healthy and suspect devices still to poll."""
+        every, k = healthy + suspects, self.SILENT_PROBES
+        check = [every[round(i * (len(every) - 1) / (k - 1))] for i in range(k)]
+        for ds in check:
+            reads = self._reads(ds, slow, 0)
+            if reads is not None:
+                await cycle.attempt(reads)
+        if cycle.answered:
+            return [ds for ds in healthy if ds not in check], [ds for ds in suspects if ds not in check]
+        for ds in every:  # still silent: the others would time out one by one
+            if ds in check:
+                continue
+            reads = self._reads(ds, slow, 0)
+            if reads is not None:
+                reads.error = "no device on the bus answers (silent or garbled bus)"
+                self._finish(reads)
+        return [], []
+
+    async def _retry(self, cycle: _Cycle) -> None:
+        """This cycle's failed reads again, in rounds, unless the bus fell silent meanwhile."""
+        while cycle.pending:
+            batch = cycle.pending[:]
+            cycle.pending.clear()
+            for reads in batch:
+                if cycle.run >= self.SILENT_PROBES:  # the bus fell silent: retries would time out one by one
+                    self._finish(reads)
+                    continue
+                await cycle.attempt(reads)
+
+    async def _try_lost(self, cycle: _Cycle, bs: BusState, lost_before: list[DeviceState], slow: bool,
+                        alive: bool, force: bool, until: float | None) -> None:
+        """The lost devices due for another try, within the probe budget (all of them when one comes back)."""
         now = time.monotonic()
         comeback = False
         probes = 0
@@ -398,19 +430,19 @@ class Engine:
             if reads is None:
                 continue
             t0 = time.monotonic()
-            n_tried += 1
-            await self._attempt(transport, reads)
+            cycle.tried += 1
+            await self._attempt(cycle.transport, reads)
             self._finish(reads)
             probes += 1
             if alive and not comeback:
                 bs.charge(t0, until)
             comeback = not ds.lost  # it answers again: so may the others (a bus plugged in again)
-        if not force and alive:
-            await self.finder.search(bs, until)
+
+    def _end_cycle(self, bs: BusState, start: float, busy: float, tried: int) -> None:
         bs.probe_credit = min(bs.probe_credit + self.PROBE_SHARE * busy, bs.bus.timeout_ms / 1000.0)
         bs.cycles += 1
         self.poll_cycles += 1
-        bs.last_attempts = n_tried
+        bs.last_attempts = tried
         bs.last_duration = time.monotonic() - start
         bs.busy_s += bs.last_duration
         if bs.cycles == 1:
@@ -573,7 +605,7 @@ class Engine:
     def writable(self, ref: PointRef) -> tuple[BusState, DeviceState, RegisterSpec] | None:
         for bs in self.buses.values():
             for ds in bs.devices:
-                if ref not in ds.refs:
+                if ref not in ds.refs and ref not in ds.write_refs:
                     continue
                 for reg in ds.profile.registers:
                     if reg.point == ref.point and reg.writable and (reg.channel is None or reg.channel == ref.channel):
@@ -597,5 +629,13 @@ class Engine:
             await bs.transport.transact(request)
         except ModbusError as exc:
             raise DeviceWriteError(f"writing {ref} to {ds.device.label} failed: {exc}") from exc
-        self.store.put(ref, float(value), Quality.GOOD)
+        if reg.poll != "never":  # a write-only register has no state to show
+            self.store.put(ref, float(value), Quality.GOOD)
+
+    def read_slow_soon(self, refs: list[PointRef]) -> None:
+        """The next cycle of the buses holding ``refs`` reads the slow registers too (after an ohmic test
+        started on demand, its results are wanted now, not at the next slow period)."""
+        for bs in self.buses.values():
+            if any(ref in ds.refs or ref in ds.write_refs for ds in bs.devices for ref in refs):
+                bs.next_slow = 0.0
 

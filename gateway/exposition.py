@@ -330,7 +330,7 @@ class ExpositionModel:
         statics = [
             StaticFamily("bms_gateway_info", "The gateway: software version and site",
                          [(("version", __version__), ("site", str(site.get("id", ""))),
-                           ("site_name", str(site.get("name", ""))))]),
+                           ("site_name", str(site["name"])))]),
             StaticFamily("bms_string_info", "Configured battery strings: name and battery model",
                          [(("string", str(s.id)), ("name", s.name), ("battery_model", s.battery.model),
                            ("nominal_voltage", f"{s.battery.nominal_voltage:g}"),

@@ -242,6 +242,15 @@ class GatewaySpecs:
         ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
         """
 
+    @hookspec(firstresult=True)
+    def bmsgw_setpoints(self, gateway: Gateway) -> Any | None:
+        """The alarm setpoints as a table, for the web face's setpoints page: an object with ``strings()``,
+        ``table(string)`` (rows of one string's rules, or the room's with None), ``scopes(string)``,
+        ``check(string, scope, changes)`` and ``edit(document, string, scope, changes, resets)`` (see
+        ``gateway.alarms.setpoints.Setpoints``), computed from the running configuration.  Called from a web
+        server thread.  Return None when no alarm engine is installed.
+        """
+
     @hookspec
     def bmsgw_check_config(self, gateway_config: Config, catalog: Catalog) -> list[str]:
         """What is wrong in this plugin's config section beyond its JSON schema (which the core checks

@@ -39,6 +39,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gateway.outputs.web",
     "gateway.outputs.prometheus",
     "gateway.outputs.mqtt",
+    "gateway.outputs.bacnet",
+    "gateway.outputs.nut",
     "gateway.secretfiles",
 )
 

@@ -1,7 +1,7 @@
 """The point map: one stable address, OID, metric name and JSON path for every point.
 
 Every northbound face reads the point store through this map.  Addresses come from a formula over the
-family's catalog slot and the point's place in the topology (see profiles/points.yaml and the README), so
+family's catalog slot and the point's place in the topology (see profiles/points.yaml and docs/register-map.md), so
 adding a string, a cell or a new sensor type never moves a point that exists.
 """
 from __future__ import annotations
@@ -198,11 +198,19 @@ class PointMap:
         refs = set(self._devices)
         refs.update(self._derived_refs(catalog, topology, buses if buses is not None else len(topology.buses)))
         entries = []
+        # one metric name per family and one label tuple per position, shared by every point that has them
+        # (a full bank has tens of thousands of points and a few hundred distinct names and label sets)
+        names: dict[str, tuple[str, float]] = {}
+        label_sets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         for ref in refs:
             spec = catalog[ref.point]
-            metric, factor = metric_name(spec)
-            entries.append(MappedPoint(ref, spec, register_address(spec, ref), oid_suffix(spec, ref), metric,
-                                       factor, metric_labels(spec, ref), json_path(spec, ref)))
+            named = names.get(spec.id)
+            if named is None:
+                named = names[spec.id] = metric_name(spec)
+            labels = metric_labels(spec, ref)
+            labels = label_sets.setdefault(labels, labels)
+            entries.append(MappedPoint(ref, spec, register_address(spec, ref), oid_suffix(spec, ref), named[0],
+                                       named[1], labels, json_path(spec, ref)))
         entries.sort(key=lambda e: e.address)
         self.entries: tuple[MappedPoint, ...] = tuple(entries)
         self.by_ref: dict[PointRef, MappedPoint] = {e.ref: e for e in entries}

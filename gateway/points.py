@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,31 @@ class PointSpec:
 
 @dataclass(frozen=True, slots=True)
 class PointRef:
-    """One point in the topology.  ``string``/``cell``/``channel`` are 1-based or None."""
+    """One point in the topology.  ``string``/``cell``/``channel`` are 1-based or None.
+
+    Every store, index and feed is a dict keyed by PointRef: its hash is computed once, at creation (the
+    dataclass's own ``__hash__`` builds and hashes a tuple on every lookup), and equals that tuple's hash."""
 
     point: str
     string: int | None = None
     cell: int | None = None
     channel: int | None = None
+    _hash: int = field(default=0, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.point, self.string, self.cell, self.channel)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    # a str's hash differs from one process to the next: a pickled ref hashes again where it is loaded
+    def __getstate__(self) -> tuple[str, int | None, int | None, int | None]:
+        return self.point, self.string, self.cell, self.channel
+
+    def __setstate__(self, state: tuple[str, int | None, int | None, int | None]) -> None:
+        for name, value in zip(("point", "string", "cell", "channel"), state, strict=True):
+            object.__setattr__(self, name, value)
+        self.__post_init__()
 
     def keys(self) -> dict[str, int]:
         out = {}

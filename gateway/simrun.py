@@ -22,6 +22,7 @@ serves).  For tests, benches (``bench/realism.py``) and back-filling history.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,11 +38,14 @@ class SimulatedGateway:
 
     def __init__(self, config_path: str | Path, *, analytics: bool = True, alarms: bool = True,
                  model: BankModel | None = None, cadence: Cadence | None = None, analytics_every_s: float = 60.0,
-                 forecasts: bool = True, **model_overrides) -> None:
+                 forecasts: bool = True, state_dir: str | Path | None = None, settings: dict | None = None,
+                 **model_overrides) -> None:
         """``analytics``/``alarms``: run them (as their config sections say); ``forecasts``: the analytics' jobs
         (forecasts, diagnoses) every ``analytics.jobs_interval_h``; ``analytics_every_s``: their tick (doubled
-        tenfold while every string floats quietly, with ``cadence.cells_idle_s``); ``model_overrides``: for
-        ``model_from_config`` (seed, weak_cells, errors ...)."""
+        tenfold while every string floats quietly, with ``cadence.cells_idle_s``); ``state_dir``: keep the state
+        files there instead of the config's ``gateway.state_dir``; ``settings``: {section: {key: value}}
+        replacing keys of the checked config (e.g. ``{"analytics": {"install_date": "2025-01-01"}}``);
+        ``model_overrides``: for ``model_from_config`` (seed, weak_cells, errors ...)."""
         from .app import Gateway
         from .sim.server import model_from_config
         from .strings import make_supervisor
@@ -50,6 +54,10 @@ class SimulatedGateway:
         ports = {b["name"]: "(simulated time)" for b in raw.get("buses", []) if isinstance(b, dict) and "name" in b}
         self.gateway = gw = Gateway(config_path, simulator=False, port_overrides=ports, entry_points=False)
         gw.check()  # every check `bmsgw run` makes (ConfigProblems lists what is wrong)
+        if state_dir is not None:
+            gw.config.data["gateway"] = {**gw.config.data["gateway"], "state_dir": str(Path(state_dir).resolve())}
+        for section, values in (settings or {}).items():
+            gw.config.data[section] = {**gw.config.section(section), **values}
         self.store: PointStore = gw.store
         self.model = model or model_from_config(gw.config, **model_overrides)
         self.model.string_voltage_hold_s = 300.0  # days in seconds: a floating string's voltage every 5 minutes
@@ -68,6 +76,7 @@ class SimulatedGateway:
         self.forecasts = forecasts
         self._analytics_every = analytics_every_s
         self._next_analytics = self.now
+        self._last_analytics = -float("inf")
         if analytics and gw.config.section("analytics").get("enabled", True):
             from .analytics import state_path
             from .analytics.engine import Analytics
@@ -101,10 +110,11 @@ class SimulatedGateway:
         if self.alarms is not None:
             self.alarms.drive(t)
         quiet = self.cadence.cells_idle_s > 0 and idle(self.model)
-        if not quiet:  # something happens: the analytics follow at their busy pace
-            self._next_analytics = min(self._next_analytics, t)
+        if not quiet:  # something happens: the analytics follow at their busy pace (not at every step)
+            self._next_analytics = min(self._next_analytics, self._last_analytics + self._analytics_every)
         if self.analytics is not None and t >= self._next_analytics:
             self.analytics.tick(t)
+            self._last_analytics = t
             self._next_analytics = t + self._analytics_every * (10.0 if quiet else 1.0)
             if self.forecasts and self.analytics.jobs_due(t):
                 self.analytics.run_jobs(t)
@@ -121,6 +131,14 @@ class SimulatedGateway:
     def fast_forward(self, days: float, per_day: int = 12, on_step: Callable[[float], None] | None = None) -> None:
         """Jump through ``days`` (``per_day`` readings a day, strings held in their mode)."""
         fast_forward(self.model, self.store, days, per_day, [self._tick], on_step=on_step, ranges=self.ranges)
+
+    def jump(self, t: float) -> None:
+        """Jump the clock to ``t`` (one step of ``fast_forward``: the strings keep their mode, the batteries age)
+        and take every reading there."""
+        with self.model.lock:
+            self.model.t = max(self.model.t, t)
+            self.model._avg_cache.clear()
+        self.read_all()
 
     def read_all(self) -> None:
         """One round of every reading now (without advancing the physics)."""
@@ -140,14 +158,17 @@ class SimulatedGateway:
 
     def ups(self) -> dict[str, int | None]:
         """The UPS-MIB battery group as the SNMP agent serves it (upsBatteryStatus, upsSecondsOnBattery, ...)."""
-        from .outputs.snmp.sections import AgentData, UpsBattery
+        from .outputs.snmp.agent import soc_model
+        from .outputs.snmp.sections import AgentData
+        from .outputs.snmp.upsmib import UpsBattery
 
         cfg = self.gateway.config.section("snmp")
+        peukert, rated_hours = soc_model(self.gateway.config)
         data = AgentData(store=self.store, pointmap=self.gateway.pointmap, topology=self.gateway.topology,
-                         base=(1, 3, 6, 1, 4, 1, 32473), site_name="", system=cfg.get("system", {}),
-                         ups=cfg.get("ups", {"low_charge_percent": 40, "depleted_charge_percent": 10,
-                                              "low_minutes_remaining": 5}),
-                         entity_points=[], poll=self.gateway.config.data["gateway"]["poll"])
+                         base=(1, 3, 6, 1, 4, 1, 32473), site_name="", system=cfg["system"], ups=cfg["ups"],
+                         entity_points=[], poll=self.gateway.config.data["gateway"]["poll"],
+                         low_batt_time=lambda: max(1, math.ceil(cfg["ups"]["low_minutes_remaining"])),
+                         peukert=peukert, rated_hours=rated_hours)
         ups = UpsBattery(data)
 
         def val(fn) -> int | None:

@@ -43,7 +43,7 @@ def small_bank(strings: int = 1, cells: int = 8, profile: str = "bm-bcs-12") -> 
 
 
 LISTENING_FACES = {"snmp": socket.SOCK_DGRAM, "modbus_tcp": socket.SOCK_STREAM, "web": socket.SOCK_STREAM,
-                   "prometheus": socket.SOCK_STREAM}
+                   "prometheus": socket.SOCK_STREAM, "nut": socket.SOCK_STREAM}
 
 
 def write_config(tmp_path: Path, overrides: dict | None = None, base: dict | None = None,
@@ -58,6 +58,8 @@ def write_config(tmp_path: Path, overrides: dict | None = None, base: dict | Non
         data = deep_merge(data, {"simulator": {"enabled": True, "wire_time": False},
                                  "gateway": {"poll": {"fast_s": 0.5, "slow_s": 5}}})
     data = deep_merge(data, overrides or {})
+    if isinstance(data.get("simulator"), dict) and "backfill_days" not in ((overrides or {}).get("simulator") or {}):
+        data["simulator"]["backfill_days"] = 0  # no first-start back-fill unless the test asks for one
     # every listening face on a free port unless the test chose one: several gateways (and other test
     # runs on the same machine) may be up at once
     for section, kind in LISTENING_FACES.items():
@@ -129,3 +131,14 @@ class GatewayThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def section_with_defaults(name: str, data: dict) -> dict:
+    """A config section as the gateway hands it to its services: ``data`` with the schema's defaults filled in."""
+    from gateway.config import fill_defaults, full_schema
+    from gateway.plugins import make_plugin_manager
+
+    extra: dict = {}
+    for part in make_plugin_manager().hook.bmsgw_config_schema():
+        extra.update(part)
+    return fill_defaults(full_schema(extra)["properties"][name], copy.deepcopy(data))

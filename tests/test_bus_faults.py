@@ -81,9 +81,11 @@ class Watch:
 
 
 def measured(gw, string: int, cell: int | None = None):
-    """The refs a sensor measures (what the engine polls, every cycle or every slow_s; not derived values)."""
+    """The refs a sensor measures (what the engine polls, every cycle or every slow_s; not derived values, not
+    write-only registers such as a cell sensor's ohmic-test request)."""
+    write_only = {r for bs in gw.engine.buses.values() for ds in bs.devices for r in ds.write_refs}
     return [e.ref for e in gw.pointmap.entries if e.ref.string == string and e.ref.cell == cell
-            and e.spec.source != "derived"]
+            and e.spec.source != "derived" and e.ref not in write_only]
 
 
 def within_cycles(watch: Watch, c0: int, first: int = 1) -> None:

@@ -270,12 +270,14 @@ def test_make_run_starts_the_default_gateway_and_stops_cleanly(tmp_path):
 
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data["gateway"]["state_dir"] = str(tmp_path / "var")
+    data["simulator"]["backfill_days"] = 1  # the first start's back-fill, short (tests/test_backfill.py: the rest)
     for section, kind in LISTENING_FACES.items():  # the default config, but on ports nobody else holds
         data[section]["listen"] = f"127.0.0.1:{free_port(kind)}"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     make = Child(["make", "--no-print-directory", "run", f"CONFIG={path}"], tmp_path, "make")
     try:
+        make.wait_log(r"back-fill done in \d+ s: 1 simulated day, \d+ discharges", timeout=300)
         make.wait_log(r"bmsgw started for Demo battery room \(simulated\): 4 strings, 480 batteries, 486 devices")
         for bus, n in (("bus1", 123), ("bus4", 121)):
             make.wait_log(rf"bus {bus}: first poll cycle took [\d.]+ s; {n} of {n} devices answer")

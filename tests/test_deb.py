@@ -34,7 +34,7 @@ LEFT_BEHIND = ["/etc/bmsgw", "/var/lib/bmsgw", "/usr/lib/bmsgw", "/usr/share/bms
                "/etc/systemd/system/multi-user.target.wants/bmsgw.service"]
 # Left by a run of this test that was killed before it could clean up (never by a real installation).
 MARKER = Path("/var/tmp/bmsgw-deb-test.running")
-MAX_EXPOSURE = 2.0  # systemd-analyze security; README records the figure
+MAX_EXPOSURE = 2.0  # systemd-analyze security; docs/install.md records the figure
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="installing a .deb needs root (dpkg)")
 
@@ -202,8 +202,8 @@ def test_unit_hardening_and_exposure():
     res = sh("systemd-analyze", "security", "--offline=true", "--no-pager", unit_file)
     exposure = float(re.search(r"Overall exposure level for bmsgw.service: ([0-9.]+)", res.stdout).group(1))
     assert exposure <= MAX_EXPOSURE, res.stdout
-    readme = (ROOT / "README.md").read_text()
-    assert f"exposure level {exposure}" in readme, f"README should record the exposure figure {exposure}"
+    install = (ROOT / "docs" / "install.md").read_text()
+    assert f"exposure level {exposure}" in install, f"docs/install.md should record the exposure figure {exposure}"
 
 
 def test_packaged_config_is_valid_and_safe(tmp_path):

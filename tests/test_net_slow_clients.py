@@ -28,6 +28,8 @@ HTTP_HEAD = b"GET %s HTTP/1.1\r\nHost: gateway\r\nUser-Agent: slo"
 HTTP_TRICKLE = b"wloris-abcdefghijklmnopqrstuvwxyz"
 # half an MBAP header, then a frame announcing 254 bytes (8 minutes at a byte every 2 s)
 MODBUS_HEAD, MODBUS_TRICKLE = b"\x00\x01\x00", b"\x00\x00\xfe\x01" + bytes(253)
+# half a NUT request line, then letters that never end it
+NUT_HEAD, NUT_TRICKLE = b"LIST VAR ban", b"kkkkkkkkkkkkkkkk"
 # the start of a TLS record of 512 bytes, then zeros: a handshake that never completes
 TLS_HEAD, TLS_TRICKLE = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", bytes(64)
 
@@ -66,7 +68,7 @@ def serve_under_attack(port: int, head: bytes, trickle: bytes, probe: Callable[[
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    path = write_config(tmp_path_factory.mktemp("slow-clients"), {"snmp": {"enabled": False}},
+    path = write_config(tmp_path_factory.mktemp("slow-clients"), {"snmp": {"enabled": False}, "nut": {"enabled": True}},
                         base=small_bank(1, 4))
     with GatewayThread(path) as gt:
         yield gt
@@ -122,6 +124,26 @@ def test_prometheus_answers_a_scrape_while_200_slow_clients_trickle(gateway):
     svc = service(gateway, "PrometheusService")
     serve_under_attack(svc.port, HTTP_HEAD % b"/metrics", HTTP_TRICKLE, lambda: http_status(svc.port, "/metrics"),
                        lambda: {**svc.status(), "max_connections": svc.limits.max_connections}, 200)
+
+
+def test_nut_answers_a_new_client_while_200_slow_clients_trickle(gateway):
+    """What upsc asks (GET VAR string1 device.type), from a client that speaks as soon as it connects, as upsc
+    does.  (upsc itself is not the probe: a process start on a loaded 2-core machine can take longer than the
+    flood of returning slow clients needs to make the newest unproven connection the oldest.)"""
+    svc = service(gateway, "NutService")
+
+    def get_var() -> bytes:
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=10) as s:
+            s.sendall(b"GET VAR string1 device.type\nLOGOUT\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            return answer
+
+    serve_under_attack(svc.port, NUT_HEAD, NUT_TRICKLE, get_var,
+                       lambda: {**svc.status(), "max_connections": svc.limits.max_connections},
+                       b'VAR string1 device.type "ups"\nOK Goodbye\n')
+    assert svc.status()["evicted"] > 0
 
 
 def test_the_https_page_answers_while_200_handshakes_trickle(tmp_path):

@@ -15,7 +15,7 @@ from gateway.notify.dispatch import RetryPolicy, Worker
 from gateway.notify.router import QuietHours, Route, Router, parse_hhmm
 from gateway.notify.webhook import WebhookNotifier
 from tests.notify_peers import WebhookReceiver
-from tests.support import free_port
+from tests.support import free_port, section_with_defaults
 
 
 def event(n, severity="warning", raised=True, ts=1000.0):
@@ -93,17 +93,17 @@ def test_routes_are_checked_against_the_notifiers():
     cfg = {"routes": [{"name": "team", "severities": ["warning"], "recipients": {"email": ["ops"]}}]}
     with pytest.raises(ConfigError, match=r"notify.routes\[0\].recipients.email\[0\]: 'ops': not an e-mail address"):
         parse_routes(cfg, {"email": Mailer()})
-    web = WebhookNotifier({"url": "http://127.0.0.1:1/x"}, {})
+    web = WebhookNotifier(webhook({"url": "http://127.0.0.1:1/x"}), {})
     cfg = {"routes": [{"name": "team", "recipients": {"webhook": ["x"]}}]}
     with pytest.raises(ConfigError, match="takes no recipients"):
         parse_routes(cfg, {"webhook": web})
     with pytest.raises(ConfigError, match=r"notify\.webhook\.url"):
-        WebhookNotifier({"url": "ftp://example.com/"}, {})
+        WebhookNotifier(webhook({"url": "ftp://example.com/"}), {})
 
 
 def test_webhook_posts_json_and_is_retried_with_back_off_until_it_answers(caplog):
     with WebhookReceiver(fail_first=2, fail_status=503) as recv:
-        n = WebhookNotifier({"url": recv.url, "headers": {"Authorization": "Bearer t0ken"}, "timeout_s": 5},
+        n = WebhookNotifier(webhook({"url": recv.url, "headers": {"Authorization": "Bearer t0ken"}, "timeout_s": 5}),
                             {"name": "Plant A", "id": "plant-a"})
         worker = Worker(n, RetryPolicy(attempts=5, backoff_s=0.05, max_backoff_s=0.2))
         worker.start()
@@ -127,7 +127,7 @@ def test_webhook_posts_json_and_is_retried_with_back_off_until_it_answers(caplog
 
 def test_what_cannot_be_delivered_is_logged_and_a_client_error_is_not_retried(caplog):
     port = free_port()  # nothing listens there
-    worker = Worker(WebhookNotifier({"url": f"http://127.0.0.1:{port}/x", "timeout_s": 2}, {}),
+    worker = Worker(WebhookNotifier(webhook({"url": f"http://127.0.0.1:{port}/x", "timeout_s": 2}), {}),
                     RetryPolicy(attempts=3, backoff_s=0.05, max_backoff_s=0.1))
     worker.start()
     with caplog.at_level(logging.ERROR, logger="gateway.notify.dispatch"):
@@ -139,7 +139,7 @@ def test_what_cannot_be_delivered_is_logged_and_a_client_error_is_not_retried(ca
     assert "Connection refused" in caplog.text
 
     with WebhookReceiver(fail_first=10, fail_status=404) as recv:
-        worker = Worker(WebhookNotifier({"url": recv.url}, {}), RetryPolicy(attempts=5, backoff_s=0.05))
+        worker = Worker(WebhookNotifier(webhook({"url": recv.url}), {}), RetryPolicy(attempts=5, backoff_s=0.05))
         worker.start()
         worker.submit(None, event(9))
         assert worker.idle.wait(10)
@@ -150,7 +150,7 @@ def test_what_cannot_be_delivered_is_logged_and_a_client_error_is_not_retried(ca
 
 def test_a_stopping_gateway_logs_what_is_still_waiting(caplog):
     port = free_port()
-    worker = Worker(WebhookNotifier({"url": f"http://127.0.0.1:{port}/x", "timeout_s": 1}, {}),
+    worker = Worker(WebhookNotifier(webhook({"url": f"http://127.0.0.1:{port}/x", "timeout_s": 1}), {}),
                     RetryPolicy(attempts=5, backoff_s=30))
     worker.start()
     worker.submit(None, event(3))
@@ -173,3 +173,8 @@ def test_notifier_config_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         notify.NotifyManager(gw, gw.config.section("notify"))
     assert str(err.value).startswith(f"{path}: notify.webhook.url: expected an http:// or https:// URL")
+
+
+def webhook(cfg: dict) -> dict:
+    """``notify.webhook`` as the gateway hands it to the notifier (the schema's defaults filled in)."""
+    return section_with_defaults("notify", {"webhook": cfg})["webhook"]

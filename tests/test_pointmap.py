@@ -72,7 +72,7 @@ def test_regmap_of_the_default_config_keeps_every_golden_register():
 def test_addresses_follow_the_documented_formula():
     gw = offline_gateway(DEFAULT_CONFIG)
     pm = gw.pointmap
-    # README: cell = 10000 + slot*1024 + ((string-1)*256 + (cell-1))*width
+    # docs/register-map.md: cell = 10000 + slot*1024 + ((string-1)*256 + (cell-1))*width
     assert pm.by_ref[PointRef("cell.voltage", 1, 1)].address == 10000
     assert pm.by_ref[PointRef("cell.voltage", 2, 37)].address == 10000 + 256 + 36
     assert pm.by_ref[PointRef("cell.ohmic", 1, 1)].address == 12048

@@ -127,3 +127,18 @@ def test_the_change_feed_says_so_when_a_reader_fell_too_far_behind():
     assert changed is None and gen == store.generation  # the reader must read everything again
     gen2, changed = store.changes_since(gen - 2)
     assert changed == {refs[18 % 3], refs[19 % 3]}
+
+
+def test_a_ref_hashes_like_its_fields_and_survives_pickling_and_copies():
+    import copy
+    import pickle
+
+    ref = PointRef("cell.voltage", 2, 37)
+    assert hash(ref) == hash(("cell.voltage", 2, 37, None))  # computed once, the same as the dataclass's own
+    assert ref == PointRef("cell.voltage", 2, 37) and ref != PointRef("cell.voltage", 2, 38)
+    assert {ref: 1}[PointRef("cell.voltage", 2, 37)] == 1
+    assert repr(ref) == "PointRef(point='cell.voltage', string=2, cell=37, channel=None)"
+    for twin in (pickle.loads(pickle.dumps(ref)), copy.copy(ref), copy.deepcopy(ref)):
+        assert twin == ref and hash(twin) == hash(ref)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ref.cell = 3  # type: ignore[misc]

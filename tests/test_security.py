@@ -602,7 +602,7 @@ def _listens(data: dict) -> dict[str, str]:
 def test_default_config_keeps_every_face_on_loopback_and_writes_off():
     gw = Gateway(DEFAULT_CONFIG, simulator=False, port_overrides={f"bus{i}": "x" for i in range(1, 5)})
     listens = _listens(gw.config.data)  # with every face's schema defaults filled in
-    assert set(listens) >= {"modbus_tcp", "snmp", "web", "prometheus"}
+    assert set(listens) >= {"modbus_tcp", "snmp", "web", "prometheus", "nut"}
     for face, listen in listens.items():
         assert listen.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]", "localhost"), (face, listen)
     # and a face that forgets `listen` in the file falls back to loopback too
@@ -628,5 +628,6 @@ def test_packaged_config_is_safe_on_the_network():
     for face in ("prometheus", "mqtt"):
         sec = data.get(face) or {}
         assert sec.get("enabled") is False or sec.get("listen", "127.0.0.1:0").startswith("127.0.0.1:"), face
+    assert data["nut"]["enabled"] is False and not data["nut"]["users"]  # NUT: off until an admin turns it on
     assert "statoverride bmsgw bmsgw 0640 \"$CONFIG\"" in (ROOT / "debian" / "bmsgw.postinst").read_text()
     assert "UMask=0077" in (ROOT / "debian" / "bmsgw.service").read_text()

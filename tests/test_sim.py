@@ -302,3 +302,20 @@ def test_scenarios_a_stuck_sensor_and_one_out_of_its_range():
     assert m.truth()["strings"][1]["runaway_current"] > 3 * m.strings[1].float_current
     with pytest.raises(ValueError, match="unknown scenario"):
         m.schedule_scenario(m.t, "fire")
+
+
+def test_scenarios_the_mains_fail_and_return():
+    """mains_failure: every string (or the one named) discharges at the given current, which a second
+    mains_failure changes (a load step); mains_return: the charger recharges them."""
+    m = BankModel([(1, 3, 100.0, 6), (2, 3, 100.0, 6)], t0=NOON, weak_cells=0)
+    m.schedule_scenario(m.t + 60, "mains_failure", value=20.0)
+    m.advance_to(m.t + 70)
+    assert [(st.mode, st.current) for st in m.strings.values()] == [("discharge", -20.0), ("discharge", -20.0)]
+    m.start_scenario("mains_failure", string=2, value=40.0)
+    m.advance_to(m.t + 10)
+    assert m.strings[1].current == -20.0 and m.strings[2].current == -40.0
+    m.start_scenario("mains_return")
+    m.advance_to(m.t + 10)
+    assert all(st.mode == "recharge" and st.current > 0 for st in m.strings.values())
+    with pytest.raises(ValueError, match="no string 3"):
+        m.start_scenario("mains_failure", string=3, value=10.0)

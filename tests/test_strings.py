@@ -294,3 +294,38 @@ def test_the_zero_command_goes_through_the_gateways_one_write_path(tmp_path):
         gt.wait_for(lambda: store.value(PointRef("string.current_offset", 1)) == pytest.approx(offset, abs=0.01),
                     what="the new offset published")
         assert gw.status()["strings"]["strings"]["1"]["zeroed_by"] == "alice"
+
+
+def test_an_ohmic_test_started_on_demand_runs_on_the_sensors_and_its_results_come_at_the_next_cycle(tmp_path):
+    """``string.start_ohmic_test``: 0 tests every battery of the string, N battery N; each cell sensor is told
+    through its write-only register, and the new results are read at once rather than at the next slow period
+    (slow_s here is an hour). Operators may; viewers may not; a battery the string does not have is refused."""
+    from gateway.commands import Principal, WriteDenied, WriteRejected
+    from tests.support import GatewayThread, small_bank, write_config
+
+    path = write_config(tmp_path, {"gateway": {"poll": {"fast_s": 1, "slow_s": 3600}}}, base=small_bank(1, 4))
+    with GatewayThread(path) as gt:
+        gw, model = gt.gateway, gt.gateway.simulator.model
+        ohmic = [PointRef("cell.ohmic", 1, c) for c in range(1, 5)]
+        gt.wait_for(lambda: all(gw.store.value(r) is not None for r in ohmic), what="the first ohmic values")
+        before = {r: gw.store.get(r) for r in ohmic}
+        scheduled = model.last_ohmic_test(1, cell=2)
+        start = PointRef("string.start_ohmic_test", 1)
+        operator = Principal("olga", "operator", "rest")
+        with pytest.raises(WriteDenied):
+            gt.call(gw.write(start, 0, Principal("vic", "viewer", "rest")))
+        with pytest.raises(WriteRejected, match="has 4 batteries"):
+            gt.call(gw.write(start, 9, operator))
+        assert model.last_ohmic_test(1, cell=2) == scheduled, "a refused write tests nothing"
+
+        assert gt.call(gw.write(start, 2, operator)) == "string 1: ohmic test started on battery 2"
+        assert model.last_ohmic_test(1, cell=2) > scheduled and model.last_ohmic_test(1, cell=1) == scheduled
+        battery2 = ohmic[1]
+        gt.wait_for(lambda: gw.store.get(battery2).ts > before[battery2].ts, timeout=20,
+                    what="battery 2's new ohmic value read within a few cycles")
+        assert gw.store.value(battery2) == pytest.approx(model.ohmic_reading(1, 2), rel=1e-3)
+
+        assert gt.call(gw.write(start, 0, operator)) == "string 1: ohmic test started on 4 of 4 batteries"
+        assert all(model.last_ohmic_test(1, cell=c) > scheduled for c in range(1, 5))
+        assert gw.store.get(PointRef("cell.ohmic_test", 1, 1)) is None or \
+            gw.store.value(PointRef("cell.ohmic_test", 1, 1)) is None, "a write-only register shows no state"

@@ -25,6 +25,7 @@ from .log import record_of
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
 from .rules import SCHEMA, check as check_rules, ohmic_levels
+from .setpoints import Setpoints
 
 if TYPE_CHECKING:
     from ..app import Gateway
@@ -90,6 +91,12 @@ class AlarmService(Service):
         if active:
             return [a.record() for a in mgr.active()[:max(0, limit)]]
         return [record_of(r) for r in mgr.history(limit)]
+
+    @hookimpl
+    def bmsgw_setpoints(self) -> Setpoints:
+        """The setpoint table of the running configuration (the web face's setpoints page)."""
+        gw = self.gateway
+        return Setpoints(gw.config, gw.catalog, gw.profiles)
 
     @hookimpl
     def bmsgw_commands(self) -> list[Command]:

@@ -89,7 +89,7 @@ ANALYTICS_SCHEMA = _obj({
 })
 
 def state_path(config: Config) -> Path:
-    p = Path(config.section("analytics").get("path", "analytics.sqlite"))
+    p = Path(config.section("analytics")["path"])
     return p if p.is_absolute() else config.state_dir / p
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from ..points import PointRef, PointStore, Quality, Reading
 from ..strings.states import StringStates, string_states
@@ -54,6 +55,34 @@ def soc_params(s: StringConfig, sc: dict) -> SocParams:
         min_test_depth_pct=sc["min_test_depth_pct"], end_voltage_per_cell=sc["end_voltage_per_cell"])
 
 
+class _Put(Protocol):
+    def __call__(self, point: str, value: float | None, string: int, cell: int | None = None,
+                 force: bool = False) -> None: ...
+
+
+class _Outputs:
+    """The readings of one tick: a value goes out when it changed, or when republish_s passed since it last
+    went out (``force``: now anyway)."""
+
+    __slots__ = ("last", "now", "out", "refs", "republish")
+
+    def __init__(self, now: float, last: dict, refs: dict, republish: float) -> None:
+        self.now, self.last, self.refs, self.republish = now, last, refs, republish
+        self.out: list[tuple[PointRef, Reading]] = []
+
+    def put(self, point: str, value: float | None, string: int, cell: int | None = None, force: bool = False) -> None:
+        key = (point, string, cell)  # plain tuples hash in C
+        old = self.last.get(key)
+        now = self.now
+        if old is not None and old[0] == value and now - old[1] < self.republish and not force:
+            return
+        self.last[key] = (value, now)
+        ref = self.refs.get(key)
+        if ref is None:
+            ref = self.refs[key] = PointRef(point, string, cell)
+        self.out.append((ref, Reading(value, _GOOD, now)))
+
+
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
                  now: float | None = None, states: StringStates | None = None) -> None:
@@ -79,9 +108,14 @@ class Analytics:
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
         self._last_pub: dict[tuple, tuple[float | None, float]] = {}
+        # per battery: (the slow inputs its outputs were worked out from, when all are put again, its SOH)
+        self._slow: dict[tuple[int, int], tuple[tuple, float, float | None]] = {}
         self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
+        # the longest time between two ticks counted in the temperature life budget: beyond it the gateway was
+        # off and the temperatures unknown (a back-fill that reads every few days raises it)
+        self.max_gap_s = 86400.0
         self._gen = -1
         self._next_gen_check = 0.0
         self._next_baseline_check = 0.0
@@ -124,7 +158,8 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests):
+                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests,
+                          self._slow):
                     d.pop(key, None)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
         self._persist("the life budget", self.save_life, now)
@@ -175,6 +210,20 @@ class Analytics:
         return out
 
     def _tick(self, now: float) -> list[tuple[PointRef, Reading]]:
+        """One pass over the bank: each string's summary, state of charge and batteries; what changed (or is
+        due again after republish_s) is returned to be put in the store."""
+        self._housekeeping(now)
+        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), self.max_gap_s)
+        self.last_tick = now
+        outputs = _Outputs(now, self._last_pub, self._out_refs, self.republish_s)
+        ambient = self._good(self.ambient_ref)
+        for sid, s in self.strings.items():
+            self._tick_string(now, dt_s, sid, s, ambient, outputs.put)
+        self._save_due(now)
+        return outputs.out
+
+    def _housekeeping(self, now: float) -> None:
+        """Take what other threads queued, notice state written by another process, close a day's aggregates."""
         self._drain()
         if now >= self._next_gen_check:
             self.check_external(now)
@@ -183,145 +232,136 @@ class Analytics:
         if day != self.acc_day:
             self._persist("the daily aggregates", self.flush_daily)
             self.acc_day = day
-        dt_s = 0.0 if self.last_tick is None else min(max(now - self.last_tick, 0.0), 86400.0)
-        self.last_tick = now
+
+    def _cell_inputs(self, sid: int, s: StringConfig) -> tuple[list[dict[int, float]], list[set[int]]]:
+        """The string's GOOD battery readings (voltage, temperature, ohmic, EMF) by battery, and per input the
+        batteries whose reading is new since the daily aggregates last counted it."""
+        get = self.store.get
+        seen = self._seen
+        values: list[dict[int, float]] = [{}, {}, {}, {}]
+        new: list[set[int]] = [set(), set(), set(), set()]
+        inputs = [(self.refs[point], values[k], new[k], point) for k, point in enumerate(
+            ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf"))]
+        for c in range(1, s.cells + 1):
+            key = (sid, c)
+            for refs, dest, fresh, point in inputs:
+                r = get(refs[key])
+                if r is not None and r.quality is _GOOD and r.value is not None:
+                    dest[c] = r.value
+                    seen_key = (point, sid, c)
+                    if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
+                        seen[seen_key] = r.ts
+                        fresh.add(c)
+        return values, new
+
+    def _tick_string(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
+                     put: _Put) -> None:
+        (volts, temps, ohms, emfs), new = self._cell_inputs(sid, s)
+        v_avg = _mean(volts.values())
+        o_avg = _mean(ohms.values())
+        put("string.cell_voltage_avg", v_avg, sid)
+        put("string.cell_voltage_min", min(volts.values()) if volts else None, sid)
+        put("string.cell_voltage_max", max(volts.values()) if volts else None, sid)
+        put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
+        put("string.cell_ohmic_avg", o_avg, sid)
+        soc = self._tick_soc(now, sid, s, ambient, volts, temps, v_avg, put)
+        cell_sohs = self._tick_batteries(now, dt_s, sid, s, ambient, (volts, temps, ohms, emfs), new, v_avg,
+                                         o_avg, soc.state, put)
+        cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= self.cfg["forecast"][
+            "capacity_valid_days"] * DAY_S else None
+        put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
+
+    def _tick_soc(self, now: float, sid: int, s: StringConfig, ambient: float | None, volts: dict[int, float],
+                  temps: dict[int, float], v_avg: float | None, put: _Put) -> StringSoc:
+        """The string's state of charge, following its state (the string supervision's); a discharge that
+        ended is recorded."""
+        n = s.battery.cells_per_unit
+        soc = self.soc[sid]
+        state = self._good(self.string_refs[("string.state", sid)])
+        string_v = self._good(self.string_refs[("string.voltage", sid)])
+        if string_v is not None:
+            v_cell = string_v / (s.cells * n)
+        elif v_avg is not None and len(volts) >= 0.8 * s.cells:
+            v_cell = v_avg / n
+        else:
+            v_cell = None
+        temp = ambient if ambient is not None else (_mean(temps.values()))
+        finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
+        if finished is not None:
+            self._record_discharge(finished)
+        o = soc.outputs(now)
+        put("string.soc", o["soc"], sid)
+        put("string.since_full_charge", o["since_full_charge"], sid)
+        put("string.runtime_remaining", o["runtime_remaining"], sid)
+        return soc
+
+    def _tick_batteries(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
+                        readings: Sequence[dict[int, float]], new: Sequence[set[int]], v_avg: float | None,
+                        o_avg: float | None, soc_state: int | None, put: _Put) -> list[float]:
+        """Each battery's outputs, its daily aggregates and its temperature life budget; returns their SOHs."""
+        volts, temps, ohms, emfs = readings
+        new_v, new_t, new_o, new_e = new
         cfg = self.cfg
         th = cfg["thresholds"]
         fl = cfg["float"]
-        ambient = self._good(self.ambient_ref)
-        out: list[tuple[PointRef, Reading]] = []
-        get = self.store.get
-        seen = self._seen
-
-        refs = self._out_refs
-        last = self._last_pub
+        n = s.battery.cells_per_unit
+        t_med = statistics.median(temps.values()) if temps else None
+        slow_state = self._slow
         republish = self.republish_s
+        cell_sohs = []
+        on_float = soc_state == self.codes.floating
+        resting = on_float or soc_state == self.codes.rest
+        for c in range(1, s.cells + 1):
+            key = (sid, c)
+            v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
+            put("cell.voltage_average_deviation",
+                (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+            # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out
+            # again only when one of them changed, and every republish_s all put again (as unchanged values
+            # are); in between a battery costs one comparison here, not nine values.
+            base = self.baselines.get(key)
+            fc = self.fc_pub.get(key)
+            verdict = self.dg_pub.get(key)
+            slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, th["replace_pct"])
+            slow = slow_state.get(key)
+            if slow is None or now >= slow[1]:
+                slow = slow_state[key] = (slow_inputs, now + republish, self._slow_outputs(
+                    key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, True))
+            elif slow[0] != slow_inputs:
+                slow = slow_state[key] = (slow_inputs, slow[1], self._slow_outputs(
+                    key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, False))
+            soh = slow[2]
+            if soh is not None:
+                cell_sohs.append(soh)
+            # daily aggregates (each new reading once)
+            acc = self.acc.get(key)
+            if acc is None:
+                acc = self.acc[key] = {}
+            if c in new_o:
+                _add(acc, "ohmic", ohm)
+            if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
+                _add(acc, "temp", t)
+                ref_t = ambient if ambient is not None else t_med
+                if ref_t is not None:
+                    _add(acc, "temp_rise", t - ref_t)
+            if on_float and c in new_v and v is not None:
+                _add(acc, "v_float", v)
+                if v_avg is not None:
+                    _add(acc, "v_dev", v - v_avg)
+                tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
+                _add(acc, "setpoint", n * (fl["v_per_cell"] + fl["temp_comp_v_per_c"] * (tc - 25.0)))
+            if on_float and c in new_e:
+                _add(acc, "emf", emf)
+            # temperature life budget (25 C-equivalent years)
+            if t is not None:
+                if key not in self.first_seen:
+                    self._first_seen(key, now)
+                self.life_used[key] = self.life_used.get(key, 0.0) + dt_s / YEAR_S * aging_factor(
+                    t, cfg["halving_c"])
+        return cell_sohs
 
-        def put(point: str, value: float | None, string: int, cell: int | None = None) -> None:
-            key = (point, string, cell)  # plain tuples hash in C; PointRef's hash is Python code
-            old = last.get(key)
-            if old is not None and old[0] == value and now - old[1] < republish:
-                return
-            last[key] = (value, now)
-            ref = refs.get(key)
-            if ref is None:
-                ref = refs[key] = PointRef(point, string, cell)
-            out.append((ref, Reading(value, _GOOD, now)))
-
-        for sid, s in self.strings.items():
-            n = s.battery.cells_per_unit
-            volts: dict[int, float] = {}
-            temps: dict[int, float] = {}
-            ohms: dict[int, float] = {}
-            emfs: dict[int, float] = {}
-            # the cells with a reading not counted in the daily aggregates yet, per input
-            new_v: set[int] = set()
-            new_t: set[int] = set()
-            new_o: set[int] = set()
-            new_e: set[int] = set()
-            inputs = (("cell.voltage", volts, new_v), ("cell.temperature", temps, new_t),
-                      ("cell.ohmic", ohms, new_o), ("cell.emf", emfs, new_e))
-            for c in range(1, s.cells + 1):
-                key = (sid, c)
-                for point, dest, new in inputs:
-                    r = get(self.refs[point][key])
-                    if r is not None and r.quality is _GOOD and r.value is not None:
-                        dest[c] = r.value
-                        seen_key = (point, sid, c)
-                        if seen.get(seen_key, -1.0) < r.ts:  # a reading not counted in the daily aggregates yet
-                            seen[seen_key] = r.ts
-                            new.add(c)
-            v_avg = _mean(volts.values())
-            t_med = statistics.median(temps.values()) if temps else None
-            o_avg = _mean(ohms.values())
-            put("string.cell_voltage_avg", v_avg, sid)
-            put("string.cell_voltage_min", min(volts.values()) if volts else None, sid)
-            put("string.cell_voltage_max", max(volts.values()) if volts else None, sid)
-            put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
-            put("string.cell_ohmic_avg", o_avg, sid)
-
-            # state of charge, following the string's state (the string supervision's)
-            soc = self.soc[sid]
-            state = self._good(self.string_refs[("string.state", sid)])
-            string_v = self._good(self.string_refs[("string.voltage", sid)])
-            if string_v is not None:
-                v_cell = string_v / (s.cells * n)
-            elif v_avg is not None and len(volts) >= 0.8 * s.cells:
-                v_cell = v_avg / n
-            else:
-                v_cell = None
-            temp = ambient if ambient is not None else (_mean(temps.values()))
-            finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
-            if finished is not None:
-                self._record_discharge(finished)
-            o = soc.outputs(now)
-            put("string.soc", o["soc"], sid)
-            put("string.since_full_charge", o["since_full_charge"], sid)
-            put("string.runtime_remaining", o["runtime_remaining"], sid)
-
-            # per battery
-            cell_sohs = []
-            on_float = soc.state == self.codes.floating
-            resting = on_float or soc.state == self.codes.rest
-            for c in range(1, s.cells + 1):
-                key = (sid, c)
-                v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
-                put("cell.voltage_average_deviation",
-                    (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
-                put("cell.ohmic_average_deviation",
-                    (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c)
-                base = self.baselines.get(key)
-                put("cell.ohmic_baseline", base.ohmic if base else None, sid, c)
-                dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
-                put("cell.ohmic_baseline_deviation", dev, sid, c)
-                # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test
-                # scatters by 5-10 %)
-                tests = self.recent_tests.get(key)
-                if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
-                    if tests is None:
-                        tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
-                    tests.append(ohm)
-                soh = None
-                if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
-                    robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
-                    soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
-                    cell_sohs.append(soh)
-                put("cell.soh", soh, sid, c)
-                put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c)
-                eol, early, late = self.fc_pub.get(key, (None, None, None))
-                put("cell.eol_date", eol, sid, c)
-                put("cell.eol_date_early", early, sid, c)
-                put("cell.eol_date_late", late, sid, c)
-                put("cell.diagnosis", self.dg_pub.get(key), sid, c)
-                # daily aggregates (each new reading once)
-                acc = self.acc.get(key)
-                if acc is None:
-                    acc = self.acc[key] = {}
-                if c in new_o:
-                    _add(acc, "ohmic", ohm)
-                if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
-                    _add(acc, "temp", t)
-                    ref_t = ambient if ambient is not None else t_med
-                    if ref_t is not None:
-                        _add(acc, "temp_rise", t - ref_t)
-                if on_float and c in new_v and v is not None:
-                    _add(acc, "v_float", v)
-                    if v_avg is not None:
-                        _add(acc, "v_dev", v - v_avg)
-                    tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
-                    _add(acc, "setpoint", n * (fl["v_per_cell"] + fl["temp_comp_v_per_c"] * (tc - 25.0)))
-                if on_float and c in new_e:
-                    _add(acc, "emf", emf)
-                # temperature life budget (25 C-equivalent years)
-                if t is not None:
-                    if key not in self.first_seen:
-                        self._first_seen(key, now)
-                    self.life_used[key] = self.life_used.get(key, 0.0) + dt_s / YEAR_S * aging_factor(
-                        t, cfg["halving_c"])
-            cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= cfg["forecast"][
-                "capacity_valid_days"] * DAY_S else None
-            put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
-
+    def _save_due(self, now: float) -> None:
+        """Baselines checked hourly, the state of charge saved every minute, the life budget every 10 minutes."""
         if now >= self._next_baseline_check:
             self._persist("baselines", self.auto_baselines, now)
             self._next_baseline_check = now + 3600.0
@@ -331,7 +371,35 @@ class Analytics:
         if now >= self._next_life_save:
             self._persist("the life budget", self.save_life, now)
             self._next_life_save = now + 600.0
-        return out
+
+    def _slow_outputs(self, key: tuple[int, int], sid: int, c: int, n: int, ohm: float | None, o_avg: float | None,
+                      base: Baseline | None, emf: float | None, resting: bool, fc: tuple | None, verdict: float | None,
+                      th: dict, put, force: bool) -> float | None:
+        """A battery's outputs from its slow inputs (``force``: put them all, changed or not); returns its SOH."""
+        put("cell.ohmic_average_deviation",
+            (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c, force)
+        put("cell.ohmic_baseline", base.ohmic if base else None, sid, c, force)
+        dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
+        put("cell.ohmic_baseline_deviation", dev, sid, c, force)
+        # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test scatters by
+        # 5-10 %)
+        tests = self.recent_tests.get(key)
+        if ohm is not None and (tests is None or not tests or tests[-1] != ohm):
+            if tests is None:
+                tests = self.recent_tests[key] = deque(maxlen=SOH_TESTS)
+            tests.append(ohm)
+        soh = None
+        if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
+            robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
+            soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
+        put("cell.soh", soh, sid, c, force)
+        put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c, force)
+        eol, early, late = fc if fc is not None else (None, None, None)
+        put("cell.eol_date", eol, sid, c, force)
+        put("cell.eol_date_early", early, sid, c, force)
+        put("cell.eol_date_late", late, sid, c, force)
+        put("cell.diagnosis", verdict, sid, c, force)
+        return soh
 
     def _persist(self, what: str, fn, *args):
         """Save to the state database without stopping the computation: a full disk (or another write error)
@@ -421,10 +489,11 @@ class Analytics:
                 b = Baseline(sid, c, statistics.median(ohmics), now, "auto",
                              _mean(r.temp for r in rows if r.temp is not None),
                              _median_or_none([r.emf for r in rows]))
-                self.state.set_baseline(b)
-                self.baselines[key] = b
                 taken.append(b)
         if taken:
+            self.state.set_baselines(taken)  # one transaction: a whole bank settles on the same day
+            for b in taken:
+                self.baselines[(b.string, b.cell)] = b
             self._gen = self.state.generation()
             log.info("IEEE 1188 baselines taken for %d batteries", len(taken))
         return taken
@@ -500,8 +569,11 @@ class Analytics:
                 f30 = forecast_crossing(x, y, th["replace_pct"], horizon, trend=trend, curves=curves)
                 f50 = forecast_crossing(x, y, th["critical_pct"], horizon, trend=trend, curves=curves)
                 if f30.fit is not None:
-                    out.update(model=f30.fit.model, level_pct=f30.fit.value(0.0),
-                               slope_pct_per_year=f30.fit.slope(0.0), days=len(pts))
+                    fit = f30.fit
+                    out.update(model=fit.model, level_pct=fit.value(0.0), slope_pct_per_year=fit.slope(0.0),
+                               days=len(pts))
+                    # the curve itself (x: years from this run, y: % over the baseline), for a chart of it
+                    out["fit"] = {"model": fit.model, "c": fit.c, "b": fit.b, "k": fit.k, "m": fit.m}
                 out["critical_years"] = f50.years
                 out["critical_ts"] = now + f50.years * YEAR_S if f50.years is not None else None
                 out["evidence"] += f30.evidence

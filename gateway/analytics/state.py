@@ -199,6 +199,14 @@ class StateDB:
                 (b.string, b.cell, b.ohmic, b.ts, b.source, b.temperature, b.emf))
         self._bump()
 
+    def set_baselines(self, items: list[Baseline]) -> None:
+        """Several baselines in one transaction (the automatic ones of a whole bank)."""
+        with self.lock, self.transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO baselines VALUES (?,?,?,?,?,?,?)",
+                                  [(b.string, b.cell, b.ohmic, b.ts, b.source, b.temperature, b.emf) for b in items])
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)",
+                              (str(int(self.meta("generation", "0")) + 1),))
+
     def clear_baseline(self, string: int, cell: int) -> None:
         self._x("DELETE FROM baselines WHERE string=? AND cell=?", (string, cell))
         self._bump()

@@ -37,7 +37,7 @@ __all__ = ["HistoryDB", "HistoryError", "Series", "SeriesInfo", "Tier", "history
 
 # Defaults sized for the BM-BMS maximum (480 batteries, about 30 families stored) on an 8 GB card:
 # raw 60 s samples for 30 days, 15 min for a year, 1 h for 5 years, 1 day for 20 years; see bench/history.py
-# and the README for the figures (about 1.4 GB for 5 years).
+# and docs/analytics.md for the figures (about 1.4 GB for 5 years).
 DEFAULT_TIERS = [{"seconds": 900, "retention_days": 366}, {"seconds": 3600, "retention_days": 1827},
                  {"seconds": 86400, "retention_days": 7305}]
 
@@ -100,7 +100,7 @@ def tier_problems(cfg: dict) -> list[str]:
         if sec <= prev or (prev and sec % prev):
             out.append(f"history.tiers[{i}].seconds: {sec} must be larger than and a multiple of the tier before "
                        f"({prev})")
-        if i and 0 < cfg["tiers"][i - 1].get("retention_days", 365) * 86400 < sec:
+        if i and 0 < cfg["tiers"][i - 1]["retention_days"] * 86400 < sec:
             out.append(f"history.tiers[{i - 1}].retention_days: must keep at least one bucket of the next tier "
                        f"({sec} s)")
         prev = sec
@@ -115,7 +115,7 @@ def _check(config: Config, cfg: dict) -> None:
 
 
 def db_path(config: Config) -> Path:
-    p = Path(config.section("history").get("path", "history.sqlite"))
+    p = Path(config.section("history")["path"])
     return p if p.is_absolute() else config.state_dir / p
 
 
@@ -124,7 +124,7 @@ def open_history(config: Config, readonly: bool = False) -> HistoryDB:
     cfg = config.section("history")
     _check(config, cfg)
     db = HistoryDB(db_path(config), raw_retention_days=cfg["raw"]["retention_days"],
-                   tiers=[(t["seconds"], t.get("retention_days", 365)) for t in cfg["tiers"]],
+                   tiers=[(t["seconds"], t["retention_days"]) for t in cfg["tiers"]],
                    raw_interval_s=cfg["raw"]["interval_s"], max_points=cfg["max_points"], readonly=readonly)
     db.set_max_bytes(_cap_bytes(cfg))
     return db
@@ -140,7 +140,7 @@ def history_for(gateway: Gateway) -> HistoryDB | None:
     svc = gateway.service("history")
     if isinstance(svc, HistoryService):
         return svc.db  # None while the writer cannot open it (a full card)
-    if not gateway.config.section("history").get("enabled", True) or not db_path(gateway.config).exists():
+    if not gateway.config.section("history")["enabled"] or not db_path(gateway.config).exists():
         return None
     return open_history(gateway.config, readonly=True)
 
@@ -240,7 +240,7 @@ class HistoryService(Service):
         out = {"path": str(self.db.path) if self.db else str(db_path(self.gateway.config)),
                "size_bytes": self.db.size_bytes() if self.db else 0}
         if w is not None:
-            out.update(queued=w.queue.qsize(), dropped=w.dropped, errors=w.errors,
+            out.update(queued=len(w.queue), dropped=w.dropped, errors=w.errors,
                        fault=("ok", "disk full", "write error")[w.fault], last_error=w.last_error if w.fault else None)
             r = w.recorder
             if r is not None:
@@ -282,7 +282,7 @@ def bmsgw_history_query(gateway: Gateway, ref, start: float, end: float,
     for an empty range, without reading the database (the web face asks that way at start)."""
     cfg = gateway.config.section("history")
     spec = gateway.catalog.get(ref.point)
-    if not cfg.get("enabled", True) or spec is None or not PointFilter(cfg["include"], cfg["exclude"])(spec):
+    if not cfg["enabled"] or spec is None or not PointFilter(cfg["include"], cfg["exclude"])(spec):
         return None
     if end <= start:
         return []

@@ -9,9 +9,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -170,7 +170,8 @@ class Recorder:
                     self._emit_raw(st)
                     st.slot = slot
             if slot == st.slot:
-                _grow(st.values, idx, None)
+                if idx >= len(st.values):  # (checked here: a call per reading costs a bank's worth of time)
+                    _grow(st.values, idx, None)
                 st.values[idx] = iv
             if self.finest:
                 bucket = int(ts // self.finest)
@@ -179,14 +180,18 @@ class Recorder:
                         continue
                     self._emit_roll(st)
                     st.bucket = bucket
-                _grow(st.lo, idx, None)
-                _grow(st.hi, idx, None)
-                _grow(st.total, idx, 0)
-                _grow(st.count, idx, 0)
-                if st.lo[idx] is None or iv < st.lo[idx]:
-                    st.lo[idx] = iv
-                if st.hi[idx] is None or iv > st.hi[idx]:
-                    st.hi[idx] = iv
+                lo, hi = st.lo, st.hi
+                if idx >= len(st.count):  # the four grow together (emptied together by _emit_roll)
+                    _grow(lo, idx, None)
+                    _grow(hi, idx, None)
+                    _grow(st.total, idx, 0)
+                    _grow(st.count, idx, 0)
+                old = lo[idx]
+                if old is None or iv < old:
+                    lo[idx] = iv
+                old = hi[idx]
+                if old is None or iv > old:
+                    hi[idx] = iv
                 st.total[idx] += iv
                 st.count[idx] += 1
             self.readings += 1
@@ -301,7 +306,9 @@ FAULT_OK, FAULT_FULL, FAULT_ERROR = 0, 1, 2  # gateway.history_fault: writing / 
 
 
 class HistoryWriter(threading.Thread):
-    """The recorder in its own thread.  ``submit`` is the point-store listener: it only queues the batch.
+    """The recorder in its own thread.  ``submit`` is the point-store listener: it only appends the batch to
+    a deque (no lock, no wake-up: the store publishes a batch per device, a few hundred a cycle); the thread
+    takes what gathered every ``TAKE_S``, a poll cycle's batches in one go.
 
     ``on_flush(recorder)`` is called after every flush that committed rows (``recorder.last_commit`` says what
     is now on disk); ``on_fault(fault, error)`` when writing starts failing (``FAULT_FULL``: the disk or the
@@ -310,6 +317,8 @@ class HistoryWriter(threading.Thread):
 
     ``recorder`` may be None when the database could not be opened (a full card at start): ``opener`` is then
     called every ``flush_s`` until it returns the recorder; what arrives meanwhile is counted and dropped."""
+
+    TAKE_S = 0.2  # how often the thread takes the batches that gathered (as fresh as the 0.2 s queue wait was)
 
     def __init__(self, recorder: Recorder | None, flush_s: float = 60.0, queue_limit: int = 20000,
                  on_flush: Callable[[Recorder], None] | None = None,
@@ -322,7 +331,8 @@ class HistoryWriter(threading.Thread):
         self.opener = opener
         self._open_error = open_error
         self.flush_s = flush_s
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_limit)
+        self.queue: deque[list[tuple[PointRef, Reading]]] = deque()
+        self.queue_limit = queue_limit
         self.on_flush = on_flush
         self.on_fault = on_fault
         self.dropped = 0
@@ -332,24 +342,27 @@ class HistoryWriter(threading.Thread):
         self.last_error: str | None = None
         self._stop_event = threading.Event()
         self._flush_now = threading.Event()
+        self._wake = threading.Event()  # set by stop and flush requests: the thread does not wait out TAKE_S
         self._flushed = threading.Condition()
         self._flush_gen = 0
 
     def submit(self, batch: list[tuple[PointRef, Reading]]) -> None:
-        try:
-            self.queue.put_nowait(batch)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("history: writer is behind; %d batches dropped so far", self.dropped)
+        if len(self.queue) < self.queue_limit:
+            self.queue.append(batch)  # deque.append is atomic: the writer thread pops from the other end
+            return
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("history: writer is behind; %d batches dropped so far", self.dropped)
 
     def _take_queued(self, rec: Recorder, block: bool) -> None:
+        if block and not self.queue:
+            self._wake.wait(self.TAKE_S)
+            self._wake.clear()
+        take = self.queue.popleft
         try:
-            batch = self.queue.get(timeout=0.2) if block else self.queue.get_nowait()
-            rec.add(batch)
-            while True:  # drain what queued meanwhile
-                rec.add(self.queue.get_nowait())
-        except queue.Empty:
+            while True:
+                rec.add(take())
+        except IndexError:
             pass
         except Exception as exc:  # a new series could not be created (a full disk): that batch is lost
             self._failed(exc, "a batch could not be recorded")
@@ -365,11 +378,12 @@ class HistoryWriter(threading.Thread):
         self._set_fault(FAULT_OK, None)
 
     def _discard_queued(self) -> None:
+        take = self.queue.popleft
         try:
             while True:
-                self.queue.get_nowait()
+                take()
                 self.dropped += 1
-        except queue.Empty:
+        except IndexError:
             pass
 
     def run(self) -> None:
@@ -459,14 +473,17 @@ class HistoryWriter(threading.Thread):
     def request_flush(self) -> None:
         """Flush soon, without waiting for it."""
         self._flush_now.set()
+        self._wake.set()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Ask the thread to write what it has now (closing only due slots); wait until it did."""
         with self._flushed:
             gen = self._flush_gen
             self._flush_now.set()
+            self._wake.set()
             return self._flushed.wait_for(lambda: self._flush_gen > gen, timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop_event.set()
+        self._wake.set()
         self.join(timeout)

@@ -98,10 +98,13 @@ class RtuTransport:
         ser.bytesize = bus.bytesize
         ser.timeout = 0
         ser.write_timeout = 0
+        # an advisory lock (flock): a second program on the same bus (a `bmsgw dump` while the gateway polls)
+        # would garble both's frames; it is told the port is busy instead
+        ser.exclusive = True
         try:
             ser.open()
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise PortError(f"bus {bus.name}: cannot open {self.port}: {exc}") from None
+            raise PortError(f"bus {bus.name}: cannot open {self.port}: {_open_problem(exc)}") from None
         if bus.rs485:
             # The kernel drives the transceiver's direction pin (TIOCSRS485): exact timing, no user-space RTS.
             try:
@@ -279,6 +282,19 @@ class RtuTransport:
         else:
             self._lateness.pop(unit, None)  # answered in time
         return words
+
+
+def _open_problem(exc: Exception) -> str:
+    """Why a port did not open, in words that say what to do."""
+    text = str(exc)
+    errno_ = getattr(exc, "errno", None)
+    if "exclusively lock" in text or errno_ == 16:
+        return "the port is busy: another program has it open (a running bmsgw? stop it first)"
+    if errno_ == 2 or "No such file" in text:
+        return "no such device (is the adapter plugged in? `ls /dev/ttyS* /dev/ttyUSB*`)"
+    if errno_ == 13 or "Permission denied" in text:
+        return "permission denied (add the user to the dialout group)"
+    return text
 
 
 def _frame_lengths(buf: bytearray) -> tuple[int, ...]:

@@ -97,7 +97,8 @@ def limits_schema(defaults: Limits, omit: tuple[str, ...] = (), ignored: tuple[s
     for key in ignored:
         props[key] = {"type": "number", "deprecated": True, "description": "no longer used (ignored)"}
     return {"type": "object", "additionalProperties": False, "default": {},
-            "description": description or "what one client may hold of this face's server (README: Bounded serving)",
+            "description": description or "what one client may hold of this face's server "
+                                          "(docs/faces.md: Bounded serving)",
             "properties": props}
 
 

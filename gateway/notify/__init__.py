@@ -95,7 +95,7 @@ def route_problems(section: dict) -> list[str]:
     """What ``notify.routes`` gets wrong beyond its schema, for the built-in notifiers (a third-party
     notifier's recipients are checked when it starts)."""
     out, names = [], set()
-    for i, r in enumerate(section.get("routes", []) or []):
+    for i, r in enumerate(section["routes"] or []):
         path = f"notify.routes[{i}]"
         if r["name"] in names:
             out.append(f"{path}.name: route {r['name']!r} is defined twice")
@@ -121,7 +121,7 @@ def route_problems(section: dict) -> list[str]:
 
 def parse_routes(section: dict, notifiers: dict[str, Notifier], src: str = "config") -> list[Route]:
     routes, names = [], set()
-    for i, r in enumerate(section.get("routes", []) or []):
+    for i, r in enumerate(section["routes"] or []):
         path = f"notify.routes[{i}]"
         if r["name"] in names:
             raise ConfigError(src, f"{path}.name", f"route {r['name']!r} is defined twice")
@@ -145,11 +145,11 @@ def parse_routes(section: dict, notifiers: dict[str, Notifier], src: str = "conf
             q = r["quiet_hours"]
             try:
                 quiet = QuietHours(parse_hhmm(q["start"]), parse_hhmm(q["end"]),
-                                   frozenset(q.get("except_severities", [])))
+                                   frozenset(q["except_severities"]))
             except ValueError as exc:
                 raise ConfigError(src, f"{path}.quiet_hours", str(exc)) from None
-        routes.append(Route(r["name"], frozenset(r.get("severities", ["warning", "critical"])), recipients,
-                            r.get("clears", True), quiet))
+        routes.append(Route(r["name"], frozenset(r["severities"]), recipients,
+                            r["clears"], quiet))
     return routes
 
 
@@ -181,10 +181,10 @@ class NotifyManager:
         self.notifiers = notifiers
         site = section.get("site_name") or gateway.config.section("site").get("name") or "bmsgw"
         self.routes = parse_routes(section, notifiers, str(gateway.config.path))
-        rl = section.get("rate_limit", {})
-        self.router = Router(self.routes, site, rl.get("burst", 5), rl.get("per_s", 600), section.get("digest_s", 120))
-        rt = section.get("retry", {})
-        policy = RetryPolicy(rt.get("attempts", 6), rt.get("backoff_s", 5), rt.get("max_backoff_s", 600))
+        rl = section["rate_limit"]
+        self.router = Router(self.routes, site, rl["burst"], rl["per_s"], section["digest_s"])
+        rt = section["retry"]
+        policy = RetryPolicy(rt["attempts"], rt["backoff_s"], rt["max_backoff_s"])
         self.workers = {name: Worker(n, policy) for name, n in notifiers.items()}
         for n in notifiers.values():
             if n.routed and not any(n.name in r.recipients for r in self.routes):

@@ -62,8 +62,8 @@ class EmailNotifier(Notifier):
         self.host = cfg["host"]
         self.port = int(cfg["port"])
         self.security = cfg["security"]
-        self.username = cfg.get("username", "")
-        self.password = cfg.get("password", "")
+        self.username = cfg["username"]
+        self.password = cfg["password"]
         if cfg.get("password_file"):
             self.password = read_secret(resolve(cfg["password_file"]), "notify.email.password_file")
         self.sender = cfg["sender"]
@@ -72,7 +72,7 @@ class EmailNotifier(Notifier):
             raise ConfigError("config", "notify.email.security", "a login needs TLS: use starttls or tls")
         self.context = None
         if self.security != "none":
-            if cfg.get("verify", True):
+            if cfg["verify"]:
                 self.context = ssl.create_default_context(cafile=str(resolve(cfg["ca_file"])) if cfg.get("ca_file")
                                                           else None)
             else:
@@ -143,13 +143,13 @@ def _text(raw) -> str:
 
 @hookimpl
 def bmsgw_check_config(gateway_config) -> list[str]:
-    cfg = gateway_config.section("notify").get("email", {})
+    cfg = gateway_config.section("notify")["email"]
     return section_problems(cfg, gateway_config) if cfg.get("enabled") else []
 
 
 @hookimpl
 def bmsgw_notifiers(gateway) -> list[Notifier]:
-    cfg = gateway.config.section("notify").get("email", {})
+    cfg = gateway.config.section("notify")["email"]
     if not cfg.get("enabled"):
         return []
     return [EmailNotifier(cfg, gateway.config.resolve)]

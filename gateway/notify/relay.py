@@ -93,7 +93,7 @@ class RelayNotifier(Notifier):
 
 @hookimpl
 def bmsgw_notifiers(gateway) -> list[Notifier]:
-    cfg = gateway.config.section("notify").get("relay", {})
+    cfg = gateway.config.section("notify")["relay"]
     if not cfg.get("enabled"):
         return []
     ref = PointRef(cfg["point"], channel=cfg["channel"])

@@ -44,14 +44,14 @@ class SmsNotifier(Notifier):
     routed = True
 
     def __init__(self, cfg: dict, resolve=lambda p: p) -> None:
-        pin = cfg.get("pin", "")
+        pin = cfg["pin"]
         if cfg.get("pin_file"):
             pin = read_secret(resolve(cfg["pin_file"]), "notify.sms.pin_file")
             if pin and not re.fullmatch(r"[0-9]{4,8}", pin):
                 raise ConfigError("config", "notify.sms.pin_file", "a SIM PIN is 4 to 8 digits")
-        self.max_length = int(cfg.get("max_length", 160))
+        self.max_length = int(cfg["max_length"])
         self.modem = Modem(cfg["port"], int(cfg["baud"]), pin, float(cfg["timeout_s"]), float(cfg["send_timeout_s"]),
-                           bool(cfg.get("check_network", True)))
+                           bool(cfg["check_network"]))
         self.sent = 0
 
     def check_recipient(self, recipient: str) -> str | None:
@@ -79,7 +79,7 @@ class SmsNotifier(Notifier):
 
 @hookimpl
 def bmsgw_check_config(gateway_config) -> list[str]:
-    cfg = gateway_config.section("notify").get("sms", {})
+    cfg = gateway_config.section("notify")["sms"]
     if cfg.get("enabled") and cfg.get("pin_file") and not gateway_config.resolve(cfg["pin_file"]).is_file():
         return [f"notify.sms.pin_file: file {gateway_config.resolve(cfg['pin_file'])} does not exist"]
     return []
@@ -87,7 +87,7 @@ def bmsgw_check_config(gateway_config) -> list[str]:
 
 @hookimpl
 def bmsgw_notifiers(gateway) -> list[Notifier]:
-    cfg = gateway.config.section("notify").get("sms", {})
+    cfg = gateway.config.section("notify")["sms"]
     if not cfg.get("enabled"):
         return []
     return [SmsNotifier(cfg, gateway.config.resolve)]

@@ -42,16 +42,16 @@ class WebhookNotifier(Notifier):
     routed = False
 
     def __init__(self, cfg: dict, site: dict) -> None:
-        url = cfg.get("url", "")
+        url = cfg["url"]
         problem = url_problem(url)
         if problem:
             raise ConfigError("config", "notify.webhook.url", problem)
         self.url = url
-        self.severities = frozenset(cfg.get("severities", ["warning", "critical"]))
-        self.acks = bool(cfg.get("acks", True))
+        self.severities = frozenset(cfg["severities"])
+        self.acks = bool(cfg["acks"])
         self.headers = {"Content-Type": "application/json", "User-Agent": "bmsgw",
                         **{str(k): str(v) for k, v in (cfg.get("headers") or {}).items()}}
-        self.timeout = float(cfg.get("timeout_s", 10))
+        self.timeout = float(cfg["timeout_s"])
         self.site = {"name": site.get("name"), "id": site.get("id")}
         self.posted = 0
 
@@ -87,14 +87,14 @@ class WebhookNotifier(Notifier):
 
 @hookimpl
 def bmsgw_check_config(gateway_config) -> list[str]:
-    cfg = gateway_config.section("notify").get("webhook", {})
-    problem = url_problem(cfg.get("url", "")) if cfg.get("enabled") else None
+    cfg = gateway_config.section("notify")["webhook"]
+    problem = url_problem(cfg["url"]) if cfg.get("enabled") else None
     return [f"notify.webhook.url: {problem}"] if problem else []
 
 
 @hookimpl
 def bmsgw_notifiers(gateway) -> list[Notifier]:
-    cfg = gateway.config.section("notify").get("webhook", {})
+    cfg = gateway.config.section("notify")["webhook"]
     if not cfg.get("enabled"):
         return []
     return [WebhookNotifier(cfg, gateway.config.section("site"))]

@@ -81,7 +81,7 @@ class ReportContext:
 
     @property
     def site(self) -> str:
-        return self.gateway.config.section("site").get("name", "")
+        return self.gateway.config.section("site")["name"]
 
     def strings(self, only: list[int] | None = None) -> list[StringConfig]:
         out = [s for s in self.gateway.topology.strings if not only or s.id in only]
@@ -145,6 +145,6 @@ class ReportContext:
                  if e.get("capacity_test")]
         last_test = max((e["end"] for e in tests), default=None)
         soh = tests[-1]["soh_pct"] if tests else None
-        install = cfg.get("install_dates", {}).get(str(s.id)) or cfg.get("install_date")
+        install = cfg["install_dates"].get(str(s.id)) or cfg.get("install_date")
         age = (self.end - parse_when(install)) / (365.25 * 86400) if install else None
-        return schedule(self.end, log_entries, monitored, last_test, age, cfg.get("design_life_years", 10), soh, s.id)
+        return schedule(self.end, log_entries, monitored, last_test, age, cfg["design_life_years"], soh, s.id)

@@ -142,7 +142,7 @@ def _page(canvas, doc) -> None:
 def string_report(ctx: ReportContext, strings: list[int] | None, out_path: str, progress: Progress) -> int:
     """The periodic report, one section per string.  Returns the number of strings reported."""
     cfg = ctx.gateway.config.section("analytics")
-    th = cfg.get("thresholds", {})
+    th = cfg["thresholds"]
     story: list[Flowable] = []
     selected = ctx.strings(strings)
     for k, s in enumerate(selected):
@@ -213,7 +213,7 @@ def _bar_charts(s: StringConfig, snap: dict[str, dict], th: dict[str, Any]) -> l
         bar_chart({c: v * 1000 for c, v in snap["ohmic"].items()}, "Ohmic value", "mOhm")]
     if devs:
         story.append(bar_chart(devs, "Ohmic change from the IEEE 1188 baseline", "%",
-                               colour=_deviation_colour(th.get("warning_pct", 20), th.get("replace_pct", 30))))
+                               colour=_deviation_colour(th["warning_pct"], th["replace_pct"])))
     else:
         story.append(Paragraph("Ohmic change from baseline: no baselines yet (IEEE 1188: taken after the "
                                "settling period); no verdict without one.", SMALL))
@@ -284,10 +284,10 @@ def _maintenance(ctx: ReportContext, s: StringConfig) -> list[Flowable]:
 
 def _forecasts(ctx: ReportContext, forecasts: dict, th: dict[str, Any]) -> list[Flowable]:
     story: list[Flowable] = [Paragraph("Replacement forecast and diagnosis", H2)]
-    horizon = ctx.gateway.config.section("analytics").get("forecast", {}).get("horizon_years", 3)
+    horizon = ctx.gateway.config.section("analytics")["forecast"]["horizon_years"]
     dated = sorted(((k[1], f) for k, f in forecasts.items() if f.get("eol_ts")), key=lambda kv: kv[1]["eol_ts"])
     if dated:
-        rows = [["battery", "replace by", "range", f"+{th.get('critical_pct', 50):g} %", "from", "trend", "diagnosis"]]
+        rows = [["battery", "replace by", "range", f"+{th['critical_pct']:g} %", "from", "trend", "diagnosis"]]
         for cell, f in dated:
             rows.append([str(cell), fmt_ts(f["eol_ts"]), f"{fmt_ts(f.get('early_ts'))} .. {fmt_ts(f.get('late_ts'))}",
                          fmt_ts(f.get("critical_ts")), f.get("source", "-"),

@@ -236,6 +236,7 @@ class BankModel:
         self.ohmic_test_interval_s = ohmic_test_interval_s
         self._ohmic_schedule0 = t0
         self._ohmic_extra: dict[int, float] = {}  # string -> when a test was run on demand
+        self._ohmic_extra_cell: dict[tuple[int, int], float] = {}  # (string, cell) -> a sensor asked on its own
         self._ohmic_held: dict[tuple[int, int], tuple[float, float]] = {}  # (string, cell) -> (test time, result)
         self.ambient_base = 24.0
         self.do_state = 0
@@ -390,7 +391,7 @@ class BankModel:
         return 1.0 + 0.005 * (self.ambient() - 25.0)
 
     # -- scenarios -------------------------------------------------------------------------------------------
-    SCENARIOS = ("thermal_runaway", "stuck", "out_of_range")
+    SCENARIOS = ("thermal_runaway", "stuck", "out_of_range", "mains_failure", "mains_return")
 
     def schedule_scenario(self, at: float, kind: str, **args) -> None:
         """Start scenario ``kind`` (one of ``SCENARIOS``, with ``start_scenario``'s arguments) at simulated time
@@ -404,7 +405,19 @@ class BankModel:
     def start_scenario(self, kind: str, string: int | None = None, cell: int | None = None,
                        point: str | None = None, value: float | None = None) -> None:
         """``thermal_runaway`` of ``string``; ``stuck``: the sensor of ``point`` (``string``, ``cell``) freezes;
-        ``out_of_range``: it reports ``value``, beyond its measuring range."""
+        ``out_of_range``: it reports ``value``, beyond its measuring range; ``mains_failure``: ``string`` (or
+        every string) discharges, at ``value`` A (or its discharge current), until its end voltage or
+        ``mains_return`` (the charger recharges it)."""
+        if kind in ("mains_failure", "mains_return"):
+            with self.lock:
+                if string is not None and string not in self.strings:
+                    raise ValueError(f"scenario {kind!r}: no string {string}")
+                for sid in [string] if string is not None else list(self.strings):
+                    if kind == "mains_failure":
+                        self.set_mode(sid, "discharge", value)
+                    else:
+                        self.set_mode(sid, "recharge")
+            return
         if kind == "thermal_runaway" and string is not None:
             self.start_thermal_runaway(string)
         elif kind == "stuck" and point is not None:
@@ -502,13 +515,16 @@ class BankModel:
         return v * b.working_fraction
 
     # -- ohmic tests -----------------------------------------------------------------------------------------
-    def last_ohmic_test(self, sid: int, t: float | None = None) -> float:
-        """When the sensors of string ``sid`` last ran an ohmic test (scheduled or on demand), at or before ``t``."""
+    def last_ohmic_test(self, sid: int, t: float | None = None, cell: int | None = None) -> float:
+        """When the sensors of string ``sid`` (of its battery ``cell``: its sensor may have been asked on its
+        own) last ran an ohmic test (scheduled or on demand), at or before ``t``."""
         t = self.t if t is None else t
         every = self.ohmic_test_interval_s
-        scheduled = self._ohmic_schedule0 + math.floor((t - self._ohmic_schedule0) / every) * every
-        extra = self._ohmic_extra.get(sid)
-        return extra if extra is not None and scheduled < extra <= t else scheduled
+        last = self._ohmic_schedule0 + math.floor((t - self._ohmic_schedule0) / every) * every
+        for extra in (self._ohmic_extra.get(sid), self._ohmic_extra_cell.get((sid, cell or 0))):
+            if extra is not None and last < extra <= t:
+                last = extra
+        return last
 
     def run_ohmic_test(self, sid: int | None = None) -> None:
         """The sensors of one string (every string when None) run an ohmic test now, as a user may ask."""
@@ -526,7 +542,7 @@ class BankModel:
         """What the unit's sensor reports: the result of its last ohmic test (the truth then, with the sensor's
         conformity error and the test's repeatability error), held until it tests again."""
         with self.lock:
-            tested = self.last_ohmic_test(sid)
+            tested = self.last_ohmic_test(sid, cell=cell)
             held = self._ohmic_held.get((sid, cell))
             if held is None or held[0] != tested:
                 v = self.sensor_ohmic(sid, cell, tested)
@@ -660,9 +676,15 @@ class BankModel:
                 v += gauss(0, e.temperature_noise_c)
         return v
 
-    def write(self, point: str, value: float, channel: int | None = None) -> None:
+    def write(self, point: str, value: float, channel: int | None = None, string: int | None = None,
+              cell: int | None = None) -> None:
+        """A master wrote a holding register: the relay, or a cell sensor asked to run an ohmic test now."""
         if point == "io.do":
             self.do_state = int(value) & 1
+        elif point == "cell.ohmic_test" and string is not None and cell is not None:
+            if int(value) == 1:
+                with self.lock:
+                    self._ohmic_extra_cell[(string, cell)] = self.t
         else:
             raise KeyError(point)
 

@@ -396,7 +396,7 @@ class Simulator:
                 value = codecs.decode([raw], reg)
                 if value is None:  # the register's not-available code is no value to act on
                     return False
-                self.model.write(ref.point, value, ref.channel)
+                self.model.write(ref.point, value, ref.channel, ref.string, ref.cell)
         return True
 
 
@@ -412,9 +412,10 @@ def _exception(unit: int, function: int, code: int) -> bytes:
     return with_crc(bytes([unit, function | 0x80, code]))
 
 
-def model_from_config(config, **overrides) -> BankModel:
-    """The simulated bank of a config (its strings, the simulator section's seed, errors and scenarios), for
-    simulated-time runs that need no serial ports (``gateway.simrun``)."""
+def model_from_config(config, scenarios: bool = True, **overrides) -> BankModel:
+    """The simulated bank of a config (its strings, the simulator section's seed, errors and, unless
+    ``scenarios`` is False, its scenarios), for simulated-time runs that need no serial ports
+    (``gateway.simrun``); ``overrides``: BankModel's arguments (``t0``, ``age_years`` ...)."""
     sim = config.section("simulator")
     kwargs = {"seed": sim.get("seed", 1), "weak_cells": sim.get("weak_cells", 3),
               "discharge_every_s": sim.get("discharge_every_s", 0.0),
@@ -424,7 +425,7 @@ def model_from_config(config, **overrides) -> BankModel:
     kwargs.update(overrides)
     model = BankModel([(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit)
                        for s in config.topology.strings], **kwargs)
-    for sc in sim.get("scenarios") or []:
+    for sc in (sim.get("scenarios") or []) if scenarios else []:
         args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
         model.schedule_scenario(model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
     return model

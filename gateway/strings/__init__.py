@@ -131,7 +131,7 @@ class StringService(Service):
             except Exception:
                 self.errors += 1
                 log.exception("string supervision: tick failed")
-            await asyncio.sleep(float(supervisor.section.get("interval_s", 10)))
+            await asyncio.sleep(float(supervisor.section["interval_s"]))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -168,7 +168,39 @@ class StringService(Service):
             offset = sup.zero_current(string, by=by.name or by.via)  # ZeroRefused is a ValueError: refused
             return f"string {string}: current sensor zeroed, offset {offset:+.2f} A"
 
-        return [Command("string.zero_current", zero, role="admin")]
+        return [Command("string.zero_current", zero, role="admin"),
+                Command("string.start_ohmic_test", self._start_ohmic_test, role="operator")]
+
+    async def _start_ohmic_test(self, ref: PointRef, value: float, by: Principal) -> str:
+        """``string.start_ohmic_test``: 0 every battery of the string, N battery N.  Each battery's sensor is
+        told to test now (its write-only ``cell.ohmic_test`` register); the string's slow registers are read
+        at the next cycle, so the results come in seconds, not at the next slow period."""
+        from ..engine import DeviceWriteError
+
+        string = require_position(ref.string, ref, "string")
+        cells = self.gateway.topology.string(string).cells
+        wanted = range(1, cells + 1) if int(value) == 0 else [int(value)]
+        if int(value) > cells:
+            raise ValueError(f"string {string} has {cells} batteries, not {int(value)}")
+        engine = self.gateway.engine
+        targets = [PointRef("cell.ohmic_test", string, c) for c in wanted]
+        targets = [t for t in targets if engine.writable(t) is not None]
+        if not targets:
+            raise ValueError(f"no sensor of string {string} can run an ohmic test on demand (its profile has no "
+                             "writable cell.ohmic_test register)")
+        failed: list[str] = []
+        for target in targets:
+            try:
+                await engine.write_point(target, 1)
+            except DeviceWriteError as exc:
+                failed.append(f"battery {target.cell}: {exc}")
+        if len(failed) == len(targets):
+            raise WriteFailed(f"string {string}: no sensor took the ohmic test request ({failed[0]})")
+        engine.read_slow_soon(targets)
+        started = len(targets) - len(failed)
+        what = f"battery {targets[0].cell}" if len(targets) == 1 else f"{started} of {len(targets)} batteries"
+        return f"string {string}: ohmic test started on {what}" + (f"; failed: {'; '.join(failed[:5])}"
+                                                                    if failed else "")
 
 
 # -- hooks ---------------------------------------------------------------------------------------------------

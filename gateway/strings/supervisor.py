@@ -33,8 +33,8 @@ MAX_BY_LENGTH = 64
 
 
 def params_from_section(s: StringConfig, section: dict) -> ClassifierParams:
-    zero = section.get("current_zero", {}) or {}
-    run = section.get("thermal_runaway", {}) or {}
+    zero = section["current_zero"] or {}
+    run = section["thermal_runaway"] or {}
     kw = {
         "float_min_v_per_cell": section.get("float_min_v_per_cell"), "charge_above_c": section.get("charge_above_c"),
         "discharge_below_c": section.get("discharge_below_c"),
@@ -73,7 +73,7 @@ class StringSupervisor:
         self.temps: dict[int, list[float | None]] = {s.id: [None] * s.cells for s in strings}
         self.volts: dict[int, list[float | None]] = {s.id: [None] * s.cells for s in strings}
         self.ambient_ref = PointRef("io.ambient_temperature")
-        self.imbalance_min_c = float(section.get("imbalance_min_c", 0.02))
+        self.imbalance_min_c = float(section["imbalance_min_c"])
         self.republish_s = republish_s
         self.lock = threading.RLock()
         self._refs: dict[tuple[str, int], PointRef] = {}
@@ -90,7 +90,7 @@ class StringSupervisor:
             self.section = section
             for sid, c in self.classifiers.items():
                 c.p = params_from_section(self.strings[sid], section)
-            self.imbalance_min_c = float(section.get("imbalance_min_c", 0.02))
+            self.imbalance_min_c = float(section["imbalance_min_c"])
 
     # -- persistence -------------------------------------------------------------------------------------------
     def _load(self) -> dict[int, ZeroState]:

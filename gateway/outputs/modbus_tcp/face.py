@@ -8,7 +8,7 @@ where it helps: the exception and device-information constants and the FC43/14 r
 The register image (one word per protocol address, both tables) is encoded from the point store through
 the point map: fully once at start, then only the points a store batch changed, lazily on the first request
 after that batch.  A read is a bounds check and a slice of the image.  The rules (what a gap answers, when
-exception 02 comes, unit ids, writes) are documented in the README's "Modbus TCP" section.
+exception 02 comes, unit ids, writes) are documented in README.md beside this file.
 """
 from __future__ import annotations
 
@@ -447,7 +447,6 @@ class _Connection(BoundedConnection):
         self.client = "?"
         self.buf = bytearray()
         self.pending: asyncio.Future | None = None
-        self.reading_paused = False
         self.eof = False
 
     def opened(self) -> None:
@@ -481,14 +480,7 @@ class _Connection(BoundedConnection):
             return
         if self.buf and self.pending is None and not self.writing_paused:  # part of a request awaits the rest
             self.request_started()
-        want_pause = self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG)
-        if want_pause == self.reading_paused:
-            return
-        self.reading_paused = want_pause
-        if want_pause:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+        self.set_reading_paused(self.writing_paused or (self.pending is not None and len(self.buf) > MAX_BACKLOG))
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

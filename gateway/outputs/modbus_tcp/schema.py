@@ -45,7 +45,7 @@ _SECTION_SCHEMA: dict[str, Any] = {
             "type": "object", "additionalProperties": False, "default": {},
             "properties": {
                 "enabled": {"type": "boolean", "default": False,
-                            "description": "accept FC6/FC16 to the writable registers (README: Modbus TCP)"},
+                            "description": "accept FC6/FC16 to the writable registers (the Modbus TCP face's README)"},
                 "allow_from": {"type": "array", "items": {"type": "string", "pattern": f"^{_ADDR}$"},
                                "default": [], "description": "client addresses or networks that may write"},
                 "role": {"enum": ["operator", "admin"], "default": "operator",

@@ -8,6 +8,7 @@ instrumentation over the OID index, and the notification targets.  ``stop()`` cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -27,14 +28,16 @@ from pysnmp.smi import error as smi_error
 from ... import fsutil
 from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
 from ...config import address_allowed, parse_listen, parse_networks
+from ...points import PointRef
 from ...service import StartError
-from . import ber
+from . import ber, upsmib
 from .alarms import AlarmRow, AlarmTable
 from .controller import IndexController, to_pyasn1
 from .fastpath import FastPath
 from .mib import ENTERPRISES
-from .sections import AgentData, alarm_prefix, entity_sections, system_section, ups_section, vendor_section
-from .tree import OidIndex
+from .sections import AgentData, alarm_prefix, entity_sections, system_section, vendor_section
+from .tree import OidIndex, Value
+from .upsmib import LowBattTime, UpsAlarms, UpsBattery
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,15 @@ STATE_FILE = "snmp-engine.json"
 
 class SnmpStartError(StartError):
     pass
+
+
+def soc_model(config) -> tuple[float, float]:
+    """The analytics' Peukert exponent and rated hours (``analytics.soc``), for the UPS-MIB's run time."""
+    try:
+        soc = config.section("analytics").get("soc") or {}
+    except KeyError:  # the analytics plugin is not loaded
+        soc = {}
+    return float(soc.get("peukert", 1.25)), float(soc.get("rated_hours", 20.0))
 
 
 def parse_oid(text: str) -> tuple[int, ...]:
@@ -239,9 +251,13 @@ class SnmpAgent:
 
     name = "snmp"
 
-    def __init__(self, gateway, cfg: dict) -> None:
+    def __init__(self, gateway, cfg: dict, low_batt: LowBattTime | None = None) -> None:
+        """``low_batt``: upsConfigLowBattTime, kept by the service across agents (default: read from the state
+        folder)."""
         self.gateway = gateway
         self.cfg = cfg
+        self.low_batt = low_batt or LowBattTime(gateway.config.state_dir / upsmib.LOW_BATT_FILE,
+                                                cfg["ups"]["low_minutes_remaining"])
         self.base = parse_oid(cfg["base_oid"])
         self.listen = parse_listen(cfg["listen"])
         self.community = (cfg["v2c"].get("community") or "").encode() or None
@@ -249,15 +265,23 @@ class SnmpAgent:
                                              "snmp.v2c.allow_from") or None
         self.users = {u["name"]: u for u in cfg["v3_users"]}
         gw_cfg = gateway.config
+        peukert, rated_hours = soc_model(gw_cfg)
         self.data = AgentData(
             store=gateway.store, pointmap=gateway.pointmap, topology=gateway.topology, base=self.base,
             site_name=gw_cfg.section("site").get("name", ""), system=cfg["system"], ups=cfg["ups"],
             entity_points=list(cfg["entity_sensors"]), poll=gw_cfg.data["gateway"]["poll"],
-            counters=self.counters, engine=self.engine_info)
-        sections = [vendor_section(self.data), system_section(self.data), ups_section(self.data),
-                    *entity_sections(self.data)]
-        self.index = OidIndex(sections, alarm_prefix(self.base), store=gateway.store)
+            counters=self.counters, engine=self.engine_info, low_batt_time=lambda: self.low_batt.minutes,
+            peukert=peukert, rated_hours=rated_hours)
+        self.ups_battery = UpsBattery(self.data)
+        sections = [vendor_section(self.data), system_section(self.data),
+                    upsmib.ups_section(self.data, self.ups_battery), *entity_sections(self.data)]
+        self.index = OidIndex(sections, [alarm_prefix(self.base), upsmib.UPS_ALARM], store=gateway.store)
         self.alarms = AlarmTable(self.data, self.index, gateway.pointmap, gateway.catalog)
+        self.ups_alarms = UpsAlarms(self.data, self.ups_battery, notify=self.notify_ups,
+                                    send_traps=cfg["ups"]["notifications"])
+        self.ups_alarms.changed = lambda: self.index.dynamic_changed(self.ups_alarms.section, upsmib.UPS_ALARM)
+        self.index.set_dynamic(self.ups_alarms.section(), upsmib.UPS_ALARM)
+        self._ups_task: asyncio.Task | None = None
         self.engine: snmp_engine.SnmpEngine | None = None
         self.transport: FastUdpTransport | None = None
         self.fast: FastPath | None = None
@@ -322,6 +346,7 @@ class SnmpAgent:
             await self.stop()
             raise
         self._warn_open_community(bound)
+        self._ups_task = asyncio.create_task(self._watch_ups(), name="snmp-ups-alarms")
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
                  "%d instances)", bound[0], bound[1], "on" if self.community else "off", len(self.users),
                  len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
@@ -404,6 +429,11 @@ class SnmpAgent:
         self._ntf = ntforg.NotificationOriginator()
 
     async def stop(self) -> None:
+        if self._ups_task is not None:
+            self._ups_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ups_task
+            self._ups_task = None
         if self.engine is not None:
             dispatcher = self.engine.transport_dispatcher
             if dispatcher is not None:
@@ -427,7 +457,15 @@ class SnmpAgent:
         return role if role != "viewer" else None
 
     async def write_oid(self, oid: tuple[int, ...], value, by: Principal) -> None:
-        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write."""
+        """One SET variable: the writable point (a command, the relay) at ``oid``, through Gateway.write.
+        upsConfigLowBattTime.0 is the command point ``gateway.ups_low_battery_time``."""
+        if oid == upsmib.UPS_CONFIG_LOW_BATT_TIME + (0,):
+            try:
+                minutes = int(value)
+            except (TypeError, ValueError):
+                raise WriteRejected("upsConfigLowBattTime takes a number of minutes") from None
+            await self.gateway.write(PointRef(upsmib.LOW_BATT_POINT), minutes, by)
+            return
         entry = self.writable.get(oid)
         if entry is None:
             raise NotWritable(f"{'.'.join(map(str, oid))} is not a writable object")
@@ -472,6 +510,7 @@ class SnmpAgent:
         host, port = self.bound or self.listen
         return {"listen": f"{host}:{port}", "engine_id": self.engine_id.hex(),
                 "boots": self.boots, "instances": len(self.index), "active_alarms": len(self.alarms.rows),
+                "ups_alarms": sorted(self.ups_alarms.rows), "ups_low_batt_time_min": self.low_batt.minutes,
                 "bad_community": c.get("snmpInBadCommunityNames", 0),
                 "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",
                                                              "usmStatsDecryptionErrors")),
@@ -483,25 +522,46 @@ class SnmpAgent:
     def alarm_event(self, event: Any) -> None:
         """Record the alarm in the active table and send the notification to every target (non-blocking)."""
         row, raised = self.alarms.apply(event)
+        self.ups_alarms.observe(event)
+        if self.engine is not None:
+            self.ups_alarms.evaluate()  # temperature, battery bad ... rows at once, not at the next second
         if self.engine is None or self._ntf is None or not self._targets:
             return
         self.notify(row, raised)
 
+    async def _watch_ups(self) -> None:
+        """The UPS-MIB alarm conditions follow the bank: evaluated every second (a few points per string)."""
+        while True:
+            try:
+                self.ups_alarms.evaluate()
+            except Exception:
+                log.exception("SNMP: UPS-MIB alarm conditions not evaluated")
+            await asyncio.sleep(1.0)
+
     def notify(self, row: AlarmRow, raised: bool) -> None:
-        trap_oid = self.base + (0, 1 if raised else 2)
+        values = [(oid, value) for oid, value in self.alarms.notification_varbinds(row)]
+        self._notify(self.base + (0, 1 if raised else 2), values, f"alarm {row.alarm_id}")
+
+    def notify_ups(self, trap_oid: tuple[int, ...], values: list[tuple[tuple[int, ...], Value]], what: str) -> None:
+        """A UPS-MIB notification (upsTrapOnBattery, upsTrapAlarmEntryAdded/Removed) to every target."""
+        self._notify(trap_oid, values, what)
+
+    def _notify(self, trap_oid: tuple[int, ...], values: list[tuple[tuple[int, ...], Value]], what: str) -> None:
+        if self.engine is None or self._ntf is None or not self._targets:
+            return
         varbinds = [(SYS_UPTIME, rfc1902.TimeTicks(self.data.ticks())),
                     (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(trap_oid))]
-        varbinds += [(oid, to_pyasn1(*value)) for oid, value in self.alarms.notification_varbinds(row)]
+        varbinds += [(oid, to_pyasn1(*value)) for oid, value in values]
         for target in self._targets:
-            self._send(target, varbinds, row)
+            self._send(target, varbinds, what)
 
-    def _send(self, target: dict, varbinds, row: AlarmRow) -> None:
+    def _send(self, target: dict, varbinds, what: str) -> None:
         engine = self.engine
 
         def done(_engine, _handle, error_indication, error_status, _error_index, _vbs, _ctx):
             if error_indication or error_status:
                 self.sent["failed"] += 1
-                log.warning("SNMP %s for alarm %s to %s not delivered: %s", target["kind"], row.alarm_id,
+                log.warning("SNMP %s for %s to %s not delivered: %s", target["kind"], what,
                             target["where"], error_indication or error_status)
             elif target["kind"] == "inform":
                 self.sent["informs_acknowledged"] += 1
@@ -512,6 +572,6 @@ class SnmpAgent:
             self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
         except Exception as exc:  # a broken target must not stop the others or the caller
             self.sent["failed"] += 1
-            log.warning("SNMP %s for alarm %s to %s failed: %s", target["kind"], row.alarm_id, target["where"], exc)
+            log.warning("SNMP %s for %s to %s failed: %s", target["kind"], what, target["where"], exc)
             return
         self.sent["informs" if target["kind"] == "inform" else "traps"] += 1

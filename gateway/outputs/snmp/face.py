@@ -5,9 +5,12 @@ import asyncio
 import logging
 from typing import Any
 
+from ...commands import Command, Principal
 from ...hookspecs import hookimpl
+from ...points import PointRef
 from ...service import ReloadResult, Service
 from .agent import SnmpAgent
+from .upsmib import LOW_BATT_FILE, LOW_BATT_POINT, LowBattTime
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,10 @@ class SnmpService(Service):
 
     def __init__(self, gateway) -> None:
         self.gateway = gateway
-        self.agent = SnmpAgent(gateway, gateway.config.section("snmp"))
+        cfg = gateway.config.section("snmp")
+        # upsConfigLowBattTime outlives agents (a reload) and restarts (its state file)
+        self.low_batt = LowBattTime(gateway.config.state_dir / LOW_BATT_FILE, cfg["ups"]["low_minutes_remaining"])
+        self.agent = SnmpAgent(gateway, cfg, self.low_batt)
         self.active: dict[str, Any] = {}  # raised alarm events by id: a new agent's table starts from them
 
     async def start(self) -> None:
@@ -36,9 +42,12 @@ class SnmpService(Service):
         new address it is bound first and the old one kept when that fails).  The active-alarm table carries
         over; SNMPv3 managers see the engine's boots counter grow by one."""
         result = ReloadResult()
-        new = SnmpAgent(self.gateway, config.section("snmp"))  # the gateway's config is the new one already
+        cfg = config.section("snmp")  # the gateway's config is the new one already
+        self.low_batt.reconfigure(cfg["ups"]["low_minutes_remaining"])
+        new = SnmpAgent(self.gateway, cfg, self.low_batt)
         for event in self.active.values():
             new.alarms.apply(event)
+        new.ups_alarms.take_over(self.agent.ups_alarms)  # same rows and ids: no notification for what stays
         old = self.agent
         handed = old.sock.dup() if new.listen == old.listen and old.sock is not None else None
         try:
@@ -58,6 +67,16 @@ class SnmpService(Service):
 
     def endpoints(self) -> list[str]:
         return self.agent.endpoints()
+
+    @hookimpl
+    def bmsgw_commands(self) -> list[Command]:
+        """``gateway.ups_low_battery_time`` (write minutes, 1-1440): upsConfigLowBattTime, for operators; an SNMP
+        SET of upsConfigLowBattTime.0 comes here through Gateway.write like any other face's write."""
+        def set_low_batt_time(ref: PointRef, value: float, by: Principal) -> str:
+            minutes = self.low_batt.set(value)
+            return f"upsConfigLowBattTime = {minutes} min (kept in {self.low_batt.path})"
+
+        return [Command(LOW_BATT_POINT, set_low_batt_time, role="operator")]
 
     @hookimpl
     def bmsgw_alarm_event(self, event) -> None:

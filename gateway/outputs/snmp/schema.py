@@ -76,10 +76,41 @@ SCHEMA = {
                       "description": "answer SNMPv2c reads from pre-encoded varbinds (same bytes as pysnmp, faster)"},
         "ups": {
             "type": "object", "additionalProperties": False, "default": {},
+            "description": "the UPS-MIB (RFC 1628) for the bank: see the SNMP face's README",
             "properties": {
-                "low_charge_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 40},
-                "depleted_charge_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 10},
-                "low_minutes_remaining": {"type": "number", "minimum": 0, "default": 5},
+                "low_minutes_remaining": {"type": "number", "minimum": 1, "maximum": 1440, "default": 5,
+                                          "description": "upsConfigLowBattTime (minutes): batteryLow when the "
+                                                         "estimated run time is at or below it; an SNMP SET "
+                                                         "(gateway.ups_low_battery_time) overrides it until this "
+                                                         "value is edited"},
+                "low_charge_percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100, "default": None,
+                                       "description": "also batteryLow at or below this charge; off by default "
+                                                      "(RFC 1628 ties batteryLow to the run time alone)"},
+                "depleted_charge_percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 10,
+                                            "description": "batteryDepleted at or below this charge (and under one "
+                                                           "minute of run time)"},
+                "typical_load_a": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 100000,
+                                   "default": None,
+                                   "description": "the bank's discharge current (A, all strings) when mains fail, "
+                                                  "for upsEstimatedMinutesRemaining while no string discharges; "
+                                                  "null: the last discharge's current, else the capacity's rated "
+                                                  "(C20) current"},
+                "ident": {
+                    "type": "object", "additionalProperties": False, "default": {},
+                    "properties": {
+                        "manufacturer": {"type": "string", "maxLength": 31, "default": "",
+                                         "description": "upsIdentManufacturer; default: bmsgw"},
+                        "model": {"type": "string", "maxLength": 63, "default": "",
+                                  "description": "upsIdentModel; default: the bank's strings and battery model"},
+                        "name": {"type": "string", "maxLength": 63, "default": "",
+                                 "description": "upsIdentName; default: snmp.system.name, else site.name"},
+                        "attached_devices": {"type": "string", "maxLength": 63, "default": "",
+                                             "description": "upsIdentAttachedDevices: what the UPS feeds"},
+                    },
+                },
+                "notifications": {"type": "boolean", "default": True,
+                                  "description": "send upsTrapAlarmEntryAdded/Removed and upsTrapOnBattery (every "
+                                                 "minute on battery) to snmp.notifications.targets"},
             },
         },
         "entity_sensors": {"type": "array", "items": {"type": "string"}, "default": DEFAULT_ENTITY_SENSORS,

@@ -2,7 +2,7 @@
 
 - BMSGW-MIB: every point of the point map at base.1.<oid suffix>, plus the active-alarm table.
 - SNMPv2-MIB system and snmp groups, SNMP-FRAMEWORK-MIB snmpEngine group.
-- UPS-MIB (RFC 1628) battery group for the bank.
+- UPS-MIB (RFC 1628) for the bank: ident, battery, output source, alarms, low-battery time (upsmib.py).
 - ENTITY-MIB physical table and ENTITY-SENSOR-MIB sensor table for the ambient, string and battery sensors.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from ... import __version__
 from ...modbus.codecs import northbound_words
 from ...pointmap import PointMap, require_position
 from ...points import PointRef, PointSpec, PointStore, Quality, Reading
-from ...strings.states import string_states
 from ...topology import Topology
 from . import ber
 from .mib import ALARM_GROUP, decimals, value_range
@@ -24,7 +23,6 @@ from .tree import Section, Value, ValueFn
 MIB2 = (1, 3, 6, 1, 2, 1)
 SYSTEM = MIB2 + (1,)
 SNMP_GROUP = MIB2 + (11,)
-UPS_BATTERY = MIB2 + (33, 1, 2)
 ENT_PHYSICAL_ENTRY = MIB2 + (47, 1, 1, 1, 1)
 ENT_LAST_CHANGE = MIB2 + (47, 1, 4, 1)
 ENT_SENSOR_ENTRY = MIB2 + (99, 1, 1, 1)
@@ -38,7 +36,7 @@ _MODULES = [
     (None, "BMSGW-MIB: the battery bank, the gateway and its alarms"),
     ((1, 3, 6, 1, 6, 3, 1), "SNMPv2-MIB: system and snmp groups"),
     ((1, 3, 6, 1, 6, 3, 10), "SNMP-FRAMEWORK-MIB: snmpEngine group"),
-    (MIB2 + (33,), "UPS-MIB: battery group for the battery bank"),
+    (MIB2 + (33,), "UPS-MIB: the battery bank as a UPS battery: ident, battery, alarms"),
     (MIB2 + (47,), "ENTITY-MIB: physical table of the bank, strings and sensors"),
     (MIB2 + (99,), "ENTITY-SENSOR-MIB: ambient, string and battery sensors"),
 ]
@@ -86,6 +84,9 @@ class AgentData:
     started_mono: float = field(default_factory=time.monotonic)
     counters: Callable[[], dict[str, int]] = dict
     engine: Callable[[], dict] = dict
+    low_batt_time: Callable[[], int] = lambda: 5  # upsConfigLowBattTime (minutes)
+    peukert: float = 1.25  # the analytics' SOC model (analytics.soc), for the run-time estimate
+    rated_hours: float = 20.0
 
     def ticks(self) -> int:
         return int((time.monotonic() - self.started_mono) * 100) & 0xFFFFFFFF
@@ -190,90 +191,6 @@ def system_section(data: AgentData) -> Section:
     sec.add(SNMP_ENGINE + (3,), (0,), lambda: (ber.INTEGER, data.engine().get("time", 0)), volatile=True)
     sec.add(SNMP_ENGINE + (4,), (0,), lambda: (ber.INTEGER, data.engine().get("max_message_size", 65507)),
             volatile=True)
-    return sec
-
-
-class UpsBattery:
-    """UPS-MIB battery group for the whole bank, from the strings' (and bank's) points."""
-
-    def __init__(self, data: AgentData) -> None:
-        self.data = data
-        self.strings = [s.id for s in data.topology.strings]
-        self.cells = [(s.id, c) for s in data.topology.strings for c in range(1, s.cells + 1)]
-        self.discharging_code = string_states(data.pointmap.catalog).discharging
-
-    def _strings(self, point: str) -> list[float]:
-        store = self.data.store
-        return [v for v in (good(store.get(PointRef(point, s))) for s in self.strings) if v is not None]
-
-    def charge(self) -> float | None:
-        values = self._strings("string.soc") or self._strings("string.sensor_soc")
-        return min(values) if values else None
-
-    def status(self) -> Value:
-        charge = self.charge()
-        if charge is None:
-            return ber.INTEGER, 1  # unknown
-        if charge <= self.data.ups["depleted_charge_percent"]:
-            return ber.INTEGER, 4
-        if charge <= self.data.ups["low_charge_percent"]:
-            return ber.INTEGER, 3
-        minutes = self._minutes()
-        if minutes is not None and self.discharging() and minutes <= self.data.ups["low_minutes_remaining"]:
-            return ber.INTEGER, 3
-        return ber.INTEGER, 2
-
-    def discharging(self) -> bool:
-        """On battery: a string the string supervision classifies as discharging (``string.state``)."""
-        return any(int(s) == self.discharging_code for s in self._strings("string.state"))
-
-    def seconds_on_battery(self) -> Value:
-        times = self._strings("string.on_battery_time")
-        if not self.discharging():
-            return ber.INTEGER, 0
-        return ber.INTEGER, int(max(times)) if times else 0
-
-    def _minutes(self) -> int | None:
-        values = self._strings("string.runtime_remaining")
-        if not values:
-            return None
-        return max(1, int(min(values) // 60))
-
-    def minutes_remaining(self) -> Value | None:
-        minutes = self._minutes()
-        return None if minutes is None else (ber.INTEGER, min(minutes, 2147483647))
-
-    def charge_remaining(self) -> Value | None:
-        charge = self.charge()
-        return None if charge is None else (ber.INTEGER, max(0, min(100, round(charge))))
-
-    def voltage(self) -> Value | None:
-        v = good(self.data.store.get(PointRef("bank.voltage")))
-        if v is None:
-            values = self._strings("string.voltage")
-            v = sum(values) / len(values) if values else None
-        return None if v is None else (ber.INTEGER, max(0, round(v * 10)))
-
-    def current(self) -> Value | None:
-        values = self._strings("string.current")
-        return (ber.INTEGER, round(sum(values) * 10)) if values else None
-
-    def temperature(self) -> Value | None:
-        t = good(self.data.store.get(PointRef("io.ambient_temperature")))
-        if t is None:
-            store = self.data.store
-            temps = [v for v in (good(store.get(PointRef("cell.temperature", s, c))) for s, c in self.cells)
-                     if v is not None]
-            t = max(temps) if temps else None
-        return None if t is None else (ber.INTEGER, round(t))
-
-
-def ups_section(data: AgentData) -> Section:
-    sec = Section()
-    ups = UpsBattery(data)
-    for col, fn in ((1, ups.status), (2, ups.seconds_on_battery), (3, ups.minutes_remaining),
-                    (4, ups.charge_remaining), (5, ups.voltage), (6, ups.current), (7, ups.temperature)):
-        sec.add(UPS_BATTERY + (col,), (0,), fn, volatile=True)
     return sec
 
 

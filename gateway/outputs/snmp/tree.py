@@ -10,6 +10,7 @@ feed says that point was written, so a walk encodes each value once per poll cyc
 from __future__ import annotations
 
 import enum
+import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from itertools import pairwise
@@ -73,6 +74,23 @@ class Entry:
         return enc
 
 
+class StaticEntry(Entry):
+    """An instance whose value never changes (a description, a table's fixed column): the value itself, not
+    a closure around it -- tens of thousands of them on a full bank (the entPhysical rows, the names)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, oid: tuple[int, ...], value: Value | None) -> None:
+        self.oid = oid
+        self._oid_tlv = None
+        self.enc = _UNSET
+        self.volatile = False
+        self.value = value
+
+    def fn(self) -> Value | None:  # a method where Entry has a per-instance function
+        return self.value
+
+
 class Section:
     """Instances collected by a builder before they go into the index."""
 
@@ -91,10 +109,8 @@ class Section:
             self.deps.append((dep, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        def fixed() -> Value | None:
-            return value
-
-        self.add(obj, index, fixed)
+        self.entries.append(StaticEntry(obj + index, value))
+        self.objects[obj] = True
 
     def declare(self, obj: tuple[int, ...]) -> None:
         """An object type with no instance yet (rows come and go)."""
@@ -102,12 +118,14 @@ class Section:
 
 
 class OidIndex:
-    """Sorted instances from several sections; one dynamic section (the alarm rows) can be replaced."""
+    """Sorted instances from several sections; dynamic subtrees (the alarm tables) can be replaced."""
 
-    def __init__(self, sections: Iterable[Section], dynamic_prefix: tuple[int, ...],
+    def __init__(self, sections: Iterable[Section], dynamic_prefixes: Iterable[tuple[int, ...]],
                  store: PointStore | None = None) -> None:
-        """``store``: the point store whose change feed tells which cached encodings are out of date (the
-        dependencies of the sections' entries are its PointRefs)."""
+        """``dynamic_prefixes``: the subtrees whose rows come and go (the first is the default of
+        ``set_dynamic``/``dynamic_changed``); ``store``: the point store whose
+        change feed tells which cached encodings are out of date (the dependencies of the sections' entries
+        are its PointRefs)."""
         self.store = store
         self._seen = -1  # the store generation the cached encodings are valid for
         self.objects: set[tuple[int, ...]] = set()
@@ -123,19 +141,21 @@ class OidIndex:
             if a.oid == b.oid:
                 raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
         self._static = static
-        self._prefix = dynamic_prefix
-        self._split = bisect_left([e.oid for e in static], dynamic_prefix)
-        if any(e.oid[:len(dynamic_prefix)] == dynamic_prefix for e in static):
-            raise ValueError("static instances inside the dynamic subtree")
+        self._prefixes = [tuple(p) for p in dynamic_prefixes]
+        self._prefix = self._prefixes[0]  # the default subtree of set_dynamic / dynamic_changed
+        for prefix in self._prefixes:
+            if any(e.oid[:len(prefix)] == prefix for e in static):
+                raise ValueError("static instances inside the dynamic subtree")
+        self._dynamic: dict[tuple[int, ...], list[Entry]] = {p: [] for p in self._prefixes}
         self.entries: list[Entry] = []
         self.oids: list[tuple[int, ...]] = []
-        self._pending: Callable[[], Section] | None = None
-        self.set_dynamic(Section())
+        self._pending: dict[tuple[int, ...], Callable[[], Section]] = {}
+        self._merge()
 
-    def dynamic_changed(self, build: Callable[[], Section]) -> None:
-        """The dynamic rows changed: ``build()`` gives them when next needed (a burst of changes, e.g. an
-        alarm storm, costs one rebuild)."""
-        self._pending = build
+    def dynamic_changed(self, build: Callable[[], Section], prefix: tuple[int, ...] | None = None) -> None:
+        """The rows of a dynamic subtree changed: ``build()`` gives them when next needed (a burst of changes,
+        e.g. an alarm storm, costs one rebuild)."""
+        self._pending[self._prefix if prefix is None else prefix] = build
 
     def refresh(self) -> None:
         """Called before answering a request: forget the encodings of the points written since the last
@@ -153,17 +173,28 @@ class OidIndex:
                 for ref in changed:
                     for entry in deps.get(ref, ()):
                         entry.enc = _UNSET
-        if self._pending is not None:
-            build, self._pending = self._pending, None
-            self.set_dynamic(build())
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            for prefix, build in pending.items():
+                self._set(build(), prefix)
+            self._merge()
 
-    def set_dynamic(self, section: Section) -> None:
+    def set_dynamic(self, section: Section, prefix: tuple[int, ...] | None = None) -> None:
+        self._set(section, self._prefix if prefix is None else prefix)
+        self._merge()
+
+    def _set(self, section: Section, prefix: tuple[int, ...]) -> None:
+        if prefix not in self._dynamic:
+            raise ValueError(f"{prefix} is not a dynamic subtree of this index")
         entries = sorted(section.entries, key=lambda e: e.oid)
         for e in entries:
-            if e.oid[:len(self._prefix)] != self._prefix:
-                raise ValueError(f"dynamic OID {e.oid} outside {self._prefix}")
+            if e.oid[:len(prefix)] != prefix:
+                raise ValueError(f"dynamic OID {e.oid} outside {prefix}")
         self.objects.update(section.objects)
-        self.entries = self._static[:self._split] + entries + self._static[self._split:]
+        self._dynamic[prefix] = entries
+
+    def _merge(self) -> None:
+        self.entries = list(heapq.merge(self._static, *self._dynamic.values(), key=lambda e: e.oid))
         self.oids = [e.oid for e in self.entries]
 
     def invalidate(self, dep: object) -> None:

@@ -135,7 +135,8 @@ def bmsgw_cli_commands(subparsers):
     from gateway.cliargs import add_config_option
 
     p = subparsers.add_parser(
-        "user", help="web users: add, list, passwd, role, delete; hash prints an argon2 hash for web.users",
+        "user", help="web users: add, list, passwd, role, delete; hash prints an argon2 hash for web.users and "
+                     "nut.users",
         description="Manage who can log in to the web page. The first admin: `bmsgw user add NAME --role admin`. "
                     "Passwords are read from the terminal, or from one line of stdin (--password-stdin).")
     p.add_argument("action", choices=["add", "list", "passwd", "role", "delete", "hash"])

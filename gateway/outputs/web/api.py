@@ -12,16 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, jsonify, make_response, request
 
 from gateway.commands import NotWritable, WriteDenied, WriteError, WriteFailed, WriteRejected
 from gateway.errors import ConfigError, GatewayError
 from gateway.regmap import COLUMNS, rows
 
 from .context import ctx, principal, requires
+from .data import predicted_curve, table_csv
 from .errors import error_response, respond
 
 api = Blueprint("api", __name__)
+YEAR_S = 365.25 * 86400.0
 
 @dataclass(frozen=True)
 class Param:
@@ -213,6 +215,55 @@ def cells(string_id: int):
 def cell(string_id: int, cell: int):
     _cell(string_id, cell)
     return _view().cell(string_id, cell)
+
+
+@operation("/strings/<int:string_id>/batteries", "GET", "A string's data table: every battery's values, "
+           "baseline deviation, SOH, forecast and alarm level", ref("BatteryTable"), params=[STRING_ID],
+           errors=(404,))
+def batteries(string_id: int):
+    """One row per battery (ohmic values in ohm, dates in Unix seconds, null where there is none yet); the
+    same table as CSV at ``/api/v1/strings/{string_id}/batteries.csv``."""
+    _string(string_id)
+    c = ctx()
+    now = time.time()
+    return {"string": string_id, "name": c.view.topology.string(string_id).name,
+            "thresholds": c.table.thresholds(), "now": now, "batteries": _battery_rows(string_id, now)}
+
+
+def _battery_rows(string_id: int, now: float) -> list[dict]:
+    """The data table's rows (the point store) with each battery's years in service (the analytics' state)."""
+    c = ctx()
+    rows = c.table.rows(string_id)
+    since = c.sources.in_service_since(string_id)
+    for row in rows:
+        first = since.get(row["cell"])
+        row["age_years"] = round(max(0.0, now - first) / YEAR_S, 4) if first is not None else None
+    return rows
+
+
+@api.route("/strings/<int:string_id>/batteries.csv")
+@requires("viewer")
+def batteries_csv(string_id: int):
+    c = ctx()
+    if not c.view.has_string(string_id):
+        return error_response(404, f"no string {string_id}")
+    resp = make_response(table_csv(string_id, _battery_rows(string_id, time.time())))
+    resp.mimetype = "text/csv"
+    stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
+    resp.headers["Content-Disposition"] = f'attachment; filename="string{string_id}-batteries-{stamp}.csv"'
+    return resp
+
+
+@operation("/strings/<int:string_id>/cells/<int:cell>/forecast", "GET", "A battery's predicted curve",
+           ref("BatteryForecast"), params=[STRING_ID, CELL], errors=(404,))
+def cell_forecast(string_id: int, cell: int):
+    """The measured ohmic values (history), the analytics' fitted rise over the baseline and its extrapolation
+    to the replacement threshold, with the early-late range of the date.  ``fit`` and ``extrapolation`` are
+    empty until the analytics have fitted a trend."""
+    _cell(string_id, cell)
+    c = ctx()
+    return predicted_curve(c.table, c.sources, string_id, cell, time.time(),
+                           min(400, c.settings.max_history_points))
 
 
 def _history(point: str, string_id, cell_no, channel, frm, to, max_points):

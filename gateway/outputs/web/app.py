@@ -28,6 +28,7 @@ from .context import (
 from .errors import allow_header, deny
 from .pages import pages
 from .schema import ROLES
+from .setpoints import setpoints
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def create_app(context: WebContext) -> Flask:
     app.jinja_env.globals.update(csrf_token=csrf_token, take_flashes=take_flashes)
     app.context_processor(_template_globals)
     app.register_blueprint(pages)
+    app.register_blueprint(setpoints)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.before_request(_authenticate)
     app.after_request(_add_headers)

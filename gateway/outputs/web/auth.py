@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -25,13 +26,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from ... import fsutil
 from .schema import ROLES
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,18 @@ MIN_PASSWORD, MAX_PASSWORD = 8, 256
 TOKEN_PREFIX = "bmsgw_"
 MAX_SESSIONS = 1000
 
-_hasher = PasswordHasher()
+
+
+@functools.cache
+def _argon2() -> tuple[PasswordHasher, tuple[type[Exception], ...]]:
+    """The password hasher and the errors of a failed check, loaded at the first password hashed or checked:
+    argon2 and its cffi bindings are 2.5 MB a gateway that nobody logs into never needs."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+    return PasswordHasher(), (VerifyMismatchError, VerificationError, InvalidHashError)
+
+
 # Verifying costs 64 MiB for a moment: at most two at once, so a burst of logins cannot exhaust the controller.
 _kdf_slots = threading.BoundedSemaphore(2)
 
@@ -57,7 +71,7 @@ def role_rank(role: str) -> int:
 def hash_password(password: str) -> str:
     check_password(password)
     with _kdf_slots:
-        return _hasher.hash(password)
+        return _argon2()[0].hash(password)
 
 
 def check_password(password: str) -> None:
@@ -78,11 +92,18 @@ def check_role(role: str) -> None:
 
 
 def _verify(pw_hash: str, password: str) -> bool:
+    hasher, failed = _argon2()
     try:
         with _kdf_slots:
-            return _hasher.verify(pw_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return hasher.verify(pw_hash, password)
+    except failed:
         return False
+
+
+def verify_password(pw_hash: str, password: str) -> bool:
+    """Whether ``password`` matches an argon2 hash of ``bmsgw user hash`` (for the other faces' users: NUT ...);
+    shares the web face's bound on concurrent checks."""
+    return _verify(pw_hash, password)
 
 
 def _token_digest(token: str) -> str:
@@ -223,7 +244,7 @@ class UserStore:
         if pw_hash is None:
             # spend the same time as a real check, so the answer does not tell which names exist
             if self._dummy_hash is None:
-                self._dummy_hash = _hasher.hash(secrets.token_hex(8))
+                self._dummy_hash = _argon2()[0].hash(secrets.token_hex(8))
             _verify(self._dummy_hash, password)
             return None
         if not _verify(pw_hash, password):

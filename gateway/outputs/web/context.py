@@ -12,7 +12,7 @@ from flask import g, request
 from gateway.commands import Principal
 
 from .auth import Csrf, DeviceKeys, LoginThrottle, SessionStore, User, UserStore
-from .data import BankView
+from .data import BankView, BatteryTable
 from .schema import WebSettings
 from .sources import Sources
 
@@ -61,6 +61,7 @@ class WebContext:
         self.devices = DeviceKeys(gateway.config.state_dir / "web")
         self.sources = Sources(gateway)
         self.view = BankView(gateway)
+        self.table = BatteryTable(self.view)
 
     def reload(self, config) -> None:
         """Apply a reloaded ``web`` section (what can change without re-binding the socket)."""

@@ -24,7 +24,6 @@ from gateway.service import ReloadResult, Service, StartError
 from .app import create_app
 from .context import WebContext, security_headers
 from .schema import WebSettings
-from .tlscert import ensure_self_signed, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,13 @@ class WebService(Service):
             if why:
                 log.warning("web.tls.key %s: %s; chmod 600 it (or 640 with the bmsgw group)", key, why)
             return self.gateway.config.resolve(s.tls_cert), key
+        from .tlscert import ensure_self_signed  # cryptography: only with TLS on
+
         return ensure_self_signed(self.gateway.config.state_dir / "web" / "tls", s.host)
 
     def _tls(self) -> TlsSettings:
+        from .tlscert import fingerprint
+
         cert, key = self._tls_files()
         try:
             context = server_context(str(cert), str(key))

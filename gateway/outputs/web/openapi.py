@@ -52,6 +52,47 @@ SCHEMAS: dict[str, dict] = {
     "CellList": {"type": "object", "required": ["string", "cells"],
                  "properties": {"string": {"type": "integer"},
                                 "cells": {"type": "array", "items": {"$ref": "#/components/schemas/Cell"}}}},
+    "BatteryRow": {
+        "type": "object", "required": ["cell", "verdict", "stale", "alarm_level"],
+        "properties": {
+            "cell": {"type": "integer"}, "voltage": NUM, "temperature": NUM,
+            "ohmic": {**NUM, "description": "ohm"}, "ohmic_baseline": {**NUM, "description": "ohm"},
+            "ohmic_baseline_deviation": {**NUM, "description": "% over the baseline"},
+            "ohmic_average_deviation": {**NUM, "description": "% from the string average"},
+            "voltage_average_deviation": {**NUM, "description": "V from the string average"},
+            "soh": NUM, "eol_date": {**NUM, "description": "predicted replacement date, Unix seconds"},
+            "eol_date_early": NUM, "eol_date_late": NUM,
+            "alarm_level": {**INT_OR_NULL, "description": "0 normal, 1 warning, 2 critical"},
+            "alarm": {"type": ["string", "null"]}, "diagnosis": {"type": ["string", "null"]},
+            "verdict": {"enum": ["good", "warning", "replace", "critical", "no baseline"],
+                        "description": "the ohmic rise over the baseline against the analytics thresholds"},
+            "stale": {"type": "boolean", "description": "a measured value is missing or not GOOD"},
+            "age_years": {**NUM, "description": "years in service (since installation, replacement or first seen)"},
+        },
+    },
+    "BatteryTable": {
+        "type": "object", "required": ["string", "name", "thresholds", "now", "batteries"],
+        "properties": {
+            "string": {"type": "integer"}, "name": {"type": "string"}, "now": {"type": "number"},
+            "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
+            "batteries": {"type": "array", "items": {"$ref": "#/components/schemas/BatteryRow"}},
+        },
+    },
+    "BatteryForecast": {
+        "type": "object", "required": ["string", "cell", "measured", "fit", "extrapolation", "thresholds"],
+        "properties": {
+            "string": {"type": "integer"}, "cell": {"type": "integer"}, "unit": {"type": "string"},
+            "now": {"type": "number"}, "thresholds": {"type": "object", "additionalProperties": {"type": "number"}},
+            "baseline": NUM, "replace_level": NUM, "critical_level": NUM, "eol": NUM, "early": NUM, "late": NUM,
+            "verdict": {"type": "string"}, "deviation_pct": NUM, "ohmic": NUM,
+            "source": {"type": ["string", "null"], "description": "what limits the life: ohmic, emf or life"},
+            "model": {"type": ["string", "null"]}, "fitted": NUM, "history_source": {"type": "string"},
+            "measured": {"$ref": "#/components/schemas/Samples"}, "fit": {"$ref": "#/components/schemas/Samples"},
+            "extrapolation": {"$ref": "#/components/schemas/Samples"},
+        },
+    },
+    "Samples": {"type": "array", "items": {"type": "object", "required": ["t", "v"],
+                                           "properties": {"t": {"type": "number"}, "v": NUM}}},
     "History": {
         "type": "object", "required": ["point", "unit", "from", "to", "source", "samples"],
         "properties": {
@@ -110,7 +151,9 @@ SCHEMAS: dict[str, dict] = {
     "Status": {
         "type": "object", "required": ["site", "uptime_s", "points", "readings", "buses"],
         "properties": {"site": {"type": "object"}, "uptime_s": {"type": "number"}, "points": {"type": "integer"},
-                       "readings": {"type": "integer"}, "buses": {"type": "object"}, "web": {"type": "object"}},
+                       "readings": {"type": "integer"}, "buses": {"type": "object"}, "web": {"type": "object"},
+                       "backfill": {"type": "object", "description": "the demo's simulated history (simulator."
+                                    "backfill_days): state running/done/skipped/failed, percent, simulated_from"}},
     },
     "ConfigDocument": {"type": "object", "required": ["path", "config"],
                        "properties": {"path": {"type": "string"}, "config": {"type": "object"}}},
@@ -179,6 +222,18 @@ def build(operations, document_schema: dict, site_name: str = "") -> dict:
         if op.body is not None:
             item["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
         paths.setdefault(op.openapi_path, {})[op.method.lower()] = item
+    error_content = _content(error)
+    paths["/strings/{string_id}/batteries.csv"] = {"get": {
+        "operationId": "batteries_csv", "summary": "A string's data table as CSV (a file to download)",
+        "tags": ["bank"],
+        "description": "The columns of GET /strings/{string_id}/batteries: ohmic values in milliohm, dates as "
+                       "YYYY-MM-DD (UTC), empty where there is no value yet.",
+        "parameters": [{"name": "string_id", "in": "path", "required": True,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 4}, "description": "string number"}],
+        "responses": {"200": {"description": "OK", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      **{str(code): {"description": ERROR_TEXT[code], "content": error_content}
+                         for code in (401, 403, 404)},
+                      "default": {"description": "Error", "content": error_content}}}}
     paths["/openapi.json"] = {"get": {
         "operationId": "openapi", "summary": "This document", "tags": ["gateway"], "security": [],
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}

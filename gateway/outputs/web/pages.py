@@ -175,6 +175,16 @@ def string_page(sid: int):
     return _page("string.html", s=c.view.string(sid), commands={cmd["point"]: cmd for cmd in c.view.commands(sid)})
 
 
+@pages.route("/strings/<int:sid>/batteries/<int:cell>")
+def battery_page(sid: int, cell: int):
+    """One battery: its values, verdict and forecast, and its predicted curve."""
+    c = ctx()
+    if not c.view.has_cell(sid, cell):
+        return _page("error.html", 404, status=404, title="Not found", message=f"String {sid} has no battery {cell}.")
+    return _page("battery.html", s=c.view.string(sid), cell=cell, row=c.table.rows(sid, only=cell)[0],
+                 thresholds=c.table.thresholds())
+
+
 @pages.route("/write/<path:path>", methods=["POST"])
 @requires("operator")
 def write_command(path: str):
@@ -413,6 +423,17 @@ def when(ts) -> str:
         return ""
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(ts)
+
+
+@pages.app_template_filter("date")
+def date(ts) -> str:
+    """A Unix time as a UTC date (forecast dates: a day is their resolution)."""
+    if ts is None or ts == "":
+        return "–"
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(float(ts)))
     except (TypeError, ValueError, OverflowError, OSError):
         return str(ts)
 

@@ -138,24 +138,24 @@ class WebSettings:
     @classmethod
     def from_section(cls, sec: dict, src: str = "config") -> WebSettings:
         try:
-            host, port = parse_listen(sec.get("listen", "127.0.0.1:8080"))
+            host, port = parse_listen(sec["listen"])
         except ValueError as exc:  # e.g. [::::]:80: the schema's pattern cannot check an IPv6 literal
             raise ConfigError(src, "web.listen", str(exc)) from None
         limits = limits_from_section(sec, DEFAULT_LIMITS, "web", src, legacy=LEGACY_LIMIT_KEYS,
                                      ignored=IGNORED_LIMIT_KEYS)
-        tls, sess, login = sec.get("tls", {}), sec.get("session", {}), sec.get("login", {})
-        met, buf, api = sec.get("metrics", {}), sec.get("trend_buffer", {}), sec.get("api", {})
-        return cls(host=host, port=port, threads=sec.get("threads", 4), tls=bool(tls.get("enabled", False)),
-                   tls_cert=tls.get("cert", ""), tls_key=tls.get("key", ""),
-                   idle_s=sess.get("idle_minutes", 30) * 60.0, max_age_s=sess.get("max_hours", 12) * 3600.0,
-                   max_failures=login.get("max_failures", 5),
-                   max_failures_per_client=login.get("max_failures_per_client", 20),
-                   max_failures_per_user=login.get("max_failures_per_user", 20), lockout_s=login.get("lockout_s", 300),
-                   setup_from_localhost=sec.get("setup_from_localhost", True),
-                   config_users=tuple(sec.get("users", [])),
-                   metrics_enabled=met.get("enabled", True), metrics_public=met.get("public", True),
-                   buffer_interval_s=buf.get("interval_s", 15), buffer_samples=buf.get("samples", 240),
-                   max_history_points=api.get("max_history_points", 2000),
+        tls, sess, login = sec["tls"], sec["session"], sec["login"]
+        met, buf, api = sec["metrics"], sec["trend_buffer"], sec["api"]
+        return cls(host=host, port=port, threads=sec["threads"], tls=bool(tls["enabled"]),
+                   tls_cert=tls["cert"], tls_key=tls["key"],
+                   idle_s=sess["idle_minutes"] * 60.0, max_age_s=sess["max_hours"] * 3600.0,
+                   max_failures=login["max_failures"],
+                   max_failures_per_client=login["max_failures_per_client"],
+                   max_failures_per_user=login["max_failures_per_user"], lockout_s=login["lockout_s"],
+                   setup_from_localhost=sec["setup_from_localhost"],
+                   config_users=tuple(sec["users"]),
+                   metrics_enabled=met["enabled"], metrics_public=met["public"],
+                   buffer_interval_s=buf["interval_s"], buffer_samples=buf["samples"],
+                   max_history_points=api["max_history_points"],
                    max_body=limits.max_request_bytes, limits=limits, allow_from=tuple(sec.get("allow_from", ())))
 
     @property

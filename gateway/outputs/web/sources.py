@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import threading
 from array import array
 from typing import Any
@@ -144,6 +145,39 @@ class Sources:
         if self.buffer is not None and ref in self.buffer:
             return "memory", self.buffer.query(ref, start, end, max_points)
         return "none", []
+
+    # -- analytics --------------------------------------------------------------------------------------------
+    def _analytics_state(self, read):
+        """``read(state)`` on the analytics' state file, opened read-only like the reports do; None when the
+        analytics plugin is not loaded, keeps no state yet, or the file cannot be read."""
+        from gateway.analytics import open_state, state_path
+
+        if not self.gateway.config.section("analytics"):  # the analytics plugin is not loaded
+            return None
+        if not state_path(self.gateway.config).exists():
+            return None
+        try:
+            state = open_state(self.gateway.config, readonly=True)
+        except (OSError, sqlite3.Error):
+            log.exception("the analytics state could not be opened")
+            return None
+        try:
+            return read(state)
+        except sqlite3.Error:
+            log.exception("the analytics state could not be read")
+            return None
+        finally:
+            state.close()
+
+    def forecast(self, string: int, cell: int) -> dict[str, Any] | None:
+        """The analytics' last forecast of one battery as it saved it (the fitted curve, its source, the dates)."""
+        return self._analytics_state(lambda state: state.forecasts(string).get((string, cell)))
+
+    def in_service_since(self, string: int) -> dict[int, float]:
+        """When each battery of a string went into service as the analytics count its life (installation,
+        replacement, or when it was first seen); empty when unknown."""
+        found = self._analytics_state(lambda state: state.life())
+        return {c: first for (s, c), (_used, _ts, first) in (found or {}).items() if s == string and first}
 
     # -- alarms ----------------------------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ def test_string_sensor_reports_voltage_current_and_soc_of_its_string(tmp_path):
 
 def test_concentrator_serves_120_cells_in_block_reads(tmp_path):
     """BM-BMS topology: one string sensor at one address answers for all 120 cells of its string."""
-    cfg = one_bus({1: [{"profile": "bm-smd-concentrator", "address": 1}]}, cells=120)
+    cfg = one_bus({1: [{"profile": "bm-smd-concentrator", "address": 1}]}, cells=120, nominal=2)
     gw = poll_on_simulator(tmp_path, cfg)
     assert assert_matches_truth(gw, "cell.voltage", rel=0.003) == 120
     assert assert_matches_truth(gw, "cell.temperature", abs_=0.3) == 120

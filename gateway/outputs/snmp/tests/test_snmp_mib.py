@@ -72,7 +72,9 @@ def test_every_object_resolves_by_name_and_matches_the_point_map(gateway, tmp_pa
     names += ["BMSGW-MIB::bmsgwAlarmRaised", "BMSGW-MIB::bmsgwAlarmCleared", "BMSGW-MIB::bmsgwAlarmLastChanged",
               "UPS-MIB::upsBatteryVoltage", "UPS-MIB::upsEstimatedMinutesRemaining", "ENTITY-MIB::entPhysicalName",
               "ENTITY-SENSOR-MIB::entPhySensorValue", "SNMPv2-MIB::sysORDescr", "SNMPv2-MIB::snmpInBadCommunityNames",
-              "SNMP-FRAMEWORK-MIB::snmpEngineBoots"]
+              "SNMP-FRAMEWORK-MIB::snmpEngineBoots", "UPS-MIB::upsIdentManufacturer", "UPS-MIB::upsAlarmDescr",
+              "UPS-MIB::upsAlarmTime", "UPS-MIB::upsAlarmLowBattery", "UPS-MIB::upsConfigLowBattTime",
+              "UPS-MIB::upsOutputSource", "UPS-MIB::upsTrapAlarmEntryAdded", "UPS-MIB::upsTrapOnBattery"]
     proc = subprocess.run(["snmptranslate", *MIB_ARGS, "-On", *names], capture_output=True, text=True,
                           env=net_snmp_env(tmp_path), timeout=60)
     assert proc.stderr == "", proc.stderr

@@ -18,6 +18,7 @@ from tests.web_support import web_gateway
 # one test per operation and mode, known without a server: the same declarations build the document
 CASES = [(op.endpoint, mode) for op in OPERATIONS for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
 CASES.append(("openapi", GenerationMode.POSITIVE))  # it takes no input that could be invalid
+CASES += [("batteries_csv", mode) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]  # not JSON
 
 
 @pytest.fixture(scope="module")

@@ -254,9 +254,10 @@ def test_config_form_posts_back_exactly_what_the_file_holds(section):
 def test_web_limits_old_keys_are_read_and_allow_from_refuses_other_addresses(tmp_path, caplog):
     from gateway.outputs.web.schema import WebSettings
     from tests.fuzz.netcheck import recv_until_closed
-    from tests.support import GatewayThread
+    from tests.support import GatewayThread, section_with_defaults
 
-    s = WebSettings.from_section({"api": {"max_body_kib": 100}, "limits": {"slow_per_address": 2}})
+    s = WebSettings.from_section(section_with_defaults("web", {"api": {"max_body_kib": 100},
+                                                               "limits": {"slow_per_address": 2}}))
     assert s.max_body == s.limits.max_request_bytes == 100 * 1024
     assert "web.api.max_body_kib is deprecated" in caplog.text and "web.limits.slow_per_address is no longer used" \
         in caplog.text

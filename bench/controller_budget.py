@@ -1,0 +1,358 @@
+"""Controller budget: the CPU and memory `bmsgw run` takes at steady state, per component.
+
+The issue-18 setup: the default bank (4 strings x 120 2 V cells, a string sensor per string, the charger
+monitor and the I/O module; 4 buses at 115200 baud, `fast_s: 5`), every face on (Modbus TCP, SNMP, web,
+Prometheus, MQTT to a local mosquitto when one is installed, and whatever other face the config has), the
+sensors in a process of their own (`bmsgw simulate`), no client connected.  After the first complete poll
+cycle of every bus and a warm-up, the gateway's CPU seconds (/proc/PID/stat, user + system) over the window
+give its share of one core of this machine; py-spy (pinned in the lock, dev extra), recording the gateway
+from outside without pausing it, splits it per component: each sample of a thread holding the GIL counts for
+the deepest frame of the gateway's own code on its stack (engine, analytics, alarms, history, strings, the
+store's fan-out, each face under gateway/outputs, the faces' servers in gateway/net).  Also printed: RSS
+(and its peak), start-up to the first complete poll cycle, the poll cycles missed, and the share on a core 20x
+slower (the BM-BMS controller's Cortex-A8 at 800 MHz, DOMAIN.md).  The machine may be shared: the load
+average is printed; CPU seconds, not wall time, are what is counted.
+
+    .venv/bin/python bench/controller_budget.py [--seconds 120] [--warmup 75] [--batteries 480] [--fast-s 5]
+    .venv/bin/python bench/controller_budget.py --variants     # also 1 battery, 2 x 480, fast_s 1
+
+Measured on this machine (2 cores shared with other work, load average 10-18, so CPU seconds run slow and
+vary by about 20 % from run to run; `--tree` measures another checkout under the same load):
+    before issue 18: CPU 6.19 % of one core, RSS 125.5 MB, start-up 9.7 s; engine 34 %, history 19 % (the
+    store listener's queue hand-off), MQTT 15 %, analytics 13 %, the rest alarms, store fan-out, web.
+    after: 4.8-5.6 % of one core, RSS 116-117 MB; engine 25-29 %, MQTT 22-24 %, analytics 15 %, alarms 9-10 %,
+    event loop 10 %, store fan-out 6-10 %, history 3 %.  1 battery: 0.4 %, 66 MB; 4 x 240: 10.8 %, 170 MB;
+    fast_s 1: 17 % (MQTT publishes every cycle: 39 % of it).
+
+The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
+targets (1.5 % of one core, 80 MB).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from _common import ROOT, SimProcess
+
+CPU_TARGET_PCT = 1.5
+RSS_TARGET_MB = 80.0
+SLOWER = 20  # the controller's core against one core of this machine, for Python (DOMAIN.md)
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bank(strings: int, cells: int, fast_s: float, tree: Path = ROOT) -> dict:
+    """The default config with ``strings`` strings (at most 4, the register map's) of ``cells`` batteries
+    (up to 240 on a bus: the charger monitor and the I/O module move to the top addresses), every face on a
+    free port; from ``tree``'s config.yaml."""
+    data = yaml.safe_load((tree / "config.yaml").read_text())
+    data["strings"] = data["strings"][:strings]
+    data["buses"] = data["buses"][:strings]
+    for s in data["strings"]:
+        s["cells"] = cells
+        for d in s["devices"]:
+            if "count" in d:
+                d["count"] = cells
+    if cells + 1 >= min(d["address"] for d in data["bank"]["devices"]):  # the cell sensors reach their addresses
+        for i, d in enumerate(data["bank"]["devices"]):
+            d["address"] = 247 - len(data["bank"]["devices"]) + 1 + i
+    data["gateway"]["poll"]["fast_s"] = fast_s
+    data["gateway"]["log_level"] = "INFO"
+    for name, section in data.items():  # every face on, on a port of its own
+        if isinstance(section, dict) and "listen" in section:
+            host = section["listen"].rsplit(":", 1)[0]
+            kind = socket.SOCK_DGRAM if name == "snmp" else socket.SOCK_STREAM
+            section["listen"] = f"{host}:{free_port(kind)}"
+            if "enabled" in section:
+                section["enabled"] = True
+    return data
+
+
+@dataclass
+class Broker:
+    """A local mosquitto for the MQTT face (no client subscribes); None when mosquitto is not installed."""
+    proc: subprocess.Popen | None = None
+    port: int = 0
+
+    @classmethod
+    def start(cls, folder: Path) -> Broker:
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            return cls()
+        port = free_port()
+        conf = folder / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return cls(proc, port)
+            except OSError:
+                time.sleep(0.05)
+        proc.kill()
+        return cls()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024,
+            int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024)
+
+
+# the module (relative to gateway/, without .py) or package -> the component its CPU is counted under
+COMPONENTS = {
+    "engine": "engine", "modbus": "engine", "scan": "engine", "regmap": "engine",
+    "analytics": "analytics", "alarms": "alarms", "history": "history", "strings": "strings",
+    "notify": "notify", "points": "store fan-out", "pointmap": "store fan-out", "exposition": "prometheus",
+    "net": "face servers (gateway/net)", "sim": "simulator", "simrun": "simulator", "reports": "reports",
+}
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*):(?P<line>\d+)\)$")
+
+
+def component_of(path: str, tree: Path = ROOT) -> str | None:
+    """The component a source file belongs to, None for code outside the gateway (stdlib, libraries)."""
+    gateway, plugins = str(tree / "gateway") + os.sep, str(tree / "plugins") + os.sep
+    if path.startswith(gateway):
+        parts = path[len(gateway):].removesuffix(".py").split(os.sep)
+        if parts[0] == "outputs" and len(parts) > 1:
+            return parts[1]
+        return COMPONENTS.get(parts[0], "core")
+    if path.startswith(plugins):
+        return "device plugins"
+    return None
+
+
+def split_profile(raw: str, tree: Path = ROOT) -> tuple[dict[str, int], dict[str, int]]:
+    """py-spy's raw (collapsed) stacks -> samples per component and per function: each stack counts for the
+    deepest frame of the gateway's own code on it (a library or the standard library working for the gateway
+    counts for the part that called it); "other" for stacks with none (the event loop, a library's thread)."""
+    components: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        name, where = "other", ""
+        for frame in reversed(stack.split(";")):
+            m = FRAME.match(frame)
+            if m is None:
+                continue
+            found = component_of(m["file"], tree)
+            if found == "core" and m["file"].endswith(os.sep + "cli.py"):
+                found = "event loop"  # `bmsgw run`'s asyncio.run: the loop's own work between callbacks
+            if found is not None:
+                name, where = found, f"{os.path.relpath(m['file'], tree)}:{m['func']}"
+                break
+            if not where:
+                where = f"{os.path.basename(m['file'])}:{m['func']}"
+        components[name] = components.get(name, 0) + int(count)
+        key = f"{name:>14}  {where}"
+        functions[key] = functions.get(key, 0) + int(count)
+    return components, functions
+
+
+class Profiler:
+    """py-spy (pinned in the lock) recording the gateway for ``seconds``, without pausing it; None when py-spy
+    is missing (the bench then prints the total only)."""
+
+    def __init__(self, pid: int, seconds: float, out: Path, rate: int, gil: bool, tree: Path) -> None:
+        self.tree = tree
+        exe = Path(sys.executable).parent / "py-spy"
+        self.out = out
+        self.proc: subprocess.Popen | None = None
+        if exe.exists():
+            self.proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                                          "--rate", str(rate), "--nonblocking", "--format", "raw", "--full-filenames",
+                                          *(["--gil"] if gil else []), "--output", str(out)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def result(self) -> tuple[dict[str, int], dict[str, int]] | None:
+        if self.proc is None:
+            return None
+        _, err = self.proc.communicate(timeout=120)
+        if self.proc.returncode != 0 or not self.out.exists():
+            print(f"   (py-spy failed: {err.strip()[-300:]})")
+            return None
+        return split_profile(self.out.read_text(), self.tree)
+
+
+@dataclass
+class Result:
+    label: str
+    batteries: int
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    samples: int = 0
+    components: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
+    functions: dict[str, float] = field(default_factory=dict)  # CPU seconds per deepest gateway function
+    rss: float = 0.0
+    hwm: float = 0.0
+    startup_s: float = 0.0
+    missed: int = 0
+    problems: list[str] = field(default_factory=list)
+    loadavg: str = ""
+
+    @property
+    def share(self) -> float:
+        return 100.0 * self.cpu_s / self.seconds
+
+
+def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float, warmup: float,
+            keep: Path | None, rate: int, gil: bool, tree: Path = ROOT) -> Result:
+    folder = Path(tempfile.mkdtemp(prefix="bmsgw-budget-"))
+    result = Result(label, strings * cells)
+    broker = Broker.start(folder)
+    try:
+        data = bank(strings, cells, fast_s, tree)
+        if broker.proc is not None:
+            data["mqtt"].update(enabled=True, host="127.0.0.1", port=broker.port)
+        sim_data = {**data, "gateway": {**data["gateway"], "state_dir": str(folder / "sim")}}
+        (folder / "sim.yaml").write_text(yaml.safe_dump(sim_data, sort_keys=False))
+        with SimProcess(folder / "sim.yaml") as sim:
+            data["simulator"]["enabled"] = False
+            for b in data["buses"]:
+                b["port"] = sim.ports[b["name"]]
+            data["gateway"]["state_dir"] = str(folder / "var")
+            config = folder / "config.yaml"
+            config.write_text(yaml.safe_dump(data, sort_keys=False))
+            log_path = folder / "gateway.log"
+            with open(log_path, "w") as log:
+                started = time.monotonic()
+                # `python -m gateway` in the tree measured (another checkout: an A/B on the same machine state)
+                proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)], cwd=tree,
+                                        stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                deadline = started + 180
+                while True:
+                    text = log_path.read_text()
+                    if text.count("first poll cycle took") >= len(data["buses"]):
+                        result.startup_s = time.monotonic() - started
+                        break
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"bmsgw run exited:\n{text[-3000:]}")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no complete poll cycle within 180 s:\n{text[-3000:]}")
+                    time.sleep(0.05)
+                time.sleep(warmup)
+                profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil, tree)
+                c0, t0 = proc_cpu_s(proc.pid), time.monotonic()
+                time.sleep(seconds)
+                c1, t1 = proc_cpu_s(proc.pid), time.monotonic()
+                profile = profiler.result()
+                result.rss, result.hwm = rss_mb(proc.pid)
+                result.loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            text = log_path.read_text()
+            result.seconds = t1 - t0
+            result.cpu_s = c1 - c0
+            if profile is not None:
+                counts, functions = profile
+                busy = sum(counts.values()) or 1
+                result.samples = sum(counts.values())
+                result.components = {k: result.cpu_s * v / busy for k, v in counts.items()}
+                result.functions = {k: result.cpu_s * v / busy for k, v in functions.items()}
+            result.missed = sum(int(m) for m in re.findall(r"(\d+) poll cycle\(s\) missed", text))
+            result.problems = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line][:5]
+    finally:
+        broker.stop()
+        if keep is not None:
+            shutil.copytree(folder, keep / label.replace(" ", "_"), dirs_exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def report(r: Result, detail: int) -> None:
+    print(f"== {r.label}: {r.batteries} batteries, {r.seconds:.0f} s of steady state (load average {r.loadavg})")
+    print(f"   CPU {r.cpu_s:.2f} s = {r.share:.2f} % of one core here; on a core {SLOWER}x slower "
+          f"{r.share * SLOWER:.0f} %")
+    if r.components:
+        print(f"   per component (py-spy, {r.samples} busy samples, the gateway's CPU split in their proportion):")
+    for name, cpu in sorted(r.components.items(), key=lambda kv: -kv[1]):
+        print(f"   {name:>22}: {100 * cpu / r.seconds:6.3f} % of a core ({100 * cpu / (r.cpu_s or 1):4.1f} % of it)")
+    print(f"   RSS {r.rss:.1f} MB (peak {r.hwm:.1f} MB); start-up to the first complete poll cycle "
+          f"{r.startup_s:.1f} s; poll cycles missed {r.missed}")
+    if detail:
+        print(f"   the {detail} functions that took most (the deepest frame of the gateway's code):")
+        for name, cpu in sorted(r.functions.items(), key=lambda kv: -kv[1])[:detail]:
+            print(f"   {100 * cpu / r.seconds:6.3f} %  {name}")
+    for line in r.problems:
+        print(f"   gateway logged: {line}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=120.0, help="steady-state window (default 120)")
+    ap.add_argument("--warmup", type=float, default=75.0,
+                    help="seconds after the first complete poll cycle before the window opens (default 75: past "
+                         "the analytics' first forecast run, analytics.jobs_delay_s, which then runs every 6 h)")
+    ap.add_argument("--batteries", type=int, choices=(1, 480, 960), default=480,
+                    help="1 battery, the default bank (4 x 120) or 2 x 480 (4 x 240: four strings is the register "
+                         "map's most, so the buses carry twice the sensors)")
+    ap.add_argument("--fast-s", type=float, default=5.0, help="gateway.poll.fast_s (default 5, as shipped)")
+    ap.add_argument("--variants", action="store_true",
+                    help="after the default bank: 1 battery, 2 x 480 batteries and fast_s 1, each in its own run")
+    ap.add_argument("--rate", type=int, default=200, help="py-spy's samples per second (default 200)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count the samples of threads in a system call too (py-spy without --gil): on a loaded "
+                         "machine these are mostly a thread waiting for a CPU after waking another process")
+    ap.add_argument("--tree", type=Path, default=ROOT,
+                    help="the checkout whose gateway is measured (default this one): e.g. a worktree of an older "
+                         "commit, for a comparison under the same load (the simulator is always this checkout's)")
+    ap.add_argument("--detail", type=int, default=0, metavar="N",
+                    help="also print the N functions that took most CPU")
+    ap.add_argument("--keep", type=Path, default=None, help="keep each run's folder (config, log, profile) here")
+    args = ap.parse_args()
+    shapes = {1: (1, 1), 480: (4, 120), 960: (4, 240)}
+    runs = [(f"{args.batteries} batteries, fast_s {args.fast_s:g}", *shapes[args.batteries], args.fast_s)]
+    if args.variants:
+        runs += [("1 battery", 1, 1, 5.0), ("2 x 480 batteries", 4, 240, 5.0), ("480 batteries, fast_s 1", 4, 120, 1.0)]
+    results = []
+    for label, strings, cells, fast_s in runs:
+        r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate, not args.syscalls,
+                    args.tree.resolve())
+        report(r, args.detail)
+        results.append(r)
+    if len(results) > 1:
+        base = results[0]
+        for r in results[1:]:
+            print(f"{r.label}: CPU {r.share / (base.share or 1):.2f}x, RSS {r.rss / base.rss:.2f}x the first run")
+    head = results[0]
+    print(f"controller budget ({head.label}): CPU {head.share:.2f} % of one core (target {CPU_TARGET_PCT} %, "
+          f"{head.share * SLOWER:.0f} % of the controller), RSS {head.rss:.1f} MB (target {RSS_TARGET_MB:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
