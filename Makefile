@@ -89,7 +89,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(APT_STAMP)
 	$(MAKE) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
