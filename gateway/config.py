@@ -29,7 +29,7 @@ _device_item = {
         "count": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS,
                   "description": "cell sensors at consecutive addresses, one per cell"},
         "first_cell": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS, "default": 1},
-        "name": {"type": "string", "maxLength": 64},
+        "name": {"type": "string", "maxLength": 64, "default": ""},
     },
 }
 
@@ -348,7 +348,7 @@ def build_topology(data: dict[str, Any], src: str, profiles: dict[str, DevicePro
             raise ConfigError(src, f"{path}.bus",
                               f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
         if prof.scope == "cell":
-            first = d.get("first_cell", 1)
+            first = d["first_cell"]
             count = d.get("count", cells - first + 1)
             if first + count - 1 > cells:
                 raise ConfigError(src, f"{path}.count",
@@ -368,7 +368,7 @@ def build_topology(data: dict[str, Any], src: str, profiles: dict[str, DevicePro
                                   f"address {addr} on {d['bus']} is already used by {used[key]}")
             used[key] = path
             devices.append(DeviceConfig(profile=prof.name, bus=d["bus"], address=addr, string=string, cell=cell,
-                                        name=d.get("name", "")))
+                                        name=d["name"]))
 
     seen_ids = set()
     for i, s in enumerate(data["strings"]):

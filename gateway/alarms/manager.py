@@ -91,10 +91,10 @@ class AlarmManager:
             return
         self.loop = None if driven else (loop or asyncio.get_running_loop())
         self._loop_thread = threading.get_ident()
-        pruned = self.log.prune(self.section.get("log_keep_days", 730))
+        keep_days = self.section["log_keep_days"]
+        pruned = self.log.prune(keep_days)
         if pruned:
-            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned,
-                     self.section.get("log_keep_days"))
+            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned, keep_days)
         self.next_id = self.log.next_id()
         self.log.start()
         self._restore()
