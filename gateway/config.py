@@ -251,6 +251,13 @@ def fill_defaults(schema: dict[str, Any], data: Any) -> Any:
     return data
 
 
+def core_defaults(name: str) -> dict[str, Any]:
+    """Core section ``name`` as the schema fills it when a config leaves it out (for code that runs without a
+    config file: a device dump, a default-built engine)."""
+    filled: dict[str, Any] = fill_defaults(CORE_SCHEMA[name], {})
+    return filled
+
+
 def full_schema(extra_sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     props = dict(CORE_SCHEMA)
     for name, sub in extra_sections.items():
