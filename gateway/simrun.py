@@ -67,7 +67,7 @@ class SimulatedGateway:
         self.sensed = [s.id for s in gw.topology.strings if PointRef("string.current", s.id) in gw.pointmap.by_ref]
         self.ranges = self._ranges()
         self.alarms = None
-        if alarms and gw.config.section("alarms").get("enabled", True):
+        if alarms and gw.config.section("alarms")["enabled"]:
             from .alarms.manager import AlarmManager
 
             self.alarms = AlarmManager(gw, gw.config.section("alarms"), clock=lambda: self.now)
@@ -77,7 +77,7 @@ class SimulatedGateway:
         self._analytics_every = analytics_every_s
         self._next_analytics = self.now
         self._last_analytics = -float("inf")
-        if analytics and gw.config.section("analytics").get("enabled", True):
+        if analytics and gw.config.section("analytics")["enabled"]:
             from .analytics import state_path
             from .analytics.engine import Analytics
             from .analytics.state import StateDB
@@ -89,7 +89,7 @@ class SimulatedGateway:
             gw.store.subscribe(self.analytics.observe)
             # unchanged derived values are put again every 30 busy ticks (the gateway: every minute)
             self.analytics.republish_s = max(self.analytics.republish_s, 30.0 * analytics_every_s)
-        self._tick_every = float(gw.config.section("string_state").get("interval_s", 10))
+        self._tick_every = float(gw.config.section("string_state")["interval_s"])
         self._next_tick = self.now
 
     def _ranges(self) -> dict[str, tuple[float, float]]:

@@ -98,7 +98,7 @@ class PayloadBuilder:
 
     def __init__(self, gateway: Gateway, prefix: str, layout: str) -> None:
         site = gateway.config.section("site")
-        self.site = str(site.get("id", "site"))
+        self.site = str(site["id"])
         self.base = f"{prefix.rstrip('/')}/{self.site}"
         self.layout = layout
         self.topology = gateway.topology
@@ -390,7 +390,7 @@ class MqttUploader:
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         site = self.gateway.config.section("site")
-        doc = {"state": state, "site": self.builder.site, "site_name": site.get("name", ""), "version": __version__,
+        doc = {"state": state, "site": self.builder.site, "site_name": site["name"], "version": __version__,
                "ts": _ts(time.time()), **extra}
         if state == "offline" and extra.get("reason") == "connection lost":
             doc.pop("ts")  # the will is registered long before it is sent

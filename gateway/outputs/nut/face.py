@@ -201,12 +201,12 @@ class NutService(Service):
         if tls["cert"] or tls["key"]:
             cert, key = config.resolve(tls["cert"]), config.resolve(tls["key"])
         else:
-            web_tls = config.section("web").get("tls") or {}
-            if not web_tls.get("enabled"):
+            web_tls = config.section("web").get("tls")  # None when the web face is not loaded
+            if not web_tls or not web_tls["enabled"]:
                 return None, ""
             key_name = "web.tls.cert"
-            if web_tls.get("cert") or web_tls.get("key"):
-                cert, key = config.resolve(web_tls.get("cert", "")), config.resolve(web_tls.get("key", ""))
+            if web_tls["cert"] or web_tls["key"]:
+                cert, key = config.resolve(web_tls["cert"]), config.resolve(web_tls["key"])
             else:
                 folder = config.state_dir / "web" / "tls"
                 cert, key = folder / "cert.pem", folder / "key.pem"

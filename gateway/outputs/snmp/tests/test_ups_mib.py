@@ -31,7 +31,7 @@ from gateway.outputs.snmp.upsmib import (
 )
 from gateway.points import PointRef
 from tests.snmp_support import MIB_ARGS, V3_USER, NetSnmp, TrapReceiver, free_udp_port, v2c, v3
-from tests.support import GatewayThread, small_bank, write_config
+from tests.support import GatewayThread, section_with_defaults, small_bank, write_config
 
 STRINGS, CELLS = 2, 6
 TYPICAL_LOAD_A = 20.0  # the bank's load on mains failure: 10 A per 100 Ah string
@@ -352,8 +352,9 @@ class FakeBattery:
 
 
 def fake_table() -> tuple[UpsAlarms, FakeBattery, list[tuple]]:
-    data = AgentData(store=None, pointmap=None, topology=None, base=(), site_name="", system={}, ups={},  # type: ignore[arg-type]
-                     entity_points=[], poll={})
+    snmp = section_with_defaults("snmp", {})
+    data = AgentData(store=None, pointmap=None, topology=None, base=(), site_name="",  # type: ignore[arg-type]
+                     system=snmp["system"], ups=snmp["ups"], entity_points=[], poll={})
     battery = FakeBattery()
     sent: list[tuple] = []
     table = UpsAlarms(data, battery, notify=lambda trap, values, what: sent.append((trap, values)))  # type: ignore[arg-type]
