@@ -108,7 +108,7 @@ class AlarmBoard:
         alarm_id, obj, severity = text("alarm_id"), text("object"), text("severity", "unknown")
         labels = {"alarm": alarm_id, "object": obj, "metric": text("metric"), "severity": severity}
         with self.lock:
-            if getattr(event, "raised", False):
+            if getattr(event, "active", False):
                 self.active[(alarm_id, obj)] = labels
             else:
                 self.active.pop((alarm_id, obj), None)

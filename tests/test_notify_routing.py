@@ -20,8 +20,8 @@ from tests.support import free_port, section_with_defaults
 
 def event(n, severity="warning", raised=True, ts=1000.0):
     return AlarmEvent(alarm_id=n, object=f"string 1 cell {n}", metric="cell.voltage", value=14.5, threshold=14.1,
-                      severity=severity, text=f"String 1 cell {n}: voltage on float 14.50 V, too high",
-                      raised=raised, ts=ts, unit="V", string=1, cell=n)
+                      severity=severity, message=f"String 1 cell {n}: voltage on float 14.50 V, too high",
+                      active=raised, ts=ts, unit="V", string=1, cell=n)
 
 
 def local_ts(hour, minute=0):

@@ -275,8 +275,8 @@ class AlarmManager:
         self._publish_levels()
         for ev in events:
             self.events += 1
-            log.log(logging.WARNING if ev.raised else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
-                    ev.severity if ev.raised else "cleared", ev.object, ev.text)
+            log.log(logging.WARNING if ev.active else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
+                    ev.severity if ev.active else "cleared", ev.object, ev.message)
             call_each(self.gateway.pm.hook.bmsgw_alarm_event, gateway=self.gateway, event=ev)
 
     def _raise(self, t: Transition) -> AlarmEvent:

@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ... import __version__
 from ...errors import ConfigError
 from ...exposition import decimals_for
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...points import PointRef, Quality, Reading
 from ...secretfiles import read_secret
 from ...service import ReloadResult, Service
@@ -211,14 +211,14 @@ class PayloadBuilder:
             if values:
                 yield self.topic("string", sid, "cell", c), {**head, "string": sid, "cell": c, "values": values}, True
 
-    def alarm(self, event: Any) -> tuple[str, dict[str, Any], bool]:
-        raised = bool(getattr(event, "raised", False))
+    def alarm(self, event: AlarmEvent) -> tuple[str, dict[str, Any], bool]:
+        raised = bool(getattr(event, "active", False))  # the payload keeps its keys: "raised", "text"
         ts = getattr(event, "ts", None)
         doc = {"site": self.site, "ts": _ts(float(ts) if isinstance(ts, (int, float)) else time.time()),
                "alarm_id": getattr(event, "alarm_id", None), "object": _plain(getattr(event, "object", None)),
                "metric": _plain(getattr(event, "metric", None)), "value": _plain(getattr(event, "value", None)),
                "threshold": _plain(getattr(event, "threshold", None)),
-               "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "text", None)),
+               "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "message", None)),
                "raised": raised, "state": "raised" if raised else "cleared"}
         return self.topic("alarms"), doc, False
 
@@ -285,7 +285,7 @@ class MqttService(Service):
         return self.uploader.endpoints()
 
     @hookimpl
-    def bmsgw_alarm_event(self, event: Any) -> None:
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
         self.uploader.alarm(event)
 
 
@@ -631,7 +631,7 @@ class MqttUploader:
             (PointRef("gateway.mqtt_dropped"), Reading(float(q.dropped), Quality.GOOD, ts)),
         ])
 
-    def alarm(self, event: Any) -> None:
+    def alarm(self, event: AlarmEvent) -> None:
         """Queue an alarm event (written to disk at once: an alarm must survive a power cut)."""
         try:
             self.queue.put_many([self.builder.alarm(event)], durable=True)

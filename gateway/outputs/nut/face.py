@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ... import __version__
 from ...config import parse_listen, parse_networks
 from ...errors import ConfigError
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...net.limits import limits_from_section
 from ...net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
 from ...net.tls import server_context
@@ -233,8 +233,8 @@ class NutService(Service):
         return self.server.port
 
     @hookimpl
-    def bmsgw_alarm_event(self, event: Any) -> None:
-        self.alarms.event(event.alarm_id, event.metric, event.severity, event.string, event.cell, event.raised,
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
+        self.alarms.event(event.alarm_id, event.metric, event.severity, event.string, event.cell, event.active,
                           event.value, event.threshold)
 
     # -- requests ----------------------------------------------------------------------------------------------

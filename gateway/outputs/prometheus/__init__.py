@@ -1,11 +1,11 @@
 """The Prometheus face (plugin): ``/metrics`` on a port of its own; see README.md beside this file and face.py."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...config import parse_listen
 from ...exposition import exposition_for
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from .schema import SCHEMA
 
 if TYPE_CHECKING:
@@ -37,6 +37,6 @@ def bmsgw_services(gateway: Gateway) -> list[Service]:
 
 
 @hookimpl
-def bmsgw_alarm_event(gateway: Gateway, event: Any) -> None:
+def bmsgw_alarm_event(gateway: Gateway, event: AlarmEvent) -> None:
     """``bms_alarm_active`` follows the alarms whether /metrics is served here or by the web face."""
     exposition_for(gateway).alarms.event(event)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ...commands import Command, Principal
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...points import PointRef
 from ...service import ReloadResult, Service
 from .agent import SnmpAgent
@@ -79,9 +79,9 @@ class SnmpService(Service):
         return [Command(LOW_BATT_POINT, set_low_batt_time, role="operator")]
 
     @hookimpl
-    def bmsgw_alarm_event(self, event) -> None:
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
         """Record the alarm in the active table and send the notifications (in the event loop)."""
-        if event.raised:
+        if event.active:
             self.active[str(event.alarm_id)] = event
         else:
             self.active.pop(str(event.alarm_id), None)

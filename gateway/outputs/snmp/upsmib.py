@@ -381,8 +381,8 @@ class UpsAlarms:
         if alarm is None and rule in REPLACE_RULES and str(getattr(event, "severity", "")) == "critical":
             alarm = BATTERY_BAD
         key = str(getattr(event, "alarm_id", ""))
-        if getattr(event, "raised", True) and alarm is not None:
-            onset = getattr(event, "raised_ts", None) or getattr(event, "ts", None) or time.time()
+        if getattr(event, "active", True) and alarm is not None:
+            onset = getattr(event, "raised", None) or getattr(event, "ts", None) or time.time()
             self.events[key] = (alarm, float(onset))
         else:
             self.events.pop(key, None)  # cleared, or no longer critical

@@ -196,8 +196,8 @@ def test_alarm_notifications_and_active_alarm_table(env):
     receiver = env["receiver"]
     already = len(receiver.notifications())
     raised = AlarmEvent(alarm_id="cell.ohmic.high/2/5", object="string 2 cell 5", metric="cell.ohmic", value=0.00612,
-                        threshold=0.0055, severity="critical", text="String 2 battery 5: ohmic value 6.1 mOhm",
-                        raised=True, ts=time.time(), unit="ohm", string=2, cell=5)
+                        threshold=0.0055, severity="critical", message="String 2 battery 5: ohmic value 6.1 mOhm",
+                        active=True, ts=time.time(), unit="ohm", string=2, cell=5)
     gt.call(_hook(gw, raised))
     got = receiver.wait_for(already + 2)[already:]
     assert sorted(n["kind"] for n in got) == ["INFORM", "TRAP2"]
@@ -219,7 +219,7 @@ def test_alarm_notifications_and_active_alarm_table(env):
     assert table["bmsgwAlarmLastChanged.0"] != "0:0:00:00.00"
 
     cleared = AlarmEvent(**{**{f: getattr(raised, f) for f in raised.__dataclass_fields__},
-                            "raised": False, "value": 0.0052, "ts": time.time()})
+                            "active": False, "value": 0.0052, "ts": time.time()})
     gt.call(_hook(gw, cleared))
     got = receiver.wait_for(already + 4)[already + 2:]
     assert sorted(n["kind"] for n in got) == ["INFORM", "TRAP2"]
@@ -236,7 +236,7 @@ def test_inform_is_retried_until_the_receiver_answers(env):
     gt = env["gt"]
     event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", metric="io.ambient_temperature",
                        value=36.2, threshold=35.0, severity="warning",
-                       text="Ambient temperature 36.2 C (alarm at 35 C)", raised=True, ts=time.time())
+                       message="Ambient temperature 36.2 C (alarm at 35 C)", active=True, ts=time.time())
     agent = agent_of(gt)
     acked = agent.sent["informs_acknowledged"]
     gt.call(_hook(gt.gateway, event))
@@ -368,7 +368,8 @@ def test_alarm_storm_fills_the_table_once(env):
     gt.call(agent.start())
     try:
         events = [AlarmEvent(alarm_id=f"cell.voltage.low/1/{c}", object=f"string 1 cell {c}", metric="cell.voltage",
-                             value=11.9, threshold=12.78, severity="critical", text="low", raised=True, ts=time.time())
+                             value=11.9, threshold=12.78, severity="critical", message="low", active=True,
+                             ts=time.time())
                   for c in range(1, 301)]
 
         async def storm(evs):
@@ -378,7 +379,8 @@ def test_alarm_storm_fills_the_table_once(env):
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 300 and ids["bmsgwAlarmId.300"] == "cell.voltage.low/1/300"
         gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, metric=ev.metric, value=12.9,
-                                  threshold=ev.threshold, severity=ev.severity, text="ok", raised=False, ts=time.time())
+                                  threshold=ev.threshold, severity=ev.severity, message="ok", active=False,
+                                  ts=time.time())
                        for ev in events[::2]]))
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 150 and "bmsgwAlarmId.1" not in ids and "bmsgwAlarmId.2" in ids
