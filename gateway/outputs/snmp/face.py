@@ -22,9 +22,8 @@ class SnmpService(Service):
     sections = ("snmp", "site")
     face = True
 
-    def __init__(self, gateway) -> None:
+    def __init__(self, gateway, cfg: dict) -> None:
         self.gateway = gateway
-        cfg = gateway.config.section("snmp")
         # upsConfigLowBattTime outlives agents (a reload) and restarts (its state file)
         self.low_batt = LowBattTime(gateway.config.state_dir / LOW_BATT_FILE, cfg["ups"]["low_minutes_remaining"])
         self.agent = SnmpAgent(gateway, cfg, self.low_batt)
