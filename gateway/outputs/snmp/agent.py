@@ -262,8 +262,8 @@ class SnmpAgent:
                                                 cfg["ups"]["low_minutes_remaining"])
         self.base = parse_oid(cfg["base_oid"])
         self.listen = parse_listen(cfg["listen"])
-        self.community = (cfg["v2c"].get("community") or "").encode() or None
-        self.community_from = parse_networks(cfg["v2c"].get("allow_from") or [], str(gateway.config.path),
+        self.community = (cfg["v2c"]["community"] or "").encode() or None  # null: SNMPv2c off
+        self.community_from = parse_networks(cfg["v2c"]["allow_from"], str(gateway.config.path),
                                              "snmp.v2c.allow_from") or None
         self.users = {u["name"]: u for u in cfg["v3_users"]}
         gw_cfg = gateway.config

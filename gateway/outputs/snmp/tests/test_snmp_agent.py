@@ -344,7 +344,8 @@ def test_master_keys_from_bmsgw_snmp_key_replace_passphrases(env):
     assert keys["key_format"] == "master" and "long-auth" not in proc.stdout
     gt = env["gt"]
     port = free_udp_port()
-    cfg = {**gt.gateway.config.section("snmp"), "listen": f"127.0.0.1:{port}", "v2c": {"community": None},
+    section = gt.gateway.config.section("snmp")
+    cfg = {**section, "listen": f"127.0.0.1:{port}", "v2c": {**section["v2c"], "community": None},
            "v3_users": [{"name": "keyed", **keys}], "notifications": {"targets": []}}
     agent = SnmpAgent(gt.gateway, cfg)
     gt.call(agent.start())
