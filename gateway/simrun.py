@@ -25,12 +25,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .points import PointRef, PointStore
 from .sim.drive import Cadence, fast_forward, feed, idle, run
 from .sim.model import BankModel
+
+if TYPE_CHECKING:
+    from .alarms.model import ActiveAlarm
 
 
 class SimulatedGateway:
@@ -149,12 +153,19 @@ class SimulatedGateway:
     def value(self, point: str, string: int | None = None, cell: int | None = None) -> float | None:
         return self.store.value(PointRef(point, string, cell))
 
-    def alarm_table(self) -> list:
-        """The active alarms, as the web page and ``/api/v1/alarms`` list them."""
+    def alarm_table(self) -> list[ActiveAlarm]:
+        """The alarm engine's active alarms (most severe first), with their rule and key; ``.record()`` of
+        each is what the web page and ``/api/v1/alarms`` list."""
         return self.alarms.active() if self.alarms is not None else []
 
-    def alarm_log(self, limit: int = 10000) -> list[dict]:
-        return self.alarms.history(limit) if self.alarms is not None else []
+    def alarm_log(self, limit: int = 10000) -> list[dict[str, Any]]:
+        """The alarm log, newest first, as the web page, REST and reports hand it out (``alarm_record``:
+        ``message``, ``point``, ``raised``/``cleared``/``acknowledged``, ``acknowledged_by``)."""
+        if self.alarms is None:
+            return []
+        from .alarms.log import record_of
+
+        return [record_of(r) for r in self.alarms.history(limit)]
 
     def ups(self) -> dict[str, int | None]:
         """The UPS-MIB battery group as the SNMP agent serves it (upsBatteryStatus, upsSecondsOnBattery, ...)."""

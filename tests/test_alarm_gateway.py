@@ -68,14 +68,16 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             assert body["type"] == "alarm" and body["state"] == "raised" and body["alarm_id"] == crit.alarm_id
             assert body["text"] == crit.text and body["site"]["id"] == "site"
             assert body["raised"] is True and body["raised_ts"] == crit.raised_ts  # the posted keys stay as they were
+            assert body["metric"] == "cell.voltage" and body["acknowledged_ts"] is None
             # the hook carries what the SNMP trap and MQTT faces need
             ev = next(e for e in rec.events if e.severity == "critical")
-            assert (ev.alarm_id, ev.object, ev.metric, ev.active, ev.threshold) == \
+            assert (ev.alarm_id, ev.object, ev.point, ev.active, ev.threshold) == \
                 (crit.alarm_id, "string 1 cell 3", "cell.voltage", True, 14.1)
             # in the alarm record's words: the message, and when it was raised
             record = next(r for r in gw.pm.hook.bmsgw_alarms(gateway=gw, active=True, limit=10)
                           if r["id"] == str(crit.alarm_id))
             assert (ev.message, ev.raised) == (record["message"], record["raised"]) == (crit.text, crit.raised_ts)
+            assert ev.point == record["point"] and ev.acknowledged is record["acknowledged"] is None
 
             # acknowledged from the web or Modbus: silences the relay, the alarm stays active
             assert alarms.acknowledge(gw, crit.alarm_id, "alice") is True
@@ -85,6 +87,12 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             assert row.acknowledged_by == "alice" and row.acknowledged_ts is not None
             gt.wait_for(lambda: any(b["type"] == "acknowledgement" for b in hook.bodies()), timeout=10, what="ack post")
             assert [a.alarm_id for a in rec.acks] == [crit.alarm_id]
+            acked = next(r for r in gw.pm.hook.bmsgw_alarms(gateway=gw, active=True, limit=10)
+                         if r["id"] == str(crit.alarm_id))
+            assert (rec.acks[0].acknowledged_by, rec.acks[0].acknowledged) == \
+                (acked["acknowledged_by"], acked["acknowledged"]) == ("alice", row.acknowledged_ts)
+            ack_body = next(b for b in hook.bodies() if b["type"] == "acknowledgement")
+            assert (ack_body["acknowledged_by"], ack_body["acknowledged_ts"]) == ("alice", row.acknowledged_ts)
 
             model.battery(1, 3).float_offset -= 1.0
             gt.wait_for(lambda: mgr.active() == [], timeout=10, what="clear")

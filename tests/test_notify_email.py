@@ -19,7 +19,7 @@ def email_cfg(server, **over):
     return cfg
 
 
-EVENT = AlarmEvent(alarm_id=42, object="string 2 cell 37", metric="cell.ohmic_baseline_deviation", value=34.2,
+EVENT = AlarmEvent(alarm_id=42, object="string 2 cell 37", point="cell.ohmic_baseline_deviation", value=34.2,
                    threshold=30.0, severity="critical",
                    message="String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)",
                    active=True, ts=1.7e9, unit="%", string=2, cell=37)

@@ -40,7 +40,7 @@ class Sync:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """An alarm was acknowledged (``event.acknowledged_by``/``acknowledged_ts`` say by whom and when)."""
+    """An alarm was acknowledged (``event.acknowledged_by``/``acknowledged`` say by whom and when)."""
 
     event: AlarmEvent
 

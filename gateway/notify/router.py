@@ -169,7 +169,7 @@ def compose_single(e: AlarmEvent, site: str, route: str) -> Message:
         e.message, "",
         f"Alarm:       #{e.alarm_id}, {e.severity}, {'raised' if e.active else 'cleared'} at {_clock(e.ts)}",
         f"Object:      {e.object}",
-        f"Measurement: {e.metric} = {_num(e.value, e.unit)}",
+        f"Measurement: {e.point} = {_num(e.value, e.unit)}",
         f"Setpoint:    {_num(e.threshold, e.unit)}",
         f"Site:        {site}",
         "", "-- bmsgw battery monitoring gateway", ""])

@@ -39,11 +39,13 @@ def url_problem(url: str) -> str | None:
 
 
 # the posted JSON is a published format: it keeps the keys it had before the event took the alarm record's words
-_POSTED_KEYS = {"message": "text", "active": "raised", "raised": "raised_ts"}
+_POSTED_KEYS = {"message": "text", "active": "raised", "raised": "raised_ts", "point": "metric",
+                "acknowledged": "acknowledged_ts"}
 
 
 def posted_fields(event: AlarmEvent) -> dict[str, Any]:
-    """The event's fields as the webhook posts them (``text``, ``raised`` true/false, ``raised_ts``)."""
+    """The event's fields as the webhook posts them (``text``, ``raised`` true/false, ``raised_ts``, ``metric``,
+    ``acknowledged_ts``)."""
     return {_POSTED_KEYS.get(k, k): v for k, v in event.to_dict().items()}
 
 

@@ -212,11 +212,11 @@ class PayloadBuilder:
                 yield self.topic("string", sid, "cell", c), {**head, "string": sid, "cell": c, "values": values}, True
 
     def alarm(self, event: AlarmEvent) -> tuple[str, dict[str, Any], bool]:
-        raised = bool(getattr(event, "active", False))  # the payload keeps its keys: "raised", "text"
+        raised = bool(getattr(event, "active", False))  # the payload keeps its keys: "raised", "text", "metric"
         ts = getattr(event, "ts", None)
         doc = {"site": self.site, "ts": _ts(float(ts) if isinstance(ts, (int, float)) else time.time()),
                "alarm_id": getattr(event, "alarm_id", None), "object": _plain(getattr(event, "object", None)),
-               "metric": _plain(getattr(event, "metric", None)), "value": _plain(getattr(event, "value", None)),
+               "metric": _plain(getattr(event, "point", None)), "value": _plain(getattr(event, "value", None)),
                "threshold": _plain(getattr(event, "threshold", None)),
                "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "message", None)),
                "raised": raised, "state": "raised" if raised else "cleared"}

@@ -234,7 +234,7 @@ class NutService(Service):
 
     @hookimpl
     def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
-        self.alarms.event(event.alarm_id, event.metric, event.severity, event.string, event.cell, event.active,
+        self.alarms.event(event.alarm_id, event.point, event.severity, event.string, event.cell, event.active,
                           event.value, event.threshold)
 
     # -- requests ----------------------------------------------------------------------------------------------

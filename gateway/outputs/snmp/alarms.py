@@ -112,7 +112,7 @@ class AlarmTable:
         """Record a raised or cleared alarm; returns the row (for the notification) and whether raised."""
         alarm_id = str(field(event, "id", field(event, "alarm_id", "")))
         raised = bool(field(event, "active", True))
-        metric = str(field(event, "metric", "") or "")
+        metric = str(field(event, "point", "") or "")  # the column keeps its MIB name: bmsgwAlarmMetric
         unit = self._unit(event, metric)
         wall = field(event, "ts") or time.time()
         old = self.rows.get(alarm_id)

@@ -47,8 +47,8 @@ def fill(gw: Gateway, seed: int, share: float = 1.0) -> None:
     gw.store.put_many(batch)
 
 
-def alarm(alarm_id, raised, severity="warning", obj="string 1 cell 3", metric="cell.voltage"):
-    return AlarmEvent(alarm_id=alarm_id, object=obj, metric=metric, value=14.3, threshold=14.1, severity=severity,
+def alarm(alarm_id, raised, severity="warning", obj="string 1 cell 3", point="cell.voltage"):
+    return AlarmEvent(alarm_id=alarm_id, object=obj, point=point, value=14.3, threshold=14.1, severity=severity,
                       message=f"{obj}: voltage 14.3 V (alarm at 14.1 V)", active=raised, ts=time.time())
 
 

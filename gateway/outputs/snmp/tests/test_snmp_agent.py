@@ -195,7 +195,7 @@ def test_alarm_notifications_and_active_alarm_table(env):
     gw = gt.gateway
     receiver = env["receiver"]
     already = len(receiver.notifications())
-    raised = AlarmEvent(alarm_id="cell.ohmic.high/2/5", object="string 2 cell 5", metric="cell.ohmic", value=0.00612,
+    raised = AlarmEvent(alarm_id="cell.ohmic.high/2/5", object="string 2 cell 5", point="cell.ohmic", value=0.00612,
                         threshold=0.0055, severity="critical", message="String 2 battery 5: ohmic value 6.1 mOhm",
                         active=True, ts=time.time(), unit="ohm", string=2, cell=5)
     gt.call(_hook(gw, raised))
@@ -234,7 +234,7 @@ def test_alarm_notifications_and_active_alarm_table(env):
 def test_inform_is_retried_until_the_receiver_answers(env):
     """The third target's receiver is down when the alarm is raised; the inform's retries reach it."""
     gt = env["gt"]
-    event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", metric="io.ambient_temperature",
+    event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", point="io.ambient_temperature",
                        value=36.2, threshold=35.0, severity="warning",
                        message="Ambient temperature 36.2 C (alarm at 35 C)", active=True, ts=time.time())
     agent = agent_of(gt)
@@ -368,7 +368,7 @@ def test_alarm_storm_fills_the_table_once(env):
     agent = SnmpAgent(gt.gateway, cfg)
     gt.call(agent.start())
     try:
-        events = [AlarmEvent(alarm_id=f"cell.voltage.low/1/{c}", object=f"string 1 cell {c}", metric="cell.voltage",
+        events = [AlarmEvent(alarm_id=f"cell.voltage.low/1/{c}", object=f"string 1 cell {c}", point="cell.voltage",
                              value=11.9, threshold=12.78, severity="critical", message="low", active=True,
                              ts=time.time())
                   for c in range(1, 301)]
@@ -379,7 +379,7 @@ def test_alarm_storm_fills_the_table_once(env):
         gt.call(storm(events))
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 300 and ids["bmsgwAlarmId.300"] == "cell.voltage.low/1/300"
-        gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, metric=ev.metric, value=12.9,
+        gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, point=ev.point, value=12.9,
                                   threshold=ev.threshold, severity=ev.severity, message="ok", active=False,
                                   ts=time.time())
                        for ev in events[::2]]))

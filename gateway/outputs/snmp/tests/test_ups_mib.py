@@ -223,10 +223,10 @@ def test_alarm_engine_alarms_become_well_known_alarms(env):
     gw = gt.gateway
     receiver = env["receiver"]
     since = len(receiver.notifications())
-    temp = AlarmEvent(alarm_id=901, object="string 2 cell 3", metric="cell.temperature", value=52.0, threshold=50.0,
+    temp = AlarmEvent(alarm_id=901, object="string 2 cell 3", point="cell.temperature", value=52.0, threshold=50.0,
                       severity="critical", message="hot", active=True, ts=time.time(), rule="cell_temperature",
                       string=2, cell=3)
-    worn = AlarmEvent(alarm_id=902, object="string 1", metric="string.soh", value=85.0, threshold=90.0,
+    worn = AlarmEvent(alarm_id=902, object="string 1", point="string.soh", value=85.0, threshold=90.0,
                       severity="warning", message="SOH 85 %", active=True, ts=time.time(), rule="string_soh", string=1)
     gt.call(_hook(gw, temp))
     gt.call(_hook(gw, worn))
@@ -370,7 +370,7 @@ def test_alarm_time_is_the_onset_and_zero_when_before_the_agent():
     table.evaluate(start + 5)
     assert table.stamp(table.rows[ON_BATTERY]) == 0
     assert [trap for trap, _ in sent] == [TRAP_ON_BATTERY]
-    table.observe(AlarmEvent(alarm_id=7, object="room", metric="io.ambient_temperature", value=36.0, threshold=35.0,
+    table.observe(AlarmEvent(alarm_id=7, object="room", point="io.ambient_temperature", value=36.0, threshold=35.0,
                              severity="warning", message="warm", active=True, ts=start + 12.5,
                              rule="ambient_temperature"))
     table.evaluate(start + 13)
