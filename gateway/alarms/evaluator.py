@@ -26,10 +26,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config import fill_defaults
 from ..points import PointRef
 from ..strings.states import StringStates, string_states
 from .model import AlarmKey
-from .rules import Rule, RuleSet
+from .rules import SCHEMA, Rule, RuleSet
 
 
 @dataclass(slots=True)
@@ -98,22 +99,27 @@ class StringMode:
 
 @dataclass
 class FloatPolicy:
-    settle_s: float = 300.0
-    ohmic_detect: str = "value_change"
-    ohmic_suppress_s: float = 1800.0
+    settle_s: float
+    ohmic_detect: str
+    ohmic_suppress_s: float
 
     @classmethod
     def from_section(cls, section: dict) -> FloatPolicy:
-        fd = section.get("float_detection", {}) or {}
-        ot = section.get("ohmic_test", {}) or {}
-        return cls(fd.get("settle_s", 300.0), ot.get("detect", "value_change"), ot.get("suppress_s", 1800.0))
+        """The policy of an ``alarms`` section with its defaults filled in."""
+        fd, ot = section["float_detection"], section["ohmic_test"]
+        return cls(fd["settle_s"], ot["detect"], ot["suppress_s"])
+
+    @classmethod
+    def default(cls) -> FloatPolicy:
+        """The schema's defaults (an evaluator built without a configuration)."""
+        return cls.from_section(fill_defaults(SCHEMA, {}))
 
 
 class Evaluator:
     def __init__(self, rules: RuleSet, policy: FloatPolicy | None = None, states: StringStates | None = None,
                  incremental: bool = True) -> None:
         self.rules = rules
-        self.policy = policy or FloatPolicy()
+        self.policy = policy or FloatPolicy.default()
         self.codes = states or string_states()
         self.incremental = incremental
         self.conditions: dict[AlarmKey, Condition] = {}

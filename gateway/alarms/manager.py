@@ -96,10 +96,10 @@ class AlarmManager:
             return
         self.loop = None if driven else (loop or asyncio.get_running_loop())
         self._loop_thread = threading.get_ident()
-        pruned = self.log.prune(self.section.get("log_keep_days", 730))
+        keep_days = self.section["log_keep_days"]
+        pruned = self.log.prune(keep_days)
         if pruned:
-            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned,
-                     self.section.get("log_keep_days"))
+            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned, keep_days)
         self.next_id = self.log.next_id()
         self.log.start()
         self._restore()
@@ -283,8 +283,8 @@ class AlarmManager:
         self._publish_levels()
         for ev in events:
             self.events += 1
-            log.log(logging.WARNING if ev.raised else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
-                    ev.severity if ev.raised else "cleared", ev.object, ev.text)
+            log.log(logging.WARNING if ev.active else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
+                    ev.severity if ev.active else "cleared", ev.object, ev.message)
             call_each(self.gateway.pm.hook.bmsgw_alarm_event, gateway=self.gateway, event=ev)
 
     def _raise(self, t: Transition) -> AlarmEvent:

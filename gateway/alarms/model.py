@@ -60,13 +60,13 @@ class ActiveAlarm:
     def level(self) -> int:
         return LEVEL.get(self.severity, 0)
 
-    def event(self, raised: bool, ts: float, value: float | None = None, text: str | None = None) -> AlarmEvent:
-        return AlarmEvent(alarm_id=self.alarm_id, object=self.object, metric=self.metric,
+    def event(self, active: bool, ts: float, value: float | None = None, text: str | None = None) -> AlarmEvent:
+        return AlarmEvent(alarm_id=self.alarm_id, object=self.object, point=self.metric,
                           value=self.value if value is None else value, threshold=self.threshold,
-                          severity=self.severity, text=self.text if text is None else text, raised=raised, ts=ts,
+                          severity=self.severity, message=self.text if text is None else text, active=active, ts=ts,
                           rule=self.key.rule, unit=self.unit, string=self.key.string, cell=self.key.cell,
-                          channel=self.key.channel, raised_ts=self.raised_ts,
-                          acknowledged_by=self.acknowledged_by, acknowledged_ts=self.acknowledged_ts)
+                          channel=self.key.channel, raised=self.raised_ts,
+                          acknowledged_by=self.acknowledged_by, acknowledged=self.acknowledged_ts)
 
     def record(self) -> dict[str, Any]:
         """As the gateway hands alarms out (web page, REST, reports): see ``alarm_record``."""

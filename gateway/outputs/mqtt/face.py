@@ -44,7 +44,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ... import __version__
 from ...errors import ConfigError
 from ...exposition import decimals_for
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...points import PointRef, Quality, Reading
 from ...secretfiles import read_secret
 from ...service import ReloadResult, Service
@@ -104,7 +104,7 @@ class PayloadBuilder:
 
     def __init__(self, gateway: Gateway, prefix: str, layout: str) -> None:
         site = gateway.config.section("site")
-        self.site = str(site.get("id", "site"))
+        self.site = str(site["id"])
         self.base = f"{prefix.rstrip('/')}/{self.site}"
         self.layout = layout
         self.topology = gateway.topology
@@ -217,14 +217,14 @@ class PayloadBuilder:
             if values:
                 yield self.topic("string", sid, "cell", c), {**head, "string": sid, "cell": c, "values": values}, True
 
-    def alarm(self, event: Any) -> tuple[str, dict[str, Any], bool]:
-        raised = bool(getattr(event, "raised", False))
+    def alarm(self, event: AlarmEvent) -> tuple[str, dict[str, Any], bool]:
+        raised = bool(getattr(event, "active", False))  # the payload keeps its keys: "raised", "text", "metric"
         ts = getattr(event, "ts", None)
         doc = {"site": self.site, "ts": _ts(float(ts) if isinstance(ts, (int, float)) else time.time()),
                "alarm_id": getattr(event, "alarm_id", None), "object": _plain(getattr(event, "object", None)),
-               "metric": _plain(getattr(event, "metric", None)), "value": _plain(getattr(event, "value", None)),
+               "metric": _plain(getattr(event, "point", None)), "value": _plain(getattr(event, "value", None)),
                "threshold": _plain(getattr(event, "threshold", None)),
-               "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "text", None)),
+               "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "message", None)),
                "raised": raised, "state": "raised" if raised else "cleared"}
         return self.topic("alarms"), doc, False
 
@@ -485,7 +485,7 @@ class MqttService(Service):
         return self.uploader.endpoints()
 
     @hookimpl
-    def bmsgw_alarm_event(self, event: Any) -> None:
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
         self.uploader.alarm(event)
 
 
@@ -591,7 +591,7 @@ class MqttUploader:
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         site = self.gateway.config.section("site")
-        doc = {"state": state, "site": self.builder.site, "site_name": site.get("name", ""), "version": __version__,
+        doc = {"state": state, "site": self.builder.site, "site_name": site["name"], "version": __version__,
                "ts": _ts(time.time()), **extra}
         if state == "offline" and extra.get("reason") == "connection lost":
             doc.pop("ts")  # the will is registered long before it is sent
@@ -832,7 +832,7 @@ class MqttUploader:
             (PointRef("gateway.mqtt_dropped"), Reading(float(q.dropped), Quality.GOOD, ts)),
         ])
 
-    def alarm(self, event: Any) -> None:
+    def alarm(self, event: AlarmEvent) -> None:
         """Queue an alarm event (written to disk at once: an alarm must survive a power cut)."""
         try:
             self.queue.put_many([self.builder.alarm(event)], durable=True)
