@@ -207,7 +207,7 @@ class GatewaySpecs:
         alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
         first, as dicts shaped as ``bmsgw_alarms`` returns them: at least ``raised`` (Unix s), ``cleared`` (Unix s
         or None), ``severity`` ("warning" or "critical") and ``message``, and where known ``point``, ``string``,
-        ``cell``, ``value``, ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and
+        ``cell``, ``value``, ``threshold``, ``acknowledged_by``, ``rule``.  ``string``: only that string's alarms and
         bank-wide ones.
         """
 
@@ -242,7 +242,8 @@ class GatewaySpecs:
         (str, stable while the alarm exists), ``severity`` ("warning" | "critical"), ``message`` (str),
         ``raised`` (Unix s), ``active`` (bool), and where known ``point``, ``string``, ``cell``,
         ``channel``, ``value``, ``threshold``, ``cleared`` (Unix s), ``acknowledged_by`` (str),
-        ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
+        ``acknowledged`` (Unix s), ``rule`` (the name of the rule that raised it).  Return None when no alarm
+        engine is installed.
         """
 
     @hookspec(firstresult=True)

@@ -160,12 +160,8 @@ class SimulatedGateway:
 
     def alarm_log(self, limit: int = 10000) -> list[dict[str, Any]]:
         """The alarm log, newest first, as the web page, REST and reports hand it out (``alarm_record``:
-        ``message``, ``point``, ``raised``/``cleared``/``acknowledged``, ``acknowledged_by``)."""
-        if self.alarms is None:
-            return []
-        from .alarms.log import record_of
-
-        return [record_of(r) for r in self.alarms.history(limit)]
+        ``message``, ``point``, ``raised``/``cleared``/``acknowledged``, ``acknowledged_by``, ``rule``)."""
+        return self.alarms.history(limit) if self.alarms is not None else []
 
     def ups(self) -> dict[str, int | None]:
         """The UPS-MIB battery group as the SNMP agent serves it (upsBatteryStatus, upsSecondsOnBattery, ...)."""

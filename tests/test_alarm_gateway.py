@@ -102,8 +102,10 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             assert {e.alarm_id for e in clears} == {crit.alarm_id, warn.alarm_id}
             assert clears[0].message.startswith("String 1 cell 3: voltage on float back to normal (13.")
             log = mgr.history()
-            assert {r["id"]: r["acked_by"] for r in log} == {crit.alarm_id: "alice", warn.alarm_id: None}
-            assert all(r["cleared_ts"] and r["clear_text"] for r in log)
+            assert {r["id"]: r["acknowledged_by"] for r in log} == {str(crit.alarm_id): "alice",
+                                                                    str(warn.alarm_id): None}
+            assert all(r["cleared"] and not r["active"] for r in log)
+            assert {r["rule"] for r in log} == {"cell_voltage_float"}
             # one raise and one clear per alarm, nothing in between
             assert sorted((e.alarm_id, e.active) for e in rec.events) == sorted(
                 [(crit.alarm_id, True), (crit.alarm_id, False), (warn.alarm_id, True), (warn.alarm_id, False)])
@@ -217,7 +219,7 @@ def test_communication_loss_per_sensor_per_bank_device_and_per_bus_and_contacts(
         gw.simulator.set_fault("bus1", None, "none")
         gt.wait_for(lambda: not texts(), timeout=20, what="bus back")
         events = mgr.history(limit=100)
-        assert all(r["cleared_ts"] for r in events)
+        assert all(r["cleared"] for r in events)
 
 
 def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
@@ -232,6 +234,7 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
         mgr = alarms.get_manager(gt.gateway)
         gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="alarms")
         mgr.acknowledge(mgr.active()[0].alarm_id, "carol")
+        logged = mgr.history()
     assert main(["alarms", "-c", str(path), "--active"]) == 0
     out = capsys.readouterr().out
     assert "critical ACTIVE, acknowledged by carol" in out and "warning  ACTIVE" in out
@@ -239,6 +242,12 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
     assert main(["alarms", "-c", str(path), "--json"]) == 0
     rows = __import__("json").loads(capsys.readouterr().out)
     assert {r["severity"] for r in rows} == {"warning", "critical"}
+    # the records the web page and REST hand out, with the rule that raised each
+    assert rows == logged and [list(r) for r in rows] == [
+        ["id", "severity", "message", "raised", "active", "point", "string", "cell", "channel", "value", "threshold",
+         "cleared", "acknowledged_by", "acknowledged", "rule"]] * 2
+    assert {r["rule"] for r in rows} == {"cell_voltage_float"} and all(r["active"] for r in rows)
+    assert [r["acknowledged_by"] for r in rows if r["severity"] == "critical"] == ["carol"]
 
 
 def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_path):

@@ -397,8 +397,9 @@ class AlarmManager:
             return a.copy() if a else None
 
     def history(self, limit: int = 100, since: float | None = None, active_only: bool = False,
-                string: int | None = None) -> list[dict]:
-        """The alarm log, newest first (waits for queued writes, so it includes the latest changes)."""
+                string: int | None = None) -> list[dict[str, Any]]:
+        """The alarm log, newest first, as ``alarm_record``s (waits for queued writes, so it includes the
+        latest changes)."""
         self.log.flush(timeout=5.0)
         return self.log.history(limit, since, active_only, string)
 
