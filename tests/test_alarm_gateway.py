@@ -104,7 +104,7 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             log = mgr.history()
             assert {r["id"]: r["acknowledged_by"] for r in log} == {str(crit.alarm_id): "alice",
                                                                     str(warn.alarm_id): None}
-            assert all(r["cleared"] and not r["active"] for r in log)
+            assert all(r["cleared"] and r["cleared_message"] and not r["active"] for r in log)
             assert {r["rule"] for r in log} == {"cell_voltage_float"}
             # one raise and one clear per alarm, nothing in between
             assert sorted((e.alarm_id, e.active) for e in rec.events) == sorted(
@@ -245,7 +245,7 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
     # the records the web page and REST hand out, with the rule that raised each
     assert rows == logged and [list(r) for r in rows] == [
         ["id", "severity", "message", "raised", "active", "point", "string", "cell", "channel", "value", "threshold",
-         "cleared", "acknowledged_by", "acknowledged", "rule"]] * 2
+         "cleared", "acknowledged_by", "acknowledged", "rule", "cleared_message"]] * 2
     assert {r["rule"] for r in rows} == {"cell_voltage_float"} and all(r["active"] for r in rows)
     assert [r["acknowledged_by"] for r in rows if r["severity"] == "critical"] == ["carol"]
 

@@ -242,7 +242,7 @@ def record_of(row: Mapping[str, Any]) -> dict[str, Any]:
     ``ActiveAlarm.record`` also speaks."""
     return alarm_record(row["id"], row["severity"], row["text"], row["raised_ts"], row["metric"], row["string"],
                         row["cell"], row["channel"], row["value"], row["threshold"], row["cleared_ts"],
-                        row["acked_by"], row["acked_ts"], row["rule"])
+                        row["acked_by"], row["acked_ts"], row["rule"], row["clear_text"])
 
 
 def read_period(path: Path, start: float, end: float, string: int | None = None) -> list[dict[str, Any]]:

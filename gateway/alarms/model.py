@@ -92,15 +92,15 @@ class ActiveAlarm:
 def alarm_record(alarm_id: int | str, severity: str, text: str, raised_ts: float, metric: str,
                  string: int | None, cell: int | None, channel: int | None, value: float | None,
                  threshold: float | None, cleared_ts: float | None, acknowledged_by: str | None,
-                 acknowledged_ts: float | None, rule: str) -> dict[str, Any]:
+                 acknowledged_ts: float | None, rule: str, cleared_message: str | None = None) -> dict[str, Any]:
     """The one shape of an alarm outside the engine (``bmsgw_alarms``, ``bmsgw_alarm_log``, ``/api/v1/alarms``,
     ``AlarmManager.history``, ``bmsgw alarms --json``, reports): ``message`` is the text, ``point`` the point
     family, ``raised``/``cleared``/``acknowledged`` Unix seconds, ``acknowledged_by`` who, ``rule`` the name of
-    the rule that raised it."""
+    the rule that raised it, ``cleared_message`` why it ended (None while active)."""
     return {"id": str(alarm_id), "severity": severity, "message": text, "raised": raised_ts,
             "active": cleared_ts is None, "point": metric, "string": string, "cell": cell, "channel": channel,
             "value": value, "threshold": threshold, "cleared": cleared_ts, "acknowledged_by": acknowledged_by,
-            "acknowledged": acknowledged_ts, "rule": rule}
+            "acknowledged": acknowledged_ts, "rule": rule, "cleared_message": cleared_message}
 
 
 class UnknownAlarm(KeyError):

@@ -115,6 +115,7 @@ SCHEMAS: dict[str, dict] = {
             "acknowledged_by": {"type": ["string", "null"]}, "acknowledged": NUM,
             "rule": {"type": ["string", "null"], "description": "the name of the alarm rule that raised it "
                                                                  "(cell_voltage_float, device_comm, ...)"},
+            "cleared_message": {"type": ["string", "null"], "description": "why it ended (null while active)"},
         },
     },
     "AlarmList": {
