@@ -9,14 +9,24 @@ LOCK := requirements.lock
 # survives), then the project itself goes in; a change to pyproject.toml alone only reinstalls the project.
 LOCK_STAMP := $(VENV)/.lock-installed
 STAMP := $(VENV)/.installed
+# The packages for the controllers (make deb ARCH=arm64|armhf, tests/test_deb_arm.py): Debian 12 roots of those
+# architectures (mmdebstrap) run under qemu-user; the cross build strips with the target's binutils and
+# dpkg-shlibdeps reads the target's libraries from this machine's dpkg (multiarch: `dpkg --add-architecture`).
+# armhf's four source-only wheels are cross-compiled natively (debian/armhf-wheels.py): Debian's armhf cross
+# compiler with its C library headers (dpkg-genbuildinfo probes that compiler in every armhf build), and CMake
+# for argon2-cffi-bindings.
+FOREIGN_ARCHES := arm64 armhf
+ARM_APT_PACKAGES := qemu-user-static binfmt-support arch-test mmdebstrap \
+	$(foreach a,$(FOREIGN_ARCHES),binutils-for-host:$(a) libc6:$(a) libgcc-s1:$(a) libstdc++6:$(a) zlib1g:$(a)) \
+	libffi8:armhf gcc-arm-linux-gnueabihf libc6-dev-armhf-cross cmake make
 # System tools the tests talk to as real peers; installed once, on demand. The stamp lives outside .venv, so
 # that rebuilding the venv does not run apt again.
 APT_PACKAGES := snmp snmpd snmptrapd smitools mbpoll mosquitto mosquitto-clients prometheus \
 	chromium chromium-driver lintian debhelper dh-python poppler-utils socat python3-venv python3-packaging \
-	systemd nut-snmp nut-client
+	systemd nut-snmp nut-client $(ARM_APT_PACKAGES)
 APT_STAMP := .apt-installed
 
-.PHONY: install system-deps run lint test bench screenshots regmap lock deb deb-copyright clean
+.PHONY: install system-deps run lint test bench screenshots regmap lock deb debs deb-copyright clean
 
 # --only-binary: a source build would fetch its build backend unpinned. --no-deps: the lock is the whole set
 # (pip check proves it is complete). The lock pins pip and setuptools too: pip replaces the venv's bundled
@@ -39,8 +49,8 @@ install: $(STAMP)
 # Pins already in the lock are kept; `make lock LOCK_OPTS=--upgrade` moves every package to its newest release.
 LOCK_OPTS ?=
 define LOCK_HEADER
-# Every Python package bmsgw installs (runtime, test, dev and build extras, direct and transitive), pinned
-# with the hashes of all its files: one lock for amd64, arm64 and armhf (uv pip compile --universal).
+# Every Python package bmsgw installs (runtime, test, dev, build and wheel-build extras, transitive too),
+# pinned with the hashes of all its files: one lock for amd64, arm64 and armhf (uv pip compile --universal).
 # Written by `make lock` from pyproject.toml: never edit it by hand (docs/development.md).
 endef
 export LOCK_HEADER
@@ -48,7 +58,7 @@ export LOCK_HEADER
 # so that an unchanged lock does not rebuild .venv.
 lock: $(LOCK_STAMP)
 	cp $(LOCK) $(VENV)/lock.uv
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --extra build --extra wheel-build --universal --python-version 3.11 \
 		--generate-hashes --no-header --quiet $(LOCK_OPTS) -o $(VENV)/lock.uv
 	{ printf '%s\n' "$$LOCK_HEADER"; cat $(VENV)/lock.uv; } > $(VENV)/lock.new
 	cmp -s $(VENV)/lock.new $(LOCK) || mv $(VENV)/lock.new $(LOCK)
@@ -56,7 +66,10 @@ lock: $(LOCK_STAMP)
 
 # Install the peers only when one is missing, so repeated runs cost nothing.
 $(APT_STAMP): Makefile
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@for a in $(FOREIGN_ARCHES); do \
+	  dpkg --print-foreign-architectures | grep -qx $$a || { echo "dpkg --add-architecture $$a"; dpkg --add-architecture $$a; }; \
+	done; \
+	missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
@@ -76,7 +89,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(APT_STAMP)
 	$(MAKE) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: $(STAMP)
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -88,10 +101,17 @@ screenshots: $(STAMP) $(APT_STAMP)
 regmap: $(STAMP)
 	$(BIN)/bmsgw regmap --config config.yaml --format md
 
-# The Debian package (debian/): built from a copy of the tree in build/deb, the .deb lands in dist/.
-# Reuses the last build when the tree has not changed; `make deb DEB_OPTS=--force` rebuilds anyway.
+# The Debian package (debian/): built from a copy of the tree in build/deb-ARCH, the .deb lands in dist/.
+# ARCH: this machine's by default; `make deb ARCH=armhf`, `make deb ARCH="amd64 arm64 armhf"` (or `make debs`)
+# builds for the controllers too. Reuses the last build of an architecture when the tree has not changed;
+# `make deb DEB_OPTS=--force` rebuilds anyway.
+ARCH ?=
+DEB_ARCHES := amd64 arm64 armhf
 deb: $(APT_STAMP)
-	$(PY) debian/make-deb --out dist $(DEB_OPTS)
+	$(PY) debian/make-deb --out dist $(addprefix --arch=,$(ARCH)) $(DEB_OPTS)
+
+debs: $(APT_STAMP)
+	$(PY) debian/make-deb --out dist $(addprefix --arch=,$(DEB_ARCHES)) $(DEB_OPTS)
 
 # debian/copyright lists the libraries the .deb bundles (the runtime part of the lock) with their licenses,
 # read from the tested .venv; `make lock` runs it.

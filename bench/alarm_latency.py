@@ -51,7 +51,7 @@ class HookClock:
         if event.severity != "critical" or event.cell is None:
             return
         key = (event.string, event.cell)
-        if event.raised:
+        if event.active:
             self.raised[key] = (time.time(), event.alarm_id)
         else:
             self.cleared.add(key)

@@ -23,6 +23,15 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     after: 4.8-5.6 % of one core, RSS 116-117 MB; engine 25-29 %, MQTT 22-24 %, analytics 15 %, alarms 9-10 %,
     event loop 10 %, store fan-out 6-10 %, history 3 %.  1 battery: 0.4 %, 66 MB; 4 x 240: 10.8 %, 170 MB;
     fast_s 1: 17 % (MQTT publishes every cycle: 39 % of it).
+    MQTT and alarms proportional to what changed (MQTT payloads from the change feed, alarms judged on changed
+    values with a deadline heap), measured against main (`--tree`) in the same session, load average 2.5-3.4:
+    main 4.45 % of one core (engine 1.43, MQTT 0.87, alarms 0.46 % of a core), RSS 120.8 MB; this branch 4.92 and
+    5.25 % (engine 1.68-1.77: the run was slower, CPU seconds vary ~20 %; MQTT 0.71-0.78, alarms 0.46-0.49 %),
+    RSS 122.8 MB.  Against the engine in the same run, MQTT went from 61 % to 42 % of the engine's share, alarms
+    from 32 % to 29 %.  The simulated bank writes 5 of the 18 cell columns (2500 of 8300 points) every 5 s cycle;
+    on that pattern a publish cycle costs 8-10 ms instead of 18-22 ms and an alarm evaluation 11 ms instead of
+    16-18 ms (bench/changed_work.py, both paths in one process on the same store states).  The last changes (a
+    column read whole when mostly written, a reference point's value kept) came after the runs above.
     engine/analytics/memory pass (branch i18-engine: a bus's readings stored together per cycle, PointRef a named
     tuple, points stored under the point map's own refs, SNMP point instances without a closure each): RSS
     121.1-121.2 MB -> 113.8-115.9 MB (main and this branch measured alternately, 4 runs each way); CPU not

@@ -109,10 +109,10 @@ def false_states(days: float) -> dict:
                 on_battery[0] = max(on_battery[0], sim.ups()["seconds_on_battery"] or 0)
 
             sim.run_for(days * DAY, on_step=look)
-            log = sim.alarm_log()
+            log = sim.alarm_log()  # alarm records, as users read them: each names the rule that raised it
             return {"minutes_discharging": discharging, "float_alarms": sum(r["rule"] in FLOAT_RULES for r in log),
                     "runaway_alarms": sum(r["rule"] == "string_thermal_runaway" for r in log), "alarms": len(log),
-                    "texts": [r["text"] for r in log][:5], "on_battery_s": on_battery[0],
+                    "texts": [r["message"] for r in log][:5], "on_battery_s": on_battery[0],
                     "offsets": {s: (round(sim.strings.classifiers[int(s)].zero.offset, 2), o)
                                 for s, o in offsets.items()}}
 
@@ -142,7 +142,7 @@ def ohmic(days: int, rises: int) -> dict:
             sim.fast_forward(8, per_day=1)  # the baselines: the median of 7 daily tests
             baselines = len(sim.analytics.baselines)
             sim.fast_forward(days, per_day=1)
-            false = [r for r in sim.alarm_log() if r["metric"].startswith("cell.ohmic")]
+            false = [r for r in sim.alarm_log() if r["point"].startswith("cell.ohmic")]
             tests_to_flag = []
             for cell in range(5, 5 + 10 * rises, 10):
                 sim.model.battery(1, cell).step_rise = 0.30

@@ -18,13 +18,22 @@ The interpreter finds the venv from pyvenv.cfg next to bin/python3, wherever the
 debian/check-imports.py then imports every module of the application and every compiled extension from
 the staging tree (after dh_strip), so a missing library or a broken binary fails the build, not the box.
 
-Environment: BMSGW_PIP_OPTS replaces the default pip options (`--only-binary=:all:`), e.g. to add a wheel
-index for armhf or to allow building from source (see docs/install.md).
+Another architecture (dpkg-buildpackage -a arm64|armhf on this amd64 machine; DEB_HOST_ARCH says which): the
+venv is made the same way (its layout does not depend on the architecture: bin/python3 is a link to the
+system's interpreter), and the libraries are the target's wheels of the same pins, installed by this machine's
+pip for that platform (--platform manylinux_2_17..2_36_<machine> --python-version 3.11 --implementation cp,
+still --require-hashes). armhf's four packages without an armv7l wheel come from debian/armhf-wheels.py, built
+from the lock's sdists with Debian's armhf cross compiler. `pip check` and the import check then run under the
+target's own interpreter, in a Debian 12 root of that architecture under qemu-user (debian/emulation.py).
+
+Environment: BMSGW_PIP_OPTS replaces the default pip options (`--only-binary=:all:`), e.g. to use a wheel
+mirror (see docs/install.md, "Installing on the controller").
 """
 from __future__ import annotations
 
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -42,6 +51,38 @@ APP_TREES = ("gateway", "plugins", "profiles", "mibs")  # copied whole: new face
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "tests", "conftest.py", ".pytest_cache",
                                 ".hypothesis", ".mypy_cache", "*.orig", "*.rej", "*~")
 ENTERPRISE_MIB = re.compile(r"MODULE-IDENTITY.*?::=\s*\{\s*enterprises\b", re.S)
+# Debian architecture -> the machine name in wheel tags and in environment markers
+MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l"}
+GLIBC_MINOR = 36  # Debian 12's glibc 2.36: manylinux wheels up to manylinux_2_36 run on it
+
+
+def dpkg_arch(var: str) -> str:
+    return os.environ.get(var) or subprocess.run(["dpkg-architecture", f"-q{var}"], check=True,
+                                                 capture_output=True, text=True).stdout.strip()
+
+
+class Target:
+    """The architecture the package is built for, and how pip installs wheels for it."""
+
+    def __init__(self) -> None:
+        self.arch = dpkg_arch("DEB_HOST_ARCH")
+        self.cross = self.arch != dpkg_arch("DEB_BUILD_ARCH")
+        if self.cross and self.arch not in MACHINES:
+            sys.exit(f"no wheels for {self.arch}: the package is built for {', '.join(MACHINES)}")
+        self.machine = MACHINES.get(self.arch, os.uname().machine)
+
+    def pip_platform_opts(self) -> list[str]:
+        """pip's options to pick this target's wheels on another machine (nothing for a native build)."""
+        if not self.cross:
+            return []
+        tags = [f"manylinux_2_{minor}_{self.machine}" for minor in range(GLIBC_MINOR, 16, -1)]
+        tags += [f"manylinux2014_{self.machine}", f"linux_{self.machine}"]
+        return [*(f"--platform={tag}" for tag in tags), f"--python-version=3.{sys.version_info.minor}",
+                "--implementation=cp"]
+
+    def markers(self) -> dict[str, str] | None:
+        """The environment markers of the target (None: this machine's)."""
+        return {"platform_machine": self.machine} if self.cross else None
 
 
 def run(*cmd: str | Path, **kw) -> None:
@@ -49,16 +90,21 @@ def run(*cmd: str | Path, **kw) -> None:
     subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def build_venv(dest: Path) -> Path:
+def build_venv(dest: Path, target: Target) -> Path:
     venv = dest / APPLIB.lstrip("/")
     if venv.exists():
         shutil.rmtree(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
     run(sys.executable, "-m", "venv", venv)
+    if target.cross and target.arch == "armhf" and (venv / "lib64").is_symlink():
+        (venv / "lib64").unlink()  # venv adds lib64 -> lib on 64-bit machines only
     py = venv / "bin" / "python3"
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONDONTWRITEBYTECODE="1")
-    bundled = install_runtime(py, site_packages(venv), env)
-    run(py, "-m", "pip", "check", env=env)  # the closure is complete and consistent
+    bundled = install_runtime(py, site_packages(venv), env, target)
+    if target.cross:  # under the target's interpreter, in a root of its architecture
+        emulated_pip_check(venv, target.arch)
+    else:
+        run(py, "-m", "pip", "check", env=env)  # the closure is complete and consistent
     run(py, "-m", "pip", "uninstall", "--yes", "--quiet", "pip", "setuptools", env=env)
     check_only_bundled(site_packages(venv), bundled)
     for junk in site_packages(venv).rglob(".DS_Store"):  # macOS litter in some sdists/wheels
@@ -66,29 +112,66 @@ def build_venv(dest: Path) -> Path:
     return venv
 
 
-def install_runtime(py: Path, site: Path, env: dict[str, str]) -> list[str]:
+def install_runtime(py: Path, site: Path, env: dict[str, str], target: Target) -> list[str]:
     """Install the runtime part of requirements.lock: pyproject.toml's dependencies and, level by level, what
-    the packages just installed require (their own Requires-Dist, markers evaluated here), each from the lock
-    with --require-hashes --no-deps, so every file is the one the tests ran against. Returns their names."""
+    the packages just installed require (their own Requires-Dist, markers evaluated for the target), each from
+    the lock with --require-hashes --no-deps, so every file is the one the tests ran against (for armhf, four
+    are built from the lock's sdists: debian/armhf-wheels.py). Returns their names."""
     import lockfile  # here, not at the top: make-deb reads APP_TREES with an interpreter that may lack packaging
 
     opts = shlex.split(os.environ.get("BMSGW_PIP_OPTS", "--only-binary=:all:"))
+    from_source: dict[str, Path] = {}
+    if target.cross and target.arch == "armhf":
+        armhf = runpy.run_path(str(SRC / "debian" / "armhf-wheels.py"))
+        wheels = armhf["armhf_wheels"](py.parent / "pip")
+        from_source = dict.fromkeys(armhf["FROM_SOURCE"], wheels)
+
+    def pip_install(lines: list[str], *extra: str) -> None:
+        with tempfile.NamedTemporaryFile("w", prefix="bmsgw-runtime-", suffix=".txt") as requirements:
+            requirements.write("".join(line + "\n" for line in lines))
+            requirements.flush()
+            if not target.cross:
+                run(py, "-m", "pip", "install", "--no-deps", "--no-compile", "--no-warn-script-location",
+                    *extra, "-r", requirements.name, env=env)
+                return
+            # pip installs another platform's wheels only with --target: into a folder of its own, then merged
+            # into site-packages (a second --target run would skip the folders the first one made, bin/).
+            with tempfile.TemporaryDirectory(prefix="bmsgw-target-") as tmp:
+                run(py, "-m", "pip", "install", "--no-deps", "--no-compile", "--no-warn-script-location",
+                    "--only-binary=:all:", *target.pip_platform_opts(), "--target", tmp, *extra,
+                    "-r", requirements.name, env=env)
+                shutil.rmtree(Path(tmp, "bin"), ignore_errors=True)  # console scripts: the launcher replaces them
+                shutil.copytree(tmp, site, symlinks=True, dirs_exist_ok=True)
 
     def install_then_read(pins: list[lockfile.Pin]) -> dict[str, list[str]]:
-        with tempfile.NamedTemporaryFile("w", prefix="bmsgw-runtime-", suffix=".txt") as requirements:
-            requirements.write("".join(pin.requirement_line() + "\n" for pin in pins))
-            requirements.flush()
-            run(py, "-m", "pip", "install", "--require-hashes", "--no-deps", "--no-compile",
-                "--no-warn-script-location", *opts, "-r", requirements.name, env=env)
+        indexed = [pin.requirement_line() for pin in pins if pin.name not in from_source]
+        if indexed:
+            pip_install(indexed, "--require-hashes", *opts)
+        for pin in pins:
+            if pin.name in from_source:  # their sdists were checked against the lock's hashes when built
+                pip_install([f"{pin.name}=={pin.version}"], "--no-index", "--find-links", str(from_source[pin.name]))
         return lockfile.installed_requirements(pins, path=[str(site)])
 
     try:
         pins = lockfile.runtime_closure(lockfile.project_dependencies(SRC / "pyproject.toml"),
-                                        lockfile.read_lock(LOCK), install_then_read)
+                                        lockfile.read_lock(LOCK), install_then_read, target.markers())
     except lockfile.LockError as exc:
         sys.exit(f"requirements.lock: {exc}")
     print(f"bundled {len(pins)} packages of {LOCK.name}: " + ", ".join(f"{p.name} {p.version}" for p in pins))
     return [pin.name for pin in pins]
+
+
+def emulated_pip_check(venv: Path, arch: str) -> None:
+    """`pip check` by the target's interpreter: the venv copied into a fresh root of its architecture."""
+    emulation = runpy.run_path(str(SRC / "debian" / "emulation.py"))
+    with tempfile.TemporaryDirectory(prefix="bmsgw-pipcheck-") as tmp:
+        root = emulation["fresh_root"](arch, Path(tmp))
+        shutil.copytree(venv, root / APPLIB.lstrip("/"), symlinks=True)
+        print(f"+ [{arch} root] {APPLIB}/bin/python3 -m pip check", flush=True)
+        res = emulation["in_root"](root, [f"{APPLIB}/bin/python3", "-m", "pip", "check"],
+                                   env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        if res.returncode != 0:
+            sys.exit(f"pip check failed under the {arch} interpreter")
 
 
 def check_only_bundled(site: Path, bundled: list[str]) -> None:
@@ -112,6 +195,7 @@ def tidy_venv(venv: Path) -> None:
                          (f"python3.{sys.version_info.minor}", "python3")):
         (bindir / name).unlink(missing_ok=True)
         (bindir / name).symlink_to(target)
+    prune_records(site_packages(venv))
     include = venv / "include"
     if include.is_dir() and not any(p.is_file() for p in include.rglob("*")):
         shutil.rmtree(include)
@@ -128,6 +212,17 @@ def tidy_venv(venv: Path) -> None:
         f'exec {APPLIB}/bin/python3 -I -m gateway "$@"\n')
     launcher.chmod(0o755)
     (site_packages(venv) / "bmsgw-app.pth").write_text(APPSHARE + "\n")
+
+
+def prune_records(site: Path) -> None:
+    """Drop from each RECORD the files that are gone (the console scripts removed above): their hashes depend on
+    the staging path in their #! line, so keeping them would make the package's bytes depend on where it was
+    built, and RECORD would list files the package does not have."""
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if os.path.lexists(os.path.normpath(site / line.rsplit(",", 2)[0]))]
+        if kept != lines:
+            record.write_text("".join(kept))
 
 
 def site_packages(venv: Path) -> Path:
@@ -183,7 +278,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: build-app.py STAGING_DIR (debian/bmsgw)")
     dest = Path(sys.argv[1]).resolve()
-    venv = build_venv(dest)
+    venv = build_venv(dest, Target())
     tidy_venv(venv)
     install_app(dest)
     normalise_modes(dest)

@@ -74,7 +74,7 @@ class Plan:
 def source_problem(config: Config) -> str | None:
     """Why this config gets no back-fill (None: it gets one): the simulator off, ``backfill_days`` 0, a real bus."""
     sim = config.section("simulator")
-    if not sim.get("enabled") or not sim.get("backfill_days"):
+    if not sim["enabled"] or not sim["backfill_days"]:
         return "simulator.backfill_days is 0 or the simulator is off"
     real = [b.name for b in config.topology.buses if b.port != "sim"]
     if real:
@@ -116,13 +116,18 @@ def write_marker(state_dir: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, state_dir / MARKER)
 
 
+def baseline_days(config: Config) -> tuple[float, float]:
+    """analytics.baseline: days a new battery settles before its baseline, days of readings the baseline takes."""
+    bc = config.section("analytics")["baseline"]
+    return float(bc["settle_days"]), float(bc["sample_days"])
+
+
 def story_for(config: Config, epoch: float, days: float) -> dict[str, Any]:
     """The deteriorating battery of this bank and when its baseline is taken (kept in the marker)."""
     strings = {s.id: s for s in config.topology.strings}
     sid = HOT_BATTERY[0] if HOT_BATTERY[0] in strings else min(strings)
     cell = min(HOT_BATTERY[1], strings[sid].cells)
-    bc = config.section("analytics").get("baseline", {})
-    settle, sample = float(bc.get("settle_days", 180)), float(bc.get("sample_days", 7))
+    settle, sample = baseline_days(config)
     return {"string": sid, "cell": cell, "hot_offset_c": HOT_OFFSET_C, "rise": HOT_RISE,
             "baseline_years": (settle + sample / 2) / 365.25, "end_years": days / 365.25}
 
@@ -332,7 +337,7 @@ class Backfill:
         from .history.recorder import PointFilter, Recorder
 
         cfg = sim.gateway.config.section("history")
-        if not cfg.get("enabled", True):
+        if not cfg["enabled"]:
             return None, None
         db = open_history(sim.gateway.config)
         recorder = Recorder(db, sim.gateway.catalog, PointFilter(cfg["include"], cfg["exclude"]),
@@ -370,8 +375,7 @@ class Backfill:
         """The reading times (jumps) and the events, in seconds since the epoch."""
         p = self.plan
         d = p.days
-        bc = self.config.section("analytics").get("baseline", {})
-        settle, sample = float(bc.get("settle_days", 180)), float(bc.get("sample_days", 7))
+        settle, sample = baseline_days(self.config)
         days: set[float] = {1 / 24}
         # before the baselines only the trends and the life budget read them: every two weeks at most; after,
         # the forecasts fit them: about 75 over the whole history, at least weekly
@@ -483,7 +487,7 @@ class Backfill:
         # (in long stretches: every run_for reads every battery once at its start)
         while model.t < limit and any(st.mode != "float" for st in model.strings.values()):
             sim.run_for(2 * 3600.0, on_step=flush)
-        anchor = float(self.config.section("analytics").get("soc", {}).get("anchor_hold_s", 3600.0))
+        anchor = float(self.config.section("analytics")["soc"]["anchor_hold_s"])
         sim.cadence = hold
         sim.run_for(anchor + 900.0, on_step=flush)  # back on float long enough for the SOC to be anchored at 100 %
 

@@ -29,7 +29,7 @@ _device_item = {
         "count": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS,
                   "description": "cell sensors at consecutive addresses, one per cell"},
         "first_cell": {"type": "integer", "minimum": 1, "maximum": MAX_CELLS, "default": 1},
-        "name": {"type": "string", "maxLength": 64},
+        "name": {"type": "string", "maxLength": 64, "default": ""},
     },
 }
 
@@ -251,6 +251,13 @@ def fill_defaults(schema: dict[str, Any], data: Any) -> Any:
     return data
 
 
+def core_defaults(name: str) -> dict[str, Any]:
+    """Core section ``name`` as the schema fills it when a config leaves it out (for code that runs without a
+    config file: a device dump, a default-built engine)."""
+    filled: dict[str, Any] = fill_defaults(CORE_SCHEMA[name], {})
+    return filled
+
+
 def full_schema(extra_sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     props = dict(CORE_SCHEMA)
     for name, sub in extra_sections.items():
@@ -348,7 +355,7 @@ def build_topology(data: dict[str, Any], src: str, profiles: dict[str, DevicePro
             raise ConfigError(src, f"{path}.bus",
                               f"unknown bus {d['bus']!r}; configured: {', '.join(sorted(bus_names))}")
         if prof.scope == "cell":
-            first = d.get("first_cell", 1)
+            first = d["first_cell"]
             count = d.get("count", cells - first + 1)
             if first + count - 1 > cells:
                 raise ConfigError(src, f"{path}.count",
@@ -368,7 +375,7 @@ def build_topology(data: dict[str, Any], src: str, profiles: dict[str, DevicePro
                                   f"address {addr} on {d['bus']} is already used by {used[key]}")
             used[key] = path
             devices.append(DeviceConfig(profile=prof.name, bus=d["bus"], address=addr, string=string, cell=cell,
-                                        name=d.get("name", "")))
+                                        name=d["name"]))
 
     seen_ids = set()
     for i, s in enumerate(data["strings"]):

@@ -55,7 +55,7 @@ class Discovery:
         transport = self.engine._open_bus(bs)
         if transport is None:
             raise PortError(bs.open_error)
-        wanted = parse_ids(ids or self.engine.discovery.get("ids") or "1-247")
+        wanted = parse_ids(ids or self.engine.discovery["ids"])
         counters = transport.counters
         before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
         try:
@@ -101,7 +101,7 @@ class Discovery:
         """Poll a missing sensor where a new one of its model answers, when it cannot be anyone else: one
         sensor of that model missing, one new one found (``discovery.adopt``).  Returns {configured: new}."""
         adopted: dict[int, int] = {}
-        if not self.engine.discovery.get("adopt", True):
+        if not self.engine.discovery["adopt"]:
             return adopted
         for ds in missing:
             candidates = [a for a, p in unconfigured.items() if p == ds.profile.name]
@@ -116,7 +116,7 @@ class Discovery:
         """While a device of the bus is lost, try one address after another that nobody is polled at (within
         the probe budget), for a sensor that was replaced by one set to another address; after a whole sweep,
         adopt what can be adopted, say what was found, and rest ``discovery.search_every_s``."""
-        if not self.engine.discovery.get("search", True) or bs.transport is None or not bs.transport.is_open:
+        if not self.engine.discovery["search"] or bs.transport is None or not bs.transport.is_open:
             return
         lost = [ds for ds in bs.devices if ds.lost]
         if not lost:  # found, or back: nothing to look for
@@ -126,7 +126,7 @@ class Discovery:
             if time.monotonic() < bs.search_next:
                 return
             used = {ds.address for ds in bs.devices}
-            bs.search_ids = [a for a in parse_ids(self.engine.discovery.get("ids") or "1-247") if a not in used]
+            bs.search_ids = [a for a in parse_ids(self.engine.discovery["ids"]) if a not in used]
             bs.search_found = {}
             bs.search_next = float("inf")  # until this sweep ends
             log.info("bus %s: looking for %d lost device(s) at %d other addresses", bs.bus.name, len(lost),
@@ -146,7 +146,7 @@ class Discovery:
                 bs.search_found[f.address] = f.profile.name if f.profile else None
         if bs.search_ids:
             return
-        bs.search_next = time.monotonic() + float(self.engine.discovery.get("search_every_s", 300))
+        bs.search_next = time.monotonic() + float(self.engine.discovery["search_every_s"])
         answering = dict(sorted(bs.search_found.items()))
         adopted = self.adopt(lost, answering)
         rest = {a: p for a, p in answering.items() if a not in adopted.values()}

@@ -182,6 +182,7 @@ def decode_registers(profile: DeviceProfile, registers: dict[str, dict[str, int]
     """Decode ``registers`` ({table: {"address": value}}, a missing register reads as 0) as the engine would,
     with its block planner and decoder: {(point, cell, channel): Reading}; ``cell`` only for a string sensor
     (a concentrator serves many)."""
+    from .config import core_defaults
     from .engine import Engine
     from .points import PointStore
     from .topology import BusConfig, DeviceConfig, StringConfig, Topology
@@ -193,7 +194,8 @@ def decode_registers(profile: DeviceProfile, registers: dict[str, dict[str, int]
     else:
         dev = DeviceConfig(profile.name, "bus1", 1, string=1, cell=1)
     topo = Topology((BusConfig("bus1", "(not opened)"),), (StringConfig(1, cells),), (dev,))
-    engine = Engine(topo, {profile.name: profile}, PointStore(), {}, decode_hook=decode_hook)
+    engine = Engine(topo, {profile.name: profile}, PointStore(), core_defaults("gateway")["poll"],
+                    decode_hook=decode_hook)
     ds = engine.buses["bus1"].devices[0]
     batch: list = []
     for block in ds.blocks:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .config import core_defaults
 from .discovery import Discovery, DiscoveryReport
 from .modbus import codecs
 from .modbus.planner import Block, plan
@@ -190,7 +191,8 @@ class Engine:
         self.apply_config(poll)
         self.decode_hook = decode_hook
         self.comm_callback = comm_callback
-        self.discovery = dict(discovery or {})  # {on_start, ids: "1-247", adopt, search, search_every_s}
+        # gateway.discovery, defaults filled: {on_start, ids, adopt, search, search_every_s}
+        self.discovery = dict(discovery if discovery is not None else core_defaults("gateway")["discovery"])
         self.finder = Discovery(self)
         self.started = time.time()
         self.poll_cycles = 0
@@ -203,10 +205,10 @@ class Engine:
         """Take the ``gateway.poll`` settings (at start, and from a config reload while running, called in the
         event loop): poll periods, cycles until a silent device is lost, how often a lost one is retried.
         A shorter slow period applies from now, not once the longer one has run out."""
-        self.fast_s = float(poll.get("fast_s", 5))
-        self.slow_s = float(poll.get("slow_s", 300))
-        self.stale_after = int(poll.get("stale_after_cycles", 3))
-        self.lost_retry_s = float(poll.get("lost_retry_s", 10))
+        self.fast_s = float(poll["fast_s"])
+        self.slow_s = float(poll["slow_s"])
+        self.stale_after = int(poll["stale_after_cycles"])
+        self.lost_retry_s = float(poll["lost_retry_s"])
         due = time.monotonic() + self.slow_s
         for bs in self.buses.values():
             bs.next_slow = min(bs.next_slow, due)
@@ -293,7 +295,7 @@ class Engine:
         await asyncio.gather(*(self._poll_bus(bs, slow, force=True) for bs in self.buses.values()))
 
     async def _bus_loop(self, bs: BusState) -> None:
-        if self.discovery.get("on_start"):
+        if self.discovery["on_start"]:
             try:
                 await self.finder.discover_bus(bs.bus.name)
             except asyncio.CancelledError:

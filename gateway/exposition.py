@@ -106,9 +106,10 @@ class AlarmBoard:
             return str(value if value not in (None, "") else default)[:LABEL_MAX]
 
         alarm_id, obj, severity = text("alarm_id"), text("object"), text("severity", "unknown")
-        labels = {"alarm": alarm_id, "object": obj, "metric": text("metric"), "severity": severity}
+        # the label keeps its published name (alert rules match on it): the point family under "metric"
+        labels = {"alarm": alarm_id, "object": obj, "metric": text("point"), "severity": severity}
         with self.lock:
-            if getattr(event, "raised", False):
+            if getattr(event, "active", False):
                 self.active[(alarm_id, obj)] = labels
             else:
                 self.active.pop((alarm_id, obj), None)

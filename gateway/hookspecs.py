@@ -42,33 +42,36 @@ class Subcommands(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AlarmEvent:
-    """One transition of one alarm, as every notifier sees it (``bmsgw_alarm_event``).
+    """One transition of one alarm, as every notifier sees it (``bmsgw_alarm_event``), in the words of the
+    alarm record (``gateway.alarms.model.alarm_record``: the web page, REST, the log).
 
-    ``raised`` is True when the alarm starts and False when it clears; ``ts`` is when that happened
-    (wall-clock seconds).  ``object`` names what is affected (``string 2 cell 37``, ``bus bus1``,
-    ``room``), ``metric`` the point family (``cell.ohmic_baseline_deviation``); ``value``/``threshold`` are
-    in the family's unit (see the point catalog); ``text`` is the sentence for a person.
-    ``acknowledged_by``/``acknowledged_ts`` are set once someone acknowledged the alarm
-    (``bmsgw_alarm_acknowledged`` carries the same record).
+    ``active`` is True when the alarm starts and False when it clears; ``ts`` is when that happened
+    (wall-clock seconds) and ``raised`` when the alarm was raised (the same as ``ts`` for a new alarm).
+    ``object`` names what is affected (``string 2 cell 37``, ``bus bus1``, ``room``), ``point`` the point
+    family (``cell.ohmic_baseline_deviation``); ``value``/``threshold`` are in the family's unit (see the point
+    catalog); ``message`` is the sentence for a person.  ``acknowledged_by`` (who) and ``acknowledged`` (when,
+    wall-clock seconds) are set once someone acknowledged the alarm (``bmsgw_alarm_acknowledged`` carries the
+    same record).  A face whose published format still says ``metric``/``acknowledged_ts`` maps the names at
+    its boundary (see ``gateway.notify.webhook.posted_fields``).
     """
 
     alarm_id: int | str
     object: str
-    metric: str
+    point: str
     value: float | None
     threshold: float | None
     severity: str  # warning | critical
-    text: str
-    raised: bool
+    message: str
+    active: bool
     ts: float
     rule: str = ""
     unit: str = ""
     string: int | None = None
     cell: int | None = None
     channel: int | None = None
-    raised_ts: float | None = None
+    raised: float | None = None
     acknowledged_by: str | None = None
-    acknowledged_ts: float | None = None
+    acknowledged: float | None = None
 
     @property
     def level(self) -> int:
@@ -77,9 +80,9 @@ class AlarmEvent:
     @property
     def ref(self) -> PointRef | None:
         """The point the alarm is about, when it is about one point."""
-        if self.string is None and self.cell is None and self.channel is None and "." not in self.metric:
+        if self.string is None and self.cell is None and self.channel is None and "." not in self.point:
             return None
-        return PointRef(self.metric, self.string, self.cell, self.channel)
+        return PointRef(self.point, self.string, self.cell, self.channel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,10 +168,10 @@ class GatewaySpecs:
 
     @hookspec
     def bmsgw_alarm_event(self, gateway: Gateway, event: AlarmEvent) -> None:
-        """An alarm was raised (``event.raised`` True) or cleared (False).
+        """An alarm was raised (``event.active`` True) or cleared (False).
 
         Called by ``gateway.alarms`` in the gateway's event loop, once per transition, with ``event`` carrying
-        ``alarm_id, object, metric, value, threshold, severity, text, raised, ts`` (see
+        ``alarm_id, object, point, value, threshold, severity, message, active, ts, raised`` (see
         ``AlarmEvent`` above).  Notifiers (SNMP traps, MQTT, the ``gateway.notify`` router for
         e-mail, SMS, relay and webhook) implement it; each implementation is called on its own, so one that
         raises does not stop the others.  Must not block: queue the work.  The return value is ignored.
@@ -176,8 +179,8 @@ class GatewaySpecs:
 
     @hookspec
     def bmsgw_alarm_acknowledged(self, gateway: Gateway, event: AlarmEvent) -> None:
-        """Someone acknowledged an active alarm (``event.acknowledged_by`` / ``event.acknowledged_ts`` are set,
-        ``event.raised`` is True, ``event.ts`` is the acknowledgement time).
+        """Someone acknowledged an active alarm (``event.acknowledged_by`` / ``event.acknowledged`` are set,
+        ``event.active`` is True, ``event.ts`` is the acknowledgement time).
 
         Called by ``gateway.alarms`` in the gateway's event loop after an acknowledgement (the command points
         ``gateway.acknowledge_alarm``/``gateway.acknowledge_alarms`` written from any face).  The alarm relay
@@ -204,7 +207,7 @@ class GatewaySpecs:
         alarm log (the report then says "no alarm log"); otherwise the alarms raised in [start, end], oldest
         first, as dicts shaped as ``bmsgw_alarms`` returns them: at least ``raised`` (Unix s), ``cleared`` (Unix s
         or None), ``severity`` ("warning" or "critical") and ``message``, and where known ``point``, ``string``,
-        ``cell``, ``value``, ``threshold``, ``acknowledged_by``.  ``string``: only that string's alarms and
+        ``cell``, ``value``, ``threshold``, ``acknowledged_by``, ``rule``.  ``string``: only that string's alarms and
         bank-wide ones.
         """
 
@@ -239,7 +242,8 @@ class GatewaySpecs:
         (str, stable while the alarm exists), ``severity`` ("warning" | "critical"), ``message`` (str),
         ``raised`` (Unix s), ``active`` (bool), and where known ``point``, ``string``, ``cell``,
         ``channel``, ``value``, ``threshold``, ``cleared`` (Unix s), ``acknowledged_by`` (str),
-        ``acknowledged`` (Unix s).  Return None when no alarm engine is installed.
+        ``acknowledged`` (Unix s), ``rule`` (the name of the rule that raised it).  Return None when no alarm
+        engine is installed.
         """
 
     @hookspec(firstresult=True)

@@ -20,14 +20,18 @@ names ask for, reloads them when a section they read changes, and stops them in 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import GatewayError
+from .hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from .app import Gateway
     from .config import Config
+    from .pointmap import Catalog
 
 
 class StartError(GatewayError):
@@ -118,3 +122,52 @@ def start_order(services: Iterable[Service]) -> list[Service]:
     for svc in by_name.values():
         visit(svc, ())
     return ordered
+
+
+# -- a face's plugin module ------------------------------------------------------------------------------------
+SectionCheck = Callable[[dict[str, Any], "Config", "Catalog"], list[str]]
+ServiceFactory = Callable[["Gateway", dict[str, Any]], Service]
+
+
+class FaceHooks(NamedTuple):
+    """The hooks every face's plugin module has, to be bound to these names at its top level (pluggy registers
+    a module's functions by their names)."""
+
+    bmsgw_config_schema: Callable[[], dict[str, dict[str, Any]]]
+    bmsgw_check_config: Callable[..., list[str]]
+    bmsgw_services: Callable[..., list[Service]]
+
+
+def face_plugin(section: str, schema: dict[str, Any], service: str | ServiceFactory,
+                check: SectionCheck | None = None) -> FaceHooks:
+    """The config section, its checks and its service, registered the same way for every face::
+
+        bmsgw_config_schema, bmsgw_check_config, bmsgw_services = face_plugin(
+            "lines", SCHEMA, "lines_face.face:LinesFace", check=section_problems)
+
+    ``schema``: the section's JSON Schema; ``service``: the Service class (or any ``(gateway, section) ->
+    Service``), or where it is (``"module:Class"``), imported only when the section's ``enabled`` is on, so a
+    face that is off loads nothing of its own; ``check(section, config, catalog)``: the problems of the section
+    beyond its schema, for ``bmsgw check-config``, start-up and the web page's save (checks that only matter
+    while the face is on say so themselves)."""
+
+    @hookimpl
+    def bmsgw_config_schema() -> dict[str, dict[str, Any]]:
+        return {section: schema}
+
+    @hookimpl
+    def bmsgw_check_config(gateway_config: Config, catalog: Catalog) -> list[str]:
+        return check(gateway_config.section(section), gateway_config, catalog) if check is not None else []
+
+    @hookimpl
+    def bmsgw_services(gateway: Gateway) -> list[Service]:
+        cfg = gateway.config.section(section)
+        if not cfg["enabled"]:
+            return []
+        factory = service
+        if isinstance(factory, str):
+            module, _, name = factory.partition(":")
+            factory = getattr(importlib.import_module(module), name)
+        return [factory(gateway, cfg)]
+
+    return FaceHooks(bmsgw_config_schema, bmsgw_check_config, bmsgw_services)

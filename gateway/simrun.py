@@ -25,12 +25,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .points import PointRef, PointStore
 from .sim.drive import Cadence, fast_forward, feed, idle, run
 from .sim.model import BankModel
+
+if TYPE_CHECKING:
+    from .alarms.model import ActiveAlarm
 
 
 class SimulatedGateway:
@@ -67,7 +71,7 @@ class SimulatedGateway:
         self.sensed = [s.id for s in gw.topology.strings if PointRef("string.current", s.id) in gw.pointmap.by_ref]
         self.ranges = self._ranges()
         self.alarms = None
-        if alarms and gw.config.section("alarms").get("enabled", True):
+        if alarms and gw.config.section("alarms")["enabled"]:
             from .alarms.manager import AlarmManager
 
             self.alarms = AlarmManager(gw, gw.config.section("alarms"), clock=lambda: self.now)
@@ -77,7 +81,7 @@ class SimulatedGateway:
         self._analytics_every = analytics_every_s
         self._next_analytics = self.now
         self._last_analytics = -float("inf")
-        if analytics and gw.config.section("analytics").get("enabled", True):
+        if analytics and gw.config.section("analytics")["enabled"]:
             from .analytics import state_path
             from .analytics.engine import Analytics
             from .analytics.state import StateDB
@@ -89,7 +93,7 @@ class SimulatedGateway:
             gw.store.subscribe(self.analytics.observe)
             # unchanged derived values are put again every 30 busy ticks (the gateway: every minute)
             self.analytics.republish_s = max(self.analytics.republish_s, 30.0 * analytics_every_s)
-        self._tick_every = float(gw.config.section("string_state").get("interval_s", 10))
+        self._tick_every = float(gw.config.section("string_state")["interval_s"])
         self._next_tick = self.now
 
     def _ranges(self) -> dict[str, tuple[float, float]]:
@@ -149,11 +153,14 @@ class SimulatedGateway:
     def value(self, point: str, string: int | None = None, cell: int | None = None) -> float | None:
         return self.store.value(PointRef(point, string, cell))
 
-    def alarm_table(self) -> list:
-        """The active alarms, as the web page and ``/api/v1/alarms`` list them."""
+    def alarm_table(self) -> list[ActiveAlarm]:
+        """The alarm engine's active alarms (most severe first), with their rule and key; ``.record()`` of
+        each is what the web page and ``/api/v1/alarms`` list."""
         return self.alarms.active() if self.alarms is not None else []
 
-    def alarm_log(self, limit: int = 10000) -> list[dict]:
+    def alarm_log(self, limit: int = 10000) -> list[dict[str, Any]]:
+        """The alarm log, newest first, as the web page, REST and reports hand it out (``alarm_record``:
+        ``message``, ``point``, ``raised``/``cleared``/``acknowledged``, ``acknowledged_by``, ``rule``)."""
         return self.alarms.history(limit) if self.alarms is not None else []
 
     def ups(self) -> dict[str, int | None]:

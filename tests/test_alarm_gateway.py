@@ -67,10 +67,17 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             body = next(b for b in hook.bodies() if b["severity"] == "critical")
             assert body["type"] == "alarm" and body["state"] == "raised" and body["alarm_id"] == crit.alarm_id
             assert body["text"] == crit.text and body["site"]["id"] == "site"
+            assert body["raised"] is True and body["raised_ts"] == crit.raised_ts  # the posted keys stay as they were
+            assert body["metric"] == "cell.voltage" and body["acknowledged_ts"] is None
             # the hook carries what the SNMP trap and MQTT faces need
             ev = next(e for e in rec.events if e.severity == "critical")
-            assert (ev.alarm_id, ev.object, ev.metric, ev.raised, ev.threshold) == \
+            assert (ev.alarm_id, ev.object, ev.point, ev.active, ev.threshold) == \
                 (crit.alarm_id, "string 1 cell 3", "cell.voltage", True, 14.1)
+            # in the alarm record's words: the message, and when it was raised
+            record = next(r for r in gw.pm.hook.bmsgw_alarms(gateway=gw, active=True, limit=10)
+                          if r["id"] == str(crit.alarm_id))
+            assert (ev.message, ev.raised) == (record["message"], record["raised"]) == (crit.text, crit.raised_ts)
+            assert ev.point == record["point"] and ev.acknowledged is record["acknowledged"] is None
 
             # acknowledged from the web or Modbus: silences the relay, the alarm stays active
             assert alarms.acknowledge(gw, crit.alarm_id, "alice") is True
@@ -80,19 +87,27 @@ def test_forced_overvoltage_raises_publishes_switches_the_relay_and_clears(tmp_p
             assert row.acknowledged_by == "alice" and row.acknowledged_ts is not None
             gt.wait_for(lambda: any(b["type"] == "acknowledgement" for b in hook.bodies()), timeout=10, what="ack post")
             assert [a.alarm_id for a in rec.acks] == [crit.alarm_id]
+            acked = next(r for r in gw.pm.hook.bmsgw_alarms(gateway=gw, active=True, limit=10)
+                         if r["id"] == str(crit.alarm_id))
+            assert (rec.acks[0].acknowledged_by, rec.acks[0].acknowledged) == \
+                (acked["acknowledged_by"], acked["acknowledged"]) == ("alice", row.acknowledged_ts)
+            ack_body = next(b for b in hook.bodies() if b["type"] == "acknowledgement")
+            assert (ack_body["acknowledged_by"], ack_body["acknowledged_ts"]) == ("alice", row.acknowledged_ts)
 
             model.battery(1, 3).float_offset -= 1.0
             gt.wait_for(lambda: mgr.active() == [], timeout=10, what="clear")
             gt.wait_for(lambda: level(gw, "bank.alarm_level") == 0, timeout=5, what="levels back to 0")
             assert level(gw, "cell.alarm_level", 1, 3) == 0 and level(gw, "bank.alarms_active") == 0
-            clears = [e for e in rec.events if not e.raised]
+            clears = [e for e in rec.events if not e.active]
             assert {e.alarm_id for e in clears} == {crit.alarm_id, warn.alarm_id}
-            assert clears[0].text.startswith("String 1 cell 3: voltage on float back to normal (13.")
+            assert clears[0].message.startswith("String 1 cell 3: voltage on float back to normal (13.")
             log = mgr.history()
-            assert {r["id"]: r["acked_by"] for r in log} == {crit.alarm_id: "alice", warn.alarm_id: None}
-            assert all(r["cleared_ts"] and r["clear_text"] for r in log)
+            assert {r["id"]: r["acknowledged_by"] for r in log} == {str(crit.alarm_id): "alice",
+                                                                    str(warn.alarm_id): None}
+            assert all(r["cleared"] and r["cleared_message"] and not r["active"] for r in log)
+            assert {r["rule"] for r in log} == {"cell_voltage_float"}
             # one raise and one clear per alarm, nothing in between
-            assert sorted((e.alarm_id, e.raised) for e in rec.events) == sorted(
+            assert sorted((e.alarm_id, e.active) for e in rec.events) == sorted(
                 [(crit.alarm_id, True), (crit.alarm_id, False), (warn.alarm_id, True), (warn.alarm_id, False)])
 
 
@@ -161,7 +176,7 @@ def test_the_alarm_log_and_acknowledgements_survive_a_restart(tmp_path):
         assert gw.simulator.model.do_state == 0  # acknowledged before the restart: the relay stays silent
         gw.simulator.model.battery(1, 5).float_offset -= 1.0
         gt.wait_for(lambda: mgr.active() == [], timeout=10, what="clear after restart")
-        assert sorted(e.alarm_id for e in rec.events if not e.raised) == ids
+        assert sorted(e.alarm_id for e in rec.events if not e.active) == ids
         # new alarms continue the numbering
         gw.simulator.model.battery(1, 6).float_offset += 1.0
         gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="new alarms")
@@ -204,7 +219,7 @@ def test_communication_loss_per_sensor_per_bank_device_and_per_bus_and_contacts(
         gw.simulator.set_fault("bus1", None, "none")
         gt.wait_for(lambda: not texts(), timeout=20, what="bus back")
         events = mgr.history(limit=100)
-        assert all(r["cleared_ts"] for r in events)
+        assert all(r["cleared"] for r in events)
 
 
 def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
@@ -219,6 +234,7 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
         mgr = alarms.get_manager(gt.gateway)
         gt.wait_for(lambda: len(mgr.active()) == 2, timeout=10, what="alarms")
         mgr.acknowledge(mgr.active()[0].alarm_id, "carol")
+        logged = mgr.history()
     assert main(["alarms", "-c", str(path), "--active"]) == 0
     out = capsys.readouterr().out
     assert "critical ACTIVE, acknowledged by carol" in out and "warning  ACTIVE" in out
@@ -226,6 +242,12 @@ def test_bmsgw_alarms_prints_the_log(tmp_path, capsys):
     assert main(["alarms", "-c", str(path), "--json"]) == 0
     rows = __import__("json").loads(capsys.readouterr().out)
     assert {r["severity"] for r in rows} == {"warning", "critical"}
+    # the records the web page and REST hand out, with the rule that raised each
+    assert rows == logged and [list(r) for r in rows] == [
+        ["id", "severity", "message", "raised", "active", "point", "string", "cell", "channel", "value", "threshold",
+         "cleared", "acknowledged_by", "acknowledged", "rule", "cleared_message"]] * 2
+    assert {r["rule"] for r in rows} == {"cell_voltage_float"} and all(r["active"] for r in rows)
+    assert [r["acknowledged_by"] for r in rows if r["severity"] == "critical"] == ["carol"]
 
 
 def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_path):
@@ -253,9 +275,9 @@ def test_a_value_driven_around_the_setpoint_in_the_simulator_raises_once(tmp_pat
         above = [v > 14.10 for v in seen[-10:]]
         assert sum(a != b for a, b in pairwise(above)) >= 7  # the value really crossed, again and again
         crit = [e for e in rec.events if e.cell == 1 and e.severity == "critical"]
-        assert [e.raised for e in crit] == [True]  # one alarm, no flapping
+        assert [e.active for e in crit] == [True]  # one alarm, no flapping
         drive(13.5)
-        gt.wait_for(lambda: any(not e.raised for e in rec.events if e.cell == 1 and e.severity == "critical"),
+        gt.wait_for(lambda: any(not e.active for e in rec.events if e.cell == 1 and e.severity == "critical"),
                     timeout=15, what="clear after the off-delay")
         crit = [e for e in rec.events if e.cell == 1 and e.severity == "critical"]
-        assert [e.raised for e in crit] == [True, False]
+        assert [e.active for e in crit] == [True, False]

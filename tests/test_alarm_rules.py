@@ -1,5 +1,7 @@
 """Alarm rules and the state machine, on made-up time: defaults per battery model, overrides, hysteresis,
 on/off delays, no flapping, float-voltage suppression, and the sentences people read."""
+from dataclasses import replace
+
 import pytest
 
 from gateway.alarms.evaluator import Evaluator, FloatPolicy
@@ -10,6 +12,7 @@ from gateway.errors import ConfigError
 from gateway.points import PointRef
 from gateway.strings import string_states
 from gateway.topology import BatteryConfig, StringConfig, Topology
+from tests.support import section_with_defaults
 
 STATES = string_states()
 
@@ -22,7 +25,7 @@ def topo(*nominals, cells=4):
 
 
 def ruleset(section=None, *nominals):
-    return resolve(section or {}, topo(*(nominals or (12,))))
+    return resolve(section_with_defaults("alarms", section or {}), topo(*(nominals or (12,))))
 
 
 @pytest.mark.parametrize("nominal, low_crit, high_crit, dev_warn", [(2, 2.13, 2.35, 0.05), (6, 6.39, 7.05, 0.10),
@@ -46,7 +49,7 @@ def test_overrides_site_then_model_then_string():
         "models": [{"model": "6V VRLA", "rules": {"cell_temperature": {"high": {"critical": 45}}}}],
         "strings": [{"id": 2, "rules": {"cell_temperature": {"high": {"warning": 36}, "on_delay_s": 5}}}],
     }
-    rs = resolve(section, topo(12, 6))
+    rs = resolve(section_with_defaults("alarms", section), topo(12, 6))
     s1, s2 = rs.rule("cell_temperature", 1), rs.rule("cell_temperature", 2)
     assert s1.high == Levels(38, 50.0)
     assert s2.high == Levels(36, 45) and s2.on_delay_s == 5
@@ -128,7 +131,7 @@ def test_low_side_and_reference_rules():
 
 def float_evaluator(**policy):
     rs = ruleset({"rules": {"cell_voltage_float": {"on_delay_s": 0, "off_delay_s": 0}}})
-    return Evaluator(rs, FloatPolicy(**policy))
+    return Evaluator(rs, replace(FloatPolicy.default(), **policy))
 
 
 def test_float_voltage_rules_rest_while_discharging_recharging_and_settling():
@@ -179,7 +182,7 @@ def test_messages_read_like_a_person_wrote_them():
     units = {"cell.ohmic_baseline_deviation": "%", "cell.voltage": "V", "cell.temperature": "C",
              "io.ambient_temperature": "C", "string.current": "A"}
     msgs = Messages(t, lambda p: units.get(p, ""), values.get, {"bus1:200": "charger monitor at bus1 address 200"})
-    rs = resolve({}, t)
+    rs = resolve(section_with_defaults("alarms", {}), t)
     key = AlarmKey("cell_ohmic_baseline", "high", "critical", "cell.ohmic_baseline_deviation", 2, 37)
     text = msgs.raised(key, rs.rule("cell_ohmic_baseline", 2), 34.2, 34.2, 30.0)
     assert text == "String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)"

@@ -53,7 +53,7 @@ def test_the_first_start_back_fills_history_through_the_real_paths_and_a_restart
         log = gw.service("alarms").manager.history(1000)
         rules = {r["rule"] for r in log}
         assert {"string_on_battery", "string_thermal_runaway"} <= rules, rules
-        assert all(r["raised_ts"] < before for r in log if r["rule"] == "string_thermal_runaway")
+        assert all(r["raised"] < before for r in log if r["rule"] == "string_thermal_runaway")
         # the simulator goes on with the same batteries, as old as the history says
         assert gw.simulator.model.years() == pytest.approx(2 / 365.25, abs=0.01)
         assert gw.simulator.model.battery(2, 37).temp_offset > 3.5  # the battery drying out, still hot

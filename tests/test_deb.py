@@ -153,7 +153,8 @@ class Lintian:
     def __init__(self, deb: Path) -> None:
         version = sh("lintian", "--version").stdout.strip()
         digest = hashlib.sha256(deb.read_bytes() + version.encode()).hexdigest()[:16]
-        self.cache = DIST / f".lintian-{digest}.txt"
+        self.prefix = f".lintian-{deb.stem}-"  # one verdict kept per package name, version and architecture
+        self.cache = DIST / f"{self.prefix}{digest}.txt"
         self.proc = None
         if not self.cache.exists():
             self.proc = subprocess.Popen(["lintian", "--display-level", ">=warning", str(deb)],
@@ -163,7 +164,7 @@ class Lintian:
         if self.proc is not None:
             out, err = self.proc.communicate(timeout=600)
             assert self.proc.returncode in (0, 1, 2), err  # 2: tags at error level, listed below
-            for old in DIST.glob(".lintian-*.txt"):
+            for old in DIST.glob(f"{self.prefix}*.txt"):
                 old.unlink()
             self.cache.write_text(out)
             self.proc = None

@@ -20,10 +20,9 @@ from tests.support import GatewayThread, free_port, small_bank, write_config
 # already shown were written since the connection last asked (the change feed, per connection).
 LINES_FACE = '''
 from gateway.config import parse_listen
-from gateway.hookspecs import hookimpl
 from gateway.net.limits import Limits, allow_from, limits_from_section, with_network_keys
 from gateway.net.server import BindError, BoundedConnection, BoundedServer
-from gateway.service import ReloadResult, Service
+from gateway.service import ReloadResult, Service, face_plugin
 
 DEFAULTS = Limits(max_connections=8, max_connections_per_address=8, idle_timeout_s=60, request_timeout_s=5,
                   send_timeout_s=10, max_request_bytes=256)
@@ -52,10 +51,10 @@ class LineConnection(BoundedConnection):
 class LinesFace(Service):
     name, sections, face = "lines", ("lines",), True
 
-    def __init__(self, gateway):
+    def __init__(self, gateway, cfg):
         self.gateway, self.store = gateway, gateway.store
         self.paths = {e.json_path.lstrip("/"): e.ref for e in gateway.pointmap}
-        cfg, src = gateway.config.section("lines"), str(gateway.config.path)
+        src = str(gateway.config.path)
         host, port = parse_listen(cfg["listen"])
         self.server = BoundedServer("lines", LineConnection, host=host, port=port, src=src,
                                     limits=limits_from_section(cfg, DEFAULTS, "lines", src),
@@ -97,23 +96,16 @@ class LinesFace(Service):
         return [f"lines://{self.server.host}:{self.server.port}"]
 
 
-@hookimpl
-def bmsgw_config_schema():
-    return {"lines": SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config):
+def config_problems(cfg, gateway_config, catalog):
     try:
-        parse_listen(gateway_config.section("lines")["listen"])
+        parse_listen(cfg["listen"])
     except ValueError as exc:
         return [f"lines.listen: {exc}"]
     return []
 
 
-@hookimpl
-def bmsgw_services(gateway):
-    return [LinesFace(gateway)] if gateway.config.section("lines")["enabled"] else []
+bmsgw_config_schema, bmsgw_check_config, bmsgw_services = face_plugin("lines", SCHEMA, LinesFace,
+                                                                      check=config_problems)
 '''
 
 
@@ -209,6 +201,7 @@ def test_every_face_is_a_folder_of_the_same_shape(folder):
     assert list((folder / "tests").glob("test_*.py")), f"{folder.name}: no tests beside it"
     init = (folder / "__init__.py").read_text()
     assert "WeakKeyDictionary" not in init and "\nclass " not in init, f"{folder.name}/__init__.py: hooks only"
+    assert "= face_plugin(" in init, f"{folder.name}/__init__.py: the face registers through face_plugin"
     assert "docs/faces.md" in (folder / "README.md").read_text()
     module = importlib.import_module(f"gateway.outputs.{folder.name}")
     assert f"gateway.outputs.{folder.name}" in BUILTIN_PLUGINS and hasattr(module, "bmsgw_services")

@@ -54,10 +54,10 @@ def serve():
     lt = LoopThread()
     servers = []
 
-    def start(tls: TlsSettings | None = None, threads: int = 2, **limits):
+    def start(tls: TlsSettings | None = None, threads: int = 2, application=app, **limits):
         defaults = {"max_connections": 16, "max_connections_per_address": 16, "idle_timeout_s": 30,
                     "request_timeout_s": 10, "send_timeout_s": 10, "max_request_bytes": 4096}
-        server = HttpServer("test", app, host="127.0.0.1", port=0, limits=Limits(**{**defaults, **limits}),
+        server = HttpServer("test", application, host="127.0.0.1", port=0, limits=Limits(**{**defaults, **limits}),
                             threads=threads, tls=tls, error_headers=FACE_HEADERS)
         lt.call(server.start())
         servers.append(server)
@@ -97,6 +97,26 @@ def test_get_head_keep_alive_pipelining_and_close(serve):
     # an HTTP/1.0 client gets its answer, then the connection closes
     assert exchange(server.port, b"GET / HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\nhello")
     assert server.status()["requests"] == 5
+
+
+def test_a_pipelined_request_is_read_once_the_one_before_is_answered(serve):
+    """While the application works on a request the connection's reads are paused (a client cannot pile up
+    requests in the server); once the answer is sent they resume and the pipelined request is answered."""
+    release = threading.Event()
+
+    def held_app(environ, start_response):
+        if environ["PATH_INFO"] == "/hold":
+            release.wait(10)
+        return app(environ, start_response)
+
+    server = serve(application=held_app)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\nGET /env?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wait_for(lambda: any(c.reading_paused for c in server.server.connections), what="reads paused")
+        release.set()
+        answer = recv_until_closed(s, 10)
+    assert answer.count(b"HTTP/1.1 200 ") == 2 and answer.endswith(b"n=2 127.0.0.1 http -")
+    assert server.status()["requests"] == 2
 
 
 def test_chunked_both_ways_and_100_continue(serve):

@@ -137,6 +137,46 @@ def test_a_newcomer_replaces_the_oldest_unproven_connection_never_a_served_one(s
         s.close()
 
 
+def test_a_connection_whose_request_arrived_unread_is_not_the_one_replaced(serve):
+    """During a flood the event loop may admit many newcomers before it reads a client that spoke as soon as it
+    connected: that client, though unproven and the oldest, has not had its chance and is spared."""
+    server = serve(max_connections=2)
+    spoke = connect(server, "127.0.0.2")
+    wait_for(lambda: open_count(server) == 1, "the first connection")
+    first = next(iter(server.connections))
+    server_loop = serve.loop
+    server_loop.call(lambda: first.set_reading_paused(True))  # as if the loop were busy admitting others
+    spoke.sendall(b"hello\n")
+    wait_for(lambda: first.has_unread_bytes(), "its request to wait unread")
+    silent = connect(server, "127.0.0.3")
+    wait_for(lambda: open_count(server) == 2, "two connections")
+    newcomer = connect(server, "127.0.0.4")
+    wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
+    assert recv_until_closed(silent, 5) == b""  # the younger silent one went, not the one that spoke
+    server_loop.call(lambda: first.set_reading_paused(False))
+    assert spoke.recv(100) == b"HELLO\n"
+    assert ask(newcomer) == b"HELLO\n"
+    for s in (spoke, silent, newcomer):
+        s.close()
+
+
+def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(serve):
+    server = serve(max_connections=2)
+    socks = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
+    wait_for(lambda: open_count(server) == 2, "two connections")
+    for conn in list(server.connections):
+        serve.loop.call(lambda c=conn: c.set_reading_paused(True))
+    for s in socks:
+        s.sendall(b"hel")
+    wait_for(lambda: all(c.has_unread_bytes() for c in server.connections), "bytes waiting on both")
+    newcomer = connect(server, "127.0.0.4")
+    wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
+    assert recv_until_closed(socks[0], 5) == b""  # the bound holds: the oldest goes
+    assert ask(newcomer) == b"HELLO\n"
+    for s in (*socks, newcomer):
+        s.close()
+
+
 def test_an_idle_served_connection_makes_room_where_the_protocol_allows_it(serve):
     class KeepAlive(LineConnection):
         idle_evictable = True  # like HTTP keep-alive

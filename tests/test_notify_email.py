@@ -19,10 +19,10 @@ def email_cfg(server, **over):
     return cfg
 
 
-EVENT = AlarmEvent(alarm_id=42, object="string 2 cell 37", metric="cell.ohmic_baseline_deviation", value=34.2,
+EVENT = AlarmEvent(alarm_id=42, object="string 2 cell 37", point="cell.ohmic_baseline_deviation", value=34.2,
                    threshold=30.0, severity="critical",
-                   text="String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)",
-                   raised=True, ts=1.7e9, unit="%", string=2, cell=37)
+                   message="String 2 cell 37: ohmic value 6.1 mOhm, +34 % over baseline (alarm at +30 %)",
+                   active=True, ts=1.7e9, unit="%", string=2, cell=37)
 
 
 def test_email_goes_out_over_starttls_with_login(tmp_path):
@@ -33,10 +33,10 @@ def test_email_goes_out_over_starttls_with_login(tmp_path):
         mail_from, rcpts, tls, authed = server.envelopes[0]
         assert (mail_from, rcpts, tls, authed) == ("bmsgw@site.example", ["oncall@site.example"], True, True)
         msg = server.messages[0]
-        assert msg["Subject"] == "[Plant A] CRITICAL: " + EVENT.text
+        assert msg["Subject"] == "[Plant A] CRITICAL: " + EVENT.message
         assert msg["To"] == "oncall@site.example" and msg["X-Bmsgw-Alarms"] == "42"
         body = msg.get_content()
-        assert EVENT.text in body and "#42, critical, raised" in body and "Setpoint:    30 %" in body
+        assert EVENT.message in body and "#42, critical, raised" in body and "Setpoint:    30 %" in body
         assert server.auth_attempts == [("bmsgw", True)]
 
 

@@ -19,9 +19,9 @@ from tests.support import free_port, section_with_defaults
 
 
 def event(n, severity="warning", raised=True, ts=1000.0):
-    return AlarmEvent(alarm_id=n, object=f"string 1 cell {n}", metric="cell.voltage", value=14.5, threshold=14.1,
-                      severity=severity, text=f"String 1 cell {n}: voltage on float 14.50 V, too high",
-                      raised=raised, ts=ts, unit="V", string=1, cell=n)
+    return AlarmEvent(alarm_id=n, object=f"string 1 cell {n}", point="cell.voltage", value=14.5, threshold=14.1,
+                      severity=severity, message=f"String 1 cell {n}: voltage on float 14.50 V, too high",
+                      active=raised, ts=ts, unit="V", string=1, cell=n)
 
 
 def local_ts(hour, minute=0):
@@ -110,7 +110,7 @@ def test_webhook_posts_json_and_is_retried_with_back_off_until_it_answers(caplog
         with caplog.at_level(logging.WARNING, logger="gateway.notify.dispatch"):
             worker.submit(None, event(5, "critical"))
             worker.submit(None, Ack(AlarmEvent(**{**event(5, "critical").to_dict(), "acknowledged_by": "alice",
-                                                  "acknowledged_ts": 1001.0, "ts": 1001.0})))
+                                                  "acknowledged": 1001.0, "ts": 1001.0})))
             assert worker.idle.wait(10)
         worker.stop()
         assert recv.requests == 4 and worker.delivered == 2 and worker.retried == 2 and worker.failed == 0
@@ -119,6 +119,11 @@ def test_webhook_posts_json_and_is_retried_with_back_off_until_it_answers(caplog
         assert alarm["type"] == "alarm" and alarm["state"] == "raised" and alarm["alarm_id"] == 5
         assert alarm["severity"] == "critical" and alarm["site"] == {"name": "Plant A", "id": "plant-a"}
         assert ack["type"] == "acknowledgement" and ack["acknowledged_by"] == "alice"
+        # the posted JSON keeps its published keys, whatever the event calls them
+        assert (ack["acknowledged_ts"], ack["metric"], ack["text"], ack["raised"]) == (1001.0, "cell.voltage",
+                                                                                       alarm["text"], True)
+        assert not {"point", "acknowledged", "message", "active"} & (alarm.keys() | ack.keys())
+        assert alarm["acknowledged_ts"] is None and alarm["raised_ts"] is None
         assert recv.posts[0]["headers"]["Authorization"] == "Bearer t0ken"
         assert recv.posts[0]["headers"]["Content-Type"] == "application/json"
         assert "answered 503" in caplog.text and "trying again in 0.05 s" in caplog.text

@@ -11,9 +11,9 @@ from gateway.notify.sms import SmsNotifier
 from tests.notify_peers import SimulatedModem
 from tests.support import GatewayThread, small_bank, write_config
 
-EVENT = AlarmEvent(alarm_id=7, object="string 1 cell 7", metric="cell.temperature", value=5.2, threshold=3.0,
-                   severity="warning", raised=True, ts=1.7e9, unit="C",
-                   text="String 1 cell 7: temperature 29.2 °C, 5.2 °C above ambient (warning at +3.0 °C)")
+EVENT = AlarmEvent(alarm_id=7, object="string 1 cell 7", point="cell.temperature", value=5.2, threshold=3.0,
+                   severity="warning", active=True, ts=1.7e9, unit="C",
+                   message="String 1 cell 7: temperature 29.2 °C, 5.2 °C above ambient (warning at +3.0 °C)")
 
 
 def sms_cfg(modem, **over):

@@ -236,7 +236,7 @@ def _full(gt: GatewayThread, events: AlarmEvents):
     alarm = _history_alarm(gw)[0]
     assert alarm.severity == "critical" and "history cannot be written (a full disk)" in alarm.text, alarm.text
     assert gw.store.value(PointRef("gateway.history_fault")) == 1  # Modbus, SNMP, Prometheus, REST read this
-    assert any(e.raised and e.alarm_id == alarm.alarm_id for e in events.events)  # SNMP trap, MQTT, e-mail
+    assert any(e.active and e.alarm_id == alarm.alarm_id for e in events.events)  # SNMP trap, MQTT, e-mail
     st = gw.status()["history"]
     assert st["fault"] == "disk full" and "full" in st["last_error"]
     cycles = gw.store.value(PointRef("gateway.poll_cycles"))
@@ -253,7 +253,7 @@ def _room_again(gt: GatewayThread, events: AlarmEvents, alarm, frozen: float) ->
     gt.wait_for(lambda: not _history_alarm(gw), timeout=60, what="the alarm to clear")
     assert gw.store.value(PointRef("gateway.history_fault")) == 0
     gt.wait_for(lambda: _writes(gw) > frozen, what="history written again")
-    assert any(not e.raised and e.alarm_id == alarm.alarm_id for e in events.events)
+    assert any(not e.active and e.alarm_id == alarm.alarm_id for e in events.events)
     assert gw.status()["history"]["fault"] == "ok"
     now = time.time()
     s = history_for(gw).query("cell.voltage", 1, 3, start=now - 600, end=now + 5, resolution="raw")

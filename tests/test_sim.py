@@ -280,7 +280,8 @@ def test_the_sensor_errors_can_be_set_and_turned_off(tmp_path):
     assert m.calibration[("string.current", 1, None)].offset == -3.0
     assert m.calibration[("string.current", 2, None)].offset == 5.0
     assert m.calibration[("string.current", 1, None)].gain == 0.0 and errors.voltage_gain_pct == 0.2
-    perfect = BankModel([(1, 2, 500.0, 1)], t0=NOON, errors=SensorErrors.from_config({"sensor_errors": False}))
+    perfect_sensors = SensorErrors.from_config(fill_defaults(CORE_SCHEMA["simulator"], {"sensor_errors": False}))
+    perfect = BankModel([(1, 2, 500.0, 1)], t0=NOON, errors=perfect_sensors)
     for point in ("string.current", "string.voltage", "cell.voltage", "cell.temperature", "cell.ohmic"):
         cell = 1 if point.startswith("cell.") else None
         assert perfect.measure(point, 1, cell) == pytest.approx(perfect.value(point, 1, cell)), point

@@ -12,6 +12,7 @@ from gateway.config import fill_defaults
 from gateway.points import PointRef, PointStore, Quality, Reading
 from gateway.strings import SCHEMA, ClassifierParams, StringClassifier, StringSupervisor, ZeroRefused, string_states
 from gateway.topology import BatteryConfig, StringConfig, Topology
+from tests.support import section_with_defaults
 
 STATES = string_states()
 CAP = 500.0
@@ -189,7 +190,7 @@ def test_parallel_strings_publish_their_imbalance_and_the_temperature_spread():
 
 def rules_of(**section):
     topo = Topology(buses=(), strings=tuple(strings_topology(1)), devices=())
-    return resolve(section, topo)
+    return resolve(section_with_defaults("alarms", section), topo)
 
 
 def test_on_battery_runaway_spread_and_imbalance_rules():
@@ -231,11 +232,11 @@ def test_ohmic_rules_judge_the_median_of_the_last_7_tests_with_a_relative_hyster
 
 
 def test_ohmic_levels_come_from_the_analytics_thresholds_and_read_well():
-    rs = resolve({}, Topology(buses=(), strings=tuple(strings_topology(1)), devices=()), ohmic=(15.0, 25.0, 40.0))
+    topo = Topology(buses=(), strings=tuple(strings_topology(1)), devices=())
+    rs = resolve(section_with_defaults("alarms", {}), topo, ohmic=(15.0, 25.0, 40.0))
     high = rs.rule("cell_ohmic_baseline", 1).high
     assert (high.warning, high.critical) == (15, 25)
     assert rs.rule("cell_ohmic_baseline_critical", 1).high.critical == 40
-    topo = Topology(buses=(), strings=tuple(strings_topology(1)), devices=())
     msgs = Messages(topo, lambda p: {"cell.ohmic_baseline_deviation": "%"}.get(p, ""),
                     {PointRef("cell.ohmic", 1, 9): 0.00046}.get)
     key = AlarmKey("cell_ohmic_baseline_critical", "high", "critical", "cell.ohmic_baseline_deviation", 1, 9)

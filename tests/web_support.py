@@ -31,6 +31,7 @@ class FakeAlarmEngine:
         self.table = {
             "37": {"id": "37", "severity": "critical", "active": True, "raised": now - 600,
                            "point": "cell.ohmic", "string": 1, "cell": 37, "value": 0.0061, "threshold": 0.0058,
+                           "rule": "cell_ohmic_baseline_critical",
                            "message": "String 1 battery 37: ohmic value 6.1 mOhm, +34 % over baseline "
                                       "(alarm at +30 %)"},
             "12": {"id": "12", "severity": "warning", "active": True, "raised": now - 300,

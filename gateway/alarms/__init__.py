@@ -21,7 +21,6 @@ from ..commands import Command, Principal
 from ..hookspecs import hookimpl
 from ..points import PointRef
 from ..service import ReloadResult, Service
-from .log import record_of
 from .manager import LOG_FILE, AlarmManager
 from .model import ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
 from .rules import SCHEMA, check as check_rules, ohmic_levels
@@ -90,7 +89,7 @@ class AlarmService(Service):
         mgr = self.manager
         if active:
             return [a.record() for a in mgr.active()[:max(0, limit)]]
-        return [record_of(r) for r in mgr.history(limit)]
+        return mgr.history(limit)
 
     @hookimpl
     def bmsgw_setpoints(self) -> Setpoints:
@@ -161,12 +160,17 @@ def bmsgw_alarm_log(config, start: float, end: float, string: int | None) -> lis
 @hookimpl
 def bmsgw_cli_commands(subparsers) -> None:
     s = subparsers.add_parser("alarms", help="print the active alarms and the alarm log",
-                              description="Read the alarm log of a configuration's state folder: the alarms active "
-                                          "at the last update first, then the newest entries.")
+                              description="Read the alarm log of a configuration's state folder, newest first. "
+                                          "--json prints each alarm as the web page and REST hand it out "
+                                          "(id, severity, message, raised, active, point, string, cell, channel, "
+                                          "value, threshold, cleared, acknowledged_by, acknowledged, rule); "
+                                          "changed: it used to print the log's raw rows (text, metric, "
+                                          "raised_ts, cleared_ts, acked_by, ...); see docs/alarms.md.")
     s.add_argument("--config", "-c", default=None, help="configuration file (default: as for `bmsgw run`)")
     s.add_argument("--active", action="store_true", help="only alarms that have not cleared")
     s.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--json", action="store_true",
+                   help="print a JSON list of alarm records, the shape of /api/v1/alarms (see docs/alarms.md)")
     s.set_defaults(func=_cmd_alarms)
 
 
@@ -188,9 +192,9 @@ def _cmd_alarms(args: argparse.Namespace) -> int:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
     for r in rows:
-        state = "ACTIVE" if r["cleared_ts"] is None else f"cleared {when(r['cleared_ts'])}"
-        ack = f", acknowledged by {r['acked_by']} {when(r['acked_ts'])}" if r["acked_by"] else ""
-        print(f"#{r['id']:<6} {when(r['raised_ts'])}  {r['severity']:<8} {state}{ack}\n        {r['text']}")
+        state = "ACTIVE" if r["active"] else f"cleared {when(r['cleared'])}"
+        ack = f", acknowledged by {r['acknowledged_by']} {when(r['acknowledged'])}" if r["acknowledged_by"] else ""
+        print(f"#{r['id']:<6} {when(r['raised'])}  {r['severity']:<8} {state}{ack}\n        {r['message']}")
     return 0
 
 

@@ -8,17 +8,29 @@ Each setpoint of each rule on each point is one ``Condition``:
   its state, so a value wobbling around the setpoint does not flap;
 * the alarm is raised once the condition has been set for ``on_delay_s`` without a break, and cleared once
   it has been reset for ``off_delay_s`` without a break (``tick`` checks these deadlines between readings).
+
+Work proportional to what changed (``incremental``, the default): a point whose value is the one last judged
+is not judged again (its conditions' states cannot change on the same value), unless something else can change
+the verdict: a condition of it is waiting for its delay, the reference point a rule compares it with changed, or
+the float suppression of its string started or ended since; and of a point judged, a condition that stays quiet (not
+set, not raised, the value not beyond its setpoint) is left as it is.  The delays' deadlines are kept in a heap, so
+``next_deadline`` and ``tick`` look at what is due, not at every waiting condition.  ``incremental=False`` is
+the plain path (every reading judged, every waiting condition scanned), kept for the differential test.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import statistics
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..config import fill_defaults
+from ..points import PointRef
 from ..strings.states import StringStates, string_states
 from .model import AlarmKey
-from .rules import Rule, RuleSet
+from .rules import SCHEMA, Rule, RuleSet
 
 
 @dataclass(slots=True)
@@ -34,6 +46,8 @@ class Condition:
     ts: float = 0.0
     waiting: bool = False  # in the evaluator's pending set
     hysteresis: float = 0.0  # the rule's, plus its relative part of this threshold
+    owner: _Slot | None = None  # the point's slot (its count of waiting conditions)
+    high: bool = True  # key.side == "high"
 
     @property
     def delay(self) -> float:
@@ -45,6 +59,21 @@ class Condition:
         if self.cond == self.active:
             return None
         return self.since + self.delay
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """The conditions of every rule on one point, and what the last full judgement of the point saw."""
+
+    rules: list[tuple[Rule, list[Condition]]] = field(default_factory=list)
+    last: float | None = None  # the value last judged (None: never, or judge again)
+    references: tuple[str, ...] = ()  # the reference points its rules compare with (cell temperature: ambient)
+    reference_values: tuple[float | None, ...] | None = None  # their values at the last judgement
+    float_only: bool = False  # a rule is suppressed off float: judge again when the suppression starts or ends
+    suppressed: bool = False  # the string's float suppression at the last judgement
+    waiting: int = 0  # conditions waiting for their delay: judge every reading (as the plain path does)
+    judged_at: float | None = None  # the reading time of the last judgement
+    seen_at: float | None = None  # ... of the last reading, judged or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,27 +99,41 @@ class StringMode:
 
 @dataclass
 class FloatPolicy:
-    settle_s: float = 300.0
-    ohmic_detect: str = "value_change"
-    ohmic_suppress_s: float = 1800.0
+    settle_s: float
+    ohmic_detect: str
+    ohmic_suppress_s: float
 
     @classmethod
     def from_section(cls, section: dict) -> FloatPolicy:
-        fd = section.get("float_detection", {}) or {}
-        ot = section.get("ohmic_test", {}) or {}
-        return cls(fd.get("settle_s", 300.0), ot.get("detect", "value_change"), ot.get("suppress_s", 1800.0))
+        """The policy of an ``alarms`` section with its defaults filled in."""
+        fd, ot = section["float_detection"], section["ohmic_test"]
+        return cls(fd["settle_s"], ot["detect"], ot["suppress_s"])
+
+    @classmethod
+    def default(cls) -> FloatPolicy:
+        """The schema's defaults (an evaluator built without a configuration)."""
+        return cls.from_section(fill_defaults(SCHEMA, {}))
 
 
 class Evaluator:
-    def __init__(self, rules: RuleSet, policy: FloatPolicy | None = None, states: StringStates | None = None) -> None:
+    def __init__(self, rules: RuleSet, policy: FloatPolicy | None = None, states: StringStates | None = None,
+                 incremental: bool = True) -> None:
         self.rules = rules
-        self.policy = policy or FloatPolicy()
+        self.policy = policy or FloatPolicy.default()
         self.codes = states or string_states()
+        self.incremental = incremental
         self.conditions: dict[AlarmKey, Condition] = {}
         self.pending: set[AlarmKey] = set()
         self.strings: dict[int, StringMode] = {}
         self._ohmic: dict[tuple[int, int], float] = {}
-        self._slots: dict[tuple, list[tuple[Rule, list[Condition]]]] = {}
+        self._slots: dict[tuple, _Slot] = {}
+        self._ref_slots: dict[PointRef, _Slot] = {}  # the same slots by store point (no device)
+        # (deadline, order, condition) of every condition that started waiting; stale entries (the condition
+        # stopped waiting) are dropped when they come up
+        self._deadlines: list[tuple[float, int, Condition]] = []
+        self._order = itertools.count()
+        self._pending_float: set[AlarmKey] = set()  # waiting conditions of float-only rules (tick cancels them)
+        self.judged = 0  # readings judged (the others were the value last judged)
         self._samples: dict[tuple, deque[float]] = {}  # (N, point, string, cell, channel) -> last N new values
 
     def carry_over(self, old: Evaluator) -> None:
@@ -146,10 +189,54 @@ class Evaluator:
         slot = self._slots.get((point, string, cell, channel, device))
         if slot is None:
             slot = self._slot(point, string, cell, channel, device)
-        if not slot:
+        if not slot.rules:
             return []
+        if self.incremental and self._unchanged(slot, string, value, ts, reference):
+            slot.seen_at = ts
+            return []
+        return self._judge(slot, point, string, cell, channel, value, ts, reference)
+
+    def update_ref(self, ref: PointRef, value: float, ts: float,
+                   reference: Callable[[str], float | None] | None = None) -> list[Transition]:
+        """``update`` for a point of the store (no device), looked up by its ref."""
+        slot = self._ref_slots.get(ref)
+        if slot is None:
+            slot = self._ref_slots[ref] = self._slots.get((ref.point, ref.string, ref.cell, ref.channel, "")) \
+                or self._slot(ref.point, ref.string, ref.cell, ref.channel, "")
+        if not slot.rules:
+            return []
+        if self.incremental and self._unchanged(slot, ref.string, value, ts, reference):
+            slot.seen_at = ts
+            return []
+        return self._judge(slot, ref.point, ref.string, ref.cell, ref.channel, value, ts, reference)
+
+    def _unchanged(self, slot: _Slot, string: int | None, value: float, ts: float,
+                   reference: Callable[[str], float | None] | None) -> bool:
+        """The point's verdict cannot change: the same value as last judged, nothing waiting on it, its
+        reference points' values and its string's float suppression as they were."""
+        if value != slot.last or slot.waiting:
+            return False
+        if slot.references and (reference is None or slot.reference_values != tuple(
+                reference(pid) for pid in slot.references)):
+            return False
+        return not slot.float_only or (self.suppressed(string, ts) is not None) == slot.suppressed
+
+    def _judge(self, slot: _Slot, point: str, string: int | None, cell: int | None, channel: int | None,
+               value: float, ts: float, reference: Callable[[str], float | None] | None) -> list[Transition]:
         out: list[Transition] = []
-        for rule, conds in slot:
+        self.judged += 1
+        if slot.seen_at != slot.judged_at:  # readings were passed over: they count for what they would have set
+            for _rule, conds in slot.rules:
+                for c in conds:
+                    if c.ts == slot.judged_at:
+                        c.ts = slot.seen_at  # type: ignore[assignment]
+        slot.last, slot.judged_at, slot.seen_at = value, ts, ts
+        if slot.float_only:
+            slot.suppressed = self.suppressed(string, ts) is not None
+        if slot.references and reference is not None:
+            slot.reference_values = tuple(reference(pid) for pid in slot.references)
+        quiet = self.incremental
+        for rule, conds in slot.rules:
             compared = value
             if rule.match_state is not None:
                 compared = 1.0 if round(value) == rule.match_state else 0.0
@@ -163,21 +250,24 @@ class Evaluator:
                 if ref is None:
                     continue
                 compared = value - ref
-            if rule.float_only and self.suppressed(string, ts):
+            if rule.float_only and slot.suppressed:
                 for c in conds:
                     if c.cond and not c.active:  # a pending raise is cancelled
                         c.cond, c.since = False, ts
                         self._unpend(c)
                 continue
             for c in conds:
+                if quiet and not c.cond and not c.active and (compared <= c.threshold if c.high
+                                                              else compared >= c.threshold):
+                    continue  # stays quiet: nothing to record (its last value shows only once it is set)
                 t = self._step(c, compared, value, ts)
                 if t is not None:
                     out.append(t)
         return out
 
-    def _slot(self, point, string, cell, channel, device) -> list[tuple[Rule, list[Condition]]]:
+    def _slot(self, point, string, cell, channel, device) -> _Slot:
         """The conditions of every rule on one point, made once (readings arrive every few seconds)."""
-        slot = []
+        slot = _Slot()
         for rule in self.rules.rules_for(point, string):
             if rule.channel is not None and rule.channel != channel:
                 continue
@@ -188,10 +278,25 @@ class Evaluator:
                 if c is None:
                     c = self.conditions[key] = Condition(key, rule, threshold)
                 c.hysteresis = rule.hysteresis + rule.hysteresis_rel * abs(threshold)
+                c.high = side == "high"
+                c.owner = slot
+                if c.waiting:
+                    slot.waiting += 1
                 conds.append(c)
-            slot.append((rule, conds))
+            slot.rules.append((rule, conds))
+            if rule.reference and rule.reference not in slot.references:
+                slot.references += (rule.reference,)
+            slot.float_only = slot.float_only or rule.float_only
         self._slots[(point, string, cell, channel, device)] = slot
         return slot
+
+    def last_seen(self, c: Condition) -> float:
+        """When the condition's value was last read: a reading of the same value not judged again counts for
+        the conditions the last judgement compared (not those it passed over: a float rule suppressed then)."""
+        slot = c.owner
+        if slot is not None and slot.seen_at is not None and c.ts == slot.judged_at:
+            return slot.seen_at
+        return c.ts
 
     def _median(self, n: int, point: str, string, cell, channel, value: float) -> float | None:
         """The median of the last ``n`` new values of a point (a value repeated, as a held ohmic test result is
@@ -222,6 +327,19 @@ class Evaluator:
         if c.waiting:
             c.waiting = False
             self.pending.discard(c.key)
+            self._pending_float.discard(c.key)
+            if c.owner is not None:
+                c.owner.waiting -= 1
+
+    def _pend(self, c: Condition) -> None:
+        c.waiting = True
+        self.pending.add(c.key)
+        if c.owner is not None:
+            c.owner.waiting += 1
+        if self.incremental:
+            if c.rule.float_only:
+                self._pending_float.add(c.key)
+            heapq.heappush(self._deadlines, (c.since + c.delay, next(self._order), c))
 
     def _settle(self, c: Condition, now: float) -> Transition | None:
         if c.cond == c.active:
@@ -232,12 +350,34 @@ class Evaluator:
             self._unpend(c)
             return Transition(c.key, c.rule, c.active, c.value, c.raw, c.threshold, now)
         if not c.waiting:
-            c.waiting = True
-            self.pending.add(c.key)
+            self._pend(c)
         return None
 
     def tick(self, now: float) -> list[Transition]:
-        """Raise or clear the conditions whose delay has run out by ``now``."""
+        """Raise or clear the conditions whose delay has run out by ``now``; cancel the pending raises of
+        float-only rules whose string is no longer on float."""
+        if not self.incremental:
+            return self._tick_all(now)
+        out = []
+        for key in list(self._pending_float):
+            c = self.conditions[key]
+            if c.cond and not c.active and self.suppressed(key.string, now):
+                c.cond, c.since = False, now
+                self._unpend(c)
+                if c.owner is not None:
+                    c.owner.last = None  # its state changed without a reading: judge the next one
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, c = heapq.heappop(heap)
+            if not c.waiting or c.deadline != deadline or self.conditions.get(c.key) is not c:
+                continue  # stopped waiting (or waits for another deadline, with an entry of its own)
+            t = self._settle(c, now)
+            if t is not None:
+                out.append(t)
+        return out
+
+    def _tick_all(self, now: float) -> list[Transition]:
+        """The plain tick: every waiting condition."""
         out = []
         for key in list(self.pending):
             c = self.conditions[key]
@@ -251,8 +391,16 @@ class Evaluator:
         return out
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for k in self.pending if (d := self.conditions[k].deadline) is not None]
-        return min(deadlines) if deadlines else None
+        if not self.incremental:
+            deadlines = [d for k in self.pending if (d := self.conditions[k].deadline) is not None]
+            return min(deadlines) if deadlines else None
+        heap = self._deadlines
+        while heap:
+            deadline, _, c = heap[0]
+            if c.waiting and c.deadline == deadline and self.conditions.get(c.key) is c:
+                return deadline
+            heapq.heappop(heap)
+        return None
 
     # -- restart and clean-up ------------------------------------------------------------------------------
     def restore(self, key: AlarmKey, value: float | None, since: float) -> Condition | None:
@@ -263,9 +411,13 @@ class Evaluator:
         for side, severity, threshold in rule.conditions():
             if side == key.side and severity == key.severity:
                 c = Condition(key, rule, threshold, cond=True, since=since, active=True, value=value, ts=since,
-                              hysteresis=rule.hysteresis + rule.hysteresis_rel * abs(threshold))
+                              hysteresis=rule.hysteresis + rule.hysteresis_rel * abs(threshold), high=side == "high")
+                old = self.conditions.get(key)
+                if old is not None:
+                    self._unpend(old)
                 self.conditions[key] = c
                 self._slots.clear()
+                self._ref_slots.clear()
                 return c
         return None
 

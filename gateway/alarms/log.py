@@ -217,8 +217,8 @@ class AlarmLog:
 
     # -- reads (any thread) ----------------------------------------------------------------------------------
     def history(self, limit: int = 100, since: float | None = None, active_only: bool = False,
-                string: int | None = None) -> list[dict]:
-        """The newest alarms first (at most ``limit``, capped at 10000)."""
+                string: int | None = None) -> list[dict[str, Any]]:
+        """The newest alarms first (at most ``limit``, capped at 10000), as ``alarm_record``s."""
         where, params = [], []
         if since is not None:
             where.append("(raised_ts >= ? OR cleared_ts >= ? OR acked_ts >= ?)")
@@ -234,7 +234,7 @@ class AlarmLog:
         if not self.ready:
             return []
         with self._session() as db:
-            return [dict(r) for r in db.execute(sql, params).fetchall()]
+            return [record_of(r) for r in db.execute(sql, params).fetchall()]
 
 
 def record_of(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,7 +242,7 @@ def record_of(row: Mapping[str, Any]) -> dict[str, Any]:
     ``ActiveAlarm.record`` also speaks."""
     return alarm_record(row["id"], row["severity"], row["text"], row["raised_ts"], row["metric"], row["string"],
                         row["cell"], row["channel"], row["value"], row["threshold"], row["cleared_ts"],
-                        row["acked_by"], row["acked_ts"])
+                        row["acked_by"], row["acked_ts"], row["rule"], row["clear_text"])
 
 
 def read_period(path: Path, start: float, end: float, string: int | None = None) -> list[dict[str, Any]]:

@@ -45,10 +45,14 @@ def call_each(hook, **kwargs) -> None:
 
 
 class AlarmManager:
-    """``clock``: where "now" comes from (wall clock; a simulated-time run passes its own and calls ``drive``)."""
+    """``clock``: where "now" comes from (wall clock; a simulated-time run passes its own and calls ``drive``).
+    ``incremental``: judge only the points whose value changed and look only at the delays that are due
+    (``Evaluator``); False is the plain path, every reading judged (the differential test compares them)."""
 
-    def __init__(self, gateway: Gateway, section: dict, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, gateway: Gateway, section: dict, clock: Callable[[], float] = time.time,
+                 incremental: bool = True) -> None:
         self.gateway = gateway
+        self.incremental = incremental
         self.store = gateway.store
         self.section = section
         self.clock = clock
@@ -56,7 +60,8 @@ class AlarmManager:
         catalog = gateway.catalog
         self.rules = resolve(section, topo, catalog, src=str(gateway.config.path),
                              ohmic=ohmic_levels(gateway.config.section("analytics")))
-        self.evaluator = Evaluator(self.rules, FloatPolicy.from_section(section), string_states(catalog))
+        self.evaluator = Evaluator(self.rules, FloatPolicy.from_section(section), string_states(catalog),
+                                   incremental=incremental)
         self.messages = Messages(topo, lambda pid: catalog[pid].unit if pid in catalog else "", self.store.value,
                                  {d.key: d.label for d in topo.devices})
         self.log = AlarmLog(gateway.config.state_dir / LOG_FILE)
@@ -91,10 +96,10 @@ class AlarmManager:
             return
         self.loop = None if driven else (loop or asyncio.get_running_loop())
         self._loop_thread = threading.get_ident()
-        pruned = self.log.prune(self.section.get("log_keep_days", 730))
+        keep_days = self.section["log_keep_days"]
+        pruned = self.log.prune(keep_days)
         if pruned:
-            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned,
-                     self.section.get("log_keep_days"))
+            log.info("alarm log: removed %d alarms cleared more than %s days ago", pruned, keep_days)
         self.next_id = self.log.next_id()
         self.log.start()
         self._restore()
@@ -118,7 +123,8 @@ class AlarmManager:
         topo, catalog = self.gateway.topology, self.gateway.catalog
         analytics = self.gateway.config.section("analytics") if analytics_section is None else analytics_section
         rules = resolve(section, topo, catalog, src=str(self.gateway.config.path), ohmic=ohmic_levels(analytics))
-        evaluator = Evaluator(rules, FloatPolicy.from_section(section), string_states(catalog))
+        evaluator = Evaluator(rules, FloatPolicy.from_section(section), string_states(catalog),
+                              incremental=self.incremental)
         evaluator.carry_over(self.evaluator)
         with self._lock:
             alarms = list(self._active.values())
@@ -245,7 +251,9 @@ class AlarmManager:
                     out.extend(ev.update("device", None, None, None, 0.0, reading.ts, device=dkey))
             if (point, ref.string) not in index:
                 continue
-            out.extend(ev.update(point, ref.string, ref.cell, ref.channel, value, reading.ts, self._reference))
+            transitions = ev.update_ref(ref, value, reading.ts, self._reference)
+            if transitions:
+                out.extend(transitions)
         return out
 
     def _reference(self, pid: str) -> float | None:
@@ -275,8 +283,8 @@ class AlarmManager:
         self._publish_levels()
         for ev in events:
             self.events += 1
-            log.log(logging.WARNING if ev.raised else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
-                    ev.severity if ev.raised else "cleared", ev.object, ev.text)
+            log.log(logging.WARNING if ev.active else logging.INFO, "alarm %d %s %s: %s", ev.alarm_id,
+                    ev.severity if ev.active else "cleared", ev.object, ev.message)
             call_each(self.gateway.pm.hook.bmsgw_alarm_event, gateway=self.gateway, event=ev)
 
     def _raise(self, t: Transition) -> AlarmEvent:
@@ -379,7 +387,7 @@ class AlarmManager:
         for a in rows:
             c = conds.get(a.key)
             if c is not None and c.value is not None:
-                a.last_value, a.last_ts = c.value, c.ts
+                a.last_value, a.last_ts = c.value, self.evaluator.last_seen(c)
         rows.sort(key=lambda a: (-a.level, a.raised_ts, a.alarm_id))
         return rows
 
@@ -389,8 +397,9 @@ class AlarmManager:
             return a.copy() if a else None
 
     def history(self, limit: int = 100, since: float | None = None, active_only: bool = False,
-                string: int | None = None) -> list[dict]:
-        """The alarm log, newest first (waits for queued writes, so it includes the latest changes)."""
+                string: int | None = None) -> list[dict[str, Any]]:
+        """The alarm log, newest first, as ``alarm_record``s (waits for queued writes, so it includes the
+        latest changes)."""
         self.log.flush(timeout=5.0)
         return self.log.history(limit, since, active_only, string)
 

@@ -60,20 +60,20 @@ class ActiveAlarm:
     def level(self) -> int:
         return LEVEL.get(self.severity, 0)
 
-    def event(self, raised: bool, ts: float, value: float | None = None, text: str | None = None) -> AlarmEvent:
-        return AlarmEvent(alarm_id=self.alarm_id, object=self.object, metric=self.metric,
+    def event(self, active: bool, ts: float, value: float | None = None, text: str | None = None) -> AlarmEvent:
+        return AlarmEvent(alarm_id=self.alarm_id, object=self.object, point=self.metric,
                           value=self.value if value is None else value, threshold=self.threshold,
-                          severity=self.severity, text=self.text if text is None else text, raised=raised, ts=ts,
+                          severity=self.severity, message=self.text if text is None else text, active=active, ts=ts,
                           rule=self.key.rule, unit=self.unit, string=self.key.string, cell=self.key.cell,
-                          channel=self.key.channel, raised_ts=self.raised_ts,
-                          acknowledged_by=self.acknowledged_by, acknowledged_ts=self.acknowledged_ts)
+                          channel=self.key.channel, raised=self.raised_ts,
+                          acknowledged_by=self.acknowledged_by, acknowledged=self.acknowledged_ts)
 
     def record(self) -> dict[str, Any]:
         """As the gateway hands alarms out (web page, REST, reports): see ``alarm_record``."""
         return alarm_record(self.alarm_id, self.severity, self.text, self.raised_ts, self.metric, self.key.string,
                             self.key.cell, self.key.channel,
                             self.last_value if self.last_value is not None else self.value, self.threshold,
-                            None, self.acknowledged_by, self.acknowledged_ts)
+                            None, self.acknowledged_by, self.acknowledged_ts, self.key.rule)
 
     def to_dict(self) -> dict:
         return {"alarm_id": self.alarm_id, "rule": self.key.rule, "side": self.key.side, "severity": self.severity,
@@ -92,14 +92,15 @@ class ActiveAlarm:
 def alarm_record(alarm_id: int | str, severity: str, text: str, raised_ts: float, metric: str,
                  string: int | None, cell: int | None, channel: int | None, value: float | None,
                  threshold: float | None, cleared_ts: float | None, acknowledged_by: str | None,
-                 acknowledged_ts: float | None) -> dict[str, Any]:
+                 acknowledged_ts: float | None, rule: str, cleared_message: str | None = None) -> dict[str, Any]:
     """The one shape of an alarm outside the engine (``bmsgw_alarms``, ``bmsgw_alarm_log``, ``/api/v1/alarms``,
-    reports): ``message`` is the text, ``point`` the point family, ``raised``/``cleared``/``acknowledged`` Unix
-    seconds, ``acknowledged_by`` who."""
+    ``AlarmManager.history``, ``bmsgw alarms --json``, reports): ``message`` is the text, ``point`` the point
+    family, ``raised``/``cleared``/``acknowledged`` Unix seconds, ``acknowledged_by`` who, ``rule`` the name of
+    the rule that raised it, ``cleared_message`` why it ended (None while active)."""
     return {"id": str(alarm_id), "severity": severity, "message": text, "raised": raised_ts,
             "active": cleared_ts is None, "point": metric, "string": string, "cell": cell, "channel": channel,
             "value": value, "threshold": threshold, "cleared": cleared_ts, "acknowledged_by": acknowledged_by,
-            "acknowledged": acknowledged_ts}
+            "acknowledged": acknowledged_ts, "rule": rule, "cleared_message": cleared_message}
 
 
 class UnknownAlarm(KeyError):

@@ -400,16 +400,16 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
     added there and left out (to list them all)."""
     states = string_states(catalog) if catalog is not None and "string.state" in catalog else string_states()
     section = copy.deepcopy(section)
-    site = section.get("rules", {}) or {}
-    models = {m["model"]: m.get("rules", {}) or {} for m in section.get("models", []) or []}
+    site = section["rules"]
+    models = {m["model"]: m["rules"] for m in section["models"]}
     strings = {}
-    for i, s in enumerate(section.get("strings", []) or []):
+    for i, s in enumerate(section["strings"]):
         try:
             topology.string(s["id"])
         except KeyError:
             _bad(errors, ConfigError(src, f"alarms.strings[{i}].id", f"no string {s['id']} is configured"))
             continue
-        strings[s["id"]] = (i, s.get("rules", {}) or {})
+        strings[s["id"]] = (i, s["rules"])
     per_string = {}
     for s in topology.strings:
         rules = _overlay(string_rules(s, ohmic, states), site, src, "alarms.rules", catalog, False, False, errors)
@@ -422,7 +422,7 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
             rules = _overlay(rules, over, src, f"alarms.strings[{i}].rules", catalog, False, True, errors)
         per_string[s.id] = rules
     bank = _overlay(bank_rules(), site, src, "alarms.rules", catalog, True, False, errors)
-    for i, d in enumerate(section.get("di", []) or []):
+    for i, d in enumerate(section["di"]):
         ch = d["channel"]
         spec = catalog.get("io.di") if catalog is not None else None
         if spec is not None and spec.channels and ch > spec.channels:
@@ -433,10 +433,10 @@ def resolve(section: dict, topology: Topology, catalog=None, src: str = "config"
         if rid in bank:
             _bad(errors, ConfigError(src, f"alarms.di[{i}].channel", f"DI {ch} is listed twice"))
             continue
-        active_state = 1 if d.get("active", "closed") == "closed" else 0
+        active_state = 1 if d["active"] == "closed" else 0
         bank[rid] = Rule(rid, "io.di", name, kind="state", active_state=active_state,
-                         severity=d.get("severity", "warning"), on_delay_s=d.get("on_delay_s", 0),
-                         off_delay_s=d.get("off_delay_s", 0), channel=ch, name=name)
+                         severity=d["severity"], on_delay_s=d["on_delay_s"],
+                         off_delay_s=d["off_delay_s"], channel=ch, name=name)
     return RuleSet(per_string, bank)
 
 

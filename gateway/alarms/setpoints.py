@@ -121,14 +121,14 @@ class Setpoints:
         layers: list[tuple[str, str, dict]] = []
         if string is not None:
             s = self.topology.string(string)
-            for entry in self.section.get("strings", []) or []:
-                if entry.get("id") == string:
-                    layers.append(("string", f"string {string}", entry.get("rules") or {}))
+            for entry in self.section["strings"]:
+                if entry["id"] == string:
+                    layers.append(("string", f"string {string}", entry["rules"]))
             if s.battery.model:
-                for entry in self.section.get("models", []) or []:
-                    if entry.get("model") == s.battery.model:
-                        layers.append(("model", f"model {s.battery.model}", entry.get("rules") or {}))
-        layers.append(("site", "site", self.section.get("rules") or {}))
+                for entry in self.section["models"]:
+                    if entry["model"] == s.battery.model:
+                        layers.append(("model", f"model {s.battery.model}", entry["rules"]))
+        layers.append(("site", "site", self.section["rules"]))
         return layers
 
     def table(self, string: int | None) -> list[Row]:

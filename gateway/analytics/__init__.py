@@ -83,7 +83,11 @@ ANALYTICS_SCHEMA = _obj({
                       "emf_drop_pct": _n(2.0, 0.1, 50, "EMF fall from its baseline that ends a battery's life"),
                       "capacity_valid_days": _n(730, 1, 3650)}),
     "diagnosis": _obj({"failed_cell_drop_fraction": _n(0.12, 0.01, 1.0), "step_pct": _n(15, 1, 500),
-                       "scatter_pct": _n(8, 1, 500), "thermal_rise_c": _n(3, 0.5, 50), "thermal_days": _n(7, 1, 90),
+                       "scatter_pct": _n(8, 1, 500, "a battery's day-to-day ohmic scatter (% of its median) that "
+                                         "says an unstable contact ..."),
+                       "scatter_vs_string": _n(2.5, 1, 100, "... when it is also this many times the string's "
+                                               "median scatter (the sensors' own repeatability)"),
+                       "thermal_rise_c": _n(3, 0.5, 50), "thermal_days": _n(7, 1, 90),
                        "ohmic_trend_pct_per_year": _n(10, 0.5, 500), "emf_behind_pct": _n(0.5, 0.01, 50),
                        "undercharge_v_per_cell": _n(0.05, 0.005, 1)}),
 })

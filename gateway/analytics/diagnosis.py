@@ -4,10 +4,11 @@ Rules over the battery's daily aggregates (see ``state.DailyRow``) and its strin
 (the first that holds is published as ``cell.diagnosis``; all that hold are kept with their evidence):
 
 * failed cell: the unit floats about one cell's voltage (~2 V per 12 V unit) below the string average;
-* connection fault: the ohmic value jumped in a step (not a trend) or scatters from day to day;
+* connection fault: the ohmic value jumped in a step (not a trend) or scatters from day to day more than the
+  string's batteries do (whose scatter is the sensors' own repeatability: 5 % a test on a 2 V cell);
 * thermal stress: the negative post runs hotter than the ambient (or than the string) for days;
-* dry-out or sulfation: the ohmic value rises (over the baseline, or fast), with the EMF or float voltage
-  falling behind the string as supporting evidence;
+* dry-out or sulfation: the ohmic value rises (over the baseline, or fast: the trend's 99.9 % interval wholly
+  above the rate), with the EMF or float voltage falling behind the string as supporting evidence;
 * undercharge: the unit floats below the temperature-compensated setpoint.
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ HEALTHY, DRY_OUT, FAILED_CELL, THERMAL, UNDERCHARGE, CONNECTION = 0, 1, 2, 3, 4,
 LABELS = {HEALTHY: "healthy", DRY_OUT: "dry-out or sulfation", FAILED_CELL: "failed cell",
           THERMAL: "thermal stress", UNDERCHARGE: "undercharge", CONNECTION: "connection fault"}
 PRECEDENCE = (FAILED_CELL, CONNECTION, THERMAL, DRY_OUT, UNDERCHARGE)
+# the ohmic rate is judged on the low end of this interval: a chance rise over a bank of 480 batteries then
+# passes for fewer than one (3.3 sigma, one-sided)
+RATE_EVIDENCE_ALPHA = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,8 @@ class DiagnosisParams:
     step_pct: float = 15.0  # ohmic step over the days before
     step_days: int = 3
     scatter_pct: float = 8.0  # day-to-day ohmic scatter (robust, % of the median)
+    scatter_vs_string: float = 2.5  # ... and this many times the string's median scatter
+    scatter_days: int = 14
     thermal_rise_c: float = 3.0
     thermal_days: int = 7
     ohmic_rise_pct: float = 20.0  # over the baseline
@@ -77,10 +83,26 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def ohmic_scatter_pct(rows: Sequence[DailyRow], days: int) -> float | None:
+    """The day-to-day scatter of a battery's ohmic value over its last ``days`` days: the median of the
+    differences between consecutive days, in % of the median value (None with fewer than 7 days)."""
+    if not rows:
+        return None
+    last_day = rows[-1].day
+    window = [r.ohmic for r in rows if r.ohmic is not None and r.day > last_day - days]
+    if len(window) < 7:
+        return None
+    med = statistics.median(window)
+    return 100.0 * statistics.median([abs(x - y) for x, y in pairwise(window)]) / med if med else None
+
+
 def diagnose(rows: Sequence[DailyRow], string_days: dict[int, dict[str, float]], params: DiagnosisParams,
-             baseline: float | None = None, trend_pct_per_year: float | None = None) -> Diagnosis:
+             baseline: float | None = None, trend_pct_per_year: float | None = None,
+             trend_low_pct_per_year: float | None = None, string_scatter_pct: float | None = None) -> Diagnosis:
     """``rows``: the battery's daily rows, oldest first; ``string_days``: {day: {field: string median}};
-    ``trend_pct_per_year``: the ohmic trend from the forecast, when there is one."""
+    ``trend_pct_per_year``: the ohmic trend from the forecast, when there is one, and the low end of its
+    ``RATE_EVIDENCE_ALPHA`` interval; ``string_scatter_pct``: the median of the string's
+    batteries' ``ohmic_scatter_pct``."""
     p = params
     findings: list[Finding] = []
     if not rows:
@@ -112,14 +134,17 @@ def diagnose(rows: Sequence[DailyRow], string_days: dict[int, dict[str, float]],
                 findings.append(Finding(CONNECTION, [
                     f"ohmic value stepped {step:+.0f} % within {p.step_days} days "
                     f"({b * 1000:.2f} -> {a * 1000:.2f} mOhm): a step, not a trend; check the connection torque"]))
-        window = [v for d, v in ohm if d > last_day - 14]
-        if len(window) >= 7 and not any(f.code == CONNECTION for f in findings):
-            med = statistics.median(window)
-            diffs = [abs(x - y) for x, y in pairwise(window)]
-            scatter = 100.0 * statistics.median(diffs) / med if med else 0.0
-            if scatter >= p.scatter_pct:
+        scatter = ohmic_scatter_pct(rows, p.scatter_days)
+        if scatter is not None and not any(f.code == CONNECTION for f in findings):
+            # the sensors' own repeatability shows as the scatter of every battery of the string: only a
+            # battery that scatters well beyond its neighbours has a contact problem
+            limit, why = p.scatter_pct, f"limit {p.scatter_pct:g} %"
+            if string_scatter_pct is not None and p.scatter_vs_string * string_scatter_pct > limit:
+                limit = p.scatter_vs_string * string_scatter_pct
+                why = f"{p.scatter_vs_string:g} x the string's {string_scatter_pct:.1f} %"
+            if scatter >= limit:
                 findings.append(Finding(CONNECTION, [f"ohmic readings scatter {scatter:.0f} % from day to day "
-                                                     f"(limit {p.scatter_pct:g} %): an unstable contact"]))
+                                                     f"({why}): an unstable contact"]))
 
     # thermal stress: hotter than the room for days
     rise = [r.temp_rise for r in rows if r.day > last_day - p.thermal_days and r.temp_rise is not None]
@@ -133,13 +158,18 @@ def diagnose(rows: Sequence[DailyRow], string_days: dict[int, dict[str, float]],
     dev = None
     if baseline and ohm:
         dev = (statistics.median([v for d, v in ohm if d > last_day - p.recent_days]) / baseline - 1.0) * 100.0
-    rising = trend_pct_per_year is not None and trend_pct_per_year >= p.ohmic_trend_pct_per_year
+    # a rate is evidence only when the data rule out a slower one: a month of 2 V-cell tests that scatter 5 %
+    # each gives a slope anywhere within +-25 %/year of the truth, and with 480 batteries a 95 % interval
+    # misses for a dozen of them (RATE_EVIDENCE_ALPHA)
+    rising = trend_pct_per_year is not None and trend_pct_per_year >= p.ohmic_trend_pct_per_year and (
+        trend_low_pct_per_year is None or trend_low_pct_per_year >= p.ohmic_trend_pct_per_year)
     if (dev is not None and dev >= p.ohmic_rise_pct) or rising:
         ev = []
         if dev is not None:
             ev.append(f"ohmic value {dev:+.0f} % over the baseline (significant from +{p.ohmic_rise_pct:g} %)")
         if trend_pct_per_year is not None:
-            ev.append(f"rising {trend_pct_per_year:.1f} %/year")
+            low = "" if trend_low_pct_per_year is None else f" (at least {trend_low_pct_per_year:.1f})"
+            ev.append(f"rising {trend_pct_per_year:.1f} %/year{low}")
         emf_gap = _emf_gap(recent, string_days)
         if emf_gap is not None:
             ref = _median([string_days.get(r.day, {}).get("emf") for r in recent]) or 1.0

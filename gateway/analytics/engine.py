@@ -23,7 +23,16 @@ from ..points import PointRef, PointStore, Quality, Reading
 from ..strings.states import StringStates, string_states
 from ..topology import StringConfig
 from . import diagnosis as dg
-from .forecast import YEAR_S, aging_factor, fit_trend, forecast_crossing, life_budget_years, plausible_curves
+from .forecast import (
+    YEAR_S,
+    aging_factor,
+    fit_trend,
+    forecast_crossing,
+    life_budget_years,
+    plausible_curves,
+    theil_sen,
+    thin,
+)
 from .soc import SocParams, StringSoc, soc_from_ocv
 from .state import DAY_S, Baseline, DailyRow, StateDB
 
@@ -530,13 +539,16 @@ class Analytics:
             rows_by_cell = self.state.daily_string(sid, since_day=since)
             string_days = _string_medians(rows_by_cell)
             params = dparams(s)
+            scatters = [v for rows in rows_by_cell.values()
+                        if (v := dg.ohmic_scatter_pct(rows, params.scatter_days)) is not None]
+            string_scatter = statistics.median(scatters) if len(scatters) >= 3 else None
             for c in range(1, s.cells + 1):
                 key = (sid, c)
                 rows = rows_by_cell.get(c, [])
                 base = self.baselines.get(key)
                 fc = self._forecast(sid, c, rows, base, now)
                 diag = dg.diagnose(rows, string_days, params, base.ohmic if base else None,
-                                   fc.get("slope_pct_per_year"))
+                                   fc.get("slope_pct_per_year"), fc.get("slope_low_pct_per_year"), string_scatter)
                 fc["diagnosis"] = diag.to_dict()
                 fc_items.append((sid, c, now, fc))
                 fc_pub[key] = (fc.get("eol_ts"), fc.get("early_ts"), fc.get("late_ts"))
@@ -556,7 +568,8 @@ class Analytics:
         return dg.DiagnosisParams(
             nominal_v=s.battery.nominal_voltage, cells_per_unit=s.battery.cells_per_unit,
             failed_cell_drop_fraction=d["failed_cell_drop_fraction"], step_pct=d["step_pct"],
-            scatter_pct=d["scatter_pct"], thermal_rise_c=d["thermal_rise_c"], thermal_days=d["thermal_days"],
+            scatter_pct=d["scatter_pct"], scatter_vs_string=d["scatter_vs_string"],
+            thermal_rise_c=d["thermal_rise_c"], thermal_days=d["thermal_days"],
             ohmic_rise_pct=th["warning_pct"], ohmic_trend_pct_per_year=d["ohmic_trend_pct_per_year"],
             emf_behind_pct=d["emf_behind_pct"], undercharge_v_per_cell=d["undercharge_v_per_cell"])
 
@@ -582,6 +595,7 @@ class Analytics:
                 if f30.fit is not None:
                     fit = f30.fit
                     out.update(model=fit.model, level_pct=fit.value(0.0), slope_pct_per_year=fit.slope(0.0),
+                               slope_low_pct_per_year=theil_sen(*thin(x, y, 60), alpha=dg.RATE_EVIDENCE_ALPHA)[2],
                                days=len(pts))
                     # the curve itself (x: years from this run, y: % over the baseline), for a chart of it
                     out["fit"] = {"model": fit.model, "c": fit.c, "b": fit.b, "k": fit.k, "m": fit.m}

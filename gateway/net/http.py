@@ -231,7 +231,7 @@ class HttpConnection(BoundedConnection):
         assert request is not None
         self.request_complete()
         self.answer_pending()
-        self.transport.pause_reading()
+        self.set_reading_paused(True)  # one request at a time: the next is read once this one is answered
         environ = self._environ(request, self._release_body())
         self.http.counters["requests"] += 1
         pool = self.http.pool
@@ -454,5 +454,5 @@ class HttpConnection(BoundedConnection):
         self.answer_sent()
         if self.h11.trailing_data[0]:
             self.request_started()  # a pipelined request is already arriving
-        self.transport.resume_reading()
+        self.set_reading_paused(False)
         self._process()

@@ -9,9 +9,12 @@ the same way for every face:
 - admission: ``allow_from``, at most ``max_connections`` open and ``max_connections_per_address`` from one
   address.  When every slot is taken (of the server, or of the newcomer's address), the newcomer replaces the
   connection that has been open longest without completing a request (an *unproven* one: silent, trickling,
-  or still shaking hands).  A connection that completed a request (*proven*) is never dropped for a newcomer
-  while an unproven one is open; when only proven ones are, the newcomer replaces the one idle longest if the
-  protocol allows closing idle connections (HTTP keep-alive: ``idle_evictable``), else it is refused;
+  or still shaking hands) and with nothing waiting to be read: one whose bytes have arrived but that the event
+  loop has not yet read (a client that spoke as soon as it connected, during a flood of connections) has not
+  had its chance, and is taken only when every unproven one is in that state.  A connection that completed a
+  request (*proven*) is never dropped for a newcomer while an unproven one is open; when only proven ones are,
+  the newcomer replaces the one idle longest if the protocol allows closing idle connections (HTTP keep-alive:
+  ``idle_evictable``), else it is refused;
 - deadlines, on the event loop's timers (no watchdog thread): a request must arrive whole within
   ``request_timeout_s`` of its first byte; a connection that completes no request for ``idle_timeout_s`` is
   closed; a client that does not take its answer for ``send_timeout_s`` is closed.  While a request is being
@@ -47,10 +50,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import math
 import os
 import socket
+import termios
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -125,6 +130,7 @@ class BoundedConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self.reading_paused = False  # the face stopped reading from the client (its backlog is full)
+        self._fd = -1  # the socket's descriptor, to ask how many bytes wait unread
 
     # -- for the face ----------------------------------------------------------------------------------------
     def set_reading_paused(self, paused: bool) -> None:
@@ -177,6 +183,16 @@ class BoundedConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         self._arm()
 
+    def has_unread_bytes(self) -> bool:
+        """Whether bytes from the client wait in the kernel, not yet read by the event loop."""
+        if self._fd < 0:
+            return False
+        try:
+            waiting = int.from_bytes(fcntl.ioctl(self._fd, termios.FIONREAD, bytes(4)), "little", signed=True)
+        except OSError:
+            return False
+        return waiting > 0
+
     @property
     def writing_paused(self) -> bool:
         return self.send_blocked_since is not None
@@ -202,6 +218,8 @@ class BoundedConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         self.connected_at = self.last_activity = self.loop.time()
         if not self.server._admit(self):
             self.closed = True
@@ -455,17 +473,22 @@ class BoundedServer:
 
     @staticmethod
     def _victim(candidates: dict[BoundedConnection, None] | set[BoundedConnection]) -> BoundedConnection | None:
-        """The connection a newcomer replaces: the unproven one connected longest (``candidates`` iterate in
-        connection order, except the set of all, which holds proven ones only when no unproven is left); else,
-        where the face allows it (HTTP keep-alive), the one idle longest; else none."""
+        """The connection a newcomer replaces: the unproven one connected longest with nothing unread
+        (``candidates`` iterate in connection order, except the set of all, which holds proven ones only when no
+        unproven is left), else the unproven one connected longest; else, where the face allows it (HTTP
+        keep-alive), the one idle longest; else none."""
         idle: BoundedConnection | None = None
+        unread: BoundedConnection | None = None  # its request may be whole: read it before judging it
         for conn in candidates:
             if not conn.proven:
-                return conn
+                if not conn.has_unread_bytes():
+                    return conn
+                unread = unread or conn
+                continue
             if conn.idle_evictable and not conn.answering and conn.request_since is None and \
                     (idle is None or conn.last_activity < idle.last_activity):
                 idle = conn
-        return idle
+        return unread or idle
 
     def _evict(self, victim: BoundedConnection, newcomer: BoundedConnection, limit: str) -> None:
         self.counters["evicted"] += 1

@@ -361,8 +361,8 @@ def _cmd_notify_test(args) -> int:
         print("no notifier is enabled (notify.email / sms / webhook)", file=sys.stderr)
         return 1
     now = time.time()
-    event = AlarmEvent(alarm_id=0, object="test", metric="test", value=None, threshold=None, severity=args.severity,
-                       text="Test message from bmsgw: notifications work", raised=True, ts=now, rule="test")
+    event = AlarmEvent(alarm_id=0, object="test", point="test", value=None, threshold=None, severity=args.severity,
+                       message="Test message from bmsgw: notifications work", active=True, ts=now, rule="test")
     mgr.start(None)
     mgr.on_event(event)
     mgr.wait_idle(args.timeout)

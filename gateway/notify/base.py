@@ -40,7 +40,7 @@ class Sync:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """An alarm was acknowledged (``event.acknowledged_by``/``acknowledged_ts`` say by whom and when)."""
+    """An alarm was acknowledged (``event.acknowledged_by``/``acknowledged`` say by whom and when)."""
 
     event: AlarmEvent
 
@@ -94,9 +94,9 @@ def describe_item(item: Item) -> str:
         if item.digest:
             return f"digest of {len(item.events)} alarm changes"
         e = item.events[0]
-        return f"alarm {e.alarm_id} ({'raised' if e.raised else 'cleared'})"
+        return f"alarm {e.alarm_id} ({'raised' if e.active else 'cleared'})"
     if isinstance(item, AlarmEvent):
-        return f"alarm {item.alarm_id} ({'raised' if item.raised else 'cleared'})"
+        return f"alarm {item.alarm_id} ({'raised' if item.active else 'cleared'})"
     if isinstance(item, Ack):
         return f"alarm {item.event.alarm_id} (acknowledged)"
     return f"sync ({item.reason})"

@@ -100,7 +100,7 @@ class Router:
     def handle(self, event: AlarmEvent, now: float) -> list[Outgoing]:
         out = []
         for route in self.routes:
-            if event.severity not in route.severities or (not event.raised and not route.clears):
+            if event.severity not in route.severities or (not event.active and not route.clears):
                 continue
             st = self._state[route.name]
             if route.quiet and route.quiet.active(now) and event.severity not in route.quiet.except_severities:
@@ -160,16 +160,16 @@ def _num(v: float | None, unit: str) -> str:
 
 
 def status_word(e: AlarmEvent) -> str:
-    return e.severity.upper() if e.raised else "CLEARED"
+    return e.severity.upper() if e.active else "CLEARED"
 
 
 def compose_single(e: AlarmEvent, site: str, route: str) -> Message:
-    head = f"{status_word(e)}: {e.text}"
+    head = f"{status_word(e)}: {e.message}"
     body = "\n".join([
-        e.text, "",
-        f"Alarm:       #{e.alarm_id}, {e.severity}, {'raised' if e.raised else 'cleared'} at {_clock(e.ts)}",
+        e.message, "",
+        f"Alarm:       #{e.alarm_id}, {e.severity}, {'raised' if e.active else 'cleared'} at {_clock(e.ts)}",
         f"Object:      {e.object}",
-        f"Measurement: {e.metric} = {_num(e.value, e.unit)}",
+        f"Measurement: {e.point} = {_num(e.value, e.unit)}",
         f"Setpoint:    {_num(e.threshold, e.unit)}",
         f"Site:        {site}",
         "", "-- bmsgw battery monitoring gateway", ""])
@@ -178,19 +178,19 @@ def compose_single(e: AlarmEvent, site: str, route: str) -> Message:
 
 
 def compose_digest(events: list[AlarmEvent], site: str, route: str, when: str) -> Message:
-    raised = [e for e in events if e.raised]
-    cleared = [e for e in events if not e.raised]
+    raised = [e for e in events if e.active]
+    cleared = [e for e in events if not e.active]
     crit = sum(1 for e in raised if e.severity == "critical")
-    top = max(events, key=lambda e: (e.raised, LEVEL.get(e.severity, 0)))
+    top = max(events, key=lambda e: (e.active, LEVEL.get(e.severity, 0)))
     summary = f"{len(raised)} alarms raised ({crit} critical), {len(cleared)} cleared {when}"
     lines = [f"{summary}: one message instead of {len(events)}.", ""]
     for e in sorted(events, key=lambda e: e.ts)[:MAX_DIGEST_LINES]:
         clock = time.strftime("%H:%M:%S", time.localtime(e.ts))
-        lines.append(f"{clock}  #{e.alarm_id:<6} {status_word(e):<8} {e.text}")
+        lines.append(f"{clock}  #{e.alarm_id:<6} {status_word(e):<8} {e.message}")
     if len(events) > MAX_DIGEST_LINES:
         lines.append(f"... and {len(events) - MAX_DIGEST_LINES} more: see the alarm log (bmsgw alarms).")
     lines += ["", f"Site: {site}", "", "-- bmsgw battery monitoring gateway", ""]
     worst = "critical" if crit else max((e.severity for e in events), key=lambda s: LEVEL.get(s, 0))
     return Message(subject=f"[{site}] {summary}"[:200], body="\n".join(lines),
-                   short=f"{site}: {summary}. {status_word(top)}: {top.text}", events=tuple(events), route=route,
+                   short=f"{site}: {summary}. {status_word(top)}: {top.message}", events=tuple(events), route=route,
                    digest=True, severity=worst, ts=max(e.ts for e in events))

@@ -5,6 +5,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..alarms.model import AlarmEvent
@@ -37,6 +38,17 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+# the posted JSON is a published format: it keeps the keys it had before the event took the alarm record's words
+_POSTED_KEYS = {"message": "text", "active": "raised", "raised": "raised_ts", "point": "metric",
+                "acknowledged": "acknowledged_ts"}
+
+
+def posted_fields(event: AlarmEvent) -> dict[str, Any]:
+    """The event's fields as the webhook posts them (``text``, ``raised`` true/false, ``raised_ts``, ``metric``,
+    ``acknowledged_ts``)."""
+    return {_POSTED_KEYS.get(k, k): v for k, v in event.to_dict().items()}
+
+
 class WebhookNotifier(Notifier):
     name = "webhook"
     routed = False
@@ -61,10 +73,11 @@ class WebhookNotifier(Notifier):
 
     def payload(self, item: Item) -> dict | None:
         if isinstance(item, AlarmEvent):
-            return {"type": "alarm", "state": "raised" if item.raised else "cleared", "site": self.site,
-                    **item.to_dict()}
+            return {"type": "alarm", "state": "raised" if item.active else "cleared", "site": self.site,
+                    **posted_fields(item)}
         if isinstance(item, Ack):
-            return {"type": "acknowledgement", "state": "acknowledged", "site": self.site, **item.event.to_dict()}
+            return {"type": "acknowledgement", "state": "acknowledged", "site": self.site,
+                    **posted_fields(item.event)}
         return None
 
     def deliver(self, recipient: str | None, item: Item) -> None:

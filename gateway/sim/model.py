@@ -119,14 +119,14 @@ class SensorErrors:
     def from_config(cls, section: dict) -> SensorErrors:
         """The simulator section's ``sensor_errors`` (true/false, or a mapping of the fields above) and its
         ``current_offset_a`` / ``current_offsets``."""
-        spec = section.get("sensor_errors", True)
+        spec = section["sensor_errors"]
         base = cls.none() if spec is False else cls()
         if isinstance(spec, dict):
             base = replace(base, **{str(k): float(v) for k, v in spec.items()})  # type: ignore[arg-type]
-        offset = section.get("current_offset_a")
+        offset = section["current_offset_a"]
         if offset is not None:
             base = replace(base, current_offset_a=float(offset))
-        per_string = section.get("current_offsets") or {}
+        per_string = section["current_offsets"]
         if per_string:
             base = replace(base, current_offsets=tuple(sorted((int(k), float(v)) for k, v in per_string.items())))
         return base

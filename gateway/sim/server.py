@@ -178,7 +178,7 @@ class Simulator:
             discharge_duration_s=discharge_duration_s, ohmic_test_interval_s=ohmic_test_interval_s, errors=errors)
         for sc in scenarios or []:
             args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
-            self.model.schedule_scenario(self.model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
+            self.model.schedule_scenario(self.model.t + float(sc["after_s"]), sc["kind"], **args)
         self._wall0 = time.time()
         self._sim0 = self.model.t
         names = buses if buses is not None else [b.name for b in topology.buses if b.port == "sim"]
@@ -412,32 +412,28 @@ def _exception(unit: int, function: int, code: int) -> bytes:
     return with_crc(bytes([unit, function | 0x80, code]))
 
 
+def _model_settings(sim: dict) -> dict:
+    """BankModel's arguments from the simulator section (its defaults filled in)."""
+    return {key: sim[key] for key in ("seed", "weak_cells", "discharge_every_s", "discharge_duration_s",
+                                      "ohmic_test_interval_s")} | {"errors": SensorErrors.from_config(sim)}
+
+
 def model_from_config(config, scenarios: bool = True, **overrides) -> BankModel:
     """The simulated bank of a config (its strings, the simulator section's seed, errors and, unless
     ``scenarios`` is False, its scenarios), for simulated-time runs that need no serial ports
     (``gateway.simrun``); ``overrides``: BankModel's arguments (``t0``, ``age_years`` ...)."""
     sim = config.section("simulator")
-    kwargs = {"seed": sim.get("seed", 1), "weak_cells": sim.get("weak_cells", 3),
-              "discharge_every_s": sim.get("discharge_every_s", 0.0),
-              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
-              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0),
-              "errors": SensorErrors.from_config(sim)}
-    kwargs.update(overrides)
+    kwargs = {**_model_settings(sim), **overrides}
     model = BankModel([(s.id, s.cells, s.battery.capacity_ah, s.battery.cells_per_unit)
                        for s in config.topology.strings], **kwargs)
-    for sc in (sim.get("scenarios") or []) if scenarios else []:
+    for sc in sim["scenarios"] if scenarios else []:
         args = {k: v for k, v in sc.items() if k not in ("after_s", "kind")}
-        model.schedule_scenario(model.t + float(sc.get("after_s", 0.0)), sc["kind"], **args)
+        model.schedule_scenario(model.t + float(sc["after_s"]), sc["kind"], **args)
     return model
 
 
 def simulator_from_config(config, buses: list[str] | None = None, **overrides) -> Simulator:
     sim = config.section("simulator")
-    kwargs = {"seed": sim.get("seed", 1), "wire_time": sim.get("wire_time", True),
-              "time_scale": sim.get("time_scale", 1.0), "weak_cells": sim.get("weak_cells", 3),
-              "discharge_every_s": sim.get("discharge_every_s", 0.0),
-              "discharge_duration_s": sim.get("discharge_duration_s", 1800.0),
-              "ohmic_test_interval_s": sim.get("ohmic_test_interval_s", 86400.0),
-              "errors": SensorErrors.from_config(sim), "scenarios": sim.get("scenarios") or []}
-    kwargs.update(overrides)
+    kwargs = {**_model_settings(sim), "wire_time": sim["wire_time"], "time_scale": sim["time_scale"],
+              "scenarios": sim["scenarios"], **overrides}
     return Simulator(config.topology, config.profiles, buses=buses, **kwargs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 import time
 from typing import Any
 
@@ -42,7 +41,7 @@ from hypothesis import given, strategies as st
 
 from gateway.outputs.bacnet.tests.client import BacnetClient, free_udp_port
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import ErrorLog, open_fds, rss_mib
+from tests.fuzz.netcheck import ErrorLog, Footprint, answer_after_flood, datagrams, exchange, flood, mutated
 from tests.support import GatewayThread, small_bank, write_config
 
 DEVICE = 1001
@@ -66,7 +65,8 @@ def device(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         try:
             yield {"gt": gt, "port": port, "sock": sock, "errors": errors, "seed": seeds,
-                   "seeds": list(seeds.values()), "probe": seeds["read"], "rss": rss_mib(), "fds": open_fds()}
+                   "seeds": list(seeds.values()), "probe": seeds["read"],
+                   "footprint": Footprint.now()}
         finally:
             sock.close()
 
@@ -122,46 +122,37 @@ def captured_seeds() -> dict[str, bytes]:
     return out
 
 
-# -- mutations ---------------------------------------------------------------------------------------------
-@st.composite
-def mutated(draw, seeds):
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(1, 4))):
-        if not data:
-            break
-        pos = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["flip", "byte", "bvll_length", "npdu", "pdu_type", "service", "delete", "insert",
-                                   "truncate", "splice"]))
-        if op == "flip":
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "byte":  # tag octets: opening/closing, extended lengths, context tags, application tags
-            data[pos] = draw(st.sampled_from([0x00, 0x01, 0x05, 0x0C, 0x0E, 0x0F, 0x19, 0x1E, 0x1F, 0x25, 0x3E,
-                                              0x3F, 0x44, 0x55, 0x75, 0x7F, 0x80, 0x81, 0xC4, 0xFD, 0xFE, 0xFF]))
-        elif op == "bvll_length" and len(data) >= 4:
-            data[2:4] = draw(st.sampled_from([0, 1, 4, 5, 6, len(data) + 1, len(data) - 1, 0xFFFF])).to_bytes(2, "big")
-        elif op == "npdu" and len(data) > 5:  # network layer: version, control (destination, source, message)
-            data[draw(st.sampled_from([4, 5]))] = draw(st.sampled_from([0x00, 0x01, 0x02, 0x04, 0x08, 0x20, 0x24,
-                                                                         0x28, 0x80, 0x81, 0xFF]))
-        elif op == "pdu_type" and len(data) > APDU_AT:
-            data[APDU_AT] = draw(st.integers(0, 255))
-        elif op == "service" and len(data) > APDU_AT + 3:
-            data[APDU_AT + (3 if data[APDU_AT] >> 4 == 0 else 1)] = draw(st.integers(0, 255))
-        elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "splice":
-            other = draw(st.sampled_from(seeds))
-            cut = draw(st.integers(0, len(other)))
-            data[pos:] = other[cut:]
-    return bytes(data)
+# -- mutations (the generic ones in tests/fuzz/netcheck.py) ---------------------------------------------------
+# tag octets: opening/closing, extended lengths, context tags, application tags
+TAG_OCTETS = [0x00, 0x01, 0x05, 0x0C, 0x0E, 0x0F, 0x19, 0x1E, 0x1F, 0x25, 0x3E, 0x3F, 0x44, 0x55, 0x75, 0x7F, 0x80,
+              0x81, 0xC4, 0xFD, 0xFE, 0xFF]
 
 
-def datagrams(seeds):
-    return st.one_of(st.sampled_from(seeds), mutated(seeds), mutated(seeds), mutated(seeds),
-                     st.binary(max_size=64), st.binary(min_size=1000, max_size=9000),
+def bvll_length(draw, data: bytearray, pos: int) -> None:
+    if len(data) >= 4:
+        data[2:4] = draw(st.sampled_from([0, 1, 4, 5, 6, len(data) + 1, len(data) - 1, 0xFFFF])).to_bytes(2, "big")
+
+
+def npdu(draw, data: bytearray, pos: int) -> None:
+    """The network layer: version, control (destination, source, message)."""
+    if len(data) > 5:
+        data[draw(st.sampled_from([4, 5]))] = draw(st.sampled_from([0x00, 0x01, 0x02, 0x04, 0x08, 0x20, 0x24, 0x28,
+                                                                     0x80, 0x81, 0xFF]))
+
+
+def pdu_type(draw, data: bytearray, pos: int) -> None:
+    if len(data) > APDU_AT:
+        data[APDU_AT] = draw(st.integers(0, 255))
+
+
+def service(draw, data: bytearray, pos: int) -> None:
+    if len(data) > APDU_AT + 3:
+        data[APDU_AT + (3 if data[APDU_AT] >> 4 == 0 else 1)] = draw(st.integers(0, 255))
+
+
+def bacnet_datagrams(seeds):
+    own = {"bvll_length": bvll_length, "npdu": npdu, "pdu_type": pdu_type, "service": service}
+    return datagrams(seeds, mutated(seeds, TAG_OCTETS, own),
                      st.binary(max_size=60).map(lambda b: b"\x81\x0a" + (len(b) + 4).to_bytes(2, "big") + b))
 
 
@@ -196,23 +187,15 @@ def with_invoke_id(probe: bytes, invoke_id: int) -> bytes:
     return bytes(data)
 
 
-def exchange(device, data: bytes, invoke_id: int) -> list[bytes]:
+def answers_before_probe(device, data: bytes, invoke_id: int) -> list[bytes]:
     """Send ``data``, then a ReadProperty; the answers that came before the ReadProperty's."""
-    sock, port = device["sock"], device["port"]
-    sock.settimeout(5)
-    sock.sendto(data, ("127.0.0.1", port))
-    sock.sendto(with_invoke_id(device["probe"], invoke_id), ("127.0.0.1", port))
-    answers = []
-    while True:
-        try:
-            answer = sock.recvfrom(65535)[0]
-        except TimeoutError:
-            raise AssertionError(f"no answer to a ReadProperty after {data.hex()} (the device is dead or hung)") \
-                from None
-        apdu = check_answer(answer)
-        if isinstance(apdu, ComplexAckPDU) and apdu.apduInvokeID == invoke_id and apdu.apduService == 12:
-            return answers
-        answers.append(answer)
+
+    def is_probe_answer(answer: bytes) -> bool:
+        apdu = decode(answer)
+        return isinstance(apdu, ComplexAckPDU) and apdu.apduInvokeID == invoke_id and apdu.apduService == 12
+
+    return exchange(device["sock"], device["port"], data, with_invoke_id(device["probe"], invoke_id), is_probe_answer,
+                    check_answer, "the device")
 
 
 def test_the_seeds_get_the_answers_a_bacnet_device_gives(device):
@@ -281,41 +264,19 @@ def answers_to(device, seed: bytes) -> list:
 @given(data=st.data())
 @fuzz_settings(300)
 def test_any_datagram_leaves_the_device_answering(device, data):
-    datagram = data.draw(datagrams(device["seeds"]), label="datagram")
+    datagram = data.draw(bacnet_datagrams(device["seeds"]), label="datagram")
     ran("bacnet.datagrams")
     errors_before = len(device["errors"].records)
     invoke_id = 200 + device.setdefault("n", 0) % 50
     device["n"] += 1
-    exchange(device, datagram, invoke_id)
+    answers_before_probe(device, datagram, invoke_id)
     assert not device["errors"].new_since(errors_before)
 
 
 def test_a_flood_of_garbage_from_many_sockets_leaves_the_device_serving(device):
     """Eight senders, 500 datagrams each, as fast as they can: the device drops what it must and answers after."""
-    port, seeds = device["port"], device["seeds"]
-
-    def flood(k: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for i in range(500):
-                seed = seeds[(i + k) % len(seeds)]
-                s.sendto(seed[: (i * 7 + k) % (len(seed) + 1)], ("127.0.0.1", port))
-
-    threads = [threading.Thread(target=flood, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(1)
-        for _ in range(30):  # the first probes may find the socket buffer full of garbage
-            sock.sendto(with_invoke_id(device["probe"], 7), ("127.0.0.1", port))
-            try:
-                answer = sock.recvfrom(65535)[0]
-                break
-            except TimeoutError:
-                continue
-        else:
-            raise AssertionError("the device no longer answers after the flood")
+    flood(device["port"], device["seeds"])
+    answer = answer_after_flood(device["port"], with_invoke_id(device["probe"], 7), "device")
     assert isinstance(check_answer(answer), ComplexAckPDU)
 
 
@@ -326,8 +287,7 @@ def test_after_the_fuzzing_a_real_client_reads_the_device(device):
     status = device["gt"].gateway.service("bacnet").status()
     assert status["malformed"] > 0 and status["open_transactions"] < 64
     assert not device["errors"].records, [r.getMessage() for r in device["errors"].records]
-    assert open_fds() - device["fds"] < 10
-    assert rss_mib() - device["rss"] < 100
+    device["footprint"].assert_nothing_held(fd_slack=10)
 
 
 def test_confirmed_request_pdu_is_what_the_probe_is(device):

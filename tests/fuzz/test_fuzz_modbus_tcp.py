@@ -20,7 +20,7 @@ from hypothesis import given, strategies as st
 
 from gateway.points import PointRef
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import open_fds, recv_until_closed, rss_mib
+from tests.fuzz.netcheck import Footprint, assert_bounded, in_pieces, not_reading, recv_until_closed, tcp_session
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
 UNITS = (0, 1, 255)
@@ -43,7 +43,7 @@ def served(tmp_path_factory):
             "web": {"enabled": False}, "snmp": {"enabled": False}, "prometheus": {"enabled": False}}
     with GatewayThread(write_config(tmp, over, base=small_bank(1, 4))) as gt:
         service = gt.gateway.service('modbus_tcp')
-        yield gt, service, port, rss_mib(), open_fds()
+        yield gt, service, port, Footprint.now()
 
 
 def interesting_addresses(service) -> list[int]:
@@ -142,20 +142,12 @@ def test_any_session_is_answered_with_whole_frames_and_closed(served, data):
     session = data.draw(sessions(interesting_addresses(service)), label="session")
     ran("modbus_tcp.sessions")
     broken = any(kind == "bad" for kind, _, _ in session)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            for kind, raw, _ in session:
-                if kind == "split":
-                    for i in range(0, len(raw), 3):
-                        sock.sendall(raw[i:i + 3])
-                        time.sleep(0.001)
-                else:
-                    sock.sendall(raw)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # broken pipe, reset, not connected: the server closed on a bad frame
-            assert broken, "the server closed a connection that sent only well-formed requests"
-        answers = frames_of(recv_until_closed(sock, 15))
+    chunks = [chunk for kind, raw, _ in session for chunk in (in_pieces(raw, 3, 0.001) if kind == "split"
+                                                               else [(raw, 0.0)])]
+    received, cut_short = tcp_session(port, chunks)
+    if cut_short:  # the server closed on a bad frame
+        assert broken, "the server closed a connection that sent only well-formed requests"
+    answers = frames_of(received)
     requests = [req for kind, _, req in session if req is not None]
     if not broken:
         assert len(answers) == len(requests), f"{len(requests)} requests, {len(answers)} answers"
@@ -280,9 +272,9 @@ def test_a_client_that_never_reads_its_answers_costs_bounded_memory(served):
                 break
             time.sleep(0.02)
         assert sent < 200 * 1024 * 1024, "the server read 200 MB of requests without pausing"
-    conn = next(c for c in list(service.connections) if not c.closed and c.reading_paused)
-    held = len(conn.buf) + conn.transport.get_write_buffer_size()
-    assert held < 1024 * 1024, f"{held} bytes held for one client that does not read"
+    conn = not_reading(service.connections)
+    assert conn is not None, "no connection has its reads paused"
+    assert_bounded(conn)
     # now read: every whole request sent is answered
     sock.setblocking(True)
     sock.settimeout(10)
@@ -300,7 +292,7 @@ def test_a_client_that_never_reads_its_answers_costs_bounded_memory(served):
 
 
 def test_after_the_fuzzing_the_server_answers_and_holds_nothing(served):
-    gt, service, port, rss0, fds0 = served
+    gt, service, port, footprint = served
     ref = PointRef("cell.voltage", 1, 1)
     spec = gt.gateway.catalog["cell.voltage"]
 
@@ -312,5 +304,4 @@ def test_after_the_fuzzing_the_server_answers_and_holds_nothing(served):
 
     gt.wait_for(agrees, timeout=30, what="a read to give the store's cell voltage")
     gt.wait_for(lambda: len(service.connections) == 0, timeout=30, what="every fuzz connection to be closed")
-    assert open_fds() - fds0 < 20, f"{open_fds() - fds0} more file descriptors open than before the fuzzing"
-    assert rss_mib() - rss0 < 100, f"RSS grew {rss_mib() - rss0:.0f} MiB during the fuzzing"
+    footprint.assert_nothing_held(fd_slack=20)

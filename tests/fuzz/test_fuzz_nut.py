@@ -21,7 +21,15 @@ from gateway.outputs.nut.protocol import LineError, split_words
 from gateway.outputs.web.auth import hash_password
 from gateway.points import PointRef
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import ErrorLog, open_fds, recv_until_closed, rss_mib
+from tests.fuzz.netcheck import (
+    ErrorLog,
+    Footprint,
+    assert_bounded,
+    in_pieces,
+    not_reading,
+    recv_until_closed,
+    tcp_session,
+)
 from tests.support import GatewayThread, free_port, small_bank, write_config
 
 MAX_LINE = 512
@@ -45,7 +53,7 @@ def served(tmp_path_factory):
             "web": {"enabled": False}, "snmp": {"enabled": False}, "prometheus": {"enabled": False},
             "modbus_tcp": {"enabled": False}}
     with GatewayThread(write_config(tmp, over, base=small_bank(1, 4))) as gt, ErrorLog() as errors:
-        yield gt, gt.gateway.service("nut"), port, errors, rss_mib(), open_fds()
+        yield gt, gt.gateway.service("nut"), port, errors, Footprint.now()
 
 
 # -- what a session is made of -------------------------------------------------------------------------------
@@ -122,18 +130,10 @@ def test_every_line_gets_one_well_formed_answer_and_the_connection_ends(served, 
     logged = len(errors.records)
     payload = b"".join(line + b"\n" for line in session)
     answered = next((i + 1 for i, line in enumerate(session) if closes(line)), len(session))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            if split:
-                for i in range(0, len(payload), 7):
-                    sock.sendall(payload[i:i + 7])
-            else:
-                sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server closed after LOGOUT or an oversized line
-            assert answered < len(session) or closes(session[-1])
-        got = answers_of(recv_until_closed(sock, 15))
+    received, cut_short = tcp_session(port, in_pieces(payload, 7) if split else [(payload, 0.0)])
+    if cut_short:  # the server closed after LOGOUT or an oversized line
+        assert answered < len(session) or closes(session[-1])
+    got = answers_of(received)
     assert len(got) == answered, f"{answered} lines to answer, {len(got)} answers: {got}"
     for line, answer in zip(session, got, strict=False):
         if len(line) > MAX_LINE:
@@ -152,13 +152,10 @@ def test_a_client_that_never_reads_its_answers_costs_bounded_memory(served):
     sock.sendall(request * count)
 
     def stalled():
-        return next((c for c in list(svc.server.connections)
-                     if not c.closed and c.writing_paused and c.reading_paused), None)
+        return not_reading(svc.server.connections, writing_paused=True)
 
     gt.wait_for(lambda: stalled() is not None, what="the server to stop reading a client that does not read")
-    conn = stalled()
-    held = len(conn.buf) + conn.transport.get_write_buffer_size()
-    assert held < 1024 * 1024, f"{held} bytes held for one client that does not read"
+    assert_bounded(stalled())
     sock.shutdown(socket.SHUT_WR)
     ends, tail = 0, b""
     while chunk := sock.recv(1 << 20):  # now the client reads: the server answers the rest, then closes
@@ -169,7 +166,7 @@ def test_a_client_that_never_reads_its_answers_costs_bounded_memory(served):
 
 
 def test_after_the_fuzzing_the_server_answers_and_holds_nothing(served):
-    gt, svc, port, errors, rss0, fds0 = served
+    gt, svc, port, errors, footprint = served
     ref = PointRef("cell.voltage", 1, 2)
 
     def agrees() -> bool:
@@ -181,6 +178,5 @@ def test_after_the_fuzzing_the_server_answers_and_holds_nothing(served):
 
     gt.wait_for(agrees, timeout=30, what="a read to give the store's battery voltage")
     gt.wait_for(lambda: len(svc.server.connections) == 0, timeout=30, what="every fuzz connection to be closed")
-    assert open_fds() - fds0 < 20, f"{open_fds() - fds0} more file descriptors open than before the fuzzing"
-    assert rss_mib() - rss0 < 100, f"RSS grew {rss_mib() - rss0:.0f} MiB during the fuzzing"
+    footprint.assert_nothing_held(fd_slack=20)
     assert [r.getMessage() for r in errors.records if r.levelno >= logging.ERROR] == []

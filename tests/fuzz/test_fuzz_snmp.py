@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 
 import pytest
 from hypothesis import given, strategies as st
@@ -25,7 +24,7 @@ from gateway.outputs.snmp import ber
 from gateway.outputs.snmp.agent import SnmpAgent
 from gateway.outputs.snmp.fastpath import FastPath
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import ErrorLog, open_fds, rss_mib
+from tests.fuzz.netcheck import ErrorLog, Footprint, answer_after_flood, datagrams, exchange, flood, mutated
 from tests.snmp_support import V3_USER, free_udp_port, net_snmp_env, request
 from tests.support import GatewayThread, small_bank, write_config
 
@@ -59,8 +58,8 @@ def agents(tmp_path_factory):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             yield {"gt": gt, "fast": fast, "slow": slow, "ports": (fast_port, slow_port), "sock": sock,
-                   "errors": errors, "seeds": captured_seeds(tmp) + built_seeds(fast), "rss": rss_mib(),
-                   "fds": open_fds()}
+                   "errors": errors, "seeds": captured_seeds(tmp) + built_seeds(fast),
+                   "footprint": Footprint.now()}
         finally:
             sock.close()
             gt.call(slow.stop())
@@ -101,63 +100,35 @@ def built_seeds(agent) -> list[bytes]:
             request("next", [BASE + (1, 6, 1, 3, 1)], community="wrong")]
 
 
-# -- mutations ---------------------------------------------------------------------------------------------
-@st.composite
-def mutated(draw, seeds):
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(1, 4))):
-        if not data:
-            break
-        pos = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["flip", "byte", "length", "delete", "insert", "truncate", "splice", "version"]))
-        if op == "flip":
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "byte":
-            data[pos] = draw(st.sampled_from([0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x30, 0x7F, 0x80, 0x81, 0x82,
-                                              0x84, 0x85, 0x88, 0xA0, 0xA1, 0xA2, 0xA3, 0xA5, 0xA7, 0xFF]))
-        elif op == "length":  # a long-form length where a short one was: huge, indefinite, non-minimal
-            data[pos:pos + 1] = draw(st.sampled_from([b"\x80", b"\x84\xff\xff\xff\xff", b"\x81\x05", b"\x82\x00\x05",
-                                                      b"\x89" + bytes(9), b"\x84\x7f\xff\xff\xff"]))
-        elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "splice":
-            other = draw(st.sampled_from(seeds))
-            cut = draw(st.integers(0, len(other)))
-            data[pos:] = other[cut:]
-        elif op == "version" and len(data) > 4 and data[2] == 0x02:
-            data[4] = draw(st.sampled_from([0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF]))
-    return bytes(data)
+# -- mutations (the generic ones in tests/fuzz/netcheck.py) ---------------------------------------------------
+BER_OCTETS = [0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x30, 0x7F, 0x80, 0x81, 0x82, 0x84, 0x85, 0x88, 0xA0, 0xA1, 0xA2,
+              0xA3, 0xA5, 0xA7, 0xFF]
 
 
-def datagrams(seeds):
-    return st.one_of(st.sampled_from(seeds), mutated(seeds), mutated(seeds), mutated(seeds),
-                     st.binary(max_size=64), st.binary(min_size=1000, max_size=9000))
+def long_length(draw, data: bytearray, pos: int) -> None:
+    """A long-form length where a short one was: huge, indefinite, non-minimal."""
+    data[pos:pos + 1] = draw(st.sampled_from([b"\x80", b"\x84\xff\xff\xff\xff", b"\x81\x05", b"\x82\x00\x05",
+                                              b"\x89" + bytes(9), b"\x84\x7f\xff\xff\xff"]))
+
+
+def version(draw, data: bytearray, pos: int) -> None:
+    if len(data) > 4 and data[2] == 0x02:
+        data[4] = draw(st.sampled_from([0, 1, 2, 3, 4, 0x7F, 0x80, 0xFF]))
+
+
+def snmp_datagrams(seeds):
+    return datagrams(seeds, mutated(seeds, BER_OCTETS, {"length": long_length, "version": version}))
 
 
 def probe(request_id: int) -> bytes:
     return request("get", [SYS_DESCR], request_id=request_id)
 
 
-def exchange(agents, port: int, data: bytes, request_id: int) -> list[bytes]:
+def answers_to(agents, port: int, data: bytes, request_id: int) -> list[bytes]:
     """Send ``data``, then a plain GET; return the answers to ``data`` (those before the GET's answer)."""
-    sock = agents["sock"]
-    sock.settimeout(5)
-    sock.sendto(data, ("127.0.0.1", port))
-    sock.sendto(probe(request_id), ("127.0.0.1", port))
-    answers = []
-    while True:
-        try:
-            answer = sock.recvfrom(65535)[0]
-        except TimeoutError:
-            raise AssertionError(f"no answer to a plain GET after {data.hex()} (agent on {port} dead or hung)") \
-                from None
-        if answer == probe_answer(agents, request_id, port):
-            return answers
-        answers.append(answer)
+    expected = probe_answer(agents, request_id, port)
+    return exchange(agents["sock"], port, data, probe(request_id), lambda answer: answer == expected, check_answer,
+                    f"agent on {port}")
 
 
 _probe_answers: dict = {}
@@ -212,13 +183,11 @@ def engine_masked(answer: bytes) -> bytes:
 @given(data=st.data())
 @fuzz_settings(400)
 def test_any_datagram_gets_the_same_answer_from_both_paths(agents, data):
-    datagram = data.draw(datagrams(agents["seeds"]), label="datagram")
+    datagram = data.draw(snmp_datagrams(agents["seeds"]), label="datagram")
     ran("snmp.agent_datagrams")
     errors_before = len(agents["errors"].records)
-    fast = exchange(agents, agents["ports"][0], datagram, 1)
-    slow = exchange(agents, agents["ports"][1], datagram, 1)
-    for answer in fast + slow:
-        check_answer(answer)
+    fast = answers_to(agents, agents["ports"][0], datagram, 1)
+    slow = answers_to(agents, agents["ports"][1], datagram, 1)
     # SNMPv3 reports carry each agent's own engine boots and time: only their number must agree
     def v3_as_one(answers):
         return [a if a[2:5] != b"\x02\x01\x03" else "v3" for a in answers]
@@ -235,7 +204,7 @@ def test_any_datagram_gets_the_same_answer_from_both_paths(agents, data):
 @fuzz_settings(600)
 def test_the_fast_path_parser_and_responder_never_raise(agents, data):
     """In the agent a fast-path exception is caught and logged (pysnmp answers instead): here it is a failure."""
-    datagram = data.draw(datagrams(agents["seeds"]), label="datagram")
+    datagram = data.draw(snmp_datagrams(agents["seeds"]), label="datagram")
     ran("snmp.fastpath_parser")
     parsed = ber.parse_v2c_read(datagram)
     fast: FastPath = agents["fast"].fast
@@ -256,34 +225,8 @@ async def _answer(fast: FastPath, datagram: bytes):
 def test_a_flood_of_garbage_from_many_sockets_leaves_the_agent_serving(agents):
     """Eight senders, 500 datagrams each, as fast as they can: the agent drops what it must and answers after."""
     port = agents["ports"][0]
-    seeds = agents["seeds"]
-
-    def flood(k: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for i in range(500):
-                seed = seeds[(i + k) % len(seeds)]
-                s.sendto(seed[: (i * 7 + k) % (len(seed) + 1)], ("127.0.0.1", port))
-
-    threads = [threading.Thread(target=flood, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(1)
-    try:
-        for _ in range(30):  # the first probes may find the socket buffer full of garbage
-            sock.sendto(probe(99), ("127.0.0.1", port))
-            try:
-                answer = sock.recvfrom(65535)[0]
-                break
-            except TimeoutError:
-                continue
-        else:
-            raise AssertionError("the agent no longer answers after the flood")
-    finally:
-        sock.close()
-    check_answer(answer)
+    flood(port, agents["seeds"])
+    check_answer(answer_after_flood(port, probe(99), "agent"))
 
 
 def test_after_the_fuzzing_the_agents_answer_a_real_manager(agents):
@@ -299,5 +242,4 @@ def test_after_the_fuzzing_the_agents_answer_a_real_manager(agents):
     responders = [r for agent in (agents["fast"], agents["slow"]) for r in agent.responders]
     agents["gt"].wait_for(lambda: not any(r._CommandResponderBase__pendingReqs for r in responders), timeout=10,
                           what="pysnmp to release every request's state")
-    assert open_fds() - agents["fds"] < 10
-    assert rss_mib() - agents["rss"] < 100
+    agents["footprint"].assert_nothing_held(fd_slack=10)

@@ -30,7 +30,7 @@ from hypothesis import given, strategies as st
 from gateway.cliargs import offline_gateway
 from gateway.outputs.web.api import OPERATIONS
 from tests.fuzz.cases import fuzz_settings, ran
-from tests.fuzz.netcheck import ErrorLog, open_fds, recv_until_closed, rss_mib
+from tests.fuzz.netcheck import ErrorLog, Footprint, recv_until_closed
 from tests.web_support import PASSWORD, Client, web_gateway
 
 REQUEST_TIMEOUT_S = 2
@@ -47,7 +47,7 @@ def web(tmp_path_factory):
         w.ctx.users.add("victim", "viewer", PASSWORD)
         admin = w.user(ADMIN, "admin")
         yield {"w": w, "admin": admin, "admin_token": w.token("admin"), "viewer_token": w.token("viewer"),
-               "errors": errors, "rss": rss_mib(), "fds": open_fds(), "routes": routes(w),
+               "errors": errors, "footprint": Footprint.now(), "routes": routes(w),
                "fields": config_fields(w, admin)}
     logging.getLogger().setLevel(level)
 
@@ -460,5 +460,4 @@ def test_after_the_fuzzing_the_server_answers_and_holds_nothing(web):
     assert codes == [200] * len(codes)
     w.gt.wait_for(lambda: w.service.status()["open_connections"] <= 2, timeout=30, what="connections to close")
     assert not web["errors"].records, [r.getMessage() for r in web["errors"].records]
-    assert open_fds() - web["fds"] < 20
-    assert rss_mib() - web["rss"] < 100
+    web["footprint"].assert_nothing_held(fd_slack=20)

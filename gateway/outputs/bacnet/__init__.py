@@ -13,23 +13,15 @@ from typing import TYPE_CHECKING
 
 from ... import fsutil
 from ...hookspecs import hookimpl
+from ...service import face_plugin
 from .objects import section_problems
 from .schema import SCHEMA, SECTION, address_problems
 
 if TYPE_CHECKING:
-    from ...app import Gateway
     from ...config import Config
-    from ...service import Service
 
 
-@hookimpl
-def bmsgw_config_schema() -> dict[str, dict]:
-    return {SECTION: SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config: Config, catalog) -> list[str]:
-    cfg = gateway_config.section(SECTION)
+def config_problems(cfg: dict, gateway_config: Config, catalog) -> list[str]:
     if not cfg["enabled"]:
         return []
     problems = address_problems(cfg) + section_problems(cfg, catalog)
@@ -43,14 +35,8 @@ def bmsgw_check_config(gateway_config: Config, catalog) -> list[str]:
     return problems
 
 
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list[Service]:
-    cfg = gateway.config.section(SECTION)
-    if not cfg["enabled"]:
-        return []
-    from .face import BacnetService
-
-    return [BacnetService(gateway, cfg)]
+bmsgw_config_schema, bmsgw_check_config, bmsgw_services = face_plugin(
+    SECTION, SCHEMA, "gateway.outputs.bacnet.face:BacnetService", check=config_problems)
 
 
 def cmd_ede(args) -> int:

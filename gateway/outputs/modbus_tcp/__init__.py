@@ -6,23 +6,14 @@ from typing import TYPE_CHECKING
 
 from ...config import parse_listen, parse_networks
 from ...errors import ConfigError
-from ...hookspecs import hookimpl
+from ...service import face_plugin
 from .schema import CONFIG_SCHEMA, SECTION
 
 if TYPE_CHECKING:
-    from ...app import Gateway
     from ...config import Config
-    from ...service import Service
 
 
-@hookimpl
-def bmsgw_config_schema() -> dict[str, dict]:
-    return {SECTION: CONFIG_SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config: Config) -> list[str]:
-    cfg = gateway_config.section(SECTION)
+def config_problems(cfg: dict, gateway_config: Config, catalog) -> list[str]:
     problems = []
     try:
         parse_listen(cfg["listen"])
@@ -37,9 +28,5 @@ def bmsgw_check_config(gateway_config: Config) -> list[str]:
     return problems
 
 
-@hookimpl
-def bmsgw_services(gateway: Gateway) -> list[Service]:
-    from .face import ModbusTcpService
-
-    cfg = gateway.config.section(SECTION)
-    return [ModbusTcpService(gateway, cfg)] if cfg["enabled"] else []
+bmsgw_config_schema, bmsgw_check_config, bmsgw_services = face_plugin(
+    SECTION, CONFIG_SCHEMA, "gateway.outputs.modbus_tcp.face:ModbusTcpService", check=config_problems)

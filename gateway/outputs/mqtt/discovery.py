@@ -99,9 +99,9 @@ class DiscoveryPlan:
 
     def __init__(self, gateway: Gateway, cfg: dict, payloads: PayloadBuilder, status_topic: str) -> None:
         self.prefix = str(cfg["prefix"]).strip("/")
-        self.batteries = bool(cfg.get("batteries", True))
+        self.batteries = bool(cfg["batteries"])
         site = gateway.config.section("site")
-        self.node = node_id(str(site.get("id", "site")))
+        self.node = node_id(str(site["id"]))
         self.birth_topic = f"{self.prefix}/status"
         self.pointmap = gateway.pointmap
         self.payloads = payloads
@@ -111,11 +111,11 @@ class DiscoveryPlan:
             "origin": {"name": "bmsgw", "sw_version": __version__},
             "qos": 1,
         }
-        self.gateway_device = {"identifiers": [self.node], "name": str(site.get("name") or f"bmsgw {self.node}"),
+        self.gateway_device = {"identifiers": [self.node], "name": str(site["name"] or f"bmsgw {self.node}"),
                                "manufacturer": "bmsgw", "model": "Battery monitoring gateway",
                                "sw_version": __version__}
-        self.di_names = {int(d["channel"]): str(d["name"])
-                         for d in gateway.config.section("alarms").get("di", []) or [] if d.get("name")}
+        alarms = gateway.config.section("alarms")  # empty when the alarms plugin is not loaded
+        self.di_names = {int(d["channel"]): str(d["name"]) for d in alarms.get("di", ()) if d.get("name")}
         self.strings = gateway.topology.strings
         self._entities: list[tuple[Entity, dict]] | None = None
 

@@ -18,6 +18,10 @@ Every payload is JSON with ``seq`` (one counter for all queued messages of the g
 show), ``site`` and ``ts`` (Unix time the message was composed); each value carries its ``unit`` and the
 ``ts`` it was measured; values that are not GOOD are ``null`` with their ``quality``.  Data and alarms are
 published with QoS 1 through the store-and-forward queue (``queue.py``); the status is published directly.
+
+A publish cycle costs what changed (``FeedPayloads``): each topic's document is kept encoded and re-encoded from
+the store's change feed, byte for byte what ``PayloadBuilder.messages`` composes from a snapshot (the plain
+path, kept for ``tests/test_feed_payloads.py`` and ``bench/mqtt.py``).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable, Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -39,17 +44,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from ... import __version__
 from ...errors import ConfigError
 from ...exposition import decimals_for
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...points import PointRef, Quality, Reading
 from ...secretfiles import read_secret
 from ...service import ReloadResult, Service
 from .discovery import RECORD_FILE, DiscoveryPlan, DiscoveryRecord
-from .queue import MessageQueue
+from .queue import Encoded, MessageQueue
 
 if TYPE_CHECKING:
     from ...app import Gateway
     from ...config import Config
     from ...pointmap import MappedPoint
+    from ...points import PointStore
 
 log = logging.getLogger(__name__)
 # Home Assistant asks for a random delay before a device answers its birth message with its configs, so that
@@ -98,7 +104,7 @@ class PayloadBuilder:
 
     def __init__(self, gateway: Gateway, prefix: str, layout: str) -> None:
         site = gateway.config.section("site")
-        self.site = str(site.get("id", "site"))
+        self.site = str(site["id"])
         self.base = f"{prefix.rstrip('/')}/{self.site}"
         self.layout = layout
         self.topology = gateway.topology
@@ -211,16 +217,210 @@ class PayloadBuilder:
             if values:
                 yield self.topic("string", sid, "cell", c), {**head, "string": sid, "cell": c, "values": values}, True
 
-    def alarm(self, event: Any) -> tuple[str, dict[str, Any], bool]:
-        raised = bool(getattr(event, "raised", False))
+    def alarm(self, event: AlarmEvent) -> tuple[str, dict[str, Any], bool]:
+        raised = bool(getattr(event, "active", False))  # the payload keeps its keys: "raised", "text", "metric"
         ts = getattr(event, "ts", None)
         doc = {"site": self.site, "ts": _ts(float(ts) if isinstance(ts, (int, float)) else time.time()),
                "alarm_id": getattr(event, "alarm_id", None), "object": _plain(getattr(event, "object", None)),
-               "metric": _plain(getattr(event, "metric", None)), "value": _plain(getattr(event, "value", None)),
+               "metric": _plain(getattr(event, "point", None)), "value": _plain(getattr(event, "value", None)),
                "threshold": _plain(getattr(event, "threshold", None)),
-               "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "text", None)),
+               "severity": _plain(getattr(event, "severity", None)), "text": _plain(getattr(event, "message", None)),
                "raised": raised, "state": "raised" if raised else "cleared"}
         return self.topic("alarms"), doc, False
+
+
+def _dumps(obj: Any) -> str:
+    """JSON as the queue encodes a document (compact)."""
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+class _Column:
+    """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
+
+    __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
+                 "present", "text", "bad", "first", "last", "changed")
+
+    def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
+        count = len(column)
+        self.name = name
+        self.key = key  # the topic's
+        self.refs = [v.ref if v is not None else None for v in column]
+        self.members = frozenset(ref for ref in self.refs if ref is not None)
+        self.index = {ref: i for i, ref in enumerate(self.refs) if ref is not None}
+        self.unit = probe.unit  # unit and resolution: the same for every battery of the column
+        self.places = probe.places
+        self.values: list[float | None] = [None] * count
+        self.quality: list[str | None] = [None] * count  # the quality of a reading that is not GOOD
+        self.low = [math.inf] * count  # reading times (inf / -inf: no reading)
+        self.high = [-math.inf] * count
+        self.present = 0
+        self.text = "[]"
+        self.bad: dict[str, str] = {}
+        self.first, self.last = math.inf, -math.inf
+        self.changed = False  # a value or a quality changed: encode the column again
+
+    def read_all(self, get: Callable[[PointRef], Reading | None]) -> None:
+        """Every battery's reading (most of the column was written): as ``PayloadBuilder`` reads a column."""
+        readings = [get(ref) if ref is not None else None for ref in self.refs]
+        places, finite, good, inf = self.places, math.isfinite, Quality.GOOD, math.inf
+        if places is None:
+            values = [r.value if r is not None and r.quality is good and r.value is not None
+                      and finite(r.value) else None for r in readings]
+        else:
+            values = [round(r.value, places) if r is not None and r.quality is good and r.value is not None
+                      and finite(r.value) else None for r in readings]
+        quality = [r.quality.value if r is not None and r.quality is not good else None for r in readings]
+        # most polls read the values read before: then the text stays (unless a zero or a type could be written
+        # otherwise: 0.0 and -0.0, 13 and 13.0 are equal)
+        if values != self.values or quality != self.quality or 0 in values \
+                or list(map(type, values)) != list(map(type, self.values)):
+            self.values, self.quality = values, quality
+            self.changed = True
+        self.low = [r.ts if r is not None else inf for r in readings]
+        self.present = len(list(filter(None, readings)))  # (count(None) would compare every reading with None)
+        # every battery read (the usual case): the earliest and the latest time are one list
+        self.high = self.low if self.present == len(readings) else [r.ts if r is not None else -inf
+                                                                    for r in readings]
+
+    def read(self, refs: AbstractSet[PointRef], get: Callable[[PointRef], Reading | None]) -> None:
+        """The readings of a few batteries.  Most polls read the value read before: then only the column's time
+        range moves, its text stays."""
+        good, finite, inf, places = Quality.GOOD, math.isfinite, math.inf, self.places
+        values, qualities = self.values, self.quality
+        for ref in refs:
+            r = get(ref)
+            if r is None:
+                continue
+            i = self.index[ref]
+            if self.low[i] == inf:
+                self.present += 1
+                self.changed = True
+            v, q = r.value, r.quality
+            if q is good:
+                new = (v if places is None else round(v, places)) if v is not None and finite(v) else None
+                quality = None
+            else:
+                new, quality = None, q.value
+            old = values[i]
+            # 13 and 13.0, 0.0 and -0.0 are equal but not written alike
+            if new != old or type(new) is not type(old) or (not new and str(new) != str(old)) \
+                    or quality != qualities[i]:
+                values[i], qualities[i] = new, quality
+                self.changed = True
+            self.low[i] = self.high[i] = r.ts
+
+    def refresh(self) -> None:
+        if self.changed:
+            self.text = _dumps(self.values)
+            self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
+            self.changed = False
+        self.first, self.last = min(self.low), max(self.high)
+
+
+class FeedPayloads:
+    """The messages of ``PayloadBuilder.messages``, byte for byte, kept up to date from the store's change feed:
+    each topic's document (without its head) is kept encoded and encoded again only when one of its points was
+    written; of a string's cells document only the columns written to are read again (a column mostly written
+    to at once, as the plain path does; a few batteries of it one by one) and encoded again when a value or a
+    quality changed.  Which topics and columns were written is found with set operations on the feed's points."""
+
+    def __init__(self, builder: PayloadBuilder, store: PointStore) -> None:
+        self.builder = builder
+        self.store = store
+        self.generation = -1
+        self._order: list[tuple[Any, str]] = []  # (key, topic) in the order messages are sent
+        self._compose: dict[Any, Callable[[], str | None]] = {}
+        self._tails: dict[Any, str | None] = {}
+        self._members: dict[Any, frozenset[PointRef]] = {}  # topic key -> its points (not the cells documents')
+        self._columns: list[_Column] = []
+        self._cell_points = 0
+        b = builder
+        for scope in ("gateway", "bank"):
+            self._topic(scope, b.topic(scope), b.scoped[scope], {})
+        for s in b.topology.strings:
+            self._topic(("string", s.id), b.topic("string", s.id), b.strings[s.id], {"string": s.id, "name": s.name})
+            if b.layout == "cell":
+                for c in range(1, s.cells + 1):
+                    groups = {name: [v] for name, column in b.cells[s.id].items() if (v := column[c - 1]) is not None}
+                    self._topic(("cell", s.id, c), b.topic("string", s.id, "cell", c), groups,
+                                {"string": s.id, "cell": c}, cell=True)
+            else:
+                self._cells_topic(s.id, s.cells)
+
+    def _topic(self, key: Any, topic: str, groups: dict[str, list[_Value]], fields: dict[str, Any],
+               cell: bool = False) -> None:
+        """A topic of values (``fields`` come before them); ``cell``: one battery's, every value an entry."""
+        store = self.store
+
+        def compose() -> str | None:
+            if cell:  # one battery: each value as an entry of its own, channels or not
+                values = {}
+                for name, (v,) in groups.items():
+                    r = store.get(v.ref)
+                    if r is not None:
+                        values[name] = v.entry(r)
+            else:
+                values = PayloadBuilder._values(groups, store)
+            return _dumps({**fields, "values": values})[1:-1] if values else None
+
+        self._order.append((key, topic))
+        self._compose[key] = compose
+        self._members[key] = frozenset(v.ref for vals in groups.values() for v in vals)
+
+    def _cells_topic(self, sid: int, count: int) -> None:
+        key = ("cells", sid)
+        columns: list[_Column] = []
+        for name, column in self.builder.cells[sid].items():
+            probe = next((v for v in column if v is not None), None)
+            if probe is not None:
+                columns.append(_Column(name, key, column, probe))
+        self._columns.extend(columns)
+        self._cell_points += sum(len(col.members) for col in columns)
+
+        def compose() -> str | None:
+            cols = [col for col in columns if col.present]
+            if not cols:
+                return None
+            measured = [_ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))]
+            units = {c.name: c.unit for c in cols if c.unit}
+            values = ",".join(f"{_dumps(c.name)}:{c.text}" for c in cols)
+            text = (f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":{_dumps(measured)},'
+                    f'"units":{_dumps(units)},"values":{{{values}}}')
+            quality = {c.name: c.bad for c in cols if c.bad}
+            return text + f',"quality":{_dumps(quality)}' if quality else text
+
+        self._order.append((key, self.builder.topic("string", sid, "cells")))
+        self._compose[key] = compose
+
+    def messages(self, now: float) -> list[tuple[str, Encoded, bool]]:
+        """``(topic, document, is_values)`` for every topic that has something to say, as ``messages`` gives
+        them for the store as it is now."""
+        store = self.store
+        generation, changed = store.changes_since(self.generation)
+        get = store.get
+        dirty = set()
+        for key, members in self._members.items():
+            if changed is None or not changed.isdisjoint(members):
+                dirty.add(key)
+        # most of the bank written (the first cycle, or the feed no longer reaches back): every column read
+        everything = changed is None or len(changed) > self._cell_points // 2
+        for col in self._columns:
+            written = col.members if everything else changed.intersection(col.members)  # type: ignore[union-attr]
+            if not written:
+                continue
+            if 4 * len(written) > len(col.members):
+                col.read_all(get)
+            else:
+                col.read(written, get)
+            col.refresh()
+            dirty.add(col.key)
+        self.generation = generation
+        tails = self._tails
+        for key in dirty:
+            tails[key] = self._compose[key]()
+        head = _dumps({"site": self.builder.site, "ts": _ts(now)})[:-1] + ","
+        return [(topic, Encoded(head + tail + "}"), True) for key, topic in self._order
+                if (tail := tails.get(key)) is not None]
 
 
 def _connection_settings(cfg: dict) -> dict:
@@ -285,7 +485,7 @@ class MqttService(Service):
         return self.uploader.endpoints()
 
     @hookimpl
-    def bmsgw_alarm_event(self, event: Any) -> None:
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
         self.uploader.alarm(event)
 
 
@@ -302,6 +502,7 @@ class MqttUploader:
         self.host = cfg["host"]
         self.port = cfg["port"] or (8883 if self.tls else 1883)
         self.builder = PayloadBuilder(gateway, cfg["topic_prefix"], cfg["layout"])
+        self.payloads = FeedPayloads(self.builder, gateway.store)
         self.status_topic = self.builder.topic("status")
         interval = float(cfg["interval_s"]) or float(gateway.config.data["gateway"]["poll"]["fast_s"])
         self.interval = max(interval, 0.1)
@@ -390,7 +591,7 @@ class MqttUploader:
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         site = self.gateway.config.section("site")
-        doc = {"state": state, "site": self.builder.site, "site_name": site.get("name", ""), "version": __version__,
+        doc = {"state": state, "site": self.builder.site, "site_name": site["name"], "version": __version__,
                "ts": _ts(time.time()), **extra}
         if state == "offline" and extra.get("reason") == "connection lost":
             doc.pop("ts")  # the will is registered long before it is sent
@@ -610,7 +811,7 @@ class MqttUploader:
             if next_at < loop.time():  # fell behind (a slow disk): skip, do not burst
                 next_at = loop.time() + self.interval
             try:
-                msgs = self.builder.messages(self.gateway.store.snapshot(), time.time())
+                msgs = self.payloads.messages(time.time())
                 items = [(topic, doc, retain and is_values) for topic, doc, is_values in msgs]
                 if items:
                     await asyncio.to_thread(self.queue.put_many, items)
@@ -631,7 +832,7 @@ class MqttUploader:
             (PointRef("gateway.mqtt_dropped"), Reading(float(q.dropped), Quality.GOOD, ts)),
         ])
 
-    def alarm(self, event: Any) -> None:
+    def alarm(self, event: AlarmEvent) -> None:
         """Queue an alarm event (written to disk at once: an alarm must survive a power cut)."""
         try:
             self.queue.put_many([self.builder.alarm(event)], durable=True)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ... import __version__
 from ...config import parse_listen, parse_networks
 from ...errors import ConfigError
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...net.limits import limits_from_section
 from ...net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
 from ...net.tls import server_context
@@ -201,12 +201,12 @@ class NutService(Service):
         if tls["cert"] or tls["key"]:
             cert, key = config.resolve(tls["cert"]), config.resolve(tls["key"])
         else:
-            web_tls = config.section("web").get("tls") or {}
-            if not web_tls.get("enabled"):
+            web_tls = config.section("web").get("tls")  # None when the web face is not loaded
+            if not web_tls or not web_tls["enabled"]:
                 return None, ""
             key_name = "web.tls.cert"
-            if web_tls.get("cert") or web_tls.get("key"):
-                cert, key = config.resolve(web_tls.get("cert", "")), config.resolve(web_tls.get("key", ""))
+            if web_tls["cert"] or web_tls["key"]:
+                cert, key = config.resolve(web_tls["cert"]), config.resolve(web_tls["key"])
             else:
                 folder = config.state_dir / "web" / "tls"
                 cert, key = folder / "cert.pem", folder / "key.pem"
@@ -233,8 +233,8 @@ class NutService(Service):
         return self.server.port
 
     @hookimpl
-    def bmsgw_alarm_event(self, event: Any) -> None:
-        self.alarms.event(event.alarm_id, event.metric, event.severity, event.string, event.cell, event.raised,
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
+        self.alarms.event(event.alarm_id, event.point, event.severity, event.string, event.cell, event.active,
                           event.value, event.threshold)
 
     # -- requests ----------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class StatusAlarms:
 
     def __init__(self) -> None:
         self.known = False
-        self._replace: dict[str, tuple[str, int | None, int | None]] = {}  # alarm id -> (metric, string, cell)
+        self._replace: dict[str, tuple[str, int | None, int | None]] = {}  # alarm id -> (point, string, cell)
         self._low_voltage: dict[str, int | None] = {}  # alarm id -> string
 
     def seed(self, rows: list[dict[str, Any]] | None) -> None:
@@ -92,18 +92,18 @@ class StatusAlarms:
             self._note(str(row.get("id")), row.get("point"), row.get("severity"), row.get("string"), row.get("cell"),
                        bool(row.get("active", True)), row.get("value"), row.get("threshold"))
 
-    def event(self, alarm_id: Any, metric: str | None, severity: str | None, string: int | None, cell: int | None,
+    def event(self, alarm_id: Any, point: str | None, severity: str | None, string: int | None, cell: int | None,
               raised: bool, value: float | None = None, threshold: float | None = None) -> None:
         self.known = True
-        self._note(str(alarm_id), metric, severity, string, cell, raised, value, threshold)
+        self._note(str(alarm_id), point, severity, string, cell, raised, value, threshold)
 
-    def _note(self, alarm_id: str, metric: Any, severity: Any, string: Any, cell: Any, raised: bool,
+    def _note(self, alarm_id: str, point: Any, severity: Any, string: Any, cell: Any, raised: bool,
               value: Any, threshold: Any) -> None:
-        if raised and metric in REPLACE_METRICS and severity == "critical":
-            self._replace[alarm_id] = (metric, string, cell)
+        if raised and point in REPLACE_METRICS and severity == "critical":
+            self._replace[alarm_id] = (point, string, cell)
         else:
             self._replace.pop(alarm_id, None)
-        if raised and metric in LOW_VOLTAGE_METRICS and isinstance(value, int | float) and \
+        if raised and point in LOW_VOLTAGE_METRICS and isinstance(value, int | float) and \
                 isinstance(threshold, int | float) and value <= threshold:
             self._low_voltage[alarm_id] = string
         else:
@@ -113,8 +113,8 @@ class StatusAlarms:
         """Batteries with an active critical ``cell.soh`` alarm (of one string, or all); None when unknown."""
         if not self.known:
             return None
-        return len({(s, c) for metric, s, c in self._replace.values()
-                    if metric == "cell.soh" and (string is None or s == string)})
+        return len({(s, c) for point, s, c in self._replace.values()
+                    if point == "cell.soh" and (string is None or s == string)})
 
     def replace(self, string: int | None = None) -> bool:
         return any(string is None or s == string for _m, s, _c in self._replace.values())

@@ -12,25 +12,16 @@ import sys
 from ... import fsutil
 from ...errors import GatewayError
 from ...hookspecs import hookimpl
+from ...service import face_plugin
 from .schema import SCHEMA, section_problems
 
 
-@hookimpl
-def bmsgw_config_schema():
-    return {"snmp": SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config) -> list[str]:
-    cfg = gateway_config.section("snmp")
+def config_problems(cfg: dict, gateway_config, catalog) -> list[str]:
     return section_problems(cfg, str(gateway_config.path)) if cfg["enabled"] else []
 
 
-@hookimpl
-def bmsgw_services(gateway):
-    from .face import SnmpService
-
-    return [SnmpService(gateway)] if gateway.config.section("snmp")["enabled"] else []
+bmsgw_config_schema, bmsgw_check_config, bmsgw_services = face_plugin(
+    "snmp", SCHEMA, "gateway.outputs.snmp.face:SnmpService", check=config_problems)
 
 
 def cmd_mib(args) -> int:

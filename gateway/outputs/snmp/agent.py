@@ -59,11 +59,13 @@ class SnmpStartError(StartError):
 
 def soc_model(config) -> tuple[float, float]:
     """The analytics' Peukert exponent and rated hours (``analytics.soc``), for the UPS-MIB's run time."""
-    try:
-        soc = config.section("analytics").get("soc") or {}
-    except KeyError:  # the analytics plugin is not loaded
-        soc = {}
-    return float(soc.get("peukert", 1.25)), float(soc.get("rated_hours", 20.0))
+    soc = config.section("analytics").get("soc")
+    if soc is None:  # the analytics plugin is not loaded: its schema's defaults
+        from gateway.analytics import ANALYTICS_SCHEMA
+        from gateway.config import fill_defaults
+
+        soc = fill_defaults(ANALYTICS_SCHEMA, {})["soc"]
+    return float(soc["peukert"]), float(soc["rated_hours"])
 
 
 def parse_oid(text: str) -> tuple[int, ...]:
@@ -260,15 +262,15 @@ class SnmpAgent:
                                                 cfg["ups"]["low_minutes_remaining"])
         self.base = parse_oid(cfg["base_oid"])
         self.listen = parse_listen(cfg["listen"])
-        self.community = (cfg["v2c"].get("community") or "").encode() or None
-        self.community_from = parse_networks(cfg["v2c"].get("allow_from") or [], str(gateway.config.path),
+        self.community = (cfg["v2c"]["community"] or "").encode() or None  # null: SNMPv2c off
+        self.community_from = parse_networks(cfg["v2c"]["allow_from"], str(gateway.config.path),
                                              "snmp.v2c.allow_from") or None
         self.users = {u["name"]: u for u in cfg["v3_users"]}
         gw_cfg = gateway.config
         peukert, rated_hours = soc_model(gw_cfg)
         self.data = AgentData(
             store=gateway.store, pointmap=gateway.pointmap, topology=gateway.topology, base=self.base,
-            site_name=gw_cfg.section("site").get("name", ""), system=cfg["system"], ups=cfg["ups"],
+            site_name=gw_cfg.section("site")["name"], system=cfg["system"], ups=cfg["ups"],
             entity_points=list(cfg["entity_sensors"]), poll=gw_cfg.data["gateway"]["poll"],
             counters=self.counters, engine=self.engine_info, low_batt_time=lambda: self.low_batt.minutes,
             peukert=peukert, rated_hours=rated_hours)

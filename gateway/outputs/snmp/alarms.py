@@ -111,8 +111,8 @@ class AlarmTable:
     def apply(self, event: Any) -> tuple[AlarmRow, bool]:
         """Record a raised or cleared alarm; returns the row (for the notification) and whether raised."""
         alarm_id = str(field(event, "id", field(event, "alarm_id", "")))
-        raised = bool(field(event, "raised", True))
-        metric = str(field(event, "metric", "") or "")
+        raised = bool(field(event, "active", True))
+        metric = str(field(event, "point", "") or "")  # the column keeps its MIB name: bmsgwAlarmMetric
         unit = self._unit(event, metric)
         wall = field(event, "ts") or time.time()
         old = self.rows.get(alarm_id)
@@ -124,7 +124,7 @@ class AlarmTable:
             value=format_number(field(event, "value"), unit),
             threshold=format_number(field(event, "threshold"), unit),
             severity=severity_code(field(event, "severity", "warning")),
-            text=str(field(event, "text", "") or ""),
+            text=str(field(event, "message", "") or ""),
             raised_ticks=old.raised_ticks if old and raised else self.data.stamp(wall),
             raised_wall=old.raised_wall if old and raised else float(wall),
             variable=self._variable(event, metric),

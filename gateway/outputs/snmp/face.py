@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ...commands import Command, Principal
-from ...hookspecs import hookimpl
+from ...hookspecs import AlarmEvent, hookimpl
 from ...points import PointRef
 from ...service import ReloadResult, Service
 from .agent import SnmpAgent
@@ -22,9 +22,8 @@ class SnmpService(Service):
     sections = ("snmp", "site")
     face = True
 
-    def __init__(self, gateway) -> None:
+    def __init__(self, gateway, cfg: dict) -> None:
         self.gateway = gateway
-        cfg = gateway.config.section("snmp")
         # upsConfigLowBattTime outlives agents (a reload) and restarts (its state file)
         self.low_batt = LowBattTime(gateway.config.state_dir / LOW_BATT_FILE, cfg["ups"]["low_minutes_remaining"])
         self.agent = SnmpAgent(gateway, cfg, self.low_batt)
@@ -79,9 +78,9 @@ class SnmpService(Service):
         return [Command(LOW_BATT_POINT, set_low_batt_time, role="operator")]
 
     @hookimpl
-    def bmsgw_alarm_event(self, event) -> None:
+    def bmsgw_alarm_event(self, event: AlarmEvent) -> None:
         """Record the alarm in the active table and send the notifications (in the event loop)."""
-        if event.raised:
+        if event.active:
             self.active[str(event.alarm_id)] = event
         else:
             self.active.pop(str(event.alarm_id), None)

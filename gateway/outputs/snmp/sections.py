@@ -173,13 +173,13 @@ def snmp_counter_fn(data: AgentData, name: str) -> ValueFn:
 def system_section(data: AgentData) -> Section:
     sec = Section()
     sysc = data.system
-    descr = sysc.get("description") or f"bmsgw {__version__} battery monitoring gateway"
+    descr = sysc["description"] or f"bmsgw {__version__} battery monitoring gateway"
     sec.static(SYSTEM + (1,), (0,), (ber.OCTETS, text(descr)))
     sec.static(SYSTEM + (2,), (0,), (ber.OID, data.base))
     sec.add(SYSTEM + (3,), (0,), lambda: (ber.TIMETICKS, data.ticks()), volatile=True)
-    sec.static(SYSTEM + (4,), (0,), (ber.OCTETS, text(sysc.get("contact") or "")))
-    sec.static(SYSTEM + (5,), (0,), (ber.OCTETS, text(sysc.get("name") or data.site_name)))
-    sec.static(SYSTEM + (6,), (0,), (ber.OCTETS, text(sysc.get("location") or "")))
+    sec.static(SYSTEM + (4,), (0,), (ber.OCTETS, text(sysc["contact"])))
+    sec.static(SYSTEM + (5,), (0,), (ber.OCTETS, text(sysc["name"] or data.site_name)))
+    sec.static(SYSTEM + (6,), (0,), (ber.OCTETS, text(sysc["location"])))
     sec.static(SYSTEM + (7,), (0,), (ber.INTEGER, 72))  # application + end-to-end
     sec.static(SYSTEM + (8,), (0,), (ber.TIMETICKS, 0))
     for i, (oid, what) in enumerate(_MODULES, start=1):
@@ -224,7 +224,7 @@ def physical_rows(data: AgentData) -> list[PhysicalRow]:
     """
     topo = data.topology
     rows = [PhysicalRow(CHASSIS, f"bmsgw {__version__} battery monitoring gateway", 0, 3, -1,
-                        data.system.get("name") or data.site_name, model="bmsgw", software=__version__),
+                        data.system["name"] or data.site_name, model="bmsgw", software=__version__),
             PhysicalRow(BANK, "Battery bank", CHASSIS, 5, 1, "Battery bank")]
     names = {}
     for pos, s in enumerate(topo.strings, start=1):

@@ -144,13 +144,13 @@ def default_model(data: AgentData) -> str:
 
 
 def ident_values(data: AgentData) -> dict[int, str]:
-    ident = data.ups.get("ident") or {}
-    return {1: ident.get("manufacturer") or "bmsgw",
-            2: ident.get("model") or default_model(data),
+    ident = data.ups["ident"]
+    return {1: ident["manufacturer"] or "bmsgw",
+            2: ident["model"] or default_model(data),
             3: __version__,
             4: f"bmsgw {__version__}",
-            5: ident.get("name") or data.system.get("name") or data.site_name,
-            6: ident.get("attached_devices") or ""}
+            5: ident["name"] or data.system["name"] or data.site_name,
+            6: ident["attached_devices"]}
 
 
 def ident_section(data: AgentData) -> Section:
@@ -216,7 +216,7 @@ class UpsBattery:
         else the analytics' estimate at the last discharge's current, else the rated (C20) current.  The
         bank's run time is its shortest string's."""
         on = self.discharging_strings()
-        typical = self.data.ups.get("typical_load_a")
+        typical = self.data.ups["typical_load_a"]
         known = [(s, cap, soc) for s, cap in self.strings if (soc := self._soc(s)) is not None]
         if not known:
             return None
@@ -257,9 +257,9 @@ class UpsBattery:
         if charge is None or minutes is None:
             return UNKNOWN
         ups = self.data.ups
-        if minutes < 1.0 or charge <= ups.get("depleted_charge_percent", 10):
+        if minutes < 1.0 or charge <= ups["depleted_charge_percent"]:
             return DEPLETED
-        low_charge = ups.get("low_charge_percent")
+        low_charge = ups["low_charge_percent"]
         if self.served_minutes(minutes) <= self.data.low_batt_time() or (low_charge is not None
                                                                          and charge <= low_charge):
             return LOW
@@ -381,8 +381,8 @@ class UpsAlarms:
         if alarm is None and rule in REPLACE_RULES and str(getattr(event, "severity", "")) == "critical":
             alarm = BATTERY_BAD
         key = str(getattr(event, "alarm_id", ""))
-        if getattr(event, "raised", True) and alarm is not None:
-            onset = getattr(event, "raised_ts", None) or getattr(event, "ts", None) or time.time()
+        if getattr(event, "active", True) and alarm is not None:
+            onset = getattr(event, "raised", None) or getattr(event, "ts", None) or time.time()
             self.events[key] = (alarm, float(onset))
         else:
             self.events.pop(key, None)  # cleared, or no longer critical

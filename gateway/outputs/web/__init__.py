@@ -11,20 +11,14 @@ import sys
 
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
+from gateway.service import face_plugin
 
 from .schema import ROLES, SCHEMA, WebSettings
 
 log = logging.getLogger(__name__)
 
 
-@hookimpl
-def bmsgw_config_schema():
-    return {"web": SCHEMA}
-
-
-@hookimpl
-def bmsgw_check_config(gateway_config) -> list[str]:
-    sec = gateway_config.section("web")
+def config_problems(sec: dict, gateway_config, catalog) -> list[str]:
     try:
         s = WebSettings.from_section(sec, str(gateway_config.path))
     except ConfigError as exc:
@@ -38,13 +32,8 @@ def bmsgw_check_config(gateway_config) -> list[str]:
     return problems
 
 
-@hookimpl
-def bmsgw_services(gateway):
-    if not gateway.config.section("web")["enabled"]:
-        return []
-    from .face import WebService
-
-    return [WebService(gateway)]
+bmsgw_config_schema, bmsgw_check_config, bmsgw_services = face_plugin(
+    "web", SCHEMA, "gateway.outputs.web.face:WebService", check=config_problems)
 
 
 # -- bmsgw user / bmsgw token ------------------------------------------------------------------------------------

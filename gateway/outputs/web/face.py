@@ -42,11 +42,11 @@ class WebService(Service):
     face = True
     stops_live = False
 
-    def __init__(self, gateway, ctx: WebContext | None = None) -> None:
+    def __init__(self, gateway, cfg: dict, ctx: WebContext | None = None) -> None:
         self.gateway = gateway
         self.ctx = ctx or WebContext(gateway)
         self.settings: WebSettings = self.ctx.settings
-        self.section = gateway.config.section("web")  # as applied: a reload compares the new one with it
+        self.section = cfg  # as applied: a reload compares the new one with it
         self.app = create_app(self.ctx)
         self.http: HttpServer | None = None
         self.port: int | None = None

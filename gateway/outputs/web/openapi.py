@@ -113,6 +113,9 @@ SCHEMAS: dict[str, dict] = {
             "point": {"type": ["string", "null"]}, "string": INT_OR_NULL, "cell": INT_OR_NULL,
             "channel": INT_OR_NULL, "value": NUM, "threshold": NUM, "cleared": NUM,
             "acknowledged_by": {"type": ["string", "null"]}, "acknowledged": NUM,
+            "rule": {"type": ["string", "null"], "description": "the name of the alarm rule that raised it "
+                                                                 "(cell_voltage_float, device_comm, ...)"},
+            "cleared_message": {"type": ["string", "null"], "description": "why it ended (null while active)"},
         },
     },
     "AlarmList": {

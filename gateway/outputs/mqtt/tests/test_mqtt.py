@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import time
-import types
 from pathlib import Path
 
 import pytest
 
+from gateway.hookspecs import AlarmEvent
 from gateway.outputs.mqtt.queue import MessageQueue
 from tests.mqtt_peers import Mosquitto, Subscriber, make_pki
 from tests.support import GatewayThread, small_bank, write_config
@@ -32,11 +32,11 @@ def in_order_without_loss(seqs: list[int]) -> tuple[int, int]:
     return firsts[0], firsts[-1]
 
 
-def alarm(raised: bool):
-    return types.SimpleNamespace(alarm_id="cell_voltage_high:1:2", object="string 1 cell 2", metric="cell.voltage",
-                                 value=14.35, threshold=14.1, severity="critical",
-                                 text="String 1 cell 2: voltage 14.35 V (critical above 14.1 V)", raised=raised,
-                                 ts=1700000000.5)
+def alarm(raised: bool) -> AlarmEvent:
+    return AlarmEvent(alarm_id="cell_voltage_high:1:2", object="string 1 cell 2", point="cell.voltage",
+                      value=14.35, threshold=14.1, severity="critical",
+                      message="String 1 cell 2: voltage 14.35 V (critical above 14.1 V)", active=raised,
+                      ts=1700000000.5)
 
 
 # -- the queue on its own ------------------------------------------------------------------------------------------
@@ -128,6 +128,7 @@ def test_topics_payloads_status_and_alarms(tmp_path):
     ev = by_topic["bmsgw/demo/alarms"][0]
     assert ev["alarm_id"] == "cell_voltage_high:1:2" and ev["state"] == "raised" and ev["severity"] == "critical"
     assert ev["value"] == 14.35 and ev["threshold"] == 14.1 and ev["ts"] == 1700000000.5 and "14.35 V" in ev["text"]
+    assert ev["metric"] == "cell.voltage" and "point" not in ev  # the payload keeps its keys
     states = [p["state"] for p in by_topic["bmsgw/demo/status"]]
     assert states[0] == "online" and states[-1] == "offline"  # a clean stop says so, retained
     in_order_without_loss([p["seq"] for t, p, _ in msgs if t != "bmsgw/demo/status"])

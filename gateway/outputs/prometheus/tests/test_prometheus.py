@@ -7,7 +7,6 @@ import random
 import re
 import subprocess
 import time
-import types
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from gateway.app import Gateway
 from gateway.errors import ConfigError
 from gateway.exposition import BankCollector, exposition_for, render_metrics
+from gateway.hookspecs import AlarmEvent
 from gateway.points import PointRef, Quality, Reading
 from tests.conftest import ROOT
 from tests.support import GatewayThread, free_port, small_bank, write_config
@@ -47,10 +47,9 @@ def fill(gw: Gateway, seed: int, share: float = 1.0) -> None:
     gw.store.put_many(batch)
 
 
-def alarm(alarm_id, raised, severity="warning", obj="string 1 cell 3", metric="cell.voltage"):
-    return types.SimpleNamespace(alarm_id=alarm_id, object=obj, metric=metric, value=14.3, threshold=14.1,
-                                 severity=severity, text=f"{obj}: voltage 14.3 V (alarm at 14.1 V)",
-                                 raised=raised, ts=time.time())
+def alarm(alarm_id, raised, severity="warning", obj="string 1 cell 3", point="cell.voltage"):
+    return AlarmEvent(alarm_id=alarm_id, object=obj, point=point, value=14.3, threshold=14.1, severity=severity,
+                      message=f"{obj}: voltage 14.3 V (alarm at 14.1 V)", active=raised, ts=time.time())
 
 
 def reference(gw: Gateway, snapshot) -> bytes:

@@ -195,9 +195,9 @@ def test_alarm_notifications_and_active_alarm_table(env):
     gw = gt.gateway
     receiver = env["receiver"]
     already = len(receiver.notifications())
-    raised = AlarmEvent(alarm_id="cell.ohmic.high/2/5", object="string 2 cell 5", metric="cell.ohmic", value=0.00612,
-                        threshold=0.0055, severity="critical", text="String 2 battery 5: ohmic value 6.1 mOhm",
-                        raised=True, ts=time.time(), unit="ohm", string=2, cell=5)
+    raised = AlarmEvent(alarm_id="cell.ohmic.high/2/5", object="string 2 cell 5", point="cell.ohmic", value=0.00612,
+                        threshold=0.0055, severity="critical", message="String 2 battery 5: ohmic value 6.1 mOhm",
+                        active=True, ts=time.time(), unit="ohm", string=2, cell=5)
     gt.call(_hook(gw, raised))
     got = receiver.wait_for(already + 2)[already:]
     assert sorted(n["kind"] for n in got) == ["INFORM", "TRAP2"]
@@ -219,7 +219,7 @@ def test_alarm_notifications_and_active_alarm_table(env):
     assert table["bmsgwAlarmLastChanged.0"] != "0:0:00:00.00"
 
     cleared = AlarmEvent(**{**{f: getattr(raised, f) for f in raised.__dataclass_fields__},
-                            "raised": False, "value": 0.0052, "ts": time.time()})
+                            "active": False, "value": 0.0052, "ts": time.time()})
     gt.call(_hook(gw, cleared))
     got = receiver.wait_for(already + 4)[already + 2:]
     assert sorted(n["kind"] for n in got) == ["INFORM", "TRAP2"]
@@ -234,9 +234,9 @@ def test_alarm_notifications_and_active_alarm_table(env):
 def test_inform_is_retried_until_the_receiver_answers(env):
     """The third target's receiver is down when the alarm is raised; the inform's retries reach it."""
     gt = env["gt"]
-    event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", metric="io.ambient_temperature",
+    event = AlarmEvent(alarm_id="io.ambient_temperature.high", object="bank", point="io.ambient_temperature",
                        value=36.2, threshold=35.0, severity="warning",
-                       text="Ambient temperature 36.2 C (alarm at 35 C)", raised=True, ts=time.time())
+                       message="Ambient temperature 36.2 C (alarm at 35 C)", active=True, ts=time.time())
     agent = agent_of(gt)
     acked = agent.sent["informs_acknowledged"]
     gt.call(_hook(gt.gateway, event))
@@ -344,7 +344,8 @@ def test_master_keys_from_bmsgw_snmp_key_replace_passphrases(env):
     assert keys["key_format"] == "master" and "long-auth" not in proc.stdout
     gt = env["gt"]
     port = free_udp_port()
-    cfg = {**gt.gateway.config.section("snmp"), "listen": f"127.0.0.1:{port}", "v2c": {"community": None},
+    section = gt.gateway.config.section("snmp")
+    cfg = {**section, "listen": f"127.0.0.1:{port}", "v2c": {**section["v2c"], "community": None},
            "v3_users": [{"name": "keyed", **keys}], "notifications": {"targets": []}}
     agent = SnmpAgent(gt.gateway, cfg)
     gt.call(agent.start())
@@ -367,8 +368,9 @@ def test_alarm_storm_fills_the_table_once(env):
     agent = SnmpAgent(gt.gateway, cfg)
     gt.call(agent.start())
     try:
-        events = [AlarmEvent(alarm_id=f"cell.voltage.low/1/{c}", object=f"string 1 cell {c}", metric="cell.voltage",
-                             value=11.9, threshold=12.78, severity="critical", text="low", raised=True, ts=time.time())
+        events = [AlarmEvent(alarm_id=f"cell.voltage.low/1/{c}", object=f"string 1 cell {c}", point="cell.voltage",
+                             value=11.9, threshold=12.78, severity="critical", message="low", active=True,
+                             ts=time.time())
                   for c in range(1, 301)]
 
         async def storm(evs):
@@ -377,8 +379,9 @@ def test_alarm_storm_fills_the_table_once(env):
         gt.call(storm(events))
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 300 and ids["bmsgwAlarmId.300"] == "cell.voltage.low/1/300"
-        gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, metric=ev.metric, value=12.9,
-                                  threshold=ev.threshold, severity=ev.severity, text="ok", raised=False, ts=time.time())
+        gt.call(storm([AlarmEvent(alarm_id=ev.alarm_id, object=ev.object, point=ev.point, value=12.9,
+                                  threshold=ev.threshold, severity=ev.severity, message="ok", active=False,
+                                  ts=time.time())
                        for ev in events[::2]]))
         ids = NetSnmp(port, env["tmp"]).walk(v2c(), "BMSGW-MIB::bmsgwAlarmId")
         assert len(ids) == 150 and "bmsgwAlarmId.1" not in ids and "bmsgwAlarmId.2" in ids

@@ -44,8 +44,8 @@ def pair(tmp_path_factory):
         agent.data.counters = lambda: {"snmpInPkts": 7}
         agent.data.engine = lambda: {"id": b"\x80\x00\x7e\xd9\x05bmsgwtest", "boots": 3, "time": 42,
                                      "max_message_size": 65507}
-    event = AlarmEvent(alarm_id="cell.voltage.low/1/2", object="string 1 cell 2", metric="cell.voltage", value=12.61,
-                       threshold=12.78, severity="critical", text="String 1 battery 2 low", raised=True,
+    event = AlarmEvent(alarm_id="cell.voltage.low/1/2", object="string 1 cell 2", point="cell.voltage", value=12.61,
+                       threshold=12.78, severity="critical", message="String 1 battery 2 low", active=True,
                        ts=fast.data.started + 5, unit="V", string=1, cell=2)
     for agent in (fast, slow):
         gt.call(_apply(agent, event))

@@ -31,7 +31,7 @@ from gateway.outputs.snmp.upsmib import (
 )
 from gateway.points import PointRef
 from tests.snmp_support import MIB_ARGS, V3_USER, NetSnmp, TrapReceiver, free_udp_port, v2c, v3
-from tests.support import GatewayThread, small_bank, write_config
+from tests.support import GatewayThread, section_with_defaults, small_bank, write_config
 
 STRINGS, CELLS = 2, 6
 TYPICAL_LOAD_A = 20.0  # the bank's load on mains failure: 10 A per 100 Ah string
@@ -223,11 +223,11 @@ def test_alarm_engine_alarms_become_well_known_alarms(env):
     gw = gt.gateway
     receiver = env["receiver"]
     since = len(receiver.notifications())
-    temp = AlarmEvent(alarm_id=901, object="string 2 cell 3", metric="cell.temperature", value=52.0, threshold=50.0,
-                      severity="critical", text="hot", raised=True, ts=time.time(), rule="cell_temperature",
+    temp = AlarmEvent(alarm_id=901, object="string 2 cell 3", point="cell.temperature", value=52.0, threshold=50.0,
+                      severity="critical", message="hot", active=True, ts=time.time(), rule="cell_temperature",
                       string=2, cell=3)
-    worn = AlarmEvent(alarm_id=902, object="string 1", metric="string.soh", value=85.0, threshold=90.0,
-                      severity="warning", text="SOH 85 %", raised=True, ts=time.time(), rule="string_soh", string=1)
+    worn = AlarmEvent(alarm_id=902, object="string 1", point="string.soh", value=85.0, threshold=90.0,
+                      severity="warning", message="SOH 85 %", active=True, ts=time.time(), rule="string_soh", string=1)
     gt.call(_hook(gw, temp))
     gt.call(_hook(gw, worn))
     wait_note(env, "upsTrapAlarmEntryAdded", since, "upsAlarmTempBad")
@@ -239,8 +239,8 @@ def test_alarm_engine_alarms_become_well_known_alarms(env):
     assert set(rows) == {"upsAlarmTempBad", "upsAlarmBatteryBad"}
     assert int(rows["upsAlarmBatteryBad"]) > int(rows["upsAlarmTempBad"])  # ids grow with each new row
     since = len(receiver.notifications())
-    gt.call(_hook(gw, AlarmEvent(**{**_fields(temp), "raised": False, "value": 45.0})))
-    gt.call(_hook(gw, AlarmEvent(**{**_fields(bad), "raised": False, "value": 81.0})))
+    gt.call(_hook(gw, AlarmEvent(**{**_fields(temp), "active": False, "value": 45.0})))
+    gt.call(_hook(gw, AlarmEvent(**{**_fields(bad), "active": False, "value": 81.0})))
     wait_note(env, "upsTrapAlarmEntryRemoved", since, "upsAlarmTempBad")
     wait_note(env, "upsTrapAlarmEntryRemoved", since, "upsAlarmBatteryBad")
     assert alarm_rows(env) == {}
@@ -352,8 +352,9 @@ class FakeBattery:
 
 
 def fake_table() -> tuple[UpsAlarms, FakeBattery, list[tuple]]:
-    data = AgentData(store=None, pointmap=None, topology=None, base=(), site_name="", system={}, ups={},  # type: ignore[arg-type]
-                     entity_points=[], poll={})
+    snmp = section_with_defaults("snmp", {})
+    data = AgentData(store=None, pointmap=None, topology=None, base=(), site_name="",  # type: ignore[arg-type]
+                     system=snmp["system"], ups=snmp["ups"], entity_points=[], poll={})
     battery = FakeBattery()
     sent: list[tuple] = []
     table = UpsAlarms(data, battery, notify=lambda trap, values, what: sent.append((trap, values)))  # type: ignore[arg-type]
@@ -369,8 +370,8 @@ def test_alarm_time_is_the_onset_and_zero_when_before_the_agent():
     table.evaluate(start + 5)
     assert table.stamp(table.rows[ON_BATTERY]) == 0
     assert [trap for trap, _ in sent] == [TRAP_ON_BATTERY]
-    table.observe(AlarmEvent(alarm_id=7, object="room", metric="io.ambient_temperature", value=36.0, threshold=35.0,
-                             severity="warning", text="warm", raised=True, ts=start + 12.5,
+    table.observe(AlarmEvent(alarm_id=7, object="room", point="io.ambient_temperature", value=36.0, threshold=35.0,
+                             severity="warning", message="warm", active=True, ts=start + 12.5,
                              rule="ambient_temperature"))
     table.evaluate(start + 13)
     assert table.stamp(table.rows[TEMP_BAD]) == 1250

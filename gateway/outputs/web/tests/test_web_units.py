@@ -191,7 +191,7 @@ def test_a_port_in_use_stops_start_up_with_a_clear_error(offline_gateway):
     with socket.socket() as s:
         s.bind((host, port))
         s.listen()
-        svc = WebService(offline_gateway)
+        svc = WebService(offline_gateway, offline_gateway.config.section("web"))
         with pytest.raises(GatewayError,
                            match=rf"web\.listen: cannot listen on 127\.0\.0\.1:{port}: Address already in use"):
             asyncio.run(svc.start())
@@ -207,7 +207,7 @@ def test_tls_needs_both_files(offline_gateway, tmp_path):
     (tmp_path / "k.pem").write_text("not a key")
     offline_gateway.config.data["web"]["tls"]["key"] = str(tmp_path / "k.pem")
     offline_gateway.check(offline_gateway.config.data)  # both files are there: what is in them, start finds out
-    svc = WebService(offline_gateway)
+    svc = WebService(offline_gateway, offline_gateway.config.section("web"))
     with pytest.raises(GatewayError, match=r"web\.tls\.cert: cannot load"):
         asyncio.run(svc.start())
 
