@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     db = open_db(args.state)
     rec = Recorder(db, SPECS, PointFilter(["@measured"], []), raw_interval_s=1)
     writer = HistoryWriter(rec, flush_s=rng.uniform(0.005, 0.05), on_flush=acked)
+    # the gateway takes its readings every 0.2 s (one wake-up per poll cycle); here commits come as often as the
+    # flush period, so that kills land on every step of a commit, not on one commit per run
+    writer.TAKE_S = writer.flush_s
     writer.start()
 
     config = args.state / CONFIG_NAME
