@@ -60,7 +60,8 @@ def serve_pymodbus(port: int) -> None:
     asyncio.run(main())
 
 
-def wait_answering(port: int, address: int, timeout: float = 60.0, need_data: bool = False) -> None:
+def wait_answering(port: int, address: int, timeout: float = 60.0, need_data: bool = False,
+                   log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -72,7 +73,8 @@ def wait_answering(port: int, address: int, timeout: float = 60.0, need_data: bo
         except OSError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"server on port {port} did not answer within {timeout:.0f} s")
+    raise SystemExit(f"server on port {port} did not answer within {timeout:.0f} s" +
+                     (f"; its log ends:\n{log.read_text()[-2000:]}" if log and log.exists() else ""))
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -249,12 +251,13 @@ def start_bmsgw(tmp: Path, port: int, ports: dict[str, str] | None) -> subproces
     data["gateway"]["log_level"] = "WARNING"
     data["modbus_tcp"] = {**data.get("modbus_tcp", {}), "listen": f"127.0.0.1:{port}"}
     # two gateways run side by side: each face on a port of its own (a taken port refuses start-up)
-    for section in ("web", "prometheus", "snmp"):
-        data[section] = {**data.get(section, {}), "listen": f"127.0.0.1:{free_port()}"}
+    for section, body in data.items():
+        if section != "modbus_tcp" and isinstance(body, dict) and "listen" in body:
+            body["listen"] = f"127.0.0.1:{free_port()}"
     cfg = tmp / "config.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     return subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "WARNING", "run", "--config", str(cfg)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp / "gateway.log").open("w"))
 
 
 def spread(values: list[float], fmt: str = ",.0f") -> str:
@@ -319,8 +322,8 @@ def main() -> int:
             procs.append(ours_proc)
             procs.append(start_bmsgw(Path(tmp), quiet_port, None))
             wait_answering(base_port, 0)
-            wait_answering(ours_port, 10000, timeout=120, need_data=True)
-            wait_answering(quiet_port, 10000, timeout=120, need_data=True)
+            wait_answering(ours_port, 10000, timeout=240, need_data=True, log=Path(tmp) / "gateway.log")
+            wait_answering(quiet_port, 10000, timeout=240, need_data=True, log=Path(tmp) / "quiet" / "gateway.log")
             base, ours, quiet = [], [], []
             base_c: list[Concurrent] = []
             ours_c: list[Concurrent] = []
