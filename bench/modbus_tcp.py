@@ -87,8 +87,16 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def measure(port: int, address: int, seconds: float) -> float:
-    """Sequential FC4 reads of COUNT registers for ``seconds``; returns requests/s."""
+def measure(port: int, address: int, seconds: float, server_pid: int, cpu_us: list[float]) -> float:
+    """Sequential FC4 reads of COUNT registers for ``seconds``; returns requests/s, and appends the server's CPU
+    microseconds per request to ``cpu_us``."""
+    before = cpu_seconds(server_pid)
+    rate, elapsed = _measure(port, address, seconds)
+    cpu_us.append(1e6 * (cpu_seconds(server_pid) - before) / max(1.0, rate * elapsed))
+    return rate
+
+
+def _measure(port: int, address: int, seconds: float) -> tuple[float, float]:
     expected = 9 + 2 * COUNT
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -104,7 +112,8 @@ def measure(port: int, address: int, seconds: float) -> float:
             n += 1
             if n % 64 == 0 and time.perf_counter() >= end:
                 break
-        return n / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        return n / elapsed, elapsed
 
 
 def cpu_seconds(pid: int) -> float:
@@ -320,11 +329,15 @@ def main() -> int:
             procs.append(sim)
             ours_proc = start_bmsgw(Path(tmp), ours_port, ports)
             procs.append(ours_proc)
-            procs.append(start_bmsgw(Path(tmp), quiet_port, None))
+            quiet_proc = start_bmsgw(Path(tmp), quiet_port, None)
+            procs.append(quiet_proc)
             wait_answering(base_port, 0)
             wait_answering(ours_port, 10000, timeout=240, need_data=True, log=Path(tmp) / "gateway.log")
             wait_answering(quiet_port, 10000, timeout=240, need_data=True, log=Path(tmp) / "quiet" / "gateway.log")
             base, ours, quiet = [], [], []
+            base_us: list[float] = []
+            ours_us: list[float] = []
+            quiet_us: list[float] = []
             base_c: list[Concurrent] = []
             ours_c: list[Concurrent] = []
             for i in range(args.rounds + 1):  # the first round warms up and is not counted
@@ -332,10 +345,11 @@ def main() -> int:
                 pair = [(base_c, base_port, 0, base_proc.pid), (ours_c, ours_port, 10000, ours_proc.pid)]
                 for runs, port, address, pid in pair if i % 2 else pair[::-1]:
                     runs.append(measure_concurrent(port, address, args.concurrent_seconds, args.clients, pid))
-                base.append(measure(base_port, 0, args.seconds))
-                quiet.append(measure(quiet_port, 10000, args.seconds))
-                ours.append(measure(ours_port, 10000, args.seconds))
-            del base[0], quiet[0], ours[0], base_c[0], ours_c[0]
+                base.append(measure(base_port, 0, args.seconds, base_proc.pid, base_us))
+                quiet.append(measure(quiet_port, 10000, args.seconds, quiet_proc.pid, quiet_us))
+                ours.append(measure(ours_port, 10000, args.seconds, ours_proc.pid, ours_us))
+            for runs in (base, quiet, ours, base_c, ours_c, base_us, quiet_us, ours_us):
+                del runs[0]
             ceiling = client_ceiling(args.concurrent_seconds, args.clients, 2)
         finally:
             for p in reversed(procs):
@@ -351,9 +365,14 @@ def main() -> int:
     print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; cpus={os.cpu_count()}")
     print(f"sequential: one raw-socket client, FC4 reads of {COUNT} registers, {args.rounds} rounds x "
           f"{args.seconds:g} s; median (range, +-half range)")
-    print(f"  baseline stock pymodbus 3.16.1 server, plain data block: {spread(base)} requests/s")
-    print(f"  bmsgw modbus_tcp, default config, store not changing:    {spread(quiet)} requests/s")
-    print(f"  bmsgw modbus_tcp, default config, polling live:          {spread(ours)} requests/s")
+    print(f"  baseline stock pymodbus 3.16.1 server, plain data block: {spread(base)} requests/s, "
+          f"server {spread(base_us, '.1f')} CPU us/request")
+    print(f"  bmsgw modbus_tcp, default config, store not changing:    {spread(quiet)} requests/s, "
+          f"server {spread(quiet_us, '.1f')} CPU us/request")
+    print(f"  bmsgw modbus_tcp, default config, polling live:          {spread(ours)} requests/s, "
+          f"server {spread(ours_us, '.1f')} CPU us/request (polling included)")
+    print(f"  CPU per request, pymodbus / bmsgw polling live: "
+          f"{statistics.median(base_us) / statistics.median(ours_us):.2f}")
     print("  (all servers run during every round: the live gateway's polling and the simulator load the machine "
           "for all)")
     ratios = [oc.rate / bc.rate for bc, oc in zip(base_c, ours_c, strict=True)]
