@@ -64,6 +64,7 @@ MAX_OUTPUT = 64 * 1024  # answers written per batch before checking whether the 
 
 _HEADER = struct.Struct(">HHHB")
 _READ_REQ = struct.Struct(">HH")
+_READ_FRAME = struct.Struct(">HHHBBHH")  # a whole read request: MBAP header, function, address, count
 _READ_RESP = struct.Struct(">HHHBBB")
 _EXC = struct.Struct(">HHHBBB")
 
@@ -107,12 +108,12 @@ class RangeSet:
 
     def __init__(self, ranges: list[tuple[int, int]]) -> None:
         self.ranges = merge_ranges(ranges)
-        self._starts = [s for s, _ in self.ranges]
-        self._ends = [e for _, e in self.ranges]
+        self.starts = [s for s, _ in self.ranges]
+        self.ends = [e for _, e in self.ranges]
 
     def covers(self, address: int, count: int) -> bool:
-        i = bisect.bisect_right(self._starts, address) - 1
-        return i >= 0 and address + count <= self._ends[i]
+        i = bisect.bisect_right(self.starts, address) - 1
+        return i >= 0 and address + count <= self.ends[i]
 
 
 class RegisterImage:
@@ -313,6 +314,29 @@ class ModbusTcpService(Service):
                 "writes_enabled": self.writes_enabled, "image_generation": self.image.generation}
 
     # -- requests ----------------------------------------------------------------------------------------------
+    def read_answer(self, frame: bytes | bytearray, pos: int = 0) -> bytes | None:
+        """The answer to the whole 12-byte request at ``frame[pos:]`` when it is a read that the image answers
+        (unit served, count and range valid); None for anything else, which ``handle`` then answers (or
+        refuses) in full.  The common request, spelt out without the general path's slices and calls."""
+        tid, _, _, unit, function, address, count = _READ_FRAME.unpack_from(frame, pos)
+        if function == READ_INPUT:
+            ranges = self.input_ranges
+        elif function == READ_HOLDING:
+            ranges = self.holding_ranges
+        else:
+            return None
+        if not 1 <= count <= MAX_READ or unit not in self.units:
+            return None
+        i = bisect.bisect_right(ranges.starts, address) - 1
+        if i < 0 or address + count > ranges.ends[i]:
+            return None
+        self.counters["requests"] += 1
+        image = self.image
+        if image.generation != image.store.generation:
+            image.refresh()
+        n = 2 * count
+        return _READ_RESP.pack(tid, 0, n + 3, unit, function, n) + image.words[2 * address:2 * address + n]
+
     def handle(self, tid: int, unit: int, pdu: bytes, client: str):
         """The response frame for one request, None for no answer, or an awaitable of the frame (writes)."""
         self.counters["requests"] += 1
@@ -494,6 +518,9 @@ class _Connection(BoundedConnection):
                 self.last_activity = self.loop.time()
                 if not self.proven:
                     self.request_complete()
+                if length == 6 and (response := self.service.read_answer(data)) is not None:
+                    self.transport.write(response)
+                    return
                 response = self.service.handle(tid, unit, data[7:], self.client)
                 if response is None:
                     return
@@ -511,7 +538,7 @@ class _Connection(BoundedConnection):
     def _process(self) -> None:
         out: list[bytes | bytearray] = []
         buf, pos, size = self.buf, 0, 0
-        handle = self.service.handle
+        handle, read_answer = self.service.handle, self.service.read_answer
         while len(buf) - pos >= 7:
             if size >= MAX_OUTPUT:  # a client pipelining faster than it reads: let the transport say when
                 self.transport.write(b"".join(out))
@@ -532,7 +559,9 @@ class _Connection(BoundedConnection):
             if end > len(buf):
                 break
             self.request_complete()  # only whole requests count: a byte-a-minute client times out
-            response = handle(tid, unit, bytes(buf[pos + 7:end]), self.client)
+            response = read_answer(buf, pos) if length == 6 else None
+            if response is None:
+                response = handle(tid, unit, bytes(buf[pos + 7:end]), self.client)
             pos = end
             if response is None:
                 continue

@@ -646,3 +646,31 @@ def test_any_byte_stream_gets_well_formed_answers_or_a_closed_connection(offline
         pos += 6 + length
         assert pos <= len(out)
     assert len(offline_service.connections) == 0
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 0xFFFF), st.sampled_from([0, 1, 2, 7, 255]), st.sampled_from([1, 2, 3, 4, 5, 6, 16, 43]),
+       st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0, 1, 9999, 10000, 10001, 20000, 30000])),
+       st.one_of(st.integers(0, 0xFFFF), st.integers(0, 130)))
+def test_the_fast_read_path_answers_as_the_general_one(offline_service, tid, unit, function, address, count):
+    """read_answer (a whole 12-byte read answered straight from the image) is a fast path of handle: for any
+    request it answers nothing (handle then does) or exactly what handle answers, counters included."""
+    frame = mbap(tid, unit, struct.pack(">BHH", function, address, count))
+    before = dict(offline_service.counters)
+    fast = offline_service.read_answer(frame)
+    fast_counters = dict(offline_service.counters)
+    if fast is None:
+        assert fast_counters == before  # handle will count it
+        return
+    offline_service.counters.clear()
+    offline_service.counters.update(before)
+    assert fast == offline_service.handle(tid, unit, frame[7:], "127.0.0.1")
+    assert dict(offline_service.counters) == fast_counters
+
+
+def test_the_fast_read_path_takes_every_served_read(offline_service):
+    for function, ranges in ((4, offline_service.input_ranges), (3, offline_service.holding_ranges)):
+        for start, end in ranges.ranges:
+            frame = mbap(9, 1, struct.pack(">BHH", function, start, min(end - start, 125)))
+            assert offline_service.read_answer(frame) == offline_service.handle(9, 1, frame[7:], "127.0.0.1")
+            assert offline_service.read_answer(frame) is not None
