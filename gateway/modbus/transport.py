@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -81,7 +80,6 @@ class RtuTransport:
         self._pending: asyncio.Future[bool] | None = None
         self._pending_request = b""
         self._pending_drain: deque[float] | None = None
-        self._input = select.poll()  # the port's input, asked at the end of the silence
         self._need = 0
         self._request = b""
         self._idle_since = 0.0
@@ -124,8 +122,6 @@ class RtuTransport:
                     f"`rs485: false` for this bus when the adapter switches direction by itself") from None
         self._serial = ser
         self._fd = ser.fileno()
-        self._input = select.poll()
-        self._input.register(self._fd, select.POLLIN)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self._on_readable)
         self._idle_since = time.monotonic()
@@ -286,10 +282,6 @@ class RtuTransport:
         self._pending = self._pending_drain = None
         if waiter is None or waiter.done():  # cancelled meanwhile
             return
-        if self._serial is not None and self._input.poll(0):
-            # what came in with the same wake-up as the timer, not handed over yet by the loop, counts too (a
-            # read is only tried when there is something: a raw tty with nothing to read reads as end of file)
-            self._on_readable()
         if self._serial is None or self._buf:
             waiter.set_result(False)
             return
