@@ -73,9 +73,6 @@ class PreciseSleeper:
         self._fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: asyncio.Future[None] | None = None
-        # or, instead of a future to wake a task, a function to call at the deadline (``call_at``)
-        self._callback: Callable[[], None] | None = None
-        self._deadline = 0.0
         self._libc: ctypes.CDLL | None = None  # the timerfd in use: libc's, or (None) the os module's
         # libc's timerfd_settime with its argument types declared and one itimerspec reused: arming is once per
         # transaction, and building the structures and converting the arguments each time cost twice the call
@@ -111,13 +108,6 @@ class PreciseSleeper:
             os.read(self._fd, 8)
         except (BlockingIOError, InterruptedError):
             return
-        callback = self._callback
-        if callback is not None:
-            if time.monotonic() < self._deadline - 1e-5:  # an expiry of an earlier arming, read late
-                return
-            self._callback = None
-            callback()
-            return
         fut = self._future
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -149,31 +139,13 @@ class PreciseSleeper:
                 return
         fut = loop.create_future()
         self._future = fut
-        self._callback = None
         self._arm(deadline)
         try:
             await fut
         finally:
             self._future = None
 
-    def call_at(self, loop: asyncio.AbstractEventLoop, deadline: float, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` in ``loop`` once ``time.monotonic() >= deadline``, to about 0.1 ms: no task wakes
-        for it.  False where there is no timerfd (nothing is scheduled: ``sleep_until`` falls back on asyncio)."""
-        if self._loop is not loop:
-            self.close()
-            if not self._open(loop):
-                return False
-        self._callback = callback
-        self._deadline = deadline
-        self._arm(deadline)
-        return True
-
-    def cancel_call(self) -> None:
-        """Forget the function ``call_at`` scheduled (the timer may still fire: it then does nothing)."""
-        self._callback = None
-
     def close(self) -> None:
-        self._callback = None
         if self._fd >= 0:
             try:
                 if self._loop is not None and not self._loop.is_closed():

@@ -73,13 +73,7 @@ class RtuTransport:
         self._serial: serial.Serial | None = None
         self._fd = -1
         self._buf = bytearray()
-        self._waiter: asyncio.Future[bool] | None = None  # the sent request's reply
-        self._expiry: asyncio.TimerHandle | None = None  # its timeout
-        self._sent_at = 0.0  # when it was sent
-        # a request waiting for the silence before it (sent by the sleeper's callback, _send_due)
-        self._pending: asyncio.Future[bool] | None = None
-        self._pending_request = b""
-        self._pending_drain: deque[float] | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._need = 0
         self._request = b""
         self._idle_since = 0.0
@@ -164,7 +158,7 @@ class RtuTransport:
                     continue
                 self._need = reply_length(self._request, buf)
                 if len(buf) >= self._need:
-                    waiter.set_result(True)
+                    waiter.set_result(None)
                 break
 
     def _drop_stray(self) -> bool:
@@ -195,8 +189,7 @@ class RtuTransport:
         """The adapter was unplugged: fail the waiting request and close the port (a dead descriptor would
         otherwise wake the loop for ever); the engine reopens it, and says so, when it comes back."""
         log.error("bus %s: %s failed: %s", self.bus.name, self.port, why)
-        waiter = self._waiter or self._pending  # a request sent, or waiting for the silence to be sent
-        self._pending = self._pending_drain = None
+        waiter = self._waiter
         self.close()
         if waiter is not None and not waiter.done():
             waiter.set_exception(PortUnavailable(f"port error: {why}"))
@@ -222,17 +215,8 @@ class RtuTransport:
                 # (and half a timeout more: a slave's lateness varies a little, and so does our clock reading)
                 not_before = max(not_before, waiting[-1] + self._lateness[unit] + bus.timeout_ms / 2000.0)
                 drain = waiting
-        loop = self._loop
-        if not self._buf and loop is not None and not_before > time.monotonic() and \
-                self._sleeper.call_at(loop, not_before, self._send_due):
-            # the timer's callback sends the request when the silence is over (see _send_due)
-            waiter: asyncio.Future[bool] = loop.create_future()
-            self._pending, self._pending_request, self._pending_drain = waiter, request, drain
-            words = await self._reply(request, waiter)
-            if words is not None:
-                return words
-            # not sent: the bus was not quiet (or the port closed) at the end of the silence; as below
         await self._sleeper.sleep_until(not_before)
+        loop = self._loop
         if self._serial is None or loop is None:
             raise PortUnavailable("port is not open")
         buf = self._buf
@@ -243,20 +227,9 @@ class RtuTransport:
             await self._sleeper.sleep_until(self._idle_since + bus.silence)
         if drain is not None:
             drain.clear()  # their late replies had their time: they came and were dropped, or never will
-        waiter = loop.create_future()
-        self._send(request, waiter)
-        words = await self._reply(request, waiter)
-        assert words is not None  # sent by this task: the waiter only ever says "replied"
-        return words
-
-    def _send(self, request: bytes, waiter: asyncio.Future[bool]) -> None:
-        """Send ``request``; its reply (or its timeout, or the port's loss) resolves ``waiter``.  Raises
-        PortUnavailable (counted, the port closed) when the write fails."""
-        bus = self.bus
-        loop = self._loop
-        assert loop is not None
         self._request = request
         self._need = reply_length(request, b"")
+        waiter = loop.create_future()
         self._waiter = waiter
         counters = self.counters
         counters.requests += 1
@@ -264,7 +237,7 @@ class RtuTransport:
         counters.wire_time += frame_wire_time(len(request), self._need, bus.char_time, bus.silence, self.turnaround)
         try:
             os.write(self._fd, request)
-            self._sent_at = time.monotonic()
+            sent = time.monotonic()
         except OSError as exc:
             self._waiter = None
             err = PortUnavailable(f"write failed: {exc}")
@@ -272,67 +245,28 @@ class RtuTransport:
             self._port_lost(f"write failed: {exc}")
             raise err from None
         timeout = bus.timeout_ms / 1000.0 + len(request) * bus.char_time
-        self._expiry = loop.call_later(timeout, _expire, waiter)
-
-    def _send_due(self) -> None:
-        """The silence before the pending request is over (the sleeper's timer): send it from here, so that the
-        transaction's task wakes once, for the reply, not once more to send.  When anything came in meanwhile
-        (a late reply: the silence starts again) or the port closed, the task is woken to see to it."""
-        waiter, request, drain = self._pending, self._pending_request, self._pending_drain
-        self._pending = self._pending_drain = None
-        if waiter is None or waiter.done():  # cancelled meanwhile
-            return
-        if self._serial is None or self._buf:
-            waiter.set_result(False)
-            return
-        if drain is not None:
-            drain.clear()
+        handle = loop.call_later(timeout, _expire, waiter)
         try:
-            self._send(request, waiter)
-        except PortUnavailable as err:
-            waiter.set_exception(err)
-
-    async def _reply(self, request: bytes, waiter: asyncio.Future[bool]) -> list[int] | None:
-        """The registers of the reply to ``request``, once ``waiter`` says it is complete; None when the request
-        was never sent (``_send_due`` found the bus not quiet, or the port closed)."""
-        unit = request[0]
-        counters = self.counters
-        try:
-            if not await waiter:
-                return None
-        except ModbusError as exc:
-            if self._waiter is not waiter:  # not sent: the write failed (counted) or the port was lost before
-                raise
-            err = exc
+            await waiter
+        except ModbusError as err:
             self._idle_since = time.monotonic()
             if self._buf:  # something came back, but not a whole reply: a framing fault, not silence
                 err = FrameError(f"incomplete reply ({len(self._buf)} of {self._need} bytes)")
             elif err.kind == "timeout":
-                self._outstanding.setdefault(unit, deque()).append(self._sent_at)
+                self._outstanding.setdefault(unit, deque()).append(sent)
             counters.count(err)
             raise err from None
         except BaseException:  # cancelled: the bus was quiet at least since now
-            if self._waiter is waiter:
-                self._idle_since = time.monotonic()
+            self._idle_since = time.monotonic()
             raise
         finally:
-            if self._pending is waiter:  # cancelled before it was sent: it never will be
-                self._pending = self._pending_drain = None
-                self._sleeper.cancel_call()
-            if self._waiter is waiter:
-                expiry = self._expiry
-                if expiry is not None:
-                    expiry.cancel()
-                    self._expiry = None
-                self._waiter = None
-        sent = self._sent_at
+            handle.cancel()
+            self._waiter = None
         counters.reply_time += self._idle_since - sent
         # on success the silence is counted from the reply's last byte (stamped by _on_readable)
-        need = self._need
-        buf = self._buf
-        reply = bytes(buf[:need])
-        counters.bytes_in += len(buf)
-        del buf[:need]
+        reply = bytes(self._buf[: self._need])
+        counters.bytes_in += len(self._buf)
+        del self._buf[: self._need]
         try:
             words = parse_reply(request, reply)
         except (FrameError, ExceptionResponse) as err:
@@ -374,6 +308,6 @@ def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
     return (8,)
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
+def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(NoReply("no reply"))
