@@ -99,3 +99,30 @@ def test_a_byte_during_the_silence_restarts_it(pty_pair):
     sent_at, request = seen["request"]
     assert request[0] == 5
     assert sent_at - seen["noise"] >= SILENCE_MS / 1000, "a whole silence after the stray byte"
+
+
+def test_a_port_lost_during_the_silence_fails_the_request_at_once():
+    """An adapter unplugged while a request waits out the silence: the request fails with PortUnavailable
+    (the engine then says so and reopens the port later), it does not wait for ever holding the bus."""
+    from gateway.modbus.transport import PortUnavailable
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+
+    async def go():
+        tr = transport(slave)
+        tr.open()
+        try:
+            task = asyncio.create_task(tr.transact(read_request(5, 4, 0, 1)))
+            await asyncio.sleep(SILENCE_MS / 4000)
+            os.close(master)  # the other end goes: the port hangs up
+            with pytest.raises(PortUnavailable):
+                await asyncio.wait_for(task, 5)
+        finally:
+            tr.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        os.close(slave)
