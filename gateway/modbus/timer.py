@@ -146,6 +146,11 @@ class PreciseSleeper:
             self._future = None
 
     def close(self) -> None:
+        # a sleeper closed while someone waits (the port was lost during the silence) wakes them: they find the
+        # port closed; a future nobody will ever resolve would hold the bus's lock for ever
+        fut = self._future
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self._fd >= 0:
             try:
                 if self._loop is not None and not self._loop.is_closed():
