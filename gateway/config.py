@@ -215,6 +215,15 @@ def parse_listen(text: object) -> tuple[str, int]:
     return host, port
 
 
+def listen_address(text: object, key: str, src: str = "config") -> tuple[str, int]:
+    """``parse_listen`` for a face: a ConfigError naming the file and ``key`` (``nut.listen``) when it is
+    not an address."""
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError(src, key, str(exc)) from None
+
+
 def parse_networks(items: list[str], src: str, key: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """A face's ``allow_from`` list (addresses or networks) -> networks; a ConfigError names the bad item."""
     out = []

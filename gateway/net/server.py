@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import address_allowed
 from ..errors import ConfigError
-from ..service import StartError
+from ..service import ReloadResult, StartError
 from .limits import Limits
 
 if TYPE_CHECKING:
@@ -394,6 +394,20 @@ class BoundedServer:
             log.info("%s: now listening on %s:%d; closed %d client connection(s) of the old address",
                      self.face, host, self.port, closed)
         return closed
+
+    async def follow_listen(self, host: str, port: int, result: ReloadResult, endpoint: Callable[[], str]) -> None:
+        """A reload's ``listen`` setting: move there and say so in ``result`` (with the clients the old address
+        closed), or keep the old address with the reason in ``result.failed``.  Port 0 on the same host (a free
+        port, as tests ask) is where the server already is.  ``endpoint()``: the face's address for a person."""
+        if (host, port) == (self.host, self.port) or (port == 0 and host == self.host):
+            return
+        try:
+            moved = await self.rebind(host, port)
+        except BindError as exc:
+            result.failed[self.listen_key] = f"{exc.message}; still listening on {endpoint()}"
+            return
+        result.notes.append(f"{self.face}: now on {endpoint()}" +
+                            (f"; {moved} client connection(s) on the old address closed" if moved else ""))
 
     def apply(self, limits: Limits, allow_from: Sequence[Any] = ()) -> int:
         """New limits and allow-list, live; returns how many connections this closed: those from addresses

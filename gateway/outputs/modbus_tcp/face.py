@@ -26,11 +26,10 @@ from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
 from ... import __version__
 from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
-from ...config import address_allowed, parse_listen, parse_networks
-from ...errors import ConfigError
+from ...config import address_allowed, listen_address, parse_networks
 from ...modbus.codecs import northbound_words, raw_from_words
 from ...net.limits import limits_from_section
-from ...net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
+from ...net.server import BoundedConnection, BoundedServer, LogLimiter
 from ...pointmap import (
     BANK_BASE,
     CELL_BASE,
@@ -189,12 +188,6 @@ class WriteTarget:
 
 
 # -- configuration helpers -------------------------------------------------------------------------------------
-def listen_address(text: str, src: str = "config") -> tuple[str, int]:
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise ConfigError(src, f"{SECTION}.listen", str(exc)) from None
-
 
 # -- the server ------------------------------------------------------------------------------------------------
 def exception_frame(tid: int, unit: int, function: int, code: int) -> bytes:
@@ -211,7 +204,7 @@ class ModbusTcpService(Service):
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         self.gateway = gateway
         src = str(gateway.config.path)
-        host, port = listen_address(cfg["listen"], src)
+        host, port = listen_address(cfg["listen"], f"{SECTION}.listen", src)
         self._settings(cfg, gateway.config)
         self.image = RegisterImage(gateway.pointmap, gateway.store)
         self.input_ranges = RangeSet(served_ranges(gateway.pointmap))
@@ -294,15 +287,8 @@ class ModbusTcpService(Service):
         if closed:
             result.notes.append(f"{SECTION}: {closed} client connection(s) no longer in allow_from (or over the "
                                 "new limits) closed")
-        host, port = listen_address(cfg["listen"], str(config.path))
-        if (host, port) != (self.host, self.port) and not (port == 0 and host == self.host):
-            try:
-                moved = await self.server.rebind(host, port)
-            except BindError as exc:
-                result.failed[f"{SECTION}.listen"] = f"{exc.message}; still listening on {self.endpoints()[0]}"
-                return result
-            result.notes.append(f"{SECTION}: now on {self.endpoints()[0]}" +
-                                (f"; {moved} client connection(s) on the old address closed" if moved else ""))
+        host, port = listen_address(cfg["listen"], f"{SECTION}.listen", str(config.path))
+        await self.server.follow_listen(host, port, result, lambda: self.endpoints()[0])
         return result
 
     def endpoints(self) -> list[str]:

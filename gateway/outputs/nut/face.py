@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import __version__
-from ...config import parse_listen, parse_networks
-from ...errors import ConfigError
+from ...config import listen_address, parse_networks
 from ...hookspecs import AlarmEvent, hookimpl
 from ...net.limits import limits_from_section
-from ...net.server import BindError, BoundedConnection, BoundedServer, LogLimiter
+from ...net.server import BoundedConnection, BoundedServer, LogLimiter
 from ...net.tls import server_context
 from ...service import ReloadResult, Service, StartError
 from . import protocol as p
@@ -75,12 +74,6 @@ class StartTls:
 Answer = str | Close | StartTls | Awaitable[str]
 
 
-def listen_address(text: str, src: str = "config") -> tuple[str, int]:
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise ConfigError(src, f"{SECTION}.listen", str(exc)) from None
-
 
 class LoginThrottle:
     """Failed LOGINs per client address in a sliding window; a locked address is refused without a password
@@ -114,7 +107,7 @@ class NutService(Service):
     def __init__(self, gateway: Gateway, cfg: dict[str, Any]) -> None:
         self.gateway = gateway
         src = str(gateway.config.path)
-        host, port = listen_address(cfg["listen"], src)
+        host, port = listen_address(cfg["listen"], f"{SECTION}.listen", src)
         self.alarms = StatusAlarms()
         self.counters = {"requests": 0, "errors": 0, "logins": 0, "refused_logins": 0, "tls_upgrades": 0,
                          "protocol_errors": 0}
@@ -180,15 +173,8 @@ class NutService(Service):
             conn.close()
         if gone:
             result.notes.append(f"{SECTION}: {len(gone)} logged-in client(s) of a user removed or changed closed")
-        host, port = listen_address(cfg["listen"], str(config.path))
-        if (host, port) != (self.server.host, self.server.port) and not (port == 0 and host == self.server.host):
-            try:
-                moved = await self.server.rebind(host, port)
-            except BindError as exc:
-                result.failed[f"{SECTION}.listen"] = f"{exc.message}; still listening on {self.endpoints()[0]}"
-                return result
-            result.notes.append(f"{SECTION}: now on {self.endpoints()[0]}" +
-                                (f"; {moved} client connection(s) on the old address closed" if moved else ""))
+        host, port = listen_address(cfg["listen"], f"{SECTION}.listen", str(config.path))
+        await self.server.follow_listen(host, port, result, lambda: self.endpoints()[0])
         return result
 
     def _tls(self, cfg: dict[str, Any], config: Config) -> tuple[ssl.SSLContext | None, str]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ...config import parse_listen
-from ...errors import ConfigError
+from ...config import listen_address
 from ...exposition import exposition_for, make_wsgi_app
 from ...net.http import HttpServer
 from ...net.limits import allow_from, limits_from_section
@@ -28,14 +27,6 @@ log = logging.getLogger(__name__)
 ERROR_HEADERS = [("X-Content-Type-Options", "nosniff")]
 
 
-def listen_address(value: str, where: str = "prometheus.listen", file: str = "config") -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` -> (host, port); a ConfigError naming ``where`` when it is not one."""
-    try:
-        return parse_listen(value)
-    except ValueError as exc:
-        raise ConfigError(file, where, str(exc)) from None
-
-
 class PrometheusService(Service):
     """``/metrics`` on ``prometheus.listen``.  An address that cannot be bound refuses start-up, like every face."""
 
@@ -46,7 +37,7 @@ class PrometheusService(Service):
     def __init__(self, gateway: Gateway, cfg: dict) -> None:
         src = str(gateway.config.path)
         self.gateway = gateway
-        self.host, self.port = listen_address(cfg["listen"], file=src)
+        self.host, self.port = listen_address(cfg["listen"], "prometheus.listen", src)
         self.limits = limits_from_section(cfg, DEFAULT_LIMITS, "prometheus", src)
         self.allow_from = allow_from(cfg, "prometheus", src)
         self.http: HttpServer | None = None
@@ -80,7 +71,7 @@ class PrometheusService(Service):
         closed = self.http.apply(self.limits, self.allow_from)
         if closed:
             result.notes.append(f"prometheus: {closed} connection(s) closed by the new limits or allow_from")
-        host, port = listen_address(cfg["listen"], file=src)
+        host, port = listen_address(cfg["listen"], "prometheus.listen", src)
         if (host, port) != (self.http.host, self.http.port):
             try:
                 await self.http.rebind(host, port)
