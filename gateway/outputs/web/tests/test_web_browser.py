@@ -7,13 +7,9 @@ Screenshots go to test-artifacts/web/.  Playwright never downloads a browser her
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.web_support import ARTIFACTS, PASSWORD, web_gateway
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 # counts pixels of each level colour on a chart's canvas (uPlot draws one canvas per chart)
 COUNT_COLOURS = """el => {
@@ -31,15 +27,6 @@ COUNT_COLOURS = """el => {
 def web(tmp_path_factory):
     with web_gateway(tmp_path_factory.mktemp("web-browser"), strings=1, cells=120) as w:
         yield w
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def shot(page, name: str) -> None:

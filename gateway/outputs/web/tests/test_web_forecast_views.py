@@ -15,7 +15,7 @@ import time
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from gateway.analytics import analytics_for, state_path
 from gateway.analytics.state import DAY_S, Baseline, StateDB
@@ -23,8 +23,6 @@ from gateway.hookspecs import hookimpl
 from gateway.points import PointRef, Quality, Reading
 from tests.support import GatewayThread, free_port, small_bank, write_config
 from tests.web_support import ARTIFACTS, PASSWORD, Client, web_gateway
-
-from .test_web_browser import ARGS, CHROMIUM
 
 CELLS = 120
 DAYS = 200
@@ -113,15 +111,6 @@ def web(tmp_path_factory):
         gt.gateway.service("web").ctx.users.add("admin", "admin", PASSWORD)
         gt.gateway.service("web").ctx.users.add("vera", "viewer", PASSWORD)
         yield gt
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def url(web) -> str:
