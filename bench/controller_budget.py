@@ -216,7 +216,7 @@ class Profiler:
         if self.proc.returncode != 0 or not self.out.exists():
             print(f"   (py-spy failed: {err.strip()[-300:]})")
             return None
-        return split_profile(self.out.read_text(), self.tree)
+        return split_profile(self.out.read_text(errors="replace"), self.tree)  # (py-spy may print raw bytes)
 
 
 @dataclass
