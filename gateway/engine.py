@@ -64,6 +64,9 @@ class DeviceState:
     fast_blocks: list[Block] = field(default_factory=list)  # a fast-only cycle
     fast_requests: list[bytes] = field(default_factory=list)
     write_refs: tuple[PointRef, ...] = ()  # write-only registers' points (``poll: never``): never read
+    # (block, request) pairs of a full and of a fast-only cycle, made when the address is set (every cycle's reads)
+    full_reads: tuple[tuple[Block, bytes], ...] = ()
+    fast_reads: tuple[tuple[Block, bytes], ...] = ()
     address: int = 0  # where it answers now (the configured address unless discovery adopted another)
     failures: int = 0
     lost: bool = False
@@ -76,6 +79,8 @@ class DeviceState:
         self.address = address
         self.requests = [read_request(address, b.function, b.start, b.count) for b in self.blocks]
         self.fast_requests = [read_request(address, b.function, b.start, b.count) for b in self.fast_blocks]
+        self.full_reads = tuple(zip(self.blocks, self.requests, strict=True))
+        self.fast_reads = tuple(zip(self.fast_blocks, self.fast_requests, strict=True))
 
 
 @dataclass(slots=True)
@@ -504,10 +509,7 @@ class Engine:
         return batches
 
     def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
-        if slow:
-            todo = list(zip(ds.blocks, ds.requests, strict=True))
-        else:
-            todo = list(zip(ds.fast_blocks, ds.fast_requests, strict=True))
+        todo = list(ds.full_reads if slow else ds.fast_reads)
         if not todo:  # nothing of this device is due: no news about it either
             return None
         return _Reads(ds, todo, retries, time.time(), time.monotonic())
@@ -591,10 +593,11 @@ class Engine:
         good, bad = Quality.GOOD, Quality.OUT_OF_RANGE
         for item in block.items:
             reg: RegisterSpec = item.reg
-            chunk = words[item.offset: item.offset + reg.count]
-            value = hook(ds.profile, reg, chunk) if hook is not None else None
+            value = None
+            if hook is not None:
+                value = hook(ds.profile, reg, words[item.offset: item.offset + reg.count])
             if value is None:
-                value = codecs.decode(chunk, reg)
+                value = item.decode(words, item.offset)
             if value is None or value != value:  # not available (a plugin may say so with NaN)
                 batch.append((item.ref, Reading(None, bad, ts)))
                 continue
