@@ -178,7 +178,8 @@ class RtuTransport:
     def close(self) -> None:
         """Stop the bus's thread (at once: it is woken from any wait) and close the port."""
         self._closing = True
-        self._wake()
+        with self._io_lock:
+            self._wake()
         self._join()
         self._release()
 
@@ -227,7 +228,7 @@ class RtuTransport:
             if self._serial is None:
                 raise PortUnavailable("port is not open")
             self._jobs.append(job)
-        self._wake()
+            self._wake()
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -245,6 +246,7 @@ class RtuTransport:
         return outcome
 
     def _wake(self) -> None:
+        """(Holding ``_io_lock``: the pipe is closed, and its number may be reused, under it.)"""
         with contextlib.suppress(OSError):  # the pipe is full (it is awake anyway) or closed (it has ended)
             os.write(self._wake_w, b"\0")
 
