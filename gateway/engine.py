@@ -1,4 +1,5 @@
-"""The polling engine: one asyncio task per RS485 bus, block reads planned per device, stale marking.
+"""The polling engine: one asyncio task per RS485 bus (its port driven by the transport's thread, a batch of
+devices at a time), block reads planned per device, stale marking.
 
 Drivers (profiles and plugins) never do I/O; the engine owns every byte on the wire.  A device that stops
 answering first gets its points marked STALE, then after ``stale_after_cycles`` failed cycles COMM_FAIL with

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from gateway.modbus import codecs
 from gateway.profiles import RegisterSpec
