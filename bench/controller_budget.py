@@ -132,8 +132,12 @@ class Broker:
 
 
 def proc_cpu_s(pid: int) -> float:
+    return sum(proc_user_system_s(pid))
+
+
+def proc_user_system_s(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -226,6 +230,7 @@ class Result:
     seconds: float = 0.0
     cpu_s: float = 0.0
     samples: int = 0
+    system_s: float = 0.0  # of cpu_s, in the kernel (system calls, wake-ups)
     components: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
     functions: dict[str, float] = field(default_factory=dict)  # CPU seconds per deepest gateway function
     rss: float = 0.0
@@ -278,9 +283,11 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
                     time.sleep(0.05)
                 time.sleep(warmup)
                 profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil, tree)
-                c0, t0 = proc_cpu_s(proc.pid), time.monotonic()
+                (u0, s0), t0 = proc_user_system_s(proc.pid), time.monotonic()
                 time.sleep(seconds)
-                c1, t1 = proc_cpu_s(proc.pid), time.monotonic()
+                (u1, s1), t1 = proc_user_system_s(proc.pid), time.monotonic()
+                c0, c1 = u0 + s0, u1 + s1
+                result.system_s = s1 - s0
                 profile = profiler.result()
                 result.rss, result.hwm = rss_mb(proc.pid)
                 result.loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -313,7 +320,7 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
 def report(r: Result, detail: int) -> None:
     print(f"== {r.label}: {r.batteries} batteries, {r.seconds:.0f} s of steady state (load average {r.loadavg})")
     print(f"   CPU {r.cpu_s:.2f} s = {r.share:.2f} % of one core here; on a core {SLOWER}x slower "
-          f"{r.share * SLOWER:.0f} %")
+          f"{r.share * SLOWER:.0f} %; {100 * r.system_s / max(r.cpu_s, 1e-9):.0f} % of it in the kernel")
     if r.components:
         print(f"   per component (py-spy, {r.samples} busy samples, the gateway's CPU split in their proportion):")
     for name, cpu in sorted(r.components.items(), key=lambda kv: -kv[1]):

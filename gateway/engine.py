@@ -1,4 +1,5 @@
-"""The polling engine: one asyncio task per RS485 bus, block reads planned per device, stale marking.
+"""The polling engine: one asyncio task per RS485 bus (its port driven by the transport's thread, a batch of
+devices at a time), block reads planned per device, stale marking.
 
 Drivers (profiles and plugins) never do I/O; the engine owns every byte on the wire.  A device that stops
 answering first gets its points marked STALE, then after ``stale_after_cycles`` failed cycles COMM_FAIL with
@@ -10,6 +11,7 @@ addresses nobody is polled at (a sensor replaced by one set to another address).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,8 +21,16 @@ from .config import core_defaults
 from .discovery import Discovery, DiscoveryReport
 from .modbus import codecs
 from .modbus.planner import Block, plan
-from .modbus.rtu import ExceptionResponse, ModbusError, read_request, write_multiple_request, write_single_request
-from .modbus.transport import PortError, RtuTransport
+from .modbus.rtu import (
+    ExceptionResponse,
+    ModbusError,
+    PortUnavailable,
+    expected_length,
+    read_request,
+    write_multiple_request,
+    write_single_request,
+)
+from .modbus.transport import GroupResult, Outcome, PortError, RtuTransport
 from .pointmap import device_refs
 from .points import PointRef, PointStore, Quality, Reading
 from .profiles import DeviceProfile, RegisterSpec
@@ -55,6 +65,9 @@ class DeviceState:
     fast_blocks: list[Block] = field(default_factory=list)  # a fast-only cycle
     fast_requests: list[bytes] = field(default_factory=list)
     write_refs: tuple[PointRef, ...] = ()  # write-only registers' points (``poll: never``): never read
+    # (block, request) pairs of a full and of a fast-only cycle, made when the address is set (every cycle's reads)
+    full_reads: tuple[tuple[Block, bytes], ...] = ()
+    fast_reads: tuple[tuple[Block, bytes], ...] = ()
     address: int = 0  # where it answers now (the configured address unless discovery adopted another)
     failures: int = 0
     lost: bool = False
@@ -67,6 +80,8 @@ class DeviceState:
         self.address = address
         self.requests = [read_request(address, b.function, b.start, b.count) for b in self.blocks]
         self.fast_requests = [read_request(address, b.function, b.start, b.count) for b in self.fast_blocks]
+        self.full_reads = tuple(zip(self.blocks, self.requests, strict=True))
+        self.fast_reads = tuple(zip(self.fast_blocks, self.fast_requests, strict=True))
 
 
 @dataclass(slots=True)
@@ -123,7 +138,8 @@ class _Reads:
     ds: DeviceState
     todo: list[tuple[Block, bytes]]  # not read yet (or failed and worth another try)
     tries_left: int
-    ts: float
+    ts: float  # when it was read (time.time(); the transport stamps it when the device's turn comes)
+    at: float  # the same moment on time.monotonic()
     batch: list = field(default_factory=list)
     refused: list[Block] = field(default_factory=list)  # answered with an exception
     error: str = ""
@@ -142,18 +158,23 @@ class _Cycle:
         self.tried = self.answered = self.run = 0
 
     async def attempt(self, reads: _Reads) -> None:
-        """Try a device's reads once; what failed waits for a retry (not from a slave known to answer late)."""
-        self.tried += 1
-        await self.engine._attempt(self.transport, reads)
-        self.answered += reads.answered
-        self.run = 0 if reads.answered else self.run + 1
+        await self.attempt_many([reads])
+
+    async def attempt_many(self, batch: list[_Reads]) -> None:
+        """Try these devices' reads once, in order (one batch for the bus's thread); what failed waits for a
+        retry (not from a slave known to answer late)."""
+        await self.engine._attempt(self.transport, batch)
         transport = self.transport
-        late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
-        if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
-            reads.tries_left -= 1
-            self.pending.append(reads)
-        else:
-            self.engine._finish(reads)
+        for reads in batch:
+            self.tried += 1
+            self.answered += reads.answered
+            self.run = 0 if reads.answered else self.run + 1
+            late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
+            if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
+                reads.tries_left -= 1
+                self.pending.append(reads)
+            else:
+                self.engine._finish(reads)
 
 
 class DeviceWriteError(Exception):
@@ -379,10 +400,9 @@ class Engine:
         suspects = [ds for ds in bs.devices if ds.failures and not ds.lost]
         if bs.silent and len(healthy) + len(suspects) > self.SILENT_PROBES:
             healthy, suspects = await self._check_silent_bus(cycle, healthy, suspects, slow)
-        for ds in healthy:
-            reads = self._reads(ds, slow, bs.bus.retries)
-            if reads is not None:
-                await cycle.attempt(reads)
+        sweep = [reads for ds in healthy if (reads := self._reads(ds, slow, bs.bus.retries)) is not None]
+        for batch in self._batches(bs, sweep):
+            await cycle.attempt_many(batch)
         bs.sweep_duration = time.monotonic() - start
         for ds in suspects:
             reads = self._reads(ds, slow, 0)
@@ -448,7 +468,7 @@ class Engine:
                 continue
             t0 = time.monotonic()
             cycle.tried += 1
-            await self._attempt(cycle.transport, reads)
+            await self._attempt(cycle.transport, [reads])
             self._finish(reads)
             probes += 1
             if alive and not comeback:
@@ -468,33 +488,67 @@ class Engine:
                      sum(1 for d in bs.devices if d.failures == 0), len(bs.devices))
         self._publish_bus(bs)
 
+    def _batches(self, bs: BusState, sweep: list[_Reads]) -> list[list[_Reads]]:
+        """``sweep`` in batches for the bus's thread of about half ``PUBLISH_S`` of wire time each: one event
+        loop wake-up per batch instead of several per transaction, and its readings still reach the store
+        within about ``PUBLISH_S`` of being read."""
+        bus = bs.bus
+        per_request = 2 * bus.silence + 0.002  # the silences and a slave's turnaround; the bytes are added below
+        budget = self.PUBLISH_S / 2
+        batches: list[list[_Reads]] = []
+        batch: list[_Reads] = []
+        spent = 0.0
+        for reads in sweep:
+            batch.append(reads)
+            for _, request in reads.todo:
+                spent += per_request + (len(request) + expected_length(request)) * bus.char_time
+            if spent >= budget:
+                batches.append(batch)
+                batch, spent = [], 0.0
+        if batch:
+            batches.append(batch)
+        return batches
+
     def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
-        if slow:
-            todo = list(zip(ds.blocks, ds.requests, strict=True))
-        else:
-            todo = list(zip(ds.fast_blocks, ds.fast_requests, strict=True))
+        todo = list(ds.full_reads if slow else ds.fast_reads)
         if not todo:  # nothing of this device is due: no news about it either
             return None
-        return _Reads(ds, todo, retries, time.time())
+        return _Reads(ds, todo, retries, time.time(), time.monotonic())
 
-    async def _attempt(self, transport: RtuTransport | None, reads: _Reads) -> None:
-        """One try at every read in ``reads.todo``; what failed and may succeed when tried again stays there."""
+    async def _attempt(self, transport: RtuTransport | None, batch: list[_Reads]) -> None:
+        """One try at every read in each ``reads.todo`` of ``batch``, in one exchange with the bus's thread;
+        what failed and may succeed when tried again stays there."""
+        results: list[GroupResult] = []
+        if transport is not None and transport.is_open:
+            with contextlib.suppress(PortUnavailable):  # it closed meanwhile: as below, nothing was tried
+                results = await transport.exchange([[request for _, request in reads.todo] for reads in batch])
+        for n, reads in enumerate(batch):
+            if n < len(results):
+                reads.ts, reads.at, outcomes = results[n]
+            else:  # the port closed before its turn
+                outcomes = []
+            self._take(transport, reads, outcomes)
+
+    def _take(self, transport: RtuTransport | None, reads: _Reads, outcomes: list[Outcome]) -> None:
+        """What a device's reads got (``outcomes``, in order of ``reads.todo``; fewer when a timeout ended them
+        or the port closed): decode the values, keep what failed and is worth another try."""
         again: list[tuple[Block, bytes]] = []
         todo = reads.todo
         reads.timed_out = reads.answered = False
         for n, (block, request) in enumerate(todo):
-            try:
-                if transport is None or not transport.is_open:
-                    raise ModbusError("bus is not open")
-                words = await transport.transact(request)
-            except ExceptionResponse as exc:  # it answered: asking again would get the same answer
-                reads.error = f"exception {exc.code} reading {block.table} {block.start}+{block.count}"
+            if n >= len(outcomes):  # not tried: the bus is not open (a timeout ends the loop below first)
+                reads.error = "bus is not open"
+                again.extend(todo[n:])
+                break
+            outcome = outcomes[n]
+            if isinstance(outcome, ExceptionResponse):  # it answered: asking again would get the same answer
+                reads.error = f"exception {outcome.code} reading {block.table} {block.start}+{block.count}"
                 reads.refused.append(block)
                 reads.answered = True
                 continue
-            except ModbusError as exc:
-                reads.error = str(exc) or exc.kind
-                if exc.kind == "timeout":  # silent: do not spend a timeout on each of its other reads too
+            if isinstance(outcome, ModbusError):
+                reads.error = str(outcome) or outcome.kind
+                if outcome.kind == "timeout":  # silent: do not spend a timeout on each of its other reads too
                     reads.timed_out = True
                     if transport is not None and transport.late_from(reads.ds.address):
                         reads.error = (f"replies too late (after the {transport.bus.timeout_ms} ms timeout: "
@@ -504,7 +558,7 @@ class Engine:
                 again.append((block, request))
                 continue
             reads.answered = True
-            self._decode_block(reads.ds, block, words, reads.ts, reads.batch)
+            self._decode_block(reads.ds, block, outcome, reads.ts, reads.batch)
         reads.todo = again
 
     def _finish(self, reads: _Reads) -> None:
@@ -515,7 +569,7 @@ class Engine:
                 self.store.put_many(reads.batch)
             else:
                 if not bs.unpublished:
-                    bs.unpublished_since = time.monotonic()
+                    bs.unpublished_since = reads.at
                 bs.unpublished.extend(reads.batch)
         failed = reads.refused + [block for block, _ in reads.todo]
         ok = not failed
@@ -540,10 +594,11 @@ class Engine:
         good, bad = Quality.GOOD, Quality.OUT_OF_RANGE
         for item in block.items:
             reg: RegisterSpec = item.reg
-            chunk = words[item.offset: item.offset + reg.count]
-            value = hook(ds.profile, reg, chunk) if hook is not None else None
+            value = None
+            if hook is not None:
+                value = hook(ds.profile, reg, words[item.offset: item.offset + reg.count])
             if value is None:
-                value = codecs.decode(chunk, reg)
+                value = item.decode(words, item.offset)
             if value is None or value != value:  # not available (a plugin may say so with NaN)
                 batch.append((item.ref, Reading(None, bad, ts)))
                 continue

@@ -99,8 +99,10 @@ class PointRef(NamedTuple):
         return " ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """A point's value, its quality and when it was read.  A named tuple: hundreds are made every second, and a
+    tuple is built in C (a frozen dataclass sets each field through object.__setattr__)."""
+
     value: float | None
     quality: Quality
     ts: float  # wall-clock seconds (time.time())

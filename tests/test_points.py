@@ -12,7 +12,7 @@ def test_specs_refs_and_readings_are_frozen_named_records():
                      scale=1e-6, valid_range=(0.0001, 0.05), poll="slow")
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.unit = "mohm"
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # a named tuple: built in C, hundreds a second
         Reading(1.0, Quality.GOOD, 0.0).value = 2.0
     assert spec.width == 2 and spec.name == "ohmic" and spec.poll == "slow" and spec.valid_range == (0.0001, 0.05)
     assert PointSpec(id="io.di", scope="bank", unit="", description="", slot=4).name == "io.di"

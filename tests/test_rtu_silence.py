@@ -1,5 +1,6 @@
-"""The RTU transport's inter-frame silence: a request waits for it, is not sent when its caller gives up during
-it, and waits a whole silence again after anything that arrives meanwhile (over a raw pseudo-terminal)."""
+"""The RTU transport over a raw pseudo-terminal: the inter-frame silence (a request waits for it, is not sent
+when its caller gives up during it, and waits a whole silence again after anything that arrives meanwhile), and
+batches of transactions handed to the bus's thread at once."""
 from __future__ import annotations
 
 import asyncio
@@ -126,3 +127,89 @@ def test_a_port_lost_during_the_silence_fails_the_request_at_once():
         asyncio.run(go())
     finally:
         os.close(slave)
+
+
+def serve(master: int, answers: dict[int, int], seen: list[bytes], stop: threading.Event,
+          heard: threading.Event | None = None) -> threading.Thread:
+    """A slave side answering each read request from a unit in ``answers`` with that value; silent to others;
+    ``heard`` is set at the first request."""
+    heard = heard or threading.Event()
+    def run():
+        while not stop.is_set():
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if not ready:
+                continue
+            request = os.read(master, 64)
+            seen.append(request)
+            heard.set()
+            if request[0] in answers:
+                value = answers[request[0]]
+                os.write(master, with_crc(bytes([request[0], 4, 2, value >> 8, value & 0xFF])))
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_a_batch_goes_out_in_order_and_a_silent_device_only_ends_its_own_group(pty_pair):
+    """One exchange with the bus's thread: a device that does not answer is not asked its other questions, and
+    the devices after it are read as usual; each group is stamped when its turn came."""
+    from gateway.modbus.rtu import NoReply
+
+    master, slave = pty_pair
+    seen: list[bytes] = []
+    stop = threading.Event()
+    peer = serve(master, {5: 42, 7: 7}, seen, stop)
+
+    async def go():
+        tr = RtuTransport(BusConfig("b", os.ttyname(slave), baud=115200, timeout_ms=60))
+        tr.open()
+        try:
+            t0 = time.monotonic()
+            results = await tr.exchange([[read_request(5, 4, 0, 1), read_request(5, 4, 1, 1)],
+                                         [read_request(6, 4, 0, 1), read_request(6, 4, 1, 1)],
+                                         [read_request(7, 4, 0, 1)]])
+            return t0, results, tr.counters
+        finally:
+            tr.close()
+
+    try:
+        t0, results, counters = asyncio.run(go())
+    finally:
+        stop.set()
+        peer.join()
+    assert [r[0] for r in seen] == [5, 5, 6, 7], "unit 6's second request was never sent"
+    five, six, seven = results
+    assert five.outcomes == [[42], [42]] and seven.outcomes == [[7]]
+    assert len(six.outcomes) == 1 and isinstance(six.outcomes[0], NoReply)
+    assert t0 <= five.at < six.at < seven.at and seven.at - six.at >= 0.06, "stamped when each group's turn came"
+    assert counters.requests == 4 and counters.timeouts == 1
+
+
+def test_a_batch_given_up_sends_nothing_more(pty_pair):
+    master, slave = pty_pair
+    seen: list[bytes] = []
+    stop = threading.Event()
+    heard = threading.Event()
+    peer = serve(master, {20: 1}, seen, stop, heard)  # units 1-10 do not answer: each request takes its timeout
+
+    async def go():
+        tr = RtuTransport(BusConfig("b", os.ttyname(slave), baud=115200, timeout_ms=100))
+        tr.open()
+        try:
+            task = asyncio.create_task(tr.exchange([[read_request(u, 4, 0, 1)] for u in range(1, 11)]))
+            assert await asyncio.to_thread(heard.wait, 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # queued behind the batch: had the batch gone on, units 2-10 would be asked first
+            return await tr.transact(read_request(20, 4, 0, 1))
+        finally:
+            tr.close()
+
+    try:
+        words = asyncio.run(go())
+    finally:
+        stop.set()
+        peer.join()
+    assert [r[0] for r in seen] == [1, 20], "the request under way finished, no other of the batch went out"
+    assert words == [1], "and the bus serves the next caller"

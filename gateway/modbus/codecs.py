@@ -1,9 +1,10 @@
 """Register words <-> engineering values, as a profile's register spec describes them."""
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,6 +51,31 @@ def decode(words: Sequence[int], reg: RegisterSpec) -> float | None:
     if reg.bit is not None:
         return float((int(raw) >> reg.bit) & 1)
     return raw * reg.scale + reg.offset
+
+
+Decoder = Callable[[Sequence[int], int], "float | None"]
+
+
+@functools.lru_cache(maxsize=4096)
+def decoder(reg: RegisterSpec) -> Decoder:
+    """``decode`` for one register spec, specialised once: ``(words, offset) -> value`` of the register at
+    ``offset`` in a block's words.  The engine decodes every value it reads, hundreds a second; the common 16-bit
+    registers skip the general path's type dispatch and slicing (the same arithmetic, so the same floats: see
+    tests/test_codecs.py).  Specs are frozen, so registers that share a spec (every cell sensor's) share one."""
+    scale, offset, na = reg.scale, reg.offset, reg.not_available
+    if reg.bit is None and reg.dtype == "uint16":
+        if na is None:
+            return lambda words, at: words[at] * scale + offset
+        return lambda words, at: None if words[at] == na else words[at] * scale + offset
+    if reg.bit is None and reg.dtype == "int16":
+        def int16(words: Sequence[int], at: int) -> float | None:
+            w = words[at]
+            if w == na:
+                return None
+            return (w - 0x10000 if w & 0x8000 else w) * scale + offset
+        return int16
+    count = reg.count
+    return lambda words, at: decode(words[at: at + count], reg)
 
 
 def raw_unsigned(words: Sequence[int], reg: RegisterSpec) -> int:

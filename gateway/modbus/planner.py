@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .codecs import Decoder, decoder
 from .rtu import FUNCTION_FOR_TABLE, MAX_READ
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ class Item:
     offset: int
     reg: RegisterSpec
     ref: PointRef
+    decode: Decoder  # (the block's words, offset) -> value: codecs.decoder(reg)
 
 
 @dataclass(slots=True)
@@ -59,7 +61,7 @@ def plan(entries: Iterable[PlanEntry], max_block: int = MAX_READ, max_gap: int =
             else:
                 current = Block(table, address, count, poll)
                 blocks.append(current)
-            current.items.append(Item(address - current.start, reg, ref))
+            current.items.append(Item(address - current.start, reg, ref, decoder(reg)))
     if merge_poll:
         for b in blocks:
             b.poll = "fast" if any(i.reg.poll == "fast" for i in b.items) else "slow"

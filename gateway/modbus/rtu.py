@@ -6,6 +6,7 @@ little CPU per transaction (the controller is 15-25x slower than a PC; see ../sh
 """
 from __future__ import annotations
 
+import functools
 import struct
 
 READ_HOLDING, READ_INPUT, WRITE_SINGLE, WRITE_MULTIPLE = 3, 4, 6, 16
@@ -123,10 +124,16 @@ def parse_reply(request: bytes, reply: bytes) -> list[int]:
         nbytes = reply[2]
         if nbytes != len(reply) - 5 or nbytes != 2 * ((request[4] << 8) | request[5]):
             raise FrameError("byte count does not match the request")
-        return list(struct.unpack_from(f">{nbytes // 2}H", reply, 3))
+        return list(_words_struct(nbytes // 2).unpack_from(reply, 3))
     if reply[:6] != request[:6]:
         raise FrameError("write echo does not match the request")
     return []
+
+
+@functools.lru_cache(maxsize=MAX_READ)
+def _words_struct(count: int) -> struct.Struct:
+    """The big-endian register words of a read reply (compiled once per count: one parse per transaction)."""
+    return struct.Struct(f">{count}H")
 
 
 def frame_wire_time(request_len: int, reply_len: int, char_time: float, silence: float, turnaround: float) -> float:
