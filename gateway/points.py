@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import FrozenInstanceError, dataclass
+from operator import itemgetter
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Reading:
     ts: float  # wall-clock seconds (time.time())
 
 
+_REF_OF = itemgetter(0)  # the ref of an item (ref, reading)
+
 Listener = Callable[[list[tuple[PointRef, Reading]]], None]
 # An ingest transform: (ref, reading, fresh) -> the items to store instead.  ``fresh`` is False when only the
 # quality of a stored reading changes (``mark``): the value is the one the transform returned before.
@@ -176,7 +179,7 @@ class PointStore:
     def _publish(self, batch: list[tuple[PointRef, Reading]]) -> None:
         if not batch:
             return
-        refs = tuple(ref for ref, _ in batch)
+        refs = tuple(map(_REF_OF, batch))
         with self._lock:
             self._readings.update(batch)
             self.generation += 1
