@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import statistics
 from collections import deque
 from collections.abc import Callable
@@ -75,6 +76,13 @@ class _Slot:
     judged_at: float | None = None  # the reading time of the last judgement
     seen_at: float | None = None  # ... of the last reading, judged or not
     plain: bool = True  # no reference point and no float-only rule: the same value alone means the same verdict
+    # A new value of a point whose conditions are all at rest (none set, none raised: ``idle``, as the last
+    # judgement left them) stays quiet while it is within [low, high] (every setpoint on its side), when each of
+    # its rules compares the value itself (``ranged``: no state match, average or reference)
+    ranged: bool = False
+    idle: bool = False
+    low: float = -math.inf
+    high: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +277,8 @@ class Evaluator:
         if slot.references and reference is not None:
             slot.reference_values = tuple(map(reference, slot.references))
         quiet = self.incremental
+        if quiet and slot.idle and slot.ranged and slot.low <= value <= slot.high:
+            return out  # every condition stays quiet (the loop below would pass over each)
         for rule, conds in slot.rules:
             compared = value
             if rule.match_state is not None:
@@ -296,6 +306,8 @@ class Evaluator:
                 t = self._step(c, compared, value, ts)
                 if t is not None:
                     out.append(t)
+        if slot.ranged:
+            slot.idle = not any(c.cond or c.active for _rule, conds in slot.rules for c in conds)
         return out
 
     def _slot(self, point, string, cell, channel, device) -> _Slot:
@@ -321,6 +333,11 @@ class Evaluator:
                 slot.references += (rule.reference,)
             slot.float_only = slot.float_only or rule.float_only
         slot.plain = not slot.references and not slot.float_only
+        slot.ranged = all(r.match_state is None and r.average <= 1 and not r.reference for r, _ in slot.rules)
+        conds = [c for _rule, cs in slot.rules for c in cs]
+        slot.low = max((c.threshold for c in conds if not c.high), default=-math.inf)
+        slot.high = min((c.threshold for c in conds if c.high), default=math.inf)
+        slot.idle = not any(c.cond or c.active for c in conds)
         self._slots[(point, string, cell, channel, device)] = slot
         return slot
 
