@@ -9,7 +9,8 @@ current and one state, whether or not the analytics run.
 
 ``tick(now)`` (every ``interval_s``, or from a simulated-time run) watches for thermal runaway, publishes the
 cell-to-cell temperature spread and the current imbalance between parallel strings, and classifies the
-strings that have no current sensor.
+strings that have no current sensor; the batteries' temperatures (and voltages, for a string without a string
+voltage sensor) it reads from the store then, a string's column at a time.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ class StringSupervisor:
         self.installed = True
 
     def uninstall(self) -> None:
-        for point in ("string.voltage", "string.current", "cell.temperature", "cell.voltage"):
+        for point in ("string.voltage", "string.current"):
             self.store.remove_transform(point)
         self.installed = False
 
