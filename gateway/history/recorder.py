@@ -214,11 +214,17 @@ class Recorder:
             self.readings += 1
 
     def _emit_raw(self, st: _SeriesState) -> None:
-        if st.slot >= 0 and st.values:
-            row = (st.slot * st.interval, st.sid, encode_vector(st.values), sum(1 for v in st.values if v is not None))
+        values = st.values
+        end = len(values)
+        while end and values[end - 1] is None:  # (the vector ends at its last value, as if grown to it)
+            end -= 1
+        if st.slot >= 0 and end:
+            row = (st.slot * st.interval, st.sid, encode_vector(values[:end] if end < len(values) else values),
+                   sum(1 for v in values if v is not None))
             (self._raw_fresh if st.fresh_raw else self._raw_rows).append(row)
             st.fresh_raw = False
-        st.values = []
+        # the next slot holds as many values: made at once, not grown by one as a column is read in order
+        st.values = [None] * len(values)
         st.slot = -1
 
     def _emit_roll(self, st: _SeriesState) -> None:
