@@ -1,4 +1,5 @@
-"""Work proportional to what changed: an MQTT publish cycle and an alarm evaluation, incremental against plain.
+"""Work proportional to what changed: an MQTT publish cycle and an alarm evaluation, incremental against plain,
+and the rest of a cycle's work outside the engine (store, history, analytics, string supervision).
 
 The default bank's point map (4 strings x 120 batteries, every face's points), no I/O: the store is written as
 the simulated bank writes it every 5 s cycle (the cell sensors' voltage, temperature, balancing and status, the
@@ -8,7 +9,12 @@ the voltages with a new value), then, in the same process, on the same store sta
   * MQTT: ``PayloadBuilder.messages`` from a snapshot (the plain path) against ``FeedPayloads.messages`` from
     the change feed, both encoded as the queue encodes them (and checked byte for byte equal);
   * alarms: an ``AlarmManager`` with ``incremental=False`` (every reading judged) against one with the default
-    (only changed values, the delays in a heap), each fed the same batches on its own store, in simulated time.
+    (only changed values, the delays in a heap), each fed the same batches on its own store, in simulated time;
+  * the rest (``Components``, a third store with the string supervision's transforms and the analytics'
+    listener on it): the store's ``put_many`` of the batch and of the analytics' outputs, the history
+    recorder's ``add`` of what was stored, the analytics tick, the string supervision's tick every 10 s.  These
+    have no plain path to compare with: run this file from another checkout's ``bench/`` (it measures the
+    ``gateway`` of the tree it sits in) for a before/after.
 
 CPU time per cycle (``time.process_time``) and the ratio plain / incremental; ``--every`` writes every point
 each cycle instead (the worst case for the incremental paths).
@@ -17,6 +23,19 @@ each cycle instead (the worst case for the incremental paths).
 
 Measured on this machine (2 cores shared, load average 5-7): MQTT 18 ms -> 8 ms per cycle (2.3x), alarms
 18 ms -> 11 ms (1.6x); with every point written each cycle, MQTT 25 -> 26 ms (0.9x), alarms 1.4x.
+
+Issue 18, CPU pass outside the engine (branch i18-cpu against main 26bf38e, this file run from both trees,
+alternately, twice each, load average 0.5-1.6), ms per 5 s cycle, main -> branch:
+    MQTT from the change feed 8.5-9.2 -> 7.0-7.5 (a column of GOOD floats read in C, rounded again only
+        when its values' bits changed);
+    alarms incremental 11.9-12.3 -> 7.4-7.8 (plain 17.2-18.4 -> 15.7-16.3: a per-point route, the same value
+        passed over without a call, float suppression from one time per string, the reference read once per
+        batch, a new value within every setpoint judged quiet from two bounds);
+    store 2.9-3.0 -> 2.0-2.4 (no store transform per battery temperature: the string supervision reads them
+        at its tick), history 5.1-5.3 -> 3.4-3.7 (a point's series and index found once, a raw slot made
+        whole), analytics 6.8 -> 6.2-6.4 (columns read in C, the deviations put as one column), strings
+        0.1 -> 0.2;
+    in all, 36 -> 27 ms per cycle (0.72 -> 0.55 % of one core of this machine).
 
 The last line printed is the headline: both ratios.
 """
@@ -34,10 +53,15 @@ import yaml
 from _common import ROOT
 
 from gateway.alarms.manager import AlarmManager
+from gateway.analytics import open_state
+from gateway.analytics.engine import Analytics
 from gateway.app import Gateway
+from gateway.history import open_history
+from gateway.history.recorder import PointFilter, Recorder
 from gateway.outputs.mqtt.face import FeedPayloads, PayloadBuilder
 from gateway.outputs.mqtt.queue import encode
 from gateway.points import PointRef, Quality, Reading
+from gateway.strings import make_supervisor, string_states
 
 # what the simulated bank writes every cycle (bmsgw run on the default bank, counted from the change feed)
 POLLED_CELLS = ("cell.voltage", "cell.temperature", "cell.balancing", "cell.sensor_status",
@@ -73,6 +97,48 @@ def calm(mgr: AlarmManager, ref: PointRef) -> float:
     return 1.0
 
 
+class Components:
+    """The rest of a running gateway's work on each cycle's batch, on a store of its own (the string supervision's
+    transforms installed on it): the store's put (transforms, change feed, listeners), the history recorder's
+    ``add`` of what was stored, the analytics tick and the string supervision's tick (every 10 s, as shipped)."""
+
+    def __init__(self, gw: Gateway, now: float) -> None:
+        self.gw = gw
+        self.supervisor = make_supervisor(gw, persist=False)
+        self.analytics = Analytics(gw.topology.strings, gw.config.section("analytics"), open_state(gw.config),
+                                   gw.store, now=now, states=string_states(gw.catalog),
+                                   canonical=gw.pointmap.canonical)
+        cfg = gw.config.section("history")
+        self.recorder = Recorder(open_history(gw.config), gw.catalog, PointFilter(cfg["include"], cfg["exclude"]),
+                                 raw_interval_s=cfg["raw"]["interval_s"], intervals=cfg["raw"]["intervals"])
+        self.stored: list[list[tuple[PointRef, Reading]]] = []
+        gw.store.subscribe(self.analytics.observe)
+        gw.store.subscribe(self.stored.append)  # (the history writer's queue)
+        self.seconds = {"store": 0.0, "history": 0.0, "analytics": 0.0, "strings": 0.0}
+        self.cycles = 0
+
+    def cycle(self, batch: list[tuple[PointRef, Reading]], now: float, measure: bool = True) -> None:
+        clock = time.process_time
+        t0 = clock()
+        self.gw.store.put_many(batch)
+        t1 = clock()
+        while self.stored:
+            self.recorder.add(self.stored.pop(0))
+        t2 = clock()
+        out = self.analytics.tick(now, publish=False)
+        t3 = clock()
+        self.gw.store.put_many(out)  # (recorded with the next cycle's batch, as the writer takes what is queued)
+        t4 = clock()
+        if self.cycles % 2 == 0:
+            self.supervisor.tick(now)
+        t5 = clock()
+        self.cycles += 1
+        if measure:
+            for name, dt in (("store", t1 - t0 + t4 - t3), ("history", t2 - t1), ("analytics", t3 - t2),
+                             ("strings", t5 - t4)):
+                self.seconds[name] += dt
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=30, help="cycles measured (default 30)")
@@ -81,10 +147,10 @@ def main() -> None:
     logging.disable(logging.WARNING)
     rng = random.Random(1)
     with tempfile.TemporaryDirectory() as tmp:
-        folders = [Path(tmp) / "plain", Path(tmp) / "inc"]
+        folders = [Path(tmp) / "plain", Path(tmp) / "inc", Path(tmp) / "rest"]
         for folder in folders:
             folder.mkdir()
-        plain_gw, inc_gw = (gateway(folder) for folder in folders)
+        plain_gw, inc_gw, rest_gw = (gateway(folder) for folder in folders)
         clock = {"now": 1_700_000_000.0}
         managers = [AlarmManager(gw, gw.config.section("alarms"), clock=lambda: clock["now"], incremental=inc)
                     for gw, inc in ((plain_gw, False), (inc_gw, True))]
@@ -101,6 +167,8 @@ def main() -> None:
             gw.store.put_many([(ref, Reading(values[ref], Quality.GOOD, now)) for ref in refs])
             m.drive(now)
         feed.messages(now)
+        rest = Components(rest_gw, now)
+        rest.cycle([(ref, Reading(values[ref], Quality.GOOD, now)) for ref in refs], now, measure=False)
         print(f"default bank: {len(refs)} points, {len(written)} written per cycle")
         mqtt = {"plain": 0.0, "feed": 0.0}
         alarms = {"plain": 0.0, "incremental": 0.0}
@@ -113,6 +181,7 @@ def main() -> None:
             batch = [(ref, Reading(values[ref], Quality.GOOD, now - rng.uniform(0, 4))) for ref in written]
             for gw in (plain_gw, inc_gw):
                 gw.store.put_many(batch)
+            rest.cycle(batch, now)
             for name, m in zip(("plain", "incremental"), managers, strict=True):
                 t0 = time.process_time()
                 m.drive(now)
@@ -134,6 +203,7 @@ def main() -> None:
     print(f"alarm evaluation:   plain {alarms['plain'] / n * 1e3:.1f} ms, incremental "
           f"{alarms['incremental'] / n * 1e3:.1f} ms (readings judged: {managers[0].evaluator.judged} and "
           f"{managers[1].evaluator.judged})")
+    print("the rest, per cycle: " + ", ".join(f"{name} {sec / n * 1e3:.1f} ms" for name, sec in rest.seconds.items()))
     print(f"work per cycle, plain / incremental: MQTT {mqtt['plain'] / mqtt['feed']:.1f}x, "
           f"alarms {alarms['plain'] / alarms['incremental']:.1f}x")
 

@@ -183,3 +183,26 @@ def test_queries_without_a_running_writer_leave_no_file_open(tmp_path):
     for _ in range(30):
         assert gw.pm.hook.bmsgw_history_query(gateway=gw, ref=ref, start=now - 3600, end=now, max_points=100) == []
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_what_is_recorded_follows_a_filter_change_for_points_already_seen(tmp_path):
+    """The recorder finds each point's series once; a new filter (a config reload) applies to points it has
+    seen already, both ways; a point whose first readings are not finite gets no series until a finite one."""
+    db, rec = make(tmp_path)
+    volt, current = PointRef("cell.voltage", 1, 1), PointRef("string.current", 1)
+
+    def write(t, **values):
+        rec.add([(ref, Reading(v, Quality.GOOD, t)) for ref, v in ((volt, values.get("volt")),
+                                                                   (current, values.get("current")))])
+
+    write(T0, volt=13.0, current=float("nan"))
+    assert "string.current" not in {p for p, _ in rec._states}  # a NaN made no series
+    rec.set_filter(PointFilter(["@measured"], ["cell.voltage"]))
+    write(T0 + 5, volt=14.0, current=2.0)  # the voltage is left out from now on
+    rec.set_filter(PointFilter(["@measured"], []))
+    write(T0 + 70, volt=15.0, current=3.0)
+    rec.flush(T0 + 200, final=True)
+    now = T0 + 300
+    volts = db.query("cell.voltage", 1, 1, start=T0, end=T0 + 200, resolution="raw", now=now).mean
+    currents = db.query("string.current", 1, start=T0, end=T0 + 200, resolution="raw", now=now).mean
+    assert volts == [13.0, 15.0] and currents == [2.0, 3.0]

@@ -330,3 +330,19 @@ def test_an_ohmic_test_started_on_demand_runs_on_the_sensors_and_its_results_com
         assert all(model.last_ohmic_test(1, cell=c) > scheduled for c in range(1, 5))
         assert gw.store.get(PointRef("cell.ohmic_test", 1, 1)) is None or \
             gw.store.value(PointRef("cell.ohmic_test", 1, 1)) is None, "a write-only register shows no state"
+
+
+def test_a_string_without_string_sensors_follows_its_good_battery_voltages():
+    """No string voltage or current sensor: the tick classifies the string from its batteries' GOOD voltages
+    (read from the store), a battery whose reading is not GOOD left out."""
+    store = PointStore()
+    sup = StringSupervisor(strings_topology(1), fill_defaults(SCHEMA, {}), store, STATES, None, measured=set())
+    sup.install()
+    states = []
+    for t, volts in enumerate([2.27] * 10 + [1.95] * 25, start=1):
+        store.put_many([(PointRef("cell.voltage", 1, c), Reading(0.0 if c <= 10 else volts,
+                                                                 Quality.STALE if c <= 10 else Quality.GOOD, 10.0 * t))
+                        for c in range(1, CELLS + 1)])
+        sup.tick(10.0 * t)
+        states.append(store.value(PointRef("string.state", 1)))
+    assert states[9] == STATES.floating and states[-1] == STATES.discharging

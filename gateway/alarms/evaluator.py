@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import statistics
 from collections import deque
 from collections.abc import Callable
@@ -74,6 +75,14 @@ class _Slot:
     waiting: int = 0  # conditions waiting for their delay: judge every reading (as the plain path does)
     judged_at: float | None = None  # the reading time of the last judgement
     seen_at: float | None = None  # ... of the last reading, judged or not
+    plain: bool = True  # no reference point and no float-only rule: the same value alone means the same verdict
+    # A new value of a point whose conditions are all at rest (none set, none raised: ``idle``, as the last
+    # judgement left them) stays quiet while it is within [low, high] (every setpoint on its side), when each of
+    # its rules compares the value itself (``ranged``: no state match, average or reference)
+    ranged: bool = False
+    idle: bool = False
+    low: float = -math.inf
+    high: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,10 @@ class Evaluator:
         self._pending_float: set[AlarmKey] = set()  # waiting conditions of float-only rules (tick cancels them)
         self.judged = 0  # readings judged (the others were the value last judged)
         self._samples: dict[tuple, deque[float]] = {}  # (N, point, string, cell, channel) -> last N new values
+        # per string: from which reading time nothing suppresses its float rules (as its mode is now): most
+        # readings are judged against this one number instead of the whole ``suppressed``; dropped when the
+        # string's mode changes
+        self._applies_from: dict[int, float] = {}
 
     def carry_over(self, old: Evaluator) -> None:
         """What the evaluator learnt that does not depend on the rules (string modes, the last ohmic values),
@@ -155,6 +168,7 @@ class Evaluator:
         if floating and not was_floating:
             st.left_at = ts
         st.state = code
+        self._applies_from.pop(string, None)
 
     def observe_ohmic(self, string: int, cell: int, value: float, ts: float) -> None:
         if self.policy.ohmic_detect == "off":
@@ -167,11 +181,32 @@ class Evaluator:
     def ohmic_test(self, string: int, ts: float) -> None:
         """The string's sensors ran an ohmic test at ``ts``: float-voltage rules rest for a while."""
         self.strings.setdefault(string, StringMode()).ohmic_test_at = ts
+        self._applies_from.pop(string, None)
+
+    def _float_applies_from(self, string: int, st: StringMode) -> float:
+        """The reading time from which ``suppressed`` says None for the string's present mode (inf: not on float);
+        before it, ``suppressed`` decides (an ohmic test after the reading does not suppress it, for one)."""
+        if st.state is not None and st.state != self.codes.floating:
+            t = float("inf")
+        else:
+            t = -float("inf")
+            if st.left_at is not None:
+                t = max(t, st.left_at + self.policy.settle_s)
+            if st.ohmic_test_at is not None:
+                t = max(t, st.ohmic_test_at + self.policy.ohmic_suppress_s)
+            t += 1.0  # clear of the boundary, where ``suppressed``'s own arithmetic may round the other way
+        self._applies_from[string] = t
+        return t
 
     def suppressed(self, string: int | None, ts: float) -> str | None:
         """Why float-voltage rules of ``string`` are suppressed at ``ts`` (None: they apply)."""
         st = self.strings.get(string) if string is not None else None
         if st is None:
+            return None
+        applies_from = self._applies_from.get(string)  # type: ignore[arg-type]  # (st: string is not None)
+        if applies_from is None:
+            applies_from = self._float_applies_from(string, st)  # type: ignore[arg-type]
+        if ts >= applies_from:
             return None
         if st.state is not None and st.state != self.codes.floating:
             return self.codes.name(st.state)
@@ -205,7 +240,9 @@ class Evaluator:
                 or self._slot(ref.point, ref.string, ref.cell, ref.channel, "")
         if not slot.rules:
             return []
-        if self.incremental and self._unchanged(slot, ref.string, value, ts, reference):
+        # most readings: the value last judged of a point with nothing waiting (checked here, not in a call)
+        if value == slot.last and self.incremental and not slot.waiting and (
+                slot.plain or self._context_unchanged(slot, ref.string, ts, reference)):
             slot.seen_at = ts
             return []
         return self._judge(slot, ref.point, ref.string, ref.cell, ref.channel, value, ts, reference)
@@ -216,8 +253,12 @@ class Evaluator:
         reference points' values and its string's float suppression as they were."""
         if value != slot.last or slot.waiting:
             return False
-        if slot.references and (reference is None or slot.reference_values != tuple(
-                reference(pid) for pid in slot.references)):
+        return slot.plain or self._context_unchanged(slot, string, ts, reference)
+
+    def _context_unchanged(self, slot: _Slot, string: int | None, ts: float,
+                           reference: Callable[[str], float | None] | None) -> bool:
+        """The reference points' values and the string's float suppression are as the last judgement saw them."""
+        if slot.references and (reference is None or slot.reference_values != tuple(map(reference, slot.references))):
             return False
         return not slot.float_only or (self.suppressed(string, ts) is not None) == slot.suppressed
 
@@ -234,8 +275,10 @@ class Evaluator:
         if slot.float_only:
             slot.suppressed = self.suppressed(string, ts) is not None
         if slot.references and reference is not None:
-            slot.reference_values = tuple(reference(pid) for pid in slot.references)
+            slot.reference_values = tuple(map(reference, slot.references))
         quiet = self.incremental
+        if quiet and slot.idle and slot.ranged and slot.low <= value <= slot.high:
+            return out  # every condition stays quiet (the loop below would pass over each)
         for rule, conds in slot.rules:
             compared = value
             if rule.match_state is not None:
@@ -263,6 +306,8 @@ class Evaluator:
                 t = self._step(c, compared, value, ts)
                 if t is not None:
                     out.append(t)
+        if slot.ranged:
+            slot.idle = not any(c.cond or c.active for _rule, conds in slot.rules for c in conds)
         return out
 
     def _slot(self, point, string, cell, channel, device) -> _Slot:
@@ -287,6 +332,12 @@ class Evaluator:
             if rule.reference and rule.reference not in slot.references:
                 slot.references += (rule.reference,)
             slot.float_only = slot.float_only or rule.float_only
+        slot.plain = not slot.references and not slot.float_only
+        slot.ranged = all(r.match_state is None and r.average <= 1 and not r.reference for r, _ in slot.rules)
+        conds = [c for _rule, cs in slot.rules for c in cs]
+        slot.low = max((c.threshold for c in conds if not c.high), default=-math.inf)
+        slot.high = min((c.threshold for c in conds if c.high), default=math.inf)
+        slot.idle = not any(c.cond or c.active for c in conds)
         self._slots[(point, string, cell, channel, device)] = slot
         return slot
 

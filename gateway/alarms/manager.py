@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 LOG_FILE = "alarms.sqlite"
 MAX_BY_LENGTH = 64
+# what ``_evaluate`` does with a point's readings (``_route``), bits: judged by rules, a string's state, an
+# ohmic test result; OWN: the manager's own levels, nothing
+_RULES, _STATE, _OHMIC, _OWN = 1, 2, 4, -1
 
 
 def call_each(hook, **kwargs) -> None:
@@ -79,6 +82,7 @@ class AlarmManager:
         self._level_refs = {pid: gateway.pointmap.refs(pid) for pid in OWN_POINTS if pid in catalog}
         self._references = {r.reference: PointRef(r.reference) for rules in self.rules.index.values() for r in rules
                             if r.reference}
+        self._routes: dict[PointRef, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.next_id = 1
@@ -132,6 +136,7 @@ class AlarmManager:
         self.section, self.rules, self.evaluator = section, rules, evaluator
         self._references = {r.reference: PointRef(r.reference) for rs in rules.index.values() for r in rs
                             if r.reference}
+        self._routes = {}
         now = self.clock()
         for a in gone:
             self._end(a, f"{a.object}: alarm ended, its rule is no longer configured", now)
@@ -231,34 +236,52 @@ class AlarmManager:
         self._apply(transitions)
         self._reschedule()
 
+    def _route(self, ref: PointRef) -> int:
+        """What a reading of ``ref`` is for (``_RULES``, ``_STATE``, ``_OHMIC`` bits, ``_OWN``), kept per point."""
+        point = ref.point
+        if point in OWN_POINTS:
+            route = _OWN
+        else:
+            route = _RULES if (point, ref.string) in self.rules.index else 0
+            if point == "string.state" and ref.string is not None:
+                route |= _STATE
+            elif point == "cell.ohmic" and ref.string is not None and ref.cell is not None:
+                route |= _OHMIC
+        self._routes[ref] = route
+        return route
+
     def _evaluate(self, batch: list[tuple[PointRef, Reading]]) -> list[Transition]:
         ev = self.evaluator
-        index = self.rules.index
+        update_ref = ev.update_ref
+        routes = self._routes
+        good = Quality.GOOD
+        # the reference points' values (ambient temperature), read once: the store holds every queued batch already
+        reference = {pid: self.store.value(ref) for pid, ref in self._references.items()}.get
         out: list[Transition] = []
         for ref, reading in batch:
-            point = ref.point
-            if reading.quality is not Quality.GOOD or reading.value is None or point in OWN_POINTS:
-                continue
             value = reading.value
-            if point == "string.state" and ref.string is not None:
-                ev.observe_state(ref.string, value, reading.ts)
-            elif point == "cell.ohmic" and ref.string is not None and ref.cell is not None:
-                ev.observe_ohmic(ref.string, ref.cell, value, reading.ts)
+            if reading.quality is not good or value is None:
+                continue
+            route = routes.get(ref)
+            if route is None:
+                route = self._route(ref)
+            if route <= _RULES:
+                if route < 0:
+                    continue
+            elif route & _STATE:
+                ev.observe_state(ref.string, value, reading.ts)  # type: ignore[arg-type]  # (route: a string's)
+            else:
+                ev.observe_ohmic(ref.string, ref.cell, value, reading.ts)  # type: ignore[arg-type]
             if self._lost_devices:
                 dkey = self._ref_device.get(ref)
                 if dkey is not None and dkey in self._lost_devices:  # answers again (seen after a restart)
                     self._lost_devices.discard(dkey)
                     out.extend(ev.update("device", None, None, None, 0.0, reading.ts, device=dkey))
-            if (point, ref.string) not in index:
-                continue
-            transitions = ev.update_ref(ref, value, reading.ts, self._reference)
-            if transitions:
-                out.extend(transitions)
+            if route & _RULES:
+                transitions = update_ref(ref, value, reading.ts, reference)
+                if transitions:
+                    out.extend(transitions)
         return out
-
-    def _reference(self, pid: str) -> float | None:
-        ref = self._references.get(pid)
-        return self.store.value(ref) if ref is not None else None
 
     # -- timers ----------------------------------------------------------------------------------------------
     def _reschedule(self) -> None:

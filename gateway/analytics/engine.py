@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import Protocol
 
 from ..points import PointRef, PointStore, Quality, Reading
@@ -39,6 +40,7 @@ from .state import DAY_S, Baseline, DailyRow, StateDB
 log = logging.getLogger(__name__)
 
 _GOOD = Quality.GOOD
+_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
 SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
 
@@ -97,6 +99,20 @@ class _Outputs:
             ref = self.refs[key] = self.canonical(PointRef(point, string, cell))
         self.out.append((ref, Reading(value, _GOOD, now)))
 
+    def put_keyed(self, keys: Sequence[tuple[str, int, int | None]], values: Iterable[float | None]) -> None:
+        """``put`` of many values, each under its ``(point, string, cell)`` key made once by the caller: a column
+        of the bank (most of it changes every tick) without a call and a key per battery."""
+        last, refs, out, now, republish = self.last, self.refs, self.out, self.now, self.republish
+        for key, value in zip(keys, values, strict=True):
+            old = last.get(key)
+            if old is not None and old[0] == value and now - old[1] < republish:
+                continue
+            last[key] = (value, now)
+            ref = refs.get(key)
+            if ref is None:
+                ref = refs[key] = self.canonical(PointRef(*key))
+            out.append((ref, Reading(value, _GOOD, now)))
+
 
 class Analytics:
     def __init__(self, strings: Sequence[StringConfig], cfg: dict, state: StateDB, store: PointStore,
@@ -128,6 +144,10 @@ class Analytics:
         self._inputs: dict[int, list[tuple[list[PointRef | None], list[float]]]] = {
             s.id: [([None, *(self.refs[p][(s.id, c)] for c in range(1, s.cells + 1))], [-1.0] * (s.cells + 1))
                    for p in CELL_INPUTS] for s in strings}
+        # per string, per battery (index 0 unused): its key in the per-battery tables, and its deviation's output key
+        self._battery_keys = {s.id: [(s.id, 0), *((s.id, c) for c in range(1, s.cells + 1))] for s in strings}
+        self._deviation_keys = {s.id: [("cell.voltage_average_deviation", s.id, c) for c in range(1, s.cells + 1)]
+                                for s in strings}
         self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
@@ -242,7 +262,7 @@ class Analytics:
         outputs = _Outputs(now, self._last_pub, self._out_refs, self.republish_s, self.canonical)
         ambient = self._good(self.ambient_ref)
         for sid, s in self.strings.items():
-            self._tick_string(now, dt_s, sid, s, ambient, outputs.put)
+            self._tick_string(now, dt_s, sid, s, ambient, outputs)
         self._save_due(now)
         return outputs.out
 
@@ -260,13 +280,26 @@ class Analytics:
     def _cell_inputs(self, sid: int, s: StringConfig) -> tuple[list[dict[int, float]], list[set[int]]]:
         """The string's GOOD battery readings (voltage, temperature, ohmic, EMF) by battery, and per input the
         batteries whose reading is new since the daily aggregates last counted it."""
-        get = self.store.get
+        get_many = self.store.get_many
         values: list[dict[int, float]] = [{}, {}, {}, {}]
         new: list[set[int]] = [set(), set(), set(), set()]
         cells = range(1, s.cells + 1)
+        count = s.cells
         for (refs, seen), dest, fresh in zip(self._inputs[sid], values, new, strict=True):
+            readings = get_many(refs)
+            readings[0] = None  # (refs[0] is None: no battery 0)
+            # every battery read, GOOD, with a value (the usual case): the column in C, the new readings in one pass
+            if len(list(filter(None, readings))) == count and list(map(_QUALITY, readings[1:])).count(_GOOD) == count:
+                column = list(map(_VALUE, readings[1:]))
+                if None not in column:
+                    dest.update(zip(cells, column, strict=True))
+                    fresh.update([c for c, t, old in zip(cells, map(_TS, readings[1:]), seen[1:], strict=True)
+                                  if old < t])
+                    for c in fresh:  # a reading not counted in the daily aggregates yet
+                        seen[c] = readings[c].ts  # type: ignore[union-attr]  # (every battery has a reading)
+                    continue
             for c in cells:
-                r = get(refs[c])  # type: ignore[arg-type]  # refs[0] only is None
+                r = readings[c]
                 if r is not None and r.quality is _GOOD and r.value is not None:
                     dest[c] = r.value
                     if seen[c] < r.ts:  # a reading not counted in the daily aggregates yet
@@ -275,7 +308,8 @@ class Analytics:
         return values, new
 
     def _tick_string(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
-                     put: _Put) -> None:
+                     outputs: _Outputs) -> None:
+        put = outputs.put
         (volts, temps, ohms, emfs), new = self._cell_inputs(sid, s)
         v_avg = _mean(volts.values())
         o_avg = _mean(ohms.values())
@@ -286,7 +320,7 @@ class Analytics:
         put("string.cell_ohmic_avg", o_avg, sid)
         soc = self._tick_soc(now, sid, s, ambient, volts, temps, v_avg, put)
         cell_sohs = self._tick_batteries(now, dt_s, sid, s, ambient, (volts, temps, ohms, emfs), new, v_avg,
-                                         o_avg, soc.state, put)
+                                         o_avg, soc.state, outputs)
         cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= self.cfg["forecast"][
             "capacity_valid_days"] * DAY_S else None
         put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
@@ -317,7 +351,7 @@ class Analytics:
 
     def _tick_batteries(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
                         readings: Sequence[dict[int, float]], new: Sequence[set[int]], v_avg: float | None,
-                        o_avg: float | None, soc_state: int | None, put: _Put) -> list[float]:
+                        o_avg: float | None, soc_state: int | None, outputs: _Outputs) -> list[float]:
         """Each battery's outputs, its daily aggregates and its temperature life budget; returns their SOHs."""
         volts, temps, ohms, emfs = readings
         new_v, new_t, new_o, new_e = new
@@ -331,18 +365,29 @@ class Analytics:
         cell_sohs = []
         on_float = soc_state == self.codes.floating
         resting = on_float or soc_state == self.codes.rest
-        for c in range(1, s.cells + 1):
-            key = (sid, c)
-            v, t, ohm, emf = volts.get(c), temps.get(c), ohms.get(c), emfs.get(c)
-            put("cell.voltage_average_deviation",
-                (v - v_avg) if v is not None and v_avg is not None else None, sid, c)
+        cells = range(1, s.cells + 1)
+        put = outputs.put
+        # every battery's deviation from the string average: a column, most of it new every tick
+        get_v = volts.get
+        outputs.put_keyed(self._deviation_keys[sid], [None if v_avg is None or (v := get_v(c)) is None else v - v_avg
+                                                      for c in cells])
+        # bound once: a string's batteries are ~120 turns of this loop every tick
+        keys, baselines, fc_pub, dg_pub = self._battery_keys[sid], self.baselines, self.fc_pub, self.dg_pub
+        accs, first_seen, life_used = self.acc, self.first_seen, self.life_used
+        replace_pct, halving_c = th["replace_pct"], cfg["halving_c"]
+        v_per_cell, temp_comp = fl["v_per_cell"], fl["temp_comp_v_per_c"]
+        life_step = dt_s / YEAR_S
+        ref_t = ambient if ambient is not None else t_med
+        for c in cells:
+            key = keys[c]
+            v, t, ohm, emf = get_v(c), temps.get(c), ohms.get(c), emfs.get(c)
             # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out
             # again only when one of them changed, and every republish_s all put again (as unchanged values
             # are); in between a battery costs one comparison here, not nine values.
-            base = self.baselines.get(key)
-            fc = self.fc_pub.get(key)
-            verdict = self.dg_pub.get(key)
-            slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, th["replace_pct"])
+            base = baselines.get(key)
+            fc = fc_pub.get(key)
+            verdict = dg_pub.get(key)
+            slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, replace_pct)
             slow = slow_state.get(key)
             if slow is None or now >= slow[1]:
                 slow = slow_state[key] = (slow_inputs, now + republish, self._slow_outputs(
@@ -354,30 +399,29 @@ class Analytics:
             if soh is not None:
                 cell_sohs.append(soh)
             # daily aggregates (each new reading once)
-            acc = self.acc.get(key)
+            acc = accs.get(key)
             if acc is None:
-                acc = self.acc[key] = {}
+                acc = accs[key] = {}
             if c in new_o:
                 _add(acc, "ohmic", ohm)
-            if c in new_t and t is not None:  # (new_t only holds cells with a temperature)
+            if t is not None and c in new_t:  # (new_t only holds cells with a temperature)
                 _add(acc, "temp", t)
-                ref_t = ambient if ambient is not None else t_med
                 if ref_t is not None:
                     _add(acc, "temp_rise", t - ref_t)
-            if on_float and c in new_v and v is not None:
-                _add(acc, "v_float", v)
-                if v_avg is not None:
-                    _add(acc, "v_dev", v - v_avg)
-                tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
-                _add(acc, "setpoint", n * (fl["v_per_cell"] + fl["temp_comp_v_per_c"] * (tc - 25.0)))
-            if on_float and c in new_e:
-                _add(acc, "emf", emf)
+            if on_float:
+                if v is not None and c in new_v:
+                    _add(acc, "v_float", v)
+                    if v_avg is not None:
+                        _add(acc, "v_dev", v - v_avg)
+                    tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
+                    _add(acc, "setpoint", n * (v_per_cell + temp_comp * (tc - 25.0)))
+                if c in new_e:
+                    _add(acc, "emf", emf)
             # temperature life budget (25 C-equivalent years)
             if t is not None:
-                if key not in self.first_seen:
+                if key not in first_seen:
                     self._first_seen(key, now)
-                self.life_used[key] = self.life_used.get(key, 0.0) + dt_s / YEAR_S * aging_factor(
-                    t, cfg["halving_c"])
+                life_used[key] = life_used.get(key, 0.0) + life_step * aging_factor(t, halving_c)
         return cell_sohs
 
     def _save_due(self, now: float) -> None:

@@ -98,6 +98,8 @@ class Recorder:
         self.finest = db.tiers[0].seconds if db.tiers else 0
         self._families: dict[str, PointSpec | None] = {}
         self._states: dict[tuple[str, int | None], _SeriesState] = {}
+        # per point: its series and its place in the series' vector (an empty tuple: not recorded), found once
+        self._targets: dict[PointRef, tuple[_SeriesState, int] | tuple[()]] = {}
         # rows waiting for the next commit, each with the number of values in it; "fresh" rows are the first
         # of a series after a start and are merged with what an earlier run wrote under the same key
         self._raw_rows: list[tuple[int, int, bytes, int]] = []
@@ -129,6 +131,7 @@ class Recorder:
         """Record what ``point_filter`` keeps from now on (a config reload); series already stored stay."""
         self.filter = point_filter
         self._families = {}
+        self._targets = {}
 
     def _interval_for(self, point: str) -> int:
         for pattern, seconds in self.intervals.items():
@@ -147,20 +150,34 @@ class Recorder:
             self._states[key] = st
         return st
 
+    def _target(self, ref: PointRef) -> tuple[_SeriesState, int] | tuple[()]:
+        """The point's series (made on its first recorded reading) and its index in the series' vector."""
+        spec = self._family(ref.point)
+        target: tuple[_SeriesState, int] | tuple[()]
+        if spec is None:
+            target = ()
+        else:
+            st = self._state(ref, spec)
+            target = (st, vector_index(st.axis, ref.string, ref.cell, ref.channel))
+        self._targets[ref] = target
+        return target
+
     def add(self, batch: Iterable[tuple[PointRef, Reading]]) -> None:
         good = Quality.GOOD
+        targets, finite, finest = self._targets, math.isfinite, self.finest
         for ref, reading in batch:
-            if reading.quality is not good or reading.value is None:
-                continue
-            spec = self._family(ref.point)
-            if spec is None:
-                continue
             value = reading.value
-            if not math.isfinite(value):
+            if reading.quality is not good or value is None:
                 continue
-            st = self._state(ref, spec)
+            target = targets.get(ref)
+            if target is None:
+                if not finite(value):
+                    continue  # (a series is made by a value it records)
+                target = self._target(ref)
+            if not target or not finite(value):
+                continue
+            st, idx = target
             iv = round(value / st.scale)
-            idx = vector_index(st.axis, ref.string, ref.cell, ref.channel)
             ts = reading.ts
             slot = int(ts // st.interval)
             if slot != st.slot:
@@ -173,8 +190,8 @@ class Recorder:
                 if idx >= len(st.values):  # (checked here: a call per reading costs a bank's worth of time)
                     _grow(st.values, idx, None)
                 st.values[idx] = iv
-            if self.finest:
-                bucket = int(ts // self.finest)
+            if finest:
+                bucket = int(ts // finest)
                 if bucket != st.bucket:
                     if bucket < st.bucket:
                         continue
@@ -197,11 +214,17 @@ class Recorder:
             self.readings += 1
 
     def _emit_raw(self, st: _SeriesState) -> None:
-        if st.slot >= 0 and st.values:
-            row = (st.slot * st.interval, st.sid, encode_vector(st.values), sum(1 for v in st.values if v is not None))
+        values = st.values
+        end = len(values)
+        while end and values[end - 1] is None:  # (the vector ends at its last value, as if grown to it)
+            end -= 1
+        if st.slot >= 0 and end:
+            row = (st.slot * st.interval, st.sid, encode_vector(values[:end] if end < len(values) else values),
+                   sum(1 for v in values if v is not None))
             (self._raw_fresh if st.fresh_raw else self._raw_rows).append(row)
             st.fresh_raw = False
-        st.values = []
+        # the next slot holds as many values: made at once, not grown by one as a column is read in order
+        st.values = [None] * len(values)
         st.slot = -1
 
     def _emit_roll(self, st: _SeriesState) -> None:

@@ -9,7 +9,8 @@ current and one state, whether or not the analytics run.
 
 ``tick(now)`` (every ``interval_s``, or from a simulated-time run) watches for thermal runaway, publishes the
 cell-to-cell temperature spread and the current imbalance between parallel strings, and classifies the
-strings that have no current sensor.
+strings that have no current sensor; the batteries' temperatures (and voltages, for a string without a string
+voltage sensor) it reads from the store then, a string's column at a time.
 """
 from __future__ import annotations
 
@@ -70,10 +71,11 @@ class StringSupervisor:
         have = set(measured) if measured is not None else None
         self.has_current = {sid: have is None or PointRef("string.current", sid) in have for sid in self.strings}
         self.has_voltage = {sid: have is None or PointRef("string.voltage", sid) in have for sid in self.strings}
-        # the batteries' latest usable temperatures (and voltages, for strings without a string voltage sensor),
-        # noted as they arrive: the tick reads these lists, not the store
-        self.temps: dict[int, list[float | None]] = {s.id: [None] * s.cells for s in strings}
-        self.volts: dict[int, list[float | None]] = {s.id: [None] * s.cells for s in strings}
+        # the batteries' temperatures (and voltages, for strings without a string voltage sensor): the tick reads
+        # a string's column from the store (in C), not every reading noted as it arrives (a call per battery
+        # every poll cycle, for a tick every ``interval_s``)
+        self._cell_refs = {point: {s.id: [self.canonical(PointRef(point, s.id, c)) for c in range(1, s.cells + 1)]
+                                   for s in strings} for point in ("cell.temperature", "cell.voltage")}
         self.ambient_ref = PointRef("io.ambient_temperature")
         self.imbalance_min_c = float(section["imbalance_min_c"])
         self.republish_s = republish_s
@@ -137,28 +139,17 @@ class StringSupervisor:
     def install(self) -> None:
         self.store.add_transform("string.voltage", self._on_voltage)
         self.store.add_transform("string.current", self._on_current)
-        self.store.add_transform("cell.temperature", self._on_cell_temperature)
-        if not all(self.has_voltage.values()):
-            self.store.add_transform("cell.voltage", self._on_cell_voltage)
         self.installed = True
 
     def uninstall(self) -> None:
-        for point in ("string.voltage", "string.current", "cell.temperature", "cell.voltage"):
+        for point in ("string.voltage", "string.current"):
             self.store.remove_transform(point)
         self.installed = False
 
-    def _note(self, table: dict[int, list[float | None]], ref: PointRef, r: Reading) -> None:
-        row = table.get(ref.string) if ref.string is not None else None
-        if row is not None and ref.cell is not None and 0 < ref.cell <= len(row):
-            row[ref.cell - 1] = r.value if r.quality is _GOOD else None
-
-    def _on_cell_temperature(self, ref: PointRef, r: Reading, fresh: bool) -> list[tuple[PointRef, Reading]]:
-        self._note(self.temps, ref, r)
-        return [(ref, r)]
-
-    def _on_cell_voltage(self, ref: PointRef, r: Reading, fresh: bool) -> list[tuple[PointRef, Reading]]:
-        self._note(self.volts, ref, r)
-        return [(ref, r)]
+    def _usable(self, point: str, sid: int) -> list[float]:
+        """The latest GOOD values of the string's batteries' ``point`` (the batteries without one left out)."""
+        return [r.value for r in self.store.get_many(self._cell_refs[point][sid])
+                if r is not None and r.quality is _GOOD and r.value is not None]
 
     def _ref(self, point: str, sid: int) -> PointRef:
         key = (point, sid)
@@ -227,13 +218,13 @@ class StringSupervisor:
         currents: dict[int, float] = {}
         with self.lock:
             for sid, c in self.classifiers.items():
-                temps = [v for v in self.temps[sid] if v is not None]
+                temps = self._usable("cell.temperature", sid)
                 spread = max(temps) - min(temps) if len(temps) >= 2 else None
                 self._changed("string.cell_temperature_spread", sid, spread, now, out, tol=0.05)
                 if not self.has_voltage[sid]:
-                    volts = [v for v in self.volts[sid] if v is not None]
+                    volts = self._usable("cell.voltage", sid)
                     n = self.strings[sid].battery.cells_per_unit
-                    enough = volts and len(volts) >= 0.8 * len(self.volts[sid])
+                    enough = volts and len(volts) >= 0.8 * self.strings[sid].cells
                     c.on_voltage(sum(volts) / len(volts) / n if enough else None, now)
                 if not self.has_current[sid]:
                     c.classify(now)

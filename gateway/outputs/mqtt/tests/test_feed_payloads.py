@@ -100,3 +100,28 @@ def test_a_cycle_encodes_only_what_changed(tmp_path):
 
     changed = [topic for (topic, a, _), (_, b, _) in zip(first, second, strict=True) if body(a) != body(b)]
     assert changed == ["bmsgw/demo/string/2/cells"]
+
+
+def test_whole_columns_written_every_cycle_with_mostly_the_same_values(tmp_path):
+    """The poller's pattern: every battery's column written at once each cycle, mostly with the values written
+    before (then a column is not rounded again), now and then one changed: to another value, to 0.0 or -0.0
+    (equal, not written alike), to an int, to NaN, or to a bad quality; the payloads stay the plain ones."""
+    gw = gateway(tmp_path, "string")
+    store = gw.store
+    builder = PayloadBuilder(gw, "bmsgw", "string")
+    payloads = FeedPayloads(builder, store)
+    refs = [e.ref for e in gw.pointmap.entries if e.spec.scope == "cell"]
+    rng = random.Random(18)
+    values = {ref: rng.choice([2.25, 2.251, 25.0, 0.0]) for ref in refs}
+    now = 1_700_000_000.0
+    for step in range(150):
+        now += 5
+        qualities = {}
+        for ref in rng.sample(refs, rng.choice([0, 1, 3])):
+            values[ref] = rng.choice([2.252, 0.0, -0.0, 13, 13.0, math.nan, 2.2500001, values[ref]])
+        for ref in rng.sample(refs, 1 if step % 7 == 3 else 0):
+            qualities[ref] = Quality.STALE
+        store.put_many([(ref, Reading(values[ref], qualities.get(ref, Quality.GOOD), now - rng.random()))
+                        for ref in refs])
+        assert fed(payloads, now) == plain(builder, store, now), f"step {step}"
+    assert any(col.raw for col in payloads._columns)  # the columns of GOOD floats took the path of their bits
