@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import GatewayThread, small_bank, write_config  # (tests.snmp_support imports pysnmp)
 
-LAZY = ("flask", "werkzeug", "jinja2", "pysnmp", "pyasn1", "cryptography")
+LAZY = ("flask", "werkzeug", "jinja2", "pysnmp", "pyasn1", "cryptography", "pymodbus")
 
 
 def loaded() -> list[str]:

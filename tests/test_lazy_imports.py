@@ -16,7 +16,8 @@ def test_pysnmp_and_flask_load_at_the_first_request_that_needs_them(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     stages = {s["stage"]: s for s in map(json.loads, lines)}
-    # a gateway nobody browses and whose SNMP managers only read over v2c: neither loaded
+    # a gateway nobody browses, whose SNMP managers only read over v2c and whose Modbus clients never ask its
+    # device identification: none loaded (pymodbus: the FC43/14 encoder, gateway/outputs/modbus_tcp tests it)
     assert stages["started"]["loaded"] == []
     read = stages["snmp read"]
     assert read["answered"] and read["loaded"] == []  # the fast path answered without pysnmp

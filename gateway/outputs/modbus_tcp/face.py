@@ -3,7 +3,9 @@
 A lean asyncio MBAP server, not pymodbus's: the pymodbus 3.16.1 TCP server answers only the first of several
 requests that arrive in one TCP segment (its transport clears the receive buffer on every send), and it
 costs about 5x the CPU per request of a plain asyncio protocol (see bench/modbus_tcp.py).  pymodbus is used
-where it helps: the exception and device-information constants and the FC43/14 response encoder.
+where it helps: the FC43/14 response encoder, imported by the first device-identification request (pymodbus
+takes about 1 MB of the controller's memory); the exception and device-information codes are the spec's
+numbers, the same as pymodbus's (tests/test_modbus_tcp.py beside this file checks them against it).
 
 The register image (one word per protocol address, both tables) is encoded from the point store through
 the point map: fully once at start, then only the points a store batch changed, lazily on the first request
@@ -14,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import enum
 import logging
 import struct
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from pymodbus.constants import DeviceInformation, ExcCodes
-from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
 from ... import __version__
 from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
@@ -52,6 +52,25 @@ if TYPE_CHECKING:
     from ...config import Config
 
 log = logging.getLogger(__name__)
+
+
+class ExcCodes(enum.IntEnum):
+    """The Modbus exception codes answered (MODBUS Application Protocol 1.1b3, section 7)."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_ADDRESS = 0x02
+    ILLEGAL_VALUE = 0x03
+    DEVICE_FAILURE = 0x04
+    GATEWAY_NO_RESPONSE = 0x0B
+
+
+class DeviceInformation(enum.IntEnum):
+    """Read Device ID codes of FC43/14 (section 6.21)."""
+
+    BASIC = 0x01
+    REGULAR = 0x02
+    EXTENDED = 0x03
+    SPECIFIC = 0x04
 
 READ_HOLDING, READ_INPUT, WRITE_SINGLE, WRITE_MULTIPLE, MEI = 0x03, 0x04, 0x06, 0x10, 0x2B
 MEI_DEVICE_ID = 0x0E
@@ -372,6 +391,8 @@ class ModbusTcpService(Service):
             info = {k: v for k, v in self.identity.items() if object_id <= k <= last}
         else:
             return self._exception(tid, unit, MEI, ExcCodes.ILLEGAL_VALUE)
+        from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
+
         response = ReadDeviceInformationResponse(read_code=read_code, information=info)
         response.conformity = CONFORMITY
         body = bytes([MEI]) + response.encode()
