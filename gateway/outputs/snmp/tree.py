@@ -9,6 +9,7 @@ feed says that point was written, so a walk encodes each value once per poll cyc
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import heapq
 from bisect import bisect_left, bisect_right
@@ -133,6 +134,7 @@ class Section:
         self.objects: dict[tuple[int, ...], bool] = {}  # the object types (scalars, columns) served
         self.deps: list[tuple[object, Entry]] = []
         self._shared: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple for each object type and index
+        self._values: dict[tuple[type, Value], Value] = {}
 
     def _share(self, part: tuple[int, ...]) -> tuple[int, ...]:
         return self._shared.setdefault(part, part)
@@ -156,6 +158,9 @@ class Section:
         self.deps.append((ref, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
+        if value is not None:  # one tuple for each value: most fixed columns repeat a few values on every row
+            with contextlib.suppress(TypeError):  # (an unhashable value keeps its own)
+                value = self._values.setdefault((type(value[1]), value), value)  # (1, 1.0 and True apart)
         self.entries.append(StaticEntry(self._share(obj), self._share(index), value))
         self.objects[obj] = True
 
@@ -176,13 +181,15 @@ class OidIndex:
         self.store = store
         self._seen = -1  # the store generation the cached encodings are valid for
         self.objects: set[tuple[int, ...]] = set()
-        self.deps: dict[object, list[Entry]] = {}
+        deps: dict[object, list[Entry]] = {}
         static: list[Entry] = []
         for sec in sections:
             static.extend(sec.entries)
             self.objects.update(sec.objects)
             for dep, entry in sec.deps:
-                self.deps.setdefault(dep, []).append(entry)
+                deps.setdefault(dep, []).append(entry)
+        # a tuple per point (most have one instance; a list took twice the memory)
+        self.deps: dict[object, tuple[Entry, ...]] = {dep: tuple(entries) for dep, entries in deps.items()}
         static.sort(key=_oid_of)
         for a, b in pairwise(static):
             if a.oid == b.oid:
