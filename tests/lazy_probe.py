@@ -7,14 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support import GatewayThread, small_bank, write_config  # (tests.snmp_support imports pysnmp)
 
-LAZY = ("flask", "werkzeug", "jinja2", "pysnmp", "pyasn1", "cryptography", "pymodbus")
+LAZY = ("flask", "werkzeug", "jinja2", "pysnmp", "pyasn1", "cryptography", "pymodbus", "prometheus_client", "smtplib",
+        "urllib.request")
 
 
 def loaded() -> list[str]:
@@ -52,6 +52,12 @@ def main(folder: str) -> None:
         gt.wait_for(lambda: snmp.status()["bad_community"] >= 1, what="pysnmp to count a wrong community")
         stage("snmp set", set_refused="Reason: " in refused.stderr, why=refused.stderr.strip()[-200:],
               still_read=net_snmp(tmp, port, "snmpget", "public", SYS_DESCR).stdout == descr.stdout)
+        import urllib.request  # (not before: the gateway must not need it)
+
+        metrics = gt.gateway.service("prometheus")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        stage("scrape", status=r.status, cell_voltage="bms_cell_voltage_volts{" in text)
         web = gt.gateway.service("web")
         with urllib.request.urlopen(f"{web.url}login", timeout=30) as r:
             page = r.read().decode()
