@@ -42,7 +42,7 @@ from ...pointmap import (
     PointMap,
     require_position,
 )
-from ...points import PointRef, PointStore, Quality
+from ...points import PointStore, Quality
 from ...service import ReloadResult, Service
 from ...topology import MAX_CELLS
 from .schema import DEFAULT_LIMITS, LEGACY_LIMIT_KEYS, MAX_MBAP_LENGTH, SECTION
@@ -146,10 +146,8 @@ class RegisterImage:
         self.pointmap = pointmap
         self.store = store
         self.words = bytearray(b"\xff\xff" * 65536)  # GAP_FILL everywhere
-        self._slots: dict[PointRef, tuple[int, str, float, struct.Struct]] = {}
-        packers = {1: struct.Struct(">H"), 2: struct.Struct(">HH")}
-        for e in pointmap:
-            self._slots[e.ref] = (2 * e.address, e.spec.dtype, e.spec.scale, packers[e.spec.width])
+        # where and how a point is encoded comes from the point map's entry (no table of its own per point)
+        self._packers = {1: struct.Struct(">H"), 2: struct.Struct(">HH")}
         self._lock = threading.Lock()  # readers on several connections may refresh at once
         self.generation = -1  # the store generation the image was last brought up to (-1: never)
         self.encodes = 0  # points encoded so far (for tests and status)
@@ -163,17 +161,18 @@ class RegisterImage:
         time, or when the feed no longer reaches back that far."""
         with self._lock:
             generation, changed = self.store.changes_since(self.generation)
-            refs = self._slots.keys() if changed is None else changed
-            slots, get, words, good = self._slots, self.store.get, self.words, Quality.GOOD
+            entries = self.pointmap.by_ref
+            refs = entries.keys() if changed is None else changed
+            get, words, good, packers = self.store.get, self.words, Quality.GOOD, self._packers
             n = 0
             for ref in refs:
-                slot = slots.get(ref)
-                if slot is None:
+                e = entries.get(ref)
+                if e is None:
                     continue
-                offset, dtype, scale, packer = slot
+                spec = e.spec
                 reading = get(ref)
                 value = reading.value if reading is not None and reading.quality is good else None
-                packer.pack_into(words, offset, *northbound_words(value, dtype, scale))
+                packers[spec.width].pack_into(words, 2 * e.address, *northbound_words(value, spec.dtype, spec.scale))
                 n += 1
             self.encodes += n
             self.generation = generation
