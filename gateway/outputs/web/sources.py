@@ -50,7 +50,8 @@ class LiveBuffer:
         self._offsets = array("H", b"\xff\xff" * (n * self.samples))  # all empty
         self._empty_column = array("H", b"\xff\xff" * n)
         self._filled = bytearray(n)  # 1 for the series that ever got a sample
-        self._last = array("d", [-math.inf]) * n  # each series' last sample: the next one interval_s after it
+        # each series' last sample time: the next one interval_s after it (a list: read for every reading)
+        self._last: list[float] = [-math.inf] * n
         self._newest: int | None = None  # the newest slot
         self._lock = threading.Lock()
 
@@ -65,33 +66,38 @@ class LiveBuffer:
         self._newest = slot
 
     def on_batch(self, batch) -> None:
-        """Store listener: keep a reading when its series has no sample yet in the reading's slot."""
+        """Store listener: keep a reading when its series' last sample is ``interval_s`` old (and the series
+        has none yet in the reading's slot)."""
         interval, samples, steps, empty = self.interval_s, self.samples, self._STEPS, self._EMPTY
-        rows, n, values, offsets = self._row, self._n, self._values, self._offsets
+        rows, n, values, offsets, filled = self._row, self._n, self._values, self._offsets, self._filled
+        good, nan, per_second = Quality.GOOD, math.nan, steps / interval
         with self._lock:
+            last, newest = self._last, self._newest
             for ref, reading in batch:
                 r = rows.get(ref)
                 if r is None:
                     continue
                 ts = reading.ts
-                if 0.0 <= ts - self._last[r] < interval:  # (a reading from before the last: the clock went back)
+                if 0.0 <= ts - last[r] < interval:  # (a reading from before the last: the clock went back)
                     continue
-                slot = math.floor(ts / interval)
-                newest = self._newest
+                slot = int(ts // interval)
                 if newest is None or slot > newest:
                     self._advance(slot)
+                    newest = slot
                 elif slot <= newest - samples:  # older than the whole window: the clock was set back
                     self._newest = None
                     self._advance(slot)
-                    self._last = array("d", [-math.inf]) * n
+                    newest = slot
+                    last = self._last = [-math.inf] * n
                 pos = (slot % samples) * n + r
                 if offsets[pos] != empty:
                     continue
-                offsets[pos] = min(int((ts - slot * interval) * steps / interval + 0.5), steps - 1)
-                usable = reading.quality is Quality.GOOD and reading.value is not None
-                values[pos] = reading.value if usable else math.nan
-                self._filled[r] = 1
-                self._last[r] = ts
+                offset = int((ts - slot * interval) * per_second + 0.5)
+                offsets[pos] = offset if offset < steps else steps - 1
+                value = reading.value
+                values[pos] = value if reading.quality is good and value is not None else nan
+                filled[r] = 1
+                last[r] = ts
 
     def query(self, ref: PointRef, start: float, end: float, max_points: int) -> list[tuple[float, float | None]]:
         interval, samples, n, steps, empty = self.interval_s, self.samples, self._n, self._STEPS, self._EMPTY
