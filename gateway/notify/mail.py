@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import logging
 import re
-import smtplib
 import ssl
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from .base import DeliveryError, Item, Message, Notifier
 from .secrets import read_secret
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class EmailNotifier(Notifier):
         return f"smtp://{self.host}:{self.port} ({self.security}{', login ' + self.username if self.username else ''})"
 
     def compose(self, recipient: str, msg: Message) -> EmailMessage:
+        # smtplib and email are imported by the first message, not at start: memory on the controller
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid
+
         em = EmailMessage()
         em["From"] = self.sender
         em["To"] = recipient
@@ -102,6 +107,8 @@ class EmailNotifier(Notifier):
     def deliver(self, recipient: str | None, item: Item) -> None:
         if not isinstance(item, Message) or not recipient:
             return
+        import smtplib
+
         em = self.compose(recipient, item)
         try:
             client: smtplib.SMTP

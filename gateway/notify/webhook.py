@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,6 +82,9 @@ class WebhookNotifier(Notifier):
         body = self.payload(item)
         if body is None:
             return
+        import urllib.error  # imported by the first post, not at start: memory on the controller
+        import urllib.request
+
         data = json.dumps(body).encode()
         req = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
         try:

@@ -3,7 +3,9 @@
 A lean asyncio MBAP server, not pymodbus's: the pymodbus 3.16.1 TCP server answers only the first of several
 requests that arrive in one TCP segment (its transport clears the receive buffer on every send), and it
 costs about 5x the CPU per request of a plain asyncio protocol (see bench/modbus_tcp.py).  pymodbus is used
-where it helps: the exception and device-information constants and the FC43/14 response encoder.
+where it helps: the FC43/14 response encoder, imported by the first device-identification request (pymodbus
+takes about 1 MB of the controller's memory); the exception and device-information codes are the spec's
+numbers, the same as pymodbus's (tests/test_modbus_tcp.py beside this file checks them against it).
 
 The register image (one word per protocol address, both tables) is encoded from the point store through
 the point map: fully once at start, then only the points a store batch changed, lazily on the first request
@@ -14,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import enum
 import logging
 import struct
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from pymodbus.constants import DeviceInformation, ExcCodes
-from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
 
 from ... import __version__
 from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
@@ -42,7 +42,7 @@ from ...pointmap import (
     PointMap,
     require_position,
 )
-from ...points import PointRef, PointStore, Quality
+from ...points import PointStore, Quality
 from ...service import ReloadResult, Service
 from ...topology import MAX_CELLS
 from .schema import DEFAULT_LIMITS, LEGACY_LIMIT_KEYS, MAX_MBAP_LENGTH, SECTION
@@ -52,6 +52,25 @@ if TYPE_CHECKING:
     from ...config import Config
 
 log = logging.getLogger(__name__)
+
+
+class ExcCodes(enum.IntEnum):
+    """The Modbus exception codes answered (MODBUS Application Protocol 1.1b3, section 7)."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_ADDRESS = 0x02
+    ILLEGAL_VALUE = 0x03
+    DEVICE_FAILURE = 0x04
+    GATEWAY_NO_RESPONSE = 0x0B
+
+
+class DeviceInformation(enum.IntEnum):
+    """Read Device ID codes of FC43/14 (section 6.21)."""
+
+    BASIC = 0x01
+    REGULAR = 0x02
+    EXTENDED = 0x03
+    SPECIFIC = 0x04
 
 READ_HOLDING, READ_INPUT, WRITE_SINGLE, WRITE_MULTIPLE, MEI = 0x03, 0x04, 0x06, 0x10, 0x2B
 MEI_DEVICE_ID = 0x0E
@@ -127,10 +146,8 @@ class RegisterImage:
         self.pointmap = pointmap
         self.store = store
         self.words = bytearray(b"\xff\xff" * 65536)  # GAP_FILL everywhere
-        self._slots: dict[PointRef, tuple[int, str, float, struct.Struct]] = {}
-        packers = {1: struct.Struct(">H"), 2: struct.Struct(">HH")}
-        for e in pointmap:
-            self._slots[e.ref] = (2 * e.address, e.spec.dtype, e.spec.scale, packers[e.spec.width])
+        # where and how a point is encoded comes from the point map's entry (no table of its own per point)
+        self._packers = {1: struct.Struct(">H"), 2: struct.Struct(">HH")}
         self._lock = threading.Lock()  # readers on several connections may refresh at once
         self.generation = -1  # the store generation the image was last brought up to (-1: never)
         self.encodes = 0  # points encoded so far (for tests and status)
@@ -144,17 +161,18 @@ class RegisterImage:
         time, or when the feed no longer reaches back that far."""
         with self._lock:
             generation, changed = self.store.changes_since(self.generation)
-            refs = self._slots.keys() if changed is None else changed
-            slots, get, words, good = self._slots, self.store.get, self.words, Quality.GOOD
+            entries = self.pointmap.by_ref
+            refs = entries.keys() if changed is None else changed
+            get, words, good, packers = self.store.get, self.words, Quality.GOOD, self._packers
             n = 0
             for ref in refs:
-                slot = slots.get(ref)
-                if slot is None:
+                e = entries.get(ref)
+                if e is None:
                     continue
-                offset, dtype, scale, packer = slot
+                spec = e.spec
                 reading = get(ref)
                 value = reading.value if reading is not None and reading.quality is good else None
-                packer.pack_into(words, offset, *northbound_words(value, dtype, scale))
+                packers[spec.width].pack_into(words, 2 * e.address, *northbound_words(value, spec.dtype, spec.scale))
                 n += 1
             self.encodes += n
             self.generation = generation
@@ -372,6 +390,8 @@ class ModbusTcpService(Service):
             info = {k: v for k, v in self.identity.items() if object_id <= k <= last}
         else:
             return self._exception(tid, unit, MEI, ExcCodes.ILLEGAL_VALUE)
+        from pymodbus.pdu.mei_message import ReadDeviceInformationResponse
+
         response = ReadDeviceInformationResponse(read_code=read_code, information=info)
         response.conformity = CONFORMITY
         body = bytes([MEI]) + response.encode()

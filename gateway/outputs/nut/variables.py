@@ -132,6 +132,7 @@ class Model:
                  alarms: StatusAlarms) -> None:
         self.store, self.pointmap, self.alarms = store, pointmap, alarms
         self.catalog = pointmap.catalog
+        self._state_labels: dict[str, dict[int, str]] = {}
         low = cfg["low_battery"]
         self.charge_low, self.runtime_low = float(low["charge_pct"]), float(low["runtime_s"])
         # the codes of the one string-state classifier (gateway/strings), never numbers or names of our own
@@ -171,7 +172,7 @@ class Model:
 
     def _reader(self, ref: PointRef, decimals: int, factor: float = 1.0) -> Reader:
         """The variable's text from the point's value now (None while it is not known)."""
-        return lambda: fixed(_scaled(self.value(ref), factor), decimals)
+        return PointReader(self, ref, decimals, factor)
 
     def _known(self, point: str, sids: Iterable[int]) -> list[float]:
         return [v for v in (self.value(PointRef(point, s)) for s in sids) if v is not None]
@@ -266,9 +267,15 @@ class Model:
         ref = PointRef("cell.alarm_level", sid, c)
         spec = self.catalog.get("cell.alarm_level")
         if self.has(ref) and spec is not None:
-            labels = dict(spec.states)
             add(f"{base}.alarm", f"Battery {c} alarm level (normal, warning, critical)",
-                lambda ref=ref: _label(labels, self.value(ref)), STRING_SIZE)
+                LabelReader(self, ref, self._labels(spec)), STRING_SIZE)
+
+    def _labels(self, spec) -> dict[int, str]:
+        """A state family's labels by code, one dict for all its points."""
+        labels = self._state_labels.get(spec.id)
+        if labels is None:
+            labels = self._state_labels[spec.id] = dict(spec.states)
+        return labels
 
     # -- the bank --------------------------------------------------------------------------------------------
     def _bank_device(self, strings: tuple[StringConfig, ...], cfg: dict[str, Any], site_name: str,
@@ -383,6 +390,31 @@ def install_date(analytics: dict[str, Any], sid: int) -> str | None:
 def _device(key: int, name: str, description: str, variables: list[Variable]) -> Device:
     ordered = tuple(sorted(variables, key=lambda v: v.name.lower()))
     return Device(key, name, description, {v.name.lower(): v for v in ordered}, ordered)
+
+
+class PointReader:
+    """A variable's text from one point's value now (None while it is not known): four slots where a closure
+    took about 300 bytes, for each of the thousands of per-battery variables of a bank."""
+
+    __slots__ = ("model", "ref", "decimals", "factor")
+
+    def __init__(self, model: Model, ref: PointRef, decimals: int, factor: float = 1.0) -> None:
+        self.model, self.ref, self.decimals, self.factor = model, ref, decimals, factor
+
+    def __call__(self) -> str | None:
+        return fixed(_scaled(self.model.value(self.ref), self.factor), self.decimals)
+
+
+class LabelReader:
+    """A state point's label now (None while it is not known)."""
+
+    __slots__ = ("model", "ref", "labels")
+
+    def __init__(self, model: Model, ref: PointRef, labels: dict[int, str]) -> None:
+        self.model, self.ref, self.labels = model, ref, labels
+
+    def __call__(self) -> str | None:
+        return _label(self.labels, self.model.value(self.ref))
 
 
 def _scaled(value: float | None, factor: float) -> float | None:

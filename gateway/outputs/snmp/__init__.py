@@ -2,7 +2,8 @@
 ``bmsgw snmp-key``; see README.md beside this file.
 
 The parts: face.py (the service), schema.py (the section), the OID index (tree.py, sections.py), the generated
-MIB (mib.py), the pysnmp side (agent.py, controller.py) and the SNMPv2c read fast path (fastpath.py, ber.py).
+MIB (mib.py), the agent (agent.py), the pysnmp side (stack.py, controller.py:
+loaded by the first request that needs it) and the SNMPv2c read fast path (fastpath.py, ber.py).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def cmd_snmp_key(args) -> int:
     """Print SNMPv3 master keys (hex) for passphrases, to store instead of the passphrases."""
     from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
 
-    from .agent import AUTH, PRIV
+    from .stack import AUTH, PRIV
 
     auth = SnmpUSMSecurityModel.AUTH_SERVICES[AUTH[args.auth]]
     priv = SnmpUSMSecurityModel.PRIV_SERVICES[PRIV[args.priv]]

@@ -1,9 +1,13 @@
-"""The SNMP agent service: pysnmp for SNMPv2c/SNMPv3 security and notifications, the fast path for v2c reads.
+"""The SNMP agent service: the SNMPv2c read fast path on the agent's own UDP socket, pysnmp (stack.py) for
+SNMPv3 security, SET, notifications and what the fast path does not answer.
 
-Life cycle (``bmsgw run``): ``start()`` in the gateway's event loop creates the pysnmp engine there, with a
-fixed engine ID and a boots counter kept in the state folder, binds the UDP socket itself (so a busy port
-is an error at start-up, not a silent failure), registers the v2c community and the v3 users, the
-instrumentation over the OID index, and the notification targets.  ``stop()`` closes it all.
+Life cycle (``bmsgw run``): ``start()`` in the gateway's event loop binds the UDP socket itself (so a busy port
+is an error at start-up, not a silent failure), keeps a fixed engine ID and a boots counter in the state
+folder, and answers v2c reads from the OID index at once.  pysnmp (its engine with the v2c community, the v3
+users, the instrumentation over the OID index and the notification targets) starts with it when the config
+needs it from the first request (v3 users, notification targets, v2c or the fast path off), else when the
+first datagram the fast path does not answer comes: about 11 MB (pysnmp, pyasn1, cryptography) a gateway
+whose managers only read over v2c never loads.  ``stop()`` closes it all.
 """
 from __future__ import annotations
 
@@ -16,40 +20,27 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any
-
-from pysnmp.carrier.asyncio.dgram import udp
-from pysnmp.entity import config as snmp_config, engine as snmp_engine
-from pysnmp.entity.rfc3413 import cmdrsp, context, ntforg
-from pysnmp.proto import rfc1902
-from pysnmp.proto.api import v2c
-from pysnmp.smi import error as smi_error
+from typing import TYPE_CHECKING, Any
 
 from ... import fsutil
-from ...commands import NotWritable, Principal, WriteDenied, WriteError, WriteFailed, WriteRejected
+from ...commands import NotWritable, Principal, WriteRejected
 from ...config import address_allowed, parse_listen, parse_networks
 from ...points import PointRef
 from ...service import StartError
 from . import ber, upsmib
 from .alarms import AlarmRow, AlarmTable
-from .controller import IndexController, to_pyasn1
 from .fastpath import FastPath
 from .mib import ENTERPRISES
 from .sections import AgentData, alarm_prefix, entity_sections, system_section, vendor_section
 from .tree import OidIndex, Value
 from .upsmib import LowBattTime, UpsAlarms, UpsBattery
 
+if TYPE_CHECKING:
+    from .stack import PysnmpStack
+
 log = logging.getLogger(__name__)
 
-AUTH = {"sha": snmp_config.USM_AUTH_HMAC96_SHA, "sha224": snmp_config.USM_AUTH_HMAC128_SHA224,
-        "sha256": snmp_config.USM_AUTH_HMAC192_SHA256, "sha384": snmp_config.USM_AUTH_HMAC256_SHA384,
-        "sha512": snmp_config.USM_AUTH_HMAC384_SHA512}
-PRIV = {"aes": snmp_config.USM_PRIV_CFB128_AES, "aes128": snmp_config.USM_PRIV_CFB128_AES,
-        "aes192": snmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL, "aes256": snmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
-        "aes192c": snmp_config.USM_PRIV_CFB192_AES, "aes256c": snmp_config.USM_PRIV_CFB256_AES}
-SYS_UPTIME = (1, 3, 6, 1, 2, 1, 1, 3, 0)
-SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
-READ_VIEW = (1, 3, 6, 1)
+MAX_MESSAGE_SIZE = 65507  # pysnmp's engine's snmpEngineMaxMessageSize (the largest UDP payload)
 STATE_FILE = "snmp-engine.json"
 
 
@@ -115,30 +106,23 @@ def load_engine_state(path: Path, configured: bytes | None, base: tuple[int, ...
 WELL_KNOWN_COMMUNITIES = {b"public", b"private", b"community", b"snmp", b"admin", b"default"}
 
 
-def _usm_key(value: str, master: bool) -> rfc1902.OctetString | str:
-    """A USM key as pysnmp takes it: a master key as octets (the config gives it in hex), a passphrase as it is."""
-    return rfc1902.OctetString(hexValue=value.removeprefix("0x")) if master else value
+class AgentEndpoint(asyncio.DatagramProtocol):
+    """The agent's UDP socket: the community source filter and the v2c read fast path in front of pysnmp,
+    which gets (``to_pysnmp``) what the fast path does not answer."""
 
+    def __init__(self, community_from: list | None, fast: FastPath | None, to_pysnmp) -> None:
+        self.community_from = community_from  # networks whose v1/v2c messages are taken; None = any
+        self.fast = fast
+        self.to_pysnmp = to_pysnmp  # (datagram, address) -> None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.refused_sources = 0
 
-class FastUdpTransport(udp.UdpAsyncioTransport):
-    """pysnmp's UDP transport with the community source filter and the v2c read fast path in front, and a
-    guard behind.
+    def connection_made(self, transport) -> None:
+        self.transport = transport
 
-    The guard: pysnmp 7.1.30 lets some malformed datagrams raise out of its message dispatcher (``60 00``, an
-    empty application-tagged value where the message should be, fails inside pyasn1 with a TypeError), and
-    asyncio then logged a traceback for each one: a port scanner could fill the log.  Those are dropped and
-    counted like any unparsable message, with one warning a minute at most.
-    """
-
-    fast: FastPath | None = None
-    community_from: list | None = None  # networks whose v1/v2c messages are taken; None = any
-    refused_sources = 0
-    dropped = 0  # datagrams pysnmp failed on
-    _warned_at = -1e9
-
-    def datagram_received(self, datagram, transportAddress):
+    def datagram_received(self, datagram: bytes, address) -> None:
         allow = self.community_from
-        if allow is not None and not address_allowed(transportAddress[0], allow) and ber.message_version(datagram) != 3:
+        if allow is not None and not address_allowed(address[0], allow) and ber.message_version(datagram) != 3:
             self.refused_sources += 1  # anything but SNMPv3 (which authenticates itself) from elsewhere: dropped
             return
         fast = self.fast
@@ -149,103 +133,9 @@ class FastUdpTransport(udp.UdpAsyncioTransport):
                 log.exception("SNMP fast path failed; answering through pysnmp")
                 response = None
             if response is not None:
-                self.transport.sendto(response, transportAddress)
+                self.transport.sendto(response, address)
                 return
-        if self._callback_function is not None:
-            self.loop.call_soon(self._receive, transportAddress, datagram)
-
-    def _receive(self, address, datagram) -> None:
-        try:
-            self._callback_function(self, address, datagram)
-        except Exception as exc:
-            self.dropped += 1
-            now = time.monotonic()
-            if now - self._warned_at >= 60:
-                self._warned_at = now
-                log.warning("SNMP: dropped a malformed datagram from %s (%s: %s); %d so far, at most one such "
-                            "warning a minute", address[0] if address else "?", type(exc).__name__, exc, self.dropped)
-
-
-class BulkResponder(cmdrsp.BulkCommandResponder):
-    """pysnmp's GETBULK responder, answering when there is nothing to send.
-
-    pysnmp 7.1.30 raises a bare SmiError when a GETBULK yields no varbind (no non-repeaters and
-    max-repetitions 0, or more repeated varbinds than max_bulk_varbinds so that not one repetition fits);
-    its own handler then fails on that error (``"oid" in errorIndication``: TypeError), so the manager gets
-    no answer, asyncio logs a traceback and the request's state is never released: every such datagram
-    leaked memory.  RFC 3416 4.2.3: the answer is a Response with an empty variable-bindings list.
-    """
-
-    def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
-        varbinds = v2c.apiPDU.get_varbinds(PDU)
-        n = min(max(int(v2c.apiBulkPDU.get_non_repeaters(PDU)), 0), len(varbinds))
-        r = len(varbinds) - n
-        m = max(int(v2c.apiBulkPDU.get_max_repetitions(PDU)), 0)
-        if r:
-            m = min(m, self.max_varbinds // r)
-        if n == 0 and (m == 0 or r == 0):
-            self.send_varbinds(snmpEngine, stateReference, 0, 0, [])
-            self.release_state_information(stateReference)
-            return
-        super().handle_management_operation(snmpEngine, stateReference, contextName, PDU)
-
-
-# RFC 3416 error-status values of a SET: what Gateway.write refused, in SNMP's words.
-_SET_ERRORS = ((WriteDenied, "noAccess"), (NotWritable, "notWritable"), (WriteRejected, "wrongValue"),
-               (WriteFailed, "commitFailed"), (WriteError, "genErr"))
-
-
-class SetResponder(cmdrsp.SetCommandResponder):
-    """SET for SNMPv3 users with write access: each variable written through ``Gateway.write``.
-
-    Who may write is decided here, not by VACM: pysnmp 7.1.30's VACM *returns* (instead of raising) its
-    notInView verdict for a view with no entries, so an empty write view lets every write through its check.
-    A SET is refused (noAccess) unless it comes over SNMPv3 (USM), ``snmp.writes.enabled`` is on and the
-    user's role is above viewer; ``Gateway.write`` then checks that role against the command and logs who did
-    it.  A write may reach a device over RS485, so the answer is sent from a task once the writes are done;
-    the variables are written in order and the first refusal ends the request (commands cannot be undone, so
-    a SET of several is not atomic)."""
-
-    agent: SnmpAgent
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._answering: set[int] = set()  # requests whose answer a task sends: their state must stay
-
-    def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
-        varbinds = v2c.apiPDU.get_varbinds(PDU)
-        request = snmpEngine.observer.get_execution_context("rfc3412.receiveMessage:request")
-        user = str(request["securityName"])
-        role = self.agent.write_role(int(request["securityModel"]), user)
-        if role is None:
-            raise smi_error.NoAccessError(name=varbinds[0][0] if varbinds else None, idx=0)
-        plan = [(idx, tuple(name), value) for idx, (name, value) in enumerate(varbinds)]
-        self._answering.add(stateReference)
-        task = asyncio.ensure_future(self._write(snmpEngine, stateReference, Principal(user, role, "snmp"),
-                                                 varbinds, plan))
-        self.agent.pending_sets.add(task)
-        task.add_done_callback(self.agent.pending_sets.discard)
-
-    def release_state_information(self, stateReference):
-        if stateReference not in self._answering:  # process_pdu releases it at once; the task does later
-            super().release_state_information(stateReference)
-
-    async def _write(self, engine, state_reference, by: Principal, varbinds, plan) -> None:
-        status: int | str = 0  # 0, or an RFC 3416 error-status name
-        index = 0
-        try:
-            for idx, oid, value in plan:
-                try:
-                    await self.agent.write_oid(oid, value, by)
-                except WriteError as exc:
-                    status = next(code for cls, code in _SET_ERRORS if isinstance(exc, cls))
-                    index = idx + 1
-                    log.info("SNMP SET by %s of %s refused: %s", by.name, ".".join(map(str, oid)), exc)
-                    break
-            self.send_varbinds(engine, state_reference, status, index, varbinds)
-        finally:
-            self._answering.discard(state_reference)
-            super().release_state_information(state_reference)
+        self.to_pysnmp(datagram, address)
 
 
 class SnmpAgent:
@@ -284,17 +174,18 @@ class SnmpAgent:
         self.ups_alarms.changed = lambda: self.index.dynamic_changed(self.ups_alarms.section, upsmib.UPS_ALARM)
         self.index.set_dynamic(self.ups_alarms.section(), upsmib.UPS_ALARM)
         self._ups_task: asyncio.Task | None = None
-        self.engine: snmp_engine.SnmpEngine | None = None
-        self.transport: FastUdpTransport | None = None
+        self.running = False
+        self.endpoint: AgentEndpoint | None = None
+        self.stack: PysnmpStack | None = None  # pysnmp, from start or from the first request that needs it
+        self._stack_loading: asyncio.Task | None = None
+        self._stack_waiting: list[tuple[bytes, Any]] = []  # datagrams that came while pysnmp was loading
+        self.started = 0  # time.time() at start: snmpEngineTime counts from it
         self.fast: FastPath | None = None
         self.bound: tuple[str, int] | None = None
         self.sock: socket.socket | None = None
         self.engine_id = b""
         self.boots = 1
-        self._targets: list[dict] = []
-        self._ntf: ntforg.NotificationOriginator | None = None
         self.sent = {"traps": 0, "informs": 0, "informs_acknowledged": 0, "failed": 0}
-        self.responders: list = []
         objects = self.base + (1,)
         # the instance OID of every writable point: commands, and device points such as the relay
         self.writable = {objects + e.oid: e for e in (*gateway.pointmap.commands,
@@ -304,7 +195,9 @@ class SnmpAgent:
     # -- start / stop ------------------------------------------------------------------------------------
     async def start(self, sock: socket.socket | None = None) -> None:
         """Bind ``snmp.listen`` (or take ``sock``, a socket bound there already: a reload hands over the old
-        agent's, so no request goes unanswered) and serve."""
+        agent's, so no request goes unanswered) and serve: the fast path at once; pysnmp now when it is needed
+        from the first request (SNMPv3 users, notification targets, v2c off or the fast path off), else when
+        the first datagram the fast path does not answer comes."""
         cfg = self.cfg
         if sock is None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -320,38 +213,68 @@ class SnmpAgent:
         state_path = self.gateway.config.state_dir / STATE_FILE
         configured = bytes.fromhex(cfg["engine_id"].removeprefix("0x")) if cfg.get("engine_id") else None
         self.engine_id, self.boots = load_engine_state(state_path, configured, self.base)
-        engine = snmp_engine.SnmpEngine()
-        # SNMPv1 is not offered: v1 messages are counted as bad versions and dropped
-        engine.message_processing_subsystems.pop(0, None)
-        mib = engine.get_mib_builder()
-        (engine_id_obj,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineID")
-        engine_id_obj.syntax = engine_id_obj.syntax.clone(self.engine_id)
-        engine.snmpEngineID = engine_id_obj.syntax
-        (boots_obj,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
-        boots_obj.syntax = boots_obj.syntax.clone(self.boots)
-        (max_size,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
-        self.engine = engine
-
-        transport = FastUdpTransport(loop=asyncio.get_running_loop())
-        transport.community_from = self.community_from
-        transport.open_server_mode(sock=sock)
+        self.started = int(time.time())
+        if self.community and cfg["fast_path"]:
+            self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], MAX_MESSAGE_SIZE)
+        endpoint = AgentEndpoint(self.community_from, self.fast, self._to_pysnmp)
         try:
-            await transport._lport  # the endpoint exists (and errors surface) before we go on
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, sock=sock)
         except OSError as exc:
             sock.close()
             raise SnmpStartError(f"snmp.listen {cfg['listen']}: {exc}") from None
-        snmp_config.add_transport(engine, udp.SNMP_UDP_DOMAIN, transport)
-        self.transport = transport
-        try:
-            self._configure(engine, transport, int(max_size.syntax))
-        except Exception:
-            await self.stop()
-            raise
+        self.endpoint = endpoint
+        self.running = True
+        if self.fast is None or self.users or cfg["notifications"]["targets"]:
+            try:
+                self._load_stack()
+            except Exception:
+                await self.stop()
+                raise
         self._warn_open_community(bound)
         self._ups_task = asyncio.create_task(self._watch_ups(), name="snmp-ups-alarms")
         log.info("SNMP agent on udp://%s:%d (v2c %s, %d v3 user(s), %d notification target(s), engine %s boots %d, "
                  "%d instances)", bound[0], bound[1], "on" if self.community else "off", len(self.users),
-                 len(self._targets), self.engine_id.hex(), self.boots, len(self.index))
+                 len(cfg["notifications"]["targets"]), self.engine_id.hex(), self.boots, len(self.index))
+
+    def _load_stack(self) -> PysnmpStack:
+        """pysnmp's engine on the agent's socket (imports pysnmp when this is the first agent needing it)."""
+        from .stack import PysnmpStack
+
+        assert self.endpoint is not None and self.endpoint.transport is not None
+        stack = self.stack = PysnmpStack(self, self.endpoint.transport, self.started)
+        return stack
+
+    def _to_pysnmp(self, datagram: bytes, address) -> None:
+        """A datagram the fast path did not answer: to pysnmp, loaded by the first one (its modules imported
+        in a thread, so the event loop goes on polling meanwhile; a few datagrams wait for it)."""
+        if self.stack is not None:
+            self.stack.transport.receive(datagram, address)
+            return
+        if not self.running:
+            return
+        if len(self._stack_waiting) < 64:
+            self._stack_waiting.append((datagram, address))
+        if self._stack_loading is None:
+            self._stack_loading = asyncio.get_running_loop().create_task(self._load_stack_later(),
+                                                                            name="snmp-load-pysnmp")
+
+    async def _load_stack_later(self) -> None:
+        import importlib
+
+        try:
+            await asyncio.to_thread(importlib.import_module, f"{__package__}.stack")
+            if not self.running:
+                return
+            stack = self._load_stack()
+        except Exception:
+            log.exception("SNMP: pysnmp could not be started; only the fast path answers")
+            self._stack_waiting.clear()
+            return
+        log.info("SNMP: pysnmp loaded for the first request the fast path does not answer (SNMPv1/v3, SET, "
+                 "another community)")
+        waiting, self._stack_waiting = self._stack_waiting, []
+        for datagram, address in waiting:
+            stack.transport.receive(datagram, address)
 
     def _warn_open_community(self, bound: tuple[str, int]) -> None:
         if not self.community or self.community_from is not None:
@@ -368,86 +291,39 @@ class SnmpAgent:
                     "text): set snmp.v2c.allow_from to the NMS's addresses, or turn v2c off (community: null) and "
                     "use SNMPv3 users", what, bound[0], bound[1])
 
-    def _configure(self, engine: snmp_engine.SnmpEngine, transport: FastUdpTransport, max_message: int) -> None:
-        cfg = self.cfg
-        self._configure_security(engine)
-        snmp_ctx = context.SnmpContext(engine)
-        snmp_ctx.unregister_context_name(b"")
-        snmp_ctx.register_context_name(b"", IndexController(self.index))
-        bulk = BulkResponder(engine, snmp_ctx)
-        bulk.max_varbinds = cfg["max_bulk_varbinds"]
-        setter = SetResponder(engine, snmp_ctx)
-        setter.agent = self
-        self.responders = [cmdrsp.GetCommandResponder(engine, snmp_ctx), cmdrsp.NextCommandResponder(engine, snmp_ctx),
-                           bulk, setter]
-        self._configure_notifications(engine)
-
-        if self.community and cfg["fast_path"]:
-            self.fast = FastPath(self.index, self.community, cfg["max_bulk_varbinds"], max_message)
-            transport.fast = self.fast
-
-    def _configure_security(self, engine) -> None:
-        """Read access for the v2c community and the v3 users (notify access for users that send)."""
-        notify_users = {t["user"] for t in self.cfg["notifications"]["targets"] if t.get("user")}
-        if self.community:
-            snmp_config.add_v1_system(engine, "bmsgw-read", self.community.decode())
-            snmp_config.add_vacm_user(engine, 2, "bmsgw-read", "noAuthNoPriv", readSubTree=READ_VIEW)
-        for name, user in self.users.items():
-            master = user["key_format"] == "master"
-            key_type = snmp_config.USM_KEY_TYPE_MASTER if master else snmp_config.USM_KEY_TYPE_PASSPHRASE
-            snmp_config.add_v3_user(engine, name, AUTH[user["auth"]], _usm_key(user["auth_key"], master),
-                                    PRIV[user["priv"]], _usm_key(user["priv_key"], master),
-                                    authKeyType=key_type, privKeyType=key_type)
-            snmp_config.add_vacm_user(engine, 3, name, "authPriv", readSubTree=READ_VIEW,
-                                      writeSubTree=self.base + (1,) if self.write_role(3, name) else (),
-                                      notifySubTree=READ_VIEW if name in notify_users else ())
-
-    def _configure_notifications(self, engine) -> None:
-        """One target address, parameter set and notification entry per configured target (never shared:
-        a target object reused across credentials duplicates notifications)."""
-        for i, target in enumerate(self.cfg["notifications"]["targets"]):
-            try:
-                address = resolve(target["host"])
-            except OSError as exc:
-                log.error("snmp.notifications.targets[%d]: cannot resolve %s (%s); no notifications go there",
-                          i, target["host"], exc)
-                continue
-            params, addr, tag, ntf = (f"bmsgw-p{i}", f"bmsgw-a{i}", f"bmsgw-t{i}", f"bmsgw-n{i}")
-            kind = target.get("type") or ("inform" if target["version"] == "v3" else "trap")
-            if target["version"] == "v2c":
-                sec_name = f"bmsgw-notify{i}"
-                # a community used only to send: no incoming request can match its transport tag
-                snmp_config.add_v1_system(engine, sec_name, target["community"], transportTag="bmsgw-send-only")
-                snmp_config.add_vacm_user(engine, 2, sec_name, "noAuthNoPriv", notifySubTree=READ_VIEW)
-                snmp_config.add_target_parameters(engine, params, sec_name, "noAuthNoPriv", 1)
-            else:
-                snmp_config.add_target_parameters(engine, params, target["user"], "authPriv", 3)
-            snmp_config.add_target_address(engine, addr, udp.SNMP_UDP_DOMAIN, (address, target["port"]),
-                                            params, timeout=int(target["timeout_s"] * 100),
-                                            retryCount=target["retries"], tagList=tag)
-            snmp_config.add_notification_target(engine, ntf, params, tag, kind)
-            self._targets.append({"name": ntf, "kind": kind, "where": f"{target['host']}:{target['port']}",
-                                  "version": target["version"]})
-        self._ntf = ntforg.NotificationOriginator()
-
     async def stop(self) -> None:
+        self.running = False
         if self._ups_task is not None:
             self._ups_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ups_task
             self._ups_task = None
-        if self.engine is not None:
-            dispatcher = self.engine.transport_dispatcher
-            if dispatcher is not None:
-                dispatcher.close_dispatcher()
-            self.engine = None
-        self.transport = None
+        if self._stack_loading is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stack_loading
+            self._stack_loading = None
+        if self.stack is not None:
+            self.stack.close()
+            self.stack = None
+        if self.endpoint is not None and self.endpoint.transport is not None:
+            self.endpoint.transport.close()
+        self.endpoint = None
 
     def endpoints(self) -> list[str]:
         host, port = self.bound or self.listen
         out = [f"snmp://{host}:{port} ({'v2c and ' if self.community else ''}{len(self.users)} v3 user(s))"]
-        out += [f"snmp {t['kind']} -> {t['where']} ({t['version']})" for t in self._targets]
+        out += [f"snmp {t['kind']} -> {t['where']} ({t['version']})" for t in self.targets]
         return out
+
+    @property
+    def responders(self) -> list:
+        """pysnmp's command responders (none before pysnmp is loaded)."""
+        return self.stack.responders if self.stack is not None else []
+
+    @property
+    def targets(self) -> list[dict]:
+        """The notification targets pysnmp sends to (none before pysnmp is loaded: it is, when any is set)."""
+        return self.stack.targets if self.stack is not None else []
 
     # -- writes (SET) -----------------------------------------------------------------------------------
     def write_role(self, security_model: int, user: str) -> str | None:
@@ -479,33 +355,30 @@ class SnmpAgent:
 
     # -- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        if self.engine is None:
+        """The SNMP group counters: the fast path's answers and, once loaded, pysnmp's (and its USM's)."""
+        if not self.running:
             return {}
-        mib = self.engine.get_mib_builder()
-        out = {}
-        for name in ("snmpInPkts", "snmpInBadVersions", "snmpInBadCommunityNames", "snmpInBadCommunityUses",
-                     "snmpInASNParseErrs", "snmpSilentDrops", "snmpProxyDrops"):
-            (obj,) = mib.import_symbols("__SNMPv2-MIB", name)
-            out[name] = int(obj.syntax)
-        for name in ("usmStatsUnsupportedSecLevels", "usmStatsNotInTimeWindows", "usmStatsUnknownUserNames",
-                     "usmStatsUnknownEngineIDs", "usmStatsWrongDigests", "usmStatsDecryptionErrors"):
-            (obj,) = mib.import_symbols("__SNMP-USER-BASED-SM-MIB", name)
-            out[name] = int(obj.syntax)
+        if self.stack is not None:
+            out = self.stack.counters()
+        else:  # nothing reached pysnmp yet
+            out = dict.fromkeys(("snmpInPkts", "snmpInBadVersions", "snmpInBadCommunityNames",
+                                 "snmpInBadCommunityUses", "snmpInASNParseErrs", "snmpSilentDrops",
+                                 "snmpProxyDrops", "usmStatsUnsupportedSecLevels", "usmStatsNotInTimeWindows",
+                                 "usmStatsUnknownUserNames", "usmStatsUnknownEngineIDs", "usmStatsWrongDigests",
+                                 "usmStatsDecryptionErrors"), 0)
         if self.fast is not None:
             out["snmpInPkts"] += self.fast.answered
             out["fastPathResponses"] = self.fast.answered
-        if self.transport is not None:
-            out["snmpInASNParseErrs"] += self.transport.dropped
         return out
 
     def engine_info(self) -> dict:
-        if self.engine is None:
+        if not self.running:
             return {}
-        mib = self.engine.get_mib_builder()
-        (max_size,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineMaxMessageSize")
-        (engine_time,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
-        return {"id": self.engine_id, "boots": self.boots, "max_message_size": int(max_size.syntax),
-                "time": max(0, int(time.time()) - int(engine_time.syntax)) & 0x7FFFFFFF}
+        engine_time = self.stack.engine_time() if self.stack is not None else \
+            max(0, int(time.time()) - self.started) & 0x7FFFFFFF
+        return {"id": self.engine_id, "boots": self.boots,
+                "max_message_size": self.stack.max_message_size() if self.stack is not None else MAX_MESSAGE_SIZE,
+                "time": engine_time}
 
     def status(self) -> dict:
         c = self.counters()
@@ -517,7 +390,8 @@ class SnmpAgent:
                 "bad_credentials": sum(c.get(k, 0) for k in ("usmStatsUnknownUserNames", "usmStatsWrongDigests",
                                                              "usmStatsDecryptionErrors")),
                 "requests": c.get("snmpInPkts", 0), "fast_path_responses": c.get("fastPathResponses", 0),
-                "refused_sources": self.transport.refused_sources if self.transport is not None else 0,
+                "refused_sources": self.endpoint.refused_sources if self.endpoint is not None else 0,
+                "pysnmp_loaded": self.stack is not None,
                 "notifications": dict(self.sent)}
 
     # -- alarms and notifications --------------------------------------------------------------------
@@ -525,9 +399,9 @@ class SnmpAgent:
         """Record the alarm in the active table and send the notification to every target (non-blocking)."""
         row, raised = self.alarms.apply(event)
         self.ups_alarms.observe(event)
-        if self.engine is not None:
+        if self.running:
             self.ups_alarms.evaluate()  # temperature, battery bad ... rows at once, not at the next second
-        if self.engine is None or self._ntf is None or not self._targets:
+        if self.stack is None or not self.stack.targets:
             return
         self.notify(row, raised)
 
@@ -549,31 +423,5 @@ class SnmpAgent:
         self._notify(trap_oid, values, what)
 
     def _notify(self, trap_oid: tuple[int, ...], values: list[tuple[tuple[int, ...], Value]], what: str) -> None:
-        if self.engine is None or self._ntf is None or not self._targets:
-            return
-        varbinds = [(SYS_UPTIME, rfc1902.TimeTicks(self.data.ticks())),
-                    (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(trap_oid))]
-        varbinds += [(oid, to_pyasn1(*value)) for oid, value in values]
-        for target in self._targets:
-            self._send(target, varbinds, what)
-
-    def _send(self, target: dict, varbinds, what: str) -> None:
-        engine = self.engine
-
-        def done(_engine, _handle, error_indication, error_status, _error_index, _vbs, _ctx):
-            if error_indication or error_status:
-                self.sent["failed"] += 1
-                log.warning("SNMP %s for %s to %s not delivered: %s", target["kind"], what,
-                            target["where"], error_indication or error_status)
-            elif target["kind"] == "inform":
-                self.sent["informs_acknowledged"] += 1
-
-        try:
-            if self._ntf is None:
-                raise RuntimeError("the agent is not running")
-            self._ntf.send_varbinds(engine, target["name"], None, b"", varbinds, done)
-        except Exception as exc:  # a broken target must not stop the others or the caller
-            self.sent["failed"] += 1
-            log.warning("SNMP %s for %s to %s failed: %s", target["kind"], what, target["where"], exc)
-            return
-        self.sent["informs" if target["kind"] == "inform" else "traps"] += 1
+        if self.stack is not None:
+            self.stack.notify(trap_oid, values, what, self.data.ticks())

@@ -6,8 +6,6 @@ Access control (VACM) is asked for every instance, as pysnmp's own MIB tree does
 """
 from __future__ import annotations
 
-from bisect import bisect_right
-
 from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.smi import error as smi_error
 from pysnmp.smi.instrum import AbstractMibInstrumController
@@ -65,12 +63,12 @@ class IndexController(AbstractMibInstrumController):
         out = []
         for idx, (name, _val) in enumerate(varBinds):
             oid = tuple(name)
-            i = bisect_right(index.oids, oid)
+            i = index.after(oid)
             found = None
             while i < len(index.entries):
                 value = index.value(i)
                 if value is not None:
-                    obj = rfc1902.ObjectName(index.oids[i])
+                    obj = rfc1902.ObjectName(index.entries[i].oid)
                     pyval = to_pyasn1(*value)
                     if not self._denied(ac_fun, idx, obj, pyval, context):
                         found = (obj, pyval)

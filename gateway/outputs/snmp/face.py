@@ -62,7 +62,7 @@ class SnmpService(Service):
         return result
 
     def status(self) -> dict:
-        return self.agent.status() if self.agent.engine is not None else {}
+        return self.agent.status() if self.agent.running else {}
 
     def endpoints(self) -> list[str]:
         return self.agent.endpoints()

@@ -11,7 +11,6 @@ would turn into an error — is left to pysnmp, which also counts wrong communit
 from __future__ import annotations
 
 import logging
-from bisect import bisect_right
 
 from . import ber
 from .tree import OidIndex
@@ -41,7 +40,7 @@ class FastPath:
 
     def _next(self, oid: tuple[int, ...]) -> tuple[bytes, int]:
         """(varbind, index position) of the instance after ``oid``; position -1 at the end of the MIB."""
-        enc, pos = self._scan(bisect_right(self.index.oids, oid))
+        enc, pos = self._scan(self.index.after(oid))
         if enc is not None:  # (then pos >= 0)
             return enc, pos
         return ber.encode_varbind(ber.encode_oid(oid), ber.encode_value(ber.END_OF_MIB_VIEW, None)), -1
@@ -73,18 +72,21 @@ class FastPath:
                 reps = min(reps, self.max_varbinds // cols)
             out = [self._next(oid)[0] for oid in req.oids[:nonrep]]
             if cols and reps:
-                # one chain per repeated varbind: (last OID, its index position; -1: not found yet, or the end)
-                chains = [(oid, -1) for oid in req.oids[nonrep:]]
+                # one chain per repeated varbind: (the OID asked, or None once found; the index position of the
+                # last instance found, -1: not found yet, or the end)
+                chains: list[tuple[tuple[int, ...] | None, int]] = [(oid, -1) for oid in req.oids[nonrep:]]
                 for _ in range(reps):
-                    for c, (oid, pos) in enumerate(chains):
+                    for c, (asked, pos) in enumerate(chains):
                         enc = None
                         if pos >= 0:  # walking on: the next position, no search
-                            enc, pos = self._scan(pos + 1)
+                            enc, found = self._scan(pos + 1)
+                            if enc is None:  # the end of the MIB after the last instance found
+                                asked = entries[pos].oid
+                            pos = found
                         if enc is None:  # first step, or the end of the MIB (endOfMibView, repeated)
-                            enc, pos = self._next(oid)
-                        if pos >= 0:
-                            oid = entries[pos].oid
-                        chains[c] = (oid, pos)
+                            assert asked is not None
+                            enc, pos = self._next(asked)
+                        chains[c] = (None if pos >= 0 else asked, pos)
                         out.append(enc)
             # nothing to answer (no non-repeaters and no repetition fits): an empty varbind list, RFC 3416 4.2.3,
             # as the agent's BulkResponder answers on the pysnmp side

@@ -9,11 +9,13 @@ feed says that point was written, so a walk encodes each value once per poll cyc
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import heapq
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from itertools import pairwise
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from . import ber
@@ -33,17 +35,27 @@ class _Unset(enum.Enum):
 
 
 _UNSET = _Unset.UNSET
+_oid_of = attrgetter("oid")
 
 
 class Entry:
-    __slots__ = ("oid", "_oid_tlv", "fn", "enc", "volatile")
+    """One instance: its OID is its object type's (``obj``) and its index, both tuples shared with the other
+    instances of the section (a column's, a row's), so an instance holds no OID tuple of its own (a full OID
+    tuple took about 150 bytes; a bank has tens of thousands of instances)."""
 
-    def __init__(self, oid: tuple[int, ...], fn: ValueFn, volatile: bool) -> None:
-        self.oid = oid
+    __slots__ = ("obj", "index", "_oid_tlv", "fn", "enc", "volatile")
+
+    def __init__(self, obj: tuple[int, ...], index: tuple[int, ...], fn: ValueFn, volatile: bool) -> None:
+        self.obj = obj
+        self.index = index
         self._oid_tlv: bytes | None = None
         self.fn = fn
         self.enc: bytes | None | _Unset = _UNSET
         self.volatile = volatile
+
+    @property
+    def oid(self) -> tuple[int, ...]:
+        return self.obj + self.index
 
     @property
     def oid_tlv(self) -> bytes:
@@ -80,8 +92,9 @@ class StaticEntry(Entry):
 
     __slots__ = ("value",)
 
-    def __init__(self, oid: tuple[int, ...], value: Value | None) -> None:
-        self.oid = oid
+    def __init__(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
+        self.obj = obj
+        self.index = index
         self._oid_tlv = None
         self.enc = _UNSET
         self.volatile = False
@@ -98,9 +111,10 @@ class PointEntry(Entry):
 
     __slots__ = ("get", "ref", "codec")
 
-    def __init__(self, oid: tuple[int, ...], get: Callable[[Any], Any], ref: object,
+    def __init__(self, obj: tuple[int, ...], index: tuple[int, ...], get: Callable[[Any], Any], ref: object,
                  codec: Callable[[Any], Value | None]) -> None:
-        self.oid = oid
+        self.obj = obj
+        self.index = index
         self._oid_tlv = None
         self.enc = _UNSET
         self.volatile = False
@@ -119,11 +133,16 @@ class Section:
         self.entries: list[Entry] = []
         self.objects: dict[tuple[int, ...], bool] = {}  # the object types (scalars, columns) served
         self.deps: list[tuple[object, Entry]] = []
+        self._shared: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple for each object type and index
+        self._values: dict[tuple[type, Value], Value] = {}
+
+    def _share(self, part: tuple[int, ...]) -> tuple[int, ...]:
+        return self._shared.setdefault(part, part)
 
     def add(self, obj: tuple[int, ...], index: tuple[int, ...], fn: ValueFn, *, volatile: bool = False,
             dep: object | None = None) -> None:
         """``obj`` is the object type's OID (scalar or column), ``index`` the instance part."""
-        entry = Entry(obj + index, fn, volatile)  # its OID is encoded when first served
+        entry = Entry(self._share(obj), self._share(index), fn, volatile)  # its OID is encoded when first served
         self.entries.append(entry)
         self.objects[obj] = True
         if dep is not None:
@@ -133,13 +152,16 @@ class Section:
               codec: Callable[[Any], Value | None]) -> None:
         """An instance showing the point ``ref`` of the store whose ``get`` is given, encoded by ``codec`` (its
         encoding is cached until the store's change feed says ``ref`` was written)."""
-        entry = PointEntry(obj + index, get, ref, codec)
+        entry = PointEntry(self._share(obj), self._share(index), get, ref, codec)
         self.entries.append(entry)
         self.objects[obj] = True
         self.deps.append((ref, entry))
 
     def static(self, obj: tuple[int, ...], index: tuple[int, ...], value: Value | None) -> None:
-        self.entries.append(StaticEntry(obj + index, value))
+        if value is not None:  # one tuple for each value: most fixed columns repeat a few values on every row
+            with contextlib.suppress(TypeError):  # (an unhashable value keeps its own)
+                value = self._values.setdefault((type(value[1]), value), value)  # (1, 1.0 and True apart)
+        self.entries.append(StaticEntry(self._share(obj), self._share(index), value))
         self.objects[obj] = True
 
     def declare(self, obj: tuple[int, ...]) -> None:
@@ -159,14 +181,16 @@ class OidIndex:
         self.store = store
         self._seen = -1  # the store generation the cached encodings are valid for
         self.objects: set[tuple[int, ...]] = set()
-        self.deps: dict[object, list[Entry]] = {}
+        deps: dict[object, list[Entry]] = {}
         static: list[Entry] = []
         for sec in sections:
             static.extend(sec.entries)
             self.objects.update(sec.objects)
             for dep, entry in sec.deps:
-                self.deps.setdefault(dep, []).append(entry)
-        static.sort(key=lambda e: e.oid)
+                deps.setdefault(dep, []).append(entry)
+        # a tuple per point (most have one instance; a list took twice the memory)
+        self.deps: dict[object, tuple[Entry, ...]] = {dep: tuple(entries) for dep, entries in deps.items()}
+        static.sort(key=_oid_of)
         for a, b in pairwise(static):
             if a.oid == b.oid:
                 raise ValueError(f"OID {'.'.join(map(str, a.oid))} is served twice")
@@ -178,7 +202,6 @@ class OidIndex:
                 raise ValueError("static instances inside the dynamic subtree")
         self._dynamic: dict[tuple[int, ...], list[Entry]] = {p: [] for p in self._prefixes}
         self.entries: list[Entry] = []
-        self.oids: list[tuple[int, ...]] = []
         self._pending: dict[tuple[int, ...], Callable[[], Section]] = {}
         self._merge()
 
@@ -216,7 +239,7 @@ class OidIndex:
     def _set(self, section: Section, prefix: tuple[int, ...]) -> None:
         if prefix not in self._dynamic:
             raise ValueError(f"{prefix} is not a dynamic subtree of this index")
-        entries = sorted(section.entries, key=lambda e: e.oid)
+        entries = sorted(section.entries, key=_oid_of)
         for e in entries:
             if e.oid[:len(prefix)] != prefix:
                 raise ValueError(f"dynamic OID {e.oid} outside {prefix}")
@@ -224,8 +247,7 @@ class OidIndex:
         self._dynamic[prefix] = entries
 
     def _merge(self) -> None:
-        self.entries = list(heapq.merge(self._static, *self._dynamic.values(), key=lambda e: e.oid))
-        self.oids = [e.oid for e in self.entries]
+        self.entries = list(heapq.merge(self._static, *self._dynamic.values(), key=_oid_of))
 
     def invalidate(self, dep: object) -> None:
         for entry in self.deps.get(dep, ()):
@@ -236,10 +258,15 @@ class OidIndex:
 
     # -- lookups shared by both answer paths --------------------------------------------------------------
     def exact(self, oid: tuple[int, ...]) -> int | None:
-        i = bisect_left(self.oids, oid)
-        if i < len(self.oids) and self.oids[i] == oid:
+        entries = self.entries
+        i = bisect_left(entries, oid, key=_oid_of)
+        if i < len(entries) and entries[i].oid == oid:
             return i
         return None
+
+    def after(self, oid: tuple[int, ...]) -> int:
+        """The position of the first instance after ``oid`` (len(self) at the end)."""
+        return bisect_right(self.entries, oid, key=_oid_of)
 
     def missing_tag(self, oid: tuple[int, ...]) -> int:
         """noSuchInstance when an object type of this agent is a prefix of ``oid``, else noSuchObject."""

@@ -1,13 +1,12 @@
 """The request context the web face's views share: the per-gateway ``WebContext``, who the request acts for,
 CSRF, flashes and the session cookies. Views (``pages.py``, ``api.py``) and the application (``app.py``) import
-it; it imports none of them."""
+it; it imports none of them.  Flask is imported by the functions that run in a request, not here: the face
+builds its Flask app at the first request (``face.WebService.app``), so a gateway nobody browses never loads it."""
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import secrets
-
-from flask import g, request
 
 from gateway.commands import Principal
 
@@ -85,6 +84,8 @@ def ctx() -> WebContext:
 
 
 def is_api() -> bool:
+    from flask import request
+
     return request.path.startswith("/api/")
 
 
@@ -100,11 +101,15 @@ def is_local(addr: str | None) -> bool:
 
 def principal() -> Principal:
     """Who the request acts for, as ``Gateway.write`` takes it: the user (or API token) and its role."""
+    from flask import g, request
+
     user = g.user
     return Principal(user.name, user.role, "rest" if is_api() else "web", request.remote_addr or "")
 
 
 def csrf_binding() -> str | None:
+    from flask import g, request
+
     sess = g.get("session")
     if sess is not None:
         return sess.sid
@@ -113,6 +118,8 @@ def csrf_binding() -> str | None:
 
 def csrf_token() -> str:
     """For templates: a token for this visitor (sets the pre-login cookie when there is no session)."""
+    from flask import g
+
     binding = csrf_binding()
     if binding is None:
         binding = g.setdefault("new_prelogin", secrets.token_urlsafe(24))
@@ -120,12 +127,16 @@ def csrf_token() -> str:
 
 
 def flash(kind: str, message: str) -> None:
+    from flask import g
+
     sess = g.get("session")
     if sess is not None:
         sess.flash.append((kind, message))
 
 
 def take_flashes() -> list[tuple[str, str]]:
+    from flask import g
+
     sess = g.get("session")
     if sess is None:
         return []
@@ -134,6 +145,8 @@ def take_flashes() -> list[tuple[str, str]]:
 
 
 def login_user(user: User):
+    from flask import g
+
     c = ctx()
     sess = c.sessions.create(user)
     g.session, g.user, g.auth = sess, user, "session"

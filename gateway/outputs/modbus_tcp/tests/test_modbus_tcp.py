@@ -674,3 +674,13 @@ def test_the_fast_read_path_takes_every_served_read(offline_service):
             frame = mbap(9, 1, struct.pack(">BHH", function, start, min(end - start, 125)))
             assert offline_service.read_answer(frame) == offline_service.handle(9, 1, frame[7:], "127.0.0.1")
             assert offline_service.read_answer(frame) is not None
+
+
+def test_the_faces_exception_and_device_information_codes_are_pymodbus_own():
+    """The face names the codes itself (importing pymodbus at start costs memory); the same numbers."""
+    from pymodbus import constants
+
+    from gateway.outputs.modbus_tcp import face
+
+    for ours, theirs in ((face.ExcCodes, constants.ExcCodes), (face.DeviceInformation, constants.DeviceInformation)):
+        assert {c.name: c.value for c in ours} == {c.name: theirs[c.name].value for c in ours}

@@ -300,3 +300,12 @@ def test_a_real_prometheus_scrapes_the_gateway_and_a_central_one_federates_it(li
         site.stop()
         if central is not None:
             central.stop()
+
+
+def test_the_content_type_is_prometheus_clients():
+    """The exposition names it itself (prometheus-client is loaded by the first scrape); the same text."""
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    from gateway.exposition import CONTENT_TYPE
+
+    assert CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4

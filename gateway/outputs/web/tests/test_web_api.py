@@ -227,7 +227,9 @@ def test_history_module_answers_when_installed(tmp_path):
 
 
 def test_a_stopped_web_face_no_longer_listens_to_the_store(tmp_path):
-    ref, later = PointRef("cell.voltage", 1, 1), time.time() + 3600  # ahead of every polled reading
+    # ahead of every polled reading; a whole second: the buffer keeps a sample's time as an offset in its
+    # interval_s slot (1 s here), exact at the slot's start
+    ref, later = PointRef("cell.voltage", 1, 1), float(int(time.time()) + 3600)
     with web_gateway(tmp_path, cells=2, alarms=False) as w:
         store, buffer = w.gateway.store, w.ctx.sources.buffer
         store.put(ref, 12.5, ts=later)

@@ -128,6 +128,36 @@ def test_trend_buffer_keeps_one_sample_per_interval_in_a_ring():
     assert decimate([(float(i), float(i)) for i in range(10)], 2) == [(2.0, 2.0), (7.0, 7.0)]
 
 
+def test_trend_buffer_shares_one_time_axis_and_takes_late_readings_and_a_clock_set_back():
+    from gateway.pointmap import MappedPoint
+    from gateway.points import PointSpec
+
+    refs = [PointRef("cell.voltage", 1, c) for c in (1, 2, 3)]
+
+    class PM:
+        def __iter__(self):
+            for ref in refs:
+                yield MappedPoint(ref, PointSpec("cell.voltage", "cell", "V", "", 0), 0, (), "m", 1.0, (), "/x")
+
+    buf = LiveBuffer(PM(), interval_s=15, samples=4)
+    a, b, c = refs
+    buf.on_batch([(a, Reading(2.001, Quality.GOOD, 1503.25))])  # slot 100
+    buf.on_batch([(a, Reading(2.002, Quality.GOOD, 1531.0)),  # slot 102 (nothing for slot 101: a gap)
+                  (a, Reading(2.003, Quality.GOOD, 1540.0))])  # the same slot: not kept
+    buf.on_batch([(b, Reading(2.1, Quality.GOOD, 1512.0))])  # a slower bus: an earlier slot, still in the window
+    assert buf.query(a, 0, 1e9, 100) == [(pytest.approx(1503.25, abs=1e-3), pytest.approx(2.001)),
+                                         (pytest.approx(1531.0, abs=1e-3), pytest.approx(2.002))]
+    assert buf.query(b, 0, 1e9, 100) == [(pytest.approx(1512.0, abs=1e-3), pytest.approx(2.1))]
+    assert buf.query(c, 0, 1e9, 100) == [] and len(buf) == 2
+    buf.on_batch([(a, Reading(2.004, Quality.GOOD, 1566.0))])  # slot 104: slot 100 leaves the 4-slot window
+    assert [round(t) for t, _ in buf.query(a, 0, 1e9, 100)] == [1531, 1566]
+    assert [round(t) for t, _ in buf.query(a, 1540, 1e9, 100)] == [1566]
+    buf.on_batch([(a, Reading(2.005, Quality.GOOD, 1000.0))])  # the clock set back an hour: start over
+    assert buf.query(a, 0, 1e9, 100) == [(1000.0, pytest.approx(2.005))] and buf.query(b, 0, 1e9, 100) == []
+    # 6 bytes a sample, whatever the bank: a float32 value and a uint16 offset in its slot
+    assert buf._values.itemsize + buf._offsets.itemsize == 6 and len(buf._values) == len(refs) * 4
+
+
 def test_listen_parsing():
     assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert parse_listen("[::1]:8443") == ("::1", 8443)
