@@ -520,8 +520,14 @@ class Engine:
         what failed and may succeed when tried again stays there."""
         results: list[GroupResult] = []
         if transport is not None and transport.is_open:
-            with contextlib.suppress(PortUnavailable):  # it closed meanwhile: as below, nothing was tried
-                results = await transport.exchange([[request for _, request in reads.todo] for reads in batch])
+            groups = [[request for _, request in reads.todo] for reads in batch]
+            while len(results) < len(groups):  # a silent device ends an exchange: the rest go again
+                got: list[GroupResult] = []
+                with contextlib.suppress(PortUnavailable):  # it closed meanwhile: as below, nothing was tried
+                    got = await transport.exchange(groups[len(results):])
+                if not got:
+                    break
+                results.extend(got)
         for n, reads in enumerate(batch):
             if n < len(results):
                 reads.ts, reads.at, outcomes = results[n]

@@ -150,35 +150,40 @@ def serve(master: int, answers: dict[int, int], seen: list[bytes], stop: threadi
     return t
 
 
-def test_a_batch_goes_out_in_order_and_a_silent_device_only_ends_its_own_group(pty_pair):
+def test_a_batch_goes_out_in_order_and_a_silent_device_ends_it_for_the_caller_to_go_on(pty_pair):
     """One exchange with the bus's thread: a device that does not answer is not asked its other questions, and
-    the devices after it are read as usual; each group is stamped when its turn came."""
+    the exchange ends there, so the caller hears of it at once and sends the rest again; each group is stamped
+    when its turn came."""
     from gateway.modbus.rtu import NoReply
 
     master, slave = pty_pair
     seen: list[bytes] = []
     stop = threading.Event()
     peer = serve(master, {5: 42, 7: 7}, seen, stop)
+    groups = [[read_request(5, 4, 0, 1), read_request(5, 4, 1, 1)],
+              [read_request(6, 4, 0, 1), read_request(6, 4, 1, 1)],
+              [read_request(7, 4, 0, 1)]]
 
     async def go():
         tr = RtuTransport(BusConfig("b", os.ttyname(slave), baud=115200, timeout_ms=60))
         tr.open()
         try:
             t0 = time.monotonic()
-            results = await tr.exchange([[read_request(5, 4, 0, 1), read_request(5, 4, 1, 1)],
-                                         [read_request(6, 4, 0, 1), read_request(6, 4, 1, 1)],
-                                         [read_request(7, 4, 0, 1)]])
-            return t0, results, tr.counters
+            first = await tr.exchange(groups)
+            rest = await tr.exchange(groups[len(first):])
+            return t0, first, rest, tr.counters
         finally:
             tr.close()
 
     try:
-        t0, results, counters = asyncio.run(go())
+        t0, first, rest, counters = asyncio.run(go())
     finally:
         stop.set()
         peer.join()
     assert [r[0] for r in seen] == [5, 5, 6, 7], "unit 6's second request was never sent"
-    five, six, seven = results
+    assert len(first) == 2, "the silent device ended the exchange"
+    five, six = first
+    (seven,) = rest
     assert five.outcomes == [[42], [42]] and seven.outcomes == [[7]]
     assert len(six.outcomes) == 1 and isinstance(six.outcomes[0], NoReply)
     assert t0 <= five.at < six.at < seven.at and seven.at - six.at >= 0.06, "stamped when each group's turn came"
@@ -213,3 +218,39 @@ def test_a_batch_given_up_sends_nothing_more(pty_pair):
         peer.join()
     assert [r[0] for r in seen] == [1, 20], "the request under way finished, no other of the batch went out"
     assert words == [1], "and the bus serves the next caller"
+
+
+def test_a_line_that_never_falls_quiet_still_gets_its_request_and_an_answer_for_the_caller(pty_pair):
+    """Noise every 20 ms on a bus whose silence is 50 ms: the request goes out after a bounded wait and the
+    caller hears what went wrong; it is not held for ever (which would freeze the bus and every write)."""
+    from gateway.modbus.rtu import ModbusError
+
+    master, slave = pty_pair
+    stop = threading.Event()
+    sent: list[bytes] = []
+
+    def noise():
+        while not stop.wait(0.02):
+            os.write(master, b"\xff")
+            ready, _, _ = select.select([master], [], [], 0)
+            if ready:
+                sent.append(os.read(master, 64))
+
+    t = threading.Thread(target=noise)
+    t.start()
+
+    async def go():
+        tr = transport(slave)
+        tr.open()
+        try:
+            with pytest.raises(ModbusError):
+                await asyncio.wait_for(tr.transact(read_request(5, 4, 0, 1)), 5)
+        finally:
+            tr.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        stop.set()
+        t.join()
+    assert sent and sent[0].startswith(read_request(5, 4, 0, 1)), "the request went out"

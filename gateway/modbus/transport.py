@@ -119,6 +119,7 @@ class RtuTransport:
         self._buf = bytearray()
         self._idle_since = 0.0
         self._jobs: deque[_Job] = deque()
+        self._urgent: deque[_Job] = deque()  # single requests (a write, a scan): between a batch's devices
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._poller: select.poll | None = None
@@ -161,18 +162,23 @@ class RtuTransport:
                 raise PortError(
                     f"bus {bus.name}: {self.port} does not support the kernel's RS485 mode ({exc}); set "
                     f"`rs485: false` for this bus when the adapter switches direction by itself") from None
-        self._fd = ser.fileno()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        self._poller = poller
-        self._buf.clear()
-        self._idle_since = time.monotonic()
-        self._closing = False
-        self._serial = ser
-        self._thread = threading.Thread(target=self._run, name=f"bus-{bus.name}", daemon=True)
-        self._thread.start()
+        try:
+            self._fd = ser.fileno()
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            self._poller = poller
+            self._buf.clear()
+            self._idle_since = time.monotonic()
+            self._closing = False
+            self._serial = ser
+            self._thread = threading.Thread(target=self._run, name=f"bus-{bus.name}", daemon=True)
+            self._thread.start()
+        except (OSError, RuntimeError) as exc:  # out of descriptors or threads: let go of the port (its lock)
+            self._serial = ser
+            self._release()
+            raise PortError(f"bus {bus.name}: cannot drive {self.port}: {exc}") from None
         log.debug("opened %s for bus %s at %s baud", self.port, bus.name, bus.baud)
 
     def close(self) -> None:
@@ -193,18 +199,24 @@ class RtuTransport:
         """Close the port and the wake-up pipe (once, by whoever comes first: close() or a lost port)."""
         with self._io_lock:
             ser, self._serial = self._serial, None
-            if ser is not None:
-                ser.close()
-            self._fd = -1
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
-            self._wake_r = self._wake_w = -1
-            self._poller = None
-            # what was still queued will never be done: its callers hear the port is gone (under the lock:
-            # exchange() queues nothing once the port is closed)
-            while self._jobs:
-                self._post(self._jobs.popleft())
+            try:
+                if ser is not None:
+                    ser.close()
+            except (OSError, serial.SerialException) as exc:
+                log.warning("bus %s: closing %s: %s", self.bus.name, self.port, exc)
+            finally:
+                self._fd = -1
+                for fd in (self._wake_r, self._wake_w):
+                    if fd >= 0:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                self._wake_r = self._wake_w = -1
+                self._poller = None
+                # what was still queued will never be done: its callers hear the port is gone (under the lock:
+                # exchange() queues nothing once the port is closed)
+                for queue in (self._urgent, self._jobs):
+                    while queue:
+                        self._post(queue.popleft())
 
     @property
     def is_open(self) -> bool:
@@ -216,28 +228,32 @@ class RtuTransport:
         return unit in self._lateness
 
     # -- the event loop's side -------------------------------------------------------------------------------
-    async def exchange(self, groups: list[list[bytes]]) -> list[GroupResult]:
+    async def exchange(self, groups: list[list[bytes]], urgent: bool = False) -> list[GroupResult]:
         """Send the requests of ``groups`` in order, one transaction at a time, and return what each got.
 
         A group is one device's requests: a timeout ends it (the device is silent; its other requests would
-        time out too), any other failure does not.  Fewer results than groups: the port closed meanwhile.
-        Cancelled, it sends nothing more (a request waiting out its silence is not sent)."""
+        time out too), and the batch with it, so the caller hears of a silent device at once and sends the
+        rest again; any other failure ends neither.  Fewer results than groups: a timeout ended the batch, or
+        the port closed.  Cancelled, it sends nothing more (a request waiting out its silence is not sent).
+        ``urgent``: goes before the queued batches, between two devices of the one under way."""
         loop = asyncio.get_running_loop()
         job = _Job(groups, loop, loop.create_future())
         with self._io_lock:
             if self._serial is None:
                 raise PortUnavailable("port is not open")
-            self._jobs.append(job)
+            (self._urgent if urgent else self._jobs).append(job)
             self._wake()
         try:
             return await job.future
         except asyncio.CancelledError:
             job.cancelled = True
+            with self._io_lock:
+                self._wake()  # out of a long wait (a late slave's replies) for a caller that has gone
             raise
 
     async def transact(self, request: bytes) -> list[int]:
         """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
-        results = await self.exchange([[request]])
+        results = await self.exchange([[request]], urgent=True)
         if not results or not results[0].outcomes:
             raise PortUnavailable("port is not open")
         outcome = results[0].outcomes[0]
@@ -285,6 +301,8 @@ class RtuTransport:
         while True:
             if self._closing:
                 raise _Closing
+            if self._urgent:
+                return self._urgent.popleft()
             if self._jobs:
                 return self._jobs.popleft()
             self._poll_read(None)
@@ -292,9 +310,15 @@ class RtuTransport:
                 del self._buf[:-MAX_IDLE_BYTES]
 
     def _do(self, job: _Job) -> None:
-        for group in job.groups:
+        for n, group in enumerate(job.groups):
             if job.cancelled:
                 return
+            while n and self._urgent:  # a write waits for one device's transactions, not a whole batch's
+                urgent = self._urgent.popleft()
+                try:
+                    self._do(urgent)
+                finally:
+                    self._post(urgent)
             outcomes: list[Outcome] = []
             job.results.append(GroupResult(time.time(), time.monotonic(), outcomes))
             for request in group:
@@ -308,7 +332,7 @@ class RtuTransport:
                 except ModbusError as err:
                     outcomes.append(err)
                     if err.kind == "timeout":
-                        break
+                        return  # (see exchange)
 
     def _poll_read(self, timeout_ms: float | None) -> bool:
         """Wait up to ``timeout_ms`` (None: for ever) for bytes on the port or a wake-up; take what came.
@@ -347,14 +371,20 @@ class RtuTransport:
         """Wait until ``not_before``, and a whole silence after anything that arrives meanwhile (dropped, and
         noted when it is a late reply)."""
         silence = self._silence
+        # a line that never falls quiet (noise, a talking device, a second master) would hold the request for
+        # ever: after this long it goes anyway, and what comes back says what is wrong (as on a busy bus)
+        give_up = max(not_before, time.monotonic()) + max(self._timeout_s, 10 * silence)
         while True:
-            wait = not_before - time.monotonic()
+            if job.cancelled:
+                raise _Cancelled
+            wait = min(not_before, give_up) - time.monotonic()
             if wait >= PRECISE_S:
                 self._poll_read(wait * 1000.0 - 1.0)  # wakes early: the rest is slept exactly
             else:
                 if wait > 0:
                     time.sleep(wait)
-                if not self._poll_read(0) and not self._buf:
+                if not self._poll_read(0) and not self._buf or time.monotonic() >= give_up:
+                    self._buf.clear()
                     break
             if self._buf:
                 self._drop_leftovers()
