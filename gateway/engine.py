@@ -26,6 +26,7 @@ from .modbus.rtu import (
     ModbusError,
     PortUnavailable,
     expected_length,
+    frame_wire_time,
     read_request,
     write_multiple_request,
     write_single_request,
@@ -493,7 +494,7 @@ class Engine:
         loop wake-up per batch instead of several per transaction, and its readings still reach the store
         within about ``PUBLISH_S`` of being read."""
         bus = bs.bus
-        per_request = 2 * bus.silence + 0.002  # the silences and a slave's turnaround; the bytes are added below
+        turnaround = bs.transport.turnaround if bs.transport is not None else 0.002
         budget = self.PUBLISH_S / 2
         batches: list[list[_Reads]] = []
         batch: list[_Reads] = []
@@ -501,7 +502,8 @@ class Engine:
         for reads in sweep:
             batch.append(reads)
             for _, request in reads.todo:
-                spent += per_request + (len(request) + expected_length(request)) * bus.char_time
+                spent += frame_wire_time(len(request), expected_length(request), bus.char_time, bus.silence,
+                                         turnaround)
             if spent >= budget:
                 batches.append(batch)
                 batch, spent = [], 0.0
