@@ -69,6 +69,13 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     loop 0.05.  1 battery: 0.23 %, 44.1 MB; 2 x 480: 4.81 %, 111.7 MB; fast_s 1: 9.69 %, 78.6 MB.  The last
     stop measured 4.66 % and 116.0 MB on the same quiet machine.
 
+    Per thread (exact, from /proc/PID/task; printed since session 6), main da4bfed, `--seconds 60 --warmup 30`,
+    load average 0.3-1.0: 2.73 % of one core: RTU bus threads 1.38 % (half of it), event loop thread 0.90,
+    executor (analytics tick) 0.28, history writer 0.15, MQTT's threads 0.05.  py-spy, which sees a thread only
+    while it holds the GIL, had put the whole engine at 1.06 %: most of a bus thread's CPU is its wake-ups and
+    system calls (two wake-ups per transaction, about 100 transactions a second), which the GIL samples miss.
+    The split per component now takes the bus threads from /proc and lets py-spy split the rest.
+
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
 """
@@ -169,6 +176,39 @@ def proc_user_system_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each of the process's threads, by thread id."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+THREAD_GROUPS = ((re.compile(r"bus-"), "RTU bus threads"), (re.compile(r"MainThread$"), "event loop thread"),
+                 (re.compile(r"asyncio_\d+$"), "executor threads (analytics tick)"))
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> the Python thread's name (``py-spy dump``, without pausing the process); {} without py-spy."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        return {}
+    out = subprocess.run([str(exe), "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True,
+                         timeout=60).stdout
+    return {int(m[1]): m[2] for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', out, re.M)}
+
+
+def thread_group(name: str) -> str:
+    for pattern, group in THREAD_GROUPS:
+        if pattern.match(name):
+            return group
+    return name or "unnamed threads"
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     return (int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024,
@@ -198,18 +238,31 @@ def component_of(path: str, tree: Path = ROOT) -> str | None:
     return None
 
 
+BUS_THREADS = "engine: bus threads"  # the RTU transport's threads, counted from /proc (see measure)
+BUS_THREAD_ROOT = os.sep + os.path.join("modbus", "transport.py")
+
+
 def split_profile(raw: str, tree: Path = ROOT) -> tuple[dict[str, int], dict[str, int]]:
     """py-spy's raw (collapsed) stacks -> samples per component and per function: each stack counts for the
     deepest frame of the gateway's own code on it (a library or the standard library working for the gateway
-    counts for the part that called it); "other" for stacks with none (the event loop, a library's thread)."""
+    counts for the part that called it); "other" for stacks with none (the event loop, a library's thread).
+    A bus thread's stacks count for BUS_THREADS whatever their deepest frame."""
     components: dict[str, int] = {}
     functions: dict[str, int] = {}
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        frames = stack.split(";")
+        root = next((FRAME.match(f) for f in frames if "gateway" in f), None)  # the thread's first gateway frame
+        if root is not None and root["file"].endswith(BUS_THREAD_ROOT) and root["func"] == "_run":
+            where = f"{os.path.relpath(root['file'], tree)}:{frames[-1].split(' (')[0]}"
+            components[BUS_THREADS] = components.get(BUS_THREADS, 0) + int(count)
+            key = f"{BUS_THREADS}  {where}"
+            functions[key] = functions.get(key, 0) + int(count)
+            continue
         name, where = "other", ""
-        for frame in reversed(stack.split(";")):
+        for frame in reversed(frames):
             m = FRAME.match(frame)
             if m is None:
                 continue
@@ -260,6 +313,7 @@ class Result:
     cpu_s: float = 0.0
     samples: int = 0
     system_s: float = 0.0  # of cpu_s, in the kernel (system calls, wake-ups)
+    threads: dict[str, float] = field(default_factory=dict)  # CPU seconds per thread group (exact, /proc)
     components: dict[str, float] = field(default_factory=dict)  # CPU seconds per component
     functions: dict[str, float] = field(default_factory=dict)  # CPU seconds per deepest gateway function
     rss: float = 0.0
@@ -312,9 +366,13 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
                     time.sleep(0.05)
                 time.sleep(warmup)
                 profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil, tree)
-                (u0, s0), t0 = proc_user_system_s(proc.pid), time.monotonic()
+                (u0, s0), t0, per_thread0 = proc_user_system_s(proc.pid), time.monotonic(), thread_cpu_s(proc.pid)
                 time.sleep(seconds)
-                (u1, s1), t1 = proc_user_system_s(proc.pid), time.monotonic()
+                (u1, s1), t1, per_thread1 = proc_user_system_s(proc.pid), time.monotonic(), thread_cpu_s(proc.pid)
+                names = thread_names(proc.pid)
+                for tid, cpu in per_thread1.items():
+                    group = thread_group(names.get(tid, ""))
+                    result.threads[group] = result.threads.get(group, 0.0) + cpu - per_thread0.get(tid, 0.0)
                 c0, c1 = u0 + s0, u1 + s1
                 result.system_s = s1 - s0
                 profile = profiler.result()
@@ -331,11 +389,20 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
             result.seconds = t1 - t0
             result.cpu_s = c1 - c0
             if profile is not None:
+                # py-spy sees a thread only while it holds the GIL: the bus threads' system calls and wake-ups
+                # (most of their CPU) would be spread over every component.  Their CPU is counted exactly from
+                # /proc instead, and the samples split the rest.
                 counts, functions = profile
+                bus_cpu = result.threads.get("RTU bus threads", 0.0)
+                counts.pop(BUS_THREADS, None)
+                functions = {k: v for k, v in functions.items() if not k.startswith(BUS_THREADS)}
                 busy = sum(counts.values()) or 1
                 result.samples = sum(counts.values())
-                result.components = {k: result.cpu_s * v / busy for k, v in counts.items()}
-                result.functions = {k: result.cpu_s * v / busy for k, v in functions.items()}
+                rest = result.cpu_s - bus_cpu
+                result.components = {k: rest * v / busy for k, v in counts.items()}
+                if bus_cpu:
+                    result.components[BUS_THREADS] = bus_cpu
+                result.functions = {k: rest * v / busy for k, v in functions.items()}
             result.missed = sum(int(m) for m in re.findall(r"(\d+) poll cycle\(s\) missed", text))
             result.problems = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line][:5]
     finally:
@@ -350,8 +417,15 @@ def report(r: Result, detail: int) -> None:
     print(f"== {r.label}: {r.batteries} batteries, {r.seconds:.0f} s of steady state (load average {r.loadavg})")
     print(f"   CPU {r.cpu_s:.2f} s = {r.share:.2f} % of one core here; on a core {SLOWER}x slower "
           f"{r.share * SLOWER:.0f} %; {100 * r.system_s / max(r.cpu_s, 1e-9):.0f} % of it in the kernel")
+    if r.threads:
+        print("   per thread (exact, /proc/PID/task):")
+    for name, cpu in sorted(r.threads.items(), key=lambda kv: -kv[1]):
+        if cpu > 0:
+            share = 100 * cpu / (r.cpu_s or 1)
+            print(f"   {name:>34}: {100 * cpu / r.seconds:6.3f} % of a core ({share:4.1f} % of it)")
     if r.components:
-        print(f"   per component (py-spy, {r.samples} busy samples, the gateway's CPU split in their proportion):")
+        print(f"   per component (the bus threads from /proc; the rest split by py-spy, {r.samples} busy samples "
+              f"of the GIL's holder):")
     for name, cpu in sorted(r.components.items(), key=lambda kv: -kv[1]):
         print(f"   {name:>22}: {100 * cpu / r.seconds:6.3f} % of a core ({100 * cpu / (r.cpu_s or 1):4.1f} % of it)")
     print(f"   RSS {r.rss:.1f} MB (peak {r.hwm:.1f} MB); start-up to the first complete poll cycle "
