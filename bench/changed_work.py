@@ -86,8 +86,11 @@ def calm(mgr: AlarmManager, ref: PointRef) -> float:
     for rule in mgr.rules.rules_for(ref.point, ref.string):
         if rule.kind == "state":
             return 0.0
+        # a rule against a reference point (cell over ambient temperature) compares the difference: its
+        # setpoints in the point's own terms are the reference's calm value further
+        offset = calm(mgr, PointRef(rule.reference)) if rule.reference else 0.0
         for side, _severity, threshold in rule.conditions():
-            (highs if side == "high" else lows).append(threshold)
+            (highs if side == "high" else lows).append(threshold + offset)
     if highs and lows:
         return round((min(highs) + max(lows)) / 2, 3)
     if highs:
