@@ -37,8 +37,8 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Set as AbstractSet
-from itertools import repeat
-from operator import attrgetter
+from itertools import compress, count, repeat
+from operator import ne
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -232,9 +232,6 @@ class PayloadBuilder:
         return self.topic("alarms"), doc, False
 
 
-_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
-
-
 def _dumps(obj: Any) -> str:
     """JSON as the queue encodes a document (compact)."""
     return json.dumps(obj, separators=(",", ":"), default=str)
@@ -244,7 +241,7 @@ class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
     __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
-                 "present", "text", "bad", "first", "last", "changed", "floats", "raw")
+                 "present", "text", "bad", "first", "last", "changed", "floats", "raw", "texts")
 
     def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
         count = len(column)
@@ -265,8 +262,10 @@ class _Column:
         self.first, self.last = math.inf, -math.inf
         self.changed = False  # a value or a quality changed: encode the column again
         self.floats = [float] * count  # the types of a column of float values
-        # the bits of the values last read when every battery had a GOOD finite float (b"": otherwise)
+        # the bits of the values last read when every battery had a GOOD finite float (b"": otherwise), and then
+        # each battery's value as JSON
         self.raw = b""
+        self.texts: list[str] = []
 
     def read_all(self, get_many: Callable[[Iterable[PointRef | None]], list[Reading | None]]) -> None:
         """Every battery's reading (most of the column was written): as ``PayloadBuilder`` reads a column."""
@@ -296,26 +295,39 @@ class _Column:
                                                                     for r in readings]
 
     def _read_good(self, readings: list) -> bool:
-        """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: the
-        values rounded again only when their bits changed (the same bits: the same text, 0.0 and -0.0 told
-        apart).  False (nothing done) for any other column."""
-        good = Quality.GOOD
-        if list(map(_QUALITY, readings)).count(good) != len(readings):
+        """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: only
+        the batteries whose value's bits changed are rounded and written again (the same bits: the same text,
+        0.0 and -0.0 told apart), each battery's text kept.  False (nothing done) for any other column."""
+        n = len(readings)
+        if not n:
             return False
-        raw = list(map(_VALUE, readings))
+        raw, qualities, stamps = zip(*readings, strict=True)  # (one pass: values, qualities, times)
+        if qualities.count(Quality.GOOD) != n:
+            return False
         if list(map(type, raw)) != self.floats or not all(map(math.isfinite, raw)):
             return False
         bits = array("d", raw).tobytes()
-        if bits != self.raw:
+        old = self.raw
+        if bits != old:
             places = self.places
-            values: list[float | None] = raw if places is None else list(map(round, raw, repeat(places)))
-            if self.raw == b"" or values != self.values or 0 in values:  # (0.0 and -0.0: equal, written apart)
+            if old == b"":  # the column's last read was not all GOOD floats: every text made anew
+                values: list[float | None] = list(raw) if places is None else list(map(round, raw, repeat(places)))
                 self.values = values
-                self.quality = [None] * len(raw)
+                self.quality = [None] * n
+                self.texts = list(map(float.__repr__, values))  # (floats: checked)
                 self.changed = True
+            else:
+                values, texts = self.values, self.texts
+                # the batteries whose value's bits changed, compared as 64-bit words in C
+                for i in compress(count(), map(ne, memoryview(bits).cast("Q"), memoryview(old).cast("Q"))):
+                    value = raw[i] if places is None else round(raw[i], places)
+                    text = float.__repr__(value)  # (as json writes a float)
+                    if text != texts[i]:
+                        values[i], texts[i] = value, text
+                        self.changed = True
             self.raw = bits
-        self.low = self.high = list(map(_TS, readings))
-        self.present = len(readings)
+        self.low = self.high = list(stamps)
+        self.present = n
         return True
 
     def read(self, refs: AbstractSet[PointRef], get: Callable[[PointRef], Reading | None]) -> None:
@@ -348,7 +360,8 @@ class _Column:
 
     def refresh(self) -> None:
         if self.changed:
-            self.text = _dumps(self.values)
+            # each battery's text, kept by ``_read_good`` while the column is all GOOD floats
+            self.text = f"[{','.join(self.texts)}]" if self.raw else _dumps(self.values)
             self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
             self.changed = False
         self.first, self.last = min(self.low), max(self.high)
@@ -414,15 +427,20 @@ class FeedPayloads:
         self._columns.extend(columns)
         self._cell_points += sum(len(col.members) for col in columns)
 
+        fields = f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":'
+        labels = {col: _dumps(col.name) + ":" for col in columns}
+        units_of: dict[tuple[_Column, ...], str] = {}  # the units' text, by the columns present (mostly all)
+
         def compose() -> str | None:
-            cols = [col for col in columns if col.present]
+            cols = tuple(col for col in columns if col.present)
             if not cols:
                 return None
             measured = [_ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))]
-            units = {c.name: c.unit for c in cols if c.unit}
-            values = ",".join(f"{_dumps(c.name)}:{c.text}" for c in cols)
-            text = (f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":{_dumps(measured)},'
-                    f'"units":{_dumps(units)},"values":{{{values}}}')
+            units = units_of.get(cols)
+            if units is None:
+                units = units_of[cols] = _dumps({c.name: c.unit for c in cols if c.unit})
+            values = ",".join([labels[c] + c.text for c in cols])
+            text = f'{fields}{_dumps(measured)},"units":{units},"values":{{{values}}}'
             quality = {c.name: c.bad for c in cols if c.bad}
             return text + f',"quality":{_dumps(quality)}' if quality else text
 
