@@ -13,8 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import FrozenInstanceError, dataclass
-from itertools import compress, count
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,6 @@ class Reading(NamedTuple):
 
 
 _REF_OF = itemgetter(0)  # the ref of an item (ref, reading)
-_POINT_OF = attrgetter("point")  # the family of a ref
 
 Listener = Callable[[list[tuple[PointRef, Reading]]], None]
 # An ingest transform: (ref, reading, fresh) -> the items to store instead.  ``fresh`` is False when only the
@@ -162,19 +160,13 @@ class PointStore:
 
     def _transformed(self, batch: list[tuple[PointRef, Reading]], fresh: bool) -> list[tuple[PointRef, Reading]]:
         transforms = self._transforms
-        # the few items a transform applies to (a string sensor's, among a bus's cell readings), found in C: the
-        # items between them are copied in slices, not looked at one by one
-        hits = list(compress(count(), map(transforms.__contains__, map(_POINT_OF, map(_REF_OF, batch)))))
-        if not hits:
-            return batch
         out: list[tuple[PointRef, Reading]] = []
-        start = 0
-        for i in hits:
-            out.extend(batch[start:i])
-            ref, reading = batch[i]
-            out.extend(transforms[ref.point](ref, reading, fresh))
-            start = i + 1
-        out.extend(batch[start:])
+        for item in batch:
+            fn = transforms.get(item[0].point)
+            if fn is None:
+                out.append(item)
+            else:
+                out.extend(fn(item[0], item[1], fresh))
         return out
 
     def put(self, ref: PointRef, value: float | None, quality: Quality = Quality.GOOD, ts: float | None = None) -> None:
