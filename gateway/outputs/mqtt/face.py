@@ -37,7 +37,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Set as AbstractSet
-from itertools import compress, count, repeat
+from itertools import compress, count
 from operator import ne
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +237,37 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
 
 
+def _float_text(value: float, places: int | None) -> tuple[float, str]:
+    """A finite float rounded to ``places`` (None: as it is) and its JSON text.  A value whose shortest text has
+    at most ``places`` decimals is its own rounding (the nearest ``places``-decimal number to it is that text,
+    which reads back as the value): most readings are a register times its scale, and ``round`` is the costly
+    part."""
+    text = float.__repr__(value)  # (as json writes a float)
+    if places is None:
+        return value, text
+    point = text.find(".")
+    if point < 0 or "e" in text or len(text) - point - 1 > places:
+        value = round(value, places)
+        text = float.__repr__(value)
+    return value, text
+
+
+def _float_texts(raw: tuple[float, ...], places: int | None) -> tuple[list[float | None], list[str]]:
+    """``_float_text`` of a column of finite floats, in C but for the values that need rounding."""
+    values: list[float | None] = list(raw)
+    texts = list(map(float.__repr__, raw))
+    if places is None:
+        return values, texts
+    if "e" not in "".join(texts) and max(map(len, texts)) <= places + 2:
+        return values, texts  # (every text: a digit, the point and at most ``places`` decimals)
+    for i, text in enumerate(texts):
+        point = text.find(".")
+        if point < 0 or "e" in text or len(text) - point - 1 > places:
+            values[i] = value = round(raw[i], places)
+            texts[i] = float.__repr__(value)
+    return values, texts
+
+
 class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
@@ -295,9 +326,10 @@ class _Column:
                                                                     for r in readings]
 
     def _read_good(self, readings: list) -> bool:
-        """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: only
-        the batteries whose value's bits changed are rounded and written again (the same bits: the same text,
-        0.0 and -0.0 told apart), each battery's text kept.  False (nothing done) for any other column."""
+        """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: each
+        battery's text kept, and written again only for the batteries whose value's bits changed (the same bits:
+        the same text, 0.0 and -0.0 told apart), the whole column at once when most changed.  False (nothing
+        done) for any other column."""
         n = len(readings)
         if not n:
             return False
@@ -310,18 +342,19 @@ class _Column:
         old = self.raw
         if bits != old:
             places = self.places
-            if old == b"":  # the column's last read was not all GOOD floats: every text made anew
-                values: list[float | None] = list(raw) if places is None else list(map(round, raw, repeat(places)))
-                self.values = values
-                self.quality = [None] * n
-                self.texts = list(map(float.__repr__, values))  # (floats: checked)
-                self.changed = True
+            # the batteries whose value's bits changed, compared as 64-bit words in C
+            moved = list(compress(count(), map(ne, memoryview(bits).cast("Q"), memoryview(old).cast("Q")))) \
+                if old else None
+            if moved is None or 4 * len(moved) > n:  # the whole column (after a column that was not all GOOD)
+                values, texts = _float_texts(raw, places)
+                if not old or texts != self.texts:
+                    self.values, self.texts = values, texts
+                    self.quality = [None] * n
+                    self.changed = True
             else:
                 values, texts = self.values, self.texts
-                # the batteries whose value's bits changed, compared as 64-bit words in C
-                for i in compress(count(), map(ne, memoryview(bits).cast("Q"), memoryview(old).cast("Q"))):
-                    value = raw[i] if places is None else round(raw[i], places)
-                    text = float.__repr__(value)  # (as json writes a float)
+                for i in moved:
+                    value, text = _float_text(raw[i], places)
                     if text != texts[i]:
                         values[i], texts[i] = value, text
                         self.changed = True
