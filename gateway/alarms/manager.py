@@ -84,8 +84,10 @@ class AlarmManager:
                             if r.reference}
         self._routes: dict[PointRef, int] = {}
         # the points judged by rules alone (no string state, ohmic test or bank device to watch), with their
-        # evaluator's slot: most readings of them, the value last judged, are passed over in ``_evaluate`` itself
+        # evaluator's slot (``_nothing``: no rule either): most readings of them, the value last judged, are
+        # passed over in ``_evaluate`` itself
         self._fast: dict[PointRef, _Slot] = {}
+        self._nothing = _Slot()  # (a marker: a point whose readings ``_evaluate`` has nothing to do with)
         self._fast_of: tuple[Evaluator, int] | None = None  # the evaluator (and its slots' epoch) they are of
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -268,9 +270,12 @@ class AlarmManager:
         learn = self._fast if self.incremental else None
         applies_from = ev._applies_from.get
         referenced: dict[tuple[str, ...], tuple[float | None, ...]] = {}
+        nothing = self._nothing
         for ref, reading in batch:
             value = reading.value
             slot = fast(ref)
+            if slot is nothing:  # no rule, no string state or ohmic test, not a bank device's
+                continue
             # ``Evaluator.update_ref``'s test that the verdict cannot change, without the calls: the value last
             # judged, nothing waiting, and what else the point's rules look at as the last judgement saw it
             if slot is not None and value == slot.last and not slot.waiting and reading.quality is good \
@@ -296,6 +301,8 @@ class AlarmManager:
             if route is None:
                 route = self._route(ref)
             if route <= _RULES:
+                if route <= 0 and learn is not None and ref not in self._ref_device:
+                    learn[ref] = nothing
                 if route < 0:
                     continue
             elif route & _STATE:
