@@ -297,6 +297,11 @@ class AlarmManager:
                         continue
             if reading.quality is not good or value is None:
                 continue
+            if slot is not None:  # judged by rules alone: straight to the evaluator
+                transitions = update_ref(ref, value, reading.ts, reference)
+                if transitions:
+                    out.extend(transitions)
+                continue
             route = routes.get(ref)
             if route is None:
                 route = self._route(ref)
