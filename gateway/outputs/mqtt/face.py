@@ -37,8 +37,8 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Set as AbstractSet
-from itertools import compress, count
-from operator import ne
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -232,47 +232,19 @@ class PayloadBuilder:
         return self.topic("alarms"), doc, False
 
 
+_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
+
+
 def _dumps(obj: Any) -> str:
     """JSON as the queue encodes a document (compact)."""
     return json.dumps(obj, separators=(",", ":"), default=str)
-
-
-def _float_text(value: float, places: int | None) -> tuple[float, str]:
-    """A finite float rounded to ``places`` (None: as it is) and its JSON text.  A value whose shortest text has
-    at most ``places`` decimals is its own rounding (the nearest ``places``-decimal number to it is that text,
-    which reads back as the value): most readings are a register times its scale, and ``round`` is the costly
-    part."""
-    text = float.__repr__(value)  # (as json writes a float)
-    if places is None:
-        return value, text
-    point = text.find(".")
-    if point < 0 or "e" in text or len(text) - point - 1 > places:
-        value = round(value, places)
-        text = float.__repr__(value)
-    return value, text
-
-
-def _float_texts(raw: tuple[float, ...], places: int | None) -> tuple[list[float | None], list[str]]:
-    """``_float_text`` of a column of finite floats, in C but for the values that need rounding."""
-    values: list[float | None] = list(raw)
-    texts = list(map(float.__repr__, raw))
-    if places is None:
-        return values, texts
-    if "e" not in "".join(texts) and max(map(len, texts)) <= places + 2:
-        return values, texts  # (every text: a digit, the point and at most ``places`` decimals)
-    for i, text in enumerate(texts):
-        point = text.find(".")
-        if point < 0 or "e" in text or len(text) - point - 1 > places:
-            values[i] = value = round(raw[i], places)
-            texts[i] = float.__repr__(value)
-    return values, texts
 
 
 class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
     __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
-                 "present", "text", "bad", "first", "last", "changed", "floats", "raw", "texts")
+                 "present", "text", "bad", "first", "last", "changed", "floats", "raw")
 
     def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
         count = len(column)
@@ -293,10 +265,8 @@ class _Column:
         self.first, self.last = math.inf, -math.inf
         self.changed = False  # a value or a quality changed: encode the column again
         self.floats = [float] * count  # the types of a column of float values
-        # the bits of the values last read when every battery had a GOOD finite float (b"": otherwise), and then
-        # each battery's value as JSON
+        # the bits of the values last read when every battery had a GOOD finite float (b"": otherwise)
         self.raw = b""
-        self.texts: list[str] = []
 
     def read_all(self, get_many: Callable[[Iterable[PointRef | None]], list[Reading | None]]) -> None:
         """Every battery's reading (most of the column was written): as ``PayloadBuilder`` reads a column."""
@@ -326,41 +296,26 @@ class _Column:
                                                                     for r in readings]
 
     def _read_good(self, readings: list) -> bool:
-        """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: each
-        battery's text kept, and written again only for the batteries whose value's bits changed (the same bits:
-        the same text, 0.0 and -0.0 told apart), the whole column at once when most changed.  False (nothing
-        done) for any other column."""
-        n = len(readings)
-        if not n:
+        """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: the
+        values rounded again only when their bits changed (the same bits: the same text, 0.0 and -0.0 told
+        apart).  False (nothing done) for any other column."""
+        good = Quality.GOOD
+        if list(map(_QUALITY, readings)).count(good) != len(readings):
             return False
-        raw, qualities, stamps = zip(*readings, strict=True)  # (one pass: values, qualities, times)
-        if qualities.count(Quality.GOOD) != n:
-            return False
+        raw = list(map(_VALUE, readings))
         if list(map(type, raw)) != self.floats or not all(map(math.isfinite, raw)):
             return False
         bits = array("d", raw).tobytes()
-        old = self.raw
-        if bits != old:
+        if bits != self.raw:
             places = self.places
-            # the batteries whose value's bits changed, compared as 64-bit words in C
-            moved = list(compress(count(), map(ne, memoryview(bits).cast("Q"), memoryview(old).cast("Q")))) \
-                if old else None
-            if moved is None or 4 * len(moved) > n:  # the whole column (after a column that was not all GOOD)
-                values, texts = _float_texts(raw, places)
-                if not old or texts != self.texts:
-                    self.values, self.texts = values, texts
-                    self.quality = [None] * n
-                    self.changed = True
-            else:
-                values, texts = self.values, self.texts
-                for i in moved:
-                    value, text = _float_text(raw[i], places)
-                    if text != texts[i]:
-                        values[i], texts[i] = value, text
-                        self.changed = True
+            values: list[float | None] = raw if places is None else list(map(round, raw, repeat(places)))
+            if self.raw == b"" or values != self.values or 0 in values:  # (0.0 and -0.0: equal, written apart)
+                self.values = values
+                self.quality = [None] * len(raw)
+                self.changed = True
             self.raw = bits
-        self.low = self.high = list(stamps)
-        self.present = n
+        self.low = self.high = list(map(_TS, readings))
+        self.present = len(readings)
         return True
 
     def read(self, refs: AbstractSet[PointRef], get: Callable[[PointRef], Reading | None]) -> None:
@@ -393,8 +348,7 @@ class _Column:
 
     def refresh(self) -> None:
         if self.changed:
-            # each battery's text, kept by ``_read_good`` while the column is all GOOD floats
-            self.text = f"[{','.join(self.texts)}]" if self.raw else _dumps(self.values)
+            self.text = _dumps(self.values)
             self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
             self.changed = False
         self.first, self.last = min(self.low), max(self.high)
@@ -460,20 +414,15 @@ class FeedPayloads:
         self._columns.extend(columns)
         self._cell_points += sum(len(col.members) for col in columns)
 
-        fields = f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":'
-        labels = {col: _dumps(col.name) + ":" for col in columns}
-        units_of: dict[tuple[_Column, ...], str] = {}  # the units' text, by the columns present (mostly all)
-
         def compose() -> str | None:
-            cols = tuple(col for col in columns if col.present)
+            cols = [col for col in columns if col.present]
             if not cols:
                 return None
             measured = [_ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))]
-            units = units_of.get(cols)
-            if units is None:
-                units = units_of[cols] = _dumps({c.name: c.unit for c in cols if c.unit})
-            values = ",".join([labels[c] + c.text for c in cols])
-            text = f'{fields}{_dumps(measured)},"units":{units},"values":{{{values}}}'
+            units = {c.name: c.unit for c in cols if c.unit}
+            values = ",".join(f"{_dumps(c.name)}:{c.text}" for c in cols)
+            text = (f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":{_dumps(measured)},'
+                    f'"units":{_dumps(units)},"values":{{{values}}}')
             quality = {c.name: c.bad for c in cols if c.bad}
             return text + f',"quality":{_dumps(quality)}' if quality else text
 
