@@ -66,7 +66,6 @@ from gateway.strings import make_supervisor, string_states
 # what the simulated bank writes every cycle (bmsgw run on the default bank, counted from the change feed)
 POLLED_CELLS = ("cell.voltage", "cell.temperature", "cell.balancing", "cell.sensor_status",
                 "cell.voltage_average_deviation")
-MOVING = ("cell.voltage", "cell.voltage_average_deviation")  # about half of them read a new value each cycle
 
 
 def gateway(folder: Path) -> Gateway:
@@ -161,6 +160,7 @@ def main() -> None:
             m.start(driven=True)
         refs = [e.ref for e in plain_gw.pointmap.entries]
         values = {ref: calm(managers[0], ref) for ref in refs}
+        calm_values = dict(values)
         written = refs if args.every else [r for r in refs if r.point in POLLED_CELLS or r.point.startswith(
             ("string.", "gateway.bus_"))]
         builder = PayloadBuilder(inc_gw, "bmsgw", "string")
@@ -178,9 +178,14 @@ def main() -> None:
         for _ in range(args.cycles):
             now += 5.0
             clock["now"] = now
+            # about half of the voltages read a new value each cycle, as a register times its scale (1 mV: most,
+            # not all, such floats are the nearest to a 3-decimal number); every deviation from the string's average
+            # is new each tick, as the analytics compute it (a difference of floats, off that grid)
             for ref in written:
-                if ref.point in MOVING and rng.random() < 0.5:
-                    values[ref] = round(values[ref] + rng.choice((-0.002, -0.001, 0.001, 0.002)), 3)
+                if ref.point == "cell.voltage" and rng.random() < 0.5:
+                    values[ref] = (round(values[ref] * 1000) + rng.choice((-2, -1, 1, 2))) * 0.001
+                elif ref.point == "cell.voltage_average_deviation":
+                    values[ref] = calm_values[ref] + rng.uniform(-0.003, 0.003)
             batch = [(ref, Reading(values[ref], Quality.GOOD, now - rng.uniform(0, 4))) for ref in written]
             for gw in (plain_gw, inc_gw):
                 gw.store.put_many(batch)

@@ -38,7 +38,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Set as AbstractSet
 from itertools import compress, count, repeat
-from operator import attrgetter, eq, ne
+from operator import eq, ne
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -232,9 +232,6 @@ class PayloadBuilder:
         return self.topic("alarms"), doc, False
 
 
-_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
-
-
 def _dumps(obj: Any) -> str:
     """JSON as the queue encodes a document (compact)."""
     return json.dumps(obj, separators=(",", ":"), default=str)
@@ -303,11 +300,13 @@ class _Column:
     def _read_good(self, readings: list) -> bool:
         """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: the
         values rounded again only when their bits changed (the same bits: the same text, 0.0 and -0.0 told
-        apart).  False (nothing done) for any other column."""
-        good = Quality.GOOD
-        if list(map(_QUALITY, readings)).count(good) != len(readings):
+        apart), only those that changed when most did not.  False (nothing done) for any other column."""
+        if not readings:
             return False
-        raw = list(map(_VALUE, readings))
+        read, qualities, stamps = zip(*readings, strict=True)  # (one pass: values, qualities, times)
+        if qualities.count(Quality.GOOD) != len(readings):
+            return False
+        raw = list(read)
         if list(map(type, raw)) != self.floats or not all(map(math.isfinite, raw)):
             return False
         bits = array("d", raw).tobytes()
@@ -345,7 +344,7 @@ class _Column:
                     self.texts = []  # (made again when a few batteries change)
             self.raw = bits
             self.last_raw = raw
-        self.low = self.high = list(map(_TS, readings))
+        self.low = self.high = list(stamps)
         self.present = len(readings)
         return True
 
