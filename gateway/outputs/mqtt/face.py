@@ -337,7 +337,7 @@ class _Column:
             else:
                 values = raw if places is None else list(map(round, raw, repeat(places)))
                 # (0.0 and -0.0: equal, written apart)
-                if not old or values != self.values or 0 in values or not self.texts:
+                if not old or values != self.values or 0 in values:
                     self.values = values
                     self.quality = [None] * len(raw)
                     self.changed = True
