@@ -49,7 +49,7 @@ ms per 5 s cycle, main -> branch:
         setpoint of a point at rest as judged without the two calls);
     MQTT from the change feed 6.7-7.1 -> 6.2 (a column read in one zip; when at most three quarters of a
         column changed, each battery's text kept and only the changed ones rounded and written again: one
-        column of 120 with half new 226-260 -> 189-206 us, a computed column new every tick as before);
+        column of 120 with half new 225-260 -> 174-206 us, a computed column new every tick as before);
     history 3.6-3.8 -> 3.5-3.6 (a reading inside its series' open slot and bucket placed without dividing);
     store 2.0-2.2 -> 1.9-2.0 (no change of its own: the analytics' listener is in it);
     in all (alarms, MQTT, history, store) 16.5-17.4 -> 13.7-13.9 ms per cycle (0.34 -> 0.28 % of one core).
