@@ -76,6 +76,27 @@ def test_listeners_get_each_batch_and_a_failing_one_does_not_stop_the_others(cap
     assert len(got) == 1, "an empty batch is not a batch"
 
 
+def test_transforms_replace_their_family_s_readings_in_place_among_the_others():
+    store = PointStore()
+    got = []
+    store.subscribe(got.append)
+    # the corrected current stored instead of the measured one, the measured one beside it (as the string
+    # supervision does); a transform may also drop a reading
+    store.add_transform("string.current", lambda ref, r, fresh: [(ref, Reading(r.value + 1.0, r.quality, r.ts)),
+                                                                 (PointRef("string.current_measured", ref.string), r)])
+    store.add_transform("string.voltage", lambda ref, r, fresh: [])
+    cells = [(PointRef("cell.voltage", 1, c), Reading(2.2, Quality.GOOD, 1.0)) for c in range(1, 5)]
+    current = (PointRef("string.current", 1), Reading(-20.0, Quality.GOOD, 1.0))
+    voltage = (PointRef("string.voltage", 1), Reading(53.0, Quality.GOOD, 1.0))
+    store.put_many([current, *cells[:2], voltage, *cells[2:], current])
+    corrected = (PointRef("string.current", 1), Reading(-19.0, Quality.GOOD, 1.0))
+    measured = (PointRef("string.current_measured", 1), current[1])
+    assert got == [[corrected, measured, *cells, corrected, measured]]
+    store.put_many(cells)  # no reading of a transformed family: the batch as it is
+    assert got[-1] == cells
+    assert store.get(PointRef("string.voltage", 1)) is None
+
+
 def test_readers_on_other_threads_see_whole_batches():
     store = PointStore()
     refs = [PointRef("cell.voltage", 1, c) for c in range(1, 121)]

@@ -148,6 +148,7 @@ class Evaluator:
         # readings are judged against this one number instead of the whole ``suppressed``; dropped when the
         # string's mode changes
         self._applies_from: dict[int, float] = {}
+        self.epoch = 0  # bumped when the slots are made anew (``restore``): a caller's own map of them is stale
 
     def carry_over(self, old: Evaluator) -> None:
         """What the evaluator learnt that does not depend on the rules (string modes, the last ohmic values),
@@ -469,6 +470,7 @@ class Evaluator:
                 self.conditions[key] = c
                 self._slots.clear()
                 self._ref_slots.clear()
+                self.epoch += 1
                 return c
         return None
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..points import PointRef, Quality, Reading
 from ..strings.states import string_states
-from .evaluator import Evaluator, FloatPolicy, Transition
+from .evaluator import Evaluator, FloatPolicy, Transition, _Slot
 from .log import AlarmLog, alarm_of
 from .messages import Messages
 from .model import LEVEL, ActiveAlarm, AlarmEvent, AlarmKey, UnknownAlarm
@@ -83,6 +83,12 @@ class AlarmManager:
         self._references = {r.reference: PointRef(r.reference) for rules in self.rules.index.values() for r in rules
                             if r.reference}
         self._routes: dict[PointRef, int] = {}
+        # the points judged by rules alone (no string state, ohmic test or bank device to watch), with their
+        # evaluator's slot (``_nothing``: no rule either): most readings of them, the value last judged, are
+        # passed over in ``_evaluate`` itself
+        self._fast: dict[PointRef, _Slot] = {}
+        self._nothing = _Slot()  # (a marker: a point whose readings ``_evaluate`` has nothing to do with)
+        self._fast_of: tuple[Evaluator, int] | None = None  # the evaluator (and its slots' epoch) they are of
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.next_id = 1
@@ -258,14 +264,63 @@ class AlarmManager:
         # the reference points' values (ambient temperature), read once: the store holds every queued batch already
         reference = {pid: self.store.value(ref) for pid, ref in self._references.items()}.get
         out: list[Transition] = []
+        if self._fast_of != (ev, ev.epoch):
+            self._fast, self._fast_of = {}, (ev, ev.epoch)
+        fast = self._fast.get  # (empty on the plain path: every reading judged)
+        learn = self._fast if self.incremental else None
+        applies_from = ev._applies_from.get
+        referenced: dict[tuple[str, ...], tuple[float | None, ...]] = {}
+        nothing = self._nothing
         for ref, reading in batch:
             value = reading.value
+            slot = fast(ref)
+            if slot is nothing:  # no rule, no string state or ohmic test, not a bank device's
+                continue
+            # ``Evaluator.update_ref``'s test that the verdict cannot change, without the calls: the value last
+            # judged, nothing waiting, and what else the point's rules look at as the last judgement saw it
+            if slot is not None and value == slot.last and not slot.waiting and reading.quality is good \
+                    and value is not None:
+                if slot.plain:
+                    slot.seen_at = reading.ts
+                    continue
+                if not slot.references:  # float-only: the string's float rules apply from a known time on
+                    since = applies_from(ref.string)  # type: ignore[arg-type]  # (None: no string, not a key)
+                    if since is not None and reading.ts >= since and not slot.suppressed:
+                        slot.seen_at = reading.ts
+                        continue
+                elif not slot.float_only:
+                    values = referenced.get(slot.references)
+                    if values is None:
+                        values = referenced[slot.references] = tuple(map(reference, slot.references))
+                    if slot.reference_values == values:
+                        slot.seen_at = reading.ts
+                        continue
             if reading.quality is not good or value is None:
+                continue
+            if slot is not None:  # judged by rules alone: straight to the evaluator
+                # ``Evaluator._judge``'s own shortcut, without the calls: a new value within every setpoint of a
+                # point whose conditions are all at rest (no readings passed over since its last judgement, the
+                # string's float rules known to apply, if it has some) leaves them quiet; the judgement is noted
+                if value != slot.last and slot.idle and slot.ranged and not slot.waiting \
+                        and slot.seen_at == slot.judged_at and slot.low <= value <= slot.high:
+                    ts = reading.ts
+                    if not slot.float_only or ((since := applies_from(ref.string)) is not None  # type: ignore[arg-type]
+                                               and ts >= since):
+                        ev.judged += 1
+                        slot.last, slot.judged_at, slot.seen_at = value, ts, ts
+                        if slot.float_only:
+                            slot.suppressed = False
+                        continue
+                transitions = update_ref(ref, value, reading.ts, reference)
+                if transitions:
+                    out.extend(transitions)
                 continue
             route = routes.get(ref)
             if route is None:
                 route = self._route(ref)
             if route <= _RULES:
+                if route <= 0 and learn is not None and ref not in self._ref_device:
+                    learn[ref] = nothing
                 if route < 0:
                     continue
             elif route & _STATE:
@@ -281,6 +336,10 @@ class AlarmManager:
                 transitions = update_ref(ref, value, reading.ts, reference)
                 if transitions:
                     out.extend(transitions)
+                if route == _RULES and learn is not None and slot is None and ref not in self._ref_device:
+                    known = ev._ref_slots.get(ref)
+                    if known is not None and known.rules:
+                        learn[ref] = known
         return out
 
     # -- timers ----------------------------------------------------------------------------------------------

@@ -37,6 +37,12 @@ class _SeriesState:
     total: list = field(default_factory=list)
     count: list = field(default_factory=list)
     readings: int = 0
+    # the open raw slot's and roll-up bucket's time range, [from, to): a reading inside them is placed without
+    # a division (empty ranges while none is open)
+    raw_from: float = math.inf
+    raw_to: float = -math.inf
+    roll_from: float = math.inf
+    roll_to: float = -math.inf
     fresh_raw: bool = True  # the first row after a start may meet a row written before the restart
     fresh_roll: bool = True
 
@@ -165,6 +171,7 @@ class Recorder:
     def add(self, batch: Iterable[tuple[PointRef, Reading]]) -> None:
         good = Quality.GOOD
         targets, finite, finest = self._targets, math.isfinite, self.finest
+        taken = 0
         for ref, reading in batch:
             value = reading.value
             if reading.quality is not good or value is None:
@@ -179,39 +186,49 @@ class Recorder:
             st, idx = target
             iv = round(value / st.scale)
             ts = reading.ts
-            slot = int(ts // st.interval)
-            if slot != st.slot:
-                if slot < st.slot:
-                    slot = -2  # late reading: keep it out of the raw tier
-                else:
-                    self._emit_raw(st)
-                    st.slot = slot
-            if slot == st.slot:
-                if idx >= len(st.values):  # (checked here: a call per reading costs a bank's worth of time)
-                    _grow(st.values, idx, None)
-                st.values[idx] = iv
+            if st.raw_from <= ts < st.raw_to:  # the open slot (``int(ts // interval)`` is it: integer seconds)
+                values = st.values
+                if idx >= len(values):  # (checked here: a call per reading costs a bank's worth of time)
+                    _grow(values, idx, None)
+                values[idx] = iv
+            else:
+                slot = int(ts // st.interval)
+                if slot != st.slot:
+                    if slot < st.slot:
+                        slot = -2  # late reading: keep it out of the raw tier
+                    else:
+                        self._emit_raw(st)
+                        st.slot = slot
+                        st.raw_from, st.raw_to = slot * st.interval, (slot + 1) * st.interval
+                if slot == st.slot:
+                    if idx >= len(st.values):
+                        _grow(st.values, idx, None)
+                    st.values[idx] = iv
             if finest:
-                bucket = int(ts // finest)
-                if bucket != st.bucket:
-                    if bucket < st.bucket:
-                        continue
-                    self._emit_roll(st)
-                    st.bucket = bucket
-                lo, hi = st.lo, st.hi
-                if idx >= len(st.count):  # the four grow together (emptied together by _emit_roll)
+                if not st.roll_from <= ts < st.roll_to:
+                    bucket = int(ts // finest)
+                    if bucket != st.bucket:
+                        if bucket < st.bucket:
+                            continue
+                        self._emit_roll(st)
+                        st.bucket = bucket
+                        st.roll_from, st.roll_to = bucket * finest, (bucket + 1) * finest
+                lo, hi, total, count = st.lo, st.hi, st.total, st.count
+                if idx >= len(count):  # the four grow together (emptied together by _emit_roll)
                     _grow(lo, idx, None)
                     _grow(hi, idx, None)
-                    _grow(st.total, idx, 0)
-                    _grow(st.count, idx, 0)
+                    _grow(total, idx, 0)
+                    _grow(count, idx, 0)
                 old = lo[idx]
                 if old is None or iv < old:
                     lo[idx] = iv
                 old = hi[idx]
                 if old is None or iv > old:
                     hi[idx] = iv
-                st.total[idx] += iv
-                st.count[idx] += 1
-            self.readings += 1
+                total[idx] += iv
+                count[idx] += 1
+            taken += 1
+        self.readings += taken
 
     def _emit_raw(self, st: _SeriesState) -> None:
         values = st.values
@@ -226,6 +243,7 @@ class Recorder:
         # the next slot holds as many values: made at once, not grown by one as a column is read in order
         st.values = [None] * len(values)
         st.slot = -1
+        st.raw_from, st.raw_to = math.inf, -math.inf
 
     def _emit_roll(self, st: _SeriesState) -> None:
         if st.bucket >= 0 and any(st.count):
@@ -236,6 +254,7 @@ class Recorder:
             st.fresh_roll = False
         st.lo, st.hi, st.total, st.count = [], [], [], []
         st.bucket = -1
+        st.roll_from, st.roll_to = math.inf, -math.inf
 
     # -- output --------------------------------------------------------------------------------------------
     def flush(self, now: float | None = None, final: bool = False) -> int:

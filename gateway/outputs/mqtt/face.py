@@ -37,8 +37,8 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Set as AbstractSet
-from itertools import repeat
-from operator import attrgetter
+from itertools import compress, count, repeat
+from operator import eq, ne
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -232,9 +232,6 @@ class PayloadBuilder:
         return self.topic("alarms"), doc, False
 
 
-_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
-
-
 def _dumps(obj: Any) -> str:
     """JSON as the queue encodes a document (compact)."""
     return json.dumps(obj, separators=(",", ":"), default=str)
@@ -244,7 +241,8 @@ class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
     __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
-                 "present", "text", "bad", "first", "last", "changed", "floats", "raw")
+                 "present", "text", "bad", "first", "last", "changed", "floats", "raw", "texts", "churn",
+                 "last_raw")
 
     def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
         count = len(column)
@@ -265,8 +263,12 @@ class _Column:
         self.first, self.last = math.inf, -math.inf
         self.changed = False  # a value or a quality changed: encode the column again
         self.floats = [float] * count  # the types of a column of float values
-        # the bits of the values last read when every battery had a GOOD finite float (b"": otherwise)
+        # the bits of the values last read when every battery had a GOOD finite float (b"": otherwise), and then
+        # each battery's value as JSON (empty: not made yet)
         self.raw = b""
+        self.texts: list[str] = []
+        self.churn = False  # most of the values changed at the last read of this kind
+        self.last_raw: list[float] = []  # the values whose bits are ``raw``
 
     def read_all(self, get_many: Callable[[Iterable[PointRef | None]], list[Reading | None]]) -> None:
         """Every battery's reading (most of the column was written): as ``PayloadBuilder`` reads a column."""
@@ -298,23 +300,51 @@ class _Column:
     def _read_good(self, readings: list) -> bool:
         """``read_all`` for a reading of every battery, all GOOD with a finite float (the usual case), in C: the
         values rounded again only when their bits changed (the same bits: the same text, 0.0 and -0.0 told
-        apart).  False (nothing done) for any other column."""
-        good = Quality.GOOD
-        if list(map(_QUALITY, readings)).count(good) != len(readings):
+        apart), only those that changed when most did not.  False (nothing done) for any other column."""
+        if not readings:
             return False
-        raw = list(map(_VALUE, readings))
+        read, qualities, stamps = zip(*readings, strict=True)  # (one pass: values, qualities, times)
+        if qualities.count(Quality.GOOD) != len(readings):
+            return False
+        raw = list(read)
         if list(map(type, raw)) != self.floats or not all(map(math.isfinite, raw)):
             return False
         bits = array("d", raw).tobytes()
-        if bits != self.raw:
+        old = self.raw
+        if bits != old:
             places = self.places
-            values: list[float | None] = raw if places is None else list(map(round, raw, repeat(places)))
-            if self.raw == b"" or values != self.values or 0 in values:  # (0.0 and -0.0: equal, written apart)
-                self.values = values
-                self.quality = [None] * len(raw)
-                self.changed = True
+            # the batteries whose value changed (compared in C; every zero too: 0.0 and -0.0 are equal), when the
+            # last read was of this kind too: a few of them are rounded and written again one by one, each
+            # battery's text kept (not looked for every other time in a column that changed mostly last time: a
+            # computed one, such as the deviations from the average, is new every tick)
+            moved = None
+            if old and not self.churn:
+                moved = list(compress(count(), map(ne, raw, self.last_raw)))
+                if 0.0 in raw:
+                    moved = sorted({*moved, *compress(count(), map(eq, raw, repeat(0.0)))})
+            self.churn = moved is not None and 4 * len(moved) > 3 * len(raw)
+            if moved is not None and not self.churn:
+                values = self.values
+                if not self.texts:
+                    self.texts = list(map(float.__repr__, values))  # (floats: checked)
+                texts = self.texts
+                for i in moved:
+                    value = raw[i] if places is None else round(raw[i], places)
+                    text = float.__repr__(value)  # (as json writes a float)
+                    if text != texts[i]:
+                        values[i], texts[i] = value, text
+                        self.changed = True
+            else:
+                values = raw if places is None else list(map(round, raw, repeat(places)))
+                # (0.0 and -0.0: equal, written apart)
+                if not old or values != self.values or 0 in values:
+                    self.values = values
+                    self.quality = [None] * len(raw)
+                    self.changed = True
+                    self.texts = []  # (made again when a few batteries change)
             self.raw = bits
-        self.low = self.high = list(map(_TS, readings))
+            self.last_raw = raw
+        self.low = self.high = list(stamps)
         self.present = len(readings)
         return True
 
@@ -348,7 +378,10 @@ class _Column:
 
     def refresh(self) -> None:
         if self.changed:
-            self.text = _dumps(self.values)
+            if self.raw and self.texts:  # each battery's text, kept while a few change at a time
+                self.text = f"[{','.join(self.texts)}]"
+            else:
+                self.text = _dumps(self.values)
             self.bad = {str(c): q for c, q in enumerate(self.quality, start=1) if q is not None}
             self.changed = False
         self.first, self.last = min(self.low), max(self.high)

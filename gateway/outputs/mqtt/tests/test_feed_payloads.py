@@ -125,3 +125,41 @@ def test_whole_columns_written_every_cycle_with_mostly_the_same_values(tmp_path)
                         for ref in refs])
         assert fed(payloads, now) == plain(builder, store, now), f"step {step}"
     assert any(col.raw for col in payloads._columns)  # the columns of GOOD floats took the path of their bits
+
+
+def test_whole_columns_of_good_floats_with_few_or_most_values_changed(tmp_path):
+    """Whole columns of GOOD floats written each cycle, none, a few or most of their values changed: on the
+    resolution's grid or off it (a register times its scale; stretches of columns mostly off it, as computed
+    values such as a deviation from an average are), negative, zeros of both signs, values JSON writes with an
+    exponent; now and then a bad reading.  The payloads stay the plain ones."""
+    over = {"site": {"id": "demo", "name": "demo"},
+            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": 1883, "layout": "string"}}
+    path = write_config(tmp_path, base=small_bank(strings=1, cells=40), overrides=over)
+    gw = Gateway(path, simulator=False, port_overrides={"bus1": "(none)"}, entry_points=False)
+    store = gw.store
+    builder = PayloadBuilder(gw, "bmsgw", "string")
+    payloads = FeedPayloads(builder, store)
+    refs = [e.ref for e in gw.pointmap.entries if e.spec.scope == "cell"]
+    rng = random.Random(6)
+
+    def pick(computed=False):
+        if computed:  # a value computed by the gateway (a deviation from an average): off the grid, mostly
+            return rng.choice([rng.uniform(-0.1, 0.1), 2.25 - rng.uniform(1.8, 2.4), 0.0, -0.0, 0.125])
+        return rng.choice([round(rng.uniform(1.8, 2.4), 3), rng.randint(1800, 2400) * 0.001, rng.uniform(1.8, 2.4),
+                           -rng.randint(0, 99) * 0.001, rng.uniform(-0.1, 0.1), 0.0, -0.0, 1e-05, -2.5e-07,
+                           1.2345678e17, 25.5, 123.25])
+
+    values = {ref: pick() for ref in refs}
+    now = 1_700_000_000.0
+    for step in range(120):
+        now += 5
+        share = rng.choice([0.0, 0.05, 0.2, 0.6, 1.0])
+        computed = step // 15 % 2 == 1  # stretches of columns mostly off the grid, and back
+        for ref in refs:
+            if rng.random() < share:
+                values[ref] = pick(computed)
+        bad = rng.choice(refs) if step % 11 == 5 else None
+        store.put_many([(ref, Reading(values[ref], Quality.STALE if ref == bad else Quality.GOOD,
+                                      now - rng.random())) for ref in refs])
+        assert fed(payloads, now) == plain(builder, store, now), f"step {step}"
+    assert any(col.raw for col in payloads._columns)
