@@ -513,6 +513,7 @@ def test_web_passwords_are_argon2_and_the_files_the_gateway_writes_are_private(s
 
     if sec.ctx.users.get("file-check") is None:
         sec.ctx.users.add("file-check", "viewer", PASSWORD)
+    browser(sec, "127.0.0.97").login("file-check")  # the device key is made at the first login (this test's own)
     tid, token = sec.ctx.users.add_token("file-check", "viewer")
     web_dir = sec.gateway.config.state_dir / "web"
     users = web_dir / "users.json"
