@@ -214,6 +214,7 @@ class Engine:
         self.buses: dict[str, BusState] = {}
         self.apply_config(poll)
         self.decode_hook = decode_hook
+        self.hook_failures: set[tuple[str, str, int]] = set()  # (model, table, address) whose decoder raised
         self.comm_callback = comm_callback
         # gateway.discovery, defaults filled: {on_start, ids, adopt, search, search_every_s}
         self.discovery = dict(discovery if discovery is not None else core_defaults("gateway")["discovery"])
@@ -604,7 +605,12 @@ class Engine:
             reg: RegisterSpec = item.reg
             value = None
             if hook is not None:
-                value = hook(ds.profile, reg, words[item.offset: item.offset + reg.count])
+                try:
+                    value = hook(ds.profile, reg, words[item.offset: item.offset + reg.count])
+                except Exception as exc:  # a plugin's fault: that value is not available, the bus goes on
+                    self._hook_failed(ds, reg, exc)
+                    batch.append((item.ref, Reading(None, bad, ts)))
+                    continue
             if value is None:
                 value = item.decode(words, item.offset)
             if value is None or value != value:  # not available (a plugin may say so with NaN)
@@ -613,6 +619,15 @@ class Engine:
             rng = reg.valid_range
             quality = bad if rng is not None and not (rng[0] <= value <= rng[1]) else good
             batch.append((item.ref, Reading(value, quality, ts)))
+
+    def _hook_failed(self, ds: DeviceState, reg: RegisterSpec, exc: Exception) -> None:
+        """A plugin's decoder raised: said once per register of a profile (it would again every cycle)."""
+        key = (ds.profile.model, reg.table, reg.address)
+        if key not in self.hook_failures:
+            self.hook_failures.add(key)
+            log.error("a plugin's bmsgw_decode_register failed for %s %s register %d (%s): that value is reported "
+                      "not available until the plugin is fixed", ds.profile.model, reg.table, reg.address, reg.point,
+                      exc_info=exc)
 
     def _account(self, ds: DeviceState, ok: bool, error: str, failed_refs: list[PointRef], ts: float) -> None:
         if ok:

@@ -105,6 +105,31 @@ def test_a_plugin_folder_brings_a_new_sensor_type_with_a_quirky_encoding(tmp_pat
     assert gw.store.get(PointRef("cell.voltage", 1, 1)).quality is Quality.GOOD
 
 
+def test_a_plugin_decoder_that_raises_costs_its_value_not_the_bus(tmp_path, caplog):
+    folder = h2_plugin_folder(tmp_path)
+    source = folder / "acme_h2" / "__init__.py"
+    source.write_text(source.read_text().replace("    raw = from_bcd(words[0])\n",
+                                                 "    raise ValueError('corrupt BCD nibble')\n"))
+    cfg = one_bus({1: [{"profile": "bm-bcs-12", "address": 2, "count": 2}]}, cells=2,
+                  bank=[{"profile": "acme-h2", "address": 50}, {"profile": "bm-io", "address": 60}])
+    cfg["plugins"] = {"dirs": [str(folder)]}
+
+    async def then(gw):
+        await gw.engine.poll_once()
+        await gw.engine.poll_once()
+
+    gw = poll_on_simulator(tmp_path, cfg, then=then)
+    h2 = gw.store.get(PointRef("bank.hydrogen"))
+    assert h2 is not None and h2.value is None and h2.quality is Quality.OUT_OF_RANGE
+    # the other devices, before it and after it in the bus's batch, are read and stored
+    assert gw.store.get(PointRef("cell.voltage", 1, 2)).quality is Quality.GOOD
+    io = [ref for ref in gw.pointmap.by_ref if ref.point.startswith("io.")]
+    assert io and all(gw.store.get(ref) is not None and gw.store.get(ref).quality is Quality.GOOD for ref in io)
+    failures = [r for r in caplog.records if "bmsgw_decode_register failed" in r.getMessage()]
+    assert len(failures) == 1 and "corrupt BCD nibble" in caplog.text  # said once, with the plugin's traceback
+    assert "poll cycle failed" not in caplog.text
+
+
 def test_the_plugin_works_through_the_console_scripts_with_no_core_change(tmp_path):
     path = write_config(tmp_path, base=h2_config(tmp_path))
     out = bmsgw("poll", "--once", "--json", "--config", path, check=True)
