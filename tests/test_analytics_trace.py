@@ -39,17 +39,22 @@ def trace(tmp_path: Path) -> dict[str, list[str]]:
     an_tick = an.tick
 
     def tick(t: float) -> None:
-        # now and then a few inputs read bad, or without a value (the per-battery path)
-        if rng.random() < 0.3:
-            bad = []
+        # now and then a few inputs read bad, or without a value (the per-battery path), or a battery read again
+        # out of turn (a column with some readings new, some counted already)
+        if rng.random() < 0.4:
+            extra = []
             for _ in range(rng.randint(1, 4)):
                 sid = rng.choice((1, 2))
                 ref = PointRef(rng.choice(INPUTS), sid, rng.randint(1, cells[sid]))
                 old = store.get(ref)
-                value = None if rng.random() < 0.3 else (old.value if old is not None else 1.0)
+                value = 1.0 if old is None or old.value is None else old.value
+                if rng.random() < 0.4:
+                    extra.append((ref, Reading(value * rng.uniform(0.99, 1.01), Quality.GOOD, t - rng.random())))
+                    continue
+                value = None if rng.random() < 0.3 else value
                 quality = Quality.GOOD if value is None else rng.choice((Quality.STALE, Quality.COMM_FAIL))
-                bad.append((ref, Reading(value, quality, t - rng.random())))
-            store.put_many(bad)
+                extra.append((ref, Reading(value, quality, t - rng.random())))
+            store.put_many(extra)
         out = an_tick(t, publish=False)
         ticks.append(_digest(sorted((repr(ref), r.value, r.quality.value, r.ts) for ref, r in out)))
         store.put_many(out)
