@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from itertools import compress, repeat
-from operator import add, attrgetter, lt, mul, ne, sub
+from operator import add, itemgetter, lt, mul, ne, sub
 from typing import Protocol
 
 from ..points import PointRef, PointStore, Quality, Reading
@@ -42,7 +42,7 @@ from .state import DAY_S, Baseline, DailyRow, StateDB
 log = logging.getLogger(__name__)
 
 _GOOD = Quality.GOOD
-_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
+_VALUE, _QUALITY, _TS = itemgetter(0), itemgetter(1), itemgetter(2)  # a Reading's fields (by index: quicker)
 _READING = partial(tuple.__new__, Reading)  # Reading((value, quality, ts)) made in C (its __new__ is Python)
 _NEVER = object()  # the last value put of an output never put: unequal to any value
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
@@ -116,8 +116,8 @@ class _Column:
     battery, kept as lists so that a bank's worth of batteries costs the tick a few passes in C, not a Python turn
     per battery."""
 
-    __slots__ = ("acc_n", "acc_sum", "cells", "dev_last", "dev_refs", "dev_ts", "keys", "last", "refs", "seen",
-                 "slow_due", "slow_inputs", "slow_keys", "slow_refs", "sohs")
+    __slots__ = ("acc_n", "acc_sum", "acc_whole", "all_seen", "cells", "dev_last", "dev_refs", "dev_ts", "keys",
+                 "last", "refs", "seen", "slow_due", "slow_inputs", "slow_keys", "slow_refs", "sohs")
 
     def __init__(self, sid: int, cells: int, refs: dict[str, dict[tuple[int, int], PointRef]],
                  canonical: Callable[[PointRef], PointRef]) -> None:
@@ -127,7 +127,7 @@ class _Column:
         # per input: the time of each battery's reading last counted in the daily aggregates
         self.seen = [[-1.0] * cells for _ in CELL_INPUTS]
         # per input: the readings of the last tick and what was made of them (values, new ones, all GOOD)
-        self.last: list[tuple[list, list, list[bool] | None, bool] | None] = [None] * len(CELL_INPUTS)
+        self.last: list[_Read | None] = [None] * len(CELL_INPUTS)
         self.dev_refs = [canonical(PointRef("cell.voltage_average_deviation", sid, c)) for c in self.cells]
         self.dev_last: list = [_NEVER] * cells  # the deviation last put, and when
         self.dev_ts = [-math.inf] * cells
@@ -139,20 +139,62 @@ class _Column:
         self.slow_keys = [tuple((p, sid, c) for p in SLOW_POINTS) for c in self.cells]
         self.slow_refs = [tuple(canonical(PointRef(p, sid, c)) for p in SLOW_POINTS) for c in self.cells]
         self.sohs: list[float] = []
-        self.acc_sum = {f: [_ZERO_SUM] * cells for f in _TICK_FIELDS}  # the open day's aggregates
-        self.acc_n = {f: [0] * cells for f in _TICK_FIELDS}
+        # the open day's aggregates per field: each battery's sum, and its count: the whole columns counted (one
+        # number for the string) plus its own
+        self.acc_sum: dict[str, list[float]] = {}
+        self.acc_whole: dict[str, int] = {}
+        self.acc_n: dict[str, list[int]] = {}
+        self.clear_day()
+        self.all_seen = False  # every battery has its first_seen (life budget) entry
 
     def clear_day(self) -> None:
         for f in _TICK_FIELDS:
             self.acc_sum[f] = [_ZERO_SUM] * len(self.keys)
+            self.acc_whole[f] = 0
             self.acc_n[f] = [0] * len(self.keys)
+
+    def counts(self, field: str) -> list[int]:
+        whole = self.acc_whole[field]
+        return list(map(add, self.acc_n[field], repeat(whole))) if whole else self.acc_n[field]
+
+    def count(self, field: str, values: Sequence[float | None], read: _Read, complete: bool) -> None:
+        """Count in the open day each battery's value whose reading (``read``) is new; ``complete``: no value is
+        None.  A None or a non-finite value is not counted."""
+        if read.all_fresh and complete and math.isfinite(sum(values)):  # type: ignore[arg-type]  # (complete)
+            # (every value finite: a nan or an infinity would make the sum one)
+            self.acc_sum[field] = list(map(add, self.acc_sum[field], values))
+            self.acc_whole[field] += 1
+            return
+        if read.fresh is None:
+            return
+        sums, counts = self.acc_sum[field], self.acc_n[field]
+        isfinite = math.isfinite
+        for i in compress(range(len(read.fresh)), read.fresh):
+            value = values[i]
+            if value is not None and isfinite(value):
+                sums[i] += value
+                counts[i] += 1
 
     def forget(self, i: int) -> None:
         """Battery i + 1 was replaced: its open day is the old unit's, its slow outputs are worked out again."""
         for f in _TICK_FIELDS:
             self.acc_sum[f][i] = _ZERO_SUM
-            self.acc_n[f][i] = 0
+            self.acc_n[f][i] = -self.acc_whole[f]  # (its count: the whole columns counted from now on, and its own)
         self.slow_inputs = None
+        self.all_seen = False
+
+
+class _Read:
+    """One input of one string's batteries at a tick: their readings (None: never read), the values (None where
+    a battery has no GOOD value; ``complete``: none is None), which readings are new since the daily aggregates
+    last counted them (``fresh``; None: none; ``all_fresh``: every one)."""
+
+    __slots__ = ("all_fresh", "complete", "fresh", "readings", "values")
+
+    def __init__(self, readings: list, values: list, fresh: list[bool] | None, complete: bool,
+                 all_fresh: bool = False) -> None:
+        self.readings, self.values, self.fresh, self.complete, self.all_fresh = (readings, values, fresh, complete,
+                                                                                 all_fresh)
 
 
 class Analytics:
@@ -321,32 +363,38 @@ class Analytics:
             self._persist("the daily aggregates", self.flush_daily)
             self.acc_day = day
 
-    def _cell_columns(self, w: _Column) -> list[tuple[list, list, list[bool] | None, bool]]:
-        """Per input (voltage, temperature, ohmic, EMF): the string's readings, their values (None where a battery
-        has no GOOD value), which batteries' readings are new since the daily aggregates last counted them (None:
-        none) and whether every battery has a value."""
+    def _cell_columns(self, w: _Column) -> list[_Read]:
+        """Per input (voltage, temperature, ohmic, EMF): what the string's batteries read (see _Read)."""
         get_many = self.store.get_many
         columns = []
         for j, (refs, seen) in enumerate(zip(w.refs, w.seen, strict=True)):
-            readings = get_many(refs)
+            readings: list = get_many(refs)  # (Reading | None)
             last = w.last[j]
-            if last is not None and readings == last[0]:
+            if last is not None and readings == last.readings:
                 # nothing read since the last tick (the ohmic tests and EMF, most ticks): the same values, and
                 # nothing new to count
-                if last[2] is not None:
-                    last = w.last[j] = (readings, last[1], None, last[3])
+                if last.fresh is not None:
+                    last = w.last[j] = _Read(readings, last.values, None, last.complete)
                 columns.append(last)
                 continue
-            if None not in readings and list(map(_QUALITY, readings)).count(_GOOD) == len(readings):
+            try:
+                qualities = list(map(_QUALITY, readings))
+            except TypeError:  # (a battery never read: None)
+                qualities = []
+            if qualities.count(_GOOD) == len(readings):
                 # every battery read, GOOD (the usual case): the column in C, the new readings too
                 values = list(map(_VALUE, readings))
                 if None not in values:
                     stamps = list(map(_TS, readings))
                     fresh = list(map(lt, seen, stamps))
-                    # (a reading not new leaves its older stamp)
-                    w.seen[j] = stamps if False not in fresh else list(map(max, seen, stamps))
-                    columns.append(col := (readings, values, fresh if True in fresh else None, True))
-                    w.last[j] = col
+                    if False not in fresh:
+                        w.seen[j] = stamps
+                        read = _Read(readings, values, fresh, True, True)
+                    else:  # (a reading not new leaves its older stamp)
+                        w.seen[j] = list(map(max, seen, stamps))
+                        read = _Read(readings, values, fresh if True in fresh else None, True)
+                    columns.append(read)
+                    w.last[j] = read
                     continue
             values, fresh = [], []
             for i, r in enumerate(readings):
@@ -359,8 +407,9 @@ class Analytics:
                 else:
                     values.append(None)
                 fresh.append(False)
-            columns.append(col := (readings, values, fresh if True in fresh else None, None not in values))
-            w.last[j] = col
+            read = _Read(readings, values, fresh if True in fresh else None, None not in values)
+            columns.append(read)
+            w.last[j] = read
         return columns
 
     def _tick_string(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
@@ -369,7 +418,8 @@ class Analytics:
         w = self._columns[sid]
         columns = self._cell_columns(w)
         # each input's GOOD values in battery order
-        volts, temps, ohms, _emfs = ((col[1] if col[3] else [v for v in col[1] if v is not None]) for col in columns)
+        volts, temps, ohms, _emfs = ((c.values if c.complete else [v for v in c.values if v is not None])
+                                     for c in columns)
         v_avg = sum(volts) / len(volts) if volts else None
         o_avg = sum(ohms) / len(ohms) if ohms else None
         put("string.cell_voltage_avg", v_avg, sid)
@@ -378,8 +428,8 @@ class Analytics:
         put("string.cell_temperature_max", max(temps) if temps else None, sid)
         put("string.cell_ohmic_avg", o_avg, sid)
         v_col = columns[0]
-        by_cell = dict(zip(w.cells, v_col[1], strict=True)) if v_col[3] else {
-            c: v for c, v in zip(w.cells, v_col[1], strict=True) if v is not None}
+        by_cell = dict(zip(w.cells, v_col.values, strict=True)) if v_col.complete else {
+            c: v for c, v in zip(w.cells, v_col.values, strict=True) if v is not None}
         soc = self._tick_soc(now, sid, s, ambient, by_cell, temps, v_avg, put)
         cell_sohs = self._tick_batteries(now, dt_s, w, s, ambient, columns, temps, v_avg, o_avg, soc.state, outputs)
         cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= self.cfg["forecast"][
@@ -411,11 +461,13 @@ class Analytics:
         return soc
 
     def _tick_batteries(self, now: float, dt_s: float, w: _Column, s: StringConfig, ambient: float | None,
-                        columns: list[tuple[list, list, list[bool] | None, bool]], good_temps: list[float],
+                        columns: list[_Read], good_temps: list[float],
                         v_avg: float | None, o_avg: float | None, soc_state: int | None,
                         outputs: _Outputs) -> list[float]:
         """Each battery's outputs, its daily aggregates and its temperature life budget; returns their SOHs."""
-        (_, volts, new_v, all_v), (_, temps, new_t, all_t), (_, ohms, new_o, _), (_, emfs, new_e, _) = columns
+        r_v, r_t, r_o, r_e = columns
+        volts, temps, ohms, emfs = r_v.values, r_t.values, r_o.values, r_e.values
+        all_v, all_t = r_v.complete, r_t.complete
         cfg = self.cfg
         th = cfg["thresholds"]
         fl = cfg["float"]
@@ -460,24 +512,24 @@ class Analytics:
                     due = slow[1]
             w.slow_inputs, w.slow_due, w.sohs = slow_inputs, due, sohs
         # daily aggregates (each new reading once)
-        acc_sum, acc_n = w.acc_sum, w.acc_n
-        if new_o is not None:
-            _count(acc_sum["ohmic"], acc_n["ohmic"], ohms, new_o)
+        count = w.count
+        if r_o.fresh is not None:
+            count("ohmic", ohms, r_o, r_o.complete)
         ref_t = ambient if ambient is not None else (statistics.median(good_temps) if good_temps else None)
-        if new_t is not None:
-            _count(acc_sum["temp"], acc_n["temp"], temps, new_t)
+        if r_t.fresh is not None:
+            count("temp", temps, r_t, all_t)
             if ref_t is not None:
                 rises = list(map(sub, temps, repeat(ref_t))) if all_t else [
                     None if t is None else t - ref_t for t in temps]
-                _count(acc_sum["temp_rise"], acc_n["temp_rise"], rises, new_t)
+                count("temp_rise", rises, r_t, all_t)
         if on_float:
-            if new_v is not None:
-                _count(acc_sum["v_float"], acc_n["v_float"], volts, new_v)
+            if r_v.fresh is not None:
+                count("v_float", volts, r_v, all_v)
                 if v_avg is not None:
-                    _count(acc_sum["v_dev"], acc_n["v_dev"], devs, new_v)
-                _count(acc_sum["setpoint"], acc_n["setpoint"], self._setpoints(n, fl, temps), new_v)
-            if new_e is not None:
-                _count(acc_sum["emf"], acc_n["emf"], emfs, new_e)
+                    count("v_dev", devs, r_v, all_v)
+                count("setpoint", self._setpoints(n, fl, temps), r_v, True)
+            if r_e.fresh is not None:
+                count("emf", emfs, r_e, r_e.complete)
         self._age(now, dt_s, w, temps, all_t)
         return w.sohs
 
@@ -521,10 +573,11 @@ class Analytics:
         """The temperature life budget (25 C-equivalent years) of every battery with a temperature."""
         first_seen, life_used = self.first_seen, self.life_used
         keys = w.keys
-        if not all(map(first_seen.__contains__, keys)):
+        if not w.all_seen:
             for key, t in zip(keys, temps, strict=True):
                 if t is not None and key not in first_seen:
                     self._first_seen(key, now)
+            w.all_seen = all(map(first_seen.__contains__, keys))
         halving_c = self.cfg["halving_c"]
         aging = self._aging
         if halving_c != self._aging_halving or len(aging) > 100_000:
@@ -552,8 +605,9 @@ class Analytics:
         """The open day's aggregates: ``{(string, battery): {field: (total, count)}}`` of what was counted."""
         out: dict[tuple[int, int], dict[str, tuple[float, int]]] = {}
         for w in self._columns.values():
+            columns = {f: (w.acc_sum[f], w.counts(f)) for f in _TICK_FIELDS}
             for i, key in enumerate(w.keys):
-                fields = {f: (w.acc_sum[f][i], cnt) for f in _TICK_FIELDS if (cnt := w.acc_n[f][i])}
+                fields = {f: (sums[i], cnt) for f, (sums, counts) in columns.items() if (cnt := counts[i])}
                 if fields:
                     out[key] = fields
         return out
@@ -813,21 +867,6 @@ class Analytics:
             out["early_ts"] = now + early * YEAR_S if early is not None and early <= horizon else None
             out["late_ts"] = now + late * YEAR_S if late is not None and years <= horizon else None
         return out
-
-
-def _count(sums: list[float], counts: list[int], values: Sequence[float | None], fresh: list[bool]) -> None:
-    """Count each battery's value whose reading is new (``fresh``) in its daily aggregate: its sum and count (a
-    None or a non-finite value is not counted)."""
-    if False not in fresh and None not in values and all(map(math.isfinite, values)):  # type: ignore[arg-type]
-        sums[:] = map(add, sums, values)  # (every battery: the column in C)
-        counts[:] = map(add, counts, repeat(1))
-        return
-    isfinite = math.isfinite
-    for i in compress(range(len(fresh)), fresh):
-        value = values[i]
-        if value is not None and isfinite(value):
-            sums[i] += value
-            counts[i] += 1
 
 
 def _is_none(value: object) -> bool:
