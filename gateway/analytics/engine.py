@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import add, itemgetter, lt, mul, ne, sub
 from typing import Protocol
 
@@ -233,8 +233,9 @@ class Analytics:
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
         self._last_pub: dict[tuple, tuple[float | None, float]] = {}
-        # per battery: (the slow inputs its outputs were worked out from, when all are put again, its SOH)
-        self._slow: dict[tuple[int, int], tuple[tuple, float, float | None]] = {}
+        # per battery: (the slow inputs its outputs were worked out from, when all are put again, its SOH, the
+        # outputs' values)
+        self._slow: dict[tuple[int, int], tuple[tuple, float, float | None, tuple]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
         # the longest time between two ticks counted in the temperature life budget: beyond it the gateway was
@@ -496,21 +497,33 @@ class Analytics:
             republish = self.republish_s
             sohs = []
             due = math.inf
+            again: list[int] = []  # the batteries whose unchanged outputs are due to be put again
             for i, key in enumerate(keys):
                 ohm, base, emf, fc, verdict = ohms[i], bases[i], emfs[i], fcs[i], verdicts[i]
                 battery_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, replace_pct)
                 slow = slow_state.get(key)
                 if slow is None or now >= slow[1]:
-                    slow = slow_state[key] = (battery_inputs, now + republish, self._slow_outputs(
-                        key, w, i, n, ohm, o_avg, base, emf, resting, fc, verdict, th, outputs, True))
+                    # the same inputs make the same values (a nan ohmic test, unequal to itself, is counted again)
+                    if slow is not None and slow[0] == battery_inputs and ohm == ohm:
+                        again.append(i)
+                        slow = slow_state[key] = (battery_inputs, now + republish, slow[2], slow[3])
+                    else:
+                        slow = slow_state[key] = (battery_inputs, now + republish, *self._slow_outputs(
+                            key, w, i, n, ohm, o_avg, base, emf, resting, fc, verdict, th, outputs, True))
                 elif slow[0] != battery_inputs:
-                    slow = slow_state[key] = (battery_inputs, slow[1], self._slow_outputs(
+                    slow = slow_state[key] = (battery_inputs, slow[1], *self._slow_outputs(
                         key, w, i, n, ohm, o_avg, base, emf, resting, fc, verdict, th, outputs, False))
                 if slow[2] is not None:
                     sohs.append(slow[2])
                 if slow[1] < due:
                     due = slow[1]
             w.slow_inputs, w.slow_due, w.sohs = slow_inputs, due, sohs
+            if again:  # (every republish_s, most of the bank: in C)
+                values = list(chain.from_iterable(slow_state[keys[i]][3] for i in again))
+                outputs.last.update(zip(chain.from_iterable(map(w.slow_keys.__getitem__, again)),
+                                        zip(values, repeat(now)), strict=True))
+                outputs.out.extend(zip(chain.from_iterable(map(w.slow_refs.__getitem__, again)),
+                                       map(_READING, zip(values, repeat(_GOOD), repeat(now))), strict=True))
         # daily aggregates (each new reading once)
         count = w.count
         if r_o.fresh is not None:
@@ -626,8 +639,9 @@ class Analytics:
 
     def _slow_outputs(self, key: tuple[int, int], w: _Column, i: int, n: int, ohm: float | None,
                       o_avg: float | None, base: Baseline | None, emf: float | None, resting: bool, fc: tuple | None,
-                      verdict: float | None, th: dict, outputs: _Outputs, force: bool) -> float | None:
-        """A battery's outputs from its slow inputs (``force``: put them all, changed or not); returns its SOH."""
+                      verdict: float | None, th: dict, outputs: _Outputs, force: bool) -> tuple[float | None, tuple]:
+        """A battery's outputs from its slow inputs (``force``: put them all, changed or not); returns its SOH and
+        the outputs' values."""
         dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
         # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test scatters by
         # 5-10 %)
@@ -649,7 +663,7 @@ class Analytics:
         if force:  # (every republish_s, every battery: in C)
             last.update(zip(keys, zip(values, repeat(now)), strict=True))
             outputs.out.extend(zip(refs, map(_READING, zip(values, repeat(_GOOD), repeat(now))), strict=True))
-            return soh
+            return soh, values
         republish, out = outputs.republish, outputs.out
         for k, ref, value in zip(keys, refs, values, strict=True):  # (_Outputs.put, the key and ref made once)
             old = last.get(k)
@@ -657,7 +671,7 @@ class Analytics:
                 continue
             last[k] = (value, now)
             out.append((ref, Reading(value, _GOOD, now)))
-        return soh
+        return soh, values
 
     def _persist(self, what: str, fn, *args):
         """Save to the state database without stopping the computation: a full disk (or another write error)
@@ -696,8 +710,7 @@ class Analytics:
         self._persist("the state of charge", self.save_soc)
 
     def save_soc(self) -> None:
-        for sid, soc in self.soc.items():
-            self.state.save_soc(sid, soc.to_dict())
+        self.state.save_socs({sid: soc.to_dict() for sid, soc in self.soc.items()})
 
     def save_life(self, now: float) -> None:
         self.state.save_life([(s, c, used, now, self.first_seen.get((s, c), now))

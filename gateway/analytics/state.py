@@ -289,6 +289,12 @@ class StateDB:
     def save_soc(self, string: int, data: dict) -> None:
         self._x("INSERT OR REPLACE INTO soc VALUES (?, ?)", (string, json.dumps(data)))
 
+    def save_socs(self, items: dict[int, dict]) -> None:
+        """Every string's SOC state in one transaction (one commit, one sync of the card, not one per string)."""
+        with self.lock, self.transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO soc VALUES (?, ?)",
+                                  [(string, json.dumps(data)) for string, data in items.items()])
+
     def load_soc(self) -> dict[int, dict]:
         return {s: json.loads(d) for s, d in self._q("SELECT string, data FROM soc")}
 
