@@ -205,6 +205,11 @@ def main() -> None:
             mqtt["feed"] += t2 - t1
         for m in managers:
             m.stop()
+        # the analytics' jobs (every 6 h, the first a minute after start): the open day merged into the state
+        # file, every battery's forecast and diagnosis worked out and saved
+        t0 = time.process_time()
+        rest.analytics.run_jobs(now)
+        jobs_s = time.process_time() - t0
     n = args.cycles
     print(f"MQTT publish cycle: plain {mqtt['plain'] / n * 1e3:.1f} ms, from the change feed "
           f"{mqtt['feed'] / n * 1e3:.1f} ms")
@@ -212,6 +217,7 @@ def main() -> None:
           f"{alarms['incremental'] / n * 1e3:.1f} ms (readings judged: {managers[0].evaluator.judged} and "
           f"{managers[1].evaluator.judged})")
     print("the rest, per cycle: " + ", ".join(f"{name} {sec / n * 1e3:.1f} ms" for name, sec in rest.seconds.items()))
+    print(f"analytics jobs (forecasts and diagnoses, every 6 h): {jobs_s * 1e3:.0f} ms")
     print(f"work per cycle, plain / incremental: MQTT {mqtt['plain'] / mqtt['feed']:.1f}x, "
           f"alarms {alarms['plain'] / alarms['incremental']:.1f}x")
 

@@ -46,11 +46,11 @@ _VALUE, _QUALITY, _TS = itemgetter(0), itemgetter(1), itemgetter(2)  # a Reading
 _READING = partial(tuple.__new__, Reading)  # Reading((value, quality, ts)) made in C (its __new__ is Python)
 _NEVER = object()  # the last value put of an output never put: unequal to any value
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
-# the daily aggregates' fields counted every tick, and the sum each starts from: -0.0 + x is x for every x (0.0
-# would turn a first -0.0 into 0.0)
 # a battery's outputs worked out from its slow inputs (ohmic tests, EMF, baseline, forecast, verdict)
 SLOW_POINTS = ("cell.ohmic_average_deviation", "cell.ohmic_baseline", "cell.ohmic_baseline_deviation", "cell.soh",
                "cell.soc", "cell.eol_date", "cell.eol_date_early", "cell.eol_date_late", "cell.diagnosis")
+# the daily aggregates' fields counted every tick, and the sum each starts from: -0.0 + x is x for every x (0.0
+# would turn a first -0.0 into 0.0)
 _TICK_FIELDS = ("ohmic", "temp", "temp_rise", "v_float", "v_dev", "setpoint", "emf")
 _ZERO_SUM = -0.0
 SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
