@@ -117,7 +117,7 @@ class _Column:
     per battery."""
 
     __slots__ = ("acc_n", "acc_sum", "acc_whole", "all_seen", "cells", "dev_last", "dev_refs", "dev_ts", "keys",
-                 "last", "refs", "seen", "slow_due", "slow_inputs", "slow_keys", "slow_refs", "sohs")
+                 "last", "life", "refs", "seen", "slow_due", "slow_inputs", "slow_keys", "slow_refs", "sohs")
 
     def __init__(self, sid: int, cells: int, refs: dict[str, dict[tuple[int, int], PointRef]],
                  canonical: Callable[[PointRef], PointRef]) -> None:
@@ -146,6 +146,7 @@ class _Column:
         self.acc_n: dict[str, list[int]] = {}
         self.clear_day()
         self.all_seen = False  # every battery has its first_seen (life budget) entry
+        self.life: list[float | None] = [None] * cells  # each battery's life used (None: not seen yet)
 
     def clear_day(self) -> None:
         for f in _TICK_FIELDS:
@@ -255,7 +256,9 @@ class Analytics:
         self.dg_pub = {k: v["code"] for k, v in state.diagnoses().items()}
         self.replaced = state.last_replaced()
         life = state.life()
-        self.life_used = {k: v[0] for k, v in life.items()}
+        self._life_other: dict[tuple[int, int], float] = {}  # the life used of batteries not in the topology
+        for k, v in life.items():
+            self._set_life(k, v[0])
         self.first_seen = {k: v[2] for k, v in life.items()}
         self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
         self.recent_tests: dict[tuple[int, int], deque[float]] = {}  # the last ohmic test results per battery
@@ -283,8 +286,9 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.fc_pub, self.dg_pub, self.recent_tests, self._slow):
+                for d in (self.first_seen, self.fc_pub, self.dg_pub, self.recent_tests, self._slow):
                     d.pop(key, None)
+                self._set_life(key, None)
                 column = self._columns.get(key[0])
                 if column is not None and 1 <= key[1] <= len(column.keys):
                     column.forget(key[1] - 1)
@@ -584,7 +588,7 @@ class Analytics:
 
     def _age(self, now: float, dt_s: float, w: _Column, temps: list[float | None], all_t: bool) -> None:
         """The temperature life budget (25 C-equivalent years) of every battery with a temperature."""
-        first_seen, life_used = self.first_seen, self.life_used
+        first_seen = self.first_seen
         keys = w.keys
         if not w.all_seen:
             for key, t in zip(keys, temps, strict=True):
@@ -603,15 +607,16 @@ class Analytics:
                 for i in compress(range(len(factors)), map(_is_none, factors)):
                     t = temps[i]
                     factors[i] = aging[t] = aging_factor(t, halving_c)  # type: ignore[index,arg-type]
-            life_used.update(zip(keys, map(add, map(life_used.get, keys, repeat(0.0)),
-                                           map(mul, repeat(life_step), factors)), strict=True))
-            return
-        for key, t in zip(keys, temps, strict=True):
+            if w.all_seen:  # (every battery has its life: all_t saw them all)
+                w.life = list(map(add, w.life, map(mul, repeat(life_step), factors)))
+                return
+        life = w.life
+        for i, t in enumerate(temps):
             if t is not None:
                 factor = aging.get(t)
                 if factor is None:
                     factor = aging[t] = aging_factor(t, halving_c)
-                life_used[key] = life_used.get(key, 0.0) + life_step * factor
+                life[i] = (life[i] or 0.0) + life_step * factor
 
     @property
     def acc(self) -> dict[tuple[int, int], dict[str, tuple[float, int]]]:
@@ -694,7 +699,31 @@ class Analytics:
         self.first_seen[key] = now
         start = self.replaced.get(key) or self.install_ts.get(key[0])
         # before monitoring began the battery aged too: count it at 25 C
-        self.life_used[key] = max(0.0, (now - start) / YEAR_S) if start is not None and start < now else 0.0
+        self._set_life(key, max(0.0, (now - start) / YEAR_S) if start is not None and start < now else 0.0)
+
+    def _set_life(self, key: tuple[int, int], used: float | None) -> None:
+        """A battery's life used (25 C-equivalent years; None: forget it)."""
+        column = self._columns.get(key[0])
+        if column is not None and 1 <= key[1] <= len(column.life):
+            column.life[key[1] - 1] = used
+        elif used is None:
+            self._life_other.pop(key, None)
+        else:
+            self._life_other[key] = used
+
+    def _life_of(self, key: tuple[int, int]) -> float | None:
+        column = self._columns.get(key[0])
+        if column is not None and 1 <= key[1] <= len(column.life):
+            return column.life[key[1] - 1]
+        return self._life_other.get(key)
+
+    @property
+    def life_used(self) -> dict[tuple[int, int], float]:
+        """Each battery's life used (25 C-equivalent years) by ``(string, battery)``, of those seen."""
+        out = {key: used for w in self._columns.values() for key, used in zip(w.keys, w.life, strict=True)
+               if used is not None}
+        out.update(self._life_other)
+        return out
 
     def _record_discharge(self, result: dict) -> None:
         sid = result["string"]
@@ -863,7 +892,7 @@ class Analytics:
                     fe = forecast_crossing([p[0] for p in epts], [p[1] for p in epts], fcfg["emf_drop_pct"], horizon)
                     out["emf_drop_pct"] = fe.fit.value(0.0) if fe.fit else None
                     cands.append(("emf", fe.years, fe.early, fe.late))
-        used = self.life_used.get((sid, cell))
+        used = self._life_of((sid, cell))
         if used is not None:
             temps = [r.temp for r in rows[-30:] if r.temp is not None]
             factors = [aging_factor(t, self.cfg["halving_c"]) for t in temps]
