@@ -44,13 +44,13 @@ analytics' store listener with the analytics, not the store, freezes the start-u
 does (a full collection, ~0.1 s with three gateways built, had landed in whichever component allocated next) and
 times the analytics' jobs once.  ms per 5 s cycle, ``--cycles 60``, main -> branch:
     analytics (tick and listener) 7.6-7.8 -> 3.5-3.6 (2.1-2.2x; before the listener was counted with it and
-        without the freeze: 6.3-7.2 -> 2.9-3.4): a steady tick 5.4-6.0 -> 2.4-2.6, a republish tick (every
-        republish_s, every battery's nine slow outputs put again) 18-26 -> 9-10.  A string's batteries are
-        columns: an input column read again unchanged is taken as it was, a string whose slow-input columns are
-        as before and not due skips its batteries, the daily sums are added as whole columns (a whole column's
-        count one number), the aging factor and the float setpoint worked out once per temperature, a
-        republish puts the kept values of unchanged batteries in C, observe() queues battery voltages only
-        while a discharge may be open;
+        without the freeze: 6.3-7.2 -> 2.9-3.4): a steady cycle 5.6-6.8 (median 6.0) -> 2.5-3.2 (median 2.7),
+        a republish cycle (every republish_s, every battery's nine slow outputs put again) 19-30 -> 9-18.  A
+        string's batteries are columns: an input column read again unchanged is taken as it was, a string
+        whose slow-input columns are as before and not due skips its batteries, the daily sums and the life
+        budget are added as whole columns (a whole column's count one number), the aging factor and the float
+        setpoint worked out once per temperature, a republish puts the kept values of unchanged batteries in
+        C, observe() queues battery voltages only while a discharge may be open;
     store 2.0 -> 1.6-1.7 with the listener counted in it (1.6 -> 1.4 without);
     analytics jobs 47-51 -> 43-48 ms per run (the day's flush: one query and one executemany, not a SELECT and
         an INSERT per battery; its cost in the forecasts' JSON is unchanged).
