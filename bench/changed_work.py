@@ -57,6 +57,29 @@ ms per 5 s cycle, main -> branch:
     86 against 53 us for a 481-item batch), texts written without ``round`` for values already on the grid
     (2.2x dearer on the deviations' column), the intersection of a fully written column skipped.
 
+Issue 18, analytics pass (branch i18-an against main da4bfed, this file run from both trees, alternately, load
+average 0.4-1.8).  This file now has the analytics' gateway float (a float current, the state the string
+supervision finds from it: the daily aggregates count float voltages, as on the simulated bank), counts the
+analytics' store listener with the analytics, not the store, freezes the start-up objects as a running gateway
+does (a full collection, ~0.1 s with three gateways built, had landed in whichever component allocated next) and
+times the analytics' jobs once.  ms per 5 s cycle, ``--cycles 60``, main -> branch:
+    analytics (tick and listener) 7.6-7.8 -> 3.5-3.6 (2.1-2.2x; before the listener was counted with it and
+        without the freeze: 6.3-7.2 -> 2.9-3.4): a steady cycle 5.6-6.8 (median 6.0) -> 2.5-3.2 (median 2.7),
+        a republish cycle (every republish_s, every battery's nine slow outputs put again) 19-30 -> 9-18.  A
+        string's batteries are columns: an input column read again unchanged is taken as it was, a string
+        whose slow-input columns are as before and not due skips its batteries, the daily sums and the life
+        budget are added as whole columns (a whole column's count one number), the aging factor and the float
+        setpoint worked out once per temperature, a republish puts the kept values of unchanged batteries in
+        C, observe() queues battery voltages only while a discharge may be open;
+    store 2.0 -> 1.6-1.7 with the listener counted in it (1.6 -> 1.4 without);
+    analytics jobs 47-51 -> 43-48 ms per run (the day's flush: one query and one executemany, not a SELECT and
+        an INSERT per battery; its cost in the forecasts' JSON is unchanged).
+    Every tick's outputs are the same values at the same times (tests/test_analytics_trace.py replays a trace
+    recorded from main's engine).  bench/controller_budget.py `--seconds 60 --warmup 75 --detail 40` (py-spy,
+    about 200 busy samples a run, so a component's share is +-30 %), main (`--tree`) then branch, load average
+    0.5-1.3: analytics 0.301 -> 0.153 % of a core (11.6 % -> 6.0 % of the gateway's CPU); the gateway 2.60 and
+    2.57 % of a core (the engine's 1.34-1.41 % dominates the noise), RSS 78.3 MB both.
+
 The last line printed is the headline: both ratios.
 """
 from __future__ import annotations
@@ -86,6 +109,7 @@ from gateway.strings import make_supervisor, string_states
 # what the simulated bank writes every cycle (bmsgw run on the default bank, counted from the change feed)
 POLLED_CELLS = ("cell.voltage", "cell.temperature", "cell.balancing", "cell.sensor_status",
                 "cell.voltage_average_deviation")
+FLOAT_CURRENT_A = 0.4  # a 500 Ah string's float current: the simulated bank floats at steady state
 
 
 def gateway(folder: Path) -> Gateway:
@@ -134,30 +158,42 @@ class Components:
         self.recorder = Recorder(open_history(gw.config), gw.catalog, PointFilter(cfg["include"], cfg["exclude"]),
                                  raw_interval_s=cfg["raw"]["interval_s"], intervals=cfg["raw"]["intervals"])
         self.stored: list[list[tuple[PointRef, Reading]]] = []
-        gw.store.subscribe(self.analytics.observe)
+        self.listener_s = 0.0  # the analytics' store listener, counted as the analytics' (py-spy does too)
+        gw.store.subscribe(self._observe)
         gw.store.subscribe(self.stored.append)  # (the history writer's queue)
         self.seconds = {"store": 0.0, "history": 0.0, "analytics": 0.0, "strings": 0.0}
         self.cycles = 0
 
+    def _observe(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        t0 = time.process_time()
+        self.analytics.observe(batch)
+        self.listener_s += time.process_time() - t0
+
+    def floating(self, batch: list[tuple[PointRef, Reading]]) -> list[tuple[PointRef, Reading]]:
+        """The batch as a floating bank's: a small charge current, from which the string supervision finds the
+        strings on float (the analytics' daily aggregates count float voltages then), no state written over it."""
+        return [(ref, Reading(FLOAT_CURRENT_A, r.quality, r.ts)) if ref.point == "string.current" else (ref, r)
+                for ref, r in batch if ref.point != "string.state"]
+
     def cycle(self, batch: list[tuple[PointRef, Reading]], now: float, measure: bool = True) -> None:
         clock = time.process_time
-        t0 = clock()
+        l0, t0 = self.listener_s, clock()
         self.gw.store.put_many(batch)
-        t1 = clock()
+        l1, t1 = self.listener_s, clock()
         while self.stored:
             self.recorder.add(self.stored.pop(0))
         t2 = clock()
         out = self.analytics.tick(now, publish=False)
-        t3 = clock()
+        l3, t3 = self.listener_s, clock()
         self.gw.store.put_many(out)  # (recorded with the next cycle's batch, as the writer takes what is queued)
-        t4 = clock()
+        l4, t4 = self.listener_s, clock()
         if self.cycles % 2 == 0:
             self.supervisor.tick(now)
-        t5 = clock()
+        l5, t5 = self.listener_s, clock()
         self.cycles += 1
         if measure:
-            for name, dt in (("store", t1 - t0 + t4 - t3), ("history", t2 - t1), ("analytics", t3 - t2),
-                             ("strings", t5 - t4)):
+            for name, dt in (("store", t1 - t0 - (l1 - l0) + t4 - t3 - (l4 - l3)), ("history", t2 - t1),
+                             ("analytics", t3 - t2 + l5 - l0), ("strings", t5 - t4 - (l5 - l4))):
                 self.seconds[name] += dt
 
 
@@ -191,8 +227,12 @@ def main() -> None:
             m.drive(now)
         feed.messages(now)
         rest = Components(rest_gw, now)
-        rest.cycle([(ref, Reading(values[ref], Quality.GOOD, now)) for ref in refs], now, measure=False)
+        rest.cycle(rest.floating([(ref, Reading(values[ref], Quality.GOOD, now)) for ref in refs]), now,
+                   measure=False)
         print(f"default bank: {len(refs)} points, {len(written)} written per cycle")
+        # as a running gateway does after start-up: its long-lived objects out of the collector's way (else a
+        # full collection, ~0.1 s here with three gateways built, lands in whichever component allocates next)
+        Gateway.freeze_startup_objects()
         mqtt = {"plain": 0.0, "feed": 0.0}
         alarms = {"plain": 0.0, "incremental": 0.0}
         for _ in range(args.cycles):
@@ -209,7 +249,7 @@ def main() -> None:
             batch = [(ref, Reading(values[ref], Quality.GOOD, now - rng.uniform(0, 4))) for ref in written]
             for gw in (plain_gw, inc_gw):
                 gw.store.put_many(batch)
-            rest.cycle(batch, now)
+            rest.cycle(rest.floating(batch), now)
             for name, m in zip(("plain", "incremental"), managers, strict=True):
                 t0 = time.process_time()
                 m.drive(now)
@@ -225,13 +265,20 @@ def main() -> None:
             mqtt["feed"] += t2 - t1
         for m in managers:
             m.stop()
+        # the analytics' jobs (every 6 h, the first a minute after start): the open day merged into the state
+        # file, every battery's forecast and diagnosis worked out and saved
+        t0 = time.process_time()
+        rest.analytics.run_jobs(now)
+        jobs_s = time.process_time() - t0
     n = args.cycles
     print(f"MQTT publish cycle: plain {mqtt['plain'] / n * 1e3:.1f} ms, from the change feed "
           f"{mqtt['feed'] / n * 1e3:.1f} ms")
     print(f"alarm evaluation:   plain {alarms['plain'] / n * 1e3:.1f} ms, incremental "
           f"{alarms['incremental'] / n * 1e3:.1f} ms (readings judged: {managers[0].evaluator.judged} and "
           f"{managers[1].evaluator.judged})")
-    print("the rest, per cycle: " + ", ".join(f"{name} {sec / n * 1e3:.1f} ms" for name, sec in rest.seconds.items()))
+    print("the rest, per cycle: " + ", ".join(f"{name} {sec / n * 1e3:.1f} ms" for name, sec in rest.seconds.items())
+          + " (analytics: its tick and its store listener)")
+    print(f"analytics jobs (forecasts and diagnoses, every 6 h): {jobs_s * 1e3:.0f} ms")
     print(f"work per cycle, plain / incremental: MQTT {mqtt['plain'] / mqtt['feed']:.1f}x, "
           f"alarms {alarms['plain'] / alarms['incremental']:.1f}x")
 

@@ -17,7 +17,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from operator import attrgetter
+from functools import partial
+from itertools import chain, compress, repeat
+from operator import add, itemgetter, lt, mul, ne, sub
 from typing import Protocol
 
 from ..points import PointRef, PointStore, Quality, Reading
@@ -40,8 +42,17 @@ from .state import DAY_S, Baseline, DailyRow, StateDB
 log = logging.getLogger(__name__)
 
 _GOOD = Quality.GOOD
-_VALUE, _QUALITY, _TS = attrgetter("value"), attrgetter("quality"), attrgetter("ts")
+_VALUE, _QUALITY, _TS = itemgetter(0), itemgetter(1), itemgetter(2)  # a Reading's fields (by index: quicker)
+_READING = partial(tuple.__new__, Reading)  # Reading((value, quality, ts)) made in C (its __new__ is Python)
+_NEVER = object()  # the last value put of an output never put: unequal to any value
 CELL_INPUTS = ("cell.voltage", "cell.temperature", "cell.ohmic", "cell.emf")
+# a battery's outputs worked out from its slow inputs (ohmic tests, EMF, baseline, forecast, verdict)
+SLOW_POINTS = ("cell.ohmic_average_deviation", "cell.ohmic_baseline", "cell.ohmic_baseline_deviation", "cell.soh",
+               "cell.soc", "cell.eol_date", "cell.eol_date_early", "cell.eol_date_late", "cell.diagnosis")
+# the daily aggregates' fields counted every tick, and the sum each starts from: -0.0 + x is x for every x (0.0
+# would turn a first -0.0 into 0.0)
+_TICK_FIELDS = ("ohmic", "temp", "temp_rise", "v_float", "v_dev", "setpoint", "emf")
+_ZERO_SUM = -0.0
 SOH_TESTS = 7  # a battery's SOH from its ohmic rise: the median of this many tests (as the alarm rules judge)
 
 
@@ -99,19 +110,92 @@ class _Outputs:
             ref = self.refs[key] = self.canonical(PointRef(point, string, cell))
         self.out.append((ref, Reading(value, _GOOD, now)))
 
-    def put_keyed(self, keys: Sequence[tuple[str, int, int | None]], values: Iterable[float | None]) -> None:
-        """``put`` of many values, each under its ``(point, string, cell)`` key made once by the caller: a column
-        of the bank (most of it changes every tick) without a call and a key per battery."""
-        last, refs, out, now, republish = self.last, self.refs, self.out, self.now, self.republish
-        for key, value in zip(keys, values, strict=True):
-            old = last.get(key)
-            if old is not None and old[0] == value and now - old[1] < republish:
-                continue
-            last[key] = (value, now)
-            ref = refs.get(key)
-            if ref is None:
-                ref = refs[key] = self.canonical(PointRef(*key))
-            out.append((ref, Reading(value, _GOOD, now)))
+
+class _Column:
+    """One string's batteries as columns (index i: battery i + 1): what the tick reads, remembers and puts for each
+    battery, kept as lists so that a bank's worth of batteries costs the tick a few passes in C, not a Python turn
+    per battery."""
+
+    __slots__ = ("acc_n", "acc_sum", "acc_whole", "all_seen", "cells", "dev_last", "dev_refs", "dev_ts", "keys",
+                 "last", "life", "refs", "seen", "slow_due", "slow_inputs", "slow_keys", "slow_refs", "sohs")
+
+    def __init__(self, sid: int, cells: int, refs: dict[str, dict[tuple[int, int], PointRef]],
+                 canonical: Callable[[PointRef], PointRef]) -> None:
+        self.cells = range(1, cells + 1)
+        self.keys = [(sid, c) for c in self.cells]  # each battery's key in the per-battery tables
+        self.refs = [[refs[p][key] for key in self.keys] for p in CELL_INPUTS]
+        # per input: the time of each battery's reading last counted in the daily aggregates
+        self.seen = [[-1.0] * cells for _ in CELL_INPUTS]
+        # per input: the readings of the last tick and what was made of them (values, new ones, all GOOD)
+        self.last: list[_Read | None] = [None] * len(CELL_INPUTS)
+        self.dev_refs = [canonical(PointRef("cell.voltage_average_deviation", sid, c)) for c in self.cells]
+        self.dev_last: list = [_NEVER] * cells  # the deviation last put, and when
+        self.dev_ts = [-math.inf] * cells
+        # the slow inputs of the string's batteries (columns) when their outputs were last worked out, the first
+        # battery's deadline to put them all again, and their SOHs
+        self.slow_inputs: tuple | None = None
+        self.slow_due = -math.inf
+        # each battery's slow outputs: their keys in _Outputs.last, and their refs
+        self.slow_keys = [tuple((p, sid, c) for p in SLOW_POINTS) for c in self.cells]
+        self.slow_refs = [tuple(canonical(PointRef(p, sid, c)) for p in SLOW_POINTS) for c in self.cells]
+        self.sohs: list[float] = []
+        # the open day's aggregates per field: each battery's sum, and its count: the whole columns counted (one
+        # number for the string) plus its own
+        self.acc_sum: dict[str, list[float]] = {}
+        self.acc_whole: dict[str, int] = {}
+        self.acc_n: dict[str, list[int]] = {}
+        self.clear_day()
+        self.all_seen = False  # every battery has its first_seen (life budget) entry
+        self.life: list[float | None] = [None] * cells  # each battery's life used (None: not seen yet)
+
+    def clear_day(self) -> None:
+        for f in _TICK_FIELDS:
+            self.acc_sum[f] = [_ZERO_SUM] * len(self.keys)
+            self.acc_whole[f] = 0
+            self.acc_n[f] = [0] * len(self.keys)
+
+    def counts(self, field: str) -> list[int]:
+        whole = self.acc_whole[field]
+        return list(map(add, self.acc_n[field], repeat(whole))) if whole else self.acc_n[field]
+
+    def count(self, field: str, values: Sequence[float | None], read: _Read, complete: bool) -> None:
+        """Count in the open day each battery's value whose reading (``read``) is new; ``complete``: no value is
+        None.  A None or a non-finite value is not counted."""
+        if read.all_fresh and complete and math.isfinite(sum(values)):  # type: ignore[arg-type]  # (complete)
+            # (every value finite: a nan or an infinity would make the sum one)
+            self.acc_sum[field] = list(map(add, self.acc_sum[field], values))
+            self.acc_whole[field] += 1
+            return
+        if read.fresh is None:
+            return
+        sums, counts = self.acc_sum[field], self.acc_n[field]
+        isfinite = math.isfinite
+        for i in compress(range(len(read.fresh)), read.fresh):
+            value = values[i]
+            if value is not None and isfinite(value):
+                sums[i] += value
+                counts[i] += 1
+
+    def forget(self, i: int) -> None:
+        """Battery i + 1 was replaced: its open day is the old unit's, its slow outputs are worked out again."""
+        for f in _TICK_FIELDS:
+            self.acc_sum[f][i] = _ZERO_SUM
+            self.acc_n[f][i] = -self.acc_whole[f]  # (its count: the whole columns counted from now on, and its own)
+        self.slow_inputs = None
+        self.all_seen = False
+
+
+class _Read:
+    """One input of one string's batteries at a tick: their readings (None: never read), the values (None where
+    a battery has no GOOD value; ``complete``: none is None), which readings are new since the daily aggregates
+    last counted them (``fresh``; None: none; ``all_fresh``: every one)."""
+
+    __slots__ = ("all_fresh", "complete", "fresh", "readings", "values")
+
+    def __init__(self, readings: list, values: list, fresh: list[bool] | None, complete: bool,
+                 all_fresh: bool = False) -> None:
+        self.readings, self.values, self.fresh, self.complete, self.all_fresh = (readings, values, fresh, complete,
+                                                                                 all_fresh)
 
 
 class Analytics:
@@ -138,23 +222,21 @@ class Analytics:
         self.string_refs = {(p, s.id): canonical(PointRef(p, s.id)) for s in strings
                             for p in ("string.voltage", "string.current", "string.state")}
         self.ambient_ref = canonical(PointRef("io.ambient_temperature"))
-        # per string, per input (CELL_INPUTS' order): its refs by battery number, and the timestamp of the reading
-        # of each battery last counted in the daily aggregates (index 0 unused); lists, not dicts keyed by tuples:
-        # every tick reads every battery's inputs
-        self._inputs: dict[int, list[tuple[list[PointRef | None], list[float]]]] = {
-            s.id: [([None, *(self.refs[p][(s.id, c)] for c in range(1, s.cells + 1))], [-1.0] * (s.cells + 1))
-                   for p in CELL_INPUTS] for s in strings}
-        # per string, per battery (index 0 unused): its key in the per-battery tables, and its deviation's output key
-        self._battery_keys = {s.id: [(s.id, 0), *((s.id, c) for c in range(1, s.cells + 1))] for s in strings}
-        self._deviation_keys = {s.id: [("cell.voltage_average_deviation", s.id, c) for c in range(1, s.cells + 1)]
-                                for s in strings}
+        # per string: its batteries as columns (every tick reads, counts and puts every battery)
+        self._columns = {s.id: _Column(s.id, s.cells, self.refs, canonical) for s in strings}
         self._inbox: deque = deque()  # (point, string, cell, value, ts) queued by observe()
+        # observe() queues battery voltages only while a discharge is open or a tick runs (it may open one):
+        # between ticks with no discharge, _drain would drop them all
+        self._capture_voltages = True
+        self._aging: dict[float, float] = {}  # aging_factor by temperature, for _aging_halving
+        self._aging_halving: float | None = None
+        self._setpoint_cache: dict[tuple, dict[float | None, float]] = {}  # setpoint by temperature, by parameters
         self.lock = threading.RLock()  # tick, jobs and close run one at a time (tick may run in a thread)
         self._out_refs: dict[tuple, PointRef] = {}
         self._last_pub: dict[tuple, tuple[float | None, float]] = {}
-        # per battery: (the slow inputs its outputs were worked out from, when all are put again, its SOH)
-        self._slow: dict[tuple[int, int], tuple[tuple, float, float | None]] = {}
-        self.acc: dict[tuple[int, int], dict[str, list[float]]] = {}
+        # per battery: (the slow inputs its outputs were worked out from, when all are put again, its SOH, the
+        # outputs' values)
+        self._slow: dict[tuple[int, int], tuple[tuple, float, float | None, tuple]] = {}
         self.acc_day = int(now // DAY_S)
         self.last_tick: float | None = None
         # the longest time between two ticks counted in the temperature life budget: beyond it the gateway was
@@ -174,7 +256,9 @@ class Analytics:
         self.dg_pub = {k: v["code"] for k, v in state.diagnoses().items()}
         self.replaced = state.last_replaced()
         life = state.life()
-        self.life_used = {k: v[0] for k, v in life.items()}
+        self._life_other: dict[tuple[int, int], float] = {}  # the life used of batteries not in the topology
+        for k, v in life.items():
+            self._set_life(k, v[0])
         self.first_seen = {k: v[2] for k, v in life.items()}
         self.baselines: dict[tuple[int, int], Baseline] = state.baselines()
         self.recent_tests: dict[tuple[int, int], deque[float]] = {}  # the last ohmic test results per battery
@@ -202,9 +286,12 @@ class Analytics:
         self.replaced = self.state.last_replaced()
         for key, ts in self.replaced.items():
             if old.get(key) != ts:
-                for d in (self.life_used, self.first_seen, self.acc, self.fc_pub, self.dg_pub, self.recent_tests,
-                          self._slow):
+                for d in (self.first_seen, self.fc_pub, self.dg_pub, self.recent_tests, self._slow):
                     d.pop(key, None)
+                self._set_life(key, None)
+                column = self._columns.get(key[0])
+                if column is not None and 1 <= key[1] <= len(column.keys):
+                    column.forget(key[1] - 1)
                 log.info("string %s battery %s was replaced: its baseline and trends start again", *key)
         self._persist("the life budget", self.save_life, now)
         self.baselines = self.state.baselines()
@@ -219,9 +306,11 @@ class Analytics:
         """The store listener: only queues what the SOC needs (string currents, and battery voltages for a
         discharge's sag), in order; ``tick`` integrates it, so a slow tick never holds up the poller."""
         inbox = self._inbox
+        voltages = self._capture_voltages
         for ref, r in batch:
             point = ref.point
-            if (point == "string.current" or point == "cell.voltage") and r.quality is _GOOD and r.value is not None:
+            if (point == "string.current" or (voltages and point == "cell.voltage")) and r.quality is _GOOD \
+                    and r.value is not None:
                 inbox.append((point, ref.string, ref.cell, r.value, r.ts))
 
     def _drain(self) -> None:
@@ -247,6 +336,7 @@ class Analytics:
     def tick(self, now: float | None = None, publish: bool = True) -> list[tuple[PointRef, Reading]]:
         """Compute every derived value at ``now`` and put the changed ones into the store (or, with
         ``publish=False``, only return them: the service computes in a worker thread and puts in the loop)."""
+        self._capture_voltages = True  # (before the tick drains the inbox: see __init__)
         with self.lock:
             out = self._tick(time.time() if now is None else now)
         if publish:
@@ -263,6 +353,7 @@ class Analytics:
         ambient = self._good(self.ambient_ref)
         for sid, s in self.strings.items():
             self._tick_string(now, dt_s, sid, s, ambient, outputs)
+        self._capture_voltages = any(soc.event is not None for soc in self.soc.values())
         self._save_due(now)
         return outputs.out
 
@@ -277,58 +368,83 @@ class Analytics:
             self._persist("the daily aggregates", self.flush_daily)
             self.acc_day = day
 
-    def _cell_inputs(self, sid: int, s: StringConfig) -> tuple[list[dict[int, float]], list[set[int]]]:
-        """The string's GOOD battery readings (voltage, temperature, ohmic, EMF) by battery, and per input the
-        batteries whose reading is new since the daily aggregates last counted it."""
+    def _cell_columns(self, w: _Column) -> list[_Read]:
+        """Per input (voltage, temperature, ohmic, EMF): what the string's batteries read (see _Read)."""
         get_many = self.store.get_many
-        values: list[dict[int, float]] = [{}, {}, {}, {}]
-        new: list[set[int]] = [set(), set(), set(), set()]
-        cells = range(1, s.cells + 1)
-        count = s.cells
-        for (refs, seen), dest, fresh in zip(self._inputs[sid], values, new, strict=True):
-            readings = get_many(refs)
-            readings[0] = None  # (refs[0] is None: no battery 0)
-            # every battery read, GOOD, with a value (the usual case): the column in C, the new readings in one pass
-            if len(list(filter(None, readings))) == count and list(map(_QUALITY, readings[1:])).count(_GOOD) == count:
-                column = list(map(_VALUE, readings[1:]))
-                if None not in column:
-                    dest.update(zip(cells, column, strict=True))
-                    fresh.update([c for c, t, old in zip(cells, map(_TS, readings[1:]), seen[1:], strict=True)
-                                  if old < t])
-                    for c in fresh:  # a reading not counted in the daily aggregates yet
-                        seen[c] = readings[c].ts  # type: ignore[union-attr]  # (every battery has a reading)
+        columns = []
+        for j, (refs, seen) in enumerate(zip(w.refs, w.seen, strict=True)):
+            readings: list = get_many(refs)  # (Reading | None)
+            last = w.last[j]
+            if last is not None and readings == last.readings:
+                # nothing read since the last tick (the ohmic tests and EMF, most ticks): the same values, and
+                # nothing new to count
+                if last.fresh is not None:
+                    last = w.last[j] = _Read(readings, last.values, None, last.complete)
+                columns.append(last)
+                continue
+            try:
+                qualities = list(map(_QUALITY, readings))
+            except TypeError:  # (a battery never read: None)
+                qualities = []
+            if qualities.count(_GOOD) == len(readings):
+                # every battery read, GOOD (the usual case): the column in C, the new readings too
+                values = list(map(_VALUE, readings))
+                if None not in values:
+                    stamps = list(map(_TS, readings))
+                    fresh = list(map(lt, seen, stamps))
+                    if False not in fresh:
+                        w.seen[j] = stamps
+                        read = _Read(readings, values, fresh, True, True)
+                    else:  # (a reading not new leaves its older stamp)
+                        w.seen[j] = list(map(max, seen, stamps))
+                        read = _Read(readings, values, fresh if True in fresh else None, True)
+                    columns.append(read)
+                    w.last[j] = read
                     continue
-            for c in cells:
-                r = readings[c]
+            values, fresh = [], []
+            for i, r in enumerate(readings):
                 if r is not None and r.quality is _GOOD and r.value is not None:
-                    dest[c] = r.value
-                    if seen[c] < r.ts:  # a reading not counted in the daily aggregates yet
-                        seen[c] = r.ts
-                        fresh.add(c)
-        return values, new
+                    values.append(r.value)
+                    if seen[i] < r.ts:  # a reading not counted in the daily aggregates yet
+                        seen[i] = r.ts
+                        fresh.append(True)
+                        continue
+                else:
+                    values.append(None)
+                fresh.append(False)
+            read = _Read(readings, values, fresh if True in fresh else None, None not in values)
+            columns.append(read)
+            w.last[j] = read
+        return columns
 
     def _tick_string(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
                      outputs: _Outputs) -> None:
         put = outputs.put
-        (volts, temps, ohms, emfs), new = self._cell_inputs(sid, s)
-        v_avg = _mean(volts.values())
-        o_avg = _mean(ohms.values())
+        w = self._columns[sid]
+        columns = self._cell_columns(w)
+        # each input's GOOD values in battery order
+        volts, temps, ohms, _emfs = ((c.values if c.complete else [v for v in c.values if v is not None])
+                                     for c in columns)
+        v_avg = sum(volts) / len(volts) if volts else None
+        o_avg = sum(ohms) / len(ohms) if ohms else None
         put("string.cell_voltage_avg", v_avg, sid)
-        put("string.cell_voltage_min", min(volts.values()) if volts else None, sid)
-        put("string.cell_voltage_max", max(volts.values()) if volts else None, sid)
-        put("string.cell_temperature_max", max(temps.values()) if temps else None, sid)
+        put("string.cell_voltage_min", min(volts) if volts else None, sid)
+        put("string.cell_voltage_max", max(volts) if volts else None, sid)
+        put("string.cell_temperature_max", max(temps) if temps else None, sid)
         put("string.cell_ohmic_avg", o_avg, sid)
-        soc = self._tick_soc(now, sid, s, ambient, volts, temps, v_avg, put)
-        cell_sohs = self._tick_batteries(now, dt_s, sid, s, ambient, (volts, temps, ohms, emfs), new, v_avg,
-                                         o_avg, soc.state, outputs)
+        v_col = columns[0]
+        by_cell = dict(zip(w.cells, v_col.values, strict=True)) if v_col.complete else {
+            c: v for c, v in zip(w.cells, v_col.values, strict=True) if v is not None}
+        soc = self._tick_soc(now, sid, s, ambient, by_cell, temps, v_avg, put)
+        cell_sohs = self._tick_batteries(now, dt_s, w, s, ambient, columns, temps, v_avg, o_avg, soc.state, outputs)
         cap_soh = soc.soh_capacity if soc.soh_ts is not None and now - soc.soh_ts <= self.cfg["forecast"][
             "capacity_valid_days"] * DAY_S else None
         put("string.soh", cap_soh if cap_soh is not None else (min(cell_sohs) if cell_sohs else None), sid)
 
     def _tick_soc(self, now: float, sid: int, s: StringConfig, ambient: float | None, volts: dict[int, float],
-                  temps: dict[int, float], v_avg: float | None, put: _Put) -> StringSoc:
+                  temps: list[float], v_avg: float | None, put: _Put) -> StringSoc:
         """The string's state of charge, following its state (the string supervision's); a discharge that
-        ended is recorded."""
+        ended is recorded.  ``volts``: the GOOD battery voltages by battery; ``temps``: the GOOD temperatures."""
         n = s.battery.cells_per_unit
         soc = self.soc[sid]
         state = self._good(self.string_refs[("string.state", sid)])
@@ -339,7 +455,7 @@ class Analytics:
             v_cell = v_avg / n
         else:
             v_cell = None
-        temp = ambient if ambient is not None else (_mean(temps.values()))
+        temp = ambient if ambient is not None else (_mean(temps))
         finished = soc.update(now, None if state is None else int(state), v_cell, temp, volts)
         if finished is not None:
             self._record_discharge(finished)
@@ -349,80 +465,170 @@ class Analytics:
         put("string.runtime_remaining", o["runtime_remaining"], sid)
         return soc
 
-    def _tick_batteries(self, now: float, dt_s: float, sid: int, s: StringConfig, ambient: float | None,
-                        readings: Sequence[dict[int, float]], new: Sequence[set[int]], v_avg: float | None,
-                        o_avg: float | None, soc_state: int | None, outputs: _Outputs) -> list[float]:
+    def _tick_batteries(self, now: float, dt_s: float, w: _Column, s: StringConfig, ambient: float | None,
+                        columns: list[_Read], good_temps: list[float],
+                        v_avg: float | None, o_avg: float | None, soc_state: int | None,
+                        outputs: _Outputs) -> list[float]:
         """Each battery's outputs, its daily aggregates and its temperature life budget; returns their SOHs."""
-        volts, temps, ohms, emfs = readings
-        new_v, new_t, new_o, new_e = new
+        r_v, r_t, r_o, r_e = columns
+        volts, temps, ohms, emfs = r_v.values, r_t.values, r_o.values, r_e.values
+        all_v, all_t = r_v.complete, r_t.complete
         cfg = self.cfg
         th = cfg["thresholds"]
         fl = cfg["float"]
         n = s.battery.cells_per_unit
-        t_med = statistics.median(temps.values()) if temps else None
-        slow_state = self._slow
-        republish = self.republish_s
-        cell_sohs = []
         on_float = soc_state == self.codes.floating
         resting = on_float or soc_state == self.codes.rest
-        cells = range(1, s.cells + 1)
-        put = outputs.put
         # every battery's deviation from the string average: a column, most of it new every tick
-        get_v = volts.get
-        outputs.put_keyed(self._deviation_keys[sid], [None if v_avg is None or (v := get_v(c)) is None else v - v_avg
-                                                      for c in cells])
-        # bound once: a string's batteries are ~120 turns of this loop every tick
-        keys, baselines, fc_pub, dg_pub = self._battery_keys[sid], self.baselines, self.fc_pub, self.dg_pub
-        accs, first_seen, life_used = self.acc, self.first_seen, self.life_used
-        replace_pct, halving_c = th["replace_pct"], cfg["halving_c"]
-        v_per_cell, temp_comp = fl["v_per_cell"], fl["temp_comp_v_per_c"]
-        life_step = dt_s / YEAR_S
-        ref_t = ambient if ambient is not None else t_med
-        for c in cells:
-            key = keys[c]
-            v, t, ohm, emf = get_v(c), temps.get(c), ohms.get(c), emfs.get(c)
-            # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out
-            # again only when one of them changed, and every republish_s all put again (as unchanged values
-            # are); in between a battery costs one comparison here, not nine values.
-            base = baselines.get(key)
-            fc = fc_pub.get(key)
-            verdict = dg_pub.get(key)
-            slow_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, replace_pct)
-            slow = slow_state.get(key)
-            if slow is None or now >= slow[1]:
-                slow = slow_state[key] = (slow_inputs, now + republish, self._slow_outputs(
-                    key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, True))
-            elif slow[0] != slow_inputs:
-                slow = slow_state[key] = (slow_inputs, slow[1], self._slow_outputs(
-                    key, sid, c, n, ohm, o_avg, base, emf, resting, fc, verdict, th, put, False))
-            soh = slow[2]
-            if soh is not None:
-                cell_sohs.append(soh)
-            # daily aggregates (each new reading once)
-            acc = accs.get(key)
-            if acc is None:
-                acc = accs[key] = {}
-            if c in new_o:
-                _add(acc, "ohmic", ohm)
-            if t is not None and c in new_t:  # (new_t only holds cells with a temperature)
-                _add(acc, "temp", t)
-                if ref_t is not None:
-                    _add(acc, "temp_rise", t - ref_t)
-            if on_float:
-                if v is not None and c in new_v:
-                    _add(acc, "v_float", v)
-                    if v_avg is not None:
-                        _add(acc, "v_dev", v - v_avg)
-                    tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
-                    _add(acc, "setpoint", n * (v_per_cell + temp_comp * (tc - 25.0)))
-                if c in new_e:
-                    _add(acc, "emf", emf)
-            # temperature life budget (25 C-equivalent years)
-            if t is not None:
-                if key not in first_seen:
+        if v_avg is None:
+            devs: list[float | None] = [None] * len(volts)
+        elif all_v:
+            devs = list(map(sub, volts, repeat(v_avg)))
+        else:
+            devs = [None if v is None else v - v_avg for v in volts]
+        self._put_deviations(w, devs, outputs)
+        # The rest follows the slow inputs (ohmic tests, EMF, baselines, forecasts, verdicts): worked out again
+        # only for a battery one of them changed for, and every republish_s all put again (as unchanged values
+        # are); in between a string costs a comparison of its columns here, not nine values per battery.
+        keys = w.keys
+        replace_pct = th["replace_pct"]
+        bases = list(map(self.baselines.get, keys))
+        fcs = list(map(self.fc_pub.get, keys))
+        verdicts = list(map(self.dg_pub.get, keys))
+        slow_inputs = (ohms, o_avg, bases, emfs, resting, fcs, verdicts, replace_pct)
+        if now >= w.slow_due or slow_inputs != w.slow_inputs:
+            slow_state = self._slow
+            republish = self.republish_s
+            sohs = []
+            due = math.inf
+            again: list[int] = []  # the batteries whose unchanged outputs are due to be put again
+            for i, key in enumerate(keys):
+                ohm, base, emf, fc, verdict = ohms[i], bases[i], emfs[i], fcs[i], verdicts[i]
+                battery_inputs = (ohm, o_avg, base, emf, resting, fc, verdict, replace_pct)
+                slow = slow_state.get(key)
+                if slow is None or now >= slow[1]:
+                    # the same inputs make the same values (a nan ohmic test, unequal to itself, is counted again)
+                    if slow is not None and slow[0] == battery_inputs and ohm == ohm:
+                        again.append(i)
+                        slow = slow_state[key] = (battery_inputs, now + republish, slow[2], slow[3])
+                    else:
+                        slow = slow_state[key] = (battery_inputs, now + republish, *self._slow_outputs(
+                            key, w, i, n, ohm, o_avg, base, emf, resting, fc, verdict, th, outputs, True))
+                elif slow[0] != battery_inputs:
+                    slow = slow_state[key] = (battery_inputs, slow[1], *self._slow_outputs(
+                        key, w, i, n, ohm, o_avg, base, emf, resting, fc, verdict, th, outputs, False))
+                if slow[2] is not None:
+                    sohs.append(slow[2])
+                if slow[1] < due:
+                    due = slow[1]
+            w.slow_inputs, w.slow_due, w.sohs = slow_inputs, due, sohs
+            if again:  # (every republish_s, most of the bank: in C)
+                values = list(chain.from_iterable(slow_state[keys[i]][3] for i in again))
+                outputs.last.update(zip(chain.from_iterable(map(w.slow_keys.__getitem__, again)),
+                                        zip(values, repeat(now)), strict=True))
+                outputs.out.extend(zip(chain.from_iterable(map(w.slow_refs.__getitem__, again)),
+                                       map(_READING, zip(values, repeat(_GOOD), repeat(now))), strict=True))
+        # daily aggregates (each new reading once)
+        count = w.count
+        if r_o.fresh is not None:
+            count("ohmic", ohms, r_o, r_o.complete)
+        ref_t = ambient if ambient is not None else (statistics.median(good_temps) if good_temps else None)
+        if r_t.fresh is not None:
+            count("temp", temps, r_t, all_t)
+            if ref_t is not None:
+                rises = list(map(sub, temps, repeat(ref_t))) if all_t else [
+                    None if t is None else t - ref_t for t in temps]
+                count("temp_rise", rises, r_t, all_t)
+        if on_float:
+            if r_v.fresh is not None:
+                count("v_float", volts, r_v, all_v)
+                if v_avg is not None:
+                    count("v_dev", devs, r_v, all_v)
+                count("setpoint", self._setpoints(n, fl, temps), r_v, True)
+            if r_e.fresh is not None:
+                count("emf", emfs, r_e, r_e.complete)
+        self._age(now, dt_s, w, temps, all_t)
+        return w.sohs
+
+    def _setpoints(self, n: int, fl: dict, temps: list[float | None]) -> list[float]:
+        """Each battery's temperature-compensated float setpoint (per unit of ``n`` cells) from its temperature
+        (25 C when it has none): a few hundred distinct temperatures in a bank, each worked out once."""
+        params = (n, fl["v_per_cell"], fl["temp_comp_v_per_c"])
+        cache = self._setpoint_cache.get(params)
+        if cache is None or len(cache) > 100_000:
+            cache = self._setpoint_cache[params] = {}
+        setpoints = list(map(cache.get, temps))
+        if None in setpoints:
+            _, v_per_cell, temp_comp = params
+            for i in compress(range(len(setpoints)), map(_is_none, setpoints)):
+                t = temps[i]
+                tc = min(max(t if t is not None else 25.0, 5.0), 40.0)
+                setpoints[i] = cache[t] = n * (v_per_cell + temp_comp * (tc - 25.0))
+        return setpoints  # type: ignore[return-value]  # (every None filled)
+
+    def _put_deviations(self, w: _Column, devs: list[float | None], outputs: _Outputs) -> None:
+        """``put`` of the string's voltage deviations as a column: each goes out when it changed, or when
+        republish_s passed since it last went out."""
+        now = outputs.now
+        changed = list(map(ne, devs, w.dev_last))
+        if False in changed:  # an unchanged value goes out again when due
+            changed = [c or now - ts >= self.republish_s for c, ts in zip(changed, w.dev_ts, strict=True)]
+            if True not in changed:
+                return
+        if False not in changed:  # (the usual case: the string's average moved, every deviation with it)
+            outputs.out.extend(zip(w.dev_refs, map(_READING, zip(devs, repeat(_GOOD), repeat(now))),
+                                   strict=True))
+            w.dev_last, w.dev_ts = devs, [now] * len(devs)
+            return
+        last, stamps, refs, out = w.dev_last, w.dev_ts, w.dev_refs, outputs.out
+        for i in compress(range(len(devs)), changed):
+            last[i] = value = devs[i]
+            stamps[i] = now
+            out.append((refs[i], Reading(value, _GOOD, now)))
+
+    def _age(self, now: float, dt_s: float, w: _Column, temps: list[float | None], all_t: bool) -> None:
+        """The temperature life budget (25 C-equivalent years) of every battery with a temperature."""
+        first_seen = self.first_seen
+        keys = w.keys
+        if not w.all_seen:
+            for key, t in zip(keys, temps, strict=True):
+                if t is not None and key not in first_seen:
                     self._first_seen(key, now)
-                life_used[key] = life_used.get(key, 0.0) + life_step * aging_factor(t, halving_c)
-        return cell_sohs
+            w.all_seen = all(map(first_seen.__contains__, keys))
+        halving_c = self.cfg["halving_c"]
+        aging = self._aging
+        if halving_c != self._aging_halving or len(aging) > 100_000:
+            aging.clear()
+            self._aging_halving = halving_c
+        life_step = dt_s / YEAR_S
+        if all_t:
+            factors: list[float | None] = list(map(aging.get, temps))  # type: ignore[arg-type]  # (no None: all_t)
+            if None in factors:
+                for i in compress(range(len(factors)), map(_is_none, factors)):
+                    t = temps[i]
+                    factors[i] = aging[t] = aging_factor(t, halving_c)  # type: ignore[index,arg-type]
+            if w.all_seen:  # (every battery has its life: all_t saw them all)
+                w.life = list(map(add, w.life, map(mul, repeat(life_step), factors)))
+                return
+        life = w.life
+        for i, t in enumerate(temps):
+            if t is not None:
+                factor = aging.get(t)
+                if factor is None:
+                    factor = aging[t] = aging_factor(t, halving_c)
+                life[i] = (life[i] or 0.0) + life_step * factor
+
+    @property
+    def acc(self) -> dict[tuple[int, int], dict[str, tuple[float, int]]]:
+        """The open day's aggregates: ``{(string, battery): {field: (total, count)}}`` of what was counted."""
+        out: dict[tuple[int, int], dict[str, tuple[float, int]]] = {}
+        for w in self._columns.values():
+            columns = {f: (w.acc_sum[f], w.counts(f)) for f in _TICK_FIELDS}
+            for i, key in enumerate(w.keys):
+                fields = {f: (sums[i], cnt) for f, (sums, counts) in columns.items() if (cnt := counts[i])}
+                if fields:
+                    out[key] = fields
+        return out
 
     def _save_due(self, now: float) -> None:
         """Baselines checked hourly, the state of charge saved every minute, the life budget every 10 minutes."""
@@ -436,15 +642,12 @@ class Analytics:
             self._persist("the life budget", self.save_life, now)
             self._next_life_save = now + 600.0
 
-    def _slow_outputs(self, key: tuple[int, int], sid: int, c: int, n: int, ohm: float | None, o_avg: float | None,
-                      base: Baseline | None, emf: float | None, resting: bool, fc: tuple | None, verdict: float | None,
-                      th: dict, put, force: bool) -> float | None:
-        """A battery's outputs from its slow inputs (``force``: put them all, changed or not); returns its SOH."""
-        put("cell.ohmic_average_deviation",
-            (ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None, sid, c, force)
-        put("cell.ohmic_baseline", base.ohmic if base else None, sid, c, force)
+    def _slow_outputs(self, key: tuple[int, int], w: _Column, i: int, n: int, ohm: float | None,
+                      o_avg: float | None, base: Baseline | None, emf: float | None, resting: bool, fc: tuple | None,
+                      verdict: float | None, th: dict, outputs: _Outputs, force: bool) -> tuple[float | None, tuple]:
+        """A battery's outputs from its slow inputs (``force``: put them all, changed or not); returns its SOH and
+        the outputs' values."""
         dev = (ohm / base.ohmic - 1.0) * 100.0 if base and ohm is not None else None
-        put("cell.ohmic_baseline_deviation", dev, sid, c, force)
         # the SOH from the ohmic rise: the median of the last tests, never one (a 2 V cell's test scatters by
         # 5-10 %)
         tests = self.recent_tests.get(key)
@@ -456,14 +659,24 @@ class Analytics:
         if base and tests is not None and len(tests) >= min(3, SOH_TESTS):
             robust = (statistics.median(tests) / base.ohmic - 1.0) * 100.0
             soh = min(100.0, max(0.0, 100.0 - 20.0 * max(robust, 0.0) / th["replace_pct"]))
-        put("cell.soh", soh, sid, c, force)
-        put("cell.soc", soc_from_ocv(emf / n) if emf is not None and resting else None, sid, c, force)
         eol, early, late = fc if fc is not None else (None, None, None)
-        put("cell.eol_date", eol, sid, c, force)
-        put("cell.eol_date_early", early, sid, c, force)
-        put("cell.eol_date_late", late, sid, c, force)
-        put("cell.diagnosis", verdict, sid, c, force)
-        return soh
+        values = ((ohm / o_avg - 1.0) * 100.0 if ohm is not None and o_avg else None,  # (SLOW_POINTS' order)
+                  base.ohmic if base else None, dev, soh,
+                  soc_from_ocv(emf / n) if emf is not None and resting else None, eol, early, late, verdict)
+        keys, refs = w.slow_keys[i], w.slow_refs[i]
+        last, now = outputs.last, outputs.now
+        if force:  # (every republish_s, every battery: in C)
+            last.update(zip(keys, zip(values, repeat(now)), strict=True))
+            outputs.out.extend(zip(refs, map(_READING, zip(values, repeat(_GOOD), repeat(now))), strict=True))
+            return soh, values
+        republish, out = outputs.republish, outputs.out
+        for k, ref, value in zip(keys, refs, values, strict=True):  # (_Outputs.put, the key and ref made once)
+            old = last.get(k)
+            if old is not None and old[0] == value and now - old[1] < republish:
+                continue
+            last[k] = (value, now)
+            out.append((ref, Reading(value, _GOOD, now)))
+        return soh, values
 
     def _persist(self, what: str, fn, *args):
         """Save to the state database without stopping the computation: a full disk (or another write error)
@@ -486,7 +699,31 @@ class Analytics:
         self.first_seen[key] = now
         start = self.replaced.get(key) or self.install_ts.get(key[0])
         # before monitoring began the battery aged too: count it at 25 C
-        self.life_used[key] = max(0.0, (now - start) / YEAR_S) if start is not None and start < now else 0.0
+        self._set_life(key, max(0.0, (now - start) / YEAR_S) if start is not None and start < now else 0.0)
+
+    def _set_life(self, key: tuple[int, int], used: float | None) -> None:
+        """A battery's life used (25 C-equivalent years; None: forget it)."""
+        column = self._columns.get(key[0])
+        if column is not None and 1 <= key[1] <= len(column.life):
+            column.life[key[1] - 1] = used
+        elif used is None:
+            self._life_other.pop(key, None)
+        else:
+            self._life_other[key] = used
+
+    def _life_of(self, key: tuple[int, int]) -> float | None:
+        column = self._columns.get(key[0])
+        if column is not None and 1 <= key[1] <= len(column.life):
+            return column.life[key[1] - 1]
+        return self._life_other.get(key)
+
+    @property
+    def life_used(self) -> dict[tuple[int, int], float]:
+        """Each battery's life used (25 C-equivalent years) by ``(string, battery)``, of those seen."""
+        out = {key: used for w in self._columns.values() for key, used in zip(w.keys, w.life, strict=True)
+               if used is not None}
+        out.update(self._life_other)
+        return out
 
     def _record_discharge(self, result: dict) -> None:
         sid = result["string"]
@@ -502,8 +739,7 @@ class Analytics:
         self._persist("the state of charge", self.save_soc)
 
     def save_soc(self) -> None:
-        for sid, soc in self.soc.items():
-            self.state.save_soc(sid, soc.to_dict())
+        self.state.save_socs({sid: soc.to_dict() for sid, soc in self.soc.items()})
 
     def save_life(self, now: float) -> None:
         self.state.save_life([(s, c, used, now, self.first_seen.get((s, c), now))
@@ -511,12 +747,10 @@ class Analytics:
 
     def flush_daily(self) -> None:
         """Merge the open day's aggregates into the state (a later flush of the same day merges again)."""
-        rows = []
-        for (s, c), acc in self.acc.items():
-            vals = {f: (tot / cnt, int(cnt)) for f, (tot, cnt) in acc.items() if cnt}
-            if vals:
-                rows.append((s, c, self.acc_day, vals))
-        self.acc = {}  # a day that cannot be saved (a full disk) is not carried into the next one
+        rows = [(s, c, self.acc_day, {f: (tot / cnt, cnt) for f, (tot, cnt) in fields.items()})
+                for (s, c), fields in self.acc.items()]
+        for w in self._columns.values():
+            w.clear_day()  # a day that cannot be saved (a full disk) is not carried into the next one
         if rows:
             self.state.add_daily(rows)
 
@@ -658,7 +892,7 @@ class Analytics:
                     fe = forecast_crossing([p[0] for p in epts], [p[1] for p in epts], fcfg["emf_drop_pct"], horizon)
                     out["emf_drop_pct"] = fe.fit.value(0.0) if fe.fit else None
                     cands.append(("emf", fe.years, fe.early, fe.late))
-        used = self.life_used.get((sid, cell))
+        used = self._life_of((sid, cell))
         if used is not None:
             temps = [r.temp for r in rows[-30:] if r.temp is not None]
             factors = [aging_factor(t, self.cfg["halving_c"]) for t in temps]
@@ -677,15 +911,8 @@ class Analytics:
         return out
 
 
-def _add(acc: dict[str, list[float]], field: str, value: float | None) -> None:
-    if value is None or not math.isfinite(value):
-        return
-    slot = acc.get(field)
-    if slot is None:
-        acc[field] = [value, 1]
-    else:
-        slot[0] += value
-        slot[1] += 1
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 def _median_or_none(values: list[float | None]) -> float | None:

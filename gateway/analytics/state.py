@@ -254,11 +254,17 @@ class StateDB:
     # -- daily aggregates ------------------------------------------------------------------------------------
     def add_daily(self, rows: list[tuple[int, int, int, dict[str, tuple[float, int]]]]) -> None:
         """Merge ``(string, cell, day, {field: (mean, n)})`` into the daily table (n-weighted means)."""
+        if not rows:
+            return
+        cols = ", ".join(f"{f}, n_{f}" for f in DAILY_FIELDS)
+        days = [day for _, _, day, _ in rows]
         with self.lock, self.transaction():
+            # the days' rows read at once (a flush is a whole bank's day: one query, not one per battery)
+            stored = {(r[0], r[1], r[2]): r[3:] for r in self.conn.execute(
+                f"SELECT string, cell, day, {cols} FROM daily WHERE day BETWEEN ? AND ?", (min(days), max(days)))}
+            merged_rows = []
             for string, cell, day, vals in rows:
-                old = self.conn.execute(
-                    "SELECT " + ", ".join(f"{f}, n_{f}" for f in DAILY_FIELDS)
-                    + " FROM daily WHERE string=? AND cell=? AND day=?", (string, cell, day)).fetchone()
+                old = stored.get((string, cell, day))
                 merged = []
                 for i, f in enumerate(DAILY_FIELDS):
                     mean: float | None
@@ -270,8 +276,10 @@ class StateDB:
                         else:
                             mean, n = om, on
                     merged += [mean, n]
-                self.conn.execute(f"INSERT OR REPLACE INTO daily VALUES (?,?,?,{','.join('?' * len(merged))})",
-                                  (string, cell, day, *merged))
+                merged_rows.append((string, cell, day, *merged))
+                stored[(string, cell, day)] = tuple(merged)  # (the same battery's day again merges with this)
+            marks = ",".join("?" * (3 + 2 * len(DAILY_FIELDS)))
+            self.conn.executemany(f"INSERT OR REPLACE INTO daily VALUES ({marks})", merged_rows)
 
     def daily(self, string: int, cell: int, since_day: int = 0) -> list[DailyRow]:
         rows = self._q("SELECT day, " + ", ".join(DAILY_FIELDS) + ", n_ohmic FROM daily "
@@ -288,6 +296,12 @@ class StateDB:
     # -- json blobs --------------------------------------------------------------------------------------------
     def save_soc(self, string: int, data: dict) -> None:
         self._x("INSERT OR REPLACE INTO soc VALUES (?, ?)", (string, json.dumps(data)))
+
+    def save_socs(self, items: dict[int, dict]) -> None:
+        """Every string's SOC state in one transaction (one commit, one sync of the card, not one per string)."""
+        with self.lock, self.transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO soc VALUES (?, ?)",
+                                  [(string, json.dumps(data)) for string, data in items.items()])
 
     def load_soc(self) -> dict[int, dict]:
         return {s: json.loads(d) for s, d in self._q("SELECT string, data FROM soc")}
