@@ -13,6 +13,7 @@ READ_HOLDING, READ_INPUT, WRITE_SINGLE, WRITE_MULTIPLE = 3, 4, 6, 16
 FUNCTION_FOR_TABLE = {"holding": READ_HOLDING, "input": READ_INPUT}
 MAX_READ = 125
 MAX_WRITE = 123
+EXCEPTION_LENGTH = 5  # unit, function | 0x80, code, CRC
 
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE = 1, 2, 3, 4
 GATEWAY_PATH_UNAVAILABLE, GATEWAY_TARGET_FAILED = 0x0A, 0x0B
@@ -44,7 +45,8 @@ def with_crc(body: bytes) -> bytes:
 
 
 def crc_ok(frame: bytes) -> bool:
-    return len(frame) >= 4 and crc16(frame[:-2]) == (frame[-2] | (frame[-1] << 8))
+    # the CRC of a frame with its own CRC appended (low byte first) is 0: one pass, no slice
+    return len(frame) >= 4 and crc16(frame) == 0
 
 
 class ModbusError(Exception):
@@ -105,13 +107,13 @@ def expected_length(request: bytes) -> int:
 def reply_length(request: bytes, head: bytes | bytearray) -> int:
     """Length of the reply given its first two bytes (exception replies are shorter)."""
     if len(head) >= 2 and head[1] & 0x80:
-        return 5
+        return EXCEPTION_LENGTH
     return expected_length(request)
 
 
 def parse_reply(request: bytes, reply: bytes) -> list[int]:
     """Registers of a read reply (or [] for a write); raises FrameError / ExceptionResponse."""
-    if not crc_ok(reply):
+    if len(reply) < 4 or crc16(reply):  # (crc_ok, without the call: once per transaction)
         raise FrameError("CRC mismatch")
     if reply[0] != request[0]:
         raise FrameError(f"reply from unit {reply[0]}, expected {request[0]}")

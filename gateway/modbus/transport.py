@@ -30,6 +30,7 @@ import serial.rs485
 from ..errors import GatewayError
 from ..topology import BusConfig
 from .rtu import (
+    EXCEPTION_LENGTH,
     READ_HOLDING,
     READ_INPUT,
     FrameError,
@@ -37,9 +38,9 @@ from .rtu import (
     NoReply,
     PortUnavailable,
     crc_ok,
+    expected_length,
     frame_wire_time,
     parse_reply,
-    reply_length,
 )
 from .timer import set_timer_slack
 
@@ -69,6 +70,7 @@ class BusCounters:
 
 MAX_LATENESS = 2.0  # s: the longest a late reply is waited for before the next request to its slave
 PRECISE_S = 0.002  # waits shorter than this are slept exactly (clock_nanosleep); longer ones poll the port
+MAX_PLANS = 4096  # read requests whose reply length is kept (a bus has a few hundred)
 MAX_IDLE_BYTES = 1024  # what arrives between transactions is only looked at for a late reply: keep a bounded tail
 
 
@@ -123,6 +125,7 @@ class RtuTransport:
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._poller: select.poll | None = None
+        self._plans: dict[bytes, tuple[int, float]] = {}  # request -> (reply length, wire time); see _plan
         self._closing = False
         self._io_lock = threading.Lock()  # closing the port: the loop's close() or the thread on a lost port
         # A slave that answers after its timeout: its late reply must not be taken for the answer to the next
@@ -369,26 +372,33 @@ class RtuTransport:
 
     def _wait_quiet(self, not_before: float, job: _Job) -> None:
         """Wait until ``not_before``, and a whole silence after anything that arrives meanwhile (dropped, and
-        noted when it is a late reply)."""
-        silence = self._silence
-        # a line that never falls quiet (noise, a talking device, a second master) would hold the request for
-        # ever: after this long it goes anyway, and what comes back says what is wrong (as on a busy bus)
-        give_up = max(not_before, time.monotonic()) + max(self._timeout_s, 10 * silence)
+        noted when it is a late reply).  (The bus thread runs each transaction's Python right after a wake-up,
+        with cold caches: every call and branch here costs several times what it costs in a loop.)"""
+        now = start = time.monotonic()
+        give_up = 0.0  # when the line is found busy: the time after which the request goes anyway
+        buf = self._buf
         while True:
             if job.cancelled:
                 raise _Cancelled
-            wait = min(not_before, give_up) - time.monotonic()
+            wait = not_before - now
             if wait >= PRECISE_S:
                 self._poll_read(wait * 1000.0 - 1.0)  # wakes early: the rest is slept exactly
             else:
                 if wait > 0:
                     time.sleep(wait)
-                if not self._poll_read(0) and not self._buf or time.monotonic() >= give_up:
-                    self._buf.clear()
+                if not self._poll_read(0) and not buf:
                     break
-            if self._buf:
+            if buf:
+                if not give_up:
+                    # a line that never falls quiet (noise, a talking device, a second master) would hold the
+                    # request for ever: after this long it goes anyway, and what comes back says what is wrong
+                    give_up = max(not_before, start) + max(self._timeout_s, 10 * self._silence)
+                if time.monotonic() >= give_up:
+                    buf.clear()
+                    break
                 self._drop_leftovers()
-                not_before = max(not_before, self._idle_since + silence)
+                not_before = min(max(not_before, self._idle_since + self._silence), give_up)
+            now = time.monotonic()
         if job.cancelled:
             raise _Cancelled
 
@@ -420,12 +430,21 @@ class RtuTransport:
             # (bounded: a waiting bus serves nobody; a slave later than that is lost, not slow)
             self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), arrived - waiting.popleft()), MAX_LATENESS)
 
+    def _plan(self, request: bytes) -> tuple[int, float]:
+        """A request's normal reply length and wire time, worked out once: a poll cycle sends the same read
+        requests again (writes, whose values vary, would only fill the table)."""
+        expected = expected_length(request)
+        plan = expected, frame_wire_time(len(request), expected, self._char_time, self._silence, self.turnaround)
+        if request[1] in (READ_HOLDING, READ_INPUT) and len(self._plans) < MAX_PLANS:
+            self._plans[request] = plan
+        return plan
+
     def _transact(self, request: bytes, job: _Job) -> list[int]:
         """One transaction, in the bus thread (raises ModbusError subclasses, _Cancelled, _Closing)."""
         unit = request[0]
         timeout = self._timeout_s
         not_before = self._idle_since + self._silence
-        waiting = self._outstanding.get(unit)
+        waiting = self._outstanding.get(unit) if self._outstanding else None
         drain: deque[float] | None = None  # the late slave's outstanding requests, forgotten once waited for
         if waiting:
             gone = time.monotonic() - self._lateness.get(unit, MAX_LATENESS) - timeout
@@ -438,11 +457,12 @@ class RtuTransport:
         self._wait_quiet(not_before, job)
         if drain is not None:
             drain.clear()  # their late replies had their time: they came and were dropped, or never will
-        need = reply_length(request, b"")
+        expected, wire_time = self._plans.get(request) or self._plan(request)
+        need = expected
         counters = self.counters
         counters.requests += 1
         counters.bytes_out += len(request)
-        counters.wire_time += frame_wire_time(len(request), need, self._char_time, self._silence, self.turnaround)
+        counters.wire_time += wire_time
         try:
             os.write(self._fd, request)
         except OSError as exc:
@@ -451,24 +471,27 @@ class RtuTransport:
             self._port_lost(f"write failed: {exc}")
             raise err from None
         sent = time.monotonic()
-        deadline = sent + timeout + len(request) * self._char_time
+        remaining = timeout + len(request) * self._char_time
+        deadline = sent + remaining
         buf = self._buf
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
             try:
                 self._poll_read(remaining * 1000.0)
             except PortUnavailable as err:
                 counters.count(err)
                 raise
-            while len(buf) >= 2 and self._drop_stray(request):
-                pass
-            if len(buf) >= 2:
-                need = reply_length(request, buf)
-                if len(buf) >= need:
+            if buf and buf[0] != unit:  # another unit's late reply in front of ours?
+                while len(buf) >= 2 and self._drop_stray(request):
+                    pass
+            got = len(buf)
+            if got >= 2:
+                need = EXCEPTION_LENGTH if buf[1] & 0x80 else expected
+                if got >= need:
                     break
-        if len(buf) < max(need, 2):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+        if len(buf) < need:
             self._idle_since = time.monotonic()
             failure: ModbusError
             if buf:  # something came back, but not a whole reply: a framing fault, not silence
@@ -488,14 +511,14 @@ class RtuTransport:
         except ModbusError as err:
             counters.count(err)
             raise
-        waiting = self._outstanding.get(unit)
+        waiting = self._outstanding.get(unit) if self._outstanding else None
         if waiting:
             # this may be the late reply to an earlier request that timed out (no transaction id tells): taken
             # as that, so the next request to this slave waits for the late reply to this one
             self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), self._idle_since - waiting.popleft()),
                                        MAX_LATENESS)
             waiting.append(sent)
-        else:
+        elif self._lateness:
             self._lateness.pop(unit, None)  # answered in time
         return words
 
@@ -523,7 +546,7 @@ def _frame_lengths(buf: bytearray) -> tuple[int, ...]:
     if len(buf) < 3:
         return ()
     if buf[1] & 0x80:
-        return (5,)
+        return (EXCEPTION_LENGTH,)
     if buf[1] in (READ_HOLDING, READ_INPUT):
         return (5 + buf[2],)
     return (8,)
