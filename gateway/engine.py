@@ -601,6 +601,15 @@ class Engine:
     def _decode_block(self, ds: DeviceState, block: Block, words: list[int], ts: float, batch: list) -> None:
         hook = self.decode_hook
         good, bad = Quality.GOOD, Quality.OUT_OF_RANGE
+        append, new = batch.append, tuple.__new__  # (a Reading built as the tuple it is: no Python __new__)
+        if hook is None:  # the usual case, a few hundred values a second: one tuple per item, no attribute reads
+            for ref, decode, offset, low, high in block.checks():
+                value = decode(words, offset)
+                if value is None or value != value:  # not available
+                    append((ref, new(Reading, (None, bad, ts))))
+                else:
+                    append((ref, new(Reading, (value, good if low <= value <= high else bad, ts))))
+            return
         for item in block.items:
             reg: RegisterSpec = item.reg
             value = None

@@ -48,3 +48,33 @@ def test_registers_that_share_a_spec_share_one_decoder():
     twin = RegisterSpec(point="cell.voltage", table="input", address=0, dtype="uint16", scale=0.001)
     assert codecs.decoder(reg) is codecs.decoder(twin)
     assert codecs.decoder(reg)([0, 2125], 1) == 2.125
+
+
+def test_the_engines_block_decoding_is_the_plain_loops_for_every_shipped_profile():
+    """Engine._decode_block's fast path (no plugin decoder: a tuple of checks per block) against its plain loop
+    (taken when a decoder hook is set; this one declines every register), on random register values with the
+    devices' "not available" codes and out-of-range values among them."""
+    import random
+
+    from tests.devicedump import all_profiles
+
+    from gateway.dump import decode_registers
+
+    rng = random.Random(18)
+    profiles = all_profiles()
+    assert len(profiles) >= 8
+    for profile in profiles.values():
+        for _ in range(40):
+            registers: dict[str, dict[str, int]] = {}
+            for reg in profile.registers:
+                table = registers.setdefault(reg.table, {})
+                for i in range(reg.count):
+                    table[str(reg.address + i)] = rng.choice(
+                        [rng.randrange(0x10000), reg.not_available or 0, 0, 0xFFFF, 0x8000, 1000])
+            fast = decode_registers(profile, registers, cells=3)
+            plain = decode_registers(profile, registers, cells=3, decode_hook=lambda profile, register, words: None)
+            assert fast.keys() == plain.keys() and fast
+            for key, reading in fast.items():
+                other = plain[key]
+                assert same(reading.value, other.value) and reading.quality is other.quality, (profile.name, key)
+                assert type(reading) is type(other) and reading.ts == other.ts

@@ -1,6 +1,7 @@
 """Block-read planner: merge a device's registers into as few reads as the protocol allows."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ class Item:
     decode: Decoder  # (the block's words, offset) -> value: codecs.decoder(reg)
 
 
+OPEN_RANGE = (-math.inf, math.inf)
+
+
 @dataclass(slots=True)
 class Block:
     table: str
@@ -32,10 +36,19 @@ class Block:
     count: int
     poll: str
     items: list[Item] = field(default_factory=list)
+    # (ref, decode, offset, low, high) per item, the valid range open when none: made by checks() at the first
+    # decode (the engine decodes a block's items every cycle; one tuple each beats five attribute reads)
+    _checks: tuple[tuple[PointRef, Decoder, int, float, float], ...] | None = None
 
     @property
     def function(self) -> int:
         return FUNCTION_FOR_TABLE[self.table]
+
+    def checks(self) -> tuple[tuple[PointRef, Decoder, int, float, float], ...]:
+        if self._checks is None:
+            self._checks = tuple((item.ref, item.decode, item.offset, *(item.reg.valid_range or OPEN_RANGE))
+                                 for item in self.items)
+        return self._checks
 
 
 def plan(entries: Iterable[PlanEntry], max_block: int = MAX_READ, max_gap: int = 4,
