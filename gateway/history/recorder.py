@@ -360,7 +360,7 @@ class HistoryWriter(threading.Thread):
     ``recorder`` may be None when the database could not be opened (a full card at start): ``opener`` is then
     called every ``flush_s`` until it returns the recorder; what arrives meanwhile is counted and dropped."""
 
-    TAKE_S = 0.2  # how often the thread takes the batches that gathered (as fresh as the 0.2 s queue wait was)
+    TAKE_S = 1.0  # how often the thread takes the batches that gathered (a wake-up costs more than the wait)
 
     def __init__(self, recorder: Recorder | None, flush_s: float = 60.0, queue_limit: int = 20000,
                  on_flush: Callable[[Recorder], None] | None = None,
