@@ -56,9 +56,8 @@ def test_the_engines_block_decoding_is_the_plain_loops_for_every_shipped_profile
     devices' "not available" codes and out-of-range values among them."""
     import random
 
-    from tests.devicedump import all_profiles
-
     from gateway.dump import decode_registers
+    from tests.devicedump import all_profiles
 
     rng = random.Random(18)
     profiles = all_profiles()
