@@ -28,6 +28,7 @@ import serial
 import serial.rs485
 
 from ..errors import GatewayError
+from ..libc import set_timer_slack
 from ..topology import BusConfig
 from .rtu import (
     EXCEPTION_LENGTH,
@@ -42,7 +43,6 @@ from .rtu import (
     frame_wire_time,
     parse_reply,
 )
-from .timer import set_timer_slack
 
 log = logging.getLogger(__name__)
 
