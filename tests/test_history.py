@@ -263,6 +263,7 @@ def test_recording_rows_are_the_ones_of_the_plain_loop(tmp_path):
     rng = random.Random(11)
     refs = [PointRef("cell.voltage", 1, c) for c in range(1, 7)] + [PointRef("string.current", 1),
                                                                    PointRef("cell.ohmic", 1, 2)]
+    refs += [PointRef("cell.eol_date", 1, 3), PointRef("cell.unknown", 1, 1)]  # not recorded: derived, no family
     t = float(T0)
     rows = []
     for step in range(400):

@@ -189,22 +189,29 @@ class Recorder:
 
     def add(self, batch: Iterable[tuple[PointRef, Reading]]) -> None:
         good = Quality.GOOD
+        # ``round`` of a float, without the builtin's look-up of ``__round__`` (a third of its time); a quotient
+        # is a float whatever the value's type
+        round_float = float.__round__
         targets, finest = self._targets, self.finest
         taken = 0
         for ref, reading in batch:
+            # the point first: two readings in three are of families not recorded (an empty target)
+            target = targets.get(ref)
+            if not target:
+                if target is not None:
+                    continue
+                value = reading.value
+                if reading.quality is not good or value is None or not math.isfinite(value):
+                    continue  # (a series is made by a value it records)
+                target = self._target(ref)
+                if not target:
+                    continue
             value = reading.value
             if reading.quality is not good or value is None:
                 continue
-            target = targets.get(ref)
-            if target is None:
-                if not math.isfinite(value):
-                    continue  # (a series is made by a value it records)
-                target = self._target(ref)
-            if not target:
-                continue
             st, idx = target
             try:
-                iv = round(value / st.scale)
+                iv = round_float(value / st.scale)
             except (ValueError, OverflowError):  # NaN, an infinity: nothing to record
                 continue
             ts = reading.ts
