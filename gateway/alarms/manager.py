@@ -272,10 +272,10 @@ class AlarmManager:
         referenced: dict[tuple[str, ...], tuple[float | None, ...]] = {}
         nothing = self._nothing
         for ref, reading in batch:
-            value = reading.value
             slot = fast(ref)
             if slot is nothing:  # no rule, no string state or ohmic test, not a bank device's
                 continue
+            value = reading.value
             # ``Evaluator.update_ref``'s test that the verdict cannot change, without the calls: the value last
             # judged, nothing waiting, and what else the point's rules look at as the last judgement saw it
             if slot is not None and value == slot.last and not slot.waiting and reading.quality is good \
