@@ -271,7 +271,8 @@ def test_recording_rows_are_the_ones_of_the_plain_loop(tmp_path):
         batch = []
         for ref in rng.sample(refs, rng.randint(1, len(refs))):
             ts = rng.choice([t, t - rng.uniform(0, 4), t - 120, math.floor(t / 60) * 60.0, math.floor(t / 900) * 900.0])
-            value = rng.choice([13.5 + rng.uniform(-1, 1), math.nan, None, 0.004, -25.0, math.inf, -math.inf])
+            value = rng.choice([13.5 + rng.uniform(-1, 1), math.nan, None, 0.004, -25.0, math.inf, -math.inf,
+                                5e12, -5e12])  # (the last two: cell.ohmic stores them beyond 2 ** 62)
             quality = Quality.GOOD if rng.random() < 0.9 else Quality.STALE
             batch.append((ref, Reading(value, quality, ts)))
         rec.add(batch)

@@ -63,11 +63,10 @@ class Commit:
     ts: float
 
 
-# the open bucket's minimum and maximum of a point with no reading in it yet: any reading is below and above them
-# (a stored integer fits in 32 bits), so a reading is compared without a test for "none yet"; ``_emit_roll`` writes
-# None for such a point (its count is 0)
-_NO_LOW = 1 << 62
-_NO_HIGH = -(1 << 62)
+# the open bucket's minimum and maximum of a point with no reading in it yet: every reading is below and above them,
+# so it is compared without a test for "none yet"; ``_emit_roll`` writes None for such a point (its count is 0)
+_NO_LOW = math.inf
+_NO_HIGH = -math.inf
 
 
 def _grow(lst: list, index: int, fill) -> None:
