@@ -7,14 +7,15 @@ buses at 115200 baud; after a warm-up, every ``put_many`` and ``mark`` of the st
 engine, the string supervision, the analytics and the alarms' levels write, in the order and the batches they
 write it), pickled to FILE.
 
-``--replay FILE`` (the default when FILE exists): each of ``--reps`` rounds builds a fresh gateway of the recorded
-config (no port) with the string supervision's transforms on its store, an alarm manager driven on the
-recorded clock, and a history ``Recorder`` flushed every 60 s as the writer does, then puts the recording
+``--replay FILE`` (both may be given: record, then replay): each of ``--reps`` rounds builds a fresh gateway of
+the recorded config (no port) with the string supervision's transforms on its store, an alarm manager driven on
+the recorded clock, and a history ``Recorder`` flushed every 60 s as the writer does, then puts the recording
 again, the first fifth unmeasured (slots, series and routes made), and prints the CPU time
 (``time.process_time``) per 5 s of recording: the store's ``put_many``/``mark`` (transforms, change feed,
 the listeners' hand-off), the alarm evaluation (``drive``), ``Recorder.add``, and its flushes (SQLite).  Also
 printed: readings judged and alarm events, the same for any tree replaying the same file.  The minimum over
-the rounds is the figure (the machine is shared).
+the rounds is the figure (the machine is shared).  Record at least two minutes: in a short recording the
+points' first readings (slots, routes and series made) weigh on the figures.
 
 Where bench/changed_work.py writes a synthetic pattern, this replays what the engine publishes (about 35
 batches a cycle of about 85 readings, analytics republishes with None, temperatures that move with the
