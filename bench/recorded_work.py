@@ -23,6 +23,7 @@ simulator's noise); run it from another checkout's ``bench/`` on the same FILE f
 
     .venv/bin/python bench/recorded_work.py --record /tmp/bank.pkl --seconds 150
     .venv/bin/python bench/recorded_work.py --replay /tmp/bank.pkl [--reps 3]
+    .venv/bin/python bench/recorded_work.py      # (both, on a file of its own that it removes)
 
 Issue 18, CPU pass on alarms, history and the store (branch i18-cpu3 against main 8306170, one 150 s
 recording, this file run from both trees alternately, twice each, load average 0.1-0.6), ms per 5 s cycle,
@@ -41,8 +42,10 @@ The last line printed is the headline: the components' ms per cycle and their su
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -180,8 +183,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="replay rounds; the minimum is printed (3)")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
-    if args.record is None and args.replay is None:
-        ap.error("say --record FILE or --replay FILE")
+    if args.record is None and args.replay is None:  # on its own (make bench): record, then replay, a temp file
+        folder = Path(tempfile.mkdtemp(prefix="bmsgw-recorded-"))
+        atexit.register(shutil.rmtree, folder, True)
+        args.record = args.replay = folder / "bank.pkl"
     if args.record is not None:
         record(args.record, args.seconds, args.warmup)
     if args.replay is not None:
