@@ -117,6 +117,7 @@ class BusState:
     # readings of this cycle not in the store yet: published together (see Engine.PUBLISH_S)
     unpublished: list = field(default_factory=list)
     unpublished_since: float = 0.0  # when the oldest of them was read (time.monotonic)
+    wire_times: dict[bytes, float] = field(default_factory=dict)  # request -> its transaction's wire time
 
     def may_probe(self, until: float | None) -> bool:
         """May the bus spend a timeout on a device that may not answer?  Yes when the bus would idle that long
@@ -500,11 +501,15 @@ class Engine:
         batches: list[list[_Reads]] = []
         batch: list[_Reads] = []
         spent = 0.0
+        wire_times = bs.wire_times  # (the same requests every cycle: each worked out once)
         for reads in sweep:
             batch.append(reads)
             for _, request in reads.todo:
-                spent += frame_wire_time(len(request), expected_length(request), bus.char_time, bus.silence,
-                                         turnaround)
+                wire = wire_times.get(request)
+                if wire is None:
+                    wire = wire_times[request] = frame_wire_time(len(request), expected_length(request),
+                                                                 bus.char_time, bus.silence, turnaround)
+                spent += wire
             if spent >= budget:
                 batches.append(batch)
                 batch, spent = [], 0.0
