@@ -54,7 +54,7 @@ def run_script(straight: bool) -> tuple[list, dict, int]:
 
     async def go():
         nonlocal careful
-        tr = RtuTransport(BusConfig("b", os.ttyname(slave), baud=115200, timeout_ms=100))
+        tr = RtuTransport(BusConfig("b", os.ttyname(slave), baud=115200, timeout_ms=1000))  # (a loaded machine)
         tr.straight = straight
         carefully = tr._transact_carefully
 
