@@ -4,6 +4,7 @@ batches of transactions handed to the bus's thread at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import threading
@@ -12,7 +13,7 @@ import tty
 
 import pytest
 
-from gateway.modbus.rtu import read_request, with_crc
+from gateway.modbus.rtu import NoReply, read_request, with_crc
 from gateway.modbus.transport import RtuTransport
 from gateway.topology import BusConfig
 
@@ -254,3 +255,73 @@ def test_a_line_that_never_falls_quiet_still_gets_its_request_and_an_answer_for_
         stop.set()
         t.join()
     assert sent and sent[0].startswith(read_request(5, 4, 0, 1)), "the request went out"
+
+
+def fill_output(slave: int) -> int:
+    """Fill the line's output buffer, as an adapter stalled by flow control leaves it; returns the bytes put."""
+    filler = os.open(os.ttyname(slave), os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    put = 0
+    try:
+        while True:
+            before = put
+            for chunk in (4096, 256, 16, 1):  # to the last byte: a request of 8 must not fit
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        put += os.write(filler, b"\0" * chunk)
+            if put == before:  # nothing more went: the kernel has moved all it can towards the unread far end
+                return put
+            time.sleep(0.01)  # (the kernel moves a pseudo-terminal's buffer on in the background)
+    finally:
+        os.close(filler)
+
+
+def test_a_full_output_buffer_holds_the_request_until_there_is_room(pty_pair):
+    """A full output buffer (the write would block) is not a lost port: the request goes once there is room."""
+    master, slave = pty_pair
+    queued = fill_output(slave)
+    seen: dict = {}
+
+    async def go():
+        tr = transport(slave)
+        tr.open()
+
+        def stalled_adapter():  # moves the line again once the transport has tried to send
+            deadline = time.monotonic() + 5
+            while tr.counters.requests == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            got = b""
+            while len(got) < queued + 8 and select.select([master], [], [], 5)[0]:
+                got += os.read(master, 65536)
+            seen["request"] = got[queued:]
+            os.write(master, with_crc(bytes([5, 4, 2, 0x00, 0x2A])))
+
+        peer = threading.Thread(target=stalled_adapter)
+        peer.start()
+        try:
+            words = await tr.transact(read_request(5, 4, 0, 1))
+            return words, tr.counters, tr.is_open
+        finally:
+            tr.close()
+            await asyncio.to_thread(peer.join)
+
+    words, counters, still_open = asyncio.run(go())
+    assert words == [42] and seen["request"] == read_request(5, 4, 0, 1)
+    assert still_open and counters.requests == 1 and counters.timeouts == counters.crc_errors == 0
+
+
+def test_a_request_that_cannot_go_out_within_the_timeout_fails_as_unanswered_and_the_port_stays(pty_pair):
+    master, slave = pty_pair
+    fill_output(slave)
+
+    async def go():
+        tr = transport(slave)
+        tr.open()
+        try:
+            with pytest.raises(NoReply, match="request not sent: the port's output stayed full for 500 ms"):
+                await tr.transact(read_request(5, 4, 0, 1))
+            return tr.counters, tr.is_open
+        finally:
+            tr.close()
+
+    counters, still_open = asyncio.run(go())
+    assert still_open and counters.requests == 1 and counters.timeouts == 1

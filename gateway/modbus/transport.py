@@ -525,13 +525,44 @@ class RtuTransport:
         counters.bytes_out += len(request)
         counters.wire_time += wire_time
         try:
-            os.write(self._fd, request)
+            written = os.write(self._fd, request)
+        except (BlockingIOError, InterruptedError):
+            written = 0
         except OSError as exc:
-            err = PortUnavailable(f"write failed: {exc}")
-            counters.count(err)
-            self._port_lost(f"write failed: {exc}")
-            raise err from None
+            raise self._write_failed(exc) from None
+        if written < len(request):
+            self._write_rest(request, written)
         return expected, time.monotonic()
+
+    def _write_failed(self, exc: OSError) -> PortUnavailable:
+        err = PortUnavailable(f"write failed: {exc}")
+        self.counters.count(err)
+        self._port_lost(f"write failed: {exc}")
+        return err
+
+    def _write_rest(self, request: bytes, written: int) -> None:
+        """The port's output buffer is full (an adapter stalled by flow control, or a slow one): the rest of the
+        request goes as room is made, within the bus's timeout; after that it fails like an unanswered one (its
+        device is tried again), where it once was taken for a lost port."""
+        deadline = time.monotonic() + self._timeout_s
+        while written < len(request):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                err = NoReply(f"request not sent: the port's output stayed full for {self.bus.timeout_ms} ms")
+                self.counters.count(err)
+                raise err
+            woken, _, _ = select.select([self._wake_r], [self._fd], [], remaining)
+            if woken:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    os.read(self._wake_r, 512)
+                if self._closing:
+                    raise _Closing
+            try:
+                written += os.write(self._fd, request[written:])
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                raise self._write_failed(exc) from None
 
     def _receive(self, request: bytes, expected: int, sent: float, deadline: float) -> list[int]:
         """Wait until ``deadline`` for the whole reply to ``request`` (what came of it may be in the buffer)."""
