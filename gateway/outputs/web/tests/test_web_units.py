@@ -158,6 +158,37 @@ def test_trend_buffer_shares_one_time_axis_and_takes_late_readings_and_a_clock_s
     assert buf._values.itemsize + buf._offsets.itemsize == 6 and len(buf._values) == len(refs) * 4
 
 
+def test_trend_buffer_keeps_the_same_samples_whatever_else_a_batch_carries():
+    """Readings of families the buffer does not keep (a history module records them) are passed over on their
+    family's name: a buffer fed whole mixed batches keeps exactly what one fed only its own points keeps."""
+    import random
+
+    from gateway.pointmap import MappedPoint
+    from gateway.points import PointSpec
+
+    specs = {p: PointSpec(p, "cell", "V", "", 0) for p in ("cell.voltage", "cell.soc", "cell.temperature")}
+    entries = [MappedPoint(PointRef(p, s, c), spec, 0, (), "m", 1.0, (), "/x")
+               for p, spec in specs.items() for s in (1, 2) for c in (1, 2, 3)]
+
+    class PM:
+        def __iter__(self):
+            return iter(entries)
+
+    mixed, alone = (LiveBuffer(PM(), interval_s=15, samples=8, families={"cell.soc", "cell.voltage"}) for _ in "ab")
+    rng = random.Random(3)
+    refs = [e.ref for e in entries] + [PointRef("cell.soc", 3, 1), PointRef("string.current", 1)]  # (no such row)
+    now = 10_000.0
+    for _ in range(300):
+        now += rng.choice([1.0, 5.0, 7.5])
+        batch = [(ref, Reading(rng.choice([2.2, None, 0.5]), rng.choice([Quality.GOOD, Quality.STALE]),
+                               now - rng.random())) for ref in rng.sample(refs, rng.randint(0, len(refs)))]
+        mixed.on_batch(batch)
+        alone.on_batch([(ref, r) for ref, r in batch if ref in alone])
+    for ref in refs:
+        assert mixed.query(ref, 0, 1e9, 100) == alone.query(ref, 0, 1e9, 100)
+    assert len(mixed) == len(alone) == 12
+
+
 def test_listen_parsing():
     assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert parse_listen("[::1]:8443") == ("::1", 8443)
