@@ -36,10 +36,9 @@ import ssl
 import threading
 import time
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterable, Set as AbstractSet
 from itertools import compress, count, repeat
-from operator import eq, mul, ne, sub, truediv
+from operator import eq, itemgetter, mul, ne, sub, truediv
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -68,6 +67,7 @@ BIRTH_JITTER_S = 2.0
 # Birth messages closer together than this are answered once (later, not dropped): anyone who may publish on
 # the broker cannot make the gateway send its 1 MB of configs over and over.
 BIRTH_MIN_INTERVAL_S = 30.0
+_POINT = itemgetter(0)  # a ref's family
 MEMO_MAX = 4096  # values (or texts) a column keeps at most to spare rounding again
 
 
@@ -308,7 +308,7 @@ class _Column:
 
     __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
                  "present", "text", "bad", "first", "last", "changed", "floats", "raw", "texts", "churn",
-                 "last_raw", "memo", "by_step")
+                 "last_raw", "memo", "by_step", "points")
 
     def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
         count = len(column)
@@ -316,6 +316,7 @@ class _Column:
         self.key = key  # the topic's
         self.refs = [v.ref if v is not None else None for v in column]
         self.members = frozenset(ref for ref in self.refs if ref is not None)
+        self.points = frozenset(ref.point for ref in self.members)  # its family (one, unless two share a name)
         self.index = {ref: i for i, ref in enumerate(self.refs) if ref is not None}
         self.unit = probe.unit  # unit and resolution: the same for every battery of the column
         self.places = probe.places
@@ -502,10 +503,6 @@ class FeedPayloads:
                                 {"string": s.id, "cell": c}, cell=True)
             else:
                 self._cells_topic(s.id, s.cells)
-        # each battery point's column (by its place in _columns), to count a cycle's writes per column in one pass
-        self._column_of = {ref: i for i, col in enumerate(self._columns) for ref in col.members}
-        if len(self._column_of) != self._cell_points:  # (a point in two columns: each column looks for its own)
-            self._column_of = {}
 
     def _topic(self, key: Any, topic: str, groups: dict[str, list[_Value]], fields: dict[str, Any],
                cell: bool = False) -> None:
@@ -578,20 +575,23 @@ class FeedPayloads:
                 dirty.add(key)
         # most of the bank written (the first cycle, or the feed no longer reaches back): every column read
         everything = changed is None or len(changed) > self._cell_points // 2
-        columns = self._columns
-        if changed is None or everything:
-            writes = [(col, len(col.members)) for col in columns]
-        elif self._column_of:  # the writes per column counted in C: one lookup per point written, not per battery
-            writes = [(columns[i], n) for i, n in Counter(map(self._column_of.get, changed)).items() if i is not None]
-        else:
-            writes = [(col, len(changed & col.members)) for col in columns]
-        for col, n in writes:
-            if not n:
+        # the families written, from their names (a string keeps its hash; a ref's is worked out at each lookup):
+        # the columns of the others are not looked for in the feed
+        names = None if changed is None or everything else set(map(_POINT, changed))
+        for col in self._columns:
+            written: AbstractSet[PointRef]
+            if names is None:
+                written = col.members
+            elif names.isdisjoint(col.points):
                 continue
-            if 4 * n > len(col.members):
+            else:
+                written = changed & col.members  # type: ignore[operator]  # (names: changed is a set)
+                if not written:
+                    continue
+            if 4 * len(written) > len(col.members):
                 col.read_all(store.get_many)
             else:
-                col.read(col.members if changed is None or everything else changed & col.members, get)
+                col.read(written, get)
             col.refresh()
             dirty.add(col.key)
         self.generation = generation
