@@ -852,8 +852,13 @@ class MqttUploader:
             if seq is None:
                 self._early.add(mid)
                 return
-            self.queue.ack(seq)
-            self._cv.notify_all()
+            q = self.queue
+            full = q.inflight >= self.window
+            q.ack(seq)
+            # the sender waits for room in the window, a row to delete, or (a re-sync, a shutdown) the last
+            # acknowledgement: woken then, not by each of a cycle's acknowledgements (a thread switch each)
+            if full or q.has_deletes or not q.inflight:
+                self._cv.notify_all()
 
     # -- the sender thread -----------------------------------------------------------------------------------
     def _announce_due(self) -> bool:
