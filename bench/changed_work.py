@@ -103,6 +103,7 @@ from gateway.history import open_history
 from gateway.history.recorder import PointFilter, Recorder
 from gateway.outputs.mqtt.face import FeedPayloads, PayloadBuilder
 from gateway.outputs.mqtt.queue import encode
+from gateway.outputs.web.sources import LiveBuffer
 from gateway.points import PointRef, Quality, Reading
 from gateway.strings import make_supervisor, string_states
 
@@ -159,15 +160,27 @@ class Components:
                                  raw_interval_s=cfg["raw"]["interval_s"], intervals=cfg["raw"]["intervals"])
         self.stored: list[list[tuple[PointRef, Reading]]] = []
         self.listener_s = 0.0  # the analytics' store listener, counted as the analytics' (py-spy does too)
+        # the web face's live trend buffer: the families no history module records (as the face asks at start)
+        web = gw.config.section("web")["trend_buffer"]
+        kept = PointFilter(cfg["include"], cfg["exclude"])
+        unkept = {e.spec.id for e in gw.pointmap if e.spec.kind == "gauge" and not kept(e.spec)}
+        self.buffer = LiveBuffer(gw.pointmap, web["interval_s"], web["samples"], families=unkept)
+        self.web_s = 0.0
         gw.store.subscribe(self._observe)
+        gw.store.subscribe(self._buffer)
         gw.store.subscribe(self.stored.append)  # (the history writer's queue)
-        self.seconds = {"store": 0.0, "history": 0.0, "analytics": 0.0, "strings": 0.0}
+        self.seconds = {"store": 0.0, "history": 0.0, "analytics": 0.0, "strings": 0.0, "web": 0.0}
         self.cycles = 0
 
     def _observe(self, batch: list[tuple[PointRef, Reading]]) -> None:
         t0 = time.process_time()
         self.analytics.observe(batch)
         self.listener_s += time.process_time() - t0
+
+    def _buffer(self, batch: list[tuple[PointRef, Reading]]) -> None:
+        t0 = time.process_time()
+        self.buffer.on_batch(batch)
+        self.web_s += time.process_time() - t0
 
     def floating(self, batch: list[tuple[PointRef, Reading]]) -> list[tuple[PointRef, Reading]]:
         """The batch as a floating bank's: a small charge current, from which the string supervision finds the
@@ -177,23 +190,24 @@ class Components:
 
     def cycle(self, batch: list[tuple[PointRef, Reading]], now: float, measure: bool = True) -> None:
         clock = time.process_time
-        l0, t0 = self.listener_s, clock()
+        w0, l0, t0 = self.web_s, self.listener_s, clock()
         self.gw.store.put_many(batch)
-        l1, t1 = self.listener_s, clock()
+        w1, l1, t1 = self.web_s, self.listener_s, clock()
         while self.stored:
             self.recorder.add(self.stored.pop(0))
         t2 = clock()
         out = self.analytics.tick(now, publish=False)
         l3, t3 = self.listener_s, clock()
         self.gw.store.put_many(out)  # (recorded with the next cycle's batch, as the writer takes what is queued)
-        l4, t4 = self.listener_s, clock()
+        w4, l4, t4 = self.web_s, self.listener_s, clock()
         if self.cycles % 2 == 0:
             self.supervisor.tick(now)
-        l5, t5 = self.listener_s, clock()
+        w5, l5, t5 = self.web_s, self.listener_s, clock()
         self.cycles += 1
         if measure:
-            for name, dt in (("store", t1 - t0 - (l1 - l0) + t4 - t3 - (l4 - l3)), ("history", t2 - t1),
-                             ("analytics", t3 - t2 + l5 - l0), ("strings", t5 - t4 - (l5 - l4))):
+            for name, dt in (("store", t1 - t0 - (l1 - l0) - (w1 - w0) + t4 - t3 - (l4 - l3) - (w4 - w1)),
+                             ("history", t2 - t1), ("analytics", t3 - t2 + l5 - l0),
+                             ("strings", t5 - t4 - (l5 - l4) - (w5 - w4)), ("web", w5 - w0)):
                 self.seconds[name] += dt
 
 
@@ -277,7 +291,7 @@ def main() -> None:
           f"{alarms['incremental'] / n * 1e3:.1f} ms (readings judged: {managers[0].evaluator.judged} and "
           f"{managers[1].evaluator.judged})")
     print("the rest, per cycle: " + ", ".join(f"{name} {sec / n * 1e3:.1f} ms" for name, sec in rest.seconds.items())
-          + " (analytics: its tick and its store listener)")
+          + " (analytics: its tick and its store listener; web: its live trend buffer's listener)")
     print(f"analytics jobs (forecasts and diagnoses, every 6 h): {jobs_s * 1e3:.0f} ms")
     print(f"work per cycle, plain / incremental: MQTT {mqtt['plain'] / mqtt['feed']:.1f}x, "
           f"alarms {alarms['plain'] / alarms['incremental']:.1f}x")

@@ -73,6 +73,8 @@ class LiveBuffer:
         rows, n, values, offsets, filled = self._row, self._n, self._values, self._offsets, self._filled
         good, nan, per_second = Quality.GOOD, math.nan, steps / interval
         kept = self._points
+        seen = None  # the time of the last reading placed: a device's readings (a tick's outputs) share theirs
+        base = offset = 0
         with self._lock:
             last, newest = self._last, self._newest
             for ref, reading in batch:
@@ -86,20 +88,23 @@ class LiveBuffer:
                 ts = reading.ts
                 if 0.0 <= ts - last[r] < interval:  # (a reading from before the last: the clock went back)
                     continue
-                slot = int(ts // interval)
-                if newest is None or slot > newest:
-                    self._advance(slot)
-                    newest = slot
-                elif slot <= newest - samples:  # older than the whole window: the clock was set back
-                    self._newest = None
-                    self._advance(slot)
-                    newest = slot
-                    last = self._last = [-math.inf] * n
-                pos = (slot % samples) * n + r
+                if ts != seen:  # (the same time: the same slot, already the newest or within the window)
+                    seen = ts
+                    slot = int(ts // interval)
+                    if newest is None or slot > newest:
+                        self._advance(slot)
+                        newest = slot
+                    elif slot <= newest - samples:  # older than the whole window: the clock was set back
+                        self._newest = None
+                        self._advance(slot)
+                        newest = slot
+                        last = self._last = [-math.inf] * n
+                    base = (slot % samples) * n
+                    offset = min(int((ts - slot * interval) * per_second + 0.5), steps - 1)
+                pos = base + r
                 if offsets[pos] != empty:
                     continue
-                offset = int((ts - slot * interval) * per_second + 0.5)
-                offsets[pos] = offset if offset < steps else steps - 1
+                offsets[pos] = offset
                 value = reading.value
                 values[pos] = value if reading.quality is good and value is not None else nan
                 filled[r] = 1
