@@ -999,7 +999,8 @@ class MqttUploader:
                 msgs = self.payloads.messages(time.time())
                 items = [(topic, doc, retain and is_values) for topic, doc, is_values in msgs]
                 if items:
-                    await asyncio.to_thread(self.queue.put_many, items)
+                    if not self.queue.put_in_memory(items):  # (the link down, a backlog: the disk, in a thread)
+                        await asyncio.to_thread(self.queue.put_many, items)
                     self._wake()
                 self._publish_figures()
             except asyncio.CancelledError:
