@@ -376,11 +376,15 @@ class _Column:
         if qualities.count(Quality.GOOD) != len(readings):
             return False
         raw = list(read)
-        if list(map(type, raw)) != self.floats or not all(map(math.isfinite, raw)):
+        if list(map(type, raw)) != self.floats:
             return False
-        bits = array("d", raw).tobytes()
         old = self.raw
-        if bits != old:
+        # the values of the last read (the usual case for most columns): equal floats have the same bits, zeros
+        # apart (0.0 and -0.0; the last read's were all finite, so a NaN or an infinity is unequal)
+        same = bool(old) and raw == self.last_raw and 0.0 not in raw
+        if not same and not all(map(math.isfinite, raw)):
+            return False
+        if not same and (bits := array("d", raw).tobytes()) != old:
             places = self.places
             # the batteries whose value changed (compared in C; every zero too: 0.0 and -0.0 are equal), when the
             # last read was of this kind too: a few of them are rounded and written again one by one, each
