@@ -82,22 +82,30 @@ times the analytics' jobs once.  ms per 5 s cycle, ``--cycles 60``, main -> bran
 
 Issue 18, session 7 (branch i18-cpu4 against main 8306170; this file, which now also counts the web face's live
 trend buffer's listener as "web", run from both trees, alternately, twice each, ``--cycles 60``, load average
-0.5-1.2), ms per 5 s cycle, main -> branch:
-    MQTT from the change feed 5.4 -> 4.2-4.4: a topic's entries written as text, not dicts through json.dumps
+0.2-1.2), ms per 5 s cycle, main -> branch:
+    MQTT from the change feed 5.3-5.5 -> 4.1-4.4: a topic's entries written as text, not dicts through json.dumps
         (the reading times of a device's values written once), the cells documents' constant parts encoded once,
         a column mostly new each tick (the deviations) rounded from its integer steps of the resolution in C
-        (``round`` near a tie), recurring voltages' texts remembered, the columns written found from the families'
-        names (a string keeps its hash; a PointRef's, ~110 ns here, is worked out at every lookup);
+        (``round`` near a tie), recurring voltages' texts remembered, a column read with its last values passed on
+        a list comparison, the columns written found from the families' names (a string keeps its hash; a
+        PointRef's, ~110 ns here, is worked out at every lookup);
     web 1.3-1.4 -> 0.9-1.0: readings of families a history module keeps passed over on their name, a reading's
         slot and offset worked out once per time (a device's readings, a tick's outputs share theirs);
-    analytics 2.7 -> 2.6-2.7 (unchanged: the store listener's loop is ~60 ns a reading, a pass in C through
-        itemgetters measured twice as slow; the tick's largest part is reading its columns, a ref hashed each);
-    those three 9.4-9.5 -> 7.8-8.0 ms per cycle (0.19 -> 0.16 % of one core of this machine).
+    analytics 2.7-2.8 -> 2.5-2.7 (no change of its own: the store listener's loop is ~60 ns a reading, a pass in
+        C through itemgetters measured twice as slow; the tick's largest part is reading its columns, a ref
+        hashed each);
+    those three 9.4-9.7 -> 7.5-8.1 ms per cycle (0.19 -> 0.16 % of one core of this machine).
+    The whole uploader, its threads and the broker's acknowledgements counted (bench/mqtt_cycle.py): 6.9-7.6 ->
+    5.3-5.8 ms of CPU per publish cycle (the cycle queued on the event loop when it needs no disk, the sender
+    woken by an acknowledgement only when it waits for one).
     What this file does not see: the analytics' jobs (35-42 ms a run here, a third of it the forecasts' and
     diagnoses' JSON) run 60 s after start and every 6 h (bench/controller_budget.py's window, 40 s after the first
-    poll cycle, holds the first run: about 0.04-0.08 % of a core over 90 s), a hand-off to a worker thread
-    (``asyncio.to_thread``: ~150 us of CPU in the two threads here, twice per cycle: the tick and the MQTT queue),
-    and the MQTT sender thread's wake-ups (one per acknowledgement before: now one per window of them).
+    poll cycle, holds the first run: about 0.04-0.08 % of a core over 90 s), the tick's hand-off to a worker
+    thread (``asyncio.to_thread``: ~150 us of CPU in the two threads here), thread wake-ups.
+    bench/controller_budget.py `--seconds 90 --warmup 40 --detail 40` (one run, load average 0.5-0.8): 1.69 % of
+    one core (1.59 % on main before, another run), mqtt 0.206, analytics 0.183, web 0.016 % of a core; with 112
+    busy samples of the GIL's holder (a component's share +-30 % and more) and per-thread CPU in 10 ms ticks
+    (0.011 % of a core over 90 s), the run cannot tell these changes from noise: the figures above can.
 
 The last line printed is the headline: both ratios.
 """
