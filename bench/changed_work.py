@@ -80,6 +80,27 @@ times the analytics' jobs once.  ms per 5 s cycle, ``--cycles 60``, main -> bran
     0.5-1.3: analytics 0.301 -> 0.153 % of a core (11.6 % -> 6.0 % of the gateway's CPU); the gateway 2.60 and
     2.57 % of a core (the engine's 1.34-1.41 % dominates the noise), RSS 78.3 MB both.
 
+Issue 18, third CPU pass on alarms, history and the store (branch i18-cpu3 against main 8306170, this file run
+from both trees, alternately, twice each, 60 cycles, load average 0.8-1.1), ms per 5 s cycle, main -> branch:
+    alarms incremental 1.7-1.8 -> 1.4-1.5 (plain 10.9-11.0 -> 11.6-12.1: the plain path is unchanged, the
+        machine is shared); readings judged 47696 both.  The gain is larger on a live bank, where the cell
+        temperatures move: a cell temperature within its setpoints and its over-ambient ones is now judged
+        quiet in line (its slot "ranged" with one reference point), and so is a voltage after readings of the
+        same value (their conditions caught up in line): bench/recorded_work.py, on 150 s recorded from a live
+        default bank, 2.85-2.93 -> 2.09-2.23, the readings sent to ``_judge`` about 350 -> 10 a cycle;
+    history 2.9-3.0 -> 1.8-1.9 (the point looked up before its reading is read: two readings in three are of
+        families not recorded; one range test for the open slot and bucket, where the two meet; the bucket's
+        min and max from sentinels, not None; ``float.__round__`` instead of the builtin ``round``, which looks
+        ``__round__`` up on every call);
+    store 1.2 -> 1.2-1.3 (unchanged within the noise: the families with an ingest transform looked for in C
+        from the refs; on the recorded batches 1.05-1.10 -> 0.95-1.06).
+    The history writer's SQLite side (bench/recorded_work.py's replay, an hour of it: 150 s replayed 25 times,
+    flushed every 60 s): one transaction a minute, one executemany of about 52 raw rows (a row per series and
+    raw slot, a series' values as one vector: the string currents and voltages every 5 s, the cell families per
+    string and the rest every minute) and 2 roll-up rows a minute (each series once per 15 min), 2 meta reads
+    for the coarser tiers; once an hour the roll-up (a SELECT per series) and the retention (a DELETE per series
+    and tier).  1.3 ms of CPU a minute: the writer thread's CPU is ``add`` (and its wake-ups, once a second).
+
 Issue 18, session 7 (branch i18-cpu4 against main 8306170; this file, which now also counts the web face's live
 trend buffer's listener as "web", run from both trees, alternately, twice each, ``--cycles 60``, load average
 0.2-1.2), ms per 5 s cycle, main -> branch:

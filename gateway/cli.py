@@ -25,7 +25,9 @@ def _setup_logging(level: str = "INFO") -> None:
 # -- commands ------------------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
     from .app import Gateway
+    from .libc import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread starts (see gateway/libc.py)
     gw = Gateway(config_path(args))
     if not args.log_level:  # --log-level wins over the config
         logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])

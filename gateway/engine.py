@@ -117,6 +117,7 @@ class BusState:
     # readings of this cycle not in the store yet: published together (see Engine.PUBLISH_S)
     unpublished: list = field(default_factory=list)
     unpublished_since: float = 0.0  # when the oldest of them was read (time.monotonic)
+    wire_times: dict[bytes, float] = field(default_factory=dict)  # request -> its transaction's wire time
 
     def may_probe(self, until: float | None) -> bool:
         """May the bus spend a timeout on a device that may not answer?  Yes when the bus would idle that long
@@ -500,11 +501,15 @@ class Engine:
         batches: list[list[_Reads]] = []
         batch: list[_Reads] = []
         spent = 0.0
+        wire_times = bs.wire_times  # (the same requests every cycle: each worked out once)
         for reads in sweep:
             batch.append(reads)
             for _, request in reads.todo:
-                spent += frame_wire_time(len(request), expected_length(request), bus.char_time, bus.silence,
-                                         turnaround)
+                wire = wire_times.get(request)
+                if wire is None:
+                    wire = wire_times[request] = frame_wire_time(len(request), expected_length(request),
+                                                                 bus.char_time, bus.silence, turnaround)
+                spent += wire
             if spent >= budget:
                 batches.append(batch)
                 batch, spent = [], 0.0
@@ -541,8 +546,13 @@ class Engine:
     def _take(self, transport: RtuTransport | None, reads: _Reads, outcomes: list[Outcome]) -> None:
         """What a device's reads got (``outcomes``, in order of ``reads.todo``; fewer when a timeout ended them
         or the port closed): decode the values, keep what failed and is worth another try."""
-        again: list[tuple[Block, bytes]] = []
         todo = reads.todo
+        if len(todo) == 1 and len(outcomes) == 1 and type(outcomes[0]) is list:  # the usual: one read, answered
+            reads.timed_out, reads.answered = False, True
+            self._decode_block(reads.ds, todo[0][0], outcomes[0], reads.ts, reads.batch)
+            reads.todo = []
+            return
+        again: list[tuple[Block, bytes]] = []
         reads.timed_out = reads.answered = False
         for n, (block, request) in enumerate(todo):
             if n >= len(outcomes):  # not tried: the bus is not open (a timeout ends the loop below first)
@@ -573,6 +583,17 @@ class Engine:
     def _finish(self, reads: _Reads) -> None:
         ds = reads.ds
         bs = self.buses.get(ds.device.bus)
+        if (bs is not None and not reads.todo and not reads.refused and not ds.failures and not ds.lost
+                and (ds.comm_ref is None or self.store.get(ds.comm_ref) is not None)):
+            # the usual: a device in good standing read whole; what the general way below comes to, with less
+            if reads.batch:
+                if not bs.unpublished:
+                    bs.unpublished_since = reads.at
+                bs.unpublished.extend(reads.batch)
+                if time.monotonic() - bs.unpublished_since >= self.PUBLISH_S:
+                    self._publish_readings(bs)
+            ds.last_ok = reads.ts
+            return
         if reads.batch:
             if bs is None:
                 self.store.put_many(reads.batch)

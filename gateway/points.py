@@ -110,6 +110,7 @@ class Reading(NamedTuple):
 
 
 _REF_OF = itemgetter(0)  # the ref of an item (ref, reading)
+_POINT_OF = itemgetter(0)  # the family of a ref (PointRef.point)
 
 Listener = Callable[[list[tuple[PointRef, Reading]]], None]
 # An ingest transform: (ref, reading, fresh) -> the items to store instead.  ``fresh`` is False when only the
@@ -174,14 +175,22 @@ class PointStore:
 
     def put_many(self, items: Iterable[tuple[PointRef, Reading]]) -> None:
         batch = list(items)
-        if self._transforms and batch:
-            batch = self._transformed(batch, True)
-        self._publish(batch)
-
-    def _publish(self, batch: list[tuple[PointRef, Reading]]) -> None:
         if not batch:
             return
         refs = tuple(map(_REF_OF, batch))
+        # most batches hold no reading of a transformed family (a cell sensor's, the analytics'): that is found in
+        # C from the refs the change feed keeps anyway, where the transform loop is Python per reading
+        if self._transforms and not self._transforms.keys().isdisjoint(map(_POINT_OF, refs)):
+            batch = self._transformed(batch, True)
+            refs = tuple(map(_REF_OF, batch))
+        self._publish(batch, refs)
+
+    def _publish(self, batch: list[tuple[PointRef, Reading]], refs: tuple[PointRef, ...] | None = None) -> None:
+        """Store ``batch`` (``refs``: its refs in order, when the caller has them), then call the listeners."""
+        if not batch:
+            return
+        if refs is None:
+            refs = tuple(map(_REF_OF, batch))
         with self._lock:
             self._readings.update(batch)
             self.generation += 1

@@ -254,7 +254,7 @@ def _plain_add(rec, batch):
 
 
 def test_recording_rows_are_the_ones_of_the_plain_loop(tmp_path):
-    """Random readings (in time order, late ones, on slot and bucket edges, bad, NaN, None, flushes between)
+    """Random readings (in time order, late ones, on slot and bucket edges, bad, NaN, infinite, None, flushes between)
     give the same raw and roll-up rows and the same count through ``add`` as through the plain loop."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -263,6 +263,7 @@ def test_recording_rows_are_the_ones_of_the_plain_loop(tmp_path):
     rng = random.Random(11)
     refs = [PointRef("cell.voltage", 1, c) for c in range(1, 7)] + [PointRef("string.current", 1),
                                                                    PointRef("cell.ohmic", 1, 2)]
+    refs += [PointRef("cell.eol_date", 1, 3), PointRef("cell.unknown", 1, 1)]  # not recorded: derived, no family
     t = float(T0)
     rows = []
     for step in range(400):
@@ -270,7 +271,8 @@ def test_recording_rows_are_the_ones_of_the_plain_loop(tmp_path):
         batch = []
         for ref in rng.sample(refs, rng.randint(1, len(refs))):
             ts = rng.choice([t, t - rng.uniform(0, 4), t - 120, math.floor(t / 60) * 60.0, math.floor(t / 900) * 900.0])
-            value = rng.choice([13.5 + rng.uniform(-1, 1), math.nan, None, 0.004, -25.0])
+            value = rng.choice([13.5 + rng.uniform(-1, 1), math.nan, None, 0.004, -25.0, math.inf, -math.inf,
+                                5e12, -5e12])  # (the last two: cell.ohmic stores them beyond 2 ** 62)
             quality = Quality.GOOD if rng.random() < 0.9 else Quality.STALE
             batch.append((ref, Reading(value, quality, ts)))
         rec.add(batch)
@@ -286,3 +288,26 @@ def test_recording_rows_are_the_ones_of_the_plain_loop(tmp_path):
     for table in ("raw", *(tier.table for tier in db_a.tiers)):
         query = f"SELECT * FROM {table} ORDER BY 1, 2, 3"
         assert db_a.conn().execute(query).fetchall() == db_b.conn().execute(query).fetchall(), table
+
+
+def test_a_late_slot_opened_after_a_flush_stays_out_of_the_newer_bucket(tmp_path):
+    """A flush closes a raw slot, not its bucket; a late reading then opens an older raw slot (of the bucket
+    before): readings in that slot are raw samples, not the open bucket's; as the plain loop has it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    db_a, rec = make(tmp_path / "a")
+    db_b, plain = make(tmp_path / "b")
+    ref = PointRef("cell.voltage", 1, 1)
+    start = T0 + 900  # a bucket's first second
+    for r in (rec, plain):
+        add = rec.add if r is rec else (lambda batch: _plain_add(plain, batch))
+        add([(ref, Reading(2.25, Quality.GOOD, start + 10))])
+        r.flush(start + 70)  # the slot closes, the bucket stays open
+        add([(ref, Reading(2.1, Quality.GOOD, start - 10))])  # late: the slot before, in the bucket before
+        add([(ref, Reading(1.9, Quality.GOOD, start - 5))])
+        add([(ref, Reading(2.3, Quality.GOOD, start + 20))])
+        r.flush(start + 3600, final=True)
+    for table in ("raw", *(tier.table for tier in db_a.tiers)):
+        query = f"SELECT * FROM {table} ORDER BY 1, 2, 3"
+        assert db_a.conn().execute(query).fetchall() == db_b.conn().execute(query).fetchall(), table
+    assert db_a.conn().execute(f"SELECT count(*) FROM {db_a.tiers[0].table}").fetchone()[0] == 1

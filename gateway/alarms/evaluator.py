@@ -77,12 +77,15 @@ class _Slot:
     seen_at: float | None = None  # ... of the last reading, judged or not
     plain: bool = True  # no reference point and no float-only rule: the same value alone means the same verdict
     # A new value of a point whose conditions are all at rest (none set, none raised: ``idle``, as the last
-    # judgement left them) stays quiet while it is within [low, high] (every setpoint on its side), when each of
-    # its rules compares the value itself (``ranged``: no state match, average or reference)
+    # judgement left them) stays quiet while it is within [low, high] (every setpoint on its side), and its
+    # difference from its reference point (if it has one) within [ref_low, ref_high], when each of its rules
+    # compares the value itself or that difference (``ranged``: no state match, no average, at most one reference)
     ranged: bool = False
     idle: bool = False
     low: float = -math.inf
     high: float = math.inf
+    ref_low: float = -math.inf
+    ref_high: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,11 +270,8 @@ class Evaluator:
                value: float, ts: float, reference: Callable[[str], float | None] | None) -> list[Transition]:
         out: list[Transition] = []
         self.judged += 1
-        if slot.seen_at != slot.judged_at:  # readings were passed over: they count for what they would have set
-            for _rule, conds in slot.rules:
-                for c in conds:
-                    if c.ts == slot.judged_at:
-                        c.ts = slot.seen_at  # type: ignore[assignment]
+        if slot.seen_at != slot.judged_at:
+            self.catch_up(slot)
         slot.last, slot.judged_at, slot.seen_at = value, ts, ts
         if slot.float_only:
             slot.suppressed = self.suppressed(string, ts) is not None
@@ -279,7 +279,12 @@ class Evaluator:
             slot.reference_values = tuple(map(reference, slot.references))
         quiet = self.incremental
         if quiet and slot.idle and slot.ranged and slot.low <= value <= slot.high:
-            return out  # every condition stays quiet (the loop below would pass over each)
+            if not slot.references:
+                return out  # every condition stays quiet (the loop below would pass over each)
+            # (the loop below passes over a reference rule while its reference point has no usable value)
+            ref_value = slot.reference_values[0] if reference is not None and slot.reference_values else None
+            if ref_value is None or slot.ref_low <= value - ref_value <= slot.ref_high:
+                return out
         for rule, conds in slot.rules:
             compared = value
             if rule.match_state is not None:
@@ -311,6 +316,16 @@ class Evaluator:
             slot.idle = not any(c.cond or c.active for _rule, conds in slot.rules for c in conds)
         return out
 
+    @staticmethod
+    def catch_up(slot: _Slot) -> None:
+        """Readings of the point were passed over since its last judgement (the same value): the conditions that
+        judgement compared count them, as if each had been judged (their value was last read then)."""
+        judged_at, seen_at = slot.judged_at, slot.seen_at
+        for _rule, conds in slot.rules:
+            for c in conds:
+                if c.ts == judged_at:
+                    c.ts = seen_at  # type: ignore[assignment]
+
     def _slot(self, point, string, cell, channel, device) -> _Slot:
         """The conditions of every rule on one point, made once (readings arrive every few seconds)."""
         slot = _Slot()
@@ -334,11 +349,15 @@ class Evaluator:
                 slot.references += (rule.reference,)
             slot.float_only = slot.float_only or rule.float_only
         slot.plain = not slot.references and not slot.float_only
-        slot.ranged = all(r.match_state is None and r.average <= 1 and not r.reference for r, _ in slot.rules)
-        conds = [c for _rule, cs in slot.rules for c in cs]
-        slot.low = max((c.threshold for c in conds if not c.high), default=-math.inf)
-        slot.high = min((c.threshold for c in conds if c.high), default=math.inf)
-        slot.idle = not any(c.cond or c.active for c in conds)
+        slot.ranged = len(slot.references) <= 1 and all(r.match_state is None and r.average <= 1
+                                                        for r, _ in slot.rules)
+        own = [c for rule, cs in slot.rules if not rule.reference for c in cs]  # compare the value itself
+        referred = [c for rule, cs in slot.rules if rule.reference for c in cs]  # its difference from the reference
+        slot.low = max((c.threshold for c in own if not c.high), default=-math.inf)
+        slot.high = min((c.threshold for c in own if c.high), default=math.inf)
+        slot.ref_low = max((c.threshold for c in referred if not c.high), default=-math.inf)
+        slot.ref_high = min((c.threshold for c in referred if c.high), default=math.inf)
+        slot.idle = not any(c.cond or c.active for c in own + referred)
         self._slots[(point, string, cell, channel, device)] = slot
         return slot
 

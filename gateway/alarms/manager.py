@@ -272,10 +272,10 @@ class AlarmManager:
         referenced: dict[tuple[str, ...], tuple[float | None, ...]] = {}
         nothing = self._nothing
         for ref, reading in batch:
-            value = reading.value
             slot = fast(ref)
             if slot is nothing:  # no rule, no string state or ohmic test, not a bank device's
                 continue
+            value = reading.value
             # ``Evaluator.update_ref``'s test that the verdict cannot change, without the calls: the value last
             # judged, nothing waiting, and what else the point's rules look at as the last judgement saw it
             if slot is not None and value == slot.last and not slot.waiting and reading.quality is good \
@@ -298,19 +298,33 @@ class AlarmManager:
             if reading.quality is not good or value is None:
                 continue
             if slot is not None:  # judged by rules alone: straight to the evaluator
-                # ``Evaluator._judge``'s own shortcut, without the calls: a new value within every setpoint of a
-                # point whose conditions are all at rest (no readings passed over since its last judgement, the
+                # ``Evaluator._judge``'s own shortcut, without the calls: a value within every setpoint of a point
+                # whose conditions are all at rest (its difference from its reference point within theirs, the
                 # string's float rules known to apply, if it has some) leaves them quiet; the judgement is noted
-                if value != slot.last and slot.idle and slot.ranged and not slot.waiting \
-                        and slot.seen_at == slot.judged_at and slot.low <= value <= slot.high:
+                # (readings passed over since the last one counted first, as ``_judge`` does)
+                if slot.idle and slot.ranged and not slot.waiting and slot.low <= value <= slot.high:
                     ts = reading.ts
                     if not slot.float_only or ((since := applies_from(ref.string)) is not None  # type: ignore[arg-type]
                                                and ts >= since):
-                        ev.judged += 1
-                        slot.last, slot.judged_at, slot.seen_at = value, ts, ts
-                        if slot.float_only:
-                            slot.suppressed = False
-                        continue
+                        refs = slot.references
+                        if refs:
+                            values = referenced.get(refs)
+                            if values is None:
+                                values = referenced[refs] = tuple(map(reference, refs))
+                            ref_value = values[0]
+                            quiet = ref_value is None or slot.ref_low <= value - ref_value <= slot.ref_high
+                        else:
+                            quiet = True
+                        if quiet:
+                            if slot.seen_at != slot.judged_at:
+                                ev.catch_up(slot)
+                            ev.judged += 1
+                            slot.last, slot.judged_at, slot.seen_at = value, ts, ts
+                            if slot.float_only:
+                                slot.suppressed = False
+                            if refs:
+                                slot.reference_values = values
+                            continue
                 transitions = update_ref(ref, value, reading.ts, reference)
                 if transitions:
                     out.extend(transitions)

@@ -67,6 +67,11 @@ def decoder(reg: RegisterSpec) -> Decoder:
         if na is None:
             return lambda words, at: words[at] * scale + offset
         return lambda words, at: None if words[at] == na else words[at] * scale + offset
+    if reg.bit is not None and reg.dtype == "uint16":  # a flag (a cell sensor's balancing bit)
+        bit = reg.bit
+        if na is None:
+            return lambda words, at: float((words[at] >> bit) & 1)
+        return lambda words, at: None if words[at] == na else float((words[at] >> bit) & 1)
     if reg.bit is None and reg.dtype == "int16":
         def int16(words: Sequence[int], at: int) -> float | None:
             w = words[at]

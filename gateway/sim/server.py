@@ -19,6 +19,7 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..libc import set_timer_slack
 from ..modbus import codecs
 from ..modbus.rtu import (
     DEVICE_FAILURE,
@@ -32,7 +33,6 @@ from ..modbus.rtu import (
     crc_ok,
     with_crc,
 )
-from ..modbus.timer import set_timer_slack
 from ..pointmap import device_refs
 from ..profiles import DeviceProfile
 from ..topology import BusConfig, DeviceConfig, Topology
