@@ -68,6 +68,78 @@ def test_queue_keeps_order_bound_and_survives_reopen(tmp_path):
     q.close()
 
 
+def test_queue_put_in_memory_is_put_many_when_no_disk_is_needed(tmp_path):
+    """The publish cycle's put on the event loop: the same messages (sequence numbers, payloads, order) as
+    ``put_many``'s when the link is up and nothing needs the disk; nothing queued (False) when the link is down,
+    when memory is full, when the bound would drop a message, when a new block of sequence numbers must be
+    reserved on disk, or while the sender holds the queue."""
+    from gateway.outputs.mqtt.queue import SEQ_BLOCK, Encoded
+
+    def items(k):
+        return [(f"t/{k}/{i}", Encoded(f'{{"i":{i}}}') if i % 2 else {"i": i, "name": "Démo"}, i == 1)
+                for i in range(3)]
+
+    fast, plain = (MessageQueue(tmp_path / f"{name}.sqlite", max_messages=50, memory_limit=20).open()
+                   for name in ("fast", "plain"))
+    for q in (fast, plain):
+        q.set_link(True)
+        assert not q.put_in_memory(items(0))  # a fresh queue reserves its first block of numbers on disk
+        q.put_many(items(0))
+    for k in range(1, 6):
+        assert fast.put_in_memory(items(k))
+        plain.put_many(items(k))
+    assert not fast.put_in_memory(items(6))  # 18 in memory + 3 > 20: put_many spills to disk
+    got, expected = fast.take(100), plain.take(100)
+    assert [(m.seq, m.topic, m.payload, m.retain, m.on_disk) for m in got] == \
+        [(m.seq, m.topic, m.payload, m.retain, m.on_disk) for m in expected] and len(got) == 18
+    assert fast.pending == 0 and fast.inflight == 18
+    for m in got:
+        fast.ack(m.seq)
+    bounded = MessageQueue(tmp_path / "b.sqlite", max_messages=4).open()
+    bounded.set_link(True)
+    bounded.put_many(items(0)[:1])
+    assert bounded.put_in_memory(items(0)[:3]) and not bounded.put_in_memory(items(1)[:1])  # 4 + 1 > 4 waiting
+    small = MessageQueue(tmp_path / "m.sqlite", max_bytes=300).open()
+    small.set_link(True)
+    small.put_many(items(0)[:1])
+    assert not small.put_in_memory([("t", {"x": "a" * 300}, False)])  # over the bytes bound: put_many drops
+    assert small.put_in_memory([("t", {"x": "a" * 100}, False)])
+    small.close()
+    block = MessageQueue(tmp_path / "s.sqlite").open()
+    block.set_link(True)
+    block._reserved, block._next_seq = SEQ_BLOCK, SEQ_BLOCK - 1  # the reserved block ends with the next two
+    assert not block.put_in_memory(items(0))  # the third: the next block is reserved on disk first
+    assert block.put_in_memory(items(0)[:2]) and [m.seq for m in block.take(2)] == [SEQ_BLOCK - 1, SEQ_BLOCK]
+    block._reserved += SEQ_BLOCK
+    block.set_link(False)
+    assert not block.put_in_memory(items(0)[:1]) and block.pending == 0  # the link is down: the disk
+    for q in (fast, plain, bounded, block):
+        q.close()
+
+
+def test_queue_put_in_memory_waits_for_nobody(tmp_path):
+    import threading
+
+    q = MessageQueue(tmp_path / "q.sqlite").open()
+    q.set_link(True)
+    q.put_many([("t", {}, False)])  # (the first block of sequence numbers reserved)
+    held, release = threading.Event(), threading.Event()
+
+    def sender():
+        with q._lock:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=sender)
+    t.start()
+    held.wait(5)
+    assert not q.put_in_memory([("t", {}, False)]) and q.pending == 1
+    release.set()
+    t.join()
+    assert q.put_in_memory([("t", {}, False)]) and q.pending == 2
+    q.close()
+
+
 def test_queue_bytes_bound_drops_oldest(tmp_path):
     q = MessageQueue(tmp_path / "q.sqlite", max_messages=1000, max_bytes=2000).open()
     q.put_many([("t", {"pad": "x" * 300}, False) for _ in range(10)])
