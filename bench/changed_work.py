@@ -101,33 +101,6 @@ from both trees, alternately, twice each, 60 cycles, load average 0.8-1.1), ms p
     for the coarser tiers; once an hour the roll-up (a SELECT per series) and the retention (a DELETE per series
     and tier).  1.3 ms of CPU a minute: the writer thread's CPU is ``add`` (and its wake-ups, once a second).
 
-Issue 18, session 7 (branch i18-cpu4 against main 8306170; this file, which now also counts the web face's live
-trend buffer's listener as "web", run from both trees, alternately, twice each, ``--cycles 60``, load average
-0.2-1.2), ms per 5 s cycle, main -> branch:
-    MQTT from the change feed 5.3-5.5 -> 4.1-4.4: a topic's entries written as text, not dicts through json.dumps
-        (the reading times of a device's values written once), the cells documents' constant parts encoded once,
-        a column mostly new each tick (the deviations) rounded from its integer steps of the resolution in C
-        (``round`` near a tie), recurring voltages' texts remembered, a column read with its last values passed on
-        a list comparison, the columns written found from the families' names (a string keeps its hash; a
-        PointRef's, ~110 ns here, is worked out at every lookup);
-    web 1.3-1.4 -> 0.9-1.0: readings of families a history module keeps passed over on their name, a reading's
-        slot and offset worked out once per time (a device's readings, a tick's outputs share theirs);
-    analytics 2.7-2.8 -> 2.5-2.7 (no change of its own: the store listener's loop is ~60 ns a reading, a pass in
-        C through itemgetters measured twice as slow; the tick's largest part is reading its columns, a ref
-        hashed each);
-    those three 9.4-9.7 -> 7.5-8.1 ms per cycle (0.19 -> 0.16 % of one core of this machine).
-    The whole uploader, its threads and the broker's acknowledgements counted (bench/mqtt_cycle.py): 6.9-7.6 ->
-    5.3-5.8 ms of CPU per publish cycle (the cycle queued on the event loop when it needs no disk, the sender
-    woken by an acknowledgement only when it waits for one).
-    What this file does not see: the analytics' jobs (35-42 ms a run here, a third of it the forecasts' and
-    diagnoses' JSON) run 60 s after start and every 6 h (bench/controller_budget.py's window, 40 s after the first
-    poll cycle, holds the first run: about 0.04-0.08 % of a core over 90 s), the tick's hand-off to a worker
-    thread (``asyncio.to_thread``: ~150 us of CPU in the two threads here), thread wake-ups.
-    bench/controller_budget.py `--seconds 90 --warmup 40 --detail 40` (one run, load average 0.5-0.8): 1.69 % of
-    one core (1.59 % on main before, another run), mqtt 0.206, analytics 0.183, web 0.016 % of a core; with 112
-    busy samples of the GIL's holder (a component's share +-30 % and more) and per-thread CPU in 10 ms ticks
-    (0.011 % of a core over 90 s), the run cannot tell these changes from noise: the figures above can.
-
 The last line printed is the headline: both ratios.
 """
 from __future__ import annotations
@@ -151,7 +124,6 @@ from gateway.history import open_history
 from gateway.history.recorder import PointFilter, Recorder
 from gateway.outputs.mqtt.face import FeedPayloads, PayloadBuilder
 from gateway.outputs.mqtt.queue import encode
-from gateway.outputs.web.sources import LiveBuffer
 from gateway.points import PointRef, Quality, Reading
 from gateway.strings import make_supervisor, string_states
 
@@ -208,27 +180,15 @@ class Components:
                                  raw_interval_s=cfg["raw"]["interval_s"], intervals=cfg["raw"]["intervals"])
         self.stored: list[list[tuple[PointRef, Reading]]] = []
         self.listener_s = 0.0  # the analytics' store listener, counted as the analytics' (py-spy does too)
-        # the web face's live trend buffer: the families no history module records (as the face asks at start)
-        web = gw.config.section("web")["trend_buffer"]
-        kept = PointFilter(cfg["include"], cfg["exclude"])
-        unkept = {e.spec.id for e in gw.pointmap if e.spec.kind == "gauge" and not kept(e.spec)}
-        self.buffer = LiveBuffer(gw.pointmap, web["interval_s"], web["samples"], families=unkept)
-        self.web_s = 0.0
         gw.store.subscribe(self._observe)
-        gw.store.subscribe(self._buffer)
         gw.store.subscribe(self.stored.append)  # (the history writer's queue)
-        self.seconds = {"store": 0.0, "history": 0.0, "analytics": 0.0, "strings": 0.0, "web": 0.0}
+        self.seconds = {"store": 0.0, "history": 0.0, "analytics": 0.0, "strings": 0.0}
         self.cycles = 0
 
     def _observe(self, batch: list[tuple[PointRef, Reading]]) -> None:
         t0 = time.process_time()
         self.analytics.observe(batch)
         self.listener_s += time.process_time() - t0
-
-    def _buffer(self, batch: list[tuple[PointRef, Reading]]) -> None:
-        t0 = time.process_time()
-        self.buffer.on_batch(batch)
-        self.web_s += time.process_time() - t0
 
     def floating(self, batch: list[tuple[PointRef, Reading]]) -> list[tuple[PointRef, Reading]]:
         """The batch as a floating bank's: a small charge current, from which the string supervision finds the
@@ -238,24 +198,23 @@ class Components:
 
     def cycle(self, batch: list[tuple[PointRef, Reading]], now: float, measure: bool = True) -> None:
         clock = time.process_time
-        w0, l0, t0 = self.web_s, self.listener_s, clock()
+        l0, t0 = self.listener_s, clock()
         self.gw.store.put_many(batch)
-        w1, l1, t1 = self.web_s, self.listener_s, clock()
+        l1, t1 = self.listener_s, clock()
         while self.stored:
             self.recorder.add(self.stored.pop(0))
         t2 = clock()
         out = self.analytics.tick(now, publish=False)
         l3, t3 = self.listener_s, clock()
         self.gw.store.put_many(out)  # (recorded with the next cycle's batch, as the writer takes what is queued)
-        w4, l4, t4 = self.web_s, self.listener_s, clock()
+        l4, t4 = self.listener_s, clock()
         if self.cycles % 2 == 0:
             self.supervisor.tick(now)
-        w5, l5, t5 = self.web_s, self.listener_s, clock()
+        l5, t5 = self.listener_s, clock()
         self.cycles += 1
         if measure:
-            for name, dt in (("store", t1 - t0 - (l1 - l0) - (w1 - w0) + t4 - t3 - (l4 - l3) - (w4 - w1)),
-                             ("history", t2 - t1), ("analytics", t3 - t2 + l5 - l0),
-                             ("strings", t5 - t4 - (l5 - l4) - (w5 - w4)), ("web", w5 - w0)):
+            for name, dt in (("store", t1 - t0 - (l1 - l0) + t4 - t3 - (l4 - l3)), ("history", t2 - t1),
+                             ("analytics", t3 - t2 + l5 - l0), ("strings", t5 - t4 - (l5 - l4))):
                 self.seconds[name] += dt
 
 
@@ -339,7 +298,7 @@ def main() -> None:
           f"{alarms['incremental'] / n * 1e3:.1f} ms (readings judged: {managers[0].evaluator.judged} and "
           f"{managers[1].evaluator.judged})")
     print("the rest, per cycle: " + ", ".join(f"{name} {sec / n * 1e3:.1f} ms" for name, sec in rest.seconds.items())
-          + " (analytics: its tick and its store listener; web: its live trend buffer's listener)")
+          + " (analytics: its tick and its store listener)")
     print(f"analytics jobs (forecasts and diagnoses, every 6 h): {jobs_s * 1e3:.0f} ms")
     print(f"work per cycle, plain / incremental: MQTT {mqtt['plain'] / mqtt['feed']:.1f}x, "
           f"alarms {alarms['plain'] / alarms['incremental']:.1f}x")

@@ -59,28 +59,3 @@ def test_deviations_and_daily_aggregates_follow_every_new_good_reading(tmp_path,
         for c, temps in counted.items():
             total, count = an.acc[(1, c)]["temp"]
             assert count == len(temps) and total == pytest.approx(sum(temps)), f"step {step} battery {c}"
-
-
-def test_the_store_listener_queues_what_a_reading_by_reading_pass_does(tmp_path):
-    """``observe`` (its items found in C) queues, in order, exactly what a plain pass over every reading queues:
-    each GOOD string current with a value, and each GOOD battery voltage with a value while voltages are captured
-    (a tick, an open discharge), nothing else (other points, bad readings, no value)."""
-    strings = [StringConfig(sid, CELLS, f"S{sid}", BatteryConfig(nominal_voltage=12.0, cells_per_unit=6,
-                                                                  capacity_ah=100.0)) for sid in (1, 2)]
-    an = Analytics(strings, analytics_config(), StateDB(tmp_path / "a.sqlite"), PointStore(), now=0.0)
-    rng = random.Random(5)
-    points = ["string.current", "cell.voltage", "cell.temperature", "string.voltage", "cell.voltage_average_deviation"]
-    for step in range(200):
-        batch = []
-        for _ in range(rng.choice([0, 1, 10, 60])):
-            point = rng.choice(points)
-            ref = PointRef(point, rng.choice([1, 2]), rng.randint(1, CELLS) if point.startswith("cell.") else None)
-            batch.append((ref, Reading(rng.choice([rng.uniform(-50, 50), None, 0.0]),
-                                       rng.choice([Quality.GOOD, Quality.GOOD, Quality.STALE]), float(step))))
-        an._capture_voltages = capture = rng.random() < 0.5
-        expected = [(ref.point, ref.string, ref.cell, r.value, r.ts) for ref, r in batch
-                    if (ref.point == "string.current" or (capture and ref.point == "cell.voltage"))
-                    and r.quality is Quality.GOOD and r.value is not None]
-        an._inbox.clear()
-        an.observe(batch)
-        assert list(an._inbox) == expected, step

@@ -38,7 +38,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Set as AbstractSet
 from itertools import compress, count, repeat
-from operator import eq, itemgetter, mul, ne, sub, truediv
+from operator import eq, ne
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -67,8 +67,6 @@ BIRTH_JITTER_S = 2.0
 # Birth messages closer together than this are answered once (later, not dropped): anyone who may publish on
 # the broker cannot make the gateway send its 1 MB of configs over and over.
 BIRTH_MIN_INTERVAL_S = 30.0
-_POINT = itemgetter(0)  # a ref's family
-MEMO_MAX = 4096  # values (or texts) a column keeps at most to spare rounding again
 
 
 def _ts(t: float) -> float:
@@ -78,15 +76,13 @@ def _ts(t: float) -> float:
 class _Value:
     """How one mapped point goes into a payload."""
 
-    __slots__ = ("ref", "unit", "places", "states", "unit_text", "labels")
+    __slots__ = ("ref", "unit", "places", "states")
 
     def __init__(self, mp: MappedPoint) -> None:
         self.ref = mp.ref
         self.unit = mp.spec.unit
         self.places = decimals_for(mp.spec.scale, 1.0)
         self.states = dict(mp.spec.states)
-        self.unit_text = f',"unit":{_dumps(self.unit)}' if self.unit else ""  # (the entry's, encoded once)
-        self.labels: dict[int, str] = {}  # a state's label as the entry writes it, by code
 
     def number(self, r: Reading | None) -> float | None:
         """The value for JSON: None unless GOOD and finite (JSON has no NaN), rounded to the resolution."""
@@ -104,28 +100,6 @@ class _Value:
         elif self.states and out["value"] is not None:
             out["state"] = self.states.get(int(out["value"]), str(int(out["value"])))
         return out
-
-    def entry_text(self, r: Reading, stamps: dict[float, str]) -> str:
-        """``entry(r)`` as ``_dumps`` writes it, put together as text (no dict made and encoded per value);
-        ``stamps``: the reading times written so far in this document (a device's values share theirs)."""
-        value = self.number(r)
-        raw = r.ts
-        if type(raw) is float and raw:  # (only floats kept, no zero: 5 and 5.0, 0.0 and -0.0 are equal keys)
-            ts = stamps.get(raw)
-            if ts is None:
-                ts = stamps[raw] = _scalar(_ts(raw))
-        else:
-            ts = _scalar(_ts(raw))
-        text = f'{{"value":{_scalar(value)}{self.unit_text},"ts":{ts}'
-        if r.quality is not Quality.GOOD:
-            return f'{text},"quality":{_dumps(r.quality.value)}}}'
-        if self.states and value is not None:
-            code = int(value)
-            label = self.labels.get(code)
-            if label is None:
-                label = self.labels[code] = _dumps(self.states.get(code, str(code)))
-            return f'{text},"state":{label}}}'
-        return text + "}"
 
 
 class PayloadBuilder:
@@ -263,52 +237,12 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
 
 
-def _rounded(raw: list[float], places: int, texts: dict[int, str]) -> tuple[list[float], list[str]] | None:
-    """``round(x, places)`` of a column of finite floats, and each one's text as json writes it, mostly in C:
-    x times 10 ** places is rounded to an integer k, and round(x, places) is the float nearest k / 10 ** places,
-    which the division gives (both exact, the quotient correctly rounded), unless the product is close to a
-    tie (it is rounded with an error of its own: ``round`` decides from x's exact decimal value).  None when a
-    value is that close, or too large for k to be exact: then ``round`` does the column.  ``texts``: by k."""
-    scale = 10.0 ** places
-    scaled = list(map(mul, raw, repeat(scale)))
-    steps = list(map(round, scaled))
-    if max(map(abs, map(sub, scaled, steps))) > 0.499 or max(map(abs, steps)) >= 1 << 50:
-        return None
-    values = list(map(truediv, steps, repeat(scale)))
-    found = list(map(texts.get, steps))
-    if None in found:
-        if len(texts) >= MEMO_MAX:
-            texts.clear()
-        for i in compress(count(), map(_is_none, found)):
-            value = values[i]
-            if not value:  # a zero keeps the sign of x, as round() gives it (not kept by k)
-                value = values[i] = math.copysign(0.0, raw[i])
-            else:
-                texts[steps[i]] = float.__repr__(value)
-            found[i] = float.__repr__(value)
-    return values, found  # type: ignore[return-value]  # (every None filled)
-
-
-def _is_none(value: object) -> bool:
-    return value is None
-
-
-def _scalar(value: Any) -> str:
-    """A value as ``_dumps`` writes it inside a document: a finite float as its repr (as json does), without a
-    call into the encoder; anything else through it."""
-    if value is None:
-        return "null"
-    if type(value) is float and math.isfinite(value):
-        return float.__repr__(value)
-    return _dumps(value)
-
-
 class _Column:
     """One value of every battery of a string (a column of the cells document), kept as it is encoded."""
 
     __slots__ = ("name", "key", "refs", "members", "index", "unit", "places", "values", "quality", "low", "high",
                  "present", "text", "bad", "first", "last", "changed", "floats", "raw", "texts", "churn",
-                 "last_raw", "memo", "by_step", "points")
+                 "last_raw")
 
     def __init__(self, name: str, key: Any, column: list[_Value | None], probe: _Value) -> None:
         count = len(column)
@@ -316,7 +250,6 @@ class _Column:
         self.key = key  # the topic's
         self.refs = [v.ref if v is not None else None for v in column]
         self.members = frozenset(ref for ref in self.refs if ref is not None)
-        self.points = frozenset(ref.point for ref in self.members)  # its family (one, unless two share a name)
         self.index = {ref: i for i, ref in enumerate(self.refs) if ref is not None}
         self.unit = probe.unit  # unit and resolution: the same for every battery of the column
         self.places = probe.places
@@ -336,8 +269,6 @@ class _Column:
         self.texts: list[str] = []
         self.churn = False  # most of the values changed at the last read of this kind
         self.last_raw: list[float] = []  # the values whose bits are ``raw``
-        self.memo: dict[float, tuple[float, str]] = {}  # a value read (not zero) -> rounded, and its text
-        self.by_step: dict[int, str] = {}  # the text of a rounded value (not zero) by its steps of the resolution
 
     def read_all(self, get_many: Callable[[Iterable[PointRef | None]], list[Reading | None]]) -> None:
         """Every battery's reading (most of the column was written): as ``PayloadBuilder`` reads a column."""
@@ -376,15 +307,11 @@ class _Column:
         if qualities.count(Quality.GOOD) != len(readings):
             return False
         raw = list(read)
-        if list(map(type, raw)) != self.floats:
+        if list(map(type, raw)) != self.floats or not all(map(math.isfinite, raw)):
             return False
+        bits = array("d", raw).tobytes()
         old = self.raw
-        # the values of the last read (the usual case for most columns): equal floats have the same bits, zeros
-        # apart (0.0 and -0.0; the last read's were all finite, so a NaN or an infinity is unequal)
-        same = bool(old) and raw == self.last_raw and 0.0 not in raw
-        if not same and not all(map(math.isfinite, raw)):
-            return False
-        if not same and (bits := array("d", raw).tobytes()) != old:
+        if bits != old:
             places = self.places
             # the batteries whose value changed (compared in C; every zero too: 0.0 and -0.0 are equal), when the
             # last read was of this kind too: a few of them are rounded and written again one by one, each
@@ -400,39 +327,21 @@ class _Column:
                 values = self.values
                 if not self.texts:
                     self.texts = list(map(float.__repr__, values))  # (floats: checked)
-                texts, memo = self.texts, self.memo
+                texts = self.texts
                 for i in moved:
-                    x = raw[i]
-                    known = memo.get(x) if x else None  # (a register times its scale: a few values recur)
-                    if known is None:
-                        value = x if places is None else round(x, places)
-                        text = float.__repr__(value)  # (as json writes a float)
-                        if x:  # (0.0 and -0.0 are one key)
-                            if len(memo) >= MEMO_MAX:
-                                memo.clear()
-                            memo[x] = (value, text)
-                    else:
-                        value, text = known
+                    value = raw[i] if places is None else round(raw[i], places)
+                    text = float.__repr__(value)  # (as json writes a float)
                     if text != texts[i]:
                         values[i], texts[i] = value, text
                         self.changed = True
             else:
-                # each battery's text: made here when rounded in C, else again when a few batteries change
-                made: list[str] = []
-                if places is None:
-                    rounded: list[float | None] = raw
-                else:
-                    found = _rounded(raw, places, self.by_step)
-                    if found is None:
-                        rounded = list(map(round, raw, repeat(places)))
-                    else:
-                        rounded, made = found  # type: ignore[assignment]
+                values = raw if places is None else list(map(round, raw, repeat(places)))
                 # (0.0 and -0.0: equal, written apart)
-                if not old or rounded != self.values or 0 in rounded:
-                    self.values = rounded
+                if not old or values != self.values or 0 in values:
+                    self.values = values
                     self.quality = [None] * len(raw)
                     self.changed = True
-                    self.texts = made
+                    self.texts = []  # (made again when a few batteries change)
             self.raw = bits
             self.last_raw = raw
         self.low = self.high = list(stamps)
@@ -511,27 +420,18 @@ class FeedPayloads:
     def _topic(self, key: Any, topic: str, groups: dict[str, list[_Value]], fields: dict[str, Any],
                cell: bool = False) -> None:
         """A topic of values (``fields`` come before them); ``cell``: one battery's, every value an entry."""
-        get = self.store.get
-        # what PayloadBuilder._values makes a dict of and encodes, written as text: each value's key encoded once,
-        # and whether it is one entry (one battery's values: each one, channels or not) or a list of channels
-        head = _dumps(fields)[1:-1] + "," if fields else ""
-        plan = [(f"{_dumps(name)}:", vals, cell or (len(vals) == 1 and vals[0].ref.channel is None),
-                 [f'{{"channel":{_scalar(v.ref.channel)},' for v in vals]) for name, vals in groups.items()]
+        store = self.store
 
         def compose() -> str | None:
-            parts = []
-            stamps: dict[float, str] = {}
-            for key, vals, single, channels in plan:
-                if single:
-                    r = get(vals[0].ref)
+            if cell:  # one battery: each value as an entry of its own, channels or not
+                values = {}
+                for name, (v,) in groups.items():
+                    r = store.get(v.ref)
                     if r is not None:
-                        parts.append(key + vals[0].entry_text(r, stamps))
-                    continue
-                chans = [channel + v.entry_text(r, stamps)[1:] for v, channel in zip(vals, channels, strict=True)
-                         if (r := get(v.ref)) is not None]
-                if chans:
-                    parts.append(f"{key}[{','.join(chans)}]")
-            return f'{head}"values":{{{",".join(parts)}}}' if parts else None
+                        values[name] = v.entry(r)
+            else:
+                values = PayloadBuilder._values(groups, store)
+            return _dumps({**fields, "values": values})[1:-1] if values else None
 
         self._order.append((key, topic))
         self._compose[key] = compose
@@ -547,20 +447,15 @@ class FeedPayloads:
         self._columns.extend(columns)
         self._cell_points += sum(len(col.members) for col in columns)
 
-        head = f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":['
-        keys = {col: f"{_dumps(col.name)}:" for col in columns}  # (encoded once)
-        units_texts: dict[tuple[_Column, ...], str] = {}  # the units object, by the columns present
-
         def compose() -> str | None:
-            cols = tuple(col for col in columns if col.present)
+            cols = [col for col in columns if col.present]
             if not cols:
                 return None
-            units = units_texts.get(cols)
-            if units is None:
-                units = units_texts[cols] = _dumps({c.name: c.unit for c in cols if c.unit})
-            first, last = _ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))
-            values = ",".join([keys[c] + c.text for c in cols])
-            text = f'{head}{_scalar(first)},{_scalar(last)}],"units":{units},"values":{{{values}}}'
+            measured = [_ts(min(c.first for c in cols)), _ts(max(c.last for c in cols))]
+            units = {c.name: c.unit for c in cols if c.unit}
+            values = ",".join(f"{_dumps(c.name)}:{c.text}" for c in cols)
+            text = (f'"string":{_dumps(sid)},"batteries":{_dumps(count)},"measured":{_dumps(measured)},'
+                    f'"units":{_dumps(units)},"values":{{{values}}}')
             quality = {c.name: c.bad for c in cols if c.bad}
             return text + f',"quality":{_dumps(quality)}' if quality else text
 
@@ -579,19 +474,10 @@ class FeedPayloads:
                 dirty.add(key)
         # most of the bank written (the first cycle, or the feed no longer reaches back): every column read
         everything = changed is None or len(changed) > self._cell_points // 2
-        # the families written, from their names (a string keeps its hash; a ref's is worked out at each lookup):
-        # the columns of the others are not looked for in the feed
-        names = None if changed is None or everything else set(map(_POINT, changed))
         for col in self._columns:
-            written: AbstractSet[PointRef]
-            if names is None:
-                written = col.members
-            elif names.isdisjoint(col.points):
+            written = col.members if everything else changed.intersection(col.members)  # type: ignore[union-attr]
+            if not written:
                 continue
-            else:
-                written = changed & col.members  # type: ignore[operator]  # (names: changed is a set)
-                if not written:
-                    continue
             if 4 * len(written) > len(col.members):
                 col.read_all(store.get_many)
             else:
@@ -856,13 +742,8 @@ class MqttUploader:
             if seq is None:
                 self._early.add(mid)
                 return
-            q = self.queue
-            full = q.inflight >= self.window
-            q.ack(seq)
-            # the sender waits for room in the window, a row to delete, or (a re-sync, a shutdown) the last
-            # acknowledgement: woken then, not by each of a cycle's acknowledgements (a thread switch each)
-            if full or q.has_deletes or not q.inflight:
-                self._cv.notify_all()
+            self.queue.ack(seq)
+            self._cv.notify_all()
 
     # -- the sender thread -----------------------------------------------------------------------------------
     def _announce_due(self) -> bool:
@@ -1003,8 +884,7 @@ class MqttUploader:
                 msgs = self.payloads.messages(time.time())
                 items = [(topic, doc, retain and is_values) for topic, doc, is_values in msgs]
                 if items:
-                    if not self.queue.put_in_memory(items):  # (the link down, a backlog: the disk, in a thread)
-                        await asyncio.to_thread(self.queue.put_many, items)
+                    await asyncio.to_thread(self.queue.put_many, items)
                     self._wake()
                 self._publish_figures()
             except asyncio.CancelledError:

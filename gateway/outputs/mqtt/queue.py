@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,32 +166,6 @@ class MessageQueue:
                     self._spill_locked()
             self._enforce_bound()
             return [m.seq for m in batch]
-
-    def put_in_memory(self, items: Sequence[tuple[str, dict[str, Any] | Encoded, bool]]) -> bool:
-        """``put_many(items)`` when it needs no disk, without waiting: the link up, the messages within the memory
-        limit, the bound and the block of sequence numbers reserved on disk, and the queue not held by the sender
-        (its disk work).  The publish cycle calls it on the event loop, sparing a hand-off to a thread (~150 us
-        of CPU here) for a few appends.  False (nothing queued): ``put_many``, from a thread."""
-        if not items or not self._lock.acquire(blocking=False):
-            return False
-        try:
-            n = len(items)
-            first = self._next_seq
-            if self._db is None or not self.link_up or len(self._mem) + n > self.memory_limit \
-                    or first + n - 1 > self._reserved or self.pending + n > self.max_messages:
-                return False
-            now = time.time()
-            batch = [Message(seq, topic, encode(seq, doc), bool(retain), now)
-                     for seq, (topic, doc, retain) in enumerate(items, start=first)]
-            size = sum(len(m.payload) for m in batch)
-            if self.pending_bytes + size > self.max_bytes:
-                return False
-            self._next_seq = first + n
-            self._mem.extend(batch)
-            self._mem_bytes += size
-            return True
-        finally:
-            self._lock.release()
 
     def _take_seq(self) -> int:
         seq = self._next_seq

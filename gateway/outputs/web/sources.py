@@ -46,7 +46,6 @@ class LiveBuffer:
         wanted = (e.ref for e in pointmap if e.spec.kind == "gauge" and (families is None or e.spec.id in families))
         self._row: dict[PointRef, int] = {ref: i for i, ref in enumerate(dict.fromkeys(wanted))}
         n = self._n = len(self._row)
-        self._points = frozenset(ref.point for ref in self._row)  # the families kept
         self._values = array("f", bytes(4 * n * self.samples))  # [slot position * n + row]
         self._offsets = array("H", b"\xff\xff" * (n * self.samples))  # all empty
         self._empty_column = array("H", b"\xff\xff" * n)
@@ -72,39 +71,29 @@ class LiveBuffer:
         interval, samples, steps, empty = self.interval_s, self.samples, self._STEPS, self._EMPTY
         rows, n, values, offsets, filled = self._row, self._n, self._values, self._offsets, self._filled
         good, nan, per_second = Quality.GOOD, math.nan, steps / interval
-        kept = self._points
-        seen = None  # the time of the last reading placed: a device's readings (a tick's outputs) share theirs
-        base = offset = 0
         with self._lock:
             last, newest = self._last, self._newest
             for ref, reading in batch:
-                # most of a bus's readings are of families a history module keeps: passed over on the point's name
-                # (its hash is kept by the string), without hashing the whole ref
-                if ref.point not in kept:
-                    continue
                 r = rows.get(ref)
                 if r is None:
                     continue
                 ts = reading.ts
                 if 0.0 <= ts - last[r] < interval:  # (a reading from before the last: the clock went back)
                     continue
-                if ts != seen:  # (the same time: the same slot, already the newest or within the window)
-                    seen = ts
-                    slot = int(ts // interval)
-                    if newest is None or slot > newest:
-                        self._advance(slot)
-                        newest = slot
-                    elif slot <= newest - samples:  # older than the whole window: the clock was set back
-                        self._newest = None
-                        self._advance(slot)
-                        newest = slot
-                        last = self._last = [-math.inf] * n
-                    base = (slot % samples) * n
-                    offset = min(int((ts - slot * interval) * per_second + 0.5), steps - 1)
-                pos = base + r
+                slot = int(ts // interval)
+                if newest is None or slot > newest:
+                    self._advance(slot)
+                    newest = slot
+                elif slot <= newest - samples:  # older than the whole window: the clock was set back
+                    self._newest = None
+                    self._advance(slot)
+                    newest = slot
+                    last = self._last = [-math.inf] * n
+                pos = (slot % samples) * n + r
                 if offsets[pos] != empty:
                     continue
-                offsets[pos] = offset
+                offset = int((ts - slot * interval) * per_second + 0.5)
+                offsets[pos] = offset if offset < steps else steps - 1
                 value = reading.value
                 values[pos] = value if reading.quality is good and value is not None else nan
                 filled[r] = 1

@@ -5,14 +5,13 @@ topics in the same order with byte-identical payloads, in both layouts, also whe
 back and everything is read again."""
 from __future__ import annotations
 
-import json
 import math
 import random
 
 import pytest
 
 from gateway.app import Gateway
-from gateway.outputs.mqtt.face import FeedPayloads, PayloadBuilder, _rounded
+from gateway.outputs.mqtt.face import FeedPayloads, PayloadBuilder
 from gateway.outputs.mqtt.queue import encode
 from gateway.points import Quality, Reading
 from tests.support import small_bank, write_config
@@ -164,26 +163,3 @@ def test_whole_columns_of_good_floats_with_few_or_most_values_changed(tmp_path):
                                       now - rng.random())) for ref in refs])
         assert fed(payloads, now) == plain(builder, store, now), f"step {step}"
     assert any(col.raw for col in payloads._columns)
-
-
-def test_a_column_rounded_in_c_is_rounded_as_round_does():
-    """``_rounded`` (a whole column of GOOD floats rounded from its steps of the resolution) against ``round`` and
-    json, value by value: ties and near-ties of the decimal grid (2.0005 is just under its tie in binary, 0.125
-    on it), zeros of both signs and values rounding to one, negatives, several resolutions; a column with a value
-    too close to a tie is left to ``round`` (None), and what it gives is what round gives."""
-    rng = random.Random(11)
-    for places in (0, 1, 2, 3, 4, 6):
-        texts: dict[int, str] = {}
-        step = 10.0 ** -places
-        for _ in range(300):
-            column = [rng.choice([rng.uniform(-3, 3), rng.randint(-3000, 3000) * step,
-                                  (rng.randint(-3000, 3000) + 0.5) * step, (rng.randint(-30, 30) + 0.5) * step + 1e-13,
-                                  rng.uniform(-0.4, 0.4) * step, 0.0, -0.0, 2.0005, 0.125, -0.0005, 1e7 * rng.random()])
-                      for _ in range(rng.choice([1, 5, 40]))]
-            found = _rounded(column, places, texts)
-            if found is None:
-                continue
-            values, written = found
-            expected = [round(x, places) for x in column]
-            assert json.dumps(values) == json.dumps(expected) == "[" + ", ".join(written) + "]", (places, column)
-    assert _rounded([2.0005], 3, {}) is None or _rounded([2.0005], 3, {})[0] == [round(2.0005, 3)]

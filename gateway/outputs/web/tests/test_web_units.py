@@ -3,7 +3,6 @@ first-start page seen from the network, the config form, start-up errors."""
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
 import xml.etree.ElementTree as ET
 
@@ -157,114 +156,6 @@ def test_trend_buffer_shares_one_time_axis_and_takes_late_readings_and_a_clock_s
     assert buf.query(a, 0, 1e9, 100) == [(1000.0, pytest.approx(2.005))] and buf.query(b, 0, 1e9, 100) == []
     # 6 bytes a sample, whatever the bank: a float32 value and a uint16 offset in its slot
     assert buf._values.itemsize + buf._offsets.itemsize == 6 and len(buf._values) == len(refs) * 4
-
-
-def test_trend_buffer_keeps_the_same_samples_whatever_else_a_batch_carries():
-    """Readings of families the buffer does not keep (a history module records them) are passed over on their
-    family's name: a buffer fed whole mixed batches keeps exactly what one fed only its own points keeps."""
-    import random
-
-    from gateway.pointmap import MappedPoint
-    from gateway.points import PointSpec
-
-    specs = {p: PointSpec(p, "cell", "V", "", 0) for p in ("cell.voltage", "cell.soc", "cell.temperature")}
-    entries = [MappedPoint(PointRef(p, s, c), spec, 0, (), "m", 1.0, (), "/x")
-               for p, spec in specs.items() for s in (1, 2) for c in (1, 2, 3)]
-
-    class PM:
-        def __iter__(self):
-            return iter(entries)
-
-    mixed, alone = (LiveBuffer(PM(), interval_s=15, samples=8, families={"cell.soc", "cell.voltage"}) for _ in "ab")
-    rng = random.Random(3)
-    refs = [e.ref for e in entries] + [PointRef("cell.soc", 3, 1), PointRef("string.current", 1)]  # (no such row)
-    now = 10_000.0
-    for _ in range(300):
-        now += rng.choice([1.0, 5.0, 7.5])
-        batch = [(ref, Reading(rng.choice([2.2, None, 0.5]), rng.choice([Quality.GOOD, Quality.STALE]),
-                               now - rng.random())) for ref in rng.sample(refs, rng.randint(0, len(refs)))]
-        mixed.on_batch(batch)
-        alone.on_batch([(ref, r) for ref, r in batch if ref in alone])
-    for ref in refs:
-        assert mixed.query(ref, 0, 1e9, 100) == alone.query(ref, 0, 1e9, 100)
-    assert len(mixed) == len(alone) == 12
-
-
-class _PlainBuffer(LiveBuffer):
-    """The buffer's listener as it was, reading by reading (each reading's slot worked out on its own, every
-    reading looked up by its ref): the reference for the one the face runs."""
-
-    def on_batch(self, batch) -> None:
-        interval, samples, steps, empty = self.interval_s, self.samples, self._STEPS, self._EMPTY
-        rows, n, values, offsets, filled = self._row, self._n, self._values, self._offsets, self._filled
-        with self._lock:
-            last, newest = self._last, self._newest
-            for ref, reading in batch:
-                r = rows.get(ref)
-                if r is None:
-                    continue
-                ts = reading.ts
-                if 0.0 <= ts - last[r] < interval:
-                    continue
-                slot = int(ts // interval)
-                if newest is None or slot > newest:
-                    self._advance(slot)
-                    newest = slot
-                elif slot <= newest - samples:
-                    self._newest = None
-                    self._advance(slot)
-                    newest = slot
-                    last = self._last = [-math.inf] * n
-                pos = (slot % samples) * n + r
-                if offsets[pos] != empty:
-                    continue
-                offset = int((ts - slot * interval) * steps / interval + 0.5)
-                offsets[pos] = offset if offset < steps else steps - 1
-                value = reading.value
-                values[pos] = value if reading.quality is Quality.GOOD and value is not None else math.nan
-                filled[r] = 1
-                last[r] = ts
-
-
-def test_trend_buffer_listener_against_the_plain_one_on_random_batches():
-    """Batches as the store sends them (a device's readings sharing their time, a tick's outputs one time, other
-    families mixed in, late readings of a slower bus, the clock set back, times at a slot's very end): the
-    buffer's arrays after each batch are the plain listener's, and so is every query."""
-    import random
-
-    from gateway.pointmap import MappedPoint
-    from gateway.points import PointSpec
-
-    specs = {p: PointSpec(p, "cell", "V", "", 0) for p in ("cell.voltage", "cell.soc", "cell.temperature")}
-    entries = [MappedPoint(PointRef(p, s, c), spec, 0, (), "m", 1.0, (), "/x")
-               for p, spec in specs.items() for s in (1, 2) for c in range(1, 6)]
-
-    class PM:
-        def __iter__(self):
-            return iter(entries)
-
-    rng = random.Random(8)
-    refs = [e.ref for e in entries] + [PointRef("cell.soc", 3, 1), PointRef("string.current", 1)]  # (no such row)
-    for interval, samples in ((15, 8), (1, 10), (7.5, 3)):
-        fast, plain = (cls(PM(), interval_s=interval, samples=samples, families={"cell.soc", "cell.voltage"})
-                       for cls in (LiveBuffer, _PlainBuffer))
-        now = 10_000.0
-        for step in range(400):
-            now += rng.choice([0.5, 1.0, 5.0, 7.5, 15.0])
-            if step % 97 == 50:
-                now -= rng.choice([30.0, 3600.0])  # the clock set back
-            batch = []
-            for _ in range(rng.randint(0, 4)):  # devices: each one's readings share a time
-                ts = rng.choice([now - rng.random(), now, now - 20.0, (now // interval + 1) * interval - 1e-9])
-                batch += [(ref, Reading(rng.choice([2.2, None, 0.5, -0.0]), rng.choice([Quality.GOOD, Quality.STALE]),
-                                        ts)) for ref in rng.sample(refs, rng.randint(0, len(refs)))]
-            fast.on_batch(batch)
-            plain.on_batch(batch)
-            assert (fast._newest, fast._last, fast._filled) == (plain._newest, plain._last, plain._filled), step
-            assert fast._offsets == plain._offsets and fast._values.tobytes() == plain._values.tobytes(), step
-        for ref in refs:
-            assert fast.query(ref, 0, 1e9, 100) == plain.query(ref, 0, 1e9, 100)
-        assert len(fast) > 0
 
 
 def test_listen_parsing():
