@@ -108,6 +108,7 @@ targets (1.5 % of one core, 80 MB).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -117,6 +118,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +162,23 @@ def bank(strings: int, cells: int, fast_s: float, tree: Path = ROOT) -> dict:
             if "enabled" in section:
                 section["enabled"] = True
     return data
+
+
+@contextlib.contextmanager
+def on_simulator(data: dict, folder: Path) -> Iterator[Path]:
+    """``data``'s sensors in a process of their own (`bmsgw simulate`, state in ``folder``/sim) while the block
+    runs; yields the gateway's config file, its buses on the simulator's pseudo-terminals (``data`` changed
+    to match)."""
+    sim_data = {**data, "gateway": {**data["gateway"], "state_dir": str(folder / "sim")}}
+    (folder / "sim.yaml").write_text(yaml.safe_dump(sim_data, sort_keys=False))
+    with SimProcess(folder / "sim.yaml") as sim:
+        data["simulator"]["enabled"] = False
+        for b in data["buses"]:
+            b["port"] = sim.ports[b["name"]]
+        data["gateway"]["state_dir"] = str(folder / "var")
+        config = folder / "config.yaml"
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        yield config
 
 
 @dataclass
@@ -363,15 +382,7 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
         data = bank(strings, cells, fast_s, tree)
         if broker.proc is not None:
             data["mqtt"].update(enabled=True, host="127.0.0.1", port=broker.port)
-        sim_data = {**data, "gateway": {**data["gateway"], "state_dir": str(folder / "sim")}}
-        (folder / "sim.yaml").write_text(yaml.safe_dump(sim_data, sort_keys=False))
-        with SimProcess(folder / "sim.yaml") as sim:
-            data["simulator"]["enabled"] = False
-            for b in data["buses"]:
-                b["port"] = sim.ports[b["name"]]
-            data["gateway"]["state_dir"] = str(folder / "var")
-            config = folder / "config.yaml"
-            config.write_text(yaml.safe_dump(data, sort_keys=False))
+        with on_simulator(data, folder) as config:
             log_path = folder / "gateway.log"
             with open(log_path, "w") as log:
                 started = time.monotonic()

@@ -52,28 +52,20 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import ROOT, SimProcess
+from _common import ROOT
 
 CYCLE_S = 5.0
 
 
 def record(path: Path, seconds: float, warmup: float) -> None:
-    from controller_budget import bank  # (the issue-18 setup: every face on a free port)
+    from controller_budget import bank, on_simulator  # (the issue-18 setup: every face on a free port)
 
     from tests.support import GatewayThread
 
     folder = Path(tempfile.mkdtemp(prefix="bmsgw-recorded-"))
     data = bank(4, 120, CYCLE_S)
     data["mqtt"]["enabled"] = False
-    sim_data = {**data, "gateway": {**data["gateway"], "state_dir": str(folder / "sim")}}
-    (folder / "sim.yaml").write_text(yaml.safe_dump(sim_data, sort_keys=False))
-    with SimProcess(folder / "sim.yaml") as sim:
-        data["simulator"]["enabled"] = False
-        for b in data["buses"]:
-            b["port"] = sim.ports[b["name"]]
-        data["gateway"]["state_dir"] = str(folder / "var")
-        config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with on_simulator(data, folder) as config:
         gt = GatewayThread(config).start()
         try:
             store = gt.gateway.store
