@@ -348,10 +348,7 @@ class RtuTransport:
         got = False
         for fd, _ in poller.poll(timeout_ms):
             if fd == self._wake_r:
-                with contextlib.suppress(BlockingIOError, InterruptedError):
-                    os.read(fd, 512)
-                if self._closing:
-                    raise _Closing
+                self._take_wake_up()
                 continue
             try:
                 data = os.read(fd, 4096)
@@ -365,6 +362,13 @@ class RtuTransport:
             self._idle_since = time.monotonic()
             got = True
         return got
+
+    def _take_wake_up(self) -> None:
+        """The wake-up pipe was written (a job queued, a caller gone, close()): empty it; stop when closing."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(self._wake_r, 512)
+        if self._closing:
+            raise _Closing
 
     def _port_lost(self, why: str) -> PortUnavailable:
         """The adapter was unplugged: the request fails, the thread ends and closes the port (a dead descriptor
@@ -553,10 +557,7 @@ class RtuTransport:
                 raise err
             woken, _, _ = select.select([self._wake_r], [self._fd], [], remaining)
             if woken:
-                with contextlib.suppress(BlockingIOError, InterruptedError):
-                    os.read(self._wake_r, 512)
-                if self._closing:
-                    raise _Closing
+                self._take_wake_up()
             try:
                 written += os.write(self._fd, request[written:])
             except (BlockingIOError, InterruptedError):
