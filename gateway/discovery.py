@@ -56,13 +56,8 @@ class Discovery:
         if transport is None:
             raise PortError(bs.open_error)
         wanted = parse_ids(ids or self.engine.discovery["ids"])
-        counters = transport.counters
-        before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
-        try:
-            found = await scan_bus(transport, self.engine.profiles, wanted)
-        finally:
-            # silence from ids nobody uses is what a scan expects: it is not a communication fault
-            counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
+        # silence from ids nobody uses is what a scan expects: it is not a communication fault
+        found = await scan_bus(transport, self.engine.profiles, wanted, counted=False)
         report = self.compare(bs, {f.address: (f.profile.name if f.profile else None) for f in found}, set(wanted))
         bs.discovery = report.as_dict()
         log.info("bus %s: discovery found %d devices, %d as configured", name, len(report.found), len(report.matching))
@@ -131,16 +126,11 @@ class Discovery:
             bs.search_next = float("inf")  # until this sweep ends
             log.info("bus %s: looking for %d lost device(s) at %d other addresses", bs.bus.name, len(lost),
                      len(bs.search_ids))
-        counters = bs.transport.counters
         while bs.search_ids and bs.may_probe(until):
             addr = bs.search_ids.pop(0)
-            before = (counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions)
             t0 = time.monotonic()
-            try:
-                found = await scan_bus(bs.transport, self.engine.profiles, [addr])
-            finally:
-                # silence from an address nobody uses is what a search expects: not a communication fault
-                counters.requests, counters.timeouts, counters.crc_errors, counters.exceptions = before
+            # silence from an address nobody uses is what a search expects: not a communication fault
+            found = await scan_bus(bs.transport, self.engine.profiles, [addr], counted=False)
             bs.charge(t0, until)
             for f in found:
                 bs.search_found[f.address] = f.profile.name if f.profile else None

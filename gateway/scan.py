@@ -63,15 +63,18 @@ def identity_locations(profiles: dict[str, DeviceProfile]) -> list[tuple[str, in
 
 
 async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], ids: list[int],
-                   progress: Callable[[int, int, int], None] | None = None) -> list[Found]:
-    """Ask every id for every known identity block; the first block that matches a profile names it."""
+                   progress: Callable[[int, int, int], None] | None = None, counted: bool = True) -> list[Found]:
+    """Ask every id for every known identity block; the first block that matches a profile names it.
+    ``counted`` False: the scan's requests and silences are left out of the bus's counters (see
+    RtuTransport.exchange)."""
     locations = identity_locations(profiles)
     found: list[Found] = []
     for n, unit in enumerate(ids, 1):
         answered: Found | None = None
         for table, address, count in locations:
             try:
-                words = await transport.transact(read_request(unit, FUNCTION_FOR_TABLE[table], address, count))
+                words = await transport.transact(read_request(unit, FUNCTION_FOR_TABLE[table], address, count),
+                                                 counted)
             except ExceptionResponse:
                 answered = answered or Found(unit, None, ())
                 continue
@@ -84,7 +87,7 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
             match = next((p for p in profiles.values() if p.identity is not None
                           and p.identity.location == (table, address, count) and p.identity.matches(words)), None)
             if match is not None:
-                answered = Found(unit, match, tuple(words), await _battery_voltage(transport, unit, match))
+                answered = Found(unit, match, tuple(words), await _battery_voltage(transport, unit, match, counted))
                 break
             answered = answered or Found(unit, None, tuple(words))
         if answered is not None:
@@ -95,7 +98,8 @@ async def scan_bus(transport: RtuTransport, profiles: dict[str, DeviceProfile], 
     return found
 
 
-async def _battery_voltage(transport: RtuTransport, unit: int, profile: DeviceProfile) -> float | None:
+async def _battery_voltage(transport: RtuTransport, unit: int, profile: DeviceProfile,
+                           counted: bool = True) -> float | None:
     """A cell sensor's battery voltage (None: not a cell sensor, or no answer): the battery's size comes from
     it, not from the profile (a BMU-H serves 6 V and 12 V units)."""
     if profile.scope != "cell":
@@ -104,7 +108,8 @@ async def _battery_voltage(transport: RtuTransport, unit: int, profile: DevicePr
     if reg is None:
         return None
     try:
-        words = await transport.transact(read_request(unit, FUNCTION_FOR_TABLE[reg.table], reg.address, reg.count))
+        words = await transport.transact(read_request(unit, FUNCTION_FOR_TABLE[reg.table], reg.address, reg.count),
+                                         counted)
     except ModbusError:
         return None
     value = codecs.decode(words, reg)

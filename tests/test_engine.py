@@ -272,6 +272,30 @@ def test_a_readdressed_sensor_is_found_and_adopted_by_discovery(tmp_path):
     assert seen["status"]["adopted"] == {"4": 130}
 
 
+def test_a_discovery_beside_the_polls_leaves_the_bus_counters_to_the_polls(tmp_path):
+    """Silence from ids nobody uses is what a scan expects, not a fault; the polls that go on meanwhile are
+    counted all the same (the counters were once put back as they were before the scan, the polls' with them)."""
+    seen = {}
+
+    def health(engine) -> tuple[int, int, int, int]:
+        c = engine.counters()["bus1"]
+        return c["requests"], c["timeouts"], c["crc_errors"], c["exceptions"]
+
+    async def then(gw):
+        engine = gw.engine
+        before = health(engine)
+        await engine.poll_once()
+        alone = health(engine)
+        report, _ = await asyncio.gather(engine.discover("1-6,129-131,200-201"), engine.poll_once())
+        seen.update(poll=tuple(b - a for a, b in zip(before, alone, strict=True)),
+                    beside=tuple(b - a for a, b in zip(alone, health(engine), strict=True)), report=report["bus1"])
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    assert seen["report"].matching == (1, 2, 3, 4, 5, 200, 201), "the scan ran (and 6, 129-131 were silent)"
+    assert seen["poll"][0] > 0 and seen["poll"][1:] == (0, 0, 0)
+    assert seen["beside"] == seen["poll"], "a poll beside the scan is counted as a poll alone, the scan not at all"
+
+
 def test_discovery_reports_a_wrong_model_and_does_not_adopt_ambiguous_sensors(tmp_path):
     got = {}
 

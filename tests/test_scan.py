@@ -104,3 +104,50 @@ def test_scan_takes_the_battery_size_from_the_measured_voltage_not_the_profile(t
     path.write_text(out.stdout)
     check = bmsgw("check-config", "--config", path)
     assert check.returncode == 0, check.stderr
+
+
+def test_a_scan_beside_the_polls_leaves_the_bus_counters_to_the_polls(tmp_path, mixed_bus):
+    """The gateway's discovery and lost-device search scan without counting (silence from ids nobody uses is not
+    a fault); the polls that go on meanwhile are counted, their timeouts too."""
+    import asyncio
+
+    from gateway.modbus.rtu import READ_INPUT, read_request
+    from gateway.modbus.transport import RtuTransport
+    from gateway.scan import scan_bus
+    from gateway.topology import BusConfig
+
+    profiles = offline_gateway(write_config(tmp_path, base=MIXED_BUS, fast=False)).profiles
+    tr = RtuTransport(BusConfig("bus1", mixed_bus, baud=115200, timeout_ms=50))
+    tr.open()
+    order: list[str] = []
+
+    async def polls() -> list:
+        got = []
+        for n in range(12):
+            unit = 30 if n == 5 else 1  # (nobody at 30: one timeout)
+            try:
+                got.append(await tr.transact(read_request(unit, READ_INPUT, 0, 2)))
+            except Exception as exc:  # (what the poll got is what the test looks at)
+                got.append(exc)
+            order.append("poll")
+        return got
+
+    async def scan() -> list:
+        found = await scan_bus(tr, profiles, list(range(40, 46)), counted=False,
+                               progress=lambda n, total, found: order.append("scan"))
+        return found
+
+    async def both():
+        return await asyncio.gather(polls(), scan())
+
+    try:
+        got, found = asyncio.run(both())
+    finally:
+        tr.close()
+    assert found == [], "nobody answers at 40-45"
+    assert sum(isinstance(g, list) for g in got) == 11 and type(got[5]).__name__ == "NoReply"
+    first_scan, last_scan = order.index("scan"), len(order) - 1 - order[::-1].index("scan")
+    assert "poll" in order[first_scan:last_scan], f"the scan and the polls took turns on the bus: {order}"
+    c = tr.counters
+    assert (c.requests, c.timeouts, c.crc_errors, c.exceptions) == (12, 1, 0, 0), c
+    assert c.bytes_out == 8 * (12 + 6), "bytes are counted either way: the line was busy (one request per silent id)"

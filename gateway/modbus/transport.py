@@ -59,6 +59,13 @@ class BusCounters:
     stray_replies: int = 0  # late replies of other units dropped while waiting
     reply_time: float = 0.0  # request sent -> reply's last byte, summed over answered transactions
 
+    def faults(self) -> tuple[int, int, int, int]:
+        """The transaction counters that tell a bus's health (requests and their failures)."""
+        return self.requests, self.timeouts, self.crc_errors, self.exceptions
+
+    def set_faults(self, faults: tuple[int, int, int, int]) -> None:
+        self.requests, self.timeouts, self.crc_errors, self.exceptions = faults
+
     def count(self, error: ModbusError) -> None:
         if error.kind == "timeout":
             self.timeouts += 1
@@ -96,6 +103,7 @@ class _Job:
     future: asyncio.Future[list[GroupResult]]
     results: list[GroupResult] = field(default_factory=list)
     cancelled: bool = False  # its caller gave up: nothing more of it is sent
+    counted: bool = True  # False: its transactions leave the health counters as they were (see exchange)
 
 
 class _Closing(Exception):
@@ -232,16 +240,20 @@ class RtuTransport:
         return unit in self._lateness
 
     # -- the event loop's side -------------------------------------------------------------------------------
-    async def exchange(self, groups: list[list[bytes]], urgent: bool = False) -> list[GroupResult]:
+    async def exchange(self, groups: list[list[bytes]], urgent: bool = False,
+                       counted: bool = True) -> list[GroupResult]:
         """Send the requests of ``groups`` in order, one transaction at a time, and return what each got.
 
         A group is one device's requests: a timeout ends it (the device is silent; its other requests would
         time out too), and the batch with it, so the caller hears of a silent device at once and sends the
         rest again; any other failure ends neither.  Fewer results than groups: a timeout ended the batch, or
         the port closed.  Cancelled, it sends nothing more (a request waiting out its silence is not sent).
-        ``urgent``: goes before the queued batches, between two devices of the one under way."""
+        ``urgent``: goes before the queued batches, between two devices of the one under way.  ``counted``
+        False: its requests and their failures are not counted (a scan's silence from ids nobody uses is not a
+        communication fault); undone in the bus's thread, transaction by transaction, so what other callers
+        send meanwhile is counted as usual (bytes and wire time are counted either way: the line was busy)."""
         loop = asyncio.get_running_loop()
-        job = _Job(groups, loop, loop.create_future())
+        job = _Job(groups, loop, loop.create_future(), counted=counted)
         with self._io_lock:
             if self._serial is None:
                 raise PortUnavailable("port is not open")
@@ -255,9 +267,10 @@ class RtuTransport:
                 self._wake()  # out of a long wait (a late slave's replies) for a caller that has gone
             raise
 
-    async def transact(self, request: bytes) -> list[int]:
-        """Send one request and return the registers of its reply (raises ModbusError subclasses)."""
-        results = await self.exchange([[request]], urgent=True)
+    async def transact(self, request: bytes, counted: bool = True) -> list[int]:
+        """Send one request and return the registers of its reply (raises ModbusError subclasses); ``counted``:
+        as in ``exchange``."""
+        results = await self.exchange([[request]], urgent=True, counted=counted)
         if not results or not results[0].outcomes:
             raise PortUnavailable("port is not open")
         outcome = results[0].outcomes[0]
@@ -327,6 +340,7 @@ class RtuTransport:
             outcomes: list[Outcome] = []
             job.results.append(new(GroupResult, (time.time(), time.monotonic(), outcomes)))
             for request in group:
+                faults = None if job.counted else self.counters.faults()
                 try:
                     outcomes.append(self._transact(request, job))
                 except _Cancelled:
@@ -338,6 +352,9 @@ class RtuTransport:
                     outcomes.append(err)
                     if err.kind == "timeout":
                         return  # (see exchange)
+                finally:
+                    if faults is not None:
+                        self.counters.set_faults(faults)
 
     def _poll_read(self, timeout_ms: float | None) -> bool:
         """Wait up to ``timeout_ms`` (None: for ever) for bytes on the port or a wake-up; take what came.
