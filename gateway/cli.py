@@ -16,6 +16,14 @@ from .errors import GatewayError
 
 log = logging.getLogger("gateway")
 
+# The garbage collector's thresholds under `bmsgw run` (CPython's: 700, 10, 10).  A poll cycle's readings, batches
+# and the faces' payloads are short-lived and freed by their reference counts, but each allocation counts towards
+# the next collection of the youngest generation, which walks whatever is young at that moment (the readings of
+# a batch on their way to the store): 0.5 ms every 1.4 s on the default bank, 0.04 % of a core with the middle
+# generation's share; collected 14x less often, 0.01 %.  What was built at start-up is frozen (see
+# Gateway.freeze_startup_objects), so the oldest generation stays cheap.
+RUN_COLLECTOR_THRESHOLDS = (10_000, 20, 10)
+
 
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
@@ -24,10 +32,13 @@ def _setup_logging(level: str = "INFO") -> None:
 
 # -- commands ------------------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
+    import gc
+
     from .app import Gateway
     from .libc import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread starts (see gateway/libc.py)
+    gc.set_threshold(*RUN_COLLECTOR_THRESHOLDS)
     gw = Gateway(config_path(args))
     if not args.log_level:  # --log-level wins over the config
         logging.getLogger().setLevel(gw.config.data["gateway"]["log_level"])
