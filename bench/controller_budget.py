@@ -109,6 +109,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -219,6 +220,28 @@ def proc_cpu_s(pid: int) -> float:
 def proc_user_system_s(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
+
+
+def thread_writes(pid: int) -> dict[int, int]:
+    """Write system calls of each of the process's threads, by thread id (/proc/PID/task/TID/io): a bus thread
+    writes once per request, so these count its transactions."""
+    out: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            io = (task / "io").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = int(re.search(r"^syscw:\s+(\d+)", io, re.M)[1])
+    return out
+
+
+def rtu_floor(port: str, baud: int, units: range, seconds: float) -> dict[str, float]:
+    """bench/_rtu_floor.py on one bus: CPU seconds and transactions of the bare system calls (see its docstring)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "_rtu_floor.py"), port, str(baud), str(units.start),
+                          str(units.stop - 1), str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench/_rtu_floor.py failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
@@ -367,6 +390,8 @@ class Result:
     missed: int = 0
     problems: list[str] = field(default_factory=list)
     loadavg: str = ""
+    bus_transactions: int = 0  # in the window, every bus (write system calls of the bus threads)
+    floor: dict[str, float] = field(default_factory=dict)  # bench/_rtu_floor.py's result, this run
 
     @property
     def share(self) -> float:
@@ -374,7 +399,7 @@ class Result:
 
 
 def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float, warmup: float,
-            keep: Path | None, rate: int, gil: bool, tree: Path = ROOT) -> Result:
+            keep: Path | None, rate: int, gil: bool, tree: Path = ROOT, floor_s: float = 10.0) -> Result:
     folder = Path(tempfile.mkdtemp(prefix="bmsgw-budget-"))
     result = Result(label, strings * cells)
     broker = Broker.start(folder)
@@ -383,6 +408,9 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
         if broker.proc is not None:
             data["mqtt"].update(enabled=True, host="127.0.0.1", port=broker.port)
         with on_simulator(data, folder) as config:
+            if floor_s > 0:  # before the gateway takes the bus: its cell sensors (units 2.., after the string's)
+                first = data["buses"][0]
+                result.floor = rtu_floor(first["port"], first["baud"], range(2, 2 + cells), floor_s)
             log_path = folder / "gateway.log"
             with open(log_path, "w") as log:
                 started = time.monotonic()
@@ -404,12 +432,16 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
                 time.sleep(warmup)
                 profiler = Profiler(proc.pid, seconds, folder / "profile.txt", rate, gil, tree)
                 (u0, s0), t0, per_thread0 = proc_user_system_s(proc.pid), time.monotonic(), thread_cpu_s(proc.pid)
+                writes0 = thread_writes(proc.pid)
                 time.sleep(seconds)
                 (u1, s1), t1, per_thread1 = proc_user_system_s(proc.pid), time.monotonic(), thread_cpu_s(proc.pid)
+                writes1 = thread_writes(proc.pid)
                 names = thread_names(proc.pid)
                 for tid, cpu in per_thread1.items():
                     group = thread_group(names.get(tid, ""))
                     result.threads[group] = result.threads.get(group, 0.0) + cpu - per_thread0.get(tid, 0.0)
+                    if group == "RTU bus threads":
+                        result.bus_transactions += writes1.get(tid, 0) - writes0.get(tid, 0)
                 c0, c1 = u0 + s0, u1 + s1
                 result.system_s = s1 - s0
                 profile = profiler.result()
@@ -465,6 +497,18 @@ def report(r: Result, detail: int) -> None:
               f"of the GIL's holder):")
     for name, cpu in sorted(r.components.items(), key=lambda kv: -kv[1]):
         print(f"   {name:>22}: {100 * cpu / r.seconds:6.3f} % of a core ({100 * cpu / (r.cpu_s or 1):4.1f} % of it)")
+    bus_cpu = r.threads.get("RTU bus threads", 0.0)
+    if r.bus_transactions and bus_cpu:
+        per_tx = 1e6 * bus_cpu / r.bus_transactions
+        line = (f"   RTU transactions: {r.bus_transactions / r.seconds:.0f} a second; the bus threads' CPU "
+                f"{per_tx:.0f} us each")
+        if r.floor.get("transactions"):
+            floor_us = 1e6 * r.floor["cpu_s"] / r.floor["transactions"]
+            floor_share = 100 * r.bus_transactions * floor_us / 1e6 / r.seconds
+            line += (f"; the floor in this run (bench/_rtu_floor.py: the same system calls and nothing else, "
+                     f"{r.floor['transactions']:.0f} transactions, {r.floor['replies']:.0f} answered) "
+                     f"{floor_us:.0f} us: {per_tx / floor_us:.2f}x the floor ({floor_share:.3f} % of a core)")
+        print(line)
     print(f"   RSS {r.rss:.1f} MB (peak {r.hwm:.1f} MB); start-up to the first complete poll cycle "
           f"{r.startup_s:.1f} s; poll cycles missed {r.missed}")
     if detail:
@@ -497,6 +541,9 @@ def main() -> None:
     ap.add_argument("--detail", type=int, default=0, metavar="N",
                     help="also print the N functions that took most CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep each run's folder (config, log, profile) here")
+    ap.add_argument("--floor-seconds", type=float, default=10.0,
+                    help="seconds of bench/_rtu_floor.py on the first bus before the gateway starts: the CPU of an RTU "
+                         "transaction's bare system calls in this run, beside the bus threads' (0: not measured)")
     args = ap.parse_args()
     shapes = {1: (1, 1), 480: (4, 120), 960: (4, 240)}
     runs = [(f"{args.batteries} batteries, fast_s {args.fast_s:g}", *shapes[args.batteries], args.fast_s)]
@@ -505,7 +552,7 @@ def main() -> None:
     results = []
     for label, strings, cells, fast_s in runs:
         r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate, not args.syscalls,
-                    args.tree.resolve())
+                    args.tree.resolve(), args.floor_seconds)
         report(r, args.detail)
         results.append(r)
     if len(results) > 1:
