@@ -108,6 +108,7 @@ targets (1.5 % of one core, 80 MB).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -538,6 +539,10 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, default=ROOT,
                     help="the checkout whose gateway is measured (default this one): e.g. a worktree of an older "
                          "commit, for a comparison under the same load (the simulator is always this checkout's)")
+    ap.add_argument("--beside", type=Path, default=None, metavar="TREE",
+                    help="measure TREE's gateway at the same time, on a simulator of its own, and print both: an A/B "
+                         "in the same machine phase (runs one after the other drift apart by more than most changes "
+                         "gain); each carries the load of the other")
     ap.add_argument("--detail", type=int, default=0, metavar="N",
                     help="also print the N functions that took most CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep each run's folder (config, log, profile) here")
@@ -551,9 +556,24 @@ def main() -> None:
         runs += [("1 battery", 1, 1, 5.0), ("2 x 480 batteries", 4, 240, 5.0), ("480 batteries, fast_s 1", 4, 120, 1.0)]
     results = []
     for label, strings, cells, fast_s in runs:
-        r = measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate, not args.syscalls,
-                    args.tree.resolve(), args.floor_seconds)
-        report(r, args.detail)
+        def run(tree: Path, label: str = label, strings: int = strings, cells: int = cells,
+                fast_s: float = fast_s) -> Result:
+            return measure(label, strings, cells, fast_s, args.seconds, args.warmup, args.keep, args.rate,
+                           not args.syscalls, tree.resolve(), args.floor_seconds)
+
+        if args.beside is None:
+            r = run(args.tree)
+            report(r, args.detail)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                other = pool.submit(run, args.beside, f"{label} beside")
+                r = run(args.tree)
+                b = other.result()
+            report(r, args.detail)
+            print(f"-- at the same time, on a simulator of its own: {args.beside}")
+            report(b, args.detail)
+            print(f"-- {args.tree}: CPU {r.share:.2f} % of one core against {b.share:.2f} % beside it "
+                  f"({r.share / (b.share or 1):.2f}x); RSS {r.rss:.1f} against {b.rss:.1f} MB")
         results.append(r)
     if len(results) > 1:
         base = results[0]
