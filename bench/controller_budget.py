@@ -101,6 +101,19 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     web live buffer pass (branch i18-cpu4: 0.03 % of a core) was merged and reverted: RSS 80.0-80.2 MB with it.
     1 battery 0.17 %, 43.5 MB; 2 x 480 3.83 %, 113.3 MB; fast_s 1 7.78 %, 79.1 MB (`--seconds 60`, each run beside
     one of the default bank's: the load of a second gateway).
+    Session 8: the bus threads' CPU per transaction beside a floor measured in the same run (bench/_rtu_floor.py:
+    the same system calls and nothing else, 10 s on the first bus before the gateway starts): 0.74-1.79x the floor,
+    median 1.0 (18 runs of main 7855d4a and 4ac6782): at it within its noise; what Python the bus threads run adds
+    nothing measurable.  The floor itself moved from 63 to 145 us per transaction within two hours (session 7 measured
+    42-45 us with a loop of its own): with about 97 transactions a second, 0.6-1.4 % of a core before anything
+    else, which is what moves the total.  Runs one after the other are no A/B here (base and change, alternated,
+    measured 1.75-1.88 % against 2.00-2.38 %, the change's way); ``--beside`` runs both at once: the young GC
+    generation collected every 10,000 allocations (main 8bbe1f7) against 4ac6782, five pairs, each carrying the
+    other's load: 2.18/2.22/2.48/2.18/2.27 % against 2.37/2.40/2.53/2.33/2.37 % (0.91-0.98x; the event loop
+    thread 0.77-0.83 against 0.80-0.87 % of a core, the analytics' executor 0.13-0.20 against 0.20-0.25).  Alone,
+    in the slow phase of the end of the session (the floor 115-145 us, `--variants --seconds 60 --warmup 30`):
+    2.35 % of one core (bus threads 1.28, event loop 0.75, analytics 0.18), RSS 78.6 MB, start-up 2.9 s; 1 battery
+    0.22 %, 43.5 MB; 2 x 480 4.48 %, 113.0 MB; fast_s 1 10.43 %, 79.0 MB.
 
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
