@@ -122,6 +122,37 @@ def test_rows_wait_bounded_while_the_disk_is_full_and_the_commit_says_what_is_on
     assert stored == list(range(T0 + 7, T0 + 12))
 
 
+def test_a_series_the_full_disk_would_not_let_be_made_keeps_its_readings_and_the_batchs_others(tmp_path,
+                                                                                             monkeypatch):
+    """The first reading of a family not recorded before (a new sensor type) needs a series row; on a full disk
+    that insert fails.  The batch it came in was once lost with it, every batch again until there was room."""
+    specs = {**SPECS, "cell.temperature": PointSpec("cell.temperature", "cell", "°C", "", 0, scale=0.1)}
+    db = HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0)
+    rec = Recorder(db, specs, PointFilter(["@measured"], []), raw_interval_s=1)
+    rec.add(_batch(T0))
+    assert rec.flush(T0 + 1) == 4  # the voltages' series is made and written
+    real_series_for, real_write = db.series_for, db.write
+
+    def full(*a, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(db, "series_for", full)
+    monkeypatch.setattr(db, "write", full)
+    temps = [(PointRef("cell.temperature", 1, c), Reading(25.0 + c / 10, Quality.GOOD, T0 + 1.5)) for c in (1, 2)]
+    rec.add(temps + _batch(T0 + 1))  # (the voltages after the new family, in the same batch)
+    with pytest.raises(sqlite3.OperationalError):
+        rec.flush(T0 + 2)
+    rec.add(_batch(T0 + 2))
+    monkeypatch.setattr(db, "series_for", real_series_for)
+    monkeypatch.setattr(db, "write", real_write)
+    assert rec.flush(T0 + 3) == 2 + 4 + 4  # the temperatures, and the voltages of both slots
+    assert {s.point for s in db.all_series()} == {"cell.voltage", "cell.temperature"}
+    temp = db.query("cell.temperature", 1, 1, start=T0, end=T0 + 3, resolution="raw", now=T0 + 3)
+    volt = db.query("cell.voltage", 1, 4, start=T0, end=T0 + 3, resolution="raw", now=T0 + 3)
+    assert temp.t == [T0 + 1] and temp.mean == [pytest.approx(25.1)] and temp.unit == "°C"
+    assert volt.t == [T0, T0 + 1, T0 + 2] and volt.mean == [pytest.approx(13.004)] * 3
+
+
 def test_sqlite_full_inside_a_transaction_is_reported_not_hidden_by_the_rollback(tmp_path):
     db = HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0)
     db.write([(T0, 1, encode_vector([1, 2]))])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -122,6 +123,9 @@ class Recorder:
         self.finest = db.tiers[0].seconds if db.tiers else 0
         self._families: dict[str, PointSpec | None] = {}
         self._states: dict[tuple[str, int | None], _SeriesState] = {}
+        # series whose row the database refused (a full disk) when their first reading came: recorded under a
+        # stand-in id (negative) and made at the next flush that can write, before their rows go
+        self._unmade: dict[int, tuple[_SeriesState, str, str, int | None, str]] = {}
         # per point: its series and its place in the series' vector (an empty tuple: not recorded), found once
         self._targets: dict[PointRef, tuple[_SeriesState, int] | tuple[()]] = {}
         # rows waiting for the next commit, each with the number of values in it; "fresh" rows are the first
@@ -169,10 +173,32 @@ class Recorder:
         st = self._states.get(key)
         if st is None:
             scale = spec.scale if spec.scale > 0 else 1.0
-            info = self.db.series_for(ref.point, axis, key[1], scale, spec.unit)
-            st = _SeriesState(info.sid, axis, info.scale, self._interval_for(ref.point))
+            try:
+                info = self.db.series_for(ref.point, axis, key[1], scale, spec.unit)
+            except sqlite3.Error as exc:  # (a full disk) its readings are kept as every other series' are
+                log.warning("history: the series of %s cannot be made yet (%s): its readings wait with the rest",
+                            ref.point, exc)
+                st = _SeriesState(-1 - len(self._unmade), axis, scale, self._interval_for(ref.point))
+                self._unmade[st.sid] = (st, ref.point, axis, key[1], spec.unit)
+            else:
+                st = _SeriesState(info.sid, axis, info.scale, self._interval_for(ref.point))
             self._states[key] = st
         return st
+
+    def _make_series(self) -> None:
+        """Make the series the database refused before, and give their waiting rows the real ids (raises what
+        the database raises: the rows wait for the next flush)."""
+        made: dict[int, int] = {}
+        for stand_in, (st, point, axis, string, unit) in list(self._unmade.items()):
+            info = self.db.series_for(point, axis, string, st.scale, unit)
+            # (the series is new, so it is stored with the scale its values were encoded with)
+            st.sid = made[stand_in] = info.sid
+            del self._unmade[stand_in]
+        if made:
+            self._raw_rows = [(r[0], made.get(r[1], r[1]), *r[2:]) for r in self._raw_rows]
+            self._raw_fresh = [(r[0], made.get(r[1], r[1]), *r[2:]) for r in self._raw_fresh]
+            self._roll_rows = [(made.get(r[0], r[0]), *r[1:]) for r in self._roll_rows]
+            self._roll_fresh = [(made.get(r[0], r[0]), *r[1:]) for r in self._roll_fresh]
 
     def _target(self, ref: PointRef) -> tuple[_SeriesState, int] | tuple[()]:
         """The point's series (made on its first recorded reading) and its index in the series' vector."""
@@ -321,6 +347,8 @@ class Recorder:
         self.flushes += 1
         self.last_flush = now
         self._bound_pending()
+        if self._unmade:
+            self._make_series()
         written = 0
         raw, raw_fresh, roll, roll_fresh = self._raw_rows, self._raw_fresh, self._roll_rows, self._roll_fresh
         if raw or raw_fresh or roll or roll_fresh:
@@ -455,7 +483,7 @@ class HistoryWriter(threading.Thread):
                 rec.add(take())
         except IndexError:
             pass
-        except Exception as exc:  # a new series could not be created (a full disk): that batch is lost
+        except Exception as exc:  # (a fault of the recorder's own: the rest of that batch is lost, and said)
             self._failed(exc, "a batch could not be recorded")
 
     def _open(self, opener: Callable[[], Recorder]) -> None:
