@@ -593,8 +593,14 @@ def main() -> None:
         for r in results[1:]:
             print(f"{r.label}: CPU {r.share / (base.share or 1):.2f}x, RSS {r.rss / base.rss:.2f}x the first run")
     head = results[0]
+    floor = ""
+    if head.floor.get("transactions") and head.bus_transactions:
+        # (how much of the total this machine's system calls alone took, in this run: what its phase moves)
+        floor_share = 100 * head.bus_transactions * head.floor["cpu_s"] / head.floor["transactions"] / head.seconds
+        floor = f", {floor_share:.2f} % of it the floor of its RTU transactions' system calls here"
     print(f"controller budget ({head.label}): CPU {head.share:.2f} % of one core (target {CPU_TARGET_PCT} %, "
-          f"{head.share * SLOWER:.0f} % of the controller), RSS {head.rss:.1f} MB (target {RSS_TARGET_MB:.0f} MB)")
+          f"{head.share * SLOWER:.0f} % of the controller{floor}), RSS {head.rss:.1f} MB (target "
+          f"{RSS_TARGET_MB:.0f} MB)")
 
 
 if __name__ == "__main__":
