@@ -113,7 +113,9 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     thread 0.77-0.83 against 0.80-0.87 % of a core, the analytics' executor 0.13-0.20 against 0.20-0.25).  Alone,
     in the slow phase of the end of the session (the floor 115-145 us, `--variants --seconds 60 --warmup 30`):
     2.35 % of one core (bus threads 1.28, event loop 0.75, analytics 0.18), RSS 78.6 MB, start-up 2.9 s; 1 battery
-    0.22 %, 43.5 MB; 2 x 480 4.48 %, 113.0 MB; fast_s 1 10.43 %, 79.0 MB.
+    0.22 %, 43.5 MB; 2 x 480 4.48 %, 113.0 MB; fast_s 1 10.43 %, 79.0 MB.  Then batches of PUBLISH_S of wire
+    time, published at their end (main 920c306), against 136184b with ``--beside``: 0.97x and 0.96x (the event
+    loop thread 0.07-0.08 % of a core lower; two earlier pairs with the readings published every 250 ms: 0.93x).
 
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
