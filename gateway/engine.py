@@ -153,9 +153,10 @@ class _Cycle:
     """One poll cycle of a bus: its tries, the reads waiting for a retry, and how many devices in a row have
     not answered (the bus may have fallen silent)."""
 
-    def __init__(self, engine: Engine, transport: RtuTransport | None) -> None:
+    def __init__(self, engine: Engine, bs: BusState) -> None:
         self.engine = engine
-        self.transport = transport
+        self.bs = bs
+        self.transport = bs.transport
         self.pending: list[_Reads] = []
         self.tried = self.answered = self.run = 0
 
@@ -177,6 +178,7 @@ class _Cycle:
                 self.pending.append(reads)
             else:
                 self.engine._finish(reads)
+        self.engine._publish_due(self.bs)
 
 
 class DeviceWriteError(Exception):
@@ -398,7 +400,7 @@ class Engine:
         every lost device is tried too.
         """
         start = time.monotonic()
-        cycle = _Cycle(self, bs.transport)
+        cycle = _Cycle(self, bs)
         lost_before = [ds for ds in bs.devices if ds.lost]
         healthy = [ds for ds in bs.devices if not ds.failures and not ds.lost]
         suspects = [ds for ds in bs.devices if ds.failures and not ds.lost]
@@ -594,8 +596,6 @@ class Engine:
                 if not bs.unpublished:
                     bs.unpublished_since = reads.at
                 bs.unpublished.extend(reads.batch)
-                if time.monotonic() - bs.unpublished_since >= self.PUBLISH_S:
-                    self._publish_readings(bs)
             ds.last_ok = reads.ts
             return
         if reads.batch:
@@ -608,14 +608,19 @@ class Engine:
         failed = reads.refused + [block for block, _ in reads.todo]
         ok = not failed
         if bs is not None and bs.unpublished and (
-                not ok or ds.lost or (ds.comm_ref is not None and self.store.get(ds.comm_ref) is None)
-                or time.monotonic() - bs.unpublished_since >= self.PUBLISH_S):
+                not ok or ds.lost or (ds.comm_ref is not None and self.store.get(ds.comm_ref) is None)):
             self._publish_readings(bs)  # _account writes about this device: its readings go first
         if reads.batch or reads.refused:
             failed_refs = [item.ref for block in failed for item in block.items]
         else:  # not a word from it: none of its values is current, those read every slow_s neither
             failed_refs = list(ds.refs)
         self._account(ds, ok, reads.error, failed_refs, reads.ts)
+
+    def _publish_due(self, bs: BusState) -> None:
+        """After a batch's devices are finished: the bus's waiting readings go once the oldest has waited
+        ``PUBLISH_S`` (one store write for the batch, not one per device finished after that moment)."""
+        if bs.unpublished and time.monotonic() - bs.unpublished_since >= self.PUBLISH_S:
+            self._publish_readings(bs)
 
     def _publish_readings(self, bs: BusState) -> None:
         """Put the bus's waiting readings into the store, in the order they were read."""

@@ -513,3 +513,42 @@ def test_poll_settings_applied_while_running_take_effect_at_once(tmp_path):
         gt.call(reload())
         assert (gw.engine.slow_s, gw.engine.stale_after) == (1.0, 5)
         gt.wait_for(lambda: gw.store.get(ref).ts > first, timeout=20, what="the ohmic value read again")
+
+
+def test_a_batch_of_the_sweep_reaches_the_store_in_one_write(tmp_path):
+    """At the wire's pace a batch takes about PUBLISH_S, so its first devices' readings have waited that long
+    when the batch comes back: they once went to the store one device at a time before the rest of the batch
+    followed.  Each store write wakes every listener; a batch is one write."""
+    from gateway.app import Gateway
+    from tests.coretools import running
+    from tests.support import write_config
+
+    path = write_config(tmp_path, {"simulator": {"wire_time": True}}, base=small_bank(strings=1, cells=40))
+    gw = Gateway(path)
+    seen = {}
+    with running(gw):
+        async def go():
+            engine = gw.engine
+            try:
+                await engine.poll_once(slow=True)
+                bs = engine.buses["bus1"]
+                sweep = [r for ds in bs.devices if (r := engine._reads(ds, False, 0)) is not None]
+                seen["batches"] = len(engine._batches(bs, sweep))
+                writes: list[int] = []
+                put_many = gw.store.put_many
+
+                def counting(batch, *args, **kwargs):
+                    cells = {ref.cell for ref, _ in batch if ref.point == "cell.voltage"}
+                    if cells:
+                        writes.append(len(cells))
+                    return put_many(batch, *args, **kwargs)
+
+                gw.store.put_many = counting
+                await engine.poll_once(slow=False)
+                seen["writes"] = writes
+            finally:
+                await engine.stop()
+
+        asyncio.run(go())
+    assert seen["batches"] >= 2, "forty sensors at 115200 baud make more than one batch"
+    assert len(seen["writes"]) == seen["batches"] and sum(seen["writes"]) == 40, seen
