@@ -5,7 +5,8 @@ Drivers (profiles and plugins) never do I/O; the engine owns every byte on the w
 answering first gets its points marked STALE, then after ``stale_after_cycles`` failed cycles COMM_FAIL with
 a communication-loss event; it is then tried only every ``lost_retry_s``, after the devices that answer and
 within the bus's idle time or a small share of a busy bus's time, so it cannot slow its healthy neighbours,
-and it recovers by itself when it answers again.  While it is lost, the engine also looks for it at the
+and it recovers by itself when it answers again, its slow values too (its first read after a failure is a
+full one).  While it is lost, the engine also looks for it at the
 addresses nobody is polled at (a sensor replaced by one set to another address).  See ``_poll_bus``.
 """
 from __future__ import annotations
@@ -75,6 +76,9 @@ class DeviceState:
     next_try: float = 0.0
     last_ok: float = 0.0
     last_error: str = ""
+    # a failure marked its slow values (read every slow_s) stale too: its next read is a full one, so they are
+    # current again as soon as it answers, not up to slow_s later
+    slow_stale: bool = False
 
     def readdress(self, address: int) -> None:
         """Poll this device at ``address`` from now on (discovery adopted it there, or it is back)."""
@@ -142,6 +146,7 @@ class _Reads:
     tries_left: int
     ts: float  # when it was read (time.time(); the transport stamps it when the device's turn comes)
     at: float  # the same moment on time.monotonic()
+    full: bool  # its slow registers too
     batch: list = field(default_factory=list)
     refused: list[Block] = field(default_factory=list)  # answered with an exception
     error: str = ""
@@ -524,10 +529,11 @@ class Engine:
         return batches
 
     def _reads(self, ds: DeviceState, slow: bool, retries: int) -> _Reads | None:
-        todo = list(ds.full_reads if slow else ds.fast_reads)
+        full = slow or ds.slow_stale
+        todo = list(ds.full_reads if full else ds.fast_reads)
         if not todo:  # nothing of this device is due: no news about it either
             return None
-        return _Reads(ds, todo, retries, time.time(), time.monotonic())
+        return _Reads(ds, todo, retries, time.time(), time.monotonic(), full)
 
     async def _attempt(self, transport: RtuTransport | None, batch: list[_Reads]) -> None:
         """One try at every read in each ``reads.todo`` of ``batch``, in one exchange with the bus's thread;
@@ -614,6 +620,9 @@ class Engine:
             failed_refs = [item.ref for block in failed for item in block.items]
         else:  # not a word from it: none of its values is current, those read every slow_s neither
             failed_refs = list(ds.refs)
+            ds.slow_stale = not ok and ds.full_reads != ds.fast_reads
+        if ok and reads.full:
+            ds.slow_stale = False
         self._account(ds, ok, reads.error, failed_refs, reads.ts)
 
     def _publish_due(self, bs: BusState) -> None:

@@ -133,6 +133,32 @@ def test_a_failing_sensor_goes_stale_then_comm_fail_then_recovers(tmp_path, faul
         assert delta["crc_errors"] == 3 and delta["timeouts"] == 0
 
 
+def test_a_sensor_that_missed_a_fast_cycle_has_its_slow_values_current_again_the_next_cycle(tmp_path):
+    """One glitch (both tries of a fast cycle garbled) marks everything of the sensor stale, its ohmic value
+    too, which only a full cycle reads (every slow_s, 5 minutes by default).  The sensor's next read is a full
+    one: its ohmic value is current as soon as it answers again, and the reads after that are fast again."""
+    ohmic, volts = PointRef("cell.ohmic", 1, 2), PointRef("cell.voltage", 1, 2)
+    seen = {}
+
+    async def then(gw):
+        sim, engine = gw.simulator, gw.engine
+        before = gw.store.get(ohmic)
+        sim.set_fault("bus1", 3, "crc_error")
+        await engine.poll_once(slow=False)
+        seen["glitch"] = gw.store.get(ohmic).quality, gw.store.get(volts).quality
+        sim.set_fault("bus1", 3, "none")
+        await engine.poll_once(slow=False)
+        back = gw.store.get(ohmic)
+        seen["back"] = back.quality, back.ts > before.ts, gw.store.get(volts).quality
+        await engine.poll_once(slow=False)
+        seen["then"] = gw.store.get(ohmic).ts == back.ts, gw.store.get(volts).ts > back.ts
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    assert seen["glitch"] == (Quality.STALE, Quality.STALE)
+    assert seen["back"] == (Quality.GOOD, True, Quality.GOOD), "read whole when it answers again"
+    assert seen["then"] == (True, True), "then fast cycles again: the ohmic value is not read"
+
+
 def test_a_slow_slave_answers_within_the_timeout_or_times_out_alone(tmp_path):
     seen = {}
 
