@@ -153,6 +153,41 @@ def test_a_series_the_full_disk_would_not_let_be_made_keeps_its_readings_and_the
     assert volt.t == [T0, T0 + 1, T0 + 2] and volt.mean == [pytest.approx(13.004)] * 3
 
 
+def test_series_made_one_by_one_as_room_comes_back_keep_every_reading(tmp_path, monkeypatch):
+    """Two new families wait for their series on a full disk; the next flush can make the first but not the
+    second (the disk filled again), and a third family comes meanwhile.  Each reading lands in its own
+    series once there is room."""
+    specs = {**SPECS, "cell.temperature": PointSpec("cell.temperature", "cell", "°C", "", 0, scale=0.1),
+             "cell.ohmic": PointSpec("cell.ohmic", "cell", "ohm", "", 0, scale=1e-6),
+             "cell.emf": PointSpec("cell.emf", "cell", "V", "", 0, scale=0.001)}
+    db = HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0)
+    rec = Recorder(db, specs, PointFilter(["*"], []), raw_interval_s=1)
+    real_series_for = db.series_for
+    room = {"series": 0}
+
+    def series_for(*a, **kw):
+        if room["series"] <= 0:
+            raise sqlite3.OperationalError("database or disk is full")
+        room["series"] -= 1
+        return real_series_for(*a, **kw)
+
+    def reading(point: str, value: float, t: float) -> list:
+        return [(PointRef(point, 1, 1), Reading(value, Quality.GOOD, t))]
+
+    monkeypatch.setattr(db, "series_for", series_for)
+    rec.add(reading("cell.temperature", 25.5, T0 + 0.5) + reading("cell.ohmic", 0.0021, T0 + 0.5))
+    room["series"] = 1  # the first series can be made, then the disk is full again
+    with pytest.raises(sqlite3.OperationalError):
+        rec.flush(T0 + 1)
+    rec.add(reading("cell.emf", 2.15, T0 + 1.5))
+    room["series"] = 10
+    rec.flush(T0 + 2)
+    assert {s.point for s in db.all_series()} == {"cell.temperature", "cell.ohmic", "cell.emf"}
+    for point, value in (("cell.temperature", 25.5), ("cell.ohmic", 0.0021), ("cell.emf", 2.15)):
+        got = db.query(point, 1, 1, start=T0, end=T0 + 2, resolution="raw", now=T0 + 2)
+        assert got.mean == [pytest.approx(value, rel=1e-3)], (point, got.t, got.mean)
+
+
 def test_sqlite_full_inside_a_transaction_is_reported_not_hidden_by_the_rollback(tmp_path):
     db = HistoryDB(tmp_path / "h.sqlite", raw_retention_days=0)
     db.write([(T0, 1, encode_vector([1, 2]))])

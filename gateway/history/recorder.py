@@ -178,7 +178,8 @@ class Recorder:
             except sqlite3.Error as exc:  # (a full disk) its readings are kept as every other series' are
                 log.warning("history: the series of %s cannot be made yet (%s): its readings wait with the rest",
                             ref.point, exc)
-                st = _SeriesState(-1 - len(self._unmade), axis, scale, self._interval_for(ref.point))
+                stand_in = min(self._unmade, default=0) - 1  # (unlike any still waiting)
+                st = _SeriesState(stand_in, axis, scale, self._interval_for(ref.point))
                 self._unmade[st.sid] = (st, ref.point, axis, key[1], spec.unit)
             else:
                 st = _SeriesState(info.sid, axis, info.scale, self._interval_for(ref.point))
@@ -189,16 +190,18 @@ class Recorder:
         """Make the series the database refused before, and give their waiting rows the real ids (raises what
         the database raises: the rows wait for the next flush)."""
         made: dict[int, int] = {}
-        for stand_in, (st, point, axis, string, unit) in list(self._unmade.items()):
-            info = self.db.series_for(point, axis, string, st.scale, unit)
-            # (the series is new, so it is stored with the scale its values were encoded with)
-            st.sid = made[stand_in] = info.sid
-            del self._unmade[stand_in]
-        if made:
-            self._raw_rows = [(r[0], made.get(r[1], r[1]), *r[2:]) for r in self._raw_rows]
-            self._raw_fresh = [(r[0], made.get(r[1], r[1]), *r[2:]) for r in self._raw_fresh]
-            self._roll_rows = [(made.get(r[0], r[0]), *r[1:]) for r in self._roll_rows]
-            self._roll_fresh = [(made.get(r[0], r[0]), *r[1:]) for r in self._roll_fresh]
+        try:
+            for stand_in, (st, point, axis, string, unit) in list(self._unmade.items()):
+                info = self.db.series_for(point, axis, string, st.scale, unit)
+                # (the series is new, so it is stored with the scale its values were encoded with)
+                st.sid = made[stand_in] = info.sid
+                del self._unmade[stand_in]
+        finally:  # (those made before one failed have their rows remapped too)
+            if made:
+                self._raw_rows = [(r[0], made.get(r[1], r[1]), *r[2:]) for r in self._raw_rows]
+                self._raw_fresh = [(r[0], made.get(r[1], r[1]), *r[2:]) for r in self._raw_fresh]
+                self._roll_rows = [(made.get(r[0], r[0]), *r[1:]) for r in self._roll_rows]
+                self._roll_fresh = [(made.get(r[0], r[0]), *r[1:]) for r in self._roll_fresh]
 
     def _target(self, ref: PointRef) -> tuple[_SeriesState, int] | tuple[()]:
         """The point's series (made on its first recorded reading) and its index in the series' vector."""
