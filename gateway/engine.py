@@ -166,7 +166,9 @@ class _Cycle:
         self.tried = self.answered = self.run = 0
 
     async def attempt(self, reads: _Reads) -> None:
+        """One device's reads (a suspect, a retry): the bus's waiting readings go once they are due."""
         await self.attempt_many([reads])
+        self.engine._publish_due(self.bs)
 
     async def attempt_many(self, batch: list[_Reads]) -> None:
         """Try these devices' reads once, in order (one batch for the bus's thread); what failed waits for a
@@ -183,7 +185,6 @@ class _Cycle:
                 self.pending.append(reads)
             else:
                 self.engine._finish(reads)
-        self.engine._publish_due(self.bs)
 
 
 class DeviceWriteError(Exception):
@@ -626,8 +627,9 @@ class Engine:
         self._account(ds, ok, reads.error, failed_refs, reads.ts)
 
     def _publish_due(self, bs: BusState) -> None:
-        """After a batch's devices are finished: the bus's waiting readings go once the oldest has waited
-        ``PUBLISH_S`` (one store write for the batch, not one per device finished after that moment)."""
+        """After a device tried on its own (the sweep publishes after each of its batches): the bus's waiting
+        readings go once the oldest has waited ``PUBLISH_S`` (one store write for them, not one per device
+        finished after that moment)."""
         if bs.unpublished and time.monotonic() - bs.unpublished_since >= self.PUBLISH_S:
             self._publish_readings(bs)
 
