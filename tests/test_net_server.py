@@ -15,6 +15,7 @@ import time
 import pytest
 
 from gateway.config import parse_networks
+from gateway.net import server as server_module
 from gateway.net.limits import Limits, limits_from_section, limits_schema, with_network_keys
 from gateway.net.server import BindError, BoundedConnection, BoundedServer
 from tests.fuzz.netcheck import recv_until_closed
@@ -174,6 +175,45 @@ def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(s
     assert recv_until_closed(socks[0], 5) == b""  # the bound holds: the oldest goes
     assert ask(newcomer) == b"HELLO\n"
     for s in (*socks, newcomer):
+        s.close()
+
+
+def stalled_and_silent(server: BoundedServer) -> tuple[socket.socket, socket.socket]:
+    """A connection that has sent nothing yet, then a younger one that began a request and stalled."""
+    silent = connect(server, "127.0.0.2")
+    wait_for(lambda: open_count(server) == 1, "the first connection")
+    stalled = connect(server, "127.0.0.3")
+    stalled.sendall(b"hel")
+    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in server.connections),
+             "the half request to be read")
+    return silent, stalled
+
+
+def test_a_client_that_has_not_spoken_yet_outlives_a_younger_one_that_stalled(serve, monkeypatch):
+    """During a flood of returning slow clients, every newcomer replaces one: when age alone decided, a client
+    whose request was still on its way became the oldest within a few hundred milliseconds and was reset."""
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)  # however slow this machine is now
+    server = serve(max_connections=2)
+    silent, stalled = stalled_and_silent(server)
+    newcomer = connect(server, "127.0.0.4")
+    wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
+    assert recv_until_closed(stalled, 5) == b""
+    assert ask(silent) == b"HELLO\n" and ask(newcomer) == b"HELLO\n"
+    for s in (silent, stalled, newcomer):
+        s.close()
+
+
+def test_a_client_silent_past_the_grace_has_had_its_chance(serve, monkeypatch):
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 0.0)
+    server = serve(max_connections=2)
+    silent, stalled = stalled_and_silent(server)
+    newcomer = connect(server, "127.0.0.4")
+    wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
+    assert recv_until_closed(silent, 5) == b""  # the oldest of those that had their chance
+    stalled.sendall(b"lo\n")
+    assert stalled.recv(100) == b"HELLO\n"
+    assert ask(newcomer) == b"HELLO\n"
+    for s in (silent, stalled, newcomer):
         s.close()
 
 

@@ -128,8 +128,8 @@ def test_prometheus_answers_a_scrape_while_200_slow_clients_trickle(gateway):
 
 def test_nut_answers_a_new_client_while_200_slow_clients_trickle(gateway):
     """What upsc asks (GET VAR string1 device.type), from a client that speaks as soon as it connects, as upsc
-    does.  (upsc itself is not the probe: a process start on a loaded 2-core machine can take longer than the
-    flood of returning slow clients needs to make the newest unproven connection the oldest.)"""
+    does.  (upsc itself is not the probe: its process start on a loaded 2-core machine would count in the
+    latency this test bounds.)"""
     svc = service(gateway, "NutService")
 
     def get_var() -> bytes:

@@ -7,14 +7,15 @@ the same way for every face:
 - binding: an address that cannot be bound raises ``BindError`` naming the face's key, the address and the
   operating system's reason (start-up is refused; a live ``rebind`` keeps the old listener);
 - admission: ``allow_from``, at most ``max_connections`` open and ``max_connections_per_address`` from one
-  address.  When every slot is taken (of the server, or of the newcomer's address), the newcomer replaces the
-  connection that has been open longest without completing a request (an *unproven* one: silent, trickling,
-  or still shaking hands) and with nothing waiting to be read: one whose bytes have arrived but that the event
-  loop has not yet read (a client that spoke as soon as it connected, during a flood of connections) has not
-  had its chance, and is taken only when every unproven one is in that state.  A connection that completed a
-  request (*proven*) is never dropped for a newcomer while an unproven one is open; when only proven ones are,
-  the newcomer replaces the one idle longest if the protocol allows closing idle connections (HTTP keep-alive:
-  ``idle_evictable``), else it is refused;
+  address.  When every slot is taken (of the server, or of the newcomer's address), the newcomer replaces a
+  connection that has completed no request (an *unproven* one: silent, trickling, or still shaking hands),
+  the one open longest among those that had their chance: they began a request and stalled, or said nothing
+  for ``SPEAK_GRACE_S``, and nothing they sent waits unread.  Only when none did, the newest arrivals go, the
+  oldest first: those that have not spoken yet (their first bytes may be on their way), then those whose
+  bytes arrived unread (in a flood the loop admits a batch before it reads any; a request may be whole).  A
+  connection that completed a request (*proven*) is never dropped for a newcomer while an unproven one is
+  open; when only proven ones are, the newcomer replaces the one idle longest if the protocol allows closing
+  idle connections (HTTP keep-alive: ``idle_evictable``), else it is refused;
 - deadlines, on the event loop's timers (no watchdog thread): a request must arrive whole within
   ``request_timeout_s`` of its first byte; a connection that completes no request for ``idle_timeout_s`` is
   closed; a client that does not take its answer for ``send_timeout_s`` is closed.  While a request is being
@@ -71,6 +72,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ABORT_AFTER_S = 5.0  # a closed connection whose client does not take the rest of its answer is reset after this
+# a client that has not spoken this long after its connect has had its chance (its first bytes follow the
+# handshake within a round trip): until then it is replaced only after those that began a request and stalled
+SPEAK_GRACE_S = 1.0
 _EARLY = 0.001  # a timer may fire this much before its deadline (the loop's clock resolution)
 
 
@@ -487,22 +491,37 @@ class BoundedServer:
 
     @staticmethod
     def _victim(candidates: dict[BoundedConnection, None] | set[BoundedConnection]) -> BoundedConnection | None:
-        """The connection a newcomer replaces: the unproven one connected longest with nothing unread
-        (``candidates`` iterate in connection order, except the set of all, which holds proven ones only when no
-        unproven is left), else the unproven one connected longest; else, where the face allows it (HTTP
-        keep-alive), the one idle longest; else none."""
+        """The connection a newcomer replaces (``candidates`` iterate in connection order, except the set of
+        all, which holds proven ones only when no unproven is left):
+
+        1. the unproven one connected longest that has had its chance and failed it: it began a request it has
+           not finished, or said nothing for ``SPEAK_GRACE_S``, and nothing it sent waits unread;
+        2. else the unproven one connected longest that has said nothing yet: a client's first bytes follow its
+           connect, and during a flood of returning slow clients many newcomers may be admitted before they
+           arrive (when it went by age alone, a client just connected became the oldest and was taken);
+        3. else the unproven one connected longest (its bytes wait unread: its request may be whole);
+        4. else, where the face allows it (HTTP keep-alive), the one idle longest; else none."""
         idle: BoundedConnection | None = None
-        unread: BoundedConnection | None = None  # its request may be whole: read it before judging it
+        unread: BoundedConnection | None = None
+        silent: BoundedConnection | None = None
+        now: float | None = None
         for conn in candidates:
             if not conn.proven:
-                if not conn.has_unread_bytes():
+                if conn.has_unread_bytes():
+                    unread = unread or conn
+                    continue
+                if conn.request_since is not None:
                     return conn
-                unread = unread or conn
+                if now is None:
+                    now = conn.loop.time()
+                if now - conn.connected_at >= SPEAK_GRACE_S:
+                    return conn
+                silent = silent or conn
                 continue
             if conn.idle_evictable and not conn.answering and conn.request_since is None and \
                     (idle is None or conn.last_activity < idle.last_activity):
                 idle = conn
-        return unread or idle
+        return silent or unread or idle
 
     def _evict(self, victim: BoundedConnection, newcomer: BoundedConnection, limit: str) -> None:
         self.counters["evicted"] += 1
