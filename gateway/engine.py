@@ -172,15 +172,15 @@ class _Cycle:
 
     async def attempt_many(self, batch: list[_Reads]) -> None:
         """Try these devices' reads once, in order (one batch for the bus's thread); what failed waits for a
-        retry (not from a slave known to answer late)."""
+        retry (not from a slave that answered late more than once)."""
         await self.engine._attempt(self.transport, batch)
         transport = self.transport
         for reads in batch:
             self.tried += 1
             self.answered += reads.answered
             self.run = 0 if reads.answered else self.run + 1
-            late = reads.timed_out and transport is not None and transport.late_from(reads.ds.address)
-            if reads.todo and reads.tries_left > 0 and not late:  # a known-late slave would be late again
+            late = reads.timed_out and transport is not None and transport.keeps_answering_late(reads.ds.address)
+            if reads.todo and reads.tries_left > 0 and not late:  # a slave late again and again would be late again
                 reads.tries_left -= 1
                 self.pending.append(reads)
             else:
@@ -393,7 +393,7 @@ class Engine:
         2. Once each, the devices whose last cycle failed (retries and all: one more try says if they still do).
         3. The retries of this cycle's failed reads, late enough that a slow slave's late reply has come and been
            dropped rather than taken for the retry's answer (the transport learns how late a slave is and waits
-           that long before asking it again); none for a slave known to answer late, none when the bus fell
+           that long before asking it again); none for a slave late more than once in a row, none when the bus fell
            silent (``SILENT_PROBES`` devices in a row did not answer).
         4. The lost devices due for another try, then a search for lost sensors at other addresses.  These may
            use the time the bus would idle anyway before ``until`` (the next cycle's start), else at most

@@ -159,6 +159,46 @@ def test_a_sensor_that_missed_a_fast_cycle_has_its_slow_values_current_again_the
     assert seen["then"] == (True, True), "then fast cycles again: the ohmic value is not read"
 
 
+def test_a_sensor_late_once_is_asked_again_within_the_cycle(tmp_path):
+    """A sensor busy once (its own measurement) answers after the timeout; its late reply comes while the bus
+    serves the next sensors, so the engine knows it answered late before the cycle's retries.  Late once, it
+    is asked again and its values are current; only one late again and again is not (a retry would be late
+    too: test below)."""
+    seen = {}
+
+    async def then(gw):
+        sim, engine = gw.simulator, gw.engine
+        cell = PointRef("cell.voltage", 1, 2)  # the sensor at address 3
+        before = gw.store.get(cell)
+        asked: list[str] = []
+        answer = sim.reply
+
+        def late_once(dev, frame):
+            if dev.address == 3:
+                asked.append(dev.fault)
+                if len(asked) > 1:
+                    dev.fault = "none"  # (read after this returns: this answer comes in time)
+            return answer(dev, frame)
+
+        sim.reply = late_once
+        # 3 answers 15 ms after the 100 ms timeout, while 4 and 5 take 60 ms each: the late reply comes during
+        # their transactions, before the batch ends
+        sim.set_fault("bus1", 3, "slow", slow_ms=115)
+        sim.set_fault("bus1", 4, "slow", slow_ms=60)
+        sim.set_fault("bus1", 5, "slow", slow_ms=60)
+        c0 = engine.counters()["bus1"]
+        await engine.poll_once(slow=False)
+        c1 = engine.counters()["bus1"]
+        now = gw.store.get(cell)
+        seen.update(asked=asked, quality=now.quality, fresh=now.ts > before.ts,
+                    timeouts=c1["timeouts"] - c0["timeouts"], late=c1["late_replies"] - c0["late_replies"])
+
+    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    assert seen["timeouts"] == 1 and seen["late"] == 1, seen
+    assert seen["asked"] == ["slow", "slow"], "asked again after its late reply"
+    assert seen["quality"] is Quality.GOOD and seen["fresh"], seen
+
+
 def test_a_slow_slave_answers_within_the_timeout_or_times_out_alone(tmp_path):
     seen = {}
 

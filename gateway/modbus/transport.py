@@ -143,6 +143,7 @@ class RtuTransport:
         # Written by the bus thread only.
         self._outstanding: dict[int, deque[float]] = {}
         self._lateness: dict[int, float] = {}
+        self._late_in_a_row: dict[int, int] = {}  # late replies since its last reply in time (keys: as above)
 
     # -- port ------------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -238,6 +239,21 @@ class RtuTransport:
         """Did ``unit`` answer after its timeout lately (and not in time since)?  Tells a slave that is too slow
         for the bus's ``timeout_ms`` from one that is silent."""
         return unit in self._lateness
+
+    def keeps_answering_late(self, unit: int) -> bool:
+        """Did ``unit`` answer late more than once since its last reply in time?  A retry of such a slave would
+        be late again; a slave late once (busy with a measurement of its own) is worth asking again."""
+        return self._late_in_a_row.get(unit, 0) > 1
+
+    def _late(self, unit: int, lateness: float) -> None:
+        """A reply of ``unit`` came ``lateness`` seconds after the request it answers."""
+        # (bounded: a waiting bus serves nobody; a slave later than that is lost, not slow)
+        self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), lateness), MAX_LATENESS)
+        self._late_in_a_row[unit] = self._late_in_a_row.get(unit, 0) + 1
+
+    def _in_time(self, unit: int) -> None:
+        if self._lateness.pop(unit, None) is not None:
+            del self._late_in_a_row[unit]
 
     # -- the event loop's side -------------------------------------------------------------------------------
     async def exchange(self, groups: list[list[bytes]], urgent: bool = False,
@@ -450,8 +466,7 @@ class RtuTransport:
         self.counters.stray_replies += 1
         waiting = self._outstanding.get(unit)
         if waiting:  # the reply to its oldest request that timed out
-            # (bounded: a waiting bus serves nobody; a slave later than that is lost, not slow)
-            self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), arrived - waiting.popleft()), MAX_LATENESS)
+            self._late(unit, arrived - waiting.popleft())
             if not waiting:
                 del self._outstanding[unit]
 
@@ -508,7 +523,7 @@ class RtuTransport:
                     counters.count(err)
                     raise
                 if self._lateness:
-                    self._lateness.pop(request[0], None)  # answered in time
+                    self._in_time(request[0])
                 return words
             if data:  # a part of the reply, or more than it: the careful way frames it
                 self._buf += data
@@ -629,11 +644,10 @@ class RtuTransport:
         if waiting:
             # this may be the late reply to an earlier request that timed out (no transaction id tells): taken
             # as that, so the next request to this slave waits for the late reply to this one
-            self._lateness[unit] = min(max(self._lateness.get(unit, 0.0), self._idle_since - waiting.popleft()),
-                                       MAX_LATENESS)
+            self._late(unit, self._idle_since - waiting.popleft())
             waiting.append(sent)
         elif self._lateness:
-            self._lateness.pop(unit, None)  # answered in time
+            self._in_time(unit)
         return words
 
 
