@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 
@@ -18,6 +19,8 @@ from gateway.config import parse_networks
 from gateway.net import server as server_module
 from gateway.net.limits import Limits, limits_from_section, limits_schema, with_network_keys
 from gateway.net.server import BindError, BoundedConnection, BoundedServer
+from gateway.net.tls import TlsSettings, server_context
+from gateway.outputs.web.tlscert import ensure_self_signed
 from tests.fuzz.netcheck import recv_until_closed
 
 # -- a tiny face: one request per line, answered with the line upper-cased -----------------------------------
@@ -80,11 +83,11 @@ def serve():
     lt = LoopThread()
     servers = []
 
-    def start(factory=LineConnection, allow_from=(), **limits):
+    def start(factory=LineConnection, allow_from=(), tls=None, **limits):
         defaults = {"max_connections": 8, "max_connections_per_address": 8, "idle_timeout_s": 30,
                     "request_timeout_s": 10, "send_timeout_s": 10, "max_request_bytes": 1024}
         server = BoundedServer("line", factory, host="127.0.0.1", port=0, limits=Limits(**{**defaults, **limits}),
-                               allow_from=parse_networks(list(allow_from), "test", "line.allow_from"))
+                               allow_from=parse_networks(list(allow_from), "test", "line.allow_from"), tls=tls)
         lt.call(server.start())
         servers.append(server)
         return server
@@ -184,7 +187,7 @@ def stalled_and_silent(server: BoundedServer) -> tuple[socket.socket, socket.soc
     wait_for(lambda: open_count(server) == 1, "the first connection")
     stalled = connect(server, "127.0.0.3")
     stalled.sendall(b"hel")
-    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in server.connections),
+    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in list(server.connections)),
              "the half request to be read")
     return silent, stalled
 
@@ -204,6 +207,7 @@ def test_a_client_that_has_not_spoken_yet_outlives_a_younger_one_that_stalled(se
 
 
 def test_a_client_silent_past_the_grace_has_had_its_chance(serve, monkeypatch):
+    """(The grace is set to nothing here: this guards the order once it has passed, not its length.)"""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 0.0)
     server = serve(max_connections=2)
     silent, stalled = stalled_and_silent(server)
@@ -214,6 +218,65 @@ def test_a_client_silent_past_the_grace_has_had_its_chance(serve, monkeypatch):
     assert stalled.recv(100) == b"HELLO\n"
     assert ask(newcomer) == b"HELLO\n"
     for s in (silent, stalled, newcomer):
+        s.close()
+
+
+class TlsClient:
+    """A TLS client driven step by step over a plain socket, so a test can stop it mid-handshake."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        self.sock, self.incoming, self.outgoing = sock, ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="gateway")
+
+    def step(self) -> bool:
+        """Send what TLS has to send and take what the server sent; True once the handshake is done."""
+        try:
+            self.tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+        if not done:
+            chunk = self.sock.recv(65536)
+            assert chunk, "closed by the server"
+            self.incoming.write(chunk)
+        return done
+
+    def ask(self, line: bytes = b"hello") -> bytes:
+        while not self.step():
+            pass
+        self.tls.write(line + b"\n")
+        self.sock.sendall(self.outgoing.read())
+        out = b""
+        while not out.endswith(b"\n"):
+            try:
+                out += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                chunk = self.sock.recv(65536)
+                assert chunk, "closed by the server"
+                self.incoming.write(chunk)
+        return out
+
+
+def test_a_tls_client_working_out_its_handshake_outlives_an_older_silent_connection(serve, monkeypatch, tmp_path):
+    """A flood of silent connections must not reset every HTTPS client in the moment between the server's part
+    of the handshake and the client's answer: such a client goes by age, like one that has not spoken yet."""
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
+    cert, key = ensure_self_signed(tmp_path, "127.0.0.1")
+    server = serve(max_connections=2, tls=TlsSettings(server_context(str(cert), str(key))))
+    silent = connect(server, "127.0.0.2")
+    wait_for(lambda: open_count(server) == 1, "the first connection")
+    client = TlsClient(connect(server, "127.0.0.3"))
+    assert not client.step()  # its hello out, the server's answer in: its own answer is due
+    assert sum(c.client_turn for c in list(server.connections)) == 1
+    newcomer = connect(server, "127.0.0.4")
+    wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
+    assert recv_until_closed(silent, 5) == b""
+    assert client.ask() == b"HELLO\n"
+    for s in (silent, client.sock, newcomer):
         s.close()
 
 

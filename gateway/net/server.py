@@ -9,9 +9,10 @@ the same way for every face:
 - admission: ``allow_from``, at most ``max_connections`` open and ``max_connections_per_address`` from one
   address.  When every slot is taken (of the server, or of the newcomer's address), the newcomer replaces a
   connection that has completed no request (an *unproven* one: silent, trickling, or still shaking hands),
-  the one open longest among those that had their chance: they began a request and stalled, or said nothing
-  for ``SPEAK_GRACE_S``, and nothing they sent waits unread.  Only when none did, the newest arrivals go, the
-  oldest first: those that have not spoken yet (their first bytes may be on their way), then those whose
+  the one open longest among those that had their chance: they began a request and stalled, or have been
+  connected for ``SPEAK_GRACE_S`` without completing one, and nothing they sent waits unread.  Only when none
+  did, the newest arrivals go, the oldest first: those that have not spoken yet (their first bytes may be on
+  their way) or whose turn it is (``client_turn``: a TLS handshake the server has answered), then those whose
   bytes arrived unread (in a flood the loop admits a batch before it reads any; a request may be whole).  A
   connection that completed a request (*proven*) is never dropped for a newcomer while an unproven one is
   open; when only proven ones are, the newcomer replaces the one idle longest if the protocol allows closing
@@ -130,6 +131,9 @@ class BoundedConnection(asyncio.Protocol):
         self.connected_at = 0.0
         self.last_activity = 0.0  # connected, or the last request completed / answered
         self.request_since: float | None = None  # first byte of the request now arriving
+        # the server answered part of an exchange still under way and waits for the client's next step (a TLS
+        # handshake's second flight): not a stalled request while it is young (see BoundedServer._victim)
+        self.client_turn = False
         self.send_blocked_since: float | None = None  # the transport's buffer is full since then
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -495,10 +499,12 @@ class BoundedServer:
         all, which holds proven ones only when no unproven is left):
 
         1. the unproven one connected longest that has had its chance and failed it: it began a request it has
-           not finished, or said nothing for ``SPEAK_GRACE_S``, and nothing it sent waits unread;
-        2. else the unproven one connected longest that has said nothing yet: a client's first bytes follow its
-           connect, and during a flood of returning slow clients many newcomers may be admitted before they
-           arrive (when it went by age alone, a client just connected became the oldest and was taken);
+           not finished, or has been connected for ``SPEAK_GRACE_S``, and nothing it sent waits unread;
+        2. else the unproven one connected longest that has said nothing yet, or whose turn it is
+           (``client_turn``): a client's first bytes follow its connect, and during a flood of returning slow
+           clients many newcomers may be admitted before they arrive (when it went by age alone, a client just
+           connected became the oldest and was taken); a TLS client works out its answer to the server's
+           handshake (were it taken first, a flood of silent connections would reset every HTTPS client then);
         3. else the unproven one connected longest (its bytes wait unread: its request may be whole);
         4. else, where the face allows it (HTTP keep-alive), the one idle longest; else none."""
         idle: BoundedConnection | None = None
@@ -510,7 +516,7 @@ class BoundedServer:
                 if conn.has_unread_bytes():
                     unread = unread or conn
                     continue
-                if conn.request_since is not None:
+                if conn.request_since is not None and not conn.client_turn:
                     return conn
                 if now is None:
                     now = conn.loop.time()

@@ -149,7 +149,8 @@ class TlsLayer(asyncio.Protocol):
             try:
                 self.tls.do_handshake()
             except ssl.SSLWantReadError:
-                self._flush()
+                if self._flush():  # our part of the handshake went out: the client's next flight is due
+                    inner.client_turn = True
                 return
             except (ssl.SSLError, OSError) as exc:
                 log.debug("%s: TLS handshake with %s failed: %s", inner.server.face, inner.peer, exc)
@@ -157,6 +158,7 @@ class TlsLayer(asyncio.Protocol):
                 inner.close()
                 return
             self.handshaken = True
+            inner.client_turn = False
             inner.between_requests()
         plain = self._read_plain()
         self._flush()
@@ -197,10 +199,13 @@ class TlsLayer(asyncio.Protocol):
             return
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what TLS has for the client; True when there was something."""
         pending = self._outgoing.pending
         if pending and self.raw is not None and not self.raw.is_closing():
             self.raw.write(self._outgoing.read(pending))
+            return True
+        return False
 
     def close(self) -> None:
         if self.raw is None or self.raw.is_closing():
