@@ -181,11 +181,11 @@ def test_a_sensor_late_once_is_asked_again_within_the_cycle(tmp_path):
             return answer(dev, frame)
 
         sim.reply = late_once
-        # 3 answers 15 ms after the 100 ms timeout, while 4 and 5 take 60 ms each: the late reply comes during
-        # their transactions, before the batch ends
-        sim.set_fault("bus1", 3, "slow", slow_ms=115)
-        sim.set_fault("bus1", 4, "slow", slow_ms=60)
-        sim.set_fault("bus1", 5, "slow", slow_ms=60)
+        # 3 answers 80 ms after the 300 ms timeout, while 4 and 5 take 150 ms each: the late reply comes during
+        # their transactions, before the batch ends (each margin is 80 ms or more, for a loaded machine)
+        sim.set_fault("bus1", 3, "slow", slow_ms=380)
+        sim.set_fault("bus1", 4, "slow", slow_ms=150)
+        sim.set_fault("bus1", 5, "slow", slow_ms=150)
         c0 = engine.counters()["bus1"]
         await engine.poll_once(slow=False)
         c1 = engine.counters()["bus1"]
@@ -193,7 +193,9 @@ def test_a_sensor_late_once_is_asked_again_within_the_cycle(tmp_path):
         seen.update(asked=asked, quality=now.quality, fresh=now.ts > before.ts,
                     timeouts=c1["timeouts"] - c0["timeouts"], late=c1["late_replies"] - c0["late_replies"])
 
-    poll_on_simulator(tmp_path, faulty_bank(), then=then)
+    bank = faulty_bank()
+    bank["buses"][0]["timeout_ms"] = 300
+    poll_on_simulator(tmp_path, bank, then=then)
     assert seen["timeouts"] == 1 and seen["late"] == 1, seen
     assert seen["asked"] == ["slow", "slow"], "asked again after its late reply"
     assert seen["quality"] is Quality.GOOD and seen["fresh"], seen
