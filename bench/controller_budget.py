@@ -251,10 +251,12 @@ def thread_writes(pid: int) -> dict[int, int]:
     return out
 
 
-def rtu_floor(port: str, baud: int, units: range, seconds: float) -> dict[str, float]:
-    """bench/_rtu_floor.py on one bus: CPU seconds and transactions of the bare system calls (see its docstring)."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "_rtu_floor.py"), port, str(baud), str(units.start),
-                          str(units.stop - 1), str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+def rtu_floor(ports: list[str], baud: int, units: range, seconds: float, fast_s: float) -> dict[str, float]:
+    """bench/_rtu_floor.py on every bus at once, a sweep every ``fast_s``: CPU seconds and transactions of the bare
+    system calls (see its docstring)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "_rtu_floor.py"), ",".join(ports), str(baud),
+                          str(units.start), str(units.stop - 1), str(seconds), str(fast_s)],
+                         capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
         raise RuntimeError(f"bench/_rtu_floor.py failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout)
@@ -415,7 +417,7 @@ class Result:
 
 
 def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float, warmup: float,
-            keep: Path | None, rate: int, gil: bool, tree: Path = ROOT, floor_s: float = 10.0) -> Result:
+            keep: Path | None, rate: int, gil: bool, tree: Path = ROOT, floor_s: float = 15.0) -> Result:
     folder = Path(tempfile.mkdtemp(prefix="bmsgw-budget-"))
     result = Result(label, strings * cells)
     broker = Broker.start(folder)
@@ -424,9 +426,10 @@ def measure(label: str, strings: int, cells: int, fast_s: float, seconds: float,
         if broker.proc is not None:
             data["mqtt"].update(enabled=True, host="127.0.0.1", port=broker.port)
         with on_simulator(data, folder) as config:
-            if floor_s > 0:  # before the gateway takes the bus: its cell sensors (units 2.., after the string's)
-                first = data["buses"][0]
-                result.floor = rtu_floor(first["port"], first["baud"], range(2, 2 + cells), floor_s)
+            if floor_s > 0:  # before the gateway takes the buses: their cell sensors (units 2.., after the string's)
+                buses = data["buses"]
+                result.floor = rtu_floor([b["port"] for b in buses], buses[0]["baud"], range(2, 2 + cells), floor_s,
+                                         fast_s)
             log_path = folder / "gateway.log"
             with open(log_path, "w") as log:
                 started = time.monotonic()
@@ -521,7 +524,8 @@ def report(r: Result, detail: int) -> None:
         if r.floor.get("transactions"):
             floor_us = 1e6 * r.floor["cpu_s"] / r.floor["transactions"]
             floor_share = 100 * r.bus_transactions * floor_us / 1e6 / r.seconds
-            line += (f"; the floor in this run (bench/_rtu_floor.py: the same system calls and nothing else, "
+            line += (f"; the floor in this run (bench/_rtu_floor.py: the same system calls and nothing else, every "
+                     f"bus at once in sweeps, "
                      f"{r.floor['transactions']:.0f} transactions, {r.floor['replies']:.0f} answered) "
                      f"{floor_us:.0f} us: {per_tx / floor_us:.2f}x the floor ({floor_share:.3f} % of a core)")
         print(line)
@@ -561,9 +565,10 @@ def main() -> None:
     ap.add_argument("--detail", type=int, default=0, metavar="N",
                     help="also print the N functions that took most CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep each run's folder (config, log, profile) here")
-    ap.add_argument("--floor-seconds", type=float, default=10.0,
-                    help="seconds of bench/_rtu_floor.py on the first bus before the gateway starts: the CPU of an RTU "
-                         "transaction's bare system calls in this run, beside the bus threads' (0: not measured)")
+    ap.add_argument("--floor-seconds", type=float, default=15.0,
+                    help="seconds of bench/_rtu_floor.py on every bus before the gateway starts (a sweep every fast_s, "
+                         "as the engine's): the CPU of an RTU transaction's bare system calls in this run, beside the "
+                         "bus threads' (0: not measured)")
     args = ap.parse_args()
     shapes = {1: (1, 1), 480: (4, 120), 960: (4, 240)}
     runs = [(f"{args.batteries} batteries, fast_s {args.fast_s:g}", *shapes[args.batteries], args.fast_s)]
