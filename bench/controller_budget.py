@@ -116,6 +116,16 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     0.22 %, 43.5 MB; 2 x 480 4.48 %, 113.0 MB; fast_s 1 10.43 %, 79.0 MB.  Then batches of PUBLISH_S of wire
     time, published at their end (main 920c306), against 136184b with ``--beside``: 0.97x and 0.96x (the event
     loop thread 0.07-0.08 % of a core lower; two earlier pairs with the readings published every 250 ms: 0.93x).
+    Session 10: the floor above was one bus read back to back while the other core idled, a dearer pattern than
+    the gateway's.  Measured as the engine works (bench/_rtu_floor.py now: every bus at once, a sweep every
+    fast_s) it is 52-70 us per transaction (0.68 % of a core): the bus threads take 1.34x it (94 us), the
+    transport alone (its own script, no engine) 59-69 us against 52-59 in the same minutes, so about 8 us is
+    its Python and the rest the process around it (GIL hand-overs: 2.2 wake-ups a transaction against 2.0).
+    One thread for all four buses in lock step, which halves the wake-ups in theory, took 64-78 against 53-70 us
+    (a throwaway prototype: the replies do not come together, 1.47 wake-ups a transaction); one select() for
+    the silence and the line check instead of a sleep and a poll, 63-66 against 59-70 us: neither pays.  The
+    default bank: 1.87 % of one core, of which the floor 0.68, the bus threads' own 0.23, the event loop thread
+    0.64, the analytics' executor 0.16; RSS 78.7 MB.
 
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
