@@ -118,7 +118,8 @@ def open_count(server: BoundedServer) -> int:
 
 
 # -- eviction ----------------------------------------------------------------------------------------------
-def test_a_newcomer_replaces_the_oldest_unproven_connection_never_a_served_one(serve):
+def test_a_newcomer_replaces_the_oldest_unproven_connection_never_a_served_one(serve, monkeypatch):
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 0.0)  # every silent one has had its chance: at once
     server = serve(max_connections=3)
     proven = connect(server)
     assert ask(proven) == b"HELLO\n"
@@ -141,9 +142,10 @@ def test_a_newcomer_replaces_the_oldest_unproven_connection_never_a_served_one(s
         s.close()
 
 
-def test_a_connection_whose_request_arrived_unread_is_not_the_one_replaced(serve):
+def test_a_connection_whose_request_arrived_unread_is_not_the_one_replaced(serve, monkeypatch):
     """During a flood the event loop may admit many newcomers before it reads a client that spoke as soon as it
     connected: that client, though unproven and the oldest, has not had its chance and is spared."""
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 0.0)  # the order, not how long the overflow waits
     server = serve(max_connections=2)
     spoke = connect(server, "127.0.0.2")
     wait_for(lambda: open_count(server) == 1, "the first connection")
@@ -164,7 +166,8 @@ def test_a_connection_whose_request_arrived_unread_is_not_the_one_replaced(serve
         s.close()
 
 
-def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(serve):
+def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(serve, monkeypatch):
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 0.0)
     server = serve(max_connections=2)
     socks = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
     wait_for(lambda: open_count(server) == 2, "two connections")
@@ -174,9 +177,10 @@ def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(s
         s.sendall(b"hel")
     wait_for(lambda: all(c.has_unread_bytes() for c in server.connections), "bytes waiting on both")
     newcomer = connect(server, "127.0.0.4")
+    newcomer.sendall(b"hello\n")  # (read, or not yet: either way it is younger)
     wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
     assert recv_until_closed(socks[0], 5) == b""  # the bound holds: the oldest goes
-    assert ask(newcomer) == b"HELLO\n"
+    assert newcomer.recv(100) == b"HELLO\n"
     for s in (*socks, newcomer):
         s.close()
 
@@ -196,6 +200,7 @@ def test_a_client_that_has_not_spoken_yet_outlives_a_younger_one_that_stalled(se
     """During a flood of returning slow clients, every newcomer replaces one: when age alone decided, a client
     whose request was still on its way became the oldest within a few hundred milliseconds and was reset."""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)  # however slow this machine is now
+    monkeypatch.setattr(server_module, "STALLED_AFTER_S", 0.0)  # (the order, not how long a request may pause)
     server = serve(max_connections=2)
     silent, stalled = stalled_and_silent(server)
     newcomer = connect(server, "127.0.0.4")
@@ -209,6 +214,7 @@ def test_a_client_that_has_not_spoken_yet_outlives_a_younger_one_that_stalled(se
 def test_a_client_silent_past_the_grace_has_had_its_chance(serve, monkeypatch):
     """(The grace is set to nothing here: this guards the order once it has passed, not its length.)"""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 0.0)
+    monkeypatch.setattr(server_module, "STALLED_AFTER_S", 0.0)
     server = serve(max_connections=2)
     silent, stalled = stalled_and_silent(server)
     newcomer = connect(server, "127.0.0.4")
@@ -218,6 +224,68 @@ def test_a_client_silent_past_the_grace_has_had_its_chance(serve, monkeypatch):
     assert stalled.recv(100) == b"HELLO\n"
     assert ask(newcomer) == b"HELLO\n"
     for s in (silent, stalled, newcomer):
+        s.close()
+
+
+def test_a_client_whose_request_is_on_its_way_outlives_a_wave_of_newcomers(serve, monkeypatch):
+    """A wave of returning slow clients can be several times the face's slots and arrive before the loop reads
+    any of them.  When each newcomer replaced the oldest connection not heard yet, a client that connected just
+    before the wave was reset before its request arrived; now the wave is admitted over the limit (twice it at
+    most), and the server trims back once it has heard who is who."""
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)  # nobody silent has had their chance yet
+    server = serve(max_connections=2)
+    first = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
+    wait_for(lambda: open_count(server) == 2, "two connections")
+    client = connect(server, "127.0.0.4")
+    wave = []
+    for i in range(3):
+        wave.append(connect(server, f"127.0.0.{10 + i}"))
+        wait_for(lambda n=i: server.counters["connections"] == 4 + n, "the newcomer admitted")
+        assert open_count(server) <= 4, "over the limit by max_connections at most"
+    # past twice the limit, the newcomers replaced the oldest at once: the two from before the client
+    assert recv_until_closed(first[0], 5) == b"" and recv_until_closed(first[1], 5) == b""
+    assert ask(client) == b"HELLO\n"  # its request came after the whole wave: it was not reset
+    wait_for(lambda: open_count(server) == 2, "the trim back to the limit", timeout=10)
+    assert recv_until_closed(wave[0], 5) == b"" and recv_until_closed(wave[1], 5) == b""  # the oldest unheard
+    assert ask(wave[2]) == b"HELLO\n" and ask(client) == b"HELLO\n"
+    assert server.counters["evicted"] == 4 and server.counters["refused_connections"] == 0
+    for s in (*first, client, *wave):
+        s.close()
+
+
+def test_after_a_wave_those_that_stalled_go_first(serve, monkeypatch):
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
+    monkeypatch.setattr(server_module, "STALLED_AFTER_S", 0.0)
+    server = serve(max_connections=2)
+    silent = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
+    wait_for(lambda: open_count(server) == 2, "two connections")
+    stalled = [connect(server, "127.0.0.4"), connect(server, "127.0.0.5")]  # admitted over the limit ...
+    for s in stalled:
+        s.sendall(b"hel")  # ... then heard: they began a request and stalled
+    wait_for(lambda: open_count(server) == 2, "the trim back to the limit", timeout=10)
+    assert recv_until_closed(stalled[0], 5) == b"" and recv_until_closed(stalled[1], 5) == b""
+    assert ask(silent[0]) == b"HELLO\n" and ask(silent[1]) == b"HELLO\n"
+    for s in (*silent, *stalled):
+        s.close()
+
+
+def test_a_request_arriving_in_two_parts_is_not_taken_for_a_stalled_one_between_them(serve, monkeypatch):
+    """An HTTP client's body follows its head, a request may be cut in two segments: a round trip apart.  A silent
+    newcomer in that moment used to replace the client, its request counted as stalled from its first byte."""
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
+    monkeypatch.setattr(server_module, "STALLED_AFTER_S", 600.0)  # however slow this machine is now
+    server = serve(max_connections=1)
+    client = connect(server, "127.0.0.2")
+    client.sendall(b"hel")
+    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in list(server.connections)),
+             "the first part to be read")
+    newcomer = connect(server, "127.0.0.3")
+    wait_for(lambda: server.counters["connections"] == 2, "the newcomer admitted (over the limit)")
+    client.sendall(b"lo\n")
+    assert client.recv(100) == b"HELLO\n"
+    wait_for(lambda: server.counters["evicted"] == 1, "the trim back to the limit")
+    assert recv_until_closed(newcomer, 5) == b""  # still unheard when the hold was over
+    for s in (client, newcomer):
         s.close()
 
 
@@ -265,6 +333,7 @@ def test_a_tls_client_working_out_its_handshake_outlives_an_older_silent_connect
     """A flood of silent connections must not reset every HTTPS client in the moment between the server's part
     of the handshake and the client's answer: such a client goes by age, like one that has not spoken yet."""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 0.0)
     cert, key = ensure_self_signed(tmp_path, "127.0.0.1")
     server = serve(max_connections=2, tls=TlsSettings(server_context(str(cert), str(key))))
     silent = connect(server, "127.0.0.2")

@@ -9,10 +9,12 @@ default limits, the ones a user gets.
 
 The slow clients the face closed while they first filled it all come back together 2 s later: a wave of some
 170 connections within a few milliseconds, several times the face's slots.  A connection admitted in such a
-wave before the event loop has read its first bytes cannot be told from the attacker's (each newcomer
-replaces one that has had no chance to speak, the oldest first), so the legitimate client may be reset in
-that moment; it connects again, as a Modbus master, a browser or a scraper does, and is served within the
-same second.  So a request may take one reconnect, within the latency limit, and few of them may need one.
+wave before the event loop has read its first bytes cannot be told from the attacker's.  The server admits
+such newcomers over its limit (twice it at most) and trims back once it has read them, the stalled ones first
+(tests/test_net_server.py shows it step by step); a wave larger than that still replaces the oldest of those
+not heard yet at once, so the legitimate client may be reset in that moment.  It connects again, as a Modbus
+master, a browser or a scraper does, and is served within the same second: a request may take one reconnect,
+within the latency limit, and few of them may need one.
 """
 from __future__ import annotations
 

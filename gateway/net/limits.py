@@ -55,9 +55,9 @@ LIMIT_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Limits))
 _KEY_SCHEMAS: dict[str, dict[str, Any]] = {
     "max_connections": {
         "type": "integer", "minimum": 1, "maximum": 4096,
-        "description": "open connections at most; when all are taken, a new client replaces the connection that "
-                       "has been open longest without completing a request, and is refused when every open one "
-                       "has completed one (a client that was served is never dropped for a newcomer)"},
+        "description": "open connections at most; when all are taken, a new client replaces one that has not "
+                       "completed a request (one that stalled first: docs/faces.md), and is refused when every "
+                       "open one has completed one (a client that was served is never dropped for a newcomer)"},
     "max_connections_per_address": {
         "type": "integer", "minimum": 1, "maximum": 4096,
         "description": "open connections from one client address; more are refused at once"},

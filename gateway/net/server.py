@@ -9,12 +9,17 @@ the same way for every face:
 - admission: ``allow_from``, at most ``max_connections`` open and ``max_connections_per_address`` from one
   address.  When every slot is taken (of the server, or of the newcomer's address), the newcomer replaces a
   connection that has completed no request (an *unproven* one: silent, trickling, or still shaking hands),
-  the one open longest among those that had their chance: they began a request and stalled, or have been
-  connected for ``SPEAK_GRACE_S`` without completing one, and nothing they sent waits unread.  Only when none
-  did, the newest arrivals go, the oldest first: those that have not spoken yet (their first bytes may be on
-  their way) or whose turn it is (``client_turn``: a TLS handshake the server has answered), then those whose
-  bytes arrived unread (in a flood the loop admits a batch before it reads any; a request may be whole).  A
-  connection that completed a request (*proven*) is never dropped for a newcomer while an unproven one is
+  the one open longest among those that had their chance: they began a request and stalled (its rest has not
+  come within ``STALLED_AFTER_S``), or have been connected for ``SPEAK_GRACE_S`` without completing one, and
+  nothing they sent waits unread.  Only when none did, the newest arrivals go, the oldest first: those that
+  have not spoken yet (their first bytes may be on their way), whose request's rest may still come, or whose
+  turn it is (``client_turn``: a TLS handshake the server has answered), then those whose bytes arrived
+  unread (in a flood the loop admits a batch before it reads any; a request may be whole).  For the server's
+  limit, one of those is not taken at once: up to ``max_connections`` newcomers (``OVERFLOW_MAX`` at most)
+  are admitted over it, and ``OVERFLOW_TRIM_S`` later, once the loop has read what they sent, the server
+  trims back to the limit in the same order, by then telling a stalled request from one that arrived whole
+  (over it for ``OVERFLOW_HOLD_S`` at most); only past that bound does a newcomer replace one at once.
+  A connection that completed a request (*proven*) is never dropped for a newcomer while an unproven one is
   open; when only proven ones are, the newcomer replaces the one idle longest if the protocol allows closing
   idle connections (HTTP keep-alive: ``idle_evictable``), else it is refused;
 - deadlines, on the event loop's timers (no watchdog thread): a request must arrive whole within
@@ -76,6 +81,16 @@ ABORT_AFTER_S = 5.0  # a closed connection whose client does not take the rest o
 # a client that has not spoken this long after its connect has had its chance (its first bytes follow the
 # handshake within a round trip): until then it is replaced only after those that began a request and stalled
 SPEAK_GRACE_S = 1.0
+# a request whose first bytes came this long ago and whose rest has not has stalled; until then the rest may be on
+# its way (an HTTP client's body after its head, a request cut in two segments: a round trip apart at most)
+STALLED_AFTER_S = 0.2
+# A wave of connections (returning slow clients) can be several times the face's slots and arrive before the loop
+# has read any of them: a newcomer that could only replace one that has had no chance to speak is admitted over
+# the limit instead (at most ``max_connections`` of them, OVERFLOW_MAX), and the server trims back this long later,
+# when what they sent has been read; over it for this long at most, whatever is left to read.
+OVERFLOW_TRIM_S = 0.05
+OVERFLOW_HOLD_S = 1.0
+OVERFLOW_MAX = 64  # (a bound on the descriptors a wave may hold, whatever max_connections is)
 _EARLY = 0.001  # a timer may fire this much before its deadline (the loop's clock resolution)
 
 
@@ -345,6 +360,8 @@ class BoundedServer:
             self.counters.setdefault(key, 0)
         self.warnings = LogLimiter(log, face)
         self._listener: asyncio.Server | None = None
+        self._trim: asyncio.TimerHandle | None = None  # see OVERFLOW_TRIM_S
+        self._over_since: float | None = None  # over max_connections since then
 
     # -- life cycle --------------------------------------------------------------------------------------------
     @property
@@ -357,6 +374,9 @@ class BoundedServer:
         self.port = self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim, self._over_since = None, None
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -431,7 +451,7 @@ class BoundedServer:
                 log.info("%s: closed %d connection(s) from addresses no longer in %s.allow_from", self.face, closed,
                          self.face)
         while len(self.connections) > limits.max_connections:
-            victim = self._victim(self._unproven) or self._victim(self.connections)
+            victim, _ = self._victim_of_all()
             if victim is None:
                 break
             victim.close()
@@ -476,65 +496,107 @@ class BoundedServer:
         siblings = self._by_address.get(peer, {})
         if len(siblings) >= limits.max_connections_per_address:
             # the address competes with itself: its own unproven (or idle, where that is allowed) connection goes
-            victim = self._victim(siblings)
+            victim, _ = self._victim(siblings)
             if victim is None:
                 return self._refuse(peer, f"{len(siblings)} connections from this address are open and every one "
                                           f"has been served ({self.face}.limits.max_connections_per_address)")
             self._evict(victim, conn, "max_connections_per_address")
         if len(self.connections) >= limits.max_connections:
-            victim = self._victim(self._unproven) or self._victim(self.connections)
+            victim, had_its_chance = self._victim_of_all()
             if victim is None:
                 return self._refuse(peer, f"{len(self.connections)} connections are open and every one has been "
                                           f"served ({self.face}.limits.max_connections)")
-            self._evict(victim, conn, "max_connections")
+            if had_its_chance or len(self.connections) >= limits.max_connections + min(limits.max_connections,
+                                                                                      OVERFLOW_MAX):
+                self._evict(victim, conn, "max_connections")
+            else:  # the victim may be a client whose request is on its way: look again once it has been read
+                self._trim_later(conn.loop.time())
         self.connections.add(conn)
         self._unproven[conn] = None
         self._by_address.setdefault(peer, {})[conn] = None
         self.counters["connections"] += 1
         return True
 
+    def _victim_of_all(self) -> tuple[BoundedConnection | None, bool]:
+        """``_victim`` among every connection of the server (the unproven ones first)."""
+        victim, had_its_chance = self._victim(self._unproven)
+        return (victim, had_its_chance) if victim is not None else self._victim(self.connections)
+
     @staticmethod
-    def _victim(candidates: dict[BoundedConnection, None] | set[BoundedConnection]) -> BoundedConnection | None:
+    def _victim(candidates: dict[BoundedConnection, None] | set[BoundedConnection]) \
+            -> tuple[BoundedConnection | None, bool]:
         """The connection a newcomer replaces (``candidates`` iterate in connection order, except the set of
         all, which holds proven ones only when no unproven is left):
 
         1. the unproven one connected longest that has had its chance and failed it: it began a request it has
-           not finished, or has been connected for ``SPEAK_GRACE_S``, and nothing it sent waits unread;
-        2. else the unproven one connected longest that has said nothing yet, or whose turn it is
-           (``client_turn``): a client's first bytes follow its connect, and during a flood of returning slow
-           clients many newcomers may be admitted before they arrive (when it went by age alone, a client just
-           connected became the oldest and was taken); a TLS client works out its answer to the server's
-           handshake (were it taken first, a flood of silent connections would reset every HTTPS client then);
+           not finished within ``STALLED_AFTER_S``, or has been connected for ``SPEAK_GRACE_S``, and nothing it
+           sent waits unread;
+        2. else the unproven one connected longest that has said nothing yet, whose request's rest may be on its
+           way, or whose turn it is (``client_turn``): a client's first bytes follow its connect, and during a
+           flood of returning slow clients many newcomers may be admitted before they arrive (when it went by
+           age alone, a client just connected became the oldest and was taken); a TLS client works out its
+           answer to the server's handshake (were it taken first, a flood of silent connections would reset
+           every HTTPS client then);
         3. else the unproven one connected longest (its bytes wait unread: its request may be whole);
-        4. else, where the face allows it (HTTP keep-alive), the one idle longest; else none."""
+        4. else, where the face allows it (HTTP keep-alive), the one idle longest; else none.
+
+        Also returned: whether it had its chance (1 and 4), or may be a client not heard yet (2 and 3)."""
         idle: BoundedConnection | None = None
         unread: BoundedConnection | None = None
-        silent: BoundedConnection | None = None
+        unheard: BoundedConnection | None = None
         now: float | None = None
         for conn in candidates:
             if not conn.proven:
                 if conn.has_unread_bytes():
                     unread = unread or conn
                     continue
-                if conn.request_since is not None and not conn.client_turn:
-                    return conn
                 if now is None:
                     now = conn.loop.time()
+                since = conn.request_since
+                if since is not None and not conn.client_turn and now - since >= STALLED_AFTER_S:
+                    return conn, True
                 if now - conn.connected_at >= SPEAK_GRACE_S:
-                    return conn
-                silent = silent or conn
+                    return conn, True
+                unheard = unheard or conn
                 continue
             if conn.idle_evictable and not conn.answering and conn.request_since is None and \
                     (idle is None or conn.last_activity < idle.last_activity):
                 idle = conn
-        return silent or unread or idle
+        if unheard or unread:
+            return unheard or unread, False
+        return idle, idle is not None
 
-    def _evict(self, victim: BoundedConnection, newcomer: BoundedConnection, limit: str) -> None:
+    def _trim_later(self, now: float) -> None:
+        """Over ``max_connections`` (a newcomer was admitted in a wave): trim back ``OVERFLOW_TRIM_S`` from now."""
+        if self._over_since is None:
+            self._over_since = now
+        if self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(OVERFLOW_TRIM_S, self._trim_now)
+
+    def _trim_now(self) -> None:
+        """Back to ``max_connections``, the connections going in ``_victim``'s order; while those left over have
+        had no chance to speak, again a little later (for ``OVERFLOW_HOLD_S`` at most).  Proven connections
+        that may not be closed idle stay: they leave by themselves (and the overflow is bounded)."""
+        self._trim = None
+        now = asyncio.get_running_loop().time()
+        while len(self.connections) > self.limits.max_connections:
+            victim, had_its_chance = self._victim_of_all()
+            if victim is None:
+                break
+            if not had_its_chance and self._over_since is not None and now - self._over_since < OVERFLOW_HOLD_S:
+                self._trim = asyncio.get_running_loop().call_later(OVERFLOW_TRIM_S, self._trim_now)
+                return
+            self._evict(victim, None, "max_connections")
+        self._over_since = None
+
+    def _evict(self, victim: BoundedConnection, newcomer: BoundedConnection | None, limit: str) -> None:
+        """Close ``victim`` at once to make room for ``newcomer`` (None: the trim after a wave)."""
         self.counters["evicted"] += 1
         state = "idle" if victim.proven else "without a complete request"
-        self.warnings.warning("%s: closing the connection from %s (open %.1f s, %s) to make room for %s "
-                              "(%s.limits.%s)", self.face, victim.peer, newcomer.connected_at - victim.connected_at,
-                              state, newcomer.peer, self.face, limit)
+        now = newcomer.connected_at if newcomer is not None else victim.loop.time()
+        room = f"for {newcomer.peer}" if newcomer is not None else "after a burst of connections"
+        self.warnings.warning("%s: closing the connection from %s (open %.1f s, %s) to make room %s (%s.limits.%s)",
+                              self.face, victim.peer, now - victim.connected_at, state, room, self.face, limit)
         victim.abort()
 
     def _refuse(self, peer: str, why: str) -> bool:
