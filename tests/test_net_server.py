@@ -145,7 +145,7 @@ def test_a_newcomer_replaces_the_oldest_unproven_connection_never_a_served_one(s
 def test_a_connection_whose_request_arrived_unread_is_not_the_one_replaced(serve, monkeypatch):
     """During a flood the event loop may admit many newcomers before it reads a client that spoke as soon as it
     connected: that client, though unproven and the oldest, has not had its chance and is spared."""
-    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 0.0)  # the order, not how long the overflow waits
+    monkeypatch.setattr(server_module, "OVERFLOW_MAX", 0)  # (the order: nobody let in over the limit)
     server = serve(max_connections=2)
     spoke = connect(server, "127.0.0.2")
     wait_for(lambda: open_count(server) == 1, "the first connection")
@@ -167,7 +167,7 @@ def test_a_connection_whose_request_arrived_unread_is_not_the_one_replaced(serve
 
 
 def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(serve, monkeypatch):
-    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 0.0)
+    monkeypatch.setattr(server_module, "OVERFLOW_MAX", 0)  # past the overflow's bound
     server = serve(max_connections=2)
     socks = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
     wait_for(lambda: open_count(server) == 2, "two connections")
@@ -177,10 +177,9 @@ def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(s
         s.sendall(b"hel")
     wait_for(lambda: all(c.has_unread_bytes() for c in server.connections), "bytes waiting on both")
     newcomer = connect(server, "127.0.0.4")
-    newcomer.sendall(b"hello\n")  # (read, or not yet: either way it is younger)
     wait_for(lambda: server.counters["evicted"] == 1, "an eviction")
     assert recv_until_closed(socks[0], 5) == b""  # the bound holds: the oldest goes
-    assert newcomer.recv(100) == b"HELLO\n"
+    assert ask(newcomer) == b"HELLO\n"
     for s in (*socks, newcomer):
         s.close()
 
@@ -233,6 +232,7 @@ def test_a_client_whose_request_is_on_its_way_outlives_a_wave_of_newcomers(serve
     before the wave was reset before its request arrived; now the wave is admitted over the limit (twice it at
     most), and the server trims back once it has heard who is who."""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)  # nobody silent has had their chance yet
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 600.0)  # however slow this machine is now
     server = serve(max_connections=2)
     first = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
     wait_for(lambda: open_count(server) == 2, "two connections")
@@ -245,6 +245,8 @@ def test_a_client_whose_request_is_on_its_way_outlives_a_wave_of_newcomers(serve
     # past twice the limit, the newcomers replaced the oldest at once: the two from before the client
     assert recv_until_closed(first[0], 5) == b"" and recv_until_closed(first[1], 5) == b""
     assert ask(client) == b"HELLO\n"  # its request came after the whole wave: it was not reset
+    assert open_count(server) == 4  # the others are not heard yet: they stay while the hold lasts
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 0.0)  # now they have had their chance
     wait_for(lambda: open_count(server) == 2, "the trim back to the limit", timeout=10)
     assert recv_until_closed(wave[0], 5) == b"" and recv_until_closed(wave[1], 5) == b""  # the oldest unheard
     assert ask(wave[2]) == b"HELLO\n" and ask(client) == b"HELLO\n"
@@ -256,6 +258,7 @@ def test_a_client_whose_request_is_on_its_way_outlives_a_wave_of_newcomers(serve
 def test_after_a_wave_those_that_stalled_go_first(serve, monkeypatch):
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
     monkeypatch.setattr(server_module, "STALLED_AFTER_S", 0.0)
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 600.0)
     server = serve(max_connections=2)
     silent = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
     wait_for(lambda: open_count(server) == 2, "two connections")
@@ -269,11 +272,34 @@ def test_after_a_wave_those_that_stalled_go_first(serve, monkeypatch):
         s.close()
 
 
+def test_served_clients_let_in_over_the_limit_do_not_keep_it_over(serve, monkeypatch):
+    """When every connection of a burst turns out to be a served client (on a face that keeps served connections,
+    like Modbus TCP), the newest let in over the limit go, as a newcomer is refused when every slot is served."""
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 600.0)
+    server = serve(max_connections=2)
+    first = [connect(server, "127.0.0.2"), connect(server, "127.0.0.3")]
+    wait_for(lambda: open_count(server) == 2, "two connections")
+    over = [connect(server, "127.0.0.4"), connect(server, "127.0.0.5")]
+    wait_for(lambda: server.counters["connections"] == 4, "both let in over the limit")
+    for s in (*over, *first):
+        assert ask(s) == b"HELLO\n"
+    wait_for(lambda: open_count(server) == 2, "the trim back to the limit")
+    assert recv_until_closed(over[0], 5) == b"" and recv_until_closed(over[1], 5) == b""
+    assert ask(first[0]) == b"HELLO\n" and ask(first[1]) == b"HELLO\n"
+    late = connect(server, "127.0.0.6")  # every slot holds a served client: refused at once
+    assert recv_until_closed(late, 5) == b""
+    assert server.counters["refused_connections"] == 1 and server.counters["evicted"] == 2
+    for s in (*first, *over, late):
+        s.close()
+
+
 def test_a_request_arriving_in_two_parts_is_not_taken_for_a_stalled_one_between_them(serve, monkeypatch):
     """An HTTP client's body follows its head, a request may be cut in two segments: a round trip apart.  A silent
     newcomer in that moment used to replace the client, its request counted as stalled from its first byte."""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
     monkeypatch.setattr(server_module, "STALLED_AFTER_S", 600.0)  # however slow this machine is now
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 600.0)
     server = serve(max_connections=1)
     client = connect(server, "127.0.0.2")
     client.sendall(b"hel")
@@ -283,8 +309,9 @@ def test_a_request_arriving_in_two_parts_is_not_taken_for_a_stalled_one_between_
     wait_for(lambda: server.counters["connections"] == 2, "the newcomer admitted (over the limit)")
     client.sendall(b"lo\n")
     assert client.recv(100) == b"HELLO\n"
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 0.0)  # the newcomer has had its chance
     wait_for(lambda: server.counters["evicted"] == 1, "the trim back to the limit")
-    assert recv_until_closed(newcomer, 5) == b""  # still unheard when the hold was over
+    assert recv_until_closed(newcomer, 5) == b""
     for s in (client, newcomer):
         s.close()
 
@@ -333,7 +360,7 @@ def test_a_tls_client_working_out_its_handshake_outlives_an_older_silent_connect
     """A flood of silent connections must not reset every HTTPS client in the moment between the server's part
     of the handshake and the client's answer: such a client goes by age, like one that has not spoken yet."""
     monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
-    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 0.0)
+    monkeypatch.setattr(server_module, "OVERFLOW_MAX", 0)
     cert, key = ensure_self_signed(tmp_path, "127.0.0.1")
     server = serve(max_connections=2, tls=TlsSettings(server_context(str(cert), str(key))))
     silent = connect(server, "127.0.0.2")

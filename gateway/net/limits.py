@@ -56,8 +56,10 @@ _KEY_SCHEMAS: dict[str, dict[str, Any]] = {
     "max_connections": {
         "type": "integer", "minimum": 1, "maximum": 4096,
         "description": "open connections at most; when all are taken, a new client replaces one that has not "
-                       "completed a request (one that stalled first: docs/faces.md), and is refused when every "
-                       "open one has completed one (a client that was served is never dropped for a newcomer)"},
+                       "completed a request (one that stalled first), and is refused when every open one has "
+                       "completed one (a client that was served is never dropped for a newcomer); a burst of "
+                       "newcomers may be let in over it (as many again, 64 at most) until the server has heard "
+                       "them (docs/faces.md)"},
     "max_connections_per_address": {
         "type": "integer", "minimum": 1, "maximum": 4096,
         "description": "open connections from one client address; more are refused at once"},

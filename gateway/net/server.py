@@ -18,7 +18,9 @@ the same way for every face:
   limit, one of those is not taken at once: up to ``max_connections`` newcomers (``OVERFLOW_MAX`` at most)
   are admitted over it, and ``OVERFLOW_TRIM_S`` later, once the loop has read what they sent, the server
   trims back to the limit in the same order, by then telling a stalled request from one that arrived whole
-  (over it for ``OVERFLOW_HOLD_S`` at most); only past that bound does a newcomer replace one at once.
+  (those not heard yet stay ``OVERFLOW_HOLD_S`` from the burst's start at most; when only served ones are
+  left, the newest let in over the limit goes between two requests); only past that bound does a newcomer
+  replace one at once.  A steady flood may so hold a face at its limit plus that surplus.
   A connection that completed a request (*proven*) is never dropped for a newcomer while an unproven one is
   open; when only proven ones are, the newcomer replaces the one idle longest if the protocol allows closing
   idle connections (HTTP keep-alive: ``idle_evictable``), else it is refused;
@@ -87,7 +89,8 @@ STALLED_AFTER_S = 0.2
 # A wave of connections (returning slow clients) can be several times the face's slots and arrive before the loop
 # has read any of them: a newcomer that could only replace one that has had no chance to speak is admitted over
 # the limit instead (at most ``max_connections`` of them, OVERFLOW_MAX), and the server trims back this long later,
-# when what they sent has been read; over it for this long at most, whatever is left to read.
+# when what they sent has been read, and again as long as it is over; those not heard yet stay for OVERFLOW_HOLD_S
+# from the burst's start at most.
 OVERFLOW_TRIM_S = 0.05
 OVERFLOW_HOLD_S = 1.0
 OVERFLOW_MAX = 64  # (a bound on the descriptors a wave may hold, whatever max_connections is)
@@ -362,6 +365,7 @@ class BoundedServer:
         self._listener: asyncio.Server | None = None
         self._trim: asyncio.TimerHandle | None = None  # see OVERFLOW_TRIM_S
         self._over_since: float | None = None  # over max_connections since then
+        self._surplus: dict[BoundedConnection, None] = {}  # let in over it in this burst, in order
 
     # -- life cycle --------------------------------------------------------------------------------------------
     @property
@@ -377,6 +381,7 @@ class BoundedServer:
         if self._trim is not None:
             self._trim.cancel()
             self._trim, self._over_since = None, None
+        self._surplus.clear()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -510,6 +515,7 @@ class BoundedServer:
                                                                                       OVERFLOW_MAX):
                 self._evict(victim, conn, "max_connections")
             else:  # the victim may be a client whose request is on its way: look again once it has been read
+                self._surplus[conn] = None
                 self._trim_later(conn.loop.time())
         self.connections.add(conn)
         self._unproven[conn] = None
@@ -575,19 +581,28 @@ class BoundedServer:
 
     def _trim_now(self) -> None:
         """Back to ``max_connections``, the connections going in ``_victim``'s order; while those left over have
-        had no chance to speak, again a little later (for ``OVERFLOW_HOLD_S`` at most).  Proven connections
-        that may not be closed idle stay: they leave by themselves (and the overflow is bounded)."""
+        had no chance to speak, again a little later (for ``OVERFLOW_HOLD_S`` at most).  When every one left has
+        been served and none may be closed idle, the newest let in over the limit goes, between two requests (a
+        newcomer is refused when every slot holds a served client: it was let in only on the chance that one of
+        the others would not be)."""
         self._trim = None
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        held = self._over_since is not None and now - self._over_since < OVERFLOW_HOLD_S
         while len(self.connections) > self.limits.max_connections:
             victim, had_its_chance = self._victim_of_all()
             if victim is None:
-                break
-            if not had_its_chance and self._over_since is not None and now - self._over_since < OVERFLOW_HOLD_S:
-                self._trim = asyncio.get_running_loop().call_later(OVERFLOW_TRIM_S, self._trim_now)
+                victim = next((c for c in reversed(self._surplus) if not c.answering and c.request_since is None),
+                              None)
+                if victim is None and not self._surplus:
+                    break  # (over a limit lowered live: served connections stay, as apply() says)
+                had_its_chance = True
+            if victim is None or not had_its_chance and held:
+                self._trim = loop.call_later(OVERFLOW_TRIM_S, self._trim_now)  # busy, or not heard yet: soon again
                 return
             self._evict(victim, None, "max_connections")
         self._over_since = None
+        self._surplus.clear()  # those left are members like the others
 
     def _evict(self, victim: BoundedConnection, newcomer: BoundedConnection | None, limit: str) -> None:
         """Close ``victim`` at once to make room for ``newcomer`` (None: the trim after a wave)."""
@@ -609,6 +624,7 @@ class BoundedServer:
             return
         self.connections.discard(conn)
         self._unproven.pop(conn, None)
+        self._surplus.pop(conn, None)
         siblings = self._by_address[conn.peer]
         del siblings[conn]
         if not siblings:

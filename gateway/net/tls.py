@@ -149,8 +149,9 @@ class TlsLayer(asyncio.Protocol):
             try:
                 self.tls.do_handshake()
             except ssl.SSLWantReadError:
-                if self._flush():  # our part of the handshake went out: the client's next flight is due
+                if self._outgoing.pending:  # our part of the handshake goes out: the client's next flight is due
                     inner.client_turn = True
+                self._flush()
                 return
             except (ssl.SSLError, OSError) as exc:
                 log.debug("%s: TLS handshake with %s failed: %s", inner.server.face, inner.peer, exc)
@@ -199,13 +200,11 @@ class TlsLayer(asyncio.Protocol):
             return
         self._flush()
 
-    def _flush(self) -> bool:
-        """Send what TLS has for the client; True when there was something."""
+    def _flush(self) -> None:
+        """Send what TLS has for the client."""
         pending = self._outgoing.pending
         if pending and self.raw is not None and not self.raw.is_closing():
             self.raw.write(self._outgoing.read(pending))
-            return True
-        return False
 
     def close(self) -> None:
         if self.raw is None or self.raw.is_closing():
