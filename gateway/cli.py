@@ -36,8 +36,10 @@ def cmd_run(args) -> int:
 
     from .app import Gateway
     from .libc import limit_malloc_arenas
+    from .net.limits import raise_open_files_limit
 
     limit_malloc_arenas()  # before any thread starts (see gateway/libc.py)
+    raise_open_files_limit()  # every face's connections (see there)
     gc.set_threshold(*RUN_COLLECTOR_THRESHOLDS)
     gw = Gateway(config_path(args))
     if not args.log_level:  # --log-level wins over the config

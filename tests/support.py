@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import os
+import resource
 import socket
 import threading
 import time
@@ -27,6 +30,25 @@ def deep_merge(base: dict, over: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+@contextlib.contextmanager
+def descriptors_above_select(first: int = 1100):
+    """Every descriptor below ``first`` taken (the soft open-files limit raised for them, as ``bmsgw run`` raises
+    its own): what opens meanwhile is above 1023, out of select()'s reach, as in a gateway whose faces hold many
+    connections when a bus is opened again."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * first if hard == resource.RLIM_INFINITY else min(hard, 4 * first)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < first - 1:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def small_bank(strings: int = 1, cells: int = 8, profile: str = "bm-bcs-12") -> dict:

@@ -3,6 +3,7 @@ Modbus RTU master), run (says where it polls and where each face listens, stops 
 `make run`."""
 import os
 import re
+import resource
 import signal
 import subprocess
 import time
@@ -243,9 +244,16 @@ def test_run_logs_where_it_polls_and_where_each_face_listens_and_stops_on_sigter
     cfg = small_bank(strings=2, cells=4)
     cfg.update(plugins={"dirs": [str(face.parent)]}, echo={"port": port})
     path = write_config(tmp_path, base=cfg)
-    run = Child([BMSGW, "run", "--config", str(path)], tmp_path, "run")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    run = Child([BMSGW, "run", "--config", str(path)], tmp_path, "run",
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
     try:
         run.wait_log(r"bus bus1: first poll cycle took [\d.]+ s; 7 of 7 devices answer")
+        # its faces' connections fit: the soft open-files limit raised to the hard one (an ulimit -n of 1024 is
+        # the default, under systemd too)
+        limits = Path(f"/proc/{run.proc.pid}/limits").read_text()
+        soft = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+        assert soft == (65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)) > 256
         run.wait_log(r"bus bus2: first poll cycle took [\d.]+ s; 5 of 5 devices answer")
         log = run.text()
         assert re.search(r"bus bus1: /dev/pts/\d+ at 115200 baud, 7 devices", log)

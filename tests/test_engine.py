@@ -10,7 +10,7 @@ from gateway.modbus.planner import plan
 from gateway.points import PointRef, Quality
 from gateway.profiles import RegisterSpec
 from tests.devicedump import one_bus, poll_on_simulator
-from tests.support import small_bank
+from tests.support import descriptors_above_select, small_bank
 
 
 # -- the block planner ---------------------------------------------------------------------------------------
@@ -92,6 +92,16 @@ def faulty_bank(**poll):
     cfg = small_bank(strings=1, cells=4)  # string sensor 1, cells at 2..5, CMU 200, I/O 201
     cfg["gateway"] = {"poll": {"stale_after_cycles": 2, **poll}}
     return cfg
+
+
+def test_the_simulator_and_the_buses_work_on_descriptors_above_1023(tmp_path):
+    """A gateway whose faces hold many connections opens its pseudo-terminals and ports above 1023 (bmsgw run
+    raises its open-files limit for them): the simulator used to wait with select(), which refuses them."""
+    with descriptors_above_select():
+        gw = poll_on_simulator(tmp_path, small_bank(strings=1, cells=4))
+    assert gw.simulator is not None and min(b.master for b in gw.simulator.buses.values()) > 1023
+    readings = [gw.store.get(PointRef("cell.voltage", 1, c)) for c in range(1, 5)]
+    assert all(r is not None and r.quality is Quality.GOOD for r in readings), readings
 
 
 @pytest.mark.parametrize("fault", ["crc_error", "garbage", "no_answer"])

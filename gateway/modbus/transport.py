@@ -587,8 +587,10 @@ class RtuTransport:
                 err = NoReply(f"request not sent: the port's output stayed full for {self.bus.timeout_ms} ms")
                 self.counters.count(err)
                 raise err
-            woken, _, _ = select.select([self._wake_r], [self._fd], [], remaining)
-            if woken:
+            writable = select.poll()  # (poll, not select: the port's descriptor may be above 1023)
+            writable.register(self._wake_r, select.POLLIN)
+            writable.register(self._fd, select.POLLOUT)
+            if any(fd == self._wake_r for fd, _ in writable.poll(remaining * 1000.0)):
                 self._take_wake_up()
             try:
                 written += os.write(self._fd, request[written:])

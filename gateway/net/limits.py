@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,28 @@ def _lookup(section: dict[str, Any], dotted: str) -> tuple[bool, Any]:
             return False, None
         node = node[part]
     return True, node
+
+
+MAX_OPEN_FILES = 65536  # what the process asks for at most (every face at its schema's maximum, twice, fits)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the process's soft limit on open files to its hard one (``MAX_OPEN_FILES`` at most); returns the
+    soft limit now in force.
+
+    The soft limit (1024 unless raised, under systemd too) is there for programs that wait with select(); the
+    gateway waits with epoll and poll only, and its faces together may hold more connections than that: each
+    face its ``max_connections``, and in a burst as many again (64 at most; docs/faces.md).  Past the limit a
+    face stops accepting for a second at a time, and a serial port or the history database cannot be opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, want, exc)
+    return soft
 
 
 def allow_from(section: dict[str, Any], face: str, src: str = "config") -> list:

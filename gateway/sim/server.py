@@ -242,6 +242,7 @@ class Simulator:
         """One thread serves every bus: read requests as they come, send replies when they are due."""
         set_timer_slack()  # wake on time for the wire-time pacing
         due = self._due
+        poller, watched = select.poll(), frozenset[int]()  # (poll, not select: a descriptor may be above 1023)
         while not self._stop.is_set():
             now = time.monotonic()
             while due and due[0][0] <= now:
@@ -249,15 +250,18 @@ class Simulator:
                 bus.write(frame)
             timeout = 0.1 if not due else max(0.0, due[0][0] - time.monotonic())
             live = {b.master: b for b in self.buses.values() if not b.dead}
-            try:
-                ready, _, _ = select.select(list(live), [], [], timeout)
-            except (OSError, ValueError):
-                live = {fd: b for fd, b in live.items() if _fd_ok(fd)}
-                if not live:
-                    return
-                continue
-            for fd in ready:
-                live[fd].on_readable()
+            if live.keys() != watched:
+                poller, watched = select.poll(), frozenset(live)
+                for fd in watched:
+                    poller.register(fd, select.POLLIN)
+            closed = False
+            for fd, event in poller.poll(timeout * 1000.0):
+                if event & select.POLLNVAL:
+                    closed = True
+                else:
+                    live[fd].on_readable()
+            if closed and not any(_fd_ok(fd) for fd in live):
+                return
 
     def __enter__(self) -> Simulator:
         return self.start()
