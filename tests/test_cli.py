@@ -245,8 +245,8 @@ def test_run_logs_where_it_polls_and_where_each_face_listens_and_stops_on_sigter
     cfg.update(plugins={"dirs": [str(face.parent)]}, echo={"port": port})
     path = write_config(tmp_path, base=cfg)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    run = Child([BMSGW, "run", "--config", str(path)], tmp_path, "run",
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    run = Child(["sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", BMSGW, "run", "--config", str(path)], tmp_path,
+                "run")
     try:
         run.wait_log(r"bus bus1: first poll cycle took [\d.]+ s; 7 of 7 devices answer")
         # its faces' connections fit: the soft open-files limit raised to the hard one (an ulimit -n of 1024 is

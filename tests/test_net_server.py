@@ -294,6 +294,27 @@ def test_served_clients_let_in_over_the_limit_do_not_keep_it_over(serve, monkeyp
         s.close()
 
 
+def test_a_wave_past_the_overflow_s_bound_comes_back_to_the_limit_once_served(serve, monkeypatch):
+    """Past twice the limit a newcomer replaces the oldest not heard yet at once; it is over the limit all the same,
+    and once every one left has been served the newest go back out, down to the limit."""
+    monkeypatch.setattr(server_module, "SPEAK_GRACE_S", 600.0)
+    monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 600.0)
+    server = serve(max_connections=2)
+    socks = []
+    for i in range(7):
+        socks.append(connect(server, f"127.0.0.{2 + i}"))
+        wait_for(lambda n=i: server.counters["connections"] == n + 1, "the newcomer admitted")
+    for s in socks[:3]:  # (the third had been let in over the limit itself)
+        assert recv_until_closed(s, 5) == b""
+    for s in socks[3:]:
+        assert ask(s) == b"HELLO\n"
+    wait_for(lambda: open_count(server) == 2, "the trim back to the limit")
+    assert recv_until_closed(socks[6], 5) == b"" and recv_until_closed(socks[5], 5) == b""
+    assert ask(socks[3]) == b"HELLO\n" and ask(socks[4]) == b"HELLO\n"
+    for s in socks:
+        s.close()
+
+
 def test_a_request_arriving_in_two_parts_is_not_taken_for_a_stalled_one_between_them(serve, monkeypatch):
     """An HTTP client's body follows its head, a request may be cut in two segments: a round trip apart.  A silent
     newcomer in that moment used to replace the client, its request counted as stalled from its first byte."""

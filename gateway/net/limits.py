@@ -174,9 +174,10 @@ def raise_open_files_limit() -> int:
     soft limit now in force.
 
     The soft limit (1024 unless raised, under systemd too) is there for programs that wait with select(); the
-    gateway waits with epoll and poll only, and its faces together may hold more connections than that: each
-    face its ``max_connections``, and in a burst as many again (64 at most; docs/faces.md).  Past the limit a
-    face stops accepting for a second at a time, and a serial port or the history database cannot be opened."""
+    faces and the buses wait with epoll and poll (paho-mqtt's thread excepted: docs/faces.md), and the faces
+    together may hold more connections than that: each face its ``max_connections``, and in a burst as many
+    again (64 at most).  Past the limit a face stops accepting for a second at a time, and a serial port or
+    the history database cannot be opened."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
     if soft != resource.RLIM_INFINITY and soft < want:

@@ -18,8 +18,8 @@ the same way for every face:
   limit, one of those is not taken at once: up to ``max_connections`` newcomers (``OVERFLOW_MAX`` at most)
   are admitted over it, and ``OVERFLOW_TRIM_S`` later, once the loop has read what they sent, the server
   trims back to the limit in the same order, by then telling a stalled request from one that arrived whole
-  (those not heard yet stay ``OVERFLOW_HOLD_S`` from the burst's start at most; when only served ones are
-  left, the newest let in over the limit goes between two requests); only past that bound does a newcomer
+  (those not heard yet stay ``OVERFLOW_HOLD_S`` from their connect at most; when only served ones are left,
+  the newest let in over the limit is closed between two requests); only past that bound does a newcomer
   replace one at once.  A steady flood may so hold a face at its limit plus that surplus.
   A connection that completed a request (*proven*) is never dropped for a newcomer while an unproven one is
   open; when only proven ones are, the newcomer replaces the one idle longest if the protocol allows closing
@@ -90,7 +90,7 @@ STALLED_AFTER_S = 0.2
 # has read any of them: a newcomer that could only replace one that has had no chance to speak is admitted over
 # the limit instead (at most ``max_connections`` of them, OVERFLOW_MAX), and the server trims back this long later,
 # when what they sent has been read, and again as long as it is over; those not heard yet stay for OVERFLOW_HOLD_S
-# from the burst's start at most.
+# from their connect at most.
 OVERFLOW_TRIM_S = 0.05
 OVERFLOW_HOLD_S = 1.0
 OVERFLOW_MAX = 64  # (a bound on the descriptors a wave may hold, whatever max_connections is)
@@ -364,8 +364,7 @@ class BoundedServer:
         self.warnings = LogLimiter(log, face)
         self._listener: asyncio.Server | None = None
         self._trim: asyncio.TimerHandle | None = None  # see OVERFLOW_TRIM_S
-        self._over_since: float | None = None  # over max_connections since then
-        self._surplus: dict[BoundedConnection, None] = {}  # let in over it in this burst, in order
+        self._surplus: dict[BoundedConnection, None] = {}  # let in over max_connections, in order
 
     # -- life cycle --------------------------------------------------------------------------------------------
     @property
@@ -380,7 +379,7 @@ class BoundedServer:
     async def stop(self) -> None:
         if self._trim is not None:
             self._trim.cancel()
-            self._trim, self._over_since = None, None
+            self._trim = None
         self._surplus.clear()
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -514,9 +513,11 @@ class BoundedServer:
             if had_its_chance or len(self.connections) >= limits.max_connections + min(limits.max_connections,
                                                                                       OVERFLOW_MAX):
                 self._evict(victim, conn, "max_connections")
-            else:  # the victim may be a client whose request is on its way: look again once it has been read
+            if len(self.connections) >= limits.max_connections:
+                # the victim may be a client whose request is on its way: look again once it has been read (and
+                # at the overflow's bound, where one went at once, the count is over the limit all the same)
                 self._surplus[conn] = None
-                self._trim_later(conn.loop.time())
+                self._trim_later()
         self.connections.add(conn)
         self._unproven[conn] = None
         self._by_address.setdefault(peer, {})[conn] = None
@@ -572,37 +573,42 @@ class BoundedServer:
             return unheard or unread, False
         return idle, idle is not None
 
-    def _trim_later(self, now: float) -> None:
+    def _trim_later(self) -> None:
         """Over ``max_connections`` (a newcomer was admitted in a wave): trim back ``OVERFLOW_TRIM_S`` from now."""
-        if self._over_since is None:
-            self._over_since = now
         if self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(OVERFLOW_TRIM_S, self._trim_now)
 
     def _trim_now(self) -> None:
         """Back to ``max_connections``, the connections going in ``_victim``'s order; while those left over have
-        had no chance to speak, again a little later (for ``OVERFLOW_HOLD_S`` at most).  When every one left has
-        been served and none may be closed idle, the newest let in over the limit goes, between two requests (a
-        newcomer is refused when every slot holds a served client: it was let in only on the chance that one of
-        the others would not be)."""
+        had no chance to speak, again a little later (each for ``OVERFLOW_HOLD_S`` from its connect at most).  When
+        every one left has been served and none may be closed idle, the newest let in over the limit is closed
+        (its answers sent first) between two requests: a newcomer is refused when every slot holds a served
+        client, and it was let in only on the chance that one of the others would not be."""
         self._trim = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        held = self._over_since is not None and now - self._over_since < OVERFLOW_HOLD_S
         while len(self.connections) > self.limits.max_connections:
             victim, had_its_chance = self._victim_of_all()
-            if victim is None:
-                victim = next((c for c in reversed(self._surplus) if not c.answering and c.request_since is None),
-                              None)
-                if victim is None and not self._surplus:
-                    break  # (over a limit lowered live: served connections stay, as apply() says)
-                had_its_chance = True
-            if victim is None or not had_its_chance and held:
-                self._trim = loop.call_later(OVERFLOW_TRIM_S, self._trim_now)  # busy, or not heard yet: soon again
-                return
-            self._evict(victim, None, "max_connections")
-        self._over_since = None
-        self._surplus.clear()  # those left are members like the others
+            if victim is not None:
+                if not had_its_chance and now - victim.connected_at < OVERFLOW_HOLD_S:
+                    break  # not heard yet: soon again
+                self._evict(victim, None, "max_connections")
+                continue
+            served = next((c for c in reversed(self._surplus) if not c.answering and c.request_since is None
+                           and not c.has_unread_bytes()), None)
+            if served is None:
+                if not self._surplus:
+                    return  # (over a limit lowered live: served connections stay, as apply() says)
+                break  # each one let in over the limit is busy: soon again
+            self.counters["evicted"] += 1
+            self.warnings.warning("%s: closing the connection from %s, let in over %s.limits.max_connections "
+                                  "during a burst, now that every open one has been served", self.face, served.peer,
+                                  self.face)
+            served.close()
+        else:
+            self._surplus.clear()  # those left are members like the others
+            return
+        self._trim = loop.call_later(OVERFLOW_TRIM_S, self._trim_now)
 
     def _evict(self, victim: BoundedConnection, newcomer: BoundedConnection | None, limit: str) -> None:
         """Close ``victim`` at once to make room for ``newcomer`` (None: the trim after a wave)."""

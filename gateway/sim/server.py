@@ -242,7 +242,6 @@ class Simulator:
         """One thread serves every bus: read requests as they come, send replies when they are due."""
         set_timer_slack()  # wake on time for the wire-time pacing
         due = self._due
-        poller, watched = select.poll(), frozenset[int]()  # (poll, not select: a descriptor may be above 1023)
         while not self._stop.is_set():
             now = time.monotonic()
             while due and due[0][0] <= now:
@@ -250,18 +249,15 @@ class Simulator:
                 bus.write(frame)
             timeout = 0.1 if not due else max(0.0, due[0][0] - time.monotonic())
             live = {b.master: b for b in self.buses.values() if not b.dead}
-            if live.keys() != watched:
-                poller, watched = select.poll(), frozenset(live)
-                for fd in watched:
-                    poller.register(fd, select.POLLIN)
-            closed = False
-            for fd, event in poller.poll(timeout * 1000.0):
-                if event & select.POLLNVAL:
-                    closed = True
-                else:
-                    live[fd].on_readable()
-            if closed and not any(_fd_ok(fd) for fd in live):
-                return
+            try:
+                ready = _wait_readable(list(live), timeout)
+            except (OSError, ValueError):
+                live = {fd: b for fd, b in live.items() if _fd_ok(fd)}
+                if not live:
+                    return
+                continue
+            for fd in ready:
+                live[fd].on_readable()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -402,6 +398,19 @@ class Simulator:
                     return False
                 self.model.write(ref.point, value, ref.channel, ref.string, ref.cell)
         return True
+
+
+def _wait_readable(fds: list[int], timeout: float) -> list[int]:
+    """Those of ``fds`` that can be read within ``timeout`` seconds.  select() waits to the microsecond (the
+    replies' pacing needs it) but refuses a descriptor above 1023 (a gateway whose faces hold many connections
+    may open its terminals there): then poll(), to the millisecond; a closed descriptor comes back as readable,
+    and reading it says so."""
+    if not fds or max(fds) < 1024:
+        return select.select(fds, [], [], timeout)[0]
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(timeout * 1000.0)]
 
 
 def _fd_ok(fd: int) -> bool:
