@@ -126,6 +126,13 @@ vary by about 20 % from run to run; `--tree` measures another checkout under the
     the silence and the line check instead of a sleep and a poll, 63-66 against 59-70 us: neither pays.  The
     default bank: 1.87 % of one core, of which the floor 0.68, the bus threads' own 0.23, the event loop thread
     0.64, the analytics' executor 0.16; RSS 78.7 MB.
+    Session 11, main a94bf28 and 9c9e81e, load average 0.1-0.9: 1.59-1.67 % of one core (floor 0.44-0.54; the bus
+    threads 84-92 us a transaction, 1.68-1.84x it), RSS 78.5-78.9 MB, start-up 2.3-2.4 s; 1 battery 0.17 %, 43.6
+    MB; 2 x 480 3.47 %, 112.9 MB; fast_s 1 7.05 %, 78.8 MB.  The event loop thread (0.53 % of a core; 962 samples
+    at 1000 a second over 150 s): engine 37 %, MQTT 32 %, alarms 10 %, asyncio's own wake-ups about 10 %.  With
+    every face, the alarms, the history and the analytics off (a throwaway copy of this bench): 1.16 % in all,
+    the bus threads 78 us a transaction against a floor of 54 (1.43x), the event loop thread 0.31 %: what the
+    bus threads cost over the floor is not the other components' doing.
 
 The last line printed is the headline: the default bank's CPU share of one core and its RSS, against the
 targets (1.5 % of one core, 80 MB).
