@@ -184,14 +184,19 @@ def test_when_every_unproven_connection_has_unread_bytes_the_oldest_still_goes(s
         s.close()
 
 
+def begin_a_request(server: BoundedServer, sock: socket.socket) -> None:
+    """Send the first half of a request and wait until the server has read it."""
+    sock.sendall(b"hel")
+    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in list(server.connections)),
+             "the half request to be read")
+
+
 def stalled_and_silent(server: BoundedServer) -> tuple[socket.socket, socket.socket]:
     """A connection that has sent nothing yet, then a younger one that began a request and stalled."""
     silent = connect(server, "127.0.0.2")
     wait_for(lambda: open_count(server) == 1, "the first connection")
     stalled = connect(server, "127.0.0.3")
-    stalled.sendall(b"hel")
-    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in list(server.connections)),
-             "the half request to be read")
+    begin_a_request(server, stalled)
     return silent, stalled
 
 
@@ -323,9 +328,7 @@ def test_a_request_arriving_in_two_parts_is_not_taken_for_a_stalled_one_between_
     monkeypatch.setattr(server_module, "OVERFLOW_HOLD_S", 600.0)
     server = serve(max_connections=1)
     client = connect(server, "127.0.0.2")
-    client.sendall(b"hel")
-    wait_for(lambda: any(c.request_since is not None and not c.has_unread_bytes() for c in list(server.connections)),
-             "the first part to be read")
+    begin_a_request(server, client)
     newcomer = connect(server, "127.0.0.3")
     wait_for(lambda: server.counters["connections"] == 2, "the newcomer admitted (over the limit)")
     client.sendall(b"lo\n")
